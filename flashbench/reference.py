@@ -32,10 +32,9 @@ def _attention_chunk(q, k, v, causal: bool, scale: float) -> torch.Tensor:
     if causal:
         visible = causal_mask(q.shape[-2], k.shape[-2], q.device)
         s = s.masked_fill(~visible, float("-inf"))
-        p = torch.softmax(s, dim=-1)
+    p = torch.softmax(s, dim=-1)
+    if causal and q.shape[-2] > k.shape[-2]:
         p = torch.nan_to_num(p, nan=0.0)  # rows with no visible key: defined as 0
-    else:
-        p = torch.softmax(s, dim=-1)
     return torch.matmul(p, v)
 
 
@@ -77,7 +76,7 @@ def naive_attention(q, k, v, causal: bool = False, sm_scale: float | None = None
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
     if causal:
         s = s.masked_fill(~causal_mask(n_q, k.shape[2], q.device), float("-inf"))
-        p = torch.softmax(s.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
-    else:
-        p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+    p = torch.softmax(s, dim=-1)  # half inputs: PyTorch accumulates in fp32, stores in the input dtype
+    if causal and n_q > k.shape[2]:
+        p = torch.nan_to_num(p, nan=0.0)
     return torch.matmul(p, v)
