@@ -1,0 +1,689 @@
+"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA and bottom-right causal.
+
+What is implemented
+-------------------
+``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False)`` computes
+``softmax(sm_scale * Q K^T [+ causal mask]) V`` for SDPA-layout inputs q (B, H, Nq, D),
+k and v (B, H_kv, Nkv, D) and is differentiable through a ``torch.autograd.Function`` whose
+backward runs the Triton kernels below (no PyTorch attention math anywhere).
+
+Forward, FA2 paper (Dao 2023) Algorithm 1
+  * one program per (block of BLOCK_M query rows, batch*head): the outer loop of Algorithm 1
+    is the launch grid, so Q_i stays in registers and O_i is written once;
+  * inner loop over K_j/V_j blocks of BLOCK_N keys with the online softmax (running row max m_i,
+    running row sum l_i, un-normalised accumulator); log2(e) is folded into the scale so the
+    kernel uses ``exp2``; the division by l_i is deferred to the end (Algorithm 1 line 12);
+  * the base-2 log-sum-exp L_i = m_i + log2(l_i) (line 13) is stored for the backward pass
+    (``return_lse=True`` returns it converted to the natural log);
+  * causal: key blocks fully visible to every row of the query block run with no mask
+    arithmetic; only the blocks crossing the diagonal apply the mask; blocks above the diagonal
+    are never visited.  Causal query blocks are launched heaviest first.
+
+Backward, FA2 paper Algorithm 2, split into three kernels:
+  * ``_bwd_preprocess``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
+  * ``_bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over query blocks
+    (and over the query heads sharing the kv head, so GQA/MQA gradients are summed in registers
+    with no atomics and no extra memory), recomputing P from Q, K and the stored L;
+    dV += P^T dO, dK += dS^T Q (lines 14-21);
+  * ``_bwd_dq_kernel``: one program per (Q block, batch*head) loops over K/V blocks and
+    accumulates dQ += dS K in registers.  The paper's dQ update by atomic adds (line 21) is
+    replaced by this second pass: it recomputes S and dP (7 instead of 5 matmuls in all) but is
+    deterministic, needs no fp32 dQ buffer, no zero-fill and no conversion kernel.  The atomic
+    variant was not measured (see TUNING.md).
+
+Conventions
+  * causal is aligned to the bottom-right corner, like ``flashbench.reference``: query i sees
+    key j iff j <= i + (Nkv - Nq).  Query rows that see no key (Nq > Nkv) output 0, their LSE is
+    -inf, and they contribute zero gradients (no NaN).
+  * GQA/MQA: query head h reads kv head h // (H // H_kv) through index arithmetic; K/V are never
+    copied or expanded.
+  * any Nq, Nkv (tails handled by masked loads / TMA bounds), Nq != Nkv; head dims 32, 64, 96,
+    128, 256 (96 runs in a 128-wide tile with the extra columns masked / zero-filled);
+    fp16 and bf16 (P and dS are cast to the input dtype before the matmuls), and fp32 with exact
+    ``input_precision="ieee"`` dots as a reference path.
+  * inputs may be non-contiguous: strides are passed; the last dim must be contiguous.
+  * sm_scale defaults to 1/sqrt(D) and must be a positive finite number.
+
+Hardware paths
+  * capability >= 9 (Hopper): tiles move through device-side tensor descriptors
+    (``tl.make_tensor_descriptor``, TMA) when the tensors' base addresses and strides are
+    16-byte aligned; out-of-bounds rows/columns are zero-filled on load and clipped on store.
+  * otherwise (pre-Hopper, or misaligned views): plain pointer loads with masks.
+  * tile sizes, warps and pipeline stages are autotuned once per (Nq bucket, Nkv bucket, head
+    dim, causal, dtype, path) from a small pruned space per head-dim class; under
+    ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
+
+Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
+alignment, variable-length (packed) batches, KV cache / paged attention, fp8, head dims other
+than 32/64/96/128/256, non-positive softmax scales, gradients with respect to the returned LSE.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._validate import check_inputs, default_scale, interpreting
+
+__all__ = ["flash_attn_v2", "last_configs"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _make_src(base, stride_row, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+              HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    """A tile source for one (batch, head) matrix of n_rows x HEAD_DIM: a TMA descriptor or the pointer."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_row, 1],
+                                         block_shape=[BLOCK_R, BLOCK_D])
+    else:
+        return base
+
+
+@triton.jit
+def _load_tile(src, stride_row, row0, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+               HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """Rows [row0, row0 + BLOCK_R) x columns [0, BLOCK_D); out-of-range rows/columns read as 0."""
+    if USE_TMA:
+        return src.load([row0, 0])
+    else:
+        offs_r = row0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = src + offs_r[:, None] * stride_row + offs_d[None, :]
+        if MASK_ROWS:
+            if BLOCK_D == HEAD_DIM:
+                return tl.load(ptrs, mask=offs_r[:, None] < n_rows, other=0.0)
+            else:
+                return tl.load(ptrs, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                return tl.load(ptrs)
+            else:
+                return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
+def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    if USE_TMA:
+        dst.store([row0, 0], val)
+    else:
+        offs_r = row0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = dst + offs_r[:, None] * stride_row + offs_d[None, :]
+        if BLOCK_D == HEAD_DIM:
+            tl.store(ptrs, val, mask=offs_r[:, None] < n_rows)
+        else:
+            tl.store(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
+               MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               USE_TMA: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+        k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        qk = _dot(q, tl.trans(k), None, IEEE)
+        if MASK == 0:
+            # every score is finite: one FMA per element, no masking
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            offs_n = start_n + offs_n0
+            if MASK == 1:
+                visible = offs_n[None, :] <= offs_m[:, None] + diag
+            else:
+                visible = offs_n[None, :] < N_KV
+            s = tl.where(visible, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # rows with nothing visible so far keep m = -inf; subtract 0 instead to avoid inf - inf
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = _load_tile(v_src, stride_vn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        acc = _dot(p.to(v.dtype), v, acc, IEEE)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
+                stride_qb, stride_qh, stride_qm,
+                stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn,
+                stride_ob, stride_oh, stride_om,
+                H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                WARP_SPEC: tl.constexpr):
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    o_dst = _make_src(O + b * stride_ob + h * stride_oh, stride_om, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    q = _load_tile(q_src, stride_qm, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        # keys < hi are visible to some row of this block; keys < full_end to all of them
+        hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
+        full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
+                                   offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE, WARP_SPEC)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
+                                   offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE, False)
+    else:
+        full_end = (N_KV // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
+                                   offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE, WARP_SPEC)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, N_KV,
+                                   offs_m, diag, N_KV, qk_scale, 2, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE, False)
+
+    # deferred normalisation; rows that saw no key have l_i == 0 and output 0
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse2 = m_i + tl.math.log2(l_i)  # -inf for rows with no visible key
+    tl.store(LSE + pid_bh.to(tl.int64) * N_Q + offs_m, lse2, mask=offs_m < N_Q)
+    _store_tile(o_dst, stride_om, m0, N_Q, o.to(O.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["N_Q"])
+def _bwd_preprocess(O, DO, DELTA,
+                    stride_ob, stride_oh, stride_om,
+                    stride_db, stride_dh, stride_dm,
+                    H, N_Q,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < N_Q)
+
+
+@triton.jit
+def _load_row_stats(LSE_row, DELTA_row, offs_m, N_Q, MASK_ROWS: tl.constexpr):
+    """Base-2 LSE (with +inf for rows that saw no key or lie past N_Q, so that P = 0 there) and Delta."""
+    if MASK_ROWS:
+        lse = tl.load(LSE_row + offs_m, mask=offs_m < N_Q, other=float("inf"))
+        delta = tl.load(DELTA_row + offs_m, mask=offs_m < N_Q, other=0.0)
+    else:
+        lse = tl.load(LSE_row + offs_m)
+        delta = tl.load(DELTA_row + offs_m)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    return lse, delta
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom, lo, hi,
+                offs_n, diag, N_Q, qk_scale,
+                MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: query tail
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                USE_TMA: tl.constexpr, IEEE: tl.constexpr):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in tl.range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        q = _load_tile(q_src, stride_qm, start_m, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        lse, delta = _load_row_stats(LSE_row, DELTA_row, offs_m, N_Q, MASK != 0)
+        qkT = _dot(k, tl.trans(q), None, IEEE)  # (BLOCK_N, BLOCK_M)
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if MASK == 1:
+            pT = tl.where(offs_n[:, None] <= offs_m[None, :] + diag, pT, 0.0)
+        do = _load_tile(do_src, stride_dom, start_m, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        dv = _dot(pT.to(do.dtype), do, dv, IEEE)
+        dpT = _dot(v, tl.trans(do), None, IEEE)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _dot(dsT.to(q.dtype), q, dk, IEEE)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
+                     stride_qb, stride_qh, stride_qm,
+                     stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     stride_dob, stride_doh, stride_dom,
+                     stride_dkb, stride_dkh, stride_dkn,
+                     stride_dvb, stride_dvh, stride_dvn,
+                     H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                     USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bhk = tl.program_id(1)
+    b = (pid_bhk // H_KV).to(tl.int64)
+    hk = (pid_bhk % H_KV).to(tl.int64)
+    n0 = pid_n * BLOCK_N
+    diag = N_KV - N_Q
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    k = _load_tile(k_src, stride_kn, n0, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    v = _load_tile(v_src, stride_vn, n0, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    q_full_end = (N_Q // BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # rows >= n0 - diag see some key of this block; rows >= n0 + BLOCK_N - 1 - diag see all of them
+        lo = (tl.maximum(n0 - diag, 0) // BLOCK_M) * BLOCK_M
+        lo = tl.minimum(lo, N_Q)
+        full_start = tl.maximum(lo, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M)
+        full_start = tl.minimum(full_start, N_Q)
+    else:
+        lo = 0
+        full_start = 0
+    unmasked_end = tl.maximum(q_full_end, full_start)
+
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+        do_src = _make_src(DO + b * stride_dob + h * stride_doh, stride_dom, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM,
+                           USE_TMA)
+        LSE_row = LSE + bh * N_Q
+        DELTA_row = DELTA + bh * N_Q
+        if CAUSAL:
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                                 lo, full_start, offs_n, diag, N_Q, qk_scale, 1,
+                                 BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                             full_start, q_full_end, offs_n, diag, N_Q, qk_scale, 0,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                             unmasked_end, N_Q, offs_n, diag, N_Q, qk_scale, 2,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+
+    dk = dk * sm_scale
+    dk_dst = _make_src(DK + b * stride_dkb + hk * stride_dkh, stride_dkn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    dv_dst = _make_src(DV + b * stride_dvb + hk * stride_dvh, stride_dvn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dk_dst, stride_dkn, n0, N_KV, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dv_dst, stride_dvn, n0, N_KV, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
+              MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+              USE_TMA: tl.constexpr, IEEE: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        v = _load_tile(v_src, stride_vn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        qk = _dot(q, tl.trans(k), None, IEEE)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if MASK != 0:
+            offs_n = start_n + offs_n0
+            if MASK == 1:
+                p = tl.where(offs_n[None, :] <= offs_m[:, None] + diag, p, 0.0)
+            else:
+                p = tl.where(offs_n[None, :] < N_KV, p, 0.0)
+        dp = _dot(do, tl.trans(v), None, IEEE)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, IEEE)
+    return dq
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
+                   stride_qb, stride_qh, stride_qm,
+                   stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn,
+                   stride_dob, stride_doh, stride_dom,
+                   stride_dqb, stride_dqh, stride_dqm,
+                   H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                   USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    diag = N_KV - N_Q
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+
+    q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    do_src = _make_src(DO + b * stride_dob + h * stride_doh, stride_dom, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    q = _load_tile(q_src, stride_qm, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    do = _load_tile(do_src, stride_dom, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    lse, delta = _load_row_stats(LSE + pid_bh.to(tl.int64) * N_Q, DELTA + pid_bh.to(tl.int64) * N_Q,
+                                 offs_m, N_Q, True)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
+        full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, 0, full_end, offs_m, diag,
+                       N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, full_end, hi, offs_m, diag,
+                       N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+    else:
+        full_end = (N_KV // BLOCK_N) * BLOCK_N
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, 0, full_end, offs_m, diag,
+                       N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, full_end, N_KV, offs_m, diag,
+                       N_KV, qk_scale, 2, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+
+    dq = dq * sm_scale
+    dq_dst = _make_src(DQ + b * stride_dqb + h * stride_dqh, stride_dqm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dq_dst, stride_dqm, m0, N_Q, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration spaces and autotuning
+# ----------------------------------------------------------------------------------------------
+def _dclass(head_dim: int) -> str:
+    return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "large")
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, WARP_SPEC]) per head-dim class; the first entry of each
+# list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
+# number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
+FWD_SPACE = {
+    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3), (128, 32, 4, 3)],
+    "mid": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+}
+DKDV_SPACE = {
+    "small": [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3)],
+    "mid": [(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3)],
+    "large": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 1), (32, 32, 4, 2)],
+}
+DQ_SPACE = {
+    "small": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
+    "mid": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1), (32, 32, 4, 2)],
+}
+# One fixed small configuration for the CPU interpreter (BLOCK_M != BLOCK_N on purpose, to
+# exercise the diagonal logic with blocks of both shapes).
+INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1)}
+
+# Tests may turn autotuning off (first configuration of each space) to keep compile counts low,
+# and force a path ("tma" or "ptr"); None picks by capability and alignment.
+AUTOTUNE = True
+FORCE_PATH: str | None = None
+
+_LAST_CONFIGS: dict[str, str] = {}
+
+
+def _sig(cfg) -> tuple:
+    ws = cfg.kwargs.get("WARP_SPEC", False)
+    return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages) + ((True,) if ws else ())
+
+
+def _to_config(t, with_ws: bool = False) -> triton.Config:
+    kw = {"BLOCK_M": t[0], "BLOCK_N": t[1]}
+    if with_ws:
+        kw["WARP_SPEC"] = len(t) > 4 and bool(t[4])
+    return triton.Config(kw, num_warps=t[2], num_stages=t[3])
+
+
+def _all_configs(space: dict, with_ws: bool = False) -> list:
+    seen, out = set(), []
+    for lst in space.values():
+        for t in lst:
+            if tuple(t) not in seen:
+                seen.add(tuple(t))
+                out.append(_to_config(t, with_ws))
+    return out
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _make_pruner(space: dict, m_arg: str, n_arg: str):
+    """Keep the head-dim class's configurations whose blocks are not larger than the sequences."""
+
+    def prune(configs, named_args, **kwargs):
+        allowed = {tuple(t) for t in space[_dclass(kwargs["HEAD_DIM"])]}
+        cand = [c for c in configs if _sig(c) in allowed]
+        nq, nkv = named_args[m_arg], named_args[n_arg]
+        fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
+        if fit:
+            return fit
+        smallest = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in cand)
+        return [c for c in cand if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest][:1]
+
+    return prune
+
+
+def _bench_for_tuning(fn, quantiles=None):
+    # shorter than do_bench's defaults: the tuning cost is paid once per shape bucket
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+_TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "HEAD_DIM", "CAUSAL", "IEEE", "USE_TMA"]
+
+_fwd_tuned = triton.autotune(_all_configs(FWD_SPACE, with_ws=True), key=_TUNE_KEY,
+                             prune_configs_by={"early_config_prune": _make_pruner(FWD_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
+                             do_bench=_bench_for_tuning)(_fwd_kernel)
+_dkdv_tuned = triton.autotune(_all_configs(DKDV_SPACE), key=_TUNE_KEY,
+                              prune_configs_by={"early_config_prune": _make_pruner(DKDV_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
+                              do_bench=_bench_for_tuning)(_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(_all_configs(DQ_SPACE), key=_TUNE_KEY,
+                            prune_configs_by={"early_config_prune": _make_pruner(DQ_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
+                            do_bench=_bench_for_tuning)(_bwd_dq_kernel)
+
+
+def _fmt(bm: int, bn: int, warps: int, stages: int, ws: bool = False, tma: bool = False) -> str:
+    s = f"BLOCK_M={bm},BLOCK_N={bn},num_warps={warps},num_stages={stages}"
+    if ws:
+        s += ",warp_specialize=True"
+    return s + (",tma=True" if tma else ",tma=False")
+
+
+def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict) -> None:
+    """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off)."""
+    tma = bool(meta["USE_TMA"])
+    with_ws = name == "fwd"
+    if interpreting() or not AUTOTUNE:
+        t = INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0]
+        cfg = _to_config(t, with_ws)
+        raw[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        tuned[grid_fn](*args, **meta)
+        cfg = tuned.best_config
+    _LAST_CONFIGS[name] = _fmt(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
+                               bool(cfg.kwargs.get("WARP_SPEC", False)), tma)
+
+
+def last_configs() -> dict[str, str]:
+    """Configurations chosen for the most recent call of each kernel ("fwd", "bwd_dkdv", "bwd_dq")."""
+    return dict(_LAST_CONFIGS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """Every output buffer is allocated here (tests poison it to catch unwritten elements)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _tma_allocator(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _aligned16(t: torch.Tensor) -> bool:
+    es = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * es) % 16 == 0 for s in t.stride()[:-1])
+
+
+def _use_tma(*tensors: torch.Tensor) -> bool:
+    if FORCE_PATH is not None:
+        return FORCE_PATH == "tma"
+    if interpreting() or not tensors[0].is_cuda:
+        return False
+    if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(_aligned16(t) for t in tensors)
+
+
+def _prepare_tma(use_tma: bool) -> None:
+    if use_tma and not interpreting():
+        triton.set_allocator(_tma_allocator)
+
+
+def _common_meta(D: int, causal: bool, dtype: torch.dtype, use_tma: bool) -> dict:
+    return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal),
+                IEEE=dtype == torch.float32, USE_TMA=bool(use_tma))
+
+
+def _forward(q, k, v, causal: bool, sm_scale: float):
+    B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v2")
+    o = _empty((B, H, Nq, D), q.dtype, q.device)
+    lse = _empty((B, H, Nq), torch.float32, q.device)
+    use_tma = _use_tma(q, k, v, o)
+    _prepare_tma(use_tma)
+    meta = _common_meta(D, causal, q.dtype, use_tma)
+    args = (q, k, v, o, lse, sm_scale,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
+            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv))
+    grid = lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H)  # noqa: E731
+    _launch("fwd", _fwd_tuned, _fwd_kernel, FWD_SPACE, grid, args, meta)
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
+    B, H, Nq, D = q.shape
+    Hkv, Nkv = k.shape[1], k.shape[2]
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dv = _empty(v.shape, v.dtype, v.device)
+    delta = _empty((B, H, Nq), torch.float32, q.device)
+    block_d = max(16, _next_pow2(D))
+
+    pre_m = 32 if interpreting() else 64
+    _bwd_preprocess[(triton.cdiv(Nq, pre_m), B * H)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        H, Nq, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m)
+    _LAST_CONFIGS["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
+
+    use_tma = _use_tma(q, k, v, do, dq, dk, dv)
+    _prepare_tma(use_tma)
+    meta = _common_meta(D, causal, q.dtype, use_tma)
+    nb = (_next_pow2(Nq), _next_pow2(Nkv))
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, sm_scale,
+                 q.stride(0), q.stride(1), q.stride(2),
+                 k.stride(0), k.stride(1), k.stride(2),
+                 v.stride(0), v.stride(1), v.stride(2),
+                 do.stride(0), do.stride(1), do.stride(2),
+                 dk.stride(0), dk.stride(1), dk.stride(2),
+                 dv.stride(0), dv.stride(1), dv.stride(2),
+                 H, Hkv, H // Hkv, Nq, Nkv) + nb
+    _launch("bwd_dkdv", _dkdv_tuned, _bwd_dkdv_kernel, DKDV_SPACE,
+            lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta)
+    dq_args = (q, k, v, do, dq, lse, delta, sm_scale,
+               q.stride(0), q.stride(1), q.stride(2),
+               k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2),
+               do.stride(0), do.stride(1), do.stride(2),
+               dq.stride(0), dq.stride(1), dq.stride(2),
+               H, H // Hkv, Nq, Nkv) + nb
+    _launch("bwd_dq", _dq_tuned, _bwd_dq_kernel, DQ_SPACE,
+            lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta)
+    return dq, dk, dv
+
+
+class _FlashAttnV2Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, sm_scale):
+        o, lse = _forward(q, k, v, causal, sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal = causal
+        ctx.sm_scale = sm_scale
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                  sm_scale: float | None = None, return_lse: bool = False):
+    """FlashAttention-2 (Triton): softmax(sm_scale * q k^T) v, SDPA layout, GQA/MQA, bottom-right causal.
+
+    q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D); returns (B, H, Nq, D) in q's dtype, or
+    (out, lse) with ``return_lse=True``, lse being (B, H, Nq) float32 natural-log log-sum-exp of
+    the scaled scores (-inf for rows with no visible key).  Differentiable in q, k and v.
+    """
+    check_inputs(q, k, v, "flash_attn_v2")
+    D = q.shape[-1]
+    scale = default_scale(D, sm_scale)
+    if not (math.isfinite(scale) and scale > 0.0):
+        raise ValueError(f"flash_attn_v2: sm_scale must be a positive finite number, got {sm_scale}")
+    o, lse2 = _FlashAttnV2Fn.apply(q, k, v, bool(causal), scale)
+    if return_lse:
+        return o, lse2 * LN2
+    return o

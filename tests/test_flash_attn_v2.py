@@ -1,0 +1,250 @@
+"""Tests of the bundled Triton FlashAttention-2 kernel (forward, backward, LSE, validation).
+
+Without CUDA the kernels run in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), on
+tiny shapes, fp16 and fp32, through both tile paths (pointer loads and tensor descriptors).
+Tests marked ``gpu`` run on a CUDA device (bf16 and fp16 over a grid, outputs poisoned first).
+
+Tolerance rule (flash-attention's): compared with an fp64 reference on fresh random inputs,
+the kernel's max error must be <= 2 x the max error of PyTorch's same-dtype math + a small
+absolute term.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flashbench_kernels._validate as validate
+import flashbench_kernels.flash_attn_v2 as fa2
+from flashbench.reference import naive_attention, reference_attention
+from flashbench_kernels.flash_attn_v2 import flash_attn_v2, last_configs
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+ATOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float32: 2e-5}
+
+
+def _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed, device=DEV):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)  # noqa: E731
+    return mk(B, H, Nq, D), mk(B, Hkv, Nkv, D), mk(B, Hkv, Nkv, D), mk(B, H, Nq, D)
+
+
+def _run_with_grads(fn, q, k, v, do, dtype=None):
+    """Output and (dq, dk, dv) of fn on leaf copies of q, k, v (cast to dtype if given)."""
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    out.backward(do.to(out.dtype))
+    return [out.detach()] + [t.grad.detach() for t in leaves]
+
+
+def _visible_rows_fn(fn, n_q, n_kv, causal):
+    """fn restricted to the query rows that see at least one key; the others are defined as 0.
+
+    (PyTorch's softmax of an all -inf row gives NaN gradients, so the references cannot be
+    differentiated through such rows; their correct contribution is zero.)
+    """
+    cut = n_q - n_kv if (causal and n_q > n_kv) else 0
+    if cut == 0:
+        return fn
+
+    def wrapped(q, k, v):
+        out = fn(q[:, :, cut:], k, v)
+        return torch.cat([out.new_zeros(out.shape[0], out.shape[1], cut, out.shape[3]), out], dim=2)
+
+    return wrapped
+
+
+def _check_against_reference(q, k, v, do, causal, sm_scale=None, atol=None):
+    dtype = q.dtype
+    Nq, Nkv = q.shape[2], k.shape[2]
+    ref_fn = _visible_rows_fn(lambda a, b, c: reference_attention(a, b, c, causal, sm_scale, compute_dtype=torch.float64),
+                              Nq, Nkv, causal)
+    naive_fn = _visible_rows_fn(lambda a, b, c: naive_attention(a, b, c, causal, sm_scale), Nq, Nkv, causal)
+    ref = _run_with_grads(ref_fn, q, k, v, do, torch.float64)
+    naive = _run_with_grads(naive_fn, q, k, v, do)
+    ours = _run_with_grads(lambda a, b, c: flash_attn_v2(a, b, c, causal=causal, sm_scale=sm_scale), q, k, v, do)
+    atol = ATOL[dtype] if atol is None else atol
+    for name, o, n, r in zip(("out", "dq", "dk", "dv"), ours, naive, ref):
+        assert o.dtype == dtype and o.shape == r.shape, name
+        assert torch.isfinite(o).all(), f"{name}: non-finite values"
+        err = (o.double() - r).abs().max().item()
+        err_naive = (n.double() - r).abs().max().item()
+        assert err <= 2 * err_naive + atol, f"{name}: max error {err:.3e} > 2 x naive {err_naive:.3e} + {atol:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU (interpreter) or GPU: small and odd shapes
+# ---------------------------------------------------------------------------------------------
+CASES = [
+    # B, H, Hkv, Nq, Nkv, D, causal
+    (1, 1, 1, 1, 1, 32, False),
+    (1, 1, 1, 1, 1, 32, True),
+    (1, 2, 2, 17, 17, 32, True),
+    (2, 2, 2, 17, 17, 64, False),
+    (1, 2, 2, 129, 129, 32, True),
+    (1, 2, 2, 129, 129, 64, False),
+    (1, 4, 2, 33, 70, 32, True),   # GQA, Nq < Nkv
+    (1, 4, 2, 70, 33, 64, True),   # GQA, Nq > Nkv: first 37 rows see no key
+    (1, 4, 1, 40, 23, 32, False),  # MQA, Nq > Nkv
+    (1, 4, 1, 23, 40, 64, True),   # MQA, Nq < Nkv
+    (1, 2, 1, 24, 31, 96, True),   # head dim 96 (padded to a 128-wide tile)
+]
+
+
+def _case_id(c):
+    B, H, Hkv, Nq, Nkv, D, causal = c
+    return f"B{B}-H{H}-Hkv{Hkv}-q{Nq}-kv{Nkv}-D{D}-{'causal' if causal else 'full'}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_reference(case, dtype):
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq * 1000 + Nkv + D)
+    _check_against_reference(q, k, v, do, causal)
+
+
+@pytest.mark.parametrize("path", ["ptr", "tma"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_both_tile_paths(path, causal, monkeypatch):
+    if DEV == "cuda" and path == "tma" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need compute capability >= 9")
+    monkeypatch.setattr(fa2, "FORCE_PATH", path)
+    q, k, v, do = _inputs(1, 4, 2, 45, 61, 64, torch.float16, seed=7)
+    _check_against_reference(q, k, v, do, causal)
+    assert all(c.endswith(f"tma={path == 'tma'}") for n, c in last_configs().items() if n != "bwd_preprocess")
+
+
+def test_custom_scale_and_noncontiguous_inputs():
+    # (B, N, H, D) storage viewed as (B, H, N, D): non-contiguous, last dim contiguous
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 37, 4, 32, generator=g).to(DEV, torch.float16).transpose(1, 2)
+    kv = torch.randn(2, 29, 2, 2, 32, generator=g).to(DEV, torch.float16)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    do = torch.randn(2, 4, 37, 32, generator=g).to(DEV, torch.float16)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    _check_against_reference(q, k, v, do, causal=True, sm_scale=0.3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_return_lse(causal):
+    q, k, v, _ = _inputs(1, 4, 2, 50, 30, 32, torch.float32, seed=11)
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True)
+    assert lse.shape == (1, 4, 50) and lse.dtype == torch.float32
+    kk = k.double().repeat_interleave(2, dim=1)
+    s = (q.double() @ kk.transpose(-1, -2)) / math.sqrt(32)
+    if causal:
+        i = torch.arange(50, device=q.device)[:, None]
+        j = torch.arange(30, device=q.device)[None, :]
+        s = s.masked_fill(j > i + (30 - 50), float("-inf"))
+    expected = torch.logsumexp(s, dim=-1)
+    if causal:
+        assert torch.isneginf(lse[..., :20]).all() and torch.isneginf(expected[..., :20]).all()
+        assert (o[..., :20, :] == 0).all()
+    finite = torch.isfinite(expected)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert (lse[finite].double() - expected[finite]).abs().max().item() < 1e-4
+    o2 = flash_attn_v2(q, k, v, causal=causal)
+    assert torch.equal(o, o2)
+
+
+def test_last_configs_names_each_kernel():
+    q, k, v, do = _inputs(1, 2, 2, 20, 20, 32, torch.float16, seed=5)
+    q.requires_grad_()
+    flash_attn_v2(q, k, v).backward(do)
+    cfg = last_configs()
+    for name in ("fwd", "bwd_dkdv", "bwd_dq"):
+        assert "BLOCK_M=" in cfg[name] and "num_warps=" in cfg[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------
+def _t(*shape, dtype=torch.float16):
+    return torch.randn(*shape).to(DEV, dtype)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: (_t(2, 16, 32), _t(2, 16, 32), _t(2, 16, 32)), "4-D"),
+    (lambda: (_t(1, 2, 16, 32), _t(1, 2, 16, 32, dtype=torch.float32), _t(1, 2, 16, 32)), "dtype"),
+    (lambda: (_t(1, 3, 16, 32), _t(1, 2, 16, 32), _t(1, 2, 16, 32)), "multiple"),
+    (lambda: (_t(1, 2, 16, 48), _t(1, 2, 16, 48), _t(1, 2, 16, 48)), "head_dim"),
+    (lambda: (_t(1, 2, 16, 32), _t(1, 2, 16, 64), _t(1, 2, 16, 64)), "head_dim"),
+    (lambda: (_t(1, 2, 16, 32), _t(1, 2, 16, 32), _t(1, 2, 8, 32)), "same shape"),
+    (lambda: (_t(1, 2, 16, 32), _t(2, 2, 16, 32), _t(2, 2, 16, 32)), "batch"),
+    (lambda: (_t(1, 2, 16, 32, dtype=torch.float64),) * 3, "not supported"),
+    (lambda: (_t(1, 2, 32, 16).transpose(-1, -2), _t(1, 2, 16, 32), _t(1, 2, 16, 32)), "contiguous"),
+])
+def test_bad_inputs_raise_value_error(make, match):
+    q, k, v = make()
+    with pytest.raises(ValueError, match=match):
+        flash_attn_v2(q, k, v)
+
+
+def test_bad_scale_raises():
+    q = _t(1, 2, 16, 32)
+    with pytest.raises(ValueError, match="sm_scale"):
+        flash_attn_v2(q, q, q, sm_scale=-1.0)
+
+
+def test_cpu_tensors_rejected_when_not_interpreting(monkeypatch):
+    monkeypatch.setattr(validate, "interpreting", lambda: False)
+    q = torch.randn(1, 2, 16, 32, dtype=torch.float16)
+    with pytest.raises(ValueError, match="CUDA"):
+        flash_attn_v2(q, q, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: bf16/fp16 grid with poisoned outputs
+# ---------------------------------------------------------------------------------------------
+def _poisoned_empty(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+GPU_GRID = [
+    # B, H, Hkv, Nq, Nkv, D, causal
+    (2, 4, 4, 256, 256, 32, True),
+    (1, 4, 2, 257, 1000, 64, False),
+    (1, 4, 2, 1000, 257, 64, True),
+    (2, 8, 1, 333, 333, 96, True),
+    (1, 4, 4, 1024, 1024, 128, True),
+    (1, 4, 2, 511, 700, 128, False),
+    (1, 2, 1, 300, 200, 256, True),
+    (2, 2, 2, 129, 129, 256, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", GPU_GRID, ids=_case_id)
+def test_gpu_grid_poisoned(case, dtype, monkeypatch):
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)  # one configuration per head dim: bounded compile time
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D)
+    _check_against_reference(q, k, v, do, causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_autotuned_bf16(causal, monkeypatch):
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
+    q, k, v, do = _inputs(2, 8, 2, 1537, 1537, 128, torch.bfloat16, seed=21)
+    _check_against_reference(q, k, v, do, causal)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_ieee_path():
+    q, k, v, do = _inputs(1, 4, 2, 200, 300, 64, torch.float32, seed=4)
+    _check_against_reference(q, k, v, do, causal=True, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_pointer_path_on_misaligned_view():
+    # a view whose head stride is not 16-byte aligned forces the pointer path on any GPU
+    base = torch.randn(2 * 100 * 64 + 1, dtype=torch.float16, device="cuda")
+    q = base[1:].view(1, 2, 100, 64)  # data_ptr offset by 2 bytes
+    k, v, do = (torch.randn(1, 2, 100, 64, dtype=torch.float16, device="cuda") for _ in range(3))
+    _check_against_reference(q, k, v, do, causal=True)
+    assert last_configs()["fwd"].endswith("tma=False")
