@@ -1,0 +1,1 @@
+# Bundled sweep configs; shipped inside the wheel as the package data of `flashbench.configs`.

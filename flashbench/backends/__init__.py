@@ -1,0 +1,43 @@
+"""The backend registry. Backends are registered here explicitly: no discovery by name or path."""
+from __future__ import annotations
+
+from .base import Backend, Unsupported
+from .flex import FlexBackend
+from .naive import NaiveBackend
+from .sdpa import SdpaBackend
+from .triton_kernels import TritonKernelBackend
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add a backend (tests register fakes this way). Names must be unique."""
+    if not backend.name:
+        raise ValueError("a backend needs a name")
+    REGISTRY[backend.name] = backend
+    return backend
+
+
+def get(name: str) -> Backend:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+
+
+for _b in (
+    NaiveBackend(),
+    SdpaBackend("sdpa"),
+    SdpaBackend("sdpa_flash"),
+    SdpaBackend("sdpa_efficient"),
+    SdpaBackend("sdpa_cudnn"),
+    SdpaBackend("sdpa_math"),
+    FlexBackend(),
+    TritonKernelBackend("triton_fa2", "flashbench_kernels.flash_attn_v2", "flash_attn_v2",
+                        "bundled Triton FlashAttention-2 (kernels/flash_attn_v2.py)"),
+    TritonKernelBackend("triton_fa1", "flashbench_kernels.flash_attn_v1", "flash_attn_v1",
+                        "bundled Triton FlashAttention-1 (kernels/flash_attn_v1.py)"),
+):
+    register(_b)
+
+__all__ = ["Backend", "Unsupported", "REGISTRY", "register", "get"]

@@ -1,0 +1,70 @@
+"""The backend contract.
+
+A backend is one small module holding one :class:`Backend` subclass that
+
+- declares what it supports (devices, dtypes, head dims, causal, GQA, modes);
+- says why it cannot run a case (:meth:`Backend.unsupported_reason`, or :class:`Unsupported`
+  raised from :meth:`Backend.prepare`): that becomes a ``skipped`` row, never a crash;
+- prepares an attention function ``fn(q, k, v) -> o`` for one case, outside any timed region
+  (compilation, block masks, ...). The runner binds it to inputs and a mode (fwd / bwd /
+  fwd_bwd) to get the zero-argument call it times: that binding lives in one place
+  (:mod:`flashbench.calls`), not in each backend.
+
+Backends are registered explicitly in :mod:`flashbench.backends`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..cases import DTYPES, MODES, Case
+
+AttentionFn = Callable[..., "object"]
+
+
+class Unsupported(Exception):
+    """Raised by a backend that cannot run a case; the message is the reason shown to users."""
+
+
+class Backend:
+    name: str = ""
+    description: str = ""
+    devices: tuple[str, ...] = ("cuda",)
+    dtypes: tuple[str, ...] = DTYPES
+    head_dims: tuple[int, ...] | None = None  # None: any head dim
+    supports_causal: bool = True
+    supports_gqa: bool = True
+    modes: tuple[str, ...] = MODES
+
+    def availability(self) -> str | None:
+        """Why this backend cannot run at all in this environment (None when it can)."""
+        return None
+
+    def extra_reason(self, case: Case, device: str) -> str | None:
+        """Backend-specific limits beyond the declared ones."""
+        return None
+
+    def unsupported_reason(self, case: Case, device: str) -> str | None:
+        why = self.availability()
+        if why:
+            return why
+        if device not in self.devices:
+            return f"{self.name} does not run on {device} (runs on: {', '.join(self.devices)})"
+        if case.dtype not in self.dtypes:
+            return f"{self.name} does not support {case.dtype} (supports: {', '.join(self.dtypes)})"
+        if self.head_dims is not None and case.head_dim not in self.head_dims:
+            return f"{self.name} does not support head_dim {case.head_dim} (supports: {', '.join(map(str, self.head_dims))})"
+        if case.causal and not self.supports_causal:
+            return f"{self.name} does not support causal masking"
+        if case.is_gqa and not self.supports_gqa:
+            return f"{self.name} does not support GQA/MQA (kv_heads != heads)"
+        if case.mode not in self.modes:
+            return f"{self.name} does not support mode {case.mode} (supports: {', '.join(self.modes)})"
+        return self.extra_reason(case, device)
+
+    def prepare(self, case: Case, device: str) -> AttentionFn:
+        """Return ``fn(q, k, v) -> o`` for this case. May raise :class:`Unsupported`."""
+        raise NotImplementedError
+
+    def config_description(self) -> str:
+        """What the backend chose for the last call (e.g. autotuned block sizes); '' if nothing."""
+        return ""

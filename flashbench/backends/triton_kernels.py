@@ -1,0 +1,59 @@
+"""``triton_fa1`` and ``triton_fa2``: the Triton FlashAttention kernels bundled in ``kernels/``.
+
+Without a GPU they are skipped, except under ``TRITON_INTERPRET=1`` where Triton's CPU
+interpreter runs them (slowly: small shapes only).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from .base import Backend
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonKernelBackend(Backend):
+    dtypes = ("float16", "bfloat16", "float32")
+    head_dims = (32, 64, 96, 128, 256)
+
+    def __init__(self, name: str, module: str, function: str, description: str):
+        self.name, self.module, self.function, self.description = name, module, function, description
+
+    def _module(self):
+        return importlib.import_module(self.module)
+
+    @property
+    def devices(self):
+        return ("cuda", "cpu") if _interpreting() else ("cuda",)
+
+    def availability(self):
+        try:
+            self._module()
+        except Exception as e:  # an import error of the kernel module must not break the sweep
+            return f"{self.module} failed to import: {type(e).__name__}: {e}"
+        return None
+
+    def extra_reason(self, case, device):
+        if device == "cpu" and case.dtype == "bfloat16":
+            return "Triton's CPU interpreter has no bfloat16"
+        return None
+
+    def unsupported_reason(self, case, device):
+        if device == "cpu" and not _interpreting():
+            return f"{self.name} needs a CUDA GPU (set TRITON_INTERPRET=1 to run it slowly on Triton's CPU interpreter)"
+        return super().unsupported_reason(case, device)
+
+    def prepare(self, case, device):
+        fn = getattr(self._module(), self.function)
+        causal = case.causal
+        return lambda q, k, v: fn(q, k, v, causal=causal)
+
+    def config_description(self) -> str:
+        try:
+            configs = self._module().last_configs()
+        except Exception:
+            return ""
+        return "; ".join(f"{k}: {v}" for k, v in configs.items())

@@ -1,0 +1,47 @@
+"""Helpers shared by the CLI commands: consoles, error exits, output formats."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+
+# results go to stdout, messages and progress to stderr; piped output gets a wide fixed width
+# (no terminal to fit) and no colour codes
+out = Console() if sys.stdout.isatty() else Console(width=200, no_color=True, highlight=False)
+err = Console(stderr=True)
+
+
+def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
+    for line in ([message] if isinstance(message, str) else message):
+        err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors():
+    """Turn the library's user-input errors into clean messages and exit code 2."""
+    from ..config import ConfigError
+    from ..results_io import ResultsError
+
+    try:
+        yield
+    except ConfigError as e:
+        fail(e.problems)
+    except ResultsError as e:
+        fail(str(e))
+
+
+def write_machine(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    return items or None

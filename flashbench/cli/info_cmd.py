@@ -1,0 +1,78 @@
+"""``flashbench list`` and ``flashbench env``: what can run here, and on what."""
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import fail, out, write_machine
+
+
+@app.command("list")
+def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | json")) -> None:
+    """Backends (with availability) and bundled configs."""
+    import torch
+
+    from .. import backends
+    from ..config import bundled_configs, load_config
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name, b in backends.REGISTRY.items():
+        why = b.availability() or (None if device in b.devices else f"needs {' or '.join(b.devices)} (this machine: {device})")
+        rows.append({"backend": name, "available": why is None, "reason": why or "", "description": b.description})
+    configs = []
+    for name, path in sorted(bundled_configs().items()):
+        try:
+            desc = load_config(str(path)).config.description
+        except Exception as e:  # a broken bundled config is a bug, but `list` must still answer
+            desc = f"(invalid: {e})"
+        configs.append({"config": name, "description": desc})
+    if fmt == "json":
+        write_machine(json.dumps({"device": device, "backends": rows, "configs": configs}, indent=1) + "\n")
+        return
+    if fmt != "table":
+        fail(f"--format: {fmt!r} is not one of table, json")
+    t = Table(title=f"backends (this machine: {device})", header_style="bold")
+    for c in ("backend", "available", "description / reason"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["backend"], "[green]yes[/]" if r["available"] else "[red]no[/]",
+                  r["description"] if r["available"] else f"{r['description']} — [red]{r['reason']}[/]")
+    out.print(t)
+    t = Table(title="bundled configs (flashbench run NAME)", header_style="bold")
+    t.add_column("config")
+    t.add_column("description")
+    for c in configs:
+        t.add_row(c["config"], c["description"])
+    out.print(t)
+
+
+@app.command()
+def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json")) -> None:
+    """GPU, driver, CUDA, cuDNN, torch, triton versions and the GPU's clocks, temperature, power, throttling."""
+    import torch
+
+    from ..env import collect_environment, gpu_state, throttle_warning
+
+    on_gpu = torch.cuda.is_available()
+    info = collect_environment("cuda" if on_gpu else "cpu")
+    state = gpu_state() if on_gpu else {}
+    if fmt == "json":
+        write_machine(json.dumps({"environment": info, "gpu_state": state, "gpu": on_gpu}, indent=1, default=str) + "\n")
+        return
+    if fmt != "table":
+        fail(f"--format: {fmt!r} is not one of table, json")
+    t = Table(show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    if not on_gpu:
+        t.add_row("gpu", "no GPU (CUDA not available): flashbench runs CPU sweeps only")
+    for k, v in {**info, **state}.items():
+        t.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+    out.print(t)
+    w = throttle_warning(state)
+    if w:
+        out.print(f"[yellow]warning:[/] {w}")

@@ -1,0 +1,122 @@
+"""Reading and writing result directories (``results.json`` + ``results.csv``).
+
+Files are rewritten after every record through a temporary file and ``os.replace``, so an
+interrupted sweep (Ctrl-C, kill) always leaves valid files holding every finished record.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .schema import CSV_COLUMNS, SCHEMA_VERSION, Record
+
+
+class ResultsError(Exception):
+    """A results file is missing, unreadable or of an unknown schema (exit code 2)."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+@dataclass
+class Run:
+    """One results directory in memory: metadata plus records."""
+
+    meta: dict
+    records: list[Record] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return records_frame(self.records)
+
+
+def records_frame(records: list[Record]) -> pd.DataFrame:
+    return pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in records], columns=list(CSV_COLUMNS))
+
+
+class ResultsWriter:
+    def __init__(self, directory: str | Path, meta: dict, records: list[Record] | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.meta = {"schema_version": SCHEMA_VERSION, **meta}
+        self.records: list[Record] = list(records or [])
+        self.flush()
+
+    @property
+    def json_path(self) -> Path:
+        return self.dir / "results.json"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / "results.csv"
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        self.flush()
+
+    def update_meta(self, **kw) -> None:
+        self.meta.update(kw)
+        self.flush()
+
+    def flush(self) -> None:
+        doc = {**self.meta, "records": [r.to_dict() for r in self.records]}
+        _atomic_write(self.json_path, json.dumps(_json_safe(doc), indent=1))
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.records:
+            w.writerow({c: ("" if getattr(r, c) is None else getattr(r, c)) for c in CSV_COLUMNS})
+        _atomic_write(self.csv_path, buf.getvalue())
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a results directory or a results.json file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.exists():
+        raise ResultsError(f"{path}: no results.json found")
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{p}: not a readable results file: {e}") from None
+    if not isinstance(doc, dict) or "records" not in doc:
+        raise ResultsError(f"{p}: not a flashbench results file (no 'records')")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"{p}: schema_version {version!r} is not supported (this flashbench reads {SCHEMA_VERSION})")
+    try:
+        records = [Record.from_dict(r) for r in doc["records"]]
+    except TypeError as e:
+        raise ResultsError(f"{p}: malformed record: {e}") from None
+    meta = {k: v for k, v in doc.items() if k != "records"}
+    return Run(meta, records)

@@ -1,0 +1,137 @@
+"""The one timing implementation (GPU and CPU), following triton's do_bench and nvbench.
+
+GPU: CUDA events around every call; before every call the L2 cache is flushed by writing a
+256 MB buffer (outside the events); warm-up by time, so compilation and autotuning stay out
+of the samples; the sample count comes from a time budget, bounded by a minimum and maximum.
+Optional CUDA-graph mode times graph replays: no launch gaps, but a warm L2 (labelled so).
+CPU: ``time.perf_counter`` around every call, same warm-up and statistics.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    warmup_ms: float = 25.0
+    budget_ms: float = 200.0
+    min_samples: int = 10
+    max_samples: int = 1000
+    flush_l2: bool = True
+    cuda_graph: bool = False
+
+
+@dataclass
+class TimingResult:
+    samples_ms: list[float]
+    method: str
+
+
+def _sample_count(estimate_ms: float, s: TimingSettings) -> int:
+    n = int(s.budget_ms / max(estimate_ms, 1e-4))
+    return max(s.min_samples, min(s.max_samples, n))
+
+
+class _L2Flusher:
+    _buffers: dict = {}
+
+    def __init__(self, device):
+        key = str(device)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        self.buf = self._buffers[key]
+
+    def __call__(self):
+        self.buf.zero_()
+
+
+def time_cuda(call: Callable[[], object], s: TimingSettings, device="cuda") -> TimingResult:
+    if s.cuda_graph:
+        return _time_cuda_graph(call, s, device)
+    flush = _L2Flusher(device) if s.flush_l2 else (lambda: None)
+    call()  # the first call may compile or autotune: never part of an estimate
+    torch.cuda.synchronize()
+    # estimate the per-call time on a few calls, then warm up for warmup_ms
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        flush()
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = start.elapsed_time(end) / 3  # includes the flush: a conservative estimate
+    for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
+        flush()
+        call()
+    n = _sample_count(estimate, s)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        flush()
+        starts[i].record()
+        call()
+        ends[i].record()
+    torch.cuda.synchronize()
+    samples = [a.elapsed_time(b) for a, b in zip(starts, ends)]
+    return TimingResult(samples, "cuda_events_l2_flush" if s.flush_l2 else "cuda_events_warm_l2")
+
+
+def _time_cuda_graph(call, s: TimingSettings, device) -> TimingResult:
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA-graph capture requires
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = start.elapsed_time(end) / 3
+    for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
+        graph.replay()
+    n = _sample_count(estimate, s)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        starts[i].record()
+        graph.replay()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return TimingResult([a.elapsed_time(b) for a, b in zip(starts, ends)], "cuda_graph_warm_l2")
+
+
+def time_cpu(call: Callable[[], object], s: TimingSettings) -> TimingResult:
+    call()
+    t0 = time.perf_counter()
+    call()
+    estimate = (time.perf_counter() - t0) * 1e3
+    deadline = time.perf_counter() + s.warmup_ms / 1e3
+    while time.perf_counter() < deadline:
+        call()
+    n = _sample_count(estimate, s)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return TimingResult(samples, "cpu_perf_counter")
+
+
+def time_call(call: Callable[[], object], s: TimingSettings, device: str) -> TimingResult:
+    if str(device).startswith("cuda"):
+        return time_cuda(call, s, device)
+    return time_cpu(call, s)
