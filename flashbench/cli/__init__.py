@@ -10,9 +10,7 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark and profile attention kernels on GPUs.")
 
-from . import info_cmd, run_cmd  # noqa: E402  (commands register themselves on `app`)
-
-_ = (info_cmd, run_cmd)
+from . import check_cmd, compare_cmd, info_cmd, plot_cmd, profile_cmd, run_cmd  # noqa: E402,F401  (each registers its commands on `app`)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda | cpu (default: the config's, else auto)"),
+    plot: bool = typer.Option(False, "--plot", help="write PNG figures into the results directory at the end (needs matplotlib)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch)."""
     from ..render import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, run_table, skipped_summary
@@ -107,6 +108,14 @@ def run(
         write_machine(format_frame(df[SUMMARY_COLUMNS], fmt))
     for w in writer.meta.get("warnings", []):
         err.print(f"[yellow]warning:[/] {w}")
+    if plot:
+        from ..plots import PlotError, plot_run_dir
+
+        try:
+            for path in plot_run_dir(directory):
+                err.print(f"figure: {path}")
+        except PlotError as e:
+            err.print(f"[yellow]warning:[/] no figures: {e}")
     failed = counts["failed"]
     err.print(f"{len(writer.records)} records ({counts['ok']} ok, {counts['skipped']} skipped, {failed} failed) "
               f"written to {directory}/results.json and results.csv")
