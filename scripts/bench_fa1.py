@@ -11,7 +11,7 @@
    ``triton.testing.do_bench(..., return_mode="median")``: bf16, D 64 / 128, N 1k / 4k / 16k at 16k
    tokens (batch = 16384 // N, heads = 2048 // D), fwd and fwd+bwd, causal and not; TFLOP/s counted
    as in REFERENCE.md section 3 (fwd 4·B·H·N²·D, causal half, fwd+bwd 3.5x);
-4. optionally sweeps a few FA1 block configs at N = 4096;
+4. optionally sweeps a few FA1 block configs at N = 4096 (non-causal);
 5. writes everything under --out (default $OUT or ./bench_out) and prints a short table last.
 """
 from __future__ import annotations
@@ -101,22 +101,27 @@ def warm(part: int, nparts: int):
     """Compile (run once, small batch) every kernel variant the timing will use; part/nparts of them."""
     import torch
     from flashbench_kernels import flash_attn_v1 as fa1
-    jobs = []
+    # FA2 compiles its whole autotune space: one such job per process, first
+    jobs = [("fa2", D, causal, None, None) for D in BENCH_DS for causal in (False, True)]
     for D in BENCH_DS:
         for causal in (False, True):
-            jobs.append((D, causal, None, None))
-            for which, cfg in SWEEP[D]:
-                jobs.append((D, causal, which, cfg))
-    for idx, (D, causal, which, cfg) in enumerate(jobs):
+            jobs.append(("fa1", D, causal, None, None))
+        for which, cfg in SWEEP[D]:  # the sweep times non-causal only
+            jobs.append(("fa1", D, False, which, cfg))
+    for idx, (kern, D, causal, which, cfg) in enumerate(jobs):
         if idx % nparts != part:
             continue
         old = set_cfg(fa1, D, which, cfg) if which else None
         try:
+            if kern == "fa1":
+                fn = fa1.flash_attn_v1
+            else:
+                fn = importlib.import_module("flashbench_kernels.flash_attn_v2").flash_attn_v2
             q, k, v, do = (torch.randn(1, 2, 1024, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
             q.requires_grad_()
-            fa1.flash_attn_v1(q, k, v, causal=causal).backward(do)
+            fn(q, k, v, causal=causal).backward(do)
         except Exception as e:  # noqa: BLE001 - reported, the timing phase will report it again
-            print(f"warm D={D} causal={causal} {which} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(f"warm {kern} D={D} causal={causal} {which} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
         finally:
             if which:
                 set_cfg(fa1, D, which, old)
@@ -165,7 +170,7 @@ def main():
                 [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-k", kexpr, "-p", "no:cacheprovider",
                  os.path.join(ROOT, "tests", "test_flash_attn_v1.py")],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    nwarm = 4
+    nwarm = 6
     for i in range(nwarm):
         procs.append(("warm%d" % i, subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--warm", str(i), str(nwarm)],
@@ -179,7 +184,7 @@ def main():
             test_summary.append(f"{name}: rc={p.returncode} {tail[0]}")
             if p.returncode not in (0, 5):
                 say(out[-3000:])
-        elif p.returncode != 0 or "warm D=" in out:
+        elif p.returncode != 0 or "warm fa" in out:
             say(f"{name} rc={p.returncode}: {out[-1500:]}")
     for s in test_summary:
         say(s)
@@ -220,7 +225,7 @@ def main():
         N = 4096
         for D in BENCH_DS:
             B, H, q, k, v, do = make_case(D, N, False, "fwd", torch.bfloat16)
-            for causal in (False, True):
+            for causal in (False,):
                 for which, cfg in [("fwd", fa1._FWD_TABLE[D]), ("bwd", fa1._BWD_TABLE[D])] + SWEEP[D]:
                     mode = "fwd" if which == "fwd" else "fwd_bwd"
                     old = set_cfg(fa1, D, which, cfg)
