@@ -1,0 +1,125 @@
+"""Measuring one task on the CPU: statuses ok / skipped / oom / error / mismatch, and the records."""
+import math
+
+import pytest
+import torch
+
+from flashbench import backends
+from flashbench.backends.base import Backend, Unsupported
+from flashbench.cases import Case, Task
+from flashbench.measure import MeasureSettings, Measurer
+from flashbench.reference import naive_attention
+from flashbench.timing import TimingSettings
+
+FAST = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
+
+
+class Raising(Backend):
+    name = "test_raises"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        def fn(q, k, v):
+            raise RuntimeError("kernel exploded")
+        return fn
+
+
+class OutOfMemory(Backend):
+    name = "test_oom"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        def fn(q, k, v):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return fn
+
+
+class Wrong(Backend):
+    name = "test_wrong"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        return lambda q, k, v: naive_attention(q, k, v, case.causal) * 1.1
+
+
+class RefusesAtPrepare(Backend):
+    name = "test_refuses"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        raise Unsupported("needs a head_dim of 7")
+
+
+@pytest.fixture(autouse=True)
+def fake_backends():
+    added = [backends.register(b()) for b in (Raising, OutOfMemory, Wrong, RefusesAtPrepare)]
+    yield
+    for b in added:
+        backends.REGISTRY.pop(b.name)
+
+
+def case(**kw):
+    base = dict(batch=1, heads=4, kv_heads=2, seq_len_q=33, seq_len_kv=47, head_dim=16, dtype="float32",
+                causal=True, mode="fwd_bwd")
+    base.update(kw)
+    return Case(**base)
+
+
+def test_ok_record_has_timing_correctness_and_throughput():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+    assert r.status == "ok", r.reason
+    assert r.samples >= 3 and len(r.samples_ms) == r.samples
+    assert r.p20_ms <= r.median_ms <= r.p80_ms and r.min_ms <= r.p20_ms
+    assert r.timing_method == "cpu_perf_counter"
+    assert r.max_abs_err < 1e-4 and r.rel_err < 1e-5 and r.tolerance_abs > 0
+    assert r.tflops == pytest.approx(r.flops / (r.median_ms * 1e-3) / 1e12)
+    assert r.peak_hbm_bytes is None  # no device memory on the CPU
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
+def test_sdpa_matches_reference_in_every_mode(mode):
+    r = Measurer(FAST, "cpu").measure(Task(case(mode=mode, causal=False, kv_heads=4), "sdpa"))
+    assert r.status == "ok", r.reason
+
+
+def test_raising_backend_is_an_error_row():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_raises"))
+    assert r.status == "error" and "RuntimeError: kernel exploded" in r.reason
+    assert r.median_ms is None
+
+
+def test_oom_backend_is_an_oom_row_and_the_next_task_still_runs():
+    m = Measurer(FAST, "cpu")
+    r = m.measure(Task(case(), "test_oom"))
+    assert r.status == "oom" and "out of memory" in r.reason
+    assert m.measure(Task(case(), "naive")).status == "ok"
+
+
+def test_wrong_result_is_a_mismatch_row_but_still_timed():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_wrong"))
+    assert r.status == "mismatch"
+    assert "o: max abs err" in r.reason and "bound" in r.reason
+    assert r.median_ms is not None and r.max_abs_err > r.tolerance_abs
+
+
+def test_unsupported_at_prepare_is_a_skip():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_refuses"))
+    assert r.status == "skipped" and r.reason == "needs a head_dim of 7"
+
+
+def test_declared_limits_skip_with_a_reason():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "sdpa_flash"))
+    assert r.status == "skipped" and "cpu" in r.reason
+
+
+def test_half_precision_tolerance_uses_same_dtype_error():
+    r = Measurer(FAST, "cpu").measure(Task(case(dtype="float16", mode="fwd"), "naive"))
+    assert r.status == "ok", r.reason
+    assert r.tolerance_abs >= FAST.tolerances["float16"].atol
+    assert not math.isnan(r.rel_err)
+
+
+def test_correctness_can_be_switched_off():
+    s = MeasureSettings(timing=FAST.timing, correctness=False)
+    r = Measurer(s, "cpu").measure(Task(case(), "test_wrong"))
+    assert r.status == "ok" and r.max_abs_err is None
