@@ -202,7 +202,8 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def parse_config(text: str, source: str) -> SweepConfig:
+def validate_yaml(model: type[BaseModel], text: str, source: str):
+    """YAML text -> a validated ``model``; every problem becomes one "source: field.path: message" line."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -212,7 +213,7 @@ def parse_config(text: str, source: str) -> SweepConfig:
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"])
     try:
-        cfg = SweepConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -223,7 +224,10 @@ def parse_config(text: str, source: str) -> SweepConfig:
                 msg = f"{msg} (got {err['input']!r})"
             problems.append(f"{source}: {_format_loc(err['loc'])}: {msg}")
         raise ConfigError(problems) from None
-    return cfg
+
+
+def parse_config(text: str, source: str) -> SweepConfig:
+    return validate_yaml(SweepConfig, text, source)
 
 
 def load_config(name_or_path: str) -> LoadedConfig:
@@ -237,4 +241,4 @@ def load_config(name_or_path: str) -> LoadedConfig:
 
 
 __all__ = ["ConfigError", "SweepConfig", "LoadedConfig", "load_config", "parse_config", "bundled_configs",
-           "resolve_config_path", "MODES", "DTYPES"]
+           "resolve_config_path", "validate_yaml", "MODES", "DTYPES"]

@@ -1,1 +1,29 @@
-"""(being written: see the issue that owns this command)."""
+"""``flashbench plot``: PNG figures of a results directory (needs matplotlib: the ``plot`` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import EXIT_ENV, fail, out, user_errors
+
+
+@app.command()
+def plot(
+    result: Path = typer.Argument(..., help="results directory (or results.json)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the PNGs go (default RESULT/plots/)"),
+) -> None:
+    """TFLOP/s against sequence length per backend (p20–p80 band) and peak HBM against sequence length (log-log)."""
+    from ..plots import PlotDependencyError, PlotError, plot_run_dir
+
+    try:
+        with user_errors():
+            paths = plot_run_dir(result, out_dir)
+    except PlotDependencyError as e:
+        fail(str(e), code=EXIT_ENV)
+    except PlotError as e:
+        fail(f"{result}: {e}")
+    for p in paths:
+        out.print(f"figure: {p}", highlight=False)
