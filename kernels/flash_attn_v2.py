@@ -139,9 +139,9 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
 def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
                MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-               USE_TMA: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr):
+               USE_TMA: tl.constexpr, IEEE: tl.constexpr):
     offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+    for start_n in tl.range(lo, hi, BLOCK_N):
         k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
         qk = _dot(q, tl.trans(k), None, IEEE)
         if MASK == 0:
@@ -169,16 +169,15 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, off
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
 def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 stride_qb, stride_qh, stride_qm,
                 stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn,
                 stride_ob, stride_oh, stride_om,
-                H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                WARP_SPEC: tl.constexpr):
+                USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
     else:
@@ -210,18 +209,18 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
         full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
                                    offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                   USE_TMA, IEEE, WARP_SPEC)
+                                   USE_TMA, IEEE)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
                                    offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                   USE_TMA, IEEE, False)
+                                   USE_TMA, IEEE)
     else:
         full_end = (N_KV // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
                                    offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                   USE_TMA, IEEE, WARP_SPEC)
+                                   USE_TMA, IEEE)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, N_KV,
                                    offs_m, diag, N_KV, qk_scale, 2, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                   USE_TMA, IEEE, False)
+                                   USE_TMA, IEEE)
 
     # deferred normalisation; rows that saw no key have l_i == 0 and output 0
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -290,7 +289,7 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stri
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      stride_qb, stride_qh, stride_qm,
                      stride_kb, stride_kh, stride_kn,
@@ -298,7 +297,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      stride_dob, stride_doh, stride_dom,
                      stride_dkb, stride_dkh, stride_dkn,
                      stride_dvb, stride_dvh, stride_dvn,
-                     H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                     H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                      USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -378,14 +377,14 @@ def _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, lo, hi,
     return dq
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET"])
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
                    stride_qb, stride_qh, stride_qm,
                    stride_kb, stride_kh, stride_kn,
                    stride_vb, stride_vh, stride_vn,
                    stride_dob, stride_doh, stride_dom,
                    stride_dqb, stride_dqh, stride_dqm,
-                   H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET,
+                   H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                    USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     if CAUSAL:
@@ -438,55 +437,57 @@ def _dclass(head_dim: int) -> str:
     return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "large")
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, WARP_SPEC]) per head-dim class; the first entry of each
-# list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
-# number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class.  Each entry is tried with both
+# tile paths (pointer loads and TMA descriptors) where the inputs allow TMA.  The first entry of
+# each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is
+# the number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 FWD_SPACE = {
     "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3), (128, 32, 4, 3)],
-    "mid": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "mid": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
     "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
 }
 DKDV_SPACE = {
     "small": [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3)],
-    "mid": [(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3)],
+    "mid": [(64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 1), (32, 128, 8, 3), (64, 64, 4, 3)],
     "large": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 1), (32, 32, 4, 2)],
 }
 DQ_SPACE = {
     "small": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
-    "mid": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    "mid": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 3)],
     "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1), (32, 32, 4, 2)],
 }
 # One fixed small configuration for the CPU interpreter (BLOCK_M != BLOCK_N on purpose, to
 # exercise the diagonal logic with blocks of both shapes).
 INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1)}
 
-# Tests may turn autotuning off (first configuration of each space) to keep compile counts low,
-# and force a path ("tma" or "ptr"); None picks by capability and alignment.
+# Tests may turn autotuning off (first configuration of each space, TMA where allowed) to keep
+# compile counts low, and force a path ("tma" or "ptr"); None lets capability, alignment and
+# the autotuner decide.
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 
 _LAST_CONFIGS: dict[str, str] = {}
 
+# TMA_OK, an autotuning key: which tile paths the current inputs allow
+_PTR_ONLY, _BOTH, _TMA_ONLY = 0, 1, 2
+
 
 def _sig(cfg) -> tuple:
-    ws = cfg.kwargs.get("WARP_SPEC", False)
-    return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages) + ((True,) if ws else ())
+    return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
 
 
-def _to_config(t, with_ws: bool = False) -> triton.Config:
-    kw = {"BLOCK_M": t[0], "BLOCK_N": t[1]}
-    if with_ws:
-        kw["WARP_SPEC"] = len(t) > 4 and bool(t[4])
-    return triton.Config(kw, num_warps=t[2], num_stages=t[3])
+def _to_config(t, use_tma: bool) -> triton.Config:
+    return triton.Config({"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma)},
+                         num_warps=t[2], num_stages=t[3])
 
 
-def _all_configs(space: dict, with_ws: bool = False) -> list:
+def _all_configs(space: dict) -> list:
     seen, out = set(), []
     for lst in space.values():
         for t in lst:
             if tuple(t) not in seen:
                 seen.add(tuple(t))
-                out.append(_to_config(t, with_ws))
+                out += [_to_config(t, False), _to_config(t, True)]
     return out
 
 
@@ -494,60 +495,56 @@ def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _make_pruner(space: dict, m_arg: str, n_arg: str):
-    """Keep the head-dim class's configurations whose blocks are not larger than the sequences."""
+def _make_pruner(space: dict):
+    """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences."""
 
     def prune(configs, named_args, **kwargs):
         allowed = {tuple(t) for t in space[_dclass(kwargs["HEAD_DIM"])]}
-        cand = [c for c in configs if _sig(c) in allowed]
-        nq, nkv = named_args[m_arg], named_args[n_arg]
+        paths = {_PTR_ONLY: (False,), _BOTH: (False, True), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
+        cand = [c for c in configs if _sig(c) in allowed and c.kwargs["USE_TMA"] in paths]
+        nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
         if fit:
             return fit
         smallest = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in cand)
-        return [c for c in cand if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest][:1]
+        return [c for c in cand if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest][:len(paths)]
 
     return prune
 
 
 def _bench_for_tuning(fn, quantiles=None):
     # shorter than do_bench's defaults: the tuning cost is paid once per shape bucket
-    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+    return triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=quantiles)
 
 
-_TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "HEAD_DIM", "CAUSAL", "IEEE", "USE_TMA"]
-
-_fwd_tuned = triton.autotune(_all_configs(FWD_SPACE, with_ws=True), key=_TUNE_KEY,
-                             prune_configs_by={"early_config_prune": _make_pruner(FWD_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
-                             do_bench=_bench_for_tuning)(_fwd_kernel)
-_dkdv_tuned = triton.autotune(_all_configs(DKDV_SPACE), key=_TUNE_KEY,
-                              prune_configs_by={"early_config_prune": _make_pruner(DKDV_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
-                              do_bench=_bench_for_tuning)(_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_all_configs(DQ_SPACE), key=_TUNE_KEY,
-                            prune_configs_by={"early_config_prune": _make_pruner(DQ_SPACE, "NQ_BUCKET", "NKV_BUCKET")},
-                            do_bench=_bench_for_tuning)(_bwd_dq_kernel)
+_TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _fmt(bm: int, bn: int, warps: int, stages: int, ws: bool = False, tma: bool = False) -> str:
-    s = f"BLOCK_M={bm},BLOCK_N={bn},num_warps={warps},num_stages={stages}"
-    if ws:
-        s += ",warp_specialize=True"
-    return s + (",tma=True" if tma else ",tma=False")
+def _autotuned(kernel, space):
+    return triton.autotune(_all_configs(space), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _make_pruner(space)},
+                           do_bench=_bench_for_tuning)(kernel)
 
 
-def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict) -> None:
+_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE)
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, DKDV_SPACE)
+_dq_tuned = _autotuned(_bwd_dq_kernel, DQ_SPACE)
+
+
+def _fmt(cfg) -> str:
+    return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
+            f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}")
+
+
+def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
     """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off)."""
-    tma = bool(meta["USE_TMA"])
-    with_ws = name == "fwd"
     if interpreting() or not AUTOTUNE:
         t = INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0]
-        cfg = _to_config(t, with_ws)
+        cfg = _to_config(t, tma_ok != _PTR_ONLY)
         raw[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         tuned[grid_fn](*args, **meta)
         cfg = tuned.best_config
-    _LAST_CONFIGS[name] = _fmt(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages,
-                               bool(cfg.kwargs.get("WARP_SPEC", False)), tma)
+    _LAST_CONFIGS[name] = _fmt(cfg)
 
 
 def last_configs() -> dict[str, str]:
@@ -572,41 +569,37 @@ def _aligned16(t: torch.Tensor) -> bool:
     return t.data_ptr() % 16 == 0 and all((s * es) % 16 == 0 for s in t.stride()[:-1])
 
 
-def _use_tma(*tensors: torch.Tensor) -> bool:
+def _tma_ok(*tensors: torch.Tensor) -> int:
+    """Which tile paths these tensors allow: TMA needs capability >= 9 and 16-byte aligned views."""
     if FORCE_PATH is not None:
-        return FORCE_PATH == "tma"
+        return _TMA_ONLY if FORCE_PATH == "tma" else _PTR_ONLY
     if interpreting() or not tensors[0].is_cuda:
-        return False
+        return _PTR_ONLY
     if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
-        return False
-    return all(_aligned16(t) for t in tensors)
+        return _PTR_ONLY
+    return _BOTH if all(_aligned16(t) for t in tensors) else _PTR_ONLY
 
 
-def _prepare_tma(use_tma: bool) -> None:
-    if use_tma and not interpreting():
-        triton.set_allocator(_tma_allocator)
-
-
-def _common_meta(D: int, causal: bool, dtype: torch.dtype, use_tma: bool) -> dict:
-    return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal),
-                IEEE=dtype == torch.float32, USE_TMA=bool(use_tma))
+def _common_meta(D: int, causal: bool, dtype: torch.dtype, tma_ok: int) -> dict:
+    if tma_ok != _PTR_ONLY and not interpreting():
+        triton.set_allocator(_tma_allocator)  # device-side descriptors need a global scratch allocator
+    return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal), IEEE=dtype == torch.float32)
 
 
 def _forward(q, k, v, causal: bool, sm_scale: float):
     B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v2")
     o = _empty((B, H, Nq, D), q.dtype, q.device)
     lse = _empty((B, H, Nq), torch.float32, q.device)
-    use_tma = _use_tma(q, k, v, o)
-    _prepare_tma(use_tma)
-    meta = _common_meta(D, causal, q.dtype, use_tma)
+    tma_ok = _tma_ok(q, k, v, o)
+    meta = _common_meta(D, causal, q.dtype, tma_ok)
     args = (q, k, v, o, lse, sm_scale,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             o.stride(0), o.stride(1), o.stride(2),
-            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv))
+            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv), tma_ok)
     grid = lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H)  # noqa: E731
-    _launch("fwd", _fwd_tuned, _fwd_kernel, FWD_SPACE, grid, args, meta)
+    _launch("fwd", _fwd_tuned, _fwd_kernel, FWD_SPACE, grid, args, meta, tma_ok)
     return o, lse
 
 
@@ -627,10 +620,9 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
         H, Nq, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m)
     _LAST_CONFIGS["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
 
-    use_tma = _use_tma(q, k, v, do, dq, dk, dv)
-    _prepare_tma(use_tma)
-    meta = _common_meta(D, causal, q.dtype, use_tma)
-    nb = (_next_pow2(Nq), _next_pow2(Nkv))
+    tma_ok = _tma_ok(q, k, v, do, dq, dk, dv)
+    meta = _common_meta(D, causal, q.dtype, tma_ok)
+    nb = (_next_pow2(Nq), _next_pow2(Nkv), tma_ok)
     dkdv_args = (q, k, v, do, dk, dv, lse, delta, sm_scale,
                  q.stride(0), q.stride(1), q.stride(2),
                  k.stride(0), k.stride(1), k.stride(2),
@@ -640,7 +632,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                  dv.stride(0), dv.stride(1), dv.stride(2),
                  H, Hkv, H // Hkv, Nq, Nkv) + nb
     _launch("bwd_dkdv", _dkdv_tuned, _bwd_dkdv_kernel, DKDV_SPACE,
-            lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta)
+            lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta, tma_ok)
     dq_args = (q, k, v, do, dq, lse, delta, sm_scale,
                q.stride(0), q.stride(1), q.stride(2),
                k.stride(0), k.stride(1), k.stride(2),
@@ -649,7 +641,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                dq.stride(0), dq.stride(1), dq.stride(2),
                H, H // Hkv, Nq, Nkv) + nb
     _launch("bwd_dq", _dq_tuned, _bwd_dq_kernel, DQ_SPACE,
-            lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta)
+            lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta, tma_ok)
     return dq, dk, dv
 
 
