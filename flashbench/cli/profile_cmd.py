@@ -1,1 +1,263 @@
-"""(being written: see the issue that owns this command)."""
+"""``flashbench profile``: kernels per call, HBM traffic (ncu) against the IO model, roofline.
+
+Also ``env_ceilings``, the body of ``flashbench env --ceilings`` (registered in info_cmd).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from . import app
+from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+
+MAX_KERNEL_ROWS = 12
+
+
+def _default_out(name: str, sweep: bool) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / "runs" / f"profile{'-sweep' if sweep else ''}-{name or 'config'}-{stamp}"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def env_ceilings(fmt: str, refresh: bool) -> None:
+    """``flashbench env --ceilings [--refresh]``: exit 3 without a GPU."""
+    from ..profile.ceilings import NoGpu, get_ceilings
+    from ..render import fmt_num
+
+    try:
+        c, path, cached = get_ceilings(refresh=refresh)
+    except NoGpu as e:
+        fail(f"{e}; run `flashbench env --ceilings` on a machine with a CUDA GPU", code=EXIT_ENV)
+    if fmt == "json":
+        write_machine(json.dumps({**c.to_dict(), "ridge_flop_per_byte": c.ridge_flop_per_byte,
+                                  "cache": str(path), "from_cache": cached}, indent=1) + "\n")
+        return
+    t = Table(title=f"roofline ceilings of {c.gpu_name}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    t.add_row("bf16 matmul (8192³)", f"{fmt_num(c.matmul_tflops)} TFLOP/s (median {fmt_num(c.matmul_ms)} ms)")
+    t.add_row("device copy (read + written)", f"{fmt_num(c.copy_gbps)} GB/s (median {fmt_num(c.copy_ms)} ms per 1 GiB copy)")
+    t.add_row("ridge point", f"{fmt_num(c.ridge_flop_per_byte)} FLOP/byte")
+    t.add_row("gpu uuid", c.gpu_uuid)
+    t.add_row("measured", f"{c.measured_utc} (torch {c.torch})")
+    t.add_row("cache", f"{path} ({'cached; --refresh to measure again' if cached else 'measured now'})")
+    out.print(t)
+
+
+def _kernel_tables(report) -> None:
+    from ..render import fmt_num
+
+    for tr in report.traces:
+        title = f"{tr.backend} · {tr.case_label}: {tr.kind} per call ({tr.calls} profiled calls)"
+        if tr.status != "ok":
+            out.print(f"[dim]{title}: {tr.status}: {tr.reason}[/]", highlight=False, soft_wrap=True)
+            continue
+        t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+        t.add_column("kernel" if tr.kind == "device kernels" else "CPU operator")
+        for c in ("count/call", "ms/call", "share"):
+            t.add_column(c, justify="right")
+        for k in tr.rows[:MAX_KERNEL_ROWS]:
+            t.add_row(k.short_name, fmt_num(float(k.count_per_call)), fmt_num(k.ms_per_call), _pct(k.share))
+        if len(tr.rows) > MAX_KERNEL_ROWS:
+            rest = tr.rows[MAX_KERNEL_ROWS:]
+            t.add_row(f"… {len(rest)} more", fmt_num(float(sum(r.count_per_call for r in rest))),
+                      fmt_num(sum(r.ms_per_call for r in rest)), _pct(sum(r.share for r in rest)))
+        t.add_section()
+        t.add_row("total", fmt_num(float(tr.launches_per_call)), fmt_num(tr.total_ms_per_call), "100%")
+        out.print(t)
+        out.print(f"[dim]  trace: {tr.trace_path}[/]", highlight=False)
+
+
+def _traffic_tables(report) -> None:
+    from ..flops import min_hbm_bytes
+    from ..profile.io_model import BACKEND_MODEL, MODEL_TITLES
+    from ..render import fmt_bytes
+
+    for case in report.cases():
+        recs = [r for r in report.records if r.case() == case]
+        model = report.models.get(case)
+        t = Table(title=f"HBM traffic per call · {case.label()}", box=box.SIMPLE_HEAD, header_style="bold",
+                  title_justify="left")
+        for c in ("source", "read", "written", "total", "vs model", "× minimum"):
+            t.add_column(c, justify="left" if c == "source" else "right")
+        minimum = min_hbm_bytes(case)
+        if report.ncu_used:
+            for r in recs:
+                if r.status == "skipped":
+                    continue
+                tr = next((v for k, v in report.traffic.items() if k.backend == r.backend and k.case == case), None)
+                if r.hbm_bytes_read is None or r.hbm_bytes_written is None:
+                    why = tr.reason if tr is not None else r.reason or r.status
+                    t.add_row(f"{r.backend} (ncu)", "–", "–", "–", "–", f"[dim]{why[:80]}[/]")
+                    continue
+                total = r.hbm_bytes_read + r.hbm_bytes_written
+                mkey = BACKEND_MODEL.get(r.backend)
+                vs = f"{total / model[mkey].total:.2f}× {mkey}" if model and mkey else "–"
+                nk = f", {len(tr.kernels)} kernels" if tr is not None else ""
+                t.add_row(f"{r.backend} (ncu{nk})", fmt_bytes(r.hbm_bytes_read), fmt_bytes(r.hbm_bytes_written),
+                          fmt_bytes(total), vs, f"{total / minimum:.2f}")
+            t.add_section()
+        if model:
+            for key, tv in model.items():
+                t.add_row(f"model: {MODEL_TITLES[key]}", fmt_bytes(tv.read), fmt_bytes(tv.written), fmt_bytes(tv.total),
+                          "", f"{tv.total / minimum:.2f}")
+        else:
+            t.add_row("model: (forward only; this case has a backward)", "–", "–", "–", "", "")
+        t.add_row("minimum: Q, K, V read, O written once", "", "", fmt_bytes(minimum), "", "1.00")
+        out.print(t)
+    out.print(f"[dim]IO model: M = {report.smem_bytes:,} bytes of shared memory per SM ({report.smem_source}); "
+              "formulas in flashbench/profile/io_model.py[/]", highlight=False, soft_wrap=True)
+
+
+def _roofline_table(report) -> None:
+    from ..render import fmt_bytes, fmt_num
+
+    c = report.ceilings
+    title = "roofline" + (f" · {c.matmul_tflops:.0f} TFLOP/s bf16 matmul, {c.copy_gbps:.0f} GB/s copy, ridge "
+                          f"{c.ridge_flop_per_byte:.0f} FLOP/B" if c else " · no ceilings")
+    t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+    for col in ("backend", "case", "median ms", "TFLOP/s", "bytes", "FLOP/B", "roof TFLOP/s", "% of roof", "bound"):
+        t.add_column(col, justify="left" if col in ("backend", "case", "bytes", "bound") else "right")
+    recs = {(r.backend, r.case().label()): r for r in report.records}
+    for p in report.points:
+        r = recs.get((p.backend, p.case_label))
+        t.add_row(p.backend, p.case_label, fmt_num(r.median_ms if r else None), fmt_num(p.tflops),
+                  f"{fmt_bytes(p.bytes)} ({p.basis})", fmt_num(p.intensity), fmt_num(p.attainable_tflops),
+                  fmt_num(p.pct_of_roof), p.bound)
+    out.print(t)
+    if report.ceilings_note:
+        out.print(f"[dim]{report.ceilings_note}[/]", highlight=False, soft_wrap=True)
+
+
+def _sweep_table(rows) -> None:
+    from ..render import fmt_bytes
+
+    t = Table(title="HBM bytes per call against N", box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+    for col in ("backend", "N", "status", "measured", "model standard", "model FA1", "model FA2", "minimum"):
+        t.add_column(col, justify="left" if col in ("backend", "status") else "right")
+    for r in rows:
+        t.add_row(r["backend"], str(r["n"]), r["status"], fmt_bytes(r["measured"]), fmt_bytes(r["standard"]),
+                  fmt_bytes(r["fa1"]), fmt_bytes(r["fa2"]), fmt_bytes(r["minimum"]))
+    out.print(t)
+
+
+@app.command()
+def profile(
+    config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name; default: 'default' on a GPU, 'smoke' on a CPU"),
+    backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends (overrides the config)"),
+    case: Optional[str] = typer.Option(None, "--case", "-c",
+                                       help="select cases, e.g. seq_len=4096,head_dim=128,causal=true,mode=fwd (values may list alternatives: seq_len=1024|4096)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default results/runs/profile-NAME-TIME)"),
+    calls: int = typer.Option(3, "--calls", min=1, help="calls profiled by torch.profiler after warm-up"),
+    plot: bool = typer.Option(False, "--plot", help="write PNG figures (roofline; bytes against N with --sweep-n)"),
+    sweep_n: bool = typer.Option(False, "--sweep-n", help="measure HBM traffic over --n sequence lengths and plot bytes against N"),
+    n_list: str = typer.Option("1024,2048,4096,8192", "--n", help="sequence lengths for --sweep-n"),
+    no_ncu: bool = typer.Option(False, "--no-ncu", help="do not run Nsight Compute even if it is on the PATH"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda | cpu (default: the config's, else auto)"),
+    max_cases: int = typer.Option(16, "--max-cases", min=1, help="refuse to profile more cases than this"),
+    ncu_timeout: float = typer.Option(300.0, "--ncu-timeout", help="seconds allowed to each ncu child process"),
+) -> None:
+    """Profile a few cases: kernels per call (torch.profiler trace), HBM bytes (ncu) against the
+    FlashAttention IO model, and each backend on the device's roofline."""
+    from ..cases import Task
+    from ..config import load_config
+    from ..profile.ceilings import NoGpu, get_ceilings
+    from ..profile.select import parse_case_filter, parse_n_list, select_cases
+    from ..profile.session import run_profile, split_supported, sweep_rows, sweep_tasks
+    from ..results_io import ResultsWriter
+    from ..runner import Plan, measure_settings, plan, run_metadata
+    from .run_cmd import default_config_name
+
+    if device not in (None, "cuda", "cpu"):
+        fail(f"--device: {device!r} is not one of cuda, cpu")
+    name = config or default_config_name()
+    with user_errors():
+        loaded = load_config(name)
+        p = plan(loaded, split_list(backends), device)
+        flt = parse_case_filter(case) if case is not None else {}
+        planned = [t for t in p.runnable] + [r.task() for r in p.skipped]
+        all_cases = list(dict.fromkeys(t.case for t in planned))
+        chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
+        ns = parse_n_list(n_list) if sweep_n else None
+    if p.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
+    names = split_list(backends) or loaded.config.backends
+    if sweep_n:
+        tasks = sweep_tasks(chosen, names, ns)
+    else:
+        planned_set = set(planned)
+        tasks = [Task(c, b) for c in chosen for b in names if Task(c, b) in planned_set]
+    runnable, skipped = split_supported(tasks, p.device)
+    directory = out_dir or _default_out(loaded.config.name or Path(loaded.path).stem, sweep_n)
+    meta = run_metadata(Plan(loaded, p.device, runnable, skipped))
+    meta["profile"] = {"case_filter": case, "sweep_n": ns, "calls": calls}
+    try:
+        writer = ResultsWriter(directory, meta)
+    except OSError as e:
+        fail(f"--out: cannot write results to {directory}: {e}")
+    if p.device == "cpu":
+        err.print("[yellow]note:[/] no GPU: profiling on the CPU. The kernel table shows CPU operators; "
+                  "timings are CPU timings.")
+    ceilings, note = None, ""
+    if p.device.startswith("cuda"):
+        try:
+            err.print("ceilings: reading the cache or measuring (bf16 matmul, device copy) ...")
+            ceilings, path, cached = get_ceilings()
+            note = f"ceilings {'from the cache' if cached else 'measured now'}: {path}"
+        except NoGpu as e:
+            note = str(e)
+        except Exception as e:  # noqa: BLE001 - no ceilings is not a reason to lose the profile
+            note = f"ceilings not measured: {type(e).__name__}: {e}"
+    else:
+        note = "no GPU: no roofline ceilings (flashbench env --ceilings measures them on a GPU)"
+    report = run_profile(tasks, p.device, writer, measure_settings(loaded), calls=calls, use_ncu=not no_ncu,
+                         trace=not sweep_n, ncu_timeout_s=ncu_timeout, ceilings=ceilings, ceilings_note=note,
+                         on_event=lambda m: err.print(f"[dim]{m}[/]", highlight=False))
+    writer.update_meta(finished=True)
+    if not report.ncu_used:
+        err.print(f"[yellow]note:[/] {report.ncu_note}: no measured HBM traffic; showing the analytic IO model alone.",
+                  highlight=False, soft_wrap=True)
+    for r in report.records:
+        if r.status == "skipped":
+            out.print(f"[dim]skipped {r.backend} {r.case().label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
+        elif r.status != "ok":
+            out.print(f"[red]{r.status}: {r.backend} {r.case().label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
+    if sweep_n:
+        rows = sweep_rows(report)
+        _sweep_table(rows)
+        (Path(directory) / "sweep_n.json").write_text(json.dumps(rows, indent=1))
+        if plot:
+            from ..profile.plots import plot_traffic_sweep
+
+            groups: dict[str, list[dict]] = {}
+            for r in rows:  # one figure per base case (the case with N left free)
+                groups.setdefault(r["case"].replace(f"N{r['n']} ", "N=var ", 1), []).append(r)
+            for i, (label, sub) in enumerate(groups.items()):
+                path = Path(directory) / ("traffic_vs_n.png" if len(groups) == 1 else f"traffic_vs_n_{i}.png")
+                report.figures.append(plot_traffic_sweep(sub, path, title=f"HBM bytes per call · {label}"))
+    else:
+        _kernel_tables(report)
+        _traffic_tables(report)
+        _roofline_table(report)
+        if plot:
+            from ..profile.plots import plot_roofline
+
+            report.figures.append(plot_roofline(report.points, report.ceilings, Path(directory) / "roofline.png",
+                                                title=f"roofline · {loaded.config.name or loaded.path} on {p.device}"))
+    for f in report.figures:
+        err.print(f"figure: {f}")
+    n_ok = sum(r.status == "ok" for r in report.records)
+    err.print(f"{len(report.records)} records ({n_ok} ok) written to {directory}/results.json and results.csv; "
+              f"profile.json and traces beside them")

@@ -1,0 +1,49 @@
+"""Place a measured record on the roofline of the device.
+
+- achieved TFLOP/s: the record's ``tflops`` (the one FLOP count over the median time);
+- arithmetic intensity: FLOPs / bytes, with the bytes **measured** by ncu (``hbm_bytes_read +
+  hbm_bytes_written``) when there are some, else the analytic minimum
+  (:func:`flashbench.flops.min_hbm_bytes`: Q, K, V read and O written once), labelled so;
+- attainable TFLOP/s: ``min(matmul ceiling, intensity × copy bandwidth)``; ``% of roof`` is
+  achieved / attainable; ``bound`` says which roof is lower at that intensity.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..schema import Record
+from .ceilings import Ceilings
+
+MEASURED, ANALYTIC_MIN = "measured (ncu)", "analytic minimum"
+
+
+@dataclass
+class RooflinePoint:
+    backend: str
+    case_label: str
+    tflops: float | None
+    bytes: int | None
+    basis: str
+    intensity: float | None           # FLOP per byte
+    attainable_tflops: float | None
+    pct_of_roof: float | None
+    bound: str                        # memory | compute | ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def roofline_point(rec: Record, ceilings: Ceilings | None) -> RooflinePoint:
+    if rec.hbm_bytes_read is not None and rec.hbm_bytes_written is not None and rec.hbm_bytes_read + rec.hbm_bytes_written > 0:
+        nbytes, basis = rec.hbm_bytes_read + rec.hbm_bytes_written, MEASURED
+    else:
+        nbytes, basis = rec.min_hbm_bytes, ANALYTIC_MIN
+    ai = rec.flops / nbytes if rec.flops and nbytes else None
+    attainable = pct = None
+    bound = ""
+    if ceilings is not None and ai is not None:
+        attainable = ceilings.attainable_tflops(ai)
+        bound = "memory" if ai < ceilings.ridge_flop_per_byte else "compute"
+        if rec.tflops is not None and attainable > 0:
+            pct = 100.0 * rec.tflops / attainable
+    return RooflinePoint(rec.backend, rec.case().label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound)

@@ -1,0 +1,159 @@
+"""``flashbench profile`` as a library call: selected tasks in, a report and a results directory out.
+
+Per runnable task, in order:
+1. :class:`flashbench.measure.Measurer` measures it exactly as ``flashbench run`` does
+   (correctness, peak memory, timing): the record written to ``results.json``/``results.csv``;
+2. :func:`flashbench.profile.torch_trace.trace_task` writes its trace and kernel table (not in
+   ``--sweep-n``, which is about traffic);
+3. with ncu and CUDA, :func:`flashbench.profile.ncu.measure_tasks` measures its DRAM bytes per
+   call (one ncu child per backend), which fill the record's ``hbm_bytes_read`` / ``_written``.
+Skipped tasks (unsupported backend/case) are written as ``skipped`` records like in ``run``.
+``profile.json`` beside the results holds the kernel tables, per-kernel traffic, the IO models
+and the roofline points.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import backends
+from ..cases import Case, Task
+from ..flops import min_hbm_bytes
+from ..measure import MeasureSettings, Measurer
+from ..results_io import ResultsWriter
+from ..schema import Record
+from . import ncu as ncu_mod
+from .ceilings import Ceilings
+from .io_model import io_model
+from .roofline import RooflinePoint, roofline_point
+from .torch_trace import TraceResult, trace_task
+
+
+@dataclass
+class ProfileReport:
+    device: str
+    out_dir: Path
+    records: list[Record] = field(default_factory=list)
+    traces: list[TraceResult] = field(default_factory=list)
+    traffic: dict = field(default_factory=dict)          # Task -> TaskTraffic
+    ncu_used: bool = False
+    ncu_note: str = ""
+    smem_bytes: int = 0
+    smem_source: str = ""
+    models: dict = field(default_factory=dict)           # Case -> {model: Traffic} | None
+    ceilings: Ceilings | None = None
+    ceilings_note: str = ""
+    points: list[RooflinePoint] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+    def cases(self) -> list[Case]:
+        return list(dict.fromkeys(r.case() for r in self.records))
+
+
+def split_supported(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:
+    """Runnable tasks and ``skipped`` records, by the Backend contract (no device touched)."""
+    kind = "cuda" if device.startswith("cuda") else device
+    runnable, skipped = [], []
+    for t in tasks:
+        why = backends.get(t.backend).unsupported_reason(t.case, kind)
+        if why:
+            skipped.append(Record.for_task(t, status="skipped", reason=why, min_hbm_bytes=min_hbm_bytes(t.case)))
+        else:
+            runnable.append(t)
+    return runnable, skipped
+
+
+def sweep_tasks(cases: list[Case], backend_names: list[str], ns: list[int]) -> list[Task]:
+    from .select import with_seq_len
+
+    out = []
+    for c in cases:
+        for n in ns:
+            for b in backend_names:
+                out.append(Task(with_seq_len(c, n), b))
+    return list(dict.fromkeys(out))
+
+
+def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings: MeasureSettings, *,
+                calls: int = 3, use_ncu: bool = True, trace: bool = True, ncu_timeout_s: float = 300.0,
+                ceilings: Ceilings | None = None, ceilings_note: str = "",
+                on_event: Callable[[str], None] | None = None) -> ProfileReport:
+    from .io_model import smem_per_sm
+
+    say = on_event or (lambda msg: None)
+    out_dir = Path(writer.dir)
+    report = ProfileReport(device=device, out_dir=out_dir, ceilings=ceilings, ceilings_note=ceilings_note)
+    report.smem_bytes, report.smem_source = smem_per_sm(device)
+    runnable, skipped = split_supported(tasks, device)
+    skipped_by_task = {r.task(): r for r in skipped}
+    measurer = Measurer(settings, device)
+    measured: dict[Task, Record] = {}
+    for t in runnable:
+        say(f"measuring {t.backend} {t.case.label()}")
+        measured[t] = measurer.measure(t)
+        if trace:
+            say(f"tracing {t.backend} {t.case.label()}")
+            report.traces.append(trace_task(t, device, out_dir, calls=calls, seed=settings.seed))
+    ok, why = ncu_mod.ncu_available()
+    if not use_ncu:
+        ok, why = False, "ncu disabled (--no-ncu)"
+    report.ncu_used = ok
+    report.ncu_note = why
+    if ok:
+        to_count = [t for t in runnable if measured[t].status in ("ok", "mismatch")]
+        report.traffic = ncu_mod.measure_tasks(
+            to_count, out_dir, seed=settings.seed, timeout_s=ncu_timeout_s,
+            on_backend=lambda b, n: say(f"ncu: {b} ({n} case{'s' if n != 1 else ''})"))
+        for t, tr in report.traffic.items():
+            rec = measured[t]
+            rec.hbm_bytes_read, rec.hbm_bytes_written = tr.read, tr.written
+    for t in tasks:  # written in task order (case by case), skipped ones included
+        writer.add(measured[t] if t in measured else skipped_by_task[t])
+    report.records = list(writer.records)
+    for c in report.cases():
+        report.models[c] = io_model(c, report.smem_bytes)
+    report.points = [roofline_point(r, ceilings) for r in report.records if r.status in ("ok", "mismatch")]
+    write_profile_json(report)
+    return report
+
+
+def sweep_rows(report: ProfileReport) -> list[dict]:
+    """One row per (backend, N) for the bytes-against-N plot and table."""
+    rows = []
+    for r in report.records:
+        c = r.case()
+        model = report.models.get(c) or {}
+        measured = (r.hbm_bytes_read + r.hbm_bytes_written) if r.hbm_bytes_read is not None and r.hbm_bytes_written is not None else None
+        rows.append({"backend": r.backend, "n": c.seq_len_q, "case": c.label(), "status": r.status,
+                     "measured": measured, "read": r.hbm_bytes_read, "written": r.hbm_bytes_written,
+                     "standard": model["standard"].total if model else None,
+                     "fa1": model["fa1"].total if model else None,
+                     "fa2": model["fa2"].total if model else None,
+                     "minimum": min_hbm_bytes(c)})
+    return rows
+
+
+def write_profile_json(report: ProfileReport) -> Path:
+    doc = {
+        "device": report.device,
+        "smem_per_sm_bytes": report.smem_bytes,
+        "smem_source": report.smem_source,
+        "ncu_used": report.ncu_used,
+        "ncu_note": report.ncu_note,
+        "ceilings": report.ceilings.to_dict() if report.ceilings else None,
+        "ceilings_note": report.ceilings_note,
+        "traces": [{"backend": t.backend, "case": t.case_label, "kind": t.kind, "status": t.status, "reason": t.reason,
+                    "trace": t.trace_path, "calls": t.calls,
+                    "rows": [{"name": k.name, "count_per_call": k.count_per_call, "ms_per_call": k.ms_per_call,
+                              "share": k.share} for k in t.rows]} for t in report.traces],
+        "traffic": [{"backend": t.backend, "case": t.case.label(), **tr.to_dict()} for t, tr in report.traffic.items()],
+        "io_model": [{"case": c.label(), **({k: {"read": v.read, "written": v.written, "total": v.total}
+                                             for k, v in m.items()} if m else {"note": "forward-only model"}),
+                      "minimum": min_hbm_bytes(c)} for c, m in report.models.items()],
+        "roofline": [p.to_dict() for p in report.points],
+    }
+    path = report.out_dir / "profile.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    return path
