@@ -51,8 +51,14 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
 
 
 @app.command()
-def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json")) -> None:
+def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
+        ceilings: bool = typer.Option(False, "--ceilings", help="the GPU's bf16 matmul TFLOP/s and copy bandwidth (measured once, cached per GPU)"),
+        refresh: bool = typer.Option(False, "--refresh", help="with --ceilings: measure again instead of reading the cache")) -> None:
     """GPU, driver, CUDA, cuDNN, torch, triton versions and the GPU's clocks, temperature, power, throttling."""
+    if ceilings:
+        from .profile_cmd import env_ceilings
+
+        return env_ceilings(fmt, refresh)
     import torch
 
     from ..env import collect_environment, gpu_state, throttle_warning
