@@ -202,6 +202,7 @@ def profile(
     runnable, skipped = split_supported(tasks, p.device)
     directory = out_dir or _default_out(loaded.config.name or Path(loaded.path).stem, sweep_n)
     meta = run_metadata(Plan(loaded, p.device, runnable, skipped))
+    meta["backends"] = list(names)
     meta["profile"] = {"case_filter": case, "sweep_n": ns, "calls": calls}
     try:
         writer = ResultsWriter(directory, meta)
@@ -235,7 +236,8 @@ def profile(
         elif r.status != "ok":
             out.print(f"[red]{r.status}: {r.backend} {r.case().label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
     if sweep_n:
-        rows = sweep_rows(report)
+        order = {b: i for i, b in enumerate(names)}
+        rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))
         _sweep_table(rows)
         (Path(directory) / "sweep_n.json").write_text(json.dumps(rows, indent=1))
         if plot:

@@ -35,6 +35,12 @@ def main(argv: list[str]) -> int:
     from ..cases import Case
     from ..measure import free_memory, is_oom
 
+    try:  # backends registered by plugins (FLASHBENCH_PLUGINS) exist in the parent: load them here too
+        from ..plugins import load_plugins
+
+        load_plugins()
+    except ImportError:
+        pass
     result = Path(args["result"])
     done: list[dict] = []
     backend = backends.get(args["backend"])
