@@ -2,8 +2,16 @@
 
 ``plan`` expands a config into tasks and settles every skip that needs no device (a backend
 that is unavailable or does not support a case). ``run_sweep`` hands the rest to an executor
-(in-process here; isolated workers and Ray executors implement the same ``Executor`` contract),
 and writes each record to the results directory the moment it arrives.
+
+Executors (all implement :class:`Executor`):
+
+- :class:`InProcessExecutor` (here): measures in the driver process; for debugging.
+- :class:`flashbench.workers.LocalExecutor`: isolated worker processes, one per device (the
+  default of ``flashbench run``): crashes and hangs become ``crashed``/``timeout`` rows.
+- :class:`flashbench.ray_executor.RayExecutor`: one Ray task per case on a Ray cluster.
+
+:func:`make_executor` builds one by name; :mod:`flashbench.resume` finishes interrupted runs.
 """
 from __future__ import annotations
 
@@ -53,7 +61,11 @@ def measure_settings(loaded: LoadedConfig) -> MeasureSettings:
 
 
 def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: str | None = None) -> Plan:
-    """Expand the grid; raise ConfigError on a bad grid or an unknown backend."""
+    """Expand the grid; raise ConfigError on a bad grid, an unknown backend or a plugin that fails
+    to import (plugins named in ``FLASHBENCH_PLUGINS`` are imported first, see flashbench.plugins)."""
+    from .plugins import load_plugins
+
+    load_plugins()
     device = resolve_device(device or loaded.config.device)
     tasks = expand_loaded(loaded, backend_names, set(backends.REGISTRY))
     runnable, skipped = [], []
@@ -68,7 +80,12 @@ def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: s
 
 
 class Executor(Protocol):
-    """Runs tasks and yields one record per task, in any order."""
+    """Runs tasks and yields one record per task, in any order.
+
+    Optional attributes the runner uses when present: ``device_indices`` (the GPUs it measures
+    on, for the GPU state recorded before and after) and ``identities`` (label -> the device
+    identity each worker reported, recorded as ``devices`` in results.json).
+    """
 
     def run(self, tasks: list[Task]) -> Iterator[Record]: ...
 
@@ -84,11 +101,38 @@ class InProcessExecutor:
             yield self.measurer.measure(t)
 
 
-def run_metadata(p: Plan) -> dict:
+EXECUTORS = ("local", "inprocess", "ray")
+
+
+def make_executor(name: str, p: Plan, **options) -> Executor:
+    """An executor by name: ``local`` (isolated workers; options: devices, timeout, log_dir,
+    on_activity), ``inprocess``, or ``ray`` (options: see RayExecutor)."""
+    settings = measure_settings(p.loaded)
+    if name == "inprocess":
+        return InProcessExecutor(settings, p.device)
+    if name == "local":
+        from .workers import LocalExecutor
+
+        return LocalExecutor(settings, p.device, **options)
+    if name == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(settings, p.device, **options)
+    raise ValueError(f"unknown executor {name!r} (choose from {', '.join(EXECUTORS)})")
+
+
+def backend_selection(p: Plan) -> list[str]:
+    """The backends this plan was expanded with, in config order."""
+    return list(dict.fromkeys([t.backend for t in p.runnable] + [r.backend for r in p.skipped]))
+
+
+def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str | None = None) -> dict:
     cfg = p.loaded
     return {
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": {"path": cfg.path, "name": cfg.config.name, "sha256": cfg.sha256, "text": cfg.text},
+        "backends": list(backend_names or cfg.config.backends),
+        "executor": executor,
         "reference_backend": cfg.config.reference_backend,
         "environment": collect_environment(p.device),
         "tasks_total": p.total,
@@ -101,8 +145,12 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor,
               on_record: Callable[[Record], None] | None = None) -> list[Record]:
     """Run a plan, writing every record as it arrives. Returns the records of this call."""
     on_cuda = p.device.startswith("cuda")
-    before = gpu_state() if on_cuda else {}
-    writer.update_meta(gpu_state_before=before)
+    # GPUs whose state (clocks, throttling) is recorded: the executor's, none for a remote cluster
+    indices = [i if i is not None else 0 for i in getattr(executor, "device_indices", [0])]
+    on_cuda = on_cuda and bool(indices)
+    before = gpu_state(indices[0]) if on_cuda else {}
+    extra_before = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
+    writer.update_meta(gpu_state_before=before, **({"gpu_states_before": extra_before} if extra_before else {}))
     done: list[Record] = []
 
     def emit(records: Iterable[Record]):
@@ -113,10 +161,23 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor,
                 on_record(r)
 
     emit(p.skipped)
-    emit(executor.run(p.runnable))
-    after = gpu_state() if on_cuda else {}
+    records = executor.run(p.runnable)
+    try:
+        emit(records)
+    finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected
+        close = getattr(records, "close", None)
+        if close:
+            close()
+        identities = getattr(executor, "identities", None)
+        if identities:
+            writer.update_meta(devices={k: dict(v) for k, v in identities.items()})
+    after = gpu_state(indices[0]) if on_cuda else {}
+    extra_after = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
     warnings = [w for w in (throttle_warning(before), throttle_warning(after)) if w]
+    warnings += [w for st in (*extra_before.values(), *extra_after.values()) if (w := throttle_warning(st))]
     if p.device == "cpu":
         warnings.append("CPU run: these timings are CPU timings, not GPU timings")
+    if extra_after:
+        writer.update_meta(gpu_states_after=extra_after)
     writer.update_meta(gpu_state_after=after, finished=True, warnings=writer.meta.get("warnings", []) + warnings)
     return done

@@ -1,4 +1,10 @@
-"""``flashbench run``: execute a sweep and write a results directory."""
+"""``flashbench run``: execute a sweep and write a results directory.
+
+Measurements run in isolated worker processes by default (``--executor local``: one worker per
+device, ``--devices all|0,1,3`` to shard cases over several GPUs); ``--executor inprocess`` keeps
+everything in this process (debugging); ``--executor ray`` runs cases as Ray tasks on a cluster.
+``--resume DIR`` finishes an interrupted sweep in place.
+"""
 from __future__ import annotations
 
 import datetime as _dt
@@ -7,10 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import EXIT_USAGE, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, EXIT_USAGE, err, fail, out, split_list, user_errors, write_machine
 
 
 def default_config_name() -> str:
@@ -24,13 +32,87 @@ def default_out_dir(name: str) -> Path:
     return Path("results") / "runs" / f"{name or 'sweep'}-{stamp}"
 
 
-def _print_dry_run(p, quiet: bool) -> None:
+def _print_dry_run(p, quiet: bool, resumed: int = 0) -> None:
     cases = {t.case for t in p.runnable} | {r.case() for r in p.skipped}
-    out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}: "
+    done = f" ({resumed} already in the results directory)" if resumed else ""
+    out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
               f"{len(p.runnable)} to run, {len(p.skipped)} skipped")
     if not quiet:
         for r in p.skipped:
             out.print(f"  skip {r.backend:<15} {r.case().label()}: {r.reason}", highlight=False, soft_wrap=True)
+
+
+def _parse_resources(text: str | None) -> dict[str, float]:
+    res: dict[str, float] = {}
+    for item in split_list(text) or []:
+        name, sep, amount = item.partition("=")
+        try:
+            res[name.strip()] = float(amount) if sep else 1.0
+        except ValueError:
+            fail(f"--ray-resources: {item!r} is not NAME=AMOUNT")
+        if not name.strip():
+            fail(f"--ray-resources: {item!r} is not NAME=AMOUNT")
+    return res
+
+
+class SweepProgress:
+    """One bar over all workers (counts, ETA) and a line per device saying what it is running."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self.main = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TimeRemainingColumn(), console=err)
+        self.devices = Progress(TextColumn("  [cyan]{task.fields[label]:>8}[/] {task.description}"), console=err)
+        self.bar = self.main.add_task(self._summary(), total=total)
+        self.rows: dict[str, int] = {}
+        self.live = Live(Group(self.main, self.devices), console=err, transient=True, refresh_per_second=8) \
+            if enabled else None
+
+    def _summary(self) -> str:
+        c = self.counts
+        return f"sweep [green]{c['ok']} ok[/] [dim]{c['skipped']} skipped[/] [red]{c['failed']} failed[/]"
+
+    def activity(self, label: str, text: str) -> None:
+        if label not in self.rows:
+            self.rows[label] = self.devices.add_task(text, label=label, total=None)
+        else:
+            self.devices.update(self.rows[label], description=text)
+
+    def record(self, r) -> None:
+        self.counts["ok" if r.status == "ok" else "skipped" if r.status == "skipped" else "failed"] += 1
+        self.main.update(self.bar, advance=1, description=self._summary())
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+
+def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
+    from ..render import run_table
+
+    # rows arrive in completion order, interleaved across devices: show them case by case again
+    from ..cases import CASE_FIELDS
+
+    case_keys = list(zip(*(df[c] for c in CASE_FIELDS)))
+    first = {k: i for i, k in reversed(list(enumerate(case_keys)))}
+    order = {b: i for i, b in enumerate(loaded.config.backends)}
+    df = df.assign(_case=[first[k] for k in case_keys], _backend=[order.get(b, len(order)) for b in df["backend"]])
+    df = df.sort_values(["_case", "_backend"], kind="stable").drop(columns=["_case", "_backend"]).reset_index(drop=True)
+    measured = df[df["status"] != "skipped"]
+    names = sorted({n for n in measured["device_name"].dropna() if n})
+    ref = loaded.config.reference_backend
+    if len(names) > 1 and not mix_devices:
+        # only rows measured on the same GPU model are compared in one table
+        for name in names:
+            out.print(run_table(df[df["device_name"] == name], ref, title=f"{title} — {name}"))
+    else:
+        out.print(run_table(df, ref, title=title))
 
 
 @app.command()
@@ -44,59 +126,126 @@ def run(
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda | cpu (default: the config's, else auto)"),
     plot: bool = typer.Option(False, "--plot", help="write PNG figures into the results directory at the end (needs matplotlib)"),
+    executor: str = typer.Option("local", "--executor", "-e",
+                                 help="local: isolated worker processes, one per device (crashes and hangs become rows); "
+                                      "inprocess: measure in this process (debugging); ray: Ray tasks on a cluster"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="local executor: GPUs to shard cases over, 'all' or "
+                                          "e.g. '0,1,3' (default: one GPU); on a CPU, fake devices (one CPU worker each)"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds one case × backend may take before its worker is "
+                                  "killed (a 'timeout' row); 0: no limit. Includes compilation and autotuning"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish the interrupted sweep in this results directory "
+                                          "(same config and backends): run only the tasks without a row, append their rows"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: measure crashed, timeout and error rows again"),
+    mix_devices: bool = typer.Option(False, "--mix-devices", help="one table even when rows come from different GPU models"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default RAY_ADDRESS, else a local Ray)"),
+    ray_num_gpus: float = typer.Option(1.0, "--ray-num-gpus", help="ray: GPUs each task asks for (0 on CPU-only clusters)"),
+    ray_resources: Optional[str] = typer.Option(None, "--ray-resources", help="ray: custom resources per task, NAME=AMOUNT,..."),
+    ray_group_size: int = typer.Option(1, "--ray-group-size", help="ray: cases per Ray task"),
+    ray_max_retries: int = typer.Option(3, "--ray-max-retries", help="ray: retries of a task lost with its worker or node"),
 ) -> None:
-    """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch)."""
-    from ..render import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, run_table, skipped_summary
+    """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
+    from ..render import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
     from ..results_io import ResultsWriter, records_frame
-    from ..runner import InProcessExecutor, measure_settings, plan, run_metadata
-    from ..runner import run_sweep
+    from ..runner import EXECUTORS, make_executor, plan, run_metadata, run_sweep
     from ..config import load_config
+    from ..resume import apply_resume, open_resume, resumed_meta
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if device not in (None, "cuda", "cpu"):
         fail(f"--device: {device!r} is not one of cuda, cpu")
+    if executor not in EXECUTORS:
+        fail(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    if devices is not None and executor != "local":
+        fail(f"--devices works with --executor local (the {executor} executor "
+             + ("places tasks itself: use --ray-num-gpus / --ray-resources)" if executor == "ray" else "uses one device)"))
+    if executor != "ray" and (address or ray_resources):
+        fail("--address and --ray-resources need --executor ray")
+    if timeout < 0:
+        fail("--timeout: must be >= 0 (0: no limit)")
+    if ray_group_size < 1 or ray_max_retries < 0 or ray_num_gpus < 0:
+        fail("--ray-group-size must be >= 1, --ray-max-retries and --ray-num-gpus >= 0")
+    if retry_failed and resume is None:
+        fail("--retry-failed needs --resume DIR")
+    if resume is not None and out_dir is not None and Path(out_dir).resolve() != Path(resume).resolve():
+        fail("--resume DIR writes into DIR: leave out --out (or give the same directory)")
+    resources = _parse_resources(ray_resources)
     name = config or default_config_name()
+    names = split_list(backends)
     with user_errors():
         loaded = load_config(name)
-        p = plan(loaded, split_list(backends), device)
-    if device == "cuda" or p.device.startswith("cuda"):
+        want = device
+        if executor == "ray" and want is None and loaded.config.device == "auto":
+            want = "cuda" if ray_num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here
+        p = plan(loaded, names, want)
+        state = open_resume(resume, loaded, names, retry_failed) if resume is not None else None
+    if executor != "ray" and (device == "cuda" or p.device.startswith("cuda")):
         import torch
 
         if not torch.cuda.is_available():
-            fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=3)
+            fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
+    slots = None
+    if executor == "local":
+        from ..workers import parse_devices
+
+        try:
+            slots = parse_devices(devices, p.device)
+        except ValueError as e:
+            fail(str(e), code=EXIT_ENV if ("sees" in str(e) or "visible" in str(e)) else EXIT_USAGE)
+    full_total = p.total
+    if state is not None:
+        p = apply_resume(p, state)
     if dry_run:
-        _print_dry_run(p, quiet)
+        _print_dry_run(p, quiet, resumed=full_total - p.total)
         return
     if p.device == "cpu" and not quiet:
         err.print("[yellow]note:[/] no GPU: running on the CPU. CPU timings are not GPU timings.")
-    directory = out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem)
+    directory = Path(resume) if resume is not None else (out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem))
+    if state is not None:
+        meta = resumed_meta(state, full_total, p.total, executor)
+        for w in state.warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+        if not quiet:
+            err.print(f"resuming {directory}: {len(state.kept)} rows kept"
+                      + (f", {len(state.dropped)} failed rows measured again" if state.dropped else "")
+                      + f", {p.total} tasks to go")
+    else:
+        meta = run_metadata(p, names, executor)
     try:
-        writer = ResultsWriter(directory, run_metadata(p))
+        writer = ResultsWriter(directory, meta, records=state.kept if state is not None else None)
     except OSError as e:
         fail(f"--out: cannot write results to {directory}: {e}")
-    executor = InProcessExecutor(measure_settings(loaded), p.device)
     show_progress = not quiet and sys.stderr.isatty()
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=err, disable=not show_progress, transient=True)
-    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    progress = SweepProgress(p.total, show_progress)
+    options: dict = {}
+    if executor == "local":
+        options = dict(devices=slots, timeout=timeout or None, log_dir=directory / "logs", on_activity=progress.activity)
+    elif executor == "ray":
+        options = dict(address=address, num_gpus=ray_num_gpus, resources=resources, group_size=ray_group_size,
+                       max_retries=ray_max_retries, timeout=timeout or None, on_activity=progress.activity)
+    ex = make_executor(executor, p, **options)
+    hint = f"finish it with: flashbench run {config or name} --resume {directory}" + (f" -b {backends}" if backends else "")
     try:
         with progress:
-            bar = progress.add_task("sweep", total=p.total)
-
-            def on_record(r):
-                counts["ok" if r.status == "ok" else "skipped" if r.status == "skipped" else "failed"] += 1
-                progress.update(bar, advance=1, description=f"{r.backend} {r.case().label()} "
-                                f"[green]{counts['ok']} ok[/] [dim]{counts['skipped']} skipped[/] [red]{counts['failed']} failed[/]")
-
-            run_sweep(p, writer, executor, on_record)
+            run_sweep(p, writer, ex, progress.record)
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {directory}")
+        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {directory}; {hint}")
         raise typer.Exit(130)
+    except Exception as e:
+        from ..workers import WorkerStartError
+
+        try:
+            from ..ray_executor import RayUnavailable
+        except Exception:  # pragma: no cover
+            RayUnavailable = WorkerStartError
+        if isinstance(e, (WorkerStartError, RayUnavailable)):
+            fail([str(e), f"{len(writer.records)} finished records kept in {directory}; {hint}"], code=EXIT_ENV)
+        raise
     df = records_frame(writer.records)
     if fmt == "table":
         if not quiet:
-            out.print(run_table(df, loaded.config.reference_backend, title=f"{loaded.config.name or loaded.path} on {writer.meta['environment'].get('gpu_name') or p.device}"))
+            title = f"{loaded.config.name or loaded.path} on {writer.meta['environment'].get('gpu_name') or p.device}"
+            _print_tables(df, loaded, title, mix_devices)
             skips = skipped_summary(df)
             if skips:
                 out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
@@ -116,9 +265,8 @@ def run(
                 err.print(f"figure: {path}")
         except PlotError as e:
             err.print(f"[yellow]warning:[/] no figures: {e}")
-    failed = counts["failed"]
-    err.print(f"{len(writer.records)} records ({counts['ok']} ok, {counts['skipped']} skipped, {failed} failed) "
+    ok = int((df["status"] == "ok").sum())
+    skipped = int((df["status"] == "skipped").sum())
+    failed = len(df) - ok - skipped
+    err.print(f"{len(writer.records)} records ({ok} ok, {skipped} skipped, {failed} failed) "
               f"written to {directory}/results.json and results.csv")
-
-
-_ = EXIT_USAGE
