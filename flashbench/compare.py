@@ -141,7 +141,11 @@ class BackendComparison:
         for b in self.backends:
             summary[b] = self.geomean_value.get(b, math.nan)
             summary[f"{b} speedup"] = self.geomean.get(b, math.nan)
-        summary["winner"] = max(self.geomean, key=self.geomean.get) if self.geomean else ""
+        # the best geomean among the backends measured on the most shapes (a backend that ran one
+        # shape does not "win" the summary)
+        most = max(self.geomean_n.values(), default=0)
+        full = {b: g for b, g in self.geomean.items() if self.geomean_n.get(b) == most and not math.isnan(g)}
+        summary["winner"] = max(full, key=full.get) if full and most else ""
         return pd.concat([out.astype(object), pd.DataFrame([summary], dtype=object)], ignore_index=True)
 
 
@@ -152,6 +156,10 @@ def shape_columns(df: pd.DataFrame) -> list[str]:
     if (df["seq_len_q"] != df["seq_len_kv"]).any():
         cols.append("seq_len_kv")
     return cols + ["head_dim", "dtype", "causal", "mode"]
+
+
+# rows read as sequence-length sweeps, one block per head_dim × dtype × causal × mode
+ROW_ORDER = ("head_dim", "dtype", "causal", "mode", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads")
 
 
 def _geomean(values) -> float:
@@ -197,6 +205,8 @@ def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
         row["winner"] = best
         rows.append(row)
     rows_df = pd.DataFrame(rows)
+    if not rows_df.empty:
+        rows_df = rows_df.sort_values(list(ROW_ORDER), kind="stable").reset_index(drop=True)
     geomean, geomean_value, geomean_n = {}, {}, {}
     for b in order:
         both = rows_df[rows_df[f"{b} speedup"].notna()] if not rows_df.empty else rows_df

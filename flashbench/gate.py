@@ -39,15 +39,22 @@ class MetricCheck:
     note: str = ""              # why a large change did not count (under min_abs_ms, within noise)
 
     def words(self) -> str:
+        """"9.8% slower", "3.2% fewer TFLOP/s", "12.0% more memory"; factors from 2x on ("418.49x slower")."""
         worse = self.change > 0 if self.metric != "tflops" else self.change < 0
-        pct = f"{abs(self.change) * 100:.1f}%"
-        if pct == "0.0%":
-            return "unchanged"
+        ratio = 1 + self.change
+        if not math.isfinite(ratio):
+            return "more memory (baseline 0)"
+        if ratio >= 2 or 0 < ratio <= 0.5:
+            amount = f"{max(ratio, 1 / ratio):.2f}x"
+        else:
+            amount = f"{abs(self.change) * 100:.1f}%"
+            if amount == "0.0%":
+                return "unchanged"
         if self.metric == "latency":
-            return f"{pct} {'slower' if worse else 'faster'}"
+            return f"{amount} {'slower' if worse else 'faster'}"
         if self.metric == "tflops":
-            return f"{pct} {'fewer' if worse else 'more'} TFLOP/s"
-        return f"{pct} {'more' if worse else 'less'} memory"
+            return f"{amount} {'fewer' if worse else 'more'} TFLOP/s"
+        return f"{amount} {'more' if worse else 'less'} memory"
 
     def fmt(self, x: float) -> str:
         return fmt_bytes(x) if self.metric == "peak_hbm" else fmt_num(x) + (" ms" if self.metric == "latency" else "")

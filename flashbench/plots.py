@@ -21,7 +21,7 @@ import pandas as pd
 from .render import DTYPE_SHORT
 
 PANEL_FIELDS = ("head_dim", "dtype", "causal", "mode")
-EXTRA_PANEL_FIELDS = ("kv_heads", "heads", "batch", "seq_len_kv")
+EXTRA_PANEL_FIELDS = ("heads", "kv_heads", "batch", "seq_len_kv")
 
 
 class PlotError(Exception):
@@ -56,7 +56,8 @@ def panel_fields(df: pd.DataFrame) -> list[str]:
     for extra in EXTRA_PANEL_FIELDS:
         if not df.duplicated(subset=[*fields, "backend", "seq_len_q"]).any():
             break
-        fields.append(extra)
+        if df[extra].nunique() > 1:
+            fields.append(extra)
     return fields
 
 
@@ -109,6 +110,17 @@ def _panels(df: pd.DataFrame, fields: list[str]) -> list[tuple[dict, pd.DataFram
     return [(dict(zip(fields, key)), group) for key, group in df.groupby(fields, sort=True)]
 
 
+def _seq_axis(ax, seq_lens) -> None:
+    """log2 x axis ticked at the measured sequence lengths, labelled 512, 1k, 2k..."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(int(n) for n in seq_lens))))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1024:g}k" if x >= 1024 else f"{x:g}"))
+    ax.set_xlabel("sequence length")
+
+
 def _tflops_panel(ax, data: pd.DataFrame, colors: dict) -> None:
     for backend, g in data.groupby("backend", sort=False):
         g = g.sort_values("seq_len_q")
@@ -117,8 +129,7 @@ def _tflops_panel(ax, data: pd.DataFrame, colors: dict) -> None:
         if len(band):
             ax.fill_between(band["seq_len_q"], band["flops"] / band["p80_ms"] / 1e9, band["flops"] / band["p20_ms"] / 1e9,
                             color=colors[backend], alpha=0.2, linewidth=0)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("sequence length")
+    _seq_axis(ax, data["seq_len_q"])
     ax.set_ylabel("TFLOP/s")
     ax.set_ylim(bottom=0)
 
@@ -131,9 +142,8 @@ def _memory_panel(per_head: bool):
             if per_head:
                 y = y / (g["batch"] * g["heads"])
             ax.plot(g["seq_len_q"], y, marker="o", ms=3, color=colors[backend], label=backend)
-        ax.set_xscale("log", base=2)
+        _seq_axis(ax, data["seq_len_q"])
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
         ax.set_ylabel("MiB per batch·head" if per_head else "MiB")
     return draw
 

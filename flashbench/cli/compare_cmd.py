@@ -160,9 +160,9 @@ def compare(
             if d.loud:
                 loud = True
                 err.print(f"[bold yellow on red] WARNING [/] [bold]{rc.new_label}: {d.message()}[/]: the timings are "
-                          f"not comparable{'' if strict else ' (use --strict to refuse)'}", highlight=False)
+                          f"not comparable{'' if strict else ' (use --strict to refuse)'}", highlight=False, soft_wrap=True)
             else:
-                err.print(f"[dim]note: {rc.new_label}: {d.message()}[/]", highlight=False)
+                err.print(f"[dim]note: {rc.new_label}: {d.message()}[/]", highlight=False, soft_wrap=True)
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":

@@ -16,14 +16,16 @@ def plot(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the PNGs go (default RESULT/plots/)"),
 ) -> None:
     """TFLOP/s against sequence length per backend (p20–p80 band) and peak HBM against sequence length (log-log)."""
+    from rich.markup import escape
+
     from ..plots import PlotDependencyError, PlotError, plot_run_dir
 
     try:
         with user_errors():
             paths = plot_run_dir(result, out_dir)
     except PlotDependencyError as e:
-        fail(str(e), code=EXIT_ENV)
+        fail(escape(str(e)), code=EXIT_ENV)
     except PlotError as e:
-        fail(f"{result}: {e}")
+        fail(escape(f"{result}: {e}"))
     for p in paths:
         out.print(f"figure: {p}", highlight=False)
