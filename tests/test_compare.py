@@ -77,6 +77,15 @@ def test_within_run_table(one_run):
     assert "\x1b[" not in r.stdout  # no colour codes when not a TTY
 
 
+def test_within_run_backends_filter(one_run):
+    r = compare(one_run, "--backends", "triton_fa2", "--format", "json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert {k for k in rows[0] if not k.endswith("speedup")} >= {"sdpa_flash", "triton_fa2"}
+    assert "naive" not in rows[0] and "sdpa_cudnn" not in rows[0]
+    assert compare(one_run, "--backends", "nope").exit_code == 2
+
+
 def test_within_run_bad_baseline(one_run):
     r = compare(one_run, "--baseline", "fastest")
     assert r.exit_code == 2 and "fastest" in r.stderr

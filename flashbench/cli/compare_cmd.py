@@ -90,8 +90,8 @@ def _runs_table(rc, show_all: bool) -> Table:
 def compare(
     results: List[Path] = typer.Argument(..., help="one results directory (backends against each other) or "
                                                    "OLD NEW [NEW...] (runs against the first)"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="one run: the backend speedups are against "
-                                                                    "(default: the run's reference_backend)"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="with one RESULT: the backend speedups are "
+                                                                    "measured against (default: the run's reference_backend)"),
     metric: Optional[str] = typer.Option(None, "--metric", "-m", help="tflops | ms | peak_hbm (default: tflops for "
                                                                       "one run, ms for runs against runs)"),
     backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends to show"),
