@@ -3,8 +3,8 @@
 A backend's error on each tensor (O, and dQ, dK, dV with a backward) must be at most
 ``factor`` × the error of PyTorch's own same-dtype math on the same inputs + ``atol``.
 The reference is fp32 for half-precision cases on a GPU and fp64 otherwise (fp32 cases, CPU).
-The reference runs one (batch, kv-head group) at a time so that its N×N matrices, and their
-autograd state, never exceed one group's worth of memory.
+The reference runs in chunks of (batch, kv-head) groups so that its N×N matrices, and their
+autograd state, stay within a fixed memory bound.
 """
 from __future__ import annotations
 
@@ -24,30 +24,42 @@ def reference_dtype(case: Case, device: str) -> torch.dtype:
     return torch.float64
 
 
-def reference_outputs(inputs: Inputs, case: Case, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """O (and dQ, dK, dV) of the reference formula, computed in ``compute_dtype``."""
-    group = case.heads // case.kv_heads
-    out = {"o": torch.empty(inputs.q.shape, dtype=compute_dtype, device=inputs.q.device)}
+def reference_outputs(inputs: Inputs, case: Case, compute_dtype: torch.dtype,
+                      chunk_elems: int = 1 << 28) -> dict[str, torch.Tensor]:
+    """O (and dQ, dK, dV) of the reference formula, computed in ``compute_dtype``.
+
+    Work goes in chunks of whole (batch, kv-head) groups, each group holding the query heads that
+    share one K/V head, so a chunk's autograd graph is independent of every other chunk's and its
+    score matrices stay under ``chunk_elems`` elements (2**28: 1 GiB in fp32).
+    """
+    B, H, n_q, D = inputs.q.shape
+    h_kv, n_kv = case.kv_heads, case.seq_len_kv
+    group = H // h_kv
+    # (B, H, N, D) -> (B*H_kv, group, N, D): query heads h = g*group + i share kv head g
+    q_all = inputs.q.detach().reshape(B * h_kv, group, n_q, D)
+    k_all = inputs.k.detach().reshape(B * h_kv, 1, n_kv, D)
+    v_all = inputs.v.detach().reshape(B * h_kv, 1, n_kv, D)
+    do_all = inputs.do.reshape(B * h_kv, group, n_q, D) if case.has_backward else None
+    per_group = group * n_q * n_kv
+    step = max(1, chunk_elems // max(per_group, 1))
+    outs: dict[str, list[torch.Tensor]] = {"o": [], "dq": [], "dk": [], "dv": []}
+    for i in range(0, B * h_kv, step):
+        q, k, v = (t[i:i + step].to(compute_dtype) for t in (q_all, k_all, v_all))
+        if not case.has_backward:
+            with torch.no_grad():
+                outs["o"].append(reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype))
+            continue
+        q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
+        o = reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype)
+        dq, dk, dv = torch.autograd.grad(o, (q, k, v), do_all[i:i + step].to(compute_dtype))
+        for name, t in (("o", o.detach()), ("dq", dq), ("dk", dk), ("dv", dv)):
+            outs[name].append(t)
+    result = {"o": torch.cat(outs["o"]).reshape(B, H, n_q, D)}
     if case.has_backward:
-        out["dq"] = torch.empty_like(out["o"])
-        out["dk"] = torch.empty(inputs.k.shape, dtype=compute_dtype, device=inputs.k.device)
-        out["dv"] = torch.empty_like(out["dk"])
-    for b in range(case.batch):
-        for g in range(case.kv_heads):
-            hs = slice(g * group, (g + 1) * group)
-            q = inputs.q.detach()[b:b + 1, hs].to(compute_dtype)
-            k = inputs.k.detach()[b:b + 1, g:g + 1].to(compute_dtype)
-            v = inputs.v.detach()[b:b + 1, g:g + 1].to(compute_dtype)
-            if not case.has_backward:
-                with torch.no_grad():
-                    out["o"][b:b + 1, hs] = reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype)
-                continue
-            q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
-            o = reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype)
-            dq, dk, dv = torch.autograd.grad(o, (q, k, v), inputs.do[b:b + 1, hs].to(compute_dtype))
-            out["o"][b:b + 1, hs] = o.detach()
-            out["dq"][b:b + 1, hs], out["dk"][b:b + 1, g:g + 1], out["dv"][b:b + 1, g:g + 1] = dq, dk, dv
-    return out
+        result["dq"] = torch.cat(outs["dq"]).reshape(B, H, n_q, D)
+        result["dk"] = torch.cat(outs["dk"]).reshape(B, h_kv, n_kv, D)
+        result["dv"] = torch.cat(outs["dv"]).reshape(B, h_kv, n_kv, D)
+    return result
 
 
 @dataclass
