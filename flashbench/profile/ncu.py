@@ -313,8 +313,11 @@ def measure_backend(backend: str, cases: list[Case], out_dir: str | Path, seed: 
 
 
 def measure_tasks(tasks: list[Task], out_dir: str | Path, seed: int = 0, timeout_s: float = 300.0,
-                  on_backend=None) -> dict[Task, TaskTraffic]:
-    """Group tasks by backend, one ncu child per backend; {task: traffic}."""
+                  on_backend=None, on_result=None) -> dict[Task, TaskTraffic]:
+    """Group tasks by backend, one ncu child per backend; {task: traffic}.
+
+    ``on_backend(name, n_cases)`` is called before a backend's child starts, ``on_result(name,
+    {task: traffic})`` when it has finished."""
     by_backend: dict[str, list[Case]] = {}
     for t in tasks:
         by_backend.setdefault(t.backend, []).append(t.case)
@@ -322,6 +325,9 @@ def measure_tasks(tasks: list[Task], out_dir: str | Path, seed: int = 0, timeout
     for backend, cases in by_backend.items():
         if on_backend:
             on_backend(backend, len(cases))
-        for case, res in zip(cases, measure_backend(backend, cases, out_dir, seed, timeout_s=timeout_s)):
-            out[Task(case, backend)] = res
+        mine = {Task(case, backend): res
+                for case, res in zip(cases, measure_backend(backend, cases, out_dir, seed, timeout_s=timeout_s))}
+        out.update(mine)
+        if on_result:
+            on_result(backend, mine)
     return out

@@ -90,12 +90,18 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
     skipped_by_task = {r.task(): r for r in skipped}
     measurer = Measurer(settings, device)
     measured: dict[Task, Record] = {}
-    for t in runnable:
+    for t in tasks:  # records are written as they finish (a killed profile keeps them), in task order
+        if t in skipped_by_task:
+            writer.add(skipped_by_task[t])
+            continue
         say(f"measuring {t.backend} {t.case.label()}")
-        measured[t] = measurer.measure(t)
+        measured[t] = rec = measurer.measure(t)
+        writer.add(rec)
         if trace:
             say(f"tracing {t.backend} {t.case.label()}")
             report.traces.append(trace_task(t, device, out_dir, calls=calls, seed=settings.seed))
+    report.records = list(writer.records)
+    write_profile_json(report)  # a first version, without measured traffic
     ok, why = ncu_mod.ncu_available()
     if not use_ncu:
         ok, why = False, "ncu disabled (--no-ncu)"
@@ -103,14 +109,16 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
     report.ncu_note = why
     if ok:
         to_count = [t for t in runnable if measured[t].status in ("ok", "mismatch")]
-        report.traffic = ncu_mod.measure_tasks(
-            to_count, out_dir, seed=settings.seed, timeout_s=ncu_timeout_s,
-            on_backend=lambda b, n: say(f"ncu: {b} ({n} case{'s' if n != 1 else ''})"))
-        for t, tr in report.traffic.items():
-            rec = measured[t]
-            rec.hbm_bytes_read, rec.hbm_bytes_written = tr.read, tr.written
-    for t in tasks:  # written in task order (case by case), skipped ones included
-        writer.add(measured[t] if t in measured else skipped_by_task[t])
+
+        def backend_done(b: str, res: dict) -> None:
+            for t, tr in res.items():
+                measured[t].hbm_bytes_read, measured[t].hbm_bytes_written = tr.read, tr.written
+                report.traffic[t] = tr
+            writer.flush()  # the same Record objects: results files now carry the bytes
+
+        ncu_mod.measure_tasks(to_count, out_dir, seed=settings.seed, timeout_s=ncu_timeout_s,
+                              on_backend=lambda b, n: say(f"ncu: {b} ({n} case{'s' if n != 1 else ''})"),
+                              on_result=backend_done)
     report.records = list(writer.records)
     for c in report.cases():
         report.models[c] = io_model(c, report.smem_bytes)
