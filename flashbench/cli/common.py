@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
 
@@ -17,7 +18,7 @@ err = Console(stderr=True)
 
 def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
     for line in ([message] if isinstance(message, str) else message):
-        err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -16,7 +16,6 @@ def plot(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the PNGs go (default RESULT/plots/)"),
 ) -> None:
     """TFLOP/s against sequence length per backend (p20–p80 band) and peak HBM against sequence length (log-log)."""
-    from rich.markup import escape
 
     from ..plots import PlotDependencyError, PlotError, plot_run_dir
 
@@ -24,8 +23,8 @@ def plot(
         with user_errors():
             paths = plot_run_dir(result, out_dir)
     except PlotDependencyError as e:
-        fail(escape(str(e)), code=EXIT_ENV)
+        fail(str(e), code=EXIT_ENV)
     except PlotError as e:
-        fail(escape(f"{result}: {e}"))
+        fail(f"{result}: {e}")
     for p in paths:
         out.print(f"figure: {p}", highlight=False)
