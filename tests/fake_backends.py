@@ -99,3 +99,17 @@ class FakeCudaError(_Fake):
 for _b in (FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeAbort("fake_abort"), FakeExit("fake_exit"),
            FakeSegv("fake_segv"), FakeHang("fake_hang"), FakeRaise("fake_raise"), FakeCudaError("fake_cuda_error")):
     register(_b)
+
+FAKE_NAMES = tuple(n for n in ("fake_ok", "fake_slow", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
+                               "fake_raise", "fake_cuda_error"))
+
+
+def unregister() -> None:
+    """Undo this plugin in the current process (tests call it on teardown)."""
+    from flashbench import backends, plugins
+
+    for n in FAKE_NAMES:
+        backends.REGISTRY.pop(n, None)
+    if __name__ in plugins._loaded:
+        plugins._loaded.remove(__name__)
+    sys.modules.pop(__name__, None)

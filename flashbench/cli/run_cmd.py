@@ -98,11 +98,13 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
 
     # rows arrive in completion order, interleaved across devices: show them case by case again
     from ..cases import CASE_FIELDS
+    from ..grid import expand_cases
 
+    grid = {tuple(c.as_dict().values()): i for i, c in enumerate(expand_cases(loaded.config, loaded.path))}
     case_keys = list(zip(*(df[c] for c in CASE_FIELDS)))
-    first = {k: i for i, k in reversed(list(enumerate(case_keys)))}
     order = {b: i for i, b in enumerate(loaded.config.backends)}
-    df = df.assign(_case=[first[k] for k in case_keys], _backend=[order.get(b, len(order)) for b in df["backend"]])
+    df = df.assign(_case=[grid.get(k, len(grid)) for k in case_keys],
+                   _backend=[order.get(b, len(order)) for b in df["backend"]])
     df = df.sort_values(["_case", "_backend"], kind="stable").drop(columns=["_case", "_backend"]).reset_index(drop=True)
     measured = df[df["status"] != "skipped"]
     names = sorted({n for n in measured["device_name"].dropna() if n})
