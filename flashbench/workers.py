@@ -311,7 +311,8 @@ class LocalExecutor:
         self.on_activity = on_activity
         self.plugins = plugins
         self.identities: dict[str, dict] = {}  # label -> identity reported by its worker
-        self.stats: dict = {"workers_started": 0, "startup_s": [], "roundtrip_s": [], "measure_wall_s": []}
+        # start-ups, and per task (key) the driver-observed seconds from sending it to its record
+        self.stats: dict = {"workers_started": 0, "startup_s": [], "task_roundtrip_s": {}}
 
     @property
     def device_indices(self) -> list[int | None]:
@@ -577,8 +578,7 @@ class LocalExecutor:
                 return []
             if mtype == "record" and s.state == "busy" and payload.get("id") == s.current_id:
                 rec: Record = payload["record"]
-                self.stats["roundtrip_s"].append(time.perf_counter() - s.sent_at)
-                self.stats["measure_wall_s"].append(rec.wall_s or 0.0)
+                self.stats["task_roundtrip_s"][s.current.key()] = time.perf_counter() - s.sent_at
                 s.current, s.deadline, s.state = None, None, "idle"
                 if is_cuda_fatal(rec):
                     # the context may be unusable: never let it cost a second task
