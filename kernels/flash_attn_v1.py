@@ -399,8 +399,12 @@ def _fa1_bwd_kernel(
 
 # head_dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs on the GPU.
 # Large BLOCK_N = fewer outer iterations = fewer passes of O/l/m (forward) and dQ (backward) through HBM.
-_FWD_TABLE = {32: (64, 128, 4, 2), 64: (64, 128, 4, 2), 96: (64, 128, 8, 2), 128: (64, 128, 8, 2), 256: (32, 64, 8, 1)}
-_BWD_TABLE = {32: (64, 128, 8, 1), 64: (64, 128, 8, 1), 96: (64, 64, 8, 1), 128: (64, 64, 8, 1), 256: (32, 32, 8, 1)}
+# D 64 / 128 entries: best of a sweep on an H100 (bf16, N=4096, non-causal; kernels/TUNING.md, "FA1"):
+# fwd D64 64x256/8w 107 TFLOP/s vs 69 for 64x128/4w, D128 128x128/8w 62 vs 46; fwd+bwd with bwd
+# D64 128x128/8w 124 vs 108, D128 64x128/8w 65 vs 53.  D 32 / 96 follow D 64 / 128 (not measured);
+# D 256 is a register-pressure guess (not timed).
+_FWD_TABLE = {32: (64, 256, 8, 2), 64: (64, 256, 8, 2), 96: (128, 128, 8, 2), 128: (128, 128, 8, 2), 256: (32, 64, 8, 1)}
+_BWD_TABLE = {32: (128, 128, 8, 1), 64: (128, 128, 8, 1), 96: (64, 128, 8, 1), 128: (64, 128, 8, 1), 256: (32, 32, 8, 1)}
 # fp32 inputs: operands twice as large
 _FWD_TABLE_F32 = {32: (64, 64, 4, 1), 64: (64, 64, 4, 1), 96: (32, 64, 4, 1), 128: (32, 64, 4, 1), 256: (16, 32, 4, 1)}
 _BWD_TABLE_F32 = {32: (64, 64, 4, 1), 64: (64, 64, 4, 1), 96: (32, 32, 4, 1), 128: (32, 32, 4, 1), 256: (16, 32, 4, 1)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check and time the bundled Triton FlashAttention-1 kernel on a CUDA GPU (one call of the device machine).
 
-    python3 scripts/bench_fa1.py [--no-tests] [--no-sweep] [--out DIR]
+    python3 scripts/bench_fa1.py [--no-tests] [--sweep] [--out DIR]
 
 1. makes ``flashbench_kernels`` importable (``pip install -e .``, or a symlink on sys.path if the
    project does not install yet);
@@ -11,7 +11,7 @@
    ``triton.testing.do_bench(..., return_mode="median")``: bf16, D 64 / 128, N 1k / 4k / 16k at 16k
    tokens (batch = 16384 // N, heads = 2048 // D), fwd and fwd+bwd, causal and not; TFLOP/s counted
    as in REFERENCE.md section 3 (fwd 4·B·H·N²·D, causal half, fwd+bwd 3.5x);
-4. optionally sweeps a few FA1 block configs at N = 4096 (non-causal);
+4. with --sweep, times a few alternative FA1 block configs at N = 4096 (non-causal);
 5. writes everything under --out (default $OUT or ./bench_out) and prints a short table last.
 """
 from __future__ import annotations
@@ -61,11 +61,11 @@ def flops(B, H, N, D, causal, mode):
 
 BENCH_DS = (64, 128)
 BENCH_NS = (1024, 4096, 16384)
-SWEEP = {  # head dim -> ("fwd"|"bwd", (BLOCK_M, BLOCK_N, num_warps, num_stages)) alternatives
-    64: [("fwd", (128, 128, 8, 2)), ("fwd", (64, 256, 8, 2)), ("fwd", (64, 64, 4, 2)),
-         ("bwd", (128, 128, 8, 1)), ("bwd", (64, 64, 4, 1)), ("bwd", (64, 128, 4, 2))],
-    128: [("fwd", (128, 128, 8, 2)), ("fwd", (64, 64, 4, 2)), ("fwd", (128, 64, 8, 2)),
-          ("bwd", (64, 128, 8, 1)), ("bwd", (128, 64, 8, 1)), ("bwd", (32, 64, 4, 1))],
+SWEEP = {  # head dim -> ("fwd"|"bwd", (BLOCK_M, BLOCK_N, num_warps, num_stages)) alternatives to the table
+    64: [("fwd", (64, 128, 4, 2)), ("fwd", (128, 128, 8, 2)), ("fwd", (128, 256, 8, 2)),
+         ("bwd", (64, 128, 8, 1)), ("bwd", (128, 128, 8, 2)), ("bwd", (128, 64, 8, 1))],
+    128: [("fwd", (64, 128, 8, 2)), ("fwd", (128, 64, 8, 2)), ("fwd", (64, 256, 8, 1)),
+          ("bwd", (64, 64, 8, 1)), ("bwd", (128, 64, 8, 1)), ("bwd", (128, 128, 8, 1))],
 }
 
 
@@ -97,7 +97,7 @@ def set_cfg(fa1, D, which, cfg):
     return old
 
 
-def warm(part: int, nparts: int):
+def warm(part: int, nparts: int, sweep: bool):
     """Compile (run once, small batch) every kernel variant the timing will use; part/nparts of them."""
     import torch
     from flashbench_kernels import flash_attn_v1 as fa1
@@ -106,7 +106,7 @@ def warm(part: int, nparts: int):
     for D in BENCH_DS:
         for causal in (False, True):
             jobs.append(("fa1", D, causal, None, None))
-        for which, cfg in SWEEP[D]:  # the sweep times non-causal only
+        for which, cfg in (SWEEP[D] if sweep else []):  # the sweep times non-causal only
             jobs.append(("fa1", D, False, which, cfg))
     for idx, (kern, D, causal, which, cfg) in enumerate(jobs):
         if idx % nparts != part:
@@ -138,13 +138,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "bench_out"))
     ap.add_argument("--no-tests", action="store_true")
-    ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--warm", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sweep", action="store_true", help="also time a few alternative FA1 block configs at N=4096")
+    ap.add_argument("--warm", nargs=3, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--shards", type=int, default=4)
     args = ap.parse_args()
     env = ensure_importable()
     if args.warm:
-        warm(*args.warm)
+        warm(args.warm[0], args.warm[1], bool(args.warm[2]))
         return 0
 
     import torch
@@ -173,7 +173,7 @@ def main():
     nwarm = 6
     for i in range(nwarm):
         procs.append(("warm%d" % i, subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--warm", str(i), str(nwarm)],
+            [sys.executable, os.path.abspath(__file__), "--warm", str(i), str(nwarm), str(int(args.sweep))],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     test_summary = []
     for name, p in procs:
@@ -221,7 +221,7 @@ def main():
 
     # 4. config sweep at N = 4096 (fwd for fwd configs, fwd_bwd for bwd configs), non-causal and causal
     sweep_rows = []
-    if not args.no_sweep:
+    if args.sweep:
         N = 4096
         for D in BENCH_DS:
             B, H, q, k, v, do = make_case(D, N, False, "fwd", torch.bfloat16)
