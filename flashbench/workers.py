@@ -574,7 +574,7 @@ class LocalExecutor:
                 s.identity = payload.get("identity") or {}
                 self.identities[s.label] = dict(s.identity)
                 self.stats["startup_s"].append(time.perf_counter() - s.started_at)
-                self._activity(s, "idle")
+                self._activity(s, f"ready ({s.identity.get('device_name') or s.label})")
                 return []
             if mtype == "record" and s.state == "busy" and payload.get("id") == s.current_id:
                 rec: Record = payload["record"]
