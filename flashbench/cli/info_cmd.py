@@ -17,7 +17,11 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
 
     from .. import backends
     from ..config import bundled_configs, load_config
+    from ..plugins import load_plugins
+    from .common import user_errors
 
+    with user_errors():
+        load_plugins()  # backends named in FLASHBENCH_PLUGINS are listed too
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for name, b in backends.REGISTRY.items():
