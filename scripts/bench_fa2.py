@@ -109,6 +109,20 @@ def _time(fn, q, k, v, do, causal, mode):
     return triton.testing.do_bench(call, return_mode="median")
 
 
+_SEEN_TUNINGS = set()
+
+
+def _log_tuning(log, label):
+    """Log every candidate's time of each autotuning that happened since the last call."""
+    fa2 = _fa2()
+    for kname, tuned in (("fwd", fa2._fwd_tuned), ("bwd_dkdv", fa2._dkdv_tuned), ("bwd_dq", fa2._dq_tuned)):
+        ct = getattr(tuned, "configs_timings", None)
+        if ct and id(ct) not in _SEEN_TUNINGS:
+            _SEEN_TUNINGS.add(id(ct))
+            log(f"autotune {kname} {label}: " + "; ".join(
+                f"{fa2._fmt(c)} {t[0]:.3f}ms" for c, t in sorted(ct.items(), key=lambda x: x[1][0])))
+
+
 def _relerr(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -128,6 +142,7 @@ def correctness(log):
             for name, fn in (("ours", _ours), ("sdpa_flash", _sdpa("flash"))):
                 o = fn(q, k, v, causal)
                 g = torch.autograd.grad(o, (q, k, v), do)
+                _log_tuning(log, f"N=1024 D={d} causal={causal}")
                 errs = [_relerr(o[:4], ref)] + [_relerr(a[:4], b) for a, b in zip(g, rg)]
                 finite = bool(torch.isfinite(o).all() and all(torch.isfinite(x).all() for x in g))
                 rows.append((d, causal, name, errs, finite))
@@ -138,6 +153,7 @@ def correctness(log):
         for causal in (False, True):
             q, k, v, _ = _inputs(16384, d, seed=2)
             e = _relerr(_ours(q, k, v, causal), _sdpa("cudnn")(q, k, v, causal))
+            _log_tuning(log, f"N=16384 D={d} causal={causal}")
             log(f"correct N=16384 D={d} causal={causal} ours vs sdpa_cudnn rel diff out = {e:.2e}")
     return rows
 
@@ -172,7 +188,6 @@ def bench(out_dir):
     log(f"[correctness took {time.time() - t0:.0f}s]")
 
     results = []
-    seen = set()
     t0 = time.time()
     for n, d, causal in SHAPES:
         q, k, v, do = _inputs(n, d, grad=True)
@@ -188,13 +203,7 @@ def bench(out_dir):
                     log(f"{name} {mode} N={n} D={d} causal={causal}: {type(e).__name__}: {str(e)[:200]}")
                 if name == "ours":
                     row["configs"] = fa2.last_configs()
-                    for kname, tuned in (("fwd", fa2._fwd_tuned), ("bwd_dkdv", fa2._dkdv_tuned),
-                                         ("bwd_dq", fa2._dq_tuned)):
-                        ct = getattr(tuned, "configs_timings", None)
-                        if ct and id(ct) not in seen:
-                            seen.add(id(ct))
-                            log(f"autotune {kname} N={n} D={d} causal={causal}: " + "; ".join(
-                                f"{fa2._fmt(c)} {t[0]:.3f}ms" for c, t in sorted(ct.items(), key=lambda x: x[1][0])))
+                    _log_tuning(log, f"N={n} D={d} causal={causal}")
             results.append(row)
             log(json.dumps(row))
         del q, k, v, do

@@ -235,13 +235,15 @@ def test_gpu_autotuned_bf16(causal, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_fp32_ieee_path():
+def test_gpu_fp32_ieee_path(monkeypatch):
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)
     q, k, v, do = _inputs(1, 4, 2, 200, 300, 64, torch.float32, seed=4)
     _check_against_reference(q, k, v, do, causal=True, atol=1e-4)
 
 
 @pytest.mark.gpu
-def test_gpu_pointer_path_on_misaligned_view():
+def test_gpu_pointer_path_on_misaligned_view(monkeypatch):
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)
     # a view whose head stride is not 16-byte aligned forces the pointer path on any GPU
     base = torch.randn(2 * 100 * 64 + 1, dtype=torch.float16, device="cuda")
     q = base[1:].view(1, 2, 100, 64)  # data_ptr offset by 2 bytes
