@@ -23,3 +23,5 @@ print(ok.pivot_table(index=["head_dim", "seq_len_q", "causal", "mode"], columns=
 for _, r in df[~df.status.isin(["ok", "skipped"])].iterrows():
     print("BAD", r.backend, r.dtype, r.head_dim, r.seq_len_q, r.causal, r["mode"], r.status, str(r.reason)[:160])
 PY
+# the device returns at most 8 files: everything travels in one archive
+tar czf "$OUT/baseline.tgz" -C "$OUT" default env.json gpu_tests.txt check_timing.json default_wall.txt default.log
