@@ -126,6 +126,9 @@ class Measurer:
         why = backend.unsupported_reason(case, "cuda" if dev.startswith("cuda") else dev)
         if why:
             raise Unsupported(why)
+        if self.settings.timing.cuda_graph and case.has_backward:
+            # autograd runs the backward on the forward's stream, outside a capture begun after it
+            raise Unsupported("CUDA-graph timing covers mode fwd only; time backward modes with CUDA events")
         fn = backend.prepare(case, dev)
         inputs = make_inputs(case, dev, self.settings.seed)
         if self.settings.correctness:

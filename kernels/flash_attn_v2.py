@@ -446,20 +446,26 @@ def _dclass(head_dim: int) -> str:
 # each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is
 # the number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 FWD_SPACE = {
-    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3), (128, 32, 4, 3)],
-    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 64, 4, 3)],
-    "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4)],
+    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
 }
 DKDV_SPACE = {
-    "small": [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3)],
-    "mid": [(64, 128, 8, 3), (64, 128, 8, 2), (64, 128, 8, 1), (32, 128, 8, 3), (64, 64, 4, 3)],
-    "large": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 1), (32, 32, 4, 2)],
+    "small": [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3)],
+    "mid": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3)],
+    "large": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 1)],
 }
 DQ_SPACE = {
-    "small": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)],
-    "mid": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 3)],
-    "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1), (32, 32, 4, 2)],
+    "small": [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3)],
+    "mid": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2)],
+    "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1)],
 }
+# Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
+# runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
+# Trying both paths, and five entries a class, made autotuning cost ~10 s a shape in a sweep,
+# most of it compiling 30 variants per (head dim, causal, dtype); three entries on one path
+# compile 9.
+PREFERRED_PATH = {"fwd": False, "bwd_dkdv": True, "bwd_dq": False}
 # One fixed small configuration for the CPU interpreter (BLOCK_M != BLOCK_N on purpose, to
 # exercise the diagonal logic with blocks of both shapes).
 INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1)}
@@ -499,12 +505,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _make_pruner(space: dict):
+def _make_pruner(space: dict, prefer_tma: bool):
     """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences."""
 
     def prune(configs, named_args, **kwargs):
         allowed = {tuple(t) for t in space[_dclass(kwargs["HEAD_DIM"])]}
-        paths = {_PTR_ONLY: (False,), _BOTH: (False, True), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
+        paths = {_PTR_ONLY: (False,), _BOTH: (prefer_tma,), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
         cand = [c for c in configs if _sig(c) in allowed and c.kwargs["USE_TMA"] in paths]
         nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
@@ -524,14 +530,15 @@ def _bench_for_tuning(fn, quantiles=None):
 _TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _autotuned(kernel, space):
-    return triton.autotune(_all_configs(space), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _make_pruner(space)},
+def _autotuned(kernel, space, prefer_tma: bool):
+    return triton.autotune(_all_configs(space), key=_TUNE_KEY,
+                           prune_configs_by={"early_config_prune": _make_pruner(space, prefer_tma)},
                            do_bench=_bench_for_tuning)(kernel)
 
 
-_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE)
-_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, DKDV_SPACE)
-_dq_tuned = _autotuned(_bwd_dq_kernel, DQ_SPACE)
+_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"])
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
+_dq_tuned = _autotuned(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
 
 
 def _fmt(cfg) -> str:

@@ -7,10 +7,8 @@ source .whl/setup.sh || exit 3
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 flashbench env --format json > "$OUT/env.json"
-python3 -m pytest -q -m gpu tests/test_gpu_harness.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
-python3 scripts/check_timing.py --out "$OUT/check_timing.json" > /dev/null; tail -c 300 "$OUT/check_timing.json"; echo
 start=$(date +%s)
-flashbench run default --out "$OUT/default" --quiet 2> "$OUT/default.log"
+timeout ${SWEEP_LIMIT_S:-420} flashbench run default --out "$OUT/default" --quiet 2> "$OUT/default.log"
 echo "default sweep wall time: $(( $(date +%s) - start )) s" | tee "$OUT/default_wall.txt"
 tail -3 "$OUT/default.log"
 python3 - <<'PY'
@@ -23,5 +21,8 @@ print(ok.pivot_table(index=["head_dim", "seq_len_q", "causal", "mode"], columns=
 for _, r in df[~df.status.isin(["ok", "skipped"])].iterrows():
     print("BAD", r.backend, r.dtype, r.head_dim, r.seq_len_q, r.causal, r["mode"], r.status, str(r.reason)[:160])
 PY
+python3 -m pytest -q -m gpu -rfE --tb=line tests/test_gpu_harness.py > "$OUT/gpu_tests.txt" 2>&1
+grep -E "passed|failed|FAILED|Error" "$OUT/gpu_tests.txt" | tail -12
+python3 scripts/check_timing.py --out "$OUT/check_timing.json" > /dev/null; tail -c 300 "$OUT/check_timing.json"; echo
 # the device returns at most 8 files: everything travels in one archive
 tar czf "$OUT/baseline.tgz" -C "$OUT" default env.json gpu_tests.txt check_timing.json default_wall.txt default.log

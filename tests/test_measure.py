@@ -123,3 +123,9 @@ def test_correctness_can_be_switched_off():
     s = MeasureSettings(timing=FAST.timing, correctness=False)
     r = Measurer(s, "cpu").measure(Task(case(), "test_wrong"))
     assert r.status == "ok" and r.max_abs_err is None
+
+
+def test_cuda_graph_timing_skips_backward_modes_with_a_reason():
+    s = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
+    r = Measurer(s, "cpu").measure(Task(case(mode="bwd"), "naive"))
+    assert r.status == "skipped" and "CUDA-graph timing covers mode fwd only" in r.reason
