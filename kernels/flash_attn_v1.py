@@ -76,6 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autograd import attention_function
 from ._validate import check_inputs, default_scale, interpreting
 
 __all__ = ["flash_attn_v1", "last_configs"]
@@ -473,7 +474,7 @@ def _fa1_forward(q, k, v, causal: bool, sm_scale: float):
     return out, lse
 
 
-def _fa1_backward(do, q, k, v, out, lse, causal: bool, sm_scale: float):
+def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float):
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     group = H // Hkv
@@ -524,21 +525,7 @@ def _fa1_backward(do, q, k, v, out, lse, causal: bool, sm_scale: float):
     return dq, dk, dv
 
 
-class _FlashAttnV1(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
-        out, lse = _fa1_forward(q, k, v, causal, sm_scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal = causal
-        ctx.sm_scale = sm_scale
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _fa1_backward(dout, q, k, v, out, lse, ctx.causal, ctx.sm_scale)
-        return dq, dk, dv, None, None
+_FlashAttnV1 = attention_function("_FlashAttnV1", _fa1_forward, _fa1_backward)
 
 
 def flash_attn_v1(q, k, v, causal: bool = False, sm_scale: float | None = None, return_lse: bool = False):

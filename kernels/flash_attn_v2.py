@@ -69,6 +69,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._autograd import attention_function
 from ._validate import check_inputs, default_scale, interpreting
 
 __all__ = ["flash_attn_v2", "last_configs"]
@@ -656,21 +657,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
     return dq, dk, dv
 
 
-class _FlashAttnV2Fn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
-        o, lse = _forward(q, k, v, causal, sm_scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal = causal
-        ctx.sm_scale = sm_scale
-        ctx.mark_non_differentiable(lse)
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, _dlse):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale)
-        return dq, dk, dv, None, None
+_FlashAttnV2Fn = attention_function("_FlashAttnV2Fn", _forward, _backward)
 
 
 def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
