@@ -12,7 +12,6 @@ from rich.table import Table
 
 from .cases import CASE_FIELDS
 
-SHAPE_FIELDS = tuple(f for f in CASE_FIELDS)
 FORMATS = ("table", "json", "csv", "markdown")
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "mismatch": "bold magenta", "oom": "yellow",
                 "error": "bold red", "crashed": "bold red", "timeout": "bold red"}
@@ -41,20 +40,13 @@ def fmt_bytes(n) -> str:
     return f"{n:.0f} B"
 
 
-def shape_label(row) -> str:
-    kv = f"/{row['kv_heads']}kv" if row["kv_heads"] != row["heads"] else ""
-    n = f"{row['seq_len_q']}" if row["seq_len_q"] == row["seq_len_kv"] else f"{row['seq_len_q']}x{row['seq_len_kv']}"
-    causal = "causal" if row["causal"] else "full"
-    return f"B{row['batch']} H{row['heads']}{kv} N{n} D{row['head_dim']} {row['dtype']} {causal} {row['mode']}"
-
-
 def with_speedup(df: pd.DataFrame, reference_backend: str | None) -> pd.DataFrame:
     """Add ``speedup``: reference backend's median over this row's, within each shape."""
     df = df.copy()
     df["speedup"] = math.nan
     if not reference_backend or df.empty:
         return df
-    keys = list(SHAPE_FIELDS)
+    keys = list(CASE_FIELDS)
     ref = df[(df["backend"] == reference_backend) & df["median_ms"].notna()][keys + ["median_ms"]]
     ref = ref.rename(columns={"median_ms": "_ref_ms"})
     merged = df.merge(ref, on=keys, how="left")

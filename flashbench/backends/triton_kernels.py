@@ -6,13 +6,10 @@ interpreter runs them (slowly: small shapes only).
 from __future__ import annotations
 
 import importlib
-import os
+
+from flashbench_kernels._validate import interpreting
 
 from .base import Backend
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class TritonKernelBackend(Backend):
@@ -27,7 +24,7 @@ class TritonKernelBackend(Backend):
 
     @property
     def devices(self):
-        return ("cuda", "cpu") if _interpreting() else ("cuda",)
+        return ("cuda", "cpu") if interpreting() else ("cuda",)
 
     def availability(self):
         try:
@@ -42,7 +39,7 @@ class TritonKernelBackend(Backend):
         return None
 
     def unsupported_reason(self, case, device):
-        if device == "cpu" and not _interpreting():
+        if device == "cpu" and not interpreting():
             return f"{self.name} needs a CUDA GPU (set TRITON_INTERPRET=1 to run it slowly on Triton's CPU interpreter)"
         return super().unsupported_reason(case, device)
 
