@@ -129,3 +129,22 @@ def test_cuda_graph_timing_skips_backward_modes_with_a_reason():
     s = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
     r = Measurer(s, "cpu").measure(Task(case(mode="bwd"), "naive"))
     assert r.status == "skipped" and "CUDA-graph timing covers mode fwd only" in r.reason
+
+
+def test_pinned_sdpa_with_bottom_right_causal():
+    """Nq != Nkv causal: math gets a tensor mask (correct result); flash/cudnn are skipped with the reason."""
+    c = case(causal=True, mode="fwd_bwd", seq_len_q=40, seq_len_kv=24)  # the first 16 query rows see no key
+    m = Measurer(FAST, "cpu")
+    r = m.measure(Task(c, "sdpa_math"))
+    assert r.status == "ok", r.reason  # fully masked rows come out 0, as the reference defines them
+    from flashbench.backends import get
+
+    for name in ("sdpa_flash", "sdpa_cudnn"):
+        why = get(name).extra_reason(c, "cuda")
+        assert why and "bypasses sdpa_kernel pinning" in why
+    assert get("sdpa_efficient").extra_reason(c, "cuda") is None
+
+
+def test_pinned_sdpa_math_bottom_right_matches_reference():
+    r = Measurer(FAST, "cpu").measure(Task(case(causal=True, mode="fwd_bwd", seq_len_q=24, seq_len_kv=40), "sdpa_math"))
+    assert r.status == "ok", r.reason

@@ -5,8 +5,16 @@ back to another kernel. Whether a kernel accepts a case is decided by PyTorch it
 probe call with the case's head dim, dtype, causal form and GQA shape runs in ``prepare``, and
 PyTorch's own explanation (its warnings) becomes the skip reason.
 
-Causal masking is bottom-right aligned everywhere in flashbench: for Nq != Nkv the mask is
-``torch.nn.attention.bias.causal_lower_right`` (``is_causal=True`` would be top-left).
+Causal masking is bottom-right aligned everywhere in flashbench; ``is_causal=True`` is top-left,
+which differs when Nq != Nkv. Then:
+
+- ``sdpa`` passes ``torch.nn.attention.bias.causal_lower_right`` and lets PyTorch choose;
+- ``sdpa_math`` and ``sdpa_efficient`` get the bottom-right mask as a boolean tensor, which both
+  kernels accept;
+- ``sdpa_flash`` and ``sdpa_cudnn`` are skipped. Their only bottom-right route is the
+  ``causal_lower_right`` bias, whose dispatch calls the flash or efficient kernels directly,
+  without consulting ``sdpa_kernel`` (torch/nn/attention/bias.py, ``CausalBias._dispatch``):
+  the pinned kernel would silently not be the one measured.
 """
 from __future__ import annotations
 
@@ -26,11 +34,16 @@ PINNED = {
 }
 
 
-def _sdpa_call(causal: bool, n_q: int, n_kv: int, gqa: bool):
+def _sdpa_call(causal: bool, n_q: int, n_kv: int, gqa: bool, pinned: bool, device):
     if causal and n_q != n_kv:
-        from torch.nn.attention.bias import causal_lower_right
+        if pinned:
+            from ..reference import causal_mask
 
-        mask = causal_lower_right(n_q, n_kv)
+            mask = causal_mask(n_q, n_kv, device)  # a tensor mask: the pinned kernel is honoured
+        else:
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask = causal_lower_right(n_q, n_kv)
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
@@ -53,8 +66,14 @@ class SdpaBackend(Backend):
 
         return sdpa_kernel([getattr(SDPBackend, self.kernel)])
 
+    def extra_reason(self, case, device):
+        if self.kernel in ("FLASH_ATTENTION", "CUDNN_ATTENTION") and case.causal and case.seq_len_q != case.seq_len_kv:
+            return (f"{self.name}: PyTorch offers bottom-right causal masking for Nq != Nkv only through "
+                    "causal_lower_right, which bypasses sdpa_kernel pinning, so the pinned kernel cannot be guaranteed")
+        return None
+
     def prepare(self, case, device):
-        call = _sdpa_call(case.causal, case.seq_len_q, case.seq_len_kv, case.is_gqa)
+        call = _sdpa_call(case.causal, case.seq_len_q, case.seq_len_kv, case.is_gqa, self.kernel is not None, device)
         self._probe(case, device, call)
 
         def fn(q, k, v):
@@ -74,7 +93,7 @@ class SdpaBackend(Backend):
         q = torch.randn(1, ratio, n_q, case.head_dim, device=device, dtype=dt, requires_grad=grad)
         k = torch.randn(1, 1, n_kv, case.head_dim, device=device, dtype=dt, requires_grad=grad)
         v = torch.randn(1, 1, n_kv, case.head_dim, device=device, dtype=dt, requires_grad=grad)
-        probe = _sdpa_call(case.causal, n_q, n_kv, case.is_gqa)
+        probe = _sdpa_call(case.causal, n_q, n_kv, case.is_gqa, True, device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
