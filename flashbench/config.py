@@ -177,16 +177,22 @@ def bundled_configs() -> dict[str, Path]:
 
 
 def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML file, or the name of a bundled config (``seqlen`` -> configs/seqlen.yaml).
+
+    An existing file wins; a bare name (no ``.yaml``, no ``/``) then means a bundled config, even
+    when a directory of that name happens to exist where the command runs.
+    """
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path:
-        if not p.exists():
-            raise ConfigError([f"{name_or_path}: no such file"])
-        if not p.is_file():
-            raise ConfigError([f"{name_or_path}: not a file"])
+    if p.is_file():
         return p
+    looks_like_path = p.suffix in (".yaml", ".yml") or "/" in name_or_path
     bundled = bundled_configs()
-    if name_or_path in bundled:
+    if not looks_like_path and name_or_path in bundled:
         return bundled[name_or_path]
+    if p.exists():
+        raise ConfigError([f"{name_or_path}: not a file"])
+    if looks_like_path:
+        raise ConfigError([f"{name_or_path}: no such file"])
     raise ConfigError([f"{name_or_path}: neither a file nor a bundled config (bundled: {', '.join(sorted(bundled))})"])
 
 

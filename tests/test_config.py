@@ -118,3 +118,14 @@ def test_missing_file_and_unknown_name(tmp_path):
 def test_timing_bounds_are_checked():
     (p,) = _problems(GOOD + "timing:\n  min_samples: 10\n  max_samples: 5\n")
     assert "timing" in p and "max_samples" in p
+
+
+def test_bundled_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "smoke").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("smoke").config.name == "smoke"
+    with pytest.raises(ConfigError) as e:
+        load_config("./smoke")
+    assert "not a file" in e.value.problems[0]
+    (tmp_path / "mine.yaml").write_text("axes: {batch: 1, heads: 1, seq_len: 8, head_dim: 32}\nbackends: [naive]\n")
+    assert load_config("mine.yaml").config.backends == ["naive"]
