@@ -51,34 +51,43 @@ class _L2Flusher:
         self.buf.zero_()
 
 
-def time_cuda(call: Callable[[], object], s: TimingSettings, device="cuda") -> TimingResult:
-    if s.cuda_graph:
-        return _time_cuda_graph(call, s, device)
-    flush = _L2Flusher(device) if s.flush_l2 else (lambda: None)
-    call()  # the first call may compile or autotune: never part of an estimate
-    torch.cuda.synchronize()
+def _event_samples(run: Callable[[], object], before: Callable[[], object], s: TimingSettings) -> list[float]:
+    """Estimate, warm up and sample ``run`` with CUDA events; ``before`` runs outside the events."""
     # estimate the per-call time on a few calls, then warm up for warmup_ms
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(3):
-        flush()
-        call()
+        before()
+        run()
     end.record()
     torch.cuda.synchronize()
-    estimate = start.elapsed_time(end) / 3  # includes the flush: a conservative estimate
+    estimate = start.elapsed_time(end) / 3  # includes `before` (the flush): a conservative estimate
     for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
-        flush()
-        call()
+        before()
+        run()
     n = _sample_count(estimate, s)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
-        flush()
+        before()
         starts[i].record()
-        call()
+        run()
         ends[i].record()
     torch.cuda.synchronize()
-    samples = [a.elapsed_time(b) for a, b in zip(starts, ends)]
+    return [a.elapsed_time(b) for a, b in zip(starts, ends)]
+
+
+def _nothing() -> None:
+    return None
+
+
+def time_cuda(call: Callable[[], object], s: TimingSettings, device="cuda") -> TimingResult:
+    if s.cuda_graph:
+        return _time_cuda_graph(call, s, device)
+    flush = _L2Flusher(device) if s.flush_l2 else _nothing
+    call()  # the first call may compile or autotune: never part of an estimate
+    torch.cuda.synchronize()
+    samples = _event_samples(call, flush, s)
     return TimingResult(samples, "cuda_events_l2_flush" if s.flush_l2 else "cuda_events_warm_l2")
 
 
@@ -94,24 +103,7 @@ def _time_cuda_graph(call, s: TimingSettings, device) -> TimingResult:
     with torch.cuda.graph(graph):
         call()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    estimate = start.elapsed_time(end) / 3
-    for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
-        graph.replay()
-    n = _sample_count(estimate, s)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        starts[i].record()
-        graph.replay()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return TimingResult([a.elapsed_time(b) for a, b in zip(starts, ends)], "cuda_graph_warm_l2")
+    return TimingResult(_event_samples(graph.replay, _nothing, s), "cuda_graph_warm_l2")
 
 
 def time_cpu(call: Callable[[], object], s: TimingSettings) -> TimingResult:
