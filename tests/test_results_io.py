@@ -65,3 +65,28 @@ def test_bad_files(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"schema_version": 999, "records": []}))
     with pytest.raises(ResultsError, match="schema_version 999"):
         load_run(tmp_path)
+
+
+def test_each_record_is_encoded_once(tmp_path, monkeypatch):
+    # a long sweep must not re-encode every earlier record after each new one (quadratic cost)
+    calls = []
+    real = Record.to_dict
+    monkeypatch.setattr(Record, "to_dict", lambda self: calls.append(1) or real(self))
+    w = ResultsWriter(tmp_path, {})
+    for i in range(20):
+        w.add(rec(backend=f"b{i}"))
+    w.update_meta(finished=True)
+    assert len(calls) == 20
+    assert [r.backend for r in load_run(tmp_path).records] == [f"b{i}" for i in range(20)]
+
+
+def test_edited_records_reach_the_files_on_reserialize(tmp_path):
+    w = ResultsWriter(tmp_path, {"x": 1})
+    w.add(rec())
+    w.records[0].hbm_bytes_read = 1234  # as flashbench profile does after ncu
+    w.flush()
+    assert load_run(tmp_path).records[0].hbm_bytes_read is None  # cached text: unchanged
+    w.flush(reserialize=True)
+    run = load_run(tmp_path)
+    assert run.records[0].hbm_bytes_read == 1234 and run.meta["x"] == 1
+    assert list(csv.DictReader(open(tmp_path / "results.csv")))[0]["hbm_bytes_read"] == "1234"

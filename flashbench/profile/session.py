@@ -114,7 +114,7 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
             for t, tr in res.items():
                 measured[t].hbm_bytes_read, measured[t].hbm_bytes_written = tr.read, tr.written
                 report.traffic[t] = tr
-            writer.flush()  # the same Record objects: results files now carry the bytes
+            writer.flush(reserialize=True)  # the same Record objects: results files now carry the bytes
 
         ncu_mod.measure_tasks(to_count, out_dir, seed=settings.seed, timeout_s=ncu_timeout_s,
                               on_backend=lambda b, n: say(f"ncu: {b} ({n} case{'s' if n != 1 else ''})"),
