@@ -96,11 +96,31 @@ class FakeCudaError(_Fake):
         raise RuntimeError("CUDA error: an illegal memory access was encountered (fake)")
 
 
-for _b in (FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeAbort("fake_abort"), FakeExit("fake_exit"),
+class FakeCompiling(_Fake):
+    """Declares a compile key (the head dim) for flashbench.precompile. prepare() appends
+    "pid label" to the file named by FAKE_COMPILE_LOG; seq_len_q 24 raises, 40 hangs."""
+
+    def compile_key(self, case):
+        return (case.head_dim, case.causal)
+
+    def prepare(self, case, device):
+        log = os.environ.get("FAKE_COMPILE_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {case.label()}\n")
+        if case.seq_len_q == 24:
+            raise ValueError("fake_compiling: this shape does not compile")
+        if case.seq_len_q == 40:
+            while True:
+                time.sleep(1)
+        return self.ok_fn(case)
+
+
+for _b in (FakeCompiling("fake_compiling"), FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeAbort("fake_abort"), FakeExit("fake_exit"),
            FakeSegv("fake_segv"), FakeHang("fake_hang"), FakeRaise("fake_raise"), FakeCudaError("fake_cuda_error")):
     register(_b)
 
-FAKE_NAMES = tuple(n for n in ("fake_ok", "fake_slow", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
+FAKE_NAMES = tuple(n for n in ("fake_compiling", "fake_ok", "fake_slow", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
                                "fake_raise", "fake_cuda_error"))
 
 

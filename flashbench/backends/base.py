@@ -65,6 +65,12 @@ class Backend:
         """Return ``fn(q, k, v) -> o`` for this case. May raise :class:`Unsupported`."""
         raise NotImplementedError
 
+    def compile_key(self, case: Case):
+        """Cases with equal keys run the same compiled code (None: this backend compiles nothing
+        worth doing ahead of time). :mod:`flashbench.precompile` runs one case per key in parallel
+        processes before a sweep, so that compilation is not paid serially in the measuring worker."""
+        return None
+
     def config_description(self) -> str:
         """What the backend chose for the last call (e.g. autotuned block sizes); '' if nothing."""
         return ""

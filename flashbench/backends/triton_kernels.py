@@ -48,6 +48,19 @@ class TritonKernelBackend(Backend):
         causal = case.causal
         return lambda q, k, v: fn(q, k, v, causal=causal)
 
+    def compile_key(self, case):
+        """What selects a Triton specialisation: constexprs (dtype, head dim, causal, the kernels a
+        mode runs), integer arguments equal to 1 (kv heads), the GQA group, and how the lengths
+        divide into blocks (tails compile masked variants; lengths under one block prune tiles)."""
+        if interpreting():
+            return None  # the interpreter compiles nothing
+
+        def length(n):
+            return (n % 256 == 0, min(n, 256) if n < 256 else 256)
+
+        return (case.dtype, case.head_dim, case.causal, case.has_backward, case.heads // case.kv_heads,
+                case.kv_heads == 1, length(case.seq_len_q), length(case.seq_len_kv))
+
     def config_description(self) -> str:
         try:
             configs = self._module().last_configs()

@@ -7,6 +7,7 @@ everything in this process (debugging); ``--executor ray`` runs cases as Ray tas
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sys
 from pathlib import Path
@@ -117,6 +118,23 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
         out.print(run_table(df, ref, title=title))
 
 
+def _precompile(p, writer, slots, quiet: bool) -> None:
+    """Fill Triton's compile cache in parallel before the (serial) measurements start."""
+    from ..precompile import compile_groups, warm_caches
+
+    n = len(compile_groups(p.runnable))
+    if not n:
+        return
+    visible = slots[0].visible if slots else None
+    with err.status(f"compiling kernels: {n} groups in parallel processes", spinner="dots") if not quiet and \
+            sys.stderr.isatty() else contextlib.nullcontext():
+        summary = warm_caches(p.runnable, p.device, visible=visible)
+    writer.update_meta(precompile=summary.to_dict())
+    if not quiet:
+        err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
+                  f"({summary.processes} processes)" + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
+
+
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name (see `flashbench list`); "
@@ -144,6 +162,9 @@ def run(
     ray_resources: Optional[str] = typer.Option(None, "--ray-resources", help="ray: custom resources per task, NAME=AMOUNT,..."),
     ray_group_size: int = typer.Option(1, "--ray-group-size", help="ray: cases per Ray task"),
     ray_max_retries: int = typer.Option(3, "--ray-max-retries", help="ray: retries of a task lost with its worker or node"),
+    precompile: bool = typer.Option(True, "--precompile/--no-precompile",
+                                    help="compile the Triton kernels of the sweep in parallel processes before measuring "
+                                         "(local and inprocess executors)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
     from ..render import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
@@ -227,6 +248,8 @@ def run(
                        max_retries=ray_max_retries, timeout=timeout or None, on_activity=progress.activity)
     ex = make_executor(executor, p, **options)
     hint = f"finish it with: flashbench run {config or name} --resume {directory}" + (f" -b {backends}" if backends else "")
+    if precompile and executor != "ray":
+        _precompile(p, writer, slots, quiet)
     try:
         with progress:
             run_sweep(p, writer, ex, progress.record)
