@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from . import backends
 from .cases import Case, Task
 
-MAX_JOBS = 16
+# Processes at most: each holds a CUDA context (~0.5 GB of GPU memory) and about 1.5 GB of RAM.
+# A little more than one per core: much of a process's life is start-up and waiting on ptxas.
+MAX_JOBS = 24
 
 
 @dataclass
@@ -84,7 +86,7 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     """Run one case per compile group in parallel processes; return what happened.
 
     ``visible``: ``CUDA_VISIBLE_DEVICES`` for the processes (the GPU the sweep measures on);
-    ``jobs``: at most this many processes (default: CPU count, at most 16).
+    ``jobs``: at most this many processes (default: 1.5 per CPU core, at most MAX_JOBS).
     """
     from .plugins import loaded_plugins, plugin_names
 
@@ -93,7 +95,7 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     summary = PrecompileSummary(groups=len(groups))
     if not groups:
         return summary
-    n = max(1, min(len(groups), jobs or min(os.cpu_count() or 1, MAX_JOBS)))
+    n = max(1, min(len(groups), jobs or min(3 * (os.cpu_count() or 1) // 2, MAX_JOBS)))
     env = dict(os.environ)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible

@@ -15,6 +15,7 @@ Executors (all implement :class:`Executor`):
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
@@ -23,6 +24,7 @@ from . import backends
 from .cases import Task
 from .config import LoadedConfig
 from .env import collect_environment, gpu_state, throttle_warning
+from .gpu_monitor import GpuMonitor, compute_processes
 from .grid import expand_loaded
 from .measure import MeasureSettings, Measurer
 from .results_io import ResultsWriter
@@ -161,9 +163,13 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor,
                 on_record(r)
 
     emit(p.skipped)
+    monitor = GpuMonitor(indices[0]) if on_cuda else None
+    # processes on the GPU before the sweep, plus the one that measures (a worker or this process)
+    expected = ((compute_processes(indices[0]) or 0) + 1) if on_cuda else 0
     records = executor.run(p.runnable)
     try:
-        emit(records)
+        with monitor if monitor else contextlib.nullcontext():
+            emit(records)
     finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected
         close = getattr(records, "close", None)
         if close:
@@ -171,9 +177,12 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor,
         identities = getattr(executor, "identities", None)
         if identities:
             writer.update_meta(devices={k: dict(v) for k, v in identities.items()})
+        if monitor:
+            writer.update_meta(gpu_monitor=monitor.summary())
     after = gpu_state(indices[0]) if on_cuda else {}
     extra_after = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
     warnings = [w for w in (throttle_warning(before), throttle_warning(after)) if w]
+    warnings += monitor.warnings(expected) if monitor else []
     warnings += [w for st in (*extra_before.values(), *extra_after.values()) if (w := throttle_warning(st))]
     if p.device == "cpu":
         warnings.append("CPU run: these timings are CPU timings, not GPU timings")

@@ -148,3 +148,18 @@ def test_pinned_sdpa_with_bottom_right_causal():
 def test_pinned_sdpa_math_bottom_right_matches_reference():
     r = Measurer(FAST, "cpu").measure(Task(case(causal=True, mode="fwd_bwd", seq_len_q=24, seq_len_kv=40), "sdpa_math"))
     assert r.status == "ok", r.reason
+
+
+def test_triton_backend_reports_only_the_kernels_a_mode_ran(monkeypatch):
+    from types import SimpleNamespace
+
+    from flashbench.backends.triton_kernels import TritonKernelBackend
+
+    b = TritonKernelBackend("t", "m", "f", "test")
+    launched = {"fwd": "BLOCK_M=128", "bwd_preprocess": "BLOCK_M=64", "bwd_dq": "BLOCK_M=64"}
+    module = SimpleNamespace(f=lambda q, k, v, causal: q, last_configs=lambda: dict(launched))
+    monkeypatch.setattr(b, "_module", lambda: module)
+    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd_bwd"), "cpu")
+    assert "bwd_dq" in b.config_description()
+    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd"), "cpu")  # earlier backward launches are stale
+    assert b.config_description() == "fwd: BLOCK_M=128"

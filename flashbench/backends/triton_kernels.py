@@ -46,6 +46,7 @@ class TritonKernelBackend(Backend):
     def prepare(self, case, device):
         fn = getattr(self._module(), self.function)
         causal = case.causal
+        self._has_backward = case.has_backward
         return lambda q, k, v: fn(q, k, v, causal=causal)
 
     def compile_key(self, case):
@@ -66,4 +67,6 @@ class TritonKernelBackend(Backend):
             configs = self._module().last_configs()
         except Exception:
             return ""
+        if not getattr(self, "_has_backward", True):  # the module remembers earlier backward launches too
+            configs = {k: v for k, v in configs.items() if not k.startswith("bwd")}
         return "; ".join(f"{k}: {v}" for k, v in configs.items())
