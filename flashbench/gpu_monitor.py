@@ -91,7 +91,7 @@ class GpuMonitor:
                 self._event("throttle", reason)
         n = self._read_processes(self.index)
         if n is not None:
-            if self.max_processes is not None and n > self.max_processes:
+            if n > 1 and n > (self.max_processes or 0):
                 self._event("processes", f"{n} processes on the GPU")
             self.max_processes = max(n, self.max_processes or 0)
 
