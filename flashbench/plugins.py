@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 ENV_VAR = "FLASHBENCH_PLUGINS"
 
@@ -54,3 +55,22 @@ def load_plugins(spec: str | list[str] | None = None) -> list[str]:
 
 def loaded_plugins() -> list[str]:
     return list(_loaded)
+
+
+def active_plugins() -> list[str]:
+    """The modules a child process must load: named in the environment or loaded here."""
+    return list(dict.fromkeys(plugin_names() + loaded_plugins()))
+
+
+def child_spec(plugins: list[str] | None = None) -> dict:
+    """What a child process (worker, precompile) needs to see this process's backends:
+    the plugin modules (default :func:`active_plugins`) and this process's ``sys.path``."""
+    return {"plugins": active_plugins() if plugins is None else plugins, "sys_path": [p for p in sys.path if p]}
+
+
+def adopt_child_spec(spec: dict) -> None:
+    """In the child: extend ``sys.path`` and load the plugins named by :func:`child_spec`."""
+    for p in spec.get("sys_path", []):
+        if p not in sys.path:
+            sys.path.append(p)
+    load_plugins(spec.get("plugins") or [])

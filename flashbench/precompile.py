@@ -88,7 +88,7 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     ``visible``: ``CUDA_VISIBLE_DEVICES`` for the processes (the GPU the sweep measures on);
     ``jobs``: at most this many processes (default: 1.5 per CPU core, at most MAX_JOBS).
     """
-    from .plugins import loaded_plugins, plugin_names
+    from .plugins import child_spec
 
     t0 = time.perf_counter()
     groups = compile_groups(tasks)
@@ -99,11 +99,9 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     env = dict(os.environ)
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    plugins = list(dict.fromkeys(plugin_names() + loaded_plugins()))
     procs = []
     for share in _assign(groups, n):
-        spec = {"device": "cuda" if device.startswith("cuda") else device, "plugins": plugins,
-                "sys_path": [p for p in sys.path if p],
+        spec = {"device": "cuda" if device.startswith("cuda") else device, **child_spec(),
                 "jobs": [{"backend": t.backend, "case": t.case.as_dict()} for t in share]}
         p = subprocess.Popen([sys.executable, "-m", "flashbench.precompile"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -158,12 +156,9 @@ def _compile_one(backend_name: str, case: Case, device: str) -> None:
 
 def main() -> int:
     spec = json.loads(sys.stdin.read())
-    for p in spec.get("sys_path", []):
-        if p not in sys.path:
-            sys.path.append(p)
-    from .plugins import load_plugins
+    from .plugins import adopt_child_spec
 
-    load_plugins(spec.get("plugins") or [])
+    adopt_child_spec(spec)
     # results go to the real stdout; anything a library prints goes to stderr (discarded)
     report_to = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)

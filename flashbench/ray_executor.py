@@ -150,9 +150,9 @@ class RayExecutor:
         if not tasks:
             return
         ray = _import_ray()
-        from .plugins import loaded_plugins, plugin_names
+        from .plugins import active_plugins
 
-        plugins = self.plugins if self.plugins is not None else list(dict.fromkeys(plugin_names() + loaded_plugins()))
+        plugins = self.plugins if self.plugins is not None else active_plugins()
         cases = group_by_case(tasks)
         groups = [sum(cases[i:i + self.group_size], []) for i in range(0, len(cases), self.group_size)]
         started = self._init(ray)

@@ -234,12 +234,9 @@ def worker_main() -> int:
     init = recv_msg(proto_in)
     if init is None:
         return 0
-    for p in init.get("sys_path", []):
-        if p not in sys.path:
-            sys.path.append(p)
-    from .plugins import load_plugins
+    from .plugins import adopt_child_spec
 
-    load_plugins(init.get("plugins") or [])
+    adopt_child_spec(init)
     import torch
 
     if init.get("cpu_threads"):
@@ -332,7 +329,7 @@ class LocalExecutor:
         return max(1, (os.cpu_count() or 1) // len(self.devices))
 
     def _start(self, s: _Slot, events: queue.Queue, logs: Path) -> None:
-        from .plugins import loaded_plugins, plugin_names
+        from .plugins import child_spec
 
         s.gen += 1
         s.state, s.identity, s.current, s.deadline = "starting", dict(s.identity), None, None
@@ -353,10 +350,8 @@ class LocalExecutor:
         s.started_at = time.perf_counter()
         s.deadline = s.started_at + self.startup_timeout
         self.stats["workers_started"] += 1
-        plugins = self.plugins if self.plugins is not None else list(dict.fromkeys(plugin_names() + loaded_plugins()))
         init = {"settings": self.settings, "device": "cuda" if self.device.startswith("cuda") else self.device,
-                "device_index": s.spec.index, "plugins": plugins, "sys_path": [p for p in sys.path if p],
-                "cpu_threads": self._cpu_threads()}
+                "device_index": s.spec.index, **child_spec(self.plugins), "cpu_threads": self._cpu_threads()}
         try:
             send_msg(s.proc.stdin, init)
         except (BrokenPipeError, OSError):
