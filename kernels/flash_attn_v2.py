@@ -144,9 +144,9 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
 def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
                MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-               USE_TMA: tl.constexpr, IEEE: tl.constexpr):
+               USE_TMA: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False):
     offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in tl.range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
         k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
         qk = _dot(q, tl.trans(k), None, IEEE)
         if MASK == 0:
@@ -182,7 +182,8 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 stride_ob, stride_oh, stride_om,
                 H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                WARP_SPEC: tl.constexpr = False):
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
     else:
@@ -202,7 +203,16 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
     o_dst = _make_src(O + b * stride_ob + h * stride_oh, stride_om, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    q = _load_tile(q_src, stride_qm, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    if WARP_SPEC:
+        # Triton 3.6's warp-specialisation pass splits the Q block between two consumer warp
+        # groups by rewriting the Q load's row offset to (offset + BLOCK_M/2) in the second one,
+        # and rewrites every other use of that same value too: offs_m would be shifted twice and
+        # any bound built on it (wrong rows; measured: NaN rows on the H100).  The
+        # load therefore gets its own value, equal to m0 (the grid has one program along z).
+        q_row0 = m0 + tl.program_id(2)
+    else:
+        q_row0 = m0
+    q = _load_tile(q_src, stride_qm, q_row0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -210,6 +220,7 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
 
     if CAUSAL:
         # keys < hi are visible to some row of this block; keys < full_end to all of them
+        tl.static_assert(not WARP_SPEC, "the warp-specialised forward is non-causal only")
         hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
         full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
@@ -218,6 +229,12 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
                                    offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
                                    USE_TMA, IEEE)
+    elif WARP_SPEC:
+        # Triton 3.6 warp-specialises a loop only when the kernel has no other loop: one loop over
+        # every key block, the key tail masked in each unless BLOCK_N divides N_KV
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, N_KV,
+                                   offs_m, diag, N_KV, qk_scale, 0 if EVEN_KV else 2, BLOCK_N, BLOCK_D,
+                                   HEAD_DIM, USE_TMA, IEEE, True)
     else:
         full_end = (N_KV // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
@@ -232,7 +249,9 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
     o = acc / l_safe[:, None]
     lse2 = m_i + tl.math.log2(l_i)  # -inf for rows with no visible key
     tl.store(LSE + pid_bh.to(tl.int64) * N_Q + offs_m, lse2, mask=offs_m < N_Q)
-    _store_tile(o_dst, stride_om, m0, N_Q, o.to(O.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    # with warp specialisation the consumer warpgroups each hold part of the block: store by pointer
+    _store_tile(O + b * stride_ob + h * stride_oh if WARP_SPEC else o_dst, stride_om, m0, N_Q,
+                o.to(O.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA and not WARP_SPEC)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,13 +461,15 @@ def _dclass(head_dim: int) -> str:
     return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "large")
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class.  Each entry is tried with both
-# tile paths (pointer loads and TMA descriptors) where the inputs allow TMA.  The first entry of
-# each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is
-# the number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, WS]) per head-dim class.  Each entry is tried with
+# both tile paths (pointer loads and TMA descriptors) where the inputs allow TMA; entries marked
+# WS are warp-specialised forwards, TMA path only (see _ws_allowed).  The first entry of each
+# list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
+# number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
+WS = "ws"
 FWD_SPACE = {
-    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4)],
-    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 3, WS)],
+    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3, WS), (128, 128, 4, 2, WS)],
     "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
 }
 DKDV_SPACE = {
@@ -472,10 +493,12 @@ PREFERRED_PATH = {"fwd": False, "bwd_dkdv": True, "bwd_dq": False}
 INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1)}
 
 # Tests may turn autotuning off (first configuration of each space, TMA where allowed) to keep
-# compile counts low, and force a path ("tma" or "ptr"); None lets capability, alignment and
+# compile counts low, force a path ("tma" or "ptr"), or pin one kernel's configuration
+# (FORCE_CONFIG["fwd"] = (128, 128, 4, 3, WS)); None / empty lets capability, alignment and
 # the autotuner decide.
 AUTOTUNE = True
 FORCE_PATH: str | None = None
+FORCE_CONFIG: dict[str, tuple] = {}
 
 _LAST_CONFIGS: dict[str, str] = {}
 
@@ -483,13 +506,20 @@ _LAST_CONFIGS: dict[str, str] = {}
 _PTR_ONLY, _BOTH, _TMA_ONLY = 0, 1, 2
 
 
+def _is_ws(t) -> bool:
+    return len(t) > 4 and t[4] == WS
+
+
 def _sig(cfg) -> tuple:
-    return (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    base = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    return base + ((WS,) if cfg.kwargs.get("WARP_SPEC") else ())
 
 
 def _to_config(t, use_tma: bool) -> triton.Config:
-    return triton.Config({"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma)},
-                         num_warps=t[2], num_stages=t[3])
+    kwargs = {"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma) or _is_ws(t)}
+    if _is_ws(t):
+        kwargs["WARP_SPEC"] = True
+    return triton.Config(kwargs, num_warps=t[2], num_stages=t[3])
 
 
 def _all_configs(space: dict) -> list:
@@ -498,8 +528,20 @@ def _all_configs(space: dict) -> list:
         for t in lst:
             if tuple(t) not in seen:
                 seen.add(tuple(t))
-                out += [_to_config(t, False), _to_config(t, True)]
+                out += [_to_config(t, True)] if _is_ws(t) else [_to_config(t, False), _to_config(t, True)]
     return out
+
+
+def _ws_allowed(tma_ok: int, ieee: bool, causal: bool) -> bool:
+    """Warp specialisation: non-causal forward, TMA path (Hopper, aligned inputs), 16-bit dots.
+
+    Triton 3.6 specialises a loop on sm_90 only with 4 warps (one producer warp group and two
+    consumer warp groups of BLOCK_M / 2 rows each, 12 warps in all), and only when the kernel
+    has no second loop.  A causal forward in one loop masks every block (the loop cannot branch
+    to an unmasked body and still be specialised), and measured slower than the two-loop kernel
+    (TUNING.md, v6), so causal runs are never warp-specialised.
+    """
+    return tma_ok != _PTR_ONLY and not ieee and not causal and not interpreting()
 
 
 def _next_pow2(n: int) -> int:
@@ -512,7 +554,9 @@ def _make_pruner(space: dict, prefer_tma: bool):
     def prune(configs, named_args, **kwargs):
         allowed = {tuple(t) for t in space[_dclass(kwargs["HEAD_DIM"])]}
         paths = {_PTR_ONLY: (False,), _BOTH: (prefer_tma,), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
-        cand = [c for c in configs if _sig(c) in allowed and c.kwargs["USE_TMA"] in paths]
+        ws_ok = _ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
+        cand = [c for c in configs if _sig(c) in allowed
+                and (ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
         nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
         if fit:
@@ -531,26 +575,32 @@ def _bench_for_tuning(fn, quantiles=None):
 _TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _autotuned(kernel, space, prefer_tma: bool):
-    return triton.autotune(_all_configs(space), key=_TUNE_KEY,
+def _autotuned(kernel, space, prefer_tma: bool, extra_key=()):
+    return triton.autotune(_all_configs(space), key=_TUNE_KEY + list(extra_key),
                            prune_configs_by={"early_config_prune": _make_pruner(space, prefer_tma)},
                            do_bench=_bench_for_tuning)(kernel)
 
 
-_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"])
+_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"])
 _dkdv_tuned = _autotuned(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
 _dq_tuned = _autotuned(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
 
 
 def _fmt(cfg) -> str:
+    ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
     return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
-            f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}")
+            f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
 
 
 def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
-    """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off)."""
-    if interpreting() or not AUTOTUNE:
-        t = INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0]
+    """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off / forced)."""
+    forced = FORCE_CONFIG.get(name)
+    if forced is not None and _is_ws(forced) and not _ws_allowed(tma_ok, meta["IEEE"], meta["CAUSAL"]):
+        raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced} needs warp specialisation, which "
+                         "these inputs do not allow (non-causal, TMA path on capability >= 9, 16-bit dtype, "
+                         "no interpreter)")
+    if interpreting() or not AUTOTUNE or forced is not None:
+        t = forced or (INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0])
         cfg = _to_config(t, tma_ok != _PTR_ONLY)
         raw[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
@@ -604,6 +654,7 @@ def _forward(q, k, v, causal: bool, sm_scale: float):
     lse = _empty((B, H, Nq), torch.float32, q.device)
     tma_ok = _tma_ok(q, k, v, o)
     meta = _common_meta(D, causal, q.dtype, tma_ok)
+    meta["EVEN_KV"] = Nkv % 128 == 0  # every BLOCK_N (<= 128, a power of two) divides Nkv
     args = (q, k, v, o, lse, sm_scale,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),

@@ -195,6 +195,54 @@ def test_cpu_tensors_rejected_when_not_interpreting(monkeypatch):
         flash_attn_v2(q, q, q)
 
 
+def test_forcing_a_warp_specialised_config_where_not_allowed_raises(monkeypatch):
+    # the interpreter (and any pointer-only input) cannot run the warp-specialised forward
+    monkeypatch.setattr(fa2, "FORCE_PATH", "ptr")
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 4, 3, fa2.WS))
+    q, k, v, _ = _inputs(1, 2, 2, 16, 16, 32, torch.float16, seed=3)
+    with pytest.raises(ValueError, match="warp specialisation"):
+        flash_attn_v2(q, k, v)
+
+
+def test_forcing_a_warp_specialised_causal_forward_raises(monkeypatch):
+    monkeypatch.setattr(fa2, "interpreting", lambda: False)  # as on a Hopper GPU with aligned inputs
+    monkeypatch.setattr(fa2, "_tma_ok", lambda *t: fa2._BOTH)
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 4, 3, fa2.WS))
+    q, k, v, _ = _inputs(1, 2, 2, 16, 16, 32, torch.float16, seed=3)
+    with pytest.raises(ValueError, match="non-causal"):
+        fa2._forward(q, k, v, True, 0.125)
+
+
+def test_forced_config_is_used_and_reported(monkeypatch):
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (16, 32, 1, 1))
+    q, k, v, _ = _inputs(1, 2, 2, 40, 40, 32, torch.float16, seed=5)
+    out = flash_attn_v2(q, k, v, causal=True)
+    ref = reference_attention(q, k, v, True, compute_dtype=torch.float64)
+    assert (out.double() - ref).abs().max().item() < 1e-2
+    assert last_configs()["fwd"].startswith("BLOCK_M=16,BLOCK_N=32,num_warps=1,num_stages=1")
+
+
+@pytest.mark.parametrize("tma_ok, ieee, causal, expect_ws", [
+    (fa2._BOTH, False, False, True),       # Hopper, aligned, 16-bit, non-causal: warp-specialised entries tried
+    (fa2._TMA_ONLY, False, False, True),
+    (fa2._PTR_ONLY, False, False, False),  # pre-Hopper or misaligned: never
+    (fa2._BOTH, True, False, False),       # fp32 reference path: never
+    (fa2._BOTH, False, True, False),       # causal: never (one masked loop measured slower)
+])
+def test_pruner_offers_warp_specialised_forwards_only_where_they_run(tma_ok, ieee, causal, expect_ws, monkeypatch):
+    monkeypatch.setattr(fa2, "interpreting", lambda: False)
+    configs = fa2._all_configs(fa2.FWD_SPACE)
+    prune = fa2._make_pruner(fa2.FWD_SPACE, fa2.PREFERRED_PATH["fwd"])
+    kept = prune(configs, {"TMA_OK": tma_ok, "NQ_BUCKET": 4096, "NKV_BUCKET": 4096}, HEAD_DIM=128, IEEE=ieee,
+                 CAUSAL=causal)
+    ws = [c for c in kept if c.kwargs.get("WARP_SPEC")]
+    assert bool(ws) == expect_ws
+    assert all(c.kwargs["USE_TMA"] and c.num_warps == 4 for c in ws)
+    expected_ws = {t for t in fa2.FWD_SPACE["mid"] if fa2._is_ws(t)} if expect_ws else set()
+    assert {fa2._sig(c) for c in ws} == expected_ws
+    assert len(kept) - len(ws) == len([t for t in fa2.FWD_SPACE["mid"] if not fa2._is_ws(t)])
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU only: bf16/fp16 grid with poisoned outputs
 # ---------------------------------------------------------------------------------------------
@@ -250,3 +298,39 @@ def test_gpu_pointer_path_on_misaligned_view(monkeypatch):
     k, v, do = (torch.randn(1, 2, 100, 64, dtype=torch.float16, device="cuda") for _ in range(3))
     _check_against_reference(q, k, v, do, causal=True)
     assert last_configs()["fwd"].endswith("tma=False")
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+WS_GRID = [
+    # B, H, Hkv, Nq, Nkv, D, causal (always False: causal runs are never warp-specialised): key
+    # lengths that 128 divides (one unmasked loop) and tails (key mask in every block), query
+    # tails shorter than a consumer half, Nq != Nkv both ways, GQA/MQA, every head dim of a WS class
+    (2, 4, 4, 256, 256, 32, False),
+    (1, 4, 2, 384, 512, 64, False),
+    (1, 4, 2, 257, 1000, 64, False),
+    (1, 4, 2, 1000, 257, 64, False),
+    (2, 8, 1, 333, 333, 96, False),
+    (1, 4, 4, 1024, 1024, 128, False),
+    (1, 4, 2, 40, 1024, 128, False),
+    (1, 4, 2, 511, 700, 128, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="warp-specialised forward: Hopper (capability 9+) only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", WS_GRID, ids=_case_id)
+def test_gpu_warp_specialised_forward_poisoned(case, dtype, monkeypatch):
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 5 * Nkv + D)
+    ws_configs = [t for t in fa2.FWD_SPACE[fa2._dclass(D)] if fa2._is_ws(t)]
+    assert ws_configs
+    for t in ws_configs:
+        monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", t)
+        _check_against_reference(q, k, v, do, causal)
+        assert last_configs()["fwd"].endswith("tma=True,warp_specialize=True"), t
