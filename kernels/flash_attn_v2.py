@@ -468,8 +468,8 @@ def _dclass(head_dim: int) -> str:
 # number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 WS = "ws"
 FWD_SPACE = {
-    "small": [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 3, WS)],
-    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 64, 4, 3, WS), (128, 128, 4, 2, WS)],
+    "small": [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
+    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2, WS)],
     "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
 }
 DKDV_SPACE = {

@@ -41,7 +41,8 @@ from bench_fa2 import _flops, _inputs, _sdpa  # noqa: E402  (one FLOP count and 
 
 SHAPES = [(d, c, n) for d in (128, 64) for c in (False, True) for n in (4096, 16384)]
 # Candidates outside FWD_SPACE, timed beside it (D64 causal is the case under its target).
-EXTRA = {64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 32, 4, 3), (128, 64, 4, 2)], 128: []}
+EXTRA = {64: [(128, 128, 8, 3), (128, 64, 4, 4), (128, 128, 4, 2, "ws"), (128, 64, 4, 2, "ws")],
+         128: [(128, 64, 4, 3, "ws"), (128, 64, 4, 2, "ws")]}
 BENCH = dict(warmup=25, rep=100, return_mode="median")
 TOL = 2.5e-2
 
@@ -54,7 +55,8 @@ def _fa2():
 def _space(d, causal):
     """The class's configurations (warp-specialised ones only where they may run) and the extras."""
     fa2 = _fa2()
-    return [t for t in fa2.FWD_SPACE[fa2._dclass(d)] if not (causal and fa2._is_ws(t))] + EXTRA.get(d, [])
+    cand = list(fa2.FWD_SPACE[fa2._dclass(d)]) + EXTRA.get(d, [])
+    return [t for t in cand if not (causal and fa2._is_ws(t))]
 
 
 def _label(t):
