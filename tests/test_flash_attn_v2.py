@@ -342,3 +342,17 @@ def test_gpu_warp_specialised_forward_poisoned(case, dtype, config, monkeypatch)
 def test_every_head_dim_class_with_warp_specialised_entries_is_covered_by_the_gpu_grid():
     ws_classes = {c for c, lst in fa2.FWD_SPACE.items() if any(fa2._is_ws(t) for t in lst)}
     assert ws_classes <= {fa2._dclass(case[5]) for case in WS_GRID}
+
+
+def test_tuner_ranks_candidates_by_their_fast_tail(monkeypatch):
+    seen = {}
+
+    def fake_do_bench(fn, warmup, rep, quantiles):
+        seen.update(warmup=warmup, rep=rep, quantiles=quantiles)
+        return 1.5
+
+    monkeypatch.setattr(fa2.triton.testing, "do_bench", fake_do_bench)
+    # Triton's autotuner asks for (median, p20, p80) and compares the first value
+    assert fa2._bench_for_tuning(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.5, 1.5, 1.5]
+    assert fa2._bench_for_tuning(lambda: None) == 1.5
+    assert seen == {"warmup": 25, "rep": 100, "quantiles": (0.1,)}
