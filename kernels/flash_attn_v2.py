@@ -52,9 +52,16 @@ Hardware paths
     (batch, head) matrix, so out-of-bounds rows/columns are zero-filled on load and clipped on
     store).  On Hopper the autotuner chooses the path together with the tile sizes, warps and
     stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
-    paths, head dim, causal, dtype); measurements are in TUNING.md.  Warp specialisation
-    (``tl.range(..., warp_specialize=True)``) is not used: it failed to compile for this kernel
-    with Triton 3.6 on sm_90.
+    paths, head dim, causal, dtype); measurements are in TUNING.md.
+  * warp-specialised forward (Hopper, TMA path, non-causal, fp16/bf16; one of the tuned
+    configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
+    loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
+    and two consumer warp groups of BLOCK_M / 2 query rows each running the dots and the softmax
+    (12 warps; the FlashAttention-3 arrangement, without its explicit ping-pong or intra-warp-group
+    overlap).  The pass accepts one loop per kernel, so this forward walks every key block in one
+    loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
+    pointer; causal forwards are never warp-specialised (measured slower with every block masked).
+    With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
 Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
@@ -220,20 +227,15 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
 
     if CAUSAL:
         # keys < hi are visible to some row of this block; keys < full_end to all of them
+        tl.static_assert(not WARP_SPEC, "the warp-specialised forward is non-causal only")
         hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
-        if WARP_SPEC:
-            # one loop (see below): every visited block takes the masked path
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, hi,
-                                       offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                       USE_TMA, IEEE, True)
-        else:
-            full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
-                                       offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                       USE_TMA, IEEE)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
-                                       offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                       USE_TMA, IEEE)
+        full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
+                                   offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
+                                   offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
     elif WARP_SPEC:
         # Triton 3.6 warp-specialises a loop only when the kernel has no other loop: one loop over
         # every key block, the key tail masked in each unless BLOCK_N divides N_KV
@@ -504,8 +506,6 @@ INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq":
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 FORCE_CONFIG: dict[str, tuple] = {}
-# Whether causal forwards may be warp-specialised (one masked loop): see _ws_allowed, TUNING.md v6.
-WS_CAUSAL = False
 
 _LAST_CONFIGS: dict[str, str] = {}
 
@@ -540,14 +540,15 @@ def _all_configs(space: dict) -> list:
 
 
 def _ws_allowed(tma_ok: int, ieee: bool, causal: bool) -> bool:
-    """Warp specialisation: TMA path (Hopper, aligned inputs), 16-bit dots, causal only if WS_CAUSAL.
+    """Warp specialisation: non-causal forward, TMA path (Hopper, aligned inputs), 16-bit dots.
 
     Triton 3.6 specialises a loop on sm_90 only with 4 warps (one producer warp group and two
     consumer warp groups of BLOCK_M / 2 rows each, 12 warps in all), and only when the kernel
-    has no second loop.  A causal forward in one loop masks every block (the loop cannot branch
-    to an unmasked body and still be specialised); WS_CAUSAL says whether that is offered.
+    has no second loop.  A causal forward would have to mask every block in that one loop (a
+    branch to an unmasked body inside it does not compile); measured that way it lost to the
+    two-loop kernel (TUNING.md, v6), so causal forwards are never warp-specialised.
     """
-    return tma_ok != _PTR_ONLY and not ieee and (WS_CAUSAL or not causal) and not interpreting()
+    return tma_ok != _PTR_ONLY and not ieee and not causal and not interpreting()
 
 
 def _next_pow2(n: int) -> int:
@@ -609,8 +610,8 @@ def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict
     forced = FORCE_CONFIG.get(name)
     if forced is not None and _is_ws(forced) and not _ws_allowed(tma_ok, meta["IEEE"], meta["CAUSAL"]):
         raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced} needs warp specialisation, which "
-                         "these inputs do not allow (TMA path on capability >= 9, 16-bit dtype, no interpreter, "
-                         "non-causal unless WS_CAUSAL)")
+                         "these inputs do not allow (non-causal, TMA path on capability >= 9, 16-bit dtype, "
+                         "no interpreter)")
     if interpreting() or not AUTOTUNE or forced is not None:
         t = forced or (INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0])
         cfg = _to_config(t, tma_ok != _PTR_ONLY)

@@ -55,7 +55,7 @@ def _space(d, causal):
     """The class's configurations (warp-specialised ones only where they may run) and the extras."""
     fa2 = _fa2()
     cand = list(fa2.FWD_SPACE[fa2._dclass(d)]) + EXTRA.get(d, [])
-    return [t for t in cand if fa2.WS_CAUSAL or not (causal and fa2._is_ws(t))]
+    return [t for t in cand if not (causal and fa2._is_ws(t))]
 
 
 def _label(t):
@@ -64,11 +64,10 @@ def _label(t):
 
 def _compile_job(job):
     """Compile one (D, causal, config) in its own process; small N shares the binary (N is not specialised)."""
-    d, causal, t, ws_causal = job
+    d, causal, t = job
     t0 = time.time()
     try:
         fa2 = _fa2()
-        fa2.WS_CAUSAL = ws_causal
         fa2.FORCE_CONFIG["fwd"] = tuple(t)
         fa2.FORCE_PATH = None if fa2._is_ws(t) else "ptr"
         q, k, v, _ = _inputs(256, d)
@@ -80,7 +79,7 @@ def _compile_job(job):
 
 
 def precompile(log, workers=16):
-    jobs = [(d, c, t, _fa2().WS_CAUSAL) for d, c in sorted({(d, c) for d, c, _ in SHAPES}) for t in _space(d, c)]
+    jobs = [(d, c, t) for d, c in sorted({(d, c) for d, c, _ in SHAPES}) for t in _space(d, c)]
     ctx = __import__("multiprocessing").get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as ex:
         for r in ex.map(_compile_job, jobs):
@@ -162,10 +161,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="fwd_configs")
     ap.add_argument("--no-precompile", action="store_true")
-    ap.add_argument("--ws-causal", action="store_true", help="also time warp-specialised causal forwards")
     ap.add_argument("--only-d", type=int, default=None, help="one head dim")
     args = ap.parse_args()
-    _fa2().WS_CAUSAL = args.ws_causal
     if args.only_d:
         SHAPES[:] = [s for s in SHAPES if s[0] == args.only_d]
     run(args.out, do_precompile=not args.no_precompile)
