@@ -575,12 +575,13 @@ def _make_pruner(space: dict, prefer_tma: bool):
 
 
 def _bench_for_tuning(fn, quantiles=None):
-    """Rank candidates by their 10th-percentile time over 100 ms of calls (the tuner asks for three
+    """Rank candidates by their 10th-percentile time over 60 ms of calls (the tuner asks for three
     quantiles and compares the first).  The SM clock of a loaded H100 moves between ~1500 and
-    1980 MHz; with the median of 60 ms the tuner once ranked a configuration 9% slower than
-    another first (D128 causal N=4096, TUNING.md v6); the fast tail of each candidate is the
-    steadier comparison."""
-    t = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=(0.1,))
+    1980 MHz; ranked by the median, the tuner once put a configuration 9% slower than another
+    first (D128 causal N=4096, TUNING.md v6): the fast tail of each candidate is the steadier
+    comparison.  60 ms, not do_bench's 100: the default sweep tunes ~450 candidates, and 100 ms
+    each took it past five minutes (311 s, TUNING.md v6)."""
+    t = triton.testing.do_bench(fn, warmup=10, rep=60, quantiles=(0.1,))
     t = t[0] if isinstance(t, (list, tuple)) else t
     return [t, t, t] if quantiles is not None else t
 

@@ -355,4 +355,4 @@ def test_tuner_ranks_candidates_by_their_fast_tail(monkeypatch):
     # Triton's autotuner asks for (median, p20, p80) and compares the first value
     assert fa2._bench_for_tuning(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.5, 1.5, 1.5]
     assert fa2._bench_for_tuning(lambda: None) == 1.5
-    assert seen == {"warmup": 25, "rep": 100, "quantiles": (0.1,)}
+    assert seen == {"warmup": 10, "rep": 60, "quantiles": (0.1,)}
