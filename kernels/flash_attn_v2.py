@@ -609,6 +609,9 @@ def _fmt(cfg) -> str:
 def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
     """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off / forced)."""
     forced = FORCE_CONFIG.get(name)
+    if forced is not None and _is_ws(forced) and name != "fwd":
+        raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced}: only the forward has a "
+                         "warp-specialised variant")
     if forced is not None and _is_ws(forced) and not _ws_allowed(tma_ok, meta["IEEE"], meta["CAUSAL"]):
         raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced} needs warp specialisation, which "
                          "these inputs do not allow (non-causal, TMA path on capability >= 9, 16-bit dtype, "

@@ -213,6 +213,14 @@ def test_forcing_a_warp_specialised_causal_forward_raises(monkeypatch):
         fa2._forward(q, k, v, True, 0.125)
 
 
+def test_forcing_a_warp_specialised_backward_raises(monkeypatch):
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "bwd_dq", (128, 128, 4, 2, fa2.WS))
+    q, k, v, do = _inputs(1, 2, 2, 16, 16, 32, torch.float16, seed=3)
+    out = flash_attn_v2(q.requires_grad_(), k, v)
+    with pytest.raises(ValueError, match="only the forward"):
+        out.backward(do)
+
+
 def test_forced_config_is_used_and_reported(monkeypatch):
     monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (16, 32, 1, 1))
     q, k, v, _ = _inputs(1, 2, 2, 40, 40, 32, torch.float16, seed=5)
