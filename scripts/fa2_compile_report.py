@@ -1,0 +1,143 @@
+"""Compile the FA2 forward for sm_90 on any machine (no GPU needed) and report what Triton made of it.
+
+Triton compiles for a target it is told about, and its wheel ships ptxas and cuobjdump, so the
+Hopper binary of each forward configuration can be built and read on a CPU-only machine: registers
+per thread, local-memory spills, shared memory, the warp count after warp specialisation, and
+whether the warp-specialisation pass produced a ``ttg.warp_specialize`` op.  It also checks the
+Triton 3.6 pass fault recorded in kernels/TUNING.md (v6): the second consumer warp group must not
+build its query rows from the Q load's shifted row offset.
+
+The kernel is compiled with the specialisation the JIT gives benchmark shapes: 16-byte divisible
+pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not specialised.
+
+    python scripts/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
+    python scripts/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
+    python scripts/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
+
+Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
+cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import flashbench_kernels.flash_attn_v2 as fa2
+
+SM90 = GPUTarget("cuda", 90, 32)
+_DIVISIBLE = ("Q", "K", "V", "O", "LSE", "H")
+
+
+def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16", even_kv: bool = True):
+    """The forward kernel compiled for sm_90 with ``config`` = (BLOCK_M, BLOCK_N, warps, stages[, WS])."""
+    fn = fa2._fwd_kernel
+    ws = fa2._is_ws(config)
+    consts = dict(HEAD_DIM=head_dim, BLOCK_D=fa2._next_pow2(max(16, head_dim)), CAUSAL=causal, IEEE=False,
+                  EVEN_KV=even_kv, USE_TMA=ws, BLOCK_M=config[0], BLOCK_N=config[1], WARP_SPEC=ws, GROUP=1)
+    sig = {name: "i32" for name in fn.arg_names}
+    sig.update({name: f"*{dtype}" for name in ("Q", "K", "V", "O")}, LSE="*fp32", sm_scale="fp32")
+    sig.update({name: "constexpr" for name in consts})
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n in fn.arg_names if n in _DIVISIBLE or n.startswith("stride_")}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=SM90, options=dict(num_warps=config[2], num_stages=config[3]))
+
+
+def resource_usage(compiled) -> dict:
+    """Registers, local memory (spills) and static shared memory from cuobjdump, dynamic shared from Triton."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    path = f"/tmp/fa2_compile_report_{os.getpid()}.cubin"
+    with open(path, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.remove(path)
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
+    return {"registers": int(m.group(1)), "local_bytes": int(m.group(2)),
+            "shared_bytes": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
+            "warp_specialize_ops": compiled.asm["ttgir"].count("ttg.warp_specialize")}
+
+
+def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
+    """Lines of consumer partitions that splat a row offset shifted by BLOCK_M / 2 (the v6 fault).
+
+    The pass gives the second consumer ``offset + BLOCK_M/2`` for its half of the Q load; when that
+    value also feeds ``offs_m`` (already offset by the partitioned ``arange``), rows come out shifted
+    twice.  A correct kernel keeps the shifted value in the producer's load only.
+    """
+    bad = []
+    for part in re.split(r"\n\s*partition\d+\(", ttgir)[1:]:
+        # SSA names are whatever the source location suggests ("%c64_i32", "%q", ...): match by value
+        consts = {m.group(1) for m in re.finditer(r"(%[\w.]+) = arith\.constant(?: \{[^}]*\})? (-?\d+) : i32", part)
+                  if int(m.group(2)) == block_m // 2}
+        shifted = {m.group(1) for m in re.finditer(r"(%[\w.]+) = arith\.addi (%[\w.]+), (%[\w.]+)", part)
+                   if m.group(2) in consts or m.group(3) in consts}
+        bad += [line.strip() for line in part.splitlines()
+                if "tt.splat" in line and any(re.search(rf"tt.splat {re.escape(v)}\b", line) for v in shifted)]
+    return bad
+
+
+def rows(only_ws: bool) -> list[dict]:
+    """One row per (head dim, causal, config, EVEN_KV) of the D64/D96/D128 spaces: resources or the error."""
+    out = []
+    for d in (128, 96, 64):
+        for causal in (False, True):
+            for t in fa2.FWD_SPACE[fa2._dclass(d)]:
+                ws = fa2._is_ws(t)
+                if (causal and ws) or (only_ws and not ws) or (d == 96 and not ws):
+                    continue
+                for even_kv in ((True, False) if ws else (True,)):
+                    row = {"head_dim": d, "causal": causal, "config": list(t), "even_kv": even_kv}
+                    try:
+                        c = compile_fwd(t, d, causal, even_kv=even_kv)
+                        row.update(resource_usage(c))
+                        row["shifted_rows"] = shifted_offsets_in_consumers(c.asm["ttgir"], t[0])
+                        row["ttgir"] = c.asm["ttgir"]
+                    except Exception as e:  # report, go on: one config never stops the table
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    out.append(row)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ws-only", action="store_true", help="only the warp-specialised configurations")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line instead of the table")
+    ap.add_argument("--ttgir", help="directory to write each config's TTGIR to")
+    args = ap.parse_args()
+    table = rows(args.ws_only)
+    bad = 0
+    if not args.json:
+        print(f"{'D':>3} {'causal':>6} {'config':<22} {'even':>5} {'regs':>4} {'local':>5} {'smem':>7} {'warps':>5} ws  rows")
+    for r in table:
+        ttgir = r.pop("ttgir", "")
+        t = r["config"]
+        label = "x".join(map(str, t[:2])) + f"/w{t[2]}/s{t[3]}" + ("/ws" if len(t) > 4 else "")
+        bad += "error" in r or bool(r.get("shifted_rows"))
+        if args.ttgir and ttgir:
+            os.makedirs(args.ttgir, exist_ok=True)
+            name = f"fwd_d{r['head_dim']}_c{int(r['causal'])}_e{int(r['even_kv'])}_{label.replace('/', '_')}.ttgir"
+            with open(os.path.join(args.ttgir, name), "w") as f:
+                f.write(ttgir)
+        if args.json:
+            print(json.dumps(r))
+        elif "error" in r:
+            print(f"{r['head_dim']:>3} {r['causal']!s:>6} {label:<22} {r['even_kv']!s:>5} FAILED {r['error'][:80]}")
+        else:
+            rows_ok = "ok" if not r["shifted_rows"] else "SHIFTED"
+            print(f"{r['head_dim']:>3} {r['causal']!s:>6} {label:<22} {r['even_kv']!s:>5} {r['registers']:>4} "
+                  f"{r['local_bytes']:>5} {r['shared_bytes']:>7} {r['warps']:>5} {r['warp_specialize_ops']:>2}  {rows_ok}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
