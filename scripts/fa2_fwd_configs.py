@@ -13,13 +13,13 @@ inputs (max abs difference of the output; fail above 2.5e-2 or on any NaN) and t
 ``triton.testing.do_bench(warmup=25, rep=100, return_mode="median")`` next to the autotuned
 kernel and ``sdpa_flash``.  FLOPs as in scripts/bench_fa2.py (REFERENCE section 3).
 
-Every configuration is compiled first in parallel processes (``--precompile``, on by default) so
+Every configuration is compiled first in parallel processes (``--no-precompile`` turns it off) so
 that the timed process only loads binaries; a configuration that fails to compile or to run is a
 row with its error, never an abort.
 
 Run on the device machine, from the checkout root, after ``source .whl/setup.sh``:
 
-    python3 scripts/fa2_fwd_configs.py --out $OUT/fwd_configs
+    python3 scripts/fa2_fwd_configs.py --out $OUT/fwd_configs [--only-d 128]
 
 writes fwd_configs.csv (D, causal, N, variant, config, status, max_abs_diff, ms, tflops) and
 fwd_configs.log, and prints a table (TFLOP/s, x sdpa_flash) last.
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_fa2 import _flops, _inputs, _sdpa  # noqa: E402  (one FLOP count and input recipe)
 
 SHAPES = [(d, c, n) for d in (128, 64) for c in (False, True) for n in (4096, 16384)]
-# Candidates outside FWD_SPACE, timed beside it (D64 causal is the case under its target).
+# Candidates outside FWD_SPACE, timed beside it: warp-specialised tiles not shipped (TUNING.md v6).
 EXTRA = {64: [(128, 128, 4, 2, "ws")], 128: [(128, 64, 4, 2, "ws")]}
 BENCH = dict(warmup=25, rep=100, return_mode="median")
 TOL = 2.5e-2
