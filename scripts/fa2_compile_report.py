@@ -32,6 +32,9 @@ from triton.compiler import ASTSource
 
 import flashbench_kernels.flash_attn_v2 as fa2
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fa2_fwd_configs import _label  # noqa: E402  (one name per configuration across the scripts)
+
 SM90 = GPUTarget("cuda", 90, 32)
 _DIVISIBLE = ("Q", "K", "V", "O", "LSE", "H")
 
@@ -121,11 +124,11 @@ def main() -> int:
     for r in table:
         ttgir = r.pop("ttgir", "")
         t = r["config"]
-        label = "x".join(map(str, t[:2])) + f"/w{t[2]}/s{t[3]}" + ("/ws" if len(t) > 4 else "")
+        label = _label(t)
         bad += "error" in r or bool(r.get("shifted_rows"))
         if args.ttgir and ttgir:
             os.makedirs(args.ttgir, exist_ok=True)
-            name = f"fwd_d{r['head_dim']}_c{int(r['causal'])}_e{int(r['even_kv'])}_{label.replace('/', '_')}.ttgir"
+            name = f"fwd_d{r['head_dim']}_c{int(r['causal'])}_e{int(r['even_kv'])}_{label}.ttgir"
             with open(os.path.join(args.ttgir, name), "w") as f:
                 f.write(ttgir)
         if args.json:
