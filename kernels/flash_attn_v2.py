@@ -144,6 +144,37 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
             tl.store(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
 
 
+@triton.jit
+def _causal_program(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUPED: tl.constexpr):
+    """(block index, batch*head index) of this program in a causal grid (n_blocks, n_bh).
+
+    Causal programs differ in work (a query block's work grows with its index; a key block's
+    shrinks), and the GPU starts programs in launch order, x fastest.  Launching each head's
+    blocks heaviest first still leaves the last head's heavy blocks for the end, where they run
+    alone (a 6% tail at N=4k on 132 SMs, list-scheduling model in TUNING.md v7).  GROUPED launches
+    the heaviest blocks of a group of heads first, then the next heaviest, and so on: the sweep
+    ends on the lightest blocks.  A group spans >= 256 programs (two waves of one CTA per SM), so
+    its K/V (at most 16 MiB at D=128) stays in L2 while the group runs.
+    """
+    n_blk = tl.num_programs(0)
+    if GROUPED:
+        pid = tl.program_id(1) * n_blk + tl.program_id(0)  # launch order
+        heads = tl.cdiv(256, n_blk)
+        g = pid // (heads * n_blk)
+        in_group = tl.minimum(heads, n_bh - g * heads)
+        r = pid - g * heads * n_blk
+        rank = r // in_group  # 0 for the heaviest block of each head in the group
+        bh = g * heads + r % in_group
+    else:
+        rank = tl.program_id(0)
+        bh = tl.program_id(1)
+    if HEAVY_LAST_BLOCK:
+        blk = n_blk - 1 - rank
+    else:
+        blk = rank
+    return blk, bh
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -190,12 +221,12 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                 EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                WARP_SPEC: tl.constexpr = False):
+                GROUPED: tl.constexpr, WARP_SPEC: tl.constexpr = False):
     if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
+        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUPED)
     else:
         pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+        pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -330,9 +361,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      stride_dvb, stride_dvh, stride_dvn,
                      H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                     USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bhk = tl.program_id(1)
+                     GROUPED: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    if CAUSAL:
+        pid_n, pid_bhk = _causal_program(tl.num_programs(1), False, GROUPED)
+    else:
+        pid_n = tl.program_id(0)
+        pid_bhk = tl.program_id(1)
     b = (pid_bhk // H_KV).to(tl.int64)
     hk = (pid_bhk % H_KV).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -417,12 +452,13 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
                    stride_dqb, stride_dqh, stride_dqm,
                    H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                   USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   GROUPED: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUPED)
     else:
         pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+        pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -506,6 +542,11 @@ INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq":
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 FORCE_CONFIG: dict[str, tuple] = {}
+# Launch order of causal programs (_causal_program): "grouped" (heaviest blocks of a group of
+# heads first) or "per_head" (v6: each head's blocks heaviest first), kept to time one against
+# the other in one process (scripts/fa2_fwd_configs.py --schedules).
+CAUSAL_SCHEDULE = "grouped"
+_SCHEDULES = ("grouped", "per_head")
 
 _LAST_CONFIGS: dict[str, str] = {}
 
@@ -662,7 +703,10 @@ def _tma_ok(*tensors: torch.Tensor) -> int:
 def _common_meta(D: int, causal: bool, dtype: torch.dtype, tma_ok: int) -> dict:
     if tma_ok != _PTR_ONLY and not interpreting():
         triton.set_allocator(_tma_allocator)  # device-side descriptors need a global scratch allocator
-    return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal), IEEE=dtype == torch.float32)
+    if CAUSAL_SCHEDULE not in _SCHEDULES:
+        raise ValueError(f"flash_attn_v2: CAUSAL_SCHEDULE = {CAUSAL_SCHEDULE!r}; expected one of {_SCHEDULES}")
+    return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal), IEEE=dtype == torch.float32,
+                GROUPED=CAUSAL_SCHEDULE == "grouped")
 
 
 def _forward(q, k, v, causal: bool, sm_scale: float):

@@ -44,7 +44,8 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
     fn = fa2._fwd_kernel
     ws = fa2._is_ws(config)
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=fa2._next_pow2(max(16, head_dim)), CAUSAL=causal, IEEE=False,
-                  EVEN_KV=even_kv, USE_TMA=ws, BLOCK_M=config[0], BLOCK_N=config[1], WARP_SPEC=ws, GROUP=1)
+                  EVEN_KV=even_kv, USE_TMA=ws, BLOCK_M=config[0], BLOCK_N=config[1], WARP_SPEC=ws, GROUP=1,
+                  GROUPED=fa2.CAUSAL_SCHEDULE == "grouped")
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: f"*{dtype}" for name in ("Q", "K", "V", "O")}, LSE="*fp32", sm_scale="fp32")
     sig.update({name: "constexpr" for name in consts})

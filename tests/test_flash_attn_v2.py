@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import flashbench_kernels._validate as validate
 import flashbench_kernels.flash_attn_v2 as fa2
@@ -364,3 +366,65 @@ def test_tuner_ranks_candidates_by_their_fast_tail(monkeypatch):
     assert fa2._bench_for_tuning(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.5, 1.5, 1.5]
     assert fa2._bench_for_tuning(lambda: None) == 1.5
     assert seen == {"warmup": 10, "rep": 60, "quantiles": (0.1,)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch order of causal programs (CPU interpreter or GPU)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _schedule_probe(OUT, n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUPED: tl.constexpr):
+    blk, bh = fa2._causal_program(n_bh, HEAVY_LAST_BLOCK, GROUPED)
+    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(OUT + 2 * pid, blk)
+    tl.store(OUT + 2 * pid + 1, bh)
+
+
+def _launch_order(n_blk, n_bh, heavy_last, grouped):
+    out = torch.full((n_blk * n_bh, 2), -1, dtype=torch.int32, device=DEV)
+    _schedule_probe[(n_blk, n_bh)](out, n_bh, HEAVY_LAST_BLOCK=heavy_last, GROUPED=grouped)
+    return [tuple(r) for r in out.cpu().tolist()]
+
+
+def _expected_grouped(n_blk, n_bh, heavy_last):
+    """Heads in groups spanning >= 256 programs; in each, every head's heaviest block, then the next."""
+    heads = -(-256 // n_blk)
+    order = []
+    for first in range(0, n_bh, heads):
+        group = range(first, min(first + heads, n_bh))
+        for rank in range(n_blk):
+            order += [(n_blk - 1 - rank if heavy_last else rank, bh) for bh in group]
+    return order
+
+
+# (blocks, heads): one group, several groups with a partial last one, one head per group
+@pytest.mark.parametrize("n_blk, n_bh", [(5, 3), (3, 200), (7, 90), (300, 2)])
+@pytest.mark.parametrize("heavy_last", [True, False], ids=["query-blocks", "key-blocks"])
+def test_grouped_causal_schedule_runs_every_block_once_heaviest_first(n_blk, n_bh, heavy_last):
+    order = _launch_order(n_blk, n_bh, heavy_last, True)
+    assert sorted(order) == [(i, bh) for i in range(n_blk) for bh in range(n_bh)]
+    assert order == _expected_grouped(n_blk, n_bh, heavy_last)
+    # the sweep ends on the lightest block of each head in the last group
+    heads = -(-256 // n_blk)
+    last_group = n_bh - heads * ((n_bh - 1) // heads)
+    lightest = 0 if heavy_last else n_blk - 1
+    assert {blk for blk, _ in order[-last_group:]} == {lightest}
+
+
+def test_per_head_causal_schedule_is_v6s_order():
+    n_blk, n_bh = 4, 3
+    assert _launch_order(n_blk, n_bh, True, False) == [(n_blk - 1 - i, bh) for bh in range(n_bh) for i in range(n_blk)]
+    assert _launch_order(n_blk, n_bh, False, False) == [(i, bh) for bh in range(n_bh) for i in range(n_blk)]
+
+
+@pytest.mark.parametrize("schedule", ["grouped", "per_head"])
+def test_causal_schedules_agree_with_the_reference(schedule, monkeypatch):
+    monkeypatch.setattr(fa2, "CAUSAL_SCHEDULE", schedule)
+    q, k, v, do = _inputs(1, 4, 2, 70, 33, 32, torch.float16, seed=11)
+    _check_against_reference(q, k, v, do, causal=True)
+
+
+def test_unknown_causal_schedule_raises(monkeypatch):
+    monkeypatch.setattr(fa2, "CAUSAL_SCHEDULE", "random")
+    q, k, v, _ = _inputs(1, 1, 1, 8, 8, 32, torch.float16, seed=0)
+    with pytest.raises(ValueError, match="CAUSAL_SCHEDULE"):
+        flash_attn_v2(q, k, v, causal=True)
