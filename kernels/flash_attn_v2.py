@@ -145,21 +145,20 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _causal_program(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUPED: tl.constexpr):
+def _causal_program(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
     """(block index, batch*head index) of this program in a causal grid (n_blocks, n_bh).
 
     Causal programs differ in work (a query block's work grows with its index; a key block's
-    shrinks), and the GPU starts programs in launch order, x fastest.  Launching each head's
-    blocks heaviest first still leaves the last head's heavy blocks for the end, where they run
-    alone (a 6% tail at N=4k on 132 SMs, list-scheduling model in TUNING.md v7).  GROUPED launches
-    the heaviest blocks of a group of heads first, then the next heaviest, and so on: the sweep
-    ends on the lightest blocks.  A group spans >= 256 programs (two waves of one CTA per SM), so
-    its K/V (at most 16 MiB at D=128) stays in L2 while the group runs.
+    shrinks) and the GPU starts programs in launch order, x fastest.  With GROUP_PROGRAMS = 0 each
+    head's blocks are launched heaviest first, head after head (v6): the last head's heaviest
+    blocks start near the end and run on while other SMs idle.  Otherwise heads are taken in
+    groups spanning >= GROUP_PROGRAMS programs, and within a group every head's heaviest block
+    is launched, then every head's next heaviest, and so on (TUNING.md v7 for the measurements).
     """
     n_blk = tl.num_programs(0)
-    if GROUPED:
+    if GROUP_PROGRAMS > 0:
         pid = tl.program_id(1) * n_blk + tl.program_id(0)  # launch order
-        heads = tl.cdiv(256, n_blk)
+        heads = tl.cdiv(GROUP_PROGRAMS, n_blk)
         g = pid // (heads * n_blk)
         in_group = tl.minimum(heads, n_bh - g * heads)
         r = pid - g * heads * n_blk
@@ -221,9 +220,9 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                 EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                GROUPED: tl.constexpr, WARP_SPEC: tl.constexpr = False):
+                GROUP_PROGRAMS: tl.constexpr, WARP_SPEC: tl.constexpr = False):
     if CAUSAL:
-        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUPED)
+        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUP_PROGRAMS)
     else:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -361,10 +360,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      stride_dvb, stride_dvh, stride_dvn,
                      H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                     GROUPED: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                     GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr):
     if CAUSAL:
-        pid_n, pid_bhk = _causal_program(tl.num_programs(1), False, GROUPED)
+        pid_n, pid_bhk = _causal_program(tl.num_programs(1), False, GROUP_PROGRAMS)
     else:
         pid_n = tl.program_id(0)
         pid_bhk = tl.program_id(1)
@@ -452,10 +451,10 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
                    stride_dqb, stride_dqh, stride_dqm,
                    H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-                   GROUPED: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                   GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     if CAUSAL:
-        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUPED)
+        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUP_PROGRAMS)
     else:
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -512,7 +511,7 @@ def _dclass(head_dim: int) -> str:
 WS = "ws"
 FWD_SPACE = {
     "small": [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    "mid": [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2, WS)],
+    "mid": [(128, 128, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2, WS)],
     "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
 }
 DKDV_SPACE = {
@@ -542,11 +541,10 @@ INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq":
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 FORCE_CONFIG: dict[str, tuple] = {}
-# Launch order of causal programs (_causal_program): "grouped" (heaviest blocks of a group of
-# heads first) or "per_head" (v6: each head's blocks heaviest first), kept to time one against
-# the other in one process (scripts/fa2_fwd_configs.py --schedules).
-CAUSAL_SCHEDULE = "grouped"
-_SCHEDULES = ("grouped", "per_head")
+# Launch order of causal programs (_causal_program): heads in groups of >= this many programs,
+# heaviest blocks of the group first; 0 launches each head's blocks heaviest first (v6's order).
+# Kept settable to time orders against each other in one process (scripts/fa2_causal_schedule.py).
+CAUSAL_GROUP_PROGRAMS = 128
 
 _LAST_CONFIGS: dict[str, str] = {}
 
@@ -703,10 +701,10 @@ def _tma_ok(*tensors: torch.Tensor) -> int:
 def _common_meta(D: int, causal: bool, dtype: torch.dtype, tma_ok: int) -> dict:
     if tma_ok != _PTR_ONLY and not interpreting():
         triton.set_allocator(_tma_allocator)  # device-side descriptors need a global scratch allocator
-    if CAUSAL_SCHEDULE not in _SCHEDULES:
-        raise ValueError(f"flash_attn_v2: CAUSAL_SCHEDULE = {CAUSAL_SCHEDULE!r}; expected one of {_SCHEDULES}")
+    if not (isinstance(CAUSAL_GROUP_PROGRAMS, int) and CAUSAL_GROUP_PROGRAMS >= 0):
+        raise ValueError(f"flash_attn_v2: CAUSAL_GROUP_PROGRAMS = {CAUSAL_GROUP_PROGRAMS!r}; expected an int >= 0")
     return dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), CAUSAL=bool(causal), IEEE=dtype == torch.float32,
-                GROUPED=CAUSAL_SCHEDULE == "grouped")
+                GROUP_PROGRAMS=CAUSAL_GROUP_PROGRAMS if causal else 0)
 
 
 def _forward(q, k, v, causal: bool, sm_scale: float):

@@ -2,27 +2,29 @@
 
 What it measures
 ----------------
-``CAUSAL_SCHEDULE`` in ``kernels/flash_attn_v2.py`` picks the order in which causal programs are
-launched: "grouped" (heaviest blocks of a group of heads first, the shipped order) or "per_head"
-(v6: each head's blocks heaviest first).  For each benchmark shape (bf16, 16k tokens: batch =
+``CAUSAL_GROUP_PROGRAMS`` in ``kernels/flash_attn_v2.py`` sets the order in which causal programs
+are launched: heads in groups of at least that many programs, the heaviest blocks of a group
+first, or with 0 each head's blocks heaviest first (v6).  For each benchmark shape (bf16, 16k tokens: batch =
 16384 // N, hidden 2048: heads = 2048 // D; causal; D in {64, 128}; N in {1k, 2k, 4k, 8k, 16k})
 and mode (fwd, fwd_bwd) it:
-  * checks both orders against sdpa_flash on the same inputs (max abs difference of the output,
+  * checks every order against sdpa_flash on the same inputs (max abs difference of the output,
     and of dq, dk, dv for fwd_bwd; fail above 2.5e-2 or on any NaN);
-  * times sdpa_flash, grouped and per_head in ``--rounds`` interleaved rounds (A B C A B C ...,
+  * times sdpa_flash and each order in ``--rounds`` interleaved rounds (A B C A B C ...,
     so that a slow spell of the GPU hits every variant alike) with
     ``triton.testing.do_bench(warmup=25, rep=100, return_mode="median")``, and keeps the median
     over rounds.
-The autotuner chooses each kernel's configuration once per shape, on the first call (grouped);
-the other order reuses it, so the two differ only in launch order.  FLOPs as in
+The forward (mode fwd) runs the first configuration of its head-dim class's ``FWD_SPACE`` on the
+pointer path, pinned, so that tuner noise cannot pick different tiles for different rows; in
+fwd_bwd the autotuner chooses each kernel's configuration once per shape, on the first call, and
+the other orders reuse it.  Either way the orders differ only in launch order.  FLOPs as in
 scripts/bench_fa2.py (REFERENCE section 3).
 
 Run on the device machine, from the checkout root, after ``source .whl/setup.sh``:
 
-    python3 scripts/fa2_causal_schedule.py --out $OUT/schedule [--rounds 3]
+    python3 scripts/fa2_causal_schedule.py --out $OUT/schedule [--rounds 5]
 
-writes schedule.csv (D, N, mode, variant, status, max_abs_diff, ms, tflops, config) and
-schedule.log, and prints a table (TFLOP/s, x sdpa_flash, grouped / per_head) last.
+writes schedule.csv (D, N, mode, variant, status, max_abs_diff, ms, tflops, rounds_ms, config) and
+schedule.log, and prints a table (TFLOP/s, x sdpa_flash, each order against per_head) last.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from bench_fa2 import _flops, _inputs, _sdpa  # noqa: E402  (one FLOP count and 
 
 SHAPES = [(d, n) for d in (128, 64) for n in (1024, 2048, 4096, 8192, 16384)]
 MODES = ("fwd", "fwd_bwd")
-SCHEDULES = ("grouped", "per_head")
+SCHEDULES = {"per_head": 0, "group128": 128, "group256": 256}  # variant: CAUSAL_GROUP_PROGRAMS
 BENCH = dict(warmup=25, rep=100, return_mode="median")
 TOL = 2.5e-2
 
@@ -58,8 +60,15 @@ def _call(variant, q, k, v, do, mode):
         attn = lambda: _sdpa("flash")(q, k, v, True)  # noqa: E731
     else:
         def attn():
-            fa2.CAUSAL_SCHEDULE = variant
-            return fa2.flash_attn_v2(q, k, v, causal=True)
+            fa2.CAUSAL_GROUP_PROGRAMS = SCHEDULES[variant]
+            if mode == "fwd":
+                fa2.FORCE_CONFIG["fwd"] = fa2.FWD_SPACE[fa2._dclass(q.shape[-1])][0]
+                fa2.FORCE_PATH = "ptr"
+            try:
+                return fa2.flash_attn_v2(q, k, v, causal=True)
+            finally:
+                fa2.FORCE_CONFIG.pop("fwd", None)
+                fa2.FORCE_PATH = None
     if mode == "fwd":
         return attn
 
@@ -86,7 +95,8 @@ def run(out_dir, rounds):
         lines.append(s)
 
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
-    variants = ("sdpa_flash",) + SCHEDULES
+    variants = ("sdpa_flash",) + tuple(SCHEDULES)
+    default = fa2.CAUSAL_GROUP_PROGRAMS
     for d, n in SHAPES:
         for mode in MODES:
             t0 = time.time()
@@ -100,7 +110,8 @@ def run(out_dir, rounds):
                 for name in SCHEDULES:
                     diff = _max_diff(_call(name, q, k, v, do, mode)(), ref)  # the first call tunes
                     rec[name]["max_abs_diff"] = f"{diff:.2e}"
-                    rec[name]["config"] = ";".join(f"{k_}={c}" for k_, c in sorted(fa2.last_configs().items()))
+                    used = ("fwd",) if mode == "fwd" else ("fwd", "bwd_dkdv", "bwd_dq")
+                    rec[name]["config"] = ";".join(f"{k_}={fa2.last_configs()[k_]}" for k_ in used)
                     if not diff <= TOL:  # NaN fails too
                         rec[name]["status"] = "mismatch"
                 del ref
@@ -112,7 +123,7 @@ def run(out_dir, rounds):
                     r["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 log(traceback.format_exc())
             finally:
-                fa2.CAUSAL_SCHEDULE = "grouped"
+                fa2.CAUSAL_GROUP_PROGRAMS = default
             for name in variants:
                 r = rec[name]
                 if samples[name]:
@@ -131,18 +142,18 @@ def run(out_dir, rounds):
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    log("\nTFLOP/s, causal bf16 (x sdpa_flash); grouped / per_head:")
+    log("\nTFLOP/s, causal bf16 (x sdpa_flash) [x per_head]:")
     for d, n in SHAPES:
         for mode in MODES:
             sel = {r["variant"]: r for r in rows if (r["D"], r["N"], r["mode"]) == (d, n, mode)}
             tf = {k_: float(r["tflops"]) if r["tflops"] else None for k_, r in sel.items()}
-            base, g, p = tf.get("sdpa_flash"), tf.get("grouped"), tf.get("per_head")
-            if not (base and g and p):
+            base, ref = tf.get("sdpa_flash"), tf.get("per_head")
+            if not all(tf.values()):
                 log(f"D={d:3d} N={n:5d} {mode:7s} incomplete: " + ", ".join(f"{k_} {r['status']}" for k_, r in sel.items()))
                 continue
+            cells = [f"{k_} {tf[k_]:5.0f} ({tf[k_] / base:.2f}x) [{tf[k_] / ref:.3f}]" for k_ in SCHEDULES]
             bad = [k_ for k_, r in sel.items() if r["status"] != "ok"]
-            log(f"D={d:3d} N={n:5d} {mode:7s} flash {base:5.0f} | grouped {g:5.0f} ({g / base:.2f}x) | "
-                f"per_head {p:5.0f} ({p / base:.2f}x) | grouped/per_head {g / p:.3f}" + (f" !{bad}" if bad else ""))
+            log(f"D={d:3d} N={n:5d} {mode:7s} flash {base:5.0f} | " + " | ".join(cells) + (f" !{bad}" if bad else ""))
     with open(os.path.join(out_dir, "schedule.log"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -150,7 +161,7 @@ def run(out_dir, rounds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="schedule")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only-d", type=int, default=None, help="one head dim")
     args = ap.parse_args()
     if args.only_d:

@@ -45,7 +45,7 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
     ws = fa2._is_ws(config)
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=fa2._next_pow2(max(16, head_dim)), CAUSAL=causal, IEEE=False,
                   EVEN_KV=even_kv, USE_TMA=ws, BLOCK_M=config[0], BLOCK_N=config[1], WARP_SPEC=ws, GROUP=1,
-                  GROUPED=fa2.CAUSAL_SCHEDULE == "grouped")
+                  GROUP_PROGRAMS=fa2.CAUSAL_GROUP_PROGRAMS if causal else 0)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: f"*{dtype}" for name in ("Q", "K", "V", "O")}, LSE="*fp32", sm_scale="fp32")
     sig.update({name: "constexpr" for name in consts})

@@ -372,22 +372,22 @@ def test_tuner_ranks_candidates_by_their_fast_tail(monkeypatch):
 # Launch order of causal programs (CPU interpreter or GPU)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _schedule_probe(OUT, n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUPED: tl.constexpr):
-    blk, bh = fa2._causal_program(n_bh, HEAVY_LAST_BLOCK, GROUPED)
+def _schedule_probe(OUT, n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
+    blk, bh = fa2._causal_program(n_bh, HEAVY_LAST_BLOCK, GROUP_PROGRAMS)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(OUT + 2 * pid, blk)
     tl.store(OUT + 2 * pid + 1, bh)
 
 
-def _launch_order(n_blk, n_bh, heavy_last, grouped):
+def _launch_order(n_blk, n_bh, heavy_last, group_programs):
     out = torch.full((n_blk * n_bh, 2), -1, dtype=torch.int32, device=DEV)
-    _schedule_probe[(n_blk, n_bh)](out, n_bh, HEAVY_LAST_BLOCK=heavy_last, GROUPED=grouped)
+    _schedule_probe[(n_blk, n_bh)](out, n_bh, HEAVY_LAST_BLOCK=heavy_last, GROUP_PROGRAMS=group_programs)
     return [tuple(r) for r in out.cpu().tolist()]
 
 
-def _expected_grouped(n_blk, n_bh, heavy_last):
-    """Heads in groups spanning >= 256 programs; in each, every head's heaviest block, then the next."""
-    heads = -(-256 // n_blk)
+def _expected_grouped(n_blk, n_bh, heavy_last, group_programs):
+    """Heads in groups of >= group_programs programs; in each, every head's heaviest block, then the next."""
+    heads = -(-group_programs // n_blk)
     order = []
     for first in range(0, n_bh, heads):
         group = range(first, min(first + heads, n_bh))
@@ -396,15 +396,16 @@ def _expected_grouped(n_blk, n_bh, heavy_last):
     return order
 
 
-# (blocks, heads): one group, several groups with a partial last one, one head per group
-@pytest.mark.parametrize("n_blk, n_bh", [(5, 3), (3, 200), (7, 90), (300, 2)])
+# (blocks, heads, programs per group): one group, several with a partial last one, one head a group
+@pytest.mark.parametrize("n_blk, n_bh, group_programs",
+                         [(5, 3, 128), (3, 200, 256), (7, 90, 128), (300, 2, 128), (64, 5, 128)])
 @pytest.mark.parametrize("heavy_last", [True, False], ids=["query-blocks", "key-blocks"])
-def test_grouped_causal_schedule_runs_every_block_once_heaviest_first(n_blk, n_bh, heavy_last):
-    order = _launch_order(n_blk, n_bh, heavy_last, True)
+def test_grouped_causal_schedule_runs_every_block_once_heaviest_first(n_blk, n_bh, group_programs, heavy_last):
+    order = _launch_order(n_blk, n_bh, heavy_last, group_programs)
     assert sorted(order) == [(i, bh) for i in range(n_blk) for bh in range(n_bh)]
-    assert order == _expected_grouped(n_blk, n_bh, heavy_last)
+    assert order == _expected_grouped(n_blk, n_bh, heavy_last, group_programs)
     # the sweep ends on the lightest block of each head in the last group
-    heads = -(-256 // n_blk)
+    heads = -(-group_programs // n_blk)
     last_group = n_bh - heads * ((n_bh - 1) // heads)
     lightest = 0 if heavy_last else n_blk - 1
     assert {blk for blk, _ in order[-last_group:]} == {lightest}
@@ -412,19 +413,21 @@ def test_grouped_causal_schedule_runs_every_block_once_heaviest_first(n_blk, n_b
 
 def test_per_head_causal_schedule_is_v6s_order():
     n_blk, n_bh = 4, 3
-    assert _launch_order(n_blk, n_bh, True, False) == [(n_blk - 1 - i, bh) for bh in range(n_bh) for i in range(n_blk)]
-    assert _launch_order(n_blk, n_bh, False, False) == [(i, bh) for bh in range(n_bh) for i in range(n_blk)]
+    assert _launch_order(n_blk, n_bh, True, 0) == [(n_blk - 1 - i, bh) for bh in range(n_bh) for i in range(n_blk)]
+    assert _launch_order(n_blk, n_bh, False, 0) == [(i, bh) for bh in range(n_bh) for i in range(n_blk)]
 
 
-@pytest.mark.parametrize("schedule", ["grouped", "per_head"])
-def test_causal_schedules_agree_with_the_reference(schedule, monkeypatch):
-    monkeypatch.setattr(fa2, "CAUSAL_SCHEDULE", schedule)
+# 0: per head (v6); 4: several heads a group at these sizes; 128: the shipped value, one group here
+@pytest.mark.parametrize("group_programs", [0, 4, 128])
+def test_causal_schedules_agree_with_the_reference(group_programs, monkeypatch):
+    monkeypatch.setattr(fa2, "CAUSAL_GROUP_PROGRAMS", group_programs)
     q, k, v, do = _inputs(1, 4, 2, 70, 33, 32, torch.float16, seed=11)
     _check_against_reference(q, k, v, do, causal=True)
 
 
-def test_unknown_causal_schedule_raises(monkeypatch):
-    monkeypatch.setattr(fa2, "CAUSAL_SCHEDULE", "random")
+@pytest.mark.parametrize("bad", [-1, 1.5, "grouped"])
+def test_bad_causal_group_size_raises(bad, monkeypatch):
+    monkeypatch.setattr(fa2, "CAUSAL_GROUP_PROGRAMS", bad)
     q, k, v, _ = _inputs(1, 1, 1, 8, 8, 32, torch.float16, seed=0)
-    with pytest.raises(ValueError, match="CAUSAL_SCHEDULE"):
+    with pytest.raises(ValueError, match="CAUSAL_GROUP_PROGRAMS"):
         flash_attn_v2(q, k, v, causal=True)
