@@ -544,7 +544,7 @@ FORCE_CONFIG: dict[str, tuple] = {}
 # Launch order of causal programs (_causal_program): heads in groups of >= this many programs,
 # heaviest blocks of the group first; 0 launches each head's blocks heaviest first (v6's order).
 # Kept settable to time orders against each other in one process (scripts/fa2_causal_schedule.py).
-CAUSAL_GROUP_PROGRAMS = 128
+CAUSAL_GROUP_PROGRAMS = 256
 
 _LAST_CONFIGS: dict[str, str] = {}
 
