@@ -1,0 +1,133 @@
+"""Does the FA2 forward's autotuner pick the configuration a careful benchmark picks?
+
+What it measures
+----------------
+For a few benchmark shapes (bf16, 16k tokens: batch = 16384 // N, hidden 2048: heads =
+2048 // D) it
+  * runs the autotuner as a sweep does: the tuner's cache cleared, the GPU left idle for
+    ``--idle`` seconds, then one ``flash_attn_v2`` call; the configuration it chose and the
+    time it measured for every candidate are recorded.  This is repeated ``--repeats`` times
+    with the idle-GPU spin-up off (``TUNE_SPINUP_MS = 0``, v6's tuner) and on (the shipped value);
+  * times every candidate the tuner saw, pinned through ``FORCE_CONFIG``/``FORCE_PATH``, in
+    ``--rounds`` interleaved rounds of ``triton.testing.do_bench(warmup=25, rep=100, median)``:
+    the reference ranking.
+A tuner pick is "right" when it is the reference's fastest candidate or within 1% of it.
+
+Run on the device machine, from the checkout root, after ``source .whl/setup.sh``:
+
+    python3 scripts/fa2_tuner_check.py --out $OUT/tuner_check
+
+writes tuner_check.json (every pick, every timing) and prints a table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_fa2 import _flops, _inputs  # noqa: E402  (one FLOP count and input recipe)
+
+SHAPES = [(128, True, 4096), (128, True, 16384), (128, False, 4096), (64, True, 4096), (64, False, 4096)]
+BENCH = dict(warmup=25, rep=100, return_mode="median")
+
+
+def _fa2():
+    import flashbench_kernels.flash_attn_v2 as fa2
+    return fa2
+
+
+def _as_tuple(cfg):
+    """A triton.Config of the forward as FORCE_CONFIG's tuple, and the tile path it runs on."""
+    fa2 = _fa2()
+    t = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    if cfg.kwargs.get("WARP_SPEC"):
+        t += (fa2.WS,)
+    return t, ("tma" if cfg.kwargs["USE_TMA"] else "ptr")
+
+
+def _label(t, path):
+    return "x".join(map(str, t[:2])) + f"_w{t[2]}_s{t[3]}" + ("_ws" if len(t) > 4 else "") + f"_{path}"
+
+
+def tune_once(q, k, v, causal, spinup_ms, idle_s):
+    """One tuning session as in a sweep: cache cleared, GPU idle, one call. (pick, {label: ms})."""
+    fa2 = _fa2()
+    fa2.TUNE_SPINUP_MS = spinup_ms
+    fa2._fwd_tuned.cache.clear()
+    torch.cuda.synchronize()
+    time.sleep(idle_s)
+    fa2.flash_attn_v2(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    timings = {_label(*_as_tuple(c)): float(ms[0]) for c, ms in fa2._fwd_tuned.configs_timings.items()}
+    return _label(*_as_tuple(fa2._fwd_tuned.best_config)), timings, list(fa2._fwd_tuned.configs_timings)
+
+
+def reference(q, k, v, causal, configs, rounds):
+    """Median over interleaved rounds of each pinned candidate's do_bench median (ms)."""
+    import triton
+    fa2 = _fa2()
+    samples = {}
+    for _ in range(rounds):
+        for cfg in configs:
+            t, path = _as_tuple(cfg)
+            fa2.FORCE_CONFIG["fwd"], fa2.FORCE_PATH = t, path
+            try:
+                ms = triton.testing.do_bench(lambda: fa2.flash_attn_v2(q, k, v, causal=causal), **BENCH)
+            finally:
+                fa2.FORCE_CONFIG.pop("fwd", None)
+                fa2.FORCE_PATH = None
+            samples.setdefault(_label(t, path), []).append(ms)
+    return {name: statistics.median(x) for name, x in samples.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="tuner_check")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--idle", type=float, default=1.0, help="seconds the GPU idles before each tuning session")
+    args = ap.parse_args()
+    fa2 = _fa2()
+    shipped = fa2.TUNE_SPINUP_MS
+    os.makedirs(args.out, exist_ok=True)
+    print(f"device: {torch.cuda.get_device_name()}  shipped TUNE_SPINUP_MS={shipped}", flush=True)
+    report, table = [], []
+    for d, causal, n in SHAPES:
+        q, k, v, _ = _inputs(n, d)
+        flops = _flops(n, d, causal, "fwd")
+        row = dict(D=d, causal=causal, N=n, sessions=[])
+        configs = None
+        for spinup in (0, shipped):
+            for _ in range(args.repeats):
+                pick, timings, configs = tune_once(q, k, v, causal, spinup, args.idle)
+                row["sessions"].append(dict(spinup_ms=spinup, pick=pick, tuner_ms=timings))
+                print(f"D={d} causal={causal} N={n} spinup={spinup}: pick {pick}  "
+                      + " ".join(f"{k_}={ms:.4f}" for k_, ms in timings.items()), flush=True)
+        fa2.TUNE_SPINUP_MS = shipped
+        ref = reference(q, k, v, causal, configs, args.rounds)
+        row["reference_ms"] = ref
+        best = min(ref, key=ref.get)
+        row["reference_best"] = best
+        right = {s: sum(ref[x["pick"]] <= 1.01 * ref[best] for x in row["sessions"] if x["spinup_ms"] == s)
+                 for s in (0, shipped)}
+        row["right_picks"] = {str(s): r for s, r in right.items()}
+        report.append(row)
+        table.append(f"D={d:3d} causal={int(causal)} N={n:5d} reference: "
+                     + " ".join(f"{k_} {flops / ms / 1e9:.0f}" for k_, ms in sorted(ref.items(), key=lambda kv: kv[1]))
+                     + f" | right picks: spin-up off {right[0]}/{args.repeats}, on {right[shipped]}/{args.repeats}")
+        del q, k, v
+        torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "tuner_check.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print("\nTFLOP/s of each candidate (reference, fastest first); tuner picks within 1% of the fastest:")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
