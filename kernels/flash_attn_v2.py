@@ -52,7 +52,8 @@ Hardware paths
     (batch, head) matrix, so out-of-bounds rows/columns are zero-filled on load and clipped on
     store).  On Hopper the autotuner chooses the path together with the tile sizes, warps and
     stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
-    paths, head dim, causal, dtype); measurements are in TUNING.md.
+    paths, head dim, causal, dtype), timing the candidates in interleaved rounds (``_tuner.py``);
+    measurements are in TUNING.md.
   * warp-specialised forward (Hopper, TMA path, non-causal, fp16/bf16; one of the tuned
     configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
     loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
@@ -71,13 +72,13 @@ than 32/64/96/128/256, non-positive softmax scales, gradients with respect to th
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import triton
 import triton.language as tl
 
 from ._autograd import attention_function
+from ._tuner import InterleavedTuner
 from ._validate import check_inputs, default_scale, interpreting
 
 __all__ = ["flash_attn_v2", "last_configs"]
@@ -614,45 +615,16 @@ def _make_pruner(space: dict, prefer_tma: bool):
     return prune
 
 
-# Before the first candidate of a tuning session (no tuning benchmark in the last
-# _TUNE_IDLE_S seconds) the candidate runs this long, untimed, so that every candidate is
-# measured on a GPU that is already busy.  0 turns it off (v6's tuner).
-TUNE_SPINUP_MS = 100
-_TUNE_IDLE_S = 0.25
-_last_tuning_bench = [float("-inf")]  # perf_counter() at the end of the last tuning benchmark
-
-
-def _bench_for_tuning(fn, quantiles=None):
-    """Rank candidates by their 10th-percentile time over 60 ms of calls (the tuner asks for three
-    quantiles and compares the first).  The SM clock of a loaded H100 moves between ~1500 and
-    1980 MHz; ranked by the median, the tuner once put a configuration 9% slower than another
-    first (D128 causal N=4096, TUNING.md v6): the fast tail of each candidate is the steadier
-    comparison.  60 ms, not do_bench's 100: the default sweep tunes ~450 candidates, and 100 ms
-    each took it past five minutes (311 s, TUNING.md v6).  The first candidate of a session is
-    spun up first (TUNE_SPINUP_MS): measured right after an idle GPU it ran slow and lost to
-    slower tiles (TUNING.md v7)."""
-    if TUNE_SPINUP_MS > 0 and time.perf_counter() - _last_tuning_bench[0] > _TUNE_IDLE_S:
-        triton.testing.do_bench(fn, warmup=TUNE_SPINUP_MS, rep=1)
-    try:
-        t = triton.testing.do_bench(fn, warmup=10, rep=60, quantiles=(0.1,))
-    finally:
-        _last_tuning_bench[0] = time.perf_counter()
-    t = t[0] if isinstance(t, (list, tuple)) else t
-    return [t, t, t] if quantiles is not None else t
-
-
 _TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _autotuned(kernel, space, prefer_tma: bool, extra_key=()):
-    return triton.autotune(_all_configs(space), key=_TUNE_KEY + list(extra_key),
-                           prune_configs_by={"early_config_prune": _make_pruner(space, prefer_tma)},
-                           do_bench=_bench_for_tuning)(kernel)
+def _tuner(kernel, space, prefer_tma: bool, extra_key=()) -> InterleavedTuner:
+    return InterleavedTuner(kernel, _all_configs(space), _make_pruner(space, prefer_tma), _TUNE_KEY + list(extra_key))
 
 
-_fwd_tuned = _autotuned(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"])
-_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
-_dq_tuned = _autotuned(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
+_fwd_tuner = _tuner(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"])
+_dkdv_tuner = _tuner(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
+_dq_tuner = _tuner(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
 
 
 def _fmt(cfg) -> str:
@@ -661,7 +633,7 @@ def _fmt(cfg) -> str:
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
 
 
-def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
+def _launch(name: str, tuner: InterleavedTuner, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
     """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off / forced)."""
     forced = FORCE_CONFIG.get(name)
     if forced is not None and _is_ws(forced) and name != "fwd":
@@ -676,8 +648,7 @@ def _launch(name: str, tuned, raw, space: dict, grid_fn, args: tuple, meta: dict
         cfg = _to_config(t, tma_ok != _PTR_ONLY)
         raw[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        tuned[grid_fn](*args, **meta)
-        cfg = tuned.best_config
+        cfg = tuner.run(grid_fn, args, meta)
     _LAST_CONFIGS[name] = _fmt(cfg)
 
 
@@ -737,7 +708,7 @@ def _forward(q, k, v, causal: bool, sm_scale: float):
             o.stride(0), o.stride(1), o.stride(2),
             H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv), tma_ok)
     grid = lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H)  # noqa: E731
-    _launch("fwd", _fwd_tuned, _fwd_kernel, FWD_SPACE, grid, args, meta, tma_ok)
+    _launch("fwd", _fwd_tuner, _fwd_kernel, FWD_SPACE, grid, args, meta, tma_ok)
     return o, lse
 
 
@@ -769,7 +740,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                  dk.stride(0), dk.stride(1), dk.stride(2),
                  dv.stride(0), dv.stride(1), dv.stride(2),
                  H, Hkv, H // Hkv, Nq, Nkv) + nb
-    _launch("bwd_dkdv", _dkdv_tuned, _bwd_dkdv_kernel, DKDV_SPACE,
+    _launch("bwd_dkdv", _dkdv_tuner, _bwd_dkdv_kernel, DKDV_SPACE,
             lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta, tma_ok)
     dq_args = (q, k, v, do, dq, lse, delta, sm_scale,
                q.stride(0), q.stride(1), q.stride(2),
@@ -778,7 +749,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                do.stride(0), do.stride(1), do.stride(2),
                dq.stride(0), dq.stride(1), dq.stride(2),
                H, H // Hkv, Nq, Nkv) + nb
-    _launch("bwd_dq", _dq_tuned, _bwd_dq_kernel, DQ_SPACE,
+    _launch("bwd_dq", _dq_tuner, _bwd_dq_kernel, DQ_SPACE,
             lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta, tma_ok)
     return dq, dk, dv
 

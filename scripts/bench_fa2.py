@@ -113,14 +113,15 @@ _SEEN_TUNINGS = set()
 
 
 def _log_tuning(log, label):
-    """Log every candidate's time of each autotuning that happened since the last call."""
+    """Log every candidate's per-round times of each tuning session since the last call."""
     fa2 = _fa2()
-    for kname, tuned in (("fwd", fa2._fwd_tuned), ("bwd_dkdv", fa2._dkdv_tuned), ("bwd_dq", fa2._dq_tuned)):
-        ct = getattr(tuned, "configs_timings", None)
+    for kname, tuner in (("fwd", fa2._fwd_tuner), ("bwd_dkdv", fa2._dkdv_tuner), ("bwd_dq", fa2._dq_tuner)):
+        ct = tuner.timings
         if ct and id(ct) not in _SEEN_TUNINGS:
             _SEEN_TUNINGS.add(id(ct))
             log(f"autotune {kname} {label}: " + "; ".join(
-                f"{fa2._fmt(c)} {t[0]:.3f}ms" for c, t in sorted(ct.items(), key=lambda x: x[1][0])))
+                f"{fa2._fmt(c)} " + "/".join(f"{t:.3f}" for t in ts) + "ms"
+                for c, ts in sorted(ct.items(), key=lambda x: sorted(x[1])[len(x[1]) // 2])))
 
 
 def _relerr(a, b):

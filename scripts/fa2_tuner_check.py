@@ -4,10 +4,12 @@ What it measures
 ----------------
 For a few benchmark shapes (bf16, 16k tokens: batch = 16384 // N, hidden 2048: heads =
 2048 // D) it
-  * runs the autotuner as a sweep does: the tuner's cache cleared, the GPU left idle for
+  * runs the forward's tuner as a sweep does: the tuner's cache cleared, the GPU left idle for
     ``--idle`` seconds, then one ``flash_attn_v2`` call; the configuration it chose and the
-    time it measured for every candidate are recorded.  This is repeated ``--repeats`` times
-    with the idle-GPU spin-up off (``TUNE_SPINUP_MS = 0``, v6's tuner) and on (the shipped value);
+    times it measured for every candidate are recorded.  This is repeated ``--repeats`` times
+    for two tuners over the same candidates: "sequential" (v6: Triton's autotuner, candidates
+    timed one after another, 10th percentile of 60 ms each) and "interleaved" (the shipped
+    ``kernels/_tuner.py``: rounds A B C A B C ...);
   * times every candidate the tuner saw, pinned through ``FORCE_CONFIG``/``FORCE_PATH``, in
     ``--rounds`` interleaved rounds of ``triton.testing.do_bench(warmup=25, rep=100, median)``:
     the reference ranking.
@@ -42,6 +44,34 @@ def _fa2():
     return fa2
 
 
+def _v6_bench(fn, quantiles=None):
+    """v6's tuning benchmark: the 10th percentile of 60 ms of calls."""
+    import triton
+    t = triton.testing.do_bench(fn, warmup=10, rep=60, quantiles=(0.1,))
+    t = t[0] if isinstance(t, (list, tuple)) else t
+    return [t, t, t] if quantiles is not None else t
+
+
+class SequentialTuner:
+    """v6's tuner (Triton's autotuner over the same candidates, pruner and key) behind the launcher's
+    tuner interface, so that ``flash_attn_v2`` runs it unchanged."""
+
+    def __init__(self):
+        import triton
+        fa2 = _fa2()
+        self.tuned = triton.autotune(
+            fa2._all_configs(fa2.FWD_SPACE), key=fa2._TUNE_KEY + ["EVEN_KV"],
+            prune_configs_by={"early_config_prune": fa2._make_pruner(fa2.FWD_SPACE, fa2.PREFERRED_PATH["fwd"])},
+            do_bench=_v6_bench)(fa2._fwd_kernel)
+        self.cache = self.tuned.cache
+        self.timings = {}
+
+    def run(self, grid_fn, args, meta):
+        self.tuned[grid_fn](*args, **meta)
+        self.timings = {c: [t[0]] for c, t in getattr(self.tuned, "configs_timings", {}).items()}
+        return self.tuned.best_config
+
+
 def _as_tuple(cfg):
     """A triton.Config of the forward as FORCE_CONFIG's tuple, and the tile path it runs on."""
     fa2 = _fa2()
@@ -55,17 +85,18 @@ def _label(t, path):
     return "x".join(map(str, t[:2])) + f"_w{t[2]}_s{t[3]}" + ("_ws" if len(t) > 4 else "") + f"_{path}"
 
 
-def tune_once(q, k, v, causal, spinup_ms, idle_s):
-    """One tuning session as in a sweep: cache cleared, GPU idle, one call. (pick, {label: ms})."""
+def tune_once(q, k, v, causal, tuner, idle_s):
+    """One tuning session as in a sweep: cache cleared, GPU idle, one call. (pick, {label: [ms]}, configs)."""
     fa2 = _fa2()
-    fa2.TUNE_SPINUP_MS = spinup_ms
-    fa2._fwd_tuned.cache.clear()
+    tuner.cache.clear()
     torch.cuda.synchronize()
     time.sleep(idle_s)
     fa2.flash_attn_v2(q, k, v, causal=causal)
     torch.cuda.synchronize()
-    timings = {_label(*_as_tuple(c)): float(ms[0]) for c, ms in fa2._fwd_tuned.configs_timings.items()}
-    return _label(*_as_tuple(fa2._fwd_tuned.best_config)), timings, list(fa2._fwd_tuned.configs_timings)
+    cfgs = list(tuner.timings)
+    timings = {_label(*_as_tuple(c)): [float(x) for x in ms] for c, ms in tuner.timings.items()}
+    pick = next(iter(tuner.cache.values()))
+    return _label(*_as_tuple(pick)), timings, cfgs
 
 
 def reference(q, k, v, causal, configs, rounds):
@@ -94,33 +125,38 @@ def main():
     ap.add_argument("--idle", type=float, default=1.0, help="seconds the GPU idles before each tuning session")
     args = ap.parse_args()
     fa2 = _fa2()
-    shipped = fa2.TUNE_SPINUP_MS
+    shipped = fa2._fwd_tuner
+    tuners = {"sequential": SequentialTuner(), "interleaved": shipped}
     os.makedirs(args.out, exist_ok=True)
-    print(f"device: {torch.cuda.get_device_name()}  shipped TUNE_SPINUP_MS={shipped}", flush=True)
+    print(f"device: {torch.cuda.get_device_name()}", flush=True)
     report, table = [], []
     for d, causal, n in SHAPES:
         q, k, v, _ = _inputs(n, d)
         flops = _flops(n, d, causal, "fwd")
         row = dict(D=d, causal=causal, N=n, sessions=[])
         configs = None
-        for spinup in (0, shipped):
-            for _ in range(args.repeats):
-                pick, timings, configs = tune_once(q, k, v, causal, spinup, args.idle)
-                row["sessions"].append(dict(spinup_ms=spinup, pick=pick, tuner_ms=timings))
-                print(f"D={d} causal={causal} N={n} spinup={spinup}: pick {pick}  "
-                      + " ".join(f"{k_}={ms:.4f}" for k_, ms in timings.items()), flush=True)
-        fa2.TUNE_SPINUP_MS = shipped
+        try:
+            for name, tuner in tuners.items():
+                fa2._fwd_tuner = tuner
+                for _ in range(args.repeats):
+                    pick, timings, configs = tune_once(q, k, v, causal, tuner, args.idle)
+                    row["sessions"].append(dict(tuner=name, pick=pick, tuner_ms=timings))
+                    print(f"D={d} causal={causal} N={n} {name}: pick {pick}  "
+                          + " ".join(f"{k_}=" + "/".join(f"{x:.4f}" for x in ms) for k_, ms in timings.items()),
+                          flush=True)
+        finally:
+            fa2._fwd_tuner = shipped
         ref = reference(q, k, v, causal, configs, args.rounds)
         row["reference_ms"] = ref
         best = min(ref, key=ref.get)
         row["reference_best"] = best
-        right = {s: sum(ref[x["pick"]] <= 1.01 * ref[best] for x in row["sessions"] if x["spinup_ms"] == s)
-                 for s in (0, shipped)}
-        row["right_picks"] = {str(s): r for s, r in right.items()}
+        right = {name: sum(ref[x["pick"]] <= 1.01 * ref[best] for x in row["sessions"] if x["tuner"] == name)
+                 for name in tuners}
+        row["right_picks"] = right
         report.append(row)
         table.append(f"D={d:3d} causal={int(causal)} N={n:5d} reference: "
                      + " ".join(f"{k_} {flops / ms / 1e9:.0f}" for k_, ms in sorted(ref.items(), key=lambda kv: kv[1]))
-                     + f" | right picks: spin-up off {right[0]}/{args.repeats}, on {right[shipped]}/{args.repeats}")
+                     + " | right picks: " + ", ".join(f"{name} {r}/{args.repeats}" for name, r in right.items()))
         del q, k, v
         torch.cuda.empty_cache()
     with open(os.path.join(args.out, "tuner_check.json"), "w") as f:

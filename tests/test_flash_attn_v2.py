@@ -354,45 +354,6 @@ def test_every_head_dim_class_with_warp_specialised_entries_is_covered_by_the_gp
     assert ws_classes <= {fa2._dclass(case[5]) for case in WS_GRID}
 
 
-def _fake_tuning_bench(monkeypatch, clock):
-    """do_bench and the clock the tuner sees, faked: returns the list of do_bench calls made."""
-    calls = []
-
-    def fake_do_bench(fn, warmup, rep, quantiles=None):
-        calls.append(dict(warmup=warmup, rep=rep, quantiles=quantiles))
-        return 1.5
-
-    monkeypatch.setattr(fa2.triton.testing, "do_bench", fake_do_bench)
-    monkeypatch.setattr(fa2.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(fa2, "_last_tuning_bench", [float("-inf")])
-    return calls
-
-
-def test_tuner_ranks_candidates_by_their_fast_tail(monkeypatch):
-    calls = _fake_tuning_bench(monkeypatch, [0.0])
-    # Triton's autotuner asks for (median, p20, p80) and compares the first value
-    assert fa2._bench_for_tuning(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.5, 1.5, 1.5]
-    assert fa2._bench_for_tuning(lambda: None) == 1.5
-    assert calls[-1] == {"warmup": 10, "rep": 60, "quantiles": (0.1,)}
-
-
-def test_tuner_spins_up_an_idle_gpu_before_the_first_candidate_only(monkeypatch):
-    clock = [100.0]
-    calls = _fake_tuning_bench(monkeypatch, clock)
-    spin = {"warmup": fa2.TUNE_SPINUP_MS, "rep": 1, "quantiles": None}
-    timed = {"warmup": 10, "rep": 60, "quantiles": (0.1,)}
-    fa2._bench_for_tuning(lambda: None)           # first candidate: spun up, then timed
-    clock[0] += 0.1
-    fa2._bench_for_tuning(lambda: None)           # next candidate, GPU still busy: timed only
-    clock[0] += 5.0
-    fa2._bench_for_tuning(lambda: None)           # a new session after an idle spell
-    assert calls == [spin, timed, timed, spin, timed]
-    monkeypatch.setattr(fa2, "TUNE_SPINUP_MS", 0)
-    clock[0] += 5.0
-    fa2._bench_for_tuning(lambda: None)
-    assert calls[5:] == [timed]                   # spin-up off: the timed run only
-
-
 # ---------------------------------------------------------------------------------------------
 # Launch order of causal programs (CPU interpreter or GPU)
 # ---------------------------------------------------------------------------------------------
