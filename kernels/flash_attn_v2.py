@@ -526,6 +526,12 @@ DQ_SPACE = {
     "mid": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2)],
     "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1)],
 }
+# Forward entries not offered to the tuner from an Nq bucket up, per (class, causal): they lost to
+# the class's first entry in nearly every pinned measurement there, yet the tuner's short timings chose
+# them (D128 causal, N >= 4k: 64x64 4-15% slower than 128x128/8 warps in 11 of 12 pinned
+# measurements over six device calls, the twelfth on the TMA path, and yet chosen by the tuner
+# in every such cell of a sweep; TUNING.md v7).
+FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)]}
 # Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
 # runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
 # Trying both paths, and five entries a class, made autotuning cost ~10 s a shape in a sweep,
@@ -596,11 +602,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def _make_pruner(space: dict, prefer_tma: bool):
-    """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences."""
+def _make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
+    """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences,
+    less the ``skip`` entries for (class, causal) at Nq buckets from the given one up."""
 
     def prune(configs, named_args, **kwargs):
-        allowed = {tuple(t) for t in space[_dclass(kwargs["HEAD_DIM"])]}
+        cls = _dclass(kwargs["HEAD_DIM"])
+        allowed = {tuple(t) for t in space[cls]}
+        for (s_cls, s_causal, s_nq), entries in (skip or {}).items():
+            if (s_cls, s_causal) == (cls, kwargs["CAUSAL"]) and named_args["NQ_BUCKET"] >= s_nq:
+                allowed -= set(entries)
         paths = {_PTR_ONLY: (False,), _BOTH: (prefer_tma,), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
         ws_ok = _ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
         cand = [c for c in configs if _sig(c) in allowed
@@ -618,11 +629,12 @@ def _make_pruner(space: dict, prefer_tma: bool):
 _TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _tuner(kernel, space, prefer_tma: bool, extra_key=()) -> InterleavedTuner:
-    return InterleavedTuner(kernel, _all_configs(space), _make_pruner(space, prefer_tma), _TUNE_KEY + list(extra_key))
+def _tuner(kernel, space, prefer_tma: bool, extra_key=(), skip=None) -> InterleavedTuner:
+    return InterleavedTuner(kernel, _all_configs(space), _make_pruner(space, prefer_tma, skip),
+                            _TUNE_KEY + list(extra_key))
 
 
-_fwd_tuner = _tuner(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"])
+_fwd_tuner = _tuner(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"], skip=FWD_SKIP)
 _dkdv_tuner = _tuner(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
 _dq_tuner = _tuner(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
 

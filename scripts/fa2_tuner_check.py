@@ -61,7 +61,7 @@ class SequentialTuner:
         fa2 = _fa2()
         self.tuned = triton.autotune(
             fa2._all_configs(fa2.FWD_SPACE), key=fa2._TUNE_KEY + ["EVEN_KV"],
-            prune_configs_by={"early_config_prune": fa2._make_pruner(fa2.FWD_SPACE, fa2.PREFERRED_PATH["fwd"])},
+            prune_configs_by={"early_config_prune": fa2._fwd_tuner.prune},
             do_bench=_v6_bench)(fa2._fwd_kernel)
         self.cache = self.tuned.cache
         self.timings = {}

@@ -242,7 +242,7 @@ def test_forced_config_is_used_and_reported(monkeypatch):
 def test_pruner_offers_warp_specialised_forwards_only_where_they_run(tma_ok, ieee, causal, expect_ws, monkeypatch):
     monkeypatch.setattr(fa2, "interpreting", lambda: False)
     configs = fa2._all_configs(fa2.FWD_SPACE)
-    prune = fa2._make_pruner(fa2.FWD_SPACE, fa2.PREFERRED_PATH["fwd"])
+    prune = fa2._fwd_tuner.prune  # the shipped forward pruner
     kept = prune(configs, {"TMA_OK": tma_ok, "NQ_BUCKET": 4096, "NKV_BUCKET": 4096}, HEAD_DIM=128, IEEE=ieee,
                  CAUSAL=causal)
     ws = [c for c in kept if c.kwargs.get("WARP_SPEC")]
@@ -250,7 +250,22 @@ def test_pruner_offers_warp_specialised_forwards_only_where_they_run(tma_ok, iee
     assert all(c.kwargs["USE_TMA"] and c.num_warps == 4 for c in ws)
     expected_ws = {t for t in fa2.FWD_SPACE["mid"] if fa2._is_ws(t)} if expect_ws else set()
     assert {fa2._sig(c) for c in ws} == expected_ws
-    assert len(kept) - len(ws) == len([t for t in fa2.FWD_SPACE["mid"] if not fa2._is_ws(t)])
+    skipped = set(fa2.FWD_SKIP.get(("mid", causal, 4096), []))
+    assert {fa2._sig(c) for c in kept if not c.kwargs.get("WARP_SPEC")} == \
+        {t for t in fa2.FWD_SPACE["mid"] if not fa2._is_ws(t)} - skipped
+
+
+@pytest.mark.parametrize("nq, offered", [(2048, True), (4096, False), (16384, False)])
+def test_pruner_leaves_out_skipped_forward_entries_from_their_nq_bucket_up(nq, offered, monkeypatch):
+    monkeypatch.setattr(fa2, "interpreting", lambda: False)
+    prune = fa2._fwd_tuner.prune
+    for causal in (True, False):
+        kept = {fa2._sig(c) for c in prune(fa2._all_configs(fa2.FWD_SPACE),
+                                           {"TMA_OK": fa2._BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq},
+                                           HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
+        # only the causal forward skips 64x64 at D128, and only from Nq = 4096 up
+        assert ((64, 64, 4, 3) in kept) == (offered or not causal)
+        assert (128, 128, 8, 3) in kept
 
 
 # ---------------------------------------------------------------------------------------------
