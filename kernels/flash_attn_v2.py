@@ -527,11 +527,13 @@ DQ_SPACE = {
     "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1)],
 }
 # Forward entries not offered to the tuner from an Nq bucket up, per (class, causal): they lost to
-# the class's first entry in nearly every pinned measurement there, yet the tuner's short timings chose
-# them (D128 causal, N >= 4k: 64x64 4-15% slower than 128x128/8 warps in 11 of 12 pinned
-# measurements over six device calls, the twelfth on the TMA path, and yet chosen by the tuner
-# in every such cell of a sweep; TUNING.md v7).
-FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)]}
+# the class's first entry in (nearly) every pinned 100 ms measurement there, yet the tuner, which
+# times each candidate for 60 ms, chose them in sweeps (TUNING.md v7):
+#  - D128 causal, N >= 4k: 64x64 4-15% slower than 128x128/8 warps in 11 of 12 measurements over
+#    six device calls (the twelfth on the TMA path); the tuner chose it in every such sweep cell.
+#  - D64 non-causal, N >= 4k: 64x64 0.5-10% slower than 128x64/8 warps in 8 of 8 measurements
+#    over five device calls; the tuner chose it at 4k-16k in three sweeps.
+FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64, 64, 4, 3)]}
 # Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
 # runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
 # Trying both paths, and five entries a class, made autotuning cost ~10 s a shape in a sweep,

@@ -259,13 +259,14 @@ def test_pruner_offers_warp_specialised_forwards_only_where_they_run(tma_ok, iee
 def test_pruner_leaves_out_skipped_forward_entries_from_their_nq_bucket_up(nq, offered, monkeypatch):
     monkeypatch.setattr(fa2, "interpreting", lambda: False)
     prune = fa2._fwd_tuner.prune
-    for causal in (True, False):
+    # 64x64 is skipped from Nq = 4096 up for the D128 causal and the D64 non-causal forward only
+    for d, causal, first, skips in [(128, True, (128, 128, 8, 3), True), (128, False, (128, 128, 8, 3), False),
+                                    (64, False, (128, 64, 8, 3), True), (64, True, (128, 64, 8, 3), False)]:
         kept = {fa2._sig(c) for c in prune(fa2._all_configs(fa2.FWD_SPACE),
                                            {"TMA_OK": fa2._BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq},
-                                           HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
-        # only the causal forward skips 64x64 at D128, and only from Nq = 4096 up
-        assert ((64, 64, 4, 3) in kept) == (offered or not causal)
-        assert (128, 128, 8, 3) in kept
+                                           HEAD_DIM=d, IEEE=False, CAUSAL=causal)}
+        assert ((64, 64, 4, 3) in kept) == (offered or not skips), (d, causal)
+        assert first in kept
 
 
 # ---------------------------------------------------------------------------------------------
