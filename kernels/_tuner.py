@@ -1,15 +1,17 @@
 """Choose a kernel's configuration once per shape class, timing the candidates in interleaved rounds.
 
 Triton's own autotuner times candidates one after another.  On the H100 the SM clock moves
-within one tuning session (high right after an idle spell, lower once the GPU has been loaded
-for a while), so candidates timed at different moments are compared at different clocks: in a
-sweep it chose 64x64 tiles for every D128 causal forward, 7-12% slower than 128x128 in an
-interleaved benchmark, and warming the GPU up first only moved the bias onto another candidate
-(kernels/TUNING.md, v7).  Here every candidate is timed in each of ``ROUNDS`` rounds (A B C A B
-C ...), each time by the 10th percentile of ``ROUND_MS`` of calls (the fast tail, steadier than
-the median while the clock moves), and ranked by the median over rounds: a clock change hits
-every candidate alike.  The total time a candidate is run for stays that of v6's tuner
-(about 60 ms), so a sweep's tuning cost does not grow.
+within one tuning session (candidates slow by 3-12% over a second of tuning as the GPU settles
+from its boost clock), so candidates timed at different moments are compared at different
+clocks and the order of the candidates biases the choice; in one sweep it chose 64x64 tiles for
+every D128 causal forward, 6-13% slower than 128x128 in a sustained benchmark (kernels/TUNING.md,
+v7).  Here every candidate is timed in each of ``ROUNDS`` rounds (A B C A B C ...), each time by
+the 10th percentile of ``ROUND_MS`` of calls (the fast tail, steadier than the median while the
+clock moves), and ranked by the median over rounds: a clock change hits every candidate alike.
+That removes the order bias; it does not make short bursts rank candidates within a few percent
+of each other as a sustained run does (TUNING.md v7), which is why the forward's search space
+leaves out tiles that lose at a shape (``FWD_SKIP``).  A candidate runs for about as long as in
+v6's tuner (60 ms), plus the fixed calls of four ``do_bench`` rounds.
 """
 from __future__ import annotations
 
