@@ -147,8 +147,11 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _causal_program(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
-    """(block index, batch*head index) of this program in a causal grid (n_blocks, n_bh).
+def _block_and_head(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
+    """(block index, batch*head index) of this program in a grid (n_blocks, n_bh).
+
+    Non-causal kernels pass GROUP_PROGRAMS = 0 and HEAVY_LAST_BLOCK = False: the program ids as
+    they are.
 
     Causal programs differ in work (a query block's work grows with its index; a key block's
     shrinks) and the GPU starts programs in launch order, x fastest.  With GROUP_PROGRAMS = 0 each
@@ -223,11 +226,7 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                 EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GROUP_PROGRAMS: tl.constexpr, WARP_SPEC: tl.constexpr = False):
-    if CAUSAL:
-        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUP_PROGRAMS)
-    else:
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+    pid_m, pid_bh = _block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -364,11 +363,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                      GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    if CAUSAL:
-        pid_n, pid_bhk = _causal_program(tl.num_programs(1), False, GROUP_PROGRAMS)
-    else:
-        pid_n = tl.program_id(0)
-        pid_bhk = tl.program_id(1)
+    pid_n, pid_bhk = _block_and_head(tl.num_programs(1), False, GROUP_PROGRAMS)  # key block 0 is heaviest
     b = (pid_bhk // H_KV).to(tl.int64)
     hk = (pid_bhk % H_KV).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -455,11 +450,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                    GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
-    if CAUSAL:
-        pid_m, pid_bh = _causal_program(tl.num_programs(1), True, GROUP_PROGRAMS)
-    else:
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+    pid_m, pid_bh = _block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -552,7 +543,7 @@ INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq":
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 FORCE_CONFIG: dict[str, tuple] = {}
-# Launch order of causal programs (_causal_program): heads in groups of >= this many programs,
+# Launch order of causal programs (_block_and_head): heads in groups of >= this many programs,
 # heaviest blocks of the group first; 0 launches each head's blocks heaviest first (v6's order).
 # Kept settable to time orders against each other in one process (scripts/fa2_causal_schedule.py).
 CAUSAL_GROUP_PROGRAMS = 256

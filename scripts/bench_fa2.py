@@ -171,8 +171,8 @@ def explore(log):
             del q, k, v, do
 
 
-def bench(out_dir):
-    fa2 = _fa2()
+def run_log():
+    """(log, lines): log prints a line at once and keeps it in lines; the device line comes first."""
     lines = []
 
     def log(s):
@@ -181,6 +181,12 @@ def bench(out_dir):
 
     log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
         f"triton {__import__('triton').__version__}")
+    return log, lines
+
+
+def bench(out_dir):
+    fa2 = _fa2()
+    log, lines = run_log()
     t0 = time.time()
     try:
         correctness(log)

@@ -39,7 +39,7 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fa2 import _flops, _inputs, _sdpa  # noqa: E402  (one FLOP count and input recipe)
+from bench_fa2 import _flops, _inputs, _sdpa, run_log  # noqa: E402  (one FLOP count, input recipe, log)
 
 SHAPES = [(d, n) for d in (128, 64) for n in (1024, 2048, 4096, 8192, 16384)]
 MODES = ("fwd", "fwd_bwd")
@@ -88,13 +88,8 @@ def run(out_dir, rounds):
     import triton
     fa2 = _fa2()
     os.makedirs(out_dir, exist_ok=True)
-    lines, rows = [], []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    rows = []
+    log, lines = run_log()
     variants = ("sdpa_flash",) + tuple(SCHEDULES)
     default = fa2.CAUSAL_GROUP_PROGRAMS
     for d, n in SHAPES:

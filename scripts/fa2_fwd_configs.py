@@ -37,7 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fa2 import _flops, _inputs, _sdpa  # noqa: E402  (one FLOP count and input recipe)
+from bench_fa2 import _flops, _inputs, _sdpa, run_log  # noqa: E402  (one FLOP count, input recipe, log)
 
 SHAPES = [(d, c, n) for d in (128, 64) for c in (False, True) for n in (4096, 16384)]
 # Candidates outside FWD_SPACE, timed beside it: warp-specialised tiles not shipped (TUNING.md v6).
@@ -90,13 +90,8 @@ def run(out_dir, do_precompile=True):
     import triton
     fa2 = _fa2()
     os.makedirs(out_dir, exist_ok=True)
-    lines, rows = [], []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    rows = []
+    log, lines = run_log()
     if do_precompile:
         t0 = time.time()
         precompile(log)
