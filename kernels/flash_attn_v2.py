@@ -17,7 +17,9 @@ Forward, FA2 paper (Dao 2023) Algorithm 1
     (``return_lse=True`` returns it converted to the natural log);
   * causal: key blocks fully visible to every row of the query block run with no mask
     arithmetic; only the blocks crossing the diagonal apply the mask; blocks above the diagonal
-    are never visited.  Causal query blocks are launched heaviest first.
+    are never visited.  Causal query blocks are launched heaviest first across groups of heads
+    spanning >= ``CAUSAL_GROUP_PROGRAMS`` programs, so that a sweep ends on light blocks (the
+    dQ and dK/dV kernels likewise; TUNING.md v7).
 
 Backward, FA2 paper Algorithm 2, split into three kernels:
   * ``_bwd_preprocess``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
