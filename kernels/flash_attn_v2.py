@@ -641,7 +641,8 @@ def _fmt(cfg) -> str:
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
 
 
-def _launch(name: str, tuner: InterleavedTuner, raw, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
+def _launch(name: str, tuner: InterleavedTuner, raw, space: dict, grid_fn, args: tuple, meta: dict,
+            tma_ok: int) -> None:
     """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off / forced)."""
     forced = FORCE_CONFIG.get(name)
     if forced is not None and _is_ws(forced) and name != "fwd":

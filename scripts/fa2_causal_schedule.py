@@ -144,7 +144,8 @@ def run(out_dir, rounds):
             tf = {k_: float(r["tflops"]) if r["tflops"] else None for k_, r in sel.items()}
             base, ref = tf.get("sdpa_flash"), tf.get("per_head")
             if not all(tf.values()):
-                log(f"D={d:3d} N={n:5d} {mode:7s} incomplete: " + ", ".join(f"{k_} {r['status']}" for k_, r in sel.items()))
+                states = ", ".join(f"{k_} {r['status']}" for k_, r in sel.items())
+                log(f"D={d:3d} N={n:5d} {mode:7s} incomplete: {states}")
                 continue
             cells = [f"{k_} {tf[k_]:5.0f} ({tf[k_] / base:.2f}x) [{tf[k_] / ref:.3f}]" for k_ in SCHEDULES]
             bad = [k_ for k_, r in sel.items() if r["status"] != "ok"]
