@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_fa2 import _flops, _inputs  # noqa: E402  (one FLOP count and input recipe)
+from fa2_fwd_configs import _label as _config_label  # noqa: E402  (one name per configuration)
 
 SHAPES = [(128, True, 4096), (128, True, 16384), (128, False, 4096), (64, True, 4096), (64, False, 4096)]
 BENCH = dict(warmup=25, rep=100, return_mode="median")
@@ -74,15 +75,11 @@ class SequentialTuner:
 
 def _as_tuple(cfg):
     """A triton.Config of the forward as FORCE_CONFIG's tuple, and the tile path it runs on."""
-    fa2 = _fa2()
-    t = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
-    if cfg.kwargs.get("WARP_SPEC"):
-        t += (fa2.WS,)
-    return t, ("tma" if cfg.kwargs["USE_TMA"] else "ptr")
+    return _fa2()._sig(cfg), ("tma" if cfg.kwargs["USE_TMA"] else "ptr")
 
 
 def _label(t, path):
-    return "x".join(map(str, t[:2])) + f"_w{t[2]}_s{t[3]}" + ("_ws" if len(t) > 4 else "") + f"_{path}"
+    return _config_label(t) + f"_{path}"
 
 
 def tune_once(q, k, v, causal, tuner, idle_s):
