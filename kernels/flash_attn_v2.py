@@ -79,7 +79,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import flash_attn_v2_sm90 as _sm90
 from ._autograd import attention_function
+from ._schedule import block_and_head
 from ._tuner import InterleavedTuner
 from ._validate import check_inputs, default_scale, interpreting
 
@@ -148,39 +150,6 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
             tl.store(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
 
 
-@triton.jit
-def _block_and_head(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
-    """(block index, batch*head index) of this program in a grid (n_blocks, n_bh).
-
-    Non-causal kernels pass GROUP_PROGRAMS = 0 and HEAVY_LAST_BLOCK = False: the program ids as
-    they are.
-
-    Causal programs differ in work (a query block's work grows with its index; a key block's
-    shrinks) and the GPU starts programs in launch order, x fastest.  With GROUP_PROGRAMS = 0 each
-    head's blocks are launched heaviest first, head after head (v6): the last head's heaviest
-    blocks start near the end and run on while other SMs idle.  Otherwise heads are taken in
-    groups spanning >= GROUP_PROGRAMS programs, and within a group every head's heaviest block
-    is launched, then every head's next heaviest, and so on (TUNING.md v7 for the measurements).
-    """
-    n_blk = tl.num_programs(0)
-    if GROUP_PROGRAMS > 0:
-        pid = tl.program_id(1) * n_blk + tl.program_id(0)  # launch order
-        heads = tl.cdiv(GROUP_PROGRAMS, n_blk)
-        g = pid // (heads * n_blk)
-        in_group = tl.minimum(heads, n_bh - g * heads)
-        r = pid - g * heads * n_blk
-        rank = r // in_group  # 0 for the heaviest block of each head in the group
-        bh = g * heads + r % in_group
-    else:
-        rank = tl.program_id(0)
-        bh = tl.program_id(1)
-    if HEAVY_LAST_BLOCK:
-        blk = n_blk - 1 - rank
-    else:
-        blk = rank
-    return blk, bh
-
-
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +197,7 @@ def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                 EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GROUP_PROGRAMS: tl.constexpr, WARP_SPEC: tl.constexpr = False):
-    pid_m, pid_bh = _block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+    pid_m, pid_bh = block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -365,7 +334,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                      GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr):
-    pid_n, pid_bhk = _block_and_head(tl.num_programs(1), False, GROUP_PROGRAMS)  # key block 0 is heaviest
+    pid_n, pid_bhk = block_and_head(tl.num_programs(1), False, GROUP_PROGRAMS)  # key block 0 is heaviest
     b = (pid_bhk // H_KV).to(tl.int64)
     hk = (pid_bhk % H_KV).to(tl.int64)
     n0 = pid_n * BLOCK_N
@@ -452,7 +421,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                    GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
-    pid_m, pid_bh = _block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+    pid_m, pid_bh = block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
@@ -545,10 +514,13 @@ INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq":
 AUTOTUNE = True
 FORCE_PATH: str | None = None
 FORCE_CONFIG: dict[str, tuple] = {}
-# Launch order of causal programs (_block_and_head): heads in groups of >= this many programs,
+# Launch order of causal programs (block_and_head): heads in groups of >= this many programs,
 # heaviest blocks of the group first; 0 launches each head's blocks heaviest first (v6's order).
 # Kept settable to time orders against each other in one process (scripts/fa2_causal_schedule.py).
 CAUSAL_GROUP_PROGRAMS = 256
+# The Gluon forward for Hopper (flash_attn_v2_sm90) runs wherever it supports the inputs and no
+# Triton configuration or path is forced; False always runs the Triton forward (to compare them).
+SM90_FORWARD = True
 
 _LAST_CONFIGS: dict[str, str] = {}
 
@@ -703,12 +675,23 @@ def _common_meta(D: int, causal: bool, dtype: torch.dtype, tma_ok: int) -> dict:
                 GROUP_PROGRAMS=CAUSAL_GROUP_PROGRAMS if causal else 0)
 
 
+def _sm90_runs(q, k, v, causal: bool) -> bool:
+    """Whether the forward goes to the Gluon Hopper kernel rather than the Triton one."""
+    if not SM90_FORWARD or FORCE_PATH is not None or "fwd" in FORCE_CONFIG:
+        return False
+    return _sm90.unsupported_reason(q, k, v, causal) is None
+
+
 def _forward(q, k, v, causal: bool, sm_scale: float):
     B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v2")
     o = _empty((B, H, Nq, D), q.dtype, q.device)
     lse = _empty((B, H, Nq), torch.float32, q.device)
     tma_ok = _tma_ok(q, k, v, o)
     meta = _common_meta(D, causal, q.dtype, tma_ok)
+    if _sm90_runs(q, k, v, causal):
+        _sm90.forward(q, k, v, o, lse, causal, sm_scale, meta["GROUP_PROGRAMS"])
+        _LAST_CONFIGS["fwd"] = _sm90.config(D)
+        return o, lse
     meta["EVEN_KV"] = Nkv % 128 == 0  # every BLOCK_N (<= 128, a power of two) divides Nkv
     args = (q, k, v, o, lse, sm_scale,
             q.stride(0), q.stride(1), q.stride(2),

@@ -13,6 +13,7 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
     python scripts/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
     python scripts/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
     python scripts/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
+    python scripts/fa2_compile_report.py --gluon [--json]  # the Gluon Hopper forward (flash_attn_v2_sm90)
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -90,6 +91,49 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
     return bad
 
 
+def compile_sm90_gluon(head_dim: int, causal: bool, consumers: int | None = None, dtype=None):
+    """The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py) compiled for sm_90 as its launcher runs it."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    import flashbench_kernels.flash_attn_v2_sm90 as sm90
+    fn = sm90._fwd_sm90_kernel
+    consumers = consumers or sm90.CONSUMERS
+    desc = sm90._descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
+    consts = dict(CAUSAL=causal, GROUP_PROGRAMS=fa2.CAUSAL_GROUP_PROGRAMS if causal else 0,
+                  STAGES=sm90.STAGES[head_dim], CONSUMERS=consumers, PRODUCER_REGS=sm90.PRODUCER_REGS,
+                  CONSUMER_REGS=sm90.CONSUMER_REGS)
+    sig = {name: "i32" for name in fn.arg_names}
+    sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
+    sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
+                         attrs={(fn.arg_names.index("lse_ptr"),): [["tt.divisibility", 16]]})
+    return triton.compile(src, target=SM90, options=dict(num_warps=8 // consumers, maxnreg=sm90.MAXNREG))
+
+
+def gluon_rows() -> list[dict]:
+    """One row per (consumers, head dim, causal) of the Gluon forward: resources, register split, wgmma waits."""
+    import flashbench_kernels.flash_attn_v2_sm90 as sm90
+    out = []
+    for consumers in sorted({sm90.CONSUMERS, 1, 2}):
+      for d in (128, 64):
+        for causal in (False, True):
+            row = {"kernel": "gluon_sm90", "consumers": consumers, "head_dim": d, "causal": causal}
+            try:
+                c = compile_sm90_gluon(d, causal, consumers)
+                ptx = c.asm["ptx"]
+                row.update(resource_usage(c))
+                req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
+                row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
+                row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
+                row["wgmma_waits"] = sorted({int(x) for x in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
+            except Exception as e:  # report, go on
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            out.append(row)
+    return out
+
+
 def rows(only_ws: bool) -> list[dict]:
     """One row per (head dim, causal, config, EVEN_KV) of the D64/D96/D128 spaces: resources or the error."""
     out = []
@@ -117,7 +161,14 @@ def main() -> int:
     ap.add_argument("--ws-only", action="store_true", help="only the warp-specialised configurations")
     ap.add_argument("--json", action="store_true", help="one JSON object per line instead of the table")
     ap.add_argument("--ttgir", help="directory to write each config's TTGIR to")
+    ap.add_argument("--gluon", action="store_true", help="the Gluon Hopper forward instead of the Triton configs")
     args = ap.parse_args()
+    if args.gluon:
+        table = gluon_rows()
+        for r in table:
+            print(json.dumps(r) if args.json else
+                  " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "warp_specialize_ops")))
+        return 1 if any("error" in r for r in table) else 0
     table = rows(args.ws_only)
     bad = 0
     if not args.json:

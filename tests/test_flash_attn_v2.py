@@ -375,7 +375,7 @@ def test_every_head_dim_class_with_warp_specialised_entries_is_covered_by_the_gp
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _schedule_probe(OUT, n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
-    blk, bh = fa2._block_and_head(n_bh, HEAVY_LAST_BLOCK, GROUP_PROGRAMS)
+    blk, bh = fa2.block_and_head(n_bh, HEAVY_LAST_BLOCK, GROUP_PROGRAMS)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(OUT + 2 * pid, blk)
     tl.store(OUT + 2 * pid + 1, bh)

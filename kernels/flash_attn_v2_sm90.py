@@ -1,0 +1,311 @@
+"""FlashAttention forward for Hopper (sm_90) in Gluon: FA2's algorithm with FlashAttention-3's overlap.
+
+What is implemented
+-------------------
+The forward of FA2 paper (Dao 2023) Algorithm 1, exactly as ``flash_attn_v2._fwd_kernel`` computes
+it (one program per (block of 128 query rows, batch*head), online softmax in base 2 with the scale
+folded in, deferred normalisation, base-2 log-sum-exp stored for the backward; causal: unmasked
+key blocks with no mask arithmetic, only the diagonal block masked, blocks above it never
+visited), written in Gluon, Triton's explicit dialect, so that the two overlaps Triton 3.6's
+compiler cannot produce for a causal kernel are spelled out (FlashAttention-3, Shah et al. 2024,
+section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
+
+  * warp specialisation: a 1-warp producer partition issues every TMA load (Q once, then K_j and
+    V_j into ``STAGES``-deep rings, each slot guarded by a ready and an empty mbarrier) while the
+    8-warp consumer partition (two warp groups of 64 query rows) only computes.  The producer
+    gives its registers to the consumers (setmaxnreg: 24 for the producer, 240 for consumers).
+  * intra-warpgroup overlap: the consumer issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j as
+    asynchronous wgmma, waits for S_{j+1} only, and runs the softmax of S_{j+1} while P_j V_j is
+    still on the tensor cores; O is rescaled after that wgmma retires.
+  * causal: the key loop walks the fully visible blocks with the unmasked softmax; the diagonal
+    block, always the last one, is a separate step that applies the mask.  Programs are launched
+    heaviest first across groups of heads (``_schedule.block_and_head``, the same order as
+    the Triton kernels).
+  * O is written through shared memory (the Q buffer, free by then) by a TMA store, the LSE by
+    pointer.
+
+What it does not support (``unsupported_reason`` says which, and ``flash_attn_v2`` then runs its
+Triton forward instead): GPUs other than capability 9.x; fp32 (the reference path) and anything
+but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not multiples of 128
+(no tail masking: the K/V descriptors span every head, so a partial block would read the next
+head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
+with Nq > Nkv (rows that see no key); inputs whose (batch, head, row) dims cannot be viewed as one
+(q, k, v must be contiguous); the interpreter (Gluon has none).  No ping-pong between the two consumer warp
+groups (FA3 3.1's named-barrier schedule): they share one instruction stream and the warp
+scheduler interleaves them.  The backward is flash_attn_v2's Triton backward.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ._schedule import block_and_head
+from ._validate import interpreting
+
+__all__ = ["config", "forward", "input_reason", "unsupported_reason"]
+
+BLOCK = 128  # query rows per program and keys per block (the causal diagonal is one block)
+# Consumer warp groups: 1 = one 8-warp partition for the 128 query rows, 2 = two 4-warp partitions
+# of 64 rows each (FlashAttention-3's arrangement).  Both kept to be timed against each other.
+CONSUMERS = 2
+# K/V ring depth per head dim: D128 needs 32 KiB per K or V tile, so Q + 2 x (K, V) = 160 KiB;
+# D64 fits three stages in 112 KiB.
+STAGES = {64: 3, 128: 2}
+PRODUCER_REGS = 24  # the minimum setmaxnreg allows; the producer only computes addresses
+CONSUMER_REGS = 240  # a worker consumer's registers (the default partition gets what is left: 240 too)
+# 12 warps (8 consumer warps + the producer rounded up to a warp group) x 168 registers fill the
+# 64 K register file; reallocation gives the producer 24 and the consumers 240 each.
+MAXNREG = 168
+
+
+def config(head_dim: int) -> str:
+    """The configuration string flash_attn_v2.last_configs() reports for this kernel."""
+    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={BLOCK},consumers={CONSUMERS}x{8 // CONSUMERS}w+producer1w,"
+            f"num_stages={STAGES[head_dim]},tma=True,warp_specialize=True")
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
+    """Why this forward cannot run these (validated) inputs here, or None when it can."""
+    if interpreting():
+        return "Gluon kernels do not run under TRITON_INTERPRET"
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return "needs a Hopper GPU (capability 9.x)"
+    return input_reason(q, k, v, causal)
+
+
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"dtype {q.dtype}: fp16 and bf16 only"
+    D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
+    if D not in STAGES:
+        return f"head_dim {D}: 64 and 128 only"
+    if Nq % BLOCK or Nkv % BLOCK:
+        return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK}"
+    if causal and Nkv < Nq:  # Nkv >= Nq and both multiples of BLOCK: the diagonal is one key block
+        return f"causal with Nq={Nq} > Nkv={Nkv}: rows that see no key are not handled"
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        return "q, k, v must be contiguous"
+    if max(q.numel(), k.numel()) // D >= 2**31:
+        return "2**31 rows or more: TMA coordinates are 32-bit"
+    return None
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
+              q_row, kv_row0, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    for j in range(n_blocks):
+        slot = j % STAGES
+        # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
+        phase = ((j // STAGES) & 1) ^ 1
+        row = kv_row0 + j * BLOCK_N
+        mbarrier.wait(k_empty.index(slot), phase)
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row, 0], k_ready.index(slot), k_bufs.index(slot))
+        mbarrier.wait(v_empty.index(slot), phase)
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [row, 0], v_ready.index(slot), v_bufs.index(slot))
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, MASK: gl.constexpr, BLOCK_N: gl.constexpr,
+             s_layout: gl.constexpr):
+    """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l)."""
+    if MASK:
+        offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        visible = gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1) + diag
+        s = gl.where(visible, s * qk_scale, float("-inf"))
+        # every row sees key 0 (Nkv >= Nq), so m_new is finite
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+    else:
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
+          qk_scale, offs_m, diag, MASK: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """Score block j while P_{j-1} V_{j-1} runs: issue both wgmma, softmax S_j under the PV, rescale O."""
+    slot = j % STAGES
+    phase = (j // STAGES) & 1
+    prev = (j - 1) % STAGES
+    prev_phase = ((j - 1) // STAGES) & 1
+    mbarrier.wait(k_ready.index(slot), phase)
+    s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    mbarrier.wait(v_ready.index(prev), prev_phase)
+    o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
+    s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
+    mbarrier.arrive(k_empty.index(slot), count=1)
+    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, diag, MASK, BLOCK_N, s_layout)
+    acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
+    mbarrier.arrive(v_empty.index(prev), count=1)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
+    return acc, p16, m_i, l_i
+
+
+@gluon.jit
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+              q_row, m0, diag, n_blocks, qk_scale,
+              CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in NUM_WARPS warps."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+
+    q_smem = q_smem.slice(ROW0, BLOCK_M)  # this consumer's rows of Q (all of them with one consumer)
+    m0 = m0 + ROW0
+    q_row = q_row + ROW0
+    offs_m = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_layout)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    # block 0: S_0 alone (nothing to overlap it with yet)
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=[s_tok])
+    mbarrier.arrive(k_empty.index(0), count=1)
+    if CAUSAL:
+        if n_blocks == 1:  # block 0 is the diagonal
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, True, BLOCK_N, s_layout)
+        else:
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, False, BLOCK_N, s_layout)
+    else:
+        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, False, BLOCK_N, s_layout)
+    p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
+
+    # blocks 1 .. n-2: fully visible; block n-1: the diagonal when causal
+    for j in range(1, n_blocks - 1):
+        acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                   v_empty, j, zero_s, qk_scale, offs_m, diag, False, BLOCK_N, STAGES,
+                                   s_layout, o_layout, p_layout)
+    if n_blocks > 1:
+        acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                   v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, diag, CAUSAL, BLOCK_N,
+                                   STAGES, s_layout, o_layout, p_layout)
+
+    # the last P V
+    last = (n_blocks - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    o_tok = warpgroup_mma(p16, v_bufs.index(last), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=[o_tok])
+    mbarrier.arrive(v_empty.index(last), count=1)
+
+    # deferred normalisation; every row saw at least one key
+    o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
+    gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
+    q_smem.store(o.to(q_smem.dtype))  # every wgmma reading Q has retired
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV,
+                     CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
+                     CONSUMERS: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+    gl.static_assert(BLOCK_M == BLOCK_N, "the causal diagonal must be exactly one key block")
+
+    pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+    b = pid_bh // H
+    hk = (pid_bh % H) // GROUP
+    m0 = pid_m * BLOCK_M
+    diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_N here
+    if CAUSAL:
+        n_blocks = (m0 + diag) // BLOCK_N + 1  # the last one is the diagonal
+    else:
+        n_blocks = N_KV // BLOCK_N
+    q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
+    kv_row0 = (b * (H // GROUP) + hk) * N_KV
+
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)  # a slot is free once every consumer is done with it
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
+
+    rows: gl.constexpr = BLOCK_M // CONSUMERS
+    warps: gl.constexpr = 8 // CONSUMERS
+    # (argument tuples spelled out: concatenating tuples in a Gluon kernel turns constexprs into
+    # plain ints, which a worker partition cannot receive)
+    if CONSUMERS == 1:
+        # one 8-warp consumer: both warp groups run one instruction stream (synchronised at each mbarrier)
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, warps)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                         v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
+        ], [1], [PRODUCER_REGS])
+    else:
+        # two 4-warp consumers of 64 rows each, each its own warp group and instruction stream (FA3):
+        # one's softmax can run while the other's wgmma occupy the tensor cores
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, warps)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, rows, rows, BLOCK_N, HEAD_DIM, STAGES,
+                         warps)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                         v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+    """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (B, H, N, D) tensor."""
+    flat = t.view(-1, t.shape[-1])
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, t.shape[-1]],
+                                                  gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
+    return TensorDescriptor.from_tensor(flat, [block_rows, t.shape[-1]], layout)
+
+
+def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int) -> None:
+    """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
+
+    The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
+    group size (flash_attn_v2.CAUSAL_GROUP_PROGRAMS).
+    """
+    B, H, Nq, D = q.shape
+    Hkv, Nkv = k.shape[1], k.shape[2]
+    grid = (Nq // BLOCK, B * H)
+    _fwd_sm90_kernel[grid](
+        _descriptor(q, BLOCK), _descriptor(k, BLOCK), _descriptor(v, BLOCK), _descriptor(o, BLOCK // CONSUMERS),
+        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv,
+        CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=STAGES[D],
+        CONSUMERS=CONSUMERS, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS,
+        num_warps=8 // CONSUMERS, maxnreg=MAXNREG)

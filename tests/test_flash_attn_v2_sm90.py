@@ -1,0 +1,170 @@
+"""The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py): when it runs, how it compiles, what it computes.
+
+Without a GPU: which inputs it takes (anything else falls back to the Triton forward) and, through
+``scripts/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
+sm_90 into the intended shape (one producer warp, two consumer warp groups given 240 registers, no
+spills, the asynchronous wgmma waits).  On a Hopper GPU: outputs, LSE and gradients (the backward is
+the Triton one, fed by this forward's O and LSE) against the float64 reference with outputs poisoned,
+three fresh inputs a shape, and the fallback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import flashbench_kernels.flash_attn_v2 as fa2
+import flashbench_kernels.flash_attn_v2_sm90 as sm90
+from flashbench_kernels.flash_attn_v2 import last_configs
+from test_flash_attn_v2 import _case_id, _check_against_reference, _inputs, _poisoned_empty
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _t(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("q_shape, kv_shape, causal", [
+    ((2, 16, 1024, 128), (2, 16, 1024, 128), False),
+    ((2, 16, 1024, 128), (2, 16, 1024, 128), True),
+    ((1, 8, 256, 64), (1, 2, 768, 64), True),  # GQA, Nkv - Nq a multiple of 128
+    ((1, 8, 512, 64), (1, 1, 128, 64), False),  # MQA, Nq > Nkv non-causal
+])
+def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
+        assert sm90.input_reason(q, k, k, causal) is None
+
+
+@pytest.mark.parametrize("q, k, causal, words", [
+    (_t(1, 2, 256, 128, dtype=torch.float32), _t(1, 2, 256, 128, dtype=torch.float32), False, "fp16 and bf16"),
+    (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, "head_dim 96"),
+    (_t(1, 2, 256, 32), _t(1, 2, 256, 32), False, "head_dim 32"),
+    (_t(1, 2, 1000, 128), _t(1, 2, 1024, 128), False, "multiples of 128"),
+    (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, "multiples of 128"),
+    (_t(1, 2, 512, 128), _t(1, 2, 256, 128), True, "see no key"),
+    (_t(1, 2, 256, 128), _t(1, 2, 320, 128), False, "multiples of 128"),
+    (_t(1, 256, 2, 128).transpose(1, 2), _t(1, 2, 256, 128), False, "contiguous"),
+])
+def test_says_why_it_declines_other_inputs(q, k, causal, words):
+    reason = sm90.input_reason(q, k, k, causal)
+    assert reason is not None and words in reason
+
+
+def test_never_runs_without_a_hopper_gpu():
+    q = _t(1, 2, 256, 128)
+    assert sm90.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
+    assert not fa2._sm90_runs(q, q, q, False)
+
+
+def test_forced_triton_settings_turn_it_off(monkeypatch):
+    monkeypatch.setattr(sm90, "unsupported_reason", lambda *a: None)  # as if on an H100
+    q = _t(1, 2, 256, 128)
+    assert fa2._sm90_runs(q, q, q, True)
+    monkeypatch.setattr(fa2, "SM90_FORWARD", False)
+    assert not fa2._sm90_runs(q, q, q, True)
+    monkeypatch.setattr(fa2, "SM90_FORWARD", True)
+    monkeypatch.setattr(fa2, "FORCE_PATH", "ptr")
+    assert not fa2._sm90_runs(q, q, q, True)
+    monkeypatch.setattr(fa2, "FORCE_PATH", None)
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 8, 3))
+    assert not fa2._sm90_runs(q, q, q, True)
+
+
+def test_reported_configuration_names_the_kernel_and_its_stages():
+    assert sm90.config(128).startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=128,")
+    assert f"num_stages={sm90.STAGES[64]}" in sm90.config(64)
+
+
+# ---------------------------------------------------------------------------------------------
+# sm_90 build, no GPU needed
+# ---------------------------------------------------------------------------------------------
+_BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
+                    reason="this Triton build carries no NVIDIA toolchain")
+def test_compiles_for_sm90_into_producer_and_consumers():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fa2_compile_report.py"), "--gluon", "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {(r["consumers"], r["head_dim"], r["causal"]) for r in rows} == \
+        {(n, d, c) for n in (1, 2) for d in (64, 128) for c in (False, True)}, proc.stderr[-2000:]
+    for r in rows:
+        where = f"consumers={r['consumers']} D={r['head_dim']} causal={r['causal']}"
+        assert "error" not in r, f"{where}: {r.get('error')}"
+        assert r["warps"] == 12, f"{where}: expected 8 consumer warps plus the producer's warp group"
+        assert r["local_bytes"] == 0, f"{where}: spills"
+        assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
+        workers = [sm90.PRODUCER_REGS] if r["consumers"] == 1 else [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS]
+        assert r["worker_regs"] == workers, f"{where}: worker partitions' registers"
+        assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
+        assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hopper GPU
+# ---------------------------------------------------------------------------------------------
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+GRID = [
+    # B, H, Hkv, Nq, Nkv, D, causal: one block, several, many programs per SM, Nq < Nkv with the
+    # diagonal shifted by whole blocks, GQA and MQA, Nq > Nkv non-causal
+    (1, 2, 2, 128, 128, 128, True),
+    (1, 2, 2, 128, 128, 64, False),
+    (2, 4, 4, 512, 512, 128, True),
+    (2, 4, 4, 512, 512, 64, False),
+    (1, 16, 16, 2048, 2048, 128, False),
+    (1, 16, 16, 2048, 2048, 64, True),
+    (1, 4, 2, 256, 768, 128, True),
+    (1, 8, 1, 384, 640, 64, True),
+    (1, 8, 2, 640, 256, 128, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@pytest.mark.parametrize("consumers", [1, 2], ids=["1wg", "2wg"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", GRID, ids=_case_id)
+def test_gpu_gluon_forward_poisoned(case, dtype, consumers, monkeypatch):
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    monkeypatch.setattr(sm90, "CONSUMERS", consumers)
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)  # the backward: one configuration, bounded compile time
+    for rep in range(3):
+        q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
+        _check_against_reference(q, k, v, do, causal)
+        assert last_configs()["fwd"] == sm90.config(D)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
+    q, k, v, _ = _inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
+    o, lse = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
+    assert last_configs()["fwd"] == sm90.config(128)
+    monkeypatch.setattr(fa2, "SM90_FORWARD", False)
+    o_ref, lse_ref = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
+    assert not last_configs()["fwd"].startswith("gluon")
+    assert (lse - lse_ref).abs().max().item() < 1e-3
+    assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+def test_gpu_unsupported_shape_falls_back_to_triton(monkeypatch):
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
+    monkeypatch.setattr(fa2, "AUTOTUNE", False)
+    q, k, v, do = _inputs(1, 4, 4, 1000, 1000, 128, torch.bfloat16, seed=9)
+    _check_against_reference(q, k, v, do, causal=True)
+    assert not last_configs()["fwd"].startswith("gluon")
