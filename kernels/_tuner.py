@@ -38,14 +38,18 @@ class InterleavedTuner:
     """A JIT kernel with its candidate configurations, a pruner and a tuning key.
 
     ``run(grid_fn, args, meta)`` launches the kernel with the configuration chosen for the key of
-    these arguments (choosing it first, on a miss) and returns that ``triton.Config``.
+    these arguments (choosing it first, on a miss) and returns that ``triton.Config``;
+    ``launch(cfg, grid_fn, args, meta)`` runs one given configuration.
     """
 
-    def __init__(self, kernel, configs: list, prune: Callable, key: list[str]):
+    def __init__(self, kernel, configs: list, prune: Callable, key: list[str], launch: Callable | None = None):
         self.kernel = kernel
         self.configs = configs
         self.prune = prune
         self.key = key
+        # launch(cfg, grid_fn, args, meta): by default the kernel with cfg's meta-parameters; a
+        # custom one may send some configurations to another kernel taking the same arguments
+        self.launch = launch or self._launch_kernel
         self.cache: dict[tuple, triton.Config] = {}
         self.timings: dict[triton.Config, list[float]] = {}  # the last session's per-round times (ms)
 
@@ -53,7 +57,7 @@ class InterleavedTuner:
         vals = tuple(named[k] if k in named else meta[k] for k in self.key)
         return vals + tuple(str(a.dtype) for a in named.values() if hasattr(a, "dtype"))
 
-    def _launch(self, cfg, grid_fn, args: tuple, meta: dict) -> None:
+    def _launch_kernel(self, cfg, grid_fn, args: tuple, meta: dict) -> None:
         self.kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
                                          num_stages=cfg.num_stages)
 
@@ -63,7 +67,7 @@ class InterleavedTuner:
         cfg = self.cache.get(key)
         if cfg is None:
             cfg = self.cache[key] = self._choose(self.prune(self.configs, named, **meta), grid_fn, args, meta)
-        self._launch(cfg, grid_fn, args, meta)
+        self.launch(cfg, grid_fn, args, meta)
         return cfg
 
     def _choose(self, candidates: list, grid_fn, args: tuple, meta: dict):
@@ -72,7 +76,7 @@ class InterleavedTuner:
             return candidates[0]
         calls = {}
         for cfg in candidates:  # build (or load) and run each once before any timing
-            call = (lambda c=cfg: self._launch(c, grid_fn, args, meta))
+            call = (lambda c=cfg: self.launch(c, grid_fn, args, meta))
             try:
                 call()
             except _UNBUILDABLE:

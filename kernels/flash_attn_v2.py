@@ -187,13 +187,13 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, off
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "SM90_OK"])
 def _fwd_kernel(Q, K, V, O, LSE, sm_scale,
                 stride_qb, stride_qh, stride_qm,
                 stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn,
                 stride_ob, stride_oh, stride_om,
-                H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
+                H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK, SM90_OK,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                 EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GROUP_PROGRAMS: tl.constexpr, WARP_SPEC: tl.constexpr = False):
@@ -467,15 +467,19 @@ def _dclass(head_dim: int) -> str:
     return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "large")
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, WS]) per head-dim class.  Each entry is tried with
-# both tile paths (pointer loads and TMA descriptors) where the inputs allow TMA; entries marked
-# WS are warp-specialised forwards, TMA path only (see _ws_allowed).  The first entry of each
-# list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, WS | GLUON]) per head-dim class.  Each entry is tried
+# with both tile paths (pointer loads and TMA descriptors) where the inputs allow TMA; entries
+# marked WS are warp-specialised forwards, TMA path only (see _ws_allowed); GLUON is the Gluon
+# Hopper forward (flash_attn_v2_sm90: 128x128 blocks, 4 warps per consumer, ``num_stages`` K/V
+# ring slots), offered where it supports the inputs (SM90_OK).  At D64 it was 4-18% slower than
+# the Triton forward below N = 16k and level at 16k (TUNING.md v8), so only D128 offers it.
+# The first entry of each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
 # number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 WS = "ws"
+GLUON = "gluon_sm90"
 FWD_SPACE = {
     "small": [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    "mid": [(128, 128, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2, WS)],
+    "mid": [(128, 128, 8, 3), (64, 64, 4, 3), (128, 128, 4, 2, WS), (128, 128, 4, 2, GLUON)],
     "large": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
 }
 DKDV_SPACE = {
@@ -518,8 +522,8 @@ FORCE_CONFIG: dict[str, tuple] = {}
 # heaviest blocks of the group first; 0 launches each head's blocks heaviest first (v6's order).
 # Kept settable to time orders against each other in one process (scripts/fa2_causal_schedule.py).
 CAUSAL_GROUP_PROGRAMS = 256
-# The Gluon forward for Hopper (flash_attn_v2_sm90) runs wherever it supports the inputs and no
-# Triton configuration or path is forced; False always runs the Triton forward (to compare them).
+# The Gluon Hopper forward (flash_attn_v2_sm90, the GLUON entries of FWD_SPACE) is offered to the
+# tuner wherever it supports the inputs; False never offers it (to time the Triton forward alone).
 SM90_FORWARD = True
 
 _LAST_CONFIGS: dict[str, str] = {}
@@ -532,15 +536,22 @@ def _is_ws(t) -> bool:
     return len(t) > 4 and t[4] == WS
 
 
+def _is_gluon(t) -> bool:
+    return len(t) > 4 and t[4] == GLUON
+
+
 def _sig(cfg) -> tuple:
     base = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
-    return base + ((WS,) if cfg.kwargs.get("WARP_SPEC") else ())
+    return base + ((WS,) if cfg.kwargs.get("WARP_SPEC") else (GLUON,) if cfg.kwargs.get("GLUON") else ())
 
 
 def _to_config(t, use_tma: bool) -> triton.Config:
-    kwargs = {"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma) or _is_ws(t)}
+    tma_only = _is_ws(t) or _is_gluon(t)
+    kwargs = {"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma) or tma_only}
     if _is_ws(t):
         kwargs["WARP_SPEC"] = True
+    if _is_gluon(t):
+        kwargs["GLUON"] = True
     return triton.Config(kwargs, num_warps=t[2], num_stages=t[3])
 
 
@@ -550,7 +561,8 @@ def _all_configs(space: dict) -> list:
         for t in lst:
             if tuple(t) not in seen:
                 seen.add(tuple(t))
-                out += [_to_config(t, True)] if _is_ws(t) else [_to_config(t, False), _to_config(t, True)]
+                one_path = _is_ws(t) or _is_gluon(t)
+                out += [_to_config(t, True)] if one_path else [_to_config(t, False), _to_config(t, True)]
     return out
 
 
@@ -582,8 +594,10 @@ def _make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
                 allowed -= set(entries)
         paths = {_PTR_ONLY: (False,), _BOTH: (prefer_tma,), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
         ws_ok = _ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
+        gluon_ok = bool(named_args.get("SM90_OK", 0))  # only the forward has the argument
         cand = [c for c in configs if _sig(c) in allowed
-                and (ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
+                and (gluon_ok if c.kwargs.get("GLUON") else
+                     ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
         nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
         if fit:
@@ -597,37 +611,57 @@ def _make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
 _TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE"]
 
 
-def _tuner(kernel, space, prefer_tma: bool, extra_key=(), skip=None) -> InterleavedTuner:
+def _tuner(kernel, space, prefer_tma: bool, extra_key=(), skip=None, launch=None) -> InterleavedTuner:
     return InterleavedTuner(kernel, _all_configs(space), _make_pruner(space, prefer_tma, skip),
-                            _TUNE_KEY + list(extra_key))
+                            _TUNE_KEY + list(extra_key), launch)
 
 
-_fwd_tuner = _tuner(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV"], skip=FWD_SKIP)
+def _fwd_launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
+    """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries, else _fwd_kernel."""
+    if cfg.kwargs.get("GLUON"):
+        a = dict(zip(_fwd_kernel.arg_names, args))
+        _sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
+                      meta["GROUP_PROGRAMS"], cfg.num_stages)
+    else:
+        _fwd_kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                                         num_stages=cfg.num_stages)
+
+
+_fwd_tuner = _tuner(_fwd_kernel, FWD_SPACE, PREFERRED_PATH["fwd"], extra_key=["EVEN_KV", "SM90_OK"],
+                    skip=FWD_SKIP, launch=_fwd_launch)
 _dkdv_tuner = _tuner(_bwd_dkdv_kernel, DKDV_SPACE, PREFERRED_PATH["bwd_dkdv"])
 _dq_tuner = _tuner(_bwd_dq_kernel, DQ_SPACE, PREFERRED_PATH["bwd_dq"])
 
 
 def _fmt(cfg) -> str:
+    if cfg.kwargs.get("GLUON"):
+        return _sm90.config(cfg.num_stages)
     ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
     return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
 
 
-def _launch(name: str, tuner: InterleavedTuner, raw, space: dict, grid_fn, args: tuple, meta: dict,
-            tma_ok: int) -> None:
+def _launch(name: str, tuner: InterleavedTuner, space: dict, grid_fn, args: tuple, meta: dict, tma_ok: int) -> None:
     """Run a kernel: autotuned, or with a fixed configuration (interpreter / AUTOTUNE off / forced)."""
     forced = FORCE_CONFIG.get(name)
-    if forced is not None and _is_ws(forced) and name != "fwd":
-        raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced}: only the forward has a "
-                         "warp-specialised variant")
+    if forced is not None and (_is_ws(forced) or _is_gluon(forced)) and name != "fwd":
+        raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced}: only the forward has "
+                         "warp-specialised and Gluon variants")
     if forced is not None and _is_ws(forced) and not _ws_allowed(tma_ok, meta["IEEE"], meta["CAUSAL"]):
         raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced} needs warp specialisation, which "
                          "these inputs do not allow (non-causal, TMA path on capability >= 9, 16-bit dtype, "
                          "no interpreter)")
+    if forced is not None and _is_gluon(forced):
+        a = dict(zip(tuner.kernel.arg_names, args))
+        if not a["SM90_OK"]:
+            why = ("SM90_FORWARD is off" if not SM90_FORWARD else "the TMA path is not allowed" if tma_ok == _PTR_ONLY
+                   else _sm90.unsupported_reason(a["Q"], a["K"], a["V"], meta["CAUSAL"]))
+            raise ValueError(f"flash_attn_v2: FORCE_CONFIG[{name!r}] = {forced} is the Gluon Hopper forward, which "
+                             f"cannot run these inputs: {why}")
     if interpreting() or not AUTOTUNE or forced is not None:
         t = forced or (INTERPRET_CONFIG[name] if interpreting() else space[_dclass(meta["HEAD_DIM"])][0])
         cfg = _to_config(t, tma_ok != _PTR_ONLY)
-        raw[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        tuner.launch(cfg, grid_fn, args, meta)
     else:
         cfg = tuner.run(grid_fn, args, meta)
     _LAST_CONFIGS[name] = _fmt(cfg)
@@ -675,11 +709,9 @@ def _common_meta(D: int, causal: bool, dtype: torch.dtype, tma_ok: int) -> dict:
                 GROUP_PROGRAMS=CAUSAL_GROUP_PROGRAMS if causal else 0)
 
 
-def _sm90_runs(q, k, v, causal: bool) -> bool:
-    """Whether the forward goes to the Gluon Hopper kernel rather than the Triton one."""
-    if not SM90_FORWARD or FORCE_PATH is not None or "fwd" in FORCE_CONFIG:
-        return False
-    return _sm90.unsupported_reason(q, k, v, causal) is None
+def _sm90_ok(q, k, v, causal: bool, tma_ok: int) -> int:
+    """SM90_OK, a forward tuning key: 1 when the Gluon Hopper forward may be offered for these inputs."""
+    return int(SM90_FORWARD and tma_ok != _PTR_ONLY and _sm90.unsupported_reason(q, k, v, causal) is None)
 
 
 def _forward(q, k, v, causal: bool, sm_scale: float):
@@ -688,19 +720,15 @@ def _forward(q, k, v, causal: bool, sm_scale: float):
     lse = _empty((B, H, Nq), torch.float32, q.device)
     tma_ok = _tma_ok(q, k, v, o)
     meta = _common_meta(D, causal, q.dtype, tma_ok)
-    if _sm90_runs(q, k, v, causal):
-        _sm90.forward(q, k, v, o, lse, causal, sm_scale, meta["GROUP_PROGRAMS"])
-        _LAST_CONFIGS["fwd"] = _sm90.config(D)
-        return o, lse
     meta["EVEN_KV"] = Nkv % 128 == 0  # every BLOCK_N (<= 128, a power of two) divides Nkv
     args = (q, k, v, o, lse, sm_scale,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             o.stride(0), o.stride(1), o.stride(2),
-            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv), tma_ok)
+            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv), tma_ok, _sm90_ok(q, k, v, causal, tma_ok))
     grid = lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H)  # noqa: E731
-    _launch("fwd", _fwd_tuner, _fwd_kernel, FWD_SPACE, grid, args, meta, tma_ok)
+    _launch("fwd", _fwd_tuner, FWD_SPACE, grid, args, meta, tma_ok)
     return o, lse
 
 
@@ -732,7 +760,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                  dk.stride(0), dk.stride(1), dk.stride(2),
                  dv.stride(0), dv.stride(1), dv.stride(2),
                  H, Hkv, H // Hkv, Nq, Nkv) + nb
-    _launch("bwd_dkdv", _dkdv_tuner, _bwd_dkdv_kernel, DKDV_SPACE,
+    _launch("bwd_dkdv", _dkdv_tuner, DKDV_SPACE,
             lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta, tma_ok)
     dq_args = (q, k, v, do, dq, lse, delta, sm_scale,
                q.stride(0), q.stride(1), q.stride(2),
@@ -741,7 +769,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float):
                do.stride(0), do.stride(1), do.stride(2),
                dq.stride(0), dq.stride(1), dq.stride(2),
                H, H // Hkv, Nq, Nkv) + nb
-    _launch("bwd_dq", _dq_tuner, _bwd_dq_kernel, DQ_SPACE,
+    _launch("bwd_dq", _dq_tuner, DQ_SPACE,
             lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta, tma_ok)
     return dq, dk, dv
 

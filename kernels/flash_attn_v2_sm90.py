@@ -11,9 +11,10 @@ compiler cannot produce for a causal kernel are spelled out (FlashAttention-3, S
 section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
 
   * warp specialisation: a 1-warp producer partition issues every TMA load (Q once, then K_j and
-    V_j into ``STAGES``-deep rings, each slot guarded by a ready and an empty mbarrier) while the
-    8-warp consumer partition (two warp groups of 64 query rows) only computes.  The producer
-    gives its registers to the consumers (setmaxnreg: 24 for the producer, 240 for consumers).
+    V_j into ``STAGES``-deep rings, each slot guarded by a ready and an empty mbarrier) while two
+    4-warp consumer partitions (one warp group each, 64 query rows each, sharing every K/V tile)
+    only compute, each in its own instruction stream so that one's softmax overlaps the other's
+    matmuls.  The producer gives its registers to the consumers (setmaxnreg: 24 and 240).
   * intra-warpgroup overlap: the consumer issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j as
     asynchronous wgmma, waits for S_{j+1} only, and runs the softmax of S_{j+1} while P_j V_j is
     still on the tensor cores; O is rescaled after that wgmma retires.
@@ -30,9 +31,9 @@ but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not mu
 (no tail masking: the K/V descriptors span every head, so a partial block would read the next
 head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
 with Nq > Nkv (rows that see no key); inputs whose (batch, head, row) dims cannot be viewed as one
-(q, k, v must be contiguous); the interpreter (Gluon has none).  No ping-pong between the two consumer warp
-groups (FA3 3.1's named-barrier schedule): they share one instruction stream and the warp
-scheduler interleaves them.  The backward is flash_attn_v2's Triton backward.
+(q, k, v must be contiguous); the interpreter (Gluon has none).  No explicit ping-pong between the
+two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
+finds them ready.  The backward is flash_attn_v2's Triton backward.
 """
 from __future__ import annotations
 
@@ -55,23 +56,18 @@ from ._validate import interpreting
 __all__ = ["config", "forward", "input_reason", "unsupported_reason"]
 
 BLOCK = 128  # query rows per program and keys per block (the causal diagonal is one block)
-# Consumer warp groups: 1 = one 8-warp partition for the 128 query rows, 2 = two 4-warp partitions
-# of 64 rows each (FlashAttention-3's arrangement).  Both kept to be timed against each other.
-CONSUMERS = 2
-# K/V ring depth per head dim: D128 needs 32 KiB per K or V tile, so Q + 2 x (K, V) = 160 KiB;
-# D64 fits three stages in 112 KiB.
-STAGES = {64: 3, 128: 2}
+HEAD_DIMS = (64, 128)
 PRODUCER_REGS = 24  # the minimum setmaxnreg allows; the producer only computes addresses
-CONSUMER_REGS = 240  # a worker consumer's registers (the default partition gets what is left: 240 too)
-# 12 warps (8 consumer warps + the producer rounded up to a warp group) x 168 registers fill the
-# 64 K register file; reallocation gives the producer 24 and the consumers 240 each.
+CONSUMER_REGS = 240  # the worker consumer's registers (the default partition gets what is left: 240 too)
+# 12 warps (two 4-warp consumers + the producer rounded up to a warp group) x 168 registers fill the
+# 64 K register file; reallocation gives the producer 24 and each consumer 240.
 MAXNREG = 168
 
 
-def config(head_dim: int) -> str:
+def config(stages: int) -> str:
     """The configuration string flash_attn_v2.last_configs() reports for this kernel."""
-    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={BLOCK},consumers={CONSUMERS}x{8 // CONSUMERS}w+producer1w,"
-            f"num_stages={STAGES[head_dim]},tma=True,warp_specialize=True")
+    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={BLOCK},num_warps=4+4+1,num_stages={stages},tma=True,"
+            "warp_specialize=True")
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
@@ -88,7 +84,7 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {q.dtype}: fp16 and bf16 only"
     D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
-    if D not in STAGES:
+    if D not in HEAD_DIMS:
         return f"head_dim {D}: 64 and 128 only"
     if Nq % BLOCK or Nkv % BLOCK:
         return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK}"
@@ -166,7 +162,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
               q_row, m0, diag, n_blocks, qk_scale,
               CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
-    """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in NUM_WARPS warps."""
+    """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4)."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -174,7 +170,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    q_smem = q_smem.slice(ROW0, BLOCK_M)  # this consumer's rows of Q (all of them with one consumer)
+    q_smem = q_smem.slice(ROW0, BLOCK_M)  # this consumer's rows of Q
     m0 = m0 + ROW0
     q_row = q_row + ROW0
     offs_m = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
@@ -227,7 +223,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
 @gluon.jit
 def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV,
                      CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
-                     CONSUMERS: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
@@ -256,34 +252,24 @@ def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP
     mbarrier.init(q_bar, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=CONSUMERS)  # a slot is free once every consumer is done with it
+        mbarrier.init(k_empty.index(i), count=2)  # a slot is free once both consumers are done with it
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(v_empty.index(i), count=CONSUMERS)
+        mbarrier.init(v_empty.index(i), count=2)
 
-    rows: gl.constexpr = BLOCK_M // CONSUMERS
-    warps: gl.constexpr = 8 // CONSUMERS
-    # (argument tuples spelled out: concatenating tuples in a Gluon kernel turns constexprs into
-    # plain ints, which a worker partition cannot receive)
-    if CONSUMERS == 1:
-        # one 8-warp consumer: both warp groups run one instruction stream (synchronised at each mbarrier)
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, warps)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                         v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
-        ], [1], [PRODUCER_REGS])
-    else:
-        # two 4-warp consumers of 64 rows each, each its own warp group and instruction stream (FA3):
-        # one's softmax can run while the other's wgmma occupy the tensor cores
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, warps)),
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                         q_row, m0, diag, n_blocks, qk_scale, CAUSAL, rows, rows, BLOCK_N, HEAD_DIM, STAGES,
-                         warps)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                         v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    rows: gl.constexpr = BLOCK_M // 2
+    # two 4-warp consumers of 64 query rows, each its own warp group and instruction stream (FA3):
+    # one's softmax runs while the other's wgmma occupy the tensor cores.  (One 8-warp consumer,
+    # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
+    # 5-20% slower at D128: TUNING.md v8.)  Argument tuples are spelled out: concatenating tuples
+    # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+                     q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
+                     q_row, m0, diag, n_blocks, qk_scale, CAUSAL, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                     v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
@@ -294,18 +280,19 @@ def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     return TensorDescriptor.from_tensor(flat, [block_rows, t.shape[-1]], layout)
 
 
-def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int) -> None:
+def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
-    group size (flash_attn_v2.CAUSAL_GROUP_PROGRAMS).
+    group size (flash_attn_v2.CAUSAL_GROUP_PROGRAMS), ``stages`` the depth of the K and V rings:
+    Q + stages x (K, V) tiles of 128 x D in shared memory (D128: 2 stages 160 KiB, 3 stages 224 KiB
+    of the 227 KiB a block may use).
     """
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     grid = (Nq // BLOCK, B * H)
     _fwd_sm90_kernel[grid](
-        _descriptor(q, BLOCK), _descriptor(k, BLOCK), _descriptor(v, BLOCK), _descriptor(o, BLOCK // CONSUMERS),
+        _descriptor(q, BLOCK), _descriptor(k, BLOCK), _descriptor(v, BLOCK), _descriptor(o, BLOCK // 2),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv,
-        CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=STAGES[D],
-        CONSUMERS=CONSUMERS, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS,
-        num_warps=8 // CONSUMERS, maxnreg=MAXNREG)
+        CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
+        PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=MAXNREG)

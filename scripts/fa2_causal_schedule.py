@@ -12,8 +12,9 @@ Two sets of variants (``--set``), each a few module settings of ``kernels/flash_
     pinned, so that tuner noise cannot pick different tiles for different rows; in fwd_bwd the
     autotuner chooses each kernel's configuration once per shape, on the first call, and the
     other orders reuse it.  Either way the orders differ only in launch order.
-  * ``sm90``: the Gluon Hopper forward (``SM90_FORWARD = True``, kernels/flash_attn_v2_sm90.py)
-    against the autotuned Triton forward (``SM90_FORWARD = False``), causal and not, mode fwd,
+  * ``sm90``: the Gluon Hopper forward (kernels/flash_attn_v2_sm90.py) pinned with 2 and 3 K/V
+    stages against the autotuned Triton forward (``SM90_FORWARD = False``: the tuner never offers
+    the Gluon one) and against the shipped tuner's choice (``tuned``), causal and not, mode fwd,
     with sdpa_cudnn timed too.
 
 For each benchmark shape (bf16, 16k tokens: batch = 16384 // N, hidden 2048: heads = 2048 // D;
@@ -57,8 +58,9 @@ SETS = {
                                for name, g in (("per_head", 0), ("group128", 128), ("group256", 256))}),
     "sm90": dict(causal=(False, True), modes=("fwd",), peers=("sdpa_flash", "sdpa_cudnn"), pin_fwd=False,
                  variants={"triton": {"SM90_FORWARD": False},
-                           "gluon_2wg": {"SM90_FORWARD": True, "_sm90.CONSUMERS": 2},
-                           "gluon_1wg": {"SM90_FORWARD": True, "_sm90.CONSUMERS": 1}}),
+                           "gluon_s2": {"FORCE_CONFIG": {"fwd": (128, 128, 4, 2, "gluon_sm90")}},
+                           "gluon_s3": {"FORCE_CONFIG": {"fwd": (128, 128, 4, 3, "gluon_sm90")}},
+                           "tuned": {}}),
 }
 BENCH = dict(warmup=25, rep=100, return_mode="median")
 TOL = 2.5e-2
@@ -70,7 +72,7 @@ def _fa2():
 
 
 def _owner(module, name):
-    """(object, attribute) for a setting: "X" is module.X, "_sm90.X" is module._sm90.X."""
+    """(object, attribute) for a setting: "X" is module.X, "a.X" is module.a.X."""
     *path, attr = name.split(".")
     for part in path:
         module = getattr(module, part)

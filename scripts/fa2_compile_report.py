@@ -91,7 +91,7 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
     return bad
 
 
-def compile_sm90_gluon(head_dim: int, causal: bool, consumers: int | None = None, dtype=None):
+def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None):
     """The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py) compiled for sm_90 as its launcher runs it."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -99,29 +99,26 @@ def compile_sm90_gluon(head_dim: int, causal: bool, consumers: int | None = None
 
     import flashbench_kernels.flash_attn_v2_sm90 as sm90
     fn = sm90._fwd_sm90_kernel
-    consumers = consumers or sm90.CONSUMERS
     desc = sm90._descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
     consts = dict(CAUSAL=causal, GROUP_PROGRAMS=fa2.CAUSAL_GROUP_PROGRAMS if causal else 0,
-                  STAGES=sm90.STAGES[head_dim], CONSUMERS=consumers, PRODUCER_REGS=sm90.PRODUCER_REGS,
+                  STAGES=stages, PRODUCER_REGS=sm90.PRODUCER_REGS,
                   CONSUMER_REGS=sm90.CONSUMER_REGS)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
                          attrs={(fn.arg_names.index("lse_ptr"),): [["tt.divisibility", 16]]})
-    return triton.compile(src, target=SM90, options=dict(num_warps=8 // consumers, maxnreg=sm90.MAXNREG))
+    return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.MAXNREG))
 
 
 def gluon_rows() -> list[dict]:
-    """One row per (consumers, head dim, causal) of the Gluon forward: resources, register split, wgmma waits."""
-    import flashbench_kernels.flash_attn_v2_sm90 as sm90
+    """One row per (head dim, causal) of the Gluon forward: resources, register split, wgmma waits."""
     out = []
-    for consumers in sorted({sm90.CONSUMERS, 1, 2}):
-      for d in (128, 64):
+    for d in (128, 64):
         for causal in (False, True):
-            row = {"kernel": "gluon_sm90", "consumers": consumers, "head_dim": d, "causal": causal}
+            row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal}
             try:
-                c = compile_sm90_gluon(d, causal, consumers)
+                c = compile_sm90_gluon(d, causal)
                 ptx = c.asm["ptx"]
                 row.update(resource_usage(c))
                 req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
@@ -141,7 +138,7 @@ def rows(only_ws: bool) -> list[dict]:
         for causal in (False, True):
             for t in fa2.FWD_SPACE[fa2._dclass(d)]:
                 ws = fa2._is_ws(t)
-                if (causal and ws) or (only_ws and not ws) or (d == 96 and not ws):
+                if fa2._is_gluon(t) or (causal and ws) or (only_ws and not ws) or (d == 96 and not ws):
                     continue
                 for even_kv in ((True, False) if ws else (True,)):
                     row = {"head_dim": d, "causal": causal, "config": list(t), "even_kv": even_kv}

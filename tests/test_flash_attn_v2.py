@@ -252,7 +252,7 @@ def test_pruner_offers_warp_specialised_forwards_only_where_they_run(tma_ok, iee
     assert {fa2._sig(c) for c in ws} == expected_ws
     skipped = set(fa2.FWD_SKIP.get(("mid", causal, 4096), []))
     assert {fa2._sig(c) for c in kept if not c.kwargs.get("WARP_SPEC")} == \
-        {t for t in fa2.FWD_SPACE["mid"] if not fa2._is_ws(t)} - skipped
+        {t for t in fa2.FWD_SPACE["mid"] if not fa2._is_ws(t) and not fa2._is_gluon(t)} - skipped  # no SM90_OK
 
 
 @pytest.mark.parametrize("nq, offered", [(2048, True), (4096, False), (16384, False)])

@@ -1,11 +1,11 @@
 """The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py): when it runs, how it compiles, what it computes.
 
-Without a GPU: which inputs it takes (anything else falls back to the Triton forward) and, through
+Without a GPU: which inputs it takes (the tuner offers it only for those, and at D128 only), and, through
 ``scripts/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
 sm_90 into the intended shape (one producer warp, two consumer warp groups given 240 registers, no
 spills, the asynchronous wgmma waits).  On a Hopper GPU: outputs, LSE and gradients (the backward is
 the Triton one, fed by this forward's O and LSE) against the float64 reference with outputs poisoned,
-three fresh inputs a shape, and the fallback.
+three fresh inputs a shape, the tuner timing it, and shapes it does not take.
 """
 from __future__ import annotations
 
@@ -56,29 +56,54 @@ def test_says_why_it_declines_other_inputs(q, k, causal, words):
     assert reason is not None and words in reason
 
 
-def test_never_runs_without_a_hopper_gpu():
+def test_never_offered_without_a_hopper_gpu():
     q = _t(1, 2, 256, 128)
     assert sm90.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert not fa2._sm90_runs(q, q, q, False)
+    assert fa2._sm90_ok(q, q, q, False, fa2._BOTH) == 0
 
 
-def test_forced_triton_settings_turn_it_off(monkeypatch):
+def test_sm90_ok_needs_the_switch_the_tma_path_and_supported_inputs(monkeypatch):
     monkeypatch.setattr(sm90, "unsupported_reason", lambda *a: None)  # as if on an H100
     q = _t(1, 2, 256, 128)
-    assert fa2._sm90_runs(q, q, q, True)
+    assert fa2._sm90_ok(q, q, q, True, fa2._BOTH) == 1
+    assert fa2._sm90_ok(q, q, q, True, fa2._PTR_ONLY) == 0
     monkeypatch.setattr(fa2, "SM90_FORWARD", False)
-    assert not fa2._sm90_runs(q, q, q, True)
-    monkeypatch.setattr(fa2, "SM90_FORWARD", True)
-    monkeypatch.setattr(fa2, "FORCE_PATH", "ptr")
-    assert not fa2._sm90_runs(q, q, q, True)
-    monkeypatch.setattr(fa2, "FORCE_PATH", None)
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 8, 3))
-    assert not fa2._sm90_runs(q, q, q, True)
+    assert fa2._sm90_ok(q, q, q, True, fa2._BOTH) == 0
 
 
-def test_reported_configuration_names_the_kernel_and_its_stages():
-    assert sm90.config(128).startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=128,")
-    assert f"num_stages={sm90.STAGES[64]}" in sm90.config(64)
+GLUON_128 = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
+
+
+@pytest.mark.parametrize("sm90_ok", [0, 1])
+@pytest.mark.parametrize("causal", [False, True])
+def test_pruner_offers_the_gluon_forward_only_where_it_runs(sm90_ok, causal, monkeypatch):
+    monkeypatch.setattr(fa2, "interpreting", lambda: False)
+    prune, configs = fa2._fwd_tuner.prune, fa2._all_configs(fa2.FWD_SPACE)
+    named = {"TMA_OK": fa2._BOTH, "NQ_BUCKET": 4096, "NKV_BUCKET": 4096, "SM90_OK": sm90_ok}
+    d128 = {fa2._sig(c) for c in prune(configs, named, HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
+    assert (GLUON_128 in d128) == bool(sm90_ok)
+    # D64: measured slower than the Triton forward below N = 16k, never offered (TUNING.md v8)
+    d64 = prune(configs, named, HEAD_DIM=64, IEEE=False, CAUSAL=causal)
+    assert d64 and not any(c.kwargs.get("GLUON") for c in d64)
+
+
+def test_gluon_configuration_is_reported_by_name():
+    cfg = fa2._to_config(GLUON_128, True)
+    assert fa2._sig(cfg) == GLUON_128 and cfg.kwargs["USE_TMA"]
+    assert fa2._fmt(cfg) == sm90.config(GLUON_128[3])
+    assert fa2._fmt(cfg).startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=128,") and "num_stages=2" in fa2._fmt(cfg)
+
+
+def test_forcing_the_gluon_forward_where_it_cannot_run_says_why(monkeypatch):
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", GLUON_128)
+    q, k, v, _ = _inputs(1, 2, 2, 128, 128, 64, torch.float16, seed=1)
+    with pytest.raises(ValueError, match="Gluon Hopper forward, which cannot run these inputs"):
+        fa2.flash_attn_v2(q, k, v)
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "bwd_dq", GLUON_128)
+    monkeypatch.delitem(fa2.FORCE_CONFIG, "fwd")
+    q.requires_grad_()
+    with pytest.raises(ValueError, match="only the forward"):
+        fa2.flash_attn_v2(q, k, v).sum().backward()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,16 +119,15 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["consumers"], r["head_dim"], r["causal"]) for r in rows} == \
-        {(n, d, c) for n in (1, 2) for d in (64, 128) for c in (False, True)}, proc.stderr[-2000:]
+    assert {(r["head_dim"], r["causal"]) for r in rows} == {(d, c) for d in (64, 128) for c in (False, True)}, \
+        proc.stderr[-2000:]
     for r in rows:
-        where = f"consumers={r['consumers']} D={r['head_dim']} causal={r['causal']}"
+        where = f"D={r['head_dim']} causal={r['causal']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
-        assert r["warps"] == 12, f"{where}: expected 8 consumer warps plus the producer's warp group"
+        assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["local_bytes"] == 0, f"{where}: spills"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
-        workers = [sm90.PRODUCER_REGS] if r["consumers"] == 1 else [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS]
-        assert r["worker_regs"] == workers, f"{where}: worker partitions' registers"
+        assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"
         assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
 
@@ -132,18 +156,19 @@ GRID = [
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
-@pytest.mark.parametrize("consumers", [1, 2], ids=["1wg", "2wg"])
+@pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", GRID, ids=_case_id)
-def test_gpu_gluon_forward_poisoned(case, dtype, consumers, monkeypatch):
+def test_gpu_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
+    """Forced (D64 is never chosen by the tuner; 3 stages fill 224 KiB of shared memory at D128)."""
     B, H, Hkv, Nq, Nkv, D, causal = case
-    monkeypatch.setattr(sm90, "CONSUMERS", consumers)
     monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
     monkeypatch.setattr(fa2, "AUTOTUNE", False)  # the backward: one configuration, bounded compile time
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 4, stages, fa2.GLUON))
     for rep in range(3):
         q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
         _check_against_reference(q, k, v, do, causal)
-        assert last_configs()["fwd"] == sm90.config(D)
+        assert last_configs()["fwd"] == sm90.config(stages)
 
 
 @pytest.mark.gpu
@@ -151,9 +176,10 @@ def test_gpu_gluon_forward_poisoned(case, dtype, consumers, monkeypatch):
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
     q, k, v, _ = _inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", GLUON_128)
     o, lse = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
-    assert last_configs()["fwd"] == sm90.config(128)
-    monkeypatch.setattr(fa2, "SM90_FORWARD", False)
+    assert last_configs()["fwd"].startswith("gluon_sm90")
+    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", fa2.FWD_SPACE["mid"][0])
     o_ref, lse_ref = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
     assert not last_configs()["fwd"].startswith("gluon")
     assert (lse - lse_ref).abs().max().item() < 1e-3
@@ -162,9 +188,18 @@ def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
-def test_gpu_unsupported_shape_falls_back_to_triton(monkeypatch):
+def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(monkeypatch):
     monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
-    monkeypatch.setattr(fa2, "AUTOTUNE", False)
+    q, k, v, do = _inputs(1, 16, 16, 2048, 2048, 128, torch.bfloat16, seed=11)
+    _check_against_reference(q, k, v, do, causal=True)
+    offered = {fa2._sig(c) for c in fa2._fwd_tuner.timings}
+    assert GLUON_128 in offered, f"the tuner did not time the Gluon forward: {offered}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+def test_gpu_unsupported_shape_is_never_given_to_it(monkeypatch):
+    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
     q, k, v, do = _inputs(1, 4, 4, 1000, 1000, 128, torch.bfloat16, seed=9)
     _check_against_reference(q, k, v, do, causal=True)
     assert not last_configs()["fwd"].startswith("gluon")
