@@ -37,8 +37,9 @@ finds them ready.  The backward is flash_attn_v2's Triton backward.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -70,11 +71,16 @@ def config(stages: int) -> str:
             "warp_specialize=True")
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
     """Why this forward cannot run these (validated) inputs here, or None when it can."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
-    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+    if not q.is_cuda or _capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
     return input_reason(q, k, v, causal)
 
@@ -272,12 +278,17 @@ def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(block_rows: int, head_dim: int, bf16: bool):
+    """The swizzled shared-memory layout of a tile (built once: the launch is on every call's host path)."""
+    return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], gl.bfloat16 if bf16 else gl.float16)
+
+
 def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (B, H, N, D) tensor."""
-    flat = t.view(-1, t.shape[-1])
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, t.shape[-1]],
-                                                  gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
-    return TensorDescriptor.from_tensor(flat, [block_rows, t.shape[-1]], layout)
+    D = t.shape[-1]
+    return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
+                            _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
 
 
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int) -> None:

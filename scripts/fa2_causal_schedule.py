@@ -38,6 +38,7 @@ first) last.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import statistics
@@ -88,7 +89,7 @@ def _call(variant, q, k, v, do, causal, mode, spec):
         def attn():
             saved = {name: getattr(*_owner(fa2, name)) for name in spec["variants"][variant]}
             for name, value in spec["variants"][variant].items():
-                setattr(*_owner(fa2, name), value)
+                setattr(*_owner(fa2, name), copy.deepcopy(value))  # the call may change it (FORCE_CONFIG)
             if mode == "fwd" and spec["pin_fwd"]:
                 fa2.FORCE_CONFIG["fwd"] = fa2.FWD_SPACE[fa2._dclass(q.shape[-1])][0]
                 fa2.FORCE_PATH = "ptr"

@@ -1,0 +1,72 @@
+"""Host cost of one FA2 forward call (Python, descriptors, launch) against its GPU time, per kernel.
+
+What it measures
+----------------
+A forward whose host path (input checks, tuner lookup, TMA descriptors, Triton's launcher) takes
+longer than the kernel leaves the GPU idle between calls, and every per-call timer (flashbench's
+and ``do_bench``: events around each call after an L2 flush) then counts part of the host path.
+For each variant (the Triton forward, ``SM90_FORWARD = False``; the Gluon Hopper forward, pinned
+through ``FORCE_CONFIG``) and shape (bf16, 16k tokens, hidden 2048, D=128; N 1k and 4k, causal and
+not) it reports, after warm-up:
+  * host_us: ``time.perf_counter`` around ``--calls`` back-to-back calls with no synchronisation,
+    per call (the GPU queue absorbs the kernels, so this is the host path alone);
+  * gpu_us: CUDA events around the same number of back-to-back calls, per call (kernels plus any
+    idle gap the host leaves between them);
+  * launch_bound: host_us > 0.9 * gpu_us.
+
+Run on the device machine, from the checkout root, after ``source .whl/setup.sh``:
+
+    python3 scripts/fa2_launch_overhead.py [--calls 200] > $OUT/launch_overhead.txt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_fa2 import _inputs  # noqa: E402  (one input recipe)
+
+SHAPES = [(1024, False), (1024, True), (4096, False), (4096, True)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=200)
+    args = ap.parse_args()
+    import flashbench_kernels.flash_attn_v2 as fa2
+    gluon = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
+    variants = {"triton": dict(SM90_FORWARD=False, FORCE_CONFIG={}),
+                "gluon": dict(SM90_FORWARD=True, FORCE_CONFIG={"fwd": gluon})}
+    print(f"{'N':>5} {'causal':>6} {'variant':>7} {'host_us':>8} {'gpu_us':>8} launch_bound  config")
+    for n, causal in SHAPES:
+        q, k, v, _ = _inputs(n, 128)
+        for name, settings in variants.items():
+            for attr, value in settings.items():
+                setattr(fa2, attr, dict(value) if isinstance(value, dict) else value)
+            call = lambda: fa2.flash_attn_v2(q, k, v, causal=causal)  # noqa: E731
+            for _ in range(10):
+                call()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.calls):
+                call()
+            host_us = (time.perf_counter() - t0) / args.calls * 1e6
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(args.calls):
+                call()
+            end.record()
+            torch.cuda.synchronize()
+            gpu_us = start.elapsed_time(end) / args.calls * 1e3
+            print(f"{n:>5} {causal!s:>6} {name:>7} {host_us:8.1f} {gpu_us:8.1f} {str(host_us > 0.9 * gpu_us):>12}  "
+                  f"{fa2.last_configs()['fwd']}", flush=True)
+        fa2.SM90_FORWARD, fa2.FORCE_CONFIG = True, {}
+
+
+if __name__ == "__main__":
+    main()
