@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The committed H100 baseline, in one device call: the default sweep exactly as a user runs it
 # (cold Triton cache, timed), gated against the previous baseline with `flashbench check`, then
-# the GPU-only tests and the timer cross-check in the time that is left.
+# the GPU-only tests (4 processes), the host cost of an FA2 forward call and the timer cross-check
+# in the time that is left.
 # Usage on the GPU machine, from the checkout root with .whl/ carried: bash scripts/device_baseline.sh
 set -u
 source .whl/setup.sh || exit 3
@@ -30,10 +31,15 @@ fi
 left=$(( ${CALL_LIMIT_S:-560} - ($(date +%s) - start) - 60 ))
 if [ "$left" -gt 60 ]; then
   s2=$(date +%s)
-  timeout $left python3 -m pytest -q -m gpu -rfE --tb=short tests/test_gpu_harness.py tests/test_flash_attn_v2.py \
-      tests/test_flash_attn_v1.py > "$OUT/gpu_tests.txt" 2>&1
+  timeout $left bash scripts/gpu_tests_parallel.sh 4 "$OUT/gpu_tests" tests/test_gpu_harness.py \
+      tests/test_flash_attn_v2.py tests/test_flash_attn_v2_sm90.py tests/test_flash_attn_v1.py > "$OUT/gpu_tests.txt" 2>&1
   echo "gpu tests: rc=$? in $(( $(date +%s) - s2 )) s (limit $left s)"
-  grep -E "passed|failed|FAILED|Error" "$OUT/gpu_tests.txt" | tail -12
+  tail -8 "$OUT/gpu_tests.txt"
+fi
+left=$(( ${CALL_LIMIT_S:-560} - ($(date +%s) - start) ))
+if [ "$left" -gt 60 ]; then
+  timeout $(( left - 20 )) python3 scripts/fa2_launch_overhead.py --profile > "$OUT/launch_overhead.txt" 2>&1
+  head -10 "$OUT/launch_overhead.txt"
 fi
 left=$(( ${CALL_LIMIT_S:-560} - ($(date +%s) - start) ))
 if [ "$left" -gt 40 ]; then

@@ -13,15 +13,20 @@ not) it reports, after warm-up:
   * gpu_us: CUDA events around the same number of back-to-back calls, per call (kernels plus any
     idle gap the host leaves between them);
   * launch_bound: host_us > 0.9 * gpu_us.
+With ``--profile`` it also prints, per variant, the 25 functions with the most cumulative time
+over the host loop of the N=1k causal shape (cProfile), to see where the host path goes.
 
 Run on the device machine, from the checkout root, after ``source .whl/setup.sh``:
 
-    python3 scripts/fa2_launch_overhead.py [--calls 200] > $OUT/launch_overhead.txt
+    python3 scripts/fa2_launch_overhead.py [--calls 200] [--profile] > $OUT/launch_overhead.txt
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import sys
 import time
 
@@ -36,11 +41,13 @@ SHAPES = [(1024, False), (1024, True), (4096, False), (4096, True)]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="cProfile the host loop at N=1k causal")
     args = ap.parse_args()
     import flashbench_kernels.flash_attn_v2 as fa2
     gluon = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
     variants = {"triton": dict(SM90_FORWARD=False, FORCE_CONFIG={}),
                 "gluon": dict(SM90_FORWARD=True, FORCE_CONFIG={"fwd": gluon})}
+    profiles = []
     print(f"{'N':>5} {'causal':>6} {'variant':>7} {'host_us':>8} {'gpu_us':>8} launch_bound  config")
     for n, causal in SHAPES:
         q, k, v, _ = _inputs(n, 128)
@@ -65,7 +72,18 @@ def main() -> None:
             gpu_us = start.elapsed_time(end) / args.calls * 1e3
             print(f"{n:>5} {causal!s:>6} {name:>7} {host_us:8.1f} {gpu_us:8.1f} {str(host_us > 0.9 * gpu_us):>12}  "
                   f"{fa2.last_configs()['fwd']}", flush=True)
+            if args.profile and (n, causal) == (1024, True):
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(args.calls):
+                    call()
+                prof.disable()
+                torch.cuda.synchronize()
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+                profiles.append(f"--- {name}, N={n} causal, {args.calls} calls ---\n{out.getvalue()}")
         fa2.SM90_FORWARD, fa2.FORCE_CONFIG = True, {}
+    print("\n".join(profiles))
 
 
 if __name__ == "__main__":
