@@ -13,6 +13,11 @@ not) it reports, after warm-up:
   * gpu_us: CUDA events around the same number of back-to-back calls, per call (kernels plus any
     idle gap the host leaves between them);
   * launch_bound: host_us > 0.9 * gpu_us.
+With ``--jitter`` it instead times two default-sweep cells whose FA2 samples spread widely in
+device call 5 (bf16 D128: B8 H16 N2048 non-causal, B32 H16 N512 causal) with flashbench's own timer
+(``flashbench.timing.time_call``, default settings) five times per variant: Triton forward, Gluon
+forward, and each with Python's garbage collector disabled during the timing (as ``timeit`` does),
+printing median and p20-p80 of each repetition.
 With ``--profile`` it also prints, per variant, the 25 functions with the most cumulative time
 over the host loop of the N=1k causal shape (cProfile), to see where the host path goes.
 
@@ -42,7 +47,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--profile", action="store_true", help="cProfile the host loop at N=1k causal")
+    ap.add_argument("--jitter", action="store_true", help="sample spread of two sweep cells, GC on and off")
     args = ap.parse_args()
+    if args.jitter:
+        return jitter()
     import flashbench_kernels.flash_attn_v2 as fa2
     gluon = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
     variants = {"triton": dict(SM90_FORWARD=False, FORCE_CONFIG={}),
@@ -84,6 +92,34 @@ def main() -> None:
                 profiles.append(f"--- {name}, N={n} causal, {args.calls} calls ---\n{out.getvalue()}")
         fa2.SM90_FORWARD, fa2.FORCE_CONFIG = True, {}
     print("\n".join(profiles))
+
+
+def jitter() -> None:
+    import gc
+    import statistics
+
+    import flashbench_kernels.flash_attn_v2 as fa2
+    from flashbench.timing import TimingSettings, time_call
+    gluon = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for b, n, causal in ((8, 2048, False), (32, 512, True)):
+        q, k, v = (torch.randn(b, 16, n, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+        for name, forced in (("triton", fa2.FWD_SPACE["mid"][0]), ("gluon", gluon)):
+            for gc_off in (False, True):
+                fa2.FORCE_CONFIG = {"fwd": forced}
+                call = lambda: fa2.flash_attn_v2(q, k, v, causal=causal)  # noqa: E731
+                cells = []
+                for _ in range(5):
+                    if gc_off:
+                        gc.disable()
+                    try:
+                        ms = sorted(time_call(call, TimingSettings(), "cuda").samples_ms)
+                    finally:
+                        gc.enable()
+                    q20, q80 = ms[len(ms) // 5], ms[(4 * len(ms)) // 5]
+                    cells.append(f"{statistics.median(ms):.3f} [{q20:.3f}-{q80:.3f}]")
+                print(f"B{b} N{n} causal={causal:d} {name:6s} gc_off={gc_off:d}: " + "  ".join(cells), flush=True)
+        fa2.FORCE_CONFIG = {}
 
 
 if __name__ == "__main__":
