@@ -501,6 +501,13 @@ DQ_SPACE = {
 #  - D64 non-causal, N >= 4k: 64x64 0.5-10% slower than 128x64/8 warps in 8 of 8 measurements
 #    over five device calls; chosen in 9 of 12 such cells of four sweeps.
 FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64, 64, 4, 3)]}
+# The Gluon forward is offered from this Nq bucket up.  Its host path (four TMA descriptors built
+# and encoded per call, Triton's launcher) takes 220-360 us a call against 120-220 us for the
+# Triton forward, measured on the H100 host; below Nq = 2048 its kernel takes as long or less
+# (0.15 ms at B32 H16 N512 causal), so calls wait on the host: flashbench's samples there spread
+# over 0.15-0.34 ms, the Triton forward's stay within 1% at 0.235 ms, and the tuner, which ranks
+# by the fast tail, cannot see it (TUNING.md v8).
+GLUON_MIN_NQ = 2048
 # Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
 # runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
 # Trying both paths, and five entries a class, made autotuning cost ~10 s a shape in a sweep,
@@ -594,7 +601,8 @@ def _make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
                 allowed -= set(entries)
         paths = {_PTR_ONLY: (False,), _BOTH: (prefer_tma,), _TMA_ONLY: (True,)}[named_args["TMA_OK"]]
         ws_ok = _ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
-        gluon_ok = bool(named_args.get("SM90_OK", 0))  # only the forward has the argument
+        # only the forward has SM90_OK; GLUON_MIN_NQ: see there
+        gluon_ok = bool(named_args.get("SM90_OK", 0)) and named_args["NQ_BUCKET"] >= GLUON_MIN_NQ
         cand = [c for c in configs if _sig(c) in allowed
                 and (gluon_ok if c.kwargs.get("GLUON") else
                      ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
