@@ -65,6 +65,12 @@ Hardware paths
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
+  * Gluon Hopper forward (``flash_attn_v2_sm90``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv
+    multiples of 128, contiguous inputs, Nq >= ``GLUON_MIN_NQ``): the same Algorithm 1 with
+    FlashAttention-3's explicit producer/consumer warp specialisation and intra-warpgroup overlap
+    of the softmax with the P V wgmma, causal included; it is one more candidate of the forward's
+    tuner (the ``GLUON`` entry of the D128 space), so the tuner picks it only where it measures
+    faster.  Its docstring says what it does not support; the backward stays the Triton one.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
 Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
@@ -471,8 +477,9 @@ def _dclass(head_dim: int) -> str:
 # with both tile paths (pointer loads and TMA descriptors) where the inputs allow TMA; entries
 # marked WS are warp-specialised forwards, TMA path only (see _ws_allowed); GLUON is the Gluon
 # Hopper forward (flash_attn_v2_sm90: 128x128 blocks, 4 warps per consumer, ``num_stages`` K/V
-# ring slots), offered where it supports the inputs (SM90_OK).  At D64 it was 4-18% slower than
-# the Triton forward below N = 16k and level at 16k (TUNING.md v8), so only D128 offers it.
+# ring slots), offered where it supports the inputs (SM90_OK) from Nq = GLUON_MIN_NQ up.  At D64
+# it was 1.5-12% slower than the Triton forward below N = 8k and within 2% of it at 8k-16k
+# (interleaved A/B on the H200, TUNING.md v8), so only D128 offers it.
 # The first entry of each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
 # number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 WS = "ws"
@@ -502,12 +509,16 @@ DQ_SPACE = {
 #    over five device calls; chosen in 9 of 12 such cells of four sweeps.
 FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64, 64, 4, 3)]}
 # The Gluon forward is offered from this Nq bucket up.  Its host path (four TMA descriptors built
-# and encoded per call, Triton's launcher) takes 220-360 us a call against 120-220 us for the
-# Triton forward, measured on the H100 host; below Nq = 2048 its kernel takes as long or less
-# (0.15 ms at B32 H16 N512 causal), so calls wait on the host: flashbench's samples there spread
-# over 0.15-0.34 ms, the Triton forward's stay within 1% at 0.235 ms, and the tuner, which ranks
-# by the fast tail, cannot see it (TUNING.md v8).
-GLUON_MIN_NQ = 2048
+# and encoded per call, then Triton's launcher) costs 130-250 us a call against 120-180 us for the
+# Triton forward (H200 host, TUNING.md v8).  At Nq = 512 (B32 H16, D128) its kernel takes about as
+# long as that host path, so calls wait on the host: flashbench's samples split between 0.14 and
+# 0.29-0.34 ms where the Triton forward's stay at 0.234 ms, with the garbage collector on or off,
+# and the default sweep on the H100 measured it 16-17% slower non-causal (bf16 and fp16) and 2.9x
+# slower causal in bf16 (level in fp16).  From Nq = 1024 (B16 H16) it was 14-19% faster with tight
+# samples in all four D128 cells of that sweep, and 17-22% faster than the Triton forward in the
+# interleaved A/B on the H200.  The tuner ranks by the fast tail, which cannot see a host-bound
+# candidate, hence a fixed bound.
+GLUON_MIN_NQ = 1024
 # Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
 # runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
 # Trying both paths, and five entries a class, made autotuning cost ~10 s a shape in a sweep,
