@@ -65,8 +65,9 @@ Hardware paths
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
-  * Gluon Hopper forward (``flash_attn_v2_sm90``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv
-    multiples of 128, contiguous inputs, Nq >= ``GLUON_MIN_NQ``): the same Algorithm 1 with
+  * Gluon Hopper forward (``flash_attn_v2_sm90``; capability 9.x, fp16/bf16, D = 128 (it runs D = 64
+    too, slower, so the tuner never offers it there), Nq and Nkv multiples of 128, contiguous inputs,
+    Nq >= ``GLUON_MIN_NQ``): the same Algorithm 1 with
     FlashAttention-3's explicit producer/consumer warp specialisation and intra-warpgroup overlap
     of the softmax with the P V wgmma, causal included; it is one more candidate of the forward's
     tuner (the ``GLUON`` entry of the D128 space), so the tuner picks it only where it measures
@@ -512,7 +513,8 @@ FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64,
 # and encoded per call, then Triton's launcher) costs 130-250 us a call against 120-180 us for the
 # Triton forward (H200 host, TUNING.md v8).  At Nq = 512 (B32 H16, D128) its kernel takes about as
 # long as that host path, so calls wait on the host: flashbench's samples split between 0.14 and
-# 0.29-0.34 ms where the Triton forward's stay at 0.234 ms, with the garbage collector on or off,
+# 0.29-0.34 ms where a pinned Triton forward's (128x128, 8 warps) stay at 0.234 ms, with the
+# garbage collector on or off,
 # and the default sweep on the H100 measured it 16-17% slower non-causal (bf16 and fp16) and 2.9x
 # slower causal in bf16 (level in fp16).  From Nq = 1024 (B16 H16) it was 14-19% faster with tight
 # samples in all four D128 cells of that sweep, and 17-22% faster than the Triton forward in the
