@@ -141,6 +141,9 @@ def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+hopper_only = pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+
+
 GRID = [
     # B, H, Hkv, Nq, Nkv, D, causal: one block, several, many programs per SM, Nq < Nkv with the
     # diagonal shifted by whole blocks, GQA and MQA, Nq > Nkv non-causal
@@ -157,7 +160,7 @@ GRID = [
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@hopper_only
 @pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", GRID, ids=_case_id)
@@ -174,7 +177,7 @@ def test_gpu_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@hopper_only
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
     q, k, v, _ = _inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
@@ -189,7 +192,7 @@ def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@hopper_only
 def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(monkeypatch):
     monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
     q, k, v, do = _inputs(1, 16, 16, 2048, 2048, 128, torch.bfloat16, seed=11)
@@ -199,7 +202,7 @@ def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+@hopper_only
 def test_gpu_unsupported_shape_is_never_given_to_it(monkeypatch):
     monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
     q, k, v, do = _inputs(1, 4, 4, 1000, 1000, 128, torch.bfloat16, seed=9)
