@@ -65,13 +65,13 @@ Hardware paths
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
-  * Gluon Hopper forward (``flash_attn_v2_sm90``; capability 9.x, fp16/bf16, D = 128 (it runs D = 64
-    too, slower, so the tuner never offers it there), Nq and Nkv multiples of 128, contiguous inputs,
-    Nq >= ``GLUON_MIN_NQ``): the same Algorithm 1 with
-    FlashAttention-3's explicit producer/consumer warp specialisation and intra-warpgroup overlap
-    of the softmax with the P V wgmma, causal included; it is one more candidate of the forward's
-    tuner (the ``GLUON`` entry of the D128 space), so the tuner picks it only where it measures
-    faster.  Its docstring says what it does not support; the backward stays the Triton one.
+  * Gluon Hopper forward (``flash_attn_v2_sm90``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv
+    multiples of 128, contiguous inputs, Nq >= ``GLUON_MIN_NQ``): the same Algorithm 1 with
+    FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping
+    the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
+    ``GLUON`` entry of the D128 space), so it runs only where the tuner measures it faster; it
+    also runs D = 64, slower, so the D64 space does not offer it.  Its own docstring says what it
+    does not support; the backward stays the Triton one.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
 Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
@@ -477,12 +477,12 @@ def _dclass(head_dim: int) -> str:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages[, WS | GLUON]) per head-dim class.  Each entry is tried
 # with both tile paths (pointer loads and TMA descriptors) where the inputs allow TMA; entries
 # marked WS are warp-specialised forwards, TMA path only (see _ws_allowed); GLUON is the Gluon
-# Hopper forward (flash_attn_v2_sm90: 128x128 blocks, 4 warps per consumer, ``num_stages`` K/V
-# ring slots), offered where it supports the inputs (SM90_OK) from Nq = GLUON_MIN_NQ up.  At D64
-# it was 1.5-12% slower than the Triton forward below N = 8k and within 2% of it at 8k-16k
-# (interleaved A/B on the H200, TUNING.md v8), so only D128 offers it.
-# The first entry of each list is the configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the
-# number of key rows a program owns and BLOCK_M the query rows per step; for dQ the reverse.
+# Hopper forward (flash_attn_v2_sm90: 128x128 blocks, 4 warps per consumer, ``num_stages`` K/V ring
+# slots), offered where it supports the inputs (SM90_OK) from Nq = GLUON_MIN_NQ up.  At D64 it was
+# 1.5-12% slower than the Triton forward below N = 8k and within 2% of it at 8k-16k (interleaved A/B
+# on the H200, TUNING.md v8), so only D128 offers it. The first entry of each list is the
+# configuration used when autotuning is off.  For the dK/dV kernel BLOCK_N is the number of key rows
+# a program owns and BLOCK_M the query rows per step; for dQ the reverse.
 WS = "ws"
 GLUON = "gluon_sm90"
 FWD_SPACE = {
@@ -509,17 +509,16 @@ DQ_SPACE = {
 #  - D64 non-causal, N >= 4k: 64x64 0.5-10% slower than 128x64/8 warps in 8 of 8 measurements
 #    over five device calls; chosen in 9 of 12 such cells of four sweeps.
 FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64, 64, 4, 3)]}
-# The Gluon forward is offered from this Nq bucket up.  Its host path (four TMA descriptors built
-# and encoded per call, then Triton's launcher) costs 130-250 us a call against 120-180 us for the
+# The Gluon forward is offered from this Nq bucket up.  Its host path (four TMA descriptors built and
+# encoded per call, then Triton's launcher) costs 130-250 us a call against 120-180 us for the
 # Triton forward (H200 host, TUNING.md v8).  At Nq = 512 (B32 H16, D128) its kernel takes about as
 # long as that host path, so calls wait on the host: flashbench's samples split between 0.14 and
-# 0.29-0.34 ms where a pinned Triton forward's (128x128, 8 warps) stay at 0.234 ms, with the
-# garbage collector on or off,
-# and the default sweep on the H100 measured it 16-17% slower non-causal (bf16 and fp16) and 2.9x
-# slower causal in bf16 (level in fp16).  From Nq = 1024 (B16 H16) it was 14-19% faster with tight
-# samples in all four D128 cells of that sweep, and 17-22% faster than the Triton forward in the
-# interleaved A/B on the H200.  The tuner ranks by the fast tail, which cannot see a host-bound
-# candidate, hence a fixed bound.
+# 0.29-0.34 ms where a pinned Triton forward's (128x128, 8 warps) stay at 0.234 ms, with the garbage
+# collector on or off, and the default sweep on the H100 measured it 16-17% slower non-causal (bf16
+# and fp16) and 2.9x slower causal in bf16 (level in fp16).  From Nq = 1024 (B16 H16) it was 14-19%
+# faster with tight samples in all four D128 cells of that sweep, and 17-22% faster than the Triton
+# forward in the interleaved A/B on the H200.  The tuner ranks by the fast tail, which cannot see a
+# host-bound candidate, hence a fixed bound.
 GLUON_MIN_NQ = 1024
 # Where both tile paths are allowed, the tuner tries only the path that won for that kernel in
 # runs 2 and 3 (TUNING.md): TMA for dK/dV (~10% faster), pointers for the forward and dQ.
