@@ -1,13 +1,20 @@
 """Test set-up shared by every test module.
 
+Tests are grouped as unit/ (the harness, on a CPU), kernels/ (the bundled Triton kernels on Triton's CPU
+interpreter) and gpu/ (GPU-only files); helpers shared between files live in support/, put on sys.path here.
+
 Without a GPU, Triton kernels can only run through Triton's CPU interpreter, which is chosen
 when a kernel is *decorated* (at import time): so TRITON_INTERPRET must be set before anything
 imports ``flashbench_kernels``.  Tests marked ``gpu`` are skipped when CUDA is absent.
 """
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
@@ -21,3 +28,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fake_plugins(monkeypatch):
+    """FLASHBENCH_PLUGINS=fake_backends (tests/support), importable by workers and subprocesses; undone afterwards."""
+    from sweeps import plugin_path
+
+    monkeypatch.setenv("FLASHBENCH_PLUGINS", "fake_backends")
+    monkeypatch.setenv("PYTHONPATH", plugin_path())
+    yield
+    mod = sys.modules.get("fake_backends")
+    if mod is not None:
+        mod.unregister()

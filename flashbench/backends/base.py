@@ -8,7 +8,7 @@ A backend is one small module holding one :class:`Backend` subclass that
 - prepares an attention function ``fn(q, k, v) -> o`` for one case, outside any timed region
   (compilation, block masks, ...). The runner binds it to inputs and a mode (fwd / bwd /
   fwd_bwd) to get the zero-argument call it times: that binding lives in one place
-  (:mod:`flashbench.calls`), not in each backend.
+  (:mod:`flashbench.measure.calls`), not in each backend.
 
 Backends are registered explicitly in :mod:`flashbench.backends`.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..cases import DTYPES, MODES, Case
+from ..model.case import DTYPES, MODES, Case
 
 AttentionFn = Callable[..., "object"]
 
@@ -67,7 +67,7 @@ class Backend:
 
     def compile_key(self, case: Case):
         """Cases with equal keys run the same compiled code (None: this backend compiles nothing
-        worth doing ahead of time). :mod:`flashbench.precompile` runs one case per key in parallel
+        worth doing ahead of time). :mod:`flashbench.execute.precompile` runs one case per key in parallel
         processes before a sweep, so that compilation is not paid serially in the measuring worker."""
         return None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..reference import naive_attention
+from ..measure.reference import naive_attention
 from .base import Backend
 
 

@@ -37,7 +37,7 @@ PINNED = {
 def _sdpa_call(causal: bool, n_q: int, n_kv: int, gqa: bool, pinned: bool, device):
     if causal and n_q != n_kv:
         if pinned:
-            from ..reference import causal_mask
+            from ..measure.reference import causal_mask
 
             mask = causal_mask(n_q, n_kv, device)  # a tensor mask: the pinned kernel is honoured
         else:

@@ -10,7 +10,12 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark and profile attention kernels on GPUs.")
 
-from . import check_cmd, compare_cmd, info_cmd, plot_cmd, profile_cmd, run_cmd  # noqa: E402,F401  (each registers its commands on `app`)
+from . import check_cmd
+from . import compare_cmd
+from . import info_cmd
+from . import plot_cmd
+from . import profile_cmd
+from . import run_cmd  # noqa: E402,F401  (each registers its commands on `app`)
 
 
 def main() -> None:

@@ -31,11 +31,11 @@ def check(
     A regression is a change past its threshold AND beyond noise; a worse status always fails.
     The markdown summary is also appended to $GITHUB_STEP_SUMMARY when that is set.
     """
-    from ..baseline import resolve_baseline
-    from ..compare import NotComparableError, load_for_comparison
-    from ..gate import check_runs
-    from ..render import format_frame
-    from ..thresholds import load_thresholds
+    from ..results.baselines import resolve_baseline
+    from ..analysis.compare import NotComparableError, load_for_comparison
+    from ..analysis.gate import check_runs
+    from ..report.format import format_frame
+    from ..analysis.thresholds import load_thresholds
 
     if fmt not in ("markdown", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of markdown, json, csv")
@@ -84,7 +84,7 @@ def baseline_save(
     force: bool = typer.Option(False, "--force", help="replace an existing baseline of that name"),
 ) -> None:
     """Copy RESULT's results.json and results.csv to <root>/<gpu-slug>/NAME/ (gpu slug e.g. h100, cpu)."""
-    from ..baseline import save_baseline
+    from ..results.baselines import save_baseline
 
     with user_errors():
         dest = save_baseline(result, name, root, force)

@@ -25,8 +25,8 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
 @contextmanager
 def user_errors():
     """Turn the library's user-input errors into clean messages and exit code 2."""
-    from ..config import ConfigError
-    from ..results_io import ResultsError
+    from ..model.config import ConfigError
+    from ..results.files import ResultsError
 
     try:
         yield

@@ -15,7 +15,7 @@ from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_mac
 
 
 def _cell(value, metric: str) -> str:
-    from ..render import fmt_bytes, fmt_num
+    from ..report.format import fmt_bytes, fmt_num
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -27,7 +27,7 @@ def _shape_header(col: str) -> str:
 
 
 def _backend_table(cmp, title: str) -> Table:
-    from ..render import DTYPE_SHORT, STATUS_STYLE
+    from ..report.format import DTYPE_SHORT, STATUS_STYLE
 
     t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     for c in cmp.shape_columns:
@@ -62,7 +62,7 @@ def _backend_table(cmp, title: str) -> Table:
 
 
 def _runs_table(rc, show_all: bool) -> Table:
-    from ..render import STATUS_STYLE, compact_shape
+    from ..report.format import STATUS_STYLE, compact_shape
 
     t = Table(title=f"{rc.new_label} vs {rc.old_label} ({rc.metric.label})", box=box.SIMPLE_HEAD,
               header_style="bold", pad_edge=False)
@@ -108,9 +108,9 @@ def compare(
     of each row marked, a geometric-mean row. OLD NEW [NEW...]: joined on backend + case, the
     ratio new/old per case and whether it is beyond noise; cases in one run only are listed.
     """
-    from ..compare import NotComparableError, compare_backends, compare_runs, load_for_comparison
-    from ..noise import NOISE_METHODS
-    from ..render import FORMATS, format_frame
+    from ..analysis.compare import NotComparableError, compare_backends, compare_runs, load_for_comparison
+    from ..analysis.noise import NOISE_METHODS
+    from ..report.format import FORMATS, format_frame
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -134,7 +134,7 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from ..plots import run_title
+            from ..report.plots import run_title
 
             out.print(_backend_table(cmp, f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} "
                                           f"(★ best per row)"))
@@ -168,7 +168,7 @@ def compare(
     if fmt != "table":
         write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
         return
-    from ..render import compact_shape
+    from ..report.format import compact_shape
 
     for rc in comparisons:
         out.print(_runs_table(rc, show_all))

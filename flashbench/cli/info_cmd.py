@@ -16,8 +16,8 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
     import torch
 
     from .. import backends
-    from ..config import bundled_configs, load_config
-    from ..plugins import load_plugins
+    from ..model.config import bundled_configs, load_config
+    from ..backends.plugins import load_plugins
     from .common import user_errors
 
     with user_errors():
@@ -65,7 +65,7 @@ def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
         return env_ceilings(fmt, refresh)
     import torch
 
-    from ..env import collect_environment, gpu_state, throttle_warning
+    from ..measure.environment import collect_environment, gpu_state, throttle_warning
 
     on_gpu = torch.cuda.is_available()
     info = collect_environment("cuda" if on_gpu else "cpu")

@@ -17,7 +17,7 @@ def plot(
 ) -> None:
     """TFLOP/s against sequence length per backend (p20–p80 band) and peak HBM against sequence length (log-log)."""
 
-    from ..plots import PlotDependencyError, PlotError, plot_run_dir
+    from ..report.plots import PlotDependencyError, PlotError, plot_run_dir
 
     try:
         with user_errors():

@@ -31,7 +31,7 @@ def _pct(x) -> str:
 def env_ceilings(fmt: str, refresh: bool) -> None:
     """``flashbench env --ceilings [--refresh]``: exit 3 without a GPU."""
     from ..profile.ceilings import NoGpu, get_ceilings
-    from ..render import fmt_num
+    from ..report.format import fmt_num
 
     try:
         c, path, cached = get_ceilings(refresh=refresh)
@@ -54,7 +54,7 @@ def env_ceilings(fmt: str, refresh: bool) -> None:
 
 
 def _kernel_tables(report) -> None:
-    from ..render import fmt_num
+    from ..report.format import fmt_num
 
     for tr in report.traces:
         title = f"{tr.backend} · {tr.case_label}: {tr.kind} per call ({tr.calls} profiled calls)"
@@ -78,9 +78,9 @@ def _kernel_tables(report) -> None:
 
 
 def _traffic_tables(report) -> None:
-    from ..flops import min_hbm_bytes
+    from ..model.flops import min_hbm_bytes
     from ..profile.io_model import BACKEND_MODEL, MODEL_TITLES
-    from ..render import fmt_bytes
+    from ..report.format import fmt_bytes
 
     for case in report.cases():
         recs = [r for r in report.records if r.case() == case]
@@ -119,7 +119,7 @@ def _traffic_tables(report) -> None:
 
 
 def _roofline_table(report) -> None:
-    from ..render import fmt_bytes, fmt_num
+    from ..report.format import fmt_bytes, fmt_num
 
     c = report.ceilings
     title = "roofline" + (f" · {c.matmul_tflops:.0f} TFLOP/s bf16 matmul, {c.copy_gbps:.0f} GB/s copy, ridge "
@@ -139,7 +139,7 @@ def _roofline_table(report) -> None:
 
 
 def _sweep_table(rows) -> None:
-    from ..render import fmt_bytes
+    from ..report.format import fmt_bytes
 
     t = Table(title="HBM bytes per call against N", box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
     for col in ("backend", "N", "status", "measured", "model standard", "model FA1", "model FA2", "minimum"):
@@ -168,13 +168,13 @@ def profile(
 ) -> None:
     """Profile a few cases: kernels per call (torch.profiler trace), HBM bytes (ncu) against the
     FlashAttention IO model, and each backend on the device's roofline."""
-    from ..cases import Task
-    from ..config import load_config
+    from ..model.case import Task
+    from ..model.config import load_config
     from ..profile.ceilings import NoGpu, get_ceilings
     from ..profile.select import parse_case_filter, parse_n_list, select_cases
     from ..profile.session import run_profile, split_supported, sweep_rows, sweep_tasks
-    from ..results_io import ResultsWriter
-    from ..runner import Plan, measure_settings, plan, run_metadata
+    from ..results.files import ResultsWriter
+    from ..execute.runner import Plan, measure_settings, plan, run_metadata
     from .run_cmd import default_config_name
 
     if device not in (None, "cuda", "cpu"):

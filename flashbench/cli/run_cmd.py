@@ -95,11 +95,11 @@ class SweepProgress:
 
 
 def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
-    from ..render import run_table
+    from ..report.format import run_table
 
     # rows arrive in completion order, interleaved across devices: show them case by case again
-    from ..cases import CASE_FIELDS
-    from ..grid import expand_cases
+    from ..model.case import CASE_FIELDS
+    from ..model.grid import expand_cases
 
     grid = {tuple(c.as_dict().values()): i for i, c in enumerate(expand_cases(loaded.config, loaded.path))}
     case_keys = list(zip(*(df[c] for c in CASE_FIELDS)))
@@ -120,7 +120,7 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
 
 def _precompile(p, writer, slots, quiet: bool) -> None:
     """Fill Triton's compile cache in parallel before the (serial) measurements start."""
-    from ..precompile import compile_groups, warm_caches
+    from ..execute.precompile import compile_groups, warm_caches
 
     n = len(compile_groups(p.runnable))
     if not n:
@@ -167,11 +167,11 @@ def run(
                                          "(local and inprocess executors)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
-    from ..render import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
-    from ..results_io import ResultsWriter, records_frame
-    from ..runner import EXECUTORS, make_executor, plan, run_metadata, run_sweep
-    from ..config import load_config
-    from ..resume import apply_resume, open_resume, resumed_meta
+    from ..report.format import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
+    from ..results.files import ResultsWriter, records_frame
+    from ..execute.runner import EXECUTORS, make_executor, plan, run_metadata, run_sweep
+    from ..model.config import load_config
+    from ..execute.resume import apply_resume, open_resume, resumed_meta
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -209,7 +209,7 @@ def run(
             fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
     slots = None
     if executor == "local":
-        from ..workers import parse_devices
+        from ..execute.local import parse_devices
 
         try:
             slots = parse_devices(devices, p.device)
@@ -257,10 +257,10 @@ def run(
         err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {directory}; {hint}")
         raise typer.Exit(130)
     except Exception as e:
-        from ..workers import WorkerStartError
+        from ..execute.local import WorkerStartError
 
         try:
-            from ..ray_executor import RayUnavailable
+            from ..execute.ray_executor import RayUnavailable
         except Exception:  # pragma: no cover
             RayUnavailable = WorkerStartError
         if isinstance(e, (WorkerStartError, RayUnavailable)):
@@ -283,7 +283,7 @@ def run(
     for w in writer.meta.get("warnings", []):
         err.print(f"[yellow]warning:[/] {w}")
     if plot:
-        from ..plots import PlotError, plot_run_dir
+        from ..report.plots import PlotError, plot_run_dir
 
         try:
             for path in plot_run_dir(directory):

@@ -5,7 +5,7 @@
 - bandwidth: a 1 GiB device-to-device copy (``dst.copy_(src)`` on random bytes), counting the
   bytes read **and** written (2 GiB per copy), in GB/s (decimal).
 
-Both are timed by :func:`flashbench.timing.time_call` (CUDA events per call, L2 flushed before
+Both are timed by :func:`flashbench.measure.timer.time_call` (CUDA events per call, L2 flushed before
 each call, warm-up by time) and summarised by their median. The result is cached as JSON in
 ``$XDG_CACHE_HOME/flashbench`` (default ``~/.cache/flashbench``) as ``ceilings-<gpu-uuid>.json``;
 ``refresh=True`` (``flashbench env --ceilings --refresh``) measures again.
@@ -38,7 +38,7 @@ class Ceilings:
     samples: dict
     measured_utc: str
     torch: str
-    method: str = "bf16 8192^3 torch.mm, random normal data; 1 GiB copy_ counting read+written; flashbench.timing (CUDA events, L2 flush), median"
+    method: str = "bf16 8192^3 torch.mm, random normal data; 1 GiB copy_ counting read+written; flashbench.measure.timer (CUDA events, L2 flush), median"
 
     @property
     def ridge_flop_per_byte(self) -> float:
@@ -64,8 +64,8 @@ def cache_dir() -> Path:
 
 def gpu_uuid(index: int = 0) -> tuple[str, str]:
     """(name, uuid) of the GPU: NVML's UUID, else PyTorch's."""
-    from ..env import gpu_identity
-    from ..measure import device_identity
+    from ..measure.environment import gpu_identity
+    from ..measure.measurer import device_identity
 
     info = gpu_identity(index)
     ident = device_identity("cuda")
@@ -81,8 +81,8 @@ def cache_path(uuid: str) -> Path:
 def measure_ceilings(device: str = "cuda") -> Ceilings:
     import torch
 
-    from ..stats import summarize
-    from ..timing import TimingSettings, time_call
+    from ..measure.stats import summarize
+    from ..measure.timer import TimingSettings, time_call
 
     if not torch.cuda.is_available():
         raise NoGpu("no GPU (CUDA is not available): ceilings are a GPU's matmul and copy limits")

@@ -62,15 +62,15 @@ O_i accumulated on chip and written once with the log-sum-exp L_i):
   independent of M: the paper's Br = min(Bc, d) cap, which real kernels also respect (64–128 rows).
 
 The minimum any implementation needs (read Q, K, V and write O once) is
-:func:`flashbench.flops.min_hbm_bytes`, the one count the rest of flashbench uses.
+:func:`flashbench.model.flops.min_hbm_bytes`, the one count the rest of flashbench uses.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ..cases import Case
-from ..flops import dtype_bytes
+from ..model.case import Case
+from ..model.flops import dtype_bytes
 
 H100_SMEM_PER_SM = 228 * 1024  # bytes: H100 (SXM/PCIe) shared memory per SM, CUDA C guide, compute capability 9.0
 STAT_BYTES = 4  # fp32 softmax statistics

@@ -48,7 +48,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..cases import Case, Task
+from ..model.case import Case, Task
 
 METRIC_READ = "dram__bytes_read.sum"
 METRIC_WRITE = "dram__bytes_write.sum"

@@ -31,12 +31,12 @@ def main(argv: list[str]) -> int:
 
     from .. import backends
     from ..backends.base import Unsupported
-    from ..calls import bind, make_inputs
-    from ..cases import Case
-    from ..measure import free_memory, is_oom
+    from ..measure.calls import bind, make_inputs
+    from ..model.case import Case
+    from ..measure.measurer import free_memory, is_oom
 
     try:  # backends registered by plugins (FLASHBENCH_PLUGINS) exist in the parent: load them here too
-        from ..plugins import load_plugins
+        from ..backends.plugins import load_plugins
 
         load_plugins()
     except ImportError:

@@ -3,7 +3,7 @@
 - achieved TFLOP/s: the record's ``tflops`` (the one FLOP count over the median time);
 - arithmetic intensity: FLOPs / bytes, with the bytes **measured** by ncu (``hbm_bytes_read +
   hbm_bytes_written``) when there are some, else the analytic minimum
-  (:func:`flashbench.flops.min_hbm_bytes`: Q, K, V read and O written once), labelled so;
+  (:func:`flashbench.model.flops.min_hbm_bytes`: Q, K, V read and O written once), labelled so;
 - attainable TFLOP/s: ``min(matmul ceiling, intensity × copy bandwidth)``; ``% of roof`` is
   achieved / attainable; ``bound`` says which roof is lower at that intensity.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..schema import Record
+from ..model.schema import Record
 from .ceilings import Ceilings
 
 MEASURED, ANALYTIC_MIN = "measured (ncu)", "analytic minimum"

@@ -4,14 +4,14 @@ Keys are the case fields (``batch heads kv_heads seq_len_q seq_len_kv head_dim d
 mode``) plus ``seq_len`` (matches both ``seq_len_q`` and ``seq_len_kv``: the usual square case)
 and the short aliases ``n`` (= seq_len), ``b`` (= batch), ``h`` (= heads), ``d`` (= head_dim).
 A value may list alternatives with ``|`` (``seq_len=1024|4096``). Every problem is reported as a
-:class:`~flashbench.config.ConfigError` (exit code 2 in the CLI).
+:class:`~flashbench.model.config.ConfigError` (exit code 2 in the CLI).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ..cases import CASE_FIELDS, DTYPES, MODES, Case
-from ..config import ConfigError
+from ..model.case import CASE_FIELDS, DTYPES, MODES, Case
+from ..model.config import ConfigError
 
 MAX_CASES = 16
 INT_KEYS = ("batch", "heads", "kv_heads", "seq_len", "seq_len_q", "seq_len_kv", "head_dim")

@@ -1,7 +1,7 @@
 """``flashbench profile`` as a library call: selected tasks in, a report and a results directory out.
 
 Per runnable task, in order:
-1. :class:`flashbench.measure.Measurer` measures it exactly as ``flashbench run`` does
+1. :class:`flashbench.measure.measurer.Measurer` measures it exactly as ``flashbench run`` does
    (correctness, peak memory, timing): the record written to ``results.json``/``results.csv``;
 2. :func:`flashbench.profile.torch_trace.trace_task` writes its trace and kernel table (not in
    ``--sweep-n``, which is about traffic);
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 from .. import backends
-from ..cases import Case, Task
-from ..flops import min_hbm_bytes
-from ..measure import MeasureSettings, Measurer
-from ..results_io import ResultsWriter
-from ..schema import Record
+from ..model.case import Case, Task
+from ..model.flops import min_hbm_bytes
+from ..measure.measurer import MeasureSettings, Measurer
+from ..results.files import ResultsWriter
+from ..model.schema import Record
 from . import ncu as ncu_mod
 from .ceilings import Ceilings
 from .io_model import io_model

@@ -1,6 +1,6 @@
 """Kernel breakdown of one task under ``torch.profiler``.
 
-The backend's call (:func:`flashbench.calls.bind`, the same call the timer runs) is warmed up
+The backend's call (:func:`flashbench.measure.calls.bind`, the same call the timer runs) is warmed up
 outside the profiler (compilation, autotuning), then run ``calls`` times inside it, each call in
 a ``record_function("flashbench_call")`` range. A Chrome/Perfetto trace is written per task
 (``trace_<backend>_<case>.json``, open it in https://ui.perfetto.dev or chrome://tracing).
@@ -24,9 +24,9 @@ import torch
 
 from .. import backends
 from ..backends.base import Unsupported
-from ..calls import bind, make_inputs
-from ..cases import Task
-from ..measure import free_memory
+from ..measure.calls import bind, make_inputs
+from ..model.case import Task
+from ..measure.measurer import free_memory
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 ANNOTATION = "flashbench_call"
@@ -119,7 +119,7 @@ def trace_task(task: Task, device: str, out_dir: str | Path, calls: int = 3, war
     """Profile ``calls`` calls of one task; write its trace; never raises for a failing backend."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from ..measure import is_oom
+    from ..measure.measurer import is_oom
 
     case = task.case
     on_cuda = str(device).startswith("cuda")

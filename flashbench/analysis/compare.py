@@ -1,0 +1,309 @@
+"""Comparisons: backends within one run, and runs against runs.
+
+Pure functions: runs (metadata + DataFrames) in, dataclasses holding DataFrames out. Rendering
+lives in :mod:`flashbench.cli.compare_cmd`; the beyond-noise test lives in :mod:`flashbench.analysis.noise`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
+from .noise import DEFAULT_ALPHA, NoiseMethod, beyond_noise
+from ..results.files import Run, load_run
+from ..model.schema import SCHEMA_VERSION
+
+
+class NotComparableError(Exception):
+    """Two runs cannot be compared (different GPU model, schema version...): exit code 3."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    column: str
+    label: str
+    higher_is_better: bool
+
+
+METRICS = {
+    "tflops": Metric("tflops", "tflops", "TFLOP/s", True),
+    "ms": Metric("ms", "median_ms", "median ms", False),
+    "peak_hbm": Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", False),
+}
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"--metric: {name!r} is not one of {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+def load_for_comparison(path: str | Path) -> Run:
+    """:func:`load_run`, except that a results file of another schema version raises
+    :class:`NotComparableError` (exit 3) rather than a ResultsError (exit 2)."""
+    p = Path(path)
+    json_path = p / "results.json" if p.is_dir() else p
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        doc = None  # load_run names the problem
+    if isinstance(doc, dict) and "records" in doc and doc.get("schema_version") != SCHEMA_VERSION:
+        raise NotComparableError([f"{path}: schema_version {doc.get('schema_version')!r}, but this flashbench "
+                                  f"writes and compares schema_version {SCHEMA_VERSION}: re-record it with this "
+                                  f"version (flashbench run, then flashbench baseline save)"])
+    return load_run(path)
+
+
+def run_frame(run: Run) -> pd.DataFrame:
+    """The run's records (last one wins per case key) with their raw samples in ``samples_ms``."""
+    df = run.frame()
+    df["samples_ms"] = [list(r.samples_ms or []) for r in run.records]
+    return df.drop_duplicates(subset=list(TASK_KEY_FIELDS), keep="last").reset_index(drop=True)
+
+
+# --- environments ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EnvDifference:
+    kind: str        # gpu | driver | config | schema | software
+    what: str
+    old: object
+    new: object
+
+    @property
+    def loud(self) -> bool:
+        """GPU, driver, config and schema differences make timings incomparable."""
+        return self.kind != "software"
+
+    def message(self) -> str:
+        return f"{self.what} differs: {self.old!s} (old) vs {self.new!s} (new)"
+
+
+def gpu_model(meta: dict) -> str:
+    env = meta.get("environment") or {}
+    return env.get("gpu_name") or env.get("device") or "unknown"
+
+
+def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
+    eo, en = old.get("environment") or {}, new.get("environment") or {}
+    diffs = []
+    if old.get("schema_version") != new.get("schema_version"):
+        diffs.append(EnvDifference("schema", "schema_version", old.get("schema_version"), new.get("schema_version")))
+    if gpu_model(old) != gpu_model(new):
+        diffs.append(EnvDifference("gpu", "GPU", gpu_model(old), gpu_model(new)))
+    if eo.get("driver_version") != en.get("driver_version"):
+        diffs.append(EnvDifference("driver", "driver", eo.get("driver_version"), en.get("driver_version")))
+    co, cn = old.get("config") or {}, new.get("config") or {}
+    if co.get("sha256") != cn.get("sha256"):
+        diffs.append(EnvDifference("config", "config", f"{co.get('name') or co.get('path')} "
+                                   f"({str(co.get('sha256'))[:8]})", f"{cn.get('name') or cn.get('path')} "
+                                   f"({str(cn.get('sha256'))[:8]})"))
+    for key in ("cuda", "torch", "triton"):
+        if eo.get(key) != en.get(key):
+            diffs.append(EnvDifference("software", key, eo.get(key), en.get(key)))
+    return diffs
+
+
+# --- backends within one run ---------------------------------------------------------------
+
+@dataclass
+class BackendComparison:
+    metric: Metric
+    baseline: str
+    backends: list[str]
+    shape_columns: list[str]
+    rows: pd.DataFrame            # shape columns, then per backend: B, "B status", "B speedup"; winner
+    geomean: dict[str, float]      # backend -> geometric-mean speedup against the baseline
+    geomean_value: dict[str, float]  # backend -> geometric mean of the metric over the same shapes
+    geomean_n: dict[str, int]       # shapes that entered each geomean
+
+    def frame(self) -> pd.DataFrame:
+        """One tidy-wide frame for machines: the metric (or the status word when not ok) and the
+        speedup per backend, the winner, and a final ``geomean`` row."""
+        out = self.rows[self.shape_columns].copy()
+        for b in self.backends:
+            out[b] = [v if s == "ok" else s for v, s in zip(self.rows[b], self.rows[f"{b} status"])]
+            out[f"{b} speedup"] = self.rows[f"{b} speedup"]
+        out["winner"] = self.rows["winner"]
+        summary = {c: "" for c in out.columns}
+        summary[self.shape_columns[0]] = "geomean"
+        for b in self.backends:
+            summary[b] = self.geomean_value.get(b, math.nan)
+            summary[f"{b} speedup"] = self.geomean.get(b, math.nan)
+        # the best geomean among the backends measured on the most shapes (a backend that ran one
+        # shape does not "win" the summary)
+        most = max(self.geomean_n.values(), default=0)
+        full = {b: g for b, g in self.geomean.items() if self.geomean_n.get(b) == most and not math.isnan(g)}
+        summary["winner"] = max(full, key=full.get) if full and most else ""
+        return pd.concat([out.astype(object), pd.DataFrame([summary], dtype=object)], ignore_index=True)
+
+
+def shape_columns(df: pd.DataFrame) -> list[str]:
+    """Shape fields worth a column: seq_len, head_dim, dtype, causal, mode, and the others where they vary."""
+    cols = [c for c in ("batch", "heads", "kv_heads") if df[c].nunique() > 1]
+    cols.append("seq_len_q")
+    if (df["seq_len_q"] != df["seq_len_kv"]).any():
+        cols.append("seq_len_kv")
+    return cols + ["head_dim", "dtype", "causal", "mode"]
+
+
+# rows read as sequence-length sweeps, one block per head_dim × dtype × causal × mode
+ROW_ORDER = ("head_dim", "dtype", "causal", "mode", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads")
+
+
+def _geomean(values) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else math.nan
+
+
+def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
+                     backends: list[str] | None = None) -> BackendComparison:
+    """One row per shape, one column per backend; speedups ("higher is better") against ``baseline``."""
+    m = get_metric(metric)
+    df = df.drop_duplicates(subset=list(TASK_KEY_FIELDS), keep="last")
+    present = list(dict.fromkeys(df["backend"]))
+    if baseline not in present:
+        raise ValueError(f"--baseline: backend {baseline!r} is not in this run (it has: {', '.join(present)})")
+    if backends:
+        unknown = [b for b in backends if b not in present]
+        if unknown:
+            raise ValueError(f"--backends: {', '.join(unknown)} not in this run (it has: {', '.join(present)})")
+    order = [baseline] + [b for b in (backends or present) if b != baseline]
+    df = df[df["backend"].isin(order)]
+    cols = shape_columns(df)
+    case_fields = list(CASE_FIELDS)
+    rows = []
+    for case, group in df.groupby(case_fields, sort=True):
+        row = dict(zip(case_fields, case))
+        by_backend = {r["backend"]: r for _, r in group.iterrows()}
+        base = by_backend.get(baseline)
+        base_v = base[m.column] if base is not None and base["status"] == "ok" else None
+        best, best_v = "", None
+        for b in order:
+            r = by_backend.get(b)
+            status = "–" if r is None else r["status"]
+            v = r[m.column] if r is not None and status == "ok" and pd.notna(r[m.column]) else None
+            row[b] = float(v) if v is not None else math.nan
+            row[f"{b} status"] = status
+            sp = math.nan
+            if v is not None and base_v is not None and pd.notna(base_v) and v > 0 and base_v > 0:
+                sp = v / base_v if m.higher_is_better else base_v / v
+            row[f"{b} speedup"] = sp
+            if v is not None and (best_v is None or (v > best_v if m.higher_is_better else v < best_v)):
+                best, best_v = b, v
+        row["winner"] = best
+        rows.append(row)
+    rows_df = pd.DataFrame(rows)
+    if not rows_df.empty:
+        rows_df = rows_df.sort_values(list(ROW_ORDER), kind="stable").reset_index(drop=True)
+    geomean, geomean_value, geomean_n = {}, {}, {}
+    for b in order:
+        both = rows_df[rows_df[f"{b} speedup"].notna()] if not rows_df.empty else rows_df
+        geomean[b] = _geomean(both[f"{b} speedup"]) if len(both) else math.nan
+        geomean_value[b] = _geomean(both[b]) if len(both) else math.nan
+        geomean_n[b] = len(both)
+    return BackendComparison(m, baseline, order, cols, rows_df, geomean, geomean_value, geomean_n)
+
+
+# --- runs against runs ----------------------------------------------------------------------
+
+def change_words(ratio: float, metric: Metric) -> str:
+    """``ratio`` is new/old of the metric. "1.33x slower", "1.10x faster", "1.20x more memory"."""
+    if not math.isfinite(ratio) or ratio <= 0:
+        return "–"
+    if metric.name == "peak_hbm":
+        if ratio == 1:
+            return "same"
+        return f"{ratio:.2f}x more memory" if ratio > 1 else f"{1 / ratio:.2f}x less memory"
+    slower = ratio > 1 if not metric.higher_is_better else ratio < 1
+    factor = ratio if ratio >= 1 else 1 / ratio
+    if factor == 1:
+        return "same"
+    return f"{factor:.2f}x {'slower' if slower else 'faster'}"
+
+
+@dataclass
+class RunComparison:
+    old_label: str
+    new_label: str
+    metric: Metric
+    rows: pd.DataFrame        # case key, old/new status and value, ratio, beyond_noise, change, noise
+    only_old: pd.DataFrame    # case keys (and status) present in the old run only
+    only_new: pd.DataFrame
+    differences: list[EnvDifference] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """Every case for machines, one-sided ones included (``change`` says "only in old/new")."""
+        parts = [self.rows.drop(columns=["noise_detail"], errors="ignore")]
+        for side, df in (("old", self.only_old), ("new", self.only_new)):
+            if not df.empty:
+                extra = df[list(TASK_KEY_FIELDS)].copy()
+                extra[f"{side}_status"] = df["status"].values
+                extra["change"] = f"only in {side}"
+                parts.append(extra)
+        out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        out.insert(0, "new_run", self.new_label)
+        out.insert(0, "old_run", self.old_label)
+        return out
+
+
+def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMethod = "both",
+                 alpha: float = DEFAULT_ALPHA, old_label: str = "old", new_label: str = "new") -> RunComparison:
+    """Join two runs on the case key (backend + case fields); per case the ratio new/old of the
+    metric and whether the change is beyond noise (timing metrics; memory is exact)."""
+    m = get_metric(metric)
+    a, b = run_frame(old), run_frame(new)
+    keys = list(TASK_KEY_FIELDS)
+    joined = a.merge(b, on=keys, how="outer", suffixes=("_old", "_new"), indicator=True)
+    only_old = joined[joined["_merge"] == "left_only"]
+    only_new = joined[joined["_merge"] == "right_only"]
+    both = joined[joined["_merge"] == "both"]
+    rows = []
+    for _, r in both.iterrows():
+        row = {k: r[k] for k in keys}
+        so, sn = r["status_old"], r["status_new"]
+        vo, vn = r[f"{m.column}_old"], r[f"{m.column}_new"]
+        row.update(old_status=so, new_status=sn,
+                   old=float(vo) if so == "ok" and pd.notna(vo) else math.nan,
+                   new=float(vn) if sn == "ok" and pd.notna(vn) else math.nan)
+        ratio, noisy, detail = math.nan, None, ""
+        if so == "ok" and sn == "ok":
+            if pd.notna(vo) and pd.notna(vn) and vo > 0:
+                ratio = float(vn) / float(vo)
+            if m.name == "peak_hbm":
+                noisy, detail = True, "exact measurement"
+            else:
+                v = beyond_noise(r["samples_ms_old"], r["samples_ms_new"], noise_method, alpha,
+                                 (r["p20_ms_old"], r["p80_ms_old"]), (r["p20_ms_new"], r["p80_ms_new"]))
+                noisy, detail = v.beyond_noise, v.describe()
+            if not math.isfinite(ratio):
+                change = "–"
+            elif noisy or ratio == 1:
+                change = change_words(ratio, m)
+            else:
+                change = "within noise"
+        elif so == sn:
+            change = so
+        else:
+            change = f"{so} → {sn}"
+        row.update(ratio=ratio, beyond_noise=noisy, change=change, noise_detail=detail)
+        rows.append(row)
+    cols = keys + ["old_status", "new_status", "old", "new", "ratio", "beyond_noise", "change", "noise_detail"]
+    side_cols = keys + ["status"]
+    return RunComparison(
+        old_label, new_label, m, pd.DataFrame(rows, columns=cols),
+        only_old.rename(columns={"status_old": "status"})[side_cols].reset_index(drop=True),
+        only_new.rename(columns={"status_new": "status"})[side_cols].reset_index(drop=True),
+        environment_differences(old.meta, new.meta),
+    )

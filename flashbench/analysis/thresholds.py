@@ -1,0 +1,125 @@
+"""Regression thresholds for ``flashbench check``: YAML -> validated pydantic model.
+
+A file looks like::
+
+    defaults:
+      latency: 0.05        # median time may grow by 5% ...
+      tflops: 0.05         # ... and TFLOP/s drop by 5% before it counts (and only beyond noise)
+      peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
+      min_abs_ms: 0.03     # a latency change smaller than this is never a regression
+      correctness: true    # ok -> mismatch fails
+    noise: {method: both, alpha: 0.01}
+    backends:              # per-backend overrides (only the keys given change)
+      flex: {latency: 0.10, tflops: 0.10}
+    cases:                 # per-case-pattern overrides, applied in order after `backends`
+      - match: {backend: naive, seq_len: [8192, 16384]}
+        peak_hbm: 0.25
+
+A metric set to ``null`` is not checked. Unknown keys are rejected; every problem names its field.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from ..model.config import ConfigError, Rule, _Strict, validate_yaml
+from ..model.grid import _rule_values
+from .noise import DEFAULT_ALPHA, NoiseMethod
+
+LIMIT_KEYS = ("latency", "tflops", "peak_hbm", "min_abs_ms", "min_abs_hbm_bytes", "correctness")
+
+
+class Limits(_Strict):
+    """The thresholds one case is checked against."""
+
+    latency: Optional[float] = Field(0.05, ge=0, description="allowed relative growth of the median time (0.05 = 5%)")
+    tflops: Optional[float] = Field(0.05, ge=0, lt=1, description="allowed relative drop of TFLOP/s")
+    peak_hbm: Optional[float] = Field(0.10, ge=0, description="allowed relative growth of the peak memory")
+    min_abs_ms: float = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
+    min_abs_hbm_bytes: int = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
+    correctness: bool = Field(True, description="a case that passed correctness must keep passing")
+
+
+class PartialLimits(_Strict):
+    """Overrides: only the keys written in the file apply (``null`` turns a check off)."""
+
+    latency: Optional[float] = Field(None, ge=0)
+    tflops: Optional[float] = Field(None, ge=0, lt=1)
+    peak_hbm: Optional[float] = Field(None, ge=0)
+    min_abs_ms: Optional[float] = Field(None, ge=0)
+    min_abs_hbm_bytes: Optional[int] = Field(None, ge=0)
+    correctness: Optional[bool] = None
+
+    def apply(self, base: Limits) -> Limits:
+        changes = {k: getattr(self, k) for k in self.model_fields_set if k in LIMIT_KEYS}
+        for k in ("min_abs_ms", "min_abs_hbm_bytes", "correctness"):  # these have no "off" value
+            if k in changes and changes[k] is None:
+                changes[k] = Limits.model_fields[k].default
+        return base.model_copy(update=changes)
+
+
+class CaseOverride(PartialLimits):
+    match: Rule = Field(description="which cases: keys backend, batch, heads, kv_heads, seq_len, seq_len_kv, "
+                                    "head_dim, dtype, causal, mode, each a value or a list")
+
+
+class Noise(_Strict):
+    method: NoiseMethod = Field("both", description="intervals (p20–p80 disjoint) | rank (Mann-Whitney) | both")
+    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1, description="significance level of the rank test")
+
+
+class Thresholds(_Strict):
+    defaults: Limits = Limits()
+    noise: Noise = Noise()
+    backends: dict[str, PartialLimits] = {}
+    cases: list[CaseOverride] = []
+
+    def for_case(self, backend: str, case) -> Limits:
+        """The limits for one case (a :class:`flashbench.model.case.Case`)."""
+        limits = self.defaults
+        if backend in self.backends:
+            limits = self.backends[backend].apply(limits)
+        values = _rule_values(case, backend)
+        for rule in self.cases:
+            if rule.match.matches(values):
+                limits = rule.apply(limits)
+        return limits
+
+
+def bundled_thresholds() -> dict[str, Path]:
+    root = resources.files("flashbench.configs") / "thresholds"
+    if not root.is_dir():
+        return {}
+    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def parse_thresholds(text: str, source: str) -> Thresholds:
+    return validate_yaml(Thresholds, text, source)
+
+
+def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
+    """A thresholds file, or a bundled one by name ("default"); None means the bundled default.
+
+    Returns the thresholds and where they came from. Raises :class:`ConfigError` (exit code 2).
+    """
+    bundled = bundled_thresholds()
+    if name_or_path is None:
+        if "default" not in bundled:
+            return Thresholds(), "(built-in defaults)"
+        name_or_path = "default"
+    p = Path(name_or_path)
+    if not (p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path):
+        if name_or_path not in bundled:
+            raise ConfigError([f"--thresholds: {name_or_path}: neither a file nor a bundled thresholds name "
+                               f"(bundled: {', '.join(sorted(bundled)) or 'none'})"])
+        p = bundled[name_or_path]
+    if not p.is_file():
+        raise ConfigError([f"--thresholds: {name_or_path}: no such file"])
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{p}: cannot read: {e}"]) from None
+    return parse_thresholds(text, str(p)), str(p)

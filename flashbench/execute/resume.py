@@ -1,0 +1,105 @@
+"""Finishing an interrupted sweep: ``flashbench run CONFIG --resume DIR``.
+
+Results are rewritten atomically after every record, so a results directory is always valid,
+whatever stopped the sweep (Ctrl-C, a killed or crashed driver, a lost Ray node). Resuming
+loads it, checks that it was written by the same config (same sha256 of the file text) and the
+same backend selection, skips every task (case × backend) that already has a row, runs the rest
+and appends their rows to the same directory: each task ends with exactly one row.
+
+With ``retry_failed`` the ``crashed``, ``timeout`` and ``error`` rows are dropped and measured
+again (their new rows replace them), e.g. after a lost Ray node or a fixed driver.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model.config import ConfigError, LoadedConfig, parse_config
+from ..results.files import Run, load_run
+from ..model.schema import Record
+
+RETRY_STATUSES = ("crashed", "timeout", "error")
+
+
+class ResumeError(ConfigError):
+    """The directory cannot be resumed with this config or backend selection (exit code 2)."""
+
+    def __init__(self, message: str):
+        super().__init__([message])
+
+
+@dataclass
+class Resume:
+    directory: Path
+    run: Run
+    kept: list[Record]                                  # rows that stay (and are not measured again)
+    dropped: list[Record] = field(default_factory=list)  # failed rows measured again (retry_failed)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def done_keys(self) -> set[tuple]:
+        return {r.task().key() for r in self.kept}
+
+
+def _old_backends(run: Run, directory) -> list[str]:
+    if run.meta.get("backends"):
+        return list(run.meta["backends"])
+    text = (run.meta.get("config") or {}).get("text")
+    if not text:
+        raise ResumeError(f"--resume {directory}: results.json records neither its backends nor its config text")
+    return list(parse_config(text, f"{directory}/results.json config").backends)
+
+
+def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list[str] | None = None,
+                retry_failed: bool = False) -> Resume:
+    """Load ``directory`` and check it against this config; raise ResumeError / ResultsError."""
+    directory = Path(directory)
+    run = load_run(directory)
+    old = run.meta.get("config") or {}
+    if old.get("sha256") != loaded.sha256:
+        raise ResumeError(
+            f"--resume {directory}: it was written by config {old.get('path') or '?'} "
+            f"(sha256 {str(old.get('sha256'))[:12]}…), not by {loaded.path} (sha256 {loaded.sha256[:12]}…): "
+            "resume with the same config file, unchanged, or start a new results directory")
+    old_b = _old_backends(run, directory)
+    new_b = list(backend_names or loaded.config.backends)
+    if set(old_b) != set(new_b):
+        raise ResumeError(
+            f"--resume {directory}: it was run with backends {','.join(old_b)}, not {','.join(new_b)}: "
+            f"resume with the same selection (--backends {','.join(old_b)}) or start a new results directory")
+    seen: set[tuple] = set()
+    kept, dropped = [], []
+    for r in run.records:
+        key = r.task().key()
+        if key in seen:  # never written by flashbench, but never make it worse
+            continue
+        seen.add(key)
+        (dropped if retry_failed and r.status in RETRY_STATUSES else kept).append(r)
+    return Resume(directory, run, kept, dropped)
+
+
+def apply_resume(p, resume: Resume):
+    """The plan minus the tasks that already have a row in the directory."""
+    from .runner import Plan
+
+    done = resume.done_keys
+    runnable = [t for t in p.runnable if t.key() not in done]
+    skipped = [r for r in p.skipped if r.task().key() not in done]
+    env = resume.run.meta.get("environment") or {}
+    if env.get("device") and env.get("device") != p.device:
+        resume.warnings.append(f"resuming a {env.get('device')} run on {p.device}: rows will come from both")
+    return Plan(p.loaded, p.device, runnable, skipped)
+
+
+def resumed_meta(resume: Resume, full_total: int, remaining: int, executor: str | None = None) -> dict:
+    """The directory's metadata, marked as resumed (and unfinished until the sweep ends)."""
+    meta = {k: v for k, v in resume.run.meta.items() if k != "schema_version"}
+    history = list(meta.get("resumed") or [])
+    history.append({"utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "command_line": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                    "executor": executor, "rows_kept": len(resume.kept), "rows_retried": len(resume.dropped),
+                    "tasks_remaining": remaining})
+    meta.update(resumed=history, finished=False, tasks_total=full_total)
+    return meta

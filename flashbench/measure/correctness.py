@@ -1,0 +1,110 @@
+"""Correctness against a high-precision reference (the flash-attention test rule).
+
+A backend's error on each tensor (O, and dQ, dK, dV with a backward) must be at most
+``factor`` × the error of PyTorch's own same-dtype math on the same inputs + ``atol``.
+The reference is fp32 for half-precision cases on a GPU and fp64 otherwise (fp32 cases, CPU).
+The reference runs in chunks of (batch, kv-head) groups so that its N×N matrices, and their
+autograd state, stay within a fixed memory bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .calls import Inputs
+from ..model.case import Case
+from .reference import reference_attention
+
+
+def reference_dtype(case: Case, device: str) -> torch.dtype:
+    if str(device).startswith("cuda") and case.dtype in ("float16", "bfloat16"):
+        return torch.float32
+    return torch.float64
+
+
+def reference_outputs(inputs: Inputs, case: Case, compute_dtype: torch.dtype,
+                      chunk_elems: int = 1 << 28) -> dict[str, torch.Tensor]:
+    """O (and dQ, dK, dV) of the reference formula, computed in ``compute_dtype``.
+
+    Work goes in chunks of whole (batch, kv-head) groups, each group holding the query heads that
+    share one K/V head, so a chunk's autograd graph is independent of every other chunk's and its
+    score matrices stay under ``chunk_elems`` elements (2**28: 1 GiB in fp32).
+    """
+    B, H, n_q, D = inputs.q.shape
+    h_kv, n_kv = case.kv_heads, case.seq_len_kv
+    group = H // h_kv
+    # (B, H, N, D) -> (B*H_kv, group, N, D): query heads h = g*group + i share kv head g
+    q_all = inputs.q.detach().reshape(B * h_kv, group, n_q, D)
+    k_all = inputs.k.detach().reshape(B * h_kv, 1, n_kv, D)
+    v_all = inputs.v.detach().reshape(B * h_kv, 1, n_kv, D)
+    do_all = inputs.do.reshape(B * h_kv, group, n_q, D) if case.has_backward else None
+    per_group = group * n_q * n_kv
+    step = max(1, chunk_elems // max(per_group, 1))
+    outs: dict[str, list[torch.Tensor]] = {"o": [], "dq": [], "dk": [], "dv": []}
+    for i in range(0, B * h_kv, step):
+        q, k, v = (t[i:i + step].to(compute_dtype) for t in (q_all, k_all, v_all))
+        if not case.has_backward:
+            with torch.no_grad():
+                outs["o"].append(reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype))
+            continue
+        q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
+        o = reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype)
+        dq, dk, dv = torch.autograd.grad(o, (q, k, v), do_all[i:i + step].to(compute_dtype))
+        for name, t in (("o", o.detach()), ("dq", dq), ("dk", dk), ("dv", dv)):
+            outs[name].append(t)
+    result = {"o": torch.cat(outs["o"]).reshape(B, H, n_q, D)}
+    if case.has_backward:
+        result["dq"] = torch.cat(outs["dq"]).reshape(B, H, n_q, D)
+        result["dk"] = torch.cat(outs["dk"]).reshape(B, h_kv, n_kv, D)
+        result["dv"] = torch.cat(outs["dv"]).reshape(B, h_kv, n_kv, D)
+    return result
+
+
+@dataclass
+class Reference:
+    """High-precision outputs and PyTorch's own same-dtype error on them, for one case's inputs."""
+
+    outputs: dict[str, torch.Tensor]
+    same_dtype_err: dict[str, float]
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.to(b.dtype) - b).abs().max().item()
+
+
+def compute_reference(inputs: Inputs, case: Case, device: str) -> Reference:
+    high = reference_outputs(inputs, case, reference_dtype(case, device))
+    low = reference_outputs(inputs, case, case.torch_dtype())
+    err = {name: _max_abs(low[name], high[name]) for name in high}
+    del low
+    return Reference(high, err)
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    max_abs_err: float
+    rel_err: float
+    tolerance_abs: float  # the bound of the tensor with the largest error
+    detail: str
+
+
+def check(outputs: dict[str, torch.Tensor], ref: Reference, atol: float, factor: float) -> Verdict:
+    worst_err, worst_rel, worst_bound, problems = 0.0, 0.0, 0.0, []
+    for name, want in ref.outputs.items():
+        got = outputs[name]
+        diff = got.to(want.dtype) - want
+        err = diff.abs().max().item()
+        rel = (diff.norm() / want.norm().clamp_min(1e-30)).item()
+        bound = factor * ref.same_dtype_err[name] + atol
+        if not math.isfinite(err):
+            problems.append(f"{name}: non-finite values")
+        elif err > bound:
+            problems.append(f"{name}: max abs err {err:.3g} > bound {bound:.3g} "
+                            f"({factor:g}x PyTorch same-dtype err {ref.same_dtype_err[name]:.3g} + atol {atol:g})")
+        if not math.isfinite(err) or err >= worst_err:
+            worst_err, worst_bound = err, bound
+        worst_rel = max(worst_rel, rel) if math.isfinite(rel) else math.nan
+    return Verdict(not problems, worst_err, worst_rel, worst_bound, "; ".join(problems))

@@ -1,0 +1,156 @@
+"""Measure one task (a case run by one backend) and return its record.
+
+This is the only module that runs attention on a device. Order per task:
+prepare (compile, masks) -> fresh inputs -> correctness (the first call, which also pays for
+compilation and autotuning) -> an untimed peak-memory pass -> timing.
+Every failure ends as a record (skipped, oom, error, mismatch); the caller's sweep goes on.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import backends
+from ..backends.base import Unsupported
+from .calls import bind, make_inputs, outputs_of
+from ..model.case import Case, Task
+from ..model.config import DEFAULT_TOLERANCES, Tolerance
+from .correctness import Reference, check, compute_reference
+from ..model.flops import attention_flops, min_hbm_bytes
+from ..model.schema import Record
+from .stats import summarize
+from .timer import TimingSettings, time_call
+
+
+@dataclass
+class MeasureSettings:
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    correctness: bool = True
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    seed: int = 0
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def peak_memory(call, device: str) -> tuple[int | None, int | None]:
+    """(peak above what was allocated before the call, absolute peak) in bytes; CUDA only."""
+    if not str(device).startswith("cuda"):
+        return None, None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = call()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del out
+    return peak - before, peak
+
+
+def device_identity(device: str) -> dict:
+    if not str(device).startswith("cuda"):
+        import platform
+
+        return {"device_name": f"cpu ({platform.processor() or platform.machine()})", "device_index": None, "device_uuid": ""}
+    idx = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(idx)
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid and not uuid.startswith("GPU-"):
+        uuid = f"GPU-{uuid}"
+    return {"device_name": props.name, "device_index": idx, "device_uuid": uuid}
+
+
+class Measurer:
+    """Measures tasks on one device, keeping the reference of the current case between backends."""
+
+    def __init__(self, settings: MeasureSettings, device: str | None = None):
+        self.settings = settings
+        self.device = device or default_device()
+        self.identity = device_identity(self.device)
+        self._ref_case: Case | None = None
+        self._ref: Reference | None = None
+        self._ref_error: str = ""
+
+    def _reference(self, case: Case, inputs) -> Reference | None:
+        if self._ref_case != case:
+            self._ref, self._ref_case, self._ref_error = None, None, ""
+            free_memory()
+            try:
+                self._ref = compute_reference(inputs, case, self.device)
+            except Exception as e:  # the reference itself may not fit: say so, keep timing
+                self._ref_error = f"correctness not checked: reference failed ({'out of memory' if is_oom(e) else type(e).__name__ + ': ' + str(e)[:200]})"
+                free_memory()
+            self._ref_case = case
+        return self._ref
+
+    def measure(self, task: Task) -> Record:
+        t0 = time.perf_counter()
+        case = task.case
+        rec = Record.for_task(task, **self.identity, flops=attention_flops(case), min_hbm_bytes=min_hbm_bytes(case))
+        try:
+            self._measure_into(rec, task)
+        except Unsupported as e:
+            rec.status, rec.reason = "skipped", str(e)
+        except BaseException as e:  # noqa: BLE001 - every failure is data
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            rec.status = "oom" if is_oom(e) else "error"
+            rec.reason = "out of memory" if rec.status == "oom" else f"{type(e).__name__}: {str(e).strip()[:500]}"
+            if rec.status == "oom":
+                rec.reason = f"out of memory: {str(e).splitlines()[0][:200]}" if str(e) else "out of memory"
+            # a failure's traceback holds its frames' tensors: drop them and return cached blocks now.
+            # After a success nothing is held, and PyTorch's allocator frees its cache by itself
+            # before it would run out, so the (slow) collection is skipped on the happy path.
+            del e
+            free_memory()
+        rec.wall_s = time.perf_counter() - t0
+        return rec
+
+    def _measure_into(self, rec: Record, task: Task) -> None:
+        case, dev = task.case, self.device
+        backend = backends.get(task.backend)
+        why = backend.unsupported_reason(case, "cuda" if dev.startswith("cuda") else dev)
+        if why:
+            raise Unsupported(why)
+        if self.settings.timing.cuda_graph and case.has_backward:
+            # autograd runs the backward on the forward's stream, outside a capture begun after it
+            raise Unsupported("CUDA-graph timing covers mode fwd only; time backward modes with CUDA events")
+        fn = backend.prepare(case, dev)
+        inputs = make_inputs(case, dev, self.settings.seed)
+        if self.settings.correctness:
+            ref = self._reference(case, inputs)
+            outputs = outputs_of(fn, inputs, case)
+            if ref is None:
+                rec.reason = self._ref_error
+            else:
+                tol = self.settings.tolerances.get(case.dtype, DEFAULT_TOLERANCES[case.dtype])
+                verdict = check(outputs, ref, tol.atol, tol.factor)
+                rec.max_abs_err, rec.rel_err, rec.tolerance_abs = verdict.max_abs_err, verdict.rel_err, verdict.tolerance_abs
+                if not verdict.ok:
+                    rec.status, rec.reason = "mismatch", verdict.detail
+            del outputs
+        call = bind(fn, inputs, case)
+        rec.peak_hbm_bytes, rec.peak_hbm_abs_bytes = peak_memory(call, dev)
+        timing = time_call(call, self.settings.timing, dev)
+        s = summarize(timing.samples_ms)
+        rec.median_ms, rec.p20_ms, rec.p80_ms, rec.min_ms, rec.mean_ms, rec.samples = (
+            s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
+        rec.samples_ms = [round(x, 6) for x in timing.samples_ms]
+        rec.timing_method = timing.method
+        rec.tflops = rec.flops / (s.median_ms * 1e-3) / 1e12
+        rec.hbm_gbps = rec.min_hbm_bytes / (s.median_ms * 1e-3) / 1e9
+        rec.backend_config = backend.config_description()

@@ -1,0 +1,250 @@
+"""Sweep configuration: YAML -> validated pydantic model.
+
+Every problem in a file becomes one line naming the file, the field path and what is allowed;
+:class:`ConfigError` carries them all, and the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .case import DTYPES, MODES
+
+
+class ConfigError(Exception):
+    """A config (or other user input) is invalid; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+IntList = Union[int, list[int]]
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+class Axes(_Strict):
+    """The grid. Scalars are shorthand for one-element lists."""
+
+    batch: list[int] | None = Field(None, description="batch sizes")
+    tokens: list[int] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
+    heads: list[int] | None = Field(None, description="query heads")
+    hidden: list[int] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
+    kv_heads: list[int] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
+    seq_len: list[int]
+    seq_len_kv: list[int] | None = Field(None, description="default = seq_len")
+    head_dim: list[int]
+    dtype: list[Literal["float16", "bfloat16", "float32"]] = ["bfloat16"]
+    causal: list[bool] = [False]
+    mode: list[Literal["fwd", "bwd", "fwd_bwd"]] = ["fwd"]
+
+    @field_validator("batch", "tokens", "heads", "hidden", "kv_heads", "seq_len", "seq_len_kv", "head_dim",
+                     "dtype", "causal", "mode", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return None if v is None else _as_list(v)
+
+    @field_validator("batch", "tokens", "heads", "hidden", "kv_heads", "seq_len", "seq_len_kv", "head_dim")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("must list at least one value")
+            bad = [x for x in v if x < 1]
+            if bad:
+                raise ValueError(f"must be positive integers, got {bad}")
+        return v
+
+    @field_validator("dtype", "causal", "mode")
+    @classmethod
+    def _non_empty(cls, v):
+        if not v:
+            raise ValueError("must list at least one value")
+        return v
+
+    @model_validator(mode="after")
+    def _exclusive(self):
+        if (self.batch is None) == (self.tokens is None):
+            raise ValueError("give exactly one of 'batch' or 'tokens'")
+        if (self.heads is None) == (self.hidden is None):
+            raise ValueError("give exactly one of 'heads' or 'hidden'")
+        return self
+
+
+class Rule(_Strict):
+    """An include/exclude rule: every given key must match (a value or a list of values)."""
+
+    backend: list[str] | None = None
+    batch: list[int] | None = None
+    heads: list[int] | None = None
+    kv_heads: list[int] | None = None
+    seq_len: list[int] | None = None
+    seq_len_kv: list[int] | None = None
+    head_dim: list[int] | None = None
+    dtype: list[str] | None = None
+    causal: list[bool] | None = None
+    mode: list[str] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return None if v is None else _as_list(v)
+
+    def matches(self, values: dict) -> bool:
+        for key, allowed in self.model_dump(exclude_none=True).items():
+            if key in values and values[key] not in allowed:
+                return False
+        return True
+
+    def keys(self) -> set[str]:
+        return set(self.model_dump(exclude_none=True))
+
+
+class Timing(_Strict):
+    warmup_ms: float = Field(25.0, gt=0, description="time spent running the call before sampling")
+    budget_ms: float = Field(200.0, gt=0, description="target time spent sampling")
+    min_samples: int = Field(10, ge=1)
+    max_samples: int = Field(1000, ge=1)
+    flush_l2: bool = Field(True, description="write a 256 MB buffer before every call (cold L2)")
+    cuda_graph: bool = Field(False, description="time CUDA-graph replays (warm L2, labelled so)")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_samples < self.min_samples:
+            raise ValueError("max_samples must be >= min_samples")
+        return self
+
+
+class Tolerance(_Strict):
+    atol: float = Field(ge=0, description="absolute term added to the bound")
+    factor: float = Field(2.0, gt=0, description="multiple of PyTorch's own same-dtype error allowed")
+
+
+DEFAULT_TOLERANCES = {
+    "float16": Tolerance(atol=1e-2),
+    "bfloat16": Tolerance(atol=2.5e-2),
+    "float32": Tolerance(atol=1e-4),
+}
+
+
+class SweepConfig(_Strict):
+    name: str = ""
+    description: str = ""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    axes: Axes
+    backends: list[str] = Field(min_length=1)
+    reference_backend: str | None = Field(None, description="speedups in tables are against this backend")
+    include: list[Rule] = []
+    exclude: list[Rule] = []
+    timing: Timing = Timing()
+    correctness: bool = True
+    tolerances: dict[Literal["float16", "bfloat16", "float32"], Tolerance] = {}
+    seed: int = 0
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return _as_list(v)
+
+    def tolerance(self, dtype: str) -> Tolerance:
+        return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
+
+
+class LoadedConfig(BaseModel):
+    """A validated config with where it came from (recorded in results.json)."""
+
+    path: str
+    text: str
+    sha256: str
+    config: SweepConfig
+
+
+def bundled_configs() -> dict[str, Path]:
+    root = resources.files("flashbench.configs")
+    return {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML file, or the name of a bundled config (``seqlen`` -> configs/seqlen.yaml).
+
+    An existing file wins; a bare name (no ``.yaml``, no ``/``) then means a bundled config, even
+    when a directory of that name happens to exist where the command runs.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    looks_like_path = p.suffix in (".yaml", ".yml") or "/" in name_or_path
+    bundled = bundled_configs()
+    if not looks_like_path and name_or_path in bundled:
+        return bundled[name_or_path]
+    if p.exists():
+        raise ConfigError([f"{name_or_path}: not a file"])
+    if looks_like_path:
+        raise ConfigError([f"{name_or_path}: no such file"])
+    raise ConfigError([f"{name_or_path}: neither a file nor a bundled config (bundled: {', '.join(sorted(bundled))})"])
+
+
+def _format_loc(loc: tuple) -> str:
+    parts = []
+    for x in loc:
+        if isinstance(x, int):
+            parts[-1:] = [f"{parts[-1]}[{x}]"] if parts else [f"[{x}]"]
+        elif x in ("function-after", "function-before") or str(x).startswith(("function-", "literal[", "list[", "int", "bool")):
+            continue
+        else:
+            parts.append(str(x))
+    return ".".join(parts) or "(top level)"
+
+
+def validate_yaml(model: type[BaseModel], text: str, source: str):
+    """YAML text -> a validated ``model``; every problem becomes one "source: field.path: message" line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (not a flashbench setting)"
+            elif "input" in err and err["type"] not in ("missing",):
+                msg = f"{msg} (got {err['input']!r})"
+            problems.append(f"{source}: {_format_loc(err['loc'])}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def parse_config(text: str, source: str) -> SweepConfig:
+    return validate_yaml(SweepConfig, text, source)
+
+
+def load_config(name_or_path: str) -> LoadedConfig:
+    path = resolve_config_path(name_or_path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    cfg = parse_config(text, str(path))
+    return LoadedConfig(path=str(path), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), config=cfg)
+
+
+__all__ = ["ConfigError", "SweepConfig", "LoadedConfig", "load_config", "parse_config", "bundled_configs",
+           "resolve_config_path", "validate_yaml", "MODES", "DTYPES"]

@@ -1,0 +1,106 @@
+"""Grid expansion: a validated config -> the list of cases and case × backend tasks.
+
+Cross-field problems the schema cannot see (hidden not divisible by head_dim, tokens smaller
+than seq_len, heads not a multiple of kv_heads, unknown backends, an empty grid) are raised here
+as :class:`ConfigError`, one message per problem.
+"""
+from __future__ import annotations
+
+import itertools
+
+from .case import Case, Task
+from .config import ConfigError, LoadedConfig, SweepConfig
+
+
+def _heads_options(axes, head_dim: int) -> list[int]:
+    if axes.heads is not None:
+        return axes.heads
+    return [h // head_dim for h in axes.hidden if h % head_dim == 0]
+
+
+def _batch_options(axes, seq_len: int) -> list[int]:
+    if axes.batch is not None:
+        return axes.batch
+    return [t // seq_len for t in axes.tokens if t >= seq_len]
+
+
+def _check_axes(cfg: SweepConfig, source: str) -> list[str]:
+    a = cfg.axes
+    problems = []
+    if a.hidden is not None:
+        for d in a.head_dim:
+            if not any(h % d == 0 for h in a.hidden):
+                problems.append(f"{source}: axes.head_dim: {d} divides no value of axes.hidden {a.hidden}")
+    if a.tokens is not None:
+        for n in a.seq_len:
+            if not any(t >= n for t in a.tokens):
+                problems.append(f"{source}: axes.seq_len: {n} exceeds every value of axes.tokens {a.tokens} (batch would be 0)")
+    return problems
+
+
+def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
+    """Every case of the grid, after include rules (rules without a backend key)."""
+    problems = _check_axes(cfg, source)
+    if problems:
+        raise ConfigError(problems)
+    a = cfg.axes
+    cases: list[Case] = []
+    bad_gqa: set[tuple[int, int]] = set()
+    for n, d, dtype, causal, mode in itertools.product(a.seq_len, a.head_dim, a.dtype, a.causal, a.mode):
+        for n_kv in (a.seq_len_kv or [n]):
+            for b in _batch_options(a, n):
+                for h in _heads_options(a, d):
+                    for h_kv in (a.kv_heads or [h]):
+                        if h % h_kv:
+                            bad_gqa.add((h, h_kv))
+                            continue
+                        cases.append(Case(b, h, h_kv, n, n_kv, d, dtype, causal, mode))
+    if a.kv_heads and bad_gqa and not cases:
+        pairs = ", ".join(f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa))
+        raise ConfigError([f"{source}: axes.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
+    case_rules = [r for r in cfg.include if "backend" not in r.keys()]
+    if case_rules:
+        cases = [c for c in cases if any(r.matches(_rule_values(c, None)) for r in case_rules)]
+    return list(dict.fromkeys(cases))  # stable de-duplication
+
+
+def _rule_values(case: Case, backend: str | None) -> dict:
+    v = case.as_dict()
+    v["seq_len"] = case.seq_len_q
+    if backend is not None:
+        v["backend"] = backend
+    return v
+
+
+def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] | None = None,
+                 known_backends: set[str] | None = None) -> list[Task]:
+    """Cases × backends, minus exclude rules, plus backend-specific include rules.
+
+    ``backends`` overrides the config's list (the CLI's ``--backends``).
+    """
+    names = backends or cfg.backends
+    if known_backends is not None:
+        unknown = [b for b in names if b not in known_backends]
+        if unknown:
+            raise ConfigError([f"{source}: backends: unknown backend {b!r} (known: {', '.join(sorted(known_backends))})"
+                               for b in unknown])
+    cases = expand_cases(cfg, source)
+    backend_includes = [r for r in cfg.include if "backend" in r.keys()]
+    tasks = []
+    for case in cases:
+        for b in names:
+            values = _rule_values(case, b)
+            if backend_includes and any(r.backend and b in r.backend for r in backend_includes):
+                # a backend named by an include rule runs only where one of its rules matches
+                if not any(r.matches(values) for r in backend_includes if b in (r.backend or [])):
+                    continue
+            if any(r.matches(values) for r in cfg.exclude):
+                continue
+            tasks.append(Task(case, b))
+    if not tasks:
+        raise ConfigError([f"{source}: the grid is empty after include/exclude rules: nothing to run"])
+    return tasks
+
+
+def expand_loaded(loaded: LoadedConfig, backends: list[str] | None = None, known_backends: set[str] | None = None):
+    return expand_tasks(loaded.config, loaded.path, backends, known_backends)

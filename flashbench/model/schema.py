@@ -1,0 +1,88 @@
+"""The one results schema: a record per case × backend, with units in the field names.
+
+``results.json`` holds the run's metadata and every record (with raw samples);
+``results.csv`` holds one tidy row per record with the scalar fields (``CSV_COLUMNS``).
+Bump ``SCHEMA_VERSION`` whenever a field changes meaning or is removed.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .case import CASE_FIELDS, Case, Task
+
+SCHEMA_VERSION = 1
+
+# Final states of a record.  "crashed" and "timeout" come from isolated workers.
+STATUSES = ("ok", "skipped", "oom", "error", "mismatch", "crashed", "timeout")
+FAILED_STATUSES = ("oom", "error", "mismatch", "crashed", "timeout")
+# Worse states rank higher: used by the regression gate ("a status that got worse").
+STATUS_RANK = {"ok": 0, "skipped": 0, "mismatch": 2, "oom": 2, "timeout": 3, "error": 3, "crashed": 3}
+
+
+@dataclass
+class Record:
+    # --- the case -------------------------------------------------------------------------
+    backend: str
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_len_q: int
+    seq_len_kv: int
+    head_dim: int
+    dtype: str
+    causal: bool
+    mode: str
+    # --- outcome --------------------------------------------------------------------------
+    status: str = "ok"
+    reason: str = ""                 # why skipped / the error message / what mismatched
+    # --- timing (milliseconds per call) ---------------------------------------------------
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    min_ms: float | None = None
+    mean_ms: float | None = None
+    samples: int = 0
+    timing_method: str = ""          # cuda_events_l2_flush | cuda_events_warm_l2 | cuda_graph_warm_l2 | cpu_perf_counter
+    # --- derived throughput ---------------------------------------------------------------
+    flops: float | None = None       # analytic count (flashbench.model.flops.attention_flops)
+    tflops: float | None = None      # flops / median time / 1e12
+    min_hbm_bytes: int | None = None  # analytic minimum traffic (flashbench.model.flops.min_hbm_bytes)
+    hbm_gbps: float | None = None    # min_hbm_bytes / median time / 1e9 (GB/s, decimal)
+    # --- memory ---------------------------------------------------------------------------
+    peak_hbm_bytes: int | None = None      # peak allocated during one call, above what was allocated before it
+    peak_hbm_abs_bytes: int | None = None  # absolute peak allocated during that call (inputs included)
+    hbm_bytes_read: int | None = None      # measured DRAM bytes (flashbench profile, ncu), per call
+    hbm_bytes_written: int | None = None
+    # --- correctness ----------------------------------------------------------------------
+    max_abs_err: float | None = None  # worst over O (and dQ, dK, dV when the mode has a backward)
+    rel_err: float | None = None      # worst ||x - ref|| / ||ref|| over the same tensors
+    tolerance_abs: float | None = None  # the max_abs_err bound this record was checked against
+    # --- provenance -----------------------------------------------------------------------
+    device_name: str = ""
+    device_index: int | None = None
+    device_uuid: str = ""
+    backend_config: str = ""          # e.g. the autotuned Triton config the kernel chose
+    wall_s: float | None = None       # wall time spent on this record (correctness + memory + timing)
+    samples_ms: list[float] = field(default_factory=list)  # raw samples (JSON only)
+
+    @classmethod
+    def for_task(cls, task: Task, **kw) -> "Record":
+        return cls(backend=task.backend, **task.case.as_dict(), **kw)
+
+    def case(self) -> Case:
+        return Case(**{f: getattr(self, f) for f in CASE_FIELDS})
+
+    def task(self) -> Task:
+        return Task(self.case(), self.backend)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Record":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(Record))
+CSV_COLUMNS = tuple(f for f in RECORD_FIELDS if f != "samples_ms")

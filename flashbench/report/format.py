@@ -1,0 +1,136 @@
+"""Rendering DataFrames for people (rich tables) and machines (csv, json, markdown).
+
+Shared by every command; no command formats numbers on its own.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+from rich.table import Table
+
+from ..model.case import CASE_FIELDS
+
+FORMATS = ("table", "json", "csv", "markdown")
+STATUS_STYLE = {"ok": "green", "skipped": "dim", "mismatch": "bold magenta", "oom": "yellow",
+                "error": "bold red", "crashed": "bold red", "timeout": "bold red"}
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        if x == 0:
+            return "0"
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def fmt_bytes(n) -> str:
+    """Binary units (MiB, GiB): memory sizes are powers of two."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    n = float(n)
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def with_speedup(df: pd.DataFrame, reference_backend: str | None) -> pd.DataFrame:
+    """Add ``speedup``: reference backend's median over this row's, within each shape."""
+    df = df.copy()
+    df["speedup"] = math.nan
+    if not reference_backend or df.empty:
+        return df
+    keys = list(CASE_FIELDS)
+    ref = df[(df["backend"] == reference_backend) & df["median_ms"].notna()][keys + ["median_ms"]]
+    ref = ref.rename(columns={"median_ms": "_ref_ms"})
+    merged = df.merge(ref, on=keys, how="left")
+    merged["speedup"] = merged["_ref_ms"] / merged["median_ms"]
+    return merged.drop(columns=["_ref_ms"])
+
+
+DTYPE_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+def compact_shape(row) -> str:
+    kv = f"/{row['kv_heads']}" if row["kv_heads"] != row["heads"] else ""
+    n = f"{row['seq_len_q']}" if row["seq_len_q"] == row["seq_len_kv"] else f"{row['seq_len_q']}x{row['seq_len_kv']}"
+    return (f"B{row['batch']} H{row['heads']}{kv} N{n} D{row['head_dim']} "
+            f"{DTYPE_SHORT.get(row['dtype'], row['dtype'])}{' causal' if row['causal'] else ''} {row['mode']}")
+
+
+def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
+    """One section per shape, one row per measured backend. Skipped rows are left out (see
+    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`."""
+    from rich import box
+
+    df = with_speedup(df, reference_backend)
+    df = df[df["status"] != "skipped"]
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for col in ("shape", "backend", "status", "median ms", "p20–p80 ms", "TFLOP/s", "peak HBM",
+                f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
+        table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right")
+    prev = None
+    for _, row in df.iterrows():
+        shape = compact_shape(row)
+        if prev is not None and shape != prev:
+            table.add_section()
+        status = row["status"]
+        table.add_row(
+            shape if shape != prev else "",
+            row["backend"],
+            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            fmt_num(row["median_ms"]),
+            f"{fmt_num(row['p20_ms'])}–{fmt_num(row['p80_ms'])}" if pd.notna(row["p20_ms"]) else "–",
+            fmt_num(row["tflops"]),
+            fmt_bytes(row["peak_hbm_bytes"]),
+            f"{row['speedup']:.2f}x" if pd.notna(row["speedup"]) else "–",
+            fmt_num(row["max_abs_err"], 2),
+        )
+        prev = shape
+    return table
+
+
+def failure_lines(df: pd.DataFrame) -> list[str]:
+    bad = df[~df["status"].isin(["ok", "skipped"])]
+    return [f"{r['status']}: {r['backend']} {compact_shape(r)}: {r['reason']}" for _, r in bad.iterrows()]
+
+
+def skipped_summary(df: pd.DataFrame) -> list[str]:
+    """One line per distinct skip reason, with its count."""
+    skipped = df[df["status"] == "skipped"]
+    counts = skipped.groupby(["backend", "reason"]).size()
+    return [f"{n:>4} × {backend}: {reason}" for (backend, reason), n in counts.items()]
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    def cell(x):
+        if isinstance(x, float):
+            return fmt_num(x)
+        return "" if x is None else str(x).replace("|", "\\|")
+
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def format_frame(df: pd.DataFrame, fmt: str) -> str:
+    """Machine formats: csv, json (a list of row objects), markdown."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        rows = json.loads(df.to_json(orient="records"))
+        return json.dumps(rows, indent=1) + "\n"
+    if fmt == "markdown":
+        return to_markdown(df)
+    raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+SUMMARY_COLUMNS = ["backend", "batch", "heads", "kv_heads", "seq_len_q", "seq_len_kv", "head_dim", "dtype", "causal",
+                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "tflops", "peak_hbm_bytes", "max_abs_err", "reason"]

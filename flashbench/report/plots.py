@@ -1,0 +1,194 @@
+"""PNG figures of a run (matplotlib, the optional ``plot`` extra), used by ``flashbench plot`` and
+``flashbench run --plot``.
+
+* ``tflops_vs_seqlen.png``: TFLOP/s against sequence length per backend (log2 x axis), one panel
+  per head_dim × dtype × causal × mode; the band is TFLOP/s at the p80 time (lower edge) to the p20
+  time (upper edge).
+* ``peak_hbm_vs_seqlen.png``: peak memory above the inputs against sequence length, log-log, so the
+  unfused backends' N² and the fused ones' N show as slopes 2 and 1 (per batch·head when the batch
+  or heads change with N, e.g. a fixed-token sweep).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no GUI, no global state).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .format import DTYPE_SHORT
+
+PANEL_FIELDS = ("head_dim", "dtype", "causal", "mode")
+EXTRA_PANEL_FIELDS = ("heads", "kv_heads", "batch", "seq_len_kv")
+
+
+class PlotError(Exception):
+    """Figures cannot be drawn (nothing to plot)."""
+
+
+class PlotDependencyError(PlotError):
+    """matplotlib is not installed (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class FigureInfo:
+    path: Path
+    panels: int           # axes that hold data
+    titles: tuple[str, ...]
+
+
+def _matplotlib():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotDependencyError("matplotlib is not installed: pip install 'flashbench[plot]' "
+                                  "(or pip install matplotlib)") from None
+    return Figure, FigureCanvasAgg
+
+
+def panel_fields(df: pd.DataFrame) -> list[str]:
+    """head_dim, dtype, causal, mode, plus whichever other fields are needed for one line per
+    backend to have one point per sequence length."""
+    fields = list(PANEL_FIELDS)
+    for extra in EXTRA_PANEL_FIELDS:
+        if not df.duplicated(subset=[*fields, "backend", "seq_len_q"]).any():
+            break
+        if df[extra].nunique() > 1:
+            fields.append(extra)
+    return fields
+
+
+def _panel_title(key: dict) -> str:
+    parts = [f"D{key['head_dim']}", DTYPE_SHORT.get(key["dtype"], key["dtype"]),
+             "causal" if key["causal"] else "full", key["mode"]]
+    for f, short in (("batch", "B"), ("heads", "H"), ("kv_heads", "Hkv"), ("seq_len_kv", "Nkv")):
+        if f in key:
+            parts.append(f"{short}{key[f]}")
+    return " ".join(parts)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 4)
+    return math.ceil(n / cols), cols
+
+
+def _draw(panels: list[tuple[dict, pd.DataFrame]], backends: list[str], path: Path, suptitle: str,
+          draw_panel, sharey: bool = False) -> FigureInfo:
+    Figure, FigureCanvasAgg = _matplotlib()
+    rows, cols = _grid(len(panels))
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
+    colors = {b: f"C{i % 10}" for i, b in enumerate(backends)}
+    titles = []
+    for ax, (key, data) in zip(axes, panels):
+        title = _panel_title(key)
+        draw_panel(ax, data, colors)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        titles.append(title)
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
+    handles, labels = {}, []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles and not lab.startswith("_"):
+                handles[lab] = h
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6),
+                   fontsize=9)
+    fig.suptitle(suptitle, fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return FigureInfo(path, len(panels), tuple(titles))
+
+
+def _panels(df: pd.DataFrame, fields: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    return [(dict(zip(fields, key)), group) for key, group in df.groupby(fields, sort=True)]
+
+
+def _seq_axis(ax, seq_lens) -> None:
+    """log2 x axis ticked at the measured sequence lengths, labelled 512, 1k, 2k..."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(int(n) for n in seq_lens))))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1024:g}k" if x >= 1024 else f"{x:g}"))
+    ax.set_xlabel("sequence length")
+
+
+def _tflops_panel(ax, data: pd.DataFrame, colors: dict) -> None:
+    for backend, g in data.groupby("backend", sort=False):
+        g = g.sort_values("seq_len_q")
+        ax.plot(g["seq_len_q"], g["tflops"], marker="o", ms=3, color=colors[backend], label=backend)
+        band = g.dropna(subset=["p20_ms", "p80_ms", "flops"])
+        if len(band):
+            ax.fill_between(band["seq_len_q"], band["flops"] / band["p80_ms"] / 1e9, band["flops"] / band["p20_ms"] / 1e9,
+                            color=colors[backend], alpha=0.2, linewidth=0)
+    _seq_axis(ax, data["seq_len_q"])
+    ax.set_ylabel("TFLOP/s")
+    ax.set_ylim(bottom=0)
+
+
+def _memory_panel(per_head: bool):
+    def draw(ax, data: pd.DataFrame, colors: dict) -> None:
+        for backend, g in data.groupby("backend", sort=False):
+            g = g.sort_values("seq_len_q")
+            y = g["peak_hbm_bytes"] / (1 << 20)
+            if per_head:
+                y = y / (g["batch"] * g["heads"])
+            ax.plot(g["seq_len_q"], y, marker="o", ms=3, color=colors[backend], label=backend)
+        _seq_axis(ax, data["seq_len_q"])
+        ax.set_yscale("log")
+        ax.set_ylabel("MiB per batch·head" if per_head else "MiB")
+    return draw
+
+
+def plot_frame(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[FigureInfo]:
+    """Draw the figures of a run's records (a ``Run.frame()``) into ``out_dir``."""
+    _matplotlib()
+    out_dir = Path(out_dir)
+    ok = df[(df["status"] == "ok")]
+    timed = ok.dropna(subset=["tflops"])
+    timed = timed[timed["tflops"] > 0]
+    if timed.empty:
+        raise PlotError("no ok records with TFLOP/s to plot")
+    backends = list(dict.fromkeys(df["backend"]))
+    fields = panel_fields(timed)
+    infos = [_draw(_panels(timed, fields), backends, out_dir / "tflops_vs_seqlen.png",
+                   f"{title}: TFLOP/s (median; band p20–p80 time)" if title else "TFLOP/s (median; band p20–p80 time)",
+                   _tflops_panel)]
+    mem = ok.dropna(subset=["peak_hbm_bytes"])
+    mem = mem[mem["peak_hbm_bytes"] > 0]
+    if not mem.empty:
+        mfields = panel_fields(mem)
+        per_head = bool(mem.groupby(mfields)[["batch", "heads"]].nunique().gt(1).any().any())
+        what = "peak HBM above inputs" + (" per batch·head" if per_head else "")
+        infos.append(_draw(_panels(mem, mfields), backends, out_dir / "peak_hbm_vs_seqlen.png",
+                           f"{title}: {what} (log-log)" if title else f"{what} (log-log)", _memory_panel(per_head)))
+    return infos
+
+
+def run_title(meta: dict) -> str:
+    cfg = meta.get("config") or {}
+    env = meta.get("environment") or {}
+    return f"{cfg.get('name') or Path(str(cfg.get('path', 'run'))).stem} on {env.get('gpu_name') or env.get('device') or '?'}"
+
+
+def plot_run_dir(directory: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Figures of a results directory, written into ``<directory>/plots/`` (or ``out_dir``).
+
+    Raises :class:`PlotError` (:class:`PlotDependencyError` without matplotlib) and
+    :class:`flashbench.results.files.ResultsError` for a missing or unreadable results file.
+    """
+    from ..results.files import load_run
+
+    _matplotlib()
+    run = load_run(directory)
+    base = Path(directory)
+    target = Path(out_dir) if out_dir is not None else (base if base.is_dir() else base.parent) / "plots"
+    return [info.path for info in plot_frame(run.frame(), target, run_title(run.meta))]

@@ -1,0 +1,71 @@
+"""Stored baselines: ``results/baselines/<gpu-slug>/<name>/`` holding results.json + results.csv."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from .files import ResultsError, ResultsWriter, load_run
+
+DEFAULT_ROOT = Path("results") / "baselines"
+_VENDOR_WORDS = {"nvidia", "amd", "intel", "geforce", "tesla", "quadro", "instinct", "radeon", "graphics"}
+_JOIN_NEXT = {"rtx", "gtx", "titan", "arc"}  # "RTX 4090" -> "rtx4090"
+
+
+def gpu_slug(gpu_name: str | None) -> str:
+    """A short directory name for a GPU model: "NVIDIA H100 80GB HBM3" -> "h100",
+    "NVIDIA A100-SXM4-80GB" -> "a100", "NVIDIA GeForce RTX 4090" -> "rtx4090"; no GPU -> "cpu"."""
+    if not gpu_name or gpu_name.strip().lower() in ("cpu", "unknown"):
+        return "cpu"
+    tokens = [t for t in re.split(r"[\s\-_/]+", gpu_name.lower()) if t and t not in _VENDOR_WORDS]
+    for i, t in enumerate(tokens):
+        if t in _JOIN_NEXT and i + 1 < len(tokens):
+            return re.sub(r"[^a-z0-9]", "", t + tokens[i + 1])
+        if re.search(r"\d", t) and not re.fullmatch(r"\d+gb", t):
+            return re.sub(r"[^a-z0-9]", "", t)
+    slug = re.sub(r"[^a-z0-9]+", "-", " ".join(tokens)).strip("-")
+    return slug or "gpu"
+
+
+def run_gpu_slug(meta: dict) -> str:
+    env = meta.get("environment") or {}
+    if not env.get("gpu_name") and not str(env.get("device", "cpu")).startswith("cuda"):
+        return "cpu"
+    return gpu_slug(env.get("gpu_name"))
+
+
+def baseline_dir(meta: dict, name: str, root: str | Path = DEFAULT_ROOT) -> Path:
+    return Path(root) / run_gpu_slug(meta) / name
+
+
+def save_baseline(result: str | Path, name: str, root: str | Path = DEFAULT_ROOT, force: bool = False) -> Path:
+    """Copy a results directory's files into ``<root>/<gpu-slug>/<name>/``. Raises ResultsError."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ResultsError(f"baseline name {name!r}: use letters, digits, '.', '_' and '-' (no '/')")
+    run = load_run(result)  # validates the file and its schema version
+    src = Path(result)
+    src_dir = src if src.is_dir() else src.parent
+    dest = baseline_dir(run.meta, name, root)
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ResultsError(f"{dest} already exists (use --force to replace it)")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(src if src.is_file() else src_dir / "results.json", dest / "results.json")
+        if (src_dir / "results.csv").is_file() and src.is_dir():
+            shutil.copyfile(src_dir / "results.csv", dest / "results.csv")
+        else:  # a bare results.json: write the csv from its records
+            ResultsWriter(dest, run.meta, run.records)
+    except OSError as e:
+        raise ResultsError(f"cannot write the baseline to {dest}: {e}") from None
+    return dest
+
+
+def resolve_baseline(path_or_name: str, current_meta: dict, root: str | Path = DEFAULT_ROOT) -> Path:
+    """A results path, or a baseline name looked up under ``<root>/<gpu-slug of the current run>/``."""
+    p = Path(path_or_name)
+    if p.exists() or "/" in path_or_name or p.suffix == ".json":
+        return p
+    candidate = baseline_dir(current_meta, path_or_name, root)
+    if candidate.exists():
+        return candidate
+    raise ResultsError(f"--baseline: {path_or_name}: neither a results path nor a saved baseline ({candidate})")

@@ -1,0 +1,136 @@
+"""Test backends that misbehave on purpose (crash, hang, raise), registered explicitly.
+
+Worker processes import flashbench fresh, so these are registered through the plugin hook: run
+with ``FLASHBENCH_PLUGINS=fake_backends`` and this directory on ``PYTHONPATH`` (the local
+executor also passes the driver's ``sys.path`` to its workers). Importing this module calls
+``flashbench.backends.register`` for each backend below.
+
+Every backend reports the pid of the process that measured it in ``backend_config``, so tests
+can tell which worker ran what.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from functools import partial
+
+from flashbench.backends import register
+from flashbench.backends.base import Backend
+from flashbench.measure.reference import naive_attention
+
+
+class _Fake(Backend):
+    devices = ("cuda", "cpu")
+    description = "test backend"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def config_description(self) -> str:
+        return f"pid={os.getpid()}"
+
+    def ok_fn(self, case):
+        return partial(naive_attention, causal=case.causal)
+
+
+class FakeOk(_Fake):
+    """Correct and quick: naive attention."""
+
+    def prepare(self, case, device):
+        return self.ok_fn(case)
+
+
+class FakeSlow(_Fake):
+    """Correct, but prepare() sleeps FAKE_SLOW_S seconds (default 0.4) per task."""
+
+    def prepare(self, case, device):
+        time.sleep(float(os.environ.get("FAKE_SLOW_S", "0.4")))
+        return self.ok_fn(case)
+
+
+class FakeAbort(_Fake):
+    """os.abort(): the process dies of SIGABRT, after a line on stderr."""
+
+    def prepare(self, case, device):
+        print("fake_abort: something went badly wrong, aborting", file=sys.stderr, flush=True)
+        os.abort()
+
+
+class FakeExit(_Fake):
+    """os._exit(3) without a word on stdout, one line on stderr."""
+
+    def prepare(self, case, device):
+        print("CUDA error: an illegal memory access was encountered (fake)", file=sys.stderr, flush=True)
+        os._exit(3)
+
+
+class FakeSegv(_Fake):
+    """Reads address 0: SIGSEGV."""
+
+    def prepare(self, case, device):
+        ctypes.string_at(0)
+
+
+class FakeHang(_Fake):
+    """Never returns (for the timeout)."""
+
+    def prepare(self, case, device):
+        print("fake_hang: sleeping forever", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(1)
+
+
+class FakeRaise(_Fake):
+    """An ordinary Python exception: an ``error`` row, the worker lives on."""
+
+    def prepare(self, case, device):
+        raise ValueError("fake_raise: this backend always fails")
+
+
+class FakeCudaError(_Fake):
+    """An exception that reads like a sticky CUDA error: the worker must be retired after it."""
+
+    def prepare(self, case, device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (fake)")
+
+
+class FakeCompiling(_Fake):
+    """Declares a compile key (the head dim) for flashbench.execute.precompile. prepare() appends
+    "pid label" to the file named by FAKE_COMPILE_LOG; seq_len_q 24 raises, 40 hangs."""
+
+    def compile_key(self, case):
+        return (case.head_dim, case.causal)
+
+    def prepare(self, case, device):
+        log = os.environ.get("FAKE_COMPILE_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {case.label()}\n")
+        if case.seq_len_q == 24:
+            raise ValueError("fake_compiling: this shape does not compile")
+        if case.seq_len_q == 40:
+            while True:
+                time.sleep(1)
+        return self.ok_fn(case)
+
+
+for _b in (FakeCompiling("fake_compiling"), FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeAbort("fake_abort"), FakeExit("fake_exit"),
+           FakeSegv("fake_segv"), FakeHang("fake_hang"), FakeRaise("fake_raise"), FakeCudaError("fake_cuda_error")):
+    register(_b)
+
+FAKE_NAMES = tuple(n for n in ("fake_compiling", "fake_ok", "fake_slow", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
+                               "fake_raise", "fake_cuda_error"))
+
+
+def unregister() -> None:
+    """Undo this plugin in the current process (tests call it on teardown)."""
+    from flashbench import backends
+    from flashbench.backends import plugins
+
+    for n in FAKE_NAMES:
+        backends.REGISTRY.pop(n, None)
+    if __name__ in plugins._loaded:
+        plugins._loaded.remove(__name__)
+    sys.modules.pop(__name__, None)

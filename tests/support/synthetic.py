@@ -1,0 +1,45 @@
+"""Synthetic result directories for the compare/check/plot tests (no GPU, no kernels)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from flashbench.model.case import Case
+from flashbench.model.flops import attention_flops
+from flashbench.results.files import ResultsWriter
+from flashbench.model.schema import Record
+from flashbench.measure.stats import summarize
+
+H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_uuid": "GPU-1234", "driver_version": "580.65",
+        "torch": "2.13.0", "triton": "3.6.0", "cuda": "12.8", "device": "cuda"}
+
+
+def meta(env: dict | None = None, config_sha: str = "abc123", name: str = "synthetic", **kw) -> dict:
+    return {"config": {"path": f"{name}.yaml", "name": name, "sha256": config_sha, "text": ""},
+            "reference_backend": "sdpa_flash", "environment": dict(env or H100), "finished": True, "warnings": [], **kw}
+
+
+def case(n: int = 1024, d: int = 128, dtype: str = "bfloat16", causal: bool = False, mode: str = "fwd",
+         batch: int | None = None, heads: int | None = None) -> Case:
+    b = batch if batch is not None else max(1, 16384 // n)
+    h = heads if heads is not None else 2048 // d
+    return Case(b, h, h, n, n, d, dtype, causal, mode)
+
+
+def record(backend: str, c: Case, median_ms: float = 1.0, spread: float = 0.01, n: int = 40, seed: int = 0,
+           status: str = "ok", peak_hbm: int | None = 64 << 20, reason: str = "") -> Record:
+    if status != "ok":
+        return Record(backend=backend, **c.as_dict(), status=status, reason=reason)
+    rng = random.Random(seed)
+    samples = [median_ms * (1 + rng.uniform(-spread, spread)) for _ in range(n)]
+    s = summarize(samples)
+    flops = attention_flops(c)
+    return Record(backend=backend, **c.as_dict(), status="ok", median_ms=s.median_ms, p20_ms=s.p20_ms,
+                  p80_ms=s.p80_ms, min_ms=s.min_ms, mean_ms=s.mean_ms, samples=s.samples,
+                  timing_method="cuda_events_l2_flush", flops=flops, tflops=flops / s.median_ms / 1e9,
+                  peak_hbm_bytes=peak_hbm, samples_ms=samples, device_name=H100["gpu_name"])
+
+
+def write_run(directory: Path, records: list[Record], **meta_kw) -> Path:
+    ResultsWriter(directory, meta(**meta_kw), records)
+    return directory

@@ -1,0 +1,96 @@
+"""`flashbench run`, `list`, `env` end to end on the CPU."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flashbench.cli import app
+from flashbench.results.files import load_run
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_run_smoke_writes_results(tmp_path):
+    out = tmp_path / "smoke"
+    r = invoke("run", "smoke", "--backends", "naive,sdpa,sdpa_flash", "--out", str(out), "--quiet")
+    assert r.exit_code == 0, r.output
+    run = load_run(out)
+    df = run.frame()
+    assert len(df) == 8 * 3  # 8 cases x 3 backends
+    assert set(df[df.backend == "sdpa_flash"].status) == {"skipped"}  # CUDA-only on a CPU machine
+    assert set(df[df.backend != "sdpa_flash"].status) == {"ok"}
+    assert run.meta["finished"] is True
+    assert any("CPU timings" in w for w in run.meta["warnings"])
+    assert run.meta["config"]["sha256"] and "smoke" in run.meta["config"]["text"]
+    assert run.meta["environment"]["torch"]
+    assert (out / "results.csv").read_text().startswith("backend,batch,heads")
+
+
+def test_run_table_output_names_backends(tmp_path):
+    r = invoke("run", "smoke", "--backends", "naive,sdpa", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0
+    assert "naive" in r.output and "vs naive" in r.output and "records (16 ok" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
+def test_run_machine_formats(tmp_path, fmt):
+    r = invoke("run", "smoke", "--backends", "naive", "--out", str(tmp_path / fmt), "--format", fmt, "--quiet")
+    assert r.exit_code == 0
+    if fmt == "json":
+        rows = json.loads(r.stdout)
+        assert len(rows) == 8 and rows[0]["backend"] == "naive"
+    elif fmt == "csv":
+        assert r.stdout.splitlines()[0].startswith("backend,")
+    else:
+        assert r.stdout.startswith("| backend |")
+
+
+def test_dry_run_counts_and_lists_skips(tmp_path):
+    r = invoke("run", "smoke", "--dry-run", "--out", str(tmp_path / "never"))
+    assert r.exit_code == 0
+    assert "8 cases" in r.output and "skip sdpa_flash" in r.output and "does not run on cpu" in r.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_bad_config_exits_2_with_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("axes: {batch: 1, heads: 2, seq_len: 64, head_dim: 32, colour: red}\nbackends: [naive]\n")
+    r = invoke("run", str(bad))
+    assert r.exit_code == 2
+    assert "axes.colour: unknown key" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_config_and_unknown_backend_exit_2(tmp_path):
+    r = invoke("run", str(tmp_path / "missing.yaml"))
+    assert r.exit_code == 2 and "no such file" in r.output
+    r = invoke("run", "smoke", "--backends", "naive,turbo")
+    assert r.exit_code == 2 and "unknown backend 'turbo'" in r.output
+
+
+def test_bad_format_exits_2():
+    assert invoke("run", "smoke", "--format", "xml").exit_code == 2
+
+
+def test_cuda_device_on_a_cpu_machine_is_an_environment_error():
+    r = invoke("run", "smoke", "--device", "cuda", "--backends", "naive")
+    assert r.exit_code == 3 and "no" in r.output.lower()
+
+
+def test_list_and_env():
+    r = invoke("list", "--format", "json")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    names = {b["backend"]: b for b in doc["backends"]}
+    assert {"naive", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex", "triton_fa2",
+            "triton_fa1"} <= set(names)
+    assert names["sdpa_flash"]["available"] is False and names["sdpa_flash"]["reason"]
+    assert {"default", "smoke", "seqlen", "headdim", "dtype"} <= {c["config"] for c in doc["configs"]}
+    r = invoke("env")
+    assert r.exit_code == 0 and "no GPU" in r.output
+    doc = json.loads(invoke("env", "--format", "json").stdout)
+    assert doc["gpu"] is False and doc["environment"]["flashbench"]

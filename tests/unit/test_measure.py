@@ -1,0 +1,165 @@
+"""Measuring one task on the CPU: statuses ok / skipped / oom / error / mismatch, and the records."""
+import math
+
+import pytest
+import torch
+
+from flashbench import backends
+from flashbench.backends.base import Backend, Unsupported
+from flashbench.model.case import Case, Task
+from flashbench.measure.measurer import MeasureSettings, Measurer
+from flashbench.measure.reference import naive_attention
+from flashbench.measure.timer import TimingSettings
+
+FAST = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
+
+
+class Raising(Backend):
+    name = "test_raises"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        def fn(q, k, v):
+            raise RuntimeError("kernel exploded")
+        return fn
+
+
+class OutOfMemory(Backend):
+    name = "test_oom"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        def fn(q, k, v):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return fn
+
+
+class Wrong(Backend):
+    name = "test_wrong"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        return lambda q, k, v: naive_attention(q, k, v, case.causal) * 1.1
+
+
+class RefusesAtPrepare(Backend):
+    name = "test_refuses"
+    devices = ("cpu", "cuda")
+
+    def prepare(self, case, device):
+        raise Unsupported("needs a head_dim of 7")
+
+
+@pytest.fixture(autouse=True)
+def fake_backends():
+    added = [backends.register(b()) for b in (Raising, OutOfMemory, Wrong, RefusesAtPrepare)]
+    yield
+    for b in added:
+        backends.REGISTRY.pop(b.name)
+
+
+def case(**kw):
+    base = dict(batch=1, heads=4, kv_heads=2, seq_len_q=33, seq_len_kv=47, head_dim=16, dtype="float32",
+                causal=True, mode="fwd_bwd")
+    base.update(kw)
+    return Case(**base)
+
+
+def test_ok_record_has_timing_correctness_and_throughput():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+    assert r.status == "ok", r.reason
+    assert r.samples >= 3 and len(r.samples_ms) == r.samples
+    assert r.p20_ms <= r.median_ms <= r.p80_ms and r.min_ms <= r.p20_ms
+    assert r.timing_method == "cpu_perf_counter"
+    assert r.max_abs_err < 1e-4 and r.rel_err < 1e-5 and r.tolerance_abs > 0
+    assert r.tflops == pytest.approx(r.flops / (r.median_ms * 1e-3) / 1e12)
+    assert r.peak_hbm_bytes is None  # no device memory on the CPU
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
+def test_sdpa_matches_reference_in_every_mode(mode):
+    r = Measurer(FAST, "cpu").measure(Task(case(mode=mode, causal=False, kv_heads=4), "sdpa"))
+    assert r.status == "ok", r.reason
+
+
+def test_raising_backend_is_an_error_row():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_raises"))
+    assert r.status == "error" and "RuntimeError: kernel exploded" in r.reason
+    assert r.median_ms is None
+
+
+def test_oom_backend_is_an_oom_row_and_the_next_task_still_runs():
+    m = Measurer(FAST, "cpu")
+    r = m.measure(Task(case(), "test_oom"))
+    assert r.status == "oom" and "out of memory" in r.reason
+    assert m.measure(Task(case(), "naive")).status == "ok"
+
+
+def test_wrong_result_is_a_mismatch_row_but_still_timed():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_wrong"))
+    assert r.status == "mismatch"
+    assert "o: max abs err" in r.reason and "bound" in r.reason
+    assert r.median_ms is not None and r.max_abs_err > r.tolerance_abs
+
+
+def test_unsupported_at_prepare_is_a_skip():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "test_refuses"))
+    assert r.status == "skipped" and r.reason == "needs a head_dim of 7"
+
+
+def test_declared_limits_skip_with_a_reason():
+    r = Measurer(FAST, "cpu").measure(Task(case(), "sdpa_flash"))
+    assert r.status == "skipped" and "cpu" in r.reason
+
+
+def test_half_precision_tolerance_uses_same_dtype_error():
+    r = Measurer(FAST, "cpu").measure(Task(case(dtype="float16", mode="fwd"), "naive"))
+    assert r.status == "ok", r.reason
+    assert r.tolerance_abs >= FAST.tolerances["float16"].atol
+    assert not math.isnan(r.rel_err)
+
+
+def test_correctness_can_be_switched_off():
+    s = MeasureSettings(timing=FAST.timing, correctness=False)
+    r = Measurer(s, "cpu").measure(Task(case(), "test_wrong"))
+    assert r.status == "ok" and r.max_abs_err is None
+
+
+def test_cuda_graph_timing_skips_backward_modes_with_a_reason():
+    s = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
+    r = Measurer(s, "cpu").measure(Task(case(mode="bwd"), "naive"))
+    assert r.status == "skipped" and "CUDA-graph timing covers mode fwd only" in r.reason
+
+
+def test_pinned_sdpa_with_bottom_right_causal():
+    """Nq != Nkv causal: math gets a tensor mask (correct result); flash/cudnn are skipped with the reason."""
+    c = case(causal=True, mode="fwd_bwd", seq_len_q=40, seq_len_kv=24)  # the first 16 query rows see no key
+    m = Measurer(FAST, "cpu")
+    r = m.measure(Task(c, "sdpa_math"))
+    assert r.status == "ok", r.reason  # fully masked rows come out 0, as the reference defines them
+    from flashbench.backends import get
+
+    for name in ("sdpa_flash", "sdpa_cudnn"):
+        why = get(name).extra_reason(c, "cuda")
+        assert why and "bypasses sdpa_kernel pinning" in why
+    assert get("sdpa_efficient").extra_reason(c, "cuda") is None
+
+
+def test_pinned_sdpa_math_bottom_right_matches_reference():
+    r = Measurer(FAST, "cpu").measure(Task(case(causal=True, mode="fwd_bwd", seq_len_q=24, seq_len_kv=40), "sdpa_math"))
+    assert r.status == "ok", r.reason
+
+
+def test_triton_backend_reports_only_the_kernels_a_mode_ran(monkeypatch):
+    from types import SimpleNamespace
+
+    from flashbench.backends.triton_kernels import TritonKernelBackend
+
+    b = TritonKernelBackend("t", "m", "f", "test")
+    launched = {"fwd": "BLOCK_M=128", "bwd_preprocess": "BLOCK_M=64", "bwd_dq": "BLOCK_M=64"}
+    module = SimpleNamespace(f=lambda q, k, v, causal: q, last_configs=lambda: dict(launched))
+    monkeypatch.setattr(b, "_module", lambda: module)
+    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd_bwd"), "cpu")
+    assert "bwd_dq" in b.config_description()
+    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd"), "cpu")  # earlier backward launches are stale
+    assert b.config_description() == "fwd: BLOCK_M=128"
