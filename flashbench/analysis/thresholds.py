@@ -25,8 +25,9 @@ from typing import Optional
 
 from pydantic import Field
 
-from ..model.config import ConfigError, Rule, _Strict, validate_yaml
-from ..model.grid import _rule_values
+from ..model.fields import Strict as _Strict
+from ..model.filters import Rule
+from ..model.yaml_input import ConfigError, validate_yaml
 from .noise import DEFAULT_ALPHA, NoiseMethod
 
 LIMIT_KEYS = ("latency", "tflops", "peak_hbm", "min_abs_ms", "min_abs_hbm_bytes", "correctness")
@@ -82,9 +83,8 @@ class Thresholds(_Strict):
         limits = self.defaults
         if backend in self.backends:
             limits = self.backends[backend].apply(limits)
-        values = _rule_values(case, backend)
         for rule in self.cases:
-            if rule.match.matches(values):
+            if rule.match.matches(case, backend):
                 limits = rule.apply(limits)
         return limits
 

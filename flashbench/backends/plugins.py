@@ -35,7 +35,7 @@ def load_plugins(spec: str | list[str] | None = None) -> list[str]:
     Raises :class:`flashbench.model.config.ConfigError` (exit code 2 in the CLI) naming the module that
     failed to import and why.
     """
-    from ..model.config import ConfigError
+    from ..model.yaml_input import ConfigError
 
     names = spec if isinstance(spec, list) else plugin_names(spec)
     problems = []

@@ -25,7 +25,7 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
 @contextmanager
 def user_errors():
     """Turn the library's user-input errors into clean messages and exit code 2."""
-    from ..model.config import ConfigError
+    from ..model.yaml_input import ConfigError
     from ..results.files import ResultsError
 
     try:

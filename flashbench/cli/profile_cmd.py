@@ -83,7 +83,7 @@ def _traffic_tables(report) -> None:
     from ..report.format import fmt_bytes
 
     for case in report.cases():
-        recs = [r for r in report.records if r.case() == case]
+        recs = [r for r in report.records if r.case == case]
         model = report.models.get(case)
         t = Table(title=f"HBM traffic per call · {case.label()}", box=box.SIMPLE_HEAD, header_style="bold",
                   title_justify="left")
@@ -127,7 +127,7 @@ def _roofline_table(report) -> None:
     t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
     for col in ("backend", "case", "median ms", "TFLOP/s", "bytes", "FLOP/B", "roof TFLOP/s", "% of roof", "bound"):
         t.add_column(col, justify="left" if col in ("backend", "case", "bytes", "bound") else "right")
-    recs = {(r.backend, r.case().label()): r for r in report.records}
+    recs = {(r.backend, r.case.label()): r for r in report.records}
     for p in report.points:
         r = recs.get((p.backend, p.case_label))
         t.add_row(p.backend, p.case_label, fmt_num(r.median_ms if r else None), fmt_num(p.tflops),
@@ -171,7 +171,8 @@ def profile(
     from ..model.case import Task
     from ..model.config import load_config
     from ..profile.ceilings import NoGpu, get_ceilings
-    from ..profile.select import parse_case_filter, parse_n_list, select_cases
+    from ..model.filters import parse_case_option
+    from ..profile.select import parse_n_list, select_cases
     from ..profile.session import run_profile, split_supported, sweep_rows, sweep_tasks
     from ..results.files import ResultsWriter
     from ..execute.runner import Plan, measure_settings, plan, run_metadata
@@ -183,7 +184,7 @@ def profile(
     with user_errors():
         loaded = load_config(name)
         p = plan(loaded, split_list(backends), device)
-        flt = parse_case_filter(case) if case is not None else {}
+        flt = parse_case_option(case) if case is not None else None
         planned = [t for t in p.runnable] + [r.task() for r in p.skipped]
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
@@ -232,9 +233,9 @@ def profile(
                   highlight=False, soft_wrap=True)
     for r in report.records:
         if r.status == "skipped":
-            out.print(f"[dim]skipped {r.backend} {r.case().label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
+            out.print(f"[dim]skipped {r.backend} {r.case.label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
         elif r.status != "ok":
-            out.print(f"[red]{r.status}: {r.backend} {r.case().label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
+            out.print(f"[red]{r.status}: {r.backend} {r.case.label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
     if sweep_n:
         order = {b: i for i, b in enumerate(names)}
         rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))

@@ -34,13 +34,13 @@ def default_out_dir(name: str) -> Path:
 
 
 def _print_dry_run(p, quiet: bool, resumed: int = 0) -> None:
-    cases = {t.case for t in p.runnable} | {r.case() for r in p.skipped}
+    cases = {t.case for t in p.runnable} | {r.case for r in p.skipped}
     done = f" ({resumed} already in the results directory)" if resumed else ""
     out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
               f"{len(p.runnable)} to run, {len(p.skipped)} skipped")
     if not quiet:
         for r in p.skipped:
-            out.print(f"  skip {r.backend:<15} {r.case().label()}: {r.reason}", highlight=False, soft_wrap=True)
+            out.print(f"  skip {r.backend:<15} {r.case.label()}: {r.reason}", highlight=False, soft_wrap=True)
 
 
 def _parse_resources(text: str | None) -> dict[str, float]:

@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.config import ConfigError, LoadedConfig, parse_config
+from ..model.config import LoadedConfig, parse_config
+from ..model.yaml_input import ConfigError
 from ..results.files import Run, load_run
 from ..model.schema import Record
 

@@ -29,7 +29,6 @@ from ..model.grid import expand_loaded
 from ..measure.measurer import MeasureSettings, Measurer
 from ..results.files import ResultsWriter
 from ..model.schema import Record
-from ..measure.timer import TimingSettings
 
 
 @dataclass
@@ -55,7 +54,7 @@ def resolve_device(requested: str) -> str:
 def measure_settings(loaded: LoadedConfig) -> MeasureSettings:
     c = loaded.config
     return MeasureSettings(
-        timing=TimingSettings(**c.timing.model_dump()),
+        timing=c.timing,
         correctness=c.correctness,
         tolerances={d: c.tolerance(d) for d in ("float16", "bfloat16", "float32")},
         seed=c.seed,

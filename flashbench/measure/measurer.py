@@ -22,12 +22,13 @@ from .correctness import Reference, check, compute_reference
 from ..model.flops import attention_flops, min_hbm_bytes
 from ..model.schema import Record
 from .stats import summarize
-from .timer import TimingSettings, time_call
+from ..model.config import Timing
+from .timer import time_call
 
 
 @dataclass
 class MeasureSettings:
-    timing: TimingSettings = field(default_factory=TimingSettings)
+    timing: Timing = field(default_factory=Timing)
     correctness: bool = True
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     seed: int = 0

@@ -14,17 +14,9 @@ from typing import Callable
 
 import torch
 
+from ..model.config import Timing
+
 L2_FLUSH_BYTES = 256 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    warmup_ms: float = 25.0
-    budget_ms: float = 200.0
-    min_samples: int = 10
-    max_samples: int = 1000
-    flush_l2: bool = True
-    cuda_graph: bool = False
 
 
 @dataclass
@@ -33,7 +25,7 @@ class TimingResult:
     method: str
 
 
-def _sample_count(estimate_ms: float, s: TimingSettings) -> int:
+def _sample_count(estimate_ms: float, s: Timing) -> int:
     n = int(s.budget_ms / max(estimate_ms, 1e-4))
     return max(s.min_samples, min(s.max_samples, n))
 
@@ -51,7 +43,7 @@ class _L2Flusher:
         self.buf.zero_()
 
 
-def _event_samples(run: Callable[[], object], before: Callable[[], object], s: TimingSettings) -> list[float]:
+def _event_samples(run: Callable[[], object], before: Callable[[], object], s: Timing) -> list[float]:
     """Estimate, warm up and sample ``run`` with CUDA events; ``before`` runs outside the events."""
     # estimate the per-call time on a few calls, then warm up for warmup_ms
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -81,7 +73,7 @@ def _nothing() -> None:
     return None
 
 
-def time_cuda(call: Callable[[], object], s: TimingSettings, device="cuda") -> TimingResult:
+def time_cuda(call: Callable[[], object], s: Timing, device="cuda") -> TimingResult:
     if s.cuda_graph:
         return _time_cuda_graph(call, s, device)
     flush = _L2Flusher(device) if s.flush_l2 else _nothing
@@ -91,7 +83,7 @@ def time_cuda(call: Callable[[], object], s: TimingSettings, device="cuda") -> T
     return TimingResult(samples, "cuda_events_l2_flush" if s.flush_l2 else "cuda_events_warm_l2")
 
 
-def _time_cuda_graph(call, s: TimingSettings, device) -> TimingResult:
+def _time_cuda_graph(call, s: Timing, device) -> TimingResult:
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA-graph capture requires
@@ -106,7 +98,7 @@ def _time_cuda_graph(call, s: TimingSettings, device) -> TimingResult:
     return TimingResult(_event_samples(graph.replay, _nothing, s), "cuda_graph_warm_l2")
 
 
-def time_cpu(call: Callable[[], object], s: TimingSettings) -> TimingResult:
+def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
     call()
     t0 = time.perf_counter()
     call()
@@ -123,7 +115,7 @@ def time_cpu(call: Callable[[], object], s: TimingSettings) -> TimingResult:
     return TimingResult(samples, "cpu_perf_counter")
 
 
-def time_call(call: Callable[[], object], s: TimingSettings, device: str) -> TimingResult:
+def time_call(call: Callable[[], object], s: Timing, device: str) -> TimingResult:
     if str(device).startswith("cuda"):
         return time_cuda(call, s, device)
     return time_cpu(call, s)

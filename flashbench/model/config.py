@@ -8,69 +8,40 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .case import DTYPES, MODES
-
-
-class ConfigError(Exception):
-    """A config (or other user input) is invalid; ``problems`` holds one message per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from .case import DTYPES, MODES  # noqa: F401  (re-exported)
+from .fields import DType, Mode, PositiveInt, Strict, as_list
+from .filters import Rule
+from .yaml_input import ConfigError, validate_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-IntList = Union[int, list[int]]
-
-
-def _as_list(v):
-    return v if isinstance(v, list) else [v]
-
-
-class Axes(_Strict):
+class Axes(Strict):
     """The grid. Scalars are shorthand for one-element lists."""
 
-    batch: list[int] | None = Field(None, description="batch sizes")
-    tokens: list[int] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
-    heads: list[int] | None = Field(None, description="query heads")
-    hidden: list[int] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
-    kv_heads: list[int] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
-    seq_len: list[int]
-    seq_len_kv: list[int] | None = Field(None, description="default = seq_len")
-    head_dim: list[int]
-    dtype: list[Literal["float16", "bfloat16", "float32"]] = ["bfloat16"]
+    batch: list[PositiveInt] | None = Field(None, description="batch sizes")
+    tokens: list[PositiveInt] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
+    heads: list[PositiveInt] | None = Field(None, description="query heads")
+    hidden: list[PositiveInt] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
+    kv_heads: list[PositiveInt] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
+    seq_len: list[PositiveInt]
+    seq_len_kv: list[PositiveInt] | None = Field(None, description="default = seq_len")
+    head_dim: list[PositiveInt]
+    dtype: list[DType] = ["bfloat16"]
     causal: list[bool] = [False]
-    mode: list[Literal["fwd", "bwd", "fwd_bwd"]] = ["fwd"]
+    mode: list[Mode] = ["fwd"]
 
-    @field_validator("batch", "tokens", "heads", "hidden", "kv_heads", "seq_len", "seq_len_kv", "head_dim",
-                     "dtype", "causal", "mode", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
     def _listify(cls, v):
-        return None if v is None else _as_list(v)
+        return None if v is None else as_list(v)
 
-    @field_validator("batch", "tokens", "heads", "hidden", "kv_heads", "seq_len", "seq_len_kv", "head_dim")
-    @classmethod
-    def _positive(cls, v):
-        if v is not None:
-            if not v:
-                raise ValueError("must list at least one value")
-            bad = [x for x in v if x < 1]
-            if bad:
-                raise ValueError(f"must be positive integers, got {bad}")
-        return v
-
-    @field_validator("dtype", "causal", "mode")
+    @field_validator("*")
     @classmethod
     def _non_empty(cls, v):
-        if not v:
+        if v is not None and not v:
             raise ValueError("must list at least one value")
         return v
 
@@ -83,36 +54,11 @@ class Axes(_Strict):
         return self
 
 
-class Rule(_Strict):
-    """An include/exclude rule: every given key must match (a value or a list of values)."""
+class Timing(Strict):
+    """How a call is timed: the one definition, read from the YAML and handed to the timer."""
 
-    backend: list[str] | None = None
-    batch: list[int] | None = None
-    heads: list[int] | None = None
-    kv_heads: list[int] | None = None
-    seq_len: list[int] | None = None
-    seq_len_kv: list[int] | None = None
-    head_dim: list[int] | None = None
-    dtype: list[str] | None = None
-    causal: list[bool] | None = None
-    mode: list[str] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return None if v is None else _as_list(v)
-
-    def matches(self, values: dict) -> bool:
-        for key, allowed in self.model_dump(exclude_none=True).items():
-            if key in values and values[key] not in allowed:
-                return False
-        return True
-
-    def keys(self) -> set[str]:
-        return set(self.model_dump(exclude_none=True))
-
-
-class Timing(_Strict):
     warmup_ms: float = Field(25.0, gt=0, description="time spent running the call before sampling")
     budget_ms: float = Field(200.0, gt=0, description="target time spent sampling")
     min_samples: int = Field(10, ge=1)
@@ -127,7 +73,7 @@ class Timing(_Strict):
         return self
 
 
-class Tolerance(_Strict):
+class Tolerance(Strict):
     atol: float = Field(ge=0, description="absolute term added to the bound")
     factor: float = Field(2.0, gt=0, description="multiple of PyTorch's own same-dtype error allowed")
 
@@ -139,7 +85,7 @@ DEFAULT_TOLERANCES = {
 }
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     name: str = ""
     description: str = ""
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -150,13 +96,13 @@ class SweepConfig(_Strict):
     exclude: list[Rule] = []
     timing: Timing = Timing()
     correctness: bool = True
-    tolerances: dict[Literal["float16", "bfloat16", "float32"], Tolerance] = {}
+    tolerances: dict[DType, Tolerance] = {}
     seed: int = 0
 
     @field_validator("backends", mode="before")
     @classmethod
     def _listify(cls, v):
-        return _as_list(v)
+        return as_list(v)
 
     def tolerance(self, dtype: str) -> Tolerance:
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
@@ -194,42 +140,6 @@ def resolve_config_path(name_or_path: str) -> Path:
     if looks_like_path:
         raise ConfigError([f"{name_or_path}: no such file"])
     raise ConfigError([f"{name_or_path}: neither a file nor a bundled config (bundled: {', '.join(sorted(bundled))})"])
-
-
-def _format_loc(loc: tuple) -> str:
-    parts = []
-    for x in loc:
-        if isinstance(x, int):
-            parts[-1:] = [f"{parts[-1]}[{x}]"] if parts else [f"[{x}]"]
-        elif x in ("function-after", "function-before") or str(x).startswith(("function-", "literal[", "list[", "int", "bool")):
-            continue
-        else:
-            parts.append(str(x))
-    return ".".join(parts) or "(top level)"
-
-
-def validate_yaml(model: type[BaseModel], text: str, source: str):
-    """YAML text -> a validated ``model``; every problem becomes one "source: field.path: message" line."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"])
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (not a flashbench setting)"
-            elif "input" in err and err["type"] not in ("missing",):
-                msg = f"{msg} (got {err['input']!r})"
-            problems.append(f"{source}: {_format_loc(err['loc'])}: {msg}")
-        raise ConfigError(problems) from None
 
 
 def parse_config(text: str, source: str) -> SweepConfig:

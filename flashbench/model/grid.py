@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 
 from .case import Case, Task
-from .config import ConfigError, LoadedConfig, SweepConfig
+from .config import LoadedConfig, SweepConfig
+from .yaml_input import ConfigError
 
 
 def _heads_options(axes, head_dim: int) -> list[int]:
@@ -60,16 +61,8 @@ def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
         raise ConfigError([f"{source}: axes.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
     case_rules = [r for r in cfg.include if "backend" not in r.keys()]
     if case_rules:
-        cases = [c for c in cases if any(r.matches(_rule_values(c, None)) for r in case_rules)]
+        cases = [c for c in cases if any(r.matches(c) for r in case_rules)]
     return list(dict.fromkeys(cases))  # stable de-duplication
-
-
-def _rule_values(case: Case, backend: str | None) -> dict:
-    v = case.as_dict()
-    v["seq_len"] = case.seq_len_q
-    if backend is not None:
-        v["backend"] = backend
-    return v
 
 
 def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] | None = None,
@@ -89,12 +82,11 @@ def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] |
     tasks = []
     for case in cases:
         for b in names:
-            values = _rule_values(case, b)
             if backend_includes and any(r.backend and b in r.backend for r in backend_includes):
                 # a backend named by an include rule runs only where one of its rules matches
-                if not any(r.matches(values) for r in backend_includes if b in (r.backend or [])):
+                if not any(r.matches(case, b) for r in backend_includes if b in (r.backend or [])):
                     continue
-            if any(r.matches(values) for r in cfg.exclude):
+            if any(r.matches(case, b) for r in cfg.exclude):
                 continue
             tasks.append(Task(case, b))
     if not tasks:

@@ -6,7 +6,7 @@ Bump ``SCHEMA_VERSION`` whenever a field changes meaning or is removed.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from .case import CASE_FIELDS, Case, Task
 
@@ -21,17 +21,12 @@ STATUS_RANK = {"ok": 0, "skipped": 0, "mismatch": 2, "oom": 2, "timeout": 3, "er
 
 @dataclass
 class Record:
-    # --- the case -------------------------------------------------------------------------
+    """One row. The case is embedded (its fields are defined once, in :class:`Case`); in files and
+    frames they are flattened next to ``backend``, so the columns read backend, case fields, outcome."""
+
+    # --- the task -------------------------------------------------------------------------
     backend: str
-    batch: int
-    heads: int
-    kv_heads: int
-    seq_len_q: int
-    seq_len_kv: int
-    head_dim: int
-    dtype: str
-    causal: bool
-    mode: str
+    case: Case
     # --- outcome --------------------------------------------------------------------------
     status: str = "ok"
     reason: str = ""                 # why skipped / the error message / what mismatched
@@ -67,22 +62,29 @@ class Record:
 
     @classmethod
     def for_task(cls, task: Task, **kw) -> "Record":
-        return cls(backend=task.backend, **task.case.as_dict(), **kw)
-
-    def case(self) -> Case:
-        return Case(**{f: getattr(self, f) for f in CASE_FIELDS})
+        return cls(backend=task.backend, case=task.case, **kw)
 
     def task(self) -> Task:
-        return Task(self.case(), self.backend)
+        return Task(self.case, self.backend)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The flat form written to results.json: backend, the case fields, then the outcome."""
+        d = {"backend": self.backend, **self.case.as_dict()}
+        d.update({f: getattr(self, f) for f in OUTCOME_FIELDS})
+        d["samples_ms"] = list(self.samples_ms)
+        return d
+
+    def row(self) -> dict:
+        """The scalar columns (``CSV_COLUMNS``) of this record."""
+        return {"backend": self.backend, **self.case.as_dict(), **{f: getattr(self, f) for f in OUTCOME_FIELDS}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = set(OUTCOME_FIELDS) | {"samples_ms"}
+        return cls(backend=d["backend"], case=Case(**{f: d[f] for f in CASE_FIELDS}),
+                   **{k: v for k, v in d.items() if k in known})
 
 
-RECORD_FIELDS = tuple(f.name for f in fields(Record))
+OUTCOME_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("backend", "case", "samples_ms"))
+RECORD_FIELDS = ("backend", *CASE_FIELDS, *OUTCOME_FIELDS, "samples_ms")
 CSV_COLUMNS = tuple(f for f in RECORD_FIELDS if f != "samples_ms")

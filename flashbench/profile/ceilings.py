@@ -82,11 +82,12 @@ def measure_ceilings(device: str = "cuda") -> Ceilings:
     import torch
 
     from ..measure.stats import summarize
-    from ..measure.timer import TimingSettings, time_call
+    from ..measure.timer import time_call
+    from ..model.config import Timing
 
     if not torch.cuda.is_available():
         raise NoGpu("no GPU (CUDA is not available): ceilings are a GPU's matmul and copy limits")
-    settings = TimingSettings(warmup_ms=200.0, budget_ms=400.0, min_samples=10, max_samples=100, flush_l2=True)
+    settings = Timing(warmup_ms=200.0, budget_ms=400.0, min_samples=10, max_samples=100, flush_l2=True)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=torch.bfloat16, generator=g)
     b = torch.randn(MATMUL_N, MATMUL_N, device=device, dtype=torch.bfloat16, generator=g)

@@ -46,4 +46,4 @@ def roofline_point(rec: Record, ceilings: Ceilings | None) -> RooflinePoint:
         bound = "memory" if ai < ceilings.ridge_flop_per_byte else "compute"
         if rec.tflops is not None and attainable > 0:
             pct = 100.0 * rec.tflops / attainable
-    return RooflinePoint(rec.backend, rec.case().label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound)
+    return RooflinePoint(rec.backend, rec.case.label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound)

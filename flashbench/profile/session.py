@@ -49,7 +49,7 @@ class ProfileReport:
     figures: list[Path] = field(default_factory=list)
 
     def cases(self) -> list[Case]:
-        return list(dict.fromkeys(r.case() for r in self.records))
+        return list(dict.fromkeys(r.case for r in self.records))
 
 
 def split_supported(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:
@@ -131,7 +131,7 @@ def sweep_rows(report: ProfileReport) -> list[dict]:
     """One row per (backend, N) for the bytes-against-N plot and table."""
     rows = []
     for r in report.records:
-        c = r.case()
+        c = r.case
         model = report.models.get(c) or {}
         measured = (r.hbm_bytes_read + r.hbm_bytes_written) if r.hbm_bytes_read is not None and r.hbm_bytes_written is not None else None
         rows.append({"backend": r.backend, "n": c.seq_len_q, "case": c.label(), "status": r.status,

@@ -59,7 +59,7 @@ class Run:
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:
-    return pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in records], columns=list(CSV_COLUMNS))
+    return pd.DataFrame([r.row() for r in records], columns=list(CSV_COLUMNS))
 
 
 class ResultsWriter:
@@ -112,7 +112,7 @@ class ResultsWriter:
 def _csv_line(r: Record) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writerow({c: ("" if getattr(r, c) is None else getattr(r, c)) for c in CSV_COLUMNS})
+    w.writerow({c: ("" if v is None else v) for c, v in r.row().items()})
     return buf.getvalue()
 
 

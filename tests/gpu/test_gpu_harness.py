@@ -6,10 +6,10 @@ from flashbench import backends
 from flashbench.backends.base import Backend
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
-from flashbench.measure.timer import TimingSettings
+from flashbench.model.config import Timing
 
 pytestmark = pytest.mark.gpu
-FAST = TimingSettings(warmup_ms=5, budget_ms=20, min_samples=5, max_samples=50)
+FAST = Timing(warmup_ms=5, budget_ms=20, min_samples=5, max_samples=50)
 
 
 class Huge(Backend):
@@ -65,7 +65,7 @@ def test_real_oom_is_a_row_and_the_gpu_is_usable_after(huge):
 
 
 def test_cuda_graph_mode_is_labelled_warm_and_skips_backward_modes():
-    s = MeasureSettings(timing=TimingSettings(warmup_ms=5, budget_ms=20, min_samples=5, cuda_graph=True))
+    s = MeasureSettings(timing=Timing(warmup_ms=5, budget_ms=20, min_samples=5, cuda_graph=True))
     r = Measurer(s, "cuda").measure(Task(case(), "sdpa_flash"))
     assert r.status == "ok", r.reason
     assert r.timing_method == "cuda_graph_warm_l2"

@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 from flashbench.cli import app
 from flashbench.model.case import Case
 from flashbench.measure.measurer import MeasureSettings
-from flashbench.measure.timer import TimingSettings
+from flashbench.model.config import Timing
 
 SUPPORT = str(Path(__file__).resolve().parent)
-FAST = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
+FAST = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
 runner = CliRunner()
 
 

@@ -29,12 +29,12 @@ def case(n: int = 1024, d: int = 128, dtype: str = "bfloat16", causal: bool = Fa
 def record(backend: str, c: Case, median_ms: float = 1.0, spread: float = 0.01, n: int = 40, seed: int = 0,
            status: str = "ok", peak_hbm: int | None = 64 << 20, reason: str = "") -> Record:
     if status != "ok":
-        return Record(backend=backend, **c.as_dict(), status=status, reason=reason)
+        return Record(backend=backend, case=c, status=status, reason=reason)
     rng = random.Random(seed)
     samples = [median_ms * (1 + rng.uniform(-spread, spread)) for _ in range(n)]
     s = summarize(samples)
     flops = attention_flops(c)
-    return Record(backend=backend, **c.as_dict(), status="ok", median_ms=s.median_ms, p20_ms=s.p20_ms,
+    return Record(backend=backend, case=c, status="ok", median_ms=s.median_ms, p20_ms=s.p20_ms,
                   p80_ms=s.p80_ms, min_ms=s.min_ms, mean_ms=s.mean_ms, samples=s.samples,
                   timing_method="cuda_events_l2_flush", flops=flops, tflops=flops / s.median_ms / 1e9,
                   peak_hbm_bytes=peak_hbm, samples_ms=samples, device_name=H100["gpu_name"])

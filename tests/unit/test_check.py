@@ -10,7 +10,7 @@ from synthetic import H100, case, record, write_run
 from flashbench.cli import app
 from flashbench.analysis.noise import beyond_noise, mann_whitney_u
 from flashbench.analysis.thresholds import load_thresholds, parse_thresholds
-from flashbench.model.config import ConfigError
+from flashbench.model.yaml_input import ConfigError
 
 runner = CliRunner()
 C1, C2, C3 = case(1024), case(4096), case(4096, causal=True)

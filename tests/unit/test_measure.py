@@ -9,9 +9,9 @@ from flashbench.backends.base import Backend, Unsupported
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.measure.reference import naive_attention
-from flashbench.measure.timer import TimingSettings
+from flashbench.model.config import Timing
 
-FAST = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
+FAST = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
 
 
 class Raising(Backend):
@@ -126,7 +126,7 @@ def test_correctness_can_be_switched_off():
 
 
 def test_cuda_graph_timing_skips_backward_modes_with_a_reason():
-    s = MeasureSettings(timing=TimingSettings(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
+    s = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
     r = Measurer(s, "cpu").measure(Task(case(mode="bwd"), "naive"))
     assert r.status == "skipped" and "CUDA-graph timing covers mode fwd only" in r.reason
 

@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 
 from flashbench.model.case import Case
 from flashbench.cli import app
-from flashbench.model.config import ConfigError
+from flashbench.model.yaml_input import ConfigError
 from flashbench.profile import ncu as ncu_mod
 from flashbench.profile.ceilings import Ceilings
 from flashbench.profile.io_model import (H100_SMEM_PER_SM, block_sizes, fa1_traffic, fa2_traffic, io_model,
                                          standard_traffic)
 from flashbench.profile.roofline import ANALYTIC_MIN, MEASURED, roofline_point
-from flashbench.profile.select import parse_case_filter, parse_n_list, select_cases
+from flashbench.model.filters import parse_case_option
+from flashbench.profile.select import parse_n_list, select_cases
 from flashbench.profile.torch_trace import device_kernel_rows, short_kernel_name
 from flashbench.results.files import load_run
 from flashbench.model.schema import Record
@@ -132,14 +133,14 @@ def test_env_without_ceilings_still_works():
 # --------------------------------------------------------------------------------------------
 
 def test_parse_case_filter_values_and_aliases():
-    f = parse_case_filter("n=1024|4096, d=128,causal=TRUE,mode=fwd,dtype=bf16,b=1")
+    f = parse_case_option("n=1024|4096, d=128,causal=TRUE,mode=fwd,dtype=bf16,b=1").allowed()
     assert f == {"seq_len": {1024, 4096}, "head_dim": {128}, "causal": {True}, "mode": {"fwd"},
                  "dtype": {"bfloat16"}, "batch": {1}}
     with pytest.raises(ConfigError) as e:
-        parse_case_filter("heads=0,foo=2")
+        parse_case_option("heads=0,foo=2")
     assert len(e.value.problems) == 2
     cases = [Case(1, 2, 2, n, n, 32, "float32", c, "fwd") for n in (64, 128) for c in (False, True)]
-    assert select_cases(cases, parse_case_filter("seq_len=128,causal=false")) == [cases[2]]
+    assert select_cases(cases, parse_case_option("seq_len=128,causal=false")) == [cases[2]]
     assert parse_n_list("4096, 1024,1024") == [1024, 4096]
     with pytest.raises(ConfigError):
         parse_n_list("1024,x")
@@ -344,8 +345,8 @@ def test_roofline_point_uses_measured_bytes_then_the_minimum():
     c = Ceilings("gpu", "GPU-x", matmul_tflops=800.0, copy_gbps=3000.0, matmul_ms=1.0, copy_ms=1.0,
                  samples={}, measured_utc="", torch="")
     assert c.ridge_flop_per_byte == pytest.approx(800e12 / 3000e9)
-    rec = Record(backend="b", batch=1, heads=1, kv_heads=1, seq_len_q=8, seq_len_kv=8, head_dim=8, dtype="float16",
-                 causal=False, mode="fwd", flops=1e12, tflops=100.0, min_hbm_bytes=10 ** 9)
+    rec = Record(backend="b", case=Case(1, 1, 1, 8, 8, 8, "float16", False, "fwd"), flops=1e12, tflops=100.0,
+                 min_hbm_bytes=10 ** 9)
     p = roofline_point(rec, c)
     assert p.basis == ANALYTIC_MIN and p.intensity == pytest.approx(1000.0)
     assert p.attainable_tflops == pytest.approx(800.0) and p.bound == "compute"

@@ -58,12 +58,12 @@ def test_ray_task_failures_become_crashed_rows(local_ray):
     a, b = Case(1, 2, 2, 32, 32, 16, "float32", False, "fwd"), Case(1, 2, 2, 32, 32, 16, "float32", True, "fwd")
     # isolated (default): the kernel crash is contained in the task's worker subprocess
     ex = RayExecutor(FAST, "cpu", num_gpus=0, resources={"fake_gpu": 1}, timeout=60)
-    recs = {(r.case().causal, r.backend): r for r in ex.run([Task(a, "naive"), Task(a, "fake_abort"), Task(b, "naive")])}
+    recs = {(r.case.causal, r.backend): r for r in ex.run([Task(a, "naive"), Task(a, "fake_abort"), Task(b, "naive")])}
     assert recs[(False, "fake_abort")].status == "crashed" and "SIGABRT" in recs[(False, "fake_abort")].reason
     assert recs[(False, "naive")].status == recs[(True, "naive")].status == "ok"
     # not isolated: the Ray worker itself dies; after Ray's retries the task's rows are crashed
     ex = RayExecutor(FAST, "cpu", num_gpus=0, resources={"fake_gpu": 1}, isolate=False, max_retries=0)
-    recs = {(r.case().causal, r.backend): r for r in ex.run([Task(a, "fake_exit"), Task(b, "naive")])}
+    recs = {(r.case.causal, r.backend): r for r in ex.run([Task(a, "fake_exit"), Task(b, "naive")])}
     assert recs[(False, "fake_exit")].status == "crashed"
     assert "ray task failed" in recs[(False, "fake_exit")].reason
     assert recs[(True, "naive")].status == "ok"

@@ -33,7 +33,7 @@ def test_round_trip(tmp_path):
     assert run.meta["schema_version"] == SCHEMA_VERSION and run.meta["environment"]["gpu_name"] == "X"
     assert [r.backend for r in run.records] == ["naive", "sdpa"]
     assert run.records[0].samples_ms == [1.3, 1.5, 1.6]
-    assert run.records[0].case() == rec().case()
+    assert run.records[0].case == rec().case
     df = run.frame()
     assert list(df["status"]) == ["ok", "error"]
     rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))

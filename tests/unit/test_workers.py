@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from flashbench.model.case import Case, Task
 from flashbench.cli import app
-from flashbench.model.config import ConfigError
+from flashbench.model.yaml_input import ConfigError
 from flashbench.measure.measurer import MeasureSettings
 from flashbench.results.files import load_run
-from flashbench.measure.timer import TimingSettings
+from flashbench.model.config import Timing
 from sweeps import FAST, case, invoke, tiny_config  # noqa: F401
 from flashbench.execute.local import (DeviceSpec, LocalExecutor, WorkerStartError, describe_exit, group_by_case,
                                 parse_devices, summarize_stderr)
@@ -117,7 +117,7 @@ def test_devices_on_cpu_shard_by_case_and_merge_rows_once_each(tmp_path, fake_pl
     assert {rec.status for rec in run.records} == {"ok"}
     per_case = {}
     for rec in run.records:
-        per_case.setdefault(rec.case(), set()).add((rec.device_index, rec.device_name))
+        per_case.setdefault(rec.case, set()).add((rec.device_index, rec.device_name))
     assert all(len(v) == 1 for v in per_case.values())  # all backends of a case on one device
     assert {i for v in per_case.values() for i, _ in v} == {0, 1}  # both devices measured
     assert set(run.meta["devices"]) == {"cpu0", "cpu1"}

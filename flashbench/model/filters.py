@@ -1,0 +1,103 @@
+"""The one case-filter grammar: include/exclude rules in a sweep's YAML, case patterns in a
+thresholds file, and ``--case`` on the command line all mean the same thing.
+
+A filter maps keys to allowed values; a case × backend matches when every key allows it. Keys are
+``backend`` and the case fields (``batch heads kv_heads seq_len_q seq_len_kv head_dim dtype causal
+mode``) plus ``seq_len``, which is the query length (the grid's ``seq_len`` axis; ``seq_len_kv``
+defaults to it). Values are validated by the field types of :mod:`flashbench.model.fields`
+(dtype aliases such as ``bf16`` are accepted).
+
+In YAML a filter is a mapping whose values are a value or a list::
+
+    exclude:
+      - {backend: naive, seq_len: [8192, 16384]}
+
+On the command line it is ``KEY=VALUE[|VALUE...]`` separated by commas, with the short key aliases
+``n`` (seq_len), ``b`` (batch), ``h`` (heads), ``d`` (head_dim)::
+
+    --case seq_len=4096,d=128,causal=true,mode=fwd
+"""
+from __future__ import annotations
+
+from pydantic import ValidationError, field_validator
+
+from .case import Case
+from .fields import DType, Mode, PositiveInt, Strict, as_list
+from .yaml_input import ConfigError, error_message, preview
+
+KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
+
+
+class Rule(Strict):
+    """A filter: every given key must match (a value or a list of values)."""
+
+    backend: list[str] | None = None
+    batch: list[PositiveInt] | None = None
+    heads: list[PositiveInt] | None = None
+    kv_heads: list[PositiveInt] | None = None
+    seq_len: list[PositiveInt] | None = None
+    seq_len_q: list[PositiveInt] | None = None
+    seq_len_kv: list[PositiveInt] | None = None
+    head_dim: list[PositiveInt] | None = None
+    dtype: list[DType] | None = None
+    causal: list[bool] | None = None
+    mode: list[Mode] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return None if v is None else as_list(v)
+
+    def allowed(self) -> dict[str, set]:
+        """The keys this rule sets, with their allowed values."""
+        return {k: set(v) for k, v in self.model_dump(exclude_none=True).items()}
+
+    def keys(self) -> set[str]:
+        return set(self.model_dump(exclude_none=True))
+
+    def matches(self, case: Case, backend: str | None = None) -> bool:
+        """Whether the case (run by ``backend``; None: a rule about cases only) passes every key.
+        A ``backend`` key never excludes when no backend is given."""
+        values = case_values(case, backend)
+        return all(key not in values or values[key] in allowed for key, allowed in self.allowed().items())
+
+
+def case_values(case: Case, backend: str | None = None) -> dict:
+    """The values a filter reads from a case: its fields, ``seq_len`` and the backend."""
+    v = case.as_dict()
+    v["seq_len"] = case.seq_len_q
+    if backend is not None:
+        v["backend"] = backend
+    return v
+
+
+def parse_case_option(text: str, option: str = "--case") -> Rule:
+    """``"k=v,k=v1|v2"`` (command line) -> a :class:`Rule`; ConfigError with every problem."""
+    problems: list[str] = []
+    raw: dict[str, list[str]] = {}
+    for part in [p for p in text.split(",") if p.strip()]:
+        if "=" not in part:
+            problems.append(f"{option}: {part.strip()!r} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
+            continue
+        key, value = (x.strip() for x in part.split("=", 1))
+        key = KEY_ALIASES.get(key.lower(), key.lower())
+        values = [x.strip() for x in value.split("|")]
+        if key in raw:  # a key given twice keeps the values both allow
+            values = [x for x in values if x in raw[key]]
+        raw[key] = values
+    if not raw and not problems:
+        problems.append(f"{option}: empty filter (expected KEY=VALUE[,KEY=VALUE...], e.g. "
+                        "seq_len=4096,causal=false,mode=fwd)")
+    try:
+        rule = Rule.model_validate(raw)
+    except ValidationError as e:
+        for err in e.errors():
+            key = str(err["loc"][0])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{option}: unknown key {key!r} (keys: {', '.join(Rule.model_fields)})")
+            else:
+                problems.append(f"{option}: {key}={preview(err.get('input'))}: {error_message(err)}")
+        rule = None
+    if problems:
+        raise ConfigError(problems)
+    return rule
