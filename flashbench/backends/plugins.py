@@ -6,7 +6,7 @@ unknown there. Name the modules that register extra backends in the environment 
 
     FLASHBENCH_PLUGINS=my_pkg.attention_backends,other_module flashbench run my.yaml
 
-Each module is imported (once per process) by :func:`load_plugins`: by :func:`flashbench.execute.runner.plan`
+Each module is imported (once per process) by :func:`load_plugins`: by :func:`flashbench.execute.plan.plan`
 in the driver and at start-up in every worker, and its import calls ``register(...)``. There is no
 discovery: only the named modules are imported, and they must be importable in the workers
 (installed, or on ``PYTHONPATH``; local workers also inherit the driver's ``sys.path``).

@@ -173,9 +173,10 @@ def profile(
     from ..profile.ceilings import NoGpu, get_ceilings
     from ..model.filters import parse_case_option
     from ..profile.select import parse_n_list, select_cases
-    from ..profile.session import run_profile, split_supported, sweep_rows, sweep_tasks
+    from ..profile.session import run_profile, sweep_rows, sweep_tasks
     from ..results.files import ResultsWriter
-    from ..execute.runner import Plan, measure_settings, plan, run_metadata
+    from ..execute.plan import Plan, measure_settings, plan, split_runnable
+    from ..execute.session import run_metadata
     from .run_cmd import default_config_name
 
     if device not in (None, "cuda", "cpu"):
@@ -200,9 +201,8 @@ def profile(
     else:
         planned_set = set(planned)
         tasks = [Task(c, b) for c in chosen for b in names if Task(c, b) in planned_set]
-    runnable, skipped = split_supported(tasks, p.device)
     directory = out_dir or _default_out(loaded.config.name or Path(loaded.path).stem, sweep_n)
-    meta = run_metadata(Plan(loaded, p.device, runnable, skipped))
+    meta = run_metadata(Plan(loaded, p.device, *split_runnable(tasks, p.device)))
     meta["backends"] = list(names)
     meta["profile"] = {"case_filter": case, "sweep_n": ns, "calls": calls}
     try:

@@ -8,7 +8,6 @@ everything in this process (debugging); ``--executor ray`` runs cases as Ray tas
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import EXIT_ENV, EXIT_USAGE, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
 
 
 def default_config_name() -> str:
@@ -28,19 +27,17 @@ def default_config_name() -> str:
     return "default" if torch.cuda.is_available() else "smoke"
 
 
-def default_out_dir(name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / "runs" / f"{name or 'sweep'}-{stamp}"
-
-
-def _print_dry_run(p, quiet: bool, resumed: int = 0) -> None:
+def _print_dry_run(sweep) -> None:
+    p = sweep.plan
     cases = {t.case for t in p.runnable} | {r.case for r in p.skipped}
-    done = f" ({resumed} already in the results directory)" if resumed else ""
+    done = f" ({sweep.already_done} already in the results directory)" if sweep.already_done else ""
     out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
               f"{len(p.runnable)} to run, {len(p.skipped)} skipped")
-    if not quiet:
-        for r in p.skipped:
-            out.print(f"  skip {r.backend:<15} {r.case.label()}: {r.reason}", highlight=False, soft_wrap=True)
+
+
+def _print_skips(sweep) -> None:
+    for r in sweep.plan.skipped:
+        out.print(f"  skip {r.backend:<15} {r.case.label()}: {r.reason}", highlight=False, soft_wrap=True)
 
 
 def _parse_resources(text: str | None) -> dict[str, float]:
@@ -118,23 +115,6 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
         out.print(run_table(df, ref, title=title))
 
 
-def _precompile(p, writer, slots, quiet: bool) -> None:
-    """Fill Triton's compile cache in parallel before the (serial) measurements start."""
-    from ..execute.precompile import compile_groups, warm_caches
-
-    n = len(compile_groups(p.runnable))
-    if not n:
-        return
-    visible = slots[0].visible if slots else None
-    with err.status(f"compiling kernels: {n} groups in parallel processes", spinner="dots") if not quiet and \
-            sys.stderr.isatty() else contextlib.nullcontext():
-        summary = warm_caches(p.runnable, p.device, visible=visible)
-    writer.update_meta(precompile=summary.to_dict())
-    if not quiet:
-        err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
-                  f"({summary.processes} processes)" + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
-
-
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name (see `flashbench list`); "
@@ -167,105 +147,69 @@ def run(
                                          "(local and inprocess executors)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
+    from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, prepare_sweep
     from ..report.format import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
-    from ..results.files import ResultsWriter, records_frame
-    from ..execute.runner import EXECUTORS, make_executor, plan, run_metadata, run_sweep
-    from ..model.config import load_config
-    from ..execute.resume import apply_resume, open_resume, resumed_meta
+    from ..results.files import records_frame
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if device not in (None, "cuda", "cpu"):
-        fail(f"--device: {device!r} is not one of cuda, cpu")
-    if executor not in EXECUTORS:
-        fail(f"--executor: {executor!r} is not one of {', '.join(EXECUTORS)}")
-    if devices is not None and executor != "local":
-        fail(f"--devices works with --executor local (the {executor} executor "
-             + ("places tasks itself: use --ray-num-gpus / --ray-resources)" if executor == "ray" else "uses one device)"))
-    if executor != "ray" and (address or ray_resources):
-        fail("--address and --ray-resources need --executor ray")
     if timeout < 0:
         fail("--timeout: must be >= 0 (0: no limit)")
     if ray_group_size < 1 or ray_max_retries < 0 or ray_num_gpus < 0:
         fail("--ray-group-size must be >= 1, --ray-max-retries and --ray-num-gpus >= 0")
-    if retry_failed and resume is None:
-        fail("--retry-failed needs --resume DIR")
-    if resume is not None and out_dir is not None and Path(out_dir).resolve() != Path(resume).resolve():
-        fail("--resume DIR writes into DIR: leave out --out (or give the same directory)")
-    resources = _parse_resources(ray_resources)
-    name = config or default_config_name()
-    names = split_list(backends)
+    request = SweepRequest(
+        config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
+        devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
+        precompile=precompile,
+        ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
+                       group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():
-        loaded = load_config(name)
-        want = device
-        if executor == "ray" and want is None and loaded.config.device == "auto":
-            want = "cuda" if ray_num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here
-        p = plan(loaded, names, want)
-        state = open_resume(resume, loaded, names, retry_failed) if resume is not None else None
-    if executor != "ray" and (device == "cuda" or p.device.startswith("cuda")):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
-    slots = None
-    if executor == "local":
-        from ..execute.local import parse_devices
-
         try:
-            slots = parse_devices(devices, p.device)
-        except ValueError as e:
-            fail(str(e), code=EXIT_ENV if ("sees" in str(e) or "visible" in str(e)) else EXIT_USAGE)
-    full_total = p.total
-    if state is not None:
-        p = apply_resume(p, state)
+            sweep = prepare_sweep(request)
+        except EnvironmentProblem as e:
+            fail(str(e), code=EXIT_ENV)
+    p = sweep.plan
     if dry_run:
-        _print_dry_run(p, quiet, resumed=full_total - p.total)
+        _print_dry_run(sweep)
+        if not quiet:
+            _print_skips(sweep)
         return
     if p.device == "cpu" and not quiet:
         err.print("[yellow]note:[/] no GPU: running on the CPU. CPU timings are not GPU timings.")
-    directory = Path(resume) if resume is not None else (out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem))
-    if state is not None:
-        meta = resumed_meta(state, full_total, p.total, executor)
-        for w in state.warnings:
+    if sweep.resume is not None:
+        for w in sweep.resume.warnings:
             err.print(f"[yellow]warning:[/] {w}")
         if not quiet:
-            err.print(f"resuming {directory}: {len(state.kept)} rows kept"
-                      + (f", {len(state.dropped)} failed rows measured again" if state.dropped else "")
+            err.print(f"resuming {sweep.directory}: {len(sweep.resume.kept)} rows kept"
+                      + (f", {len(sweep.resume.dropped)} failed rows measured again" if sweep.resume.dropped else "")
                       + f", {p.total} tasks to go")
-    else:
-        meta = run_metadata(p, names, executor)
     try:
-        writer = ResultsWriter(directory, meta, records=state.kept if state is not None else None)
+        writer = sweep.open()
     except OSError as e:
-        fail(f"--out: cannot write results to {directory}: {e}")
+        fail(f"--out: cannot write results to {sweep.directory}: {e}")
     show_progress = not quiet and sys.stderr.isatty()
     progress = SweepProgress(p.total, show_progress)
-    options: dict = {}
-    if executor == "local":
-        options = dict(devices=slots, timeout=timeout or None, log_dir=directory / "logs", on_activity=progress.activity)
-    elif executor == "ray":
-        options = dict(address=address, num_gpus=ray_num_gpus, resources=resources, group_size=ray_group_size,
-                       max_retries=ray_max_retries, timeout=timeout or None, on_activity=progress.activity)
-    ex = make_executor(executor, p, **options)
-    hint = f"finish it with: flashbench run {config or name} --resume {directory}" + (f" -b {backends}" if backends else "")
-    if precompile and executor != "ray":
-        _precompile(p, writer, slots, quiet)
+
+    def compiling(n: int):
+        if quiet or not sys.stderr.isatty():
+            return contextlib.nullcontext()
+        return err.status(f"compiling kernels: {n} groups in parallel processes", spinner="dots")
+
+    summary = sweep.precompile(compiling)
+    if summary is not None and not quiet:
+        err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
+                  f"({summary.processes} processes)" + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
     try:
         with progress:
-            run_sweep(p, writer, ex, progress.record)
+            sweep.run(progress.record, progress.activity)
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {directory}; {hint}")
+        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
+                  f"{sweep.resume_hint()}")
         raise typer.Exit(130)
-    except Exception as e:
-        from ..execute.local import WorkerStartError
-
-        try:
-            from ..execute.ray_executor import RayUnavailable
-        except Exception:  # pragma: no cover
-            RayUnavailable = WorkerStartError
-        if isinstance(e, (WorkerStartError, RayUnavailable)):
-            fail([str(e), f"{len(writer.records)} finished records kept in {directory}; {hint}"], code=EXIT_ENV)
-        raise
+    except EnvironmentProblem as e:
+        fail([str(e), f"{len(writer.records)} finished records kept in {sweep.directory}; {sweep.resume_hint()}"],
+             code=EXIT_ENV)
+    loaded = p.loaded
     df = records_frame(writer.records)
     if fmt == "table":
         if not quiet:
@@ -286,7 +230,7 @@ def run(
         from ..report.plots import PlotError, plot_run_dir
 
         try:
-            for path in plot_run_dir(directory):
+            for path in plot_run_dir(sweep.directory):
                 err.print(f"figure: {path}")
         except PlotError as e:
             err.print(f"[yellow]warning:[/] no figures: {e}")
@@ -294,4 +238,4 @@ def run(
     skipped = int((df["status"] == "skipped").sum())
     failed = len(df) - ok - skipped
     err.print(f"{len(writer.records)} records ({ok} ok, {skipped} skipped, {failed} failed) "
-              f"written to {directory}/results.json and results.csv")
+              f"written to {sweep.directory}/results.json and results.csv")

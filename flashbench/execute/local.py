@@ -1,6 +1,6 @@
 """The isolated local executor: measurements run in worker processes, one per device.
 
-Each worker is a fresh interpreter (``python -m flashbench.execute.local``) started with
+Each worker is a fresh interpreter (``python -m flashbench.execute.worker``) started with
 ``CUDA_VISIBLE_DEVICES`` already set in its environment, so it owns exactly one CUDA context on
 one GPU. It keeps one :class:`~flashbench.measure.measurer.Measurer` for its whole life (the reference of
 the current case is reused across backends) and measures the tasks the driver sends it, one at a
@@ -27,12 +27,9 @@ Python traceback on fatal signals (``faulthandler``) into their log.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
-import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -45,89 +42,17 @@ from typing import Callable, Iterator
 
 from ..model.case import Case, Task
 from ..model.schema import Record
+from .devices import DeviceSpec, parse_devices
+from .failures import STDERR_TAIL_CHARS, describe_exit, is_cuda_fatal, last_cuda_error, summarize_stderr
+from .protocol import recv_msg, send_msg
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
-STDERR_TAIL_CHARS = 1500
-# Errors after which a CUDA context must be assumed unusable (sticky errors): the worker is retired.
-CUDA_FATAL = re.compile(
-    r"CUDA error|illegal memory access|illegal instruction|device-side assert|unspecified launch failure|"
-    r"misaligned address|CUDA_ERROR_|cudaError[A-Z]|uncorrectable ECC|launch timed out|"
-    r"CUBLAS_STATUS_EXECUTION_FAILED|CUDNN_STATUS_EXECUTION_FAILED|hardware exception|"
-    r"an illegal|Triton Error \[CUDA\]", re.IGNORECASE)
-_CUDA_ERROR_LINE = re.compile(r"[^\n]*(CUDA error|cudaError|CUDA_ERROR_|illegal memory access|device-side assert|"
-                              r"Triton Error \[CUDA\])[^\n]*", re.IGNORECASE)
 ActivityFn = Callable[[str, str], None]
 
 
 class WorkerStartError(RuntimeError):
     """No worker could be started (every device failed twice in a row): an environment problem."""
-
-
-# --------------------------------------------------------------------------- devices ---------
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One worker slot: which GPU (or fake CPU device) it runs on."""
-
-    index: int | None          # recorded as the rows' device_index (the index given in --devices)
-    visible: str | None = None  # CUDA_VISIBLE_DEVICES for the worker; None: inherit the driver's
-    label: str = ""            # for progress and log names: gpu0, cpu1, ...
-
-
-def parse_devices(spec: str | None, device: str) -> list[DeviceSpec]:
-    """``--devices``: None (one worker, as the in-process path), ``all`` or ``0,1,3``.
-
-    On CUDA the indices are those the driver sees (through its own ``CUDA_VISIBLE_DEVICES`` if
-    set); each worker gets ``CUDA_VISIBLE_DEVICES`` of its one GPU. On the CPU the indices name
-    fake devices (one CPU worker each), for tests and CPU-only machines. Raises ``ValueError``.
-    """
-    cuda = device.startswith("cuda")
-    if spec is None or not spec.strip():
-        if cuda and ":" in device:  # --device cuda:N is not offered by the CLI, but keep it right
-            n = int(device.split(":", 1)[1])
-            return [DeviceSpec(n, _visible_for(n), f"gpu{n}")]
-        return [DeviceSpec(None, None, "gpu" if cuda else "cpu")]
-    spec = spec.strip().lower()
-    if spec == "all":
-        if not cuda:
-            return [DeviceSpec(None, None, "cpu")]
-        indices = list(range(_cuda_count()))
-        if not indices:
-            raise ValueError("--devices all: no CUDA device is visible")
-    else:
-        try:
-            indices = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--devices: {spec!r} is not 'all' or a comma-separated list of device indices") from None
-        if not indices or any(i < 0 for i in indices):
-            raise ValueError(f"--devices: {spec!r}: indices must be non-negative integers")
-        if len(set(indices)) != len(indices):
-            raise ValueError(f"--devices: {spec!r} lists a device twice")
-        if cuda:
-            n = _cuda_count()
-            bad = [i for i in indices if i >= n]
-            if bad:
-                raise ValueError(f"--devices: no CUDA device {', '.join(map(str, bad))} (this machine sees {n})")
-    if cuda:
-        return [DeviceSpec(i, _visible_for(i), f"gpu{i}") for i in indices]
-    return [DeviceSpec(i, None, f"cpu{i}") for i in indices]
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _visible_for(i: int) -> str:
-    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if parent:
-        ids = [x.strip() for x in parent.split(",") if x.strip()]
-        if i < len(ids):
-            return ids[i]
-    return str(i)
 
 
 def group_by_case(tasks: list[Task]) -> list[list[Task]]:
@@ -136,127 +61,6 @@ def group_by_case(tasks: list[Task]) -> list[list[Task]]:
     for t in tasks:
         groups.setdefault(t.case, []).append(t)
     return list(groups.values())
-
-
-def is_cuda_fatal(rec: Record) -> bool:
-    return rec.status == "error" and bool(CUDA_FATAL.search(rec.reason or ""))
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "did not exit"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        return f"killed by signal {-returncode} ({name})"
-    return f"exited with code {returncode}"
-
-
-def last_cuda_error(text: str) -> str:
-    lines = [m.group(0).strip() for m in _CUDA_ERROR_LINE.finditer(text)]
-    return lines[-1][:300] if lines else ""
-
-
-def summarize_stderr(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
-    """The stderr tail on one line. A faulthandler dump ("Fatal Python error: ...") is cut down
-    to its first line and innermost frame, so the lines printed before it stay in the tail."""
-    marker = text.find("Fatal Python error")
-    if marker < 0:
-        return one_line(text, limit)
-    before, dump = text[:marker], text[marker:].splitlines()
-    keep = [dump[0]] + [ln.strip() for ln in dump[1:] if ln.strip().startswith("File ")][:1]
-    fault = " | ".join(keep)
-    return (one_line(before, max(200, limit - len(fault))) + " | " if before.strip() else "") + fault
-
-
-def one_line(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
-    lines = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
-    s = " | ".join(lines)
-    return s if len(s) <= limit else "…" + s[-limit:]
-
-
-# --------------------------------------------------------------------------- protocol --------
-
-
-def send_msg(f, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    f.write(struct.pack("<Q", len(data)))
-    f.write(data)
-    f.flush()
-
-
-def recv_msg(f):
-    """The next message, or None at end of file (the other side is gone)."""
-    head = f.read(8)
-    if len(head) < 8:
-        return None
-    (n,) = struct.unpack("<Q", head)
-    data = f.read(n)
-    if len(data) < n:
-        return None
-    return pickle.loads(data)
-
-
-# --------------------------------------------------------------------------- worker side -----
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the driver dies (so a killed sweep leaves no workers)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def worker_main() -> int:
-    """Entry point of a worker process (``python -m flashbench.execute.local``)."""
-    t_start = time.perf_counter()
-    proto_out = os.fdopen(os.dup(1), "wb")
-    proto_in = os.fdopen(os.dup(0), "rb")
-    os.dup2(2, 1)  # print() of any backend goes to the log, never into the protocol
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's business
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the driver died before prctl took effect
-        return 1
-    import faulthandler
-
-    faulthandler.enable(all_threads=True)
-    init = recv_msg(proto_in)
-    if init is None:
-        return 0
-    from ..backends.plugins import adopt_child_spec
-
-    adopt_child_spec(init)
-    import torch
-
-    if init.get("cpu_threads"):
-        torch.set_num_threads(init["cpu_threads"])
-    from ..measure.measurer import Measurer
-
-    measurer = Measurer(init["settings"], init["device"])
-    if init.get("device_index") is not None:
-        measurer.identity["device_index"] = init["device_index"]
-    send_msg(proto_out, {"type": "ready", "pid": os.getpid(), "identity": dict(measurer.identity),
-                         "startup_s": time.perf_counter() - t_start})
-    while True:
-        msg = recv_msg(proto_in)
-        if msg is None or msg.get("type") == "stop":
-            return 0
-        if msg.get("type") == "task":
-            task = msg["task"]
-            print(f"[flashbench worker] {task.backend} {task.case.label()}", file=sys.stderr, flush=True)
-            rec = measurer.measure(task)
-            send_msg(proto_out, {"type": "record", "id": msg["id"], "record": rec})
 
 
 # --------------------------------------------------------------------------- driver side -----
@@ -343,7 +147,7 @@ class LocalExecutor:
         env.setdefault("PYTHONFAULTHANDLER", "1")
         log = open(s.log_path, "ab")
         try:
-            s.proc = subprocess.Popen([sys.executable, "-m", "flashbench.execute.local"], stdin=subprocess.PIPE,
+            s.proc = subprocess.Popen([sys.executable, "-m", "flashbench.execute.worker"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
         finally:
             log.close()
@@ -417,8 +221,6 @@ class LocalExecutor:
         return {k: ident.get(k) for k in ("device_name", "device_uuid", "device_index")}
 
     def _failed_record(self, s: _Slot, status: str, what: str) -> Record:
-        from ..model.flops import attention_flops, min_hbm_bytes
-
         task = s.current
         tail = self._tail(s)
         cuda = last_cuda_error(tail)
@@ -427,7 +229,6 @@ class LocalExecutor:
             reason += f"; stderr tail: {summarize_stderr(tail)}"
         ident = self._identity(s)
         return Record.for_task(task, status=status, reason=reason, wall_s=time.perf_counter() - s.sent_at,
-                               flops=attention_flops(task.case), min_hbm_bytes=min_hbm_bytes(task.case),
                                device_name=ident["device_name"] or "", device_uuid=ident["device_uuid"] or "",
                                device_index=ident["device_index"])
 
@@ -599,7 +400,3 @@ class LocalExecutor:
         if s.state == "idle":
             self._after_loss(s, groups, events, logs) if self._more_work(s, groups) else None
         return []
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

@@ -19,7 +19,6 @@ Failures here are not errors: a case that fails to compile or crashes its proces
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import backends
 from ..model.case import Case, Task
+from .protocol import claim_stdio, recv_msg, send_msg
 
 # Processes at most: each holds a CUDA context (~0.5 GB of GPU memory) and about 1.5 GB of RAM.
 # A little more than one per core: much of a process's life is start-up and waiting on ptxas.
@@ -101,12 +101,14 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
         env["CUDA_VISIBLE_DEVICES"] = visible
     procs = []
     for share in _assign(groups, n):
-        spec = {"device": "cuda" if device.startswith("cuda") else device, **child_spec(),
-                "jobs": [{"backend": t.backend, "case": t.case.as_dict()} for t in share]}
+        spec = {"device": "cuda" if device.startswith("cuda") else device, **child_spec(), "tasks": share}
         p = subprocess.Popen([sys.executable, "-m", "flashbench.execute.precompile"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        p.stdin.write(json.dumps(spec).encode())
-        p.stdin.close()
+        try:
+            send_msg(p.stdin, spec)
+            p.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the process died at once: its tasks are reported as failed below
         procs.append((p, share))
     summary.processes = len(procs)
     deadline = t0 + timeout
@@ -117,7 +119,7 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
             summary.timed_out = True
             p.kill()
             p.wait()
-        reported = _read_reports(p.stdout.read())
+        reported = _read_reports(p.stdout)
         p.stdout.close()
         for t in share:
             rep = reported.get((t.backend, t.case.label()))
@@ -131,14 +133,17 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     return summary
 
 
-def _read_reports(text: bytes) -> dict[tuple[str, str], dict]:
+def _read_reports(stream) -> dict[tuple[str, str], dict]:
+    """The reports a finished (or killed) compile process wrote, until its output ends."""
     out = {}
-    for line in text.decode(errors="replace").splitlines():
+    while True:
         try:
-            rep = json.loads(line)
-            out[(rep["backend"], rep["label"])] = rep
-        except (ValueError, KeyError, TypeError):
-            continue  # a library printed to stdout: not ours
+            rep = recv_msg(stream)
+        except Exception:  # torn by a kill mid-message
+            break
+        if rep is None:
+            break
+        out[(rep["backend"], rep["label"])] = rep
     return out
 
 
@@ -155,24 +160,22 @@ def _compile_one(backend_name: str, case: Case, device: str) -> None:
 
 
 def main() -> int:
-    spec = json.loads(sys.stdin.read())
+    proto_in, proto_out = claim_stdio()  # anything a library prints goes to stderr (discarded)
+    spec = recv_msg(proto_in)
+    if spec is None:
+        return 0
     from ..backends.plugins import adopt_child_spec
 
     adopt_child_spec(spec)
-    # results go to the real stdout; anything a library prints goes to stderr (discarded)
-    report_to = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    for job in spec["jobs"]:
-        case = Case(**job["case"])
+    for task in spec["tasks"]:
         t0 = time.perf_counter()
-        rep = {"backend": job["backend"], "label": case.label(), "ok": True}
+        rep = {"backend": task.backend, "label": task.case.label(), "ok": True}
         try:
-            _compile_one(job["backend"], case, spec["device"])
+            _compile_one(task.backend, task.case, spec["device"])
         except BaseException as e:  # noqa: BLE001 - reported, and compiled again by the worker
             rep.update(ok=False, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
         rep["seconds"] = round(time.perf_counter() - t0, 3)
-        report_to.write(json.dumps(rep) + "\n")
-        report_to.flush()
+        send_msg(proto_out, rep)
     return 0
 
 

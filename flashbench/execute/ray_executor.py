@@ -141,10 +141,7 @@ class RayExecutor:
         return True
 
     def _crashed(self, tasks: list[Task], why: str) -> list[Record]:
-        from ..model.flops import attention_flops, min_hbm_bytes
-
-        return [Record.for_task(t, status="crashed", reason=why, flops=attention_flops(t.case),
-                                min_hbm_bytes=min_hbm_bytes(t.case)) for t in tasks]
+        return [Record.for_task(t, status="crashed", reason=why) for t in tasks]
 
     def run(self, tasks: list[Task]) -> Iterator[Record]:
         if not tasks:

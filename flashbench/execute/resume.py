@@ -20,6 +20,7 @@ from ..model.config import LoadedConfig, parse_config
 from ..model.yaml_input import ConfigError
 from ..results.files import Run, load_run
 from ..model.schema import Record
+from .plan import Plan
 
 RETRY_STATUSES = ("crashed", "timeout", "error")
 
@@ -81,17 +82,12 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
     return Resume(directory, run, kept, dropped)
 
 
-def apply_resume(p, resume: Resume):
+def apply_resume(p: Plan, resume: Resume) -> Plan:
     """The plan minus the tasks that already have a row in the directory."""
-    from .runner import Plan
-
-    done = resume.done_keys
-    runnable = [t for t in p.runnable if t.key() not in done]
-    skipped = [r for r in p.skipped if r.task().key() not in done]
     env = resume.run.meta.get("environment") or {}
     if env.get("device") and env.get("device") != p.device:
         resume.warnings.append(f"resuming a {env.get('device')} run on {p.device}: rows will come from both")
-    return Plan(p.loaded, p.device, runnable, skipped)
+    return p.without(resume.done_keys)
 
 
 def resumed_meta(resume: Resume, full_total: int, remaining: int, executor: str | None = None) -> dict:

@@ -19,7 +19,6 @@ from .calls import bind, make_inputs, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference
-from ..model.flops import attention_flops, min_hbm_bytes
 from ..model.schema import Record
 from .stats import summarize
 from ..model.config import Timing
@@ -100,8 +99,7 @@ class Measurer:
 
     def measure(self, task: Task) -> Record:
         t0 = time.perf_counter()
-        case = task.case
-        rec = Record.for_task(task, **self.identity, flops=attention_flops(case), min_hbm_bytes=min_hbm_bytes(case))
+        rec = Record.for_task(task, **self.identity)
         try:
             self._measure_into(rec, task)
         except Unsupported as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .case import CASE_FIELDS, Case, Task
+from .flops import attention_flops, min_hbm_bytes
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +63,9 @@ class Record:
 
     @classmethod
     def for_task(cls, task: Task, **kw) -> "Record":
+        """A record of ``task``; every row carries the case's work counts, whatever its status."""
+        kw.setdefault("flops", attention_flops(task.case))
+        kw.setdefault("min_hbm_bytes", min_hbm_bytes(task.case))
         return cls(backend=task.backend, case=task.case, **kw)
 
     def task(self) -> Task:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import backends
-from ..model.case import Case, Task
+from ..execute.plan import split_runnable
 from ..model.flops import min_hbm_bytes
+from ..model.case import Case, Task
 from ..measure.measurer import MeasureSettings, Measurer
 from ..results.files import ResultsWriter
 from ..model.schema import Record
@@ -52,19 +52,6 @@ class ProfileReport:
         return list(dict.fromkeys(r.case for r in self.records))
 
 
-def split_supported(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:
-    """Runnable tasks and ``skipped`` records, by the Backend contract (no device touched)."""
-    kind = "cuda" if device.startswith("cuda") else device
-    runnable, skipped = [], []
-    for t in tasks:
-        why = backends.get(t.backend).unsupported_reason(t.case, kind)
-        if why:
-            skipped.append(Record.for_task(t, status="skipped", reason=why, min_hbm_bytes=min_hbm_bytes(t.case)))
-        else:
-            runnable.append(t)
-    return runnable, skipped
-
-
 def sweep_tasks(cases: list[Case], backend_names: list[str], ns: list[int]) -> list[Task]:
     from .select import with_seq_len
 
@@ -86,7 +73,7 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
     out_dir = Path(writer.dir)
     report = ProfileReport(device=device, out_dir=out_dir, ceilings=ceilings, ceilings_note=ceilings_note)
     report.smem_bytes, report.smem_source = smem_per_sm(device)
-    runnable, skipped = split_supported(tasks, device)
+    runnable, skipped = split_runnable(tasks, device)
     skipped_by_task = {r.task(): r for r in skipped}
     measurer = Measurer(settings, device)
     measured: dict[Task, Record] = {}

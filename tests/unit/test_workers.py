@@ -16,8 +16,9 @@ from flashbench.measure.measurer import MeasureSettings
 from flashbench.results.files import load_run
 from flashbench.model.config import Timing
 from sweeps import FAST, case, invoke, tiny_config  # noqa: F401
-from flashbench.execute.local import (DeviceSpec, LocalExecutor, WorkerStartError, describe_exit, group_by_case,
-                                parse_devices, summarize_stderr)
+from flashbench.execute.devices import DeviceSpec, parse_devices
+from flashbench.execute.failures import describe_exit, summarize_stderr
+from flashbench.execute.local import LocalExecutor, WorkerStartError, group_by_case
 
 runner = CliRunner()
 

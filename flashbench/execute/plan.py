@@ -1,0 +1,82 @@
+"""From a validated config to a plan: the tasks to measure, and the rows settled without a device.
+
+:func:`split_runnable` is the one skip decision (a backend that is unavailable here or does not
+support a case becomes a ``skipped`` row with its reason); ``flashbench run`` and ``flashbench
+profile`` both use it. Nothing here touches a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .. import backends
+from ..measure.measurer import MeasureSettings
+from ..model.case import DTYPES, Task
+from ..model.config import LoadedConfig
+from ..model.grid import expand_loaded
+from ..model.schema import Record
+
+
+@dataclass
+class Plan:
+    loaded: LoadedConfig
+    device: str
+    runnable: list[Task]
+    skipped: list[Record]  # settled without touching a device
+
+    @property
+    def total(self) -> int:
+        return len(self.runnable) + len(self.skipped)
+
+    def without(self, done: set[tuple]) -> "Plan":
+        """This plan minus the tasks whose key (:meth:`Task.key`) is in ``done``."""
+        return replace(self, runnable=[t for t in self.runnable if t.key() not in done],
+                       skipped=[r for r in self.skipped if r.task().key() not in done])
+
+    def backend_names(self) -> list[str]:
+        """The backends this plan was expanded with, in config order."""
+        return list(dict.fromkeys([t.backend for t in self.runnable] + [r.backend for r in self.skipped]))
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def device_kind(device: str) -> str:
+    """What backends declare support for: "cuda" for any CUDA device, else the device itself."""
+    return "cuda" if device.startswith("cuda") else device
+
+
+def measure_settings(loaded: LoadedConfig) -> MeasureSettings:
+    c = loaded.config
+    return MeasureSettings(timing=c.timing, correctness=c.correctness,
+                           tolerances={d: c.tolerance(d) for d in DTYPES}, seed=c.seed)
+
+
+def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:
+    """Runnable tasks, and ``skipped`` records with the backend's reason (no device touched)."""
+    kind = device_kind(device)
+    runnable, skipped = [], []
+    for t in tasks:
+        why = backends.get(t.backend).unsupported_reason(t.case, kind)
+        if why:
+            skipped.append(Record.for_task(t, status="skipped", reason=why))
+        else:
+            runnable.append(t)
+    return runnable, skipped
+
+
+def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: str | None = None) -> Plan:
+    """Expand the grid; raise ConfigError on a bad grid, an unknown backend or a plugin that fails
+    to import (plugins named in ``FLASHBENCH_PLUGINS`` are imported first, see
+    :mod:`flashbench.backends.plugins`)."""
+    from ..backends.plugins import load_plugins
+
+    load_plugins()
+    device = resolve_device(device or loaded.config.device)
+    tasks = expand_loaded(loaded, backend_names, set(backends.REGISTRY))
+    runnable, skipped = split_runnable(tasks, device)
+    return Plan(loaded, device, runnable, skipped)

@@ -1,0 +1,248 @@
+"""A sweep from request to finished results directory: what ``flashbench run`` does.
+
+:func:`prepare_sweep` turns a :class:`SweepRequest` (what the user asked for) into a
+:class:`Sweep`: the config loaded, the plan made, an interrupted run's rows taken into account,
+the devices chosen. Nothing is measured yet, so ``--dry-run`` stops there. :meth:`Sweep.open`
+creates the results directory, :meth:`Sweep.run` measures and writes every record the moment it
+arrives (the files are valid after every row, whatever stops the sweep).
+
+Problems of the user's input raise :class:`~flashbench.model.yaml_input.ConfigError` (exit 2);
+problems of the machine raise :class:`EnvironmentProblem` (exit 3).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..measure.environment import collect_environment, gpu_state, throttle_warning
+from ..measure.gpu_monitor import GpuMonitor, compute_processes
+from ..model.config import load_config
+from ..model.schema import Record
+from ..model.yaml_input import ConfigError
+from ..results.files import ResultsWriter
+from .devices import DeviceSpec, parse_devices
+from .executors import EXECUTORS, Executor, make_executor
+from .plan import Plan, measure_settings, plan
+from .resume import Resume, apply_resume, open_resume, resumed_meta
+
+RecordFn = Callable[[Record], None]
+ActivityFn = Callable[[str, str], None]
+
+
+class EnvironmentProblem(Exception):
+    """The machine cannot run this sweep (no GPU, no worker starts, Ray unreachable): exit code 3."""
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None     # cluster address (None: RAY_ADDRESS, else a local Ray)
+    num_gpus: float = 1.0          # GPUs each task asks for
+    resources: dict[str, float] = field(default_factory=dict)
+    group_size: int = 1            # cases per Ray task
+    max_retries: int = 3           # retries of a task lost with its worker or node
+
+
+@dataclass
+class SweepRequest:
+    """Everything ``flashbench run`` was asked, already parsed (no defaults left to the CLI)."""
+
+    config: str                          # a YAML path or a bundled config name
+    backends: list[str] | None = None    # overrides the config's list
+    device: str | None = None            # cuda | cpu; None: the config's, else auto
+    executor: str = "local"
+    devices: str | None = None           # local executor: "all" or "0,1,3"
+    timeout_s: float | None = 600.0      # per case × backend; None: no limit
+    out_dir: Path | None = None
+    resume: Path | None = None
+    retry_failed: bool = False
+    precompile: bool = True
+    ray: RayOptions = field(default_factory=RayOptions)
+
+
+def default_out_dir(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / "runs" / f"{name or 'sweep'}-{stamp}"
+
+
+def _check_options(req: SweepRequest) -> None:
+    """Combinations of options that cannot work together (ConfigError, exit 2)."""
+    problems = []
+    if req.executor not in EXECUTORS:
+        problems.append(f"--executor: {req.executor!r} is not one of {', '.join(EXECUTORS)}")
+    if req.device not in (None, "cuda", "cpu"):
+        problems.append(f"--device: {req.device!r} is not one of cuda, cpu")
+    if req.devices is not None and req.executor != "local":
+        problems.append(f"--devices works with --executor local (the {req.executor} executor "
+                        + ("places tasks itself: use --ray-num-gpus / --ray-resources)" if req.executor == "ray"
+                           else "uses one device)"))
+    if req.executor != "ray" and (req.ray.address or req.ray.resources):
+        problems.append("--address and --ray-resources need --executor ray")
+    if req.retry_failed and req.resume is None:
+        problems.append("--retry-failed needs --resume DIR")
+    if req.resume is not None and req.out_dir is not None and Path(req.out_dir).resolve() != Path(req.resume).resolve():
+        problems.append("--resume DIR writes into DIR: leave out --out (or give the same directory)")
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclass
+class Sweep:
+    """A prepared sweep: what will run, where, and into which directory."""
+
+    request: SweepRequest
+    plan: Plan                       # what is left to do (after --resume)
+    full_total: int                  # tasks of the whole sweep, done or not
+    directory: Path
+    slots: list[DeviceSpec] | None   # local executor's worker slots
+    resume: Resume | None = None
+    writer: ResultsWriter | None = None
+
+    @property
+    def already_done(self) -> int:
+        return self.full_total - self.plan.total
+
+    def resume_hint(self) -> str:
+        b = f" -b {','.join(self.request.backends)}" if self.request.backends else ""
+        return f"finish it with: flashbench run {self.request.config} --resume {self.directory}{b}"
+
+    def open(self) -> ResultsWriter:
+        """Create (or reopen, with --resume) the results directory; OSError when it cannot be written."""
+        if self.resume is not None:
+            meta = resumed_meta(self.resume, self.full_total, self.plan.total, self.request.executor)
+        else:
+            meta = run_metadata(self.plan, self.request.backends, self.request.executor)
+        self.writer = ResultsWriter(self.directory, meta, records=self.resume.kept if self.resume else None)
+        return self.writer
+
+    def precompile(self, on_start: Callable[[int], contextlib.AbstractContextManager] | None = None):
+        """Fill Triton's compile cache in parallel processes before the (serial) measurements; the
+        summary is recorded in results.json. None when nothing compiles (or for Ray: its nodes do)."""
+        from .precompile import compile_groups, warm_caches
+
+        if not self.request.precompile or self.request.executor == "ray":
+            return None
+        n = len(compile_groups(self.plan.runnable))
+        if not n:
+            return None
+        visible = self.slots[0].visible if self.slots else None
+        with (on_start(n) if on_start else contextlib.nullcontext()):
+            summary = warm_caches(self.plan.runnable, self.plan.device, visible=visible)
+        self.writer.update_meta(precompile=summary.to_dict())
+        return summary
+
+    def executor(self, on_activity: ActivityFn | None = None) -> Executor:
+        req = self.request
+        options: dict = {}
+        if req.executor == "local":
+            options = dict(devices=self.slots, timeout=req.timeout_s, log_dir=self.directory / "logs",
+                           on_activity=on_activity)
+        elif req.executor == "ray":
+            r = req.ray
+            options = dict(address=r.address, num_gpus=r.num_gpus, resources=r.resources, group_size=r.group_size,
+                           max_retries=r.max_retries, timeout=req.timeout_s, on_activity=on_activity)
+        return make_executor(req.executor, measure_settings(self.plan.loaded), self.plan.device, **options)
+
+    def run(self, on_record: RecordFn | None = None, on_activity: ActivityFn | None = None) -> list[Record]:
+        """Measure the plan into the open results directory. A worker or Ray failure that stops the
+        whole sweep raises EnvironmentProblem; the rows written so far stay."""
+        from .local import WorkerStartError
+        from .ray_executor import RayUnavailable
+
+        try:
+            return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record)
+        except (WorkerStartError, RayUnavailable) as e:
+            raise EnvironmentProblem(str(e)) from None
+
+
+def prepare_sweep(req: SweepRequest) -> Sweep:
+    """Load, plan and check a sweep; raise ConfigError (the input) or EnvironmentProblem (the machine)."""
+    _check_options(req)
+    loaded = load_config(req.config)
+    want = req.device
+    if req.executor == "ray" and want is None and loaded.config.device == "auto":
+        want = "cuda" if req.ray.num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here
+    p = plan(loaded, req.backends, want)
+    state = open_resume(req.resume, loaded, req.backends, req.retry_failed) if req.resume is not None else None
+    if req.executor != "ray" and (req.device == "cuda" or p.device.startswith("cuda")):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem("this config asks for a CUDA device, but none is available (use --device cpu)")
+    slots = None
+    if req.executor == "local":
+        try:
+            slots = parse_devices(req.devices, p.device)
+        except ValueError as e:
+            if "sees" in str(e) or "visible" in str(e):
+                raise EnvironmentProblem(str(e)) from None
+            raise ConfigError([str(e)]) from None
+    full_total = p.total
+    if state is not None:
+        p = apply_resume(p, state)
+    directory = Path(req.resume) if req.resume is not None else (
+        req.out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem))
+    return Sweep(req, p, full_total, directory, slots, state)
+
+
+def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str | None = None) -> dict:
+    cfg = p.loaded
+    return {
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {"path": cfg.path, "name": cfg.config.name, "sha256": cfg.sha256, "text": cfg.text},
+        "backends": list(backend_names or cfg.config.backends),
+        "executor": executor,
+        "reference_backend": cfg.config.reference_backend,
+        "environment": collect_environment(p.device),
+        "tasks_total": p.total,
+        "finished": False,
+        "warnings": [],
+    }
+
+
+def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: RecordFn | None = None) -> list[Record]:
+    """Run a plan, writing every record as it arrives. Returns the records of this call."""
+    # GPUs whose state (clocks, throttling) is recorded: the executor's, none for a remote cluster
+    indices = [i if i is not None else 0 for i in executor.device_indices]
+    on_cuda = p.device.startswith("cuda") and bool(indices)
+    before = gpu_state(indices[0]) if on_cuda else {}
+    extra_before = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
+    writer.update_meta(gpu_state_before=before, **({"gpu_states_before": extra_before} if extra_before else {}))
+    done: list[Record] = []
+
+    def emit(records: Iterable[Record]):
+        for r in records:
+            writer.add(r)
+            done.append(r)
+            if on_record:
+                on_record(r)
+
+    emit(p.skipped)
+    monitor = GpuMonitor(indices[0]) if on_cuda else None
+    # processes on the GPU before the sweep, plus the one that measures (a worker or this process)
+    expected = ((compute_processes(indices[0]) or 0) + 1) if on_cuda else 0
+    records = executor.run(p.runnable)
+    try:
+        with monitor if monitor else contextlib.nullcontext():
+            emit(records)
+    finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected
+        close = getattr(records, "close", None)
+        if close:
+            close()
+        if executor.identities:
+            writer.update_meta(devices={k: dict(v) for k, v in executor.identities.items()})
+        if monitor:
+            writer.update_meta(gpu_monitor=monitor.summary())
+    after = gpu_state(indices[0]) if on_cuda else {}
+    extra_after = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
+    warnings = [w for w in (throttle_warning(before), throttle_warning(after)) if w]
+    warnings += monitor.warnings(expected) if monitor else []
+    warnings += [w for st in (*extra_before.values(), *extra_after.values()) if (w := throttle_warning(st))]
+    if p.device == "cpu":
+        warnings.append("CPU run: these timings are CPU timings, not GPU timings")
+    if extra_after:
+        writer.update_meta(gpu_states_after=extra_after)
+    writer.update_meta(gpu_state_after=after, finished=True, warnings=writer.meta.get("warnings", []) + warnings)
+    return done
