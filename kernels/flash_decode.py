@@ -60,9 +60,10 @@ launch holds about three programs per SM, capped so that the longest sequence's 
 4 chunks of BLOCK_N keys (never more splits than chunks) and at 128.  Explicit counts 1..128 are
 honoured; a split with no chunk of its sequence writes L = -inf.
 
-Block sizes: BLOCK_N = 64 keys at head dims up to 128, 32 at 256 (32 under the interpreter, so that its
-tests take both paged paths); BLOCK_D = head dim rounded up to a power of two (96 runs masked in a 128
-tile); 4 warps; 3 pipeline stages (2 at head dim 256).  These are reasoned defaults, not tuned values.
+Block sizes (``_tile_plan``): BLOCK_N = 64 keys at head dims up to 128, 32 at 256 (32 under the
+interpreter, so that its tests take both paged paths); BLOCK_D = head dim rounded up to a power of two
+(96 runs masked in a 128 tile); 4 warps, 8 once the accumulator is 128 x 128; 3 pipeline stages, 2 at
+head dim 256 or fp32.  These are reasoned defaults, not tuned values: nothing here has been timed.
 
 Precision: Q K^T and P V are ``tl.dot`` in the input dtype with fp32 accumulation (P cast to the
 input dtype, bf16 stays bf16); fp32 inputs use exact ``input_precision="ieee"`` dots.
@@ -82,6 +83,7 @@ of new tokens per sequence, non-positive softmax scales, CUDA-graph capture (see
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -102,7 +104,7 @@ _MIN_CHUNKS_PER_SPLIT = 4  # a split shorter than this is mostly prologue and co
 _INTERPRETER_SMS = 4
 
 _MAX_ROWS = 128  # rows of one tile (64 at head dim 256): bounds the fp32 accumulator's registers
-_NUM_WARPS = 4
+_COMBINE_WARPS = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,21 +246,32 @@ def _split_kernel(Q, K, V, O, LSE, SEQLENS, TABLE, qk_scale,
 
 @triton.jit
 def _combine_kernel(O_PART, LSE_PART, OUT, ROWS, NUM_SPLITS,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """One output row: O = sum_s 2^(L_s - L) O_s with L = log2 sum_s 2^L_s; partials are (splits, ROWS, ...)."""
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr):
+    """One output row: O = sum_s 2^(L_s - L) O_s with L = log2 sum_s 2^L_s; partials are (splits, ROWS, ...).
+
+    All L_s at once (BLOCK_S >= NUM_SPLITS), then the partial outputs CHUNK_S splits at a time, so
+    that registers hold CHUNK_S x BLOCK_D values whatever the split count.
+    """
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < NUM_SPLITS
-    lse = tl.load(LSE_PART + offs_s * ROWS + row, mask=s_ok, other=float("-inf"))
+    lse = tl.load(LSE_PART + offs_s * ROWS + row, mask=offs_s < NUM_SPLITS, other=float("-inf"))
     m = tl.max(lse, 0)
     m = tl.where(m == float("-inf"), 0.0, m)  # no split saw a key: every weight is 0
-    w = tl.math.exp2(lse - m)
-    total = tl.sum(w, 0)
-    o = tl.load(O_PART + (offs_s[:, None] * ROWS + row) * HEAD_DIM + offs_d[None, :],
-                mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    out = tl.sum(o * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
-    tl.store(OUT + row * HEAD_DIM + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    total = tl.sum(tl.math.exp2(lse - m), 0)
+
+    offs_c = tl.arange(0, CHUNK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in tl.range(0, NUM_SPLITS, CHUNK_S):
+        s = s0 + offs_c
+        s_ok = s < NUM_SPLITS
+        w = tl.math.exp2(tl.load(LSE_PART + s * ROWS + row, mask=s_ok, other=float("-inf")) - m)
+        o = tl.load(O_PART + (s[:, None] * ROWS + row) * HEAD_DIM + offs_d[None, :],
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        acc += tl.sum(o * w[:, None], 0)
+    out = acc / tl.where(total > 0.0, total, 1.0)
+    tl.store(OUT + row * HEAD_DIM + offs_d, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,6 +302,30 @@ def choose_num_splits(programs: int, max_chunks: int, num_sms: int) -> int:
         return 1
     wanted = -(-_TARGET_PROGRAMS_PER_SM * num_sms // programs)
     return max(1, min(wanted, max_chunks // _MIN_CHUNKS_PER_SPLIT, MAX_SPLITS))
+
+
+class _TilePlan(NamedTuple):
+    block_m: int  # tile rows: (query heads per kv head) x new tokens, padded
+    m_blocks: int  # row blocks per (batch, kv head)
+    block_n: int  # keys per chunk
+    block_d: int  # head dim padded to a power of two
+    num_warps: int
+    num_stages: int
+
+
+def _tile_plan(head_dim: int, rows: int, dtype: torch.dtype) -> _TilePlan:
+    """Block sizes, warps and stages of the split kernel for ``rows`` = (H / H_kv) * Nq.
+
+    8 warps once the fp32 accumulator reaches 128 x 128 (4 would hold 128 of its values per thread);
+    2 stages where a tile row is 256 elements or 4 bytes wide, to keep the pipeline's shared memory
+    near 100 KB.
+    """
+    block_d = max(16, _next_pow2(head_dim))
+    block_m = min(max(16, _next_pow2(rows)), _MAX_ROWS if block_d <= 128 else _MAX_ROWS // 2)
+    block_n = 32 if interpreting() or block_d > 128 else 64
+    num_warps = 8 if block_m * block_d >= 128 * 128 else 4
+    num_stages = 2 if block_d > 128 or dtype == torch.float32 else 3
+    return _TilePlan(block_m, triton.cdiv(rows, block_m), block_n, block_d, num_warps, num_stages)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -423,13 +460,9 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     B, Nq, H, D = q.shape
     Hkv = k_cache.shape[2]
     group = H // Hkv
-    block_d = max(16, _next_pow2(D))
-    block_m = min(max(16, _next_pow2(group * Nq)), _MAX_ROWS if block_d <= 128 else _MAX_ROWS // 2)
-    m_blocks = triton.cdiv(group * Nq, block_m)
-    block_n = 32 if interpreting() or block_d > 128 else 64
-    num_stages = 2 if block_d > 128 else 3
-    programs = B * Hkv * m_blocks
-    splits = num_splits or choose_num_splits(programs, triton.cdiv(longest, block_n), _num_sms(q.device))
+    plan = _tile_plan(D, group * Nq, q.dtype)
+    programs = B * Hkv * plan.m_blocks
+    splits = num_splits or choose_num_splits(programs, triton.cdiv(longest, plan.block_n), _num_sms(q.device))
 
     out = _empty((B, Nq, H, D), q.dtype, q.device)
     if splits == 1:
@@ -445,19 +478,20 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         o_split_stride, o_part.stride(-4), o_part.stride(-3), o_part.stride(-2),
-        *((lse_part.stride(0), lse_part.stride(1), lse_part.stride(2), lse_part.stride(3)) if splits > 1 else (0,) * 4),
+        *(lse_part.stride() if splits > 1 else (0,) * 4),
         table.stride(0),
-        Hkv, m_blocks, splits,
-        N_Q=Nq, GROUP=group, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        Hkv, plan.m_blocks, splits,
+        N_Q=Nq, GROUP=group, HEAD_DIM=D, BLOCK_D=plan.block_d, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         PAGED=block_table is not None, PAGE_SIZE=max(page, 1), WRITE_LSE=splits > 1,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=_NUM_WARPS, num_stages=num_stages)
+        num_warps=plan.num_warps, num_stages=plan.num_stages)
     if splits > 1:
         rows = B * Nq * H
-        _combine_kernel[(rows,)](o_part, lse_part, out, rows, splits,
-                                 HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=max(2, _next_pow2(splits)), num_warps=_NUM_WARPS)
+        block_s = max(2, _next_pow2(splits))
+        _combine_kernel[(rows,)](o_part, lse_part, out, rows, splits, HEAD_DIM=D, BLOCK_D=plan.block_d,
+                                 BLOCK_S=block_s, CHUNK_S=min(block_s, 16), num_warps=_COMBINE_WARPS)
     if launch_log is not None:
-        launch_log.update(num_splits=splits, block_m=block_m, block_n=block_n, m_blocks=m_blocks,
-                          kv_gather="contiguous" if not page else ("page" if page >= block_n else "row"),
-                          page_size=page, num_warps=_NUM_WARPS, num_stages=num_stages, combine=splits > 1)
+        launch_log.update(num_splits=splits, block_m=plan.block_m, block_n=plan.block_n, m_blocks=plan.m_blocks,
+                          kv_gather="contiguous" if not page else ("page" if page >= plan.block_n else "row"),
+                          page_size=page, num_warps=plan.num_warps, num_stages=plan.num_stages, combine=splits > 1)
     return out
