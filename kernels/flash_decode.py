@@ -57,8 +57,10 @@ Split count (``num_splits=0``): ``choose_num_splits`` below.  With programs = B 
 before splitting and S the GPU's SM count (a fixed 4 under the interpreter): no split when programs
 >= 2 S (two waves of one program per SM already); otherwise ceil(3 S / programs) splits, so the
 launch holds about three programs per SM, capped so that the longest sequence's split holds at least
-4 chunks of BLOCK_N keys (never more splits than chunks) and at 128.  Explicit counts 1..128 are
-honoured; a split with no chunk of its sequence writes L = -inf.
+4 chunks of BLOCK_N keys (never more splits than chunks) and at 128.  The count is one per launch and
+each sequence is divided by it, so a short sequence's splits may be shorter, or empty (a split with no
+chunk of its sequence writes L = -inf).  Explicit counts 1..128 are honoured.  With S > 1 splits a
+call allocates S * B * Nq * H * (D + 1) fp32 values of partial results.
 
 Block sizes (``_tile_plan``): BLOCK_N = 64 keys at head dims up to 128, 32 at 256 (32 under the
 interpreter, so that its tests take both paged paths); BLOCK_D = head dim rounded up to a power of two
@@ -76,8 +78,8 @@ sync; it also means a call cannot be captured in a CUDA graph.
 
 Not supported: backward / autograd (forward only: inputs that require grad under grad mode are refused
 rather than silently detached), sliding windows, ALiBi or other biases, soft-capping, dropout,
-fp8 or quantised caches, head dims other than 32/64/96/128/256, more than 16 new tokens (use the
-prefill kernel), new tokens that are not at the end of the cache, returning the LSE, variable numbers
+fp8 or quantised caches, head dims other than 32/64/96/128/256, more than 16 new tokens (a prefill:
+use flash_attn_v2), new tokens that are not at the end of the cache, returning the LSE, variable numbers
 of new tokens per sequence, non-positive softmax scales, CUDA-graph capture (see above).
 """
 from __future__ import annotations
