@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _KERNELS = {
     "flash_attn_v1": "flashbench_kernels.flash_attn_v1",
     "flash_attn_v2": "flashbench_kernels.flash_attn_v2",
+    "flash_decode": "flashbench_kernels.flash_decode",
 }
 
 
@@ -21,4 +22,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flashbench' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "flash_attn_v1", "flash_attn_v2"]
+__all__ = ["__version__", "flash_attn_v1", "flash_attn_v2", "flash_decode"]
