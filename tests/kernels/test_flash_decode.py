@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import flashbench_kernels.flash_decode as fd
-from _decode_reference import decode_reference, gather_pages, page_cache, random_tensor
+from decode_reference import decode_reference, gather_pages, page_cache, random_tensor
 from flashbench_kernels._validate import interpreting
 from flashbench_kernels.flash_decode import choose_num_splits, flash_decode
 
