@@ -72,7 +72,7 @@ def resource_usage(compiled) -> dict:
 
 
 def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
-    """Lines of consumer partitions that splat a row offset shifted by BLOCK_M / 2 (the v6 fault).
+    """Lines of consumer partitions that splat a row offset shifted by BLOCK_M / 2 (the pass fault).
 
     The pass gives the second consumer ``offset + BLOCK_M/2`` for its half of the Q load; when that
     value also feeds ``offs_m`` (already offset by the partitioned ``arange``), rows come out shifted

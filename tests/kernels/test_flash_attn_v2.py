@@ -223,6 +223,11 @@ def test_bad_options_raise_value_error(kwargs, match):
         FA2Options(**kwargs)
 
 
+def test_flashbench_exports_the_kernel_and_its_options():
+    import flashbench
+    assert flashbench.flash_attn_v2 is flash_attn_v2 and flashbench.FA2Options is FA2Options
+
+
 def test_options_that_are_not_an_fa2options_raise():
     q, k, v, _ = make_inputs(1, 2, 2, 16, 16, 32, torch.float16, seed=5)
     with pytest.raises(ValueError, match="options must be an FA2Options, got dict"):
@@ -267,7 +272,8 @@ def test_autotune_off_runs_the_first_entry_of_each_space_outside_the_interpreter
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     ran = []
     for name, (tuner, _space) in tuning.TUNERS.items():
-        monkeypatch.setattr(tuner, "launch", lambda cfg, grid, args, meta, n=name: ran.append((n, tuning.signature(cfg))))
+        monkeypatch.setattr(tuner, "launch",
+                            lambda cfg, grid, args, meta, n=name: ran.append((n, tuning.signature(cfg))))
         monkeypatch.setattr(tuner, "run", lambda *a: pytest.fail("tuned although autotune is off"))
     log = {}
     for name in tuning.TUNERS:
@@ -399,7 +405,7 @@ WS_CONFIGS = sorted({t for lst in spaces.FWD_SPACE.values() for t in lst if tuni
 @pytest.mark.parametrize("case", WS_GRID, ids=case_id)
 def test_gpu_warp_specialised_forward_poisoned(case, dtype, config, monkeypatch):
     """Each shipped warp-specialised configuration, three fresh inputs per shape (a race would be
-    intermittent: Triton 3.6's pass produced NaN rows with 3-stage configs, TUNING.md v6)."""
+    intermittent: Triton 3.6's pass produced NaN rows with 3-stage configs, kernels/DESIGN.md)."""
     B, H, Hkv, Nq, Nkv, D, causal = case
     if config not in spaces.FWD_SPACE[tuning.head_dim_class(D)]:
         pytest.skip(f"{config} is not in the D={D} class")
@@ -460,13 +466,13 @@ def test_grouped_causal_schedule_runs_every_block_once_heaviest_first(n_blk, n_b
     assert {blk for blk, _ in order[-last_group:]} == {lightest}
 
 
-def test_per_head_causal_schedule_is_v6s_order():
+def test_per_head_causal_schedule_launches_head_after_head():
     n_blk, n_bh = 4, 3
     assert _launch_order(n_blk, n_bh, True, 0) == [(n_blk - 1 - i, bh) for bh in range(n_bh) for i in range(n_blk)]
     assert _launch_order(n_blk, n_bh, False, 0) == [(i, bh) for bh in range(n_bh) for i in range(n_blk)]
 
 
-# 0: per head (v6); 4: several heads a group at these sizes; 256: the shipped value, one group here
+# 0: per head; 4: several heads a group at these sizes; 256: the shipped value, one group here
 @pytest.mark.parametrize("group_programs", [0, 4, 256])
 def test_causal_schedules_agree_with_the_reference(group_programs):
     q, k, v, do = make_inputs(1, 4, 2, 70, 33, 32, torch.float16, seed=11)
