@@ -1,7 +1,8 @@
 """flashbench: benchmark and profile attention kernels on GPUs.
 
-The bundled Triton kernels are exported lazily (``flashbench.flash_attn_v2``), so importing the
-package never compiles or imports Triton until a kernel is asked for.
+The bundled Triton kernels are exported lazily (``flashbench.flash_attn_v2``, with its options
+``flashbench.FA2Options``), so importing the package never compiles or imports Triton until a kernel
+is asked for.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 _KERNELS = {
     "flash_attn_v1": "flashbench_kernels.flash_attn_v1",
     "flash_attn_v2": "flashbench_kernels.flash_attn_v2",
+    "FA2Options": "flashbench_kernels.flash_attn_v2",
     "flash_decode": "flashbench_kernels.flash_decode",
 }
 
@@ -22,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flashbench' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "flash_attn_v1", "flash_attn_v2", "flash_decode"]
+__all__ = ["FA2Options", "__version__", "flash_attn_v1", "flash_attn_v2", "flash_decode"]

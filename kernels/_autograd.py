@@ -1,9 +1,11 @@
 """The autograd wrapper shared by the FlashAttention launchers.
 
-Each kernel module provides ``forward(q, k, v, causal, sm_scale) -> (o, lse)`` and
-``backward(q, k, v, o, lse, do, causal, sm_scale) -> (dq, dk, dv)`` built from its own Triton
+Each kernel module provides ``forward(q, k, v, causal, sm_scale, call) -> (o, lse)`` and
+``backward(q, k, v, o, lse, do, causal, sm_scale, call) -> (dq, dk, dv)`` built from its own Triton
 kernels; :func:`attention_function` turns the pair into a ``torch.autograd.Function`` that saves
-q, k, v, o and the log-sum-exp for the backward. The LSE is returned but not differentiable.
+q, k, v, o and the log-sum-exp for the backward. ``call`` is what the launcher passes per call (its
+options and the caller's launch log), handed unchanged to the backward. The LSE is returned but not
+differentiable.
 """
 from __future__ import annotations
 
@@ -13,18 +15,18 @@ import torch
 def attention_function(name: str, forward, backward) -> type:
     class _Fn(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, causal, sm_scale):
-            o, lse = forward(q, k, v, causal, sm_scale)
+        def forward(ctx, q, k, v, causal, sm_scale, call):
+            o, lse = forward(q, k, v, causal, sm_scale, call)
             ctx.save_for_backward(q, k, v, o, lse)
-            ctx.causal, ctx.sm_scale = causal, sm_scale
+            ctx.causal, ctx.sm_scale, ctx.call = causal, sm_scale, call
             ctx.mark_non_differentiable(lse)
             return o, lse
 
         @staticmethod
         def backward(ctx, do, _dlse):
             q, k, v, o, lse = ctx.saved_tensors
-            dq, dk, dv = backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale)
-            return dq, dk, dv, None, None
+            dq, dk, dv = backward(q, k, v, o, lse, do, ctx.causal, ctx.sm_scale, ctx.call)
+            return dq, dk, dv, None, None, None
 
     _Fn.__name__ = _Fn.__qualname__ = name
     return _Fn

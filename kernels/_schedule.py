@@ -18,10 +18,10 @@ def block_and_head(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.cons
 
     Causal programs differ in work (a query block's work grows with its index; a key block's
     shrinks) and the GPU starts programs in launch order, x fastest.  With GROUP_PROGRAMS = 0 each
-    head's blocks are launched heaviest first, head after head (v6): the last head's heaviest
+    head's blocks are launched heaviest first, head after head: the last head's heaviest
     blocks start near the end and run on while other SMs idle.  Otherwise heads are taken in
     groups spanning >= GROUP_PROGRAMS programs, and within a group every head's heaviest block
-    is launched, then every head's next heaviest, and so on (TUNING.md v7 for the measurements).
+    is launched, then every head's next heaviest, and so on (kernels/DESIGN.md for the measurements).
     """
     n_blk = tl.num_programs(0)
     if GROUP_PROGRAMS > 0:

@@ -4,14 +4,14 @@ Triton's own autotuner times candidates one after another.  On the H100 the SM c
 within one tuning session (candidates slow by 3-12% over a second of tuning as the GPU settles
 from its boost clock), so candidates timed at different moments are compared at different
 clocks and the order of the candidates biases the choice; in one sweep it chose 64x64 tiles for
-every D128 causal forward, 6-13% slower than 128x128 in a sustained benchmark (kernels/TUNING.md,
-v7).  Here every candidate is timed in each of ``ROUNDS`` rounds (A B C A B C ...), each time by
-the 10th percentile of ``ROUND_MS`` of calls (the fast tail, steadier than the median while the
-clock moves), and ranked by the median over rounds: a clock change hits every candidate alike.
-That removes the order bias; it does not make short bursts rank candidates within a few percent
-of each other as a sustained run does (TUNING.md v7), which is why the forward's search space
-leaves out tiles that lose at a shape (``FWD_SKIP``).  A candidate runs for about as long as in
-v6's tuner (60 ms), plus the fixed calls of four ``do_bench`` rounds.
+every D128 causal forward, 6-13% slower than 128x128 in a sustained benchmark (kernels/DESIGN.md).
+Here every candidate is timed in each of ``ROUNDS`` rounds (A B C A B C ...), each time by the
+10th percentile of ``ROUND_MS`` of calls (the fast tail, steadier than the median while the clock
+moves), and ranked by the median over rounds: a clock change hits every candidate alike.  That
+removes the order bias; it does not make short bursts rank candidates within a few percent of each
+other as a sustained run does, which is why the forward's search space leaves out tiles that lose
+at a shape (``spaces.FWD_SKIP``).  A candidate runs for about 60 ms (4 rounds of 15 ms), plus the
+fixed calls of four ``do_bench`` rounds.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class InterleavedTuner:
         # custom one may send some configurations to another kernel taking the same arguments
         self.launch = launch or self._launch_kernel
         self.cache: dict[tuple, triton.Config] = {}
-        self.timings: dict[triton.Config, list[float]] = {}  # the last session's per-round times (ms)
+        self.timings: dict[triton.Config, list[float]] = {}  # the last choice's per-round times (ms)
 
     def _key(self, named: dict, meta: dict) -> tuple:
         vals = tuple(named[k] if k in named else meta[k] for k in self.key)

@@ -1,12 +1,13 @@
 """Input validation shared by the FlashAttention launchers.
 
-Every launcher calls :func:`check_inputs` before touching a kernel, so a bad call is a
-``ValueError`` that says what is wrong, never a wrong result.
+Every launcher calls :func:`check_inputs` (and :func:`check_launch_log`) before touching a kernel,
+so a bad call is a ``ValueError`` that says what is wrong, never a wrong result.
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import MutableMapping
 
 import torch
 
@@ -60,3 +61,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -
 def default_scale(head_dim: int, sm_scale: float | None) -> float:
     """Softmax scale: 1/sqrt(D) unless given, like scaled_dot_product_attention."""
     return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
+
+
+def check_launch_log(launch_log, name: str) -> None:
+    """``launch_log`` is None or a dict-like the launcher writes "kernel -> configuration" into."""
+    if launch_log is not None and not isinstance(launch_log, MutableMapping):
+        raise ValueError(f"{name}: launch_log must be a dict (or None), got {type(launch_log).__name__}")

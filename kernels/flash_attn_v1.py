@@ -2,13 +2,13 @@
 
 Public API
 ----------
-``flash_attn_v1(q, k, v, causal=False, sm_scale=None, return_lse=False)``
+``flash_attn_v1(q, k, v, causal=False, sm_scale=None, return_lse=False, *, launch_log=None)``
     q (B, H, Nq, D), k/v (B, H_kv, Nkv, D) in the SDPA layout; returns O (B, H, Nq, D) in q's dtype,
     and with ``return_lse=True`` also the natural-log log-sum-exp (B, H, Nq) float32 (``-inf`` for rows
     that see no key).  Differentiable through a ``torch.autograd.Function`` whose backward runs the
-    kernels below (the LSE output is not differentiable).
-``last_configs()``
-    Block sizes / warps / stages used by the most recent launch of each kernel, as readable strings.
+    kernels below (the LSE output is not differentiable).  ``launch_log``, a dict, receives the block
+    sizes / warps / stages each kernel ran with, as readable strings: "fwd", and "bwd_preprocess" and
+    "bwd" when autograd runs the backward.
 
 Semantics: GQA/MQA (query head h reads kv head h // (H / H_kv), by index, K/V never copied); any
 sequence length with tail masking; Nq != Nkv; causal aligned bottom-right (query i sees key j iff
@@ -66,7 +66,10 @@ not read at j = 0, and at the last K/V block a Q block sees it is written straig
 input dtype; the same barrier ends each outer iteration.
 
 Configs: a table per head dim and dtype on the GPU (``_FWD_TABLE`` / ``_BWD_TABLE``); under
-TRITON_INTERPRET=1 one fixed small config.
+TRITON_INTERPRET=1 one fixed small config.  Nothing is tuned and there are no options.
+
+Not supported: dropout, attention bias or masks other than causal, top-left causal alignment,
+variable-length batches, paged KV, fp8, other head dims, gradients with respect to the LSE.
 """
 from __future__ import annotations
 
@@ -77,9 +80,9 @@ import triton
 import triton.language as tl
 
 from ._autograd import attention_function
-from ._validate import check_inputs, default_scale, interpreting
+from ._validate import check_inputs, check_launch_log, default_scale, interpreting
 
-__all__ = ["flash_attn_v1", "last_configs"]
+__all__ = ["flash_attn_v1"]
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
@@ -400,7 +403,7 @@ def _fa1_bwd_kernel(
 
 # head_dim -> (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs on the GPU.
 # Large BLOCK_N = fewer outer iterations = fewer passes of O/l/m (forward) and dQ (backward) through HBM.
-# D 64 / 128 entries: best of a sweep on an H100 (bf16, N=4096, non-causal; kernels/TUNING.md, "FA1"):
+# D 64 / 128 entries: best of a sweep on an H100 (bf16, N=4096, non-causal; kernels/DESIGN.md, "FA1"):
 # fwd D64 64x256/8w 107 TFLOP/s vs 69 for 64x128/4w, D128 128x128/8w 62 vs 46; fwd+bwd with bwd
 # D64 128x128/8w 124 vs 108, D128 64x128/8w 65 vs 53.  D 32 / 96 follow D 64 / 128 (not measured);
 # D 256 is a register-pressure guess (not timed).
@@ -413,13 +416,6 @@ _BWD_TABLE_F32 = {32: (64, 64, 4, 1), 64: (64, 64, 4, 1), 96: (32, 32, 4, 1), 12
 _INTERP_FWD = (16, 32, 4, 1)
 _INTERP_BWD = (32, 16, 4, 1)
 _PRE_BLOCK_M = 64
-
-_LAST_CONFIGS: dict[str, str] = {}
-
-
-def last_configs() -> dict[str, str]:
-    """Block sizes / warps / stages of the most recent launch of each kernel."""
-    return dict(_LAST_CONFIGS)
 
 
 def _fmt(bm, bn, nw, ns) -> str:
@@ -441,7 +437,12 @@ def _block_d(d: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _fa1_forward(q, k, v, causal: bool, sm_scale: float):
+def _log(launch_log, kernel: str, config: str) -> None:
+    if launch_log is not None:
+        launch_log[kernel] = config
+
+
+def _fa1_forward(q, k, v, causal: bool, sm_scale: float, launch_log):
     B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v1")
     out = torch.empty((B, H, Nq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Nq), device=q.device, dtype=torch.float32)
@@ -470,11 +471,11 @@ def _fa1_forward(q, k, v, causal: bool, sm_scale: float):
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=nw, num_stages=ns,
     )
-    _LAST_CONFIGS["fwd"] = _fmt(bm, bn, nw, ns)
+    _log(launch_log, "fwd", _fmt(bm, bn, nw, ns))
     return out, lse
 
 
-def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float):
+def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float, launch_log):
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     group = H // Hkv
@@ -489,7 +490,7 @@ def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float):
         do.stride(0), do.stride(1), do.stride(2),
         H, Nq, HEAD_D=D, BLOCK_D=bd, BLOCK_M=pre_bm, num_warps=4,
     )
-    _LAST_CONFIGS["bwd_preprocess"] = f"BLOCK_M={pre_bm},num_warps=4"
+    _log(launch_log, "bwd_preprocess", f"BLOCK_M={pre_bm},num_warps=4")
 
     bm, bn, nw, ns = _pick(_BWD_TABLE, _BWD_TABLE_F32, _INTERP_BWD, D, q.dtype)
     n_kv_blocks = triton.cdiv(Nkv, bn)
@@ -518,7 +519,7 @@ def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float):
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=nw, num_stages=ns,
     )
-    _LAST_CONFIGS["bwd"] = _fmt(bm, bn, nw, ns)
+    _log(launch_log, "bwd", _fmt(bm, bn, nw, ns))
     if group > 1:
         dk = dk.view(B, Hkv, group, Nkv, D).sum(dim=2).to(q.dtype)
         dv = dv.view(B, Hkv, group, Nkv, D).sum(dim=2).to(q.dtype)
@@ -528,17 +529,20 @@ def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float):
 _FlashAttnV1 = attention_function("_FlashAttnV1", _fa1_forward, _fa1_backward)
 
 
-def flash_attn_v1(q, k, v, causal: bool = False, sm_scale: float | None = None, return_lse: bool = False):
+def flash_attn_v1(q, k, v, causal: bool = False, sm_scale: float | None = None, return_lse: bool = False, *,
+                  launch_log: dict[str, str] | None = None):
     """FlashAttention-1 attention (forward Algorithm 1, backward Algorithm 4 of Dao et al. 2022).
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D), H a multiple of H_kv; D in {32, 64, 96, 128, 256};
     fp16 / bf16 / fp32.  Returns O (B, H, Nq, D) in q's dtype, and (O, LSE) with ``return_lse=True``
-    (LSE (B, H, Nq) float32, natural log, -inf for rows that see no key).  Raises ValueError on
-    invalid inputs.
+    (LSE (B, H, Nq) float32, natural log, -inf for rows that see no key).  ``launch_log``, a dict,
+    receives each kernel's configuration ("fwd"; "bwd_preprocess" and "bwd" when autograd runs the
+    backward).  Raises ValueError on invalid inputs.
     """
     B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v1")
+    check_launch_log(launch_log, "flash_attn_v1")
     scale = default_scale(D, sm_scale)
     if not math.isfinite(scale):
         raise ValueError(f"flash_attn_v1: sm_scale must be finite, got {sm_scale}")
-    out, lse = _FlashAttnV1.apply(q, k, v, bool(causal), scale)
+    out, lse = _FlashAttnV1.apply(q, k, v, bool(causal), scale, launch_log)
     return (out, lse) if return_lse else out

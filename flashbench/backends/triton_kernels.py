@@ -46,8 +46,11 @@ class TritonKernelBackend(Backend):
     def prepare(self, case, device):
         fn = getattr(self._module(), self.function)
         causal = case.causal
-        self._has_backward = case.has_backward
-        return lambda q, k, v: fn(q, k, v, causal=causal)
+        # each prepared call has its own log, filled by the kernels it launches (the forward's, and
+        # the backward's when autograd runs it); config_description() reads the latest one
+        log: dict[str, str] = {}
+        self._launch_log = log
+        return lambda q, k, v: fn(q, k, v, causal=causal, launch_log=log)
 
     def compile_key(self, case):
         """What selects a Triton specialisation: constexprs (dtype, head dim, causal, the kernels a
@@ -63,10 +66,5 @@ class TritonKernelBackend(Backend):
                 case.kv_heads == 1, length(case.seq_len_q), length(case.seq_len_kv))
 
     def config_description(self) -> str:
-        try:
-            configs = self._module().last_configs()
-        except Exception:
-            return ""
-        if not getattr(self, "_has_backward", True):  # the module remembers earlier backward launches too
-            configs = {k: v for k, v in configs.items() if not k.startswith("bwd")}
-        return "; ".join(f"{k}: {v}" for k, v in configs.items())
+        """The configurations the last prepared call's kernels ran with ('' before it has run)."""
+        return "; ".join(f"{k}: {v}" for k, v in getattr(self, "_launch_log", {}).items())

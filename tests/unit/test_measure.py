@@ -157,9 +157,19 @@ def test_triton_backend_reports_only_the_kernels_a_mode_ran(monkeypatch):
 
     b = TritonKernelBackend("t", "m", "f", "test")
     launched = {"fwd": "BLOCK_M=128", "bwd_preprocess": "BLOCK_M=64", "bwd_dq": "BLOCK_M=64"}
-    module = SimpleNamespace(f=lambda q, k, v, causal: q, last_configs=lambda: dict(launched))
-    monkeypatch.setattr(b, "_module", lambda: module)
-    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd_bwd"), "cpu")
+
+    def f(q, k, v, causal, launch_log):  # a kernel that logs its forward, and its backward when q needs grads
+        launch_log.update(launched if q.requires_grad else {"fwd": launched["fwd"]})
+        return q
+
+    monkeypatch.setattr(b, "_module", lambda: SimpleNamespace(f=f))
+    x = torch.randn(2)
+    fwd_bwd = b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd_bwd"), "cpu")
+    fwd_bwd(x.requires_grad_(), x, x)
     assert "bwd_dq" in b.config_description()
-    b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd"), "cpu")  # earlier backward launches are stale
+    fwd = b.prepare(Case(1, 2, 2, 8, 8, 16, "float32", False, "fwd"), "cpu")
+    assert b.config_description() == ""  # this prepared call has launched nothing yet
+    fwd(x.detach(), x, x)
+    assert b.config_description() == "fwd: BLOCK_M=128"
+    fwd_bwd(x.requires_grad_(), x, x)  # an earlier prepared call logs into its own log
     assert b.config_description() == "fwd: BLOCK_M=128"

@@ -4,7 +4,7 @@ The harness's median for sdpa_flash at B=1, H=16, N=16384, D=128, bf16, fwd must
 of do_bench's median (both flush L2 before every call), as the median ratio over interleaved
 attempts; every attempt is printed. Rerun on any GPU:
 
-    python scripts/check_timing.py [--out FILE.json]
+    python tools/check_timing.py [--out FILE.json]
 
 Exit status 0 when within tolerance, 1 otherwise.
 """

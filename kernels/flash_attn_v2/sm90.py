@@ -2,7 +2,7 @@
 
 What is implemented
 -------------------
-The forward of FA2 paper (Dao 2023) Algorithm 1, exactly as ``flash_attn_v2._fwd_kernel`` computes
+The forward of FA2 paper (Dao 2023) Algorithm 1, exactly as ``kernels.fwd_kernel`` computes
 it (one program per (block of 128 query rows, batch*head), online softmax in base 2 with the scale
 folded in, deferred normalisation, base-2 log-sum-exp stored for the backward; causal: unmasked
 key blocks with no mask arithmetic, only the diagonal block masked, blocks above it never
@@ -33,7 +33,7 @@ head's rows; with both multiples of 128 the causal diagonal is always exactly on
 with Nq > Nkv (rows that see no key); inputs whose (batch, head, row) dims cannot be viewed as one
 (q, k, v must be contiguous); the interpreter (Gluon has none).  No explicit ping-pong between the
 two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
-finds them ready.  The backward is flash_attn_v2's Triton backward.
+finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
 """
 from __future__ import annotations
 
@@ -51,10 +51,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._schedule import block_and_head
-from ._validate import interpreting
-
-__all__ = ["config", "forward", "input_reason", "unsupported_reason"]
+from .._schedule import block_and_head
+from .._validate import interpreting
 
 BLOCK = 128  # query rows per program and keys per block (the causal diagonal is one block)
 HEAD_DIMS = (64, 128)
@@ -65,8 +63,8 @@ CONSUMER_REGS = 240  # the worker consumer's registers (the default partition ge
 MAXNREG = 168
 
 
-def config(stages: int) -> str:
-    """The configuration string flash_attn_v2.last_configs() reports for this kernel."""
+def config_label(stages: int) -> str:
+    """What a launch log records for this kernel with ``stages`` K/V ring slots."""
     return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={BLOCK},num_warps=4+4+1,num_stages={stages},tma=True,"
             "warp_specialize=True")
 
@@ -227,7 +225,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
 
 
 @gluon.jit
-def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV,
+def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV,
                      CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
                      PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
@@ -266,7 +264,7 @@ def _fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP
     # two 4-warp consumers of 64 query rows, each its own warp group and instruction stream (FA3):
     # one's softmax runs while the other's wgmma occupy the tensor cores.  (One 8-warp consumer,
     # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
-    # 5-20% slower at D128: TUNING.md v8.)  Argument tuples are spelled out: concatenating tuples
+    # 5-20% slower at D128 on the H100.)  Argument tuples are spelled out: concatenating tuples
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
@@ -284,26 +282,31 @@ def _smem_layout(block_rows: int, head_dim: int, bf16: bool):
     return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], gl.bfloat16 if bf16 else gl.float16)
 
 
-def _descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (B, H, N, D) tensor."""
     D = t.shape[-1]
     return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
                             _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
 
 
+def kernel_constexprs(causal: bool, group_programs: int, stages: int) -> dict:
+    """The constexprs ``forward`` launches ``fwd_sm90_kernel`` with (the tools compile these)."""
+    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
+                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+
+
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
-    group size (flash_attn_v2.CAUSAL_GROUP_PROGRAMS), ``stages`` the depth of the K and V rings:
+    group size (``FA2Options.causal_group_programs``), ``stages`` the depth of the K and V rings:
     Q + stages x (K, V) tiles of 128 x D in shared memory (D128: 2 stages 160 KiB, 3 stages 224 KiB
     of the 227 KiB a block may use).
     """
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     grid = (Nq // BLOCK, B * H)
-    _fwd_sm90_kernel[grid](
-        _descriptor(q, BLOCK), _descriptor(k, BLOCK), _descriptor(v, BLOCK), _descriptor(o, BLOCK // 2),
+    fwd_sm90_kernel[grid](
+        descriptor(q, BLOCK), descriptor(k, BLOCK), descriptor(v, BLOCK), descriptor(o, BLOCK // 2),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv,
-        CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
-        PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, num_warps=4, maxnreg=MAXNREG)
+        **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)

@@ -1,12 +1,12 @@
 """The warp-specialised FA2 forward, compiled for sm_90 on a machine without a GPU.
 
 Its correctness can only be run on a Hopper GPU (tests marked ``gpu`` in test_flash_attn_v2.py), but
-what Triton 3.6's warp-specialisation pass makes of it can be read anywhere: ``scripts/
+what Triton 3.6's warp-specialisation pass makes of it can be read anywhere: ``tools/
 fa2_compile_report.py`` compiles each shipped warp-specialised configuration for sm_90 (Triton's
 wheel carries ptxas and cuobjdump) in a process without the CPU interpreter, and these tests check
 that the pass applied (one producer and two consumer warp groups, one ``ttg.warp_specialize`` op),
 that nothing spills, and that the second consumer warp group does not build its query rows from the
-Q load's shifted offset: the fault that wrote wrong rows on the H100 (kernels/TUNING.md, v6).  With
+Q load's shifted offset: the fault that wrote wrong rows on the H100 (kernels/DESIGN.md).  With
 the Q load given ``m0`` itself instead of its own value, that check fails (tried when it was written).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
                                 reason="this Triton build carries no NVIDIA toolchain")
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump
 @pytest.fixture(scope="module")
 def ws_rows():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fa2_compile_report.py"), "--ws-only",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--ws-only",
                            "--json"], capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows, f"no rows (exit {proc.returncode}): {proc.stderr[-2000:]}"
@@ -37,8 +37,9 @@ def ws_rows():
 
 
 def test_every_shipped_warp_specialised_config_is_compiled(ws_rows):
-    import flashbench_kernels.flash_attn_v2 as fa2
-    shipped = {(d, tuple(t)) for d in (64, 96, 128) for t in fa2.FWD_SPACE[fa2._dclass(d)] if fa2._is_ws(t)}
+    from flashbench_kernels.flash_attn_v2 import spaces, tuning
+    shipped = {(d, tuple(t)) for d in (64, 96, 128) for t in spaces.FWD_SPACE[tuning.head_dim_class(d)]
+               if tuning.is_ws(t)}
     assert shipped, "the forward space ships no warp-specialised configuration"
     compiled = {(r["head_dim"], tuple(r["config"])) for r in ws_rows}
     assert compiled == shipped

@@ -4,16 +4,17 @@ Triton compiles for a target it is told about, and its wheel ships ptxas and cuo
 Hopper binary of each forward configuration can be built and read on a CPU-only machine: registers
 per thread, local-memory spills, shared memory, the warp count after warp specialisation, and
 whether the warp-specialisation pass produced a ``ttg.warp_specialize`` op.  It also checks the
-Triton 3.6 pass fault recorded in kernels/TUNING.md (v6): the second consumer warp group must not
+Triton 3.6 pass fault described in kernels/DESIGN.md: the second consumer warp group must not
 build its query rows from the Q load's shifted row offset.
 
-The kernel is compiled with the specialisation the JIT gives benchmark shapes: 16-byte divisible
+The kernel is compiled with the constexprs the launcher passes (``launch.kernel_meta`` with the
+default ``FA2Options``) and the specialisation the JIT gives benchmark shapes: 16-byte divisible
 pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not specialised.
 
-    python scripts/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
-    python scripts/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
-    python scripts/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
-    python scripts/fa2_compile_report.py --gluon [--json]  # the Gluon Hopper forward (flash_attn_v2_sm90)
+    python tools/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
+    python tools/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
+    python tools/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
+    python tools/fa2_compile_report.py --gluon [--json]  # the Gluon Hopper forward (sm90.py)
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -31,22 +32,20 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import flashbench_kernels.flash_attn_v2 as fa2
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fa2_fwd_configs import _label  # noqa: E402  (one name per configuration across the scripts)
+from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, spaces, tuning
+from flashbench_kernels.flash_attn_v2.kernels import fwd_kernel
 
 SM90 = GPUTarget("cuda", 90, 32)
 _DIVISIBLE = ("Q", "K", "V", "O", "LSE", "H")
+GROUP_PROGRAMS = FA2Options().causal_group_programs  # the shipped causal launch order
 
 
 def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16", even_kv: bool = True):
-    """The forward kernel compiled for sm_90 with ``config`` = (BLOCK_M, BLOCK_N, warps, stages[, WS])."""
-    fn = fa2._fwd_kernel
-    ws = fa2._is_ws(config)
-    consts = dict(HEAD_DIM=head_dim, BLOCK_D=fa2._next_pow2(max(16, head_dim)), CAUSAL=causal, IEEE=False,
-                  EVEN_KV=even_kv, USE_TMA=ws, BLOCK_M=config[0], BLOCK_N=config[1], WARP_SPEC=ws, GROUP=1,
-                  GROUP_PROGRAMS=fa2.CAUSAL_GROUP_PROGRAMS if causal else 0)
+    """The forward kernel compiled for sm_90 with ``config`` = (BLOCK_M, BLOCK_N, warps, stages[, WS]),
+    on the pointer path unless the configuration is TMA-only (warp-specialised)."""
+    fn = fwd_kernel
+    consts = {**launch.kernel_meta(head_dim, causal, False, GROUP_PROGRAMS), "EVEN_KV": even_kv, "GROUP": 1,
+              "WARP_SPEC": False, **tuning.to_config(config, use_tma=False).kwargs}
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: f"*{dtype}" for name in ("Q", "K", "V", "O")}, LSE="*fp32", sm_scale="fp32")
     sig.update({name: "constexpr" for name in consts})
@@ -73,7 +72,7 @@ def resource_usage(compiled) -> dict:
 
 
 def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
-    """Lines of consumer partitions that splat a row offset shifted by BLOCK_M / 2 (the v6 fault).
+    """Lines of consumer partitions that splat a row offset shifted by BLOCK_M / 2 (the pass fault).
 
     The pass gives the second consumer ``offset + BLOCK_M/2`` for its half of the Q load; when that
     value also feeds ``offs_m`` (already offset by the partitioned ``arange``), rows come out shifted
@@ -92,17 +91,14 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
 
 
 def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None):
-    """The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py) compiled for sm_90 as its launcher runs it."""
+    """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    import flashbench_kernels.flash_attn_v2_sm90 as sm90
-    fn = sm90._fwd_sm90_kernel
-    desc = sm90._descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
-    consts = dict(CAUSAL=causal, GROUP_PROGRAMS=fa2.CAUSAL_GROUP_PROGRAMS if causal else 0,
-                  STAGES=stages, PRODUCER_REGS=sm90.PRODUCER_REGS,
-                  CONSUMER_REGS=sm90.CONSUMER_REGS)
+    fn = sm90.fwd_sm90_kernel
+    desc = sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
+    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
@@ -136,9 +132,9 @@ def rows(only_ws: bool) -> list[dict]:
     out = []
     for d in (128, 96, 64):
         for causal in (False, True):
-            for t in fa2.FWD_SPACE[fa2._dclass(d)]:
-                ws = fa2._is_ws(t)
-                if fa2._is_gluon(t) or (causal and ws) or (only_ws and not ws) or (d == 96 and not ws):
+            for t in spaces.FWD_SPACE[tuning.head_dim_class(d)]:
+                ws = tuning.is_ws(t)
+                if tuning.is_gluon(t) or (causal and ws) or (only_ws and not ws) or (d == 96 and not ws):
                     continue
                 for even_kv in ((True, False) if ws else (True,)):
                     row = {"head_dim": d, "causal": causal, "config": list(t), "even_kv": even_kv}
@@ -173,7 +169,7 @@ def main() -> int:
     for r in table:
         ttgir = r.pop("ttgir", "")
         t = r["config"]
-        label = _label(t)
+        label = tuning.short_label(t)
         bad += "error" in r or bool(r.get("shifted_rows"))
         if args.ttgir and ttgir:
             os.makedirs(args.ttgir, exist_ok=True)

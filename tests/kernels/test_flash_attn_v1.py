@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flashbench.reference import naive_attention, reference_attention
-from flashbench_kernels.flash_attn_v1 import flash_attn_v1, last_configs
+from flashbench_kernels.flash_attn_v1 import flash_attn_v1
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -169,14 +169,26 @@ def test_non_contiguous_inputs():
         assert _maxerr(a.grad, b.grad) < 1e-5
 
 
-def test_last_configs_reports_each_kernel():
+def test_launch_log_reports_each_kernel_the_call_ran():
     q, k, v, do = _inputs(1, 1, 1, 17, 17, 32, torch.float32)
     q.requires_grad_()
-    flash_attn_v1(q, k, v).backward(do)
-    cfg = last_configs()
+    fwd_only, cfg = {}, {}
+    with torch.no_grad():
+        flash_attn_v1(q, k, v, launch_log=fwd_only)
+    out = flash_attn_v1(q, k, v, launch_log=cfg)
+    assert list(cfg) == ["fwd"]
+    out.backward(do)  # autograd hands the forward's log to the backward
     assert {"fwd", "bwd", "bwd_preprocess"} <= set(cfg)
+    assert list(fwd_only) == ["fwd"]  # one log per call
     assert "BLOCK_M=" in cfg["fwd"] and "num_warps=" in cfg["fwd"]
     assert all(isinstance(x, str) for x in cfg.values())
+
+
+@pytest.mark.parametrize("bad", [[], "fwd"])
+def test_launch_log_that_is_not_a_dict_raises(bad):
+    q, k, v, _ = _inputs(1, 1, 1, 8, 8, 32, torch.float32)
+    with pytest.raises(ValueError, match="launch_log must be a dict"):
+        flash_attn_v1(q, k, v, launch_log=bad)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 # Run the GPU-only tests of the given files in N pytest processes at once (compilation, not the
 # GPU, bounds these tests: one process compiles one kernel at a time).
 # Usage on the GPU machine, after `source .whl/setup.sh`:
-#   bash scripts/gpu_tests_parallel.sh N OUT_DIR tests/test_a.py tests/test_b.py ...
+#   bash tools/gpu_tests_parallel.sh N OUT_DIR tests/kernels tests/gpu ...
 # Writes OUT_DIR/gpu_tests_<i>.txt per process and prints each process's summary line; exits 1
 # if any process failed.
 set -u

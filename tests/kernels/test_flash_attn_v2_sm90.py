@@ -1,7 +1,7 @@
-"""The Gluon Hopper forward (kernels/flash_attn_v2_sm90.py): when it runs, how it compiles, what it computes.
+"""The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py): when it runs, how it compiles, what it computes.
 
 Without a GPU: which inputs it takes (the tuner offers it only for those, and at D128 only), and, through
-``scripts/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
+``tools/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
 sm_90 into the intended shape (one producer warp, two consumer warp groups given 240 registers, no
 spills, the asynchronous wgmma waits).  On a Hopper GPU: outputs, LSE and gradients (the backward is
 the Triton one, fed by this forward's O and LSE) against the float64 reference with outputs poisoned,
@@ -17,12 +17,10 @@ import sys
 import pytest
 import torch
 
-import flashbench_kernels.flash_attn_v2 as fa2
-import flashbench_kernels.flash_attn_v2_sm90 as sm90
-from flashbench_kernels.flash_attn_v2 import last_configs
-from test_flash_attn_v2 import _case_id, _check_against_reference, _inputs, _poisoned_empty
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
+from kernel_checks import case_id, check_against_reference, make_inputs, poisoned_empty
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
 def _t(*shape, dtype=torch.bfloat16):
@@ -59,53 +57,51 @@ def test_says_why_it_declines_other_inputs(q, k, causal, words):
 def test_never_offered_without_a_hopper_gpu():
     q = _t(1, 2, 256, 128)
     assert sm90.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert fa2._sm90_ok(q, q, q, False, fa2._BOTH) == 0
+    assert launch._sm90_ok(q, q, q, False, tuning.BOTH, FA2Options()) == 0
 
 
-def test_sm90_ok_needs_the_switch_the_tma_path_and_supported_inputs(monkeypatch):
+def test_sm90_ok_needs_the_option_the_tma_path_and_supported_inputs(monkeypatch):
     monkeypatch.setattr(sm90, "unsupported_reason", lambda *a: None)  # as if on an H100
     q = _t(1, 2, 256, 128)
-    assert fa2._sm90_ok(q, q, q, True, fa2._BOTH) == 1
-    assert fa2._sm90_ok(q, q, q, True, fa2._PTR_ONLY) == 0
-    monkeypatch.setattr(fa2, "SM90_FORWARD", False)
-    assert fa2._sm90_ok(q, q, q, True, fa2._BOTH) == 0
+    assert launch._sm90_ok(q, q, q, True, tuning.BOTH, FA2Options()) == 1
+    assert launch._sm90_ok(q, q, q, True, tuning.PTR_ONLY, FA2Options()) == 0
+    assert launch._sm90_ok(q, q, q, True, tuning.BOTH, FA2Options(sm90_forward=False)) == 0
 
 
-GLUON_128 = next(t for t in fa2.FWD_SPACE["mid"] if fa2._is_gluon(t))
+GLUON_128 = next(t for t in spaces.FWD_SPACE["mid"] if tuning.is_gluon(t))
 
 
 @pytest.mark.parametrize("sm90_ok", [0, 1])
 @pytest.mark.parametrize("nq", [512, 1024, 2048, 16384])
 @pytest.mark.parametrize("causal", [False, True])
 def test_pruner_offers_the_gluon_forward_only_where_it_runs(sm90_ok, nq, causal, monkeypatch):
-    monkeypatch.setattr(fa2, "interpreting", lambda: False)
-    prune, configs = fa2._fwd_tuner.prune, fa2._all_configs(fa2.FWD_SPACE)
-    named = {"TMA_OK": fa2._BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
-    d128 = {fa2._sig(c) for c in prune(configs, named, HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
-    # at Nq = 512 its host path outlasts its kernel (launch-bound, TUNING.md v8)
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
+    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
+    d128 = {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
+    # at Nq = 512 its host path outlasts its kernel (launch-bound, spaces.GLUON_MIN_NQ)
     assert (GLUON_128 in d128) == (bool(sm90_ok) and nq >= 1024)
-    # D64: 1.5-12% slower than the Triton forward below N = 8k, level above: never offered (TUNING.md v8)
+    # D64: 1-12% slower than the Triton forward below N = 8k on the H200, level above: never offered
     d64 = prune(configs, named, HEAD_DIM=64, IEEE=False, CAUSAL=causal)
     assert d64 and not any(c.kwargs.get("GLUON") for c in d64)
 
 
 def test_gluon_configuration_is_reported_by_name():
-    cfg = fa2._to_config(GLUON_128, True)
-    assert fa2._sig(cfg) == GLUON_128 and cfg.kwargs["USE_TMA"]
-    assert fa2._fmt(cfg) == sm90.config(GLUON_128[3])
-    assert fa2._fmt(cfg).startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=128,") and "num_stages=2" in fa2._fmt(cfg)
+    cfg = tuning.to_config(GLUON_128, True)
+    assert tuning.signature(cfg) == GLUON_128 and cfg.kwargs["USE_TMA"]
+    label = tuning.launch_label(cfg)
+    assert label == sm90.config_label(GLUON_128[3])
+    assert label.startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=128,") and "num_stages=2" in label
 
 
-def test_forcing_the_gluon_forward_where_it_cannot_run_says_why(monkeypatch):
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", GLUON_128)
-    q, k, v, _ = _inputs(1, 2, 2, 128, 128, 64, torch.float16, seed=1)
+def test_pinning_the_gluon_forward_where_it_cannot_run_says_why():
+    q, k, v, _ = make_inputs(1, 2, 2, 128, 128, 64, torch.float16, seed=1)
     with pytest.raises(ValueError, match="Gluon Hopper forward, which cannot run these inputs"):
-        fa2.flash_attn_v2(q, k, v)
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "bwd_dq", GLUON_128)
-    monkeypatch.delitem(fa2.FORCE_CONFIG, "fwd")
-    q.requires_grad_()
+        flash_attn_v2(q, k, v, options=FA2Options(configs={"fwd": GLUON_128}))
+    with pytest.raises(ValueError, match="cannot run these inputs: options.sm90_forward is False"):
+        flash_attn_v2(q, k, v, options=FA2Options(configs={"fwd": GLUON_128}, sm90_forward=False))
     with pytest.raises(ValueError, match="only the forward"):
-        fa2.flash_attn_v2(q, k, v).sum().backward()
+        FA2Options(configs={"bwd_dq": GLUON_128})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +114,7 @@ _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", 
                     reason="this Triton build carries no NVIDIA toolchain")
 def test_compiles_for_sm90_into_producer_and_consumers():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fa2_compile_report.py"), "--gluon", "--json"],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {(r["head_dim"], r["causal"]) for r in rows} == {(d, c) for d in (64, 128) for c in (False, True)}, \
@@ -163,30 +159,32 @@ GRID = [
 @hopper_only
 @pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", GRID, ids=_case_id)
+@pytest.mark.parametrize("case", GRID, ids=case_id)
 def test_gpu_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
     """Forced (D64 is never chosen by the tuner; 3 stages fill 224 KiB of shared memory at D128)."""
     B, H, Hkv, Nq, Nkv, D, causal = case
-    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
-    monkeypatch.setattr(fa2, "AUTOTUNE", False)  # the backward: one configuration, bounded compile time
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", (128, 128, 4, stages, fa2.GLUON))
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    # the backward: one configuration, bounded compile time
+    options = FA2Options(autotune=False, configs={"fwd": (128, 128, 4, stages, spaces.GLUON)})
     for rep in range(3):
-        q, k, v, do = _inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
-        _check_against_reference(q, k, v, do, causal)
-        assert last_configs()["fwd"] == sm90.config(stages)
+        q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
+        log = {}
+        check_against_reference(q, k, v, do, causal, options=options, launch_log=log)
+        assert log["fwd"] == sm90.config_label(stages)
 
 
 @pytest.mark.gpu
 @hopper_only
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
-    q, k, v, _ = _inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", GLUON_128)
-    o, lse = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
-    assert last_configs()["fwd"].startswith("gluon_sm90")
-    monkeypatch.setitem(fa2.FORCE_CONFIG, "fwd", fa2.FWD_SPACE["mid"][0])
-    o_ref, lse_ref = fa2.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
-    assert not last_configs()["fwd"].startswith("gluon")
+def test_gpu_gluon_lse_matches_the_triton_forward(causal):
+    q, k, v, _ = make_inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
+    gluon_log, triton_log = {}, {}
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(configs={"fwd": GLUON_128}),
+                           launch_log=gluon_log)
+    assert gluon_log["fwd"].startswith("gluon_sm90")
+    triton_fwd = FA2Options(configs={"fwd": spaces.FWD_SPACE["mid"][0]})
+    o_ref, lse_ref = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=triton_fwd, launch_log=triton_log)
+    assert not triton_log["fwd"].startswith("gluon")
     assert (lse - lse_ref).abs().max().item() < 1e-3
     assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
 
@@ -194,17 +192,18 @@ def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
 @pytest.mark.gpu
 @hopper_only
 def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(monkeypatch):
-    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
-    q, k, v, do = _inputs(1, 16, 16, 2048, 2048, 128, torch.bfloat16, seed=11)
-    _check_against_reference(q, k, v, do, causal=True)
-    offered = {fa2._sig(c) for c in fa2._fwd_tuner.timings}
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    q, k, v, do = make_inputs(1, 16, 16, 2048, 2048, 128, torch.bfloat16, seed=11)
+    check_against_reference(q, k, v, do, causal=True)
+    offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
     assert GLUON_128 in offered, f"the tuner did not time the Gluon forward: {offered}"
 
 
 @pytest.mark.gpu
 @hopper_only
 def test_gpu_unsupported_shape_is_never_given_to_it(monkeypatch):
-    monkeypatch.setattr(fa2, "_empty", _poisoned_empty)
-    q, k, v, do = _inputs(1, 4, 4, 1000, 1000, 128, torch.bfloat16, seed=9)
-    _check_against_reference(q, k, v, do, causal=True)
-    assert not last_configs()["fwd"].startswith("gluon")
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    q, k, v, do = make_inputs(1, 4, 4, 1000, 1000, 128, torch.bfloat16, seed=9)
+    log = {}
+    check_against_reference(q, k, v, do, causal=True, launch_log=log)
+    assert not log["fwd"].startswith("gluon")

@@ -1,0 +1,87 @@
+"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA and bottom-right causal.
+
+What is implemented
+-------------------
+``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False, *, options=None,
+launch_log=None)`` computes ``softmax(sm_scale * Q K^T [+ causal mask]) V`` for SDPA-layout inputs
+q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through a
+``torch.autograd.Function`` whose backward runs Triton kernels (no PyTorch attention math anywhere).
+``options`` (an ``FA2Options``) pins configurations, forces a tile path, turns autotuning or the
+Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict) receives the
+configuration each kernel ran.
+
+Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
+  * one program per (block of BLOCK_M query rows, batch*head): the outer loop of Algorithm 1
+    is the launch grid, so Q_i stays in registers and O_i is written once;
+  * inner loop over K_j/V_j blocks of BLOCK_N keys with the online softmax (running row max m_i,
+    running row sum l_i, un-normalised accumulator); log2(e) is folded into the scale so the
+    kernel uses ``exp2``; the division by l_i is deferred to the end (Algorithm 1 line 12);
+  * the base-2 log-sum-exp L_i = m_i + log2(l_i) (line 13) is stored for the backward pass
+    (``return_lse=True`` returns it converted to the natural log);
+  * causal: key blocks fully visible to every row of the query block run with no mask
+    arithmetic; only the blocks crossing the diagonal apply the mask; blocks above the diagonal
+    are never visited.  Causal query blocks are launched heaviest first across groups of heads
+    spanning >= ``FA2Options.causal_group_programs`` programs, so that a sweep ends on light
+    blocks (the dQ and dK/dV kernels likewise).
+
+Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
+  * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
+  * ``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over query blocks
+    (and over the query heads sharing the kv head, so GQA/MQA gradients are summed in registers
+    with no atomics and no extra memory), recomputing P from Q, K and the stored L;
+    dV += P^T dO, dK += dS^T Q (lines 14-21);
+  * ``bwd_dq_kernel``: one program per (Q block, batch*head) loops over K/V blocks and
+    accumulates dQ += dS K in registers.  The paper's dQ update by atomic adds (line 21) is
+    replaced by this second pass: it recomputes S and dP (7 instead of 5 matmuls in all) but is
+    deterministic, needs no fp32 dQ buffer, no zero-fill and no conversion kernel.  The atomic
+    variant has not been measured.
+
+Conventions
+  * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
+    key j iff j <= i + (Nkv - Nq).  Query rows that see no key (Nq > Nkv) output 0, their LSE is
+    -inf, and they contribute zero gradients (no NaN).
+  * GQA/MQA: query head h reads kv head h // (H // H_kv) through index arithmetic; K/V are never
+    copied or expanded.
+  * any Nq, Nkv (tails handled by masked loads / TMA bounds), Nq != Nkv; head dims 32, 64, 96,
+    128, 256 (96 runs in a 128-wide tile with the extra columns masked / zero-filled);
+    fp16 and bf16 (P and dS are cast to the input dtype before the matmuls), and fp32 with exact
+    ``input_precision="ieee"`` dots as a reference path.
+  * inputs may be non-contiguous: strides are passed; the last dim must be contiguous.
+  * sm_scale defaults to 1/sqrt(D) and must be a positive finite number.
+
+Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists the candidates)
+  * pointer path (any CUDA GPU Triton supports): masked ``tl.load``/``tl.store`` of tiles,
+    software-pipelined by ``num_stages``;
+  * TMA path (capability >= 9, i.e. Hopper, with 16-byte aligned base addresses and strides):
+    tiles move through device-side tensor descriptors (``tl.make_tensor_descriptor``, one per
+    (batch, head) matrix, so out-of-bounds rows/columns are zero-filled on load and clipped on
+    store).  On Hopper the tuner chooses the path together with the tile sizes, warps and
+    stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
+    paths, head dim, causal, dtype, causal launch order), timing the candidates in interleaved
+    rounds (``_tuner.py``); measurements are in ``kernels/DESIGN.md``.
+  * warp-specialised forward (Hopper, TMA path, non-causal, fp16/bf16; one of the tuned
+    configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
+    loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
+    and two consumer warp groups of BLOCK_M / 2 query rows each running the dots and the softmax
+    (12 warps; the FlashAttention-3 arrangement, without its explicit ping-pong or intra-warp-group
+    overlap).  The pass accepts one loop per kernel, so this forward walks every key block in one
+    loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
+    pointer; causal forwards are never warp-specialised (measured slower with every block masked).
+    With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
+  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv multiples
+    of 128, contiguous inputs, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
+    FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping
+    the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
+    ``GLUON`` entry of the D128 space), so it runs only where the tuner measures it faster; it
+    also runs D = 64, slower, so the D64 space does not offer it.  Its own docstring says what it
+    does not support; the backward stays the Triton one.
+  * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
+
+Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
+alignment, variable-length (packed) batches, KV cache / paged attention, fp8, head dims other
+than 32/64/96/128/256, non-positive softmax scales, gradients with respect to the returned LSE.
+"""
+from .launch import flash_attn_v2
+from .options import FA2Options
+
+__all__ = ["FA2Options", "flash_attn_v2"]

@@ -1,0 +1,415 @@
+"""The Triton kernels of FlashAttention-2 (Dao 2023): the forward (Algorithm 1) and a split backward (Algorithm 2).
+
+Every kernel takes SDPA-layout tensors by strides (last dimension contiguous), any Nq and Nkv, GQA/MQA
+by index arithmetic (query head h reads kv head h // GROUP; K/V are never copied), bottom-right causal
+alignment (query i sees key j iff j <= i + Nkv - Nq), head dims 32 to 256 (a head dim below its
+power-of-two tile, such as 96 in a 128-wide tile, is masked / zero-filled), and 16-bit inputs (P and
+dS cast to the input dtype before their dots) or fp32 with exact ``input_precision="ieee"`` dots
+(``IEEE``).  Tiles move either by masked pointer loads/stores or through device-side TMA tensor
+descriptors (``USE_TMA``; Hopper, 16-byte aligned views: out-of-range rows/columns are zero-filled on
+load and clipped on store).
+
+``fwd_kernel``: one program per (block of BLOCK_M query rows, batch*head): the outer loop of
+  Algorithm 1 is the launch grid, so Q_i stays in registers and O_i is written once.  The inner loop
+  over K_j/V_j blocks keeps the online softmax (running row max m_i, running row sum l_i,
+  un-normalised accumulator) in base 2 with log2(e) folded into the scale, defers the division by
+  l_i to the end (line 12) and stores the base-2 log-sum-exp L_i = m_i + log2(l_i) (line 13) for the
+  backward.  Causal: key blocks visible to every row of the block run with no mask arithmetic, only
+  the blocks crossing the diagonal apply the mask, blocks above it are never visited.  With
+  ``WARP_SPEC`` (non-causal, TMA, 4 warps) the key loop is a single ``tl.range(...,
+  warp_specialize=True)`` loop, which Triton 3.6 splits into one producer warp group issuing the loads
+  and two consumer warp groups of BLOCK_M / 2 rows (FlashAttention-3's arrangement without its
+  ping-pong or intra-warp-group overlap); the key tail is then masked in every block unless 128
+  divides Nkv (``EVEN_KV``), and O is stored by pointer.
+``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper).
+``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over the query blocks, and over
+  the query heads sharing its kv head (GQA/MQA gradients summed in registers: no atomics, no extra
+  memory), recomputing P from Q, K and the stored L: dV += P^T dO, dK += dS^T Q (lines 14-21).
+``bwd_dq_kernel``: one program per (Q block, batch*head) loops over the K/V blocks and accumulates
+  dQ += dS K in registers.  This second pass replaces the paper's dQ update by atomic adds (line 21):
+  it recomputes S and dP (7 matmuls in all instead of 5) but is deterministic and needs no fp32 dQ
+  buffer, zero-fill or conversion kernel.
+
+Causal programs are launched heaviest first across groups of heads (``GROUP_PROGRAMS``; see
+``_schedule.block_and_head``).  Rows that see no key (causal, Nq > Nkv) output 0 with L = -inf and
+get zero gradients.  Not here: dropout, attention bias or masks other than causal, top-left causal
+alignment, variable-length batches, paged KV, fp8; the launcher (``launch.py``) checks inputs and
+chooses the configuration.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .._schedule import block_and_head
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _make_src(base, stride_row, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+              HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    """A tile source for one (batch, head) matrix of n_rows x HEAD_DIM: a TMA descriptor or the pointer."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride_row, 1],
+                                         block_shape=[BLOCK_R, BLOCK_D])
+    else:
+        return base
+
+
+@triton.jit
+def _load_tile(src, stride_row, row0, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+               HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """Rows [row0, row0 + BLOCK_R) x columns [0, BLOCK_D); out-of-range rows/columns read as 0."""
+    if USE_TMA:
+        return src.load([row0, 0])
+    else:
+        offs_r = row0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = src + offs_r[:, None] * stride_row + offs_d[None, :]
+        if MASK_ROWS:
+            if BLOCK_D == HEAD_DIM:
+                return tl.load(ptrs, mask=offs_r[:, None] < n_rows, other=0.0)
+            else:
+                return tl.load(ptrs, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                return tl.load(ptrs)
+            else:
+                return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
+def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    if USE_TMA:
+        dst.store([row0, 0], val)
+    else:
+        offs_r = row0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = dst + offs_r[:, None] * stride_row + offs_d[None, :]
+        if BLOCK_D == HEAD_DIM:
+            tl.store(ptrs, val, mask=offs_r[:, None] < n_rows)
+        else:
+            tl.store(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
+               MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               USE_TMA: tl.constexpr, IEEE: tl.constexpr, WARP_SPEC: tl.constexpr = False):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+        k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        qk = _dot(q, tl.trans(k), None, IEEE)
+        if MASK == 0:
+            # every score is finite: one FMA per element, no masking
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            offs_n = start_n + offs_n0
+            if MASK == 1:
+                visible = offs_n[None, :] <= offs_m[:, None] + diag
+            else:
+                visible = offs_n[None, :] < N_KV
+            s = tl.where(visible, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # rows with nothing visible so far keep m = -inf; subtract 0 instead to avoid inf - inf
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = _load_tile(v_src, stride_vn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        acc = _dot(p.to(v.dtype), v, acc, IEEE)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "SM90_OK"])
+def fwd_kernel(Q, K, V, O, LSE, sm_scale,
+               stride_qb, stride_qh, stride_qm,
+               stride_kb, stride_kh, stride_kn,
+               stride_vb, stride_vh, stride_vn,
+               stride_ob, stride_oh, stride_om,
+               H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK, SM90_OK,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+               EVEN_KV: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               GROUP_PROGRAMS: tl.constexpr, WARP_SPEC: tl.constexpr = False):
+    pid_m, pid_bh = block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    o_dst = _make_src(O + b * stride_ob + h * stride_oh, stride_om, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    if WARP_SPEC:
+        # Triton 3.6's warp-specialisation pass splits the Q block between two consumer warp
+        # groups by rewriting the Q load's row offset to (offset + BLOCK_M/2) in the second one,
+        # and rewrites every other use of that same value too: offs_m would be shifted twice and
+        # any bound built on it (wrong rows; measured: NaN rows on the H100).  The
+        # load therefore gets its own value, equal to m0 (the grid has one program along z).
+        q_row0 = m0 + tl.program_id(2)
+    else:
+        q_row0 = m0
+    q = _load_tile(q_src, stride_qm, q_row0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        # keys < hi are visible to some row of this block; keys < full_end to all of them
+        tl.static_assert(not WARP_SPEC, "the warp-specialised forward is non-causal only")
+        hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
+        full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
+                                   offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, hi,
+                                   offs_m, diag, N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
+    elif WARP_SPEC:
+        # Triton 3.6 warp-specialises a loop only when the kernel has no other loop: one loop over
+        # every key block, the key tail masked in each unless BLOCK_N divides N_KV
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, N_KV,
+                                   offs_m, diag, N_KV, qk_scale, 0 if EVEN_KV else 2, BLOCK_N, BLOCK_D,
+                                   HEAD_DIM, USE_TMA, IEEE, True)
+    else:
+        full_end = (N_KV // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, 0, full_end,
+                                   offs_m, diag, N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, full_end, N_KV,
+                                   offs_m, diag, N_KV, qk_scale, 2, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                   USE_TMA, IEEE)
+
+    # deferred normalisation; rows that saw no key have l_i == 0 and output 0
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse2 = m_i + tl.math.log2(l_i)  # -inf for rows with no visible key
+    tl.store(LSE + pid_bh.to(tl.int64) * N_Q + offs_m, lse2, mask=offs_m < N_Q)
+    # with warp specialisation the consumer warpgroups each hold part of the block: store by pointer
+    _store_tile(O + b * stride_ob + h * stride_oh if WARP_SPEC else o_dst, stride_om, m0, N_Q,
+                o.to(O.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA and not WARP_SPEC)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["N_Q"])
+def bwd_preprocess_kernel(O, DO, DELTA,
+                          stride_ob, stride_oh, stride_om,
+                          stride_db, stride_dh, stride_dm,
+                          H, N_Q,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < N_Q)
+
+
+@triton.jit
+def _load_row_stats(LSE_row, DELTA_row, offs_m, N_Q, MASK_ROWS: tl.constexpr):
+    """Base-2 LSE (with +inf for rows that saw no key or lie past N_Q, so that P = 0 there) and Delta."""
+    if MASK_ROWS:
+        lse = tl.load(LSE_row + offs_m, mask=offs_m < N_Q, other=float("inf"))
+        delta = tl.load(DELTA_row + offs_m, mask=offs_m < N_Q, other=0.0)
+    else:
+        lse = tl.load(LSE_row + offs_m)
+        delta = tl.load(DELTA_row + offs_m)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    return lse, delta
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom, lo, hi,
+                offs_n, diag, N_Q, qk_scale,
+                MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: query tail
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                USE_TMA: tl.constexpr, IEEE: tl.constexpr):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in tl.range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        q = _load_tile(q_src, stride_qm, start_m, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        lse, delta = _load_row_stats(LSE_row, DELTA_row, offs_m, N_Q, MASK != 0)
+        qkT = _dot(k, tl.trans(q), None, IEEE)  # (BLOCK_N, BLOCK_M)
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if MASK == 1:
+            pT = tl.where(offs_n[:, None] <= offs_m[None, :] + diag, pT, 0.0)
+        do = _load_tile(do_src, stride_dom, start_m, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        dv = _dot(pT.to(do.dtype), do, dv, IEEE)
+        dpT = _dot(v, tl.trans(do), None, IEEE)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _dot(dsT.to(q.dtype), q, dk, IEEE)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
+def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, sm_scale,
+                    stride_qb, stride_qh, stride_qm,
+                    stride_kb, stride_kh, stride_kn,
+                    stride_vb, stride_vh, stride_vn,
+                    stride_dob, stride_doh, stride_dom,
+                    stride_dkb, stride_dkh, stride_dkn,
+                    stride_dvb, stride_dvh, stride_dvn,
+                    H, H_KV, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                    GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    pid_n, pid_bhk = block_and_head(tl.num_programs(1), False, GROUP_PROGRAMS)  # key block 0 is heaviest
+    b = (pid_bhk // H_KV).to(tl.int64)
+    hk = (pid_bhk % H_KV).to(tl.int64)
+    n0 = pid_n * BLOCK_N
+    diag = N_KV - N_Q
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    k = _load_tile(k_src, stride_kn, n0, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    v = _load_tile(v_src, stride_vn, n0, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    q_full_end = (N_Q // BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # rows >= n0 - diag see some key of this block; rows >= n0 + BLOCK_N - 1 - diag see all of them
+        lo = (tl.maximum(n0 - diag, 0) // BLOCK_M) * BLOCK_M
+        lo = tl.minimum(lo, N_Q)
+        full_start = tl.maximum(lo, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M)
+        full_start = tl.minimum(full_start, N_Q)
+    else:
+        lo = 0
+        full_start = 0
+    unmasked_end = tl.maximum(q_full_end, full_start)
+
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+        do_src = _make_src(DO + b * stride_dob + h * stride_doh, stride_dom, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM,
+                           USE_TMA)
+        LSE_row = LSE + bh * N_Q
+        DELTA_row = DELTA + bh * N_Q
+        if CAUSAL:
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                                 lo, full_start, offs_n, diag, N_Q, qk_scale, 1,
+                                 BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                             full_start, q_full_end, offs_n, diag, N_Q, qk_scale, 0,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
+                             unmasked_end, N_Q, offs_n, diag, N_Q, qk_scale, 2,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+
+    dk = dk * sm_scale
+    dk_dst = _make_src(DK + b * stride_dkb + hk * stride_dkh, stride_dkn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    dv_dst = _make_src(DV + b * stride_dvb + hk * stride_dvh, stride_dvn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dk_dst, stride_dkn, n0, N_KV, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dv_dst, stride_dvn, n0, N_KV, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, lo, hi, offs_m, diag, N_KV, qk_scale,
+              MASK: tl.constexpr,  # 0: none, 1: causal diagonal, 2: key tail
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+              USE_TMA: tl.constexpr, IEEE: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        k = _load_tile(k_src, stride_kn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        v = _load_tile(v_src, stride_vn, start_n, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, MASK != 0)
+        qk = _dot(q, tl.trans(k), None, IEEE)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if MASK != 0:
+            offs_n = start_n + offs_n0
+            if MASK == 1:
+                p = tl.where(offs_n[None, :] <= offs_m[:, None] + diag, p, 0.0)
+            else:
+                p = tl.where(offs_n[None, :] < N_KV, p, 0.0)
+        dp = _dot(do, tl.trans(v), None, IEEE)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, IEEE)
+    return dq
+
+
+@triton.jit(do_not_specialize=["N_Q", "N_KV", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
+def bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, sm_scale,
+                  stride_qb, stride_qh, stride_qm,
+                  stride_kb, stride_kh, stride_kn,
+                  stride_vb, stride_vh, stride_vn,
+                  stride_dob, stride_doh, stride_dom,
+                  stride_dqb, stride_dqh, stride_dqm,
+                  H, GROUP, N_Q, N_KV, NQ_BUCKET, NKV_BUCKET, TMA_OK,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                  GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    pid_m, pid_bh = block_and_head(tl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    diag = N_KV - N_Q
+    qk_scale = sm_scale * 1.4426950408889634
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+
+    q_src = _make_src(Q + b * stride_qb + h * stride_qh, stride_qm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    do_src = _make_src(DO + b * stride_dob + h * stride_doh, stride_dom, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    k_src = _make_src(K + b * stride_kb + hk * stride_kh, stride_kn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    v_src = _make_src(V + b * stride_vb + hk * stride_vh, stride_vn, N_KV, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    q = _load_tile(q_src, stride_qm, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    do = _load_tile(do_src, stride_dom, m0, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, True)
+    lse, delta = _load_row_stats(LSE + pid_bh.to(tl.int64) * N_Q, DELTA + pid_bh.to(tl.int64) * N_Q,
+                                 offs_m, N_Q, True)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    if CAUSAL:
+        hi = tl.minimum(N_KV, m0 + BLOCK_M + diag)
+        full_end = tl.minimum((tl.maximum(m0 + diag + 1, 0) // BLOCK_N) * BLOCK_N, tl.maximum(hi, 0))
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, 0, full_end, offs_m, diag,
+                       N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, full_end, hi, offs_m, diag,
+                       N_KV, qk_scale, 1, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+    else:
+        full_end = (N_KV // BLOCK_N) * BLOCK_N
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, 0, full_end, offs_m, diag,
+                       N_KV, qk_scale, 0, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, full_end, N_KV, offs_m, diag,
+                       N_KV, qk_scale, 2, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
+
+    dq = dq * sm_scale
+    dq_dst = _make_src(DQ + b * stride_dqb + h * stride_dqh, stride_dqm, N_Q, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dq_dst, stride_dqm, m0, N_Q, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+
+

@@ -1,0 +1,99 @@
+"""``FA2Options``: how ``flash_attn_v2`` chooses and runs its kernels, one frozen value per call.
+
+The defaults are what the package ships: autotuned configurations, the tile path chosen from the GPU
+and the inputs, causal programs grouped across heads, the Gluon Hopper forward offered where it
+runs.  The other values exist to measure one choice against another (a pinned configuration, one
+tile path, another launch order) or to bound compile time in tests.  Every field is checked when
+the object is made, so a bad option is a ValueError before any kernel runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from .spaces import GLUON, WS
+
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
+PATHS = ("auto", "tma", "ptr")
+GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of shared memory at D128)
+
+
+@dataclass(frozen=True)
+class FA2Options:
+    """Options of one ``flash_attn_v2`` call.
+
+    autotune: choose each kernel's configuration by timing the candidates of its space (once per
+        shape class, cached); False runs the first entry of the space (compile once, time nothing).
+    path: "auto" lets the GPU and the inputs decide (TMA on capability >= 9 with 16-byte aligned
+        views, and then the path each kernel prefers); "tma" or "ptr" forces the tile path: "tma"
+        raises ValueError where the inputs cannot take it.
+    configs: pinned configurations by kernel ("fwd", "bwd_dkdv", "bwd_dq"), each
+        ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; the forward also takes
+        ``(BLOCK_M, BLOCK_N, 4, 2, WS)`` (warp-specialised) and ``(128, 128, 4, stages, GLUON)`` (the
+        Gluon Hopper forward, ``stages`` 2 or 3), with ``WS`` and ``GLUON`` from ``spaces``.  A pinned
+        kernel is not tuned.
+    causal_group_programs: causal launch order: heads are taken in groups spanning at least this
+        many programs and each group's heaviest blocks start first; 0 launches each head's blocks
+        heaviest first, head after head.
+    sm90_forward: offer the Gluon Hopper forward to the forward's tuner where it supports the inputs.
+    """
+
+    autotune: bool = True
+    path: str = "auto"
+    configs: Mapping[str, tuple] = field(default_factory=dict)
+    causal_group_programs: int = 256
+    sm90_forward: bool = True
+
+    def __post_init__(self):
+        for name in ("autotune", "sm90_forward"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FA2Options: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"FA2Options: path must be one of {', '.join(map(repr, PATHS))}, got {self.path!r}")
+        g = self.causal_group_programs
+        if not (isinstance(g, int) and not isinstance(g, bool) and g >= 0):
+            raise ValueError(f"FA2Options: causal_group_programs must be an int >= 0, got {g!r}")
+        if not isinstance(self.configs, Mapping):
+            raise ValueError(f"FA2Options: configs must be a mapping of kernel name to configuration, "
+                             f"got {type(self.configs).__name__}")
+        configs = {name: _check_config(name, t) for name, t in self.configs.items()}
+        object.__setattr__(self, "configs", MappingProxyType(configs))  # frozen all the way down
+
+    def __hash__(self):  # the generated one would hash the configs mapping, which has no hash
+        return hash((self.autotune, self.path, tuple(sorted(self.configs.items())), self.causal_group_programs,
+                     self.sm90_forward))
+
+
+def _pow2(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0 and n & (n - 1) == 0
+
+
+def _check_config(name, t) -> tuple:
+    """``t`` as a tuple, or a ValueError saying what is wrong with configs[name]."""
+    where = f"FA2Options: configs[{name!r}] = {t!r}"
+    if name not in KERNELS:
+        raise ValueError(f"FA2Options: configs has no kernel {name!r}; kernels: {', '.join(KERNELS)}")
+    if not isinstance(t, (tuple, list)) or len(t) not in (4, 5):
+        raise ValueError(f"{where}: expected (BLOCK_M, BLOCK_N, num_warps, num_stages[, tag])")
+    t = tuple(t)
+    bm, bn, warps, stages = t[:4]
+    if not (_pow2(bm) and _pow2(bn) and bm >= 16 and bn >= 16):
+        raise ValueError(f"{where}: BLOCK_M and BLOCK_N must be powers of two >= 16")
+    if not _pow2(warps):
+        raise ValueError(f"{where}: num_warps must be a power of two")
+    if not (isinstance(stages, int) and not isinstance(stages, bool) and stages >= 1):
+        raise ValueError(f"{where}: num_stages must be an int >= 1")
+    if len(t) == 5:
+        if t[4] not in (WS, GLUON):
+            raise ValueError(f"{where}: the tag must be {WS!r} (warp-specialised) or {GLUON!r} (Gluon)")
+        if name != "fwd":
+            raise ValueError(f"{where}: only the forward has warp-specialised and Gluon variants")
+        if t[4] == WS and (warps, stages) != (4, 2):
+            # Triton 3.6 specialises the loop only with 4 warps (with 8 it silently does not); every
+            # 3-stage warp-specialised build wrote NaN rows on the H100
+            raise ValueError(f"{where}: the warp-specialised forward runs with 4 warps and 2 stages only")
+        if t[4] == GLUON and (t[:3] != (128, 128, 4) or stages not in GLUON_STAGES):
+            raise ValueError(f"{where}: the Gluon forward runs 128x128 blocks, 4 warps a consumer and "
+                             f"{' or '.join(map(str, GLUON_STAGES))} stages")
+    return t

@@ -1,0 +1,158 @@
+"""Configuration tuples as ``triton.Config``s, which of them the tuner may try for given inputs, and the tuners.
+
+A configuration tuple (``spaces.py``) becomes one ``triton.Config`` per tile path it may take: the
+pointer path (``USE_TMA=False``) and the TMA path; warp-specialised (``WS``) and Gluon (``GLUON``)
+entries exist on the TMA path only.  The pruner keeps, for the inputs' tuning key, the entries of
+the head-dim class on the allowed path, warp-specialised and Gluon entries only where they run, and
+tiles no larger than the sequences.  The tuners (``_tuner.InterleavedTuner``) cache one choice per
+key; the key holds every launch argument that changes which configurations are offered or how they
+run (sequence buckets, allowed paths, head dim, causal, fp32, the causal launch order, and for the
+forward EVEN_KV and whether the Gluon forward may run).
+"""
+from __future__ import annotations
+
+import triton
+
+from .._tuner import InterleavedTuner
+from .._validate import interpreting
+from . import sm90
+from .kernels import bwd_dkdv_kernel, bwd_dq_kernel, fwd_kernel
+from .spaces import DKDV_SPACE, DQ_SPACE, FWD_SKIP, FWD_SPACE, GLUON, GLUON_MIN_NQ, PREFERRED_PATH, WS
+
+# TMA_OK, a tuning key: which tile paths the inputs allow
+PTR_ONLY, BOTH, TMA_ONLY = 0, 1, 2
+
+
+def head_dim_class(head_dim: int) -> str:
+    return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "large")
+
+
+def is_ws(t) -> bool:
+    return len(t) > 4 and t[4] == WS
+
+
+def is_gluon(t) -> bool:
+    return len(t) > 4 and t[4] == GLUON
+
+
+def signature(cfg: triton.Config) -> tuple:
+    """The configuration tuple a ``triton.Config`` was made from (its tile path left out)."""
+    base = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    return base + ((WS,) if cfg.kwargs.get("WARP_SPEC") else (GLUON,) if cfg.kwargs.get("GLUON") else ())
+
+
+def to_config(t, use_tma: bool) -> triton.Config:
+    tma_only = is_ws(t) or is_gluon(t)
+    kwargs = {"BLOCK_M": t[0], "BLOCK_N": t[1], "USE_TMA": bool(use_tma) or tma_only}
+    if is_ws(t):
+        kwargs["WARP_SPEC"] = True
+    if is_gluon(t):
+        kwargs["GLUON"] = True
+    return triton.Config(kwargs, num_warps=t[2], num_stages=t[3])
+
+
+def all_configs(space: dict) -> list:
+    """Every entry of a space, once per tile path it may take."""
+    seen, out = set(), []
+    for lst in space.values():
+        for t in lst:
+            if tuple(t) not in seen:
+                seen.add(tuple(t))
+                one_path = is_ws(t) or is_gluon(t)
+                out += [to_config(t, True)] if one_path else [to_config(t, False), to_config(t, True)]
+    return out
+
+
+def launch_label(cfg: triton.Config) -> str:
+    """What a launch log records for a configuration: its parameters, named."""
+    if cfg.kwargs.get("GLUON"):
+        return sm90.config_label(cfg.num_stages)
+    ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
+    return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
+            f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
+
+
+def short_label(t) -> str:
+    """A configuration tuple as a short name, e.g. ``128x128_w4_s2_ws`` (for tables and file names)."""
+    return f"{t[0]}x{t[1]}_w{t[2]}_s{t[3]}" + (f"_{t[4]}" if len(t) > 4 else "")
+
+
+def ws_refusals(tma_ok: int, ieee: bool, causal: bool) -> list[str]:
+    """Why the warp-specialised forward cannot run a call (empty: it can).
+
+    It needs a non-causal forward on the TMA path (Hopper, aligned inputs) with 16-bit dots.  Triton
+    3.6 specialises a loop on sm_90 only with 4 warps (one producer warp group and two consumer warp
+    groups of BLOCK_M / 2 rows each, 12 warps in all), and only when the kernel has no second loop.
+    A causal forward would have to mask every block in that one loop (a branch to an unmasked body
+    inside it does not compile); measured that way it lost to the two-loop kernel (DESIGN.md), so
+    causal forwards are never warp-specialised.
+    """
+    why = []
+    if tma_ok == PTR_ONLY:
+        why.append("these tensors allow only the pointer path (TMA needs capability >= 9 and 16-byte aligned views)")
+    if ieee:
+        why.append("fp32 inputs (16-bit dots only)")
+    if causal:
+        why.append("a causal call (the warp-specialised forward is non-causal only)")
+    if interpreting():
+        why.append("the CPU interpreter")
+    return why
+
+
+def ws_allowed(tma_ok: int, ieee: bool, causal: bool) -> bool:
+    return not ws_refusals(tma_ok, ieee, causal)
+
+
+def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
+    """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences,
+    less the ``skip`` entries for (class, causal) at Nq buckets from the given one up."""
+
+    def prune(configs, named_args, **kwargs):
+        cls = head_dim_class(kwargs["HEAD_DIM"])
+        allowed = {tuple(t) for t in space[cls]}
+        for (s_cls, s_causal, s_nq), entries in (skip or {}).items():
+            if (s_cls, s_causal) == (cls, kwargs["CAUSAL"]) and named_args["NQ_BUCKET"] >= s_nq:
+                allowed -= set(entries)
+        paths = {PTR_ONLY: (False,), BOTH: (prefer_tma,), TMA_ONLY: (True,)}[named_args["TMA_OK"]]
+        ws_ok = ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
+        # only the forward has SM90_OK; GLUON_MIN_NQ: see there
+        gluon_ok = bool(named_args.get("SM90_OK", 0)) and named_args["NQ_BUCKET"] >= GLUON_MIN_NQ
+        cand = [c for c in configs if signature(c) in allowed
+                and (gluon_ok if c.kwargs.get("GLUON") else
+                     ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
+        nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
+        fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
+        if fit:
+            return fit
+        smallest = min(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in cand)
+        return [c for c in cand if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] == smallest][:len(paths)]
+
+    return prune
+
+
+TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE", "GROUP_PROGRAMS"]
+
+
+def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
+    """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries, else ``fwd_kernel``."""
+    if cfg.kwargs.get("GLUON"):
+        a = dict(zip(fwd_kernel.arg_names, args))
+        sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
+                     meta["GROUP_PROGRAMS"], cfg.num_stages)
+    else:
+        fwd_kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                                        num_stages=cfg.num_stages)
+
+
+def _tuner(kernel, space, name: str, extra_key=(), skip=None, launch=None) -> InterleavedTuner:
+    return InterleavedTuner(kernel, all_configs(space), make_pruner(space, PREFERRED_PATH[name], skip),
+                            TUNE_KEY + list(extra_key), launch)
+
+
+# kernel name -> (its tuner, its space); the tuners hold the choices made in this process
+TUNERS = {
+    "fwd": (_tuner(fwd_kernel, FWD_SPACE, "fwd", extra_key=["EVEN_KV", "SM90_OK"], skip=FWD_SKIP,
+                   launch=launch_fwd), FWD_SPACE),
+    "bwd_dkdv": (_tuner(bwd_dkdv_kernel, DKDV_SPACE, "bwd_dkdv"), DKDV_SPACE),
+    "bwd_dq": (_tuner(bwd_dq_kernel, DQ_SPACE, "bwd_dq"), DQ_SPACE),
+}
