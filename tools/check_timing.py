@@ -18,10 +18,11 @@ import torch
 import triton
 
 from flashbench import backends
-from flashbench.calls import bind, make_inputs
-from flashbench.cases import Case
-from flashbench.stats import summarize
-from flashbench.timing import TimingSettings, time_cuda
+from flashbench.measure.calls import bind, make_inputs
+from flashbench.model.case import Case
+from flashbench.measure.stats import summarize
+from flashbench.measure.timer import time_cuda
+from flashbench.model.config import Timing
 
 
 def main() -> int:
@@ -38,7 +39,7 @@ def main() -> int:
     rows = []
     for attempt in range(a.attempts):  # interleave the two timers so that GPU drift hits both
         def ours_():
-            return summarize(time_cuda(call, TimingSettings(warmup_ms=25, budget_ms=500, min_samples=20,
+            return summarize(time_cuda(call, Timing(warmup_ms=25, budget_ms=500, min_samples=20,
                                                             max_samples=1000)).samples_ms)
 
         def theirs_():

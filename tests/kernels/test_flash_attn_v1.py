@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from flashbench.reference import naive_attention, reference_attention
+from flashbench.measure.reference import naive_attention, reference_attention
 from flashbench_kernels.flash_attn_v1 import flash_attn_v1
 
 HAS_CUDA = torch.cuda.is_available()
