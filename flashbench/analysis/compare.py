@@ -194,9 +194,9 @@ def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
             row[f"{b} status"] = status
             sp = math.nan
             if v is not None and base_v is not None and pd.notna(base_v) and v > 0 and base_v > 0:
-                sp = v / base_v if m.higher_is_better else base_v / v
+                sp = m.speedup(v, base_v)
             row[f"{b} speedup"] = sp
-            if v is not None and (best_v is None or (v > best_v if m.higher_is_better else v < best_v)):
+            if v is not None and (best_v is None or m.better(v, best_v)):
                 best, best_v = b, v
         row["winner"] = best
         rows.append(row)

@@ -25,11 +25,6 @@ from .thresholds import Limits, Thresholds
 OUTCOMES = ("status", "regression", "missing", "improved", "new", "pass")
 
 
-def _worse_by(metric: Metric, change: float) -> float:
-    """The relative change counted in the worse direction (positive: worse)."""
-    return -change if metric.higher_is_better else change
-
-
 @dataclass
 class MetricCheck:
     metric: Metric
@@ -48,7 +43,7 @@ class MetricCheck:
     def words(self) -> str:
         """"9.8% slower", "3.2% fewer TFLOP/s", "12.0% more memory"; factors from 2x on ("418.49x slower")."""
         worse, better = self.metric.words
-        word = worse if _worse_by(self.metric, self.change) > 0 else better
+        word = worse if self.metric.worse_by(self.change) > 0 else better
         ratio = 1 + self.change
         if not math.isfinite(ratio):
             return f"{word} (baseline 0)"
@@ -128,8 +123,8 @@ def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
     else:
         real, noise, floor_change = True, "exact", abs(new - old)
     change = new / old - 1 if old > 0 else (math.inf if new > 0 else 0.0)
-    past = _worse_by(m, change) > threshold
-    better = _worse_by(m, change) < -threshold
+    past = m.worse_by(change) > threshold
+    better = m.worse_by(change) < -threshold
     tiny = floor_change < floor
     ignored = "floor" if (past or better) and tiny else ("noise" if (past or better) and not real else "")
     return MetricCheck(m, old, new, change, threshold, real if m.timing else None, noise,

@@ -34,9 +34,21 @@ class Metric:
     #                               (timing metrics: applied to the change of the median time)
     interval: tuple[str, str, str] | None = None  # its spread: (name, low column, high column)
 
+    def worse_by(self, change: float) -> float:
+        """A relative change (new/old - 1) counted in the worse direction: positive is worse."""
+        return -change if self.higher_is_better else change
+
     def worse(self, ratio: float) -> bool:
         """Is ``ratio`` (new/old) a change for the worse?"""
-        return ratio < 1 if self.higher_is_better else ratio > 1
+        return self.worse_by(ratio - 1) > 0
+
+    def better(self, a: float, b: float) -> bool:
+        """Is value ``a`` better than value ``b``?"""
+        return a > b if self.higher_is_better else a < b
+
+    def speedup(self, value: float, base: float) -> float:
+        """How many times better ``value`` is than ``base`` (positive values; above 1: better)."""
+        return value / base if self.higher_is_better else base / value
 
     @property
     def change_words(self) -> tuple[str, str]:

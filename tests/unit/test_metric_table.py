@@ -57,6 +57,8 @@ def test_thresholds_keys_and_defaults_come_from_the_table():
 def test_directions_and_words():
     ms, tflops, hbm = (get_metric(n) for n in ("ms", "tflops", "peak_hbm"))
     assert ms.worse(1.1) and not ms.worse(0.9) and tflops.worse(0.9) and hbm.worse(1.1)
+    assert ms.better(0.5, 1.0) and tflops.better(2.0, 1.0) and not hbm.better(2.0, 1.0)
+    assert ms.speedup(0.5, 1.0) == 2.0 and tflops.speedup(300.0, 100.0) == 3.0
     assert change_words(1.25, hbm) == "1.25x more memory" and change_words(0.8, tflops) == "1.25x slower"
     assert change_words(1.0, ms) == "same"
     check = MetricCheck(tflops, 100.0, 97.0, -0.03, 0.05, True, "", False, False)
