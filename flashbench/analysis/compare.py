@@ -1,7 +1,8 @@
 """Comparisons: backends within one run, and runs against runs.
 
 Pure functions: runs (metadata + DataFrames) in, dataclasses holding DataFrames out. Rendering
-lives in :mod:`flashbench.cli.compare_cmd`; the beyond-noise test lives in :mod:`flashbench.analysis.noise`.
+lives in :mod:`flashbench.report.comparison_tables`; the beyond-noise test lives in
+:mod:`flashbench.analysis.noise`; what each metric is lives in :mod:`flashbench.model.metrics`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
-from .noise import DEFAULT_ALPHA, NoiseMethod, beyond_noise
+from ..model.metrics import LATENCY, Metric, get_metric
+from .noise import DEFAULT_ALPHA, NoiseMethod, NoiseVerdict, beyond_noise
 from ..results.files import Run, load_run
 from ..model.schema import SCHEMA_VERSION
 
@@ -24,27 +26,6 @@ class NotComparableError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    column: str
-    label: str
-    higher_is_better: bool
-
-
-METRICS = {
-    "tflops": Metric("tflops", "tflops", "TFLOP/s", True),
-    "ms": Metric("ms", "median_ms", "median ms", False),
-    "peak_hbm": Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", False),
-}
-
-
-def get_metric(name: str) -> Metric:
-    if name not in METRICS:
-        raise ValueError(f"--metric: {name!r} is not one of {', '.join(METRICS)}")
-    return METRICS[name]
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -70,6 +51,21 @@ def run_frame(run: Run) -> pd.DataFrame:
     df = run.frame()
     df["samples_ms"] = [list(r.samples_ms or []) for r in run.records]
     return df.drop_duplicates(subset=list(TASK_KEY_FIELDS), keep="last").reset_index(drop=True)
+
+
+def join_runs(old: Run, new: Run) -> pd.DataFrame:
+    """Both runs' records joined on the case key (outer): columns suffixed ``_old``/``_new``, and
+    ``_merge`` saying left_only (old only), right_only (new only) or both."""
+    return run_frame(old).merge(run_frame(new), on=list(TASK_KEY_FIELDS), how="outer", suffixes=("_old", "_new"),
+                                indicator=True)
+
+
+def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALPHA) -> NoiseVerdict:
+    """Is the timing change of one joined row (:func:`join_runs`) beyond noise? The raw samples
+    decide; the recorded interval stands in where a run kept none."""
+    _, lo, hi = LATENCY.interval
+    return beyond_noise(row["samples_ms_old"], row["samples_ms_new"], method, alpha,
+                        (row[f"{lo}_old"], row[f"{hi}_old"]), (row[f"{lo}_new"], row[f"{hi}_new"]))
 
 
 # --- environments ---------------------------------------------------------------------------
@@ -198,9 +194,9 @@ def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
             row[f"{b} status"] = status
             sp = math.nan
             if v is not None and base_v is not None and pd.notna(base_v) and v > 0 and base_v > 0:
-                sp = v / base_v if m.higher_is_better else base_v / v
+                sp = m.speedup(v, base_v)
             row[f"{b} speedup"] = sp
-            if v is not None and (best_v is None or (v > best_v if m.higher_is_better else v < best_v)):
+            if v is not None and (best_v is None or m.better(v, best_v)):
                 best, best_v = b, v
         row["winner"] = best
         rows.append(row)
@@ -222,15 +218,11 @@ def change_words(ratio: float, metric: Metric) -> str:
     """``ratio`` is new/old of the metric. "1.33x slower", "1.10x faster", "1.20x more memory"."""
     if not math.isfinite(ratio) or ratio <= 0:
         return "–"
-    if metric.name == "peak_hbm":
-        if ratio == 1:
-            return "same"
-        return f"{ratio:.2f}x more memory" if ratio > 1 else f"{1 / ratio:.2f}x less memory"
-    slower = ratio > 1 if not metric.higher_is_better else ratio < 1
-    factor = ratio if ratio >= 1 else 1 / ratio
+    factor = max(ratio, 1 / ratio)
     if factor == 1:
         return "same"
-    return f"{factor:.2f}x {'slower' if slower else 'faster'}"
+    worse, better = metric.change_words
+    return f"{factor:.2f}x {worse if metric.worse(ratio) else better}"
 
 
 @dataclass
@@ -263,9 +255,8 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
     """Join two runs on the case key (backend + case fields); per case the ratio new/old of the
     metric and whether the change is beyond noise (timing metrics; memory is exact)."""
     m = get_metric(metric)
-    a, b = run_frame(old), run_frame(new)
     keys = list(TASK_KEY_FIELDS)
-    joined = a.merge(b, on=keys, how="outer", suffixes=("_old", "_new"), indicator=True)
+    joined = join_runs(old, new)
     only_old = joined[joined["_merge"] == "left_only"]
     only_new = joined[joined["_merge"] == "right_only"]
     both = joined[joined["_merge"] == "both"]
@@ -281,12 +272,11 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
         if so == "ok" and sn == "ok":
             if pd.notna(vo) and pd.notna(vn) and vo > 0:
                 ratio = float(vn) / float(vo)
-            if m.name == "peak_hbm":
-                noisy, detail = True, "exact measurement"
-            else:
-                v = beyond_noise(r["samples_ms_old"], r["samples_ms_new"], noise_method, alpha,
-                                 (r["p20_ms_old"], r["p80_ms_old"]), (r["p20_ms_new"], r["p80_ms_new"]))
+            if m.timing:
+                v = timing_verdict(r, noise_method, alpha)
                 noisy, detail = v.beyond_noise, v.describe()
+            else:
+                noisy, detail = True, "exact measurement"
             if not math.isfinite(ratio):
                 change = "–"
             elif noisy or ratio == 1:

@@ -1,22 +1,22 @@
 """The CI regression gate behind ``flashbench check``.
 
-A case regresses when a metric changes past its threshold AND beyond noise (latency changes under
-``min_abs_ms`` never count); a status that got worse (``STATUS_RANK``) always fails; a case missing
+A case regresses when a gated metric (:func:`flashbench.model.metrics.gated_metrics`) changes past
+its threshold AND, for timing metrics, beyond noise (changes under the metric's floor, e.g.
+``min_abs_ms``, never count); a status that got worse (``STATUS_RANK``) always fails; a case missing
 from the current run is reported, and fails with ``require_all``. Pure: runs in, a
-:class:`GateReport` out, which renders itself as markdown, JUnit XML and a DataFrame.
+:class:`GateReport` out; :mod:`flashbench.report.gate_report` renders it (markdown, JUnit XML, a
+DataFrame).
 """
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..model.case import TASK_KEY_FIELDS, Case
-from .compare import EnvDifference, NotComparableError, environment_differences, gpu_model, run_frame
-from .noise import beyond_noise
-from ..report.format import compact_shape, fmt_bytes, fmt_num
+from ..model.case import Case
+from ..model.metrics import LATENCY, Metric, gated_metrics
+from .compare import EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, timing_verdict
 from ..results.files import Run
 from ..model.schema import STATUS_RANK
 from .thresholds import Limits, Thresholds
@@ -27,37 +27,33 @@ OUTCOMES = ("status", "regression", "missing", "improved", "new", "pass")
 
 @dataclass
 class MetricCheck:
-    metric: str                 # latency | tflops | peak_hbm
+    metric: Metric
     old: float
     new: float
     change: float               # relative: new/old - 1 (positive = more time / more TFLOP/s / more memory)
     threshold: float | None
-    beyond_noise: bool | None   # None: not tested (memory is exact)
+    beyond_noise: bool | None   # None: not tested (an exact metric)
     noise: str                  # the noise verdict in words
     regression: bool
     improvement: bool
-    note: str = ""              # why a large change did not count (under min_abs_ms, within noise)
+    ignored: str = ""           # why a change past the threshold did not count: "floor" | "noise" | ""
+    floor_change: float = 0.0   # the absolute change held against the floor (ms for timing metrics)
+    floor: float = 0.0          # the floor (the limit named by metric.floor_key)
 
     def words(self) -> str:
         """"9.8% slower", "3.2% fewer TFLOP/s", "12.0% more memory"; factors from 2x on ("418.49x slower")."""
-        worse = self.change > 0 if self.metric != "tflops" else self.change < 0
+        worse, better = self.metric.words
+        word = worse if self.metric.worse_by(self.change) > 0 else better
         ratio = 1 + self.change
         if not math.isfinite(ratio):
-            return "more memory (baseline 0)"
+            return f"{word} (baseline 0)"
         if ratio >= 2 or 0 < ratio <= 0.5:
             amount = f"{max(ratio, 1 / ratio):.2f}x"
         else:
             amount = f"{abs(self.change) * 100:.1f}%"
             if amount == "0.0%":
                 return "unchanged"
-        if self.metric == "latency":
-            return f"{amount} {'slower' if worse else 'faster'}"
-        if self.metric == "tflops":
-            return f"{amount} {'fewer' if worse else 'more'} TFLOP/s"
-        return f"{amount} {'more' if worse else 'less'} memory"
-
-    def fmt(self, x: float) -> str:
-        return fmt_bytes(x) if self.metric == "peak_hbm" else fmt_num(x) + (" ms" if self.metric == "latency" else "")
+        return f"{amount} {word}"
 
 
 @dataclass
@@ -73,14 +69,6 @@ class CaseResult:
     @property
     def backend(self) -> str:
         return self.key["backend"]
-
-    @property
-    def shape(self) -> str:
-        return compact_shape(self.key)
-
-    @property
-    def name(self) -> str:
-        return f"{self.backend} {self.shape}"
 
 
 @dataclass
@@ -108,135 +96,39 @@ class GateReport:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
-    def headline(self) -> str:
-        parts = [f"{self.count(o)} {label}" for o, label in
-                 (("regression", "regressed"), ("status", "status worse"), ("missing", "missing"),
-                  ("improved", "improved"), ("new", "new")) if self.count(o)]
-        compared = len([c for c in self.cases if c.outcome not in ("missing", "new")])
-        verdict = "PASS" if self.passed else "FAIL"
-        return f"{verdict}: {compared} cases compared" + (f", {', '.join(parts)}" if parts else ", no changes past thresholds")
-
-    # --- renderings ----------------------------------------------------------------------------
-    def frame(self) -> pd.DataFrame:
-        rows = []
-        for c in self.cases:
-            base = {**c.key, "outcome": c.outcome, "failed": c.failed, "old_status": c.old_status,
-                    "new_status": c.new_status, "message": c.message}
-            for m in c.checks or [None]:
-                row = dict(base)
-                if m is not None:
-                    row.update(metric=m.metric, old=m.old, new=m.new, change=m.change, threshold=m.threshold,
-                               beyond_noise=m.beyond_noise, noise=m.noise, regression=m.regression, note=m.note)
-                rows.append(row)
-        return pd.DataFrame(rows)
-
-    def markdown(self) -> str:
-        icon = "✅" if self.passed else "❌"
-        lines = [f"## {icon} flashbench check: {self.headline()}", "",
-                 f"baseline `{self.baseline_label}` → current `{self.current_label}`"
-                 + (f"; thresholds `{self.thresholds_source}`" if self.thresholds_source else ""), ""]
-        for d in self.differences:
-            lines.append(f"> ⚠️ **{d.message()}**" if d.loud else f"> note: {d.message()}")
-        for w in self.warnings:
-            lines.append(f"> ⚠️ {w}")
-        if self.differences or self.warnings:
-            lines.append("")
-        shown = [c for c in self.cases if c.outcome in ("status", "regression", "missing", "improved")]
-        shown.sort(key=lambda c: OUTCOMES.index(c.outcome))
-        if shown:
-            lines += ["| result | backend | shape | change | baseline | current | threshold | noise |",
-                      "|---|---|---|---|---|---|---|---|"]
-            for c in shown:
-                label = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved",
-                         "missing": "❌ missing" if c.failed else "⚠️ missing"}[c.outcome]
-                checks = [m for m in c.checks if (m.regression if c.outcome == "regression" else m.improvement)]
-                if checks:
-                    for m in checks:
-                        lines.append(f"| {label} | {c.backend} | {c.shape} | {m.words()} | {m.fmt(m.old)} | "
-                                     f"{m.fmt(m.new)} | {m.threshold * 100:.0f}% | {m.noise} |")
-                else:
-                    lines.append(f"| {label} | {c.backend} | {c.shape} | {_md(c.message)} | {c.old_status or '–'} | "
-                                 f"{c.new_status or '–'} | | |")
-            lines.append("")
-        new = [c for c in self.cases if c.outcome == "new"]
-        if new:
-            lines.append(f"<details><summary>{len(new)} cases only in the current run</summary>\n")
-            lines += [f"- {c.name}" for c in new]
-            lines.append("\n</details>\n")
-        return "\n".join(lines) + "\n"
-
-    def junit_xml(self) -> str:
-        """JUnit XML: one testcase per case key; failures for regressions, worse statuses and (with
-        require_all) missing cases; skipped for cases that could not be compared."""
-        suite = ET.Element("testsuite", name="flashbench check", tests=str(len(self.cases)),
-                           failures=str(len(self.failures)),
-                           skipped=str(sum(1 for c in self.cases if not c.failed and c.outcome in ("missing", "new")
-                                           or (c.outcome == "pass" and c.message))))
-        for c in self.cases:
-            tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=c.shape)
-            detail = "\n".join(f"{m.metric}: {m.fmt(m.old)} -> {m.fmt(m.new)} ({m.words()}, threshold "
-                               f"{m.threshold * 100:.0f}%, {m.noise}){' ' + m.note if m.note else ''}"
-                               for m in c.checks)
-            if c.failed:
-                f = ET.SubElement(tc, "failure", message=c.message, type=c.outcome)
-                f.text = detail or c.message
-            elif c.outcome in ("missing", "new") or (c.outcome == "pass" and c.message):
-                ET.SubElement(tc, "skipped", message=c.message)
-            elif detail:
-                ET.SubElement(tc, "system-out").text = detail
-        root = ET.Element("testsuites", name="flashbench", tests=suite.get("tests"), failures=suite.get("failures"))
-        root.append(suite)
-        ET.indent(root)
-        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
 
 def _finite(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x)) and pd.notna(x)
 
 
-def _check_timing(r, limits: Limits, thresholds: Thresholds) -> list[MetricCheck]:
-    verdict = beyond_noise(r["samples_ms_old"], r["samples_ms_new"], thresholds.noise.method, thresholds.noise.alpha,
-                           (r["p20_ms_old"], r["p80_ms_old"]), (r["p20_ms_new"], r["p80_ms_new"]))
-    real = verdict.beyond_noise
-    checks = []
-    old_ms, new_ms = r["median_ms_old"], r["median_ms_new"]
-    if not (_finite(old_ms) and _finite(new_ms) and old_ms > 0):
-        return checks
-    tiny = abs(new_ms - old_ms) < limits.min_abs_ms
-    floor_note = f"change {abs(new_ms - old_ms) * 1000:.1f} µs is under min_abs_ms ({limits.min_abs_ms * 1000:g} µs)"
-    if limits.latency is not None:
-        change = new_ms / old_ms - 1
-        past = change > limits.latency
-        better = change < -limits.latency
-        note = floor_note if (past or better) and tiny else ("within noise" if (past or better) and not real else "")
-        checks.append(MetricCheck("latency", float(old_ms), float(new_ms), change, limits.latency, real,
-                                  verdict.describe(), past and real and not tiny, better and real and not tiny, note))
-    old_t, new_t = r["tflops_old"], r["tflops_new"]
-    if limits.tflops is not None and _finite(old_t) and _finite(new_t) and old_t > 0:
-        change = new_t / old_t - 1
-        past = change < -limits.tflops
-        better = change > limits.tflops
-        note = floor_note if (past or better) and tiny else ("within noise" if (past or better) and not real else "")
-        checks.append(MetricCheck("tflops", float(old_t), float(new_t), change, limits.tflops, real,
-                                  verdict.describe(), past and real and not tiny, better and real and not tiny, note))
-    return checks
+def _values(r, column: str) -> tuple[float, float] | None:
+    old, new = r[f"{column}_old"], r[f"{column}_new"]
+    return (float(old), float(new)) if _finite(old) and _finite(new) else None
 
 
-def _check_memory(r, limits: Limits) -> list[MetricCheck]:
-    old_b, new_b = r["peak_hbm_bytes_old"], r["peak_hbm_bytes_new"]
-    if limits.peak_hbm is None or not (_finite(old_b) and _finite(new_b)):
-        return []
-    grew = new_b - old_b
-    change = new_b / old_b - 1 if old_b > 0 else (math.inf if new_b > 0 else 0.0)
-    tiny = abs(grew) < limits.min_abs_hbm_bytes
-    past, better = change > limits.peak_hbm, change < -limits.peak_hbm
-    note = f"change {fmt_bytes(abs(grew))} is under min_abs_hbm_bytes" if (past or better) and tiny else ""
-    return [MetricCheck("peak_hbm", float(old_b), float(new_b), change, limits.peak_hbm, None, "exact",
-                        past and not tiny, better and not tiny, note)]
+def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
+    """One gated metric of one case measured ok in both runs; None when it is not checked."""
+    threshold = getattr(limits, m.gate_key)
+    values = _values(r, m.column)
+    if threshold is None or values is None:
+        return None
+    old, new = values
+    floor = getattr(limits, m.floor_key) if m.floor_key else 0
+    if m.timing:
+        # a timing metric is measured only when time is: its floor is on the change of the median time
+        times = _values(r, LATENCY.column)
+        if times is None or times[0] <= 0 or old <= 0:
+            return None
+        real, noise, floor_change = verdict.beyond_noise, verdict.describe(), abs(times[1] - times[0])
+    else:
+        real, noise, floor_change = True, "exact", abs(new - old)
+    change = new / old - 1 if old > 0 else (math.inf if new > 0 else 0.0)
+    past = m.worse_by(change) > threshold
+    better = m.worse_by(change) < -threshold
+    tiny = floor_change < floor
+    ignored = "floor" if (past or better) and tiny else ("noise" if (past or better) and not real else "")
+    return MetricCheck(m, old, new, change, threshold, real if m.timing else None, noise,
+                       past and real and not tiny, better and real and not tiny, ignored, floor_change, floor)
 
 
 def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None, require_all: bool = False,
@@ -253,15 +145,12 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
     warnings = list(current.meta.get("warnings") or [])
     if current.meta.get("finished") is False:
         warnings.append(f"{current_label}: the run did not finish (interrupted?): missing cases are expected")
-    a, b = run_frame(baseline), run_frame(current)
-    keys = list(TASK_KEY_FIELDS)
-    joined = a.merge(b, on=keys, how="outer", suffixes=("_old", "_new"), indicator=True)
+    joined = join_runs(baseline, current)
+    metrics = gated_metrics()
     cases = []
     for _, r in joined.iterrows():
-        key = {k: r[k] for k in keys}
-        for k in ("batch", "heads", "kv_heads", "seq_len_q", "seq_len_kv", "head_dim"):
-            key[k] = int(key[k])
-        key["causal"] = bool(key["causal"])
+        case = Case.from_values(r)
+        key = {"backend": r["backend"], **case.as_dict()}
         if r["_merge"] == "left_only":
             cases.append(CaseResult(key, "missing", require_all, r["status_old"], None,
                                     message=f"missing from the current run (baseline: {r['status_old']})"))
@@ -270,7 +159,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             cases.append(CaseResult(key, "new", False, None, r["status_new"], message="not in the baseline"))
             continue
         so, sn = r["status_old"], r["status_new"]
-        limits = thresholds.for_case(key["backend"], Case(**{k: key[k] for k in keys if k != "backend"}))
+        limits = thresholds.for_case(key["backend"], case)
         if STATUS_RANK.get(sn, 3) > STATUS_RANK.get(so, 3):
             reason = f": {r['reason_new']}" if isinstance(r["reason_new"], str) and r["reason_new"] else ""
             failed = not (sn == "mismatch" and not limits.correctness)
@@ -282,7 +171,8 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             msg = "" if so == sn == "skipped" else (f"not compared: {so} → {sn}" if so != sn else f"not compared: {sn}")
             cases.append(CaseResult(key, "pass", False, so, sn, message=msg))
             continue
-        checks = _check_timing(r, limits, thresholds) + _check_memory(r, limits)
+        verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha)
+        checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
         if regressed:

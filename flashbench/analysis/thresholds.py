@@ -16,6 +16,8 @@ A file looks like::
         peak_hbm: 0.25
 
 A metric set to ``null`` is not checked. Unknown keys are rejected; every problem names its field.
+The metric keys and their defaults come from the metrics table (:mod:`flashbench.model.metrics`):
+a metric row with a ``gate_key`` is a thresholds key.
 """
 from __future__ import annotations
 
@@ -23,43 +25,53 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from ..model.fields import Strict as _Strict
 from ..model.filters import Rule
+from ..model.metrics import gated_metrics
 from ..model.yaml_input import ConfigError, validate_yaml
 from .noise import DEFAULT_ALPHA, NoiseMethod
 
-LIMIT_KEYS = ("latency", "tflops", "peak_hbm", "min_abs_ms", "min_abs_hbm_bytes", "correctness")
+
+def _metric_fields(partial: bool) -> dict:
+    """One optional relative threshold per gated metric (``null`` turns its check off)."""
+    fields = {}
+    for m in gated_metrics():
+        # a relative drop cannot pass 100%: the threshold of a higher-is-better metric stays under 1
+        bounds = {"ge": 0, "lt": 1} if m.higher_is_better else {"ge": 0}
+        fields[m.gate_key] = (Optional[float], Field(None if partial else m.default_threshold, **bounds,
+                                                      description=m.threshold_help))
+    return fields
 
 
-class Limits(_Strict):
-    """The thresholds one case is checked against."""
-
-    latency: Optional[float] = Field(0.05, ge=0, description="allowed relative growth of the median time (0.05 = 5%)")
-    tflops: Optional[float] = Field(0.05, ge=0, lt=1, description="allowed relative drop of TFLOP/s")
-    peak_hbm: Optional[float] = Field(0.10, ge=0, description="allowed relative growth of the peak memory")
+class _Floors(_Strict):
     min_abs_ms: float = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
     min_abs_hbm_bytes: int = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
 
 
-class PartialLimits(_Strict):
-    """Overrides: only the keys written in the file apply (``null`` turns a check off)."""
+Limits = create_model("Limits", __base__=_Floors, __module__=__name__,
+                      __doc__="The thresholds one case is checked against.", **_metric_fields(partial=False))
+LIMIT_KEYS = tuple(Limits.model_fields)
 
-    latency: Optional[float] = Field(None, ge=0)
-    tflops: Optional[float] = Field(None, ge=0, lt=1)
-    peak_hbm: Optional[float] = Field(None, ge=0)
+
+class _Overrides(_Strict):
     min_abs_ms: Optional[float] = Field(None, ge=0)
     min_abs_hbm_bytes: Optional[int] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
     def apply(self, base: Limits) -> Limits:
         changes = {k: getattr(self, k) for k in self.model_fields_set if k in LIMIT_KEYS}
-        for k in ("min_abs_ms", "min_abs_hbm_bytes", "correctness"):  # these have no "off" value
+        for k in _Floors.model_fields:  # these have no "off" value
             if k in changes and changes[k] is None:
-                changes[k] = Limits.model_fields[k].default
+                changes[k] = _Floors.model_fields[k].default
         return base.model_copy(update=changes)
+
+
+PartialLimits = create_model("PartialLimits", __base__=_Overrides, __module__=__name__,
+                             __doc__="Overrides: only the keys written in the file apply (``null`` turns a check off).",
+                             **_metric_fields(partial=True))
 
 
 class CaseOverride(PartialLimits):

@@ -34,8 +34,9 @@ def check(
     from ..results.baselines import resolve_baseline
     from ..analysis.compare import NotComparableError, load_for_comparison
     from ..analysis.gate import check_runs
-    from ..report.format import format_frame
     from ..analysis.thresholds import load_thresholds
+    from ..report.format import format_frame
+    from ..report.gate_report import gate_frame, gate_junit_xml, gate_markdown, headline
 
     if fmt not in ("markdown", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of markdown, json, csv")
@@ -49,11 +50,11 @@ def check(
     except NotComparableError as e:
         fail([f"not comparable: {p}" for p in e.problems], code=EXIT_ENV)
 
-    md = report.markdown()
+    md = gate_markdown(report)
     if fmt == "markdown":
         write_machine(md)
     else:
-        write_machine(format_frame(report.frame(), fmt))
+        write_machine(format_frame(gate_frame(report), fmt))
     for d in report.differences:
         if d.loud:
             err.print(f"[bold yellow]warning:[/] {d.message()}: timings may not be comparable", highlight=False,
@@ -68,11 +69,11 @@ def check(
     if junit is not None:
         try:
             junit.parent.mkdir(parents=True, exist_ok=True)
-            junit.write_text(report.junit_xml(), encoding="utf-8")
+            junit.write_text(gate_junit_xml(report), encoding="utf-8")
         except OSError as e:
             fail(f"--junit: cannot write {junit}: {e}")
     colour = "green" if report.passed else "red"
-    err.print(f"[bold {colour}]{report.headline()}[/]", highlight=False)
+    err.print(f"[bold {colour}]{headline(report)}[/]", highlight=False)
     raise typer.Exit(report.exit_code)
 
 

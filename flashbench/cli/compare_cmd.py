@@ -1,89 +1,15 @@
 """``flashbench compare``: backends within one run, or runs against runs."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
 import typer
-from rich import box
-from rich.table import Table
 
 from . import app
 from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
-
-
-def _cell(value, metric: str) -> str:
-    from ..report.format import fmt_bytes, fmt_num
-
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return fmt_bytes(value) if metric == "peak_hbm" else fmt_num(float(value))
-
-
-def _shape_header(col: str) -> str:
-    return {"seq_len_q": "N", "seq_len_kv": "N kv", "head_dim": "D", "kv_heads": "kv heads"}.get(col, col)
-
-
-def _backend_table(cmp, title: str) -> Table:
-    from ..report.format import DTYPE_SHORT, STATUS_STYLE
-
-    t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for c in cmp.shape_columns:
-        t.add_column(_shape_header(c), justify="right" if c not in ("dtype", "mode", "causal") else "left")
-    for b in cmp.backends:
-        t.add_column(f"{b}\n{cmp.metric.label}", justify="right")
-        if b != cmp.baseline:
-            t.add_column(f"vs {cmp.baseline}", justify="right")
-    for _, row in cmp.rows.iterrows():
-        cells = [DTYPE_SHORT.get(row[c], row[c]) if c == "dtype" else ("causal" if row[c] else "full") if c == "causal"
-                 else str(row[c]) for c in cmp.shape_columns]
-        for b in cmp.backends:
-            status = row[f"{b} status"]
-            if status == "ok":
-                v = _cell(row[b], cmp.metric.name)
-                cells.append(f"[bold green]★ {v}[/]" if row["winner"] == b else v)
-            else:
-                cells.append(f"[{STATUS_STYLE.get(status, 'dim')}]{status}[/]")
-            if b != cmp.baseline:
-                sp = row[f"{b} speedup"]
-                cells.append(f"{sp:.2f}x" if pd.notna(sp) else "–")
-        t.add_row(*cells)
-    t.add_section()
-    cells = ["[bold]geomean[/]"] + [""] * (len(cmp.shape_columns) - 1)
-    for b in cmp.backends:
-        cells.append(f"[bold]{_cell(cmp.geomean_value.get(b), cmp.metric.name)}[/]")
-        if b != cmp.baseline:
-            g = cmp.geomean.get(b, math.nan)
-            cells.append(f"[bold]{g:.2f}x[/] [dim]({cmp.geomean_n[b]})[/]" if not math.isnan(g) else "–")
-    t.add_row(*cells)
-    return t
-
-
-def _runs_table(rc, show_all: bool) -> Table:
-    from ..report.format import STATUS_STYLE, compact_shape
-
-    t = Table(title=f"{rc.new_label} vs {rc.old_label} ({rc.metric.label})", box=box.SIMPLE_HEAD,
-              header_style="bold", pad_edge=False)
-    for c, j in (("backend", "left"), ("shape", "left"), ("old", "right"), ("new", "right"), ("new/old", "right"),
-                 ("change", "left"), ("noise", "left")):
-        t.add_column(c, justify=j)
-    for _, r in rc.rows.iterrows():
-        change = r["change"]
-        if not show_all and change in ("within noise", "same", "ok", "skipped") and r["old_status"] == r["new_status"]:
-            continue
-        if change.endswith("slower") or change.endswith("more memory") or "→" in change:
-            style = "bold red"
-        elif change.endswith("faster") or change.endswith("less memory"):
-            style = "bold green"
-        else:
-            style = STATUS_STYLE.get(change, "dim")
-        old = _cell(r["old"], rc.metric.name) if r["old_status"] == "ok" else r["old_status"]
-        new = _cell(r["new"], rc.metric.name) if r["new_status"] == "ok" else r["new_status"]
-        t.add_row(r["backend"], compact_shape(r), old, new, f"{r['ratio']:.3f}" if pd.notna(r["ratio"]) else "–",
-                  f"[{style}]{change}[/]", f"[dim]{r['noise_detail']}[/]")
-    return t
+from ..model.metrics import metric_names
 
 
 @app.command()
@@ -92,8 +18,8 @@ def compare(
                                                    "OLD NEW [NEW...] (runs against the first)"),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="with one RESULT: the backend speedups are "
                                                                     "measured against (default: the run's reference_backend)"),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="tflops | ms | peak_hbm (default: tflops for "
-                                                                      "one run, ms for runs against runs)"),
+    metric: Optional[str] = typer.Option(None, "--metric", "-m", help=f"{' | '.join(metric_names())} (default: "
+                                                                      "tflops for one run, ms for runs against runs)"),
     backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends to show"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     strict: bool = typer.Option(False, "--strict", help="refuse (exit 3) to compare runs from different GPUs, "
@@ -116,8 +42,8 @@ def compare(
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if noise not in NOISE_METHODS:
         fail(f"--noise: {noise!r} is not one of {', '.join(NOISE_METHODS)}")
-    if metric is not None and metric not in ("tflops", "ms", "peak_hbm"):
-        fail(f"--metric: {metric!r} is not one of tflops, ms, peak_hbm")
+    if metric is not None and metric not in metric_names():
+        fail(f"--metric: {metric!r} is not one of {', '.join(metric_names())}")
     try:
         with user_errors():
             runs = [load_for_comparison(p) for p in results]
@@ -134,9 +60,10 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
+            from ..report.comparison_tables import backend_table
             from ..report.plots import run_title
 
-            out.print(_backend_table(cmp, f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} "
+            out.print(backend_table(cmp, f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} "
                                           f"(★ best per row)"))
         else:
             write_machine(format_frame(cmp.frame(), fmt))
@@ -168,18 +95,9 @@ def compare(
     if fmt != "table":
         write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
         return
-    from ..report.format import compact_shape
+    from ..report.comparison_tables import runs_summary, runs_table
 
     for rc in comparisons:
-        out.print(_runs_table(rc, show_all))
-        counts = rc.rows["change"].value_counts()
-        slower = int(rc.rows["change"].str.endswith(("slower", "more memory")).sum())
-        faster = int(rc.rows["change"].str.endswith(("faster", "less memory")).sum())
-        out.print(f"{len(rc.rows)} cases in both: [red]{slower} worse[/], [green]{faster} better[/], "
-                  f"{int(counts.get('within noise', 0))} within noise"
-                  + ("" if show_all else " (unchanged cases hidden; --all lists them)"), highlight=False)
-        for side, df in (("old", rc.only_old), ("new", rc.only_new)):
-            if not df.empty:
-                out.print(f"[yellow]only in {side} ({rc.old_label if side == 'old' else rc.new_label}): {len(df)}[/]")
-                for _, r in df.iterrows():
-                    out.print(f"  {r['backend']} {compact_shape(r)} ({r['status']})", highlight=False)
+        out.print(runs_table(rc, show_all))
+        for line in runs_summary(rc, show_all):
+            out.print(line, highlight=False)

@@ -17,7 +17,8 @@ def plot(
 ) -> None:
     """TFLOP/s against sequence length per backend (p20–p80 band) and peak HBM against sequence length (log-log)."""
 
-    from ..report.plots import PlotDependencyError, PlotError, plot_run_dir
+    from ..report.figure_style import PlotDependencyError, PlotError
+    from ..report.plots import plot_run_dir
 
     try:
         with user_errors():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+_FIELD_TYPES = {"int": int, "str": str, "bool": bool}
+
 MODES = ("fwd", "bwd", "fwd_bwd")
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -34,6 +36,12 @@ class Case:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_values(cls, values) -> "Case":
+        """The case whose fields are read from a mapping (a frame row, a JSON record): each value is
+        converted to its field's type, so numpy scalars and JSON numbers give equal, hashable cases."""
+        return cls(**{f.name: _FIELD_TYPES[f.type](values[f.name]) for f in fields(cls)})
 
     def label(self) -> str:
         causal = "causal" if self.causal else "full"

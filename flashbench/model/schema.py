@@ -85,7 +85,7 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
         known = set(OUTCOME_FIELDS) | {"samples_ms"}
-        return cls(backend=d["backend"], case=Case(**{f: d[f] for f in CASE_FIELDS}),
+        return cls(backend=d["backend"], case=Case.from_values(d),
                    **{k: v for k, v in d.items() if k in known})
 
 

@@ -1,6 +1,7 @@
-"""Rendering DataFrames for people (rich tables) and machines (csv, json, markdown).
+"""Rendering for people (numbers, bytes, run tables) and machines (csv, json, markdown).
 
-Shared by every command; no command formats numbers on its own.
+Shared by every command; no command formats numbers on its own. A metric's cells are formatted
+by its kind in the metrics table (:mod:`flashbench.model.metrics`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
+from ..model import metrics
 from ..model.case import CASE_FIELDS
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -40,17 +42,28 @@ def fmt_bytes(n) -> str:
     return f"{n:.0f} B"
 
 
+def format_value(metric: metrics.Metric, x, with_unit: bool = False) -> str:
+    """A metric's value: bytes in binary units, other numbers by :func:`fmt_num`; ``with_unit``
+    (a value on its own, not under a heading) adds the unit of an "ms" kind metric."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if metric.kind == "bytes":
+        return fmt_bytes(x)
+    text = fmt_num(float(x))
+    return f"{text} {metric.unit}" if with_unit and metric.kind == "ms" else text
+
+
 def with_speedup(df: pd.DataFrame, reference_backend: str | None) -> pd.DataFrame:
     """Add ``speedup``: reference backend's median over this row's, within each shape."""
     df = df.copy()
     df["speedup"] = math.nan
     if not reference_backend or df.empty:
         return df
-    keys = list(CASE_FIELDS)
-    ref = df[(df["backend"] == reference_backend) & df["median_ms"].notna()][keys + ["median_ms"]]
-    ref = ref.rename(columns={"median_ms": "_ref_ms"})
+    keys, ms = list(CASE_FIELDS), metrics.LATENCY.column
+    ref = df[(df["backend"] == reference_backend) & df[ms].notna()][keys + [ms]]
+    ref = ref.rename(columns={ms: "_ref_ms"})
     merged = df.merge(ref, on=keys, how="left")
-    merged["speedup"] = merged["_ref_ms"] / merged["median_ms"]
+    merged["speedup"] = merged["_ref_ms"] / merged[ms]
     return merged.drop(columns=["_ref_ms"])
 
 
@@ -65,14 +78,17 @@ def compact_shape(row) -> str:
 
 
 def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
-    """One section per shape, one row per measured backend. Skipped rows are left out (see
-    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`."""
+    """One section per shape, one row per measured backend, a column per metric of the metrics
+    table (and its spread). Skipped rows are left out (see :func:`skipped_summary`); failure
+    reasons are listed by :func:`failure_lines`."""
     from rich import box
 
     df = with_speedup(df, reference_backend)
     df = df[df["status"] != "skipped"]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for col in ("shape", "backend", "status", "median ms", "p20–p80 ms", "TFLOP/s", "peak HBM",
+    shown = metrics.METRICS
+    headings = [h for m in shown for h in (m.label, m.interval_label) if h]
+    for col in ("shape", "backend", "status", *headings,
                 f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
         table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right")
     prev = None
@@ -81,14 +97,17 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
         if prev is not None and shape != prev:
             table.add_section()
         status = row["status"]
+        cells = []
+        for m in shown:
+            cells.append(format_value(m, row[m.column]))
+            if m.interval:
+                lo, hi = row[m.interval[1]], row[m.interval[2]]
+                cells.append(f"{format_value(m, lo)}–{format_value(m, hi)}" if pd.notna(lo) else "–")
         table.add_row(
             shape if shape != prev else "",
             row["backend"],
             f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
-            fmt_num(row["median_ms"]),
-            f"{fmt_num(row['p20_ms'])}–{fmt_num(row['p80_ms'])}" if pd.notna(row["p20_ms"]) else "–",
-            fmt_num(row["tflops"]),
-            fmt_bytes(row["peak_hbm_bytes"]),
+            *cells,
             f"{row['speedup']:.2f}x" if pd.notna(row["speedup"]) else "–",
             fmt_num(row["max_abs_err"], 2),
         )

@@ -8,7 +8,8 @@
   unfused backends' N² and the fused ones' N show as slopes 2 and 1 (per batch·head when the batch
   or heads change with N, e.g. a fixed-token sweep).
 
-Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no GUI, no global state).
+Figures follow :mod:`flashbench.report.figure_style` (Agg canvas, no pyplot); axis labels and
+titles come from the metrics table.
 """
 from __future__ import annotations
 
@@ -18,18 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..model.metrics import LATENCY, by_column
+from . import figure_style
+from .figure_style import PlotError, backend_colors, new_figure, save_figure, style_axes
 from .format import DTYPE_SHORT
 
 PANEL_FIELDS = ("head_dim", "dtype", "causal", "mode")
 EXTRA_PANEL_FIELDS = ("heads", "kv_heads", "batch", "seq_len_kv")
-
-
-class PlotError(Exception):
-    """Figures cannot be drawn (nothing to plot)."""
-
-
-class PlotDependencyError(PlotError):
-    """matplotlib is not installed (exit code 3)."""
 
 
 @dataclass(frozen=True)
@@ -39,14 +35,8 @@ class FigureInfo:
     titles: tuple[str, ...]
 
 
-def _matplotlib():
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PlotDependencyError("matplotlib is not installed: pip install 'flashbench[plot]' "
-                                  "(or pip install matplotlib)") from None
-    return Figure, FigureCanvasAgg
+TFLOPS = by_column("tflops")
+PEAK_HBM = by_column("peak_hbm_bytes")
 
 
 def panel_fields(df: pd.DataFrame) -> list[str]:
@@ -77,22 +67,19 @@ def _grid(n: int) -> tuple[int, int]:
 
 def _draw(panels: list[tuple[dict, pd.DataFrame]], backends: list[str], path: Path, suptitle: str,
           draw_panel, sharey: bool = False) -> FigureInfo:
-    Figure, FigureCanvasAgg = _matplotlib()
     rows, cols = _grid(len(panels))
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure((4.2 * cols, 3.4 * rows + 0.6))
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
-    colors = {b: f"C{i % 10}" for i, b in enumerate(backends)}
+    colors = backend_colors(backends)
     titles = []
     for ax, (key, data) in zip(axes, panels):
         title = _panel_title(key)
         draw_panel(ax, data, colors)
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
+        style_axes(ax, title)
         titles.append(title)
     for ax in axes[len(panels):]:
         fig.delaxes(ax)
-    handles, labels = {}, []
+    handles = {}
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles and not lab.startswith("_"):
@@ -101,9 +88,7 @@ def _draw(panels: list[tuple[dict, pd.DataFrame]], backends: list[str], path: Pa
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6),
                    fontsize=9)
     fig.suptitle(suptitle, fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return FigureInfo(path, len(panels), tuple(titles))
+    return FigureInfo(save_figure(fig, path), len(panels), tuple(titles))
 
 
 def _panels(df: pd.DataFrame, fields: list[str]) -> list[tuple[dict, pd.DataFrame]]:
@@ -122,15 +107,16 @@ def _seq_axis(ax, seq_lens) -> None:
 
 
 def _tflops_panel(ax, data: pd.DataFrame, colors: dict) -> None:
+    _, lo, hi = LATENCY.interval
     for backend, g in data.groupby("backend", sort=False):
         g = g.sort_values("seq_len_q")
-        ax.plot(g["seq_len_q"], g["tflops"], marker="o", ms=3, color=colors[backend], label=backend)
-        band = g.dropna(subset=["p20_ms", "p80_ms", "flops"])
-        if len(band):
-            ax.fill_between(band["seq_len_q"], band["flops"] / band["p80_ms"] / 1e9, band["flops"] / band["p20_ms"] / 1e9,
+        ax.plot(g["seq_len_q"], g[TFLOPS.column], marker="o", ms=3, color=colors[backend], label=backend)
+        band = g.dropna(subset=[lo, hi, "flops"])
+        if len(band):  # TFLOP/s at the slow and the fast end of the time's spread
+            ax.fill_between(band["seq_len_q"], band["flops"] / band[hi] / 1e9, band["flops"] / band[lo] / 1e9,
                             color=colors[backend], alpha=0.2, linewidth=0)
     _seq_axis(ax, data["seq_len_q"])
-    ax.set_ylabel("TFLOP/s")
+    ax.set_ylabel(TFLOPS.label)
     ax.set_ylim(bottom=0)
 
 
@@ -138,7 +124,7 @@ def _memory_panel(per_head: bool):
     def draw(ax, data: pd.DataFrame, colors: dict) -> None:
         for backend, g in data.groupby("backend", sort=False):
             g = g.sort_values("seq_len_q")
-            y = g["peak_hbm_bytes"] / (1 << 20)
+            y = g[PEAK_HBM.column] / (1 << 20)
             if per_head:
                 y = y / (g["batch"] * g["heads"])
             ax.plot(g["seq_len_q"], y, marker="o", ms=3, color=colors[backend], label=backend)
@@ -150,24 +136,24 @@ def _memory_panel(per_head: bool):
 
 def plot_frame(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[FigureInfo]:
     """Draw the figures of a run's records (a ``Run.frame()``) into ``out_dir``."""
-    _matplotlib()
+    figure_style.require_matplotlib()
     out_dir = Path(out_dir)
     ok = df[(df["status"] == "ok")]
-    timed = ok.dropna(subset=["tflops"])
-    timed = timed[timed["tflops"] > 0]
+    timed = ok.dropna(subset=[TFLOPS.column])
+    timed = timed[timed[TFLOPS.column] > 0]
     if timed.empty:
-        raise PlotError("no ok records with TFLOP/s to plot")
+        raise PlotError(f"no ok records with {TFLOPS.label} to plot")
     backends = list(dict.fromkeys(df["backend"]))
     fields = panel_fields(timed)
+    what = f"{TFLOPS.label} (median; band {LATENCY.interval[0]} time)"
     infos = [_draw(_panels(timed, fields), backends, out_dir / "tflops_vs_seqlen.png",
-                   f"{title}: TFLOP/s (median; band p20–p80 time)" if title else "TFLOP/s (median; band p20–p80 time)",
-                   _tflops_panel)]
-    mem = ok.dropna(subset=["peak_hbm_bytes"])
-    mem = mem[mem["peak_hbm_bytes"] > 0]
+                   f"{title}: {what}" if title else what, _tflops_panel)]
+    mem = ok.dropna(subset=[PEAK_HBM.column])
+    mem = mem[mem[PEAK_HBM.column] > 0]
     if not mem.empty:
         mfields = panel_fields(mem)
         per_head = bool(mem.groupby(mfields)[["batch", "heads"]].nunique().gt(1).any().any())
-        what = "peak HBM above inputs" + (" per batch·head" if per_head else "")
+        what = f"{PEAK_HBM.label} above inputs" + (" per batch·head" if per_head else "")
         infos.append(_draw(_panels(mem, mfields), backends, out_dir / "peak_hbm_vs_seqlen.png",
                            f"{title}: {what} (log-log)" if title else f"{what} (log-log)", _memory_panel(per_head)))
     return infos
@@ -187,7 +173,7 @@ def plot_run_dir(directory: str | Path, out_dir: str | Path | None = None) -> li
     """
     from ..results.files import load_run
 
-    _matplotlib()
+    figure_style.require_matplotlib()
     run = load_run(directory)
     base = Path(directory)
     target = Path(out_dir) if out_dir is not None else (base if base.is_dir() else base.parent) / "plots"

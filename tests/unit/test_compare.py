@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from synthetic import H100, case, record, write_run
 from flashbench.cli import app
-from flashbench.analysis.compare import change_words, compare_backends, compare_runs, get_metric
+from flashbench.analysis.compare import change_words, compare_backends, compare_runs
+from flashbench.model.metrics import get_metric
 from flashbench.results.files import load_run
 
 runner = CliRunner()

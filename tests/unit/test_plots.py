@@ -6,7 +6,8 @@ pytest.importorskip("matplotlib")
 
 from synthetic import case, record, write_run  # noqa: E402
 from flashbench.cli import app  # noqa: E402
-from flashbench.report.plots import PlotDependencyError, PlotError, plot_frame, plot_run_dir  # noqa: E402
+from flashbench.report.figure_style import PlotDependencyError, PlotError  # noqa: E402
+from flashbench.report.plots import plot_frame, plot_run_dir  # noqa: E402
 from flashbench.results.files import load_run  # noqa: E402
 
 runner = CliRunner()
@@ -84,12 +85,51 @@ def test_nothing_to_plot(tmp_path):
 
 
 def test_missing_matplotlib_exit_3(tmp_path, monkeypatch):
-    import flashbench.report.plots as plots
+    import flashbench.report.figure_style as figure_style
 
     def no_mpl():
         raise PlotDependencyError("matplotlib is not installed: pip install 'flashbench[plot]'")
 
-    monkeypatch.setattr(plots, "_matplotlib", no_mpl)
+    monkeypatch.setattr(figure_style, "require_matplotlib", no_mpl)
     r = runner.invoke(app, ["plot", str(_sweep(tmp_path))])
     assert r.exit_code == 3
     assert "flashbench[plot]" in r.stderr
+
+
+# --- one style for every figure (report and profile) ------------------------------------------------
+
+def test_backend_colors_keep_first_appearance_order():
+    from flashbench.report.figure_style import backend_colors
+
+    assert backend_colors(["b", "a", "b", "c"]) == {"b": "C0", "a": "C1", "c": "C2"}
+    assert backend_colors(f"x{i}" for i in range(11))["x10"] == "C0"  # the cycle wraps after ten
+
+
+PROFILE_FIGURES = r"""
+import sys
+from flashbench.profile.plots import plot_roofline, plot_traffic_sweep
+from flashbench.profile.roofline import MEASURED, ANALYTIC_MIN, RooflinePoint
+
+out = sys.argv[1]
+pts = [RooflinePoint("sdpa_flash", "c", 400.0, 1, MEASURED, 300.0, None, None, ""),
+       RooflinePoint("naive", "c", 20.0, 1, ANALYTIC_MIN, 30.0, None, None, "")]
+rows = [dict(backend=b, n=n, measured=n * k, standard=n * n, fa1=n * 3, fa2=n * 2, minimum=n)
+        for n in (512, 1024) for b, k in (("sdpa_flash", 2), ("naive", n))]
+plot_roofline(pts, None, out + "/roofline.png", "t")
+plot_traffic_sweep(rows, out + "/traffic_vs_n.png", "t")
+print("matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_profile_figures_use_the_agg_canvas_without_pyplot(tmp_path):
+    # pyplot would switch the process-wide backend and keep figures alive: a fresh interpreter shows
+    # whether drawing the profile figures imported it
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", PROFILE_FIGURES, str(tmp_path)], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
+    for name in ("roofline.png", "traffic_vs_n.png"):
+        _imread(tmp_path / name)

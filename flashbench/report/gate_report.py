@@ -1,0 +1,120 @@
+"""Renderings of a :class:`flashbench.analysis.gate.GateReport`: the headline, the markdown summary
+(stdout and $GITHUB_STEP_SUMMARY), JUnit XML (one testcase per case) and a DataFrame (json/csv)."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pandas as pd
+
+from .format import compact_shape, format_value
+
+# the outcomes the markdown table lists, worst first, and their labels
+TABLE_OUTCOMES = ("status", "regression", "missing", "improved")
+
+
+def value_text(check, x: float) -> str:
+    """A checked metric's value on its own, unit included: "1.33 ms", "64.0 MiB", "138"."""
+    return format_value(check.metric, x, with_unit=True)
+
+
+def note_text(check) -> str:
+    """Why a change past its threshold did not count, in words ("" when it counted or none was past)."""
+    if check.ignored == "noise":
+        return "within noise"
+    if check.ignored != "floor":
+        return ""
+    key = check.metric.floor_key
+    if check.metric.timing:  # the floor is on the median time, in ms: µs read better at this size
+        return f"change {check.floor_change * 1000:.1f} µs is under {key} ({check.floor * 1000:g} µs)"
+    return f"change {format_value(check.metric, check.floor_change, with_unit=True)} is under {key}"
+
+
+def headline(report) -> str:
+    parts = [f"{report.count(o)} {label}" for o, label in
+             (("regression", "regressed"), ("status", "status worse"), ("missing", "missing"),
+              ("improved", "improved"), ("new", "new")) if report.count(o)]
+    compared = len([c for c in report.cases if c.outcome not in ("missing", "new")])
+    verdict = "PASS" if report.passed else "FAIL"
+    return f"{verdict}: {compared} cases compared" + (f", {', '.join(parts)}" if parts else ", no changes past thresholds")
+
+
+def gate_frame(report) -> pd.DataFrame:
+    """One row per case and checked metric (cases without checks: one row)."""
+    rows = []
+    for c in report.cases:
+        base = {**c.key, "outcome": c.outcome, "failed": c.failed, "old_status": c.old_status,
+                "new_status": c.new_status, "message": c.message}
+        for m in c.checks or [None]:
+            row = dict(base)
+            if m is not None:
+                row.update(metric=m.metric.gate_key, old=m.old, new=m.new, change=m.change, threshold=m.threshold,
+                           beyond_noise=m.beyond_noise, noise=m.noise, regression=m.regression, note=note_text(m))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def gate_markdown(report) -> str:
+    icon = "✅" if report.passed else "❌"
+    lines = [f"## {icon} flashbench check: {headline(report)}", "",
+             f"baseline `{report.baseline_label}` → current `{report.current_label}`"
+             + (f"; thresholds `{report.thresholds_source}`" if report.thresholds_source else ""), ""]
+    for d in report.differences:
+        lines.append(f"> ⚠️ **{d.message()}**" if d.loud else f"> note: {d.message()}")
+    for w in report.warnings:
+        lines.append(f"> ⚠️ {w}")
+    if report.differences or report.warnings:
+        lines.append("")
+    shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES]
+    shown.sort(key=lambda c: TABLE_OUTCOMES.index(c.outcome))
+    if shown:
+        lines += ["| result | backend | shape | change | baseline | current | threshold | noise |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in shown:
+            label = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved",
+                     "missing": "❌ missing" if c.failed else "⚠️ missing"}[c.outcome]
+            checks = [m for m in c.checks if (m.regression if c.outcome == "regression" else m.improvement)]
+            shape = compact_shape(c.key)
+            if checks:
+                for m in checks:
+                    lines.append(f"| {label} | {c.backend} | {shape} | {m.words()} | {value_text(m, m.old)} | "
+                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {m.noise} |")
+            else:
+                lines.append(f"| {label} | {c.backend} | {shape} | {_md(c.message)} | {c.old_status or '–'} | "
+                             f"{c.new_status or '–'} | | |")
+        lines.append("")
+    new = [c for c in report.cases if c.outcome == "new"]
+    if new:
+        lines.append(f"<details><summary>{len(new)} cases only in the current run</summary>\n")
+        lines += [f"- {c.backend} {compact_shape(c.key)}" for c in new]
+        lines.append("\n</details>\n")
+    return "\n".join(lines) + "\n"
+
+
+def gate_junit_xml(report) -> str:
+    """JUnit XML: one testcase per case key; failures for regressions, worse statuses and (with
+    require_all) missing cases; skipped for cases that could not be compared."""
+    def skipped(c) -> bool:
+        return not c.failed and c.outcome in ("missing", "new") or (c.outcome == "pass" and bool(c.message))
+
+    suite = ET.Element("testsuite", name="flashbench check", tests=str(len(report.cases)),
+                       failures=str(len(report.failures)), skipped=str(sum(1 for c in report.cases if skipped(c))))
+    for c in report.cases:
+        tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=compact_shape(c.key))
+        detail = "\n".join(f"{m.metric.gate_key}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
+                           f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
+                           for m in c.checks)
+        if c.failed:
+            f = ET.SubElement(tc, "failure", message=c.message, type=c.outcome)
+            f.text = detail or c.message
+        elif skipped(c):
+            ET.SubElement(tc, "skipped", message=c.message)
+        elif detail:
+            ET.SubElement(tc, "system-out").text = detail
+    root = ET.Element("testsuites", name="flashbench", tests=suite.get("tests"), failures=suite.get("failures"))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
