@@ -34,7 +34,7 @@ for _b in (
     SdpaBackend("sdpa_math"),
     FlexBackend(),
     TritonKernelBackend("triton_fa2", "flashbench_kernels.flash_attn_v2", "flash_attn_v2",
-                        "bundled Triton FlashAttention-2 (kernels/flash_attn_v2.py)"),
+                        "bundled Triton FlashAttention-2 (kernels/flash_attn_v2/)"),
     TritonKernelBackend("triton_fa1", "flashbench_kernels.flash_attn_v1", "flash_attn_v1",
                         "bundled Triton FlashAttention-1 (kernels/flash_attn_v1.py)"),
 ):

@@ -3,7 +3,7 @@
 Triton compiles a kernel variant in about a second, one variant at a time, inside the process
 that first calls it; an autotuned kernel compiles every candidate configuration of a shape
 class. In the default sweep that made ``triton_fa2`` and ``triton_fa1`` spend most of their
-wall time compiling, serially, in the measuring worker (kernels/TUNING.md, "v4").
+wall time compiling, serially, in the measuring worker.
 
 A backend that compiles declares :meth:`~flashbench.backends.base.Backend.compile_key`: cases
 with equal keys share compiled code. Before the sweep, one representative case per key runs
