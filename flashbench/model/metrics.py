@@ -74,6 +74,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", "bytes", higher_is_better=False, kind="bytes", timing=False,
            words=("more memory", "less memory"), gate_key="peak_hbm", default_threshold=0.10,
            floor_key="min_abs_hbm_bytes"),
+    # host time to enqueue one call (not from the GPU samples, not gated): what an eager loop pays
+    Metric("host", "host_ms", "host ms", "ms", higher_is_better=False, kind="ms", timing=False,
+           words=("more host time", "less host time")),
+    Metric("tflop_per_j", "tflop_per_j", "TFLOP/J", "TFLOP/J", higher_is_better=True, kind="number", timing=False,
+           words=("fewer TFLOP/J", "more TFLOP/J")),
 )
 
 

@@ -92,6 +92,7 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
                 f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
         table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right")
     prev = None
+    launch_bound = False
     for _, row in df.iterrows():
         shape = compact_shape(row)
         if prev is not None and shape != prev:
@@ -100,6 +101,9 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
         cells = []
         for m in shown:
             cells.append(format_value(m, row[m.column]))
+            if m.column == "host_ms" and _is_true(row.get("launch_bound")):
+                cells[-1] = f"[bold yellow]{cells[-1]}*[/]"
+                launch_bound = True
             if m.interval:
                 lo, hi = row[m.interval[1]], row[m.interval[2]]
                 cells.append(f"{format_value(m, lo)}–{format_value(m, hi)}" if pd.notna(lo) else "–")
@@ -112,7 +116,14 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
             fmt_num(row["max_abs_err"], 2),
         )
         prev = shape
+    if launch_bound:
+        table.caption = ("host ms*: launch-bound, the host takes longer to enqueue the call than the GPU to run it "
+                         "(an eager loop of it runs at the host's pace)")
     return table
+
+
+def _is_true(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x)) and bool(x)
 
 
 def failure_lines(df: pd.DataFrame) -> list[str]:
@@ -152,4 +163,5 @@ def format_frame(df: pd.DataFrame, fmt: str) -> str:
 
 
 SUMMARY_COLUMNS = ["backend", "batch", "heads", "kv_heads", "seq_len_q", "seq_len_kv", "head_dim", "dtype", "causal",
-                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "tflops", "peak_hbm_bytes", "max_abs_err", "reason"]
+                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "noise_pct", "host_ms", "launch_bound", "tflops",
+                   "tflop_per_j", "peak_hbm_bytes", "max_abs_err", "reason"]
