@@ -69,6 +69,7 @@ class TimingResult:
     method: str
     host_ms: float | None = None      # median host time to enqueue one call while the GPU was held
     avg_power_w: float | None = None  # board power while the timed batches ran (NVML), None if unknown
+    hold_timeouts: int = 0            # held batches that timed out (a full launch queue, a stalled host)
 
 
 class GraphCaptureError(Exception):
@@ -143,16 +144,20 @@ def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         host, walls = [], []
         hold.hold(timeout_ms)
-        for i in range(n):
-            t0 = clock()
-            before()
-            starts[i].record()
-            t1 = clock()
-            call()
-            t2 = clock()
-            ends[i].record()
-            walls.append((clock() - t0) * 1e3)
-            host.append((t2 - t1) * 1e3)
+        try:
+            for i in range(n):
+                t0 = clock()
+                before()
+                starts[i].record()
+                t1 = clock()
+                call()
+                t2 = clock()
+                ends[i].record()
+                walls.append((clock() - t0) * 1e3)
+                host.append((t2 - t1) * 1e3)
+        except BaseException:
+            hold.release()  # a call that raised: let the GPU go now, not at the timeout
+            raise
         if energy:
             energy.begin()
         hold.release()
@@ -188,7 +193,7 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
             got = collect(_held_batch(call, flush, hold, energy), s, estimate + host_estimate, host_estimate + 0.02)
             return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
                                 host_ms=statistics.median(got.host_ms) if got.host_ms else None,
-                                avg_power_w=energy.avg_power_w if energy else None)
+                                avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts)
         except CallSynchronises:
             how = "call_syncs"
         except HoldFailed:

@@ -173,3 +173,17 @@ def test_every_label_is_documented(graph, l2, how, label):
     assert timer.timing_method(graph, l2, how) == label and label in timer.TIMING_METHODS
     with pytest.raises(ValueError, match="how"):
         timer.timing_method(graph, l2, "sometimes")
+
+
+def test_a_call_that_raises_inside_a_held_batch_releases_the_stream(gpu):
+    calls = []
+
+    def call():
+        calls.append(1)
+        if gpu.held and len(calls) > 20:
+            raise RuntimeError("kernel exploded")
+        gpu.enqueue(KERNEL_MS)
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        timer.time_cuda(call, SETTINGS, "cuda")
+    assert not gpu.held  # released at once: the error path's synchronisation does not wait for the timeout
