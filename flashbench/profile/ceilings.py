@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
-import threading
 import time
 from pathlib import Path
 
 from ..measure.ceilings_cache import Ceilings, cache_path, load_cached, save  # noqa: F401  (re-exported)
+from ..measure.gpu_monitor import PeriodicSampler
 
 MATMUL_N = 8192
 COPY_BYTES = 1 << 30
@@ -46,18 +46,37 @@ class NoGpu(Exception):
     """Ceilings need a CUDA GPU."""
 
 
-def gpu_uuid(index: int = 0) -> tuple[str, str]:
-    """(name, uuid) of the GPU: NVML's UUID, else PyTorch's."""
+def gpu_uuid() -> tuple[str, str]:
+    """(name, uuid) of the GPU the ceilings are measured on, PyTorch's current device (which follows
+    CUDA_VISIBLE_DEVICES, as the measurer does); NVML's first GPU when PyTorch gives no UUID."""
     from ..measure.environment import gpu_identity
     from ..measure.measurer import device_identity
 
-    info = gpu_identity(index)
     ident = device_identity("cuda")
-    uuid = info.get("gpu_uuid") or ident.get("device_uuid") or "unknown"
-    return str(info.get("gpu_name") or ident.get("device_name") or "gpu"), str(uuid)
+    info = gpu_identity(0) if not ident.get("device_uuid") else {}
+    uuid = ident.get("device_uuid") or info.get("gpu_uuid") or "unknown"
+    return str(ident.get("device_name") or info.get("gpu_name") or "gpu"), str(uuid)
 
 
-class NvmlWindow:
+def nvml_index(uuid: str) -> int:
+    """NVML's index of the GPU with this UUID (NVML numbers every GPU, whatever CUDA_VISIBLE_DEVICES
+    says); 0 when NVML does not know it."""
+    from ..measure.environment import _nvml
+
+    nv = _nvml()
+    if nv is None:
+        return 0
+    try:
+        for i in range(nv.nvmlDeviceGetCount()):
+            found = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
+            if (found.decode() if isinstance(found, bytes) else found) == uuid:
+                return i
+    except Exception:
+        pass
+    return 0
+
+
+class NvmlWindow(PeriodicSampler):
     """Samples the SM clock and board power in a thread; :meth:`between` gives the medians of the
     samples taken inside a wall-clock span."""
 
@@ -67,28 +86,10 @@ class NvmlWindow:
         self.index, self.interval_s = index, interval_s
         self._read = read_state or gpu_state
         self.samples: list[tuple[float, float | None, float | None]] = []  # (time, SM MHz, W)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "NvmlWindow":
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="flashbench-ceilings-nvml")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        return False
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                st = self._read(self.index) or {}
-                self.samples.append((time.perf_counter(), st.get("sm_clock_mhz"), st.get("power_w")))
-            except Exception:  # a reading that fails is a missing value, never a failed measurement
-                pass
-            self._stop.wait(self.interval_s)
+    def sample(self) -> None:
+        st = self._read(self.index) or {}
+        self.samples.append((time.perf_counter(), st.get("sm_clock_mhz"), st.get("power_w")))
 
     def between(self, t0: float, t1: float) -> tuple[float | None, float | None]:
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
@@ -157,16 +158,22 @@ def measure_compute(device: str = "cuda", nvml_index: int = 0) -> dict:
     return result
 
 
+def _bandwidth_timing():
+    from ..model.config import Timing
+
+    # the whole budget (no early stop on noise): the median of a ceiling is worth 300 ms
+    return Timing(warmup_ms=100.0, budget_ms=300.0, min_samples=10, max_samples=100, flush_l2=True, max_noise_pct=0)
+
+
 def measure_read(device: str = "cuda") -> dict:
     """The streaming read's best configuration: GB/s of bytes read."""
     import torch
 
     from ..measure.stats import summarize
     from ..measure.timer import time_call
-    from ..model.config import Timing
     from .read_bandwidth import CONFIGS, read_sum
 
-    settings = Timing(warmup_ms=100.0, budget_ms=300.0, min_samples=10, max_samples=100, flush_l2=True)
+    settings = _bandwidth_timing()
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(READ_BYTES // 4, device=device, dtype=torch.float32, generator=g)
     best: dict = {}
@@ -187,9 +194,8 @@ def measure_copy(device: str = "cuda") -> dict:
 
     from ..measure.stats import summarize
     from ..measure.timer import time_call
-    from ..model.config import Timing
 
-    settings = Timing(warmup_ms=100.0, budget_ms=300.0, min_samples=10, max_samples=100, flush_l2=True)
+    settings = _bandwidth_timing()
     g = torch.Generator(device=device).manual_seed(0)
     src = torch.randint(0, 256, (COPY_BYTES,), device=device, dtype=torch.uint8, generator=g)
     dst = torch.empty_like(src)
@@ -204,11 +210,11 @@ def measure_ceilings(device: str = "cuda") -> Ceilings:
 
     if not torch.cuda.is_available():
         raise NoGpu("no GPU (CUDA is not available): ceilings are a GPU's matmul and bandwidth limits")
-    compute = measure_compute(device)  # first, while the GPU is idle
+    name, uuid = gpu_uuid()
+    compute = measure_compute(device, nvml_index(uuid))  # first, while the GPU is idle
     read = measure_read(device)
     copy = measure_copy(device)
     torch.cuda.empty_cache()
-    name, uuid = gpu_uuid()
     burst, sustained = compute["burst"], compute["sustained"]
     return Ceilings(
         gpu_name=name, gpu_uuid=uuid,

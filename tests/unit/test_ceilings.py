@@ -113,3 +113,18 @@ def test_env_ceilings_names_both_compute_roofs_the_read_roof_and_the_datasheet(m
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ceilings_cache.cache_path("GPU-1/2").name == "ceilings-GPU-1_2.json"
+
+
+def test_nvml_index_is_found_by_uuid(monkeypatch):
+    import types
+
+    from flashbench.measure import environment
+    from flashbench.profile.ceilings import nvml_index
+
+    uuids = [b"GPU-a", b"GPU-b", b"GPU-c"]
+    nv = types.SimpleNamespace(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
+                               nvmlDeviceGetUUID=lambda h: uuids[h])
+    monkeypatch.setattr(environment, "_nvml", lambda: nv)
+    assert nvml_index("GPU-c") == 2 and nvml_index("GPU-zzz") == 0
+    monkeypatch.setattr(environment, "_nvml", lambda: None)
+    assert nvml_index("GPU-c") == 0
