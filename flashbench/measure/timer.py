@@ -44,7 +44,8 @@ TIMING_METHODS = {
     "cuda_events_l2_flush_call_syncs": "the call waits for the GPU inside (it synchronises), so it cannot be "
                                        "enqueued ahead: plain per-call events",
     "cuda_events_warm_l2_call_syncs": "the same with a warm L2",
-    "cuda_events_l2_flush_unheld": "held batches kept timing out (a very slow host): plain per-call events",
+    "cuda_events_l2_flush_unheld": "the stream could not be held (no Triton here, or held batches kept timing out: "
+                                   "a very slow host): plain per-call events",
     "cuda_events_warm_l2_unheld": "the same with a warm L2",
     "cuda_graph_l2_flush_unheld": "graph replays whose held batches kept timing out: plain per-replay events",
     "cuda_graph_warm_l2_unheld": "the same with a warm L2",
@@ -143,7 +144,10 @@ def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         host, walls = [], []
-        hold.hold(timeout_ms)
+        try:
+            hold.hold(timeout_ms)
+        except Exception as e:  # noqa: BLE001 - no Triton, a launch failure: time without holding
+            raise HoldFailed(f"the stream cannot be held ({type(e).__name__}: {e})") from e
         try:
             for i in range(n):
                 t0 = clock()
@@ -172,6 +176,15 @@ def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int
     return run
 
 
+def _stream_hold(device):
+    try:
+        from .stream_hold import StreamHold  # Triton: imported only where the GPU is held
+
+        return StreamHold.for_device(device)
+    except Exception as e:  # noqa: BLE001 - no Triton, no pinned memory: time without holding
+        raise HoldFailed(f"the stream cannot be held ({type(e).__name__}: {e})") from e
+
+
 def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torch.cuda.Stream | None = None,
               energy: EnergyMeter | None = None) -> TimingResult:
     """Time ``call`` on the GPU. ``stream``: where a CUDA graph is captured (the stream the call's
@@ -186,10 +199,8 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
         energy.reset()
     how = "plain"
     if s.hold_stream:
-        from .stream_hold import StreamHold
-
-        hold = StreamHold.for_device(device)
         try:
+            hold = _stream_hold(device)
             got = collect(_held_batch(call, flush, hold, energy), s, estimate + host_estimate, host_estimate + 0.02)
             return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
                                 host_ms=statistics.median(got.host_ms) if got.host_ms else None,

@@ -187,3 +187,15 @@ def test_a_call_that_raises_inside_a_held_batch_releases_the_stream(gpu):
     with pytest.raises(RuntimeError, match="exploded"):
         timer.time_cuda(call, SETTINGS, "cuda")
     assert not gpu.held  # released at once: the error path's synchronisation does not wait for the timeout
+
+
+def test_a_stream_that_cannot_be_held_is_timed_unheld(gpu, monkeypatch):
+    def no_triton(cls, device):
+        raise ImportError("No module named 'triton'")
+
+    monkeypatch.setattr(StreamHold, "for_device", classmethod(no_triton))
+    r = timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda")
+    assert r.method == "cuda_events_l2_flush_unheld" and r.host_ms is None
+    monkeypatch.setattr(StreamHold, "for_device", classmethod(lambda cls, device: gpu.hold))
+    monkeypatch.setattr(gpu.hold, "hold", lambda timeout_ms: (_ for _ in ()).throw(RuntimeError("launch failed")))
+    assert timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda").method == "cuda_events_l2_flush_unheld"
