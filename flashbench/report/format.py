@@ -79,14 +79,14 @@ def compact_shape(row) -> str:
 
 def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
     """One section per shape, one row per measured backend, a column per metric of the metrics
-    table (and its spread). Skipped rows are left out (see :func:`skipped_summary`); failure
-    reasons are listed by :func:`failure_lines`."""
+    table (and its spread) that some row has a value of. Skipped rows are left out (see
+    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`."""
     from rich import box
 
     df = with_speedup(df, reference_backend)
     df = df[df["status"] != "skipped"]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    shown = metrics.METRICS
+    shown = [m for m in metrics.METRICS if m.in_run_table and m.column in df and df[m.column].notna().any()]
     headings = [h for m in shown for h in (m.label, m.interval_label) if h]
     for col in ("shape", "backend", "status", *headings,
                 f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
@@ -116,9 +116,12 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
             fmt_num(row["max_abs_err"], 2),
         )
         prev = shape
+    notes = [m.note for m in shown if m.note]
     if launch_bound:
-        table.caption = ("host ms*: launch-bound, the host takes longer to enqueue the call than the GPU to run it "
-                         "(an eager loop of it runs at the host's pace)")
+        notes.append("host ms*: launch-bound, the host takes longer to enqueue the call than the GPU to run it "
+                     "(an eager loop of it runs at the host's pace)")
+    if notes:
+        table.caption = "; ".join(notes)
     return table
 
 

@@ -126,5 +126,16 @@ def test_run_table_flags_launch_bound_rows():
     assert "host ms" in text and "TFLOP/J" in text
     assert "0.25*" in text and "0.05*" not in text and "launch-bound" in text
     console = Console(width=250, no_color=True, record=True, file=open("/dev/null", "w"))
+    fine.pct_peak_flops = 41.5
     console.print(run_table(records_frame([fine]), "sdpa_flash"))
-    assert "launch-bound" not in console.export_text()
+    text = console.export_text()
+    assert "launch-bound" not in text
+    assert "TFLOP/J" not in text  # no row has a value: no column
+    assert "% peak" in text and "41.5" in text and "sustained bf16 matmul rate" in text  # the roof is named
+
+
+def test_cpu_run_table_has_no_columns_of_gpu_only_measurements(tmp_path):
+    r = invoke("run", "smoke", "--backends", "naive", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0
+    assert "median ms" in r.output and "host ms" not in r.output and "TFLOP/J" not in r.output
+    assert "% peak" not in r.output
