@@ -14,8 +14,8 @@ most doubles the samples so far (the interval is checked often enough not to ove
 target by much), and none is larger than what the remaining budget pays for or than the CUDA launch
 queue holds. A held batch must fit in the queue: the host cannot enqueue more than about
 ``LAUNCH_QUEUE`` launches while the GPU runs none of them, and a sample is a flush, two event records
-and at least one kernel, so at most ``LAUNCH_QUEUE // 4`` samples. A call that launches more kernels
-shows itself: the host stalls inside the batch until the hold times out; the sample it stalled in
+and the call's kernels (a fwd_bwd call launches about five), so at most ``LAUNCH_QUEUE // 8`` samples.
+A call that launches more kernels shows itself: the host stalls inside the batch until the hold times out; the sample it stalled in
 tells how many samples the queue took, and the next batches are cut to half of that. A stall in the
 first sample of a batch cannot be the queue: the call waits for the GPU (it synchronises), so it
 cannot be pre-enqueued, and the timer falls back to plain per-call events.
@@ -31,7 +31,7 @@ from ..model.config import Timing
 from .stats import noise_pct
 
 LAUNCH_QUEUE = 1024                 # pending launches the CUDA launch queue holds, about
-MAX_BATCH = LAUNCH_QUEUE // 4       # a flush, two event records and one kernel per sample
+MAX_BATCH = LAUNCH_QUEUE // 8       # a flush, two event records and up to five kernels per sample
 FIRST_BATCH = 4
 MAX_TIMEOUTS = 3                    # held batches that may time out before the timer gives up holding
 HOLD_MARGIN = 4.0                   # the hold lasts this many times the expected enqueue time ...
