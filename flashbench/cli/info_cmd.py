@@ -56,7 +56,7 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
 
 @app.command()
 def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
-        ceilings: bool = typer.Option(False, "--ceilings", help="the GPU's bf16 matmul TFLOP/s and copy bandwidth (measured once, cached per GPU)"),
+        ceilings: bool = typer.Option(False, "--ceilings", help="the GPU's roofs: bf16 matmul TFLOP/s burst and sustained, read and copy bandwidth, beside the datasheet peak (measured once, cached per GPU)"),
         refresh: bool = typer.Option(False, "--refresh", help="with --ceilings: measure again instead of reading the cache")) -> None:
     """GPU, driver, CUDA, cuDNN, torch, triton versions and the GPU's clocks, temperature, power, throttling."""
     if ceilings:

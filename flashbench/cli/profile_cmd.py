@@ -30,27 +30,52 @@ def _pct(x) -> str:
 
 def env_ceilings(fmt: str, refresh: bool) -> None:
     """``flashbench env --ceilings [--refresh]``: exit 3 without a GPU."""
-    from ..profile.ceilings import NoGpu, get_ceilings
+    from dataclasses import asdict
+
+    from ..profile.ceilings import BURST_MS, LOAD_S, NoGpu, READ_BYTES, SUSTAINED_MS, get_ceilings
+    from ..profile.datasheet import datasheet_peak
     from ..report.format import fmt_num
 
     try:
         c, path, cached = get_ceilings(refresh=refresh)
     except NoGpu as e:
         fail(f"{e}; run `flashbench env --ceilings` on a machine with a CUDA GPU", code=EXIT_ENV)
+    peak = datasheet_peak(c.gpu_name)
     if fmt == "json":
         write_machine(json.dumps({**c.to_dict(), "ridge_flop_per_byte": c.ridge_flop_per_byte,
+                                  "datasheet": asdict(peak) if peak else None,
                                   "cache": str(path), "from_cache": cached}, indent=1) + "\n")
         return
+
+    def state(clock, power) -> str:
+        return f"SM {fmt_num(clock)} MHz, {fmt_num(power)} W" if clock is not None or power is not None else "no NVML"
+
+    def of_sheet(value, sheet_value) -> str:
+        return f", {100 * value / sheet_value:.0f}% of the datasheet" if peak else ""
+
     t = Table(title=f"roofline ceilings of {c.gpu_name}", show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
-    t.add_row("bf16 matmul (8192³)", f"{fmt_num(c.matmul_tflops)} TFLOP/s (median {fmt_num(c.matmul_ms)} ms)")
+    t.add_row("compute roof: sustained bf16 matmul",
+              f"{fmt_num(c.sustained_tflops)} TFLOP/s{of_sheet(c.sustained_tflops, peak and peak.bf16_tflops)} "
+              f"(8192³, median {fmt_num(c.sustained_ms)} ms over {SUSTAINED_MS:.0f} ms after {LOAD_S:.0f} s of load; "
+              f"{state(c.sustained_sm_clock_mhz, c.sustained_power_w)})")
+    t.add_row("burst bf16 matmul (idle GPU)",
+              f"{fmt_num(c.burst_tflops)} TFLOP/s{of_sheet(c.burst_tflops, peak and peak.bf16_tflops)} "
+              f"(first {BURST_MS:.0f} ms, median {fmt_num(c.burst_ms)} ms; {state(c.burst_sm_clock_mhz, c.burst_power_w)})")
+    t.add_row("memory roof: streaming read",
+              f"{fmt_num(c.read_gbps)} GB/s{of_sheet(c.read_gbps, peak and peak.hbm_gbps)} "
+              f"(bytes read; median {fmt_num(c.read_ms)} ms per {READ_BYTES >> 30} GiB read)")
     t.add_row("device copy (read + written)", f"{fmt_num(c.copy_gbps)} GB/s (median {fmt_num(c.copy_ms)} ms per 1 GiB copy)")
-    t.add_row("ridge point", f"{fmt_num(c.ridge_flop_per_byte)} FLOP/byte")
+    t.add_row("ridge point", f"{fmt_num(c.ridge_flop_per_byte)} FLOP/byte (sustained compute / read bandwidth)")
+    t.add_row("datasheet peak", f"{peak.model}: {fmt_num(peak.bf16_tflops)} TFLOP/s dense bf16, "
+              f"{fmt_num(peak.hbm_gbps)} GB/s ({peak.source})" if peak else "this GPU model is not in flashbench's table")
     t.add_row("gpu uuid", c.gpu_uuid)
     t.add_row("measured", f"{c.measured_utc} (torch {c.torch})")
     t.add_row("cache", f"{path} ({'cached; --refresh to measure again' if cached else 'measured now'})")
     out.print(t)
+    out.print("[dim]% of peak FLOP/s (pct_peak_flops, profile) refers to the sustained compute roof, % of HBM "
+              "(pct_hbm) to the read roof[/]", highlight=False, soft_wrap=True)
 
 
 def _kernel_tables(report) -> None:
@@ -119,20 +144,25 @@ def _traffic_tables(report) -> None:
 
 
 def _roofline_table(report) -> None:
+    from ..profile.datasheet import datasheet_peak
     from ..report.format import fmt_bytes, fmt_num
 
     c = report.ceilings
-    title = "roofline" + (f" · {c.matmul_tflops:.0f} TFLOP/s bf16 matmul, {c.copy_gbps:.0f} GB/s copy, ridge "
-                          f"{c.ridge_flop_per_byte:.0f} FLOP/B" if c else " · no ceilings")
+    title = "roofline" + (f" · roof: {c.compute_tflops:.0f} TFLOP/s sustained bf16 matmul, {c.memory_gbps:.0f} GB/s "
+                          f"streaming read, ridge {c.ridge_flop_per_byte:.0f} FLOP/B" if c else " · no ceilings")
+    peaks = {p for r in report.records if (p := datasheet_peak(r.device_name))}
+    for p in peaks:
+        title += f" · datasheet {p.model}: {p.bf16_tflops:.0f} TFLOP/s, {p.hbm_gbps:.0f} GB/s"
     t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-    for col in ("backend", "case", "median ms", "TFLOP/s", "bytes", "FLOP/B", "roof TFLOP/s", "% of roof", "bound"):
+    for col in ("backend", "case", "median ms", "TFLOP/s", "bytes", "FLOP/B", "roof TFLOP/s", "% of roof",
+                "% of datasheet", "bound"):
         t.add_column(col, justify="left" if col in ("backend", "case", "bytes", "bound") else "right")
     recs = {(r.backend, r.case.label()): r for r in report.records}
     for p in report.points:
         r = recs.get((p.backend, p.case_label))
         t.add_row(p.backend, p.case_label, fmt_num(r.median_ms if r else None), fmt_num(p.tflops),
                   f"{fmt_bytes(p.bytes)} ({p.basis})", fmt_num(p.intensity), fmt_num(p.attainable_tflops),
-                  fmt_num(p.pct_of_roof), p.bound)
+                  fmt_num(p.pct_of_roof), fmt_num(p.pct_of_datasheet), p.bound)
     out.print(t)
     if report.ceilings_note:
         out.print(f"[dim]{report.ceilings_note}[/]", highlight=False, soft_wrap=True)
@@ -215,7 +245,8 @@ def profile(
     ceilings, note = None, ""
     if p.device.startswith("cuda"):
         try:
-            err.print("ceilings: reading the cache or measuring (bf16 matmul, device copy) ...")
+            err.print("ceilings: reading the cache or measuring (bf16 matmul burst and sustained, read and copy "
+                      "bandwidth) ...")
             ceilings, path, cached = get_ceilings()
             note = f"ceilings {'from the cache' if cached else 'measured now'}: {path}"
         except NoGpu as e:

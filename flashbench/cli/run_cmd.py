@@ -142,6 +142,10 @@ def run(
     ray_resources: Optional[str] = typer.Option(None, "--ray-resources", help="ray: custom resources per task, NAME=AMOUNT,..."),
     ray_group_size: int = typer.Option(1, "--ray-group-size", help="ray: cases per Ray task"),
     ray_max_retries: int = typer.Option(3, "--ray-max-retries", help="ray: retries of a task lost with its worker or node"),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph",
+                                              help="time CUDA-graph replays of each call, or not (default: the config's "
+                                                   "timing.cuda_graph); the L2 is flushed before each replay unless "
+                                                   "timing.flush_l2 is false"),
     precompile: bool = typer.Option(True, "--precompile/--no-precompile",
                                     help="compile the Triton kernels of the sweep in parallel processes before measuring "
                                          "(local and inprocess executors)"),
@@ -160,7 +164,7 @@ def run(
     request = SweepRequest(
         config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
-        precompile=precompile,
+        precompile=precompile, cuda_graph=cuda_graph,
         ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
                        group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from ..measure.environment import collect_environment, gpu_state, throttle_warning
 from ..measure.gpu_monitor import GpuMonitor, compute_processes
-from ..model.config import load_config
+from ..model.config import load_config, with_timing
 from ..model.schema import Record
 from ..model.yaml_input import ConfigError
 from ..results.files import ResultsWriter
@@ -59,6 +59,7 @@ class SweepRequest:
     resume: Path | None = None
     retry_failed: bool = False
     precompile: bool = True
+    cuda_graph: bool | None = None       # overrides the config's timing.cuda_graph
     ray: RayOptions = field(default_factory=RayOptions)
 
 
@@ -161,6 +162,8 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
     """Load, plan and check a sweep; raise ConfigError (the input) or EnvironmentProblem (the machine)."""
     _check_options(req)
     loaded = load_config(req.config)
+    if req.cuda_graph is not None:
+        loaded = with_timing(loaded, cuda_graph=req.cuda_graph)
     want = req.device
     if req.executor == "ray" and want is None and loaded.config.device == "auto":
         want = "cuda" if req.ray.num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here

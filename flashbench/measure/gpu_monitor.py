@@ -28,7 +28,37 @@ def compute_processes(index: int = 0) -> int | None:
         return None
 
 
-class GpuMonitor:
+class PeriodicSampler:
+    """Calls ``sample()`` every ``interval_s`` in a daemon thread between ``__enter__`` and ``__exit__``;
+    a sample that raises is skipped (watching must never disturb what is watched)."""
+
+    interval_s: float = 0.5
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"flashbench-{type(self).__name__}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001
+                pass
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class GpuMonitor(PeriodicSampler):
     """``with GpuMonitor(0) as m: ...`` then ``m.summary()`` and ``m.warnings(expected_processes)``."""
 
     def __init__(self, index: int = 0, interval_s: float = 0.5,
@@ -36,8 +66,6 @@ class GpuMonitor:
                  read_processes: Callable[[int], int | None] = compute_processes):
         self.index, self.interval_s = index, interval_s
         self._read_state, self._read_processes = read_state, read_processes
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self.samples = 0
         self.min_sm_clock_mhz: int | None = None
@@ -45,26 +73,6 @@ class GpuMonitor:
         self.max_temperature_c: int | None = None
         self.max_processes: int | None = None
         self.events: list[dict] = []  # first time each (reason) was seen, and clock dips
-
-    def __enter__(self) -> "GpuMonitor":
-        self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="flashbench-gpu-monitor")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        return False
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except Exception:  # monitoring must never disturb the sweep
-                pass
-            self._stop.wait(self.interval_s)
 
     def _event(self, kind: str, detail: str) -> None:
         if len(self.events) < MAX_EVENTS:

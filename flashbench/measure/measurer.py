@@ -20,9 +20,13 @@ from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference
 from ..model.schema import Record
-from .stats import summarize
+from .stats import noise_pct, summarize
 from ..model.config import Timing
-from .timer import time_call
+from .ceilings_cache import load_cached, percent_of_roofs
+from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
+from .timer import GraphCaptureError, time_call
+
+IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
 
 
 @dataclass
@@ -81,6 +85,12 @@ class Measurer:
         self.settings = settings
         self.device = device or default_device()
         self.identity = device_identity(self.device)
+        # the roofs of pct_peak_flops and pct_hbm: the GPU's cached ceilings (never measured here)
+        self.ceilings = load_cached(self.identity["device_uuid"]) if self.device.startswith("cuda") else None
+        if self.ceilings is not None:
+            self.identity["roofs"] = self.ceilings.roofs_label()
+        self._energy: EnergyMeter | None = None
+        self._energy_looked = False
         self._ref_case: Case | None = None
         self._ref: Reference | None = None
         self._ref_error: str = ""
@@ -97,9 +107,15 @@ class Measurer:
             self._ref_case = case
         return self._ref
 
+    def _energy_meter(self) -> EnergyMeter | None:
+        if not self._energy_looked and self.device.startswith("cuda"):
+            self._energy_looked = True
+            self._energy = meter_for(self.identity["device_uuid"])
+        return self._energy
+
     def measure(self, task: Task) -> Record:
         t0 = time.perf_counter()
-        rec = Record.for_task(task, **self.identity)
+        rec = Record.for_task(task, **{k: v for k, v in self.identity.items() if k in IDENTITY_FIELDS})
         try:
             self._measure_into(rec, task)
         except Unsupported as e:
@@ -125,9 +141,6 @@ class Measurer:
         why = backend.unsupported_reason(case, "cuda" if dev.startswith("cuda") else dev)
         if why:
             raise Unsupported(why)
-        if self.settings.timing.cuda_graph and case.has_backward:
-            # autograd runs the backward on the forward's stream, outside a capture begun after it
-            raise Unsupported("CUDA-graph timing covers mode fwd only; time backward modes with CUDA events")
         fn = backend.prepare(case, dev)
         inputs = make_inputs(case, dev, self.settings.seed)
         if self.settings.correctness:
@@ -144,7 +157,19 @@ class Measurer:
             del outputs
         call = bind(fn, inputs, case)
         rec.peak_hbm_bytes, rec.peak_hbm_abs_bytes = peak_memory(call, dev)
-        timing = time_call(call, self.settings.timing, dev)
+        stream = None
+        if self.settings.timing.cuda_graph and dev.startswith("cuda"):
+            # autograd runs each backward op on the stream its forward ran on: a backward captured in
+            # a graph needs its forward on the capture stream (for bwd, bind runs the forward)
+            del call
+            stream = torch.cuda.Stream(device=dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                call = bind(fn, inputs, case)
+        try:
+            timing = time_call(call, self.settings.timing, dev, stream, self._energy_meter())
+        except GraphCaptureError as e:
+            raise Unsupported(f"{e}; time it with CUDA events (timing.cuda_graph: false)") from None
         s = summarize(timing.samples_ms)
         rec.median_ms, rec.p20_ms, rec.p80_ms, rec.min_ms, rec.mean_ms, rec.samples = (
             s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
@@ -152,4 +177,11 @@ class Measurer:
         rec.timing_method = timing.method
         rec.tflops = rec.flops / (s.median_ms * 1e-3) / 1e12
         rec.hbm_gbps = rec.min_hbm_bytes / (s.median_ms * 1e-3) / 1e9
+        rec.noise_pct = noise_pct(timing.samples_ms)
+        rec.host_ms = timing.host_ms
+        rec.launch_bound = None if timing.host_ms is None else timing.host_ms > s.median_ms
+        rec.pct_peak_flops, rec.pct_hbm = percent_of_roofs(rec.tflops, rec.hbm_gbps, self.ceilings)
+        rec.avg_power_w = timing.avg_power_w
+        rec.energy_j = energy_per_call_j(timing.avg_power_w, s.median_ms)
+        rec.tflop_per_j = tflop_per_j(rec.flops, rec.energy_j)
         rec.backend_config = backend.config_description()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from statistics import NormalDist
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -42,3 +45,56 @@ def summarize(samples_ms: list[float]) -> Summary:
         mean_ms=sum(s) / len(s),
         samples=len(s),
     )
+
+
+# --- the median's confidence interval (noise-aware sampling) --------------------------------------
+CONFIDENCE = 0.95
+_EXACT_UP_TO = 4000  # sample counts above this use the normal approximation of the binomial
+
+
+@lru_cache(maxsize=None)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """1-based ranks (k, n + 1 − k) of the order statistics that bound the median with at least
+    ``confidence``, whatever the distribution: the number of samples below the true median is
+    Binomial(n, ½), so [x_(k), x_(n+1−k)] misses it with probability 2·P(B ≤ k − 1). The largest such k;
+    None when n is too small for any interval at that confidence (n < 6 at 95%)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
+    if n < 1:
+        return None
+    tail = Fraction(1 - confidence) / 2
+    if n > _EXACT_UP_TO:
+        z = NormalDist().inv_cdf(1 - float(tail))
+        k = math.floor((n - z * math.sqrt(n)) / 2)  # P(B <= k - 1) <= tail, normal approximation
+        return (k, n + 1 - k) if k >= 1 else None
+    limit = tail * (1 << n)          # compare exact integers: P(B <= j) = sum C(n, i) / 2^n
+    cumulative, term, k = 0, 1, 0    # term = C(n, j)
+    for j in range(n // 2 + 1):
+        cumulative += term
+        if cumulative > limit:
+            break
+        k = j + 1                    # P(B <= k - 1) <= tail
+        term = term * (n - j) // (j + 1)
+    return (k, n + 1 - k) if k >= 1 else None
+
+
+def median_ci(samples: list[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """The distribution-free confidence interval of the median (order statistics); None when there
+    are too few samples for one."""
+    ranks = median_ci_ranks(len(samples), confidence)
+    if ranks is None:
+        return None
+    s = sorted(samples)
+    return s[ranks[0] - 1], s[ranks[1] - 1]
+
+
+def noise_pct(samples: list[float], confidence: float = CONFIDENCE) -> float | None:
+    """Half the width of the median's confidence interval, in % of the median (nvbench's "noise", with
+    a distribution-free interval in place of a standard deviation); None with too few samples."""
+    ci = median_ci(samples, confidence)
+    if ci is None:
+        return None
+    median = percentile(sorted(samples), 50)
+    if not median > 0:
+        return None
+    return 100.0 * (ci[1] - ci[0]) / 2 / median

@@ -2,12 +2,22 @@
 
 GPU: CUDA events around every call; before every call the L2 cache is flushed by writing a
 256 MB buffer (outside the events); warm-up by time, so compilation and autotuning stay out
-of the samples; the sample count comes from a time budget, bounded by a minimum and maximum.
-Optional CUDA-graph mode times graph replays: no launch gaps, but a warm L2 (labelled so).
+of the samples. Samples are taken in batches (:mod:`flashbench.measure.sampling` decides how
+many, stopping on the noise target or the time budget). By default each batch is enqueued
+behind a kernel that holds the stream (:mod:`flashbench.measure.stream_hold`) and then released,
+so the GPU runs the batch back to back and the events time the GPU alone, even when the host
+enqueues a call more slowly than the GPU runs it. While the GPU is held, the host's own time to
+enqueue each call is measured too (``host_ms``). NVML's energy counter is read around every
+batch the GPU runs (:mod:`flashbench.measure.energy`).
+CUDA-graph mode captures the call (fwd, bwd or fwd_bwd) and times graph replays the same way.
 CPU: ``time.perf_counter`` around every call, same warm-up and statistics.
+
+``timing_method`` values (:data:`TIMING_METHODS`): ``<how>_<what>_<l2>`` where what is ``events``
+(eager calls) or ``graph`` (graph replays) and l2 is ``l2_flush`` or ``warm_l2``.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -15,19 +25,56 @@ from typing import Callable
 import torch
 
 from ..model.config import Timing
+from .energy import EnergyMeter
+from .sampling import Batch, CallSynchronises, HoldFailed, collect
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+TIMING_METHODS = {
+    "held_events_l2_flush": "eager calls, CUDA events per call, each batch enqueued behind a held stream "
+                            "(GPU time only), L2 flushed before each call",
+    "held_events_warm_l2": "the same with a warm L2 (flush_l2: false)",
+    "held_graph_l2_flush": "CUDA-graph replays of the call, held batches, L2 flushed before each replay",
+    "held_graph_warm_l2": "CUDA-graph replays, held batches, warm L2",
+    "cuda_events_l2_flush": "eager calls, CUDA events per call, enqueued as they are timed (hold_stream: false): "
+                            "a host slower than the GPU shows in the samples",
+    "cuda_events_warm_l2": "the same with a warm L2",
+    "cuda_graph_l2_flush": "CUDA-graph replays enqueued as they are timed, L2 flushed before each replay",
+    "cuda_graph_warm_l2": "CUDA-graph replays enqueued as they are timed, warm L2",
+    "cuda_events_l2_flush_call_syncs": "the call waits for the GPU inside (it synchronises), so it cannot be "
+                                       "enqueued ahead: plain per-call events",
+    "cuda_events_warm_l2_call_syncs": "the same with a warm L2",
+    "cuda_events_l2_flush_unheld": "the stream could not be held (no Triton here, or held batches kept timing out: "
+                                   "a very slow host): plain per-call events",
+    "cuda_events_warm_l2_unheld": "the same with a warm L2",
+    "cuda_graph_l2_flush_unheld": "graph replays whose held batches kept timing out: plain per-replay events",
+    "cuda_graph_warm_l2_unheld": "the same with a warm L2",
+    "cpu_perf_counter": "CPU runs: time.perf_counter around every call",
+}
+
+
+def timing_method(graph: bool, flush_l2: bool, how: str) -> str:
+    """The label of a GPU timing: ``how`` is held, plain, call_syncs or unheld."""
+    what = "graph" if graph else "events"
+    l2 = "l2_flush" if flush_l2 else "warm_l2"
+    if how == "held":
+        return f"held_{what}_{l2}"
+    if how not in ("plain", "call_syncs", "unheld"):
+        raise ValueError(f"how: {how!r} is not one of held, plain, call_syncs, unheld")
+    return f"cuda_{what}_{l2}" + ("" if how == "plain" else f"_{how}")
 
 
 @dataclass
 class TimingResult:
     samples_ms: list[float]
     method: str
+    host_ms: float | None = None      # median host time to enqueue one call while the GPU was held
+    avg_power_w: float | None = None  # board power while the timed batches ran (NVML), None if unknown
+    hold_timeouts: int = 0            # held batches that timed out (a full launch queue, a stalled host)
 
 
-def _sample_count(estimate_ms: float, s: Timing) -> int:
-    n = int(s.budget_ms / max(estimate_ms, 1e-4))
-    return max(s.min_samples, min(s.max_samples, n))
+class GraphCaptureError(Exception):
+    """The call could not be captured into a CUDA graph (the message says why)."""
 
 
 class _L2Flusher:
@@ -43,59 +90,164 @@ class _L2Flusher:
         self.buf.zero_()
 
 
-def _event_samples(run: Callable[[], object], before: Callable[[], object], s: Timing) -> list[float]:
-    """Estimate, warm up and sample ``run`` with CUDA events; ``before`` runs outside the events."""
-    # estimate the per-call time on a few calls, then warm up for warmup_ms
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        before()
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    estimate = start.elapsed_time(end) / 3  # includes `before` (the flush): a conservative estimate
-    for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
-        before()
-        run()
-    n = _sample_count(estimate, s)
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        before()
-        starts[i].record()
-        run()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return [a.elapsed_time(b) for a, b in zip(starts, ends)]
-
-
 def _nothing() -> None:
     return None
 
 
-def time_cuda(call: Callable[[], object], s: Timing, device="cuda") -> TimingResult:
+def _warm_up(call: Callable[[], object], before: Callable[[], object], s: Timing) -> tuple[float, float]:
+    """(GPU time per call + ``before``, host time per call) from a few calls, then warm up for warmup_ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        before()
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = start.elapsed_time(end) / 3  # includes `before` (the flush): a conservative estimate
+    host = []
+    deadline = time.perf_counter() + s.warmup_ms / 1e3  # a host slower than the GPU stretches no warm-up
+    for _ in range(max(1, int(s.warmup_ms / max(estimate, 1e-4)))):
+        before()
+        t0 = time.perf_counter()
+        call()
+        host.append((time.perf_counter() - t0) * 1e3)
+        if t0 > deadline:
+            break
+    torch.cuda.synchronize()
+    return estimate, statistics.median(host)
+
+
+def _plain_batch(call, before, energy: EnergyMeter | None) -> Callable[[int, float | None], Batch]:
+    """Batches enqueued as they are timed: events per call, no hold."""
+    def run(n: int, _timeout) -> Batch:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        if energy:
+            energy.begin()
+        for i in range(n):
+            before()
+            starts[i].record()
+            call()
+            ends[i].record()
+        torch.cuda.synchronize()
+        if energy:
+            energy.end()
+        return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)])
+    return run
+
+
+def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int, float | None], Batch]:
+    """Batches enqueued whole behind a held stream, then released: the GPU runs them back to back."""
+    clock = time.perf_counter
+
+    def run(n: int, timeout_ms: float) -> Batch:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        host, walls = [], []
+        try:
+            hold.hold(timeout_ms)
+        except Exception as e:  # noqa: BLE001 - no Triton, a launch failure: time without holding
+            raise HoldFailed(f"the stream cannot be held ({type(e).__name__}: {e})") from e
+        try:
+            for i in range(n):
+                t0 = clock()
+                before()
+                starts[i].record()
+                t1 = clock()
+                call()
+                t2 = clock()
+                ends[i].record()
+                walls.append((clock() - t0) * 1e3)
+                host.append((t2 - t1) * 1e3)
+        except BaseException:
+            hold.release()  # a call that raised: let the GPU go now, not at the timeout
+            raise
+        if energy:
+            energy.begin()
+        hold.release()
+        torch.cuda.synchronize()
+        if hold.timed_out():
+            if energy:
+                energy.discard()
+            return Batch([], sample_wall_ms=walls, timed_out=True)
+        if energy:
+            energy.end()
+        return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)], host, walls)
+    return run
+
+
+def _stream_hold(device):
+    try:
+        from .stream_hold import StreamHold  # Triton: imported only where the GPU is held
+
+        return StreamHold.for_device(device)
+    except Exception as e:  # noqa: BLE001 - no Triton, no pinned memory: time without holding
+        raise HoldFailed(f"the stream cannot be held ({type(e).__name__}: {e})") from e
+
+
+def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torch.cuda.Stream | None = None,
+              energy: EnergyMeter | None = None) -> TimingResult:
+    """Time ``call`` on the GPU. ``stream``: where a CUDA graph is captured (the stream the call's
+    own forward ran on, for a backward); ``energy``: a meter to read around the batches."""
     if s.cuda_graph:
-        return _time_cuda_graph(call, s, device)
+        call = capture_graph(call, device, stream)
     flush = _L2Flusher(device) if s.flush_l2 else _nothing
     call()  # the first call may compile or autotune: never part of an estimate
     torch.cuda.synchronize()
-    samples = _event_samples(call, flush, s)
-    return TimingResult(samples, "cuda_events_l2_flush" if s.flush_l2 else "cuda_events_warm_l2")
+    estimate, host_estimate = _warm_up(call, flush, s)
+    if energy:
+        energy.reset()
+    how = "plain"
+    if s.hold_stream:
+        try:
+            hold = _stream_hold(device)
+            got = collect(_held_batch(call, flush, hold, energy), s, estimate + host_estimate, host_estimate + 0.02)
+            return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
+                                host_ms=statistics.median(got.host_ms) if got.host_ms else None,
+                                avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts)
+        except CallSynchronises:
+            how = "call_syncs"
+        except HoldFailed:
+            how = "unheld"
+        if energy:
+            energy.reset()
+    got = collect(_plain_batch(call, flush, energy), s, estimate, None)
+    return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, how),
+                        avg_power_w=energy.avg_power_w if energy else None)
 
 
-def _time_cuda_graph(call, s: Timing, device) -> TimingResult:
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA-graph capture requires
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    torch.cuda.synchronize()
-    return TimingResult(_event_samples(graph.replay, _nothing, s), "cuda_graph_warm_l2")
+def capture_graph(call: Callable[[], object], device="cuda",
+                  stream: torch.cuda.Stream | None = None) -> Callable[[], object]:
+    """Capture ``call`` into a CUDA graph and return its replay. Warm-up runs on a side stream, as
+    capture requires; the inputs are the call's own tensors (static), and the graph's outputs
+    (the gradients, for a backward) live in its memory pool. A call with a backward is captured
+    whole: autograd runs each backward op on the stream its forward ran on, so the forward must run
+    on the capture stream, inside the capture (fwd_bwd) or before it (bwd: the caller runs the
+    forward on ``stream``). Raises :class:`GraphCaptureError` when the call cannot be captured."""
+    try:
+        side = stream if stream is not None else torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                call()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, stream=side):
+            outputs = call()
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - any capture failure is a reason, not a crash
+        try:
+            torch.cuda.synchronize()  # let work the failed capture left behind finish
+        except Exception:  # noqa: BLE001 - the capture's error is the one to report
+            pass
+        raise GraphCaptureError(f"CUDA-graph capture failed ({type(e).__name__}: {' '.join(str(e).split())[:300]})") \
+            from None
+
+    def replay():
+        graph.replay()
+        return outputs
+    return replay
 
 
 def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
@@ -115,7 +267,13 @@ def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
     return TimingResult(samples, "cpu_perf_counter")
 
 
-def time_call(call: Callable[[], object], s: Timing, device: str) -> TimingResult:
+def _sample_count(estimate_ms: float, s: Timing) -> int:
+    n = int(s.budget_ms / max(estimate_ms, 1e-4))
+    return max(s.min_samples, min(s.max_samples, n))
+
+
+def time_call(call: Callable[[], object], s: Timing, device: str, stream: torch.cuda.Stream | None = None,
+              energy: EnergyMeter | None = None) -> TimingResult:
     if str(device).startswith("cuda"):
-        return time_cuda(call, s, device)
+        return time_cuda(call, s, device, stream, energy)
     return time_cpu(call, s)

@@ -60,11 +60,16 @@ class Timing(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     warmup_ms: float = Field(25.0, gt=0, description="time spent running the call before sampling")
-    budget_ms: float = Field(200.0, gt=0, description="target time spent sampling")
+    budget_ms: float = Field(200.0, gt=0, description="most time spent sampling (less once max_noise_pct is met)")
     min_samples: int = Field(10, ge=1)
     max_samples: int = Field(1000, ge=1)
     flush_l2: bool = Field(True, description="write a 256 MB buffer before every call (cold L2)")
-    cuda_graph: bool = Field(False, description="time CUDA-graph replays (warm L2, labelled so)")
+    cuda_graph: bool = Field(False, description="time CUDA-graph replays of the call (fwd, bwd, fwd_bwd); the L2 "
+                                                "is flushed before each replay when flush_l2 is true")
+    hold_stream: bool = Field(True, description="enqueue each batch of samples behind a kernel that holds the "
+                                                "stream, then release it: the events time the GPU alone, not the host")
+    max_noise_pct: float = Field(1.0, ge=0, description="stop sampling once the 95% confidence interval of the "
+                                                        "median is within ± this % of it (0: sample the whole budget)")
 
     @model_validator(mode="after")
     def _order(self):
@@ -115,6 +120,14 @@ class LoadedConfig(BaseModel):
     text: str
     sha256: str
     config: SweepConfig
+
+
+def with_timing(loaded: LoadedConfig, **changes) -> LoadedConfig:
+    """``loaded`` with some timing settings replaced (command-line overrides such as ``--cuda-graph``),
+    validated like the file's. The recorded config text stays the file's."""
+    cfg = loaded.config
+    timing = Timing.model_validate({**cfg.timing.model_dump(), **changes})
+    return loaded.model_copy(update={"config": cfg.model_copy(update={"timing": timing})})
 
 
 def bundled_configs() -> dict[str, Path]:

@@ -33,6 +33,8 @@ class Metric:
     floor_key: str | None = None  # thresholds key of the absolute change under which nothing counts
     #                               (timing metrics: applied to the change of the median time)
     interval: tuple[str, str, str] | None = None  # its spread: (name, low column, high column)
+    in_run_table: bool = True   # a column of the run tables (when some row has a value)
+    note: str = ""              # what a reader of a table showing it must know (the tables print it)
 
     def worse_by(self, change: float) -> float:
         """A relative change (new/old - 1) counted in the worse direction: positive is worse."""
@@ -74,6 +76,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", "bytes", higher_is_better=False, kind="bytes", timing=False,
            words=("more memory", "less memory"), gate_key="peak_hbm", default_threshold=0.10,
            floor_key="min_abs_hbm_bytes"),
+    # host time to enqueue one call (not from the GPU samples, not gated): what an eager loop pays
+    Metric("host", "host_ms", "host ms", "ms", higher_is_better=False, kind="ms", timing=False,
+           words=("more host time", "less host time")),
+    Metric("tflop_per_j", "tflop_per_j", "TFLOP/J", "TFLOP/J", higher_is_better=True, kind="number", timing=False,
+           words=("fewer TFLOP/J", "more TFLOP/J")),
+    # percentages of the GPU's roofs as cached by `flashbench env --ceilings` (empty without them)
+    Metric("pct_peak", "pct_peak_flops", "% peak", "%", higher_is_better=True, kind="number", timing=True,
+           words=("lower % of peak", "higher % of peak"),
+           note="% peak: TFLOP/s over the GPU's sustained bf16 matmul rate (flashbench env --ceilings)"),
+    Metric("pct_hbm", "pct_hbm", "% read roof", "%", higher_is_better=True, kind="number", timing=True,
+           words=("lower % of the read roof", "higher % of the read roof"), in_run_table=False,
+           note="% read roof: minimum bytes per second over the GPU's streaming-read bandwidth (flashbench env --ceilings)"),
 )
 
 

@@ -38,12 +38,21 @@ class Record:
     min_ms: float | None = None
     mean_ms: float | None = None
     samples: int = 0
-    timing_method: str = ""          # cuda_events_l2_flush | cuda_events_warm_l2 | cuda_graph_warm_l2 | cpu_perf_counter
+    timing_method: str = ""          # how the samples were taken: flashbench.measure.timer.TIMING_METHODS
+    noise_pct: float | None = None   # half-width of the median's 95% confidence interval, in % of the median
+    host_ms: float | None = None     # host (CPU) time to enqueue one call while the GPU waited (median)
+    launch_bound: bool | None = None  # host_ms > median_ms: an eager loop of this call waits on the host
     # --- derived throughput ---------------------------------------------------------------
     flops: float | None = None       # analytic count (flashbench.model.flops.attention_flops)
     tflops: float | None = None      # flops / median time / 1e12
     min_hbm_bytes: int | None = None  # analytic minimum traffic (flashbench.model.flops.min_hbm_bytes)
     hbm_gbps: float | None = None    # min_hbm_bytes / median time / 1e9 (GB/s, decimal)
+    pct_peak_flops: float | None = None  # tflops over the device's sustained compute roof (env --ceilings), in %
+    pct_hbm: float | None = None         # hbm_gbps over the device's read-bandwidth roof (env --ceilings), in %
+    # --- energy (NVML's energy counter around the timed batches) ----------------------------
+    energy_j: float | None = None      # per call: avg_power_w × median time
+    avg_power_w: float | None = None   # average board power while the timed batches ran on the GPU
+    tflop_per_j: float | None = None   # flops / energy_j / 1e12
     # --- memory ---------------------------------------------------------------------------
     peak_hbm_bytes: int | None = None      # peak allocated during one call, above what was allocated before it
     peak_hbm_abs_bytes: int | None = None  # absolute peak allocated during that call (inputs included)

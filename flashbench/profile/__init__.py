@@ -4,7 +4,8 @@
 - :mod:`.ncu` / :mod:`.ncu_child`: DRAM bytes read and written per call, measured by Nsight
   Compute (``--clock-control none``) in a child process;
 - :mod:`.io_model`: the FlashAttention papers' analytic IO model, in bytes;
-- :mod:`.ceilings`: the device's matmul and copy ceilings (``flashbench env --ceilings``);
+- :mod:`.ceilings`: the device's roofs (``flashbench env --ceilings``): bf16 matmul burst and sustained,
+  the streaming read of :mod:`.read_bandwidth`, the copy; :mod:`.datasheet`: the vendor's peaks per model;
 - :mod:`.roofline` / :mod:`.plots`: achieved TFLOP/s against arithmetic intensity, figures;
 - :mod:`.select`: the ``--case`` filter; :mod:`.session`: the whole command as a library call.
 

@@ -30,7 +30,7 @@ def plot_roofline(points: list[RooflinePoint], ceilings: Ceilings | None, path: 
 
         grid = np.logspace(np.log10(lo), np.log10(hi), 200)
         ax.plot(grid, [ceilings.attainable_tflops(x) for x in grid], color="black", lw=1.5,
-                label=f"roof: {ceilings.matmul_tflops:.0f} TFLOP/s, {ceilings.copy_gbps / 1e3:.2f} TB/s")
+                label=f"roof: {ceilings.compute_tflops:.0f} TFLOP/s sustained, {ceilings.memory_gbps / 1e3:.2f} TB/s read")
         ax.axvline(ceilings.ridge_flop_per_byte, color="grey", ls=":", lw=1)
     colors = backend_colors(p.backend for p in pts)
     for p in pts:

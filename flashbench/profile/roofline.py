@@ -4,8 +4,11 @@
 - arithmetic intensity: FLOPs / bytes, with the bytes **measured** by ncu (``hbm_bytes_read +
   hbm_bytes_written``) when there are some, else the analytic minimum
   (:func:`flashbench.model.flops.min_hbm_bytes`: Q, K, V read and O written once), labelled so;
-- attainable TFLOP/s: ``min(matmul ceiling, intensity × copy bandwidth)``; ``% of roof`` is
-  achieved / attainable; ``bound`` says which roof is lower at that intensity.
+- attainable TFLOP/s: ``min(sustained matmul rate, intensity × read bandwidth)``, the measured roofs
+  of :mod:`flashbench.measure.ceilings_cache`; ``% of roof`` is achieved / attainable; ``bound`` says
+  which roof is lower at that intensity;
+- the same against the model's datasheet peak (:mod:`flashbench.profile.datasheet`), when the model
+  is in its table: ``% of datasheet``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from ..model.schema import Record
 from .ceilings import Ceilings
+from .datasheet import DatasheetPeak
 
 MEASURED, ANALYTIC_MIN = "measured (ncu)", "analytic minimum"
 
@@ -28,12 +32,14 @@ class RooflinePoint:
     attainable_tflops: float | None
     pct_of_roof: float | None
     bound: str                        # memory | compute | ""
+    datasheet_tflops: float | None = None  # attainable at this intensity by the datasheet peak
+    pct_of_datasheet: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def roofline_point(rec: Record, ceilings: Ceilings | None) -> RooflinePoint:
+def roofline_point(rec: Record, ceilings: Ceilings | None, peak: DatasheetPeak | None = None) -> RooflinePoint:
     if rec.hbm_bytes_read is not None and rec.hbm_bytes_written is not None and rec.hbm_bytes_read + rec.hbm_bytes_written > 0:
         nbytes, basis = rec.hbm_bytes_read + rec.hbm_bytes_written, MEASURED
     else:
@@ -46,4 +52,10 @@ def roofline_point(rec: Record, ceilings: Ceilings | None) -> RooflinePoint:
         bound = "memory" if ai < ceilings.ridge_flop_per_byte else "compute"
         if rec.tflops is not None and attainable > 0:
             pct = 100.0 * rec.tflops / attainable
-    return RooflinePoint(rec.backend, rec.case.label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound)
+    sheet = sheet_pct = None
+    if peak is not None and ai is not None:
+        sheet = peak.attainable_tflops(ai)
+        if rec.tflops is not None and sheet > 0:
+            sheet_pct = 100.0 * rec.tflops / sheet
+    return RooflinePoint(rec.backend, rec.case.label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound,
+                         sheet, sheet_pct)

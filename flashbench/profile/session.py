@@ -14,7 +14,7 @@ and the roofline points.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from ..results.files import ResultsWriter
 from ..model.schema import Record
 from . import ncu as ncu_mod
 from .ceilings import Ceilings
+from .datasheet import datasheet_peak
 from .io_model import io_model
 from .roofline import RooflinePoint, roofline_point
 from .torch_trace import TraceResult, trace_task
@@ -109,7 +110,8 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
     report.records = list(writer.records)
     for c in report.cases():
         report.models[c] = io_model(c, report.smem_bytes)
-    report.points = [roofline_point(r, ceilings) for r in report.records if r.status in ("ok", "mismatch")]
+    report.points = [roofline_point(r, ceilings, datasheet_peak(r.device_name))
+                     for r in report.records if r.status in ("ok", "mismatch")]
     write_profile_json(report)
     return report
 
@@ -139,6 +141,7 @@ def write_profile_json(report: ProfileReport) -> Path:
         "ncu_note": report.ncu_note,
         "ceilings": report.ceilings.to_dict() if report.ceilings else None,
         "ceilings_note": report.ceilings_note,
+        "datasheet": [asdict(p) for p in {datasheet_peak(r.device_name) for r in report.records} if p],
         "traces": [{"backend": t.backend, "case": t.case_label, "kind": t.kind, "status": t.status, "reason": t.reason,
                     "trace": t.trace_path, "calls": t.calls,
                     "rows": [{"name": k.name, "count_per_call": k.count_per_call, "ms_per_call": k.ms_per_call,

@@ -79,19 +79,20 @@ def compact_shape(row) -> str:
 
 def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
     """One section per shape, one row per measured backend, a column per metric of the metrics
-    table (and its spread). Skipped rows are left out (see :func:`skipped_summary`); failure
-    reasons are listed by :func:`failure_lines`."""
+    table (and its spread) that some row has a value of. Skipped rows are left out (see
+    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`."""
     from rich import box
 
     df = with_speedup(df, reference_backend)
     df = df[df["status"] != "skipped"]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    shown = metrics.METRICS
+    shown = [m for m in metrics.METRICS if m.in_run_table and m.column in df and df[m.column].notna().any()]
     headings = [h for m in shown for h in (m.label, m.interval_label) if h]
     for col in ("shape", "backend", "status", *headings,
                 f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
         table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right")
     prev = None
+    launch_bound = False
     for _, row in df.iterrows():
         shape = compact_shape(row)
         if prev is not None and shape != prev:
@@ -100,6 +101,9 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
         cells = []
         for m in shown:
             cells.append(format_value(m, row[m.column]))
+            if m.column == "host_ms" and _is_true(row.get("launch_bound")):
+                cells[-1] = f"[bold yellow]{cells[-1]}*[/]"
+                launch_bound = True
             if m.interval:
                 lo, hi = row[m.interval[1]], row[m.interval[2]]
                 cells.append(f"{format_value(m, lo)}–{format_value(m, hi)}" if pd.notna(lo) else "–")
@@ -112,7 +116,17 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
             fmt_num(row["max_abs_err"], 2),
         )
         prev = shape
+    notes = [m.note for m in shown if m.note]
+    if launch_bound:
+        notes.append("host ms*: launch-bound, the host takes longer to enqueue the call than the GPU to run it "
+                     "(an eager loop of it runs at the host's pace)")
+    if notes:
+        table.caption = "; ".join(notes)
     return table
+
+
+def _is_true(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x)) and bool(x)
 
 
 def failure_lines(df: pd.DataFrame) -> list[str]:
@@ -152,4 +166,5 @@ def format_frame(df: pd.DataFrame, fmt: str) -> str:
 
 
 SUMMARY_COLUMNS = ["backend", "batch", "heads", "kv_heads", "seq_len_q", "seq_len_kv", "head_dim", "dtype", "causal",
-                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "tflops", "peak_hbm_bytes", "max_abs_err", "reason"]
+                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "noise_pct", "host_ms", "launch_bound", "tflops",
+                   "tflop_per_j", "peak_hbm_bytes", "max_abs_err", "reason"]

@@ -94,3 +94,48 @@ def test_list_and_env():
     assert r.exit_code == 0 and "no GPU" in r.output
     doc = json.loads(invoke("env", "--format", "json").stdout)
     assert doc["gpu"] is False and doc["environment"]["flashbench"]
+
+
+def test_new_columns_are_in_the_csv_and_empty_on_a_cpu(tmp_path):
+    import csv
+
+    out = tmp_path / "cols"
+    r = invoke("run", "smoke", "--backends", "naive", "--out", str(out), "--quiet", "--cuda-graph")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert rows and all(row["status"] == "ok" and row["timing_method"] == "cpu_perf_counter" for row in rows)
+    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm"):
+        assert all(row[col] == "" for row in rows), col
+    assert all(float(row["noise_pct"]) >= 0 for row in rows if row["noise_pct"])
+
+
+def test_run_table_flags_launch_bound_rows():
+    from rich.console import Console
+
+    from synthetic import case, record
+    from flashbench.report.format import run_table
+    from flashbench.results.files import records_frame
+
+    bound = record("triton_fa2", case(1024), 0.1, seed=1)
+    bound.host_ms, bound.launch_bound, bound.tflop_per_j = 0.25, True, 1.5
+    fine = record("sdpa_flash", case(1024), 0.3, seed=2)
+    fine.host_ms, fine.launch_bound = 0.05, False
+    console = Console(width=250, no_color=True, record=True, file=open("/dev/null", "w"))
+    console.print(run_table(records_frame([bound, fine]), "sdpa_flash"))
+    text = console.export_text()
+    assert "host ms" in text and "TFLOP/J" in text
+    assert "0.25*" in text and "0.05*" not in text and "launch-bound" in text
+    console = Console(width=250, no_color=True, record=True, file=open("/dev/null", "w"))
+    fine.pct_peak_flops = 41.5
+    console.print(run_table(records_frame([fine]), "sdpa_flash"))
+    text = console.export_text()
+    assert "launch-bound" not in text
+    assert "TFLOP/J" not in text  # no row has a value: no column
+    assert "% peak" in text and "41.5" in text and "sustained bf16 matmul rate" in text  # the roof is named
+
+
+def test_cpu_run_table_has_no_columns_of_gpu_only_measurements(tmp_path):
+    r = invoke("run", "smoke", "--backends", "naive", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0
+    assert "median ms" in r.output and "host ms" not in r.output and "TFLOP/J" not in r.output
+    assert "% peak" not in r.output

@@ -129,3 +129,31 @@ def test_bundled_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
     assert "not a file" in e.value.problems[0]
     (tmp_path / "mine.yaml").write_text("axes: {batch: 1, heads: 1, seq_len: 8, head_dim: 32}\nbackends: [naive]\n")
     assert load_config("mine.yaml").config.backends == ["naive"]
+
+
+def test_new_timing_fields_have_defaults_and_are_validated():
+    cfg = parse_config(GOOD, "t.yaml")
+    assert cfg.timing.hold_stream is True and cfg.timing.max_noise_pct == 1.0 and cfg.timing.cuda_graph is False
+    cfg = parse_config(GOOD + "timing:\n  max_noise_pct: 0\n  hold_stream: false\n", "t.yaml")
+    assert cfg.timing.max_noise_pct == 0 and cfg.timing.hold_stream is False
+    (p,) = _problems(GOOD + "timing:\n  max_noise_pct: -1\n")
+    assert "timing.max_noise_pct" in p and "greater than or equal to 0" in p
+    (p,) = _problems(GOOD + "timing:\n  hold_stream: sometimes\n")
+    assert "timing.hold_stream" in p
+    (p,) = _problems(GOOD + "timing:\n  max_noise: 1\n")
+    assert "max_noise" in p
+
+
+def test_command_line_timing_override_keeps_the_file_and_is_validated(tmp_path):
+    from pydantic import ValidationError
+
+    from flashbench.model.config import with_timing
+
+    f = tmp_path / "c.yaml"
+    f.write_text(GOOD + "timing:\n  flush_l2: false\n")
+    loaded = load_config(str(f))
+    graph = with_timing(loaded, cuda_graph=True)
+    assert graph.config.timing.cuda_graph is True and graph.config.timing.flush_l2 is False
+    assert graph.text == loaded.text and loaded.config.timing.cuda_graph is False
+    with pytest.raises(ValidationError):
+        with_timing(loaded, max_noise_pct=-2)

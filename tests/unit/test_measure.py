@@ -125,10 +125,22 @@ def test_correctness_can_be_switched_off():
     assert r.status == "ok" and r.max_abs_err is None
 
 
-def test_cuda_graph_timing_skips_backward_modes_with_a_reason():
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
+def test_cuda_graph_setting_is_a_gpu_setting_and_the_cpu_timer_ignores_it(mode):
     s = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
-    r = Measurer(s, "cpu").measure(Task(case(mode="bwd"), "naive"))
-    assert r.status == "skipped" and "CUDA-graph timing covers mode fwd only" in r.reason
+    r = Measurer(s, "cpu").measure(Task(case(mode=mode), "naive"))
+    assert r.status == "ok", r.reason
+    assert r.timing_method == "cpu_perf_counter"
+
+
+def test_gpu_only_columns_are_empty_on_the_cpu_and_noise_is_measured():
+    s = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=8, max_samples=20))
+    r = Measurer(s, "cpu").measure(Task(case(), "naive"))
+    assert r.status == "ok", r.reason
+    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm"):
+        assert getattr(r, col) is None, col
+    from flashbench.measure.stats import noise_pct
+    assert r.noise_pct == pytest.approx(noise_pct(r.samples_ms)) and r.noise_pct >= 0
 
 
 def test_pinned_sdpa_with_bottom_right_causal():
@@ -173,3 +185,30 @@ def test_triton_backend_reports_only_the_kernels_a_mode_ran(monkeypatch):
     assert b.config_description() == "fwd: BLOCK_M=128"
     fwd_bwd(x.requires_grad_(), x, x)  # an earlier prepared call logs into its own log
     assert b.config_description() == "fwd: BLOCK_M=128"
+
+
+def test_a_graph_that_cannot_be_captured_is_a_skip_with_the_reason(monkeypatch):
+    from flashbench.measure import measurer, timer
+
+    def fail_capture(*a, **k):
+        raise timer.GraphCaptureError("CUDA-graph capture failed (RuntimeError: operation not permitted when "
+                                      "stream is capturing)")
+
+    monkeypatch.setattr(measurer, "time_call", fail_capture)
+    r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+    assert r.status == "skipped"
+    assert "capture failed" in r.reason and "timing.cuda_graph: false" in r.reason
+    assert r.max_abs_err is not None  # correctness was still checked
+
+
+def test_launch_bound_is_host_time_over_gpu_time(monkeypatch):
+    from flashbench.measure import measurer
+    from flashbench.measure.timer import TimingResult
+
+    for host, bound in ((0.5, True), (0.05, False)):
+        monkeypatch.setattr(measurer, "time_call", lambda *a, host=host, **k: TimingResult(
+            [0.1] * 10, "held_events_l2_flush", host_ms=host, avg_power_w=500.0))
+        r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+        assert r.status == "ok" and r.host_ms == host and r.launch_bound is bound
+        assert r.energy_j == pytest.approx(500.0 * 0.1e-3) and r.tflop_per_j == pytest.approx(r.flops / r.energy_j / 1e12)
+        assert r.noise_pct == 0.0

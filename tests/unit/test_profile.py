@@ -342,8 +342,8 @@ def test_device_kernel_rows_group_by_name_per_call():
 
 
 def test_roofline_point_uses_measured_bytes_then_the_minimum():
-    c = Ceilings("gpu", "GPU-x", matmul_tflops=800.0, copy_gbps=3000.0, matmul_ms=1.0, copy_ms=1.0,
-                 samples={}, measured_utc="", torch="")
+    # the roofs are the sustained matmul rate and the read bandwidth, not the burst rate or the copy
+    c = Ceilings("gpu", "GPU-x", sustained_tflops=800.0, burst_tflops=950.0, read_gbps=3000.0, copy_gbps=2500.0)
     assert c.ridge_flop_per_byte == pytest.approx(800e12 / 3000e9)
     rec = Record(backend="b", case=Case(1, 1, 1, 8, 8, 8, "float16", False, "fwd"), flops=1e12, tflops=100.0,
                  min_hbm_bytes=10 ** 9)

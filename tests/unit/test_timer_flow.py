@@ -1,0 +1,201 @@
+"""The GPU timer's control flow on a simulated GPU (no CUDA needed): held batches time the GPU alone
+and measure the host separately, plain events time the host's gaps too, a call that synchronises
+falls back to plain events with its own label, and CUDA-graph capture failures are reasons.
+
+The simulation: every enqueued operation (flush, event record, kernel) gets a start time on one GPU
+timeline, at the earliest when it is enqueued (real ``time.perf_counter``) and after the previous
+one; while the stream is held nothing starts before the release. Events read their start times.
+"""
+import time
+
+import pytest
+import torch
+
+from flashbench.measure import energy as energy_mod
+from flashbench.measure import timer
+from flashbench.measure.energy import EnergyMeter
+from flashbench.measure.stream_hold import StreamHold
+from flashbench.model.config import Timing
+
+HOST_S = 0.002      # the host's cost of one call
+KERNEL_MS = 0.05    # the GPU's
+FLUSH_MS = 0.02
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1e3
+
+
+class FakeGpu:
+    def __init__(self):
+        self.free = 0.0
+        self.held = False
+        self.pending = []
+
+    def enqueue(self, duration_ms, event=None):
+        if self.held:
+            self.pending.append((duration_ms, event))
+        else:
+            self._run(duration_ms, event, now_ms())
+
+    def _run(self, duration_ms, event, t):
+        start = max(self.free, t)
+        self.free = start + duration_ms
+        if event is not None:
+            event.t = start
+
+    def release(self):
+        self.held = False
+        t = now_ms()
+        for duration_ms, event in self.pending:
+            self._run(duration_ms, event, t)
+        self.pending = []
+
+    def synchronize(self, *_):
+        if self.held:
+            raise AssertionError("synchronize while the stream is held would hang a real GPU")
+        wait = self.free - now_ms()
+        if wait > 0:
+            time.sleep(wait / 1e3)
+
+
+class FakeHold:
+    def __init__(self, gpu):
+        self.gpu, self.timeout_ms, self.expired, self.holds = gpu, None, False, 0
+
+    def hold(self, timeout_ms):
+        self.gpu.held, self.timeout_ms, self.expired = True, timeout_ms, False
+        self.holds += 1
+
+    def expire(self):
+        """What the kernel's timeout does: the GPU starts on its own."""
+        self.expired = True
+        self.gpu.release()
+
+    def release(self):
+        if self.gpu.held:
+            self.gpu.release()
+
+    def timed_out(self):
+        return self.expired
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    g = FakeGpu()
+    g.hold = FakeHold(g)
+
+    class Event:
+        def __init__(self, enable_timing=True):
+            self.t = None
+
+        def record(self):
+            g.enqueue(0.0, self)
+
+        def elapsed_time(self, other):
+            return other.t - self.t
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", g.synchronize)
+    monkeypatch.setattr(timer, "_L2Flusher", lambda device: (lambda: g.enqueue(FLUSH_MS)))
+    monkeypatch.setattr(StreamHold, "for_device", classmethod(lambda cls, device: g.hold))
+    return g
+
+
+def slow_host_call(g):
+    def call():
+        time.sleep(HOST_S)
+        g.enqueue(KERNEL_MS)
+    return call
+
+
+SETTINGS = Timing(warmup_ms=5, budget_ms=60, min_samples=10, max_samples=200, max_noise_pct=1.0)
+
+
+def test_held_batches_time_the_gpu_and_measure_the_host(gpu):
+    r = timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda")
+    assert r.method == "held_events_l2_flush" and gpu.hold.holds >= 2
+    assert max(r.samples_ms) == pytest.approx(KERNEL_MS, abs=1e-6)  # the host's 2 ms are not in them
+    assert HOST_S * 1e3 <= r.host_ms < 3 * HOST_S * 1e3
+
+
+def test_plain_events_time_the_host_gaps(gpu):
+    r = timer.time_cuda(slow_host_call(gpu), SETTINGS.model_copy(update={"hold_stream": False}), "cuda")
+    assert r.method == "cuda_events_l2_flush" and gpu.hold.holds == 0
+    assert min(r.samples_ms) >= HOST_S * 1e3  # the GPU waited for the host inside the events
+    assert r.host_ms is None
+
+
+def test_warm_l2_labels(gpu):
+    s = SETTINGS.model_copy(update={"flush_l2": False})
+    assert timer.time_cuda(slow_host_call(gpu), s, "cuda").method == "held_events_warm_l2"
+
+
+def test_a_call_that_synchronises_falls_back_to_plain_events(gpu):
+    def call():
+        if gpu.held:  # a real call that synchronises blocks here until the hold times out
+            time.sleep(gpu.hold.timeout_ms / 1e3)
+            gpu.hold.expire()
+        gpu.enqueue(KERNEL_MS)
+
+    t0 = time.perf_counter()
+    r = timer.time_cuda(call, SETTINGS, "cuda")
+    assert r.method == "cuda_events_l2_flush_call_syncs" and r.host_ms is None
+    assert len(r.samples_ms) >= SETTINGS.min_samples
+    assert gpu.hold.holds == 1  # found out on the first (small) batch ...
+    assert time.perf_counter() - t0 < 2.0  # ... at the cost of one short hold
+
+
+def test_energy_is_read_around_the_batches_the_gpu_ran(gpu, monkeypatch):
+    monkeypatch.setattr(energy_mod, "MIN_WINDOW_MS", 0.0)
+    watts = 300.0
+    meter = EnergyMeter(lambda: int(now_ms() * watts), step_ms=1e-6)  # mJ = W × ms
+
+    def call():
+        time.sleep(0.0005)
+        gpu.enqueue(1.0)  # 1 ms of GPU time per call: windows long enough to read
+
+    r = timer.time_cuda(call, SETTINGS, "cuda", energy=meter)
+    assert r.avg_power_w == pytest.approx(watts, rel=0.2)
+    assert meter.window_ms > 0
+
+
+def test_graph_capture_failure_is_an_exception_with_the_reason():
+    with pytest.raises(timer.GraphCaptureError, match="CUDA-graph capture failed"):
+        timer.capture_graph(lambda: None, "cuda")  # no CUDA here: the capture cannot even start
+
+
+@pytest.mark.parametrize("graph, l2, how, label", [
+    (False, True, "held", "held_events_l2_flush"), (True, False, "held", "held_graph_warm_l2"),
+    (True, True, "plain", "cuda_graph_l2_flush"), (False, False, "call_syncs", "cuda_events_warm_l2_call_syncs"),
+    (True, True, "unheld", "cuda_graph_l2_flush_unheld")])
+def test_every_label_is_documented(graph, l2, how, label):
+    assert timer.timing_method(graph, l2, how) == label and label in timer.TIMING_METHODS
+    with pytest.raises(ValueError, match="how"):
+        timer.timing_method(graph, l2, "sometimes")
+
+
+def test_a_call_that_raises_inside_a_held_batch_releases_the_stream(gpu):
+    calls = []
+
+    def call():
+        calls.append(1)
+        if gpu.held and len(calls) > 20:
+            raise RuntimeError("kernel exploded")
+        gpu.enqueue(KERNEL_MS)
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        timer.time_cuda(call, SETTINGS, "cuda")
+    assert not gpu.held  # released at once: the error path's synchronisation does not wait for the timeout
+
+
+def test_a_stream_that_cannot_be_held_is_timed_unheld(gpu, monkeypatch):
+    def no_triton(cls, device):
+        raise ImportError("No module named 'triton'")
+
+    monkeypatch.setattr(StreamHold, "for_device", classmethod(no_triton))
+    r = timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda")
+    assert r.method == "cuda_events_l2_flush_unheld" and r.host_ms is None
+    monkeypatch.setattr(StreamHold, "for_device", classmethod(lambda cls, device: gpu.hold))
+    monkeypatch.setattr(gpu.hold, "hold", lambda timeout_ms: (_ for _ in ()).throw(RuntimeError("launch failed")))
+    assert timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda").method == "cuda_events_l2_flush_unheld"
