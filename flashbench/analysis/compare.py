@@ -147,17 +147,23 @@ class BackendComparison:
         return pd.concat([out.astype(object), pd.DataFrame([summary], dtype=object)], ignore_index=True)
 
 
+WORKLOAD_COLUMNS = ("workload", "kv_layout", "page_size", "lengths", "total_tokens", "window_left", "window_right")
+
+
 def shape_columns(df: pd.DataFrame) -> list[str]:
-    """Shape fields worth a column: seq_len, head_dim, dtype, causal, mode, and the others where they vary."""
-    cols = [c for c in ("batch", "heads", "kv_heads") if df[c].nunique() > 1]
+    """Shape fields worth a column: seq_len, head_dim, dtype, causal, mode, and the others (the
+    workload's fields among them) where they vary."""
+    cols = [c for c in ("workload", "batch", "heads", "kv_heads") if df[c].nunique() > 1]
     cols.append("seq_len_q")
     if (df["seq_len_q"] != df["seq_len_kv"]).any():
         cols.append("seq_len_kv")
+    cols += [c for c in WORKLOAD_COLUMNS[1:] if df[c].nunique() > 1]
     return cols + ["head_dim", "dtype", "causal", "mode"]
 
 
-# rows read as sequence-length sweeps, one block per head_dim × dtype × causal × mode
-ROW_ORDER = ("head_dim", "dtype", "causal", "mode", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads")
+# rows read as sequence-length sweeps, one block per workload × head_dim × dtype × causal × mode
+ROW_ORDER = ("workload", "head_dim", "dtype", "causal", "mode", "kv_layout", "page_size", "lengths", "window_left",
+             "window_right", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads", "total_tokens")
 
 
 def _geomean(values) -> float:

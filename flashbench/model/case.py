@@ -104,17 +104,24 @@ class Case:
         return f"B{self.batch} H{self.heads}{kv} N{n} D{self.head_dim} {self.dtype} {causal} {self.mode}{self.workload_label()}"
 
     def workload_label(self) -> str:
-        """What sets the case apart from a dense one (" decode paged16 lengths=... window(4096,0)"); "" for dense."""
-        parts = [] if self.workload == "dense" else [self.workload]
-        if self.is_paged:
-            parts.append(f"paged{self.page_size}")
-        if self.lengths:
-            parts.append(f"lengths={self.lengths}")
-        if self.workload == "varlen":
-            parts.append(f"T{self.total_tokens}")
-        if self.has_window:
-            parts.append(f"window({self.window_left},{self.window_right})")
-        return "".join(f" {p}" for p in parts)
+        return workload_label(self.as_dict())
+
+
+def workload_label(values) -> str:
+    """What sets a case apart from a dense one (" decode paged16 lengths=... window(4096,0)"; "" for
+    a dense case), from its field values: a Case's dict or a results row (missing fields: defaults)."""
+    get = values.get
+    parts = [] if get("workload", "dense") == "dense" else [get("workload")]
+    if get("kv_layout", "contiguous") == "paged":
+        parts.append(f"paged{get('page_size')}")
+    if get("lengths", ""):
+        parts.append(f"lengths={get('lengths')}")
+    if get("workload") == "varlen":
+        parts.append(f"T{get('total_tokens')}")
+    left, right = get("window_left", -1), get("window_right", -1)
+    if (left, right) != (-1, -1):
+        parts.append(f"window({left},{right})")
+    return "".join(f" {p}" for p in parts)
 
 
 CASE_FIELDS = tuple(f.name for f in fields(Case))
