@@ -31,7 +31,7 @@ def miniature(case: Case) -> Case:
     ratio = case.heads // case.kv_heads
     h_kv = 1 if case.kv_heads == 1 else 2
     small = dict(heads=ratio * h_kv, kv_heads=h_kv, window_left=_short(case.window_left),
-                 window_right=_short(case.window_right), total_tokens=0)
+                 window_right=_short(case.window_right))
     if case.workload == "varlen":
         if case.lengths:
             small.update(lengths="list(40,72)", total_tokens=112)

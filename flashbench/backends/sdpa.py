@@ -21,7 +21,9 @@ Workloads, as users run them through SDPA:
 - sliding windows: a boolean mask tensor (the kernels that take one);
 - decode on a contiguous cache: the (B, capacity, H_kv, D) cache read through a transposed view
   (no copy); a single new token needs no mask; caches of different lengths are a padded batch with
-  a boolean mask of each sequence's keys, built in ``prepare``. A paged cache is not SDPA's to read;
+  a boolean mask of each sequence's keys, built in ``prepare``. SDPA cannot read a paged cache: the
+  call gathers each sequence's pages into a contiguous cache first, as code that keeps a paged cache
+  but attends with SDPA does; the copy is part of the timed call (and of its GB/s);
 - varlen: the packed tensors viewed as nested jagged tensors (``torch.nested.nested_tensor_from_jagged``
   with ``cu_seqlens`` as offsets, no copy), the form whose SDPA path runs FlashAttention's and the
   efficient kernel's varlen code; nested tensors take no mask, so no windows there.
@@ -33,6 +35,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..model.case import KV_LAYOUTS
 from .base import Backend
 from .probe import probe
 
@@ -88,11 +91,21 @@ def _dense_call(case, pinned: bool, device):
     return _sdpa_call(dense_causal(case), case.seq_len_q, case.seq_len_kv, case.is_gqa, pinned, device)
 
 
+def gather_pages(cache: torch.Tensor, block_table: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A pool of pages (pages, page_size, H_kv, D) -> the contiguous cache (B, capacity, H_kv, D) the
+    table describes (a copy; table entries past a sequence's length gather keys its mask hides)."""
+    pages = cache.index_select(0, block_table.flatten())
+    return pages.view(block_table.shape[0], -1, *cache.shape[2:])[:, :capacity]
+
+
 def _decode_call(case, pinned: bool, device):
-    """``fn(q, k_cache, v_cache, cache_seqlens, block_table)`` on a contiguous cache, through views."""
-    dense = _dense_call(case, pinned, device)
+    """``fn(q, k_cache, v_cache, cache_seqlens, block_table)``: the contiguous cache through views,
+    a paged one gathered first."""
+    dense, capacity = _dense_call(case, pinned, device), case.seq_len_kv
 
     def fn(q, k_cache, v_cache, cache_seqlens, block_table):
+        if block_table is not None:
+            k_cache, v_cache = gather_pages(k_cache, block_table, capacity), gather_pages(v_cache, block_table, capacity)
         return dense(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)).transpose(1, 2)
 
     return fn
@@ -118,6 +131,7 @@ def _varlen_call(case):
 class SdpaBackend(Backend):
     devices = ("cuda", "cpu")
     workloads = ("dense", "decode", "varlen")
+    kv_layouts = KV_LAYOUTS
     supports_window = True
 
     def __init__(self, name: str = "sdpa"):

@@ -49,11 +49,17 @@ class Case:
     kv_layout: str = "contiguous"
     page_size: int = 0              # tokens per page of a paged cache; 0 when not paged
     lengths: str = ""               # per-sequence length distribution (flashbench.model.lengths); "": all equal
-    total_tokens: int = 0           # Σ key/value tokens over the batch; 0 when built: derived
+    total_tokens: int = 0           # Σ key/value tokens over the batch: given for a varlen batch drawn from a
+    #                                 distribution (its budget), derived for every other case
 
     def __post_init__(self):
-        if self.total_tokens == 0:
+        if not self.budgeted:  # derived, also after dataclasses.replace() changed the shape
             object.__setattr__(self, "total_tokens", sum(self.sequence_lengths()[1]))
+
+    @property
+    def budgeted(self) -> bool:
+        """A varlen batch whose lengths are drawn until ``total_tokens`` tokens are filled."""
+        return self.workload == "varlen" and bool(self.lengths)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -69,7 +75,7 @@ class Case:
 
     def sequence_lengths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(query lengths, key/value lengths), one per sequence of the batch, realised from the case."""
-        if self.workload == "varlen" and self.lengths:
+        if self.budgeted:
             lens = realise_budget(self.lengths, self.total_tokens)
             return lens, lens
         kv = realise_count(self.lengths, self.batch) if self.lengths else (self.seq_len_kv,) * self.batch

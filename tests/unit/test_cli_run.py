@@ -20,7 +20,7 @@ def test_run_smoke_writes_results(tmp_path):
     assert r.exit_code == 0, r.output
     run = load_run(out)
     df = run.frame()
-    assert len(df) == 8 * 3  # 8 cases x 3 backends
+    assert len(df) == 11 * 3  # 11 cases (8 dense, a window, a paged decode, a varlen batch) x 3 backends
     assert set(df[df.backend == "sdpa_flash"].status) == {"skipped"}  # CUDA-only on a CPU machine
     assert set(df[df.backend != "sdpa_flash"].status) == {"ok"}
     assert run.meta["finished"] is True
@@ -33,7 +33,7 @@ def test_run_smoke_writes_results(tmp_path):
 def test_run_table_output_names_backends(tmp_path):
     r = invoke("run", "smoke", "--backends", "naive,sdpa", "--out", str(tmp_path / "o"))
     assert r.exit_code == 0
-    assert "naive" in r.output and "vs naive" in r.output and "records (16 ok" in r.output
+    assert "naive" in r.output and "vs naive" in r.output and "records (22 ok" in r.output
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
@@ -42,7 +42,7 @@ def test_run_machine_formats(tmp_path, fmt):
     assert r.exit_code == 0
     if fmt == "json":
         rows = json.loads(r.stdout)
-        assert len(rows) == 8 and rows[0]["backend"] == "naive"
+        assert len(rows) == 11 and rows[0]["backend"] == "naive"
     elif fmt == "csv":
         assert r.stdout.splitlines()[0].startswith("backend,")
     else:
@@ -52,7 +52,7 @@ def test_run_machine_formats(tmp_path, fmt):
 def test_dry_run_counts_and_lists_skips(tmp_path):
     r = invoke("run", "smoke", "--dry-run", "--out", str(tmp_path / "never"))
     assert r.exit_code == 0
-    assert "8 cases" in r.output and "skip sdpa_flash" in r.output and "does not run on cpu" in r.output
+    assert "11 cases" in r.output and "skip sdpa_flash" in r.output and "does not run on cpu" in r.output
     assert not (tmp_path / "never").exists()
 
 
