@@ -61,6 +61,8 @@ class Backend:
             return why
         if device not in self.devices:
             return f"{self.name} does not run on {device} (runs on: {', '.join(self.devices)})"
+        if case.workload not in self.workloads:
+            return f"{self.name} does not run workload {case.workload} (runs: {', '.join(self.workloads)})"
         if case.dtype not in self.dtypes:
             return f"{self.name} does not support {case.dtype} (supports: {', '.join(self.dtypes)})"
         if self.head_dims is not None and case.head_dim not in self.head_dims:
@@ -71,8 +73,6 @@ class Backend:
             return f"{self.name} does not support GQA/MQA (kv_heads != heads)"
         if case.mode not in self.modes:
             return f"{self.name} does not support mode {case.mode} (supports: {', '.join(self.modes)})"
-        if case.workload not in self.workloads:
-            return f"{self.name} does not run workload {case.workload} (runs: {', '.join(self.workloads)})"
         if case.workload == "decode" and case.kv_layout not in self.kv_layouts:
             return f"{self.name} cannot read a {case.kv_layout} KV cache (reads: {', '.join(self.kv_layouts)})"
         if case.has_window and not self.supports_window:

@@ -48,13 +48,13 @@ class TorchVarlenBackend(Backend):
 
     def extra_reason(self, case, device):
         takes = _parameters()
-        needs = [("window_size", case.has_window, "sliding windows"),
-                 ("enable_gqa", case.is_gqa, "GQA/MQA"),
-                 ("seqused_k", case.workload == "decode", "a KV cache (seqused_k)"),
-                 ("block_table", case.is_paged, "a paged KV cache (block_table)")]
+        needs = [("window_size", case.has_window, "it has no sliding windows"),
+                 ("enable_gqa", case.is_gqa, "it has no GQA/MQA"),
+                 ("seqused_k", case.workload == "decode", "it cannot read a KV cache"),
+                 ("block_table", case.is_paged, "it cannot read a paged KV cache")]
         for argument, needed, what in needs:
             if needed and argument not in takes:
-                return f"this torch's varlen_attn takes no {argument}: no {what}"
+                return f"this torch's varlen_attn takes no {argument}: {what}"
         if case.causal and "window_size" not in takes and "is_causal" not in takes:
             return "this torch's varlen_attn has no causal form"
         return None

@@ -23,6 +23,12 @@ def test_run_smoke_writes_results(tmp_path):
     assert len(df) == 11 * 3  # 11 cases (8 dense, a window, a paged decode, a varlen batch) x 3 backends
     assert set(df[df.backend == "sdpa_flash"].status) == {"skipped"}  # CUDA-only on a CPU machine
     assert set(df[df.backend != "sdpa_flash"].status) == {"ok"}
+    # one case of each workload beyond dense, every new column filled
+    kinds = {(r.workload, r.kv_layout, r.page_size, bool(r.lengths), (r.window_left, r.window_right))
+             for r in df[df.backend == "naive"].itertuples()}
+    assert {("decode", "paged", 16, True, (-1, -1)), ("varlen", "contiguous", 0, True, (-1, -1)),
+            ("dense", "contiguous", 0, False, (32, 0))} <= kinds
+    assert (df.total_tokens > 0).all() and df.hbm_gbps[df.status == "ok"].gt(0).all()
     assert run.meta["finished"] is True
     assert any("CPU timings" in w for w in run.meta["warnings"])
     assert run.meta["config"]["sha256"] and "smoke" in run.meta["config"]["text"]
