@@ -123,32 +123,27 @@ def _seq_axis(ax, seq_lens, label: str = "sequence length") -> None:
     ax.set_xlabel(label)
 
 
-def _tflops_panel(ax, data: pd.DataFrame, colors: dict) -> None:
-    _, lo, hi = LATENCY.interval
-    for backend, g in data.groupby("backend", sort=False):
-        g = g.sort_values("seq_len_q")
-        ax.plot(g["seq_len_q"], g[TFLOPS.column], marker="o", ms=3, color=colors[backend], label=backend)
-        band = g.dropna(subset=[lo, hi, "flops"])
-        if len(band):  # TFLOP/s at the slow and the fast end of the time's spread
-            ax.fill_between(band["seq_len_q"], band["flops"] / band[hi] / 1e9, band["flops"] / band[lo] / 1e9,
-                            color=colors[backend], alpha=0.2, linewidth=0)
-    _seq_axis(ax, data["seq_len_q"])
-    ax.set_ylabel(TFLOPS.label)
-    ax.set_ylim(bottom=0)
+def _rate_panel(x: str, metric, work: str, per_ms: float, xlabel: str):
+    """A panel of ``metric`` (a rate: ``work`` per median time) against ``x``, one line per backend; the
+    band is the rate at the slow (p80) and the fast (p20) end of the time's spread. ``per_ms``: the
+    metric's unit in work per millisecond (TFLOP/s: 1e9 FLOP/ms, GB/s: 1e6 B/ms)."""
+    def draw(ax, data: pd.DataFrame, colors: dict) -> None:
+        _, lo, hi = LATENCY.interval
+        for backend, g in data.groupby("backend", sort=False):
+            g = g.sort_values(x)
+            ax.plot(g[x], g[metric.column], marker="o", ms=3, color=colors[backend], label=backend)
+            band = g.dropna(subset=[lo, hi, work])
+            if len(band):
+                ax.fill_between(band[x], band[work] / band[hi] / per_ms, band[work] / band[lo] / per_ms,
+                                color=colors[backend], alpha=0.2, linewidth=0)
+        _seq_axis(ax, data[x], xlabel)
+        ax.set_ylabel(metric.label)
+        ax.set_ylim(bottom=0)
+    return draw
 
 
-def _bandwidth_panel(ax, data: pd.DataFrame, colors: dict) -> None:
-    _, lo, hi = LATENCY.interval
-    for backend, g in data.groupby("backend", sort=False):
-        g = g.sort_values("seq_len_kv")
-        ax.plot(g["seq_len_kv"], g[GBPS.column], marker="o", ms=3, color=colors[backend], label=backend)
-        band = g.dropna(subset=[lo, hi, "min_hbm_bytes"])
-        if len(band):  # GB/s at the slow and the fast end of the time's spread
-            ax.fill_between(band["seq_len_kv"], band["min_hbm_bytes"] / band[hi] / 1e6,
-                            band["min_hbm_bytes"] / band[lo] / 1e6, color=colors[backend], alpha=0.2, linewidth=0)
-    _seq_axis(ax, data["seq_len_kv"], "cache length (longest)")
-    ax.set_ylabel(GBPS.label)
-    ax.set_ylim(bottom=0)
+_tflops_panel = _rate_panel("seq_len_q", TFLOPS, "flops", 1e9, "sequence length")
+_bandwidth_panel = _rate_panel("seq_len_kv", GBPS, "min_hbm_bytes", 1e6, "cache length (longest)")
 
 
 def _memory_panel(per_head: bool):
