@@ -17,7 +17,7 @@ from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
 from .noise import DEFAULT_ALPHA, NoiseMethod, NoiseVerdict, beyond_noise
 from ..results.files import Run, load_run
-from ..model.schema import SCHEMA_VERSION
+from ..model.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 
 class NotComparableError(Exception):
@@ -31,15 +31,16 @@ class NotComparableError(Exception):
 # --- loading --------------------------------------------------------------------------------
 
 def load_for_comparison(path: str | Path) -> Run:
-    """:func:`load_run`, except that a results file of another schema version raises
-    :class:`NotComparableError` (exit 3) rather than a ResultsError (exit 2)."""
+    """:func:`load_run`, except that a results file of a schema version this flashbench cannot read
+    raises :class:`NotComparableError` (exit 3) rather than a ResultsError (exit 2). Older readable
+    versions are upgraded (their missing fields take defaults) and compare on the fields they have."""
     p = Path(path)
     json_path = p / "results.json" if p.is_dir() else p
     try:
         doc = json.loads(json_path.read_text())
     except (OSError, ValueError):
         doc = None  # load_run names the problem
-    if isinstance(doc, dict) and "records" in doc and doc.get("schema_version") != SCHEMA_VERSION:
+    if isinstance(doc, dict) and "records" in doc and doc.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise NotComparableError([f"{path}: schema_version {doc.get('schema_version')!r}, but this flashbench "
                                   f"writes and compares schema_version {SCHEMA_VERSION}: re-record it with this "
                                   f"version (flashbench run, then flashbench baseline save)"])
@@ -95,7 +96,8 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
     eo, en = old.get("environment") or {}, new.get("environment") or {}
     diffs = []
     if old.get("schema_version") != new.get("schema_version"):
-        diffs.append(EnvDifference("schema", "schema_version", old.get("schema_version"), new.get("schema_version")))
+        # both were read (load_run upgrades older versions): a note, not a reason to refuse the comparison
+        diffs.append(EnvDifference("software", "schema_version", old.get("schema_version"), new.get("schema_version")))
     if gpu_model(old) != gpu_model(new):
         diffs.append(EnvDifference("gpu", "GPU", gpu_model(old), gpu_model(new)))
     if eo.get("driver_version") != en.get("driver_version"):
@@ -145,17 +147,23 @@ class BackendComparison:
         return pd.concat([out.astype(object), pd.DataFrame([summary], dtype=object)], ignore_index=True)
 
 
+WORKLOAD_COLUMNS = ("workload", "kv_layout", "page_size", "lengths", "total_tokens", "window_left", "window_right")
+
+
 def shape_columns(df: pd.DataFrame) -> list[str]:
-    """Shape fields worth a column: seq_len, head_dim, dtype, causal, mode, and the others where they vary."""
-    cols = [c for c in ("batch", "heads", "kv_heads") if df[c].nunique() > 1]
+    """Shape fields worth a column: seq_len, head_dim, dtype, causal, mode, and the others (the
+    workload's fields among them) where they vary."""
+    cols = [c for c in ("workload", "batch", "heads", "kv_heads") if df[c].nunique() > 1]
     cols.append("seq_len_q")
     if (df["seq_len_q"] != df["seq_len_kv"]).any():
         cols.append("seq_len_kv")
+    cols += [c for c in WORKLOAD_COLUMNS[1:] if df[c].nunique() > 1]
     return cols + ["head_dim", "dtype", "causal", "mode"]
 
 
-# rows read as sequence-length sweeps, one block per head_dim × dtype × causal × mode
-ROW_ORDER = ("head_dim", "dtype", "causal", "mode", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads")
+# rows read as sequence-length sweeps, one block per workload × head_dim × dtype × causal × mode
+ROW_ORDER = ("workload", "head_dim", "dtype", "causal", "mode", "kv_layout", "page_size", "lengths", "window_left",
+             "window_right", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads", "total_tokens")
 
 
 def _geomean(values) -> float:

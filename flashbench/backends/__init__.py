@@ -5,6 +5,8 @@ from .base import Backend, Unsupported
 from .flex import FlexBackend
 from .naive import NaiveBackend
 from .sdpa import SdpaBackend
+from .triton_decode import TritonDecodeBackend
+from .torch_varlen import TorchVarlenBackend
 from .triton_kernels import TritonKernelBackend
 
 REGISTRY: dict[str, Backend] = {}
@@ -33,10 +35,13 @@ for _b in (
     SdpaBackend("sdpa_cudnn"),
     SdpaBackend("sdpa_math"),
     FlexBackend(),
+    TorchVarlenBackend(),
     TritonKernelBackend("triton_fa2", "flashbench_kernels.flash_attn_v2", "flash_attn_v2",
-                        "bundled Triton FlashAttention-2 (kernels/flash_attn_v2/)"),
+                        "bundled Triton FlashAttention-2 (kernels/flash_attn_v2/)",
+                        varlen_function="flash_attn_varlen", workloads=("dense", "decode", "varlen")),
     TritonKernelBackend("triton_fa1", "flashbench_kernels.flash_attn_v1", "flash_attn_v1",
                         "bundled Triton FlashAttention-1 (kernels/flash_attn_v1.py)"),
+    TritonDecodeBackend(),
 ):
     register(_b)
 

@@ -2,13 +2,22 @@
 
 A backend is one small module holding one :class:`Backend` subclass that
 
-- declares what it supports (devices, dtypes, head dims, causal, GQA, modes);
+- declares what it supports (devices, dtypes, head dims, causal, GQA, modes, and the workloads,
+  KV-cache layouts and sliding windows it runs: by default dense attention only, no windows);
 - says why it cannot run a case (:meth:`Backend.unsupported_reason`, or :class:`Unsupported`
   raised from :meth:`Backend.prepare`): that becomes a ``skipped`` row, never a crash;
-- prepares an attention function ``fn(q, k, v) -> o`` for one case, outside any timed region
-  (compilation, block masks, ...). The runner binds it to inputs and a mode (fwd / bwd /
-  fwd_bwd) to get the zero-argument call it times: that binding lives in one place
-  (:mod:`flashbench.measure.calls`), not in each backend.
+- prepares an attention function for one case, outside any timed region (compilation, block
+  masks, ...). The function takes the workload's tensors and returns the output in the workload's
+  layout (:mod:`flashbench.measure.calls` defines both):
+
+  - dense: ``fn(q, k, v) -> o``;
+  - varlen: ``fn(q, k, v, cu_seqlens) -> o``, the batch packed along the tokens;
+  - decode: ``fn(q, k_cache, v_cache, cache_seqlens, block_table) -> o``.
+
+  Python-side facts of the case (the per-sequence lengths: ``case.sequence_lengths()``, the window:
+  ``case.window``) are known in ``prepare``, so masks are built there, not in the timed call. The
+  runner binds the function to inputs and a mode (fwd / bwd / fwd_bwd) to get the zero-argument
+  call it times: that binding lives in one place (:mod:`flashbench.measure.calls`), not in each backend.
 
 Backends are registered explicitly in :mod:`flashbench.backends`.
 """
@@ -34,6 +43,9 @@ class Backend:
     supports_causal: bool = True
     supports_gqa: bool = True
     modes: tuple[str, ...] = MODES
+    workloads: tuple[str, ...] = ("dense",)           # of flashbench.model.case.WORKLOADS
+    kv_layouts: tuple[str, ...] = ("contiguous",)     # decode caches it reads
+    supports_window: bool = False                     # sliding windows (window_left/right)
 
     def availability(self) -> str | None:
         """Why this backend cannot run at all in this environment (None when it can)."""
@@ -49,6 +61,8 @@ class Backend:
             return why
         if device not in self.devices:
             return f"{self.name} does not run on {device} (runs on: {', '.join(self.devices)})"
+        if case.workload not in self.workloads:
+            return f"{self.name} does not run workload {case.workload} (runs: {', '.join(self.workloads)})"
         if case.dtype not in self.dtypes:
             return f"{self.name} does not support {case.dtype} (supports: {', '.join(self.dtypes)})"
         if self.head_dims is not None and case.head_dim not in self.head_dims:
@@ -59,10 +73,15 @@ class Backend:
             return f"{self.name} does not support GQA/MQA (kv_heads != heads)"
         if case.mode not in self.modes:
             return f"{self.name} does not support mode {case.mode} (supports: {', '.join(self.modes)})"
+        if case.workload == "decode" and case.kv_layout not in self.kv_layouts:
+            return f"{self.name} cannot read a {case.kv_layout} KV cache (reads: {', '.join(self.kv_layouts)})"
+        if case.has_window and not self.supports_window:
+            return f"{self.name} does not support sliding windows"
         return self.extra_reason(case, device)
 
     def prepare(self, case: Case, device: str) -> AttentionFn:
-        """Return ``fn(q, k, v) -> o`` for this case. May raise :class:`Unsupported`."""
+        """Return the attention function of this case's workload (module docstring). May raise
+        :class:`Unsupported`."""
         raise NotImplementedError
 
     def compile_key(self, case: Case):

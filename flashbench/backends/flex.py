@@ -3,9 +3,24 @@
 Compiled once per case in ``prepare`` (outside timing). A sweep compiles many shapes, so the
 dynamo recompile limits are raised: past them torch silently falls back to an unfused path at
 a few TFLOP/s and tens of GiB, which would be a wrong measurement, not a slow kernel.
+
+Workloads are block masks (built in ``prepare``, from the case's per-sequence lengths):
+
+- sliding windows and bottom-right causal: a mask on (query, key) positions;
+- varlen: document masking on the packed batch viewed as one (1, H, T, D) sequence: a query sees
+  only keys of its own sequence (then causal and the window within it);
+- decode, contiguous cache: the cache read through a (B, H_kv, capacity, D) view, each sequence's
+  keys past its length masked;
+- decode, paged cache: PyTorch's paged-attention helper (``torch.nn.attention.experimental.
+  _paged_attention.PagedAttention``, experimental) maps a logical block mask to the shuffled pages
+  of the pool, read as one (1, H_kv, pages × page_size, D) view. The helper needs the page table,
+  which comes with the inputs: it is filled, and the mask converted, on the first call (the
+  untimed correctness or memory pass), and kept for the calls with that table.
 """
 from __future__ import annotations
 
+from ..measure.calls import pages_of
+from ..measure.reference import window_bounds
 from .base import Backend
 
 _COMPILED = {}
@@ -24,11 +39,73 @@ def _raise_recompile_limits():
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 8192)
 
 
+def paged_helper():
+    """PyTorch's PagedAttention class, or the reason it is not there."""
+    try:
+        from torch.nn.attention.experimental._paged_attention import PagedAttention
+    except ImportError as e:
+        return None, f"this torch has no paged-attention helper for FlexAttention ({e})"
+    return PagedAttention, None
+
+
+def window_mask_mod(causal: bool, window: tuple[int, int], offset):
+    """mask_mod of bottom-right causal and a sliding window: query i sees key j iff
+    i + offset - left <= j <= i + offset + right (offset: Nkv - Nq; a tensor indexed by batch, or a
+    number); None when nothing is masked."""
+    left, right = window_bounds(causal, window)
+    if left < 0 and right < 0:
+        return None
+    per_sequence = not isinstance(offset, int)  # decided here: mask_mods are traced, keep them branch-free
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        diag = q_idx + (offset[b] if per_sequence else offset)
+        if left < 0:
+            return kv_idx <= diag + right
+        if right < 0:
+            return kv_idx >= diag - left
+        return (kv_idx >= diag - left) & (kv_idx <= diag + right)
+
+    return mask_mod
+
+
+def document_mask_mod(case, device):
+    """mask_mod of a packed varlen batch: same sequence, then causal and the window within it."""
+    import torch
+
+    lens = case.sequence_lengths()[0]
+    doc = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))
+    within = window_mask_mod(case.causal, case.window, 0)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        same = doc[q_idx] == doc[kv_idx]
+        return same if within is None else same & within(b, h, q_idx, kv_idx)
+
+    return mask_mod
+
+
+def decode_mask_mod(case, device):
+    """mask_mod of a decode batch on logical cache positions: keys past a sequence's length are
+    hidden, the new tokens are causal among themselves (and windowed) at the end of the cache."""
+    import torch
+
+    lens = torch.tensor(case.sequence_lengths()[1], device=device)
+    within = window_mask_mod(case.causal, case.window, lens - case.seq_len_q)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        present = kv_idx < lens[b]
+        return present if within is None else present & within(b, h, q_idx, kv_idx)
+
+    return mask_mod
+
+
 class FlexBackend(Backend):
     name = "flex"
     description = "FlexAttention compiled by torch.compile (Inductor-generated Triton)"
     devices = ("cuda",)
     dtypes = ("float16", "bfloat16", "float32")
+    workloads = ("dense", "decode", "varlen")
+    kv_layouts = ("contiguous", "paged")
+    supports_window = True
 
     def availability(self):
         try:
@@ -40,25 +117,93 @@ class FlexBackend(Backend):
     def extra_reason(self, case, device):
         if case.head_dim & (case.head_dim - 1):
             return f"flex needs a power-of-two head_dim (got {case.head_dim})"
+        if case.workload == "decode" and case.is_paged:
+            return paged_helper()[1]
         return None
 
     def prepare(self, case, device):
         import torch
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        from torch.nn.attention.flex_attention import flex_attention
 
         _raise_recompile_limits()
         key = "flex"
         if key not in _COMPILED:
             _COMPILED[key] = torch.compile(flex_attention, dynamic=False)
-        compiled = _COMPILED[key]
-        block_mask = None
-        if case.causal:
-            offset = case.seq_len_kv - case.seq_len_q
+        return self.attention_fn(case, device, _COMPILED[key])
 
-            def causal_lower_right(b, h, q_idx, kv_idx):
-                return kv_idx <= q_idx + offset
-
-            block_mask = create_block_mask(causal_lower_right, B=None, H=None, Q_LEN=case.seq_len_q,
-                                           KV_LEN=case.seq_len_kv, device=device)
-        gqa = case.is_gqa
+    def attention_fn(self, case, device, flex):
+        """The workload's attention function around ``flex`` (flex_attention, compiled or not)."""
+        compiled, gqa = flex, case.is_gqa
+        if case.workload == "varlen":
+            return self._varlen(case, device, compiled)
+        if case.workload == "decode":
+            return self._paged(case, device, compiled) if case.is_paged else self._decode(case, device, compiled)
+        block_mask = self._block_mask(window_mask_mod(case.causal, case.window, case.seq_len_kv - case.seq_len_q),
+                                      None, case.seq_len_q, case.seq_len_kv, device)
         return lambda q, k, v: compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+    @staticmethod
+    def _block_mask(mask_mod, batch, q_len, kv_len, device, **kw):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if mask_mod is None:
+            return None
+        return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device, **kw)
+
+    def _varlen(self, case, device, compiled):
+        tokens = sum(case.sequence_lengths()[0])
+        block_mask = self._block_mask(document_mask_mod(case, device), None, tokens, tokens, device)
+        gqa = case.is_gqa
+
+        def fn(q, k, v, cu_seqlens):  # (T, H, D) -> (1, H, T, D) views, and back
+            one = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+            return compiled(*one, block_mask=block_mask, enable_gqa=gqa)[0].transpose(0, 1)
+
+        return fn
+
+    def _decode(self, case, device, compiled):
+        equal = len(set(case.sequence_lengths()[1])) == 1
+        if equal:  # every cache full: the dense bottom-right mask (none for one new token)
+            mod = window_mask_mod(case.causal and case.seq_len_q > 1, case.window, case.seq_len_kv - case.seq_len_q)
+            block_mask = self._block_mask(mod, None, case.seq_len_q, case.seq_len_kv, device)
+        else:
+            block_mask = self._block_mask(decode_mask_mod(case, device), case.batch, case.seq_len_q, case.seq_len_kv,
+                                          device)
+        gqa = case.is_gqa
+
+        def fn(q, k_cache, v_cache, cache_seqlens, block_table):
+            o = compiled(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), block_mask=block_mask,
+                         enable_gqa=gqa)
+            return o.transpose(1, 2)
+
+        return fn
+
+    def _paged(self, case, device, compiled):
+        import torch
+
+        PagedAttention = paged_helper()[0]
+        page, used = case.page_size, pages_of(case)
+        logical = self._block_mask(decode_mask_mod(case, device), case.batch, case.seq_len_q,
+                                   -(-case.seq_len_kv // page) * page, device, BLOCK_SIZE=(128, page))
+        converted: dict[int, object] = {}
+        gqa = case.is_gqa
+
+        def physical_mask(block_table):
+            pa = PagedAttention(sum(used), page, case.batch, device=device)
+            for b, n in enumerate(used):
+                pages = block_table[b, :n].long()
+                pa.page_table[b, :n] = pages
+                pa.physical_to_logical[b, pages] = torch.arange(n, device=pages.device)
+            return pa.convert_logical_block_mask(logical)
+
+        def fn(q, k_cache, v_cache, cache_seqlens, block_table):
+            key = block_table.data_ptr()
+            if key not in converted:
+                converted.clear()
+                converted[key] = physical_mask(block_table)
+            k, v = (t.flatten(0, 1).transpose(0, 1).unsqueeze(0) for t in (k_cache, v_cache))  # (1, H_kv, slots, D)
+            o = compiled(q.transpose(1, 2), k, v, block_mask=converted[key], enable_gqa=gqa)
+            return o.transpose(1, 2)
+
+        return fn

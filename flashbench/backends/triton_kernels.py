@@ -2,22 +2,31 @@
 
 Without a GPU they are skipped, except under ``TRITON_INTERPRET=1`` where Triton's CPU
 interpreter runs them (slowly: small shapes only).
+
+Beyond dense attention (``triton_fa2``): sliding windows go to ``flash_attn_v2(..., window=(l, r))``
+and varlen batches to ``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+max_seqlen_k, causal, sm_scale, window)``, where the kernels offer them (found by signature and
+attribute, so a kernels build without them skips those cases with the reason); a decode case whose
+caches all have one length is a dense call on views of the contiguous cache (FA2's own grid,
+without the split over keys that ``triton_decode`` adds).
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from flashbench_kernels._validate import interpreting
 
 from .base import Backend
 
 
-class TritonKernelBackend(Backend):
+class TritonBackend(Backend):
+    """What every bundled-kernel backend shares: the kernel module, the interpreter on a CPU, the
+    launch log each prepared call fills."""
+
     dtypes = ("float16", "bfloat16", "float32")
     head_dims = (32, 64, 96, 128, 256)
-
-    def __init__(self, name: str, module: str, function: str, description: str):
-        self.name, self.module, self.function, self.description = name, module, function, description
+    module = ""
 
     def _module(self):
         return importlib.import_module(self.module)
@@ -43,19 +52,83 @@ class TritonKernelBackend(Backend):
             return f"{self.name} needs a CUDA GPU (set TRITON_INTERPRET=1 to run it slowly on Triton's CPU interpreter)"
         return super().unsupported_reason(case, device)
 
+    def new_launch_log(self) -> dict[str, str]:
+        """A log for one prepared call, filled by the kernels it launches (the forward's, and the
+        backward's when autograd runs it); config_description() reads the latest one."""
+        self._launch_log: dict[str, str] = {}
+        return self._launch_log
+
+    def config_description(self) -> str:
+        """The configurations the last prepared call's kernels ran with ('' before it has run)."""
+        return "; ".join(f"{k}: {v}" for k, v in getattr(self, "_launch_log", {}).items())
+
+
+def _takes(fn, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class TritonKernelBackend(TritonBackend):
+    def __init__(self, name: str, module: str, function: str, description: str,
+                 varlen_function: str | None = None, workloads: tuple[str, ...] = ("dense",)):
+        self.name, self.module, self.function, self.description = name, module, function, description
+        self.varlen_function = varlen_function
+        self.workloads = workloads
+        self.supports_window = varlen_function is not None  # the FA2 family; FA1 has no window form
+
+    def _varlen(self):
+        """The varlen function, from the kernel module or the package's exports (None if neither has it)."""
+        found = getattr(self._module(), self.varlen_function, None)
+        if found is None:
+            import flashbench
+
+            try:
+                found = getattr(flashbench, self.varlen_function)
+            except (AttributeError, ImportError):
+                return None
+        return found
+
+    def extra_reason(self, case, device):
+        why = super().extra_reason(case, device)
+        if why:
+            return why
+        if case.workload == "varlen" and self._varlen() is None:
+            return f"{self.name} needs {self.varlen_function} (not in this kernels build)"
+        if case.has_window and case.workload != "varlen" and not _takes(getattr(self._module(), self.function), "window"):
+            return f"{self.name} needs {self.function} with windows (window=(left, right); not in this kernels build)"
+        if case.workload == "decode" and len(set(case.sequence_lengths()[1])) > 1:
+            return (f"{self.name} runs decode as one dense call, so every cache must have one length "
+                    "(triton_decode reads caches of any length)")
+        return None
+
     def prepare(self, case, device):
-        fn = getattr(self._module(), self.function)
+        log = self.new_launch_log()
         causal = case.causal
-        # each prepared call has its own log, filled by the kernels it launches (the forward's, and
-        # the backward's when autograd runs it); config_description() reads the latest one
-        log: dict[str, str] = {}
-        self._launch_log = log
-        return lambda q, k, v: fn(q, k, v, causal=causal, launch_log=log)
+        kw = {"window": case.window} if case.has_window else {}
+        if case.workload == "varlen":
+            fn = self._varlen()
+            longest = max(case.sequence_lengths()[0])
+            if _takes(fn, "launch_log"):
+                kw["launch_log"] = log
+            return lambda q, k, v, cu: fn(q, k, v, cu, cu, longest, longest, causal=causal, **kw)
+        fn = getattr(self._module(), self.function)
+        if case.workload == "decode":
+            causal = case.causal and case.seq_len_q > 1  # one new token sees its whole cache
+
+            def decode(q, k_cache, v_cache, cache_seqlens, block_table):
+                o = fn(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), causal=causal,
+                       launch_log=log, **kw)
+                return o.transpose(1, 2)
+
+            return decode
+        return lambda q, k, v: fn(q, k, v, causal=causal, launch_log=log, **kw)
 
     def compile_key(self, case):
-        """What selects a Triton specialisation: constexprs (dtype, head dim, causal, the kernels a
-        mode runs), integer arguments equal to 1 (kv heads), the GQA group, and how the lengths
-        divide into blocks (tails compile masked variants; lengths under one block prune tiles)."""
+        """What selects a Triton specialisation: constexprs (dtype, head dim, causal, windows, the
+        kernels a mode runs), integer arguments equal to 1 (kv heads), the GQA group, and how the
+        lengths divide into blocks (tails compile masked variants; lengths under one block prune tiles)."""
         if interpreting():
             return None  # the interpreter compiles nothing
 
@@ -63,8 +136,5 @@ class TritonKernelBackend(Backend):
             return (n % 256 == 0, n % 128 == 0, min(n, 256) if n < 256 else 256)
 
         return (case.dtype, case.head_dim, case.causal, case.has_backward, case.heads // case.kv_heads,
-                case.kv_heads == 1, length(case.seq_len_q), length(case.seq_len_kv))
-
-    def config_description(self) -> str:
-        """The configurations the last prepared call's kernels ran with ('' before it has run)."""
-        return "; ".join(f"{k}: {v}" for k, v in getattr(self, "_launch_log", {}).items())
+                case.kv_heads == 1, length(case.seq_len_q), length(case.seq_len_kv), case.workload,
+                case.window_left >= 0, case.window_right >= 0)

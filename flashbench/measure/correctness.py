@@ -4,7 +4,8 @@ A backend's error on each tensor (O, and dQ, dK, dV with a backward) must be at 
 ``factor`` × the error of PyTorch's own same-dtype math on the same inputs + ``atol``.
 The reference is fp32 for half-precision cases on a GPU and fp64 otherwise (fp32 cases, CPU).
 The reference runs in chunks of (batch, kv-head) groups so that its N×N matrices, and their
-autograd state, stay within a fixed memory bound.
+autograd state, stay within a fixed memory bound; a varlen or decode batch runs sequence by sequence,
+with the case's causal form and sliding window.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .calls import Inputs
+from .calls import Inputs, assemble, sequences
 from ..model.case import Case
 from .reference import reference_attention
 
@@ -24,42 +25,55 @@ def reference_dtype(case: Case, device: str) -> torch.dtype:
     return torch.float64
 
 
-def reference_outputs(inputs: Inputs, case: Case, compute_dtype: torch.dtype,
-                      chunk_elems: int = 1 << 28) -> dict[str, torch.Tensor]:
-    """O (and dQ, dK, dV) of the reference formula, computed in ``compute_dtype``.
+def dense_reference(q, k, v, do, causal: bool, window: tuple[int, int], compute_dtype: torch.dtype,
+                    chunk_elems: int = 1 << 28) -> dict[str, torch.Tensor]:
+    """O (and dQ, dK, dV when ``do`` is given) of the reference formula for dense (B, H, N, D)
+    inputs, computed in ``compute_dtype``.
 
     Work goes in chunks of whole (batch, kv-head) groups, each group holding the query heads that
     share one K/V head, so a chunk's autograd graph is independent of every other chunk's and its
     score matrices stay under ``chunk_elems`` elements (2**28: 1 GiB in fp32).
     """
-    B, H, n_q, D = inputs.q.shape
-    h_kv, n_kv = case.kv_heads, case.seq_len_kv
+    B, H, n_q, D = q.shape
+    h_kv, n_kv = k.shape[1], k.shape[2]
     group = H // h_kv
     # (B, H, N, D) -> (B*H_kv, group, N, D): query heads h = g*group + i share kv head g
-    q_all = inputs.q.detach().reshape(B * h_kv, group, n_q, D)
-    k_all = inputs.k.detach().reshape(B * h_kv, 1, n_kv, D)
-    v_all = inputs.v.detach().reshape(B * h_kv, 1, n_kv, D)
-    do_all = inputs.do.reshape(B * h_kv, group, n_q, D) if case.has_backward else None
+    q_all = q.detach().reshape(B * h_kv, group, n_q, D)
+    k_all = k.detach().reshape(B * h_kv, 1, n_kv, D)
+    v_all = v.detach().reshape(B * h_kv, 1, n_kv, D)
+    do_all = do.reshape(B * h_kv, group, n_q, D) if do is not None else None
     per_group = group * n_q * n_kv
     step = max(1, chunk_elems // max(per_group, 1))
     outs: dict[str, list[torch.Tensor]] = {"o": [], "dq": [], "dk": [], "dv": []}
     for i in range(0, B * h_kv, step):
-        q, k, v = (t[i:i + step].to(compute_dtype) for t in (q_all, k_all, v_all))
-        if not case.has_backward:
+        qc, kc, vc = (t[i:i + step].to(compute_dtype) for t in (q_all, k_all, v_all))
+        if do is None:
             with torch.no_grad():
-                outs["o"].append(reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype))
+                outs["o"].append(reference_attention(qc, kc, vc, causal, compute_dtype=compute_dtype, window=window))
             continue
-        q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
-        o = reference_attention(q, k, v, case.causal, compute_dtype=compute_dtype)
-        dq, dk, dv = torch.autograd.grad(o, (q, k, v), do_all[i:i + step].to(compute_dtype))
+        qc.requires_grad_(True), kc.requires_grad_(True), vc.requires_grad_(True)
+        o = reference_attention(qc, kc, vc, causal, compute_dtype=compute_dtype, window=window)
+        dq, dk, dv = torch.autograd.grad(o, (qc, kc, vc), do_all[i:i + step].to(compute_dtype))
         for name, t in (("o", o.detach()), ("dq", dq), ("dk", dk), ("dv", dv)):
             outs[name].append(t)
     result = {"o": torch.cat(outs["o"]).reshape(B, H, n_q, D)}
-    if case.has_backward:
+    if do is not None:
         result["dq"] = torch.cat(outs["dq"]).reshape(B, H, n_q, D)
         result["dk"] = torch.cat(outs["dk"]).reshape(B, h_kv, n_kv, D)
         result["dv"] = torch.cat(outs["dv"]).reshape(B, h_kv, n_kv, D)
     return result
+
+
+def reference_outputs(inputs: Inputs, case: Case, compute_dtype: torch.dtype,
+                      chunk_elems: int = 1 << 28) -> dict[str, torch.Tensor]:
+    """O (and dQ, dK, dV) of the reference formula for the case's inputs, in ``compute_dtype`` and in
+    the workload's layout: varlen and decode batches sequence by sequence (:func:`sequences`)."""
+    do = inputs.do if case.has_backward else None
+    if case.workload == "dense":
+        return dense_reference(inputs.q, inputs.k, inputs.v, do, case.causal, case.window, compute_dtype, chunk_elems)
+    per_seq = [dense_reference(s.q, s.k, s.v, s.do, case.causal, case.window, compute_dtype, chunk_elems)
+               for s in sequences(case, inputs.args, do)]
+    return {name: assemble(case, [r[name] for r in per_seq]) for name in per_seq[0]}
 
 
 @dataclass

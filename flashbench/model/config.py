@@ -10,33 +10,48 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
-from .fields import DType, Mode, PositiveInt, Strict, as_list
+from .fields import DType, KvLayout, Length, Mode, PositiveInt, Strict, Window, Workload, as_list, windows
 from .filters import Rule
 from .yaml_input import ConfigError, validate_yaml
 
 
 class Axes(Strict):
-    """The grid. Scalars are shorthand for one-element lists."""
+    """The grid. Scalars are shorthand for one-element lists.
 
-    batch: list[PositiveInt] | None = Field(None, description="batch sizes")
-    tokens: list[PositiveInt] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
+    ``workload`` (one per grid) says what the axes mean: ``dense`` as always; ``decode``: ``seq_len``
+    new tokens (1..16) against a KV cache of ``seq_len_kv`` keys per sequence (a value or a length
+    distribution), ``kv_layout`` and ``page_size``; ``varlen``: sequences of ``seq_len`` (a value, a
+    list of lengths or a distribution) packed until ``tokens`` tokens are filled.
+    """
+
+    workload: Workload = Field("dense", description="dense | decode | varlen (one per grid)")
+    batch: list[PositiveInt] | None = Field(None, description="batch sizes (decode: sequences)")
+    tokens: list[PositiveInt] | None = Field(None, description="alternative to batch: batch = tokens // seq_len; "
+                                                                 "varlen: the packed batch's token budget")
     heads: list[PositiveInt] | None = Field(None, description="query heads")
     hidden: list[PositiveInt] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
     kv_heads: list[PositiveInt] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
-    seq_len: list[PositiveInt]
-    seq_len_kv: list[PositiveInt] | None = Field(None, description="default = seq_len")
+    seq_len: list[Length] = Field(description="query length (decode: new tokens per sequence; varlen: the "
+                                              "sequence lengths, a value, a list or a distribution)")
+    seq_len_kv: list[Length] | None = Field(None, description="default = seq_len; decode: the cache length, "
+                                                              "a value or a distribution")
     head_dim: list[PositiveInt]
     dtype: list[DType] = ["bfloat16"]
     causal: list[bool] = [False]
     mode: list[Mode] = ["fwd"]
+    window: list[Window] | None = Field(None, description="sliding windows [left, right] (-1: unbounded)")
+    kv_layout: list[KvLayout] | None = Field(None, description="decode: contiguous | paged (default contiguous)")
+    page_size: list[PositiveInt] | None = Field(None, description="decode, paged caches: tokens per page")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _listify(cls, v):
-        return None if v is None else as_list(v)
+    def _listify(cls, v, info: ValidationInfo):
+        if v is None or info.field_name == "workload":
+            return v
+        return windows(v) if info.field_name == "window" else as_list(v)
 
     @field_validator("*")
     @classmethod
@@ -47,10 +62,18 @@ class Axes(Strict):
 
     @model_validator(mode="after")
     def _exclusive(self):
-        if (self.batch is None) == (self.tokens is None):
+        if self.workload == "decode":
+            if self.batch is None or self.tokens is not None:
+                raise ValueError("workload decode: give 'batch' (sequences in the batch), not 'tokens'")
+        elif self.workload == "varlen":
+            if self.tokens is None or self.batch is not None:
+                raise ValueError("workload varlen: give 'tokens' (the packed batch's token budget), not 'batch'")
+        elif (self.batch is None) == (self.tokens is None):
             raise ValueError("give exactly one of 'batch' or 'tokens'")
         if (self.heads is None) == (self.hidden is None):
             raise ValueError("give exactly one of 'heads' or 'hidden'")
+        if self.workload == "decode" and "causal" not in self.model_fields_set:
+            self.causal = [True]  # new tokens are causal among themselves
         return self
 
 
@@ -94,7 +117,8 @@ class SweepConfig(Strict):
     name: str = ""
     description: str = ""
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    axes: Axes
+    axes: Axes | None = Field(None, description="the grid")
+    grids: list[Axes] = Field([], description="more grids (same keys as axes), e.g. one per workload")
     backends: list[str] = Field(min_length=1)
     reference_backend: str | None = Field(None, description="speedups in tables are against this backend")
     include: list[Rule] = []
@@ -108,6 +132,17 @@ class SweepConfig(Strict):
     @classmethod
     def _listify(cls, v):
         return as_list(v)
+
+    @model_validator(mode="after")
+    def _some_grid(self):
+        if self.axes is None and not self.grids:
+            raise ValueError("give 'axes' (a grid) or 'grids' (a list of grids)")
+        return self
+
+    def all_axes(self) -> list[tuple[str, Axes]]:
+        """Every grid with where it is written (``axes``, ``grids[1]``): the cases are their union."""
+        first = [("axes", self.axes)] if self.axes is not None else []
+        return first + [(f"grids[{i}]", a) for i, a in enumerate(self.grids)]
 
     def tolerance(self, dtype: str) -> Tolerance:
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
-from .case import DTYPES, MODES
+from .case import DTYPES, KV_LAYOUTS, MODES, WORKLOADS
+from .lengths import as_spec
 
 
 class Strict(BaseModel):
@@ -54,3 +55,63 @@ Mode = Literal[MODES]  # type: ignore[valid-type]
 def as_list(v):
     """Scalars are shorthand for one-element lists (``seq_len: 1024``)."""
     return v if isinstance(v, list) else [v]
+
+
+Workload = Literal[WORKLOADS]  # type: ignore[valid-type]
+KvLayout = Literal[KV_LAYOUTS]  # type: ignore[valid-type]
+
+
+def _window_bound(v):
+    v = -1 if isinstance(v, str) and v.strip() == "-1" else _integer(v)
+    if not isinstance(v, int) or v < -1:
+        raise ValueError("a window bound is -1 (unbounded) or a number of keys >= 0")
+    return v
+
+
+WindowBound = Annotated[int, BeforeValidator(_window_bound)]
+
+
+def _window(v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ValueError("a window is [left, right] (-1: unbounded)")
+    return tuple(_window_bound(b) for b in v)
+
+
+Window = Annotated[tuple[int, int], BeforeValidator(_window)]
+
+
+def windows(v):
+    """``window: [4096, 0]`` is one window; ``window: [[-1, -1], [4096, 0]]`` lists several."""
+    if isinstance(v, (list, tuple)) and v and all(isinstance(w, (list, tuple)) for w in v):
+        return list(v)
+    return [v]
+
+
+def _length(v):
+    # a number of tokens, or a per-sequence length distribution: its mapping, its compact form, or a
+    # plain list of lengths (``seq_len: [[128, 512, 8192]]`` is one list, ``[128, 512]`` two lengths)
+    if isinstance(v, list):
+        v = {"dist": "list", "values": v}
+    if isinstance(v, dict) or (isinstance(v, str) and not v.strip().isdigit()):
+        try:
+            return as_spec(v).describe()
+        except ValueError as e:
+            if isinstance(v, dict):
+                raise
+            raise ValueError("expected a positive integer or a length distribution such as "
+                             "uniform(1024..32768,seed=0)") from e
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, (int, str)):
+        raise ValueError("expected a positive integer or a length distribution")
+    return _positive(_integer(v))
+
+
+Length = Annotated[int | str, BeforeValidator(_length)]
+"""A sequence length: a positive integer, or a length distribution in its compact form
+(:mod:`flashbench.model.lengths`: a mapping ``{dist: uniform, min: .., max: .., seed: ..}`` is read to
+``uniform(MIN..MAX,seed=S)``)."""
+
+
+LengthsDescription = Annotated[str, BeforeValidator(lambda v: "" if v == "" else as_spec(v).describe())]
+"""The ``lengths`` case field in a filter: a distribution in either form, or "" (equal lengths)."""

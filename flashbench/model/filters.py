@@ -3,9 +3,10 @@ thresholds file, and ``--case`` on the command line all mean the same thing.
 
 A filter maps keys to allowed values; a case × backend matches when every key allows it. Keys are
 ``backend`` and the case fields (``batch heads kv_heads seq_len_q seq_len_kv head_dim dtype causal
-mode``) plus ``seq_len``, which is the query length (the grid's ``seq_len`` axis; ``seq_len_kv``
-defaults to it). Values are validated by the field types of :mod:`flashbench.model.fields`
-(dtype aliases such as ``bf16`` are accepted).
+mode workload window_left window_right kv_layout page_size lengths total_tokens``) plus ``seq_len``,
+which is the query length (the grid's ``seq_len`` axis; ``seq_len_kv`` defaults to it). Values are
+validated by the field types of :mod:`flashbench.model.fields` (dtype aliases such as ``bf16`` are
+accepted; a length distribution may be written as a mapping or in its compact form).
 
 In YAML a filter is a mapping whose values are a value or a list::
 
@@ -16,13 +17,18 @@ On the command line it is ``KEY=VALUE[|VALUE...]`` separated by commas, with the
 ``n`` (seq_len), ``b`` (batch), ``h`` (heads), ``d`` (head_dim)::
 
     --case seq_len=4096,d=128,causal=true,mode=fwd
+    --case workload=decode,kv_layout=paged,lengths=uniform(1024..32768,seed=0)
+
+(commas inside parentheses belong to the value).
 """
 from __future__ import annotations
 
 from pydantic import ValidationError, field_validator
 
 from .case import Case
-from .fields import DType, Mode, PositiveInt, Strict, as_list
+import re
+
+from .fields import DType, KvLayout, LengthsDescription, Mode, PositiveInt, Strict, WindowBound, Workload, as_list
 from .yaml_input import ConfigError, error_message, preview
 
 KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
@@ -42,6 +48,13 @@ class Rule(Strict):
     dtype: list[DType] | None = None
     causal: list[bool] | None = None
     mode: list[Mode] | None = None
+    workload: list[Workload] | None = None
+    window_left: list[WindowBound] | None = None
+    window_right: list[WindowBound] | None = None
+    kv_layout: list[KvLayout] | None = None
+    page_size: list[PositiveInt] | None = None
+    lengths: list[LengthsDescription] | None = None
+    total_tokens: list[PositiveInt] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -75,7 +88,7 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
     """``"k=v,k=v1|v2"`` (command line) -> a :class:`Rule`; ConfigError with every problem."""
     problems: list[str] = []
     raw: dict[str, list[str]] = {}
-    for part in [p for p in text.split(",") if p.strip()]:
+    for part in [p for p in re.split(r",(?![^(]*\))", text) if p.strip()]:
         if "=" not in part:
             problems.append(f"{option}: {part.strip()!r} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
             continue

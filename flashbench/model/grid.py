@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 
-from .case import Case, Task
-from .config import LoadedConfig, SweepConfig
+from .case import MAX_DECODE_TOKENS, Case, Task
+from .config import Axes, LoadedConfig, SweepConfig
+from .lengths import parse_lengths, realise_budget
 from .yaml_input import ConfigError
 
 
@@ -25,40 +26,120 @@ def _batch_options(axes, seq_len: int) -> list[int]:
     return [t // seq_len for t in axes.tokens if t >= seq_len]
 
 
-def _check_axes(cfg: SweepConfig, source: str) -> list[str]:
-    a = cfg.axes
+def _is_distribution(v) -> bool:
+    return isinstance(v, str)
+
+
+def _check_axes(a: Axes, where: str, source: str) -> list[str]:
+    """Problems of one grid (``where``: "axes" or "grids[1]"), one line each."""
     problems = []
+
+    def say(field: str, text: str) -> None:
+        problems.append(f"{source}: {where}.{field}: {text}")
+
     if a.hidden is not None:
         for d in a.head_dim:
             if not any(h % d == 0 for h in a.hidden):
-                problems.append(f"{source}: axes.head_dim: {d} divides no value of axes.hidden {a.hidden}")
+                say("head_dim", f"{d} divides no value of {where}.hidden {a.hidden}")
     if a.tokens is not None:
         for n in a.seq_len:
-            if not any(t >= n for t in a.tokens):
-                problems.append(f"{source}: axes.seq_len: {n} exceeds every value of axes.tokens {a.tokens} (batch would be 0)")
+            if not _is_distribution(n) and not any(t >= n for t in a.tokens):
+                say("seq_len", f"{n} exceeds every value of {where}.tokens {a.tokens} (batch would be 0)")
+    w = a.workload
+    if w != "decode":
+        for field in ("kv_layout", "page_size"):
+            if getattr(a, field) is not None:
+                say(field, f"{field} is for workload decode (this grid's workload is {w})")
+    if w == "dense":
+        for field in ("seq_len", "seq_len_kv"):
+            for v in getattr(a, field) or []:
+                if _is_distribution(v):
+                    say(field, f"{v} is a length distribution: distributions are for workload decode "
+                               "(seq_len_kv) and varlen (seq_len)")
+    elif w == "decode":
+        for n in a.seq_len:
+            if _is_distribution(n) or not 1 <= n <= MAX_DECODE_TOKENS:
+                say("seq_len", f"decode takes 1 to {MAX_DECODE_TOKENS} new tokens per sequence, got {n}")
+        if a.seq_len_kv is None:
+            say("seq_len_kv", "decode needs the cache length: a value or a length distribution")
+        for v in a.seq_len_kv or []:
+            if _is_distribution(v) and v.startswith("list("):
+                say("seq_len_kv", f"{v}: decode takes a cache length or a uniform/lognormal distribution, not a list")
+        if a.mode != ["fwd"]:
+            say("mode", f"decode is forward only (mode: fwd), got {', '.join(a.mode)}")
+        if False in a.causal:
+            say("causal", "decode's new tokens are causal among themselves (causal: true)")
+        layouts = a.kv_layout or ["contiguous"]
+        if "paged" in layouts and a.page_size is None:
+            say("page_size", "kv_layout paged needs page_size (tokens per page)")
+        if "paged" not in layouts and a.page_size is not None:
+            say("page_size", "page_size needs kv_layout: paged")
+    elif w == "varlen" and a.seq_len_kv is not None:
+        say("seq_len_kv", "varlen sequences attend to themselves: give seq_len only")
+    if True in a.causal:
+        for left, right in a.window or []:
+            if right > 0:
+                say("window", f"[{left}, {right}] with causal: true: a causal query sees no key to its right "
+                              "(right must be 0 or -1)")
     return problems
 
 
+def _head_pairs(a: Axes, d: int, bad_gqa: set) -> list[tuple[int, int]]:
+    """(heads, kv_heads) pairs of the grid where heads is a multiple of kv_heads; the others go to bad_gqa."""
+    pairs = []
+    for h in _heads_options(a, d):
+        for h_kv in (a.kv_heads or [h]):
+            if h % h_kv:
+                bad_gqa.add((h, h_kv))
+            else:
+                pairs.append((h, h_kv))
+    return pairs
+
+
+def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
+    """The grid's cases: lengths, then batch (or token budget), then heads, then layout and window."""
+    cases: list[Case] = []
+    for n, d, dtype, causal, mode in itertools.product(a.seq_len, a.head_dim, a.dtype, a.causal, a.mode):
+        heads = _head_pairs(a, d, bad_gqa)
+        windows = a.window or [(-1, -1)]
+        common = dict(head_dim=d, dtype=dtype, causal=causal, mode=mode)
+        if a.workload == "decode":
+            for kv, b, (h, h_kv) in itertools.product(a.seq_len_kv, a.batch, heads):
+                lengths = kv if _is_distribution(kv) else ""
+                capacity = parse_lengths(kv).longest if lengths else kv
+                for layout in a.kv_layout or ["contiguous"]:
+                    for page, (left, right) in itertools.product(a.page_size if layout == "paged" else [0], windows):
+                        cases.append(Case(b, h, h_kv, n, capacity, workload="decode", kv_layout=layout, page_size=page,
+                                          lengths=lengths, window_left=left, window_right=right, **common))
+        elif a.workload == "varlen":
+            for tokens, (h, h_kv), (left, right) in itertools.product(a.tokens, heads, windows):
+                if _is_distribution(n):
+                    longest, batch = parse_lengths(n).longest, len(realise_budget(n, tokens))
+                    cases.append(Case(batch, h, h_kv, longest, longest, workload="varlen", lengths=n,
+                                      total_tokens=tokens, window_left=left, window_right=right, **common))
+                elif tokens >= n:
+                    cases.append(Case(tokens // n, h, h_kv, n, n, workload="varlen", window_left=left,
+                                      window_right=right, **common))
+        else:
+            for n_kv, b, (h, h_kv), (left, right) in itertools.product(a.seq_len_kv or [n], _batch_options(a, n),
+                                                                        heads, windows):
+                cases.append(Case(b, h, h_kv, n, n_kv, window_left=left, window_right=right, **common))
+    return cases
+
+
 def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
-    """Every case of the grid, after include rules (rules without a backend key)."""
-    problems = _check_axes(cfg, source)
+    """Every case of the grids, after include rules (rules without a backend key)."""
+    problems = [p for where, a in cfg.all_axes() for p in _check_axes(a, where, source)]
     if problems:
         raise ConfigError(problems)
-    a = cfg.axes
     cases: list[Case] = []
-    bad_gqa: set[tuple[int, int]] = set()
-    for n, d, dtype, causal, mode in itertools.product(a.seq_len, a.head_dim, a.dtype, a.causal, a.mode):
-        for n_kv in (a.seq_len_kv or [n]):
-            for b in _batch_options(a, n):
-                for h in _heads_options(a, d):
-                    for h_kv in (a.kv_heads or [h]):
-                        if h % h_kv:
-                            bad_gqa.add((h, h_kv))
-                            continue
-                        cases.append(Case(b, h, h_kv, n, n_kv, d, dtype, causal, mode))
-    if a.kv_heads and bad_gqa and not cases:
-        pairs = ", ".join(f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa))
-        raise ConfigError([f"{source}: axes.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
+    for where, a in cfg.all_axes():
+        bad_gqa: set[tuple[int, int]] = set()
+        grid = _grid_cases(a, bad_gqa)
+        if a.kv_heads and bad_gqa and not grid:
+            pairs = ", ".join(f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa))
+            raise ConfigError([f"{source}: {where}.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
+        cases += grid
     case_rules = [r for r in cfg.include if "backend" not in r.keys()]
     if case_rules:
         cases = [c for c in cases if any(r.matches(c) for r in case_rules)]

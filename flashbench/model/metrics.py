@@ -73,6 +73,9 @@ METRICS: tuple[Metric, ...] = (
            interval=("p20–p80", "p20_ms", "p80_ms")),
     Metric("tflops", "tflops", "TFLOP/s", "TFLOP/s", higher_is_better=True, kind="number", timing=True,
            words=("fewer TFLOP/s", "more TFLOP/s"), gate_key="tflops", default_threshold=0.05, floor_key="min_abs_ms"),
+    # the minimum bytes (model/flops.py) per second: what decode, which is memory-bound, is judged by
+    Metric("gbps", "hbm_gbps", "GB/s", "GB/s", higher_is_better=True, kind="number", timing=True,
+           words=("fewer GB/s", "more GB/s")),
     Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", "bytes", higher_is_better=False, kind="bytes", timing=False,
            words=("more memory", "less memory"), gate_key="peak_hbm", default_threshold=0.10,
            floor_key="min_abs_hbm_bytes"),

@@ -2,16 +2,20 @@
 
 ``results.json`` holds the run's metadata and every record (with raw samples);
 ``results.csv`` holds one tidy row per record with the scalar fields (``CSV_COLUMNS``).
-Bump ``SCHEMA_VERSION`` whenever a field changes meaning or is removed.
+Bump ``SCHEMA_VERSION`` whenever a field changes meaning or is removed, and teach :func:`upgrade`
+to read the older version. Version 2 added the workload fields of the case (``workload``,
+``window_left``, ``window_right``, ``kv_layout``, ``page_size``, ``lengths``, ``total_tokens``); a
+version-1 record is a dense case and reads with their defaults.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from .case import CASE_FIELDS, Case, Task
 from .flops import attention_flops, min_hbm_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # what upgrade() reads
 
 # Final states of a record.  "crashed" and "timeout" come from isolated workers.
 STATUSES = ("ok", "skipped", "oom", "error", "mismatch", "crashed", "timeout")
@@ -101,3 +105,18 @@ class Record:
 OUTCOME_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("backend", "case", "samples_ms"))
 RECORD_FIELDS = ("backend", *CASE_FIELDS, *OUTCOME_FIELDS, "samples_ms")
 CSV_COLUMNS = tuple(f for f in RECORD_FIELDS if f != "samples_ms")
+
+
+def upgrade(record: dict, version) -> dict:
+    """A record dict written by ``version`` in the current version's form (ValueError if unreadable).
+
+    Version 1 predates the workload fields: its records are dense cases, so the missing case fields
+    take their defaults (``total_tokens`` is then derived from the shape).
+    """
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"schema_version {version!r} is not supported (this flashbench reads "
+                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))})")
+    if version == 1:
+        defaults = {f.name: f.default for f in fields(Case) if f.default is not MISSING}
+        record = {**defaults, **record}
+    return record

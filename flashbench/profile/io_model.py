@@ -165,8 +165,9 @@ def fa2_traffic(n_q: int, n_k: int, d: int, e: int, m_bytes: int, causal: bool =
 
 
 def io_model(case: Case, m_bytes: int) -> dict[str, Traffic] | None:
-    """The three models for a case, in bytes for all B·H; None for modes with a backward."""
-    if case.mode != "fwd":
+    """The three models for a case, in bytes for all B·H; None for modes with a backward, and for the
+    workloads the models do not describe (decode, varlen, sliding windows)."""
+    if case.mode != "fwd" or case.workload != "dense" or case.has_window:
         return None
     e = dtype_bytes(case.dtype)
     nq, nk, d = case.seq_len_q, case.seq_len_kv, case.head_dim

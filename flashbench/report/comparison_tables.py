@@ -14,7 +14,9 @@ UNCHANGED = ("within noise", "same", "ok", "skipped")
 
 
 def _shape_header(col: str) -> str:
-    return {"seq_len_q": "N", "seq_len_kv": "N kv", "head_dim": "D", "kv_heads": "kv heads"}.get(col, col)
+    return {"seq_len_q": "N", "seq_len_kv": "N kv", "head_dim": "D", "kv_heads": "kv heads", "kv_layout": "cache",
+            "page_size": "page", "total_tokens": "tokens", "window_left": "win left",
+            "window_right": "win right"}.get(col, col)
 
 
 def _shape_cell(col: str, value) -> str:

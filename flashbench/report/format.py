@@ -12,7 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from ..model import metrics
-from ..model.case import CASE_FIELDS
+from ..model.case import CASE_FIELDS, workload_label
 
 FORMATS = ("table", "json", "csv", "markdown")
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "mismatch": "bold magenta", "oom": "yellow",
@@ -74,7 +74,8 @@ def compact_shape(row) -> str:
     kv = f"/{row['kv_heads']}" if row["kv_heads"] != row["heads"] else ""
     n = f"{row['seq_len_q']}" if row["seq_len_q"] == row["seq_len_kv"] else f"{row['seq_len_q']}x{row['seq_len_kv']}"
     return (f"B{row['batch']} H{row['heads']}{kv} N{n} D{row['head_dim']} "
-            f"{DTYPE_SHORT.get(row['dtype'], row['dtype'])}{' causal' if row['causal'] else ''} {row['mode']}")
+            f"{DTYPE_SHORT.get(row['dtype'], row['dtype'])}{' causal' if row['causal'] else ''} {row['mode']}"
+            f"{workload_label(row)}")
 
 
 def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
@@ -166,5 +167,6 @@ def format_frame(df: pd.DataFrame, fmt: str) -> str:
 
 
 SUMMARY_COLUMNS = ["backend", "batch", "heads", "kv_heads", "seq_len_q", "seq_len_kv", "head_dim", "dtype", "causal",
-                   "mode", "status", "median_ms", "p20_ms", "p80_ms", "noise_pct", "host_ms", "launch_bound", "tflops",
+                   "mode", "workload", "window_left", "window_right", "kv_layout", "page_size", "lengths", "total_tokens",
+                   "status", "median_ms", "p20_ms", "p80_ms", "noise_pct", "host_ms", "launch_bound", "tflops", "hbm_gbps",
                    "tflop_per_j", "peak_hbm_bytes", "max_abs_err", "reason"]

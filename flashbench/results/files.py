@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..model.schema import CSV_COLUMNS, SCHEMA_VERSION, Record
+from ..model.schema import CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, upgrade
 
 
 class ResultsError(Exception):
@@ -120,7 +120,7 @@ _CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a results directory or a results.json file."""
+    """Load a results directory or a results.json file (older schema versions are upgraded on reading)."""
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -133,11 +133,12 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(doc, dict) or "records" not in doc:
         raise ResultsError(f"{p}: not a flashbench results file (no 'records')")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ResultsError(f"{p}: schema_version {version!r} is not supported (this flashbench reads {SCHEMA_VERSION})")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ResultsError(f"{p}: schema_version {version!r} is not supported (this flashbench reads "
+                           f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))})")
     try:
-        records = [Record.from_dict(r) for r in doc["records"]]
-    except TypeError as e:
+        records = [Record.from_dict(upgrade(r, version)) for r in doc["records"]]
+    except (TypeError, KeyError, ValueError) as e:
         raise ResultsError(f"{p}: malformed record: {e}") from None
     meta = {k: v for k, v in doc.items() if k != "records"}
     return Run(meta, records)

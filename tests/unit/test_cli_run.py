@@ -20,9 +20,15 @@ def test_run_smoke_writes_results(tmp_path):
     assert r.exit_code == 0, r.output
     run = load_run(out)
     df = run.frame()
-    assert len(df) == 8 * 3  # 8 cases x 3 backends
+    assert len(df) == 11 * 3  # 11 cases (8 dense, a window, a paged decode, a varlen batch) x 3 backends
     assert set(df[df.backend == "sdpa_flash"].status) == {"skipped"}  # CUDA-only on a CPU machine
     assert set(df[df.backend != "sdpa_flash"].status) == {"ok"}
+    # one case of each workload beyond dense, every new column filled
+    kinds = {(r.workload, r.kv_layout, r.page_size, bool(r.lengths), (r.window_left, r.window_right))
+             for r in df[df.backend == "naive"].itertuples()}
+    assert {("decode", "paged", 16, True, (-1, -1)), ("varlen", "contiguous", 0, True, (-1, -1)),
+            ("dense", "contiguous", 0, False, (32, 0))} <= kinds
+    assert (df.total_tokens > 0).all() and df.hbm_gbps[df.status == "ok"].gt(0).all()
     assert run.meta["finished"] is True
     assert any("CPU timings" in w for w in run.meta["warnings"])
     assert run.meta["config"]["sha256"] and "smoke" in run.meta["config"]["text"]
@@ -33,7 +39,7 @@ def test_run_smoke_writes_results(tmp_path):
 def test_run_table_output_names_backends(tmp_path):
     r = invoke("run", "smoke", "--backends", "naive,sdpa", "--out", str(tmp_path / "o"))
     assert r.exit_code == 0
-    assert "naive" in r.output and "vs naive" in r.output and "records (16 ok" in r.output
+    assert "naive" in r.output and "vs naive" in r.output and "records (22 ok" in r.output
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
@@ -42,7 +48,7 @@ def test_run_machine_formats(tmp_path, fmt):
     assert r.exit_code == 0
     if fmt == "json":
         rows = json.loads(r.stdout)
-        assert len(rows) == 8 and rows[0]["backend"] == "naive"
+        assert len(rows) == 11 and rows[0]["backend"] == "naive"
     elif fmt == "csv":
         assert r.stdout.splitlines()[0].startswith("backend,")
     else:
@@ -52,7 +58,7 @@ def test_run_machine_formats(tmp_path, fmt):
 def test_dry_run_counts_and_lists_skips(tmp_path):
     r = invoke("run", "smoke", "--dry-run", "--out", str(tmp_path / "never"))
     assert r.exit_code == 0
-    assert "8 cases" in r.output and "skip sdpa_flash" in r.output and "does not run on cpu" in r.output
+    assert "11 cases" in r.output and "skip sdpa_flash" in r.output and "does not run on cpu" in r.output
     assert not (tmp_path / "never").exists()
 
 

@@ -45,7 +45,7 @@ def test_ray_smoke_sweep_writes_the_same_records_as_local(tmp_path, local_ray):
     r = invoke("run", "smoke", "-b", "naive,sdpa,sdpa_flash", "--devices", "0,1", "--out", b, "--quiet")
     assert r.exit_code == 0, r.output
     ray_run, local_run = load_run(a), load_run(b)
-    assert len(ray_run.records) == 8 * 3 and len({r.task().key() for r in ray_run.records}) == 24
+    assert len(ray_run.records) == 11 * 3 and len({r.task().key() for r in ray_run.records}) == 33
     assert outcome(ray_run) == outcome(local_run)
     assert ray_run.meta["finished"] is True and ray_run.meta["executor"] == "ray"
     assert all(r.device_name for r in ray_run.records if r.status == "ok")
