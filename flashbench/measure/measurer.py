@@ -150,6 +150,5 @@ class Measurer:
             s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
         rec.samples_ms = [round(x, 6) for x in timing.samples_ms]
         rec.timing_method = timing.method
-        rec.tflops = rec.flops / (s.median_ms * 1e-3) / 1e12
-        rec.hbm_gbps = rec.min_hbm_bytes / (s.median_ms * 1e-3) / 1e9
+        rec.set_rates()
         rec.backend_config = backend.config_description()

@@ -1,0 +1,102 @@
+"""Rounds: one row per task holding every round that measured it.
+
+``flashbench run --rounds N`` measures the whole sweep N times, round after round, and
+``flashbench baseline save`` merges several runs of one config: both end with one record per task
+whose rounds are merged here. A merged record keeps every round: ``samples_ms`` holds the samples
+of all rounds one after the other, ``round_samples`` how many each round took and
+``round_medians_ms`` each round's median; ``rounds`` counts them.
+
+Its ``median_ms`` is the median of the round medians, not of the pooled samples. Each round is one
+process on the machine in one state (clocks, placement, allocator, other load), and run-to-run
+variance is what dominates: the round medians are the independent observations. Pooled samples
+would weight rounds by their sample count, which the time budget makes larger for rounds in which
+the machine ran fast, and a median of medians shrugs off one disturbed round out of three. The
+p20/p80, min and mean stay statistics of the pooled samples (the within-run spread).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..measure.stats import percentile, summarize
+from ..model.schema import STATUS_RANK, Record
+
+# rows that carry timings: a later round measures their task again and merges into them
+MEASURED_STATUSES = ("ok", "mismatch")
+
+
+def round_medians(record: Record) -> list[float]:
+    """Each round's median time (a single-round record: its median; no timing: empty)."""
+    if record.round_medians_ms:
+        return list(record.round_medians_ms)
+    return [record.median_ms] if record.median_ms is not None else []
+
+
+def _round_sizes(record: Record) -> list[int]:
+    return list(record.round_samples) if record.round_samples else [len(record.samples_ms)]
+
+
+def median_of(values: list[float]) -> float:
+    return percentile(sorted(values), 50)
+
+
+def rounds_to_go(record: Record | None, rounds: int) -> int:
+    """How many more rounds a task needs for ``rounds`` in all: every round without a row; none
+    once its row is settled without timings (skipped, or failed: a crash is not measured again)."""
+    if record is None:
+        return rounds
+    if record.status not in MEASURED_STATUSES:
+        return 0
+    return max(0, rounds - record.rounds)
+
+
+def _distinct(*texts: str) -> str:
+    parts = [p for t in texts for p in (t or "").split(" | ") if p]
+    return " | ".join(dict.fromkeys(parts))
+
+
+def _worst(a, b):
+    values = [x for x in (a, b) if x is not None]
+    return max(values) if values else None
+
+
+def _sum(a, b):
+    values = [x for x in (a, b) if x is not None]
+    return sum(values) if values else None
+
+
+def merge_rounds(first: Record, later: Record) -> Record:
+    """One record holding ``first``'s rounds, then ``later``'s (the same task).
+
+    A round that was not measured (skipped, or failed: oom, error, crashed, timeout) settles the
+    row: the merged record is that round's, its reason saying which round failed. Otherwise the
+    samples of both are kept, the median is the median of all round medians and the worse
+    status and error figures win (ok then mismatch is mismatch).
+    """
+    if first.task().key() != later.task().key():
+        raise ValueError(f"merge_rounds: records of different tasks ({first.task().key()} and {later.task().key()})")
+    rounds = first.rounds + later.rounds
+    if first.status not in MEASURED_STATUSES:
+        return replace(first, rounds=rounds)
+    if later.status not in MEASURED_STATUSES:
+        done = f"rounds 1–{first.rounds}" if first.rounds > 1 else "round 1"
+        where = f"in round {first.rounds + 1} ({done}: {first.status})"
+        return replace(later, rounds=rounds, reason=f"{where}: {later.reason}" if later.reason else where)
+    worse = later if STATUS_RANK.get(later.status, 3) > STATUS_RANK.get(first.status, 3) else first
+    samples = list(first.samples_ms) + list(later.samples_ms)
+    medians = round_medians(first) + round_medians(later)
+    merged = replace(first, status=worse.status, reason=worse.reason, rounds=rounds, samples_ms=samples,
+                     round_medians_ms=medians, round_samples=_round_sizes(first) + _round_sizes(later),
+                     timing_method=_distinct(first.timing_method, later.timing_method),
+                     backend_config=_distinct(first.backend_config, later.backend_config),
+                     peak_hbm_bytes=_worst(first.peak_hbm_bytes, later.peak_hbm_bytes),
+                     peak_hbm_abs_bytes=_worst(first.peak_hbm_abs_bytes, later.peak_hbm_abs_bytes),
+                     max_abs_err=_worst(first.max_abs_err, later.max_abs_err),
+                     rel_err=_worst(first.rel_err, later.rel_err), wall_s=_sum(first.wall_s, later.wall_s))
+    if samples:
+        s = summarize(samples)
+        merged.p20_ms, merged.p80_ms, merged.min_ms, merged.mean_ms, merged.samples = (
+            s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
+    if medians:
+        merged.median_ms = median_of(medians)
+        merged.set_rates()
+    return merged
