@@ -7,6 +7,7 @@ A file looks like::
       tflops: 0.05         # ... and TFLOP/s drop by 5% before it counts (and only beyond noise)
       peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
       min_abs_ms: 0.03     # a latency change smaller than this is never a regression
+      single_round_margin: 0.9  # one round on each side: run-to-run noise assumed this large
       correctness: true    # ok -> mismatch fails
     noise: {method: both, alpha: 0.01}
     backends:              # per-backend overrides (only the keys given change)
@@ -48,6 +49,9 @@ def _metric_fields(partial: bool) -> dict:
 class _Floors(_Strict):
     min_abs_ms: float = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
     min_abs_hbm_bytes: int = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
+    single_round_margin: float = Field(0.9, ge=0, description="when both runs hold one round per case, the "
+                                       "run-to-run noise is unknown: a timing change counts only past this "
+                                       "relative amount (with rounds, their spread decides instead)")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
 
 
@@ -59,6 +63,7 @@ LIMIT_KEYS = tuple(Limits.model_fields)
 class _Overrides(_Strict):
     min_abs_ms: Optional[float] = Field(None, ge=0)
     min_abs_hbm_bytes: Optional[int] = Field(None, ge=0)
+    single_round_margin: Optional[float] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
     def apply(self, base: Limits) -> Limits:
