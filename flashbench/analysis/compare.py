@@ -16,7 +16,7 @@ import pandas as pd
 from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
 from .noise import DEFAULT_ALPHA, CaseNoise, NoiseMethod, beyond_noise, run_to_run
-from ..results.files import Run, load_run
+from ..results.files import Run, gpu_model, load_run
 from ..results.rounds import round_medians
 from ..model.schema import SCHEMA_VERSION
 
@@ -91,11 +91,6 @@ class EnvDifference:
 
     def message(self) -> str:
         return f"{self.what} differs: {self.old!s} (old) vs {self.new!s} (new)"
-
-
-def gpu_model(meta: dict) -> str:
-    env = meta.get("environment") or {}
-    return env.get("gpu_name") or env.get("device") or "unknown"
 
 
 def environment_differences(old: dict, new: dict) -> list[EnvDifference]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..model.config import LoadedConfig, parse_config
 from ..model.yaml_input import ConfigError
 from ..results.files import Run, load_run
-from ..results.rounds import rounds_to_go
+from ..results.rounds import rounds_to_go, run_rounds
 from ..model.schema import Record
 from .plan import Plan
 
@@ -49,7 +49,7 @@ class Resume:
     @property
     def rounds(self) -> int:
         """The rounds the interrupted sweep was asked for (1 for a directory from before rounds)."""
-        return int(self.run.meta.get("rounds") or 1)
+        return run_rounds(self.run.meta)
 
     def done_keys(self, rounds: int = 1) -> set[tuple]:
         """Tasks whose rows need no more rounds."""

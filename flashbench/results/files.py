@@ -58,6 +58,12 @@ class Run:
         return records_frame(self.records)
 
 
+def gpu_model(meta: dict) -> str:
+    """The GPU model a run's metadata names ("cpu" for CPU runs): runs of different models never compare."""
+    env = meta.get("environment") or {}
+    return env.get("gpu_name") or env.get("device") or "unknown"
+
+
 def records_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame([r.row() for r in records], columns=list(CSV_COLUMNS))
 

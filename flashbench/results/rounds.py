@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from ..measure.stats import percentile, summarize
 from ..model.schema import STATUS_RANK, Record
+from .files import ResultsError, Run, gpu_model
 
 # rows that carry timings: a later round measures their task again and merges into them
 MEASURED_STATUSES = ("ok", "mismatch")
@@ -100,3 +101,58 @@ def merge_rounds(first: Record, later: Record) -> Record:
         merged.median_ms = median_of(medians)
         merged.set_rates()
     return merged
+
+
+def run_rounds(meta: dict) -> int:
+    """The rounds a run was asked for (1 for results from before rounds)."""
+    return int(meta.get("rounds") or 1)
+
+
+def _warnings(run: Run) -> list[str]:
+    return list(run.meta.get("warnings") or [])
+
+
+# environment entries that may differ between the runs of one baseline, with a warning
+_SOFT_ENVIRONMENT = ("driver_version", "cuda", "torch", "triton")
+
+
+def merge_runs(runs: list[Run], labels: list[str]) -> Run:
+    """Several runs of one config on one GPU model as one run whose rows hold all their rounds.
+
+    Raises ResultsError when they cannot be rounds of one baseline: another config (sha256),
+    another backend selection or another GPU model; a driver or software difference is recorded
+    as a warning.
+    """
+    if len(runs) != len(labels) or not runs:
+        raise ValueError("merge_runs: one label per run, at least one run")
+    first, problems, warnings = runs[0].meta, [], _warnings(runs[0])
+    for run, label in zip(runs[1:], labels[1:]):
+        m = run.meta
+        if (m.get("config") or {}).get("sha256") != (first.get("config") or {}).get("sha256"):
+            problems.append(f"{label}: written by config {(m.get('config') or {}).get('path')}, {labels[0]} by "
+                            f"{(first.get('config') or {}).get('path')} (another sha256): a baseline's runs must "
+                            "come from one config file, unchanged")
+        if sorted(m.get("backends") or []) != sorted(first.get("backends") or []):
+            problems.append(f"{label}: backends {','.join(m.get('backends') or [])}, {labels[0]}: "
+                            f"{','.join(first.get('backends') or [])}: a baseline's runs must measure the same backends")
+        if gpu_model(m) != gpu_model(first):
+            problems.append(f"{label}: measured on {gpu_model(m)}, {labels[0]} on {gpu_model(first)}: "
+                            "a baseline's runs must come from one GPU model")
+        env, env0 = m.get("environment") or {}, first.get("environment") or {}
+        warnings += [f"{label}: {k} {env.get(k)} (the first run: {env0.get(k)})"
+                     for k in _SOFT_ENVIRONMENT if env.get(k) != env0.get(k)]
+        warnings += _warnings(run)
+    if problems:
+        raise ResultsError("\n".join(problems))
+    rows: dict[tuple, Record] = {}
+    for run in runs:
+        for r in run.records:
+            key = r.task().key()
+            rows[key] = merge_rounds(rows[key], r) if key in rows else r
+    meta = dict(first, rounds=sum(run_rounds(r.meta) for r in runs),
+                finished=all(r.meta.get("finished") is not False for r in runs), warnings=warnings,
+                merged_runs=[{"path": label, "created_utc": r.meta.get("created_utc"), "rounds": run_rounds(r.meta),
+                              "finished": r.meta.get("finished"),
+                              "git_commit": (r.meta.get("environment") or {}).get("git_commit")}
+                             for r, label in zip(runs, labels)])
+    return Run({k: v for k, v in meta.items() if k != "schema_version"}, list(rows.values()))
