@@ -54,3 +54,20 @@ def record(backend: str, c: Case, median_ms: float = 1.0, spread: float = 0.01, 
 def write_run(directory: Path, records: list[Record], **meta_kw) -> Path:
     ResultsWriter(directory, meta(**meta_kw), records)
     return directory
+
+
+def slower_copy(source: Path, directory: Path, factor: float) -> Path:
+    """A copy of a results directory whose every timing is ``factor`` times longer (rates follow)."""
+    from flashbench.results.files import load_run
+
+    run = load_run(source)
+    for r in run.records:
+        if r.median_ms is None:
+            continue
+        for f in ("median_ms", "p20_ms", "p80_ms", "min_ms", "mean_ms"):
+            setattr(r, f, getattr(r, f) * factor)
+        r.samples_ms = [x * factor for x in r.samples_ms]
+        r.round_medians_ms = [x * factor for x in r.round_medians_ms]
+        r.set_rates()
+    ResultsWriter(directory, {k: v for k, v in run.meta.items() if k != "schema_version"}, run.records)
+    return directory
