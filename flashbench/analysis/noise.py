@@ -157,21 +157,24 @@ def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin:
     """The between-run test on the round medians of one case (lower is better: times).
 
     A side with two rounds or more brings its range [min, max] and its spread (max − min) / median.
-    The new median must lie outside the old rounds' range, widened by the new rounds' spread:
-    slower when ``median_new > max_old × (1 + spread_new)``, faster when
-    ``median_new × (1 + spread_new) < min_old``. A side with one round has no range (its median
-    stands in) and no spread: the other side's spread stands in, and when neither side has rounds
-    ``margin`` does (None: the between-run part is not tested and passes).
+    The new median must lie outside the old rounds' range, widened by the larger spread of the two
+    sides (the run-to-run noise of both): slower when ``median_new > max_old × (1 + spread)``,
+    faster when ``median_new × (1 + spread) < min_old``. A side with one round has no range (its
+    median stands in) and no spread: the other side's spread stands in, and when neither side has
+    rounds ``margin`` does (None: the between-run part is not tested and passes).
+
+    Three rounds a side call about 1% of unchanged cases slower by this test alone (normal round
+    medians, simulated); two rounds, about 7%; the threshold and the within-run tests come on top.
     """
     old = [x for x in old_rounds if x is not None and math.isfinite(x)]
     new = [x for x in new_rounds if x is not None and math.isfinite(x)]
     if not old or not new:
         return RunToRun(False, "none", math.nan, math.nan)
     med_old, med_new = median_of(old), median_of(new)
-    spread = _spread(new)
-    basis = "rounds" if spread is not None and len(old) > 1 else "current rounds"
-    if spread is None:
-        spread, basis = _spread(old), "baseline rounds"
+    spreads = {"baseline rounds": _spread(old), "current rounds": _spread(new)}
+    known = [x for x in spreads.values() if x is not None]
+    spread = max(known) if known else None
+    basis = "rounds" if len(known) == 2 else next((k for k, x in spreads.items() if x is not None), "")
     if spread is None:
         if margin is None:
             return RunToRun(True, "none", math.nan, math.nan)

@@ -56,7 +56,7 @@ def test_noisy_but_unchanged_rounds_pass_and_a_shift_fails(tmp_path):
     r = check(same, "--baseline", base)
     assert r.exit_code == 0, r.output
     assert "8 cases compared (3 rounds each)" in r.stdout and "within-run only" not in r.stdout
-    shifted = sweep(tmp_path / "shifted", 2, scale=1.6, rounds=3, drift=0.15)
+    shifted = sweep(tmp_path / "shifted", 2, scale=2.0, rounds=3, drift=0.15)
     r = check(shifted, "--baseline", base, "--format", "json")
     assert r.exit_code == 1, r.output
     rows = [x for x in json.loads(r.stdout) if x["metric"] == "latency"]
