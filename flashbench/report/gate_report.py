@@ -35,6 +35,11 @@ def _span(values: set[int]) -> str:
     return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
 
 
+def _margins(report) -> str:
+    """The single-round margins that stood in for run-to-run noise: "90%" ("" when none did)."""
+    return "/".join(f"{m * 100:.0f}%" for m in report.single_round_margins)
+
+
 def rounds_text(report) -> str:
     """"3 rounds each", "baseline 3 rounds, current 1", and when a margin stood in for run-to-run
     noise, that the noise estimate is within-run only."""
@@ -47,9 +52,8 @@ def rounds_text(report) -> str:
         text = f"{n} round{'' if n == 1 else 's'} each"
     else:
         text = f"baseline {_span(old)} rounds, current {_span(new)}"
-    margins = report.single_round_margins
-    if margins:
-        text += f"; noise within-run only, single-round margin {'/'.join(f'{m * 100:.0f}%' for m in margins)}"
+    if _margins(report):
+        text += f"; noise within-run only, single-round margin {_margins(report)}"
     return text
 
 
@@ -100,11 +104,11 @@ def gate_markdown(report) -> str:
         lines.append(f"> ⚠️ **{d.message()}**" if d.loud else f"> note: {d.message()}")
     for w in report.warnings:
         lines.append(f"> ⚠️ {w}")
-    margins = report.single_round_margins
+    margins = _margins(report)
     if margins:
         lines.append(f"> note: one round per case on both sides, so the noise estimate is within-run only: a timing "
-                     f"change counts only past the single-round margin ({'/'.join(f'{m * 100:.0f}%' for m in margins)}"
-                     f", `single_round_margin` in the thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
+                     f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
+                     f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
                      f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
     if report.differences or report.warnings or margins:
         lines.append("")

@@ -45,7 +45,6 @@ def test_four_unchanged_runs_pass_and_a_twice_slower_run_fails(tmp_path, fake_pl
     assert "FAIL: 4 cases compared" in r.output and "4 regressed" in r.output and "slower" in r.output
 
 
-@pytest.mark.slow
 def test_a_twice_slower_copy_of_a_smoke_run_fails(tmp_path):
     assert load_thresholds(None)[0].defaults.single_round_margin < 1
     run = _run("smoke", tmp_path / "smoke", "-b", "naive,sdpa")
