@@ -15,8 +15,9 @@ import pandas as pd
 
 from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
-from .noise import DEFAULT_ALPHA, NoiseMethod, NoiseVerdict, beyond_noise
-from ..results.files import Run, load_run
+from .noise import DEFAULT_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, beyond_noise, run_to_run
+from ..results.files import Run, gpu_model, load_run
+from ..results.rounds import round_medians
 from ..model.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 
@@ -48,9 +49,11 @@ def load_for_comparison(path: str | Path) -> Run:
 
 
 def run_frame(run: Run) -> pd.DataFrame:
-    """The run's records (last one wins per case key) with their raw samples in ``samples_ms``."""
+    """The run's records (last one wins per case key) with their raw samples in ``samples_ms`` and
+    their rounds' medians in ``round_medians_ms``."""
     df = run.frame()
     df["samples_ms"] = [list(r.samples_ms or []) for r in run.records]
+    df["round_medians_ms"] = [round_medians(r) for r in run.records]
     return df.drop_duplicates(subset=list(TASK_KEY_FIELDS), keep="last").reset_index(drop=True)
 
 
@@ -61,12 +64,16 @@ def join_runs(old: Run, new: Run) -> pd.DataFrame:
                                 indicator=True)
 
 
-def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALPHA) -> NoiseVerdict:
-    """Is the timing change of one joined row (:func:`join_runs`) beyond noise? The raw samples
-    decide; the recorded interval stands in where a run kept none."""
+def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALPHA,
+                   single_round_margin: float | None = None) -> CaseNoise:
+    """Is the timing change of one joined row (:func:`join_runs`) beyond noise? Within the runs the
+    raw samples decide (the recorded interval stands in where a run kept none); between the runs
+    the rounds' medians, or ``single_round_margin`` when both sides hold one round (None: only the
+    within-run part decides then)."""
     _, lo, hi = LATENCY.interval
-    return beyond_noise(row["samples_ms_old"], row["samples_ms_new"], method, alpha,
-                        (row[f"{lo}_old"], row[f"{hi}_old"]), (row[f"{lo}_new"], row[f"{hi}_new"]))
+    within = beyond_noise(row["samples_ms_old"], row["samples_ms_new"], method, alpha,
+                          (row[f"{lo}_old"], row[f"{hi}_old"]), (row[f"{lo}_new"], row[f"{hi}_new"]))
+    return CaseNoise(within, run_to_run(row["round_medians_ms_old"], row["round_medians_ms_new"], single_round_margin))
 
 
 # --- environments ---------------------------------------------------------------------------
@@ -85,11 +92,6 @@ class EnvDifference:
 
     def message(self) -> str:
         return f"{self.what} differs: {self.old!s} (old) vs {self.new!s} (new)"
-
-
-def gpu_model(meta: dict) -> str:
-    env = meta.get("environment") or {}
-    return env.get("gpu_name") or env.get("device") or "unknown"
 
 
 def environment_differences(old: dict, new: dict) -> list[EnvDifference]:

@@ -6,6 +6,11 @@ its threshold AND, for timing metrics, beyond noise (changes under the metric's 
 from the current run is reported, and fails with ``require_all``. Pure: runs in, a
 :class:`GateReport` out; :mod:`flashbench.report.gate_report` renders it (markdown, JUnit XML, a
 DataFrame).
+
+Beyond noise means beyond both kinds (:func:`flashbench.analysis.compare.timing_verdict`): the
+within-run tests on the samples (p20–p80 intervals, rank test) and the run-to-run noise, which
+the rounds each side holds measure (their medians' range and spread); when both sides hold a
+single round it is unknown, and the thresholds' ``single_round_margin`` stands in for it.
 """
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ import pandas as pd
 
 from ..model.case import Case
 from ..model.metrics import LATENCY, Metric, gated_metrics
+from .noise import RunToRun
 from .compare import EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, timing_verdict
 from ..results.files import Run
 from ..model.schema import STATUS_RANK
-from .thresholds import Limits, Thresholds
+from .thresholds import Limits, Thresholds, single_round_margin
 
 # outcomes, worst first
 OUTCOMES = ("status", "regression", "missing", "improved", "new", "pass")
@@ -39,6 +45,7 @@ class MetricCheck:
     ignored: str = ""           # why a change past the threshold did not count: "floor" | "noise" | ""
     floor_change: float = 0.0   # the absolute change held against the floor (ms for timing metrics)
     floor: float = 0.0          # the floor (the limit named by metric.floor_key)
+    between: RunToRun | None = None  # the run-to-run part of the noise test (timing metrics)
 
     def words(self) -> str:
         """"9.8% slower", "3.2% fewer TFLOP/s", "12.0% more memory"; factors from 2x on ("418.49x slower")."""
@@ -65,6 +72,7 @@ class CaseResult:
     new_status: str | None
     checks: list[MetricCheck] = field(default_factory=list)
     message: str = ""
+    rounds: tuple[int, int] | None = None   # rounds each side holds (baseline, current), for measured cases
 
     @property
     def backend(self) -> str:
@@ -83,6 +91,26 @@ class GateReport:
 
     def count(self, outcome: str) -> int:
         return sum(c.outcome == outcome for c in self.cases)
+
+    def per_backend(self, outcome: str) -> dict[str, int]:
+        """Cases with this outcome per backend, in order of appearance ("missing": only in the
+        baseline; "new": only in the current run)."""
+        counts: dict[str, int] = {}
+        for c in self.cases:
+            if c.outcome == outcome:
+                counts[c.backend] = counts.get(c.backend, 0) + 1
+        return counts
+
+    @property
+    def compared(self) -> list[CaseResult]:
+        """The cases present in both runs."""
+        return [c for c in self.cases if c.outcome not in ("missing", "new")]
+
+    @property
+    def single_round_margins(self) -> list[float]:
+        """The margins that stood in for unknown run-to-run noise (cases with one round on each side)."""
+        return sorted({m.between.spread for c in self.cases for m in c.checks
+                       if m.between is not None and m.between.basis == "margin"})
 
     @property
     def failures(self) -> list[CaseResult]:
@@ -106,6 +134,11 @@ def _values(r, column: str) -> tuple[float, float] | None:
     return (float(old), float(new)) if _finite(old) and _finite(new) else None
 
 
+def _rounds(value) -> int:
+    """A row's rounds (files from before rounds hold one)."""
+    return int(value) if _finite(value) else 1
+
+
 def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
     """One gated metric of one case measured ok in both runs; None when it is not checked."""
     threshold = getattr(limits, m.gate_key)
@@ -120,15 +153,16 @@ def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
         if times is None or times[0] <= 0 or old <= 0:
             return None
         real, noise, floor_change = verdict.beyond_noise, verdict.describe(), abs(times[1] - times[0])
+        between = verdict.between
     else:
-        real, noise, floor_change = True, "exact", abs(new - old)
+        real, noise, floor_change, between = True, "exact", abs(new - old), None
     change = new / old - 1 if old > 0 else (math.inf if new > 0 else 0.0)
     past = m.worse_by(change) > threshold
     better = m.worse_by(change) < -threshold
     tiny = floor_change < floor
     ignored = "floor" if (past or better) and tiny else ("noise" if (past or better) and not real else "")
     return MetricCheck(m, old, new, change, threshold, real if m.timing else None, noise,
-                       past and real and not tiny, better and real and not tiny, ignored, floor_change, floor)
+                       past and real and not tiny, better and real and not tiny, ignored, floor_change, floor, between)
 
 
 def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None, require_all: bool = False,
@@ -146,6 +180,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
     if current.meta.get("finished") is False:
         warnings.append(f"{current_label}: the run did not finish (interrupted?): missing cases are expected")
     joined = join_runs(baseline, current)
+    device = (current.meta.get("environment") or {}).get("device")  # "cpu" or a CUDA device
     metrics = gated_metrics()
     cases = []
     for _, r in joined.iterrows():
@@ -171,17 +206,21 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             msg = "" if so == sn == "skipped" else (f"not compared: {so} → {sn}" if so != sn else f"not compared: {sn}")
             cases.append(CaseResult(key, "pass", False, so, sn, message=msg))
             continue
-        verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha)
+        verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha,
+                                 single_round_margin(limits, device))
         checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
+        rounds = (_rounds(r["rounds_old"]), _rounds(r["rounds_new"]))
         if regressed:
             cases.append(CaseResult(key, "regression", True, so, sn, checks,
-                                    "; ".join(f"{m.words()} (threshold {m.threshold * 100:.0f}%)" for m in regressed)))
+                                    "; ".join(f"{m.words()} (threshold {m.threshold * 100:.0f}%)" for m in regressed),
+                                    rounds))
         elif improved:
-            cases.append(CaseResult(key, "improved", False, so, sn, checks, "; ".join(m.words() for m in improved)))
+            cases.append(CaseResult(key, "improved", False, so, sn, checks, "; ".join(m.words() for m in improved),
+                                    rounds))
         else:
-            cases.append(CaseResult(key, "pass", False, so, sn, checks))
+            cases.append(CaseResult(key, "pass", False, so, sn, checks, rounds=rounds))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
                       warnings, require_all, thresholds_source)
 

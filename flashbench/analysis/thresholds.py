@@ -7,6 +7,8 @@ A file looks like::
       tflops: 0.05         # ... and TFLOP/s drop by 5% before it counts (and only beyond noise)
       peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
       min_abs_ms: 0.03     # a latency change smaller than this is never a regression
+      single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large
+      single_round_margin_cpu: 0.9  # the same for CPU runs
       correctness: true    # ok -> mismatch fails
     noise: {method: both, alpha: 0.01}
     backends:              # per-backend overrides (only the keys given change)
@@ -48,6 +50,11 @@ def _metric_fields(partial: bool) -> dict:
 class _Floors(_Strict):
     min_abs_ms: float = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
     min_abs_hbm_bytes: int = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
+    single_round_margin: float = Field(0.10, ge=0, description="GPU runs: when both runs hold one round per case, "
+                                       "the run-to-run noise is unknown: a timing change counts only past this "
+                                       "relative amount (with rounds, their spread decides instead)")
+    single_round_margin_cpu: float = Field(0.9, ge=0, description="the same for CPU runs, whose run-to-run "
+                                           "noise (other processes, preemption) is far larger than a GPU's")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
 
 
@@ -59,6 +66,8 @@ LIMIT_KEYS = tuple(Limits.model_fields)
 class _Overrides(_Strict):
     min_abs_ms: Optional[float] = Field(None, ge=0)
     min_abs_hbm_bytes: Optional[int] = Field(None, ge=0)
+    single_round_margin: Optional[float] = Field(None, ge=0)
+    single_round_margin_cpu: Optional[float] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
     def apply(self, base: Limits) -> Limits:
@@ -135,3 +144,8 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{p}: cannot read: {e}"]) from None
     return parse_thresholds(text, str(p)), str(p)
+
+
+def single_round_margin(limits, device: str | None) -> float:
+    """The margin standing in for unknown run-to-run noise, for runs measured on ``device``."""
+    return limits.single_round_margin_cpu if device == "cpu" else limits.single_round_margin

@@ -79,16 +79,22 @@ def check(
 
 @baseline_app.command("save")
 def baseline_save(
-    result: Path = typer.Argument(..., help="results directory (or results.json) to keep as a baseline"),
+    results: list[Path] = typer.Argument(..., help="results directory (or results.json) to keep as a baseline; "
+                                                   "several runs of one config on one GPU model are merged as "
+                                                   "rounds of one baseline", show_default=False),
     name: str = typer.Argument(..., help="baseline name, e.g. 'default' or 'main'"),
     root: Path = typer.Option(Path("results/baselines"), "--root", help="baselines root directory"),
     force: bool = typer.Option(False, "--force", help="replace an existing baseline of that name"),
 ) -> None:
-    """Copy RESULT's results.json and results.csv to <root>/<gpu-slug>/NAME/ (gpu slug e.g. h100, cpu)."""
+    """Copy RESULT's results.json and results.csv to <root>/<gpu-slug>/NAME/ (gpu slug e.g. h100, cpu).
+
+    With several RESULTS (same config, backends and GPU model, else exit 2), each task's rows are
+    merged as rounds of one row, so `flashbench check` measures the baseline's run-to-run noise.
+    """
     from ..results.baselines import save_baseline
 
     with user_errors():
-        dest = save_baseline(result, name, root, force)
+        dest = save_baseline(results, name, root, force)
     out.print(f"baseline saved: {dest}", highlight=False)
     err.print(f"[dim]gate against it: flashbench check RESULT --baseline {dest}[/]", highlight=False)
 

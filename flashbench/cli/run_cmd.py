@@ -3,7 +3,8 @@
 Measurements run in isolated worker processes by default (``--executor local``: one worker per
 device, ``--devices all|0,1,3`` to shard cases over several GPUs); ``--executor inprocess`` keeps
 everything in this process (debugging); ``--executor ray`` runs cases as Ray tasks on a cluster.
-``--resume DIR`` finishes an interrupted sweep in place.
+``--resume DIR`` finishes an interrupted sweep in place. ``--rounds N`` measures the whole sweep N
+times, interleaved, each round in fresh workers (``--executor inprocess``: rounds share this process).
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def _print_dry_run(sweep) -> None:
     p = sweep.plan
     cases = {t.case for t in p.runnable} | {r.case for r in p.skipped}
     done = f" ({sweep.already_done} already in the results directory)" if sweep.already_done else ""
+    rounds = f" in {sweep.rounds} rounds ({sweep.measurements - len(p.skipped)} measurements)" if sweep.rounds > 1 else ""
     out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
-              f"{len(p.runnable)} to run, {len(p.skipped)} skipped")
+              f"{len(p.runnable)} to run{rounds}, {len(p.skipped)} skipped")
 
 
 def _print_skips(sweep) -> None:
@@ -146,6 +148,10 @@ def run(
                                               help="time CUDA-graph replays of each call, or not (default: the config's "
                                                    "timing.cuda_graph); the L2 is flushed before each replay unless "
                                                    "timing.flush_l2 is false"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="measure the whole sweep N times, interleaved (round 1 "
+                                         "of every task, then round 2, ...), each round in fresh worker processes; "
+                                         "one row per task keeps every round (default: the config's `rounds`, 1; "
+                                         "3 recommended for baselines)"),
     precompile: bool = typer.Option(True, "--precompile/--no-precompile",
                                     help="compile the Triton kernels of the sweep in parallel processes before measuring "
                                          "(local and inprocess executors)"),
@@ -164,7 +170,7 @@ def run(
     request = SweepRequest(
         config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
-        precompile=precompile, cuda_graph=cuda_graph,
+        precompile=precompile, cuda_graph=cuda_graph, rounds=rounds,
         ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
                        group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():
@@ -192,7 +198,7 @@ def run(
     except OSError as e:
         fail(f"--out: cannot write results to {sweep.directory}: {e}")
     show_progress = not quiet and sys.stderr.isatty()
-    progress = SweepProgress(p.total, show_progress)
+    progress = SweepProgress(sweep.measurements, show_progress)
 
     def compiling(n: int):
         if quiet or not sys.stderr.isatty():

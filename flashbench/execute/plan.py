@@ -63,7 +63,7 @@ def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Rec
     for t in tasks:
         why = backends.get(t.backend).unsupported_reason(t.case, kind)
         if why:
-            skipped.append(Record.for_task(t, status="skipped", reason=why))
+            skipped.append(Record.for_task(t, status="skipped", reason=why, rounds=0))
         else:
             runnable.append(t)
     return runnable, skipped

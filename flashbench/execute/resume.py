@@ -6,6 +6,11 @@ loads it, checks that it was written by the same config (same sha256 of the file
 same backend selection, skips every task (case × backend) that already has a row, runs the rest
 and appends their rows to the same directory: each task ends with exactly one row.
 
+With rounds (``--rounds N``), a sweep interrupted in round k holds one row per task measured so far,
+with the rounds it finished. Resuming runs, round after round, only the rounds each task still lacks
+and merges them into its row; a task whose row is settled (skipped, or failed in some round) is not
+measured again. The rounds asked for are the directory's unless ``--rounds`` asks for more.
+
 With ``retry_failed`` the ``crashed``, ``timeout`` and ``error`` rows are dropped and measured
 again (their new rows replace them), e.g. after a lost Ray node or a fixed driver.
 """
@@ -19,6 +24,7 @@ from pathlib import Path
 from ..model.config import LoadedConfig, parse_config
 from ..model.yaml_input import ConfigError
 from ..results.files import Run, load_run
+from ..results.rounds import rounds_to_go, run_rounds
 from ..model.schema import Record
 from .plan import Plan
 
@@ -41,8 +47,13 @@ class Resume:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def done_keys(self) -> set[tuple]:
-        return {r.task().key() for r in self.kept}
+    def rounds(self) -> int:
+        """The rounds the interrupted sweep was asked for (1 for a directory from before rounds)."""
+        return run_rounds(self.run.meta)
+
+    def done_keys(self, rounds: int = 1) -> set[tuple]:
+        """Tasks whose rows need no more rounds."""
+        return {r.task().key() for r in self.kept if not rounds_to_go(r, rounds)}
 
 
 def _old_backends(run: Run, directory) -> list[str]:
@@ -82,12 +93,22 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
     return Resume(directory, run, kept, dropped)
 
 
-def apply_resume(p: Plan, resume: Resume) -> Plan:
-    """The plan minus the tasks that already have a row in the directory."""
+def resumed_rounds(resume: Resume, requested: int | None) -> int:
+    """The rounds a resumed sweep ends with: the directory's, or more when ``--rounds`` asks for more."""
+    if requested is None:
+        return resume.rounds
+    if requested < resume.rounds:
+        raise ResumeError(f"--rounds {requested}: {resume.directory} was run with {resume.rounds} rounds: resume "
+                          f"with at least as many (leave out --rounds to finish its {resume.rounds})")
+    return requested
+
+
+def apply_resume(p: Plan, resume: Resume, rounds: int = 1) -> Plan:
+    """The plan minus the tasks whose rows in the directory need no more rounds."""
     env = resume.run.meta.get("environment") or {}
     if env.get("device") and env.get("device") != p.device:
         resume.warnings.append(f"resuming a {env.get('device')} run on {p.device}: rows will come from both")
-    return p.without(resume.done_keys)
+    return p.without(resume.done_keys(rounds))
 
 
 def resumed_meta(resume: Resume, full_total: int, remaining: int, executor: str | None = None) -> dict:

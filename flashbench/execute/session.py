@@ -23,10 +23,11 @@ from ..model.config import load_config, with_timing
 from ..model.schema import Record
 from ..model.yaml_input import ConfigError
 from ..results.files import ResultsWriter
+from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
 from .plan import Plan, measure_settings, plan
-from .resume import Resume, apply_resume, open_resume, resumed_meta
+from .resume import Resume, apply_resume, open_resume, resumed_meta, resumed_rounds
 
 RecordFn = Callable[[Record], None]
 ActivityFn = Callable[[str, str], None]
@@ -60,6 +61,7 @@ class SweepRequest:
     retry_failed: bool = False
     precompile: bool = True
     cuda_graph: bool | None = None       # overrides the config's timing.cuda_graph
+    rounds: int | None = None            # whole-sweep repetitions; None: the config's (on --resume: the directory's)
     ray: RayOptions = field(default_factory=RayOptions)
 
 
@@ -85,6 +87,8 @@ def _check_options(req: SweepRequest) -> None:
         problems.append("--retry-failed needs --resume DIR")
     if req.resume is not None and req.out_dir is not None and Path(req.out_dir).resolve() != Path(req.resume).resolve():
         problems.append("--resume DIR writes into DIR: leave out --out (or give the same directory)")
+    if req.rounds is not None and req.rounds < 1:
+        problems.append(f"--rounds: {req.rounds} is not a number of rounds (1 or more)")
     if problems:
         raise ConfigError(problems)
 
@@ -99,11 +103,18 @@ class Sweep:
     directory: Path
     slots: list[DeviceSpec] | None   # local executor's worker slots
     resume: Resume | None = None
+    rounds: int = 1                  # the sweep is measured this many times, round after round
     writer: ResultsWriter | None = None
 
     @property
     def already_done(self) -> int:
         return self.full_total - self.plan.total
+
+    @property
+    def measurements(self) -> int:
+        """Records still to come: the skipped rows, and each runnable task once per round it lacks."""
+        rows = {r.task().key(): r for r in self.resume.kept} if self.resume else {}
+        return len(self.plan.skipped) + sum(rounds_to_go(rows.get(t.key()), self.rounds) for t in self.plan.runnable)
 
     def resume_hint(self) -> str:
         b = f" -b {','.join(self.request.backends)}" if self.request.backends else ""
@@ -115,6 +126,7 @@ class Sweep:
             meta = resumed_meta(self.resume, self.full_total, self.plan.total, self.request.executor)
         else:
             meta = run_metadata(self.plan, self.request.backends, self.request.executor)
+        meta["rounds"] = self.rounds
         self.writer = ResultsWriter(self.directory, meta, records=self.resume.kept if self.resume else None)
         return self.writer
 
@@ -153,7 +165,7 @@ class Sweep:
         from .ray_executor import RayUnavailable
 
         try:
-            return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record)
+            return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record, self.rounds)
         except (WorkerStartError, RayUnavailable) as e:
             raise EnvironmentProblem(str(e)) from None
 
@@ -183,11 +195,13 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
                 raise EnvironmentProblem(str(e)) from None
             raise ConfigError([str(e)]) from None
     full_total = p.total
+    rounds = req.rounds or loaded.config.rounds
     if state is not None:
-        p = apply_resume(p, state)
+        rounds = resumed_rounds(state, req.rounds)
+        p = apply_resume(p, state, rounds)
     directory = Path(req.resume) if req.resume is not None else (
         req.out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem))
-    return Sweep(req, p, full_total, directory, slots, state)
+    return Sweep(req, p, full_total, directory, slots, state, rounds=rounds)
 
 
 def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str | None = None) -> dict:
@@ -205,20 +219,32 @@ def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str 
     }
 
 
-def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: RecordFn | None = None) -> list[Record]:
-    """Run a plan, writing every record as it arrives. Returns the records of this call."""
+def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: RecordFn | None = None,
+              rounds: int = 1) -> list[Record]:
+    """Run a plan, writing every record as it arrives; returns the rows this call wrote or merged into.
+
+    With ``rounds`` > 1 the whole plan is measured again and again, interleaved (round 1 of every
+    task, then round 2, ...), so slow drifts of the machine spread over all cases, each round
+    through a fresh ``executor.run`` (the local executor starts new worker processes for it). Each
+    round's record is merged into the task's row (:func:`~flashbench.results.rounds.merge_rounds`),
+    which the files hold after every round: an interrupted sweep keeps one row per task with the
+    rounds it finished, and ``--resume`` runs only the rounds still missing.
+    """
     # GPUs whose state (clocks, throttling) is recorded: the executor's, none for a remote cluster
     indices = [i if i is not None else 0 for i in executor.device_indices]
     on_cuda = p.device.startswith("cuda") and bool(indices)
     before = gpu_state(indices[0]) if on_cuda else {}
     extra_before = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
     writer.update_meta(gpu_state_before=before, **({"gpu_states_before": extra_before} if extra_before else {}))
-    done: list[Record] = []
+    done: dict[tuple, Record] = {}
 
     def emit(records: Iterable[Record]):
         for r in records:
-            writer.add(r)
-            done.append(r)
+            earlier = writer.row(r.task().key())
+            if earlier is not None:
+                r = merge_rounds(earlier, r)
+            writer.put(r)
+            done[r.task().key()] = r
             if on_record:
                 on_record(r)
 
@@ -226,14 +252,13 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     monitor = GpuMonitor(indices[0]) if on_cuda else None
     # processes on the GPU before the sweep, plus the one that measures (a worker or this process)
     expected = ((compute_processes(indices[0]) or 0) + 1) if on_cuda else 0
-    records = executor.run(p.runnable)
     try:
         with monitor if monitor else contextlib.nullcontext():
-            emit(records)
-    finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected
-        close = getattr(records, "close", None)
-        if close:
-            close()
+            for n in range(1, rounds + 1):
+                tasks = [t for t in p.runnable if rounds_to_go(writer.row(t.key()), n)]
+                if tasks:
+                    _run_round(executor, tasks, emit)
+    finally:
         if executor.identities:
             writer.update_meta(devices={k: dict(v) for k, v in executor.identities.items()})
         if monitor:
@@ -248,4 +273,14 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     if extra_after:
         writer.update_meta(gpu_states_after=extra_after)
     writer.update_meta(gpu_state_after=after, finished=True, warnings=writer.meta.get("warnings", []) + warnings)
-    return done
+    return list(done.values())
+
+
+def _run_round(executor: Executor, tasks, emit) -> None:
+    records = executor.run(tasks)
+    try:
+        emit(records)
+    finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected
+        close = getattr(records, "close", None)
+        if close:
+            close()

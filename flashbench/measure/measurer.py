@@ -175,8 +175,7 @@ class Measurer:
             s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
         rec.samples_ms = [round(x, 6) for x in timing.samples_ms]
         rec.timing_method = timing.method
-        rec.tflops = rec.flops / (s.median_ms * 1e-3) / 1e12
-        rec.hbm_gbps = rec.min_hbm_bytes / (s.median_ms * 1e-3) / 1e9
+        rec.set_rates()
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms
         rec.launch_bound = None if timing.host_ms is None else timing.host_ms > s.median_ms

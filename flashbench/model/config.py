@@ -125,6 +125,8 @@ class SweepConfig(Strict):
     exclude: list[Rule] = []
     timing: Timing = Timing()
     correctness: bool = True
+    rounds: int = Field(1, ge=1, description="measure the whole sweep this many times, round after round, each "
+                                            "round in fresh worker processes (--rounds overrides)")
     tolerances: dict[DType, Tolerance] = {}
     seed: int = 0
 

@@ -42,6 +42,7 @@ class Record:
     min_ms: float | None = None
     mean_ms: float | None = None
     samples: int = 0
+    rounds: int = 1                  # rounds of the sweep whose measurements this row holds (0: settled unmeasured)
     timing_method: str = ""          # how the samples were taken: flashbench.measure.timer.TIMING_METHODS
     noise_pct: float | None = None   # half-width of the median's 95% confidence interval, in % of the median
     host_ms: float | None = None     # host (CPU) time to enqueue one call while the GPU waited (median)
@@ -72,7 +73,9 @@ class Record:
     device_uuid: str = ""
     backend_config: str = ""          # e.g. the autotuned Triton config the kernel chose
     wall_s: float | None = None       # wall time spent on this record (correctness + memory + timing)
-    samples_ms: list[float] = field(default_factory=list)  # raw samples (JSON only)
+    samples_ms: list[float] = field(default_factory=list)  # raw samples (JSON only), round after round
+    round_medians_ms: list[float] = field(default_factory=list)  # each round's median (JSON only; empty: one round)
+    round_samples: list[int] = field(default_factory=list)  # each round's share of samples_ms (JSON only)
 
     @classmethod
     def for_task(cls, task: Task, **kw) -> "Record":
@@ -81,6 +84,11 @@ class Record:
         kw.setdefault("min_hbm_bytes", min_hbm_bytes(task.case))
         return cls(backend=task.backend, case=task.case, **kw)
 
+    def set_rates(self) -> None:
+        """``tflops`` and ``hbm_gbps`` from ``median_ms``: the one place they are computed."""
+        self.tflops = self.flops / (self.median_ms * 1e-3) / 1e12 if self.flops is not None else None
+        self.hbm_gbps = self.min_hbm_bytes / (self.median_ms * 1e-3) / 1e9 if self.min_hbm_bytes is not None else None
+
     def task(self) -> Task:
         return Task(self.case, self.backend)
 
@@ -88,7 +96,7 @@ class Record:
         """The flat form written to results.json: backend, the case fields, then the outcome."""
         d = {"backend": self.backend, **self.case.as_dict()}
         d.update({f: getattr(self, f) for f in OUTCOME_FIELDS})
-        d["samples_ms"] = list(self.samples_ms)
+        d.update({f: list(getattr(self, f)) for f in JSON_ONLY_FIELDS})
         return d
 
     def row(self) -> dict:
@@ -97,14 +105,16 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
-        known = set(OUTCOME_FIELDS) | {"samples_ms"}
+        known = set(OUTCOME_FIELDS) | set(JSON_ONLY_FIELDS)
         return cls(backend=d["backend"], case=Case.from_values(d),
                    **{k: v for k, v in d.items() if k in known})
 
 
-OUTCOME_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("backend", "case", "samples_ms"))
-RECORD_FIELDS = ("backend", *CASE_FIELDS, *OUTCOME_FIELDS, "samples_ms")
-CSV_COLUMNS = tuple(f for f in RECORD_FIELDS if f != "samples_ms")
+# lists: in results.json only, never in results.csv
+JSON_ONLY_FIELDS = ("samples_ms", "round_medians_ms", "round_samples")
+OUTCOME_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("backend", "case", *JSON_ONLY_FIELDS))
+RECORD_FIELDS = ("backend", *CASE_FIELDS, *OUTCOME_FIELDS, *JSON_ONLY_FIELDS)
+CSV_COLUMNS = tuple(f for f in RECORD_FIELDS if f not in JSON_ONLY_FIELDS)
 
 
 def upgrade(record: dict, version) -> dict:

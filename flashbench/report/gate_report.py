@@ -8,8 +8,10 @@ import pandas as pd
 
 from .format import compact_shape, format_value
 
-# the outcomes the markdown table lists, worst first, and their labels
+# the outcomes the markdown table lists, worst first (missing cases only when they fail)
 TABLE_OUTCOMES = ("status", "regression", "missing", "improved")
+# failing missing cases listed one by one at most; the rest are counted (all are in --format json)
+MAX_MISSING_LISTED = 20
 
 
 def value_text(check, x: float) -> str:
@@ -29,13 +31,49 @@ def note_text(check) -> str:
     return f"change {format_value(check.metric, check.floor_change, with_unit=True)} is under {key}"
 
 
+def _span(values: set[int]) -> str:
+    return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
+
+
+def _margins(report) -> str:
+    """The single-round margins that stood in for run-to-run noise: "90%" ("" when none did)."""
+    return "/".join(f"{m * 100:.0f}%" for m in report.single_round_margins)
+
+
+def rounds_text(report) -> str:
+    """"3 rounds each", "baseline 3 rounds, current 1", and when a margin stood in for run-to-run
+    noise, that the noise estimate is within-run only."""
+    pairs = [c.rounds for c in report.compared if c.rounds]
+    if not pairs:
+        return ""
+    old, new = {a for a, _ in pairs}, {b for _, b in pairs}
+    if old == new and len(old) == 1:
+        n = next(iter(old))
+        text = f"{n} round{'' if n == 1 else 's'} each"
+    else:
+        text = f"baseline {_span(old)} rounds, current {_span(new)}"
+    if _margins(report):
+        text += f"; noise within-run only, single-round margin {_margins(report)}"
+    return text
+
+
+def _only_in(report, outcome: str, where: str) -> str:
+    counts = report.per_backend(outcome)
+    if not counts:
+        return ""
+    failing = " (failing: --require-all)" if outcome == "missing" and report.require_all else ""
+    return f", {sum(counts.values())} only in {where}{failing}: " + ", ".join(f"{b} {n}" for b, n in counts.items())
+
+
 def headline(report) -> str:
+    """"PASS: 120 cases compared (3 rounds each), 536 only in the baseline: sdpa 100, flex 436, ..."."""
     parts = [f"{report.count(o)} {label}" for o, label in
-             (("regression", "regressed"), ("status", "status worse"), ("missing", "missing"),
-              ("improved", "improved"), ("new", "new")) if report.count(o)]
-    compared = len([c for c in report.cases if c.outcome not in ("missing", "new")])
+             (("regression", "regressed"), ("status", "status worse"), ("improved", "improved")) if report.count(o)]
+    rounds = rounds_text(report)
     verdict = "PASS" if report.passed else "FAIL"
-    return f"{verdict}: {compared} cases compared" + (f", {', '.join(parts)}" if parts else ", no changes past thresholds")
+    return (f"{verdict}: {len(report.compared)} cases compared" + (f" ({rounds})" if rounds else "")
+            + _only_in(report, "missing", "the baseline") + _only_in(report, "new", "the current run")
+            + (f", {', '.join(parts)}" if parts else ", no changes past thresholds"))
 
 
 def gate_frame(report) -> pd.DataFrame:
@@ -66,9 +104,17 @@ def gate_markdown(report) -> str:
         lines.append(f"> ⚠️ **{d.message()}**" if d.loud else f"> note: {d.message()}")
     for w in report.warnings:
         lines.append(f"> ⚠️ {w}")
-    if report.differences or report.warnings:
+    margins = _margins(report)
+    if margins:
+        lines.append(f"> note: one round per case on both sides, so the noise estimate is within-run only: a timing "
+                     f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
+                     f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
+                     f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
+    if report.differences or report.warnings or margins:
         lines.append("")
-    shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES]
+    missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
+    shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES and c.outcome != "missing"]
+    shown += missing[:MAX_MISSING_LISTED]
     shown.sort(key=lambda c: TABLE_OUTCOMES.index(c.outcome))
     if shown:
         lines += ["| result | backend | shape | change | baseline | current | threshold | noise |",
@@ -85,12 +131,10 @@ def gate_markdown(report) -> str:
             else:
                 lines.append(f"| {label} | {c.backend} | {shape} | {_md(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
+        if len(missing) > MAX_MISSING_LISTED:
+            lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from the current run "
+                         "(every case: --format json) | | | | |")
         lines.append("")
-    new = [c for c in report.cases if c.outcome == "new"]
-    if new:
-        lines.append(f"<details><summary>{len(new)} cases only in the current run</summary>\n")
-        lines += [f"- {c.backend} {compact_shape(c.key)}" for c in new]
-        lines.append("\n</details>\n")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,8 @@
-"""Stored baselines: ``results/baselines/<gpu-slug>/<name>/`` holding results.json + results.csv."""
+"""Stored baselines: ``results/baselines/<gpu-slug>/<name>/`` holding results.json + results.csv.
+
+A baseline is one run, or several runs of one config merged as rounds of one run
+(:func:`~flashbench.results.rounds.merge_runs`), so that the gate knows its run-to-run noise.
+"""
 from __future__ import annotations
 
 import re
@@ -6,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from .files import ResultsError, ResultsWriter, load_run
+from .rounds import merge_runs
 
 DEFAULT_ROOT = Path("results") / "baselines"
 _VENDOR_WORDS = {"nvidia", "amd", "intel", "geforce", "tesla", "quadro", "instinct", "radeon", "graphics"}
@@ -38,23 +43,51 @@ def baseline_dir(meta: dict, name: str, root: str | Path = DEFAULT_ROOT) -> Path
     return Path(root) / run_gpu_slug(meta) / name
 
 
-def save_baseline(result: str | Path, name: str, root: str | Path = DEFAULT_ROOT, force: bool = False) -> Path:
-    """Copy a results directory's files into ``<root>/<gpu-slug>/<name>/``. Raises ResultsError."""
+def save_baseline(result: str | Path | list, name: str, root: str | Path = DEFAULT_ROOT, force: bool = False) -> Path:
+    """Copy a results directory's files into ``<root>/<gpu-slug>/<name>/``; several results
+    directories are merged, each task's rows as rounds of one row. Raises ResultsError."""
     if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ResultsError(f"baseline name {name!r}: use letters, digits, '.', '_' and '-' (no '/')")
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(results) > 1:
+        return _save_merged(results, name, root, force)
+    result = results[0]
     run = load_run(result)  # validates the file and its schema version
     src = Path(result)
     src_dir = src if src.is_dir() else src.parent
-    dest = baseline_dir(run.meta, name, root)
-    if dest.exists() and any(dest.iterdir()) and not force:
-        raise ResultsError(f"{dest} already exists (use --force to replace it)")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _destination(run.meta, name, root, force)
     try:
         shutil.copyfile(src if src.is_file() else src_dir / "results.json", dest / "results.json")
         if (src_dir / "results.csv").is_file() and src.is_dir():
             shutil.copyfile(src_dir / "results.csv", dest / "results.csv")
         else:  # a bare results.json: write the csv from its records
             ResultsWriter(dest, run.meta, run.records)
+    except OSError as e:
+        raise ResultsError(f"cannot write the baseline to {dest}: {e}") from None
+    return dest
+
+
+def _destination(meta: dict, name: str, root, force: bool) -> Path:
+    dest = baseline_dir(meta, name, root)
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ResultsError(f"{dest} already exists (use --force to replace it)")
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def _save_merged(results: list, name: str, root, force: bool) -> Path:
+    seen: dict[Path, str] = {}
+    for r in results:
+        where = Path(r).resolve()
+        where = where if where.is_dir() or not where.exists() else where.parent
+        if where in seen:
+            raise ResultsError(f"{r}: given twice ({seen[where]}): each run's rounds count once in a baseline")
+        seen[where] = str(r)
+    labels = [str(r) for r in results]
+    run = merge_runs([load_run(r) for r in results], labels)
+    dest = _destination(run.meta, name, root, force)
+    try:
+        ResultsWriter(dest, run.meta, run.records)
     except OSError as e:
         raise ResultsError(f"cannot write the baseline to {dest}: {e}") from None
     return dest

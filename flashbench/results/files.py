@@ -58,6 +58,12 @@ class Run:
         return records_frame(self.records)
 
 
+def gpu_model(meta: dict) -> str:
+    """The GPU model a run's metadata names ("cpu" for CPU runs): runs of different models never compare."""
+    env = meta.get("environment") or {}
+    return env.get("gpu_name") or env.get("device") or "unknown"
+
+
 def records_frame(records: list[Record]) -> pd.DataFrame:
     return pd.DataFrame([r.row() for r in records], columns=list(CSV_COLUMNS))
 
@@ -76,6 +82,7 @@ class ResultsWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = {"schema_version": SCHEMA_VERSION, **meta}
         self.records: list[Record] = list(records or [])
+        self._rows = {r.task().key(): i for i, r in enumerate(self.records)}  # task key -> its (last) row
         self._json_texts: list[str] = []
         self._csv_lines: list[str] = []
         self.flush(reserialize=True)
@@ -89,7 +96,24 @@ class ResultsWriter:
         return self.dir / "results.csv"
 
     def add(self, record: Record) -> None:
+        self._rows[record.task().key()] = len(self.records)
         self.records.append(record)
+        self.flush()
+
+    def row(self, key: tuple) -> Record | None:
+        """The row of the task with this key (:meth:`~flashbench.model.case.Task.key`), if any."""
+        i = self._rows.get(key)
+        return self.records[i] if i is not None else None
+
+    def put(self, record: Record) -> None:
+        """Replace the row of ``record``'s task in place (a later round merged into it), else add it."""
+        i = self._rows.get(record.task().key())
+        if i is None:
+            return self.add(record)
+        self.records[i] = record
+        if i < len(self._json_texts):
+            self._json_texts[i] = json.dumps(_json_safe(record.to_dict()))
+            self._csv_lines[i] = _csv_line(record)
         self.flush()
 
     def update_meta(self, **kw) -> None:

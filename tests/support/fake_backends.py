@@ -50,6 +50,28 @@ class FakeSlow(_Fake):
         return self.ok_fn(case)
 
 
+class FakeSleep(_Fake):
+    """Correct, and every call lasts FAKE_SLEEP_MS milliseconds (default 2): it sleeps, then waits out
+    the last half millisecond, and computes attention only once (its inputs do not change within a
+    task). Its time is a deadline's, which other load on the machine barely moves, unlike CPU-bound
+    attention (for tests of the gate on real runs)."""
+
+    def prepare(self, case, device):
+        pause = float(os.environ.get("FAKE_SLEEP_MS", "2")) / 1e3
+        attention, out = self.ok_fn(case), []
+
+        def call(*args, **kw):
+            deadline = time.perf_counter() + pause
+            if not out:
+                out.append(attention(*args, **kw))
+            time.sleep(max(0.0, deadline - time.perf_counter() - 5e-4))
+            while time.perf_counter() < deadline:
+                pass
+            return out[0]
+
+        return call
+
+
 class FakeAbort(_Fake):
     """os.abort(): the process dies of SIGABRT, after a line on stderr."""
 
@@ -116,11 +138,12 @@ class FakeCompiling(_Fake):
         return self.ok_fn(case)
 
 
-for _b in (FakeCompiling("fake_compiling"), FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeAbort("fake_abort"), FakeExit("fake_exit"),
+for _b in (FakeCompiling("fake_compiling"), FakeOk("fake_ok"), FakeSlow("fake_slow"), FakeSleep("fake_sleep"),
+           FakeAbort("fake_abort"), FakeExit("fake_exit"),
            FakeSegv("fake_segv"), FakeHang("fake_hang"), FakeRaise("fake_raise"), FakeCudaError("fake_cuda_error")):
     register(_b)
 
-FAKE_NAMES = tuple(n for n in ("fake_compiling", "fake_ok", "fake_slow", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
+FAKE_NAMES = tuple(n for n in ("fake_compiling", "fake_ok", "fake_slow", "fake_sleep", "fake_abort", "fake_exit", "fake_segv", "fake_hang",
                                "fake_raise", "fake_cuda_error"))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from flashbench.model.case import Case
 from flashbench.model.flops import attention_flops
 from flashbench.results.files import ResultsWriter
+from flashbench.results.rounds import merge_rounds
 from flashbench.model.schema import Record
 from flashbench.measure.stats import summarize
 
@@ -27,9 +28,19 @@ def case(n: int = 1024, d: int = 128, dtype: str = "bfloat16", causal: bool = Fa
 
 
 def record(backend: str, c: Case, median_ms: float = 1.0, spread: float = 0.01, n: int = 40, seed: int = 0,
-           status: str = "ok", peak_hbm: int | None = 64 << 20, reason: str = "") -> Record:
+           status: str = "ok", peak_hbm: int | None = 64 << 20, reason: str = "", rounds: int = 1,
+           drift: float = 0.0) -> Record:
+    """A record whose samples scatter ±``spread`` around ``median_ms``; with ``rounds`` > 1, that many
+    rounds merged as ``flashbench run --rounds`` does, each round's level moved by up to ±``drift``."""
     if status != "ok":
         return Record(backend=backend, case=c, status=status, reason=reason)
+    if rounds > 1:
+        rng = random.Random(seed)
+        levels = [median_ms * (1 + rng.uniform(-drift, drift)) for _ in range(rounds)]
+        merged = record(backend, c, levels[0], spread, n, seed * 1000, peak_hbm=peak_hbm)
+        for i, level in enumerate(levels[1:], 1):
+            merged = merge_rounds(merged, record(backend, c, level, spread, n, seed * 1000 + i, peak_hbm=peak_hbm))
+        return merged
     rng = random.Random(seed)
     samples = [median_ms * (1 + rng.uniform(-spread, spread)) for _ in range(n)]
     s = summarize(samples)
@@ -42,4 +53,21 @@ def record(backend: str, c: Case, median_ms: float = 1.0, spread: float = 0.01, 
 
 def write_run(directory: Path, records: list[Record], **meta_kw) -> Path:
     ResultsWriter(directory, meta(**meta_kw), records)
+    return directory
+
+
+def slower_copy(source: Path, directory: Path, factor: float) -> Path:
+    """A copy of a results directory whose every timing is ``factor`` times longer (rates follow)."""
+    from flashbench.results.files import load_run
+
+    run = load_run(source)
+    for r in run.records:
+        if r.median_ms is None:
+            continue
+        for f in ("median_ms", "p20_ms", "p80_ms", "min_ms", "mean_ms"):
+            setattr(r, f, getattr(r, f) * factor)
+        r.samples_ms = [x * factor for x in r.samples_ms]
+        r.round_medians_ms = [x * factor for x in r.round_medians_ms]
+        r.set_rates()
+    ResultsWriter(directory, {k: v for k, v in run.meta.items() if k != "schema_version"}, run.records)
     return directory

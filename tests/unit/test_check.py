@@ -16,10 +16,15 @@ runner = CliRunner()
 C1, C2, C3 = case(1024), case(4096), case(4096, causal=True)
 
 
+# three rounds a side, their levels within ±1% of each other: the run-to-run noise is measured
+ROUNDS = dict(rounds=3, drift=0.01)
+
+
 def _baseline(tmp_path, **kw):
-    return write_run(tmp_path / "base", [record("sdpa_flash", C1, 1.0, seed=1), record("triton_fa2", C1, 0.8, seed=2),
-                                         record("sdpa_flash", C2, 4.0, seed=3), record("triton_fa2", C2, 3.0, seed=4)],
-                     **kw)
+    return write_run(tmp_path / "base", [record("sdpa_flash", C1, 1.0, seed=1, **ROUNDS),
+                                         record("triton_fa2", C1, 0.8, seed=2, **ROUNDS),
+                                         record("sdpa_flash", C2, 4.0, seed=3, **ROUNDS),
+                                         record("triton_fa2", C2, 3.0, seed=4, **ROUNDS)], **kw)
 
 
 def _current(tmp_path, changes=None, drop=(), statuses=None, spread=0.01, **kw):
@@ -30,7 +35,7 @@ def _current(tmp_path, changes=None, drop=(), statuses=None, spread=0.01, **kw):
         if (b, c) in drop:
             continue
         recs.append(record(b, c, ms * changes.get((b, c), 1.0), spread=spread, seed=100 + i,
-                           status=statuses.get((b, c), "ok"), reason="boom" if (b, c) in statuses else ""))
+                           status=statuses.get((b, c), "ok"), reason="boom" if (b, c) in statuses else "", **ROUNDS))
     return write_run(tmp_path / "cur", recs, **kw)
 
 
@@ -67,10 +72,12 @@ def test_ten_percent_shift_inside_wide_samples_passes(tmp_path):
     rows = json.loads(r.stdout)
     lat = [x for x in rows if x["metric"] == "latency" and x["seq_len_q"] == 4096][0]
     assert lat["change"] == pytest.approx(0.10) and lat["beyond_noise"] is False and lat["note"] == "within noise"
-    # the same shift with tight samples is a regression
-    tight = write_run(tmp_path / "tight", [record("sdpa_flash", C1, 1.0, seed=1), record("sdpa_flash", C2, 4.4, seed=3)])
-    assert check(tight, "--baseline", write_run(tmp_path / "tb", [record("sdpa_flash", C1, 1.0, seed=1),
-                                                                  record("sdpa_flash", C2, 4.0, seed=3)])).exit_code == 1
+    # the same shift with tight samples (and tight rounds) is a regression
+    tight = write_run(tmp_path / "tight", [record("sdpa_flash", C1, 1.0, seed=1, **ROUNDS),
+                                           record("sdpa_flash", C2, 4.4, seed=3, **ROUNDS)])
+    assert check(tight, "--baseline", write_run(tmp_path / "tb", [record("sdpa_flash", C1, 1.0, seed=1, **ROUNDS),
+                                                                  record("sdpa_flash", C2, 4.0, seed=3, **ROUNDS)])
+                 ).exit_code == 1
 
 
 def test_improvement_passes(tmp_path):

@@ -1,0 +1,174 @@
+"""``flashbench run --rounds N``: the sweep measured N times, interleaved, each round in fresh workers,
+one row per task holding every round; resuming an interrupted multi-round sweep; merging rounds."""
+import json
+
+import pytest
+
+from flashbench.execute.plan import plan
+from flashbench.execute.session import run_sweep
+from flashbench.model.case import Task
+from flashbench.model.config import load_config
+from flashbench.model.schema import CSV_COLUMNS, Record
+from flashbench.results.files import ResultsWriter, load_run
+from flashbench.results.rounds import merge_rounds, round_medians, rounds_to_go
+from sweeps import case, invoke, tiny_config
+from synthetic import record
+
+
+def keys(run):
+    return [r.task().key() for r in run.records]
+
+
+# --- merging rounds ---------------------------------------------------------------------------------
+
+def test_merge_keeps_every_round_and_takes_the_median_of_round_medians():
+    c = case()
+    a, b, d = record("x", c, 1.0, n=10, seed=1), record("x", c, 1.3, n=30, seed=2), record("x", c, 1.1, n=20, seed=3)
+    m = merge_rounds(merge_rounds(a, b), d)
+    assert m.rounds == 3 and m.round_samples == [10, 30, 20] and m.samples == 60
+    assert m.samples_ms == a.samples_ms + b.samples_ms + d.samples_ms
+    assert m.round_medians_ms == [a.median_ms, b.median_ms, d.median_ms] == round_medians(m)
+    # the median of the three round medians, not of the 60 pooled samples (which round 2 would dominate)
+    assert m.median_ms == d.median_ms
+    assert m.p20_ms < m.median_ms < m.p80_ms and m.min_ms == min(m.samples_ms)
+    assert m.tflops == pytest.approx(m.flops / (m.median_ms * 1e-3) / 1e12)
+    assert round_medians(a) == [a.median_ms] and a.rounds == 1
+    with pytest.raises(ValueError, match="different tasks"):
+        merge_rounds(a, record("y", c))
+
+
+def test_a_failed_round_settles_the_row_and_says_which_round():
+    c = case()
+    ok = merge_rounds(record("x", c, 1.0, seed=1), record("x", c, 1.0, seed=2))
+    crashed = Record(backend="x", case=c, status="crashed", reason="worker killed by signal 11")
+    m = merge_rounds(ok, crashed)
+    assert m.status == "crashed" and m.rounds == 3 and m.median_ms is None
+    assert m.reason == "in round 3 (rounds 1–2: ok): worker killed by signal 11"
+    assert rounds_to_go(m, 5) == 0  # a crash is not measured again
+    assert rounds_to_go(None, 3) == 3 and rounds_to_go(ok, 3) == 1
+    skipped = Record(backend="x", case=c, status="skipped", rounds=0)
+    assert rounds_to_go(skipped, 3) == 0
+    mismatch = merge_rounds(record("x", c, 1.0, seed=1), Record(**{**record("x", c, 1.0, seed=2).__dict__,
+                                                                     "status": "mismatch", "reason": "O off"}))
+    assert mismatch.status == "mismatch" and mismatch.reason == "O off" and mismatch.rounds == 2
+
+
+def test_rounds_are_in_the_csv_and_the_round_lists_only_in_json(tmp_path):
+    assert "rounds" in CSV_COLUMNS and "round_medians_ms" not in CSV_COLUMNS and "round_samples" not in CSV_COLUMNS
+    m = merge_rounds(record("x", case(), 1.0, seed=1), record("x", case(), 2.0, seed=2))
+    ResultsWriter(tmp_path, {"config": {}}, [m])
+    back = load_run(tmp_path).records[0]
+    assert back.round_medians_ms == m.round_medians_ms and back.round_samples == m.round_samples and back.rounds == 2
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+
+class RecordingExecutor:
+    """Answers every task with a synthetic record and remembers what each run() call was given;
+    ``fail`` maps (task key, call number) to a status for that round."""
+
+    device_indices: list = []
+
+    def __init__(self, fail=None):
+        self.calls, self.fail, self.identities = [], fail or {}, {}
+
+    def run(self, tasks):
+        n = len(self.calls) + 1
+        self.calls.append([t.key() for t in tasks])
+        for t in tasks:
+            status = self.fail.get((t.key(), n))
+            yield (Record.for_task(t, status=status, reason="boom") if status
+                   else record(t.backend, t.case, 1.0 + n / 10, n=8, seed=n))
+
+
+def test_rounds_are_interleaved_and_each_task_ends_with_one_row(tmp_path, fake_plugins):
+    p = plan(load_config(tiny_config(tmp_path, ["naive", "fake_ok"], seq_len=(32, 64))), device="cpu")
+    tasks = [t.key() for t in p.runnable]
+    crash = p.runnable[1].key()
+    ex = RecordingExecutor(fail={(crash, 2): "crashed"})
+    writer = ResultsWriter(tmp_path / "run", {"config": {}})
+    rows = run_sweep(p, writer, ex, rounds=3)
+    # round 1 of every task, then round 2, then round 3 (without the task that crashed in round 2)
+    assert ex.calls == [tasks, tasks, [k for k in tasks if k != crash]]
+    run = load_run(tmp_path / "run")
+    assert keys(run) == tasks and len(rows) == len(tasks)
+    by_key = {r.task().key(): r for r in run.records}
+    assert by_key[crash].status == "crashed" and by_key[crash].reason.startswith("in round 2 (round 1: ok)")
+    ok = [r for k, r in by_key.items() if k != crash]
+    assert all(r.rounds == 3 and r.round_medians_ms == pytest.approx([1.1, 1.2, 1.3], rel=0.02) for r in ok)
+    assert run.meta["finished"] is True
+
+
+def test_each_round_runs_in_fresh_worker_processes(tmp_path, fake_plugins):
+    cfg = tiny_config(tmp_path, ["fake_ok"], causal=(False,), seq_len=(32, 64))
+    r = invoke("run", cfg, "--rounds", "2", "--out", tmp_path / "local", "--quiet")
+    assert r.exit_code == 0, r.output
+    run = load_run(tmp_path / "local")
+    assert run.meta["rounds"] == 2 and [x.rounds for x in run.records] == [2, 2]
+    pids = [x.backend_config.split(" | ") for x in run.records]  # fake_ok reports the pid that measured it
+    assert all(len(p) == 2 for p in pids)
+    first, second = {p[0] for p in pids}, {p[1] for p in pids}
+    assert not first & second  # no worker of round 1 measured in round 2
+    # in process, the rounds share this process (documented)
+    r = invoke("run", cfg, "--rounds", "2", "-e", "inprocess", "--out", tmp_path / "inproc", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert {x.backend_config for x in load_run(tmp_path / "inproc").records} == {f"pid={__import__('os').getpid()}"}
+
+
+def test_rounds_from_the_config_and_bad_rounds(tmp_path, fake_plugins):
+    cfg = tiny_config(tmp_path, ["fake_ok"], causal=(False,))
+    text = open(cfg).read() + "rounds: 2\n"
+    with open(cfg, "w") as f:
+        f.write(text)
+    r = invoke("run", cfg, "--dry-run")
+    assert r.exit_code == 0 and "1 to run in 2 rounds (2 measurements)" in r.output
+    r = invoke("run", cfg, "-e", "inprocess", "--rounds", "3", "--out", tmp_path / "o", "--quiet")
+    assert r.exit_code == 0 and load_run(tmp_path / "o").records[0].rounds == 3  # --rounds wins
+    assert invoke("run", cfg, "--rounds", "0").exit_code == 2
+    with open(cfg, "w") as f:
+        f.write(text.replace("rounds: 2", "rounds: 0"))
+    r = invoke("run", cfg, "--dry-run")
+    assert r.exit_code == 2 and "rounds" in r.output
+
+
+def test_resume_runs_only_the_rounds_each_task_lacks(tmp_path, fake_plugins):
+    cfg = tiny_config(tmp_path, ["naive", "fake_ok"], seq_len=(32,), causal=(False, True))  # 4 tasks
+    out = tmp_path / "run"
+    assert invoke("run", cfg, "-e", "inprocess", "--rounds", "2", "--out", out, "--quiet").exit_code == 0
+    full = json.loads((out / "results.json").read_text())
+    # as if interrupted in round 2: task 1 holds round 1 only, tasks 2 and 3 have no row yet
+    doc = json.loads((out / "results.json").read_text())
+    cut = doc["records"][1]
+    n0 = cut["round_samples"][0]
+    first_round = cut["samples_ms"][:n0]
+    cut.update(samples_ms=first_round, round_samples=[], round_medians_ms=[], rounds=1,
+               median_ms=cut["round_medians_ms"][0], samples=n0)
+    doc["records"] = doc["records"][:2]
+    doc["finished"] = False
+    (out / "results.json").write_text(json.dumps(doc))
+
+    r = invoke("run", cfg, "--dry-run", "--resume", out)
+    assert r.exit_code == 0 and "3 to run in 2 rounds (5 measurements)" in r.output  # 1 + 2 + 2
+    assert invoke("run", cfg, "--resume", out, "--rounds", "1").exit_code == 2  # fewer rounds than it has
+    r = invoke("run", cfg, "-e", "inprocess", "--resume", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    done = load_run(out)
+    assert sorted(keys(done)) == sorted(Record.from_dict(x).task().key() for x in full["records"])
+    assert len(set(keys(done))) == 4 and all(x.rounds == 2 for x in done.records)
+    assert done.records[0].to_dict() == Record.from_dict(full["records"][0]).to_dict()  # untouched
+    resumed = done.records[1]
+    assert resumed.samples_ms[:n0] == first_round and resumed.round_samples[0] == n0
+    assert done.meta["finished"] is True and done.meta["rounds"] == 2
+
+    # more rounds on a finished directory: every task gets its third round, still one row each
+    r = invoke("run", cfg, "-e", "inprocess", "--resume", out, "--rounds", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    more = load_run(out)
+    assert keys(more) == keys(done) and all(x.rounds == 3 for x in more.records) and more.meta["rounds"] == 3
+    assert all(m.samples_ms[:len(d.samples_ms)] == d.samples_ms for m, d in zip(more.records, done.records))
+
+
+def test_skipped_rows_hold_no_round(tmp_path):
+    p = plan(load_config("smoke"), ["sdpa_flash"], "cpu")
+    assert p.skipped and all(r.rounds == 0 and rounds_to_go(r, 3) == 0 for r in p.skipped)
+    assert Task(p.skipped[0].case, "sdpa_flash").key() == p.skipped[0].task().key()
