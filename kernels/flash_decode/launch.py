@@ -36,7 +36,7 @@ def num_sms(device: torch.device) -> int:
     return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _prepare(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, capacity: int,
+def prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, capacity: int,
              page: int) -> run.DecodeCall:
     B, Nq, H, D = q.shape
     Hkv = k_cache.shape[2]
@@ -109,7 +109,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if check_values:
         check_lengths_and_table(cache_seqlens, block_table, capacity, page, k_cache.shape[0])
 
-    call = _prepare(q, k_cache, v_cache, cache_seqlens, block_table, scale, capacity, page)
+    call = prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale, capacity, page)
     heuristic = tuning.choose_num_splits(call.programs, capacity, num_sms(q.device))
     ran = _choose_and_run(call, options, num_splits, heuristic)
     if launch_log is not None:

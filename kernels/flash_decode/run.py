@@ -46,6 +46,13 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def split_constexprs(call: DecodeCall, block_n: int, splits: int) -> dict:
+    """The split kernel's constexprs for ``call`` (the compile checks in the tests build these too)."""
+    return dict(GROUP=call.group, HEAD_DIM=call.q.shape[-1], BLOCK_D=call.block_d, BLOCK_M=call.block_m,
+                BLOCK_N=block_n, PAGED=call.page_size > 0, PAGE_SIZE=max(call.page_size, 1), WRITE_LSE=splits > 1,
+                DOT_PRECISION="ieee" if call.q.dtype == torch.float32 else "tf32")
+
+
 def run(call: DecodeCall, tile: Tile, splits: int) -> None:
     """Write ``call.out`` with ``splits`` splits of the keys, the split kernel running ``tile``."""
     q, k, v, out = call.q, call.k_cache, call.v_cache, call.out
@@ -66,10 +73,7 @@ def run(call: DecodeCall, tile: Tile, splits: int) -> None:
         *lse_strides,
         table.stride(0),
         k.shape[2], call.m_blocks, splits, Nq, call.capacity, max(call.num_blocks, 1),
-        GROUP=call.group, HEAD_DIM=D, BLOCK_D=call.block_d, BLOCK_M=call.block_m, BLOCK_N=tile.block_n,
-        PAGED=call.page_size > 0, PAGE_SIZE=max(call.page_size, 1), WRITE_LSE=splits > 1,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=tile.num_warps, num_stages=tile.num_stages)
+        **split_constexprs(call, tile.block_n, splits), num_warps=tile.num_warps, num_stages=tile.num_stages)
     if splits > 1:
         rows = B * Nq * H
         block_s = max(2, next_pow2(splits))

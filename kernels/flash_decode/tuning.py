@@ -45,20 +45,22 @@ def choose_num_splits(programs: int, capacity: int, num_sms: int) -> int:
 # software pipeline keeps in flight (``pipeline_stages`` turns it into Triton's num_stages).  The first
 # of a class runs when autotuning is off.  The loop is bound by HBM, and every candidate keeps at least
 # 128 KB of K/V in flight per SM on sm_90 (registers and shared memory of the compiled kernels, read
-# with Triton 3.6's sm_90 compiler; not timed): they differ in what one iteration's fixed costs (the
-# row reductions, P's layout change, barriers) are spread over, and how many programs share an SM.
-# At D 128, bf16, 16 rows (GQA 4-8 x 1-4 new tokens; MMAv2 dots, K and V chunks loaded to registers):
-#   64/4 warps/2: 136 registers, 70 KB, 3 programs an SM   64/8/2: 80 registers, 70 KB, 3 an SM
-#   128/8/2: 176 registers, 136 KB, 1 an SM                 128/4/1: 186 registers, 72 KB, 2 an SM
-#   32/4/3: 80 registers, 53 KB, 4 an SM                    256/8/1: 188 registers, 140 KB, 1 an SM
+# off Triton 3.6's sm_90 builds; none timed yet): they differ in what one iteration's fixed costs are
+# spread over and how many programs share an SM.  With 16-row tiles (GQA 4-8 x 1-4 new tokens) the
+# dots are MMAv2 with the warps side by side along the keys, so each iteration's two row reductions
+# and P's layout change cross warps through shared memory (9 barriers an iteration with 4 warps, 2
+# with one warp).  At D 128, bf16, 16 rows:
+#   64 keys/4 warps/2 deep: 136 registers, 70 KB, 3 programs an SM   64/8/2: 76 registers, 70 KB, 3
+#   128/8/2: 176 registers, 136 KB, 1 an SM                            256/8/1: 190 registers, 140 KB, 1
+#   32/2/2: 168 registers, 37 KB, 6 an SM                              16/1/3: 168 registers, 28 KB, 7
 # (128 keys with 4 warps and 2 chunks needs 255 registers; it is not offered.)
 SPACE = {
-    "small": [(128, 4, 2), (64, 4, 2), (128, 8, 2), (256, 8, 2), (64, 4, 3), (256, 4, 1)],  # head dims 32, 64
-    "mid": [(64, 4, 2), (64, 8, 2), (128, 8, 2), (128, 4, 1), (32, 4, 3), (256, 8, 1)],  # 96, 128
+    "small": [(128, 4, 2), (64, 4, 2), (128, 8, 2), (256, 8, 2), (64, 2, 2), (32, 1, 3)],  # head dims 32, 64
+    "mid": [(64, 4, 2), (64, 8, 2), (128, 8, 2), (256, 8, 1), (32, 2, 2), (16, 1, 3)],  # 96, 128
     "large": [(32, 4, 2), (32, 8, 2), (64, 4, 1), (64, 8, 1), (16, 4, 3)],  # 256
 }
-# With pages of 16 or 32 keys a chunk of the page size is one table lookup and one contiguous block
-# (the other tiles gather their rows page by page): offered beside the class's tiles.
+# With pages of 16 or 32 keys a chunk of one page is one table lookup and one contiguous block (larger
+# chunks gather their rows page by page): a class without an entry of that BLOCK_N is offered this one.
 SMALL_PAGE = 32
 _SMALL_PAGE_WARPS, _SMALL_PAGE_DEPTH = 4, 3
 # Under the CPU interpreter (nothing to tune): 32 keys a chunk, so that its tests take both paged
@@ -69,7 +71,7 @@ INTERPRET_TILE = Tile(32, 4, 1)
 # and P's layout change need some.  Larger ones (fp32 inputs) are not offered; one that still does
 # not fit is dropped by the tuner when it fails to build.
 SMEM_BUDGET = 200 * 1024
-_WIDE_TILE = 128 * 128  # accumulator elements from which 4 warps would hold 128 fp32 values a thread
+_ACC_VALUES_PER_WARP = 32 * 64  # accumulator values a warp holds at most (64 a thread)
 
 
 def pipeline_stages(depth: int, paged: bool) -> int:
@@ -87,19 +89,21 @@ def head_dim_class(block_d: int) -> str:
 
 
 def min_warps(block_m: int, block_d: int) -> int:
-    return 8 if block_m * block_d >= _WIDE_TILE else 4
+    """Enough warps that the fp32 accumulator takes at most 64 registers a thread (8 at 128 x 128)."""
+    return max(1, run.next_pow2(block_m * block_d // _ACC_VALUES_PER_WARP))
 
 
 def candidates(block_d: int, block_m: int, page_size: int, capacity: int, element_size: int) -> list[Tile]:
     """The tiles offered for a call of this class, in order (the first runs when autotuning is off).
 
-    The class's list, plus a chunk of one page for pages of up to SMALL_PAGE keys; entries over the
+    The class's list, plus a chunk of one page for pages of up to SMALL_PAGE keys where the class has
+    none of that size; entries over the
     shared-memory budget dropped (the smallest kept if none fits), depths turned into num_stages for
     the layout, no chunk longer than the capacity rounded up to a power of two (the shortest kept if
     none), and warps raised to ``min_warps``.
     """
     entries = list(SPACE[head_dim_class(block_d)])
-    if 0 < page_size <= SMALL_PAGE:
+    if 0 < page_size <= SMALL_PAGE and all(n != page_size for n, _, _ in entries):
         entries.append((page_size, _SMALL_PAGE_WARPS, _SMALL_PAGE_DEPTH))
     q_tile = block_m * block_d * element_size if block_m >= 64 else 0
     smem = {e: e[2] * 2 * e[0] * block_d * element_size + q_tile for e in entries}

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 import pytest
 import torch
+import triton
 
 import flashbench_kernels.flash_decode.checks as fd_checks
 import flashbench_kernels.flash_decode.run as fd_run
@@ -479,12 +481,15 @@ def test_candidates_per_class():
     assert mid[0] == Tile(64, 4, 3)
     paged = tuning.candidates(128, 16, 256, 32768, 2)
     assert paged == [Tile(n, w, 2 * d + 1) for n, w, d in tuning.SPACE["mid"]]  # paged: 2 depth + 1
-    for page in (16, 32):
-        tiles = tuning.candidates(128, 16, page, 32768, 2)
-        assert Tile(page, 4, 7) in tiles and len(tiles) == len(set(tiles)) <= 7  # one page a chunk, depth 3
+    # a chunk of one page for pages of 16 and 32: the class's own entry, else one of 4 warps, 3 deep
+    assert tuning.candidates(128, 16, 16, 32768, 2) == paged
+    assert tuning.candidates(64, 16, 16, 32768, 2)[-1] == Tile(16, 4, 7)
+    assert tuning.candidates(64, 16, 32, 32768, 2) == [Tile(n, w, 2 * d + 1) for n, w, d in tuning.SPACE["small"]]
     for block_d in (32, 64, 128, 256):
-        for page in (0, 16, 256):
-            assert 1 <= len(tuning.candidates(block_d, 16, page, 1 << 17, 2)) <= 7
+        for page in (0, 16, 32, 256):
+            tiles = tuning.candidates(block_d, 16, page, 1 << 17, 2)
+            assert 1 <= len(tiles) <= 7 and len(set(tiles)) == len(tiles)
+            assert not page or page > tuning.SMALL_PAGE or any(t.block_n == page for t in tiles)
 
 
 def test_candidates_respect_budget_capacity_and_warps():
@@ -494,10 +499,14 @@ def test_candidates_respect_budget_capacity_and_warps():
     assert len(fp32) < len(tuning.SPACE["mid"])
     # a 20-key capacity: no chunk above 32 keys
     assert all(t.block_n <= 32 for t in tuning.candidates(128, 16, 0, 20, 2))
-    assert tuning.candidates(128, 16, 0, 3, 2) == [Tile(32, 4, 4)]  # none that short: the shortest
-    # 128 rows at D 128: 8 warps at least
+    assert all(t.block_n == 16 for t in tuning.candidates(128, 16, 0, 3, 2))
+    assert tuning.candidates(32, 16, 0, 3, 2) == [Tile(32, 1, 4)]  # none that short: the shortest
+    # wider tiles, more warps: 128 rows at D 128 take 8 at least, 32 rows 2
     wide = tuning.candidates(128, 128, 0, 32768, 2)
     assert wide and all(t.num_warps >= 8 for t in wide) and len(wide) == len(set(wide))
+    assert min(t.num_warps for t in tuning.candidates(128, 32, 0, 32768, 2)) == 2
+    assert min(t.num_warps for t in tuning.candidates(256, 16, 0, 32768, 2)) == 4
+    assert [tuning.min_warps(m, d) for m, d in ((16, 64), (16, 128), (32, 128), (64, 128), (64, 256))] == [1, 1, 2, 4, 8]
 
 
 def test_shifted_splits():
@@ -624,3 +633,95 @@ def test_unbuildable_candidates_are_dropped_and_a_pinned_one_is_a_value_error(mo
     assert {t for t, _ in dev.timed} == set(tiles[2:])
     with pytest.raises(ValueError, match=r"^flash_decode: options.config = \(\d+, 4, 3\) cannot be built"):
         flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(tiles[0]), tune_splits=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every candidate compiled for sm_90 (no GPU needed: Triton's wheel carries ptxas and cuobjdump)
+# ---------------------------------------------------------------------------------------------
+# Runs in a child process without the interpreter.  One JSON line per candidate: its class, tile,
+# depth (K/V chunks in flight), registers, spilled bytes and shared memory.
+_COMPILE_SCRIPT = r"""
+import json, os, re, subprocess, sys
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from flashbench_kernels.flash_decode import launch, run, tuning
+from flashbench_kernels.flash_decode.kernels import split_kernel
+
+TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+def call_for(D, page, dtype=torch.bfloat16, B=2, Nq=4, H=32, Hkv=8, capacity=4096):
+    q = torch.empty(B, Nq, H, D, dtype=dtype, device="meta")
+    lens = torch.empty(B, dtype=torch.int32, device="meta")
+    if page:
+        k = torch.empty(B * capacity // page, page, Hkv, D, dtype=dtype, device="meta")
+        table = torch.empty(B, capacity // page, dtype=torch.int32, device="meta")
+    else:
+        k, table = torch.empty(B, capacity, Hkv, D, dtype=dtype, device="meta"), None
+    return launch.prepare_call(q, k, k, lens, table, 0.1, capacity, page)
+
+def compile_tile(call, tile, splits):
+    fn = split_kernel
+    consts = run.split_constexprs(call, tile.block_n, splits)
+    dt = TYPES[call.q.dtype]
+    sig = {n: "i32" for n in fn.arg_names}
+    sig.update(Q="*" + dt, K="*" + dt, V="*" + dt, O="*fp32" if splits > 1 else "*" + dt, LSE="*fp32",
+               SEQLENS="*i32", TABLE="*i32", qk_scale="fp32")
+    sig.update({n: "constexpr" for n in consts})
+    aligned = [n for n in fn.arg_names if n in ("Q", "K", "V", "O", "LSE", "SEQLENS", "TABLE")
+               or (n.startswith("stride_") and n not in fn.do_not_specialize and n != "stride_lh")]
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
+
+def usage(compiled):
+    path = f"/tmp/flash_decode_compile_{os.getpid()}.cubin"
+    with open(path, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.remove(path)
+    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
+    return dict(registers=int(m.group(1)), local_bytes=int(m.group(2)), shared_bytes=compiled.metadata.shared)
+
+for D, page in json.loads(sys.argv[1]):
+    call = call_for(D, page)
+    for tile in tuning.candidates(call.block_d, call.block_m, page, call.capacity, 2):
+        depth = (tile.num_stages - 1) // (2 if page else 1)
+        row = dict(D=D, page=page, tile=list(tile), depth=depth, kv_chunk_bytes=2 * tile.block_n * call.block_d * 2)
+        print(json.dumps({**row, **usage(compile_tile(call, tile, 3))}), flush=True)
+"""
+_COMPILE_CLASSES = [(128, 0), (128, 16), (64, 0), (256, 0)]  # (head dim, page size): about 25 builds
+_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+@pytest.fixture(scope="module")
+def compiled_candidates():
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(_COMPILE_CLASSES)],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and rows, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    return rows
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")), reason="this Triton carries no NVIDIA toolchain")
+def test_every_candidate_builds_for_sm90_without_spills_at_its_depth(compiled_candidates):
+    """Each candidate compiles for sm_90, spills nothing, fits a block's 227 KB of shared memory and
+    gets exactly ``depth`` K/V buffers in both layouts (what ``pipeline_stages`` promises)."""
+    assert {(r["D"], r["page"]) for r in compiled_candidates} == set(_COMPILE_CLASSES)
+    for r in compiled_candidates:
+        where = f"D{r['D']} page {r['page']} tile {r['tile']}"
+        assert r["local_bytes"] == 0, f"{where} spills {r['local_bytes']} bytes"
+        assert r["shared_bytes"] <= 227 * 1024, f"{where}: {r['shared_bytes']} bytes of shared memory"
+        buffers = r["depth"] * r["kv_chunk_bytes"]
+        assert buffers <= r["shared_bytes"] < buffers + r["kv_chunk_bytes"] // 2 + 16 * 1024, \
+            f"{where}: {r['shared_bytes']} bytes of shared memory for {r['depth']} K/V buffers of {r['kv_chunk_bytes']}"
