@@ -17,6 +17,7 @@ from .tuning import MAX_SPLITS
 
 MAX_NEW_TOKENS = 16
 PAGE_SIZES = (16, 32, 64, 128, 256)
+_DEFAULT_OPTIONS = DecodeOptions()  # frozen: one shared value instead of one made per call
 
 
 def fail(reason: str):
@@ -124,7 +125,7 @@ def check_options(q, sm_scale, num_splits, launch_log, check_values, options) ->
     check_launch_log(launch_log, "flash_decode")
     if not isinstance(check_values, bool):
         fail(f"check_values must be True or False, got {check_values!r}")
-    options = DecodeOptions() if options is None else options
+    options = _DEFAULT_OPTIONS if options is None else options
     if not isinstance(options, DecodeOptions):
         fail(f"options must be a DecodeOptions, got {type(options).__name__}")
     return scale, options

@@ -10,7 +10,6 @@ import functools
 from typing import MutableMapping
 
 import torch
-import triton
 from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
@@ -43,7 +42,7 @@ def prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, 
     group = H // Hkv
     block_d = max(16, run.next_pow2(D))
     block_m = min(max(16, run.next_pow2(group * Nq)), _MAX_ROWS if block_d <= 128 else _MAX_ROWS // 2)
-    m_blocks = triton.cdiv(group * Nq, block_m)
+    m_blocks = run.cdiv(group * Nq, block_m)
     out = run.new_buffer((B, Nq, H, D), q.dtype, q.device)
     return run.DecodeCall(q, k_cache, v_cache, cache_seqlens, block_table, out, scale * run.LOG2E, page,
                           capacity, k_cache.shape[0] if page else 0, group, block_m, m_blocks, block_d,

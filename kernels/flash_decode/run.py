@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import triton
 
 from .kernels import combine_kernel, split_kernel
 from .options import Tile
@@ -46,6 +45,11 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (``triton.cdiv`` is a JIT function: slow to call from the host)."""
+    return -(-a // b)
+
+
 def split_constexprs(call: DecodeCall, block_n: int, splits: int) -> dict:
     """The split kernel's constexprs for ``call`` (the compile checks in the tests build these too)."""
     return dict(GROUP=call.group, HEAD_DIM=call.q.shape[-1], BLOCK_D=call.block_d, BLOCK_M=call.block_m,
@@ -78,6 +82,6 @@ def run(call: DecodeCall, tile: Tile, splits: int) -> None:
         rows = B * Nq * H
         block_s = max(2, next_pow2(splits))
         block_dc = min(call.block_d, max(16, _COMBINE_TILE // block_s))
-        combine_kernel[(rows, triton.cdiv(D, block_dc))](
+        combine_kernel[(rows, cdiv(D, block_dc))](
             o_part, lse_part, out, rows, splits, HEAD_DIM=D, BLOCK_S=block_s, BLOCK_DC=block_dc,
             num_warps=_COMBINE_WARPS)

@@ -57,7 +57,7 @@ def choose_num_splits(programs: int, capacity: int, num_sms: int) -> int:
 SPACE = {
     "small": [(128, 4, 2), (64, 4, 2), (128, 8, 2), (256, 8, 2), (64, 2, 2), (32, 1, 3)],  # head dims 32, 64
     "mid": [(64, 4, 2), (64, 8, 2), (128, 8, 2), (256, 8, 1), (32, 2, 2), (16, 1, 3)],  # 96, 128
-    "large": [(32, 4, 2), (32, 8, 2), (64, 4, 1), (64, 8, 1), (16, 4, 3)],  # 256
+    "large": [(32, 4, 2), (32, 8, 2), (64, 4, 1), (64, 8, 2), (16, 4, 3)],  # 256
 }
 # With pages of 16 or 32 keys a chunk of one page is one table lookup and one contiguous block (larger
 # chunks gather their rows page by page): a class without an entry of that BLOCK_N is offered this one.
@@ -93,7 +93,8 @@ def min_warps(block_m: int, block_d: int) -> int:
     return max(1, run.next_pow2(block_m * block_d // _ACC_VALUES_PER_WARP))
 
 
-def candidates(block_d: int, block_m: int, page_size: int, capacity: int, element_size: int) -> list[Tile]:
+@functools.lru_cache(maxsize=1024)  # called on every launch: its arguments are a handful of ints
+def candidates(block_d: int, block_m: int, page_size: int, capacity: int, element_size: int) -> tuple[Tile, ...]:
     """The tiles offered for a call of this class, in order (the first runs when autotuning is off).
 
     The class's list, plus a chunk of one page for pages of up to SMALL_PAGE keys where the class has
@@ -116,7 +117,7 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
         t = t._replace(num_warps=max(t.num_warps, warps))
         if t not in out:
             out.append(t)
-    return out
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,21 +146,16 @@ class _DecodeLaunch:
 @functools.lru_cache(maxsize=None)
 def _config(tile: Tile, shift: int) -> triton.Config:
     """One candidate as a ``triton.Config`` (made once, so the tuner's choices compare by identity too)."""
-    return triton.Config({"BLOCK_N": tile.block_n, "SPLIT_SHIFT": shift}, num_warps=tile.num_warps,
-                         num_stages=tile.num_stages)
-
-
-def tile_of(cfg: triton.Config) -> Tile:
-    return Tile(cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+    return triton.Config({"TILE": tile, "SPLIT_SHIFT": shift}, num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def max_splits(call: run.DecodeCall, tile: Tile) -> int:
     """No more splits than chunks of capacity, nor than MAX_SPLITS."""
-    return min(MAX_SPLITS, max(1, triton.cdiv(call.capacity, tile.block_n)))
+    return min(MAX_SPLITS, max(1, run.cdiv(call.capacity, tile.block_n)))
 
 
 def _splits_of(cfg: triton.Config, call: run.DecodeCall, splits: int) -> int:
-    tile = tile_of(cfg)
+    tile = cfg.kwargs["TILE"]
     return shifted_splits(splits, cfg.kwargs["SPLIT_SHIFT"], max_splits(call, tile)) or splits
 
 
@@ -179,7 +175,7 @@ def _prune(configs, named: dict, **meta) -> list:
 
 def _launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
     call = args[0]
-    run.run(call, tile_of(cfg), _splits_of(cfg, call, meta["SPLITS_NOW"]))
+    run.run(call, cfg.kwargs["TILE"], _splits_of(cfg, call, meta["SPLITS_NOW"]))
 
 
 def make_tuner() -> InterleavedTuner:
@@ -191,7 +187,7 @@ TUNER = make_tuner()  # holds the choices made in this process
 
 
 def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_splits: bool,
-          pinned: Tile | None, tiles: list[Tile]) -> tuple[Tile, int]:
+          pinned: Tile | None, tiles: tuple[Tile, ...]) -> tuple[Tile, int]:
     """Run ``call`` with the configuration ``tuner`` chose for its class (choosing it first on a miss).
 
     ``splits``: the split count in effect (given, or the heuristic's); with ``vary_splits`` half and
@@ -202,4 +198,4 @@ def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_split
                 SPLITS=run.next_pow2(splits), CAPACITY=run.next_pow2(call.capacity), VARY_SPLITS=vary_splits,
                 PINNED=pinned, SPLITS_NOW=splits, CANDIDATES=tiles)
     cfg = tuner.run(None, (call,), meta)
-    return tile_of(cfg), _splits_of(cfg, call, splits)
+    return cfg.kwargs["TILE"], _splits_of(cfg, call, splits)

@@ -476,15 +476,15 @@ def test_many_splits_combine_in_column_blocks():
 # Tile candidates
 # ---------------------------------------------------------------------------------------------
 def test_candidates_per_class():
-    mid = tuning.candidates(128, 16, 0, 32768, 2)
+    mid = list(tuning.candidates(128, 16, 0, 32768, 2))
     assert mid == [Tile(n, w, d + 1) for n, w, d in tuning.SPACE["mid"]]  # contiguous: depth + 1 stages
     assert mid[0] == Tile(64, 4, 3)
-    paged = tuning.candidates(128, 16, 256, 32768, 2)
+    paged = list(tuning.candidates(128, 16, 256, 32768, 2))
     assert paged == [Tile(n, w, 2 * d + 1) for n, w, d in tuning.SPACE["mid"]]  # paged: 2 depth + 1
     # a chunk of one page for pages of 16 and 32: the class's own entry, else one of 4 warps, 3 deep
-    assert tuning.candidates(128, 16, 16, 32768, 2) == paged
+    assert list(tuning.candidates(128, 16, 16, 32768, 2)) == paged
     assert tuning.candidates(64, 16, 16, 32768, 2)[-1] == Tile(16, 4, 7)
-    assert tuning.candidates(64, 16, 32, 32768, 2) == [Tile(n, w, 2 * d + 1) for n, w, d in tuning.SPACE["small"]]
+    assert list(tuning.candidates(64, 16, 32, 32768, 2)) == [Tile(n, w, 2 * d + 1) for n, w, d in tuning.SPACE["small"]]
     for block_d in (32, 64, 128, 256):
         for page in (0, 16, 32, 256):
             tiles = tuning.candidates(block_d, 16, page, 1 << 17, 2)
@@ -500,7 +500,7 @@ def test_candidates_respect_budget_capacity_and_warps():
     # a 20-key capacity: no chunk above 32 keys
     assert all(t.block_n <= 32 for t in tuning.candidates(128, 16, 0, 20, 2))
     assert all(t.block_n == 16 for t in tuning.candidates(128, 16, 0, 3, 2))
-    assert tuning.candidates(32, 16, 0, 3, 2) == [Tile(32, 1, 4)]  # none that short: the shortest
+    assert tuning.candidates(32, 16, 0, 3, 2) == (Tile(32, 1, 4),)  # none that short: the shortest
     # wider tiles, more warps: 128 rows at D 128 take 8 at least, 32 rows 2
     wide = tuning.candidates(128, 128, 0, 32768, 2)
     assert wide and all(t.num_warps >= 8 for t in wide) and len(wide) == len(set(wide))
