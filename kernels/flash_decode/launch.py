@@ -10,9 +10,8 @@ import functools
 from typing import MutableMapping
 
 import torch
-from triton.compiler.errors import CompileTimeAssertionFailure
-from triton.runtime.errors import OutOfResources, PTXASError
 
+from .._tuner import _UNBUILDABLE
 from .._validate import interpreting
 from . import run, tuning
 from .checks import check_options, check_shapes, check_tensors, check_values as check_lengths_and_table, fail
@@ -20,7 +19,6 @@ from .options import DecodeOptions, Tile
 
 _MAX_ROWS = 128  # rows of one tile (64 at head dim 256): bounds the fp32 accumulator's registers
 _INTERPRETER_SMS = 4
-_UNBUILDABLE = (OutOfResources, CompileTimeAssertionFailure, PTXASError)
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,7 +34,8 @@ def num_sms(device: torch.device) -> int:
 
 
 def prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, capacity: int,
-             page: int) -> run.DecodeCall:
+                 page: int) -> run.DecodeCall:
+    """The call's tile rows, row blocks, programs and output buffer (from shapes only)."""
     B, Nq, H, D = q.shape
     Hkv = k_cache.shape[2]
     group = H // Hkv
@@ -71,7 +70,12 @@ def _choose_and_run(call: run.DecodeCall, options: DecodeOptions, num_splits: in
             run.run(call, tile, splits)
         source = "pinned" if pinned is not None else ("interpreter" if interpreting() else "default")
         return dict(tile=tile, splits=splits, config_source=source, splits_source="given" if num_splits else "heuristic")
-    tile, splits = tuning.tuned(tuning.TUNER, call, splits, vary, pinned, tiles)
+    try:
+        tile, splits = tuning.tuned(tuning.TUNER, call, splits, vary, pinned, tiles)
+    except RuntimeError:  # the tuner found no candidate that builds
+        if pinned is not None:
+            _run_pinned(call, pinned, splits)  # a ValueError naming the option when the pinned tile is why
+        raise
     return dict(tile=tile, splits=splits, config_source="pinned" if pinned is not None else "tuned",
                 splits_source="tuned" if vary else ("given" if num_splits else "heuristic"))
 

@@ -631,8 +631,9 @@ def test_unbuildable_candidates_are_dropped_and_a_pinned_one_is_a_value_error(mo
     dev = FakeDevice(monkeypatch, {}, unbuildable=tiles[:2])
     flash_decode(**_decode_args())
     assert {t for t, _ in dev.timed} == set(tiles[2:])
-    with pytest.raises(ValueError, match=r"^flash_decode: options.config = \(\d+, 4, 3\) cannot be built"):
-        flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(tiles[0]), tune_splits=False))
+    for tune_splits in (False, True):
+        with pytest.raises(ValueError, match=r"^flash_decode: options.config = \(\d+, 4, 3\) cannot be built"):
+            flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(tiles[0]), tune_splits=tune_splits))
 
 
 # ---------------------------------------------------------------------------------------------
