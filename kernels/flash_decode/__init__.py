@@ -78,11 +78,13 @@ split writes L = -inf).  Explicit counts 1..128 are honoured.  With S > 1 splits
 S * B * Nq * H * (D + 1) fp32 values of partial results.
 
 The tile (BLOCK_N keys a chunk, warps, pipeline stages) is chosen on the device: the first call of a
-shape class times each candidate of its head-dim class (``tuning.SPACE``: BLOCK_N 64/128, 256 at
-small head dims, 4 or 8 warps, 2-4 stages, within a shared-memory budget; plus a one-page chunk for
-pages of 16 or 32) in interleaved rounds (``_tuner.InterleavedTuner``), split and combine kernels
-together; for a split launch with ``num_splits=0`` half and twice the heuristic's split count are
-timed too.  The class: head dim, tile rows, page size, dtype, and split count and capacity rounded
+shape class times each candidate of its head-dim class (``tuning.SPACE``: six or so, BLOCK_N 16 to
+256 with 1 to 8 warps and one to three K/V chunks in flight, within a shared-memory budget; plus a
+one-page chunk for pages of 16 or 32 where the class has none) in interleaved rounds
+(``_tuner.InterleavedTuner``), split and combine kernels together; for a split launch with
+``num_splits=0`` half and twice the heuristic's split count are timed too.  A paged kernel is built
+with twice the stages of a contiguous one for the same chunks in flight (Triton pipelines a load
+whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count and capacity rounded
 up to powers of two.  ``DecodeOptions`` turns tuning off (the class's first candidate runs), pins a
 tile, or keeps the heuristic's split count.  Under the CPU interpreter one fixed tile runs (BLOCK_N
 32, so that its tests take both paged gathers) unless one is pinned.  ``launch_log`` records the
