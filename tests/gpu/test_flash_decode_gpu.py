@@ -6,20 +6,24 @@ differ within the batch (and are not multiples of any block or page), pages of 1
 automatically and forced.  For each case the contiguous cache and a shuffled paged copy are run,
 their outputs must agree with each other, and both must meet flash-attention's rule against the
 fp64 reference (max error <= 2 x the error of PyTorch's same-dtype math + a small absolute term).
-Every buffer the launcher allocates is NaN-poisoned first.
+Every buffer the launcher allocates is NaN-poisoned first.  Beyond the grid: every tile the tuner
+may choose (pinned), the tuned default, calls that must not synchronise (sync debug mode "error",
+CUDA-graph capture), unchecked bad values (NaN rows, no fault), and a smoke run of
+tools/decode_bench.py.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-import flashbench_kernels.flash_decode as fd
+import flashbench_kernels.flash_decode.run as fd_run
 from decode_reference import decode_reference, gather_pages, page_cache, random_tensor
-from flashbench_kernels.flash_decode import choose_num_splits, flash_decode
+from flashbench_kernels.flash_decode import DecodeOptions, choose_num_splits, flash_decode, tuning
 
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
 ATOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
+UNTUNED = DecodeOptions(autotune=False)  # the grid runs each class's first tile; every tile is run below
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +31,7 @@ def poisoned_buffers(monkeypatch):
     def empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(fd, "_empty", empty)
+    monkeypatch.setattr(fd_run, "new_buffer", empty)
 
 
 def _lengths(B: int, longest: int, seed: int) -> list[int]:
@@ -46,22 +50,28 @@ def _check(out, q, k_seqs, v_seqs):
     assert err <= 2 * err_torch + ATOL[q.dtype], f"max error {err:.3e} > 2 x torch {err_torch:.3e} + {ATOL[q.dtype]:g}"
 
 
-def _run_case(B, Nq, H, Hkv, D, longest, page, dtype, num_splits=0, seed=0):
+def _inputs(B, Nq, H, Hkv, D, longest, page, dtype, seed):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     lengths = _lengths(B, longest, seed)
     q = random_tensor((B, Nq, H, D), dtype, g)
     k = random_tensor((B, longest, Hkv, D), dtype, g)
     v = random_tensor((B, longest, Hkv, D), dtype, g)
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    k_pages, v_pages, table = page_cache(k, v, lengths, page, g)
+    return q, k, v, seqlens, lengths, page_cache(k, v, lengths, page, g)
 
+
+def _run_case(B, Nq, H, Hkv, D, longest, page, dtype, num_splits=0, seed=0, options=UNTUNED):
+    """The contiguous cache and its paged copy, each against the reference; the paged call runs the
+    contiguous call's split count, and where both ran the same BLOCK_N they must agree closely."""
+    q, k, v, seqlens, lengths, (k_pages, v_pages, table) = _inputs(B, Nq, H, Hkv, D, longest, page, dtype, seed)
     log_dense, log_paged = {}, {}
-    dense = flash_decode(q, k, v, seqlens, num_splits=num_splits, launch_log=log_dense)
-    paged = flash_decode(q, k_pages, v_pages, seqlens, block_table=table, num_splits=num_splits, launch_log=log_paged)
-    assert log_dense["num_splits"] == log_paged["num_splits"]
+    dense = flash_decode(q, k, v, seqlens, num_splits=num_splits, launch_log=log_dense, options=options)
+    paged = flash_decode(q, k_pages, v_pages, seqlens, block_table=table, num_splits=log_dense["num_splits"],
+                         launch_log=log_paged, options=options)
     assert log_paged["kv_gather"] == ("row" if page < log_paged["block_n"] else "page")
-    # the same chunks in the same order: the two layouts agree to the last bit or so
-    torch.testing.assert_close(paged, dense, rtol=0, atol=1e-3 if dtype == torch.float16 else 8e-3)
+    if log_dense["block_n"] == log_paged["block_n"]:
+        # the same chunks in the same order: the two layouts agree to the last bit or so
+        torch.testing.assert_close(paged, dense, rtol=0, atol=1e-3 if dtype == torch.float16 else 8e-3)
     _check(dense, q, [k[b, :n] for b, n in enumerate(lengths)], [v[b, :n] for b, n in enumerate(lengths)])
     _check(paged, q, gather_pages(k_pages, table, lengths), gather_pages(v_pages, table, lengths))
     return log_dense
@@ -99,13 +109,135 @@ def test_forced_split_counts(num_splits):
 
 
 def test_auto_split_count_follows_the_heuristic():
-    """The automatic count is choose_num_splits of the launch's shape and the SM count."""
-    log = _run_case(1, 1, 32, 8, 128, 32768, 64, torch.bfloat16)
+    """Untuned, the automatic count is choose_num_splits of the launch's shape, capacity and SM count."""
+    log = _run_case(1, 1, 32, 8, 128, 32768, 64, torch.bfloat16, options=DecodeOptions(tune_splits=False))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert log["num_splits"] == choose_num_splits(8, -(-32768 // log["block_n"]), sms) > 1
+    assert log["num_splits"] == choose_num_splits(8, 32768, sms) > 1 and log["splits_source"] == "heuristic"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_other_head_dims(dtype):
     for D in (32, 96, 256):
         _run_case(2, 4, 32, 8, D, 3001, 16, dtype, seed=D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every tile the tuner may choose, and the tuned default
+# ---------------------------------------------------------------------------------------------
+LAYOUT_CASES = [(128, None), (128, 16), (128, 256), (64, None), (64, 32), (256, None), (256, 16)]
+
+
+@pytest.mark.parametrize("D,page", LAYOUT_CASES, ids=[f"D{d}-{'p%d' % p if p else 'contiguous'}" for d, p in LAYOUT_CASES])
+def test_every_candidate_tile(D, page):
+    """Each candidate of the class, pinned, on a batch of unequal lengths with 3 splits (bf16)."""
+    q, k, v, seqlens, lengths, (k_pages, v_pages, table) = _inputs(3, 4, 32, 8, D, 3001, page or 16,
+                                                                   torch.bfloat16, seed=D)
+    if page:
+        args, ks, vs = (q, k_pages, v_pages), gather_pages(k_pages, table, lengths), gather_pages(v_pages, table, lengths)
+        capacity = table.shape[1] * page
+    else:
+        args, ks, vs = (q, k, v), [k[b, :n] for b, n in enumerate(lengths)], [v[b, :n] for b, n in enumerate(lengths)]
+        capacity = k.shape[1]
+    block_d = max(16, 1 << (D - 1).bit_length())
+    tiles = tuning.candidates(block_d, 16, page or 0, capacity, 2)
+    assert tiles
+    for tile in tiles:
+        log = {}
+        out = flash_decode(*args, seqlens, block_table=table if page else None, num_splits=3,
+                           options=DecodeOptions(config=tuple(tile)), launch_log=log)
+        assert (log["block_n"], log["num_warps"], log["num_stages"]) == tuple(tile)
+        _check(out, q, ks, vs)
+
+
+def test_tuned_default():
+    """Default options: the tuner chooses once per class, later calls of the class reuse the choice."""
+    logs = [_run_case(8, 1, 32, 8, 128, 4096, 16, torch.bfloat16, options=DecodeOptions()) for _ in range(2)]
+    assert logs[0]["config_source"] == "tuned" and logs[0]["splits_source"] == "tuned"
+    assert logs[0] == logs[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# No synchronisation with check_values=False
+# ---------------------------------------------------------------------------------------------
+def _decode_inputs(page):
+    q, k, v, seqlens, lengths, (k_pages, v_pages, table) = _inputs(4, 1, 32, 8, 128, 2048, page or 16,
+                                                                   torch.bfloat16, seed=11)
+    return (q, k_pages, v_pages, seqlens, table) if page else (q, k, v, seqlens, None)
+
+
+@pytest.mark.parametrize("page", [None, 16], ids=["contiguous", "paged16"])
+def test_unchecked_calls_do_not_synchronise(page):
+    q, k, v, seqlens, table = _decode_inputs(page)
+    expected = flash_decode(q, k, v, seqlens, block_table=table)  # checks, and tunes the class
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = flash_decode(q, k, v, seqlens, block_table=table, check_values=False)
+        with pytest.raises(RuntimeError):
+            flash_decode(q, k, v, seqlens, block_table=table)  # the one sync of the checked call
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("page", [None, 16], ids=["contiguous", "paged16"])
+def test_unchecked_calls_capture_in_a_cuda_graph(page):
+    q, k, v, seqlens, table = _decode_inputs(page)
+    expected = flash_decode(q, k, v, seqlens, block_table=table)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as capture wants
+        flash_decode(q, k, v, seqlens, block_table=table, check_values=False)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = flash_decode(q, k, v, seqlens, block_table=table, check_values=False)
+    q.copy_(q.flip(0))  # new inputs in place, then replay
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, flash_decode(q, k, v, seqlens, block_table=table))
+    assert not torch.equal(out, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unchecked bad values: NaN rows for their sequences, no fault
+# ---------------------------------------------------------------------------------------------
+def test_unchecked_bad_values_give_nan_rows_and_no_fault():
+    q, k, v, seqlens, lengths, (k_pages, v_pages, table) = _inputs(6, 4, 32, 8, 128, 5000, 16, torch.bfloat16, seed=5)
+    good = flash_decode(q, k_pages, v_pages, seqlens, block_table=table)
+    table[1, 0] = 1 << 30
+    table[3, (lengths[3] - 1) // 16] = -1000
+    bad_lengths = seqlens.clone()
+    bad_lengths[4] = table.shape[1] * 16 + 1
+    bad_lengths[5] = 0
+    for splits in (0, 1):
+        out = flash_decode(q, k_pages, v_pages, bad_lengths, block_table=table, num_splits=splits,
+                           check_values=False)
+        torch.cuda.synchronize()  # an out-of-bounds read would fault here
+        for b in range(6):
+            if b in (1, 3, 4, 5):
+                assert out[b].isnan().all(), f"sequence {b}"
+            elif splits == 0:
+                assert torch.equal(out[b], good[b]), f"sequence {b}"
+            else:
+                assert torch.isfinite(out[b]).all(), f"sequence {b}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe tool
+# ---------------------------------------------------------------------------------------------
+def test_decode_bench_tool_runs(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, os.path.join(root, "tools", "decode_bench.py"), "--shapes", "2x4096",
+                           "--nq", "1", "--pages", "16", "--rep", "10", "--warmup", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["B"] == 2 and rows[0]["N"] == 4096
+    assert rows[0]["decode"]["contiguous"]["gbps"] > 0 and rows[0]["decode"]["paged16"]["gbps"] > 0

@@ -1,0 +1,201 @@
+"""How ``flash_decode`` chooses its split count and tile: the heuristic, the candidates, the tuner.
+
+Split count (``choose_num_splits``): from the launch's programs before splitting and the cache's
+capacity, never from the lengths (reading them would wait for the device).  Tile: one of a few
+candidates per head-dim class (``SPACE``), chosen on the device by timing every candidate of the
+call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); where the launch is split,
+the same timing also tries half and twice the heuristic's split count.  The shape class (``KEY``)
+holds every launch argument that changes which candidates are offered or how fast they run.
+Nothing in this file has been timed on a GPU yet: the candidates span the choices (keys per chunk,
+warps, pipeline depth) that the timing is there to settle.
+"""
+from __future__ import annotations
+
+import functools
+
+import triton
+
+from .._tuner import InterleavedTuner
+from . import run
+from .options import Tile
+
+MAX_SPLITS = 128
+
+# Split heuristic (``choose_num_splits``); constants, not knobs.
+_FULL_PROGRAMS_PER_SM = 2  # at or above this many programs per SM the launch is not split
+_TARGET_PROGRAMS_PER_SM = 4  # a split launch aims at this many: several waves, so a short last wave costs little
+MIN_SPLIT_KEYS = 512  # a split of fewer keys is mostly prologue and combine traffic (8 chunks of 64)
+
+
+def choose_num_splits(programs: int, capacity: int, num_sms: int) -> int:
+    """Splits of the key range for ``num_splits=0``.
+
+    programs: programs of the launch before splitting (B * H_kv * row blocks); capacity: keys a
+    sequence can hold (N_max, or max_blocks * page_size); num_sms: the GPU's multiprocessors.  No
+    split when the launch already has two programs per SM; otherwise enough splits for about four
+    per SM, but no more than leave MIN_SPLIT_KEYS keys of capacity per split, and at most MAX_SPLITS.
+    """
+    if programs >= _FULL_PROGRAMS_PER_SM * num_sms:
+        return 1
+    wanted = -(-_TARGET_PROGRAMS_PER_SM * num_sms // programs)
+    return max(1, min(wanted, capacity // MIN_SPLIT_KEYS, MAX_SPLITS))
+
+
+# Tile candidates per head-dim class: (BLOCK_N, num_warps, depth), depth being the K/V chunks the
+# software pipeline keeps in flight (``pipeline_stages`` turns it into Triton's num_stages).  The first
+# of a class runs when autotuning is off.  The loop is bound by HBM, and every candidate keeps at least
+# 128 KB of K/V in flight per SM on sm_90 (registers and shared memory of the compiled kernels, read
+# off Triton 3.6's sm_90 builds; none timed yet): they differ in what one iteration's fixed costs are
+# spread over and how many programs share an SM.  With 16-row tiles (GQA 4-8 x 1-4 new tokens) the
+# dots are MMAv2 with the warps side by side along the keys, so each iteration's two row reductions
+# and P's layout change cross warps through shared memory (9 barriers an iteration with 4 warps, 2
+# with one warp).  At D 128, bf16, 16 rows:
+#   64 keys/4 warps/2 deep: 136 registers, 70 KB, 3 programs an SM   64/8/2: 76 registers, 70 KB, 3
+#   128/8/2: 176 registers, 136 KB, 1 an SM                            256/8/1: 190 registers, 140 KB, 1
+#   32/2/2: 168 registers, 37 KB, 6 an SM                              16/1/3: 168 registers, 28 KB, 7
+# (128 keys with 4 warps and 2 chunks needs 255 registers; it is not offered.)
+SPACE = {
+    "small": [(128, 4, 2), (64, 4, 2), (128, 8, 2), (256, 8, 2), (64, 2, 2), (32, 1, 3)],  # head dims 32, 64
+    "mid": [(64, 4, 2), (64, 8, 2), (128, 8, 2), (256, 8, 1), (32, 2, 2), (16, 1, 3)],  # 96, 128
+    "large": [(32, 4, 2), (32, 8, 2), (64, 4, 1), (64, 8, 2), (16, 4, 3)],  # 256
+}
+# With pages of 16 or 32 keys a chunk of one page is one table lookup and one contiguous block (larger
+# chunks gather their rows page by page): a class without an entry of that BLOCK_N is offered this one.
+SMALL_PAGE = 32
+_SMALL_PAGE_WARPS, _SMALL_PAGE_DEPTH = 4, 3
+# Under the CPU interpreter (nothing to tune): 32 keys a chunk, so that its tests take both paged
+# gathers (pages of 16 gather rows, pages of 32 and up one page a chunk).
+INTERPRET_TILE = Tile(32, 4, 1)
+# K/V pipeline buffers (depth x 2 x BLOCK_N x BLOCK_D x element size, plus the Q tile that wide
+# tiles stage in shared memory) allowed a candidate: Hopper gives a block 227 KB and the reductions
+# and P's layout change need some.  Larger ones (fp32 inputs) are not offered; one that still does
+# not fit is dropped by the tuner when it fails to build.
+SMEM_BUDGET = 200 * 1024
+_ACC_VALUES_PER_WARP = 32 * 64  # accumulator values a warp holds at most (64 a thread)
+
+
+def pipeline_stages(depth: int, paged: bool) -> int:
+    """Triton's num_stages that keeps ``depth`` K/V chunks in flight.
+
+    Triton 3.6 pipelines a load whose address comes from another load of the loop (the page index)
+    over half the remaining stages: paged kernels got one K/V buffer at 3 and 4 stages, two at 5 and
+    6 (sm_90 compiles), where a contiguous cache gets ``num_stages - 1``.
+    """
+    return 2 * depth + 1 if paged else depth + 1
+
+
+def head_dim_class(block_d: int) -> str:
+    return "small" if block_d <= 64 else ("mid" if block_d <= 128 else "large")
+
+
+def min_warps(block_m: int, block_d: int) -> int:
+    """Enough warps that the fp32 accumulator takes at most 64 registers a thread (8 at 128 x 128)."""
+    return max(1, run.next_pow2(block_m * block_d // _ACC_VALUES_PER_WARP))
+
+
+@functools.lru_cache(maxsize=1024)  # called on every launch: its arguments are a handful of ints
+def candidates(block_d: int, block_m: int, page_size: int, capacity: int, element_size: int) -> tuple[Tile, ...]:
+    """The tiles offered for a call of this class, in order (the first runs when autotuning is off).
+
+    The class's list, plus a chunk of one page for pages of up to SMALL_PAGE keys where the class has
+    none of that size; entries over the
+    shared-memory budget dropped (the smallest kept if none fits), depths turned into num_stages for
+    the layout, no chunk longer than the capacity rounded up to a power of two (the shortest kept if
+    none), and warps raised to ``min_warps``.
+    """
+    entries = list(SPACE[head_dim_class(block_d)])
+    if 0 < page_size <= SMALL_PAGE and all(n != page_size for n, _, _ in entries):
+        entries.append((page_size, _SMALL_PAGE_WARPS, _SMALL_PAGE_DEPTH))
+    q_tile = block_m * block_d * element_size if block_m >= 64 else 0
+    smem = {e: e[2] * 2 * e[0] * block_d * element_size + q_tile for e in entries}
+    fit = [e for e in entries if smem[e] <= SMEM_BUDGET] or [min(entries, key=smem.get)]
+    tiles = [Tile(n, w, pipeline_stages(depth, page_size > 0)) for n, w, depth in fit]
+    short = [t for t in tiles if t.block_n <= max(16, run.next_pow2(capacity))] or [min(tiles, key=lambda t: t.block_n)]
+    warps = min_warps(block_m, block_d)
+    out = []
+    for t in short:
+        t = t._replace(num_warps=max(t.num_warps, warps))
+        if t not in out:
+            out.append(t)
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tuner: one choice of (tile, split count) per shape class
+# ----------------------------------------------------------------------------------------------
+# the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count and capacity
+# rounded up to powers of two, whether split counts are tried, a pinned tile (None: tiles are tried)
+KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED"]
+_SHIFTS = (0, -1, 1)  # the split count in effect, half of it, twice it
+
+
+def shifted_splits(splits: int, shift: int, max_splits: int) -> int | None:
+    """The split count a shift stands for: half (at least 2) or twice (at most ``max_splits``), or None."""
+    if shift == 0:
+        return splits
+    n = splits // 2 if shift < 0 else min(2 * splits, max_splits)
+    return n if n >= 2 and n != splits else None
+
+
+class _DecodeLaunch:
+    """What the tuner calls the kernel: one argument, the prepared call (``run.DecodeCall``)."""
+    __name__ = "flash_decode"
+    arg_names = ["call"]
+
+
+@functools.lru_cache(maxsize=None)
+def _config(tile: Tile, shift: int) -> triton.Config:
+    """One candidate as a ``triton.Config`` (made once, so the tuner's choices compare by identity too)."""
+    return triton.Config({"TILE": tile, "SPLIT_SHIFT": shift}, num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def max_splits(call: run.DecodeCall, tile: Tile) -> int:
+    """No more splits than chunks of capacity, nor than MAX_SPLITS."""
+    return min(MAX_SPLITS, max(1, run.cdiv(call.capacity, tile.block_n)))
+
+
+def _splits_of(cfg: triton.Config, call: run.DecodeCall, splits: int) -> int:
+    tile = cfg.kwargs["TILE"]
+    return shifted_splits(splits, cfg.kwargs["SPLIT_SHIFT"], max_splits(call, tile)) or splits
+
+
+def _prune(configs, named: dict, **meta) -> list:
+    call, splits = named["call"], meta["SPLITS_NOW"]
+    tiles = [meta["PINNED"]] if meta["PINNED"] else meta["CANDIDATES"]
+    shifts = _SHIFTS if meta["VARY_SPLITS"] else (0,)
+    out, seen = [], set()
+    for shift in shifts:  # the split count in effect first, with every tile
+        for tile in tiles:
+            n = shifted_splits(splits, shift, max_splits(call, tile))
+            if n is not None and (tile, n) not in seen:
+                seen.add((tile, n))
+                out.append(_config(tile, shift))
+    return out
+
+
+def _launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
+    call = args[0]
+    run.run(call, cfg.kwargs["TILE"], _splits_of(cfg, call, meta["SPLITS_NOW"]))
+
+
+def make_tuner() -> InterleavedTuner:
+    """A tuner with an empty cache (the package holds one, ``TUNER``; tests make their own)."""
+    return InterleavedTuner(_DecodeLaunch(), [], _prune, KEY, launch=_launch)
+
+
+TUNER = make_tuner()  # holds the choices made in this process
+
+
+def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_splits: bool,
+          pinned: Tile | None, tiles: tuple[Tile, ...]) -> tuple[Tile, int]:
+    """Run ``call`` with the configuration ``tuner`` chose for its class (choosing it first on a miss).
+
+    ``splits``: the split count in effect (given, or the heuristic's); with ``vary_splits`` half and
+    twice that count are tried too.  ``pinned``: the only tile tried; else ``tiles``.  Returns what ran.
+    """
+    q = call.q
+    meta = dict(HEAD_DIM=q.shape[-1], BLOCK_M=call.block_m, PAGE_SIZE=call.page_size, DTYPE=str(q.dtype),
+                SPLITS=run.next_pow2(splits), CAPACITY=run.next_pow2(call.capacity), VARY_SPLITS=vary_splits,
+                PINNED=pinned, SPLITS_NOW=splits, CANDIDATES=tiles)
+    cfg = tuner.run(None, (call,), meta)
+    return cfg.kwargs["TILE"], _splits_of(cfg, call, splits)
