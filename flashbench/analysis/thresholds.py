@@ -30,7 +30,7 @@ from pydantic import Field, create_model
 from ..model.fields import Strict as _Strict
 from ..model.filters import Rule
 from ..model.metrics import gated_metrics
-from ..model.yaml_input import ConfigError, validate_yaml
+from ..model.yaml_input import ConfigError, read_yaml_file, validate_yaml
 from .noise import DEFAULT_ALPHA, NoiseMethod
 
 
@@ -130,8 +130,4 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
         p = bundled[name_or_path]
     if not p.is_file():
         raise ConfigError([f"--thresholds: {name_or_path}: no such file"])
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{p}: cannot read: {e}"]) from None
-    return parse_thresholds(text, str(p)), str(p)
+    return parse_thresholds(read_yaml_file(p), str(p)), str(p)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
 from .fields import DType, Mode, PositiveInt, Strict, as_list
 from .filters import Rule
-from .yaml_input import ConfigError, validate_yaml
+from .yaml_input import ConfigError, read_yaml_file, validate_yaml
 
 
 class Axes(Strict):
@@ -148,10 +148,7 @@ def parse_config(text: str, source: str) -> SweepConfig:
 
 def load_config(name_or_path: str) -> LoadedConfig:
     path = resolve_config_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    text = read_yaml_file(path)
     cfg = parse_config(text, str(path))
     return LoadedConfig(path=str(path), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), config=cfg)
 

@@ -34,7 +34,7 @@ def _integer(v):
 
 def _positive(v: int) -> int:
     if v < 1:
-        raise ValueError(f"must be a positive integer, got {v}")
+        raise ValueError("must be a positive integer")
     return v
 
 

@@ -77,7 +77,7 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
     raw: dict[str, list[str]] = {}
     for part in [p for p in text.split(",") if p.strip()]:
         if "=" not in part:
-            problems.append(f"{option}: {part.strip()!r} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
+            problems.append(f"{option}: {preview(part.strip())} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
             continue
         key, value = (x.strip() for x in part.split("=", 1))
         key = KEY_ALIASES.get(key.lower(), key.lower())
@@ -94,7 +94,7 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
         for err in e.errors():
             key = str(err["loc"][0])
             if err["type"] == "extra_forbidden":
-                problems.append(f"{option}: unknown key {key!r} (keys: {', '.join(Rule.model_fields)})")
+                problems.append(f"{option}: unknown key {preview(key)} (keys: {', '.join(Rule.model_fields)})")
             else:
                 problems.append(f"{option}: {key}={preview(err.get('input'))}: {error_message(err)}")
         rule = None

@@ -10,7 +10,7 @@ import itertools
 
 from .case import Case, Task
 from .config import LoadedConfig, SweepConfig
-from .yaml_input import ConfigError
+from .yaml_input import ConfigError, preview
 
 
 def _heads_options(axes, head_dim: int) -> list[int]:
@@ -31,11 +31,12 @@ def _check_axes(cfg: SweepConfig, source: str) -> list[str]:
     if a.hidden is not None:
         for d in a.head_dim:
             if not any(h % d == 0 for h in a.hidden):
-                problems.append(f"{source}: axes.head_dim: {d} divides no value of axes.hidden {a.hidden}")
+                problems.append(f"{source}: axes.head_dim: {d} divides no value of axes.hidden {preview(a.hidden)}")
     if a.tokens is not None:
         for n in a.seq_len:
             if not any(t >= n for t in a.tokens):
-                problems.append(f"{source}: axes.seq_len: {n} exceeds every value of axes.tokens {a.tokens} (batch would be 0)")
+                problems.append(f"{source}: axes.seq_len: {n} exceeds every value of axes.tokens {preview(a.tokens)} "
+                                "(batch would be 0)")
     return problems
 
 
@@ -75,7 +76,7 @@ def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] |
     if known_backends is not None:
         unknown = [b for b in names if b not in known_backends]
         if unknown:
-            raise ConfigError([f"{source}: backends: unknown backend {b!r} (known: {', '.join(sorted(known_backends))})"
+            raise ConfigError([f"{source}: backends: unknown backend {preview(b)} (known: {', '.join(sorted(known_backends))})"
                                for b in unknown])
     cases = expand_cases(cfg, source)
     backend_includes = [r for r in cfg.include if "backend" in r.keys()]
