@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
@@ -33,6 +34,8 @@ def _print_dry_run(sweep) -> None:
     done = f" ({sweep.already_done} already in the results directory)" if sweep.already_done else ""
     out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
               f"{len(p.runnable)} to run, {len(p.skipped)} skipped")
+    for note in p.notes:
+        out.print(f"  note: {note}", highlight=False, soft_wrap=True)
 
 
 def _print_skips(sweep) -> None:
@@ -176,6 +179,8 @@ def run(
         return
     if p.device == "cpu" and not quiet:
         err.print("[yellow]note:[/] no GPU: running on the CPU. CPU timings are not GPU timings.")
+    for note in [] if quiet else p.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if sweep.resume is not None:
         for w in sweep.resume.warnings:
             err.print(f"[yellow]warning:[/] {w}")

@@ -6,13 +6,13 @@ profile`` both use it. Nothing here touches a GPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .. import backends
 from ..measure.measurer import MeasureSettings
 from ..model.case import DTYPES, Task
 from ..model.config import LoadedConfig
-from ..model.grid import expand_loaded
+from ..model.grid import dropped_combinations, expand_loaded
 from ..model.schema import Record
 
 
@@ -22,6 +22,7 @@ class Plan:
     device: str
     runnable: list[Task]
     skipped: list[Record]  # settled without touching a device
+    notes: list[str] = field(default_factory=list)  # combinations of the axes left out of the grid
 
     @property
     def total(self) -> int:
@@ -79,4 +80,4 @@ def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: s
     device = resolve_device(device or loaded.config.device)
     tasks = expand_loaded(loaded, backend_names, set(backends.REGISTRY))
     runnable, skipped = split_runnable(tasks, device)
-    return Plan(loaded, device, runnable, skipped)
+    return Plan(loaded, device, runnable, skipped, dropped_combinations(loaded.config))

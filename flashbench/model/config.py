@@ -6,6 +6,7 @@ Every problem in a file becomes one line naming the file, the field path and wha
 from __future__ import annotations
 
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -13,22 +14,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
-from .fields import DType, Mode, PositiveInt, Strict, as_list
+from .fields import Batch, DType, HeadDim, Heads, Hidden, Integer, Mode, Number, SeqLen, Strict, Tokens, as_list
 from .filters import Rule
-from .yaml_input import ConfigError, read_yaml_file, validate_yaml
+from .yaml_input import ConfigError, preview, read_yaml_file, validate_yaml
 
 
 class Axes(Strict):
     """The grid. Scalars are shorthand for one-element lists."""
 
-    batch: list[PositiveInt] | None = Field(None, description="batch sizes")
-    tokens: list[PositiveInt] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
-    heads: list[PositiveInt] | None = Field(None, description="query heads")
-    hidden: list[PositiveInt] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
-    kv_heads: list[PositiveInt] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
-    seq_len: list[PositiveInt]
-    seq_len_kv: list[PositiveInt] | None = Field(None, description="default = seq_len")
-    head_dim: list[PositiveInt]
+    batch: list[Batch] | None = Field(None, description="batch sizes")
+    tokens: list[Tokens] | None = Field(None, description="alternative to batch: batch = tokens // seq_len")
+    heads: list[Heads] | None = Field(None, description="query heads")
+    hidden: list[Hidden] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
+    kv_heads: list[Heads] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
+    seq_len: list[SeqLen]
+    seq_len_kv: list[SeqLen] | None = Field(None, description="default = seq_len")
+    head_dim: list[HeadDim]
     dtype: list[DType] = ["bfloat16"]
     causal: list[bool] = [False]
     mode: list[Mode] = ["fwd"]
@@ -57,12 +58,14 @@ class Axes(Strict):
 class Timing(Strict):
     """How a call is timed: the one definition, read from the YAML and handed to the timer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
-    warmup_ms: float = Field(25.0, gt=0, description="time spent running the call before sampling")
-    budget_ms: float = Field(200.0, gt=0, description="target time spent sampling")
-    min_samples: int = Field(10, ge=1)
-    max_samples: int = Field(1000, ge=1)
+    # a minute of warmup or of sampling per call is past any useful measurement (and, paid per
+    # backend, past the default per-task timeout of 600 s); samples are all kept in results.json
+    warmup_ms: Number = Field(25.0, gt=0, le=60_000, description="time spent running the call before sampling")
+    budget_ms: Number = Field(200.0, gt=0, le=60_000, description="target time spent sampling")
+    min_samples: Integer = Field(10, ge=1, le=100_000)
+    max_samples: Integer = Field(1000, ge=1, le=100_000)
     flush_l2: bool = Field(True, description="write a 256 MB buffer before every call (cold L2)")
     cuda_graph: bool = Field(False, description="time CUDA-graph replays (warm L2, labelled so)")
 
@@ -74,8 +77,8 @@ class Timing(Strict):
 
 
 class Tolerance(Strict):
-    atol: float = Field(ge=0, description="absolute term added to the bound")
-    factor: float = Field(2.0, gt=0, description="multiple of PyTorch's own same-dtype error allowed")
+    atol: Number = Field(ge=0, le=1e6, description="absolute term added to the bound")
+    factor: Number = Field(2.0, gt=0, le=1e6, description="multiple of PyTorch's own same-dtype error allowed")
 
 
 DEFAULT_TOLERANCES = {
@@ -83,6 +86,9 @@ DEFAULT_TOLERANCES = {
     "bfloat16": Tolerance(atol=2.5e-2),
     "float32": Tolerance(atol=1e-4),
 }
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 class SweepConfig(Strict):
@@ -97,12 +103,28 @@ class SweepConfig(Strict):
     timing: Timing = Timing()
     correctness: bool = True
     tolerances: dict[DType, Tolerance] = {}
-    seed: int = 0
+    seed: Integer = Field(0, ge=0, lt=1 << 63)
 
     @field_validator("backends", mode="before")
     @classmethod
     def _listify(cls, v):
         return as_list(v)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the name becomes the results directory results/runs/NAME-TIME: never a path
+        if v and not RUN_NAME.fullmatch(v):
+            raise ValueError("must be a plain name for the results directory: up to 100 letters, digits, "
+                             "'.', '_', '+' or '-', starting with a letter or digit (no '/', no '..')")
+        return v
+
+    @model_validator(mode="after")
+    def _reference_in_sweep(self):
+        if self.reference_backend is not None and self.reference_backend not in self.backends:
+            raise ValueError(f"reference_backend: {preview(self.reference_backend)} is not one of this sweep's "
+                             f"backends ({', '.join(self.backends)})")
+        return self
 
     def tolerance(self, dtype: str) -> Tolerance:
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])

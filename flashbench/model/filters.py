@@ -22,7 +22,7 @@ from __future__ import annotations
 from pydantic import ValidationError, field_validator
 
 from .case import Case
-from .fields import DType, Mode, PositiveInt, Strict, as_list
+from .fields import Batch, DType, HeadDim, Heads, Mode, SeqLen, Strict, as_list
 from .yaml_input import ConfigError, error_message, preview
 
 KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
@@ -32,13 +32,13 @@ class Rule(Strict):
     """A filter: every given key must match (a value or a list of values)."""
 
     backend: list[str] | None = None
-    batch: list[PositiveInt] | None = None
-    heads: list[PositiveInt] | None = None
-    kv_heads: list[PositiveInt] | None = None
-    seq_len: list[PositiveInt] | None = None
-    seq_len_q: list[PositiveInt] | None = None
-    seq_len_kv: list[PositiveInt] | None = None
-    head_dim: list[PositiveInt] | None = None
+    batch: list[Batch] | None = None
+    heads: list[Heads] | None = None
+    kv_heads: list[Heads] | None = None
+    seq_len: list[SeqLen] | None = None
+    seq_len_q: list[SeqLen] | None = None
+    seq_len_kv: list[SeqLen] | None = None
+    head_dim: list[HeadDim] | None = None
     dtype: list[DType] | None = None
     causal: list[bool] | None = None
     mode: list[Mode] | None = None

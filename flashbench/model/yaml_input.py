@@ -86,7 +86,13 @@ def error_message(err: dict) -> str:
     if kind in ("bool_parsing", "bool_type"):
         return "expected true or false"
     if kind == "finite_number":
-        return "expected a finite number (not .inf or .nan)"
+        return "expected a finite number"
+    bounds = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+              "less_than_equal": ("le", "<=")}
+    if kind in bounds:
+        key, op = bounds[kind]
+        limit = err["ctx"][key]
+        return f"must be {op} {limit:,}" if isinstance(limit, int) else f"must be {op} {limit:g}"
     return err["msg"].removeprefix("Value error, ")
 
 
@@ -103,7 +109,8 @@ def validation_problems(e: ValidationError) -> list[str]:
             msg = f"not a valid key: {msg}"
         elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
             msg = f"{msg} (got {preview(err['input'])})"
-        problems.append(f"{_format_loc(err['loc'])}: {msg}")
+        # a whole-document check (no field path) names its fields in its message
+        problems.append(f"{_format_loc(err['loc'])}: {msg}" if err["loc"] else msg)
     return problems
 
 
