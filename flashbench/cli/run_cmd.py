@@ -139,6 +139,8 @@ def run(
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish the interrupted sweep in this results directory "
                                           "(same config and backends): run only the tasks without a row, append their rows"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: measure crashed, timeout and error rows again"),
+    force: bool = typer.Option(False, "--force", help="replace the results already in the --out directory (without it, "
+                               "a directory holding results is refused: finish it with --resume DIR)"),
     mix_devices: bool = typer.Option(False, "--mix-devices", help="one table even when rows come from different GPU models"),
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default RAY_ADDRESS, else a local Ray)"),
     ray_num_gpus: float = typer.Option(1.0, "--ray-num-gpus", help="ray: GPUs each task asks for (0 on CPU-only clusters)"),
@@ -150,7 +152,8 @@ def run(
                                          "(local and inprocess executors)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
-    from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, prepare_sweep
+    from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, Terminated, prepare_sweep, \
+        sigterm_stops_sweep
     from ..report.format import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
     from ..results.files import records_frame
 
@@ -163,7 +166,7 @@ def run(
     request = SweepRequest(
         config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
-        precompile=precompile,
+        force=force, dry_run=dry_run, precompile=precompile,
         ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
                        group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():
@@ -200,17 +203,20 @@ def run(
             return contextlib.nullcontext()
         return err.status(f"compiling kernels: {n} groups in parallel processes", spinner="dots")
 
-    summary = sweep.precompile(compiling)
-    if summary is not None and not quiet:
-        err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
-                  f"({summary.processes} processes)" + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
     try:
-        with progress:
-            sweep.run(progress.record, progress.activity)
-    except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
-                  f"{sweep.resume_hint()}")
-        raise typer.Exit(130)
+        with sigterm_stops_sweep():
+            summary = sweep.precompile(compiling)
+            if summary is not None and not quiet:
+                err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
+                          f"({summary.processes} processes)"
+                          + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
+            with progress:
+                sweep.run(progress.record, progress.activity)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"[yellow]{what}:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
+                  f"{sweep.resume_hint()}", highlight=False, soft_wrap=True)  # one line: the command stays copyable
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     except EnvironmentProblem as e:
         fail([str(e), f"{len(writer.records)} finished records kept in {sweep.directory}; {sweep.resume_hint()}"],
              code=EXIT_ENV)
