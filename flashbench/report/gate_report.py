@@ -34,8 +34,10 @@ def headline(report) -> str:
              (("regression", "regressed"), ("status", "status worse"), ("missing", "missing"),
               ("improved", "improved"), ("new", "new")) if report.count(o)]
     compared = len([c for c in report.cases if c.outcome not in ("missing", "new")])
-    verdict = "PASS" if report.passed else "FAIL"
-    return f"{verdict}: {compared} cases compared" + (f", {', '.join(parts)}" if parts else ", no changes past thresholds")
+    verdict = "FAIL" if report.failures else "NOT A PASS" if report.not_judged else "PASS"
+    text = f"{verdict}: {compared} cases compared" + (f", {', '.join(parts)}" if parts else
+                                                      "" if report.not_judged else ", no changes past thresholds")
+    return text + "".join(f"; {why}" for why in report.not_judged)
 
 
 def gate_frame(report) -> pd.DataFrame:
@@ -66,7 +68,9 @@ def gate_markdown(report) -> str:
         lines.append(f"> ⚠️ **{d.message()}**" if d.loud else f"> note: {d.message()}")
     for w in report.warnings:
         lines.append(f"> ⚠️ {w}")
-    if report.differences or report.warnings:
+    for why in report.not_judged:
+        lines.append(f"> ❌ not a pass: {why}")
+    if report.differences or report.warnings or report.not_judged:
         lines.append("")
     shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES]
     shown.sort(key=lambda c: TABLE_OUTCOMES.index(c.outcome))
@@ -114,6 +118,11 @@ def gate_junit_xml(report) -> str:
             ET.SubElement(tc, "skipped", message=c.message)
         elif detail:
             ET.SubElement(tc, "system-out").text = detail
+    if report.not_judged:  # a gate that judged nothing must not read as green in a JUnit viewer
+        tc = ET.SubElement(suite, "testcase", classname="flashbench.gate", name="comparable")
+        ET.SubElement(tc, "failure", message=report.not_judged[0], type="not_judged").text = "\n".join(report.not_judged)
+        suite.set("tests", str(len(report.cases) + 1))
+        suite.set("failures", str(len(report.failures) + 1))
     root = ET.Element("testsuites", name="flashbench", tests=suite.get("tests"), failures=suite.get("failures"))
     root.append(suite)
     ET.indent(root)
