@@ -60,11 +60,12 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from ..report.comparison_tables import backend_table
+            from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
-            out.print(backend_table(cmp, f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} "
-                                          f"(★ best per row)"))
+            title = f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} (★ best per row)"
+            for table in backend_tables(cmp, title, out.width):
+                out.print(table)
         else:
             write_machine(format_frame(cmp.frame(), fmt))
         return
