@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import pandas as pd
 import typer
 
 from . import app
@@ -94,6 +93,8 @@ def compare(
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":
+        import pandas as pd
+
         write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
         return
     from ..report.comparison_tables import runs_summary, runs_table

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import backends
 from ..measure.measurer import MeasureSettings
-from ..model.case import DTYPES, Task
+from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
 from ..model.grid import dropped_combinations, expand_loaded
 from ..model.schema import Record
@@ -68,6 +68,28 @@ def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Rec
         else:
             runnable.append(t)
     return runnable, skipped
+
+
+def runs_here(backend, device: str) -> str:
+    """What ``backend`` can run on ``device``, in words, by the same skip decision as a sweep
+    (:func:`split_runnable`) asked about each mode × dtype: "skips every case here: <why>", or the
+    modes and dtypes it takes, with its head-dim, causal and GQA limits."""
+    kind = device_kind(device)
+    d = (backend.head_dims or (64,))[0]
+    takes, first_reason = [], None
+    for mode in MODES:
+        for dtype in DTYPES:
+            why = backend.unsupported_reason(Case(1, 2, 2, 128, 128, d, dtype, False, mode), kind)
+            if why is None:
+                takes.append((mode, dtype))
+            first_reason = first_reason or why
+    if not takes:
+        return f"skips every case here: {first_reason}"
+    parts = [", ".join(dict.fromkeys(m for m, _ in takes)), ", ".join(dict.fromkeys(t for _, t in takes))]
+    if backend.head_dims is not None:
+        parts.append(f"head_dim {', '.join(map(str, backend.head_dims))}")
+    parts += [x for x, ok in (("no causal", backend.supports_causal), ("no GQA", backend.supports_gqa)) if not ok]
+    return " · ".join(parts)
 
 
 def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: str | None = None) -> Plan:
