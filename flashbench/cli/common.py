@@ -42,6 +42,20 @@ def user_errors():
         fail(str(e))
 
 
+def print_skips_and_failures(df) -> None:
+    """Under a run's or a profile's tables: skips grouped by backend and reason (a line each, with a
+    count), then each failure on its line."""
+    from ..report.format import failure_lines, skipped_summary
+
+    skips = skipped_summary(df)
+    if skips:
+        out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
+        for line in skips:
+            out.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    for line in failure_lines(df):
+        out.print(f"[red]{escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
 def write_machine(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
 
 MAX_KERNEL_ROWS = 12
 
@@ -165,21 +165,6 @@ def _progress(verbose: bool):
         yield lambda m: None
 
 
-def _print_skips_and_failures(records) -> None:
-    """Skips grouped by backend and reason (one line each, with a count); failures one line each."""
-    from ..report.format import failure_lines, skipped_summary
-    from ..results.files import records_frame
-
-    df = records_frame(records)
-    skips = skipped_summary(df)
-    if skips:
-        out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
-        for line in skips:
-            out.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
-    for line in failure_lines(df):
-        out.print(f"[red]{escape(line)}[/]", highlight=False, soft_wrap=True)
-
-
 @app.command()
 def profile(
     config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name; default: 'default' on a GPU, 'smoke' on a CPU"),
@@ -264,7 +249,9 @@ def profile(
     if not report.ncu_used:
         err.print(f"[yellow]note:[/] {report.ncu_note}: no measured HBM traffic; showing the analytic IO model alone.",
                   highlight=False, soft_wrap=True)
-    _print_skips_and_failures(report.records)
+    from ..results.files import records_frame
+
+    print_skips_and_failures(records_frame(report.records))
     if sweep_n:
         order = {b: i for i, b in enumerate(names)}
         rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
 
 
 def default_config_name() -> str:
@@ -154,7 +154,7 @@ def run(
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
     from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, Terminated, prepare_sweep, \
         sigterm_stops_sweep
-    from ..report.format import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
+    from ..report.format import FORMATS, SUMMARY_COLUMNS, format_frame
     from ..results.files import records_frame
 
     if fmt not in FORMATS:
@@ -226,13 +226,7 @@ def run(
         if not quiet:
             title = f"{loaded.config.name or loaded.path} on {writer.meta['environment'].get('gpu_name') or p.device}"
             _print_tables(df, loaded, title, mix_devices)
-            skips = skipped_summary(df)
-            if skips:
-                out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
-                for line in skips:
-                    out.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
-            for line in failure_lines(df):
-                out.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+            print_skips_and_failures(df)
     else:
         write_machine(format_frame(df[SUMMARY_COLUMNS], fmt))
     for w in writer.meta.get("warnings", []):

@@ -13,8 +13,12 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..model.schema import CSV_COLUMNS, SCHEMA_VERSION, Record
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class ResultsError(Exception):
@@ -54,11 +58,11 @@ class Run:
     meta: dict
     records: list[Record] = field(default_factory=list)
 
-    def frame(self) -> "pd.DataFrame":
+    def frame(self) -> pd.DataFrame:
         return records_frame(self.records)
 
 
-def records_frame(records: list[Record]) -> "pd.DataFrame":
+def records_frame(records: list[Record]) -> pd.DataFrame:
     import pandas as pd  # here, not at the top: commands that only catch ResultsError do not pay for pandas
 
     return pd.DataFrame([r.row() for r in records], columns=list(CSV_COLUMNS))

@@ -32,6 +32,23 @@ def tiny_config(tmp_path, backends, seq_len=(32,), causal=(False, True), name="t
     return str(path)
 
 
+def wait_for_records(proc, directory, n: int, timeout: float = 90.0) -> int:
+    """Poll ``directory/results.json`` until it holds ``n`` records or ``proc`` ends; the count seen."""
+    import json
+    import time
+
+    deadline, seen = time.time() + timeout, 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            seen = len(json.loads((Path(directory) / "results.json").read_text())["records"])
+        except (OSError, ValueError, KeyError):
+            seen = 0
+        if seen >= n:
+            break
+        time.sleep(0.05)
+    return seen
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 

@@ -1,16 +1,14 @@
 """`flashbench run` never loses results: an existing results directory is refused, SIGTERM stops a sweep
 like Ctrl-C (hint included), resumes do not repeat warnings, files follow the umask; a dry run needs no
 device (issue 15, items 3, 16, 17, 18, 20)."""
-import json
 import os
 import signal
 import stat
 import subprocess
 import sys
-import time
 
 from flashbench.results.files import load_run
-from sweeps import invoke, plugin_path, tiny_config
+from sweeps import invoke, plugin_path, tiny_config, wait_for_records
 
 CLI = [sys.executable, "-c", "from flashbench.cli import main; main()"]
 
@@ -67,15 +65,7 @@ def test_sigterm_keeps_files_prints_the_resume_hint_and_stops_workers(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(CLI + ["run", cfg, "--out", str(out), "--quiet", "--no-precompile"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, n = time.time() + 90, 0
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            n = len(json.loads((out / "results.json").read_text())["records"])
-        except (OSError, ValueError, KeyError):
-            n = 0
-        if n >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_records(proc, out, 2)
     assert proc.poll() is None, "the sweep ended before it could be terminated"
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
