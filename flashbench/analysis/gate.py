@@ -3,7 +3,10 @@
 A case regresses when a gated metric (:func:`flashbench.model.metrics.gated_metrics`) changes past
 its threshold AND, for timing metrics, beyond noise (changes under the metric's floor, e.g.
 ``min_abs_ms``, never count); a status that got worse (``STATUS_RANK``) always fails; a case missing
-from the current run is reported, and fails with ``require_all``. Pure: runs in, a
+from the current run is reported, and fails with ``require_all``. A gate that compared nothing (the
+current run has no records, or shares no case with the baseline) or whose current run did not finish
+is not a pass: :attr:`GateReport.not_judged` says why, and the exit code is 3 (1 when a regression
+was found all the same). Pure: runs in, a
 :class:`GateReport` out; :mod:`flashbench.report.gate_report` renders it (markdown, JUnit XML, a
 DataFrame).
 
@@ -88,6 +91,7 @@ class GateReport:
     warnings: list[str]
     require_all: bool
     thresholds_source: str = ""
+    not_judged: list[str] = field(default_factory=list)  # why the gate cannot pass whatever it compared
 
     def count(self, outcome: str) -> int:
         return sum(c.outcome == outcome for c in self.cases)
@@ -118,11 +122,11 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.not_judged
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        return 1 if self.failures else 3 if self.not_judged else 0
 
 
 def _finite(x) -> bool:
@@ -177,8 +181,6 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
         raise NotComparableError([f"{d.message()}: timings are not comparable; record a baseline on this GPU "
                                   f"(flashbench baseline save)" for d in blocking])
     warnings = list(current.meta.get("warnings") or [])
-    if current.meta.get("finished") is False:
-        warnings.append(f"{current_label}: the run did not finish (interrupted?): missing cases are expected")
     joined = join_runs(baseline, current)
     device = (current.meta.get("environment") or {}).get("device")  # "cpu" or a CUDA device
     metrics = gated_metrics()
@@ -222,7 +224,24 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
         else:
             cases.append(CaseResult(key, "pass", False, so, sn, checks, rounds=rounds))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
-                      warnings, require_all, thresholds_source)
+                      warnings, require_all, thresholds_source, _not_judged(current, current_label, cases))
+
+
+def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:
+    """Why comparing ``current`` cannot be a pass: nothing was compared, or the run is unfinished."""
+    reasons = []
+    if not current.records:
+        reasons.append(f"{label} has no records: nothing was compared")
+    elif not any(c.outcome not in ("missing", "new") for c in cases):
+        reasons.append(f"{label} shares no case with the baseline ({sum(c.outcome == 'missing' for c in cases)} "
+                       f"baseline cases missing, {sum(c.outcome == 'new' for c in cases)} not in the baseline): "
+                       "nothing was compared")
+    if current.meta.get("finished") is False:
+        total = current.meta.get("tasks_total")
+        rows = f"{len(current.records)} of {total}" if total else f"{len(current.records)}"
+        reasons.append(f"{label} did not finish (finished: false, {rows} tasks have rows): finish it with "
+                       f"flashbench run CONFIG --resume {label}, then gate it")
+    return reasons
 
 
 __all__ = ["check_runs", "GateReport", "CaseResult", "MetricCheck", "NotComparableError", "gpu_model"]

@@ -29,10 +29,10 @@ from typing import Optional
 
 from pydantic import Field, create_model
 
-from ..model.fields import Strict as _Strict
+from ..model.fields import Integer, Number, Strict as _Strict
 from ..model.filters import Rule
 from ..model.metrics import gated_metrics
-from ..model.yaml_input import ConfigError, validate_yaml
+from ..model.yaml_input import ConfigError, read_yaml_file, validate_yaml
 from .noise import DEFAULT_ALPHA, NoiseMethod
 
 
@@ -42,18 +42,18 @@ def _metric_fields(partial: bool) -> dict:
     for m in gated_metrics():
         # a relative drop cannot pass 100%: the threshold of a higher-is-better metric stays under 1
         bounds = {"ge": 0, "lt": 1} if m.higher_is_better else {"ge": 0}
-        fields[m.gate_key] = (Optional[float], Field(None if partial else m.default_threshold, **bounds,
+        fields[m.gate_key] = (Optional[Number], Field(None if partial else m.default_threshold, **bounds,
                                                       description=m.threshold_help))
     return fields
 
 
 class _Floors(_Strict):
-    min_abs_ms: float = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
-    min_abs_hbm_bytes: int = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
-    single_round_margin: float = Field(0.10, ge=0, description="GPU runs: when both runs hold one round per case, "
+    min_abs_ms: Number = Field(0.03, ge=0, description="latency changes below this (ms) are never regressions")
+    min_abs_hbm_bytes: Integer = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
+    single_round_margin: Number = Field(0.10, ge=0, description="GPU runs: when both runs hold one round per case, "
                                        "the run-to-run noise is unknown: a timing change counts only past this "
                                        "relative amount (with rounds, their spread decides instead)")
-    single_round_margin_cpu: float = Field(0.9, ge=0, description="the same for CPU runs, whose run-to-run "
+    single_round_margin_cpu: Number = Field(0.9, ge=0, description="the same for CPU runs, whose run-to-run "
                                            "noise (other processes, preemption) is far larger than a GPU's")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
 
@@ -64,10 +64,10 @@ LIMIT_KEYS = tuple(Limits.model_fields)
 
 
 class _Overrides(_Strict):
-    min_abs_ms: Optional[float] = Field(None, ge=0)
-    min_abs_hbm_bytes: Optional[int] = Field(None, ge=0)
-    single_round_margin: Optional[float] = Field(None, ge=0)
-    single_round_margin_cpu: Optional[float] = Field(None, ge=0)
+    min_abs_ms: Optional[Number] = Field(None, ge=0)
+    min_abs_hbm_bytes: Optional[Integer] = Field(None, ge=0)
+    single_round_margin: Optional[Number] = Field(None, ge=0)
+    single_round_margin_cpu: Optional[Number] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
     def apply(self, base: Limits) -> Limits:
@@ -90,7 +90,7 @@ class CaseOverride(PartialLimits):
 
 class Noise(_Strict):
     method: NoiseMethod = Field("both", description="intervals (p20–p80 disjoint) | rank (Mann-Whitney) | both")
-    alpha: float = Field(DEFAULT_ALPHA, gt=0, lt=1, description="significance level of the rank test")
+    alpha: Number = Field(DEFAULT_ALPHA, gt=0, lt=1, description="significance level of the rank test")
 
 
 class Thresholds(_Strict):
@@ -139,11 +139,7 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
         p = bundled[name_or_path]
     if not p.is_file():
         raise ConfigError([f"--thresholds: {name_or_path}: no such file"])
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{p}: cannot read: {e}"]) from None
-    return parse_thresholds(text, str(p)), str(p)
+    return parse_thresholds(read_yaml_file(p), str(p)), str(p)
 
 
 def single_round_margin(limits, device: str | None) -> float:

@@ -138,8 +138,9 @@ class SdpaBackend(Backend):
         self.name = name
         self.kernel = PINNED[name][0] if name in PINNED else None
         self.description = PINNED[name][1] if name in PINNED else "PyTorch SDPA, PyTorch picks the kernel"
+        if self.kernel in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+            self.devices = ("cuda",)  # PyTorch has no CPU build of these kernels (its CPU flash is another)
         if self.kernel in ("FLASH_ATTENTION", "CUDNN_ATTENTION"):
-            self.devices = ("cuda",)
             self.dtypes = ("float16", "bfloat16")
 
     def _context(self):

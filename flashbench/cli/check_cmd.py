@@ -26,7 +26,8 @@ def check(
     fmt: str = typer.Option("markdown", "--format", "-f", help="markdown | json | csv (the per-case details)"),
     baselines_root: Path = typer.Option(Path("results/baselines"), "--baselines-root", help="where saved baselines live"),
 ) -> None:
-    """Gate a run against a baseline. Exit 0 pass, 1 regression, 2 usage/config error, 3 not comparable.
+    """Gate a run against a baseline. Exit 0 pass, 1 regression, 2 usage/config error, 3 not comparable
+    (different GPU, nothing compared: no records or no case shared with the baseline, or an unfinished run).
 
     A regression is a change past its threshold AND beyond noise; a worse status always fails.
     The markdown summary is also appended to $GITHUB_STEP_SUMMARY when that is set.

@@ -1,6 +1,7 @@
 """Helpers shared by the CLI commands: consoles, error exits, output formats."""
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
@@ -10,9 +11,14 @@ from rich.markup import escape
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
 
-# results go to stdout, messages and progress to stderr; piped output gets a wide fixed width
-# (no terminal to fit) and no colour codes
-out = Console() if sys.stdout.isatty() else Console(width=200, no_color=True, highlight=False)
+def _piped_width() -> int:
+    """Piped output has no terminal to fit: $COLUMNS when set, else a wide 200 columns."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and 20 <= int(columns) <= 10_000 else 200
+
+
+# results go to stdout, messages and progress to stderr; piped output gets a fixed width and no colour codes
+out = Console() if sys.stdout.isatty() else Console(width=_piped_width(), no_color=True, highlight=False)
 err = Console(stderr=True)
 
 
@@ -34,6 +40,20 @@ def user_errors():
         fail(e.problems)
     except ResultsError as e:
         fail(str(e))
+
+
+def print_skips_and_failures(df) -> None:
+    """Under a run's or a profile's tables: skips grouped by backend and reason (a line each, with a
+    count), then each failure on its line."""
+    from ..report.format import failure_lines, skipped_summary
+
+    skips = skipped_summary(df)
+    if skips:
+        out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
+        for line in skips:
+            out.print(f"[dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    for line in failure_lines(df):
+        out.print(f"[red]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
 
 def write_machine(text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import pandas as pd
 import typer
 
 from . import app
@@ -60,11 +59,12 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from ..report.comparison_tables import backend_table
+            from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
-            out.print(backend_table(cmp, f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} "
-                                          f"(★ best per row)"))
+            title = f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} (★ best per row)"
+            for table in backend_tables(cmp, title, out.width):
+                out.print(table)
         else:
             write_machine(format_frame(cmp.frame(), fmt))
         return
@@ -93,6 +93,8 @@ def compare(
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":
+        import pandas as pd
+
         write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
         return
     from ..report.comparison_tables import runs_summary, runs_table

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
@@ -12,21 +13,24 @@ from .common import fail, out, write_machine
 
 @app.command("list")
 def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | json")) -> None:
-    """Backends (with availability) and bundled configs."""
-    import torch
-
+    """Backends (what each can run on this machine) and bundled configs."""
     from .. import backends
+    from ..execute.plan import resolve_device, runs_here
     from ..model.config import bundled_configs, load_config
     from ..backends.plugins import load_plugins
     from .common import user_errors
 
+    if fmt not in ("table", "json"):
+        fail(f"--format: {fmt!r} is not one of table, json")
     with user_errors():
         load_plugins()  # backends named in FLASHBENCH_PLUGINS are listed too
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     rows = []
     for name, b in backends.REGISTRY.items():
-        why = b.availability() or (None if device in b.devices else f"needs {' or '.join(b.devices)} (this machine: {device})")
-        rows.append({"backend": name, "available": why is None, "reason": why or "", "description": b.description})
+        here = runs_here(b, device)
+        available = not here.startswith("skips every case")
+        rows.append({"backend": name, "available": available, "runs_here": here, "reason": "" if available else here,
+                     "description": b.description})
     configs = []
     for name, path in sorted(bundled_configs().items()):
         try:
@@ -37,14 +41,12 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
     if fmt == "json":
         write_machine(json.dumps({"device": device, "backends": rows, "configs": configs}, indent=1) + "\n")
         return
-    if fmt != "table":
-        fail(f"--format: {fmt!r} is not one of table, json")
     t = Table(title=f"backends (this machine: {device})", header_style="bold")
-    for c in ("backend", "available", "description / reason"):
+    for c in ("backend", "available", "runs here", "description"):
         t.add_column(c)
     for r in rows:
         t.add_row(r["backend"], "[green]yes[/]" if r["available"] else "[red]no[/]",
-                  r["description"] if r["available"] else f"{r['description']} — [red]{r['reason']}[/]")
+                  escape(r["runs_here"]) if r["available"] else f"[red]{escape(r['runs_here'])}[/]", r["description"])
     out.print(t)
     t = Table(title="bundled configs (flashbench run NAME)", header_style="bold")
     t.add_column("config")

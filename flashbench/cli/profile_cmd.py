@@ -4,17 +4,20 @@ Also ``env_ceilings``, the body of ``flashbench env --ceilings`` (registered in 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
 
 MAX_KERNEL_ROWS = 12
 
@@ -180,6 +183,18 @@ def _sweep_table(rows) -> None:
     out.print(t)
 
 
+@contextlib.contextmanager
+def _progress(verbose: bool):
+    """What each step says: a line each with --verbose, else one transient status line on a terminal."""
+    if verbose:
+        yield lambda m: err.print(f"[dim]{escape(m)}[/]", highlight=False)
+    elif sys.stderr.isatty():
+        with err.status("profiling", spinner="dots") as status:
+            yield lambda m: status.update(f"profiling: {escape(m)}")
+    else:
+        yield lambda m: None
+
+
 @app.command()
 def profile(
     config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name; default: 'default' on a GPU, 'smoke' on a CPU"),
@@ -195,6 +210,8 @@ def profile(
     device: Optional[str] = typer.Option(None, "--device", help="cuda | cpu (default: the config's, else auto)"),
     max_cases: int = typer.Option(16, "--max-cases", min=1, help="refuse to profile more cases than this"),
     ncu_timeout: float = typer.Option(300.0, "--ncu-timeout", help="seconds allowed to each ncu child process"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print every step and the profiler's own log lines "
+                                 "(otherwise they go to profiler.log in the output directory)"),
 ) -> None:
     """Profile a few cases: kernels per call (torch.profiler trace), HBM bytes (ncu) against the
     FlashAttention IO model, and each backend on the device's roofline."""
@@ -255,18 +272,17 @@ def profile(
             note = f"ceilings not measured: {type(e).__name__}: {e}"
     else:
         note = "no GPU: no roofline ceilings (flashbench env --ceilings measures them on a GPU)"
-    report = run_profile(tasks, p.device, writer, measure_settings(loaded), calls=calls, use_ncu=not no_ncu,
-                         trace=not sweep_n, ncu_timeout_s=ncu_timeout, ceilings=ceilings, ceilings_note=note,
-                         on_event=lambda m: err.print(f"[dim]{m}[/]", highlight=False))
+    with _progress(verbose) as on_event:
+        report = run_profile(tasks, p.device, writer, measure_settings(loaded), calls=calls, use_ncu=not no_ncu,
+                             trace=not sweep_n, ncu_timeout_s=ncu_timeout, ceilings=ceilings, ceilings_note=note,
+                             on_event=on_event, verbose=verbose)
     writer.update_meta(finished=True)
     if not report.ncu_used:
         err.print(f"[yellow]note:[/] {report.ncu_note}: no measured HBM traffic; showing the analytic IO model alone.",
                   highlight=False, soft_wrap=True)
-    for r in report.records:
-        if r.status == "skipped":
-            out.print(f"[dim]skipped {r.backend} {r.case.label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
-        elif r.status != "ok":
-            out.print(f"[red]{r.status}: {r.backend} {r.case.label()}: {r.reason}[/]", highlight=False, soft_wrap=True)
+    from ..results.files import records_frame
+
+    print_skips_and_failures(records_frame(report.records))
     if sweep_n:
         order = {b: i for i, b in enumerate(names)}
         rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))

@@ -16,10 +16,11 @@ from typing import Optional
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
 
 
 def default_config_name() -> str:
@@ -35,6 +36,8 @@ def _print_dry_run(sweep) -> None:
     rounds = f" in {sweep.rounds} rounds ({sweep.measurements - len(p.skipped)} measurements)" if sweep.rounds > 1 else ""
     out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
               f"{len(p.runnable)} to run{rounds}, {len(p.skipped)} skipped")
+    for note in p.notes:
+        out.print(f"  note: {note}", highlight=False, soft_wrap=True)
 
 
 def _print_skips(sweep) -> None:
@@ -138,6 +141,8 @@ def run(
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish the interrupted sweep in this results directory "
                                           "(same config and backends): run only the tasks without a row, append their rows"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: measure crashed, timeout and error rows again"),
+    force: bool = typer.Option(False, "--force", help="replace the results already in the --out directory (without it, "
+                               "a directory holding results is refused: finish it with --resume DIR)"),
     mix_devices: bool = typer.Option(False, "--mix-devices", help="one table even when rows come from different GPU models"),
     address: Optional[str] = typer.Option(None, "--address", help="ray: cluster address (default RAY_ADDRESS, else a local Ray)"),
     ray_num_gpus: float = typer.Option(1.0, "--ray-num-gpus", help="ray: GPUs each task asks for (0 on CPU-only clusters)"),
@@ -157,8 +162,9 @@ def run(
                                          "(local and inprocess executors)"),
 ) -> None:
     """Run a benchmark sweep: every case × backend ends as a row (ok, skipped, oom, error, mismatch, crashed, timeout)."""
-    from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, prepare_sweep
-    from ..report.format import FORMATS, SUMMARY_COLUMNS, failure_lines, format_frame, skipped_summary
+    from ..execute.session import EnvironmentProblem, RayOptions, SweepRequest, Terminated, prepare_sweep, \
+        sigterm_stops_sweep
+    from ..report.format import FORMATS, SUMMARY_COLUMNS, format_frame
     from ..results.files import records_frame
 
     if fmt not in FORMATS:
@@ -170,7 +176,7 @@ def run(
     request = SweepRequest(
         config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
-        precompile=precompile, cuda_graph=cuda_graph, rounds=rounds,
+        force=force, dry_run=dry_run, precompile=precompile, cuda_graph=cuda_graph, rounds=rounds,
         ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
                        group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():
@@ -186,6 +192,8 @@ def run(
         return
     if p.device == "cpu" and not quiet:
         err.print("[yellow]note:[/] no GPU: running on the CPU. CPU timings are not GPU timings.")
+    for note in [] if quiet else p.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if sweep.resume is not None:
         for w in sweep.resume.warnings:
             err.print(f"[yellow]warning:[/] {w}")
@@ -205,17 +213,20 @@ def run(
             return contextlib.nullcontext()
         return err.status(f"compiling kernels: {n} groups in parallel processes", spinner="dots")
 
-    summary = sweep.precompile(compiling)
-    if summary is not None and not quiet:
-        err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
-                  f"({summary.processes} processes)" + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
     try:
-        with progress:
-            sweep.run(progress.record, progress.activity)
-    except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
-                  f"{sweep.resume_hint()}")
-        raise typer.Exit(130)
+        with sigterm_stops_sweep():
+            summary = sweep.precompile(compiling)
+            if summary is not None and not quiet:
+                err.print(f"compiled kernels for {summary.ok} of {summary.groups} groups in {summary.seconds:.0f} s "
+                          f"({summary.processes} processes)"
+                          + (f"; {len(summary.failed)} left to the worker" if summary.failed else ""))
+            with progress:
+                sweep.run(progress.record, progress.activity)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"[yellow]{what}:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
+                  f"{sweep.resume_hint()}", highlight=False, soft_wrap=True)  # one line: the command stays copyable
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     except EnvironmentProblem as e:
         fail([str(e), f"{len(writer.records)} finished records kept in {sweep.directory}; {sweep.resume_hint()}"],
              code=EXIT_ENV)
@@ -225,13 +236,7 @@ def run(
         if not quiet:
             title = f"{loaded.config.name or loaded.path} on {writer.meta['environment'].get('gpu_name') or p.device}"
             _print_tables(df, loaded, title, mix_devices)
-            skips = skipped_summary(df)
-            if skips:
-                out.print(f"[dim]skipped ({int((df['status'] == 'skipped').sum())}):[/]")
-                for line in skips:
-                    out.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
-            for line in failure_lines(df):
-                out.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+            print_skips_and_failures(df)
     else:
         write_machine(format_frame(df[SUMMARY_COLUMNS], fmt))
     for w in writer.meta.get("warnings", []):

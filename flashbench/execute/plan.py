@@ -6,13 +6,13 @@ profile`` both use it. Nothing here touches a GPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .. import backends
 from ..measure.measurer import MeasureSettings
-from ..model.case import DTYPES, Task
+from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
-from ..model.grid import expand_loaded
+from ..model.grid import dropped_combinations, expand_loaded
 from ..model.schema import Record
 
 
@@ -22,6 +22,7 @@ class Plan:
     device: str
     runnable: list[Task]
     skipped: list[Record]  # settled without touching a device
+    notes: list[str] = field(default_factory=list)  # combinations of the axes left out of the grid
 
     @property
     def total(self) -> int:
@@ -69,6 +70,28 @@ def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Rec
     return runnable, skipped
 
 
+def runs_here(backend, device: str) -> str:
+    """What ``backend`` can run on ``device``, in words, by the same skip decision as a sweep
+    (:func:`split_runnable`) asked about each mode × dtype: "skips every case here: <why>", or the
+    modes and dtypes it takes, with its head-dim, causal and GQA limits."""
+    kind = device_kind(device)
+    d = (backend.head_dims or (64,))[0]
+    takes, first_reason = [], None
+    for mode in MODES:
+        for dtype in DTYPES:
+            why = backend.unsupported_reason(Case(1, 2, 2, 128, 128, d, dtype, False, mode), kind)
+            if why is None:
+                takes.append((mode, dtype))
+            first_reason = first_reason or why
+    if not takes:
+        return f"skips every case here: {first_reason}"
+    parts = [", ".join(dict.fromkeys(m for m, _ in takes)), ", ".join(dict.fromkeys(t for _, t in takes))]
+    if backend.head_dims is not None:
+        parts.append(f"head_dim {', '.join(map(str, backend.head_dims))}")
+    parts += [x for x, ok in (("no causal", backend.supports_causal), ("no GQA", backend.supports_gqa)) if not ok]
+    return " · ".join(parts)
+
+
 def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: str | None = None) -> Plan:
     """Expand the grid; raise ConfigError on a bad grid, an unknown backend or a plugin that fails
     to import (plugins named in ``FLASHBENCH_PLUGINS`` are imported first, see
@@ -79,4 +102,4 @@ def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: s
     device = resolve_device(device or loaded.config.device)
     tasks = expand_loaded(loaded, backend_names, set(backends.REGISTRY))
     runnable, skipped = split_runnable(tasks, device)
-    return Plan(loaded, device, runnable, skipped)
+    return Plan(loaded, device, runnable, skipped, dropped_combinations(loaded.config))

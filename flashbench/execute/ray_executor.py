@@ -140,6 +140,24 @@ class RayExecutor:
             raise RayUnavailable(f"cannot start or reach Ray ({address or 'local'}): {type(e).__name__}: {e}") from None
         return True
 
+    def _task_resources(self) -> dict[str, float]:
+        """What each task asks Ray for: a GPU for CUDA sweeps only (a CPU sweep asks for none)."""
+        gpus = self.num_gpus if self.device.startswith("cuda") else 0
+        return {**({"GPU": gpus} if gpus > 0 else {}), **self.resources}
+
+    def _check_resources(self, ray) -> None:
+        """Refuse before submitting when no node has what a task asks for: Ray would queue the tasks
+        forever (e.g. a GPU on a CPU-only machine)."""
+        have = ray.cluster_resources()
+        short = {k: v for k, v in self._task_resources().items() if have.get(k, 0) < v}
+        if not short:
+            return
+        lacks = ", ".join(f"{v:g} {k}" for k, v in short.items())
+        owned = ", ".join(f"{v:g} {k}" for k, v in sorted(have.items()) if k in ("CPU", "GPU") or k in short) or "nothing"
+        fix = ("add a GPU node to the cluster, or run on the CPU with --ray-num-gpus 0" if "GPU" in short else
+               "add nodes with those resources, or change --ray-resources")
+        raise RayUnavailable(f"the Ray cluster cannot run a task: each asks for {lacks}, the cluster has {owned}: {fix}")
+
     def _crashed(self, tasks: list[Task], why: str) -> list[Record]:
         return [Record.for_task(t, status="crashed", reason=why) for t in tasks]
 
@@ -154,10 +172,12 @@ class RayExecutor:
         groups = [sum(cases[i:i + self.group_size], []) for i in range(0, len(cases), self.group_size)]
         started = self._init(ray)
         pending: dict = {}
-        try:
-            opts = {"num_gpus": self.num_gpus, "max_retries": self.max_retries}
-            if self.resources:
-                opts["resources"] = self.resources
+        try:  # from here on, a Ray this executor started is shut down whatever happens (errors, Ctrl-C)
+            self._check_resources(ray)
+            asks = self._task_resources()
+            opts = {"num_gpus": asks.pop("GPU", 0), "max_retries": self.max_retries}
+            if asks:
+                opts["resources"] = asks
             remote = ray.remote(measure_group).options(**opts)
             settings_ref = ray.put(self.settings)
             for g in groups:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -37,6 +39,29 @@ class EnvironmentProblem(Exception):
     """The machine cannot run this sweep (no GPU, no worker starts, Ray unreachable): exit code 3."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a cancelled CI job, ``kill``): the sweep stops as on Ctrl-C, its workers
+    are shut down and the results files keep every finished record."""
+
+
+@contextlib.contextmanager
+def sigterm_stops_sweep():
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread (where the sweep runs),
+    so the executors' clean-up runs as for Ctrl-C; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class RayOptions:
     address: str | None = None     # cluster address (None: RAY_ADDRESS, else a local Ray)
@@ -59,6 +84,8 @@ class SweepRequest:
     out_dir: Path | None = None
     resume: Path | None = None
     retry_failed: bool = False
+    force: bool = False                  # replace the results already in out_dir
+    dry_run: bool = False                # nothing is measured: the device need not be present
     precompile: bool = True
     cuda_graph: bool | None = None       # overrides the config's timing.cuda_graph
     rounds: int | None = None            # whole-sweep repetitions; None: the config's (on --resume: the directory's)
@@ -85,6 +112,8 @@ def _check_options(req: SweepRequest) -> None:
         problems.append("--address and --ray-resources need --executor ray")
     if req.retry_failed and req.resume is None:
         problems.append("--retry-failed needs --resume DIR")
+    if req.force and req.resume is not None:
+        problems.append("--force replaces the results in a directory and --resume DIR finishes them: give one")
     if req.resume is not None and req.out_dir is not None and Path(req.out_dir).resolve() != Path(req.resume).resolve():
         problems.append("--resume DIR writes into DIR: leave out --out (or give the same directory)")
     if req.rounds is not None and req.rounds < 1:
@@ -165,7 +194,8 @@ class Sweep:
         from .ray_executor import RayUnavailable
 
         try:
-            return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record, self.rounds)
+            with sigterm_stops_sweep():
+                return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record, self.rounds)
         except (WorkerStartError, RayUnavailable) as e:
             raise EnvironmentProblem(str(e)) from None
 
@@ -181,13 +211,13 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
         want = "cuda" if req.ray.num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here
     p = plan(loaded, req.backends, want)
     state = open_resume(req.resume, loaded, req.backends, req.retry_failed) if req.resume is not None else None
-    if req.executor != "ray" and (req.device == "cuda" or p.device.startswith("cuda")):
+    if req.executor != "ray" and not req.dry_run and (req.device == "cuda" or p.device.startswith("cuda")):
         import torch
 
         if not torch.cuda.is_available():
             raise EnvironmentProblem("this config asks for a CUDA device, but none is available (use --device cpu)")
     slots = None
-    if req.executor == "local":
+    if req.executor == "local" and not req.dry_run:
         try:
             slots = parse_devices(req.devices, p.device)
         except ValueError as e:
@@ -201,7 +231,17 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
         p = apply_resume(p, state, rounds)
     directory = Path(req.resume) if req.resume is not None else (
         req.out_dir or default_out_dir(loaded.config.name or Path(loaded.path).stem))
+    if req.resume is None and not req.force:
+        _refuse_existing_results(directory)
     return Sweep(req, p, full_total, directory, slots, state, rounds=rounds)
+
+
+def _refuse_existing_results(directory: Path) -> None:
+    """A new sweep never overwrites results: an interrupted one is finished with --resume."""
+    held = [name for name in ("results.json", "results.csv") if (directory / name).exists()]
+    if held:
+        raise ConfigError([f"--out {directory}: it already holds results ({held[0]}): finish an interrupted sweep "
+                           f"with --resume {directory}, write to a new directory, or replace them with --force"])
 
 
 def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str | None = None) -> dict:
@@ -272,7 +312,9 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
         warnings.append("CPU run: these timings are CPU timings, not GPU timings")
     if extra_after:
         writer.update_meta(gpu_states_after=extra_after)
-    writer.update_meta(gpu_state_after=after, finished=True, warnings=writer.meta.get("warnings", []) + warnings)
+    # a resumed run keeps its warnings: one that holds again is not written twice
+    warnings = list(dict.fromkeys(writer.meta.get("warnings", []) + warnings))
+    writer.update_meta(gpu_state_after=after, finished=True, warnings=warnings)
     return list(done.values())
 
 

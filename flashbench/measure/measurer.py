@@ -8,6 +8,7 @@ Every failure ends as a record (skipped, oom, error, mismatch); the caller's swe
 from __future__ import annotations
 
 import gc
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +44,22 @@ def default_device() -> str:
 
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(e).lower()
+
+
+# where a library's message turns into stack frames: C++ frames (PyTorch's "Exception raised from ...
+# frame #0: ..."), a Python traceback pasted into a message
+_FRAMES = re.compile(r"Exception raised from |^\s*frame #\d+|Traceback \(most recent call last\)", re.MULTILINE)
+
+
+def error_reason(e: BaseException, limit: int = 500) -> str:
+    """A failure as a record's reason: one line, the exception's type and message, never stack frames."""
+    text = str(e)
+    m = _FRAMES.search(text)
+    if m:
+        text = text[:m.start()]
+    text = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return reason if len(reason) <= limit else reason[:limit - 1] + "…"
 
 
 def free_memory() -> None:
@@ -102,7 +119,7 @@ class Measurer:
             try:
                 self._ref = compute_reference(inputs, case, self.device)
             except Exception as e:  # the reference itself may not fit: say so, keep timing
-                self._ref_error = f"correctness not checked: reference failed ({'out of memory' if is_oom(e) else type(e).__name__ + ': ' + str(e)[:200]})"
+                self._ref_error = f"correctness not checked: reference failed ({'out of memory' if is_oom(e) else error_reason(e, 200)})"
                 free_memory()
             self._ref_case = case
         return self._ref
@@ -124,9 +141,9 @@ class Measurer:
             if isinstance(e, KeyboardInterrupt):
                 raise
             rec.status = "oom" if is_oom(e) else "error"
-            rec.reason = "out of memory" if rec.status == "oom" else f"{type(e).__name__}: {str(e).strip()[:500]}"
+            rec.reason = error_reason(e)
             if rec.status == "oom":
-                rec.reason = f"out of memory: {str(e).splitlines()[0][:200]}" if str(e) else "out of memory"
+                rec.reason = f"out of memory: {str(e).splitlines()[0][:200]}" if str(e).strip() else "out of memory"
             # a failure's traceback holds its frames' tensors: drop them and return cached blocks now.
             # After a success nothing is held, and PyTorch's allocator frees its cache by itself
             # before it would run out, so the (slow) collection is skipped on the happy path.

@@ -6,6 +6,7 @@ Every problem in a file becomes one line naming the file, the field path and wha
 from __future__ import annotations
 
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
-from .fields import DType, KvLayout, Length, Mode, PositiveInt, Strict, Window, Workload, as_list, windows
+from .fields import (Batch, DType, HeadDim, Heads, Hidden, Integer, KvLayout, Length, Mode, Number, PositiveInt,
+                     Strict, Tokens, Window, Workload, as_list, windows)
 from .filters import Rule
-from .yaml_input import ConfigError, validate_yaml
+from .yaml_input import ConfigError, preview, read_yaml_file, validate_yaml
 
 
 class Axes(Strict):
@@ -28,17 +30,17 @@ class Axes(Strict):
     """
 
     workload: Workload = Field("dense", description="dense | decode | varlen (one per grid)")
-    batch: list[PositiveInt] | None = Field(None, description="batch sizes (decode: sequences)")
-    tokens: list[PositiveInt] | None = Field(None, description="alternative to batch: batch = tokens // seq_len; "
+    batch: list[Batch] | None = Field(None, description="batch sizes (decode: sequences)")
+    tokens: list[Tokens] | None = Field(None, description="alternative to batch: batch = tokens // seq_len; "
                                                                  "varlen: the packed batch's token budget")
-    heads: list[PositiveInt] | None = Field(None, description="query heads")
-    hidden: list[PositiveInt] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
-    kv_heads: list[PositiveInt] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
+    heads: list[Heads] | None = Field(None, description="query heads")
+    hidden: list[Hidden] | None = Field(None, description="alternative to heads: heads = hidden // head_dim")
+    kv_heads: list[Heads] | None = Field(None, description="key/value heads (GQA/MQA); default = heads")
     seq_len: list[Length] = Field(description="query length (decode: new tokens per sequence; varlen: the "
                                               "sequence lengths, a value, a list or a distribution)")
     seq_len_kv: list[Length] | None = Field(None, description="default = seq_len; decode: the cache length, "
                                                               "a value or a distribution")
-    head_dim: list[PositiveInt]
+    head_dim: list[HeadDim]
     dtype: list[DType] = ["bfloat16"]
     causal: list[bool] = [False]
     mode: list[Mode] = ["fwd"]
@@ -80,18 +82,20 @@ class Axes(Strict):
 class Timing(Strict):
     """How a call is timed: the one definition, read from the YAML and handed to the timer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
-    warmup_ms: float = Field(25.0, gt=0, description="time spent running the call before sampling")
-    budget_ms: float = Field(200.0, gt=0, description="most time spent sampling (less once max_noise_pct is met)")
-    min_samples: int = Field(10, ge=1)
-    max_samples: int = Field(1000, ge=1)
+    # a minute of warmup or of sampling per call is past any useful measurement (and, paid per
+    # backend, past the default per-task timeout of 600 s); samples are all kept in results.json
+    warmup_ms: Number = Field(25.0, gt=0, le=60_000, description="time spent running the call before sampling")
+    budget_ms: Number = Field(200.0, gt=0, le=60_000, description="most time spent sampling (less once max_noise_pct is met)")
+    min_samples: Integer = Field(10, ge=1, le=100_000)
+    max_samples: Integer = Field(1000, ge=1, le=100_000)
     flush_l2: bool = Field(True, description="write a 256 MB buffer before every call (cold L2)")
     cuda_graph: bool = Field(False, description="time CUDA-graph replays of the call (fwd, bwd, fwd_bwd); the L2 "
                                                 "is flushed before each replay when flush_l2 is true")
     hold_stream: bool = Field(True, description="enqueue each batch of samples behind a kernel that holds the "
                                                 "stream, then release it: the events time the GPU alone, not the host")
-    max_noise_pct: float = Field(1.0, ge=0, description="stop sampling once the 95% confidence interval of the "
+    max_noise_pct: Number = Field(1.0, ge=0, le=100, description="stop sampling once the 95% confidence interval of the "
                                                         "median is within ± this % of it (0: sample the whole budget)")
 
     @model_validator(mode="after")
@@ -102,8 +106,8 @@ class Timing(Strict):
 
 
 class Tolerance(Strict):
-    atol: float = Field(ge=0, description="absolute term added to the bound")
-    factor: float = Field(2.0, gt=0, description="multiple of PyTorch's own same-dtype error allowed")
+    atol: Number = Field(ge=0, le=1e6, description="absolute term added to the bound")
+    factor: Number = Field(2.0, gt=0, le=1e6, description="multiple of PyTorch's own same-dtype error allowed")
 
 
 DEFAULT_TOLERANCES = {
@@ -111,6 +115,9 @@ DEFAULT_TOLERANCES = {
     "bfloat16": Tolerance(atol=2.5e-2),
     "float32": Tolerance(atol=1e-4),
 }
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 class SweepConfig(Strict):
@@ -128,7 +135,7 @@ class SweepConfig(Strict):
     rounds: int = Field(1, ge=1, description="measure the whole sweep this many times, round after round, each "
                                             "round in fresh worker processes (--rounds overrides)")
     tolerances: dict[DType, Tolerance] = {}
-    seed: int = 0
+    seed: Integer = Field(0, ge=0, lt=1 << 63)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -145,6 +152,22 @@ class SweepConfig(Strict):
         """Every grid with where it is written (``axes``, ``grids[1]``): the cases are their union."""
         first = [("axes", self.axes)] if self.axes is not None else []
         return first + [(f"grids[{i}]", a) for i, a in enumerate(self.grids)]
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the name becomes the results directory results/runs/NAME-TIME: never a path
+        if v and not RUN_NAME.fullmatch(v):
+            raise ValueError("must be a plain name for the results directory: up to 100 letters, digits, "
+                             "'.', '_', '+' or '-', starting with a letter or digit (no '/', no '..')")
+        return v
+
+    @model_validator(mode="after")
+    def _reference_in_sweep(self):
+        if self.reference_backend is not None and self.reference_backend not in self.backends:
+            raise ValueError(f"reference_backend: {preview(self.reference_backend)} is not one of this sweep's "
+                             f"backends ({', '.join(self.backends)})")
+        return self
 
     def tolerance(self, dtype: str) -> Tolerance:
         return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
@@ -198,10 +221,7 @@ def parse_config(text: str, source: str) -> SweepConfig:
 
 def load_config(name_or_path: str) -> LoadedConfig:
     path = resolve_config_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {e}"]) from None
+    text = read_yaml_file(path)
     cfg = parse_config(text, str(path))
     return LoadedConfig(path=str(path), text=text, sha256=hashlib.sha256(text.encode()).hexdigest(), config=cfg)
 

@@ -28,7 +28,8 @@ from pydantic import ValidationError, field_validator
 from .case import Case
 import re
 
-from .fields import DType, KvLayout, LengthsDescription, Mode, PositiveInt, Strict, WindowBound, Workload, as_list
+from .fields import (Batch, DType, HeadDim, Heads, KvLayout, LengthsDescription, Mode, PositiveInt, SeqLen, Strict,
+                     WindowBound, Workload, as_list)
 from .yaml_input import ConfigError, error_message, preview
 
 KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
@@ -38,13 +39,13 @@ class Rule(Strict):
     """A filter: every given key must match (a value or a list of values)."""
 
     backend: list[str] | None = None
-    batch: list[PositiveInt] | None = None
-    heads: list[PositiveInt] | None = None
-    kv_heads: list[PositiveInt] | None = None
-    seq_len: list[PositiveInt] | None = None
-    seq_len_q: list[PositiveInt] | None = None
-    seq_len_kv: list[PositiveInt] | None = None
-    head_dim: list[PositiveInt] | None = None
+    batch: list[Batch] | None = None
+    heads: list[Heads] | None = None
+    kv_heads: list[Heads] | None = None
+    seq_len: list[SeqLen] | None = None
+    seq_len_q: list[SeqLen] | None = None
+    seq_len_kv: list[SeqLen] | None = None
+    head_dim: list[HeadDim] | None = None
     dtype: list[DType] | None = None
     causal: list[bool] | None = None
     mode: list[Mode] | None = None
@@ -90,7 +91,7 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
     raw: dict[str, list[str]] = {}
     for part in [p for p in re.split(r",(?![^(]*\))", text) if p.strip()]:
         if "=" not in part:
-            problems.append(f"{option}: {part.strip()!r} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
+            problems.append(f"{option}: {preview(part.strip())} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
             continue
         key, value = (x.strip() for x in part.split("=", 1))
         key = KEY_ALIASES.get(key.lower(), key.lower())
@@ -107,7 +108,7 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
         for err in e.errors():
             key = str(err["loc"][0])
             if err["type"] == "extra_forbidden":
-                problems.append(f"{option}: unknown key {key!r} (keys: {', '.join(Rule.model_fields)})")
+                problems.append(f"{option}: unknown key {preview(key)} (keys: {', '.join(Rule.model_fields)})")
             else:
                 problems.append(f"{option}: {key}={preview(err.get('input'))}: {error_message(err)}")
         rule = None

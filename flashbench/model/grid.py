@@ -1,17 +1,21 @@
 """Grid expansion: a validated config -> the list of cases and case × backend tasks.
 
 Cross-field problems the schema cannot see (hidden not divisible by head_dim, tokens smaller
-than seq_len, heads not a multiple of kv_heads, unknown backends, an empty grid) are raised here
-as :class:`ConfigError`, one message per problem.
+than seq_len, heads not a multiple of kv_heads, unknown backends in the list or the rules, a grid
+too large or empty) are raised here as :class:`ConfigError`, one message per problem. Combinations
+that make no case while others of the same values do are left out and named by
+:func:`dropped_combinations` (``flashbench run --dry-run`` lists them).
 """
 from __future__ import annotations
 
 import itertools
+import math
 
 from .case import MAX_DECODE_TOKENS, Case, Task
 from .config import Axes, LoadedConfig, SweepConfig
+from .fields import MAX_BATCH, MAX_HEADS
 from .lengths import parse_lengths, realise_budget
-from .yaml_input import ConfigError
+from .yaml_input import ConfigError, preview
 
 
 def _heads_options(axes, head_dim: int) -> list[int]:
@@ -26,25 +30,53 @@ def _batch_options(axes, seq_len: int) -> list[int]:
     return [t // seq_len for t in axes.tokens if t >= seq_len]
 
 
+# the most cases one grid may hold: a sweep of this many cases would take days; a grid past it is a
+# mistyped list, and expanding it would hang before anything ran
+MAX_CASES = 50_000
+
+
+def _grid_size(a: Axes) -> int:
+    lists = (a.seq_len, a.seq_len_kv or [0], a.head_dim, a.dtype, a.causal, a.mode, a.batch or a.tokens,
+             a.heads or a.hidden, a.kv_heads or [0], a.window or [0], a.kv_layout or [0], a.page_size or [0])
+    return math.prod(len(x) for x in lists)
+
+
+def _listing(pairs: list[str], limit: int = 4) -> str:
+    return ", ".join(pairs[:limit]) + (f" and {len(pairs) - limit} more" if len(pairs) > limit else "")
+
+
 def _is_distribution(v) -> bool:
     return isinstance(v, str)
 
 
 def _check_axes(a: Axes, where: str, source: str) -> list[str]:
     """Problems of one grid (``where``: "axes" or "grids[1]"), one line each."""
+    size = _grid_size(a)
+    if size > MAX_CASES:  # checked first: the checks below walk the grid's pairs
+        return [f"{source}: {where}: the axes multiply to {size:,} cases, more than a sweep can hold "
+                f"({MAX_CASES:,}): shorten the lists"]
     problems = []
 
     def say(field: str, text: str) -> None:
         problems.append(f"{source}: {where}.{field}: {text}")
 
+    lengths = [n for n in a.seq_len if not _is_distribution(n)]
+    if a.tokens is not None and a.workload == "dense":
+        big = [f"tokens={t} seq_len={n} (batch {t // n:,})" for n in lengths for t in a.tokens if t // n > MAX_BATCH]
+        if big:
+            say("tokens", f"batch = tokens // seq_len must be at most {MAX_BATCH:,}: {_listing(big)}")
     if a.hidden is not None:
+        big = [f"hidden={h} head_dim={d} (heads {h // d:,})" for d in a.head_dim for h in a.hidden
+               if h % d == 0 and h // d > MAX_HEADS]
+        if big:
+            say("hidden", f"heads = hidden // head_dim must be at most {MAX_HEADS:,}: {_listing(big)}")
         for d in a.head_dim:
             if not any(h % d == 0 for h in a.hidden):
-                say("head_dim", f"{d} divides no value of {where}.hidden {a.hidden}")
+                say("head_dim", f"{d} divides no value of {where}.hidden {preview(a.hidden)}")
     if a.tokens is not None:
-        for n in a.seq_len:
-            if not _is_distribution(n) and not any(t >= n for t in a.tokens):
-                say("seq_len", f"{n} exceeds every value of {where}.tokens {a.tokens} (batch would be 0)")
+        for n in lengths:
+            if not any(t >= n for t in a.tokens):
+                say("seq_len", f"{n} exceeds every value of {where}.tokens {preview(a.tokens)} (batch would be 0)")
     w = a.workload
     if w != "decode":
         for field in ("kv_layout", "page_size"):
@@ -127,6 +159,30 @@ def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
     return cases
 
 
+def dropped_combinations(cfg: SweepConfig) -> list[str]:
+    """The combinations of the axes that make no case and are left out of the grid (a line per axis):
+    head_dim not dividing hidden, tokens smaller than seq_len, heads not a multiple of kv_heads.
+    An axis value that makes no case at all is an error instead (:func:`expand_cases`)."""
+    notes = []
+    for where, a in cfg.all_axes():
+        if _grid_size(a) > MAX_CASES:
+            continue
+        if a.hidden is not None:
+            bad = [f"hidden={h} head_dim={d}" for d in a.head_dim for h in a.hidden if h % d]
+            if bad:
+                notes.append(f"{where}.hidden: left out where hidden is not a multiple of head_dim: {_listing(bad)}")
+        if a.tokens is not None:
+            bad = [f"tokens={t} seq_len={n}" for n in a.seq_len if not _is_distribution(n) for t in a.tokens if t < n]
+            if bad:
+                notes.append(f"{where}.tokens: left out where tokens < seq_len (batch would be 0): {_listing(bad)}")
+        if a.kv_heads:
+            heads = list(dict.fromkeys(h for d in a.head_dim for h in _heads_options(a, d)))
+            bad = [f"heads={h} kv_heads={k}" for h in heads for k in a.kv_heads if h % k]
+            if bad:
+                notes.append(f"{where}.kv_heads: left out where heads is not a multiple of kv_heads: {_listing(bad)}")
+    return notes
+
+
 def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
     """Every case of the grids, after include rules (rules without a backend key)."""
     problems = [p for where, a in cfg.all_axes() for p in _check_axes(a, where, source)]
@@ -137,7 +193,7 @@ def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
         bad_gqa: set[tuple[int, int]] = set()
         grid = _grid_cases(a, bad_gqa)
         if a.kv_heads and bad_gqa and not grid:
-            pairs = ", ".join(f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa))
+            pairs = _listing([f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa)])
             raise ConfigError([f"{source}: {where}.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
         cases += grid
     case_rules = [r for r in cfg.include if "backend" not in r.keys()]
@@ -154,10 +210,14 @@ def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] |
     """
     names = backends or cfg.backends
     if known_backends is not None:
-        unknown = [b for b in names if b not in known_backends]
-        if unknown:
-            raise ConfigError([f"{source}: backends: unknown backend {b!r} (known: {', '.join(sorted(known_backends))})"
-                               for b in unknown])
+        known = ', '.join(sorted(known_backends))
+        problems = [f"{source}: backends: unknown backend {preview(b)} (known: {known})"
+                    for b in names if b not in known_backends]
+        problems += [f"{source}: {kind}[{i}].backend: unknown backend {preview(b)} (known: {known})"
+                     for kind, rules in (("include", cfg.include), ("exclude", cfg.exclude))
+                     for i, r in enumerate(rules) for b in (r.backend or []) if b not in known_backends]
+        if problems:
+            raise ConfigError(problems)
     cases = expand_cases(cfg, source)
     backend_includes = [r for r in cfg.include if "backend" in r.keys()]
     tasks = []

@@ -67,7 +67,7 @@ def sweep_tasks(cases: list[Case], backend_names: list[str], ns: list[int]) -> l
 def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings: MeasureSettings, *,
                 calls: int = 3, use_ncu: bool = True, trace: bool = True, ncu_timeout_s: float = 300.0,
                 ceilings: Ceilings | None = None, ceilings_note: str = "",
-                on_event: Callable[[str], None] | None = None) -> ProfileReport:
+                on_event: Callable[[str], None] | None = None, verbose: bool = False) -> ProfileReport:
     from .io_model import smem_per_sm
 
     say = on_event or (lambda msg: None)
@@ -87,7 +87,7 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
         writer.add(rec)
         if trace:
             say(f"tracing {t.backend} {t.case.label()}")
-            report.traces.append(trace_task(t, device, out_dir, calls=calls, seed=settings.seed))
+            report.traces.append(trace_task(t, device, out_dir, calls=calls, seed=settings.seed, verbose=verbose))
     report.records = list(writer.records)
     write_profile_json(report)  # a first version, without measured traffic
     ok, why = ncu_mod.ncu_available()

@@ -12,11 +12,18 @@ The table lists, per call:
   against FlashAttention's one fused kernel;
 - without CUDA: the **CPU operators** (``aten::bmm``, ``aten::_softmax``, ...) by *self* CPU time,
   since there are no kernels; the table says so.
+
+The profiler's own native log lines (Kineto's "profiler_start"/"profiler_stop", CUPTI notes),
+written straight to the process's stderr, go to ``profiler.log`` in the output directory unless
+``verbose``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,11 +122,37 @@ def cpu_operator_rows(prof, calls: int) -> list[KernelRow]:
     return sorted(rows, key=lambda r: -r.ms_per_call)
 
 
-def trace_task(task: Task, device: str, out_dir: str | Path, calls: int = 3, warmup: int = 2, seed: int = 0) -> TraceResult:
-    """Profile ``calls`` calls of one task; write its trace; never raises for a failing backend."""
+PROFILER_LOG = "profiler.log"
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path | None):
+    """Send what native code writes to file descriptor 2 to ``path`` while inside (None: leave it);
+    Python's own stderr is flushed first, so nothing of it lands in the file."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "a") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def trace_task(task: Task, device: str, out_dir: str | Path, calls: int = 3, warmup: int = 2, seed: int = 0,
+               verbose: bool = False) -> TraceResult:
+    """Profile ``calls`` calls of one task; write its trace; never raises for a failing backend.
+    The profiler's native log lines go to ``out_dir/profiler.log`` unless ``verbose``."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from ..measure.measurer import is_oom
+    from ..measure.measurer import error_reason, is_oom
 
     case = task.case
     on_cuda = str(device).startswith("cuda")
@@ -137,15 +170,16 @@ def trace_task(task: Task, device: str, out_dir: str | Path, calls: int = 3, war
         if on_cuda:
             torch.cuda.synchronize()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-        with profile(activities=activities) as prof:
-            for _ in range(calls):
-                with record_function(ANNOTATION):
-                    call()
-            if on_cuda:
-                torch.cuda.synchronize()
         path = Path(out_dir) / trace_file_name(task.backend, case.label())
         path.parent.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(path))
+        with native_stderr_to(None if verbose else Path(out_dir) / PROFILER_LOG):
+            with profile(activities=activities) as prof:
+                for _ in range(calls):
+                    with record_function(ANNOTATION):
+                        call()
+                if on_cuda:
+                    torch.cuda.synchronize()
+            prof.export_chrome_trace(str(path))
         res.trace_path = str(path)
         if on_cuda:
             res.rows = device_kernel_rows(json.loads(path.read_text()), calls)
@@ -155,7 +189,7 @@ def trace_task(task: Task, device: str, out_dir: str | Path, calls: int = 3, war
         res.status, res.reason = "skipped", str(e)
     except Exception as e:  # noqa: BLE001 - a failing backend is a row, not a crash
         res.status = "oom" if is_oom(e) else "error"
-        res.reason = f"{type(e).__name__}: {str(e).strip()[:300]}"
+        res.reason = error_reason(e, 300)
     finally:
         free_memory()
     return res

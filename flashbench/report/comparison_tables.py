@@ -5,6 +5,8 @@ import math
 
 import pandas as pd
 from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from .format import DTYPE_SHORT, STATUS_STYLE, compact_shape, format_value
@@ -27,19 +29,24 @@ def _shape_cell(col: str, value) -> str:
     return str(value)
 
 
-def backend_table(cmp, title: str) -> Table:
+def backend_table(cmp, title: str, backends: list[str] | None = None, compact: bool = False) -> Table:
     """A :class:`flashbench.analysis.compare.BackendComparison`: a row per shape, the metric and the
-    speedup per backend (★ the row's best), a geometric-mean row."""
+    speedup per backend (★ the row's best, among all the comparison's backends), a geometric-mean row.
+    ``backends``: the columns shown (default all); ``compact``: the shape in one column."""
+    shown = backends or cmp.backends
     t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for c in cmp.shape_columns:
-        t.add_column(_shape_header(c), justify="right" if c not in ("dtype", "mode", "causal") else "left")
-    for b in cmp.backends:
-        t.add_column(f"{b}\n{cmp.metric.label}", justify="right")
-        if b != cmp.baseline:
-            t.add_column(f"vs {cmp.baseline}", justify="right")
+    if compact:
+        t.add_column("shape", no_wrap=True)
+    else:
+        for c in cmp.shape_columns:
+            t.add_column(_shape_header(c), justify="right" if c not in ("dtype", "mode", "causal") else "left")
+    for b in shown:  # a backend's name is never cut: min_width keeps the header whole
+        t.add_column(f"{b}\n{cmp.metric.label}", justify="right", min_width=len(b))
+        if b != cmp.baseline:  # compact: the title names the baseline
+            t.add_column("speedup" if compact else f"vs {cmp.baseline}", justify="right")
     for _, row in cmp.rows.iterrows():
-        cells = [_shape_cell(c, row[c]) for c in cmp.shape_columns]
-        for b in cmp.backends:
+        cells = [compact_shape(row)] if compact else [_shape_cell(c, row[c]) for c in cmp.shape_columns]
+        for b in shown:
             status = row[f"{b} status"]
             if status == "ok":
                 v = format_value(cmp.metric, row[b])
@@ -51,14 +58,40 @@ def backend_table(cmp, title: str) -> Table:
                 cells.append(f"{sp:.2f}x" if pd.notna(sp) else "–")
         t.add_row(*cells)
     t.add_section()
-    cells = ["[bold]geomean[/]"] + [""] * (len(cmp.shape_columns) - 1)
-    for b in cmp.backends:
+    cells = ["[bold]geomean[/]"] + [""] * (0 if compact else len(cmp.shape_columns) - 1)
+    for b in shown:
         cells.append(f"[bold]{format_value(cmp.metric, cmp.geomean_value.get(b))}[/]")
         if b != cmp.baseline:
             g = cmp.geomean.get(b, math.nan)
-            cells.append(f"[bold]{g:.2f}x[/] [dim]({cmp.geomean_n[b]})[/]" if not math.isnan(g) else "–")
+            # compact: the count of shapes goes under the speedup, keeping the column narrow
+            cells.append(f"[bold]{g:.2f}x[/]{chr(10) if compact else ' '}[dim]({cmp.geomean_n[b]})[/]"
+                         if not math.isnan(g) else "–")
     t.add_row(*cells)
     return t
+
+
+def _width(table: Table) -> int:
+    """The columns ``table`` takes when nothing in it is wrapped or cut."""
+    console = Console(width=100_000)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def backend_tables(cmp, title: str, width: int) -> list[Table]:
+    """:func:`backend_table` fitted to a terminal ``width`` columns wide, no header or cell cut: the
+    whole table where it fits, else the shape in one column and the backends spread over several
+    tables, each beside the baseline (full names stay in ``--format markdown|csv|json``)."""
+    whole = backend_table(cmp, title)
+    if _width(whole) <= width:
+        return [whole]
+    groups: list[list[str]] = [[]]
+    for b in (b for b in cmp.backends if b != cmp.baseline):
+        if groups[-1] and _width(backend_table(cmp, title, [cmp.baseline, *groups[-1], b], compact=True)) > width:
+            groups.append([])
+        groups[-1].append(b)
+    if len(groups) == 1:
+        return [backend_table(cmp, title, compact=True)]
+    return [backend_table(cmp, f"{title} · table {i} of {len(groups)}", [cmp.baseline, *g], compact=True)
+            for i, g in enumerate(groups, 1)]
 
 
 def _change_style(change: str, metric) -> str:

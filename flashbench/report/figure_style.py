@@ -14,7 +14,7 @@ GRID_ALPHA = 0.3
 
 
 class PlotError(Exception):
-    """Figures cannot be drawn (nothing to plot)."""
+    """Figures cannot be drawn (nothing to plot) or written (an unwritable place): exit code 2."""
 
 
 class PlotDependencyError(PlotError):
@@ -51,7 +51,13 @@ def style_axes(ax, title: str) -> None:
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as PNG; :class:`PlotError` naming the path and the reason when it cannot be written
+    (a directory that is a file, no permission, a read-only disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
+    except OSError as e:
+        culprit = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        raise PlotError(f"cannot write {path}: {e.strerror or e}{culprit}") from None
     return path

@@ -70,10 +70,11 @@ def headline(report) -> str:
     parts = [f"{report.count(o)} {label}" for o, label in
              (("regression", "regressed"), ("status", "status worse"), ("improved", "improved")) if report.count(o)]
     rounds = rounds_text(report)
-    verdict = "PASS" if report.passed else "FAIL"
-    return (f"{verdict}: {len(report.compared)} cases compared" + (f" ({rounds})" if rounds else "")
+    verdict = "FAIL" if report.failures else "NOT A PASS" if report.not_judged else "PASS"
+    text = (f"{verdict}: {len(report.compared)} cases compared" + (f" ({rounds})" if rounds else "")
             + _only_in(report, "missing", "the baseline") + _only_in(report, "new", "the current run")
-            + (f", {', '.join(parts)}" if parts else ", no changes past thresholds"))
+            + (f", {', '.join(parts)}" if parts else "" if report.not_judged else ", no changes past thresholds"))
+    return text + "".join(f"; {why}" for why in report.not_judged)
 
 
 def gate_frame(report) -> pd.DataFrame:
@@ -110,7 +111,9 @@ def gate_markdown(report) -> str:
                      f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
                      f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
                      f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
-    if report.differences or report.warnings or margins:
+    for why in report.not_judged:
+        lines.append(f"> ❌ not a pass: {why}")
+    if report.differences or report.warnings or margins or report.not_judged:
         lines.append("")
     missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
     shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES and c.outcome != "missing"]
@@ -158,6 +161,11 @@ def gate_junit_xml(report) -> str:
             ET.SubElement(tc, "skipped", message=c.message)
         elif detail:
             ET.SubElement(tc, "system-out").text = detail
+    if report.not_judged:  # a gate that judged nothing must not read as green in a JUnit viewer
+        tc = ET.SubElement(suite, "testcase", classname="flashbench.gate", name="comparable")
+        ET.SubElement(tc, "failure", message=report.not_judged[0], type="not_judged").text = "\n".join(report.not_judged)
+        suite.set("tests", str(len(report.cases) + 1))
+        suite.set("failures", str(len(report.failures) + 1))
     root = ET.Element("testsuites", name="flashbench", tests=suite.get("tests"), failures=suite.get("failures"))
     root.append(suite)
     ET.indent(root)

@@ -10,13 +10,15 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..model.schema import CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, upgrade
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class ResultsError(Exception):
@@ -24,7 +26,9 @@ class ResultsError(Exception):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # created like any file (0666 less the umask), not mkstemp's 0600: results are shared files
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -65,6 +69,8 @@ def gpu_model(meta: dict) -> str:
 
 
 def records_frame(records: list[Record]) -> pd.DataFrame:
+    import pandas as pd  # here, not at the top: commands that only catch ResultsError do not pay for pandas
+
     return pd.DataFrame([r.row() for r in records], columns=list(CSV_COLUMNS))
 
 

@@ -137,7 +137,7 @@ def test_new_timing_fields_have_defaults_and_are_validated():
     cfg = parse_config(GOOD + "timing:\n  max_noise_pct: 0\n  hold_stream: false\n", "t.yaml")
     assert cfg.timing.max_noise_pct == 0 and cfg.timing.hold_stream is False
     (p,) = _problems(GOOD + "timing:\n  max_noise_pct: -1\n")
-    assert "timing.max_noise_pct" in p and "greater than or equal to 0" in p
+    assert "timing.max_noise_pct" in p and "must be >= 0" in p
     (p,) = _problems(GOOD + "timing:\n  hold_stream: sometimes\n")
     assert "timing.hold_stream" in p
     (p,) = _problems(GOOD + "timing:\n  max_noise: 1\n")

@@ -7,7 +7,7 @@ import sys
 import time
 
 from flashbench.results.files import load_run
-from sweeps import invoke, plugin_path, tiny_config
+from sweeps import invoke, plugin_path, tiny_config, wait_for_records
 
 CLI = [sys.executable, "-c", "from flashbench.cli import main; main()"]
 
@@ -23,16 +23,7 @@ def test_resume_after_sigkill_finishes_with_each_task_once(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(CLI + ["run", cfg, "--out", str(out), "--quiet"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    n = 0
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            n = len(json.loads((out / "results.json").read_text())["records"])
-        except (OSError, ValueError, KeyError):
-            n = 0
-        if n >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_records(proc, out, 3)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

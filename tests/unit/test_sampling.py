@@ -149,7 +149,7 @@ def test_noisy_samples_use_the_whole_budget_and_report_the_noise_reached():
 def test_max_samples_bounds_everything():
     clock, rng = FakeClock(), random.Random(2)
     run, _ = fake_gpu(clock, lambda: rng.lognormvariate(0, 0.5), per_sample_ms=0.001)
-    s = Timing(min_samples=10, max_samples=50, budget_ms=1e6, max_noise_pct=0.01)
+    s = Timing(min_samples=10, max_samples=50, budget_ms=60_000, max_noise_pct=0.01)
     got = collect(run, s, per_sample_ms=0.001, host_per_sample_ms=None, clock=clock)
     assert got.stopped_by == "max_samples" and len(got.samples_ms) == 50
 
@@ -174,7 +174,7 @@ def test_a_call_that_stalls_in_the_first_sample_synchronises():
 def test_a_full_launch_queue_cuts_the_batches_and_sampling_goes_on():
     clock, rng = FakeClock(), random.Random(4)
     run, log = fake_gpu(clock, lambda: 1.0 + rng.uniform(-0.2, 0.2), max_queue=12)
-    s = Timing(min_samples=10, max_samples=200, budget_ms=1e6, max_noise_pct=0.5)
+    s = Timing(min_samples=10, max_samples=200, budget_ms=60_000, max_noise_pct=0.5)
     got = collect(run, s, per_sample_ms=0.3, host_per_sample_ms=0.2, clock=clock)
     assert got.timeouts == 1 and got.stopped_by in ("noise", "max_samples")
     first_too_big = next(i for i, (n, _) in enumerate(log) if n > 12)
