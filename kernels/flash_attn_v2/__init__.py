@@ -83,5 +83,6 @@ than 32/64/96/128/256, non-positive softmax scales, gradients with respect to th
 """
 from .launch import flash_attn_v2
 from .options import FA2Options
+from .varlen import flash_attn_varlen
 
-__all__ = ["FA2Options", "flash_attn_v2"]
+__all__ = ["FA2Options", "flash_attn_v2", "flash_attn_varlen"]
