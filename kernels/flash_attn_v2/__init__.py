@@ -1,14 +1,18 @@
-"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA and bottom-right causal.
+"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA, bottom-right causal,
+sliding windows and packed variable-length batches.
 
 What is implemented
 -------------------
-``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False, *, options=None,
-launch_log=None)`` computes ``softmax(sm_scale * Q K^T [+ causal mask]) V`` for SDPA-layout inputs
-q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through a
+``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False, *, window=(-1, -1),
+options=None, launch_log=None)`` computes ``softmax(sm_scale * Q K^T [+ mask]) V`` for SDPA-layout
+inputs q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through a
 ``torch.autograd.Function`` whose backward runs Triton kernels (no PyTorch attention math anywhere).
-``options`` (an ``FA2Options``) pins configurations, forces a tile path, turns autotuning or the
-Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict) receives the
-configuration each kernel ran.
+``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+sm_scale=None, window=(-1, -1), *, options=None, launch_log=None)`` (``varlen.py``) does the same for
+sequences of different lengths packed into q (total_q, H, D), k and v (total_k, H_kv, D), flash-attn's
+API, with the same kernels.  ``options`` (an ``FA2Options``) pins configurations, forces a tile path,
+turns autotuning or the Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict)
+receives the configuration each kernel ran.
 
 Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
   * one program per (block of BLOCK_M query rows, batch*head): the outer loop of Algorithm 1
@@ -22,7 +26,15 @@ Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
     arithmetic; only the blocks crossing the diagonal apply the mask; blocks above the diagonal
     are never visited.  Causal query blocks are launched heaviest first across groups of heads
     spanning >= ``FA2Options.causal_group_programs`` programs, so that a sweep ends on light
-    blocks (the dQ and dK/dV kernels likewise).
+    blocks (the dQ and dK/dV kernels likewise);
+  * sliding windows ``(left, right)`` (FlashAttention's: query i sees key j iff
+    i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 unbounded, causal capping right at 0):
+    each program's loop bounds cover only the key blocks its rows' windows touch
+    (``programs.span``), so the work scales with the window; blocks crossing a window edge apply
+    the mask, the blocks between run without it.  The backward kernels bound their loops alike;
+  * packed batches: one launch of exactly the real (sequence, block) programs, from an int32 table
+    built on the host from ``cu_seqlens`` (longest span first); each program reads its sequence's
+    offsets and lengths, and masks, windows and bottom-right alignment apply per sequence.
 
 Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
   * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
@@ -77,9 +89,10 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     does not support; the backward stays the Triton one.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
-Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
-alignment, variable-length (packed) batches, KV cache / paged attention, fp8, head dims other
-than 32/64/96/128/256, non-positive softmax scales, gradients with respect to the returned LSE.
+Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
+paged attention, fp8, head dims other than 32/64/96/128/256, non-positive softmax scales, gradients
+with respect to the returned LSE, the LSE of packed batches; windows and packed batches run the
+Triton forward only (neither the warp-specialised nor the Gluon Hopper forward takes them).
 """
 from .launch import flash_attn_v2
 from .options import FA2Options

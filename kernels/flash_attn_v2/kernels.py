@@ -2,7 +2,11 @@
 
 Every kernel takes SDPA-layout tensors by strides (last dimension contiguous), any Nq and Nkv, GQA/MQA
 by index arithmetic (query head h reads kv head h // GROUP; K/V are never copied), bottom-right causal
-alignment (query i sees key j iff j <= i + Nkv - Nq), head dims 32 to 256 (a head dim below its
+alignment (query i sees key j iff j <= i + Nkv - Nq), FlashAttention's sliding windows (``WINDOW``:
+query i sees key j iff i + Nkv - Nq - WIN_LEFT <= j <= i + Nkv - Nq + WIN_RIGHT), packed
+variable-length batches (``VARLEN``: q (total_q, H, D), k and v (total_k, H_kv, D), each program's
+sequence, offsets and lengths read from a (sequence, block) table and ``cu_seqlens``; the same code
+with a batch stride of 0 and a per-sequence row offset), head dims 32 to 256 (a head dim below its
 power-of-two tile, such as 96 in a 128-wide tile, is masked / zero-filled), and 16-bit inputs (P and
 dS cast to the input dtype before their dots) or fp32 with exact ``input_precision="ieee"`` dots
 (``IEEE``).  Tiles move either by masked pointer loads/stores or through device-side TMA tensor
@@ -14,9 +18,10 @@ load and clipped on store).
   over K_j/V_j blocks keeps the online softmax (running row max m_i, running row sum l_i,
   un-normalised accumulator) in base 2 with log2(e) folded into the scale, defers the division by
   l_i to the end (line 12) and stores the base-2 log-sum-exp L_i = m_i + log2(l_i) (line 13) for the
-  backward.  Causal: key blocks visible to every row of the block run with no mask arithmetic, only
-  the blocks crossing the diagonal apply the mask, blocks above it are never visited.  With
-  ``WARP_SPEC`` (non-causal, TMA, 4 warps) the key loop is a single ``tl.range(...,
+  backward.  Causal and windows (``programs.span``): key blocks visible whole to every row of the block
+  run with no mask arithmetic, only the blocks crossing the diagonal or a window edge apply the mask,
+  blocks outside the window (above the diagonal) are never visited.  With ``WARP_SPEC`` (dense,
+  non-causal, no window, TMA, 4 warps) the key loop is a single ``tl.range(...,
   warp_specialize=True)`` loop, which Triton 3.6 splits into one producer warp group issuing the loads
   and two consumer warp groups of BLOCK_M / 2 rows (FlashAttention-3's arrangement without its
   ping-pong or intra-warp-group overlap); the key tail is then masked in every block unless 128
@@ -24,17 +29,19 @@ load and clipped on store).
 ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper).
 ``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over the query blocks, and over
   the query heads sharing its kv head (GQA/MQA gradients summed in registers: no atomics, no extra
-  memory), recomputing P from Q, K and the stored L: dV += P^T dO, dK += dS^T Q (lines 14-21).
+  memory), recomputing P from Q, K and the stored L: dV += P^T dO, dK += dS^T Q (lines 14-21).  It
+  visits only the query blocks that see some key of its block (``programs.span`` from the key side).
 ``bwd_dq_kernel``: one program per (Q block, batch*head) loops over the K/V blocks and accumulates
   dQ += dS K in registers.  This second pass replaces the paper's dQ update by atomic adds (line 21):
   it recomputes S and dP (7 matmuls in all instead of 5) but is deterministic and needs no fp32 dQ
   buffer, zero-fill or conversion kernel.
 
 Causal programs are launched heaviest first across groups of heads (``GROUP_PROGRAMS``; see
-``_schedule.block_and_head``).  Rows that see no key (causal, Nq > Nkv) output 0 with L = -inf and
-get zero gradients.  Not here: dropout, attention bias or masks other than causal, top-left causal
-alignment, variable-length batches, paged KV, fp8; the launcher (``launch.py``) checks inputs and
-chooses the configuration.
+``_schedule.block_and_head``), packed programs in their table's order (longest span first) across
+groups of heads likewise.  Rows that see no key (causal or a window with Nq > Nkv, a packed sequence
+without keys) output 0 with L = -inf and get zero gradients.  Not here: dropout, attention bias or
+masks other than causal and sliding windows, top-left causal alignment, paged KV, fp8; the launcher
+(``launch.py``) checks inputs, builds the program tables and chooses the configuration.
 """
 from __future__ import annotations
 
@@ -195,7 +202,7 @@ def fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, TABLE, sm_scale,
     else:
         # key blocks some row sees: [lo, hi); every row sees all of them: [full_lo, full_hi)
         lo, full_lo, full_hi, hi = span(m0, tl.minimum(m0 + BLOCK_M, N_Q) - 1, N_KV, diag, WIN_LEFT, WIN_RIGHT,
-                                        BLOCK_N)
+                                        BLOCK_N, WINDOW, CAUSAL or WINDOW)
         if WINDOW:  # only a left reach leaves blocks partly seen below full_lo
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, lo, full_lo, offs_m,
                                        diag, N_KV, qk_scale, WIN_LEFT, WIN_RIGHT, True, CAUSAL, WINDOW, BLOCK_N,
@@ -311,7 +318,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, TABLE, sm_scale
 
     # query blocks that see some key of this block: [lo, hi); that see all of them: [full_lo, full_hi)
     lo, full_lo, full_hi, hi = span(n0, tl.minimum(n0 + BLOCK_N, N_KV) - 1, N_Q, -diag, WIN_RIGHT, WIN_LEFT,
-                                    BLOCK_M)
+                                    BLOCK_M, CAUSAL or WINDOW, WINDOW)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         q_src = _make_src(Q + b * stride_qb + h * stride_qh + q0 * stride_qm, stride_qm, N_Q, BLOCK_M, BLOCK_D,
@@ -396,7 +403,8 @@ def bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, TABLE, sm_scale,
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # key blocks some row sees: [lo, hi); every row sees all of them: [full_lo, full_hi)
-    lo, full_lo, full_hi, hi = span(m0, tl.minimum(m0 + BLOCK_M, N_Q) - 1, N_KV, diag, WIN_LEFT, WIN_RIGHT, BLOCK_N)
+    lo, full_lo, full_hi, hi = span(m0, tl.minimum(m0 + BLOCK_M, N_Q) - 1, N_KV, diag, WIN_LEFT, WIN_RIGHT, BLOCK_N,
+                                    WINDOW, CAUSAL or WINDOW)
     if WINDOW:  # only a left reach leaves blocks partly seen below full_lo
         dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, lo, full_lo, offs_m, diag, N_KV,
                        qk_scale, WIN_LEFT, WIN_RIGHT, True, CAUSAL, WINDOW, BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)

@@ -17,7 +17,8 @@ import triton
 
 from .._autograd import attention_function
 from .._schedule import SequenceBlocks
-from .._validate import NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale, interpreting
+from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
+                         interpreting)
 from . import sm90
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
@@ -28,12 +29,24 @@ from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, head_dim_class, is_gluon,
 LN2 = 0.6931471805599453
 
 
+class _Layout(NamedTuple):
+    """Where one call's sequences lie: a dense (B, H, N, D) batch or a packed (total, H, D) one."""
+    packed: bool
+    n_q: int  # the sequence length, or the longest packed sequence (tuning buckets)
+    n_kv: int
+    window: tuple[int, int]  # WIN_LEFT, WIN_RIGHT (``_window_args``)
+    stat_shape: tuple  # of the LSE and Delta: (B, H, Nq) dense, (H, total_q) packed
+    q_grid: Callable  # config -> grid of the forward and dQ kernels
+    k_grid: Callable  # config -> grid of the dK/dV kernel
+    tables: tuple  # CU_Q, CU_K and the query / key program tables (all None when dense)
+
+
 class _Call(NamedTuple):
     """What one call hands to its forward and, through autograd, to its backward."""
     options: FA2Options
     launch_log: MutableMapping[str, str] | None
-    window: tuple[int, int] = NO_WINDOW  # (left, right) reaches, causal folded in (right 0), -1 unbounded
-    packed: PackedBatch | None = None  # a variable-length batch, or None (dense)
+    window: tuple[int, int]  # (left, right) reaches, causal folded in (right 0), -1 unbounded
+    layout: _Layout  # built once a call: a packed batch's program tables serve the forward and backward
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -125,29 +138,23 @@ def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Cal
         call.launch_log[name] = launch_label(cfg)
 
 
-class _Layout(NamedTuple):
-    """Where one call's sequences lie: a dense (B, H, N, D) batch or a packed (total, H, D) one."""
-    n_q: int  # the sequence length, or the longest packed sequence (tuning buckets)
-    n_kv: int
-    window: tuple[int, int]  # WIN_LEFT, WIN_RIGHT (``_window_args``)
-    stat_shape: tuple  # of the LSE and Delta: (B, H, Nq) dense, (H, total_q) packed
-    q_grid: Callable  # config -> grid of the forward and dQ kernels
-    k_grid: Callable  # config -> grid of the dK/dV kernel
-    tables: tuple  # CU_Q, CU_K and the query / key program tables (all None when dense)
+def make_call(q, k, options: FA2Options, launch_log, window: tuple[int, int], packed: PackedBatch | None) -> _Call:
+    """The per-call settings of validated inputs, with their layout (``packed`` None: dense)."""
+    return _Call(options, launch_log, window, _layout(q, k, packed, window))
 
 
 def _layout(q, k, packed: PackedBatch | None, window: tuple[int, int]) -> _Layout:
     H, Hkv = q.shape[1], k.shape[1]
     if packed is None:
         B, Nq, Nkv = q.shape[0], q.shape[2], k.shape[2]
-        return _Layout(Nq, Nkv, _window_args(window, Nq, Nkv), (B, H, Nq),
+        return _Layout(False, Nq, Nkv, _window_args(window, Nq, Nkv), (B, H, Nq),
                        lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H),
                        lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), (None,) * 4)
     n_q, n_kv = max(packed.lengths_q), max(packed.lengths_k)  # not max_seqlen_*, which may be larger
     left, right = _window_args(window, n_q, n_kv)
     q_blocks = SequenceBlocks(packed.lengths_q, packed.lengths_k, left, right, "BLOCK_M", q.device)
     k_blocks = SequenceBlocks(packed.lengths_k, packed.lengths_q, right, left, "BLOCK_N", q.device)
-    return _Layout(n_q, n_kv, (left, right), (H, q.shape[0]), lambda m: (q_blocks.count(m), H),
+    return _Layout(True, n_q, n_kv, (left, right), (H, q.shape[0]), lambda m: (q_blocks.count(m), H),
                    lambda m: (k_blocks.count(m), Hkv), (packed.cu_seqlens_q, packed.cu_seqlens_k, q_blocks, k_blocks))
 
 
@@ -168,6 +175,11 @@ def _stat_strides(t: torch.Tensor) -> tuple[int, int]:
     return (t.stride(0), t.stride(1)) if t.dim() == 3 else (0, t.stride(0))
 
 
+def _sizes(lay: _Layout, tma_ok: int) -> tuple:
+    """N_Q, N_KV, WIN_LEFT, WIN_RIGHT, NQ_BUCKET, NKV_BUCKET, TMA_OK: the launch arguments after the heads."""
+    return (lay.n_q, lay.n_kv, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok)
+
+
 def _masking(window: tuple[int, int]) -> tuple[bool, bool]:
     """(CAUSAL, WINDOW) of a call's window (causal folded in by ``check_window``): right reach 0 is
     causal (a window (-1, 0) is the causal mask and runs as one); any other bounded reach is a window."""
@@ -177,26 +189,26 @@ def _masking(window: tuple[int, int]) -> tuple[bool, bool]:
 
 def _forward(q, k, v, causal: bool, sm_scale: float, call: _Call):
     H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
-    lay = _layout(q, k, call.packed, call.window)
+    lay = call.layout
     o = _empty(q.shape, q.dtype, q.device)
     lse = _empty(lay.stat_shape, torch.float32, q.device)
     tma_ok = _tma_ok(call.options.path, q, k, v, o)
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window,
-                       call.packed is not None)
-    meta["EVEN_KV"] = call.packed is None and lay.n_kv % 128 == 0  # every BLOCK_N (<= 128, a power of two) divides Nkv
-    refusal = _sm90_refusal(q, k, v, causal, window, tma_ok, call.options, call.packed is not None)
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
+    # every BLOCK_N (<= 128, a power of two) divides Nkv; packed sequences have lengths of their own
+    meta["EVEN_KV"] = not lay.packed and lay.n_kv % 128 == 0
+    refusal = _sm90_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed)
     cu_q, cu_k, q_table, _ = lay.tables
     args = (q, k, v, o, lse, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v), *_rows(o),
-            *_stat_strides(lse), H, H // Hkv, lay.n_q, lay.n_kv, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok, int(refusal is None))
+            *_stat_strides(lse), H, H // Hkv) + _sizes(lay, tma_ok) + (int(refusal is None),)
     _launch("fwd", lay.q_grid, args, meta, tma_ok, call, refusal)
     return o, lse
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
-    lay = _layout(q, k, call.packed, call.window)
+    lay = call.layout
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = _empty(q.shape, q.dtype, q.device)
@@ -215,10 +227,9 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     tma_ok = _tma_ok(call.options.path, q, k, v, do, dq, dk, dv)
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window,
-                       call.packed is not None)
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
     cu_q, cu_k, q_table, k_table = lay.tables
-    sizes = (lay.n_q, lay.n_kv, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok)
+    sizes = _sizes(lay, tma_ok)
     dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
                  *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
     _launch("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, call)
@@ -280,7 +291,7 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     check_inputs(q, k, v, "flash_attn_v2")
     window = check_window(window, bool(causal), "flash_attn_v2")
     scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
-    o, lse2 = attention(q, k, v, causal, scale, _Call(options, launch_log, window))
+    o, lse2 = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, None))
     if return_lse:
         return o, lse2 * LN2
     return o

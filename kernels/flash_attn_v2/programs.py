@@ -50,20 +50,34 @@ def locate(TABLE, CU_Q, CU_K, H, N_Q, N_KV,
 
 
 @triton.jit
-def span(first, last, n_other, shift, reach_before, reach_after, BLOCK: tl.constexpr):
+def span(first, last, n_other, shift, reach_before, reach_after, BLOCK: tl.constexpr,
+         BOUNDED_BEFORE: tl.constexpr = True, BOUNDED_AFTER: tl.constexpr = True):
     """(lo, full_lo, full_hi, hi) along the other axis for own rows [first, last]: other index x is seen
     by own index y iff y + shift - reach_before <= x <= y + shift + reach_after and 0 <= x < n_other.
 
     lo, full_lo and full_hi are multiples of BLOCK (or equal to hi) with lo <= full_lo <= full_hi <= hi:
     blocks in [lo, full_lo) and [full_hi, hi) are partly seen (masked), blocks in [full_lo, full_hi)
     seen whole by every own row, nothing outside [lo, hi) is seen.  ``_schedule.visible_span`` is the
-    same span before rounding to blocks (the host orders varlen programs by it).
+    same span before rounding to blocks (the host orders varlen programs by it).  A reach the caller
+    knows at compile time to be unbounded (BOUNDED_* False) gives constant bounds on that side, so
+    a dense call's loops are those of a kernel without windows.
     """
-    lo = (tl.maximum(first + shift - reach_before, 0) // BLOCK) * BLOCK
-    hi = tl.maximum(tl.minimum(n_other, last + shift + reach_after + 1), lo)
-    full_lo = tl.minimum(tl.cdiv(tl.maximum(last + shift - reach_before, 0), BLOCK) * BLOCK, hi)
-    full_hi = (tl.maximum(tl.minimum(n_other, first + shift + reach_after + 1), 0) // BLOCK) * BLOCK
-    return lo, full_lo, tl.maximum(full_hi, full_lo), hi
+    if BOUNDED_BEFORE:
+        lo = (tl.maximum(first + shift - reach_before, 0) // BLOCK) * BLOCK
+    else:
+        lo = 0
+    if BOUNDED_AFTER:
+        hi = tl.maximum(tl.minimum(n_other, last + shift + reach_after + 1), lo)
+        full_hi = (tl.maximum(tl.minimum(n_other, first + shift + reach_after + 1), 0) // BLOCK) * BLOCK
+    else:
+        hi = n_other
+        full_hi = (n_other // BLOCK) * BLOCK
+    if BOUNDED_BEFORE:
+        full_lo = tl.minimum(tl.cdiv(tl.maximum(last + shift - reach_before, 0), BLOCK) * BLOCK, hi)
+        full_hi = tl.maximum(full_hi, full_lo)
+    else:
+        full_lo = 0
+    return lo, full_lo, full_hi, hi
 
 
 @triton.jit

@@ -30,8 +30,10 @@ Triton forward instead): GPUs other than capability 9.x; fp32 (the reference pat
 but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not multiples of 128
 (no tail masking: the K/V descriptors span every head, so a partial block would read the next
 head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
-with Nq > Nkv (rows that see no key); inputs whose (batch, head, row) dims cannot be viewed as one
-(q, k, v must be contiguous); the interpreter (Gluon has none).  No explicit ping-pong between the
+with Nq > Nkv (rows that see no key); sliding windows (``flash_attn_v2`` masks them in its Triton
+forward; the window (-1, 0) is the causal mask and runs here); packed variable-length batches;
+inputs whose (batch, head, row) dims cannot be viewed as one (q, k, v must be contiguous); the
+interpreter (Gluon has none).  No explicit ping-pong between the
 two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
 finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
 """

@@ -14,7 +14,7 @@ from typing import MutableMapping
 import torch
 
 from .._validate import NO_WINDOW, check_varlen_inputs, check_window
-from .launch import _Call, attention, call_settings
+from .launch import attention, call_settings, make_call
 from .options import FA2Options
 
 
@@ -58,5 +58,5 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     packed = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
     window = check_window(window, bool(causal), name)
     scale, options = call_settings(name, q.shape[-1], sm_scale, options, launch_log)
-    o, _ = attention(q, k, v, causal, scale, _Call(options, launch_log, window, packed))
+    o, _ = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, packed))
     return o

@@ -17,7 +17,7 @@ import triton
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch
 from kernel_checks import (check_against_reference, check_varlen_against_reference, make_inputs, make_packed_inputs,
-                           poisoned_empty)
+                           poisoned_empty, window_case_id)
 
 pytestmark = pytest.mark.gpu
 
@@ -42,13 +42,8 @@ WINDOW_GRID = [
 ]
 
 
-def window_id(c):
-    B, H, Hkv, Nq, Nkv, D, causal, (left, right) = c
-    return f"B{B}-H{H}-Hkv{Hkv}-q{Nq}-kv{Nkv}-D{D}-{'causal' if causal else 'full'}-w{left}_{right}"
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", WINDOW_GRID, ids=window_id)
+@pytest.mark.parametrize("case", WINDOW_GRID, ids=window_case_id)
 def test_gpu_window_grid(case, dtype):
     B, H, Hkv, Nq, Nkv, D, causal, window = case
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 3 * Nkv + window[0])

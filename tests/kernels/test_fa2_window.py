@@ -16,7 +16,7 @@ import triton.language as tl
 from flashbench.measure.reference import reference_attention, visible_mask
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, spaces, tuning
 from flashbench_kernels.flash_attn_v2.programs import span
-from kernel_checks import DEV, check_against_reference, make_inputs, poisoned_empty
+from kernel_checks import DEV, check_against_reference, make_inputs, poisoned_empty, window_case_id
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,8 @@ CASES = [
 ]
 
 
-def case_id(c):
-    B, H, Hkv, Nq, Nkv, D, causal, (left, right) = c
-    return f"B{B}-H{H}-Hkv{Hkv}-q{Nq}-kv{Nkv}-D{D}-{'causal' if causal else 'full'}-w{left}_{right}"
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=window_case_id)
 def test_window_matches_reference(case, dtype):
     B, H, Hkv, Nq, Nkv, D, causal, window = case
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq * 100 + Nkv + window[0])
@@ -89,10 +84,10 @@ def test_a_window_wider_than_the_sequences_is_the_unwindowed_result():
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _span_probe(OUT, n_own, n_other, shift, reach_before, reach_after, OWN_BLOCK: tl.constexpr,
-                BLOCK: tl.constexpr):
+                BLOCK: tl.constexpr, BOUNDED_BEFORE: tl.constexpr, BOUNDED_AFTER: tl.constexpr):
     first = tl.program_id(0) * OWN_BLOCK
     lo, full_lo, full_hi, hi = span(first, tl.minimum(first + OWN_BLOCK, n_own) - 1, n_other, shift, reach_before,
-                                    reach_after, BLOCK)
+                                    reach_after, BLOCK, BOUNDED_BEFORE, BOUNDED_AFTER)
     out = OUT + 4 * tl.program_id(0)
     tl.store(out, lo)
     tl.store(out + 1, full_lo)
@@ -100,20 +95,21 @@ def _span_probe(OUT, n_own, n_other, shift, reach_before, reach_after, OWN_BLOCK
     tl.store(out + 3, hi)
 
 
-def _spans(n_own, n_other, shift, reach_before, reach_after, own_block, block):
+def _spans(n_own, n_other, shift, reach_before, reach_after, own_block, block, bounded=(True, True)):
     n = triton.cdiv(n_own, own_block)
     out = torch.full((n, 4), -1, dtype=torch.int32, device=DEV)
-    _span_probe[(n,)](out, n_own, n_other, shift, reach_before, reach_after, OWN_BLOCK=own_block, BLOCK=block)
+    _span_probe[(n,)](out, n_own, n_other, shift, reach_before, reach_after, OWN_BLOCK=own_block, BLOCK=block,
+                      BOUNDED_BEFORE=bounded[0], BOUNDED_AFTER=bounded[1])
     return out.cpu().tolist()
 
 
-def _check_spans(mask, own_block, block, reach_before, reach_after):
+def _check_spans(mask, own_block, block, reach_before, reach_after, bounded):
     """mask (own, other): the visited blocks are exactly those with a visible pair, the unmasked ones
     exactly those visible whole to every row of the program's block."""
     n_own, n_other = mask.shape
     shift = n_other - n_own
     for i, (lo, full_lo, full_hi, hi) in enumerate(_spans(n_own, n_other, shift, reach_before, reach_after,
-                                                          own_block, block)):
+                                                          own_block, block, bounded)):
         rows = mask[i * own_block:(i + 1) * own_block]
         assert lo <= full_lo <= full_hi <= hi and lo % block == 0, (i, lo, full_lo, full_hi, hi)
         some = {s for s in range(0, n_other, block) if rows[:, s:s + block].any()}
@@ -133,11 +129,18 @@ SPAN_CASES = [  # Nq, Nkv, causal, window
 
 @pytest.mark.parametrize("n_q, n_kv, causal, window", SPAN_CASES)
 @pytest.mark.parametrize("own_block, block", [(32, 16), (16, 32), (64, 64)])
-def test_programs_visit_exactly_the_blocks_their_window_touches(n_q, n_kv, causal, window, own_block, block):
+@pytest.mark.parametrize("general", [True, False], ids=["general", "as-launched"])
+def test_programs_visit_exactly_the_blocks_their_window_touches(n_q, n_kv, causal, window, own_block, block, general):
+    """``general``: both reaches through the formula; "as-launched": an unbounded reach as the kernels
+    pass it, with constant bounds on that side."""
     mask = visible_mask(n_q, n_kv, causal, window)
-    left, right = launch._window_args(launch.check_window(window, causal, "t"), n_q, n_kv)
-    _check_spans(mask, own_block, block, left, right)  # query blocks over keys (forward, dQ)
-    _check_spans(mask.T, own_block, block, right, left)  # key blocks over queries (dK/dV)
+    effective = launch.check_window(window, causal, "t")
+    left, right = launch._window_args(effective, n_q, n_kv)
+    is_causal, is_window = launch._masking(effective)
+    fwd = (True, True) if general else (is_window, is_causal or is_window)
+    dkdv = (True, True) if general else (is_causal or is_window, is_window)
+    _check_spans(mask, own_block, block, left, right, fwd)  # query blocks over keys (forward, dQ)
+    _check_spans(mask.T, own_block, block, right, left, dkdv)  # key blocks over queries (dK/dV)
 
 
 def test_visited_blocks_scale_with_the_window():

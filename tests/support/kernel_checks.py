@@ -29,6 +29,11 @@ def case_id(c) -> str:
     return f"B{B}-H{H}-Hkv{Hkv}-q{Nq}-kv{Nkv}-D{D}-{'causal' if causal else 'full'}"
 
 
+def window_case_id(c) -> str:
+    B, H, Hkv, Nq, Nkv, D, causal, (left, right) = c
+    return f"{case_id((B, H, Hkv, Nq, Nkv, D, causal))}-w{left}_{right}"
+
+
 def poisoned_empty(shape, dtype, device):
     """Stands in for the launcher's allocator: NaN everywhere, so an unwritten element shows."""
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
