@@ -50,8 +50,9 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
 
 Conventions
   * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
-    key j iff j <= i + (Nkv - Nq).  Query rows that see no key (Nq > Nkv) output 0, their LSE is
-    -inf, and they contribute zero gradients (no NaN).
+    key j iff j <= i + (Nkv - Nq); windows likewise, per sequence for packed batches.  Query rows
+    that see no key (causal with Nq > Nkv, a right reach ending before key 0, a packed sequence
+    without keys) output 0, their LSE is -inf, and they contribute zero gradients (no NaN).
   * GQA/MQA: query head h reads kv head h // (H // H_kv) through index arithmetic; K/V are never
     copied or expanded.
   * any Nq, Nkv (tails handled by masked loads / TMA bounds), Nq != Nkv; head dims 32, 64, 96,
@@ -71,7 +72,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
     paths, head dim, causal, dtype, causal launch order), timing the candidates in interleaved
     rounds (``_tuner.py``); measurements are in ``kernels/DESIGN.md``.
-  * warp-specialised forward (Hopper, TMA path, non-causal, fp16/bf16; one of the tuned
+  * warp-specialised forward (Hopper, TMA path, dense, non-causal, no window, fp16/bf16; one of the tuned
     configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
     loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
     and two consumer warp groups of BLOCK_M / 2 query rows each running the dots and the softmax
@@ -81,7 +82,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
   * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv multiples
-    of 128, contiguous inputs, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
+    of 128, contiguous dense inputs, no window, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
     FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping
     the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
     ``GLUON`` entry of the D128 space), so it runs only where the tuner measures it faster; it
