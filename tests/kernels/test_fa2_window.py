@@ -16,7 +16,7 @@ import triton.language as tl
 from flashbench.measure.reference import reference_attention, visible_mask
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, spaces, tuning
 from flashbench_kernels.flash_attn_v2.programs import span
-from kernel_checks import DEV, check_against_reference, make_inputs, poisoned_empty, window_case_id
+from kernel_checks import DEV, check_against_reference, make_inputs, poisoned_empty, tma_unavailable, window_case_id
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +47,7 @@ def test_window_matches_reference(case, dtype):
     check_against_reference(q, k, v, do, causal, window=window)
 
 
+@pytest.mark.skipif(tma_unavailable(), reason="tensor descriptors need compute capability >= 9")
 def test_window_on_the_tensor_descriptor_path():
     q, k, v, do = make_inputs(1, 4, 2, 45, 61, 64, torch.float16, seed=7)
     log = {}
@@ -76,7 +77,7 @@ def test_a_window_wider_than_the_sequences_is_the_unwindowed_result():
     q, k, v, _ = make_inputs(1, 2, 2, 40, 30, 32, torch.float32, seed=4)
     dense = flash_attn_v2(q, k, v)
     wide = flash_attn_v2(q, k, v, window=(1000, 2**40))
-    assert (wide - dense).abs().max().item() < 1e-6
+    assert (wide - dense).abs().max().item() < 1e-5  # on a GPU the two may be tuned to different tiles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +160,7 @@ def test_visited_blocks_scale_with_the_window():
 # ---------------------------------------------------------------------------------------------
 # What cannot run a window, and bad windows
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(tma_unavailable(), reason="tensor descriptors need compute capability >= 9")
 def test_warp_specialised_forwards_are_never_offered_or_pinned_for_a_window(monkeypatch):
     monkeypatch.setattr(tuning, "interpreting", lambda: False)
     prune = tuning.TUNERS["fwd"][0].prune

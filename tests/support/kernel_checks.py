@@ -17,6 +17,11 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float32: 2e-5}
 
 
+def tma_unavailable() -> bool:
+    """True on a GPU without tensor descriptors (the interpreter emulates them; Hopper has them)."""
+    return DEV == "cuda" and torch.cuda.get_device_capability()[0] < 9
+
+
 def make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed, device=DEV):
     """q, k, v and the output gradient do, standard normal from ``seed``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
