@@ -12,6 +12,7 @@ _KERNELS = {
     "flash_attn_v1": "flashbench_kernels.flash_attn_v1",
     "flash_attn_v2": "flashbench_kernels.flash_attn_v2",
     "FA2Options": "flashbench_kernels.flash_attn_v2",
+    "flash_attn_varlen": "flashbench_kernels.flash_attn_v2",
     "flash_decode": "flashbench_kernels.flash_decode",
     "DecodeOptions": "flashbench_kernels.flash_decode",
 }
@@ -25,4 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flashbench' has no attribute {name!r}")
 
 
-__all__ = ["DecodeOptions", "FA2Options", "__version__", "flash_attn_v1", "flash_attn_v2", "flash_decode"]
+__all__ = ["DecodeOptions", "FA2Options", "__version__", "flash_attn_v1", "flash_attn_v2", "flash_attn_varlen",
+           "flash_decode"]

@@ -1,18 +1,21 @@
 """Input validation shared by the FlashAttention launchers.
 
-Every launcher calls :func:`check_inputs` (and :func:`check_launch_log`) before touching a kernel,
-so a bad call is a ``ValueError`` that says what is wrong, never a wrong result.
+Every launcher calls :func:`check_inputs` (or :func:`check_varlen_inputs`), :func:`check_window` and
+:func:`check_launch_log` before touching a kernel, so a bad call is a ``ValueError`` that says what is
+wrong, never a wrong result.
 """
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import MutableMapping
+from typing import NamedTuple
 
 import torch
 
 SUPPORTED_HEAD_DIMS = (32, 64, 96, 128, 256)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+NO_WINDOW = (-1, -1)
 
 
 def interpreting() -> bool:
@@ -20,16 +23,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -> tuple[int, int, int, int, int, int]:
-    """Validate SDPA-layout inputs; return (B, H, H_kv, Nq, Nkv, D).
-
-    q is (B, H, Nq, D); k and v are (B, H_kv, Nkv, D) with H a multiple of H_kv.
-    """
+def _check_qkv(q, k, v, name: str, dims: int, layout: str) -> None:
+    """What the dense and the packed layouts share: ``dims``-D tensors with heads on axis 1 and the head
+    dim last, one supported dtype, one device, H a multiple of H_kv, a contiguous last dimension."""
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: {n} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name}: {n} must be 4-D (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}")
+        if t.dim() != dims:
+            raise ValueError(f"{name}: {n} must be {dims}-D ({layout}), got shape {tuple(t.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"{name}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in SUPPORTED_DTYPES:
@@ -38,24 +39,97 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -
         raise ValueError(f"{name}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.device.type != "cuda" and not interpreting():
         raise ValueError(f"{name}: inputs must be CUDA tensors (got {q.device}); CPU runs only under TRITON_INTERPRET=1")
-    B, H, Nq, D = q.shape
-    Bk, Hkv, Nkv, Dk = k.shape
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"{name}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if Bk != B:
-        raise ValueError(f"{name}: batch of q ({B}) and k/v ({Bk}) differ")
+    D, Dk = q.shape[-1], k.shape[-1]
     if Dk != D:
         raise ValueError(f"{name}: head_dim of q ({D}) and k/v ({Dk}) differ")
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"{name}: head_dim {D} is not supported; supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    H, Hkv = q.shape[1], k.shape[1]
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"{name}: query heads ({H}) must be a multiple of key/value heads ({Hkv}) for GQA/MQA")
-    if min(B, H, Nq, Nkv) == 0:
+    if q.numel() == 0 or k.numel() == 0:
         raise ValueError(f"{name}: empty input, shapes q={tuple(q.shape)} k={tuple(k.shape)}")
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
         if t.stride(-1) != 1:
             raise ValueError(f"{name}: {n} must have a contiguous last dimension (stride 1), got strides {t.stride()}; call .contiguous()")
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -> tuple[int, int, int, int, int, int]:
+    """Validate SDPA-layout inputs; return (B, H, H_kv, Nq, Nkv, D).
+
+    q is (B, H, Nq, D); k and v are (B, H_kv, Nkv, D) with H a multiple of H_kv.
+    """
+    _check_qkv(q, k, v, name, 4, "batch, heads, seq_len, head_dim")
+    B, H, Nq, D = q.shape
+    Bk, Hkv, Nkv, _ = k.shape
+    if Bk != B:
+        raise ValueError(f"{name}: batch of q ({B}) and k/v ({Bk}) differ")
     return B, H, Hkv, Nq, Nkv, D
+
+
+class PackedBatch(NamedTuple):
+    """A validated variable-length batch: device cu_seqlens and the sequence lengths on the host."""
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    lengths_q: tuple[int, ...]
+    lengths_k: tuple[int, ...]
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+
+def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name: str) -> PackedBatch:
+    """Validate packed inputs q (total_q, H, D), k and v (total_k, H_kv, D) and their sequence offsets.
+
+    cu_seqlens_q / cu_seqlens_k: int32 (batch + 1,) on q's device, starting at 0, non-decreasing, ending at
+    total_q / total_k; max_seqlen_q / max_seqlen_k: ints >= the longest sequence.  The offsets are read
+    on the host (one device-to-host copy for both): an offset past the end would read another
+    sequence's rows or memory out of bounds, so they are checked rather than trusted.
+    """
+    _check_qkv(q, k, v, name, 3, "total_tokens, heads, head_dim")
+    cus = []
+    for t, n, total in ((cu_seqlens_q, "cu_seqlens_q", q.shape[0]), (cu_seqlens_k, "cu_seqlens_k", k.shape[0])):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: {n} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != torch.int32:
+            raise ValueError(f"{name}: {n} must be int32, got {t.dtype}")
+        if t.dim() != 1 or t.shape[0] < 2:
+            raise ValueError(f"{name}: {n} must be 1-D of batch + 1 >= 2 offsets, got shape {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: {n} must be on q's device {q.device}, got {t.device}")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"{name}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1), "
+                         f"got {cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}")
+    host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().tolist()  # the one sync
+    batch = cu_seqlens_q.shape[0] - 1
+    for n, offsets, total, max_seqlen, max_name in (
+            ("cu_seqlens_q", host[:batch + 1], q.shape[0], max_seqlen_q, "max_seqlen_q"),
+            ("cu_seqlens_k", host[batch + 1:], k.shape[0], max_seqlen_k, "max_seqlen_k")):
+        if offsets[0] != 0:
+            raise ValueError(f"{name}: {n} must start at 0, got {offsets[0]}")
+        lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+        if min(lengths) < 0:
+            raise ValueError(f"{name}: {n} must be non-decreasing, got {offsets}")
+        if offsets[-1] != total:
+            raise ValueError(f"{name}: {n} must end at the packed length {total}, got {offsets[-1]}")
+        if not (isinstance(max_seqlen, int) and not isinstance(max_seqlen, bool)) or max_seqlen < max(lengths):
+            raise ValueError(f"{name}: {max_name} must be an int >= the longest sequence ({max(lengths)}), "
+                             f"got {max_seqlen!r}")
+        cus.append(tuple(lengths))
+    return PackedBatch(cu_seqlens_q, cu_seqlens_k, cus[0], cus[1], max_seqlen_q, max_seqlen_k)
+
+
+def check_window(window, causal: bool, name: str) -> tuple[int, int]:
+    """A sliding window ``(left, right)``, ints >= -1 (-1 unbounded), as the bounds the kernels apply:
+    query i sees key j iff i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right; causal caps right at 0."""
+    if not (isinstance(window, (tuple, list)) and len(window) == 2
+            and all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)):
+        raise ValueError(f"{name}: window must be a pair of ints >= -1 (left, right), -1 unbounded, got {window!r}")
+    left, right = window
+    if causal:
+        right = 0
+    return left, right
 
 
 def default_scale(head_dim: int, sm_scale: float | None) -> float:

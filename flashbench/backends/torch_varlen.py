@@ -12,6 +12,7 @@ become skip reasons too. CUDA only.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 from ..measure.reference import window_bounds
@@ -44,9 +45,17 @@ class TorchVarlenBackend(Backend):
     supports_window = True
 
     def availability(self):
-        return None if varlen_attn() is not None else "this torch has no torch.nn.attention.varlen.varlen_attn"
+        # found, not imported: the module imports Triton, a second that `list` and the plan need not pay
+        # (a torch whose module lacks varlen_attn gives the task's error row at prepare)
+        try:
+            found = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+        except (ImportError, ValueError):
+            found = False
+        return None if found else "this torch has no torch.nn.attention.varlen (varlen_attn)"
 
     def extra_reason(self, case, device):
+        if varlen_attn() is None:
+            return "this torch has no torch.nn.attention.varlen.varlen_attn"
         takes = _parameters()
         needs = [("window_size", case.has_window, "it has no sliding windows"),
                  ("enable_gqa", case.is_gqa, "it has no GQA/MQA"),

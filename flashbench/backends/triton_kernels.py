@@ -13,7 +13,6 @@ without the split over keys that ``triton_decode`` adds).
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.util
 
 from flashbench_kernels._validate import interpreting
@@ -66,13 +65,6 @@ class TritonBackend(Backend):
         return "; ".join(f"{k}: {v}" for k, v in getattr(self, "_launch_log", {}).items())
 
 
-def _takes(fn, argument: str) -> bool:
-    try:
-        return argument in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class TritonKernelBackend(TritonBackend):
     def __init__(self, name: str, module: str, function: str, description: str,
                  varlen_function: str | None = None, workloads: tuple[str, ...] = ("dense",)):
@@ -81,26 +73,10 @@ class TritonKernelBackend(TritonBackend):
         self.workloads = workloads
         self.supports_window = varlen_function is not None  # the FA2 family; FA1 has no window form
 
-    def _varlen(self):
-        """The varlen function, from the kernel module or the package's exports (None if neither has it)."""
-        found = getattr(self._module(), self.varlen_function, None)
-        if found is None:
-            import flashbench
-
-            try:
-                found = getattr(flashbench, self.varlen_function)
-            except (AttributeError, ImportError):
-                return None
-        return found
-
     def extra_reason(self, case, device):
         why = super().extra_reason(case, device)
         if why:
             return why
-        if case.workload == "varlen" and self._varlen() is None:
-            return f"{self.name} needs {self.varlen_function} (not in this kernels build)"
-        if case.has_window and case.workload != "varlen" and not _takes(getattr(self._module(), self.function), "window"):
-            return f"{self.name} needs {self.function} with windows (window=(left, right); not in this kernels build)"
         if case.workload == "decode" and len(set(case.sequence_lengths()[1])) > 1:
             return (f"{self.name} runs decode as one dense call, so every cache must have one length "
                     "(triton_decode reads caches of any length)")
@@ -111,11 +87,9 @@ class TritonKernelBackend(TritonBackend):
         causal = case.causal
         kw = {"window": case.window} if case.has_window else {}
         if case.workload == "varlen":
-            fn = self._varlen()
+            fn = getattr(self._module(), self.varlen_function)
             longest = max(case.sequence_lengths()[0])
-            if _takes(fn, "launch_log"):
-                kw["launch_log"] = log
-            return lambda q, k, v, cu: fn(q, k, v, cu, cu, longest, longest, causal=causal, **kw)
+            return lambda q, k, v, cu: fn(q, k, v, cu, cu, longest, longest, causal=causal, launch_log=log, **kw)
         fn = getattr(self._module(), self.function)
         if case.workload == "decode":
             causal = case.causal and case.seq_len_q > 1  # one new token sees its whole cache

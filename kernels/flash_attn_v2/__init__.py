@@ -1,14 +1,18 @@
-"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA and bottom-right causal.
+"""FlashAttention-2 in Triton: forward and backward, autotuned, with GQA/MQA, bottom-right causal,
+sliding windows and packed variable-length batches.
 
 What is implemented
 -------------------
-``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False, *, options=None,
-launch_log=None)`` computes ``softmax(sm_scale * Q K^T [+ causal mask]) V`` for SDPA-layout inputs
-q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through a
+``flash_attn_v2(q, k, v, causal=False, sm_scale=None, return_lse=False, *, window=(-1, -1),
+options=None, launch_log=None)`` computes ``softmax(sm_scale * Q K^T [+ mask]) V`` for SDPA-layout
+inputs q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through a
 ``torch.autograd.Function`` whose backward runs Triton kernels (no PyTorch attention math anywhere).
-``options`` (an ``FA2Options``) pins configurations, forces a tile path, turns autotuning or the
-Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict) receives the
-configuration each kernel ran.
+``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+sm_scale=None, window=(-1, -1), *, options=None, launch_log=None)`` (``varlen.py``) does the same for
+sequences of different lengths packed into q (total_q, H, D), k and v (total_k, H_kv, D), flash-attn's
+API, with the same kernels.  ``options`` (an ``FA2Options``) pins configurations, forces a tile path,
+turns autotuning or the Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict)
+receives the configuration each kernel ran.
 
 Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
   * one program per (block of BLOCK_M query rows, batch*head): the outer loop of Algorithm 1
@@ -22,7 +26,15 @@ Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
     arithmetic; only the blocks crossing the diagonal apply the mask; blocks above the diagonal
     are never visited.  Causal query blocks are launched heaviest first across groups of heads
     spanning >= ``FA2Options.causal_group_programs`` programs, so that a sweep ends on light
-    blocks (the dQ and dK/dV kernels likewise).
+    blocks (the dQ and dK/dV kernels likewise);
+  * sliding windows ``(left, right)`` (FlashAttention's: query i sees key j iff
+    i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 unbounded, causal capping right at 0):
+    each program's loop bounds cover only the key blocks its rows' windows touch
+    (``programs.span``), so the work scales with the window; blocks crossing a window edge apply
+    the mask, the blocks between run without it.  The backward kernels bound their loops alike;
+  * packed batches: one launch of exactly the real (sequence, block) programs, from an int32 table
+    built on the host from ``cu_seqlens`` (longest span first); each program reads its sequence's
+    offsets and lengths, and masks, windows and bottom-right alignment apply per sequence.
 
 Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
   * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
@@ -38,8 +50,9 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
 
 Conventions
   * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
-    key j iff j <= i + (Nkv - Nq).  Query rows that see no key (Nq > Nkv) output 0, their LSE is
-    -inf, and they contribute zero gradients (no NaN).
+    key j iff j <= i + (Nkv - Nq); windows likewise, per sequence for packed batches.  Query rows
+    that see no key (causal with Nq > Nkv, a right reach ending before key 0, a packed sequence
+    without keys) output 0, their LSE is -inf, and they contribute zero gradients (no NaN).
   * GQA/MQA: query head h reads kv head h // (H // H_kv) through index arithmetic; K/V are never
     copied or expanded.
   * any Nq, Nkv (tails handled by masked loads / TMA bounds), Nq != Nkv; head dims 32, 64, 96,
@@ -59,7 +72,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
     paths, head dim, causal, dtype, causal launch order), timing the candidates in interleaved
     rounds (``_tuner.py``); measurements are in ``kernels/DESIGN.md``.
-  * warp-specialised forward (Hopper, TMA path, non-causal, fp16/bf16; one of the tuned
+  * warp-specialised forward (Hopper, TMA path, dense, non-causal, no window, fp16/bf16; one of the tuned
     configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
     loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
     and two consumer warp groups of BLOCK_M / 2 query rows each running the dots and the softmax
@@ -69,7 +82,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
   * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv multiples
-    of 128, contiguous inputs, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
+    of 128, contiguous dense inputs, no window, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
     FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping
     the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
     ``GLUON`` entry of the D128 space), so it runs only where the tuner measures it faster; it
@@ -77,11 +90,13 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     does not support; the backward stays the Triton one.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
-Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
-alignment, variable-length (packed) batches, KV cache / paged attention, fp8, head dims other
-than 32/64/96/128/256, non-positive softmax scales, gradients with respect to the returned LSE.
+Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
+paged attention, fp8, head dims other than 32/64/96/128/256, non-positive softmax scales, gradients
+with respect to the returned LSE, the LSE of packed batches; windows and packed batches run the
+Triton forward only (neither the warp-specialised nor the Gluon Hopper forward takes them).
 """
 from .launch import flash_attn_v2
 from .options import FA2Options
+from .varlen import flash_attn_varlen
 
-__all__ = ["FA2Options", "flash_attn_v2"]
+__all__ = ["FA2Options", "flash_attn_v2", "flash_attn_varlen"]

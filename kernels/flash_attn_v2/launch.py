@@ -1,20 +1,24 @@
-"""How ``flash_attn_v2`` runs its kernels: checks, tile path, one configuration per kernel, autograd.
+"""How ``flash_attn_v2`` and ``flash_attn_varlen`` run their kernels: checks, tile path, one
+configuration per kernel, autograd.
 
 Each call validates its inputs and options, chooses the tile paths the tensors allow (``TMA_OK``),
 runs every kernel with a pinned, fixed or tuned configuration (``_launch``) and records what ran in
-the caller's ``launch_log``.  The forward and backward are bound into a ``torch.autograd.Function``;
-the backward gets the forward's options and log.
+the caller's ``launch_log``.  Dense (B, H, N, D) and packed (total, H, D) batches run the same kernels
+(``_layout`` says which, with a packed batch's program tables).  The forward and backward are bound
+into a ``torch.autograd.Function``; the backward gets the forward's options, log, window and packing.
 """
 from __future__ import annotations
 
 import math
-from typing import MutableMapping, NamedTuple
+from typing import Callable, MutableMapping, NamedTuple
 
 import torch
 import triton
 
 from .._autograd import attention_function
-from .._validate import check_inputs, check_launch_log, default_scale, interpreting
+from .._schedule import SequenceBlocks
+from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
+                         interpreting)
 from . import sm90
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
@@ -25,10 +29,24 @@ from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, head_dim_class, is_gluon,
 LN2 = 0.6931471805599453
 
 
+class _Layout(NamedTuple):
+    """Where one call's sequences lie: a dense (B, H, N, D) batch or a packed (total, H, D) one."""
+    packed: bool
+    n_q: int  # the sequence length, or the longest packed sequence (tuning buckets)
+    n_kv: int
+    window: tuple[int, int]  # WIN_LEFT, WIN_RIGHT (``_window_args``)
+    stat_shape: tuple  # of the LSE and Delta: (B, H, Nq) dense, (H, total_q) packed
+    q_grid: Callable  # config -> grid of the forward and dQ kernels
+    k_grid: Callable  # config -> grid of the dK/dV kernel
+    tables: tuple  # CU_Q, CU_K and the query / key program tables (all None when dense)
+
+
 class _Call(NamedTuple):
     """What one call hands to its forward and, through autograd, to its backward."""
     options: FA2Options
     launch_log: MutableMapping[str, str] | None
+    window: tuple[int, int]  # (left, right) reaches, causal folded in (right 0), -1 unbounded
+    layout: _Layout  # built once a call: a packed batch's program tables serve the forward and backward
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -73,38 +91,43 @@ def _use_tma_allocator(tma_ok: int) -> None:
         triton.set_allocator(_tma_allocator)  # device-side descriptors need a global scratch allocator
 
 
-def kernel_meta(head_dim: int, causal: bool, ieee: bool, group_programs: int) -> dict:
-    """The constexprs every FA2 kernel takes, as the launcher passes them (the tools compile these)."""
+def kernel_meta(head_dim: int, causal: bool, ieee: bool, group_programs: int, window: bool = False,
+                varlen: bool = False) -> dict:
+    """The constexprs every FA2 kernel takes, as the launcher passes them (the tools compile these).
+
+    GROUP_PROGRAMS orders programs whose work differs: causal ones, and those of a packed batch."""
     return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, _next_pow2(head_dim)), CAUSAL=bool(causal), IEEE=bool(ieee),
-                GROUP_PROGRAMS=group_programs if causal else 0)
+                GROUP_PROGRAMS=group_programs if (causal or varlen) else 0, WINDOW=bool(window), VARLEN=bool(varlen))
 
 
-def _sm90_ok(q, k, v, causal: bool, tma_ok: int, options: FA2Options) -> int:
-    """SM90_OK, a forward tuning key: 1 when the Gluon Hopper forward may be offered for these inputs."""
-    return int(options.sm90_forward and tma_ok != PTR_ONLY and sm90.unsupported_reason(q, k, v, causal) is None)
+def _sm90_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2Options, packed: bool) -> str | None:
+    """Why the Gluon Hopper forward may not be offered for these inputs (None: it may)."""
+    if not options.sm90_forward:
+        return "options.sm90_forward is False"
+    if tma_ok == PTR_ONLY:
+        return "the TMA path is not allowed"
+    if packed:
+        return "variable-length (packed) batches are not supported"
+    return sm90.unsupported_reason(q, k, v, causal, window)
 
 
-def _check_pinned(name: str, pinned: tuple, args: tuple, meta: dict, tma_ok: int, options: FA2Options) -> None:
+def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:
     """A pinned warp-specialised or Gluon forward these inputs cannot run is a ValueError, not a launch."""
     where = f"flash_attn_v2: options.configs[{name!r}] = {pinned}"
-    why_not_ws = ws_refusals(tma_ok, meta["IEEE"], meta["CAUSAL"]) if is_ws(pinned) else []
+    why_not_ws = (ws_refusals(tma_ok, meta["IEEE"], meta["CAUSAL"], meta["WINDOW"], meta["VARLEN"])
+                  if is_ws(pinned) else [])
     if why_not_ws:
         raise ValueError(f"{where} needs warp specialisation, which this call does not allow: {'; '.join(why_not_ws)}")
-    if is_gluon(pinned):
-        a = dict(zip(TUNERS[name][0].kernel.arg_names, args))
-        if not a["SM90_OK"]:
-            why = ("options.sm90_forward is False" if not options.sm90_forward else
-                   "the TMA path is not allowed" if tma_ok == PTR_ONLY else
-                   sm90.unsupported_reason(a["Q"], a["K"], a["V"], meta["CAUSAL"]))
-            raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run these inputs: {why}")
+    if is_gluon(pinned) and sm90_refusal is not None:
+        raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run these inputs: {sm90_refusal}")
 
 
-def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Call) -> None:
+def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Call, sm90_refusal=None) -> None:
     """Run one kernel: pinned (options.configs), fixed (interpreter, or autotune off) or tuned."""
     tuner, space = TUNERS[name]
     pinned = call.options.configs.get(name)
     if pinned is not None:
-        _check_pinned(name, pinned, args, meta, tma_ok, call.options)
+        _check_pinned(name, pinned, meta, tma_ok, sm90_refusal)
     if pinned is not None or interpreting() or not call.options.autotune:
         t = pinned or (INTERPRET_CONFIG[name] if interpreting() else space[head_dim_class(meta["HEAD_DIM"])][0])
         cfg = to_config(t, tma_ok != PTR_ONLY)
@@ -115,73 +138,132 @@ def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Cal
         call.launch_log[name] = launch_label(cfg)
 
 
+def make_call(q, k, options: FA2Options, launch_log, window: tuple[int, int], packed: PackedBatch | None) -> _Call:
+    """The per-call settings of validated inputs, with their layout (``packed`` None: dense)."""
+    return _Call(options, launch_log, window, _layout(q, k, packed, window))
+
+
+def _layout(q, k, packed: PackedBatch | None, window: tuple[int, int]) -> _Layout:
+    H, Hkv = q.shape[1], k.shape[1]
+    if packed is None:
+        B, Nq, Nkv = q.shape[0], q.shape[2], k.shape[2]
+        return _Layout(False, Nq, Nkv, _window_args(window, Nq, Nkv), (B, H, Nq),
+                       lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H),
+                       lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), (None,) * 4)
+    n_q, n_kv = max(packed.lengths_q), max(packed.lengths_k)  # not max_seqlen_*, which may be larger
+    left, right = _window_args(window, n_q, n_kv)
+    q_blocks = SequenceBlocks(packed.lengths_q, packed.lengths_k, left, right, "BLOCK_M", q.device)
+    k_blocks = SequenceBlocks(packed.lengths_k, packed.lengths_q, right, left, "BLOCK_N", q.device)
+    return _Layout(True, n_q, n_kv, (left, right), (H, q.shape[0]), lambda m: (q_blocks.count(m), H),
+                   lambda m: (k_blocks.count(m), Hkv), (packed.cu_seqlens_q, packed.cu_seqlens_k, q_blocks, k_blocks))
+
+
+def _window_args(window: tuple[int, int], n_q: int, n_kv: int) -> tuple[int, int]:
+    """WIN_LEFT, WIN_RIGHT: the reaches with an unbounded side (-1) as n_q + n_kv, which no index
+    reaches (nor overflows int32 arithmetic in the kernels), and wider windows clipped to it."""
+    unbounded = n_q + n_kv
+    return tuple(unbounded if w < 0 else min(w, unbounded) for w in window)
+
+
+def _rows(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, row) strides of a (B, H, N, D) tensor, or of a packed (total, H, D) one (batch 0)."""
+    return (t.stride(0), t.stride(1), t.stride(2)) if t.dim() == 4 else (0, t.stride(1), t.stride(0))
+
+
+def _stat_strides(t: torch.Tensor) -> tuple[int, int]:
+    """(batch, head) strides of an LSE / Delta buffer: (B, H, Nq) dense, (H, total_q) packed."""
+    return (t.stride(0), t.stride(1)) if t.dim() == 3 else (0, t.stride(0))
+
+
+def _sizes(lay: _Layout, tma_ok: int) -> tuple:
+    """N_Q, N_KV, WIN_LEFT, WIN_RIGHT, NQ_BUCKET, NKV_BUCKET, TMA_OK: the launch arguments after the heads."""
+    return (lay.n_q, lay.n_kv, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok)
+
+
+def _masking(window: tuple[int, int]) -> tuple[bool, bool]:
+    """(CAUSAL, WINDOW) of a call's window (causal folded in by ``check_window``): right reach 0 is
+    causal (a window (-1, 0) is the causal mask and runs as one); any other bounded reach is a window."""
+    left, right = window
+    return right == 0, left >= 0 or right > 0
+
+
 def _forward(q, k, v, causal: bool, sm_scale: float, call: _Call):
-    B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v2")
-    o = _empty((B, H, Nq, D), q.dtype, q.device)
-    lse = _empty((B, H, Nq), torch.float32, q.device)
+    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    lay = call.layout
+    o = _empty(q.shape, q.dtype, q.device)
+    lse = _empty(lay.stat_shape, torch.float32, q.device)
     tma_ok = _tma_ok(call.options.path, q, k, v, o)
     _use_tma_allocator(tma_ok)
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs)
-    meta["EVEN_KV"] = Nkv % 128 == 0  # every BLOCK_N (<= 128, a power of two) divides Nkv
-    args = (q, k, v, o, lse, sm_scale,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            o.stride(0), o.stride(1), o.stride(2),
-            H, H // Hkv, Nq, Nkv, _next_pow2(Nq), _next_pow2(Nkv), tma_ok,
-            _sm90_ok(q, k, v, causal, tma_ok, call.options))
-    _launch("fwd", lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), args, meta, tma_ok, call)
+    causal, window = _masking(call.window)  # the causal argument is folded into the window
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
+    # every BLOCK_N (<= 128, a power of two) divides Nkv; packed sequences have lengths of their own
+    meta["EVEN_KV"] = not lay.packed and lay.n_kv % 128 == 0
+    refusal = _sm90_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed)
+    cu_q, cu_k, q_table, _ = lay.tables
+    args = (q, k, v, o, lse, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v), *_rows(o),
+            *_stat_strides(lse), H, H // Hkv) + _sizes(lay, tma_ok) + (int(refusal is None),)
+    _launch("fwd", lay.q_grid, args, meta, tma_ok, call, refusal)
     return o, lse
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
-    B, H, Nq, D = q.shape
-    Hkv, Nkv = k.shape[1], k.shape[2]
+    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    lay = call.layout
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
-    delta = _empty((B, H, Nq), torch.float32, q.device)
+    delta = _empty(lse.shape, torch.float32, q.device)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
-    bwd_preprocess_kernel[(triton.cdiv(Nq, pre_m), B * H)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        H, Nq, HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m)
+    rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
+    bwd_preprocess_kernel[(triton.cdiv(rows, pre_m), delta.numel() // rows)](
+        o, do, delta, *_rows(o), *_rows(do), H, rows, HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)),
+        BLOCK_M=pre_m)
     if call.launch_log is not None:
         call.launch_log["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
 
     tma_ok = _tma_ok(call.options.path, q, k, v, do, dq, dk, dv)
     _use_tma_allocator(tma_ok)
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs)
-    buckets = (_next_pow2(Nq), _next_pow2(Nkv), tma_ok)
-    dkdv_args = (q, k, v, do, dk, dv, lse, delta, sm_scale,
-                 q.stride(0), q.stride(1), q.stride(2),
-                 k.stride(0), k.stride(1), k.stride(2),
-                 v.stride(0), v.stride(1), v.stride(2),
-                 do.stride(0), do.stride(1), do.stride(2),
-                 dk.stride(0), dk.stride(1), dk.stride(2),
-                 dv.stride(0), dv.stride(1), dv.stride(2),
-                 H, Hkv, H // Hkv, Nq, Nkv) + buckets
-    _launch("bwd_dkdv", lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), dkdv_args, meta, tma_ok, call)
-    dq_args = (q, k, v, do, dq, lse, delta, sm_scale,
-               q.stride(0), q.stride(1), q.stride(2),
-               k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2),
-               do.stride(0), do.stride(1), do.stride(2),
-               dq.stride(0), dq.stride(1), dq.stride(2),
-               H, H // Hkv, Nq, Nkv) + buckets
-    _launch("bwd_dq", lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H), dq_args, meta, tma_ok, call)
+    causal, window = _masking(call.window)  # the causal argument is folded into the window
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
+    cu_q, cu_k, q_table, k_table = lay.tables
+    sizes = _sizes(lay, tma_ok)
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+                 *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
+    _launch("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, call)
+    dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+               *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
+    _launch("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, call)
     return dq, dk, dv
 
 
 _FlashAttnV2Fn = attention_function("_FlashAttnV2Fn", _forward, _backward)
 
 
+def call_settings(name: str, head_dim: int, sm_scale, options, launch_log) -> tuple[float, FA2Options]:
+    """The checked softmax scale and options of a call (``name`` is the public function, for messages)."""
+    options = FA2Options() if options is None else options
+    if not isinstance(options, FA2Options):
+        raise ValueError(f"{name}: options must be an FA2Options, got {type(options).__name__}")
+    check_launch_log(launch_log, name)
+    scale = default_scale(head_dim, sm_scale)
+    if not (math.isfinite(scale) and scale > 0.0):
+        raise ValueError(f"{name}: sm_scale must be a positive finite number, got {sm_scale}")
+    return scale, options
+
+
+def attention(q, k, v, causal: bool, scale: float, call: _Call):
+    """(out, base-2 LSE) through autograd, for validated inputs and settings."""
+    return _FlashAttnV2Fn.apply(q, k, v, bool(causal), scale, call)
+
+
 def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                  sm_scale: float | None = None, return_lse: bool = False, *,
+                  sm_scale: float | None = None, return_lse: bool = False, *, window: tuple[int, int] = NO_WINDOW,
                   options: FA2Options | None = None, launch_log: MutableMapping[str, str] | None = None):
-    """FlashAttention-2 (Triton): softmax(sm_scale * q k^T) v, SDPA layout, GQA/MQA, bottom-right causal.
+    """FlashAttention-2 (Triton): softmax(sm_scale * q k^T + mask) v, SDPA layout, GQA/MQA, bottom-right
+    causal, sliding windows.
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D) with H a multiple of H_kv; D in {32, 64, 96, 128, 256};
     fp16, bf16 or fp32 (exact dots); any Nq and Nkv; strided inputs with a contiguous last dimension.
@@ -190,26 +272,26 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     output is 0).  Differentiable in q, k and v (the backward runs the Triton kernels; the LSE is not
     differentiable).  ``sm_scale`` defaults to 1/sqrt(D) and must be a positive finite number.
 
+    window: FlashAttention's sliding window ``(left, right)``, ints >= -1: query i sees key j iff
+        i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 leaving that side unbounded; with
+        ``causal`` the right reach is 0.  Key blocks outside a query block's window are never visited,
+        so the work scales with the window.  Rows that see no key output 0 (LSE -inf, zero gradients).
+        Windowed calls run the Triton forward (the Gluon Hopper forward and the warp-specialised one
+        take no window); ``(-1, 0)`` is the causal mask and runs as causal.
     options: an ``FA2Options`` (default: ``FA2Options()``: autotuned, tile path from the GPU and the
         inputs, Gluon Hopper forward offered where it runs).
     launch_log: a dict that the call fills with the configuration each kernel ran, by kernel:
         "fwd" on the forward, and "bwd_preprocess", "bwd_dkdv", "bwd_dq" when autograd runs the
         backward (entries are overwritten, never removed).
 
-    Not supported: dropout, attention bias / arbitrary or sliding-window masks, top-left causal
-    alignment, variable-length (packed) batches, KV cache / paged attention, fp8, other head dims,
-    gradients with respect to the returned LSE.  Bad inputs or options raise ValueError.
+    Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
+    paged attention, fp8, other head dims, gradients with respect to the returned LSE (packed batches:
+    ``flash_attn_varlen``).  Bad inputs or options raise ValueError.
     """
     check_inputs(q, k, v, "flash_attn_v2")
-    options = FA2Options() if options is None else options
-    if not isinstance(options, FA2Options):
-        raise ValueError(f"flash_attn_v2: options must be an FA2Options, got {type(options).__name__}")
-    check_launch_log(launch_log, "flash_attn_v2")
-    D = q.shape[-1]
-    scale = default_scale(D, sm_scale)
-    if not (math.isfinite(scale) and scale > 0.0):
-        raise ValueError(f"flash_attn_v2: sm_scale must be a positive finite number, got {sm_scale}")
-    o, lse2 = _FlashAttnV2Fn.apply(q, k, v, bool(causal), scale, _Call(options, launch_log))
+    window = check_window(window, bool(causal), "flash_attn_v2")
+    scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
+    o, lse2 = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, None))
     if return_lse:
         return o, lse2 * LN2
     return o

@@ -33,8 +33,9 @@ class FA2Options:
         ``(BLOCK_M, BLOCK_N, 4, 2, WS)`` (warp-specialised) and ``(128, 128, 4, stages, GLUON)`` (the
         Gluon Hopper forward, ``stages`` 2 or 3), with ``WS`` and ``GLUON`` from ``spaces``.  A pinned
         kernel is not tuned.
-    causal_group_programs: causal launch order: heads are taken in groups spanning at least this
-        many programs and each group's heaviest blocks start first; 0 launches each head's blocks
+    causal_group_programs: launch order of programs whose work differs (causal calls, and every
+        packed ``flash_attn_varlen`` call): heads are taken in groups spanning at least this many
+        programs and each group's heaviest blocks start first; 0 launches each head's blocks
         heaviest first, head after head.
     sm90_forward: offer the Gluon Hopper forward to the forward's tuner where it supports the inputs.
     """

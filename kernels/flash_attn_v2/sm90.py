@@ -30,8 +30,10 @@ Triton forward instead): GPUs other than capability 9.x; fp32 (the reference pat
 but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not multiples of 128
 (no tail masking: the K/V descriptors span every head, so a partial block would read the next
 head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
-with Nq > Nkv (rows that see no key); inputs whose (batch, head, row) dims cannot be viewed as one
-(q, k, v must be contiguous); the interpreter (Gluon has none).  No explicit ping-pong between the
+with Nq > Nkv (rows that see no key); sliding windows (``flash_attn_v2`` masks them in its Triton
+forward; the window (-1, 0) is the causal mask and runs here); packed variable-length batches;
+inputs whose (batch, head, row) dims cannot be viewed as one (q, k, v must be contiguous); the
+interpreter (Gluon has none).  No explicit ping-pong between the
 two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
 finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
 """
@@ -74,17 +76,22 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
-    """Why this forward cannot run these (validated) inputs here, or None when it can."""
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                       window: bool = False) -> str | None:
+    """Why this forward cannot run these (validated, dense) inputs here, or None when it can.
+
+    ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW)."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
     if not q.is_cuda or _capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
-    return input_reason(q, k, v, causal)
+    return input_reason(q, k, v, causal, window)
 
 
-def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str | None:
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU."""
+    if window:
+        return "sliding windows are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {q.dtype}: fp16 and bf16 only"
     D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]

@@ -6,13 +6,16 @@ entries exist on the TMA path only.  The pruner keeps, for the inputs' tuning ke
 the head-dim class on the allowed path, warp-specialised and Gluon entries only where they run, and
 tiles no larger than the sequences.  The tuners (``_tuner.InterleavedTuner``) cache one choice per
 key; the key holds every launch argument that changes which configurations are offered or how they
-run (sequence buckets, allowed paths, head dim, causal, fp32, the causal launch order, and for the
-forward EVEN_KV and whether the Gluon forward may run).
+run (sequence buckets, allowed paths, head dim, causal, window, packed, fp32, the launch order, and for
+the forward EVEN_KV and whether the Gluon forward may run).  A packed batch's program table depends on
+the configuration's block size: the launchers here put the table for the configuration in place of
+its ``SequenceBlocks`` argument.
 """
 from __future__ import annotations
 
 import triton
 
+from .._schedule import SequenceBlocks
 from .._tuner import InterleavedTuner
 from .._validate import interpreting
 from . import sm90
@@ -77,10 +80,11 @@ def short_label(t) -> str:
     return f"{t[0]}x{t[1]}_w{t[2]}_s{t[3]}" + (f"_{t[4]}" if len(t) > 4 else "")
 
 
-def ws_refusals(tma_ok: int, ieee: bool, causal: bool) -> list[str]:
+def ws_refusals(tma_ok: int, ieee: bool, causal: bool, window: bool = False, varlen: bool = False) -> list[str]:
     """Why the warp-specialised forward cannot run a call (empty: it can).
 
-    It needs a non-causal forward on the TMA path (Hopper, aligned inputs) with 16-bit dots.  Triton
+    It needs a dense non-causal forward without a window on the TMA path (Hopper, aligned inputs) with
+    16-bit dots (a window or a packed batch needs loop bounds per block; not built).  Triton
     3.6 specialises a loop on sm_90 only with 4 warps (one producer warp group and two consumer warp
     groups of BLOCK_M / 2 rows each, 12 warps in all), and only when the kernel has no second loop.
     A causal forward would have to mask every block in that one loop (a branch to an unmasked body
@@ -94,13 +98,17 @@ def ws_refusals(tma_ok: int, ieee: bool, causal: bool) -> list[str]:
         why.append("fp32 inputs (16-bit dots only)")
     if causal:
         why.append("a causal call (the warp-specialised forward is non-causal only)")
+    if window:
+        why.append("a sliding window")
+    if varlen:
+        why.append("a variable-length (packed) batch")
     if interpreting():
         why.append("the CPU interpreter")
     return why
 
 
-def ws_allowed(tma_ok: int, ieee: bool, causal: bool) -> bool:
-    return not ws_refusals(tma_ok, ieee, causal)
+def ws_allowed(tma_ok: int, ieee: bool, causal: bool, window: bool = False, varlen: bool = False) -> bool:
+    return not ws_refusals(tma_ok, ieee, causal, window, varlen)
 
 
 def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
@@ -114,7 +122,8 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
             if (s_cls, s_causal) == (cls, kwargs["CAUSAL"]) and named_args["NQ_BUCKET"] >= s_nq:
                 allowed -= set(entries)
         paths = {PTR_ONLY: (False,), BOTH: (prefer_tma,), TMA_ONLY: (True,)}[named_args["TMA_OK"]]
-        ws_ok = ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"])
+        ws_ok = ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"], kwargs.get("WINDOW", False),
+                           kwargs.get("VARLEN", False))
         # only the forward has SM90_OK; GLUON_MIN_NQ: see there
         gluon_ok = bool(named_args.get("SM90_OK", 0)) and named_args["NQ_BUCKET"] >= GLUON_MIN_NQ
         cand = [c for c in configs if signature(c) in allowed
@@ -130,7 +139,20 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
     return prune
 
 
-TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "IEEE", "GROUP_PROGRAMS"]
+TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "WINDOW", "VARLEN", "IEEE", "GROUP_PROGRAMS"]
+
+
+def kernel_launcher(kernel):
+    """Launch one configuration of ``kernel``, with a packed batch's program table for its block size."""
+
+    def launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
+        args = tuple(a.for_config(cfg.kwargs) if isinstance(a, SequenceBlocks) else a for a in args)
+        kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    return launch
+
+
+_launch_triton_fwd = kernel_launcher(fwd_kernel)
 
 
 def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
@@ -140,13 +162,12 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
         sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
                      meta["GROUP_PROGRAMS"], cfg.num_stages)
     else:
-        fwd_kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
-                                        num_stages=cfg.num_stages)
+        _launch_triton_fwd(cfg, grid_fn, args, meta)
 
 
 def _tuner(kernel, space, name: str, extra_key=(), skip=None, launch=None) -> InterleavedTuner:
     return InterleavedTuner(kernel, all_configs(space), make_pruner(space, PREFERRED_PATH[name], skip),
-                            TUNE_KEY + list(extra_key), launch)
+                            TUNE_KEY + list(extra_key), launch or kernel_launcher(kernel))
 
 
 # kernel name -> (its tuner, its space); the tuners hold the choices made in this process

@@ -278,7 +278,7 @@ def test_autotune_off_runs_the_first_entry_of_each_space_outside_the_interpreter
     log = {}
     for name in tuning.TUNERS:
         launch._launch(name, None, (), launch.kernel_meta(64, False, False, 256), tuning.PTR_ONLY,
-                       launch._Call(FA2Options(autotune=False), log))
+                       launch._Call(FA2Options(autotune=False), log, (-1, -1), None))
     first = {"fwd": spaces.FWD_SPACE, "bwd_dkdv": spaces.DKDV_SPACE, "bwd_dq": spaces.DQ_SPACE}
     assert ran == [(name, first[name]["small"][0]) for name in tuning.TUNERS]
     assert set(log) == set(tuning.TUNERS)

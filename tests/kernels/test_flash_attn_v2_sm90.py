@@ -57,15 +57,26 @@ def test_says_why_it_declines_other_inputs(q, k, causal, words):
 def test_never_offered_without_a_hopper_gpu():
     q = _t(1, 2, 256, 128)
     assert sm90.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert launch._sm90_ok(q, q, q, False, tuning.BOTH, FA2Options()) == 0
+    assert launch._sm90_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(), False) is not None
 
 
-def test_sm90_ok_needs_the_option_the_tma_path_and_supported_inputs(monkeypatch):
+def test_offered_only_with_the_option_the_tma_path_and_supported_dense_inputs(monkeypatch):
     monkeypatch.setattr(sm90, "unsupported_reason", lambda *a: None)  # as if on an H100
     q = _t(1, 2, 256, 128)
-    assert launch._sm90_ok(q, q, q, True, tuning.BOTH, FA2Options()) == 1
-    assert launch._sm90_ok(q, q, q, True, tuning.PTR_ONLY, FA2Options()) == 0
-    assert launch._sm90_ok(q, q, q, True, tuning.BOTH, FA2Options(sm90_forward=False)) == 0
+    assert launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), False) is None
+    assert "TMA" in launch._sm90_refusal(q, q, q, True, False, tuning.PTR_ONLY, FA2Options(), False)
+    assert "sm90_forward" in launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(sm90_forward=False),
+                                                  False)
+    assert "packed" in launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True)
+
+
+def test_declines_sliding_windows_and_takes_the_causal_mask_spelt_as_a_window():
+    q = _t(1, 2, 256, 128)
+    assert "sliding windows are not supported" in sm90.input_reason(q, q, q, False, window=True)
+    assert sm90.input_reason(q, q, q, True, window=False) is None
+    # window (-1, 0) is the causal mask: it runs as causal (Gluon allowed), (-1, 1) or (5, 0) as a window
+    assert launch._masking((-1, 0)) == (True, False)
+    assert launch._masking((-1, 1)) == (False, True) and launch._masking((5, 0)) == (True, True)
 
 
 GLUON_128 = next(t for t in spaces.FWD_SPACE["mid"] if tuning.is_gluon(t))

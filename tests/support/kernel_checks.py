@@ -1,17 +1,25 @@
-"""Checks shared by the FlashAttention-2 test files: inputs, the reference comparison, poisoned outputs.
+"""Checks shared by the FlashAttention-2 test files: inputs (dense and packed), the reference comparison,
+poisoned outputs.
 
 Tolerance rule (flash-attention's): compared with an fp64 reference on fresh random inputs, the
 kernel's max error must be <= 2 x the max error of PyTorch's same-dtype math + a small absolute term.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from flashbench.measure.reference import naive_attention, reference_attention
-from flashbench_kernels.flash_attn_v2 import flash_attn_v2
+from flashbench.measure.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
+from flashbench_kernels.flash_attn_v2 import flash_attn_v2, flash_attn_varlen
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float32: 2e-5}
+
+
+def tma_unavailable() -> bool:
+    """True on a GPU without tensor descriptors (the interpreter emulates them; Hopper has them)."""
+    return DEV == "cuda" and torch.cuda.get_device_capability()[0] < 9
 
 
 def make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed, device=DEV):
@@ -24,6 +32,11 @@ def make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed, device=DEV):
 def case_id(c) -> str:
     B, H, Hkv, Nq, Nkv, D, causal = c
     return f"B{B}-H{H}-Hkv{Hkv}-q{Nq}-kv{Nkv}-D{D}-{'causal' if causal else 'full'}"
+
+
+def window_case_id(c) -> str:
+    B, H, Hkv, Nq, Nkv, D, causal, (left, right) = c
+    return f"{case_id((B, H, Hkv, Nq, Nkv, D, causal))}-w{left}_{right}"
 
 
 def poisoned_empty(shape, dtype, device):
@@ -39,34 +52,32 @@ def _run_with_grads(fn, q, k, v, do, dtype=None):
     return [out.detach()] + [t.grad.detach() for t in leaves]
 
 
-def _visible_rows_fn(fn, n_q, n_kv, causal):
+def _visible_rows_fn(fn, n_q, n_kv, causal, window=NO_WINDOW):
     """fn restricted to the query rows that see at least one key; the others are defined as 0.
 
     (PyTorch's softmax of an all -inf row gives NaN gradients, so the references cannot be
-    differentiated through such rows; their correct contribution is zero.)
+    differentiated through such rows; their correct contribution is zero.)  Under FlashAttention's
+    masks such rows are always a prefix (bottom-right alignment: only the right reach can exclude
+    every key, and it does so for the first rows).
     """
-    cut = n_q - n_kv if (causal and n_q > n_kv) else 0
+    seen = visible_mask(n_q, n_kv, causal, window).any(dim=1)
+    cut = int((~seen).sum())
+    assert seen[cut:].all(), "rows that see no key are not a prefix"
     if cut == 0:
         return fn
 
     def wrapped(q, k, v):
+        zeros = q.new_zeros(*q.shape[:2], cut, v.shape[3])
+        if cut == n_q:
+            return zeros + 0 * q.sum()  # keep the graph connected: zero gradients, not None
         out = fn(q[:, :, cut:], k, v)
-        return torch.cat([out.new_zeros(out.shape[0], out.shape[1], cut, out.shape[3]), out], dim=2)
+        return torch.cat([zeros.to(out.dtype), out], dim=2)
 
     return wrapped
 
 
-def check_against_reference(q, k, v, do, causal, sm_scale=None, atol=None, options=None, launch_log=None):
-    """flash_attn_v2's output and gradients against the fp64 reference, within the tolerance rule."""
-    dtype = q.dtype
-    Nq, Nkv = q.shape[2], k.shape[2]
-    ref_fn = _visible_rows_fn(lambda a, b, c: reference_attention(a, b, c, causal, sm_scale, compute_dtype=torch.float64),
-                              Nq, Nkv, causal)
-    naive_fn = _visible_rows_fn(lambda a, b, c: naive_attention(a, b, c, causal, sm_scale), Nq, Nkv, causal)
-    ref = _run_with_grads(ref_fn, q, k, v, do, torch.float64)
-    naive = _run_with_grads(naive_fn, q, k, v, do)
-    ours = _run_with_grads(lambda a, b, c: flash_attn_v2(a, b, c, causal=causal, sm_scale=sm_scale, options=options,
-                                                         launch_log=launch_log), q, k, v, do)
+def _assert_within_rule(ours, naive, ref, dtype, atol):
+    """Every tensor of ``ours`` (out and gradients) finite and within 2 x naive's error + atol of ref."""
     atol = ATOL[dtype] if atol is None else atol
     for name, o, n, r in zip(("out", "dq", "dk", "dv"), ours, naive, ref):
         assert o.dtype == dtype and o.shape == r.shape, name
@@ -74,3 +85,68 @@ def check_against_reference(q, k, v, do, causal, sm_scale=None, atol=None, optio
         err = (o.double() - r).abs().max().item()
         err_naive = (n.double() - r).abs().max().item()
         assert err <= 2 * err_naive + atol, f"{name}: max error {err:.3e} > 2 x naive {err_naive:.3e} + {atol:g}"
+
+
+def check_against_reference(q, k, v, do, causal, sm_scale=None, atol=None, options=None, launch_log=None,
+                            window=NO_WINDOW):
+    """flash_attn_v2's output and gradients against the fp64 reference, within the tolerance rule."""
+    Nq, Nkv = q.shape[2], k.shape[2]
+    ref_fn = _visible_rows_fn(lambda a, b, c: reference_attention(a, b, c, causal, sm_scale, torch.float64,
+                                                                  window=window), Nq, Nkv, causal, window)
+    naive_fn = _visible_rows_fn(lambda a, b, c: naive_attention(a, b, c, causal, sm_scale, window), Nq, Nkv, causal,
+                                window)
+    ref = _run_with_grads(ref_fn, q, k, v, do, torch.float64)
+    naive = _run_with_grads(naive_fn, q, k, v, do)
+    ours = _run_with_grads(lambda a, b, c: flash_attn_v2(a, b, c, causal=causal, sm_scale=sm_scale, window=window,
+                                                         options=options, launch_log=launch_log), q, k, v, do)
+    _assert_within_rule(ours, naive, ref, q.dtype, atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed (variable-length) batches
+# ---------------------------------------------------------------------------------------------
+def cu_seqlens(lengths, device=DEV) -> torch.Tensor:
+    """int32 offsets (batch + 1,) of sequences of the given lengths packed one after another."""
+    return torch.tensor([0] + list(itertools.accumulate(lengths)), dtype=torch.int32, device=device)
+
+
+def make_packed_inputs(lengths_q, lengths_k, H, Hkv, D, dtype, seed, device=DEV):
+    """Packed q (total_q, H, D), k, v (total_k, H_kv, D), do, and both cu_seqlens."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)  # noqa: E731
+    tq, tk = sum(lengths_q), sum(lengths_k)
+    return (mk(tq, H, D), mk(tk, Hkv, D), mk(tk, Hkv, D), mk(tq, H, D),
+            cu_seqlens(lengths_q, device), cu_seqlens(lengths_k, device))
+
+
+def per_sequence(attention, cu_q, cu_k, causal, window=NO_WINDOW):
+    """A packed-batch function made of ``attention(q, k, v, causal, window)`` on each sequence alone
+    ((1, H, N, D) views), rows that see no key defined as 0: the definition the varlen kernel meets."""
+    offsets_q, offsets_k = cu_q.tolist(), cu_k.tolist()
+
+    def fn(q, k, v):
+        outs = []
+        for (q0, q1), (k0, k1) in zip(zip(offsets_q, offsets_q[1:]), zip(offsets_k, offsets_k[1:])):
+            if q1 == q0:
+                continue
+            seq = lambda t, a, b: t[a:b].transpose(0, 1).unsqueeze(0)  # noqa: E731
+            one = _visible_rows_fn(lambda a, b, c: attention(a, b, c, causal, window), q1 - q0, k1 - k0, causal,
+                                   window)
+            outs.append(one(seq(q, q0, q1), seq(k, k0, k1), seq(v, k0, k1))[0].transpose(0, 1))
+        return torch.cat(outs, dim=0)
+
+    return fn
+
+
+def check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window=NO_WINDOW, sm_scale=None, atol=None,
+                                   options=None, launch_log=None):
+    """flash_attn_varlen's output and gradients against the fp64 reference of each sequence alone."""
+    ref_fn = per_sequence(lambda a, b, c, cz, w: reference_attention(a, b, c, cz, sm_scale, torch.float64, window=w),
+                          cu_q, cu_k, causal, window)
+    naive_fn = per_sequence(lambda a, b, c, cz, w: naive_attention(a, b, c, cz, sm_scale, w), cu_q, cu_k, causal,
+                            window)
+    lengths_q, lengths_k = (torch.diff(c).tolist() for c in (cu_q, cu_k))
+    ours_fn = lambda a, b, c: flash_attn_varlen(a, b, c, cu_q, cu_k, max(lengths_q), max(lengths_k),  # noqa: E731
+                                                causal, sm_scale, window, options=options, launch_log=launch_log)
+    _assert_within_rule(_run_with_grads(ours_fn, q, k, v, do), _run_with_grads(naive_fn, q, k, v, do),
+                        _run_with_grads(ref_fn, q, k, v, do, torch.float64), q.dtype, atol)

@@ -1,0 +1,62 @@
+"""``flash_attn_varlen``: FlashAttention-2 over a packed batch of sequences of different lengths.
+
+The API of flash-attn's ``flash_attn_varlen_func``: the sequences of a batch are concatenated along
+the token axis, q (total_q, H, D) and k, v (total_k, H_kv, D), and ``cu_seqlens_*`` hold where each
+one starts.  The kernels are ``flash_attn_v2``'s, run with their ``VARLEN`` path: each program reads
+its sequence's offsets and lengths, so no padding is computed or stored, and the launch grid holds
+exactly the real blocks (``_schedule.SequenceBlocks``).  Masks, windows and GQA behave per sequence
+as ``flash_attn_v2``'s do per batch entry.
+"""
+from __future__ import annotations
+
+from typing import MutableMapping
+
+import torch
+
+from .._validate import NO_WINDOW, check_varlen_inputs, check_window
+from .launch import attention, call_settings, make_call
+from .options import FA2Options
+
+
+def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
+                      sm_scale: float | None = None, window: tuple[int, int] = NO_WINDOW, *,
+                      options: FA2Options | None = None,
+                      launch_log: MutableMapping[str, str] | None = None) -> torch.Tensor:
+    """FlashAttention-2 (Triton) over variable-length sequences packed into one batch.
+
+    q: (total_q, H, D); k, v: (total_k, H_kv, D) with H a multiple of H_kv (GQA/MQA: query head h
+    reads kv head h // (H / H_kv)); D in {32, 64, 96, 128, 256}; fp16, bf16 or fp32 (exact dots);
+    a contiguous last dimension.  Sequence b is rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q and
+    [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v.
+
+    cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device, starting at 0, non-decreasing, ending
+        at total_q and total_k.  A sequence may have no queries (nothing to compute) or no keys (its
+        rows output 0).
+    max_seqlen_q, max_seqlen_k: ints >= the longest query / key sequence (flash-attn's API; here they
+        are only checked: the kernels use the real lengths).
+    causal, window: as in ``flash_attn_v2``, per sequence with its own Nq_b and Nkv_b: query i of
+        sequence b sees its key j iff i + (Nkv_b - Nq_b) - left <= j <= i + (Nkv_b - Nq_b) + right
+        (bottom-right aligned within the sequence; -1 unbounded; causal caps right at 0).  Rows that
+        see no key output 0 and get zero gradients.
+    sm_scale, options, launch_log: as in ``flash_attn_v2`` (the Gluon Hopper and the warp-specialised
+        forwards do not run packed batches; the Triton forward does).
+
+    Returns (total_q, H, D) in q's dtype, differentiable in q, k and v through the Triton backward.
+
+    Host synchronisation: the offsets are validated on the host (dtype, shape, device, start at 0,
+    monotone, last entry == total, max_seqlen >= the real maximum) with one device-to-host copy of
+    both tensors per call, and the program tables (one (sequence, block) row per program, longest
+    first) are built there from the lengths and copied back: a wrong offset would read another
+    sequence's rows or out-of-bounds memory, and a wrong result is worse than a sync.  A call cannot
+    therefore be captured in a CUDA graph.
+
+    Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
+    paged attention, fp8, other head dims, returning the LSE.  Bad inputs raise ValueError.
+    """
+    name = "flash_attn_varlen"
+    packed = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
+    window = check_window(window, bool(causal), name)
+    scale, options = call_settings(name, q.shape[-1], sm_scale, options, launch_log)
+    o, _ = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, packed))
+    return o
