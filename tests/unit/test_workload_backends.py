@@ -272,4 +272,4 @@ def test_torch_varlen_reads_its_features_off_the_signature(monkeypatch):
     assert b.extra_reason(mha_decode, "cuda") == "this torch's varlen_attn takes no seqused_k: it cannot read a KV cache"
     assert b.extra_reason(Case(4, 2, 2, 64, 64, 32, "bfloat16", True, "fwd", workload="varlen"), "cuda") is None
     monkeypatch.setattr(tv, "varlen_attn", lambda: None)
-    assert "no torch.nn.attention.varlen.varlen_attn" in b.unsupported_reason(VARLEN, "cuda")
+    assert "no torch.nn.attention.varlen.varlen_attn" in b.extra_reason(VARLEN, "cuda")
