@@ -7,7 +7,7 @@
   - **sustained**: after ``LOAD_S`` of continuous matmuls, the next ``SUSTAINED_MS``: the rate a
     sweep runs at, hence the compute roof (power-limited GPUs settle well below their burst);
   each with the SM clock and board power NVML reported during its window (medians);
-- read bandwidth: :mod:`flashbench.profile.read_bandwidth`'s streaming read of a 2 GiB fp32
+- read bandwidth: :mod:`flashbench.profile.read_bandwidth`'s streaming read of a 4 GiB fp32
   buffer, bytes read over the median time, the best of its configurations: the memory roof;
 - copy bandwidth: a 1 GiB device-to-device copy (``dst.copy_(src)`` on random bytes), counting the
   bytes read **and** written, in GB/s (decimal).
@@ -30,14 +30,14 @@ from ..measure.gpu_monitor import PeriodicSampler
 
 MATMUL_N = 8192
 COPY_BYTES = 1 << 30
-READ_BYTES = 2 << 30
+READ_BYTES = 4 << 30  # long enough that launch and tail are ~1% of a call
 IDLE_S = 1.5          # rest before the burst, so that it starts from an idle GPU
 BURST_MS = 200.0
 LOAD_S = 2.0          # continuous load before the sustained window
 SUSTAINED_MS = 500.0
 NVML_INTERVAL_S = 0.02
 METHOD = ("bf16 8192^3 torch.mm on random normal data, events per call without gaps: burst = first 200 ms from an "
-          "idle GPU, sustained = 500 ms after 2 s of load; read = streaming-read Triton kernel over 2 GiB fp32 "
+          "idle GPU, sustained = 500 ms after 2 s of load; read = streaming-read Triton kernel over 4 GiB fp32 "
           "(bytes read); copy = 1 GiB copy_ counting read + written; bandwidths timed by flashbench.measure.timer "
           "(L2 flushed), medians")
 
@@ -171,20 +171,24 @@ def measure_read(device: str = "cuda") -> dict:
 
     from ..measure.stats import summarize
     from ..measure.timer import time_call
-    from .read_bandwidth import CONFIGS, read_sum
+    from .read_bandwidth import CONFIGS, PERSISTENT_CONFIGS, read_sum, read_sum_persistent
 
     settings = _bandwidth_timing()
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(READ_BYTES // 4, device=device, dtype=torch.float32, generator=g)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    candidates = [(dict(block=b, num_warps=w), torch.empty(x.numel() // b, device=device, dtype=torch.float32),
+                   lambda out, b=b, w=w: read_sum(x, out, b, w)) for b, w in CONFIGS]
+    candidates += [(dict(block=b, num_warps=w, programs=k * sms, stages=s),
+                    torch.empty(k * sms, device=device, dtype=torch.float32),
+                    lambda out, b=b, w=w, s=s: read_sum_persistent(x, out, b, w, s)) for b, w, k, s in PERSISTENT_CONFIGS]
     best: dict = {}
-    for block, warps in CONFIGS:
-        out = torch.empty(x.numel() // block, device=device, dtype=torch.float32)
-        t = time_call(lambda: read_sum(x, out, block, warps), settings, device)
+    for config, out, run in candidates:
+        t = time_call(lambda: run(out), settings, device)
         ms = summarize(t.samples_ms).median_ms
         gbps = x.numel() * 4 / (ms * 1e-3) / 1e9
         if not best or gbps > best["gbps"]:
-            best = {"gbps": gbps, "ms": ms, "block": block, "num_warps": warps, "samples": len(t.samples_ms),
-                    "timing_method": t.method}
+            best = {"gbps": gbps, "ms": ms, **config, "samples": len(t.samples_ms), "timing_method": t.method}
     del x
     return best
 

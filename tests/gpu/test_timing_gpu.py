@@ -193,6 +193,10 @@ def test_ceilings_burst_sustained_read_and_the_cache(tmp_path, monkeypatch):
     from flashbench.profile.ceilings import get_ceilings
     from flashbench.profile.datasheet import datasheet_peak
 
+    from flashbench.measure.gpu_monitor import compute_processes
+
+    if (compute_processes(0) or 0) > 1:  # burst against sustained needs the GPU to itself
+        pytest.skip("other processes use the GPU: a burst and a sustained roof cannot be told apart")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     c, path, cached = get_ceilings(refresh=True)
     print(c.to_dict())

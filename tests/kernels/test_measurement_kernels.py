@@ -15,7 +15,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from flashbench.profile.read_bandwidth import CONFIGS, read_sum  # noqa: E402
+from flashbench.profile.read_bandwidth import CONFIGS, read_sum, read_sum_persistent  # noqa: E402
 
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -26,6 +26,18 @@ def test_read_sum_reads_every_element_once():
     out = torch.full((5,), float("nan"))
     read_sum(x, out, block=256, num_warps=4)
     torch.testing.assert_close(out, x.view(5, 256).sum(dim=1), rtol=1e-5, atol=1e-4)
+
+
+def test_persistent_read_sums_every_element_once_over_its_programs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7 * 128, generator=g)
+    out = torch.full((3,), float("nan"))
+    read_sum_persistent(x, out, block=128, num_warps=4, stages=2)
+    blocks = x.view(7, 128).sum(dim=1)
+    expected = torch.stack([blocks[i::3].sum() for i in range(3)])  # program i walks blocks i, i+3, ...
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="one per program"):
+        read_sum_persistent(x, torch.empty(8), block=128)
 
 
 @pytest.mark.parametrize("kwargs, match", [
