@@ -4,9 +4,10 @@ import torch
 
 from flashbench import backends
 from flashbench.backends.base import Backend
-from flashbench.model.case import Case, Task
+from flashbench.model.case import Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.model.config import Timing
+from cases import case_maker  # tests/support
 
 pytestmark = pytest.mark.gpu
 FAST = Timing(warmup_ms=5, budget_ms=20, min_samples=5, max_samples=50)
@@ -28,11 +29,8 @@ def huge():
     backends.REGISTRY.pop("test_gpu_huge")
 
 
-def case(**kw):
-    base = dict(batch=2, heads=8, kv_heads=8, seq_len_q=1024, seq_len_kv=1024, head_dim=128, dtype="bfloat16",
-                causal=False, mode="fwd")
-    base.update(kw)
-    return Case(**base)
+case = case_maker(batch=2, heads=8, kv_heads=8, seq_len_q=1024, seq_len_kv=1024, head_dim=128, dtype="bfloat16",
+                  causal=False, mode="fwd")
 
 
 def test_sdpa_flash_ok_with_events_and_peak_memory_of_output_plus_lse():

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from flashbench import backends
 from flashbench.backends.base import Backend
 from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.measure.stats import summarize
 from flashbench.measure.timer import time_cuda
-from flashbench.model.case import Case, Task
+from flashbench.model.case import Task
 from flashbench.model.config import Timing
+from cases import case_maker, registered  # noqa: E402  (tests/support)
 
 pytestmark = pytest.mark.gpu
 SLEEP_S = 0.002
@@ -111,17 +111,12 @@ class SyncsInside(Backend):
 
 @pytest.fixture
 def test_backends():
-    added = [backends.register(b()) for b in (Sleepy, SyncsInside)]
-    yield
-    for b in added:
-        backends.REGISTRY.pop(b.name)
+    with registered(Sleepy, SyncsInside):
+        yield
 
 
-def case(**kw):
-    base = dict(batch=2, heads=8, kv_heads=8, seq_len_q=1024, seq_len_kv=1024, head_dim=128, dtype="bfloat16",
-                causal=True, mode="fwd")
-    base.update(kw)
-    return Case(**base)
+case = case_maker(batch=2, heads=8, kv_heads=8, seq_len_q=1024, seq_len_kv=1024, head_dim=128, dtype="bfloat16",
+                  causal=True, mode="fwd")
 
 
 def test_launch_bound_rows(test_backends):

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from flashbench import backends
 from flashbench.backends.base import Backend, Unsupported
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.measure.reference import naive_attention
 from flashbench.model.config import Timing
+from cases import case_maker, registered  # tests/support
 
 FAST = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
 
@@ -52,17 +52,12 @@ class RefusesAtPrepare(Backend):
 
 @pytest.fixture(autouse=True)
 def fake_backends():
-    added = [backends.register(b()) for b in (Raising, OutOfMemory, Wrong, RefusesAtPrepare)]
-    yield
-    for b in added:
-        backends.REGISTRY.pop(b.name)
+    with registered(Raising, OutOfMemory, Wrong, RefusesAtPrepare):
+        yield
 
 
-def case(**kw):
-    base = dict(batch=1, heads=4, kv_heads=2, seq_len_q=33, seq_len_kv=47, head_dim=16, dtype="float32",
-                causal=True, mode="fwd_bwd")
-    base.update(kw)
-    return Case(**base)
+case = case_maker(batch=1, heads=4, kv_heads=2, seq_len_q=33, seq_len_kv=47, head_dim=16, dtype="float32",
+                  causal=True, mode="fwd_bwd")
 
 
 def test_ok_record_has_timing_correctness_and_throughput():

@@ -3,16 +3,13 @@ import math
 
 import pytest
 
-from flashbench.model.case import Case
 from flashbench.model.flops import attention_flops, min_hbm_bytes, visible_pairs
 from flashbench.measure.stats import percentile, summarize
+from cases import case_maker  # tests/support
 
 
-def case(**kw):
-    base = dict(batch=2, heads=4, kv_heads=4, seq_len_q=128, seq_len_kv=128, head_dim=64, dtype="bfloat16",
-                causal=False, mode="fwd")
-    base.update(kw)
-    return Case(**base)
+case = case_maker(batch=2, heads=4, kv_heads=4, seq_len_q=128, seq_len_kv=128, head_dim=64, dtype="bfloat16",
+                  causal=False, mode="fwd")
 
 
 def test_forward_flops_are_4_b_h_n_n_d():
