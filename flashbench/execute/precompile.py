@@ -173,7 +173,9 @@ def main() -> int:
         try:
             _compile_one(task.backend, task.case, spec["device"])
         except BaseException as e:  # noqa: BLE001 - reported, and compiled again by the worker
-            rep.update(ok=False, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+            from ..measure.measurer import error_reason
+
+            rep.update(ok=False, error=error_reason(e, limit=200))
         rep["seconds"] = round(time.perf_counter() - t0, 3)
         send_msg(proto_out, rep)
     return 0
