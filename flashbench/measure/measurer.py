@@ -141,9 +141,10 @@ class Measurer:
             if isinstance(e, KeyboardInterrupt):
                 raise
             rec.status = "oom" if is_oom(e) else "error"
-            rec.reason = error_reason(e)
             if rec.status == "oom":
                 rec.reason = f"out of memory: {str(e).splitlines()[0][:200]}" if str(e).strip() else "out of memory"
+            else:
+                rec.reason = error_reason(e)
             # a failure's traceback holds its frames' tensors: drop them and return cached blocks now.
             # After a success nothing is held, and PyTorch's allocator frees its cache by itself
             # before it would run out, so the (slow) collection is skipped on the happy path.
