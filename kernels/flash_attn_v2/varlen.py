@@ -4,8 +4,8 @@ The API of flash-attn's ``flash_attn_varlen_func``: the sequences of a batch are
 the token axis, q (total_q, H, D) and k, v (total_k, H_kv, D), and ``cu_seqlens_*`` hold where each
 one starts.  The kernels are ``flash_attn_v2``'s, run with their ``VARLEN`` path: each program reads
 its sequence's offsets and lengths, so no padding is computed or stored; the launch grid is sized
-from shapes alone and its programs past the real blocks do nothing (``_schedule.SequenceBlocks``).  Masks, windows and GQA behave per sequence
-as ``flash_attn_v2``'s do per batch entry.
+from shapes alone and its programs past the real blocks do nothing (``_schedule.SequenceBlocks``).
+Masks, windows and GQA behave per sequence as ``flash_attn_v2``'s do per batch entry.
 """
 from __future__ import annotations
 
