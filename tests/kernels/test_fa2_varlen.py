@@ -247,7 +247,8 @@ def _with(**changes):
     return make
 
 
-@pytest.mark.parametrize("make, match", [
+# bad metadata: a ValueError whether or not the offsets' values are checked
+METADATA_ERRORS = [
     (_with(q=lambda a: a["q"][None]), "q must be 3-D .total_tokens, heads, head_dim."),
     (_with(k=lambda a: a["k"][None], v=lambda a: a["v"][None]), "k must be 3-D"),
     (_with(k=lambda a: a["k"].float()), "share one dtype"),
@@ -263,31 +264,25 @@ def _with(**changes):
     (_with(cu_seqlens_k=lambda a: a["cu_seqlens_k"].to("meta")), "cu_seqlens_k must be on q's device"),
     (_with(cu_seqlens_q=lambda a: [0, 3, 8]), "cu_seqlens_q must be a torch.Tensor"),
     (_with(cu_seqlens_k=lambda a: cu_seqlens([4, 3, 3])), "must have the same length"),
+    (_with(max_seqlen_k=lambda a: 6.0), "max_seqlen_k must be an int"),
+    (_with(max_seqlen_k=lambda a: True), "max_seqlen_k must be an int"),
+    (_with(max_seqlen_q=lambda a: -1), "max_seqlen_q must be an int"),
+]
+
+# bad values: checked with check_values=True (the default) only
+VALUE_ERRORS = [
     (_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"] + 1), "cu_seqlens_q must start at 0"),
     (_with(cu_seqlens_q=lambda a: torch.tensor([0, 9, 8], dtype=torch.int32, device=DEV)), "non-decreasing"),
     (_with(cu_seqlens_q=lambda a: cu_seqlens([3, 4])), "cu_seqlens_q must end at the packed length 8, got 7"),
     (_with(cu_seqlens_k=lambda a: cu_seqlens([4, 7])), "cu_seqlens_k must end at the packed length 10, got 11"),
     (_with(max_seqlen_q=lambda a: 4), "max_seqlen_q must be an int >= the longest sequence \\(5\\), got 4"),
-    (_with(max_seqlen_k=lambda a: 6.0), "max_seqlen_k must be an int"),
-    (_with(max_seqlen_k=lambda a: True), "max_seqlen_k must be an int"),
-])
+]
+
+
+@pytest.mark.parametrize("make, match", METADATA_ERRORS + VALUE_ERRORS)
 def test_bad_packed_inputs_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         flash_attn_varlen(**make())
-
-
-METADATA_ERRORS = [
-    (_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"].long()), "cu_seqlens_q must be int32"),
-    (_with(cu_seqlens_k=lambda a: a["cu_seqlens_k"].float()), "cu_seqlens_k must be int32"),
-    (_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"][None]), "cu_seqlens_q must be 1-D"),
-    (_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"][:1]), "cu_seqlens_q must be 1-D of batch \\+ 1 >= 2"),
-    (_with(cu_seqlens_k=lambda a: a["cu_seqlens_k"].to("meta")), "cu_seqlens_k must be on q's device"),
-    (_with(cu_seqlens_q=lambda a: [0, 3, 8]), "cu_seqlens_q must be a torch.Tensor"),
-    (_with(cu_seqlens_k=lambda a: cu_seqlens([4, 3, 3])), "must have the same length"),
-    (_with(max_seqlen_k=lambda a: 6.0), "max_seqlen_k must be an int"),
-    (_with(max_seqlen_q=lambda a: -1), "max_seqlen_q must be an int"),
-    (_with(q=lambda a: a["q"][None]), "q must be 3-D"),
-]
 
 
 @pytest.mark.parametrize("make, match", METADATA_ERRORS)
@@ -296,11 +291,10 @@ def test_metadata_errors_raise_value_error_with_unchecked_values(make, match):
         flash_attn_varlen(**make(), check_values=False)
 
 
-@pytest.mark.parametrize("make", [_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"] + 1),
-                                  _with(max_seqlen_q=lambda a: 4)], ids=["offsets", "max_seqlen"])
-def test_unchecked_values_are_trusted(make):
+@pytest.mark.parametrize("make, match", VALUE_ERRORS)
+def test_unchecked_values_are_trusted(make, match):
     """Values are not read with check_values=False: no error, no host copy (the contract says the
-    results are then undefined; the offsets are clamped into the packed tensors, so it runs)."""
+    results are then undefined; the kernels clamp the offsets into the packed tensors, so it runs)."""
     out = flash_attn_varlen(**make(), check_values=False)
     assert out.shape == _packed()["q"].shape
 
