@@ -70,26 +70,30 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -
 
 
 class PackedBatch(NamedTuple):
-    """A validated variable-length batch: device cu_seqlens and the sequence lengths on the host."""
+    """A packed (variable-length) batch whose metadata has been checked: the device offsets and the
+    ``max_seqlen_*`` bounds.  No lengths on the host: everything built from the offsets is built on
+    the device (``_schedule.SequenceBlocks``)."""
     cu_seqlens_q: torch.Tensor
     cu_seqlens_k: torch.Tensor
-    lengths_q: tuple[int, ...]
-    lengths_k: tuple[int, ...]
     max_seqlen_q: int
     max_seqlen_k: int
 
 
-def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name: str) -> PackedBatch:
+def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name: str,
+                        check_values: bool = True) -> PackedBatch:
     """Validate packed inputs q (total_q, H, D), k and v (total_k, H_kv, D) and their sequence offsets.
 
-    cu_seqlens_q / cu_seqlens_k: int32 (batch + 1,) on q's device, starting at 0, non-decreasing, ending at
-    total_q / total_k; max_seqlen_q / max_seqlen_k: ints >= the longest sequence.  The offsets are read
-    on the host (one device-to-host copy for both): an offset past the end would read another
-    sequence's rows or memory out of bounds, so they are checked rather than trusted.
+    Always, from metadata (no device work): cu_seqlens_q / cu_seqlens_k are int32 (batch + 1,) tensors
+    of one length on q's device; max_seqlen_q / max_seqlen_k are ints >= 0.  With ``check_values``
+    the offsets are also read on the host (one device-to-host copy for both, the call's only
+    synchronisation): starting at 0, non-decreasing, ending at total_q / total_k, and max_seqlen_* >=
+    the longest sequence.  Without it the values are trusted (``flash_attn_varlen`` says what bad
+    ones do).
     """
     _check_qkv(q, k, v, name, 3, "total_tokens, heads, head_dim")
-    cus = []
-    for t, n, total in ((cu_seqlens_q, "cu_seqlens_q", q.shape[0]), (cu_seqlens_k, "cu_seqlens_k", k.shape[0])):
+    if not isinstance(check_values, bool):
+        raise ValueError(f"{name}: check_values must be True or False, got {check_values!r}")
+    for t, n in ((cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k, "cu_seqlens_k")):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: {n} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype != torch.int32:
@@ -101,11 +105,24 @@ def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(f"{name}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1), "
                          f"got {cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}")
+    for max_seqlen, max_name in ((max_seqlen_q, "max_seqlen_q"), (max_seqlen_k, "max_seqlen_k")):
+        if not (isinstance(max_seqlen, int) and not isinstance(max_seqlen, bool)) or max_seqlen < 0:
+            raise ValueError(f"{name}: {max_name} must be an int >= the longest sequence, got {max_seqlen!r}")
+    if check_values:
+        _check_offsets(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k, name)
+    return PackedBatch(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+def _check_offsets(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, max_seqlen_q: int, max_seqlen_k: int,
+                   name: str) -> None:
+    """The values of checked offsets: one device-to-host copy of both tensors.  An offset past the
+    end would read another sequence's rows (the kernels clamp offsets into the packed tensors, so
+    not memory outside them), so ``check_values=True`` checks them rather than trusting them."""
     host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().tolist()  # the one sync
     batch = cu_seqlens_q.shape[0] - 1
     for n, offsets, total, max_seqlen, max_name in (
-            ("cu_seqlens_q", host[:batch + 1], q.shape[0], max_seqlen_q, "max_seqlen_q"),
-            ("cu_seqlens_k", host[batch + 1:], k.shape[0], max_seqlen_k, "max_seqlen_k")):
+            ("cu_seqlens_q", host[:batch + 1], total_q, max_seqlen_q, "max_seqlen_q"),
+            ("cu_seqlens_k", host[batch + 1:], total_k, max_seqlen_k, "max_seqlen_k")):
         if offsets[0] != 0:
             raise ValueError(f"{name}: {n} must start at 0, got {offsets[0]}")
         lengths = [b - a for a, b in zip(offsets, offsets[1:])]
@@ -113,11 +130,9 @@ def check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
             raise ValueError(f"{name}: {n} must be non-decreasing, got {offsets}")
         if offsets[-1] != total:
             raise ValueError(f"{name}: {n} must end at the packed length {total}, got {offsets[-1]}")
-        if not (isinstance(max_seqlen, int) and not isinstance(max_seqlen, bool)) or max_seqlen < max(lengths):
+        if max_seqlen < max(lengths):
             raise ValueError(f"{name}: {max_name} must be an int >= the longest sequence ({max(lengths)}), "
                              f"got {max_seqlen!r}")
-        cus.append(tuple(lengths))
-    return PackedBatch(cu_seqlens_q, cu_seqlens_k, cus[0], cus[1], max_seqlen_q, max_seqlen_k)
 
 
 def check_window(window, causal: bool, name: str) -> tuple[int, int]:

@@ -32,9 +32,10 @@ Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
     each program's loop bounds cover only the key blocks its rows' windows touch
     (``programs.span``), so the work scales with the window; blocks crossing a window edge apply
     the mask, the blocks between run without it.  The backward kernels bound their loops alike;
-  * packed batches: one launch of exactly the real (sequence, block) programs, from an int32 table
-    built on the host from ``cu_seqlens`` (longest span first); each program reads its sequence's
-    offsets and lengths, and masks, windows and bottom-right alignment apply per sequence.
+  * packed batches: one launch of the real (sequence, block) programs, from an int32 table built on
+    the device from ``cu_seqlens`` (longest span first), padded to a row count known from shapes
+    with empty programs; each program reads its sequence's offsets and lengths, and masks, windows
+    and bottom-right alignment apply per sequence.
 
 Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
   * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);

@@ -37,8 +37,8 @@ load and clipped on store).
   buffer, zero-fill or conversion kernel.
 
 Causal programs are launched heaviest first across groups of heads (``GROUP_PROGRAMS``; see
-``_schedule.block_and_head``), packed programs in their table's order (longest span first) across
-groups of heads likewise.  Rows that see no key (causal or a window with Nq > Nkv, a packed sequence
+``_schedule.block_and_head``), packed programs in their table's order (longest span first, then
+the padding rows, which are empty programs) across groups of heads likewise.  Rows that see no key (causal or a window with Nq > Nkv, a packed sequence
 without keys) output 0 with L = -inf and get zero gradients.  Not here: dropout, attention bias or
 masks other than causal and sliding windows, top-left causal alignment, paged KV, fp8; the launcher
 (``launch.py``) checks inputs, builds the program tables and chooses the configuration.
@@ -99,9 +99,15 @@ def _load_tile(src, stride_row, row0, n_rows, BLOCK_R: tl.constexpr, BLOCK_D: tl
 
 @triton.jit
 def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, VARLEN: tl.constexpr = False):
+    """Rows [row0, row0 + BLOCK_R) below n_rows.  A packed program may have n_rows = 0 (a padding row of
+    its table): its descriptor still spans one row (``_make_src``), so its TMA store is skipped."""
     if USE_TMA:
-        dst.store([row0, 0], val)
+        if VARLEN:
+            if n_rows > 0:
+                dst.store([row0, 0], val)
+        else:
+            dst.store([row0, 0], val)
     else:
         offs_r = row0 + tl.arange(0, BLOCK_R)
         offs_d = tl.arange(0, BLOCK_D)
@@ -221,7 +227,7 @@ def fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, TABLE, sm_scale,
     tl.store(LSE + b * stride_lb + h * stride_lh + q0 + offs_m, lse2, mask=offs_m < N_Q)
     # with warp specialisation the consumer warpgroups each hold part of the block: store by pointer
     _store_tile(o_base if WARP_SPEC else o_dst, stride_om, m0, N_Q, o.to(O.dtype.element_ty), BLOCK_M, BLOCK_D,
-                HEAD_DIM, USE_TMA and not WARP_SPEC)
+                HEAD_DIM, USE_TMA and not WARP_SPEC, VARLEN)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,8 +349,10 @@ def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, TABLE, sm_scale
                        HEAD_DIM, USE_TMA)
     dv_dst = _make_src(DV + b * stride_dvb + hk * stride_dvh + k0 * stride_dvn, stride_dvn, N_KV, BLOCK_N, BLOCK_D,
                        HEAD_DIM, USE_TMA)
-    _store_tile(dk_dst, stride_dkn, n0, N_KV, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
-    _store_tile(dv_dst, stride_dvn, n0, N_KV, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dk_dst, stride_dkn, n0, N_KV, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA,
+                VARLEN)
+    _store_tile(dv_dst, stride_dvn, n0, N_KV, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_D, HEAD_DIM, USE_TMA,
+                VARLEN)
 
 
 @triton.jit
@@ -416,4 +424,5 @@ def bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, TABLE, sm_scale,
     dq = dq * sm_scale
     dq_dst = _make_src(DQ + b * stride_dqb + h * stride_dqh + q0 * stride_dqm, stride_dqm, N_Q, BLOCK_M, BLOCK_D,
                        HEAD_DIM, USE_TMA)
-    _store_tile(dq_dst, stride_dqm, m0, N_Q, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA)
+    _store_tile(dq_dst, stride_dqm, m0, N_Q, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA,
+                VARLEN)

@@ -32,8 +32,9 @@ LN2 = 0.6931471805599453
 class _Layout(NamedTuple):
     """Where one call's sequences lie: a dense (B, H, N, D) batch or a packed (total, H, D) one."""
     packed: bool
-    n_q: int  # the sequence length, or the longest packed sequence (tuning buckets)
+    n_q: int  # the sequence length, or a bound of the longest packed sequence (tuning buckets, windows)
     n_kv: int
+    extents: tuple[int, int]  # N_Q, N_KV as the kernels take them: n_q, n_kv (dense), total_q, total_k (packed)
     window: tuple[int, int]  # WIN_LEFT, WIN_RIGHT (``_window_args``)
     stat_shape: tuple  # of the LSE and Delta: (B, H, Nq) dense, (H, total_q) packed
     q_grid: Callable  # config -> grid of the forward and dQ kernels
@@ -147,15 +148,20 @@ def _layout(q, k, packed: PackedBatch | None, window: tuple[int, int]) -> _Layou
     H, Hkv = q.shape[1], k.shape[1]
     if packed is None:
         B, Nq, Nkv = q.shape[0], q.shape[2], k.shape[2]
-        return _Layout(False, Nq, Nkv, _window_args(window, Nq, Nkv), (B, H, Nq),
+        return _Layout(False, Nq, Nkv, (Nq, Nkv), _window_args(window, Nq, Nkv), (B, H, Nq),
                        lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * H),
                        lambda m: (triton.cdiv(Nkv, m["BLOCK_N"]), B * Hkv), (None,) * 4)
-    n_q, n_kv = max(packed.lengths_q), max(packed.lengths_k)  # not max_seqlen_*, which may be larger
+    # no host lengths: max_seqlen_* bound the longest sequences (checked so with check_values), and no
+    # sequence is longer than its packed tensor, which keeps the window bounds within int32
+    total_q, total_k = q.shape[0], k.shape[0]
+    n_q, n_kv = min(packed.max_seqlen_q, total_q), min(packed.max_seqlen_k, total_k)
     left, right = _window_args(window, n_q, n_kv)
-    q_blocks = SequenceBlocks(packed.lengths_q, packed.lengths_k, left, right, "BLOCK_M", q.device)
-    k_blocks = SequenceBlocks(packed.lengths_k, packed.lengths_q, right, left, "BLOCK_N", q.device)
-    return _Layout(True, n_q, n_kv, (left, right), (H, q.shape[0]), lambda m: (q_blocks.count(m), H),
-                   lambda m: (k_blocks.count(m), Hkv), (packed.cu_seqlens_q, packed.cu_seqlens_k, q_blocks, k_blocks))
+    cu_q, cu_k = packed.cu_seqlens_q, packed.cu_seqlens_k
+    q_blocks = SequenceBlocks(cu_q, cu_k, total_q, left, right, "BLOCK_M")
+    k_blocks = SequenceBlocks(cu_k, cu_q, total_k, right, left, "BLOCK_N")
+    return _Layout(True, n_q, n_kv, (total_q, total_k), (left, right), (H, total_q),
+                   lambda m: (q_blocks.count(m), H), lambda m: (k_blocks.count(m), Hkv),
+                   (cu_q, cu_k, q_blocks, k_blocks))
 
 
 def _window_args(window: tuple[int, int], n_q: int, n_kv: int) -> tuple[int, int]:
@@ -177,7 +183,7 @@ def _stat_strides(t: torch.Tensor) -> tuple[int, int]:
 
 def _sizes(lay: _Layout, tma_ok: int) -> tuple:
     """N_Q, N_KV, WIN_LEFT, WIN_RIGHT, NQ_BUCKET, NKV_BUCKET, TMA_OK: the launch arguments after the heads."""
-    return (lay.n_q, lay.n_kv, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok)
+    return (*lay.extents, *lay.window, _next_pow2(lay.n_q), _next_pow2(lay.n_kv), tma_ok)
 
 
 def _masking(window: tuple[int, int]) -> tuple[bool, bool]:

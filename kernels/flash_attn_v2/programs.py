@@ -2,7 +2,7 @@
 
 ``locate``: the program's block, batch (or sequence), head and sequence extents, for the dense layout
 (grid over blocks x batch*heads, ``_schedule.block_and_head``) and for packed variable-length batches
-(grid over the rows of a host-built (sequence, block) table x heads, ``_schedule.SequenceBlocks``).
+(grid over the rows of a device-built (sequence, block) table x heads, ``_schedule.SequenceBlocks``).
 
 ``span``: the loop bounds over the other axis.  A query i sees key j iff
 i + diag - LEFT <= j <= i + diag + RIGHT (diag = Nkv - Nq, FlashAttention's sliding window, bottom-right
@@ -33,16 +33,27 @@ def locate(TABLE, CU_Q, CU_K, H, N_Q, N_KV,
     Dense: grid (blocks, batch * H); the sequences are N_Q and N_KV long and start at row 0 of their
     batch entry.  Varlen: grid (table rows, H); row e of TABLE is (sequence b, block), heaviest first
     (launched in block_and_head's grouped order), and sequence b holds the packed rows
-    [CU_Q[b], CU_Q[b + 1]) of q and [CU_K[b], CU_K[b + 1]) of k and v.
+    [CU_Q[b], CU_Q[b + 1]) of q and [CU_K[b], CU_K[b + 1]) of k and v; N_Q and N_KV are then total_q
+    and total_k, into which the offsets are clamped (start in [0, total], end in [start, total]: a
+    no-op for valid offsets; unchecked invalid ones then cannot move a program outside the packed
+    tensors).  A padding row (sequence -1, ``_schedule.SequenceBlocks``) is an empty program: sequence
+    0 for the pointer arithmetic, block 0, q0 = k0 = 0 and Nq = Nkv = 0, so its loops run zero times
+    and its masked loads and stores touch nothing.
     """
     if VARLEN:
         entry, head = block_and_head(tl.num_programs(1), False, GROUP_PROGRAMS)
-        b = tl.load(TABLE + 2 * entry)
-        blk = tl.load(TABLE + 2 * entry + 1)
-        q0 = tl.load(CU_Q + b)
-        n_q = tl.load(CU_Q + b + 1) - q0
-        k0 = tl.load(CU_K + b)
-        n_kv = tl.load(CU_K + b + 1) - k0
+        seq = tl.load(TABLE + 2 * entry)
+        real = seq >= 0
+        b = tl.maximum(seq, 0)
+        blk = tl.where(real, tl.load(TABLE + 2 * entry + 1), 0)
+        q0 = tl.minimum(tl.maximum(tl.load(CU_Q + b), 0), N_Q)
+        n_q = tl.minimum(tl.maximum(tl.load(CU_Q + b + 1), q0), N_Q) - q0
+        k0 = tl.minimum(tl.maximum(tl.load(CU_K + b), 0), N_KV)
+        n_kv = tl.minimum(tl.maximum(tl.load(CU_K + b + 1), k0), N_KV) - k0
+        q0 = tl.where(real, q0, 0)
+        n_q = tl.where(real, n_q, 0)
+        k0 = tl.where(real, k0, 0)
+        n_kv = tl.where(real, n_kv, 0)
         return blk, b.to(tl.int64), head, q0.to(tl.int64), n_q, k0.to(tl.int64), n_kv
     else:
         blk, bh = block_and_head(tl.num_programs(1), HEAVY_LAST_BLOCK, GROUP_PROGRAMS)

@@ -51,6 +51,57 @@ def test_varlen_matches_reference(case, dtype):
     check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window)
 
 
+def _outputs(q, k, v, do, cu_q, cu_k, max_q, max_k, causal, window, **kwargs):
+    """Output and (dq, dk, dv) of one call on leaf copies (every launcher buffer NaN-poisoned)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attn_varlen(*leaves, cu_q, cu_k, max_q, max_k, causal, window=window, **kwargs)
+    out.backward(do)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_unchecked_values_give_the_checked_results_bit_for_bit(case):
+    """check_values=False runs the same tables and kernels: forward and the three gradients are equal
+    bit for bit, and every element is written (the launcher's buffers start as NaN; padding programs
+    write nothing, real ones everything: a NaN left over or a stray write would show)."""
+    lq, lk, H, Hkv, D, causal, window = case
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lq, lk, H, Hkv, D, torch.float16, seed=sum(lq) + 7 * sum(lk))
+    checked = _outputs(q, k, v, do, cu_q, cu_k, max(lq), max(lk), causal, window)
+    unchecked = _outputs(q, k, v, do, cu_q, cu_k, max(lq), max(lk), causal, window, check_values=False)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), checked, unchecked):
+        assert not b.isnan().any(), f"{name}: an element was left unwritten"
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("path", ["ptr", "tma"])
+def test_padding_programs_write_nothing(path, monkeypatch):
+    """A table of nothing but padding rows: the outputs and gradients stay NaN (the launcher poisons
+    them), on the pointer path and on the tensor-descriptor path (whose descriptors span >= 1 row)."""
+    if path == "tma" and tma_unavailable():
+        pytest.skip("tensor descriptors need compute capability >= 9")
+    real_table = SequenceBlocks.table
+
+    def padding_only(self, block):
+        return torch.tensor([[-1, 0]], dtype=torch.int32, device=self.cu_own.device).expand_as(
+            real_table(self, block)).contiguous()
+
+    monkeypatch.setattr(SequenceBlocks, "table", padding_only)
+    q, k, v, do, cu_q, cu_k = make_packed_inputs([32, 3], [9, 30], 2, 2, 32, torch.float32, seed=5)
+    got = _outputs(q, k, v, do, cu_q, cu_k, 32, 30, True, (4, -1), check_values=False,
+                   options=FA2Options(path=path))
+    for name, t in zip(("out", "dq", "dk", "dv"), got):
+        assert t.isnan().all(), f"{name}: a padding program wrote {int((~t.isnan()).sum())} elements"
+
+
+@pytest.mark.parametrize("check_values", [True, False])
+def test_max_seqlen_larger_than_the_longest_sequence(check_values):
+    q, k, v, do, cu_q, cu_k = make_packed_inputs([3, 40, 1, 9], [20, 7, 1, 45], 4, 2, 32, torch.float16, seed=11)
+    exact = _outputs(q, k, v, do, cu_q, cu_k, 40, 45, False, (-1, 3), check_values=check_values)
+    for max_q, max_k in ((41, 46), (53, 73), (2**40, 1000)):  # 2**40: capped at total_q
+        larger = _outputs(q, k, v, do, cu_q, cu_k, max_q, max_k, False, (-1, 3), check_values=check_values)
+        assert all(torch.equal(a, b) for a, b in zip(exact, larger))
+
+
 @pytest.mark.skipif(tma_unavailable(), reason="tensor descriptors need compute capability >= 9")
 def test_varlen_on_the_tensor_descriptor_path_with_empty_sequences():
     # one descriptor per sequence, sized to it: a sequence without keys or queries gets a 1-row one, never read
@@ -84,22 +135,79 @@ def test_exported_from_flashbench():
 # ---------------------------------------------------------------------------------------------
 # Program tables
 # ---------------------------------------------------------------------------------------------
+def _host_table(own, other, reach, block):
+    """The program table as the host built it before the tables moved to the device: one row per real
+    block, in (sequence, block) order, then stably sorted by visible span, longest first."""
+    own, other = torch.tensor(own), torch.tensor(other)
+    n_blocks = (own + block - 1) // block
+    seq = torch.repeat_interleave(torch.arange(len(own)), n_blocks)
+    starts = torch.cumsum(n_blocks, 0) - n_blocks
+    blk = torch.arange(len(seq)) - torch.repeat_interleave(starts, n_blocks)
+    first = blk * block
+    last = torch.minimum(first + block, own[seq]) - 1
+    lo, hi = visible_span(first, last, other[seq], other[seq] - own[seq], *reach)
+    order = torch.sort(hi - lo, descending=True, stable=True).indices
+    return torch.stack([seq[order], blk[order]], dim=1).tolist()
+
+
+TABLE_LENGTHS = [([1, 17, 0, 33, 5, 130], [40, 17, 9, 3, 0, 100]), ([32, 32, 64], [1, 70, 64]), ([0, 0, 3], [2, 0, 0])]
+
+
+@pytest.mark.parametrize("lengths", TABLE_LENGTHS, ids=["mixed", "whole-blocks", "mostly-empty"])
 @pytest.mark.parametrize("reach", [(10**6, 10**6), (10**6, 0), (5, 2)])
 @pytest.mark.parametrize("block", [16, 32, 64])
-def test_program_table_holds_every_real_block_once_longest_span_first(block, reach):
-    own, other = [1, 17, 0, 33, 5, 130], [40, 17, 9, 3, 0, 100]
-    blocks = SequenceBlocks(own, other, *reach, "BLOCK_M", "cpu")
-    table = blocks.table(block).tolist()
-    assert blocks.count({"BLOCK_M": block}) == len(table)
-    assert sorted(map(tuple, table)) == [(b, i) for b, n in enumerate(own) for i in range(-(-n // block))]
-    seq = torch.tensor([b for b, _ in table])
-    first = torch.tensor([i * block for _, i in table])
-    last = torch.minimum(first + block, torch.tensor(own)[seq]) - 1
-    n_other = torch.tensor(other)[seq]
-    lo, hi = visible_span(first, last, n_other, n_other - torch.tensor(own)[seq], *reach)
-    work = (hi - lo).tolist()
-    assert work == sorted(work, reverse=True)
-    assert blocks.table(block) is blocks.table(block)  # built once per block size
+def test_device_table_is_the_host_table_then_padding(block, reach, lengths):
+    own, other = lengths
+    blocks = SequenceBlocks(cu_seqlens(own), cu_seqlens(other), sum(own), *reach, "BLOCK_M")
+    table = blocks.table(block)
+    assert table.dtype == torch.int32 and table.device == cu_seqlens(own).device
+    rows = table.tolist()
+    assert blocks.count({"BLOCK_M": block}) == len(rows) == sum(own) // block + len(own)  # from shapes alone
+    host = _host_table(own, other, reach, block)
+    # the real rows: the same (sequence, block) rows in the same heaviest-first order; then padding
+    assert rows[:len(host)] == host
+    assert rows[len(host):] == [[-1, 0]] * (len(rows) - len(host))
+    assert blocks.table(block) is table  # built once per block size
+
+
+def _tables_on_the_gpu_without_a_sync():
+    cu_own = cu_seqlens([1, 17, 0, 33, 5, 130], "cuda")
+    cu_other = cu_seqlens([40, 17, 9, 3, 0, 100], "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tables = [SequenceBlocks(cu_own, cu_other, 186, 5, 2, "BLOCK_M").table(b) for b in (16, 64, 128)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return tables
+
+
+@pytest.mark.gpu
+def test_tables_are_built_on_the_gpu_without_a_host_sync():
+    for t, block in zip(_tables_on_the_gpu_without_a_sync(), (16, 64, 128)):
+        assert t.is_cuda and t.tolist() == SequenceBlocks(cu_seqlens([1, 17, 0, 33, 5, 130], "cpu"),
+                                                          cu_seqlens([40, 17, 9, 3, 0, 100], "cpu"), 186, 5, 2,
+                                                          "BLOCK_M").table(block).tolist()
+
+
+@pytest.mark.gpu
+def test_an_unchecked_call_forward_and_backward_never_syncs():
+    q, k, v, do, cu_q, cu_k = make_packed_inputs([3, 40, 1, 9], [20, 7, 1, 45], 4, 2, 64, torch.float16, seed=3,
+                                                 device="cuda")
+    q.requires_grad_()
+    args = (q, k, v, cu_q, cu_k, 40, 45)
+    kwargs = dict(causal=True, window=(9, -1), check_values=False)
+    expected = flash_attn_varlen(*args, **kwargs)  # the tuner chooses (and waits) here, once per key
+    expected.backward(do)
+    torch.cuda.synchronize()
+    q.grad = None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = flash_attn_varlen(*args, **kwargs)
+        out.backward(do)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, expected)
 
 
 def test_the_launch_takes_the_table_for_the_configuration_it_runs():
@@ -139,7 +247,8 @@ def _with(**changes):
     return make
 
 
-@pytest.mark.parametrize("make, match", [
+# bad metadata: a ValueError whether or not the offsets' values are checked
+METADATA_ERRORS = [
     (_with(q=lambda a: a["q"][None]), "q must be 3-D .total_tokens, heads, head_dim."),
     (_with(k=lambda a: a["k"][None], v=lambda a: a["v"][None]), "k must be 3-D"),
     (_with(k=lambda a: a["k"].float()), "share one dtype"),
@@ -155,17 +264,44 @@ def _with(**changes):
     (_with(cu_seqlens_k=lambda a: a["cu_seqlens_k"].to("meta")), "cu_seqlens_k must be on q's device"),
     (_with(cu_seqlens_q=lambda a: [0, 3, 8]), "cu_seqlens_q must be a torch.Tensor"),
     (_with(cu_seqlens_k=lambda a: cu_seqlens([4, 3, 3])), "must have the same length"),
+    (_with(max_seqlen_k=lambda a: 6.0), "max_seqlen_k must be an int"),
+    (_with(max_seqlen_k=lambda a: True), "max_seqlen_k must be an int"),
+    (_with(max_seqlen_q=lambda a: -1), "max_seqlen_q must be an int"),
+]
+
+# bad values: checked with check_values=True (the default) only
+VALUE_ERRORS = [
     (_with(cu_seqlens_q=lambda a: a["cu_seqlens_q"] + 1), "cu_seqlens_q must start at 0"),
     (_with(cu_seqlens_q=lambda a: torch.tensor([0, 9, 8], dtype=torch.int32, device=DEV)), "non-decreasing"),
     (_with(cu_seqlens_q=lambda a: cu_seqlens([3, 4])), "cu_seqlens_q must end at the packed length 8, got 7"),
     (_with(cu_seqlens_k=lambda a: cu_seqlens([4, 7])), "cu_seqlens_k must end at the packed length 10, got 11"),
     (_with(max_seqlen_q=lambda a: 4), "max_seqlen_q must be an int >= the longest sequence \\(5\\), got 4"),
-    (_with(max_seqlen_k=lambda a: 6.0), "max_seqlen_k must be an int"),
-    (_with(max_seqlen_k=lambda a: True), "max_seqlen_k must be an int"),
-])
+]
+
+
+@pytest.mark.parametrize("make, match", METADATA_ERRORS + VALUE_ERRORS)
 def test_bad_packed_inputs_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         flash_attn_varlen(**make())
+
+
+@pytest.mark.parametrize("make, match", METADATA_ERRORS)
+def test_metadata_errors_raise_value_error_with_unchecked_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        flash_attn_varlen(**make(), check_values=False)
+
+
+@pytest.mark.parametrize("make, match", VALUE_ERRORS)
+def test_unchecked_values_are_trusted(make, match):
+    """Values are not read with check_values=False: no error, no host copy (the contract says the
+    results are then undefined; the kernels clamp the offsets into the packed tensors, so it runs)."""
+    out = flash_attn_varlen(**make(), check_values=False)
+    assert out.shape == _packed()["q"].shape
+
+
+def test_check_values_must_be_a_bool():
+    with pytest.raises(ValueError, match="check_values must be True or False, got 1"):
+        flash_attn_varlen(**_packed(), check_values=1)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -220,6 +220,18 @@ def test_triton_fa2_runs_windows_and_packed_batches_through_the_kernels():
         assert r.max_abs_err is not None and "fwd" in r.backend_config
 
 
+def test_triton_fa2_trusts_the_offsets_it_built(monkeypatch):
+    """The harness builds cu_seqlens from the case, so the varlen call skips the host check of their
+    values (check_values=False: no sync in the timed call, as flash-attn's API)."""
+    import flashbench_kernels.flash_attn_v2 as fa2
+
+    seen = {}
+    monkeypatch.setattr(fa2, "flash_attn_varlen", lambda *args, **kwargs: seen.update(kwargs) or args[0])
+    fn = backends.get("triton_fa2").prepare(VARLEN, "cpu")
+    fn(*make_inputs(VARLEN, "cpu", 0).args)
+    assert seen["check_values"] is False
+
+
 def test_triton_fa1_skips_windows_with_the_reason():
     assert backends.get("triton_fa1").unsupported_reason(WINDOW, "cuda") == "triton_fa1 does not support sliding windows"
 
