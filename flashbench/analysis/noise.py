@@ -195,6 +195,12 @@ class PooledNoise:
         """The backend's pooled σ; None when its pool is too small to trust."""
         return self.sigma.get(backend)
 
+    def describe(self) -> str:
+        """"flex 0.56% (16 cases), sdpa 0.93% (96 cases); too few rounds to pool: naive"."""
+        used = ", ".join(f"{b} {s * 100:.2f}% ({self.cases[b]} cases)" for b, s in self.sigma.items())
+        unused = ", ".join(b for b in self.cases if b not in self.sigma)
+        return "; ".join(x for x in (used, unused and f"too few rounds to pool: {unused}") if x)
+
 
 def pool_rounds(cases: Iterable[tuple[str, Sequence[float], Sequence[float]]],
                 family_alpha: float = DEFAULT_FAMILY_ALPHA) -> PooledNoise:

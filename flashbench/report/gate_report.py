@@ -47,11 +47,8 @@ def pooled_text(report) -> str:
     if pooled is None or not any(m.between is not None and m.between.sigma is not None
                                  for c in report.cases for m in c.checks):
         return ""
-    used = [f"{b} {s * 100:.2f}% ({pooled.cases[b]} cases)" for b, s in pooled.sigma.items()]
-    unused = [b for b in pooled.cases if b not in pooled.sigma]
-    return (f"run-to-run σ pooled per backend over the rounds of the cases compared: {', '.join(used)}"
-            + (f"; too few rounds to pool: {', '.join(unused)}" if unused else "")
-            + f". A timing change must pass z {pooled.z:.2f} × σ × √(1/n_baseline + 1/n_current) (n: rounds), "
+    return (f"run-to-run σ pooled per backend over the rounds of the cases compared: {pooled.describe()}"
+            f". A timing change must pass z {pooled.z:.2f} × σ × √(1/n_baseline + 1/n_current) (n: rounds), "
             f"z for `family_alpha` {pooled.family_alpha:g} over {pooled.compared} cases (the chance that an unchanged "
             f"sweep raises any false alarm from this test), or the case's own rounds' band where that is wider.")
 
