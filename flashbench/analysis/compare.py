@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
-from .noise import DEFAULT_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, beyond_noise, run_to_run
+from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
+                    beyond_noise, pool_rounds, run_to_run)
 from ..results.files import Run, gpu_model, load_run
 from ..results.rounds import round_medians
 from ..model.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
@@ -64,16 +65,30 @@ def join_runs(old: Run, new: Run) -> pd.DataFrame:
                                 indicator=True)
 
 
+def pooled_noise(joined: pd.DataFrame, family_alpha: float = DEFAULT_FAMILY_ALPHA) -> PooledNoise:
+    """The run-to-run noise pooled per backend (:func:`flashbench.analysis.noise.pool_rounds`) over
+    the cases of a joined frame (:func:`join_runs`) compared on timing: in both runs, ok in both."""
+    timed = joined[(joined["_merge"] == "both") & (joined["status_old"] == "ok") & (joined["status_new"] == "ok")]
+    return pool_rounds(((b, old, new) for b, old, new in zip(timed["backend"], timed["round_medians_ms_old"],
+                                                                timed["round_medians_ms_new"]) if old and new),
+                       family_alpha)
+
+
 def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALPHA,
-                   single_round_margin: float | None = None) -> CaseNoise:
+                   single_round_margin: float | None = None, pooled: PooledNoise | None = None) -> CaseNoise:
     """Is the timing change of one joined row (:func:`join_runs`) beyond noise? Within the runs the
     raw samples decide (the recorded interval stands in where a run kept none); between the runs
-    the rounds' medians, or ``single_round_margin`` when both sides hold one round (None: only the
-    within-run part decides then)."""
+    the rounds' medians (the case's own, and the backend's ``pooled`` σ with its family-wise z:
+    the wider band decides; :func:`flashbench.analysis.noise.run_to_run`), or
+    ``single_round_margin`` when both sides hold one round (None: only the within-run part decides
+    then)."""
     _, lo, hi = LATENCY.interval
     within = beyond_noise(row["samples_ms_old"], row["samples_ms_new"], method, alpha,
                           (row[f"{lo}_old"], row[f"{hi}_old"]), (row[f"{lo}_new"], row[f"{hi}_new"]))
-    return CaseNoise(within, run_to_run(row["round_medians_ms_old"], row["round_medians_ms_new"], single_round_margin))
+    sigma = pooled.sigma_of(row["backend"]) if pooled is not None else None
+    between = run_to_run(row["round_medians_ms_old"], row["round_medians_ms_new"], single_round_margin,
+                         sigma, pooled.z if pooled is not None else None)
+    return CaseNoise(within, between)
 
 
 # --- environments ---------------------------------------------------------------------------
@@ -244,6 +259,7 @@ class RunComparison:
     only_old: pd.DataFrame    # case keys (and status) present in the old run only
     only_new: pd.DataFrame
     differences: list[EnvDifference] = field(default_factory=list)
+    pooled: PooledNoise | None = None  # the run-to-run noise pooled per backend (timing metrics)
 
     def frame(self) -> pd.DataFrame:
         """Every case for machines, one-sided ones included (``change`` says "only in old/new")."""
@@ -261,12 +277,15 @@ class RunComparison:
 
 
 def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMethod = "both",
-                 alpha: float = DEFAULT_ALPHA, old_label: str = "old", new_label: str = "new") -> RunComparison:
+                 alpha: float = DEFAULT_ALPHA, old_label: str = "old", new_label: str = "new",
+                 family_alpha: float = DEFAULT_FAMILY_ALPHA) -> RunComparison:
     """Join two runs on the case key (backend + case fields); per case the ratio new/old of the
-    metric and whether the change is beyond noise (timing metrics; memory is exact)."""
+    metric and whether the change is beyond noise (timing metrics, :func:`timing_verdict` with the
+    noise pooled over the joined cases as ``flashbench check`` does; memory is exact)."""
     m = get_metric(metric)
     keys = list(TASK_KEY_FIELDS)
     joined = join_runs(old, new)
+    pooled = pooled_noise(joined, family_alpha)
     only_old = joined[joined["_merge"] == "left_only"]
     only_new = joined[joined["_merge"] == "right_only"]
     both = joined[joined["_merge"] == "both"]
@@ -283,7 +302,7 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
             if pd.notna(vo) and pd.notna(vn) and vo > 0:
                 ratio = float(vn) / float(vo)
             if m.timing:
-                v = timing_verdict(r, noise_method, alpha)
+                v = timing_verdict(r, noise_method, alpha, pooled=pooled)
                 noisy, detail = v.beyond_noise, v.describe()
             else:
                 noisy, detail = True, "exact measurement"
@@ -305,5 +324,5 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
         old_label, new_label, m, pd.DataFrame(rows, columns=cols),
         only_old.rename(columns={"status_old": "status"})[side_cols].reset_index(drop=True),
         only_new.rename(columns={"status_new": "status"})[side_cols].reset_index(drop=True),
-        environment_differences(old.meta, new.meta),
+        environment_differences(old.meta, new.meta), pooled if m.timing else None,
     )

@@ -10,10 +10,18 @@ was found all the same). Pure: runs in, a
 :class:`GateReport` out; :mod:`flashbench.report.gate_report` renders it (markdown, JUnit XML, a
 DataFrame).
 
-Beyond noise means beyond both kinds (:func:`flashbench.analysis.compare.timing_verdict`): the
-within-run tests on the samples (p20–p80 intervals, rank test) and the run-to-run noise, which
-the rounds each side holds measure (their medians' range and spread); when both sides hold a
-single round it is unknown, and the thresholds' ``single_round_margin`` stands in for it.
+Beyond noise means beyond both kinds (:func:`flashbench.analysis.compare.timing_verdict`, the
+one definition ``flashbench compare`` uses too): the within-run tests on the samples (p20–p80
+intervals, rank test) and the run-to-run noise. The run-to-run band of a case is the wider of
+(a) its own rounds' range widened by their spread and (b) the pooled band
+``z · σ · sqrt(1/n_old + 1/n_new)`` on ``|log(median_new / median_old)|``: σ is the backend's
+run-to-run noise pooled over the round medians of every case compared on timing
+(:func:`flashbench.analysis.compare.pooled_noise`, computed once per gate; only from
+``MIN_POOLED_DOF`` degrees of freedom on), z the normal quantile of ``1 − family_alpha / M`` over
+the M cases compared (the thresholds' ``noise.family_alpha``: the chance that an unchanged sweep
+raises any false alarm from this test). When both sides of a case hold a single round the
+run-to-run noise is unknown: the thresholds' ``single_round_margin`` stands in for it and no pooled
+band applies.
 """
 from __future__ import annotations
 
@@ -24,8 +32,9 @@ import pandas as pd
 
 from ..model.case import Case
 from ..model.metrics import LATENCY, Metric, gated_metrics
-from .noise import RunToRun
-from .compare import EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, timing_verdict
+from .noise import PooledNoise, RunToRun
+from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
+                      timing_verdict)
 from ..results.files import Run
 from ..model.schema import STATUS_RANK
 from .thresholds import Limits, Thresholds, single_round_margin
@@ -92,6 +101,7 @@ class GateReport:
     require_all: bool
     thresholds_source: str = ""
     not_judged: list[str] = field(default_factory=list)  # why the gate cannot pass whatever it compared
+    pooled: PooledNoise | None = None  # the run-to-run noise pooled per backend over the compared cases
 
     def count(self, outcome: str) -> int:
         return sum(c.outcome == outcome for c in self.cases)
@@ -182,6 +192,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
                                   f"(flashbench baseline save)" for d in blocking])
     warnings = list(current.meta.get("warnings") or [])
     joined = join_runs(baseline, current)
+    pooled = pooled_noise(joined, thresholds.noise.family_alpha)
     device = (current.meta.get("environment") or {}).get("device")  # "cpu" or a CUDA device
     metrics = gated_metrics()
     cases = []
@@ -209,7 +220,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             cases.append(CaseResult(key, "pass", False, so, sn, message=msg))
             continue
         verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha,
-                                 single_round_margin(limits, device))
+                                 single_round_margin(limits, device), pooled)
         checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
@@ -224,7 +235,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
         else:
             cases.append(CaseResult(key, "pass", False, so, sn, checks, rounds=rounds))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
-                      warnings, require_all, thresholds_source, _not_judged(current, current_label, cases))
+                      warnings, require_all, thresholds_source, _not_judged(current, current_label, cases), pooled)
 
 
 def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:

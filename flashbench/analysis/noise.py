@@ -17,12 +17,31 @@ allocator, other processes change between runs, not between samples), so these t
 run-to-run drift "significant". :func:`run_to_run` adds the between-run part, from the medians of
 the rounds each side holds (``flashbench run --rounds N``, or baselines merged from several runs),
 or, when both sides hold one round, from an assumed margin; the gate needs both parts to agree.
+
+The between-run band of a case is the wider of two:
+
+* its own rounds: the new median must leave the old rounds' range widened by their spread
+  (max − min) / median (see :func:`run_to_run`);
+* the pooled band (:func:`pool_rounds`): the run-to-run σ of the case's backend, pooled over the
+  rounds of every case compared on timing, and a z that covers all of them at once. The change must
+  pass ``|log(median_new / median_old)| > z · σ · sqrt(1/n_old + 1/n_new)`` (n: the rounds each side
+  holds), with ``z`` the standard normal quantile of ``1 − family_alpha / M`` over the M cases
+  compared (Bonferroni: an unchanged sweep raises a false alarm from this test on any of its M
+  cases with probability at most ``family_alpha``, one-sided: the gate fails on slowdowns).
+
+Three round medians a case are a poor estimate of that case's noise (three can land close by luck),
+and with hundreds of cases tested at once some case sits in the tail: the pooled σ, from a backend's
+hundreds of degrees of freedom, is the estimate to trust, and a case whose own rounds spread wider
+keeps its wider band. The pooled band applies only when at least one side of the case holds two
+rounds or more (otherwise the single-round margin decides, as there is nothing of this case's kind
+to pool) and the backend's pool has at least :data:`MIN_POOLED_DOF` degrees of freedom.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from statistics import NormalDist
+from typing import Iterable, Literal, Sequence
 
 from ..measure.stats import percentile
 from ..results.rounds import median_of
@@ -30,6 +49,13 @@ from ..results.rounds import median_of
 NoiseMethod = Literal["intervals", "rank", "both"]
 NOISE_METHODS = ("intervals", "rank", "both")
 DEFAULT_ALPHA = 0.01
+# the chance that an unchanged sweep raises any false alarm from the pooled run-to-run test
+DEFAULT_FAMILY_ALPHA = 0.05
+# A pooled σ from fewer degrees of freedom is itself too uncertain to set a band on: with 10 the
+# estimate's relative standard error is about 1/sqrt(2·10) ≈ 22% (so z·σ may be a fifth too
+# narrow); below that the cases' own rounds decide alone. Three rounds a case give 2 per case:
+# five cases of a backend suffice.
+MIN_POOLED_DOF = 10
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,73 @@ def beyond_noise(old_samples: Sequence[float] | None, new_samples: Sequence[floa
     return NoiseVerdict(bool(overlap is False and p < alpha), "both", overlap, p)
 
 
+def _finite_positive(values: Sequence[float] | None) -> list[float]:
+    return [x for x in (values or []) if x is not None and math.isfinite(x) and x > 0]
+
+
+def pooled_sigma(groups: Iterable[Sequence[float]]) -> tuple[float, int]:
+    """(σ, degrees of freedom) of log round medians pooled over groups (one group: one side's
+    rounds of one case): ``σ = sqrt(SS / dof)``, SS the sum over groups of the squared deviations
+    of each log median from its group's mean, dof the sum of (n − 1). A group of one round adds
+    nothing; σ is NaN when dof is 0."""
+    ss, dof = 0.0, 0
+    for group in groups:
+        logs = [math.log(x) for x in _finite_positive(group)]
+        if len(logs) < 2:
+            continue
+        mean = sum(logs) / len(logs)
+        ss += sum((x - mean) ** 2 for x in logs)
+        dof += len(logs) - 1
+    return (math.sqrt(ss / dof) if dof else math.nan), dof
+
+
+def family_z(family_alpha: float, cases: int) -> float:
+    """The one-sided standard normal quantile of ``1 − family_alpha / cases`` (Bonferroni)."""
+    return NormalDist().inv_cdf(1 - family_alpha / max(cases, 1))
+
+
+@dataclass(frozen=True)
+class PooledNoise:
+    """Run-to-run noise pooled per backend over the round medians of the cases compared."""
+
+    sigma: dict[str, float]        # backend -> pooled σ of log round medians (only dof >= MIN_POOLED_DOF)
+    dof: dict[str, int]            # backend -> degrees of freedom (every backend, pooled or not)
+    cases: dict[str, int]          # backend -> cases compared on timing
+    compared: int                  # M: cases compared on timing, all backends
+    z: float                       # family_z(family_alpha, compared)
+    family_alpha: float = DEFAULT_FAMILY_ALPHA
+
+    def sigma_of(self, backend: str) -> float | None:
+        """The backend's pooled σ; None when its pool is too small to trust."""
+        return self.sigma.get(backend)
+
+    def describe(self) -> str:
+        """"flex 0.56% (16 cases), sdpa 0.93% (96 cases); too few rounds to pool: naive"."""
+        used = ", ".join(f"{b} {s * 100:.2f}% ({self.cases[b]} cases)" for b, s in self.sigma.items())
+        unused = ", ".join(b for b in self.cases if b not in self.sigma)
+        return "; ".join(x for x in (used, unused and f"too few rounds to pool: {unused}") if x)
+
+
+def pool_rounds(cases: Iterable[tuple[str, Sequence[float], Sequence[float]]],
+                family_alpha: float = DEFAULT_FAMILY_ALPHA) -> PooledNoise:
+    """:class:`PooledNoise` from ``(backend, old round medians, new round medians)`` of every case
+    compared on timing. Each side of a case is a group of its own, so a real change between the
+    runs does not inflate the σ it is tested against."""
+    groups: dict[str, list[Sequence[float]]] = {}
+    counts: dict[str, int] = {}
+    for backend, old, new in cases:
+        groups.setdefault(backend, []).extend([old, new])
+        counts[backend] = counts.get(backend, 0) + 1
+    sigma, dof = {}, {}
+    for backend, gs in groups.items():
+        s, d = pooled_sigma(gs)
+        dof[backend] = d
+        if d >= MIN_POOLED_DOF:
+            sigma[backend] = s
+    m = sum(counts.values())
+    return PooledNoise(sigma, dof, counts, m, family_z(family_alpha, m), family_alpha)
+
+
 @dataclass(frozen=True)
 class RunToRun:
     """Is a change of the median past the run-to-run noise of both sides?"""
@@ -137,13 +230,32 @@ class RunToRun:
     basis: str          # rounds | baseline rounds | current rounds | margin | none (not tested)
     spread: float       # the relative spread used: of the rounds, or the margin
     allowed: float      # the relative change of the median the noise admits, in the direction it moved
+    rounds_allowed: float = math.nan  # what the case's own rounds (or the margin) admit
+    sigma: float | None = None        # the pooled σ, when a pooled band applied
+    z: float | None = None
+    pooled_allowed: float = math.nan  # what the pooled band admits, in the direction moved
+
+    @property
+    def decided_by(self) -> str:
+        """"pooled" when the pooled band was the wider, else the basis."""
+        if self.sigma is not None and abs(self.pooled_allowed) > abs(self.rounds_allowed):
+            return "pooled"
+        return self.basis
 
     def describe(self) -> str:
         if self.basis == "none":
             return ""
         if self.basis == "margin":
             return f"one round each: noise within-run only, single-round margin {self.spread * 100:.0f}%"
-        return f"{self.basis} spread {self.spread * 100:.1f}%: noise up to {self.allowed * 100:+.1f}%"
+        rounds = f"{self.basis} spread {self.spread * 100:.1f}%"
+        if self.sigma is None:
+            return f"{rounds}: noise up to {self.allowed * 100:+.1f}%"
+        pooled = f"pooled σ {self.sigma * 100:.2f}% × z {self.z:.1f}"
+        if self.decided_by == "pooled":
+            wider, narrower, other = pooled, rounds, self.rounds_allowed
+        else:
+            wider, narrower, other = rounds, pooled, self.pooled_allowed
+        return f"noise up to {self.allowed * 100:+.1f}% by {wider}, wider than {narrower}: {other * 100:+.1f}%"
 
 
 def _spread(medians: Sequence[float]) -> float | None:
@@ -153,18 +265,27 @@ def _spread(medians: Sequence[float]) -> float | None:
     return (max(medians) - min(medians)) / median_of(list(medians))
 
 
-def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin: float | None) -> RunToRun:
+def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin: float | None,
+               sigma: float | None = None, z: float | None = None) -> RunToRun:
     """The between-run test on the round medians of one case (lower is better: times).
 
-    A side with two rounds or more brings its range [min, max] and its spread (max − min) / median.
-    The new median must lie outside the old rounds' range, widened by the larger spread of the two
-    sides (the run-to-run noise of both): slower when ``median_new > max_old × (1 + spread)``,
-    faster when ``median_new × (1 + spread) < min_old``. A side with one round has no range (its
-    median stands in) and no spread: the other side's spread stands in, and when neither side has
-    rounds ``margin`` does (None: the between-run part is not tested and passes).
+    Its own rounds: a side with two rounds or more brings its range [min, max] and its spread
+    (max − min) / median. The new median must lie outside the old rounds' range, widened by the
+    larger spread of the two sides (the run-to-run noise of both): slower when
+    ``median_new > max_old × (1 + spread)``, faster when ``median_new × (1 + spread) < min_old``. A
+    side with one round has no range (its median stands in) and no spread: the other side's spread
+    stands in, and when neither side has rounds ``margin`` does (None: the between-run part is not
+    tested and passes).
 
-    Three rounds a side call about 1% of unchanged cases slower by this test alone (normal round
-    medians, simulated); two rounds, about 7%; the threshold and the within-run tests come on top.
+    The pooled band: given the backend's pooled ``sigma`` and the family-wise ``z``
+    (:func:`pool_rounds`), and when at least one side holds two rounds or more, the change must
+    also pass ``|log(median_new / median_old)| > z · sigma · sqrt(1/n_old + 1/n_new)``. The change
+    counts only past both bands, i.e. past the wider; with one round on both sides no pooled band
+    applies (the margin decides).
+
+    Three rounds a side call about 1% of unchanged cases slower by the own-rounds test alone (normal
+    round medians, simulated): over hundreds of cases that is several false alarms, which the pooled
+    band bounds to ``family_alpha`` for the whole sweep.
     """
     old = [x for x in old_rounds if x is not None and math.isfinite(x)]
     new = [x for x in new_rounds if x is not None and math.isfinite(x)]
@@ -179,11 +300,17 @@ def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin:
         if margin is None:
             return RunToRun(True, "none", math.nan, math.nan)
         spread, basis = margin, "margin"
-    if med_new >= med_old:
-        bound = max(old) * (1 + spread)
-        return RunToRun(med_new > bound, basis, spread, bound / med_old - 1)
-    bound = min(old) / (1 + spread)
-    return RunToRun(med_new < bound, basis, spread, bound / med_old - 1)
+    slower = med_new >= med_old
+    bound = max(old) * (1 + spread) if slower else min(old) / (1 + spread)
+    own_beyond = med_new > bound if slower else med_new < bound
+    own_allowed = bound / med_old - 1
+    if basis == "margin" or sigma is None or z is None or not math.isfinite(sigma) or med_old <= 0 or med_new <= 0:
+        return RunToRun(own_beyond, basis, spread, own_allowed, own_allowed)
+    band = z * sigma * math.sqrt(1 / len(old) + 1 / len(new))
+    pooled_allowed = math.expm1(band if slower else -band)
+    allowed = max(own_allowed, pooled_allowed) if slower else min(own_allowed, pooled_allowed)
+    beyond = own_beyond and abs(math.log(med_new / med_old)) > band
+    return RunToRun(beyond, basis, spread, allowed, own_allowed, sigma, z, pooled_allowed)
 
 
 @dataclass(frozen=True)

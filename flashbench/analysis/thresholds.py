@@ -10,7 +10,7 @@ A file looks like::
       single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large
       single_round_margin_cpu: 0.9  # the same for CPU runs
       correctness: true    # ok -> mismatch fails
-    noise: {method: both, alpha: 0.01}
+    noise: {method: both, alpha: 0.01, family_alpha: 0.05}
     backends:              # per-backend overrides (only the keys given change)
       flex: {latency: 0.10, tflops: 0.10}
     cases:                 # per-case-pattern overrides, applied in order after `backends`
@@ -33,7 +33,7 @@ from ..model.fields import Integer, Number, Strict as _Strict
 from ..model.filters import Rule
 from ..model.metrics import gated_metrics
 from ..model.yaml_input import ConfigError, read_yaml_file, validate_yaml
-from .noise import DEFAULT_ALPHA, NoiseMethod
+from .noise import DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, NoiseMethod
 
 
 def _metric_fields(partial: bool) -> dict:
@@ -91,6 +91,9 @@ class CaseOverride(PartialLimits):
 class Noise(_Strict):
     method: NoiseMethod = Field("both", description="intervals (p20–p80 disjoint) | rank (Mann-Whitney) | both")
     alpha: Number = Field(DEFAULT_ALPHA, gt=0, lt=1, description="significance level of the rank test")
+    family_alpha: Number = Field(DEFAULT_FAMILY_ALPHA, gt=0, lt=1,
+                                 description="the chance that an unchanged sweep raises any false alarm from the "
+                                             "pooled run-to-run test (Bonferroni over the cases compared)")
 
 
 class Thresholds(_Strict):

@@ -131,6 +131,9 @@ def runs_summary(rc, show_all: bool) -> list[str]:
     lines = [f"{len(rc.rows)} cases in both: [red]{n_worse} worse[/], [green]{n_better} better[/], "
              f"{int(counts.get('within noise', 0))} within noise"
              + ("" if show_all else " (unchanged cases hidden; --all lists them)")]
+    if rc.pooled is not None and rc.pooled.sigma:
+        lines.append(f"[dim]run-to-run σ pooled per backend: {rc.pooled.describe()}; band z {rc.pooled.z:.2f} × σ × "
+                     f"√(1/n_old + 1/n_new) for {rc.pooled.compared} cases (or a case's own rounds' band, if wider)[/]")
     for side, df in (("old", rc.only_old), ("new", rc.only_new)):
         if not df.empty:
             lines.append(f"[yellow]only in {side} ({rc.old_label if side == 'old' else rc.new_label}): {len(df)}[/]")

@@ -40,6 +40,19 @@ def _margins(report) -> str:
     return "/".join(f"{m * 100:.0f}%" for m in report.single_round_margins)
 
 
+def pooled_text(report) -> str:
+    """The run-to-run noise pooled per backend, once for the whole gate ("" when no case used it):
+    "σ of the round medians pooled per backend: sdpa 0.93% (96 cases), ...; z 3.8 for 656 cases"."""
+    pooled = report.pooled
+    if pooled is None or not any(m.between is not None and m.between.sigma is not None
+                                 for c in report.cases for m in c.checks):
+        return ""
+    return (f"run-to-run σ pooled per backend over the rounds of the cases compared: {pooled.describe()}"
+            f". A timing change must pass z {pooled.z:.2f} × σ × √(1/n_baseline + 1/n_current) (n: rounds), "
+            f"z for `family_alpha` {pooled.family_alpha:g} over {pooled.compared} cases (the chance that an unchanged "
+            f"sweep raises any false alarm from this test), or the case's own rounds' band where that is wider.")
+
+
 def rounds_text(report) -> str:
     """"3 rounds each", "baseline 3 rounds, current 1", and when a margin stood in for run-to-run
     noise, that the noise estimate is within-run only."""
@@ -111,9 +124,12 @@ def gate_markdown(report) -> str:
                      f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
                      f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
                      f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
+    pooled = pooled_text(report)
+    if pooled:
+        lines.append(f"> note: {pooled}")
     for why in report.not_judged:
         lines.append(f"> ❌ not a pass: {why}")
-    if report.differences or report.warnings or margins or report.not_judged:
+    if report.differences or report.warnings or margins or pooled or report.not_judged:
         lines.append("")
     missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
     shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES and c.outcome != "missing"]
