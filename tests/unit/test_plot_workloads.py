@@ -189,7 +189,7 @@ def test_decode_sweep_fits_one_grid(tmp_path, figures):
     fig = figures["gbps_vs_cache_len.png"]
     assert len(fig.axes) == 12
     assert {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(4, 3)}
-    first_row = [t for t in info.titles][:3]
+    first_row = info.titles[:3]
     assert [t.split()[-2] for t in first_row] == ["contiguous", "paged16", "paged256"]
     assert "1 new token" in info.titles[0] and "4 new tokens" in info.titles[-1]
     # in a panel: a line per backend × batch × length distribution (3 × (3 + 2))
