@@ -15,8 +15,8 @@ def plot(
     result: Path = typer.Argument(..., help="results directory (or results.json)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="where the PNGs go (default RESULT/plots/)"),
 ) -> None:
-    """TFLOP/s against sequence length per backend (p20–p80 band), peak HBM against sequence length (log-log),
-    and for decode GB/s against cache length."""
+    """TFLOP/s against sequence length per backend (p20–p80 band), peak HBM against sequence length (log-log);
+    for varlen TFLOP/s bars by length distribution, for decode GB/s against cache length."""
 
     from ..report.figure_style import PlotDependencyError, PlotError
     from ..report.plots import plot_run_dir
