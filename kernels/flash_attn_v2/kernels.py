@@ -38,9 +38,10 @@ load and clipped on store).
 
 Causal programs are launched heaviest first across groups of heads (``GROUP_PROGRAMS``; see
 ``_schedule.block_and_head``), packed programs in their table's order (longest span first, then
-the padding rows, which are empty programs) across groups of heads likewise.  Rows that see no key (causal or a window with Nq > Nkv, a packed sequence
-without keys) output 0 with L = -inf and get zero gradients.  Not here: dropout, attention bias or
-masks other than causal and sliding windows, top-left causal alignment, paged KV, fp8; the launcher
+the padding rows, which are empty programs) across groups of heads likewise.  Rows that see no key
+(causal or a window with Nq > Nkv, a packed sequence without keys) output 0 with L = -inf and get
+zero gradients.  Not here: dropout, attention bias or masks other than causal and sliding windows,
+top-left causal alignment, paged KV, fp8; the launcher
 (``launch.py``) checks inputs, builds the program tables and chooses the configuration.
 """
 from __future__ import annotations
