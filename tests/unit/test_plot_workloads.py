@@ -8,8 +8,9 @@ from synthetic import case, record, write_run  # noqa: E402
 from flashbench.model.case import Case  # noqa: E402
 from flashbench.model.flops import min_hbm_bytes  # noqa: E402
 from flashbench.model.lengths import realise_budget  # noqa: E402
-from flashbench.report import plots  # noqa: E402
-from flashbench.report.plots import lengths_label, plot_frame  # noqa: E402
+from flashbench.report import plot_decode, plot_grid, plot_varlen  # noqa: E402
+from flashbench.report.plot_grid import lengths_label  # noqa: E402
+from flashbench.report.plots import plot_frame  # noqa: E402
 from flashbench.results.files import load_run  # noqa: E402
 
 TOKENS = 16384
@@ -21,13 +22,13 @@ LIST = "list(128,512,2048,8192)"
 def figures(monkeypatch):
     """The matplotlib figures plot_frame saves, by file name (drawn as usual, kept for inspection)."""
     saved = {}
-    real = plots.save_figure
+    real = plot_grid.save_figure
 
     def keep(fig, path):
         saved[path.name] = fig
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "save_figure", keep)
+    monkeypatch.setattr(plot_grid, "save_figure", keep)
     return saved
 
 
@@ -76,7 +77,7 @@ def test_lengths_labels_come_from_the_description():
     assert lengths_label("uniform(1000..1536,seed=0)", 1536) == "uniform 1000–1536"
     assert lengths_label("something else", 1) == "something else"
     # two seeds of one distribution in a figure are told apart
-    labels = plots._group_labels([(UNIFORM, 8192), ("uniform(128..8192,seed=1)", 8192)])
+    labels = plot_varlen._group_labels([(UNIFORM, 8192), ("uniform(128..8192,seed=1)", 8192)])
     assert sorted(labels.values()) == ["uniform 128–8k seed 0", "uniform 128–8k seed 1"]
 
 
@@ -193,7 +194,7 @@ def test_decode_sweep_fits_one_grid(tmp_path, figures):
     assert [t.split()[-2] for t in first_row] == ["contiguous", "paged16", "paged256"]
     assert "1 new token" in info.titles[0] and "4 new tokens" in info.titles[-1]
     # in a panel: a line per backend × batch × length distribution (3 × (3 + 2))
-    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() in plots.BATCH_MARKERS]
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() in plot_decode.BATCH_MARKERS]
     assert len(lines) == 15
     assert {ln.get_marker() for ln in lines} == {"o", "s", "^"}  # a marker per batch
     # shared axes: one y range for every panel
