@@ -5,8 +5,9 @@ interpreter runs them (slowly: small shapes only).
 
 Beyond dense attention (``triton_fa2``): sliding windows go to ``flash_attn_v2(..., window=(l, r))``
 and varlen batches to ``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-max_seqlen_k, causal, sm_scale, window, check_values=False)`` (offsets the harness built), where the kernels offer them (found by signature and
-attribute, so a kernels build without them skips those cases with the reason); a decode case whose
+max_seqlen_k, causal, sm_scale, window, check_values=False)`` (offsets the harness built), where the
+kernels offer them (found by signature and attribute, so a kernels build without them skips those
+cases with the reason); a decode case whose
 caches all have one length is a dense call on views of the contiguous cache (FA2's own grid,
 without the split over keys that ``triton_decode`` adds).
 """
