@@ -90,15 +90,16 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
     return bad
 
 
-def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None):
-    """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it."""
+def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False):
+    """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it
+    (``window``: with a causal sliding window)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     fn = sm90.fwd_sm90_kernel
     desc = sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
-    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages)
+    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
@@ -108,13 +109,14 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None)
 
 
 def gluon_rows() -> list[dict]:
-    """One row per (head dim, causal) of the Gluon forward: resources, register split, wgmma waits."""
+    """One row per (head dim, masking) of the Gluon forward: non-causal, causal and causal with a
+    sliding window; resources, register split, wgmma waits."""
     out = []
     for d in (128, 64):
-        for causal in (False, True):
-            row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal}
+        for causal, window in ((False, False), (True, False), (True, True)):
+            row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window}
             try:
-                c = compile_sm90_gluon(d, causal)
+                c = compile_sm90_gluon(d, causal, window=window)
                 ptx = c.asm["ptx"]
                 row.update(resource_usage(c))
                 req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])

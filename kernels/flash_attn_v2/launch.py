@@ -282,8 +282,9 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 leaving that side unbounded; with
         ``causal`` the right reach is 0.  Key blocks outside a query block's window are never visited,
         so the work scales with the window.  Rows that see no key output 0 (LSE -inf, zero gradients).
-        Windowed calls run the Triton forward (the Gluon Hopper forward and the warp-specialised one
-        take no window); ``(-1, 0)`` is the causal mask and runs as causal.
+        Causal windows ``(left, 0)`` may run the Gluon Hopper forward, other windows the Triton one
+        (the warp-specialised forward takes no window); ``(-1, 0)`` is the causal mask and runs as
+        causal.
     options: an ``FA2Options`` (default: ``FA2Options()``: autotuned, tile path from the GPU and the
         inputs, Gluon Hopper forward offered where it runs).
     launch_log: a dict that the call fills with the configuration each kernel ran, by kernel:

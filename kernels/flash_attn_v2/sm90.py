@@ -22,6 +22,11 @@ section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
     block, always the last one, is a separate step that applies the mask.  Programs are launched
     heaviest first across groups of heads (``_schedule.block_and_head``, the same order as
     the Triton kernels).
+  * causal sliding windows (FlashAttention's window (left, 0), ``WINDOW``: query i sees key j iff
+    i + diag - left <= j <= i + diag): the producer starts at the block the program's first row
+    starts seeing in, so blocks left of the window are never loaded and the work scales with the
+    window; the blocks crossing the window's left edge (one or two of 128 keys) are masked like the
+    diagonal, the ones between run unmasked.
   * O is written through shared memory (the Q buffer, free by then) by a TMA store, the LSE by
     pointer.
 
@@ -30,8 +35,8 @@ Triton forward instead): GPUs other than capability 9.x; fp32 (the reference pat
 but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not multiples of 128
 (no tail masking: the K/V descriptors span every head, so a partial block would read the next
 head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
-with Nq > Nkv (rows that see no key); sliding windows (``flash_attn_v2`` masks them in its Triton
-forward; the window (-1, 0) is the causal mask and runs here); packed variable-length batches;
+with Nq > Nkv (rows that see no key); windows with a right reach (non-causal windows: the Triton
+forward masks them); packed variable-length batches;
 inputs whose (batch, head, row) dims cannot be viewed as one (q, k, v must be contiguous); the
 interpreter (Gluon has none).  No explicit ping-pong between the
 two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
@@ -80,7 +85,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
                        window: bool = False) -> str | None:
     """Why this forward cannot run these (validated, dense) inputs here, or None when it can.
 
-    ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW)."""
+    ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW; with
+    ``causal`` its right reach is 0)."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
     if not q.is_cuda or _capability(q.device.index)[0] != 9:
@@ -89,9 +95,12 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU."""
-    if window:
-        return "sliding windows are not supported (the Triton forward runs them)"
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU.
+
+    ``window``: a window beyond the causal mask; with ``causal`` that is a left reach (window (w, 0)),
+    which this kernel takes, without it a right reach, which it does not."""
+    if window and not causal:
+        return "sliding windows with a right reach are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {q.dtype}: fp16 and bf16 only"
     D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
@@ -127,29 +136,43 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, MASK: gl.constexpr, BLOCK_N: gl.constexpr,
-             s_layout: gl.constexpr):
-    """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l)."""
+def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, MASK: gl.constexpr, WINDOW: gl.constexpr,
+             BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+    """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l).
+
+    MASK: the block crosses the diagonal (query i sees key j iff j <= i + diag) or, with WINDOW, the
+    window's left edge (j >= i + diag - win_left) as well."""
     if MASK:
         offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         visible = gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1) + diag
+        if WINDOW:
+            visible = visible & (gl.expand_dims(offs_n, 0) >= gl.expand_dims(offs_m, 1) + (diag - win_left))
         s = gl.where(visible, s * qk_scale, float("-inf"))
-        # every row sees key 0 (Nkv >= Nq), so m_new is finite
         m_new = gl.maximum(m_i, gl.max(s, 1))
-        p = gl.exp2(s - gl.expand_dims(m_new, 1))
+        if WINDOW:
+            # a row may see nothing of a left-edge block and nothing before it: keep m = -inf and
+            # subtract 0 instead (-inf - -inf is NaN); it sees its own diagonal key later
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+            p = gl.exp2(s - gl.expand_dims(m_safe, 1))
+            alpha = gl.exp2(m_i - m_safe)
+        else:
+            # causal alone: every row sees key 0 (Nkv >= Nq), so m_new is finite
+            p = gl.exp2(s - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
     else:
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
+        alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
 
 
 @gluon.jit
 def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
-          qk_scale, offs_m, diag, MASK: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
-    """Score block j while P_{j-1} V_{j-1} runs: issue both wgmma, softmax S_j under the PV, rescale O."""
+          qk_scale, offs_m, k0, diag, win_left, MASK: gl.constexpr, WINDOW: gl.constexpr, BLOCK_N: gl.constexpr,
+          STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
+    S_j under the PV, rescale O."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
     prev = (j - 1) % STAGES
@@ -160,7 +183,8 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
     o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
     mbarrier.arrive(k_empty.index(slot), count=1)
-    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, j * BLOCK_N, diag, MASK, BLOCK_N, s_layout)
+    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, MASK, WINDOW,
+                                  BLOCK_N, s_layout)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -170,10 +194,13 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
 
 @gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-              q_row, m0, diag, n_blocks, qk_scale,
-              CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
-    """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4)."""
+              q_row, m0, k0, diag, win_left, n_blocks, n_left, qk_scale,
+              CAUSAL: gl.constexpr, WINDOW: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
+
+    The program's key blocks start at key k0; the first ``n_left`` of them cross the window's left
+    edge (WINDOW), the last one is the diagonal (CAUSAL); the blocks between are seen whole."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -196,24 +223,39 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(0), count=1)
-    if CAUSAL:
-        if n_blocks == 1:  # block 0 is the diagonal
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, True, BLOCK_N, s_layout)
-        else:
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, False, BLOCK_N, s_layout)
+    if WINDOW:
+        edge = (n_blocks == 1) | (n_left > 0)  # block 0 is the diagonal or crosses the window's edge
     else:
-        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, 0, diag, False, BLOCK_N, s_layout)
+        edge = n_blocks == 1  # block 0 is the diagonal
+    if CAUSAL:
+        if edge:
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, True, WINDOW,
+                                          BLOCK_N, s_layout)
+        else:
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
+                                          BLOCK_N, s_layout)
+    else:
+        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
+                                      BLOCK_N, s_layout)
     p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
 
-    # blocks 1 .. n-2: fully visible; block n-1: the diagonal when causal
-    for j in range(1, n_blocks - 1):
+    # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
+    # block n-1: the diagonal when causal
+    first_full = 1
+    if WINDOW:
+        first_full = gl.maximum(gl.minimum(n_left, n_blocks - 1), 1)
+        for j in range(1, first_full):
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, True, WINDOW,
+                                       BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+    for j in range(first_full, n_blocks - 1):
         acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                   v_empty, j, zero_s, qk_scale, offs_m, diag, False, BLOCK_N, STAGES,
-                                   s_layout, o_layout, p_layout)
+                                   v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
+                                   BLOCK_N, STAGES, s_layout, o_layout, p_layout)
     if n_blocks > 1:
         acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                   v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, diag, CAUSAL, BLOCK_N,
-                                   STAGES, s_layout, o_layout, p_layout)
+                                   v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, CAUSAL,
+                                   WINDOW, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
 
     # the last P V
     last = (n_blocks - 1) % STAGES
@@ -222,7 +264,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     acc = warpgroup_mma_wait(0, deps=[o_tok])
     mbarrier.arrive(v_empty.index(last), count=1)
 
-    # deferred normalisation; every row saw at least one key
+    # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
     o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
     gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
     q_smem.store(o.to(q_smem.dtype))  # every wgmma reading Q has retired
@@ -232,13 +274,14 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
 
 
 @gluon.jit
-def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV,
-                     CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
-                     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT,
+                     CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
+                     STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal diagonal must be exactly one key block")
+    gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
 
     pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
     b = pid_bh // H
@@ -246,11 +289,22 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     m0 = pid_m * BLOCK_M
     diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_N here
     if CAUSAL:
-        n_blocks = (m0 + diag) // BLOCK_N + 1  # the last one is the diagonal
+        n_end = (m0 + diag) // BLOCK_N + 1  # the last block is the diagonal
     else:
-        n_blocks = N_KV // BLOCK_N
+        n_end = N_KV // BLOCK_N
+    if WINDOW:
+        # query i also needs j >= i + diag - WIN_LEFT: blocks left of the block row m0 starts seeing in
+        # are never loaded; those before the block from which the last row sees everything are masked
+        lo = gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N
+        full_lo = gl.minimum(gl.cdiv(gl.maximum(m0 + BLOCK_M - 1 + diag - WIN_LEFT, 0), BLOCK_N), n_end)
+        n_left = full_lo - lo
+    else:
+        lo = 0
+        n_left = 0
+    n_blocks = n_end - lo
+    k0 = lo * BLOCK_N  # the first key the program loads
     q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
-    kv_row0 = (b * (H // GROUP) + hk) * N_KV
+    kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -275,9 +329,11 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                     q_row, m0, diag, n_blocks, qk_scale, CAUSAL, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+                     q_row, m0, k0, diag, WIN_LEFT, n_blocks, n_left, qk_scale, CAUSAL, WINDOW, 0, rows, BLOCK_N,
+                     HEAD_DIM, STAGES, 4)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                     q_row, m0, diag, n_blocks, qk_scale, CAUSAL, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+                     q_row, m0, k0, diag, WIN_LEFT, n_blocks, n_left, qk_scale, CAUSAL, WINDOW, rows, rows, BLOCK_N,
+                     HEAD_DIM, STAGES, 4)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -296,24 +352,28 @@ def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
                             _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
 
 
-def kernel_constexprs(causal: bool, group_programs: int, stages: int) -> dict:
+def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False) -> dict:
     """The constexprs ``forward`` launches ``fwd_sm90_kernel`` with (the tools compile these)."""
-    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
-                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
 
 
-def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int) -> None:
+def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
+            window_left: int = -1) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
     group size (``FA2Options.causal_group_programs``), ``stages`` the depth of the K and V rings:
     Q + stages x (K, V) tiles of 128 x D in shared memory (D128: 2 stages 160 KiB, 3 stages 224 KiB
-    of the 227 KiB a block may use).
+    of the 227 KiB a block may use).  ``window_left`` >= 0 (with ``causal``): each query also sees
+    only the ``window_left`` keys before its diagonal one (FlashAttention's window (left, 0)); -1: none.
     """
+    if window_left >= 0 and not causal:
+        raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     grid = (Nq // BLOCK, B * H)
     fwd_sm90_kernel[grid](
         descriptor(q, BLOCK), descriptor(k, BLOCK), descriptor(v, BLOCK), descriptor(o, BLOCK // 2),
-        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv,
-        **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)
+        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0),
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)

@@ -160,7 +160,7 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
     if cfg.kwargs.get("GLUON"):
         a = dict(zip(fwd_kernel.arg_names, args))
         sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
-                     meta["GROUP_PROGRAMS"], cfg.num_stages)
+                     meta["GROUP_PROGRAMS"], cfg.num_stages, a["WIN_LEFT"] if meta["WINDOW"] else -1)
     else:
         _launch_triton_fwd(cfg, grid_fn, args, meta)
 

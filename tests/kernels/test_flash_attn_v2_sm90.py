@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
-from kernel_checks import case_id, check_against_reference, make_inputs, poisoned_empty
+from kernel_checks import case_id, check_against_reference, make_inputs, poisoned_empty, window_case_id
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -70,9 +70,10 @@ def test_offered_only_with_the_option_the_tma_path_and_supported_dense_inputs(mo
     assert "packed" in launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True)
 
 
-def test_declines_sliding_windows_and_takes_the_causal_mask_spelt_as_a_window():
+def test_takes_causal_windows_declines_right_reaches_and_takes_the_causal_mask_spelt_as_a_window():
     q = _t(1, 2, 256, 128)
-    assert "sliding windows are not supported" in sm90.input_reason(q, q, q, False, window=True)
+    assert "right reach" in sm90.input_reason(q, q, q, False, window=True)
+    assert sm90.input_reason(q, q, q, True, window=True) is None  # window (w, 0)
     assert sm90.input_reason(q, q, q, True, window=False) is None
     # window (-1, 0) is the causal mask: it runs as causal (Gluon allowed), (-1, 1) or (5, 0) as a window
     assert launch._masking((-1, 0)) == (True, False)
@@ -80,6 +81,37 @@ def test_declines_sliding_windows_and_takes_the_causal_mask_spelt_as_a_window():
 
 
 GLUON_128 = next(t for t in spaces.FWD_SPACE["mid"] if tuning.is_gluon(t))
+
+
+@pytest.mark.parametrize("causal, window, left", [
+    (True, (300, -1), 300),  # the left reach as the launcher passes it
+    (True, (100000, 0), 512),  # wider than both sequences: clipped to Nq + Nkv
+    (True, (-1, -1), -1),  # plain causal: no window
+    (False, (-1, 0), -1),  # the causal mask spelt as a window
+])
+def test_a_pinned_gluon_forward_gets_the_calls_left_reach(causal, window, left, monkeypatch):
+    """What the launcher hands the Gluon kernel (its arithmetic runs on Hopper GPUs only)."""
+    monkeypatch.setattr(sm90, "unsupported_reason", lambda *a: None)  # as if on an H100
+    seen = []
+
+    def fake_forward(q, k, v, o, lse, causal, sm_scale, group_programs, stages, window_left=-1):
+        seen.append((causal, window_left))
+        o.zero_()
+        lse.zero_()
+
+    monkeypatch.setattr(sm90, "forward", fake_forward)
+    q = _t(1, 2, 256, 64, dtype=torch.float16)
+    flash_attn_v2(q, q, q, causal=causal, window=window, options=FA2Options(path="tma", configs={"fwd": GLUON_128}))
+    assert seen == [(True, left)]
+
+
+def test_a_pinned_gluon_forward_refuses_a_right_reach(monkeypatch):
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    q = _t(1, 2, 256, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="cannot run these inputs: .*right reach"):
+        flash_attn_v2(q, q, q, window=(8, 8), options=FA2Options(path="tma", configs={"fwd": GLUON_128}))
+    with pytest.raises(ValueError, match="right reach"):
+        sm90.forward(q, q, q, q, q, False, 1.0, 0, 2, window_left=8)
 
 
 @pytest.mark.parametrize("sm90_ok", [0, 1])
@@ -128,10 +160,10 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["head_dim"], r["causal"]) for r in rows} == {(d, c) for d in (64, 128) for c in (False, True)}, \
-        proc.stderr[-2000:]
+    assert {(r["head_dim"], r["causal"], r["window"]) for r in rows} == \
+        {(d, c, w) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))}, proc.stderr[-2000:]
     for r in rows:
-        where = f"D={r['head_dim']} causal={r['causal']}"
+        where = f"D={r['head_dim']} causal={r['causal']} window={r['window']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["local_bytes"] == 0, f"{where}: spills"
@@ -181,6 +213,36 @@ def test_gpu_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
         q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
         log = {}
         check_against_reference(q, k, v, do, causal, options=options, launch_log=log)
+        assert log["fwd"] == sm90.config_label(stages)
+
+
+WINDOW_GRID = [
+    # B, H, Hkv, Nq, Nkv, D, causal, window: a row seeing only itself, reaches inside one block, at a
+    # block's width, across two blocks, wider than the sequence; keys ahead of the queries; GQA
+    (1, 2, 2, 512, 512, 128, True, (0, 0)),
+    (1, 4, 4, 1024, 1024, 128, True, (1, 0)),
+    (2, 4, 2, 1024, 1024, 64, True, (100, -1)),
+    (1, 4, 4, 1024, 1024, 128, True, (128, 0)),
+    (1, 8, 2, 2048, 2048, 128, True, (200, 0)),
+    (1, 4, 1, 768, 1280, 128, True, (300, 0)),
+    (1, 16, 16, 4096, 4096, 128, True, (1000, -1)),
+    (1, 2, 2, 512, 512, 64, True, (4096, 0)),
+]
+
+
+@pytest.mark.gpu
+@hopper_only
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", WINDOW_GRID, ids=window_case_id)
+def test_gpu_gluon_window_forward_poisoned(case, dtype, stages, monkeypatch):
+    B, H, Hkv, Nq, Nkv, D, causal, window = case
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    options = FA2Options(autotune=False, configs={"fwd": (128, 128, 4, stages, spaces.GLUON)})
+    for rep in range(2):
+        q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + window[0] + 1000 * rep)
+        log = {}
+        check_against_reference(q, k, v, do, causal, window=window, options=options, launch_log=log)
         assert log["fwd"] == sm90.config_label(stages)
 
 
