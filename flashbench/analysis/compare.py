@@ -95,7 +95,7 @@ def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALP
 
 @dataclass(frozen=True)
 class EnvDifference:
-    kind: str        # gpu | driver | config | schema | software
+    kind: str        # gpu | driver | config | schema | software | device
     what: str
     old: object
     new: object
@@ -103,9 +103,14 @@ class EnvDifference:
     @property
     def loud(self) -> bool:
         """GPU, driver, config and schema differences make timings incomparable."""
-        return self.kind != "software"
+        return self.kind not in ("software", "device")
 
     def message(self) -> str:
+        if self.kind == "device":
+            # measured: the same default sweep on two H200s, 1 of 656 cases 5.9% apart with identical
+            # kernel code, beyond both runs' rounds (README, "How much to trust one run")
+            return (f"another GPU of the same model ({self.old!s} old, {self.new!s} new): unit-to-unit "
+                    "differences (clocks under load, power, temperature) are not in the rounds' noise")
         return f"{self.what} differs: {self.old!s} (old) vs {self.new!s} (new)"
 
 
@@ -117,6 +122,8 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
         diffs.append(EnvDifference("software", "schema_version", old.get("schema_version"), new.get("schema_version")))
     if gpu_model(old) != gpu_model(new):
         diffs.append(EnvDifference("gpu", "GPU", gpu_model(old), gpu_model(new)))
+    elif eo.get("gpu_uuid") and en.get("gpu_uuid") and eo["gpu_uuid"] != en["gpu_uuid"]:
+        diffs.append(EnvDifference("device", "GPU unit", eo["gpu_uuid"], en["gpu_uuid"]))
     if eo.get("driver_version") != en.get("driver_version"):
         diffs.append(EnvDifference("driver", "driver", eo.get("driver_version"), en.get("driver_version")))
     co, cn = old.get("config") or {}, new.get("config") or {}

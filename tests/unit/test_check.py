@@ -127,6 +127,18 @@ def test_driver_change_only_warns(tmp_path):
     assert "driver differs" in r.stdout
 
 
+def test_another_unit_of_the_same_gpu_model_is_a_note_not_a_warning(tmp_path):
+    base = _baseline(tmp_path)
+    r = check(_current(tmp_path, env={**H100, "gpu_uuid": "GPU-bbbb"}), "--baseline", base)
+    assert r.exit_code == 0, r.output
+    assert f"another GPU of the same model ({H100['gpu_uuid']} old, GPU-bbbb new)" in " ".join(r.stdout.split())
+    assert "warning" not in r.stderr
+    r = check(_current(tmp_path), "--baseline", base)
+    assert "another GPU" not in r.stdout
+    r = check(_current(tmp_path, env={k: v for k, v in H100.items() if k != "gpu_uuid"}), "--baseline", base)
+    assert "another GPU" not in r.stdout  # a run that did not record its unit: nothing to compare
+
+
 def test_schema_version_mismatch_exit_3(tmp_path):
     base = _baseline(tmp_path)
     doc = json.loads((base / "results.json").read_text())
