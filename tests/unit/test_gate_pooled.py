@@ -170,7 +170,7 @@ def test_bad_family_alpha_is_a_config_error(tmp_path, value):
 def h200():
     load = lambda p: load_run(ROOT / p)  # noqa: E731
     return {"A": load("results/baselines/h200/default"), "B": load("results/evidence/h200/gate_default/B"),
-            "C": load("results/evidence/h200/gate_default/C")}
+            "C": load("results/evidence/h200/gate_default/C"), "D": load("results/evidence/h200/gate_default/D")}
 
 
 def _regressions(report):
@@ -207,3 +207,14 @@ def test_h200_plugin_ten_percent_slower(h200):
     assert all(c.outcome == "regression" for c in flash)
     assert not any(c.outcome == "regression" for c in cudnn)
     assert report.not_judged and report.exit_code == 1  # unfinished, and regressions found
+
+
+def test_h200_rerun_on_another_unit(h200):
+    """Run D: the default sweep again on another H200, 2 rounds of every case (3 of 208) before the
+    device time ended.  One case is past its threshold and both noise bands, with the same kernel
+    code (the Gluon build differs from A's by one unused argument) and both rounds of D alike."""
+    thresholds, _ = load_thresholds(None)
+    report = check_runs(h200["A"], h200["D"], thresholds)
+    assert len(report.compared) == 656 and report.not_judged  # D did not finish its third round
+    assert _regressions(report) == {("triton_fa2", "B2 H16 N8192 D128 fp16 causal fwd")}
+    assert any(d.kind == "device" for d in report.differences)
