@@ -64,8 +64,7 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     wait for it, with a row count known from shapes alone (total // block + batch; the rows past the
     real blocks are empty programs), so with ``check_values=False`` a call only queues work on the
     stream (a GPU test runs one under ``torch.cuda.set_sync_debug_mode("error")``), once the tuner
-    has chosen for its tuning key (choosing times candidates, which waits).  How fast the
-    sync-free path is has not been measured yet.
+    has chosen for its tuning key (choosing times candidates, which waits).
 
     Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
     paged attention, fp8, other head dims, returning the LSE.  Bad inputs raise ValueError (bad offset
