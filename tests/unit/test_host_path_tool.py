@@ -1,0 +1,45 @@
+"""tools/host_path.py: its case syntax, and its refusals on a CPU (the profile itself needs a GPU)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+@pytest.fixture
+def host_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import host_path
+
+    yield host_path
+    sys.modules.pop("host_path", None)
+
+
+def test_reads_a_case(host_path):
+    c = host_path.parse_case("B16,H16,Hkv4,N1024,D128,fp16,causal,fwd_bwd")
+    assert (c.batch, c.heads, c.kv_heads, c.seq_len_q, c.seq_len_kv, c.head_dim) == (16, 16, 4, 1024, 1024, 128)
+    assert (c.dtype, c.causal, c.mode) == ("float16", True, "fwd_bwd")
+    c = host_path.parse_case("N512, D64, B2, H8")  # any order; bf16, non-causal, fwd by default
+    assert (c.batch, c.heads, c.kv_heads, c.seq_len_q, c.dtype, c.causal, c.mode) == \
+        (2, 8, 8, 512, "bfloat16", False, "fwd")
+
+
+@pytest.mark.parametrize("text, words", [("B16,H16,N1024", "needs B, H, N and D"),
+                                         ("B16,H16,N1024,D128,int8", "cannot read 'int8'"),
+                                         ("B16,H16,N1024,D128,causual", "cannot read 'causual'")])
+def test_a_bad_case_names_what_is_wrong(host_path, text, words):
+    with pytest.raises(ValueError, match=words):
+        host_path.parse_case(text)
+
+
+def test_exit_2_with_a_message_on_bad_input_or_without_a_gpu():
+    r = subprocess.run([sys.executable, str(TOOLS / "host_path.py"), "--case", "B1,H1"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "needs B, H, N and D" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(TOOLS / "host_path.py"), "--case", "B1,H1,N64,D32"],
+                       capture_output=True, text=True, timeout=120)
+    if not torch.cuda.is_available():
+        assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr

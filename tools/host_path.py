@@ -1,0 +1,110 @@
+"""Where the host time of one backend's call goes: enqueue time per call, then a cProfile of the calls.
+
+flashbench reports ``host_ms`` per row (the CPU time to enqueue one call while the GPU is held) and
+flags ``launch_bound`` rows; this tool says what that time is made of. It builds the call exactly as
+the harness does (``backends.get(NAME).prepare``, ``calls.bind``: fwd under ``no_grad``, fwd_bwd as
+forward plus ``torch.autograd.grad``), warms it up (compiling and tuning), keeps the GPU busy with a
+``torch.cuda._sleep`` kernel so that nothing waits for it, then
+
+  1. times ``--calls`` enqueues with ``time.perf_counter`` (host ms per call, no profiler), and
+  2. profiles the same number of enqueues with cProfile and prints the functions by own time and
+     by cumulative time (the profiler slows Python code about twofold: read its shares, not its ms).
+
+    python tools/host_path.py --backend triton_fa2 --case B16,H16,N1024,D128,bf16,causal,fwd_bwd
+    python tools/host_path.py --backend sdpa_flash --case B32,H16,N512,D128,bf16,fwd --top 20
+
+Needs a CUDA GPU. Exit status 0, or 2 on a bad ``--case``.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+
+import torch
+
+from flashbench import backends
+from flashbench.measure.calls import bind, make_inputs
+from flashbench.model.case import Case
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def parse_case(text: str) -> Case:
+    """``B16,H16[,Hkv4],N1024,D128,bf16[,causal],fwd_bwd``: a dense case (Nq = Nkv)."""
+    b = h = hkv = n = d = None
+    dtype, causal, mode = "bfloat16", False, "fwd"
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in _DTYPES:
+            dtype = _DTYPES[part]
+        elif part == "causal":
+            causal = True
+        elif part in ("fwd", "bwd", "fwd_bwd"):
+            mode = part
+        elif part.startswith("Hkv") and part[3:].isdigit():
+            hkv = int(part[3:])
+        elif part[:1] in "BHND" and part[1:].isdigit():
+            value = int(part[1:])
+            b, h, n, d = (value if part[0] == k else old for k, old in zip("BHND", (b, h, n, d)))
+        else:
+            raise ValueError(f"--case: cannot read {part!r} (B16,H16,Hkv4,N1024,D128,bf16,causal,fwd_bwd)")
+    if None in (b, h, n, d):
+        raise ValueError("--case needs B, H, N and D, e.g. B16,H16,N1024,D128,bf16,causal,fwd_bwd")
+    return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
+                causal=causal, mode=mode)
+
+
+def _held(seconds: float) -> None:
+    """Queue a GPU kernel that spins for about ``seconds`` (1.98 GHz is the H100/H200 boost clock;
+    a slower clock spins longer, which only helps)."""
+    torch.cuda._sleep(int(seconds * 1.98e9))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="triton_fa2")
+    ap.add_argument("--case", default="B16,H16,N1024,D128,bf16,causal,fwd_bwd")
+    ap.add_argument("--calls", type=int, default=100, help="enqueues timed, then profiled")
+    ap.add_argument("--top", type=int, default=35, help="functions listed in each profile table")
+    a = ap.parse_args()
+    try:
+        case = parse_case(a.case)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("error: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    call = bind(backends.get(a.backend).prepare(case, "cuda"), make_inputs(case, "cuda", seed=0), case)
+    for _ in range(20):  # compile, tune, and fill the allocator's cache
+        call()
+    torch.cuda.synchronize()
+
+    _held(2.0 + a.calls * 0.01)  # the calls queue behind it: the host never waits for the GPU
+    t0 = time.perf_counter()
+    for _ in range(a.calls):
+        call()
+    host_ms = (time.perf_counter() - t0) / a.calls * 1e3
+    torch.cuda.synchronize()
+    print(f"{a.backend} {case.label()}: host {host_ms:.3f} ms a call ({a.calls} enqueues, GPU held)")
+
+    profiler = cProfile.Profile()
+    _held(4.0 + a.calls * 0.02)
+    profiler.enable()
+    for _ in range(a.calls):
+        call()
+    profiler.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(a.top)
+    stats.sort_stats("cumulative").print_stats(a.top)
+    print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
