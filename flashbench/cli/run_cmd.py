@@ -153,6 +153,11 @@ def run(
                                               help="time CUDA-graph replays of each call, or not (default: the config's "
                                                    "timing.cuda_graph); the L2 is flushed before each replay unless "
                                                    "timing.flush_l2 is false"),
+    energy_ms: Optional[float] = typer.Option(None, "--energy-ms",
+                                              help="after sampling a row, keep running its call (not as samples) "
+                                                   "until NVML's energy counter can be read over it, for at most this "
+                                                   "many ms (default: the config's timing.energy_ms, 0: energy only "
+                                                   "where the samples cover the counter's steps)"),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="measure the whole sweep N times, interleaved (round 1 "
                                          "of every task, then round 2, ...), each round in fresh worker processes; "
                                          "one row per task keeps every round (default: the config's `rounds`, 1; "
@@ -171,12 +176,15 @@ def run(
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if timeout < 0:
         fail("--timeout: must be >= 0 (0: no limit)")
+    if energy_ms is not None and not 0 <= energy_ms <= 60_000:
+        fail("--energy-ms: must be between 0 and 60000")
     if ray_group_size < 1 or ray_max_retries < 0 or ray_num_gpus < 0:
         fail("--ray-group-size must be >= 1, --ray-max-retries and --ray-num-gpus >= 0")
     request = SweepRequest(
         config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
-        force=force, dry_run=dry_run, precompile=precompile, cuda_graph=cuda_graph, rounds=rounds,
+        force=force, dry_run=dry_run, precompile=precompile, cuda_graph=cuda_graph, energy_ms=energy_ms,
+        rounds=rounds,
         ray=RayOptions(address=address, num_gpus=ray_num_gpus, resources=_parse_resources(ray_resources),
                        group_size=ray_group_size, max_retries=ray_max_retries))
     with user_errors():

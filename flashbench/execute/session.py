@@ -88,6 +88,7 @@ class SweepRequest:
     dry_run: bool = False                # nothing is measured: the device need not be present
     precompile: bool = True
     cuda_graph: bool | None = None       # overrides the config's timing.cuda_graph
+    energy_ms: float | None = None       # overrides the config's timing.energy_ms
     rounds: int | None = None            # whole-sweep repetitions; None: the config's (on --resume: the directory's)
     ray: RayOptions = field(default_factory=RayOptions)
 
@@ -204,8 +205,9 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
     """Load, plan and check a sweep; raise ConfigError (the input) or EnvironmentProblem (the machine)."""
     _check_options(req)
     loaded = load_config(req.config)
-    if req.cuda_graph is not None:
-        loaded = with_timing(loaded, cuda_graph=req.cuda_graph)
+    overrides = {k: v for k, v in (("cuda_graph", req.cuda_graph), ("energy_ms", req.energy_ms)) if v is not None}
+    if overrides:
+        loaded = with_timing(loaded, **overrides)
     want = req.device
     if req.executor == "ray" and want is None and loaded.config.device == "auto":
         want = "cuda" if req.ray.num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here

@@ -12,8 +12,9 @@ batch is done; the energy and the time of every window are summed over a row's b
 The counter moves in steps (the driver updates it periodically; on A100 and H100 the power sensor
 is sampled only part of the time, arXiv 2312.02741), so a window much shorter than a step reads
 nothing or a whole step. The meter measures the step once per GPU and reports nothing unless the
-summed windows cover at least ``MIN_STEPS`` of them: raise ``timing.budget_ms`` to get energy for
-rows whose sampling is short. Everything is None on a CPU or where NVML cannot read the counter.
+summed windows cover at least ``MIN_STEPS`` of them. Rows whose sampling is shorter get energy
+from ``timing.energy_ms`` (``flashbench run --energy-ms``): the timer then keeps running the call,
+outside the samples, until the windows are long enough or that much time has passed. Everything is None on a CPU or where NVML cannot read the counter.
 """
 from __future__ import annotations
 
@@ -101,6 +102,14 @@ class EnergyMeter:
     @property
     def min_window_ms(self) -> float:
         return max(MIN_WINDOW_MS, MIN_STEPS * (self.step_ms or 0.0))
+
+    @property
+    def short_ms(self) -> float:
+        """Window time still missing before ``avg_power_w`` means something (0 when enough, or when no
+        amount would help: the counter failed or never moved)."""
+        if self.failed or self.step_ms is None:
+            return 0.0
+        return max(0.0, self.min_window_ms - self.window_ms)
 
     @property
     def avg_power_w(self) -> float | None:

@@ -144,3 +144,21 @@ def collect(run_batch: RunBatch, s: Timing, per_sample_ms: float, host_per_sampl
         host += b.host_ms
         ok_ms += (clock() - t_batch) * 1e3
         per_sample_ms = max(ok_ms / max(len(samples), 1), 1e-4)
+
+
+def extend_for_energy(run_batch: RunBatch, short_ms: Callable[[], float], cap_ms: float, per_sample_ms: float,
+                      host_per_sample_ms: float | None, clock: Callable[[], float] = time.perf_counter) -> int:
+    """Run more batches of the call, their samples dropped, while the energy meter is ``short_ms()``
+    of window time, for at most ``cap_ms`` of wall time (``timing.energy_ms``). Batches are sized
+    like the sampling ones (no larger than the launch queue holds); a batch that times out ends the
+    extension (the samples were taken; the energy stays unknown). Returns the batches run."""
+    t0, batches = clock(), 0
+    while short_ms() > 0 and (clock() - t0) * 1e3 < cap_ms:
+        want = min(short_ms(), cap_ms - (clock() - t0) * 1e3)
+        n = max(1, min(MAX_BATCH, math.ceil(want / max(per_sample_ms, 1e-4))))
+        timeout = hold_timeout_ms(n, host_per_sample_ms) if host_per_sample_ms is not None else None
+        b = run_batch(n, timeout)
+        batches += 1
+        if b.timed_out:
+            break
+    return batches

@@ -26,7 +26,7 @@ import torch
 
 from ..model.config import Timing
 from .energy import EnergyMeter
-from .sampling import Batch, CallSynchronises, HoldFailed, collect
+from .sampling import Batch, CallSynchronises, HoldFailed, collect, extend_for_energy
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 
@@ -201,7 +201,9 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
     if s.hold_stream:
         try:
             hold = _stream_hold(device)
-            got = collect(_held_batch(call, flush, hold, energy), s, estimate + host_estimate, host_estimate + 0.02)
+            batch = _held_batch(call, flush, hold, energy)
+            got = collect(batch, s, estimate + host_estimate, host_estimate + 0.02)
+            _energy_pass(batch, energy, s, got, estimate, host_estimate + 0.02)
             return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
                                 host_ms=statistics.median(got.host_ms) if got.host_ms else None,
                                 avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts)
@@ -211,9 +213,21 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
             how = "unheld"
         if energy:
             energy.reset()
-    got = collect(_plain_batch(call, flush, energy), s, estimate, None)
+    batch = _plain_batch(call, flush, energy)
+    got = collect(batch, s, estimate, None)
+    _energy_pass(batch, energy, s, got, estimate, None)
     return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, how),
                         avg_power_w=energy.avg_power_w if energy else None)
+
+
+def _energy_pass(batch, energy: EnergyMeter | None, s: Timing, got, estimate: float, host: float | None) -> None:
+    """``timing.energy_ms``: more batches of the same call, outside the samples, until the energy
+    windows are long enough to read (energy.py); the samples are already taken."""
+    if energy is None or s.energy_ms <= 0:
+        return
+    # a batch's GPU time per sample: the call and the flush before it (the warm-up's estimate)
+    per_sample = max(estimate, sum(got.samples_ms) / len(got.samples_ms) if got.samples_ms else 0.0)
+    extend_for_energy(batch, lambda: energy.short_ms, s.energy_ms, per_sample, host)
 
 
 def capture_graph(call: Callable[[], object], device="cuda",

@@ -97,6 +97,10 @@ class Timing(Strict):
                                                 "stream, then release it: the events time the GPU alone, not the host")
     max_noise_pct: Number = Field(1.0, ge=0, le=100, description="stop sampling once the 95% confidence interval of the "
                                                         "median is within ± this % of it (0: sample the whole budget)")
+    energy_ms: Number = Field(0.0, ge=0, le=60_000, description="when > 0 and the GPU has an energy counter: after "
+                              "sampling, keep running the call (not as samples) until the measured windows cover the "
+                              "counter's minimum (five of its steps, at least 10 ms), for at most this long; 0: energy "
+                              "only where the sampled batches cover it")
 
     @model_validator(mode="after")
     def _order(self):

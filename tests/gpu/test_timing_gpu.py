@@ -165,6 +165,23 @@ def test_energy_of_a_long_enough_row():
     assert r.tflop_per_j == pytest.approx(r.flops / r.energy_j / 1e12)
 
 
+def test_energy_ms_gives_a_short_row_its_energy():
+    """A row sampled for 40 ms (the bundled sweeps' budget) has no energy; with energy_ms it does."""
+    from flashbench.measure.energy import meter_for
+
+    s = TIMING.model_copy(update={"budget_ms": 40, "min_samples": 8, "max_samples": 200})
+    m = Measurer(MeasureSettings(timing=s), "cuda")
+    if meter_for(m.identity["device_uuid"]) is None:
+        pytest.skip("NVML cannot read this GPU's energy counter")
+    task = Task(case(batch=4, heads=16, kv_heads=16, seq_len_q=2048, seq_len_kv=2048), "sdpa_flash")
+    short = m.measure(task)
+    assert short.status == "ok" and short.energy_j is None, (short.reason, short.energy_j)
+    m = Measurer(MeasureSettings(timing=s.model_copy(update={"energy_ms": 3000})), "cuda")
+    r = m.measure(task)
+    assert r.status == "ok" and r.energy_j is not None and 30 < r.avg_power_w < 1500
+    assert r.samples <= s.max_samples
+
+
 def test_read_ceiling_kernel_reads_at_least_as_fast_as_torch_sum():
     from flashbench.profile.read_bandwidth import CONFIGS, read_sum
 

@@ -145,3 +145,18 @@ def test_cpu_run_table_has_no_columns_of_gpu_only_measurements(tmp_path):
     assert r.exit_code == 0
     assert "median ms" in r.output and "host ms" not in r.output and "TFLOP/J" not in r.output
     assert "% peak" not in r.output
+
+
+@pytest.mark.parametrize("value", ["-1", "60001", "nan"])
+def test_bad_energy_ms_exits_2(tmp_path, value):
+    r = invoke("run", "smoke", "--energy-ms", value, "--dry-run", "--out", str(tmp_path / "never"))
+    assert r.exit_code == 2 and "--energy-ms" in r.output and "Traceback" not in r.output
+
+
+def test_energy_ms_and_cuda_graph_override_the_configs_timing():
+    from flashbench.execute.session import SweepRequest, prepare_sweep
+
+    sweep = prepare_sweep(SweepRequest(config="smoke", dry_run=True, energy_ms=500.0, cuda_graph=True))
+    timing = sweep.plan.loaded.config.timing
+    assert timing.energy_ms == 500.0 and timing.cuda_graph is True
+    assert prepare_sweep(SweepRequest(config="smoke", dry_run=True)).plan.loaded.config.timing.energy_ms == 0

@@ -124,3 +124,22 @@ def test_no_nvml_or_no_counter_means_no_meter(monkeypatch):
     assert nvml_energy_reader("GPU-1") is None
     monkeypatch.setattr(environment, "_nvml", lambda: fake_nvml())
     assert nvml_energy_reader("") is None  # a CPU has no UUID
+
+
+def test_short_ms_says_how_much_window_is_missing_and_nothing_when_no_window_helps():
+    c = Counter(watts=400.0, step_ms=20.0)
+    m = EnergyMeter(c.read, step_ms=20.0, clock=c.clock)
+    assert m.short_ms == pytest.approx(energy.MIN_STEPS * 20.0)
+    m.begin()
+    c.advance(60.0)
+    m.end()
+    assert m.short_ms == pytest.approx(energy.MIN_STEPS * 20.0 - 60.0)
+    c.advance(1.0)
+    m.begin()
+    c.advance(60.0)
+    m.end()
+    assert m.short_ms == 0 and m.avg_power_w is not None
+    assert EnergyMeter(c.read, step_ms=None).short_ms == 0  # the counter never moved: no window helps
+    c.broken = True
+    m.begin()
+    assert m.failed and m.short_ms == 0

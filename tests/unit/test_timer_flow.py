@@ -199,3 +199,39 @@ def test_a_stream_that_cannot_be_held_is_timed_unheld(gpu, monkeypatch):
     monkeypatch.setattr(StreamHold, "for_device", classmethod(lambda cls, device: gpu.hold))
     monkeypatch.setattr(gpu.hold, "hold", lambda timeout_ms: (_ for _ in ()).throw(RuntimeError("launch failed")))
     assert timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda").method == "cuda_events_l2_flush_unheld"
+
+
+def test_energy_ms_runs_the_call_until_the_counter_can_be_read(gpu):
+    """A counter updated every 20 ms needs 100 ms of windows: far more than 20 samples of 1 ms."""
+    watts = 300.0
+    short = Timing(warmup_ms=1, budget_ms=20, min_samples=5, max_samples=20, max_noise_pct=0)
+
+    def meter():
+        return EnergyMeter(lambda: int((now_ms() // 20.0) * 20.0 * watts), step_ms=20.0)
+
+    def call():
+        gpu.enqueue(1.0)
+
+    without = meter()
+    r = timer.time_cuda(call, short, "cuda", energy=without)
+    assert r.avg_power_w is None and without.short_ms > 0  # the samples alone cover too little
+    samples = len(r.samples_ms)
+    with_pass = meter()
+    r = timer.time_cuda(call, short.model_copy(update={"energy_ms": 2000.0}), "cuda", energy=with_pass)
+    assert with_pass.short_ms == 0 and with_pass.window_ms >= 100.0
+    assert r.avg_power_w == pytest.approx(watts, rel=0.3)
+    assert len(r.samples_ms) <= max(samples, short.max_samples)  # the extra calls are not samples
+
+
+def test_energy_ms_is_a_cap(gpu):
+    watts = 300.0
+    stuck = EnergyMeter(lambda: int(watts), step_ms=1e6)  # would need 5000 s of windows
+    short = Timing(warmup_ms=1, budget_ms=10, min_samples=5, max_samples=10, max_noise_pct=0, energy_ms=50)
+
+    def call():
+        gpu.enqueue(1.0)
+
+    t0 = time.perf_counter()
+    r = timer.time_cuda(call, short, "cuda", energy=stuck)
+    assert r.avg_power_w is None
+    assert time.perf_counter() - t0 < 1.0  # 50 ms of extension, one batch past it at most
