@@ -166,7 +166,8 @@ def test_energy_of_a_long_enough_row():
 
 
 def test_energy_ms_gives_a_short_row_its_energy():
-    """A row sampled for 40 ms (the bundled sweeps' budget) has no energy; with energy_ms it does."""
+    """A row sampled for 40 ms (the bundled sweeps' budget: on the H200 such rows had no energy) gets
+    its energy with energy_ms."""
     from flashbench.measure.energy import meter_for
 
     s = TIMING.model_copy(update={"budget_ms": 40, "min_samples": 8, "max_samples": 200})
@@ -175,7 +176,8 @@ def test_energy_ms_gives_a_short_row_its_energy():
         pytest.skip("NVML cannot read this GPU's energy counter")
     task = Task(case(batch=4, heads=16, kv_heads=16, seq_len_q=2048, seq_len_kv=2048), "sdpa_flash")
     short = m.measure(task)
-    assert short.status == "ok" and short.energy_j is None, (short.reason, short.energy_j)
+    assert short.status == "ok", short.reason
+    print(f"40 ms of samples: energy {short.energy_j} J (counter step {m._energy.step_ms} ms)")
     m = Measurer(MeasureSettings(timing=s.model_copy(update={"energy_ms": 3000})), "cuda")
     r = m.measure(task)
     assert r.status == "ok" and r.energy_j is not None and 30 < r.avg_power_w < 1500
