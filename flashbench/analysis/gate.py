@@ -21,7 +21,8 @@ run-to-run noise pooled over the round medians of every case compared on timing
 the M cases compared (the thresholds' ``noise.family_alpha``: the chance that an unchanged sweep
 raises any false alarm from this test). When both sides of a case hold a single round the
 run-to-run noise is unknown: the thresholds' ``single_round_margin`` stands in for it and no pooled
-band applies.
+band applies; on a CPU a backend slower over all its cases fails as a whole
+(:mod:`flashbench.analysis.backend_shift`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import pandas as pd
 
 from ..model.case import Case
 from ..model.metrics import LATENCY, Metric, gated_metrics
+from .backend_shift import BackendShift, backend_shifts
 from .noise import PooledNoise, RunToRun
 from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
                       timing_verdict)
@@ -102,6 +104,7 @@ class GateReport:
     thresholds_source: str = ""
     not_judged: list[str] = field(default_factory=list)  # why the gate cannot pass whatever it compared
     pooled: PooledNoise | None = None  # the run-to-run noise pooled per backend over the compared cases
+    shifts: list[BackendShift] = field(default_factory=list)  # per backend, CPU runs of one round each
 
     def count(self, outcome: str) -> int:
         return sum(c.outcome == outcome for c in self.cases)
@@ -131,12 +134,21 @@ class GateReport:
         return [c for c in self.cases if c.failed]
 
     @property
+    def failed_shifts(self) -> list[BackendShift]:
+        return [s for s in self.shifts if s.failed]
+
+    @property
+    def failed(self) -> bool:
+        """A regression, a worse status or a backend slower as a whole."""
+        return bool(self.failures or self.failed_shifts)
+
+    @property
     def passed(self) -> bool:
-        return not self.failures and not self.not_judged
+        return not self.failed and not self.not_judged
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 3 if self.not_judged else 0
+        return 1 if self.failed else 3 if self.not_judged else 0
 
 
 def _finite(x) -> bool:
@@ -235,7 +247,8 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
         else:
             cases.append(CaseResult(key, "pass", False, so, sn, checks, rounds=rounds))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
-                      warnings, require_all, thresholds_source, _not_judged(current, current_label, cases), pooled)
+                      warnings, require_all, thresholds_source, _not_judged(current, current_label, cases), pooled,
+                      backend_shifts(cases, thresholds, device))
 
 
 def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:
@@ -255,4 +268,4 @@ def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:
     return reasons
 
 
-__all__ = ["check_runs", "GateReport", "CaseResult", "MetricCheck", "NotComparableError", "gpu_model"]
+__all__ = ["check_runs", "GateReport", "CaseResult", "MetricCheck", "BackendShift", "NotComparableError", "gpu_model"]

@@ -8,7 +8,8 @@ A file looks like::
       peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
       min_abs_ms: 0.03     # a latency change smaller than this is never a regression
       single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large
-      single_round_margin_cpu: 0.9  # the same for CPU runs
+      single_round_margin_cpu: 1.5  # the same for CPU runs
+      single_round_shift_cpu: 0.5   # CPU, one round each: a backend's geometric mean over its cases
       correctness: true    # ok -> mismatch fails
     noise: {method: both, alpha: 0.01, family_alpha: 0.05}
     backends:              # per-backend overrides (only the keys given change)
@@ -53,8 +54,11 @@ class _Floors(_Strict):
     single_round_margin: Number = Field(0.10, ge=0, description="GPU runs: when both runs hold one round per case, "
                                        "the run-to-run noise is unknown: a timing change counts only past this "
                                        "relative amount (with rounds, their spread decides instead)")
-    single_round_margin_cpu: Number = Field(0.9, ge=0, description="the same for CPU runs, whose run-to-run "
+    single_round_margin_cpu: Number = Field(1.5, ge=0, description="the same for CPU runs, whose run-to-run "
                                            "noise (other processes, preemption) is far larger than a GPU's")
+    single_round_shift_cpu: Number = Field(0.5, ge=0, description="CPU runs with one round on each side: a backend "
+                                          "whose median time over all its compared cases (geometric mean of the "
+                                          "ratios) grew past this fails, whatever each case's own change")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
 
 
@@ -68,6 +72,7 @@ class _Overrides(_Strict):
     min_abs_hbm_bytes: Optional[Integer] = Field(None, ge=0)
     single_round_margin: Optional[Number] = Field(None, ge=0)
     single_round_margin_cpu: Optional[Number] = Field(None, ge=0)
+    single_round_shift_cpu: Optional[Number] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
     def apply(self, base: Limits) -> Limits:
@@ -102,11 +107,13 @@ class Thresholds(_Strict):
     backends: dict[str, PartialLimits] = {}
     cases: list[CaseOverride] = []
 
+    def for_backend(self, backend: str) -> Limits:
+        """The defaults with the backend's overrides (no case rules): what holds for the backend as a whole."""
+        return self.backends[backend].apply(self.defaults) if backend in self.backends else self.defaults
+
     def for_case(self, backend: str, case) -> Limits:
         """The limits for one case (a :class:`flashbench.model.case.Case`)."""
-        limits = self.defaults
-        if backend in self.backends:
-            limits = self.backends[backend].apply(limits)
+        limits = self.for_backend(backend)
         for rule in self.cases:
             if rule.match.matches(case, backend):
                 limits = rule.apply(limits)

@@ -83,7 +83,10 @@ def headline(report) -> str:
     parts = [f"{report.count(o)} {label}" for o, label in
              (("regression", "regressed"), ("status", "status worse"), ("improved", "improved")) if report.count(o)]
     rounds = rounds_text(report)
-    verdict = "FAIL" if report.failures else "NOT A PASS" if report.not_judged else "PASS"
+    shifted = [s.backend for s in report.failed_shifts]
+    if shifted:
+        parts.append(f"slower as a whole: {', '.join(shifted)}")
+    verdict = "FAIL" if report.failed else "NOT A PASS" if report.not_judged else "PASS"
     text = (f"{verdict}: {len(report.compared)} cases compared" + (f" ({rounds})" if rounds else "")
             + _only_in(report, "missing", "the baseline") + _only_in(report, "new", "the current run")
             + (f", {', '.join(parts)}" if parts else "" if report.not_judged else ", no changes past thresholds"))
@@ -102,6 +105,11 @@ def gate_frame(report) -> pd.DataFrame:
                 row.update(metric=m.metric.gate_key, old=m.old, new=m.new, change=m.change, threshold=m.threshold,
                            beyond_noise=m.beyond_noise, noise=m.noise, regression=m.regression, note=note_text(m))
             rows.append(row)
+    for shift in report.shifts:  # one row per backend tested as a whole
+        rows.append({"backend": shift.backend, "outcome": "slower_as_a_whole" if shift.failed else "pass",
+                     "failed": shift.failed, "metric": "latency_geomean", "new": shift.ratio, "old": 1.0,
+                     "change": shift.ratio - 1, "threshold": shift.limit, "regression": shift.failed,
+                     "message": shift.words()})
     return pd.DataFrame(rows)
 
 
@@ -127,9 +135,11 @@ def gate_markdown(report) -> str:
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")
+    for shift in report.shifts:
+        lines.append(f"> ❌ slower as a whole: {shift.words()}" if shift.failed else f"> note: {shift.words()}")
     for why in report.not_judged:
         lines.append(f"> ❌ not a pass: {why}")
-    if report.differences or report.warnings or margins or pooled or report.not_judged:
+    if report.differences or report.warnings or margins or pooled or report.shifts or report.not_judged:
         lines.append("")
     missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
     shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES and c.outcome != "missing"]
@@ -177,11 +187,17 @@ def gate_junit_xml(report) -> str:
             ET.SubElement(tc, "skipped", message=c.message)
         elif detail:
             ET.SubElement(tc, "system-out").text = detail
+    for shift in report.failed_shifts:
+        tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{shift.backend}", name="all cases")
+        ET.SubElement(tc, "failure", message=shift.words(), type="slower_as_a_whole").text = shift.words()
+    extra = len(report.failed_shifts)
+    suite.set("tests", str(len(report.cases) + extra))
+    suite.set("failures", str(len(report.failures) + extra))
     if report.not_judged:  # a gate that judged nothing must not read as green in a JUnit viewer
         tc = ET.SubElement(suite, "testcase", classname="flashbench.gate", name="comparable")
         ET.SubElement(tc, "failure", message=report.not_judged[0], type="not_judged").text = "\n".join(report.not_judged)
-        suite.set("tests", str(len(report.cases) + 1))
-        suite.set("failures", str(len(report.failures) + 1))
+        suite.set("tests", str(len(report.cases) + extra + 1))
+        suite.set("failures", str(len(report.failures) + extra + 1))
     root = ET.Element("testsuites", name="flashbench", tests=suite.get("tests"), failures=suite.get("failures"))
     root.append(suite)
     ET.indent(root)

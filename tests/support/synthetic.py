@@ -56,14 +56,17 @@ def write_run(directory: Path, records: list[Record], **meta_kw) -> Path:
     return directory
 
 
-def slower_copy(source: Path, directory: Path, factor: float) -> Path:
-    """A copy of a results directory whose every timing is ``factor`` times longer (rates follow)."""
+def slower_copy(source: Path, directory: Path, factor: float, only: int | None = None) -> Path:
+    """A copy of a results directory whose every timing is ``factor`` times longer (rates follow);
+    with ``only``, just the first ``only`` measured rows."""
     from flashbench.results.files import load_run
 
     run = load_run(source)
+    changed = 0
     for r in run.records:
-        if r.median_ms is None:
+        if r.median_ms is None or (only is not None and changed >= only):
             continue
+        changed += 1
         for f in ("median_ms", "p20_ms", "p80_ms", "min_ms", "mean_ms"):
             setattr(r, f, getattr(r, f) * factor)
         r.samples_ms = [x * factor for x in r.samples_ms]

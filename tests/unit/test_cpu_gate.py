@@ -42,7 +42,9 @@ def test_four_unchanged_runs_pass_and_a_twice_slower_run_fails(tmp_path, fake_pl
     monkeypatch.setenv("FAKE_SLEEP_MS", "4")
     r = _check(_run(cfg, tmp_path / "slow"), first)
     assert r.exit_code == 1, r.output
-    assert "FAIL: 4 cases compared" in r.output and "4 regressed" in r.output and "slower" in r.output
+    out = " ".join(r.output.split())
+    assert "FAIL: 4 cases compared" in out and "slower as a whole: fake_sleep" in out
+    assert "the baseline's over its 4 cases" in out
 
 
 def test_a_twice_slower_copy_of_a_smoke_run_fails(tmp_path):
@@ -51,4 +53,7 @@ def test_a_twice_slower_copy_of_a_smoke_run_fails(tmp_path):
     assert _check(run, run).exit_code == 0
     r = _check(slower_copy(run, tmp_path / "slower", 2.0), run)
     assert r.exit_code == 1, r.output
-    assert "regressed" in r.output and "2.00x slower" in r.output
+    out = " ".join(r.output.split())
+    assert "slower as a whole: naive, sdpa" in out and "2.00x the baseline's" in out
+    # a single case moved that much is CPU noise (up to 2.2x in unchanged runs); its backend is not
+    assert _check(slower_copy(run, tmp_path / "one_slower", 2.2, only=1), run).exit_code == 0
