@@ -6,6 +6,7 @@ wrong, never a wrong result.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import MutableMapping
@@ -21,6 +22,14 @@ NO_WINDOW = (-1, -1)
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def device_capability(index: int | None) -> tuple[int, int]:
+    """(major, minor) of CUDA device ``index``, asked once a process: the launchers ask on every call,
+    and the query walked the device properties each time (a few % of a short fwd_bwd call's host time
+    on the H200, ``tools/host_path.py``)."""
+    return torch.cuda.get_device_capability(index)
 
 
 def _check_qkv(q, k, v, name: str, dims: int, layout: str) -> None:

@@ -18,7 +18,7 @@ import triton
 from .._autograd import attention_function
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
-                         interpreting)
+                         device_capability, interpreting)
 from . import sm90
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
@@ -79,7 +79,7 @@ def _tma_ok(path: str, *tensors: torch.Tensor) -> int:
     if path == "tma" and interpreting():
         return TMA_ONLY
     capable = (not interpreting() and tensors[0].is_cuda
-               and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
+               and device_capability(tensors[0].device.index)[0] >= 9
                and all(_aligned16(t) for t in tensors))
     if path == "tma" and not capable:
         raise ValueError("flash_attn_v2: options.path='tma' needs a GPU of capability >= 9 and tensors with "

@@ -59,7 +59,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._schedule import block_and_head
-from .._validate import interpreting
+from .._validate import device_capability, interpreting
 
 BLOCK = 128  # query rows per program and keys per block (the causal diagonal is one block)
 HEAD_DIMS = (64, 128)
@@ -76,11 +76,6 @@ def config_label(stages: int) -> str:
             "warp_specialize=True")
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                        window: bool = False) -> str | None:
     """Why this forward cannot run these (validated, dense) inputs here, or None when it can.
@@ -89,7 +84,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     ``causal`` its right reach is 0)."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
-    if not q.is_cuda or _capability(q.device.index)[0] != 9:
+    if not q.is_cuda or device_capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
     return input_reason(q, k, v, causal, window)
 
