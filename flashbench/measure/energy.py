@@ -14,7 +14,8 @@ is sampled only part of the time, arXiv 2312.02741), so a window much shorter th
 nothing or a whole step. The meter measures the step once per GPU and reports nothing unless the
 summed windows cover at least ``MIN_STEPS`` of them. Rows whose sampling is shorter get energy
 from ``timing.energy_ms`` (``flashbench run --energy-ms``): the timer then keeps running the call,
-outside the samples, until the windows are long enough or that much time has passed. Everything is None on a CPU or where NVML cannot read the counter.
+outside the samples, until the windows are long enough or that much time has passed. Everything is
+None on a CPU or where NVML cannot read the counter.
 """
 from __future__ import annotations
 
