@@ -13,8 +13,9 @@ measured per case, and GPU runs with one round keep their 10% per-case margin.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from .compare import geometric_mean
 
 MIN_CASES = 3  # fewer cases than this are not a backend-wide shift
 
@@ -41,12 +42,12 @@ def backend_shifts(cases, thresholds, device: str | None) -> list[BackendShift]:
     :class:`~flashbench.analysis.gate.CaseResult` list."""
     if device != "cpu":
         return []
-    logs: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     for c in cases:
         if c.rounds != (1, 1):
             continue
         latency = next((m for m in c.checks if m.metric.gate_key == "latency"), None)
         if latency is not None and latency.old > 0 and latency.new > 0:
-            logs.setdefault(c.backend, []).append(math.log(latency.new / latency.old))
-    return [BackendShift(b, len(x), math.exp(sum(x) / len(x)), thresholds.for_backend(b).single_round_shift_cpu)
-            for b, x in logs.items() if len(x) >= MIN_CASES]
+            ratios.setdefault(c.backend, []).append(latency.new / latency.old)
+    return [BackendShift(b, len(x), geometric_mean(x), thresholds.for_backend(b).single_round_shift_cpu)
+            for b, x in ratios.items() if len(x) >= MIN_CASES]

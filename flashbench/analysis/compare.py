@@ -190,7 +190,8 @@ ROW_ORDER = ("workload", "head_dim", "dtype", "causal", "mode", "kv_layout", "pa
              "window_right", "seq_len_q", "seq_len_kv", "batch", "heads", "kv_heads", "total_tokens")
 
 
-def _geomean(values) -> float:
+def geometric_mean(values) -> float:
+    """The geometric mean of the finite positive values (NaN when there are none)."""
     vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else math.nan
 
@@ -238,8 +239,8 @@ def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
     geomean, geomean_value, geomean_n = {}, {}, {}
     for b in order:
         both = rows_df[rows_df[f"{b} speedup"].notna()] if not rows_df.empty else rows_df
-        geomean[b] = _geomean(both[f"{b} speedup"]) if len(both) else math.nan
-        geomean_value[b] = _geomean(both[b]) if len(both) else math.nan
+        geomean[b] = geometric_mean(both[f"{b} speedup"]) if len(both) else math.nan
+        geomean_value[b] = geometric_mean(both[b]) if len(both) else math.nan
         geomean_n[b] = len(both)
     return BackendComparison(m, baseline, order, cols, rows_df, geomean, geomean_value, geomean_n)
 
