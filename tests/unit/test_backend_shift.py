@@ -1,5 +1,4 @@
 """A backend slower over all its cases (CPU runs of one round each): flashbench.analysis.backend_shift."""
-import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -7,6 +6,7 @@ import pytest
 from flashbench.analysis.backend_shift import MIN_CASES, backend_shifts
 from flashbench.analysis.gate import check_runs
 from flashbench.analysis.thresholds import Thresholds, load_thresholds, parse_thresholds
+from flashbench.model.yaml_input import ConfigError
 from flashbench.report.gate_report import gate_frame, gate_junit_xml, gate_markdown, headline
 from flashbench.results.files import load_run
 from synthetic import case, record, write_run
@@ -70,3 +70,10 @@ def test_the_limit_comes_from_the_thresholds_per_backend(tmp_path):
     assert [s.backend for s in report.failed_shifts] == ["naive"]
     assert thresholds.for_backend("sdpa").single_round_shift_cpu == 1.5
     assert Thresholds().defaults.single_round_shift_cpu == 0.5
+
+
+@pytest.mark.parametrize("text", ["defaults: {single_round_shift_cpu: -1}\n",
+                                  "backends: {sdpa: {single_round_shift_cpu: abc}}\n"])
+def test_a_bad_shift_limit_names_its_field(text):
+    with pytest.raises(ConfigError, match="single_round_shift_cpu"):
+        parse_thresholds(text, "t.yaml")
