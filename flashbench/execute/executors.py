@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-from ..measure.measurer import MeasureSettings, Measurer
+from ..measure.measurer import MeasureSettings, Measurer, for_run
 from ..model.case import Task
 from ..model.schema import Record
 
@@ -21,24 +21,28 @@ class Executor(Protocol):
 
     ``device_indices``: the local GPUs it measures on (their state is recorded before and after the
     sweep; empty for a remote cluster). ``identities``: label -> the device identity each worker
-    reported, recorded as ``devices`` in results.json.
+    reported, recorded as ``devices`` in results.json. ``run(tasks, check=False)`` times the tasks
+    without checking their results (:func:`~flashbench.measure.measurer.for_run`: the later rounds
+    of a sweep).
     """
 
     device_indices: list[int | None]
     identities: dict[str, dict]
 
-    def run(self, tasks: list[Task]) -> Iterator[Record]: ...
+    def run(self, tasks: list[Task], check: bool = True) -> Iterator[Record]: ...
 
 
 class InProcessExecutor:
     """Measures in this process. Fast, but a crashing kernel takes the sweep with it."""
 
     def __init__(self, settings: MeasureSettings, device: str):
+        self.settings = settings
         self.measurer = Measurer(settings, device)
         self.device_indices = [self.measurer.identity.get("device_index")]
         self.identities = {"inprocess": dict(self.measurer.identity)}
 
-    def run(self, tasks: list[Task]) -> Iterator[Record]:
+    def run(self, tasks: list[Task], check: bool = True) -> Iterator[Record]:
+        self.measurer.settings = for_run(self.settings, check)
         for t in tasks:
             yield self.measurer.measure(t)
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..measure.measurer import for_run
 from ..model.case import Case, Task
 from ..model.schema import Record
 from .devices import DeviceSpec, parse_devices
@@ -104,6 +105,7 @@ class LocalExecutor:
                  on_activity: ActivityFn | None = None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
                  plugins: list[str] | None = None):
         self.settings = settings
+        self._run_settings = settings  # this run's (for_run): what the workers it starts get
         self.device = device
         self.devices = devices or parse_devices(None, device)
         self.timeout = timeout if timeout and timeout > 0 else None
@@ -156,7 +158,7 @@ class LocalExecutor:
         s.started_at = time.perf_counter()
         s.deadline = s.started_at + self.startup_timeout
         self.stats["workers_started"] += 1
-        init = {"settings": self.settings, "device": "cuda" if self.device.startswith("cuda") else self.device,
+        init = {"settings": self._run_settings, "device": "cuda" if self.device.startswith("cuda") else self.device,
                 "device_index": s.spec.index, **child_spec(self.plugins), "cpu_threads": self._cpu_threads()}
         try:
             send_msg(s.proc.stdin, init)
@@ -246,7 +248,8 @@ class LocalExecutor:
             pass  # the worker is gone: its EOF arrives and the task becomes a crashed row
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, tasks: list[Task]) -> Iterator[Record]:
+    def run(self, tasks: list[Task], check: bool = True) -> Iterator[Record]:
+        self._run_settings = for_run(self.settings, check)
         groups: deque[list[Task]] = deque(group_by_case(tasks))
         slots = [_Slot(i, spec) for i, spec in enumerate(self.devices)]
         events: queue.Queue = queue.Queue()

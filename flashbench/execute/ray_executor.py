@@ -23,6 +23,7 @@ import socket
 import time
 from typing import Callable, Iterator
 
+from ..measure.measurer import for_run
 from ..model.case import Task
 from ..model.schema import Record
 from .local import DEFAULT_TIMEOUT_S, group_by_case
@@ -161,7 +162,7 @@ class RayExecutor:
     def _crashed(self, tasks: list[Task], why: str) -> list[Record]:
         return [Record.for_task(t, status="crashed", reason=why) for t in tasks]
 
-    def run(self, tasks: list[Task]) -> Iterator[Record]:
+    def run(self, tasks: list[Task], check: bool = True) -> Iterator[Record]:
         if not tasks:
             return
         ray = _import_ray()
@@ -179,7 +180,7 @@ class RayExecutor:
             if asks:
                 opts["resources"] = asks
             remote = ray.remote(measure_group).options(**opts)
-            settings_ref = ray.put(self.settings)
+            settings_ref = ray.put(for_run(self.settings, check))
             for g in groups:
                 ref = remote.remote(g, settings_ref, "cuda" if self.device.startswith("cuda") else self.device,
                                     plugins, self.timeout, self.isolate)

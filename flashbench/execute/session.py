@@ -270,7 +270,9 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     through a fresh ``executor.run`` (the local executor starts new worker processes for it). Each
     round's record is merged into the task's row (:func:`~flashbench.results.rounds.merge_rounds`),
     which the files hold after every round: an interrupted sweep keeps one row per task with the
-    rounds it finished, and ``--resume`` runs only the rounds still missing.
+    rounds it finished, and ``--resume`` runs only the rounds still missing. Correctness is checked
+    in a task's first round only (:func:`~flashbench.measure.measurer.for_run`); its row keeps those
+    figures.
     """
     # GPUs whose state (clocks, throttling) is recorded: the executor's, none for a remote cluster
     indices = [i if i is not None else 0 for i in executor.device_indices]
@@ -299,7 +301,7 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
             for n in range(1, rounds + 1):
                 tasks = [t for t in p.runnable if rounds_to_go(writer.row(t.key()), n)]
                 if tasks:
-                    _run_round(executor, tasks, emit)
+                    _run_round(executor, tasks, emit, check=n == 1)
     finally:
         if executor.identities:
             writer.update_meta(devices={k: dict(v) for k, v in executor.identities.items()})
@@ -320,8 +322,8 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     return list(done.values())
 
 
-def _run_round(executor: Executor, tasks, emit) -> None:
-    records = executor.run(tasks)
+def _run_round(executor: Executor, tasks, emit, check: bool) -> None:
+    records = executor.run(tasks, check=check)
     try:
         emit(records)
     finally:  # stop workers now (Ctrl-C, errors), not when the traceback is collected

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,6 +36,16 @@ class MeasureSettings:
     correctness: bool = True
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     seed: int = 0
+
+
+def for_run(settings: MeasureSettings, check: bool) -> MeasureSettings:
+    """The settings of one executor run: ``check`` False times only (the later rounds of a sweep).
+
+    Correctness is a property of the code and the inputs (the same seed every round), checked in a
+    task's first round; the rounds after it exist to measure run-to-run timing noise, and the
+    reference (an fp32 attention with its gradients: up to a second a case at N = 16k) would
+    otherwise cost more than their timing."""
+    return settings if check or not settings.correctness else replace(settings, correctness=False)
 
 
 def default_device() -> str:

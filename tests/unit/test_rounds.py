@@ -70,11 +70,12 @@ class RecordingExecutor:
     device_indices: list = []
 
     def __init__(self, fail=None):
-        self.calls, self.fail, self.identities = [], fail or {}, {}
+        self.calls, self.checks, self.fail, self.identities = [], [], fail or {}, {}
 
-    def run(self, tasks):
+    def run(self, tasks, check=True):
         n = len(self.calls) + 1
         self.calls.append([t.key() for t in tasks])
+        self.checks.append(check)
         for t in tasks:
             status = self.fail.get((t.key(), n))
             yield (Record.for_task(t, status=status, reason="boom") if status
@@ -90,6 +91,7 @@ def test_rounds_are_interleaved_and_each_task_ends_with_one_row(tmp_path, fake_p
     rows = run_sweep(p, writer, ex, rounds=3)
     # round 1 of every task, then round 2, then round 3 (without the task that crashed in round 2)
     assert ex.calls == [tasks, tasks, [k for k in tasks if k != crash]]
+    assert ex.checks == [True, False, False]  # correctness in the first round only
     run = load_run(tmp_path / "run")
     assert keys(run) == tasks and len(rows) == len(tasks)
     by_key = {r.task().key(): r for r in run.records}
@@ -113,6 +115,45 @@ def test_each_round_runs_in_fresh_worker_processes(tmp_path, fake_plugins):
     r = invoke("run", cfg, "--rounds", "2", "-e", "inprocess", "--out", tmp_path / "inproc", "--quiet")
     assert r.exit_code == 0, r.output
     assert {x.backend_config for x in load_run(tmp_path / "inproc").records} == {f"pid={__import__('os').getpid()}"}
+
+
+def test_later_rounds_time_without_checking_and_the_row_keeps_the_first_rounds_check(tmp_path, monkeypatch):
+    import flashbench.measure.measurer as measurer
+
+    computed = []
+    real = measurer.compute_reference
+    monkeypatch.setattr(measurer, "compute_reference", lambda *a: computed.append(a[1]) or real(*a))
+    cfg = tiny_config(tmp_path, ["naive"], seq_len=(32,), causal=(False, True))  # 2 cases
+    r = invoke("run", cfg, "-e", "inprocess", "--rounds", "3", "--out", tmp_path / "o", "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = load_run(tmp_path / "o").records
+    assert len(computed) == 2  # one reference per case, in round 1; none in rounds 2 and 3
+    assert all(x.rounds == 3 and x.status == "ok" and x.max_abs_err is not None and x.tolerance_abs for x in rows)
+    # a mismatch found in round 1 stays on the row through the unchecked rounds
+    bad = merge_rounds(Record(**{**rows[0].__dict__, "status": "mismatch", "reason": "O off", "rounds": 1,
+                                 "round_medians_ms": [], "round_samples": []}),
+                       Record(**{**rows[1].__dict__, "backend": rows[0].backend, "case": rows[0].case,
+                                 "max_abs_err": None, "rel_err": None, "rounds": 1, "round_medians_ms": [],
+                                 "round_samples": []}))
+    assert bad.status == "mismatch" and bad.max_abs_err == rows[0].max_abs_err
+
+
+def test_executors_pass_a_timing_only_run_to_their_measurers(tmp_path):
+    from flashbench.execute.executors import InProcessExecutor
+    from flashbench.execute.local import LocalExecutor
+    from flashbench.measure.measurer import MeasureSettings, for_run
+
+    on, off = MeasureSettings(), MeasureSettings(correctness=False)
+    assert for_run(on, True) is on and for_run(on, False).correctness is False and on.correctness is True
+    assert for_run(off, True) is off  # a sweep run with correctness off stays off in every round
+    local = LocalExecutor(on, "cpu", log_dir=tmp_path)
+    list(local.run([], check=False))
+    assert local._run_settings.correctness is False and local.settings is on
+    list(local.run([]))
+    assert local._run_settings is on
+    inproc = InProcessExecutor(on, "cpu")
+    list(inproc.run([], check=False))
+    assert inproc.measurer.settings.correctness is False
 
 
 def test_rounds_from_the_config_and_bad_rounds(tmp_path, fake_plugins):
