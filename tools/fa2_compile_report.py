@@ -14,7 +14,8 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
     python tools/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
     python tools/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
     python tools/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
-    python tools/fa2_compile_report.py --gluon [--json]  # the Gluon Hopper forward (sm90.py)
+    python tools/fa2_compile_report.py --gluon [--json] [--stages 3]  # the Gluon Hopper forward (sm90.py),
+                                                    # dense and packed (varlen) builds
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -90,42 +91,58 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
     return bad
 
 
-def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False):
+def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False,
+                       varlen: bool = False):
     """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it
-    (``window``: with a causal sliding window)."""
+    (``window``: with a causal sliding window; ``varlen``: the packed-batch build of ``forward_varlen``,
+    descriptors over (total, heads * D) views, the output, offsets and program table by pointer)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     fn = sm90.fwd_sm90_kernel
-    desc = sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype or torch.bfloat16), sm90.BLOCK)
-    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window)
+    dtype = dtype or torch.bfloat16
+    if varlen:
+        desc = sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), sm90.BLOCK)
+    else:
+        desc = sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), sm90.BLOCK)
+    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen)
+    packed_args = ("o_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")
+    if not varlen:
+        consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
     sig = {name: "i32" for name in fn.arg_names}
     sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
+    pointers = ["lse_ptr"]
+    if varlen:
+        sig.update(o_ptr="*bf16" if dtype == torch.bfloat16 else "*fp16", cu_q_ptr="*i32", cu_k_ptr="*i32",
+                   table_ptr="*i32")
+        pointers += list(packed_args)  # torch allocations: 16-byte aligned, as the JIT specialises them
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
-                         attrs={(fn.arg_names.index("lse_ptr"),): [["tt.divisibility", 16]]})
+                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in pointers})
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.MAXNREG))
 
 
-def gluon_rows() -> list[dict]:
-    """One row per (head dim, masking) of the Gluon forward: non-causal, causal and causal with a
-    sliding window; resources, register split, wgmma waits."""
+def gluon_rows(stages: int = 2) -> list[dict]:
+    """One row per (head dim, masking, layout) of the Gluon forward: non-causal, causal and causal with a
+    sliding window, each dense and packed (``varlen``); resources, register split, wgmma waits."""
     out = []
-    for d in (128, 64):
-        for causal, window in ((False, False), (True, False), (True, True)):
-            row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window}
-            try:
-                c = compile_sm90_gluon(d, causal, window=window)
-                ptx = c.asm["ptx"]
-                row.update(resource_usage(c))
-                req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
-                row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
-                row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
-                row["wgmma_waits"] = sorted({int(x) for x in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
-            except Exception as e:  # report, go on
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            out.append(row)
+    for varlen in (False, True):
+        for d in (128, 64):
+            for causal, window in ((False, False), (True, False), (True, True)):
+                row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
+                       "stages": stages}
+                try:
+                    c = compile_sm90_gluon(d, causal, stages, window=window, varlen=varlen)
+                    ptx = c.asm["ptx"]
+                    row.update(resource_usage(c))
+                    req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
+                    row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
+                    row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
+                    row["wgmma_waits"] = sorted({int(x) for x in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
+                except Exception as e:  # report, go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                out.append(row)
     return out
 
 
@@ -157,9 +174,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object per line instead of the table")
     ap.add_argument("--ttgir", help="directory to write each config's TTGIR to")
     ap.add_argument("--gluon", action="store_true", help="the Gluon Hopper forward instead of the Triton configs")
+    ap.add_argument("--stages", type=int, default=2, help="with --gluon: the K/V ring depth (2 or 3)")
     args = ap.parse_args()
     if args.gluon:
-        table = gluon_rows()
+        table = gluon_rows(args.stages)
         for r in table:
             print(json.dumps(r) if args.json else
                   " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "warp_specialize_ops")))

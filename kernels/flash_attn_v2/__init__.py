@@ -82,10 +82,11 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
-  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128, Nq and Nkv multiples
-    of 128, contiguous dense inputs, no window, Nq >= ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with
-    FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping
-    the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
+  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128, contiguous inputs, dense
+    with Nq and Nkv multiples of 128 or packed batches of any lengths (``sm90.forward_varlen``), causal
+    windows (left, 0) but no right reach, Nq (max_seqlen_q) >= ``spaces.GLUON_MIN_NQ``): the same
+    Algorithm 1 with FlashAttention-3's explicit producer/consumer warp specialisation and the softmax
+    overlapping the P V wgmma, causal included.  It is one more candidate of the forward's tuner (the
     ``GLUON`` entry of the D128 space), so it runs only where the tuner measures it faster; it
     also runs D = 64, slower, so the D64 space does not offer it.  Its own docstring says what it
     does not support; the backward stays the Triton one.
@@ -93,8 +94,8 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
 
 Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
 paged attention, fp8, head dims other than 32/64/96/128/256, non-positive softmax scales, gradients
-with respect to the returned LSE, the LSE of packed batches; windows and packed batches run the
-Triton forward only (neither the warp-specialised nor the Gluon Hopper forward takes them).
+with respect to the returned LSE, the LSE of packed batches; windows with a right reach run the
+Triton forward only, and the warp-specialised forward takes neither windows nor packed batches.
 """
 from .launch import flash_attn_v2
 from .options import FA2Options

@@ -107,9 +107,7 @@ def _sm90_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2
         return "options.sm90_forward is False"
     if tma_ok == PTR_ONLY:
         return "the TMA path is not allowed"
-    if packed:
-        return "variable-length (packed) batches are not supported"
-    return sm90.unsupported_reason(q, k, v, causal, window)
+    return sm90.unsupported_reason(q, k, v, causal, window, packed)
 
 
 def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:

@@ -29,18 +29,43 @@ section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
     diagonal, the ones between run unmasked.
   * O is written through shared memory (the Q buffer, free by then) by a TMA store, the LSE by
     pointer.
+  * packed variable-length batches (``forward_varlen``, constexpr ``VARLEN``; flash-attn's varlen
+    layout, q (total_q, H, D), k, v (total_k, H_kv, D), ``cu_seqlens``): the grid is (rows of the
+    device-built ``_schedule.SequenceBlocks`` table of 128-row query blocks, H), launched in the table's
+    order across groups of heads like the Triton varlen forward; each program reads its (sequence,
+    block) row and the sequence's offsets (clamped into the packed tensors as ``programs.locate`` does).
+    The TMA descriptors span the packed (total, heads * D) views, a tile being 128 rows of one head's
+    D columns (column h * D for q and o, (h // (H / H_kv)) * D for k and v), so a block running past
+    its sequence reads the next sequence's rows (or TMA's zeros past the tensor's end): such keys are
+    masked (-inf), such query rows are computed and never stored.  Key blocks follow ``programs.span``
+    for the block's rows inside the sequence: [0, n_left) cross a causal window's left edge, then the
+    blocks every row sees whole run unmasked, then the right edge is masked: with causal the one or
+    two blocks the bottom-right diagonal crosses (Nkv_b - Nq_b any integer), without it the
+    sequence's last, partial key block.  Rows that see no key (causal with Nq_b > Nkv_b, a sequence
+    without keys) output 0 with LSE -inf, as the Triton forward writes them; a program none of whose
+    rows sees a key, or a padding row of the table, loads nothing.  A consumer whose 64 rows lie
+    inside the sequence stores O by TMA; one holding the sequence's last rows stores them by a masked
+    pointer store (16 bytes a thread, from the shared tile), never over the next sequence's rows.  The
+    LSE goes to the packed (H, total_q) buffer the Triton backward reads.  The dense builds compute
+    what they did before (``VARLEN`` is a constexpr; the packed-only arguments are constexpr 0 there),
+    but their PTX is not identical (instruction order moved; same registers, no spills, same shared
+    memory per ``tools/fa2_compile_report.py --gluon``), and their speed has not been re-measured.
 
-What it does not support (``unsupported_reason`` says which, and ``flash_attn_v2`` then runs its
-Triton forward instead): GPUs other than capability 9.x; fp32 (the reference path) and anything
-but fp16/bf16; head dims other than 64 and 128; sequence lengths that are not multiples of 128
-(no tail masking: the K/V descriptors span every head, so a partial block would read the next
-head's rows; with both multiples of 128 the causal diagonal is always exactly one block); causal
-with Nq > Nkv (rows that see no key); windows with a right reach (non-causal windows: the Triton
-forward masks them); packed variable-length batches;
-inputs whose (batch, head, row) dims cannot be viewed as one (q, k, v must be contiguous); the
-interpreter (Gluon has none).  No explicit ping-pong between the
-two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as it
-finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
+What it does not support (``unsupported_reason`` says which, and ``flash_attn_v2`` or
+``flash_attn_varlen`` then runs its Triton forward instead): GPUs other than capability 9.x; fp32 (the
+reference path) and anything but fp16/bf16; head dims other than 64 and 128; dense sequence lengths
+that are not multiples of 128 (no tail masking in the dense build: its K/V descriptors span every
+head, so a partial block would read the next head's rows; with both multiples of 128 the causal
+diagonal is always exactly one block); dense causal with Nq > Nkv (rows that see no key; the packed
+build takes both, per sequence); windows with a right reach (non-causal windows: the Triton forward
+masks them), packed or not; inputs whose (batch, head, row) or (token, head) dims cannot be viewed as
+one (q, k, v must be contiguous); 2**31 rows or more (TMA coordinates are 32-bit); the interpreter
+(Gluon has none).  Packed batches: a non-finite value in the value rows that follow a sequence (the
+next sequence's) can reach that sequence's output through its masked key tail (P = 0 times V = inf
+is NaN), where the Triton forward's per-sequence descriptors read zeros (keys are masked by
+selection, so a non-finite key does not).  No explicit ping-pong
+between the two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as
+it finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
 """
 from __future__ import annotations
 
@@ -77,34 +102,38 @@ def config_label(stages: int) -> str:
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                       window: bool = False) -> str | None:
-    """Why this forward cannot run these (validated, dense) inputs here, or None when it can.
+                       window: bool = False, varlen: bool = False) -> str | None:
+    """Why this forward cannot run these (validated) inputs here, or None when it can.
 
     ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW; with
-    ``causal`` its right reach is 0)."""
+    ``causal`` its right reach is 0).  ``varlen``: q, k, v are a packed batch, (total, heads, D)."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
     if not q.is_cuda or device_capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
-    return input_reason(q, k, v, causal, window)
+    return input_reason(q, k, v, causal, window, varlen)
 
 
-def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
+                 varlen: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU.
 
     ``window``: a window beyond the causal mask; with ``causal`` that is a left reach (window (w, 0)),
-    which this kernel takes, without it a right reach, which it does not."""
+    which this kernel takes, without it a right reach, which it does not.  ``varlen``: a packed batch
+    (``forward_varlen``), whose sequences may have any lengths: no multiple-of-128 condition."""
     if window and not causal:
         return "sliding windows with a right reach are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {q.dtype}: fp16 and bf16 only"
-    D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
+    D = q.shape[-1]
     if D not in HEAD_DIMS:
         return f"head_dim {D}: 64 and 128 only"
-    if Nq % BLOCK or Nkv % BLOCK:
-        return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK}"
-    if causal and Nkv < Nq:  # Nkv >= Nq and both multiples of BLOCK: the diagonal is one key block
-        return f"causal with Nq={Nq} > Nkv={Nkv}: rows that see no key are not handled"
+    if not varlen:
+        Nq, Nkv = q.shape[2], k.shape[2]
+        if Nq % BLOCK or Nkv % BLOCK:
+            return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK}"
+        if causal and Nkv < Nq:  # Nkv >= Nq and both multiples of BLOCK: the diagonal is one key block
+            return f"causal with Nq={Nq} > Nkv={Nkv}: rows that see no key are not handled"
     if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
         return "q, k, v must be contiguous"
     if max(q.numel(), k.numel()) // D >= 2**31:
@@ -113,10 +142,21 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
-              q_row, kv_row0, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+def _load_q(q_desc, q_smem, q_bar, q_row, q_col):
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
+              q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              VARLEN: gl.constexpr):
+    """Q once, then K_j and V_j for j < n_blocks from row kv_row0 on (columns: dense 0, packed the head's)."""
+    if VARLEN:
+        if n_blocks > 0:  # a program with no key block (a padding row, rows that see no key) loads nothing
+            _load_q(q_desc, q_smem, q_bar, q_row, q_col)
+    else:
+        _load_q(q_desc, q_smem, q_bar, q_row, q_col)
     for j in range(n_blocks):
         slot = j % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
@@ -124,29 +164,35 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_
         row = kv_row0 + j * BLOCK_N
         mbarrier.wait(k_empty.index(slot), phase)
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row, 0], k_ready.index(slot), k_bufs.index(slot))
+        tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(slot), k_bufs.index(slot))
         mbarrier.wait(v_empty.index(slot), phase)
         mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [row, 0], v_ready.index(slot), v_bufs.index(slot))
+        tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(slot), v_bufs.index(slot))
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, MASK: gl.constexpr, WINDOW: gl.constexpr,
-             BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
+             WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l).
 
     MASK: the block crosses the diagonal (query i sees key j iff j <= i + diag) or, with WINDOW, the
-    window's left edge (j >= i + diag - win_left) as well."""
+    window's left edge (j >= i + diag - win_left) as well; in a packed non-causal program (VARLEN),
+    the sequence's key tail (j < n_kv: the keys past it are the next sequence's, or TMA's zeros)."""
     if MASK:
         offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        visible = gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1) + diag
-        if WINDOW:
-            visible = visible & (gl.expand_dims(offs_n, 0) >= gl.expand_dims(offs_m, 1) + (diag - win_left))
+        if VARLEN and not CAUSAL:
+            visible = gl.expand_dims(offs_n < n_kv, 0)
+        else:
+            # causal: a row of the sequence sees no key past its own diagonal one, so none past n_kv
+            visible = gl.expand_dims(offs_n, 0) <= gl.expand_dims(offs_m, 1) + diag
+            if WINDOW:
+                visible = visible & (gl.expand_dims(offs_n, 0) >= gl.expand_dims(offs_m, 1) + (diag - win_left))
         s = gl.where(visible, s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1))
-        if WINDOW:
-            # a row may see nothing of a left-edge block and nothing before it: keep m = -inf and
-            # subtract 0 instead (-inf - -inf is NaN); it sees its own diagonal key later
+        if WINDOW or VARLEN:
+            # a row may see nothing of a masked block and nothing before it (a window's left edge; a
+            # packed causal row i < Nq_b - Nkv_b sees no key at all): keep m = -inf and subtract 0
+            # instead (-inf - -inf is NaN)
             m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
             p = gl.exp2(s - gl.expand_dims(m_safe, 1))
             alpha = gl.exp2(m_i - m_safe)
@@ -164,8 +210,9 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, MASK: gl.constex
 
 @gluon.jit
 def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
-          qk_scale, offs_m, k0, diag, win_left, MASK: gl.constexpr, WINDOW: gl.constexpr, BLOCK_N: gl.constexpr,
-          STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+          qk_scale, offs_m, k0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
+          WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
     S_j under the PV, rescale O."""
     slot = j % STAGES
@@ -178,8 +225,8 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
     o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
     mbarrier.arrive(k_empty.index(slot), count=1)
-    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, MASK, WINDOW,
-                                  BLOCK_N, s_layout)
+    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
+                                  CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -188,14 +235,116 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
 
 
 @gluon.jit
-def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-              q_row, m0, k0, diag, win_left, n_blocks, n_left, qk_scale,
-              CAUSAL: gl.constexpr, WINDOW: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr,
-              BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
+def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, offs_m, k0,
+            diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+            VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
+            o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """The key loop over n_blocks >= 1 blocks from key k0: (un-normalised O, m, l).
+
+    Dense: the first ``n_left`` blocks cross the window's left edge (WINDOW), the last one is the
+    diagonal (CAUSAL), the blocks between are seen whole.  Packed (VARLEN): blocks [0, n_left) cross the
+    window's left edge, [n_left, n_mid) are seen whole by every row, [n_mid, n_blocks) are the right
+    edge (causal: the one or two blocks the diagonal crosses, Nkv_b - Nq_b being any integer; non-causal:
+    the sequence's last, partial block)."""
+    # block 0: S_0 alone (nothing to overlap it with yet)
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=[s_tok])
+    mbarrier.arrive(k_empty.index(0), count=1)
+    if VARLEN:
+        edge = n_mid == 0  # block 0 is on the right edge
+        if WINDOW:
+            edge = edge | (n_left > 0)  # or crosses the window's left edge
+    elif WINDOW:
+        edge = (n_blocks == 1) | (n_left > 0)  # block 0 is the diagonal or crosses the window's edge
+    else:
+        edge = n_blocks == 1  # block 0 is the diagonal
+    if CAUSAL or VARLEN:
+        if edge:
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, True, CAUSAL,
+                                          WINDOW, VARLEN, BLOCK_N, s_layout)
+        else:
+            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, False, CAUSAL,
+                                          WINDOW, VARLEN, BLOCK_N, s_layout)
+    else:
+        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, False, CAUSAL,
+                                      WINDOW, VARLEN, BLOCK_N, s_layout)
+    p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
+
+    if VARLEN:
+        # blocks 1 .. n_left-1: the rest of the window's left edge; then the blocks seen whole; then
+        # the right edge from n_mid on
+        first_full = 1
+        if WINDOW:
+            first_full = gl.maximum(n_left, 1)
+            for j in range(1, first_full):
+                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                           v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        first_edge = gl.maximum(n_mid, 1)
+        for j in range(first_full, first_edge):
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        for j in range(first_edge, n_blocks):
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+    else:
+        # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
+        # block n-1: the diagonal when causal
+        first_full = 1
+        if WINDOW:
+            first_full = gl.maximum(gl.minimum(n_left, n_blocks - 1), 1)
+            for j in range(1, first_full):
+                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                           v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        for j in range(first_full, n_blocks - 1):
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        if n_blocks > 1:
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                                       v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
+                                       CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+
+    # the last P V
+    last = (n_blocks - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    o_tok = warpgroup_mma(p16, v_bufs.index(last), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=[o_tok])
+    mbarrier.arrive(v_empty.index(last), count=1)
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _store_rows(o_ptr, tile, q_row, q_col, row_stride, n_rows, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+                NUM_WARPS: gl.constexpr):
+    """Rows [0, n_rows) of a BLOCK_M x HEAD_DIM shared tile to rows q_row.. of o (row_stride elements
+    apart) at column q_col, by pointer, 16 bytes a thread, a warp covering whole rows (coalesced)."""
+    layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[256 // HEAD_DIM, HEAD_DIM // 8],
+                                            warps_per_cta=[NUM_WARPS, 1], order=[1, 0])
+    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    offs = (gl.expand_dims((q_row + rows).to(gl.int64) * row_stride, 1)
+            + gl.expand_dims((q_col + cols).to(gl.int64), 0))
+    mask = gl.expand_dims(rows < n_rows, 1) & gl.expand_dims(cols < HEAD_DIM, 0)
+    gl.store(o_ptr + offs, tile.load(layout), mask=mask)
+
+
+@gluon.jit
+def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
+              q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid,
+              qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+              NUM_WARPS: gl.constexpr):
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
-    The program's key blocks start at key k0; the first ``n_left`` of them cross the window's left
-    edge (WINDOW), the last one is the diagonal (CAUSAL); the blocks between are seen whole."""
+    Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
+    n_mid) are None.  Packed (VARLEN): the sequence has n_q query rows of which the block starts at m0;
+    rows past n_q are computed but never stored, and a program with n_blocks = 0 stores zeros."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -212,94 +361,124 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
 
-    # block 0: S_0 alone (nothing to overlap it with yet)
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(0, deps=[s_tok])
-    mbarrier.arrive(k_empty.index(0), count=1)
-    if WINDOW:
-        edge = (n_blocks == 1) | (n_left > 0)  # block 0 is the diagonal or crosses the window's edge
-    else:
-        edge = n_blocks == 1  # block 0 is the diagonal
-    if CAUSAL:
-        if edge:
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, True, WINDOW,
-                                          BLOCK_N, s_layout)
+    if VARLEN:
+        if n_blocks > 0:  # else no row sees a key (or a padding program): O = 0, LSE = -inf
+            acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                                    v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
+                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        # rows that saw no key have l = 0: they output 0 with LSE -inf, as the Triton forward writes them
+        # (its backward then gives them zero gradients)
+        l_safe = gl.where(l_i == 0.0, 1.0, l_i)
+        o = acc / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
+        n_rows = n_q - m0  # rows of this consumer inside the sequence (<= 0: none)
+        offs_r = gl.arange(0, BLOCK_M, layout=row_layout)
+        gl.store(lse_ptr + lse_row + ROW0 + offs_r, m_i + gl.log2(l_i), mask=offs_r < n_rows)
+        q_smem.store(o.to(q_smem.dtype))  # every wgmma reading Q has retired (or none was issued)
+        if n_rows >= BLOCK_M:
+            fence_async_shared()
+            tma.async_copy_shared_to_global(o_desc, [q_row, q_col], q_smem)
+            tma.store_wait(0)
         else:
-            p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
-                                          BLOCK_N, s_layout)
+            # the sequence's last rows: a TMA store of the tile would write over the next sequence's
+            _store_rows(o_ptr, q_smem, q_row, q_col, row_stride, n_rows, BLOCK_M, HEAD_DIM, NUM_WARPS)
     else:
-        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
-                                      BLOCK_N, s_layout)
-    p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
-
-    # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
-    # block n-1: the diagonal when causal
-    first_full = 1
-    if WINDOW:
-        first_full = gl.maximum(gl.minimum(n_left, n_blocks - 1), 1)
-        for j in range(1, first_full):
-            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, True, WINDOW,
-                                       BLOCK_N, STAGES, s_layout, o_layout, p_layout)
-    for j in range(first_full, n_blocks - 1):
-        acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                   v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, False, WINDOW,
-                                   BLOCK_N, STAGES, s_layout, o_layout, p_layout)
-    if n_blocks > 1:
-        acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                   v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, CAUSAL,
-                                   WINDOW, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
-
-    # the last P V
-    last = (n_blocks - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
-    o_tok = warpgroup_mma(p16, v_bufs.index(last), acc, is_async=True)
-    acc = warpgroup_mma_wait(0, deps=[o_tok])
-    mbarrier.arrive(v_empty.index(last), count=1)
-
-    # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
-    o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
-    gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
-    q_smem.store(o.to(q_smem.dtype))  # every wgmma reading Q has retired
-    fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
-    tma.store_wait(0)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                                v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
+                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+        # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
+        o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
+        gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
+        q_smem.store(o.to(q_smem.dtype))  # every wgmma reading Q has retired
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
+        tma.store_wait(0)
 
 
 @gluon.jit
 def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT,
+                     o_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                      CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
-                     STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                     STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                     VARLEN: gl.constexpr):
+    """Dense: grid (Nq / 128, B * H), descriptors over the (B*H*N, D) views, o_ptr, cu_q_ptr, cu_k_ptr and
+    table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row blocks, H),
+    descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     gl.static_assert(BLOCK_M == BLOCK_N, "the causal diagonal must be exactly one key block")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
 
-    pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
-    b = pid_bh // H
-    hk = (pid_bh % H) // GROUP
-    m0 = pid_m * BLOCK_M
-    diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_N here
-    if CAUSAL:
-        n_end = (m0 + diag) // BLOCK_N + 1  # the last block is the diagonal
+    if VARLEN:
+        # the program's (sequence, block) row of the table, as programs.locate reads it: offsets clamped
+        # into the packed tensors (a no-op for valid ones); a padding row (sequence -1) gets Nq = Nkv = 0
+        entry, h = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)  # the table is heaviest first
+        seq = gl.load(table_ptr + 2 * entry)
+        real = seq >= 0
+        b = gl.maximum(seq, 0)
+        m0 = gl.where(real, gl.load(table_ptr + 2 * entry + 1), 0) * BLOCK_M  # first row within the sequence
+        q0 = gl.minimum(gl.maximum(gl.load(cu_q_ptr + b), 0), N_Q)
+        n_q = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_q_ptr + b + 1), q0), N_Q) - q0, 0)
+        kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + b), 0), N_KV)
+        n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + b + 1), kv0), N_KV) - kv0, 0)
+        diag = n_kv - n_q  # bottom-right within the sequence: query i sees key j iff j <= i + diag (causal)
+        # programs.span in blocks, for the block's rows inside the sequence [m0, last]: keys [lo, hi) are
+        # seen by some row, [full_lo, full_hi) by every row whole
+        last = gl.minimum(m0 + BLOCK_M, n_q) - 1
+        if CAUSAL:
+            hi = gl.maximum(gl.minimum(n_kv, last + diag + 1), 0)
+            full_hi = (gl.maximum(gl.minimum(n_kv, m0 + diag + 1), 0) // BLOCK_N) * BLOCK_N
+        else:
+            hi = n_kv
+            full_hi = (n_kv // BLOCK_N) * BLOCK_N
+        if WINDOW:
+            lo = gl.minimum((gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N) * BLOCK_N, n_kv)
+            hi = gl.maximum(hi, lo)
+            full_lo = gl.minimum(gl.cdiv(gl.maximum(last + diag - WIN_LEFT, 0), BLOCK_N) * BLOCK_N, hi)
+            full_hi = gl.maximum(full_hi, full_lo)
+            n_left = gl.cdiv(full_lo - lo, BLOCK_N)
+        else:
+            lo = 0
+            n_left = 0
+        n_blocks = gl.where(m0 < n_q, gl.cdiv(hi - lo, BLOCK_N), 0)  # none for a padding row
+        n_mid = gl.cdiv(full_hi - lo, BLOCK_N)
+        k0 = lo
+        q_row = q0 + m0  # rows of the (total_q, H * D) view; TMA coordinates are int32
+        q_col = h * HEAD_DIM
+        kv_row0 = kv0 + lo
+        kv_col = (h // GROUP) * HEAD_DIM
+        lse_row = h * N_Q + q0 + m0  # the (H, total_q) LSE
+        row_stride = H * HEAD_DIM
     else:
-        n_end = N_KV // BLOCK_N
-    if WINDOW:
-        # query i also needs j >= i + diag - WIN_LEFT: blocks left of the block row m0 starts seeing in
-        # are never loaded; those before the block from which the last row sees everything are masked
-        lo = gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N
-        full_lo = gl.minimum(gl.cdiv(gl.maximum(m0 + BLOCK_M - 1 + diag - WIN_LEFT, 0), BLOCK_N), n_end)
-        n_left = full_lo - lo
-    else:
-        lo = 0
-        n_left = 0
-    n_blocks = n_end - lo
-    k0 = lo * BLOCK_N  # the first key the program loads
-    q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
-    kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
+        pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
+        b = pid_bh // H
+        hk = (pid_bh % H) // GROUP
+        m0 = pid_m * BLOCK_M
+        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_N here
+        if CAUSAL:
+            n_end = (m0 + diag) // BLOCK_N + 1  # the last block is the diagonal
+        else:
+            n_end = N_KV // BLOCK_N
+        if WINDOW:
+            # query i also needs j >= i + diag - WIN_LEFT: blocks left of the block row m0 starts seeing in
+            # are never loaded; those before the block from which the last row sees everything are masked
+            lo = gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N
+            full_lo = gl.minimum(gl.cdiv(gl.maximum(m0 + BLOCK_M - 1 + diag - WIN_LEFT, 0), BLOCK_N), n_end)
+            n_left = full_lo - lo
+        else:
+            lo = 0
+            n_left = 0
+        n_blocks = n_end - lo
+        k0 = lo * BLOCK_N  # the first key the program loads
+        q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
+        kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
+        # the packed-only arguments: constexpr 0 placeholders (a partition's argument tuple takes no
+        # None), unused, so the dense partitions capture what they did before
+        n_q: gl.constexpr = 0
+        n_kv: gl.constexpr = 0
+        n_mid: gl.constexpr = 0
+        lse_row: gl.constexpr = 0
+        row_stride: gl.constexpr = 0
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -322,16 +501,29 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
     # 5-20% slower at D128 on the H100.)  Argument tuples are spelled out: concatenating tuples
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
-    gl.warp_specialize([
-        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                     q_row, m0, k0, diag, WIN_LEFT, n_blocks, n_left, qk_scale, CAUSAL, WINDOW, 0, rows, BLOCK_N,
-                     HEAD_DIM, STAGES, 4)),
-        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr,
-                     q_row, m0, k0, diag, WIN_LEFT, n_blocks, n_left, qk_scale, CAUSAL, WINDOW, rows, rows, BLOCK_N,
-                     HEAD_DIM, STAGES, 4)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                     v_empty, q_row, kv_row0, n_blocks, BLOCK_N, STAGES)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    # Dense calls pass the literal 0 as the TMA columns and for the packed-only arguments.
+    if VARLEN:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
+                         q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
+                         q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                         v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, 0,
+                         q_row, 0, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, 0,
+                         q_row, 0, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                         v_empty, q_row, 0, kv_row0, 0, n_blocks, BLOCK_N, STAGES, VARLEN)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 @functools.lru_cache(maxsize=None)
@@ -347,10 +539,20 @@ def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
                             _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
 
 
-def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False) -> dict:
-    """The constexprs ``forward`` launches ``fwd_sm90_kernel`` with (the tools compile these)."""
-    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
-                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+    """A 2-D TMA descriptor over the (total, heads*D) view of a contiguous packed (total, heads, D) tensor,
+    a tile being ``block_rows`` rows of one head's D columns (the kernel gives the column, head * D)."""
+    total, heads, D = t.shape
+    return TensorDescriptor(t.view(total, heads * D), [total, heads * D], [heads * D, 1], [block_rows, D],
+                            _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
+
+
+def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
+                      varlen: bool = False) -> dict:
+    """The constexprs ``forward`` and ``forward_varlen`` launch ``fwd_sm90_kernel`` with (the tools
+    compile these).  Packed programs differ in work whether causal or not: they are grouped either way."""
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
 
 
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
@@ -370,5 +572,26 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     grid = (Nq // BLOCK, B * H)
     fwd_sm90_kernel[grid](
         descriptor(q, BLOCK), descriptor(k, BLOCK), descriptor(v, BLOCK), descriptor(o, BLOCK // 2),
-        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0),
+        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+
+
+def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: bool, sm_scale: float,
+                   group_programs: int, stages: int, window_left: int = -1) -> None:
+    """``forward`` for a packed batch: q, o (total_q, H, D), k, v (total_k, H_kv, D), lse (H, total_q).
+
+    ``table``: the int32 (rows, 2) (sequence, block) program table for 128-row query blocks
+    (``_schedule.SequenceBlocks.table(BLOCK)``, built on the device, padding rows (-1, 0) last); the
+    grid is (rows, H), so nothing here reads the device.  ``group_programs`` orders the programs across
+    groups of heads as the Triton varlen forward does; the rest as ``forward``."""
+    if window_left >= 0 and not causal:
+        raise ValueError("sm90.forward_varlen: a window needs causal (a right reach is not supported)")
+    total_q, H, D = q.shape
+    total_k, Hkv = k.shape[0], k.shape[1]
+    grid = (table.shape[0], H)
+    fwd_sm90_kernel[grid](
+        packed_descriptor(q, BLOCK), packed_descriptor(k, BLOCK), packed_descriptor(v, BLOCK),
+        packed_descriptor(o, BLOCK // 2), lse, sm_scale * 1.4426950408889634, H, H // Hkv, total_q, total_k,
+        max(window_left, 0), o, cu_seqlens_q, cu_seqlens_k, table,
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
+        maxnreg=MAXNREG)

@@ -159,8 +159,14 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
     """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries, else ``fwd_kernel``."""
     if cfg.kwargs.get("GLUON"):
         a = dict(zip(fwd_kernel.arg_names, args))
-        sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
-                     meta["GROUP_PROGRAMS"], cfg.num_stages, a["WIN_LEFT"] if meta["WINDOW"] else -1)
+        window_left = a["WIN_LEFT"] if meta["WINDOW"] else -1
+        if meta["VARLEN"]:  # the table of 128-row query blocks, the Gluon kernel's block
+            sm90.forward_varlen(a["Q"], a["K"], a["V"], a["O"], a["LSE"], a["CU_Q"], a["CU_K"],
+                                a["TABLE"].table(sm90.BLOCK), meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
+                                cfg.num_stages, window_left)
+        else:
+            sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
+                         meta["GROUP_PROGRAMS"], cfg.num_stages, window_left)
     else:
         _launch_triton_fwd(cfg, grid_fn, args, meta)
 

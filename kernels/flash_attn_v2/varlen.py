@@ -53,8 +53,10 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         blocks outnumber the grid's rows) or written by two programs (overlapping sequences), and a
         max_seqlen_* below a real length narrows an unbounded window side (rows then miss keys) and
         skews the tuning buckets.  No error is raised for such values.
-    sm_scale, options, launch_log: as in ``flash_attn_v2`` (the Gluon Hopper and the warp-specialised
-        forwards do not run packed batches; the Triton forward does).
+    sm_scale, options, launch_log: as in ``flash_attn_v2``.  The Gluon Hopper forward runs packed batches
+        (``sm90.forward_varlen``: Hopper, fp16/bf16, D 64 or 128, contiguous q, k, v, no right reach;
+        offered to the tuner at D128 from max_seqlen_q >= 1024, or pinned); the warp-specialised
+        forward does not; the Triton forward runs every packed call.
 
     Returns (total_q, H, D) in q's dtype, differentiable in q, k and v through the Triton backward.
 

@@ -14,7 +14,7 @@ import torch
 
 import flashbench
 from flashbench_kernels._schedule import SequenceBlocks, visible_span
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, spaces
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces
 from kernel_checks import (DEV, check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
                            poisoned_empty, tma_unavailable)
 
@@ -219,15 +219,82 @@ def test_the_launch_takes_the_table_for_the_configuration_it_runs():
 
 
 @pytest.mark.skipif(tma_unavailable(), reason="tensor descriptors need compute capability >= 9")
-def test_gluon_and_warp_specialised_forwards_refuse_packed_batches():
-    q, k, v, _, cu_q, cu_k = make_packed_inputs([16, 16], [16, 16], 2, 2, 64, torch.float16, seed=1)
+def test_pinned_gluon_forward_says_why_and_warp_specialised_forward_refuses_packed_batches():
+    # the Gluon forward runs packed batches on Hopper GPUs (tests/gpu/test_fa2_varlen_sm90_gpu.py), not head dim
+    # 32, nor anywhere under the interpreter; the warp-specialised forward runs none
+    q, k, v, _, cu_q, cu_k = make_packed_inputs([16, 16], [16, 16], 2, 2, 32, torch.float16, seed=1)
     with pytest.raises(ValueError, match="Gluon Hopper forward, which cannot run these inputs: "
-                                         "variable-length .packed. batches are not supported"):
+                                         "(Gluon kernels do not run under TRITON_INTERPRET|head_dim 32)"):
         flash_attn_varlen(q, k, v, cu_q, cu_k, 16, 16, options=FA2Options(path="tma",
                           configs={"fwd": (128, 128, 4, 2, spaces.GLUON)}))
+    q, k, v, _, cu_q, cu_k = make_packed_inputs([16, 16], [16, 16], 2, 2, 64, torch.float16, seed=1)
     with pytest.raises(ValueError, match="warp specialisation.*a variable-length .packed. batch"):
         flash_attn_varlen(q, k, v, cu_q, cu_k, 16, 16, options=FA2Options(path="tma",
                           configs={"fwd": (128, 128, 4, 2, spaces.WS)}))
+
+
+def _t(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("causal, window", [(False, False), (True, False), (True, True)])
+def test_gluon_forward_takes_packed_16bit_batches_of_any_lengths(causal, window):
+    """The packed layout has no multiple-of-128 condition (the kernel masks each sequence's tails and
+    causal edges); GQA and MQA, fp16 and bf16, D 64 and 128; causal windows (left, 0)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        for D in (64, 128):
+            for Hkv in (8, 2, 1):
+                q, k = _t(1001, 8, D, dtype=dtype), _t(77, Hkv, D, dtype=dtype)
+                assert sm90.input_reason(q, k, k, causal, window, True) is None
+
+
+@pytest.mark.parametrize("q, k, causal, window, words", [
+    (_t(300, 2, 128, dtype=torch.float32), _t(300, 2, 128, dtype=torch.float32), False, False, "fp16 and bf16"),
+    (_t(300, 2, 96), _t(300, 2, 96), False, False, "head_dim 96"),
+    (_t(300, 2, 256), _t(300, 2, 256), True, False, "head_dim 256"),
+    (_t(300, 2, 128), _t(300, 2, 128), False, True, "right reach"),
+    (_t(2, 300, 128).transpose(0, 1), _t(300, 2, 128), False, False, "contiguous"),
+])
+def test_gluon_forward_says_why_it_declines_other_packed_batches(q, k, causal, window, words):
+    reason = sm90.input_reason(q, k, k, causal, window, True)
+    assert reason is not None and words in reason
+
+
+@pytest.mark.parametrize("causal, window, left", [
+    (False, (-1, -1), -1),
+    (True, (-1, -1), -1),
+    (True, (20, -1), 20),  # a causal window: its left reach
+    (False, (-1, 0), -1),  # the causal mask spelt as a window runs as causal
+])
+def test_a_pinned_gluon_forward_gets_the_packed_batch_and_its_table(causal, window, left, monkeypatch):
+    """What the launcher hands the Gluon kernel for a packed batch (its arithmetic runs on Hopper GPUs
+    only): the tensors, the offsets, the device-built table of 128-row query blocks, the left reach, and
+    the launch-order group size, causal or not (packed programs differ in work either way)."""
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    seen = []
+
+    def fake_forward_varlen(q, k, v, o, lse, cu_q, cu_k, table, causal, sm_scale, group_programs, stages,
+                            window_left=-1):
+        seen.append((q.shape, k.shape, o.shape, lse.shape, cu_q, cu_k, table, causal, group_programs, stages,
+                     window_left))
+        o.zero_()
+        lse.zero_()
+
+    monkeypatch.setattr(sm90, "forward_varlen", fake_forward_varlen)
+    lq, lk = [300, 1, 129], [200, 17, 129]
+    q, k, v, _, cu_q, cu_k = make_packed_inputs(lq, lk, 4, 2, 64, torch.float16, seed=3)
+    log = {}
+    flash_attn_varlen(q, k, v, cu_q, cu_k, 300, 200, causal, window=window, launch_log=log,
+                      options=FA2Options(path="tma", configs={"fwd": (128, 128, 4, 2, spaces.GLUON)}))
+    assert log["fwd"] == sm90.config_label(2)
+    [(q_shape, k_shape, o_shape, lse_shape, got_cu_q, got_cu_k, table, got_causal, group, stages, got_left)] = seen
+    assert (q_shape, k_shape, o_shape, lse_shape) == ((430, 4, 64), (346, 2, 64), (430, 4, 64), (4, 430))
+    assert got_cu_q is cu_q and got_cu_k is cu_k
+    assert (got_causal, got_left, stages) == (True if window == (-1, 0) else causal, left, 2)
+    assert group == FA2Options().causal_group_programs
+    # one (sequence, block) row per 128-row block (3 + 1 + 2), then padding to 430 // 128 + 3 rows
+    assert table.dtype == torch.int32 and table.shape == (430 // 128 + 3, 2)
+    assert sorted(map(tuple, table.tolist())) == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def test_offered_only_with_the_option_the_tma_path_and_supported_dense_inputs(mo
     assert "TMA" in launch._sm90_refusal(q, q, q, True, False, tuning.PTR_ONLY, FA2Options(), False)
     assert "sm90_forward" in launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(sm90_forward=False),
                                                   False)
-    assert "packed" in launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True)
+    # packed batches too (sm90.forward_varlen), with their own input conditions (test_fa2_varlen.py)
+    packed = _t(300, 2, 128)
+    assert launch._sm90_refusal(packed, packed, packed, True, False, tuning.BOTH, FA2Options(), True) is None
 
 
 def test_takes_causal_windows_declines_right_reaches_and_takes_the_causal_mask_spelt_as_a_window():
@@ -161,10 +163,12 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["head_dim"], r["causal"], r["window"]) for r in rows} == \
-        {(d, c, w) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))}, proc.stderr[-2000:]
+    # the dense builds and the packed (varlen) ones
+    assert {(r["head_dim"], r["causal"], r["window"], r["varlen"]) for r in rows} == \
+        {(d, c, w, p) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))
+         for p in (False, True)}, proc.stderr[-2000:]
     for r in rows:
-        where = f"D={r['head_dim']} causal={r['causal']} window={r['window']}"
+        where = f"D={r['head_dim']} causal={r['causal']} window={r['window']} varlen={r['varlen']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["local_bytes"] == 0, f"{where}: spills"

@@ -1,0 +1,169 @@
+"""GPU tests of the Gluon Hopper forward over packed batches (``sm90.forward_varlen``; marked ``gpu``, run on
+Hopper GPUs only, skipped elsewhere).
+
+Sequences of odd lengths (1, 17, 127, 128, 129, 300, 2048 and mixes with empty ones), equal and unequal
+query/key lengths (bottom-right causal diagonals off the 128-row grid, rows that see no key), causal and
+not, causal windows, GQA and MQA, D 64 and 128, bf16 and fp16, 2 and 3 ring stages: the output and the
+three gradients (the Triton backward, fed by this forward's O and LSE) meet flash-attention's rule against
+the fp64 reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the
+launch log shows the Gluon kernel ran.  Also: its LSE against the Triton varlen forward's (-inf where a
+row sees no key), padding programs writing nothing, one packed sequence giving the dense Gluon forward's
+output bit for bit, an unchecked call never waiting for the device, the tuner offering it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashbench_kernels._schedule import SequenceBlocks
+from flashbench_kernels._validate import NO_WINDOW, check_varlen_inputs, check_window
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces, tuning
+from kernel_checks import check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs, poisoned_empty
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+
+
+def _gluon(stages: int = 2) -> FA2Options:
+    """The Gluon forward pinned (the tuner never offers it at D64), one configuration for the backward."""
+    return FA2Options(autotune=False, configs={"fwd": (128, 128, 4, stages, spaces.GLUON)})
+
+
+ODD = [1, 17, 127, 128, 129, 300, 2048]
+ODD_KV = [300, 129, 2048, 1, 17, 128, 127]  # the same lengths as keys, shuffled: Nq_b > Nkv_b and < both
+EMPTY_Q = [0, 129, 17, 0, 300, 1]  # sequences without queries, without keys, one-token ones
+EMPTY_KV = [5, 0, 17, 300, 1000, 0]
+
+CASES = [
+    # lengths_q, lengths_k, H, H_kv, D, causal, window
+    (ODD, ODD, 8, 8, 128, False, NO_WINDOW),
+    (ODD, ODD, 8, 2, 128, True, NO_WINDOW),  # GQA
+    (ODD, ODD, 8, 8, 64, True, NO_WINDOW),
+    (ODD, ODD, 4, 1, 64, False, NO_WINDOW),  # MQA
+    (ODD, ODD_KV, 8, 2, 128, True, NO_WINDOW),  # rows that see no key; diagonals across two key blocks
+    (ODD, ODD_KV, 8, 4, 64, False, NO_WINDOW),  # key tails of every length
+    (EMPTY_Q, EMPTY_KV, 4, 2, 128, True, NO_WINDOW),
+    (EMPTY_Q, EMPTY_KV, 4, 4, 64, False, NO_WINDOW),
+    (ODD, ODD, 8, 2, 128, True, (200, -1)),  # causal windows: left-edge blocks masked too
+    (ODD, ODD_KV, 4, 4, 64, True, (100, 0)),
+    ([2048, 128, 129, 1, 2048], [2048, 128, 129, 1, 2048], 4, 2, 128, True, (0, 0)),  # each row sees itself only
+]
+
+
+def _case_id(c) -> str:
+    lq, lk, H, Hkv, D, causal, (left, right) = c
+    kv = "same" if lk == lq else "-".join(map(str, lk))
+    return (f"q{'-'.join(map(str, lq))}-kv{kv}-H{H}-Hkv{Hkv}-D{D}-{'causal' if causal else 'full'}"
+            f"-w{left}_{right}")
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_gpu_gluon_varlen_forward_and_gradients(case, dtype, stages):
+    lq, lk, H, Hkv, D, causal, window = case
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lq, lk, H, Hkv, D, dtype, seed=sum(lq) + 3 * sum(lk) + D + stages)
+    log = {}
+    check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window, options=_gluon(stages), launch_log=log)
+    assert log["fwd"] == sm90.config_label(stages), log["fwd"]
+
+
+def _attention(q, k, v, cu_q, cu_k, causal, options, log, window=NO_WINDOW):
+    """(out, base-2 LSE (H, total_q)) of a packed call through the launcher (flash_attn_varlen returns no LSE)."""
+    lq, lk = (torch.diff(c).tolist() for c in (cu_q, cu_k))
+    packed = check_varlen_inputs(q, k, v, cu_q, cu_k, max(lq), max(lk), "test")
+    call = launch.make_call(q, k, options, log, check_window(window, causal, "test"), packed)
+    return launch.attention(q, k, v, causal, q.shape[-1] ** -0.5, call)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_gluon_varlen_lse_matches_the_triton_forward(causal):
+    """The LSE the backward reads: the Triton varlen forward's, -inf exactly where a row sees no key."""
+    q, k, v, _, cu_q, cu_k = make_packed_inputs(ODD + EMPTY_Q, ODD_KV + EMPTY_KV, 8, 2, 128, torch.bfloat16, seed=5)
+    gluon_log, triton_log = {}, {}
+    o, lse = _attention(q, k, v, cu_q, cu_k, causal, _gluon(), gluon_log)
+    o_ref, lse_ref = _attention(q, k, v, cu_q, cu_k, causal,
+                                FA2Options(autotune=False, configs={"fwd": spaces.FWD_SPACE["mid"][0]}), triton_log)
+    assert gluon_log["fwd"].startswith("gluon_sm90") and not triton_log["fwd"].startswith("gluon")
+    assert lse.shape == lse_ref.shape == (8, q.shape[0])
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref)) and not lse.isnan().any()
+    assert torch.isneginf(lse).any() and torch.isfinite(lse).any()  # both kinds of rows are there
+    finite = torch.isfinite(lse_ref)
+    assert (lse[finite] - lse_ref[finite]).abs().max().item() < 1e-3
+    assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
+    assert (o[~finite.t()] == 0).all()  # rows that see no key output 0
+
+
+def test_gpu_gluon_varlen_padding_programs_write_nothing(monkeypatch):
+    """A table of nothing but padding rows: every Gluon program is empty, the output stays NaN."""
+    real_table = SequenceBlocks.table
+
+    def padding_only(self, block):
+        return torch.tensor([[-1, 0]], dtype=torch.int32, device=self.cu_own.device).expand_as(
+            real_table(self, block)).contiguous()
+
+    monkeypatch.setattr(SequenceBlocks, "table", padding_only)
+    q, k, v, _, cu_q, cu_k = make_packed_inputs([300, 129], [200, 129], 4, 2, 128, torch.bfloat16, seed=5)
+    for causal in (False, True):
+        log = {}
+        out = flash_attn_varlen(q, k, v, cu_q, cu_k, 300, 200, causal, check_values=False, options=_gluon(),
+                                launch_log=log)
+        assert log["fwd"].startswith("gluon_sm90")
+        assert out.isnan().all(), f"a padding program wrote {int((~out.isnan()).sum())} elements"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("D, Hkv", [(128, 2), (64, 8)])
+def test_gpu_one_length_packed_is_the_dense_gluon_forward_bit_for_bit(causal, D, Hkv):
+    """Sequences of one length, a multiple of 128, packed: the same blocks, masks and sums in the same
+    order as the dense Gluon forward over the (B, H, N, D) batch."""
+    B, H, N = 3, 8, 1024
+    q, k, v, _ = make_inputs(B, H, Hkv, N, N, D, torch.bfloat16, seed=7)
+    dense_log, packed_log = {}, {}
+    dense = flash_attn_v2(q, k, v, causal=causal, options=_gluon(), launch_log=dense_log)
+    pack = lambda t: t.transpose(1, 2).reshape(B * N, t.shape[1], D).contiguous()  # noqa: E731
+    cu = cu_seqlens([N] * B)
+    packed = flash_attn_varlen(pack(q), pack(k), pack(v), cu, cu, N, N, causal, options=_gluon(),
+                               launch_log=packed_log)
+    assert dense_log["fwd"] == packed_log["fwd"] == sm90.config_label(2)
+    assert torch.equal(packed, pack(dense))
+
+
+def test_gpu_an_unchecked_gluon_varlen_call_never_syncs():
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(ODD, ODD_KV, 4, 2, 128, torch.bfloat16, seed=3)
+    q.requires_grad_()
+    args = (q, k, v, cu_q, cu_k, max(ODD), max(ODD_KV))
+    kwargs = dict(causal=True, check_values=False, options=_gluon())
+    log = {}
+    expected = flash_attn_varlen(*args, **kwargs, launch_log=log)  # compiles (and waits) here
+    expected.backward(do)
+    assert log["fwd"].startswith("gluon_sm90")
+    torch.cuda.synchronize()
+    q.grad = None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = flash_attn_varlen(*args, **kwargs)
+        out.backward(do)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_tuner_offers_it_for_packed_batches_and_either_choice_is_correct(causal):
+    """D128 with max_seqlen_q >= GLUON_MIN_NQ: the tuner times the Gluon forward beside the Triton ones."""
+    lengths = [2048, 1000, 129, 3000, 17, 1500]
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lengths, lengths, 16, 16, 128, torch.bfloat16, seed=11)
+    check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal)
+    offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
+    assert (128, 128, 4, 2, spaces.GLUON) in offered, f"the tuner did not time the Gluon forward: {offered}"
