@@ -15,10 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels._validate import NO_WINDOW, check_varlen_inputs, check_window
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces, tuning
-from kernel_checks import check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs, poisoned_empty
+from kernel_checks import (check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
+                           only_padding_tables, poisoned_empty, repeat_without_sync)
 
 
 def _hopper() -> bool:
@@ -106,13 +106,7 @@ def test_gpu_gluon_varlen_lse_matches_the_triton_forward(causal):
 
 def test_gpu_gluon_varlen_padding_programs_write_nothing(monkeypatch):
     """A table of nothing but padding rows: every Gluon program is empty, the output stays NaN."""
-    real_table = SequenceBlocks.table
-
-    def padding_only(self, block):
-        return torch.tensor([[-1, 0]], dtype=torch.int32, device=self.cu_own.device).expand_as(
-            real_table(self, block)).contiguous()
-
-    monkeypatch.setattr(SequenceBlocks, "table", padding_only)
+    only_padding_tables(monkeypatch)
     q, k, v, _, cu_q, cu_k = make_packed_inputs([300, 129], [200, 129], 4, 2, 128, torch.bfloat16, seed=5)
     for causal in (False, True):
         log = {}
@@ -142,20 +136,17 @@ def test_gpu_one_length_packed_is_the_dense_gluon_forward_bit_for_bit(causal, D,
 def test_gpu_an_unchecked_gluon_varlen_call_never_syncs():
     q, k, v, do, cu_q, cu_k = make_packed_inputs(ODD, ODD_KV, 4, 2, 128, torch.bfloat16, seed=3)
     q.requires_grad_()
-    args = (q, k, v, cu_q, cu_k, max(ODD), max(ODD_KV))
-    kwargs = dict(causal=True, check_values=False, options=_gluon())
     log = {}
-    expected = flash_attn_varlen(*args, **kwargs, launch_log=log)  # compiles (and waits) here
-    expected.backward(do)
-    assert log["fwd"].startswith("gluon_sm90")
-    torch.cuda.synchronize()
-    q.grad = None
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = flash_attn_varlen(*args, **kwargs)
+
+    def call():  # the first one compiles (and waits)
+        q.grad = None
+        out = flash_attn_varlen(q, k, v, cu_q, cu_k, max(ODD), max(ODD_KV), causal=True, check_values=False,
+                                options=_gluon(), launch_log=log)
         out.backward(do)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        return out
+
+    expected, out = repeat_without_sync(call)
+    assert log["fwd"].startswith("gluon_sm90")
     assert torch.equal(out, expected)
 
 

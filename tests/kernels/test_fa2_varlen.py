@@ -16,7 +16,7 @@ import flashbench
 from flashbench_kernels._schedule import SequenceBlocks, visible_span
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces
 from kernel_checks import (DEV, check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
-                           poisoned_empty, tma_unavailable)
+                           only_padding_tables, poisoned_empty, repeat_without_sync, tma_unavailable)
 
 
 @pytest.fixture(autouse=True)
@@ -79,13 +79,7 @@ def test_padding_programs_write_nothing(path, monkeypatch):
     them), on the pointer path and on the tensor-descriptor path (whose descriptors span >= 1 row)."""
     if path == "tma" and tma_unavailable():
         pytest.skip("tensor descriptors need compute capability >= 9")
-    real_table = SequenceBlocks.table
-
-    def padding_only(self, block):
-        return torch.tensor([[-1, 0]], dtype=torch.int32, device=self.cu_own.device).expand_as(
-            real_table(self, block)).contiguous()
-
-    monkeypatch.setattr(SequenceBlocks, "table", padding_only)
+    only_padding_tables(monkeypatch)
     q, k, v, do, cu_q, cu_k = make_packed_inputs([32, 3], [9, 30], 2, 2, 32, torch.float32, seed=5)
     got = _outputs(q, k, v, do, cu_q, cu_k, 32, 30, True, (4, -1), check_values=False,
                    options=FA2Options(path=path))
@@ -195,18 +189,14 @@ def test_an_unchecked_call_forward_and_backward_never_syncs():
     q, k, v, do, cu_q, cu_k = make_packed_inputs([3, 40, 1, 9], [20, 7, 1, 45], 4, 2, 64, torch.float16, seed=3,
                                                  device="cuda")
     q.requires_grad_()
-    args = (q, k, v, cu_q, cu_k, 40, 45)
-    kwargs = dict(causal=True, window=(9, -1), check_values=False)
-    expected = flash_attn_varlen(*args, **kwargs)  # the tuner chooses (and waits) here, once per key
-    expected.backward(do)
-    torch.cuda.synchronize()
-    q.grad = None
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = flash_attn_varlen(*args, **kwargs)
+
+    def call():  # the first one: the tuner chooses (and waits) here, once per key
+        q.grad = None
+        out = flash_attn_varlen(q, k, v, cu_q, cu_k, 40, 45, causal=True, window=(9, -1), check_values=False)
         out.backward(do)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        return out
+
+    expected, out = repeat_without_sync(call)
     assert torch.equal(out, expected)
 
 

@@ -11,6 +11,7 @@ import itertools
 import torch
 
 from flashbench.measure.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
+from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels.flash_attn_v2 import flash_attn_v2, flash_attn_varlen
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,3 +151,28 @@ def check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window=NO_WI
                                                 causal, sm_scale, window, options=options, launch_log=launch_log)
     _assert_within_rule(_run_with_grads(ours_fn, q, k, v, do), _run_with_grads(naive_fn, q, k, v, do),
                         _run_with_grads(ref_fn, q, k, v, do, torch.float64), q.dtype, atol)
+
+
+def repeat_without_sync(call):
+    """``call()`` once (it may compile, tune and wait), then again with any host synchronisation an
+    error (``torch.cuda.set_sync_debug_mode``): (first result, second result)."""
+    first = call()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        second = call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return first, second
+
+
+def only_padding_tables(monkeypatch):
+    """Make every packed batch's program table nothing but padding rows (-1, 0), of the real table's
+    shape: every program is empty, so the outputs must stay as the launcher poisoned them."""
+    real_table = SequenceBlocks.table
+
+    def padding_only(self, block):
+        return torch.tensor([[-1, 0]], dtype=torch.int32, device=self.cu_own.device).expand_as(
+            real_table(self, block)).contiguous()
+
+    monkeypatch.setattr(SequenceBlocks, "table", padding_only)
