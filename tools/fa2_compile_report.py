@@ -57,7 +57,10 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
 
 
 def resource_usage(compiled) -> dict:
-    """Registers, local memory (spills) and static shared memory from cuobjdump, dynamic shared from Triton."""
+    """Registers, spills and static shared memory from cuobjdump, dynamic shared from Triton.
+
+    ``spill_bytes`` is the per-thread stack frame plus local arrays (cuobjdump's STACK + LOCAL): ptxas
+    puts spilled registers in the stack frame, which cuobjdump does not count under LOCAL."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     path = f"/tmp/fa2_compile_report_{os.getpid()}.cubin"
     with open(path, "wb") as f:
@@ -66,8 +69,8 @@ def resource_usage(compiled) -> dict:
         out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
     finally:
         os.remove(path)
-    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
-    return {"registers": int(m.group(1)), "local_bytes": int(m.group(2)),
+    regs, stack, local = (int(re.search(rf"{key}:(\d+)", out).group(1)) for key in ("REG", "STACK", "LOCAL"))
+    return {"registers": regs, "spill_bytes": stack + local,
             "shared_bytes": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
             "warp_specialize_ops": compiled.asm["ttgir"].count("ttg.warp_specialize")}
 
@@ -185,7 +188,7 @@ def main() -> int:
     table = rows(args.ws_only)
     bad = 0
     if not args.json:
-        print(f"{'D':>3} {'causal':>6} {'config':<22} {'even':>5} {'regs':>4} {'local':>5} {'smem':>7} {'warps':>5} ws  rows")
+        print(f"{'D':>3} {'causal':>6} {'config':<22} {'even':>5} {'regs':>4} {'spill':>5} {'smem':>7} {'warps':>5} ws  rows")
     for r in table:
         ttgir = r.pop("ttgir", "")
         t = r["config"]
@@ -203,7 +206,7 @@ def main() -> int:
         else:
             rows_ok = "ok" if not r["shifted_rows"] else "SHIFTED"
             print(f"{r['head_dim']:>3} {r['causal']!s:>6} {label:<22} {r['even_kv']!s:>5} {r['registers']:>4} "
-                  f"{r['local_bytes']:>5} {r['shared_bytes']:>7} {r['warps']:>5} {r['warp_specialize_ops']:>2}  {rows_ok}")
+                  f"{r['spill_bytes']:>5} {r['shared_bytes']:>7} {r['warps']:>5} {r['warp_specialize_ops']:>2}  {rows_ok}")
     return 1 if bad else 0
 
 

@@ -48,7 +48,7 @@ section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
     pointer store (16 bytes a thread, from the shared tile), never over the next sequence's rows.  The
     LSE goes to the packed (H, total_q) buffer the Triton backward reads.  The dense builds compute
     what they did before (``VARLEN`` is a constexpr; the packed-only arguments are constexpr 0 there),
-    but their PTX is not identical (instruction order moved; same registers, no spills, same shared
+    but their PTX is not identical (instruction order moved; the same registers, spills and shared
     memory per ``tools/fa2_compile_report.py --gluon``), and their speed has not been re-measured.
 
 What it does not support (``unsupported_reason`` says which, and ``flash_attn_v2`` or
