@@ -1,6 +1,7 @@
 """`flashbench check` (the CI gate), thresholds, the noise tests and `flashbench baseline save`."""
 import json
 import random
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -58,7 +59,9 @@ def test_ten_percent_slowdown_beyond_noise_fails(tmp_path):
     r = check(cur, "--baseline", base)
     assert r.exit_code == 1, r.output
     assert "regression" in r.stdout and "triton_fa2" in r.stdout
-    assert "10.0% slower" in r.stdout or "slower" in r.stdout
+    # the latency row of the slowed case says how much slower (about 10%: its samples are redrawn)
+    (row,) = [line for line in r.stdout.splitlines() if "triton_fa2" in line and "N4096" in line and "slower" in line]
+    assert 8.0 < float(re.search(r"\| ([\d.]+)% slower \|", row).group(1)) < 12.0, row
 
 
 def test_ten_percent_shift_inside_wide_samples_passes(tmp_path):
@@ -266,16 +269,29 @@ def test_gpu_slug(name, slug):
 
 # --- noise (shared with compare) ------------------------------------------------------------------
 
+# scipy.stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True) on the
+# samples drawn below, by scipy 1.17.1: (n1, n2, shift) -> (U, p).  scipy is not a test dependency, so its
+# answers are kept here and the comparison runs everywhere; where scipy is installed it is asked again.
+SCIPY_MANN_WHITNEY = {(10, 12, 0.0): (72.5, 0.42709253684995163), (30, 25, 0.05): (325.5, 0.4070879277751799),
+                      (50, 50, 0.2): (227.0, 1.7647236450804379e-12), (5, 7, 1.0): (0.0, 0.005766120914237261)}
+
+
 def test_mann_whitney_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    try:
+        from scipy import stats
+    except ImportError:
+        stats = None
     rng = random.Random(7)
-    for n1, n2, shift in ((10, 12, 0.0), (30, 25, 0.05), (50, 50, 0.2), (5, 7, 1.0)):
+    for (n1, n2, shift), (want_u, want_p) in SCIPY_MANN_WHITNEY.items():
         a = [round(rng.gauss(1, 0.1), 2) for _ in range(n1)]  # rounding makes ties
         b = [round(rng.gauss(1 + shift, 0.1), 2) for _ in range(n2)]
         u, p = mann_whitney_u(a, b)
-        ref = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
-        assert u == pytest.approx(ref.statistic)
-        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-12)
+        assert u == pytest.approx(want_u)
+        assert p == pytest.approx(want_p, rel=1e-9, abs=1e-12)
+        if stats is not None:
+            ref = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
+            assert u == pytest.approx(ref.statistic)
+            assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-12)
 
 
 def test_beyond_noise_methods():

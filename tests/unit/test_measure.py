@@ -7,7 +7,8 @@ import torch
 from flashbench.backends.base import Backend, Unsupported
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
-from flashbench.measure.reference import naive_attention
+from flashbench.measure.calls import make_inputs
+from flashbench.measure.reference import naive_attention, reference_attention
 from flashbench.model.config import Timing
 from cases import case_maker, registered  # tests/support
 
@@ -108,9 +109,17 @@ def test_declared_limits_skip_with_a_reason():
 
 
 def test_half_precision_tolerance_uses_same_dtype_error():
-    r = Measurer(FAST, "cpu").measure(Task(case(dtype="float16", mode="fwd"), "naive"))
+    """The bound is factor x the error of PyTorch's float16 math against the float64 reference + atol
+    (worked out here on the measurer's inputs); a bound of atol alone would also be >= atol."""
+    c = case(dtype="float16", mode="fwd")
+    r = Measurer(FAST, "cpu").measure(Task(c, "naive"))
     assert r.status == "ok", r.reason
-    assert r.tolerance_abs >= FAST.tolerances["float16"].atol
+    q, k, v = make_inputs(c, "cpu", FAST.seed).args
+    same_dtype_err = (naive_attention(q, k, v, c.causal).double()
+                      - reference_attention(q, k, v, c.causal, compute_dtype=torch.float64)).abs().max().item()
+    tol = FAST.tolerances["float16"]
+    assert same_dtype_err > 0
+    assert r.tolerance_abs == pytest.approx(tol.factor * same_dtype_err + tol.atol, rel=1e-3)
     assert not math.isnan(r.rel_err)
 
 

@@ -80,7 +80,8 @@ def test_nothing_to_plot(tmp_path):
     with pytest.raises(PlotError):
         plot_run_dir(d)
     r = runner.invoke(app, ["plot", str(d)])
-    assert r.exit_code == 2 and "nothing" not in r.stdout
+    assert r.exit_code == 2 and r.stdout == ""  # the reason goes to stderr, and only there
+    assert "no ok records" in r.stderr and "Traceback" not in r.stderr
     assert runner.invoke(app, ["plot", str(tmp_path / "missing")]).exit_code == 2
 
 

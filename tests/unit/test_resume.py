@@ -31,6 +31,7 @@ def test_resume_after_sigkill_finishes_with_each_task_once(tmp_path):
     assert 3 <= len(first.records) < 8 and first.meta["finished"] is False
     # the driver's workers died with it
     pids = {int(r.backend_config.split("=")[1]) for r in first.records if r.backend == "fake_slow"}
+    assert pids, "no fake_slow row before the kill: no worker to check"
     time.sleep(1.0)
     for pid in pids:
         try:

@@ -75,6 +75,7 @@ def test_sigterm_keeps_files_prints_the_resume_hint_and_stops_workers(tmp_path):
     run = load_run(out)
     assert 2 <= len(run.records) < 8 and run.meta["finished"] is False
     pids = {int(r.backend_config.split("=")[1]) for r in run.records if r.backend == "fake_slow"}
+    assert pids, "no fake_slow row before SIGTERM: no worker to check"
     for pid in pids:
         try:
             alive = open(f"/proc/{pid}/stat").read().split()[2] != "Z"
