@@ -1,7 +1,8 @@
 """Tests of the bundled Triton FlashAttention-1 kernel (``flashbench_kernels.flash_attn_v1``).
 
 CPU (CI): Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py), tiny odd shapes, fp16 and
-fp32.  Every check compares against ``reference_attention`` in float64 on fresh random inputs, with
+fp32, with every buffer the launcher allocates filled with NaN (``_poisoned_launcher_buffers``) so that
+an element the kernels fail to write shows up.  Every check compares against ``reference_attention`` in float64 on fresh random inputs, with
 the flash-attention rule: error <= 2 x (error of PyTorch's same-dtype math) + a small absolute term.
 GPU (``-m gpu``): bf16 / fp16 / fp32 over a grid, outputs read from a poisoned allocator so that any
 element the kernels fail to write shows up as NaN.
@@ -13,6 +14,7 @@ import math
 import pytest
 import torch
 
+import flashbench_kernels.flash_attn_v1 as fa1_module
 from flashbench.measure.reference import naive_attention, reference_attention
 from flashbench_kernels.flash_attn_v1 import flash_attn_v1
 
@@ -21,6 +23,29 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 ATOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-5}
 
 _seed = [1234]
+
+
+class _PoisoningTorch:
+    """``torch`` as the launcher module sees it, except that ``empty`` and ``empty_like`` return
+    NaN-filled floating tensors: CPU memory often comes back zeroed, which would pass for a written 0."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_launcher_buffers(monkeypatch):
+    monkeypatch.setattr(fa1_module, "torch", _PoisoningTorch())
 
 
 def _fresh_gen(device):
