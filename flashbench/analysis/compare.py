@@ -107,8 +107,7 @@ class EnvDifference:
 
     def message(self) -> str:
         if self.kind == "device":
-            # measured: the same default sweep on two H200s, 1 of 656 cases 5.9% apart with identical
-            # kernel code, beyond both runs' rounds (README, "How much to trust one run")
+            # the rounds of one run on one GPU cannot show how another unit of the model runs
             return (f"another GPU of the same model ({self.old!s} old, {self.new!s} new): unit-to-unit "
                     "differences (clocks under load, power, temperature) are not in the rounds' noise")
         return f"{self.what} differs: {self.old!s} (old) vs {self.new!s} (new)"
