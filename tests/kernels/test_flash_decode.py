@@ -642,15 +642,17 @@ def test_unbuildable_candidates_are_dropped_and_a_pinned_one_is_a_value_error(mo
 # Runs in a child process without the interpreter.  One JSON line per candidate: its class, tile,
 # depth (K/V chunks in flight), registers, spilled bytes and shared memory.
 _COMPILE_SCRIPT = r"""
-import json, os, re, subprocess, sys
+import json, sys
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from flashbench_kernels.flash_decode import launch, run, tuning
 from flashbench_kernels.flash_decode.kernels import split_kernel
 
+sys.path.insert(0, sys.argv[2])  # tools/: the compile report's reading of cuobjdump (registers, spills, shared)
+from fa2_compile_report import resource_usage
+
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 def call_for(D, page, dtype=torch.bfloat16, B=2, Nq=4, H=32, Hkv=8, capacity=4096):
     q = torch.empty(B, Nq, H, D, dtype=dtype, device="meta")
@@ -677,25 +679,12 @@ def compile_tile(call, tile, splits):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
 
-def usage(compiled):
-    path = f"/tmp/flash_decode_compile_{os.getpid()}.cubin"
-    with open(path, "wb") as f:
-        f.write(compiled.asm["cubin"])
-    try:
-        out = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path], capture_output=True, text=True,
-                             check=True).stdout
-    finally:
-        os.remove(path)
-    # spills go to the stack frame (STACK), which cuobjdump does not count under LOCAL
-    regs, stack, local = (int(re.search(rf"{key}:(\d+)", out).group(1)) for key in ("REG", "STACK", "LOCAL"))
-    return dict(registers=regs, spill_bytes=stack + local, shared_bytes=compiled.metadata.shared)
-
 for D, page in json.loads(sys.argv[1]):
     call = call_for(D, page)
     for tile in tuning.candidates(call.block_d, call.block_m, page, call.capacity, 2):
         depth = (tile.num_stages - 1) // (2 if page else 1)
         row = dict(D=D, page=page, tile=list(tile), depth=depth, kv_chunk_bytes=2 * tile.block_n * call.block_d * 2)
-        print(json.dumps({**row, **usage(compile_tile(call, tile, 3))}), flush=True)
+        print(json.dumps({**row, **resource_usage(compile_tile(call, tile, 3))}), flush=True)
 """
 _COMPILE_CLASSES = [(128, 0), (128, 16), (64, 0), (256, 0)]  # (head dim, page size): about 25 builds
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -711,7 +700,8 @@ def compiled_candidates():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(_COMPILE_CLASSES)],
+    tools = os.path.join(os.path.dirname(__file__), "..", "..", "tools")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(_COMPILE_CLASSES), tools],
                           capture_output=True, text=True, env=env, timeout=1200)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and rows, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
