@@ -13,7 +13,8 @@ forward plus ``torch.autograd.grad``), warms it up (compiling and tuning), keeps
     python tools/host_path.py --backend triton_fa2 --case B16,H16,N1024,D128,bf16,causal,fwd_bwd
     python tools/host_path.py --backend sdpa_flash --case B32,H16,N512,D128,bf16,fwd --top 20
 
-Needs a CUDA GPU. Exit status 0, or 2 on a bad ``--case``.
+Needs a CUDA GPU. Exit status 0, or 2 on a bad ``--case`` or ``--backend``, a case the backend cannot run,
+or without a GPU.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ import sys
 import time
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from flashbench import backends
 from flashbench.measure.calls import bind, make_inputs
 from flashbench.model.case import Case
+from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen
 
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim}  # the config's domains
 
 
 def parse_case(text: str) -> Case:
@@ -38,8 +41,8 @@ def parse_case(text: str) -> Case:
     b = h = hkv = n = d = None
     dtype, causal, mode = "bfloat16", False, "fwd"
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part in _DTYPES:
-            dtype = _DTYPES[part]
+        if part in DTYPE_ALIASES:
+            dtype = DTYPE_ALIASES[part]
         elif part == "causal":
             causal = True
         elif part in ("fwd", "bwd", "fwd_bwd"):
@@ -53,6 +56,12 @@ def parse_case(text: str) -> Case:
             raise ValueError(f"--case: cannot read {part!r} (B16,H16,Hkv4,N1024,D128,bf16,causal,fwd_bwd)")
     if None in (b, h, n, d):
         raise ValueError("--case needs B, H, N and D, e.g. B16,H16,N1024,D128,bf16,causal,fwd_bwd")
+    for key, value in (("B", b), ("H", h), ("Hkv", hkv), ("N", n), ("D", d)):
+        try:
+            if value is not None:
+                TypeAdapter(_SIZES[key]).validate_python(value)
+        except ValidationError as e:
+            raise ValueError(f"--case: {key}{value} {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
                 causal=causal, mode=mode)
 
@@ -72,13 +81,18 @@ def main() -> int:
     a = ap.parse_args()
     try:
         case = parse_case(a.case)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        backend = backends.get(a.backend)
+    except (ValueError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("error: needs a CUDA GPU", file=sys.stderr)
         return 2
-    call = bind(backends.get(a.backend).prepare(case, "cuda"), make_inputs(case, "cuda", seed=0), case)
+    why = backend.unsupported_reason(case, "cuda")
+    if why:
+        print(f"error: {a.backend} cannot run {case.label()}: {why}", file=sys.stderr)
+        return 2
+    call = bind(backend.prepare(case, "cuda"), make_inputs(case, "cuda", seed=0), case)
     for _ in range(20):  # compile, tune, and fill the allocator's cache
         call()
     torch.cuda.synchronize()

@@ -29,7 +29,9 @@ def test_reads_a_case(host_path):
 
 @pytest.mark.parametrize("text, words", [("B16,H16,N1024", "needs B, H, N and D"),
                                          ("B16,H16,N1024,D128,int8", "cannot read 'int8'"),
-                                         ("B16,H16,N1024,D128,causual", "cannot read 'causual'")])
+                                         ("B16,H16,N1024,D128,causual", "cannot read 'causual'"),
+                                         ("B0,H16,N1024,D128", "B0 must be a positive integer"),
+                                         ("B1,H16,N1024,D4096", "D4096 must be at most 1,024")])
 def test_a_bad_case_names_what_is_wrong(host_path, text, words):
     with pytest.raises(ValueError, match=words):
         host_path.parse_case(text)
@@ -43,3 +45,20 @@ def test_exit_2_with_a_message_on_bad_input_or_without_a_gpu():
                        capture_output=True, text=True, timeout=120)
     if not torch.cuda.is_available():
         assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
+
+
+def test_an_unknown_backend_exits_2_naming_it():
+    r = subprocess.run([sys.executable, str(TOOLS / "host_path.py"), "--backend", "triton_fa3", "--case", "B1,H1,N64,D32"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown backend 'triton_fa3'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_case_the_backend_cannot_run_exits_2_with_its_reason(host_path, monkeypatch, capsys):
+    """Checked before anything touches the GPU (here: a GPU is pretended, the backend refuses)."""
+    monkeypatch.setattr(host_path.torch.cuda, "is_available", lambda: True)
+    backend = host_path.backends.get("sdpa_flash")
+    monkeypatch.setattr(backend, "unsupported_reason", lambda case, device: "head_dim 32 is not supported here")
+    monkeypatch.setattr(sys, "argv", ["host_path.py", "--backend", "sdpa_flash", "--case", "B1,H1,N64,D32"])
+    assert host_path.main() == 2
+    err = capsys.readouterr().err
+    assert "sdpa_flash cannot run" in err and "head_dim 32 is not supported here" in err
