@@ -343,7 +343,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
     Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
-    n_mid) are None.  Packed (VARLEN): the sequence has n_q query rows of which the block starts at m0;
+    n_mid) are constexpr 0.  Packed (VARLEN): the sequence has n_q query rows of which the block starts at m0;
     rows past n_q are computed but never stored, and a program with n_blocks = 0 stores zeros."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -449,6 +449,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         kv_col = (h // GROUP) * HEAD_DIM
         lse_row = h * N_Q + q0 + m0  # the (H, total_q) LSE
         row_stride = H * HEAD_DIM
+        o_out = o_ptr
     else:
         pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
         b = pid_bh // H
@@ -472,8 +473,11 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         k0 = lo * BLOCK_N  # the first key the program loads
         q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
         kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
-        # the packed-only arguments: constexpr 0 placeholders (a partition's argument tuple takes no
-        # None), unused, so the dense partitions capture what they did before
+        # the TMA columns and the packed-only arguments: constexpr 0 placeholders (a partition's argument
+        # tuple takes no None), so the dense partitions capture what they did before
+        q_col: gl.constexpr = 0
+        kv_col: gl.constexpr = 0
+        o_out: gl.constexpr = 0
         n_q: gl.constexpr = 0
         n_kv: gl.constexpr = 0
         n_mid: gl.constexpr = 0
@@ -501,29 +505,16 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
     # 5-20% slower at D128 on the H100.)  Argument tuples are spelled out: concatenating tuples
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
-    # Dense calls pass the literal 0 as the TMA columns and for the packed-only arguments.
-    if VARLEN:
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
-                         q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
-                         q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                         v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-    else:
-        gl.warp_specialize([
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, 0,
-                         q_row, 0, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
-            (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, 0,
-                         q_row, 0, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                         n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                         v_empty, q_row, 0, kv_row0, 0, n_blocks, BLOCK_N, STAGES, VARLEN)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
+                     q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
+                     q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                     v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 @functools.lru_cache(maxsize=None)
