@@ -126,6 +126,46 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.MAXNREG))
 
 
+def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None):
+    """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
+    launches it (dense inputs; descriptors over the (rows, D) views)."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from flashbench_kernels.flash_attn_v2 import sm90_bwd
+
+    fn = sm90_bwd.bwd_sm90_kernel
+    dtype = dtype or torch.bfloat16
+    bm, bn = sm90_bwd.block_m(head_dim), sm90_bwd.BLOCK_N
+    tile = lambda rows, dt=dtype: mangle_type(sm90_bwd.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
+    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES)
+    sig = {name: "i32" for name in fn.arg_names}
+    sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
+               dv_desc=tile(bn // 2), dq_desc=tile(bm, torch.float32), lse_ptr="*fp32", delta_ptr="*fp32",
+               qk_scale="fp32", sm_scale="fp32", **{name: "constexpr" for name in consts})
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
+                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in ("lse_ptr", "delta_ptr")})
+    return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
+
+
+def gluon_bwd_rows() -> list[dict]:
+    """One row per (head dim, causal) of the Gluon backward: resources and register split."""
+    out = []
+    for d in (128, 64):
+        for causal in (False, True):
+            row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal}
+            try:
+                c = compile_sm90_gluon_bwd(d, causal)
+                row.update(resource_usage(c))
+                row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
+                                                                       c.asm["ptx"])})
+            except Exception as e:  # report, go on
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            out.append(row)
+    return out
+
+
 def gluon_rows(stages: int = 2) -> list[dict]:
     """One row per (head dim, masking, layout) of the Gluon forward: non-causal, causal and causal with a
     sliding window, each dense and packed (``varlen``); resources, register split, wgmma waits."""
@@ -178,9 +218,10 @@ def main() -> int:
     ap.add_argument("--ttgir", help="directory to write each config's TTGIR to")
     ap.add_argument("--gluon", action="store_true", help="the Gluon Hopper forward instead of the Triton configs")
     ap.add_argument("--stages", type=int, default=2, help="with --gluon: the K/V ring depth (2 or 3)")
+    ap.add_argument("--gluon-bwd", action="store_true", help="the Gluon Hopper backward (sm90_bwd.py)")
     args = ap.parse_args()
-    if args.gluon:
-        table = gluon_rows(args.stages)
+    if args.gluon or args.gluon_bwd:
+        table = gluon_bwd_rows() if args.gluon_bwd else gluon_rows(args.stages)
         for r in table:
             print(json.dumps(r) if args.json else
                   " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "warp_specialize_ops")))

@@ -19,7 +19,7 @@ from .._autograd import attention_function
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
                          device_capability, interpreting)
-from . import sm90
+from . import sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
@@ -108,6 +108,18 @@ def _sm90_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2
     if tma_ok == PTR_ONLY:
         return "the TMA path is not allowed"
     return sm90.unsupported_reason(q, k, v, causal, window, packed)
+
+
+def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2Options,
+                      packed: bool) -> str | None:
+    """Why the Gluon Hopper backward may not run these inputs (None: it may)."""
+    if not options.sm90_backward:
+        return "options.sm90_backward is False"
+    if tma_ok == PTR_ONLY:
+        return "the TMA path is not allowed"
+    if packed:
+        return "packed batches run the Triton backward"
+    return sm90_bwd.unsupported_reason(q, k, v, causal, window)
 
 
 def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:
@@ -232,6 +244,12 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
     meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
+    if _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None:
+        sm90_bwd.backward(q, k, v, o, do, lse, dq, dk, dv, causal, sm_scale, delta,
+                          call.options.causal_group_programs)
+        if call.launch_log is not None:
+            call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D)
+        return dq, dk, dv
     cu_q, cu_k, q_table, k_table = lay.tables
     sizes = _sizes(lay, tma_ok)
     dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),

@@ -38,6 +38,9 @@ class FA2Options:
         programs and each group's heaviest blocks start first; 0 launches each head's blocks
         heaviest first, head after head.
     sm90_forward: offer the Gluon Hopper forward to the forward's tuner where it supports the inputs.
+    sm90_backward: run the Gluon Hopper backward (``sm90_bwd``: dK, dV and dQ in one kernel, dQ summed
+        by reduce-adds in fp32, so not bit-reproducible) where it supports the inputs, instead of the
+        Triton dK/dV and dQ kernels (deterministic; the default).
     """
 
     autotune: bool = True
@@ -45,9 +48,10 @@ class FA2Options:
     configs: Mapping[str, tuple] = field(default_factory=dict)
     causal_group_programs: int = 256
     sm90_forward: bool = True
+    sm90_backward: bool = False
 
     def __post_init__(self):
-        for name in ("autotune", "sm90_forward"):
+        for name in ("autotune", "sm90_forward", "sm90_backward"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FA2Options: {name} must be True or False, got {getattr(self, name)!r}")
         if self.path not in PATHS:
@@ -63,7 +67,7 @@ class FA2Options:
 
     def __hash__(self):  # the generated one would hash the configs mapping, which has no hash
         return hash((self.autotune, self.path, tuple(sorted(self.configs.items())), self.causal_group_programs,
-                     self.sm90_forward))
+                     self.sm90_forward, self.sm90_backward))
 
 
 def _pow2(n) -> bool:

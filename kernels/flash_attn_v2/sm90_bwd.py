@@ -1,0 +1,400 @@
+"""FlashAttention backward for Hopper (sm_90) in Gluon: FA2's Algorithm 2 with FlashAttention-3's backward layout.
+
+Runs with ``FA2Options(sm90_backward=True)`` (off by default: it is not deterministic and, measured, not
+faster everywhere; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128, causal or not
+(168 registers, 12 warps; the D128 causal build spills 88 bytes of stack a thread, the others none).
+
+What is implemented
+-------------------
+The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks, as FlashAttention-3
+(Shah et al. 2024, section 3 and its Hopper backward) arranges it, written in Gluon like ``sm90.py``:
+
+  * one program per (key block of ``BLOCK_N`` = 128 keys, batch * kv head).  K_j and V_j are loaded once
+    (TMA) and stay in shared memory; dK_j and dV_j are fp32 register accumulators.  The program walks
+    the query blocks of ``BLOCK_M`` rows (64; 128 at D64 untried) that see some key of its block, and
+    under GQA/MQA the query heads sharing its kv head, one after the other, so dK and dV of a kv head are
+    summed over its query heads in registers (Algorithm 2's outer loop over j, inner loop over i);
+  * warp specialisation (FA3 3.1): a 1-warp producer partition issues the TMA loads of Q_i and dO_i into
+    ``STAGES``-deep rings (a ready and an empty mbarrier a slot, as ``sm90.py``); two 4-warp consumer
+    partitions (one warp group each) own 64 of the block's 128 keys each (their halves of K_j, V_j, dK_j,
+    dV_j) and share every Q_i / dO_i tile.  setmaxnreg gives the producer 24 registers and the consumers 240;
+  * per step, in each consumer, with the products transposed as FA3 does (its ``SdP_swapAB``) so that P
+    and dS come out with keys as rows, ready to be the register A operand of the dV / dK products:
+        S^T  = K_w Q_i^T                         (wgmma, A = K_w smem, B = Q_i smem transposed view)
+        dP^T = V_w dO_i^T                        (wgmma, issued before S^T is waited for)
+        P^T  = exp2(S^T * scale * log2(e) - L_i) (L_i: the forward's base-2 log-sum-exp, line 13)
+        dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
+        dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16)
+        dK_w += dS^T Q_i                         (wgmma, A = dS^T through shared memory, line 21)
+        dQ_i += dS K_w                           (wgmma, A = the transposed view of the same dS^T tile)
+    then the consumer writes its dQ_i partial (fp32) to shared memory and adds it into an fp32 dQ
+    accumulator in global memory with one TMA reduce-add (``cp.reduce.async.bulk.tensor .add.f32``,
+    FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds).  The reduce runs while
+    the next step computes; the buffer is reused after ``tma.store_wait``.  Each consumer reduces its own
+    partial (keys 0-63 and 64-127 of the block), so dQ receives two reduce-adds a (key block, query block)
+    where FA3 issues one (its consumers split dQ by head-dim columns after a barrier between them): twice
+    the reduce traffic into L2, no synchronisation between the consumers;
+  * causal: query blocks entirely above the diagonal are never visited; the first BLOCK_N / BLOCK_M
+    visited query blocks of a key block on or past the diagonal (Nq, Nkv multiples of 128: the diagonal
+    starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
+    Programs are launched heaviest first across groups of heads (``_schedule.block_and_head``; key block
+    0 is the heaviest, as in the Triton dK/dV kernel);
+  * afterwards a small Triton kernel writes dQ = sm_scale * dQaccum in dQ's dtype (FA3's postprocess);
+    dK is scaled by sm_scale before its store; dK and dV are stored by TMA through the consumers' halves
+    of the K / V tiles (free by then).
+
+Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``) or, when None,
+rowsum(O * dO) in PyTorch.  Memory beyond the gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call.
+
+Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
+fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:
+a separate dQ kernel, no atomics) stays the default and is bit-reproducible; this one runs only with
+``FA2Options(sm90_backward=True)``.
+
+What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
+GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
+64 and 128; sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
+heads); causal with Nq > Nkv; sliding windows; packed variable-length batches; q, k, v that are not
+contiguous; 2**31 rows or more.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton._C.libtriton import ir
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .._schedule import block_and_head
+from .._validate import device_capability, interpreting
+
+BLOCK_N = 128  # keys per program, 64 per consumer warp group
+HEAD_DIMS = (64, 128)
+PRODUCER_REGS = 24
+CONSUMER_REGS = 240
+MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
+STAGES = 2  # Q and dO ring depth
+LOG2E = 1.4426950408889634
+
+
+def block_m(head_dim: int) -> int:
+    """Query rows a step: 64 (register budget at D128: dK, dV and a dQ partial of 64 x 128 fp32 each); 128 at D64
+    is untried."""
+    return 64
+
+
+def config_label(head_dim: int, stages: int = STAGES) -> str:
+    """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both)."""
+    return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim)},BLOCK_N={BLOCK_N},num_warps=4+4+1,num_stages={stages},"
+            "tma=True,warp_specialize=True,dq=tma_reduce_add")
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                       window: bool = False) -> str | None:
+    """Why this backward cannot run these (validated, dense) inputs here, or None when it can."""
+    if interpreting():
+        return "Gluon kernels do not run under TRITON_INTERPRET"
+    if not q.is_cuda or device_capability(q.device.index)[0] != 9:
+        return "needs a Hopper GPU (capability 9.x)"
+    return input_reason(q, k, v, causal, window)
+
+
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU."""
+    if window:
+        return "sliding windows are not supported (the Triton backward runs them)"
+    if q.dim() != 4:
+        return "dense (B, H, N, D) inputs only"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"dtype {q.dtype}: fp16 and bf16 only"
+    D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
+    if D not in HEAD_DIMS:
+        return f"head_dim {D}: 64 and 128 only"
+    if Nq % BLOCK_N or Nkv % BLOCK_N:
+        return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK_N}"
+    if causal and Nkv < Nq:
+        return f"causal with Nq={Nq} > Nkv={Nkv}: rows that see no key are not handled"
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        return "q, k, v must be contiguous"
+    if max(q.numel(), k.numel()) // D >= 2**31:
+        return "2**31 rows or more: TMA coordinates are 32-bit"
+    return None
+
+
+@builtin
+def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """global[coord] += shared ``src`` through the tensor copy engine (``cp.reduce.async.bulk.tensor``, .add).
+
+    Triton 3.6's Gluon has the op (``ttng.async_tma_reduce``) but no Python wrapper for it on Hopper; this is
+    that wrapper.  Completion is tracked like a TMA store's: ``tma.store_wait`` before ``src`` is reused."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
+@gluon.jit
+def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
+              do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
+    n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
+    for t in range(GROUP * n_mb):
+        g = t // n_mb
+        row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * BLOCK_M
+        slot = t % STAGES
+        # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
+        phase = ((t // STAGES) & 1) ^ 1
+        mbarrier.wait(q_empty.index(slot), phase)
+        mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row, 0], q_ready.index(slot), q_bufs.index(slot))
+        mbarrier.wait(do_empty.index(slot), phase)
+        mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(do_desc, [row, 0], do_ready.index(slot), do_bufs.index(slot))
+
+
+@gluon.jit
+def _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready, do_empty,
+          dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
+          MASK: gl.constexpr, KEYS: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+          s_layout: gl.constexpr, a_layout: gl.constexpr):
+    """One query block (rows q_row .. q_row + BLOCK_M of the (B*H*Nq, D) view) against this consumer's keys."""
+    slot = t % STAGES
+    phase = (t // STAGES) & 1
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    offs_m = gl.arange(0, BLOCK_M, layout=col_layout)
+
+    q_smem = q_bufs.index(slot)
+    do_smem = do_bufs.index(slot)
+    # L_i and Delta_i go into the accumulators the products start from (S^T - L_i / scale, dP^T - Delta_i), so
+    # neither 16-register row vector is live during the softmax: with dK, dV, S^T and dP^T (192 registers) that
+    # phase has no room for them (ptxas spilled).  scale > 0 (the launcher checks sm_scale); fp32 throughout.
+    lse = gl.load(lse_ptr + q_row + offs_m)
+    delta = gl.load(delta_ptr + q_row + offs_m)
+    s_acc = zero_s - gl.expand_dims(lse / qk_scale, 0)
+    mbarrier.wait(q_ready.index(slot), phase)
+    s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
+    dp_acc = zero_s - gl.expand_dims(delta, 0)
+    mbarrier.wait(do_ready.index(slot), phase)
+    dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
+    sT = warpgroup_mma_wait(1, deps=[s_tok])  # S^T - L_i / scale is done, dP^T may still run
+    pT = gl.exp2(sT * qk_scale)
+    if MASK:
+        # the block crosses the diagonal: query m0 + c sees key n0 + r iff r - (m0 + diag - n0) <= c (r, c: the
+        # positions in the tile).  The per-step shift goes to the rows (2 a thread), compared with the columns
+        # as they are: written as r - c <= shift, LLVM hoists the 31 distinct r - c of a thread out of the loop
+        rows = gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout)) - (m0 + diag - n0)
+        visible = gl.expand_dims(rows, 1) <= gl.expand_dims(offs_m, 0)
+        pT = gl.where(visible, pT, 0.0)
+    dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
+    # dS^T to shared memory first: its registers are free before P^T's bf16 copy is made
+    ds_smem.store(dsT.to(ds_smem.dtype))
+    p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
+    dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+    fence_async_shared()
+    dk_tok = warpgroup_mma(ds_smem, q_smem, dk, is_async=True)
+    # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
+    dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
+    dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
+    dk = warpgroup_mma_wait(1, deps=[dk_tok])
+    mbarrier.arrive(q_empty.index(slot), count=1)
+    mbarrier.arrive(do_empty.index(slot), count=1)
+    dq = warpgroup_mma_wait(0, deps=[dq_tok])
+    tma.store_wait(0)  # the previous step's reduce has read dq_smem
+    dq_smem.store(dq)
+    fence_async_shared()
+    _tma_reduce_add(dq_desc, [q_row, 0], dq_smem)
+    return dk, dv
+
+
+@gluon.jit
+def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
+              dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q, GROUP,
+              qk_scale, sm_scale, CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr,
+              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4)."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=d_layout, k_width=2)
+
+    k_w = k_smem.slice(ROW0, KEYS)
+    v_w = v_smem.slice(ROW0, KEYS)
+    dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
+    dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
+    zero_s = gl.zeros([KEYS, BLOCK_M], gl.float32, layout=s_layout)
+    zero_dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=d_layout)
+    n_m = N_Q // BLOCK_M
+
+    mbarrier.wait(kv_bar, 0)
+    n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
+    if CAUSAL:
+        # the first n_masked query blocks of each head cross the diagonal (none when the key block lies left
+        # of it): a loop of masked steps, then one without mask arithmetic
+        t = 0
+        for g in range(GROUP):
+            q_row0 = (bh0 + g) * N_Q
+            for i in range(n_masked):
+                m0 = (m_lo + i) * BLOCK_M
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
+                               do_empty, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0, diag, qk_scale,
+                               zero_s, zero_dq, True, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+                t += 1
+            for i in range(n_masked, n_mb):
+                m0 = (m_lo + i) * BLOCK_M
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
+                               do_empty, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0, diag, qk_scale,
+                               zero_s, zero_dq, False, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+                t += 1
+    else:
+        for t in range(GROUP * n_mb):
+            g = t // n_mb
+            m0 = (t - g * n_mb) * BLOCK_M
+            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
+                           do_empty, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0, n0 + ROW0, diag,
+                           qk_scale, zero_s, zero_dq, False, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+
+    # every wgmma reading K_w / V_w has retired: their tiles carry dK_w, dV_w out
+    k_w.store((dk * sm_scale).to(k_w.dtype))
+    v_w.store(dv.to(v_w.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, 0], k_w)
+    tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, 0], v_w)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse_ptr, delta_ptr,
+                    qk_scale, sm_scale, H, GROUP, N_Q, N_KV,
+                    CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
+                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+    KEYS: gl.constexpr = BLOCK_N // 2
+    gl.static_assert(dk_desc.block_type.shape[0] == KEYS, "dK / dV are stored a consumer's half at a time")
+    gl.static_assert(dq_desc.block_type.shape[0] == BLOCK_M, "dQ is reduced a query block at a time")
+    gl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal diagonal must start at a query block")
+
+    # key block 0 is the heaviest when causal (it is seen by every query block)
+    pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+    n0 = pid_n * BLOCK_N
+    H_KV = H // GROUP
+    b = pid_bhk // H_KV
+    hk = pid_bhk % H_KV
+    bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
+    kv_row = pid_bhk * N_KV + n0
+    diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
+    if CAUSAL:
+        # query blocks that see no key of this block are skipped; the first BLOCK_N / BLOCK_M visited ones
+        # cross the diagonal when the block starts at or right of it (n0 >= diag), none otherwise
+        first = gl.maximum(n0 - diag, 0)
+        m_lo = first // BLOCK_M
+        if n0 >= diag:
+            n_masked = BLOCK_N // BLOCK_M
+        else:
+            n_masked = 0
+    else:
+        m_lo = 0
+        n_masked = 0
+
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD_DIM], v_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], q_desc.dtype)
+    ds0 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
+    ds1 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
+    dq0 = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM], dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM], dq_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    do_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)  # a slot is free once both consumers are done with it
+        mbarrier.init(do_ready.index(i), count=1)
+        mbarrier.init(do_empty.index(i), count=2)
+
+    gl.warp_specialize([
+        (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds0, dq0, kv_bar, q_ready, q_empty, do_ready, do_empty,
+                     dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES, 4)),
+        (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds1, dq1, kv_bar, q_ready, q_empty, do_ready, do_empty,
+                     dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES, 4)),
+        (_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
+                     do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP, BLOCK_M, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+@triton.jit
+def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
+    """DQ = scale * ACC in DQ's dtype (flat, contiguous)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc = tl.load(ACC + offs, mask=mask, other=0.0)
+    tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_layout(block_rows: int, head_dim: int, dtype: torch.dtype):
+    gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], gdt)
+
+
+def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
+    """A 2-D TMA descriptor over the (rows, D) view of a contiguous (..., D) tensor."""
+    D = t.shape[-1]
+    return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
+                            _smem_layout(block_rows, D, t.dtype))
+
+
+def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -> dict:
+    """The constexprs ``backward`` launches ``bwd_sm90_kernel`` with (compile checks use these)."""
+    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
+                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+
+
+def backward(q, k, v, o, do, lse, dq, dk, dv, causal: bool, sm_scale: float, delta=None,
+             group_programs: int = 256, stages: int = STAGES) -> None:
+    """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
+
+    ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
+    forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32, computed here from ``o`` when None.
+    The caller checks ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is
+    accumulated by reduce-adds in whatever order the programs run)."""
+    B, H, Nq, D = q.shape
+    Hkv, Nkv = k.shape[1], k.shape[2]
+    if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
+        raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
+    do = do if do.is_contiguous() else do.contiguous()
+    lse = lse.contiguous()
+    if delta is None:
+        delta = (o.float() * do.float()).sum(-1)
+    delta = delta.contiguous()
+    bm = block_m(D)
+    dq_acc = torch.zeros((B, H, Nq, D), dtype=torch.float32, device=q.device)
+    grid = (Nkv // BLOCK_N, B * Hkv)
+    bwd_sm90_kernel[grid](
+        descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
+        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), descriptor(dq_acc, bm), lse, delta,
+        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv,
+        **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)
+    n = dq.numel()
+    _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)

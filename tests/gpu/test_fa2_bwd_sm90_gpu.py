@@ -1,0 +1,92 @@
+"""GPU tests of the Gluon Hopper backward (``sm90_bwd``, ``FA2Options(sm90_backward=True)``; marked ``gpu``,
+run on Hopper GPUs only, skipped elsewhere).
+
+One block, several, many programs per SM; GQA and MQA; causal with keys ahead of the queries (the diagonal
+shifted by whole blocks); Nq > Nkv without the mask; D 64 and 128; bf16 and fp16: the three gradients (and
+the output) meet flash-attention's rule against the fp64 reference, with every buffer the launcher allocates
+NaN-poisoned, two fresh inputs a shape, and the launch log shows the Gluon backward ran.  Also: shapes it
+does not take run the Triton backward; the Triton backward (the default) is bit-reproducible; the Gluon
+one's dK and dV are.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd
+from kernel_checks import case_id, check_against_reference, make_inputs, poisoned_empty
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not _hopper(), reason="the Gluon backward runs on Hopper (capability 9.x) only")]
+
+# one configuration a kernel (bounded compile time); the backward is what is under test
+GLUON_BWD = FA2Options(autotune=False, sm90_backward=True)
+
+GRID = [
+    # B, H, Hkv, Nq, Nkv, D, causal
+    (1, 1, 1, 128, 128, 128, True),
+    (1, 2, 2, 128, 128, 64, False),
+    (2, 4, 4, 512, 512, 128, False),
+    (2, 4, 4, 512, 512, 64, True),
+    (1, 8, 2, 1024, 1024, 128, True),  # GQA: a program sums dK, dV over its 4 query heads
+    (1, 8, 1, 384, 640, 64, True),  # MQA, keys ahead of the queries: the diagonal starts at key 256
+    (1, 4, 4, 640, 256, 128, False),  # Nq > Nkv without the mask
+    (1, 16, 16, 2048, 2048, 128, False),
+    (1, 16, 4, 2048, 2048, 64, True),
+    (2, 8, 8, 1024, 3072, 128, True),
+]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_gpu_gluon_backward_gradients(case, dtype):
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    for rep in range(2):
+        q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
+        log = {}
+        check_against_reference(q, k, v, do, causal, options=GLUON_BWD, launch_log=log)
+        assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+
+
+@pytest.mark.parametrize("shape, causal", [
+    ((1, 4, 4, 1000, 1000, 128), True),  # lengths not multiples of 128
+    ((1, 4, 4, 256, 256, 96), False),  # head dim
+    ((1, 4, 4, 512, 256, 128), True),  # causal rows that see no key
+])
+def test_gpu_inputs_it_declines_run_the_triton_backward(shape, causal):
+    q, k, v, do = make_inputs(*shape, torch.bfloat16, seed=3)
+    log = {}
+    check_against_reference(q, k, v, do, causal, options=GLUON_BWD, launch_log=log)
+    assert "gluon" not in log["bwd_dkdv"] and "gluon" not in log["bwd_dq"], log
+
+
+def _grads(options, q, k, v, do, causal):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    flash_attn_v2(*leaves, causal=causal, options=options).backward(do)
+    return [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_the_default_backward_is_bit_reproducible(causal):
+    """The deterministic path (the Triton dK/dV and dQ kernels, no atomics) gives the same bits every run;
+    the Gluon one's dK and dV too (summed in registers), its dQ within fp32 rounding of the reduce order."""
+    q, k, v, do = make_inputs(2, 16, 4, 2048, 2048, 128, torch.bfloat16, seed=21)
+    fixed = FA2Options(autotune=False)
+    first = _grads(fixed, q, k, v, do, causal)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, _grads(fixed, q, k, v, do, causal)))
+    g1 = _grads(GLUON_BWD, q, k, v, do, causal)
+    for _ in range(3):
+        g2 = _grads(GLUON_BWD, q, k, v, do, causal)
+        assert torch.equal(g1[1], g2[1]) and torch.equal(g1[2], g2[2])
+        assert (g1[0].float() - g2[0].float()).abs().max().item() <= 1e-2 * g1[0].float().abs().max().item()

@@ -1,0 +1,97 @@
+"""The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) without a GPU: which inputs it takes, when the
+launcher runs it, and (through ``tools/fa2_compile_report.py --gluon-bwd`` in a process without the
+interpreter) that every build compiles for sm_90 into a producer warp and two consumer warp groups within
+the shared memory of a block.  tests/gpu/test_fa2_bwd_sm90_gpu.py checks what it computes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90_bwd, tuning
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+_BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
+
+
+def _t(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("q_shape, kv_shape, causal", [
+    ((2, 16, 1024, 128), (2, 16, 1024, 128), True),
+    ((1, 8, 256, 64), (1, 2, 768, 64), True),  # GQA, keys ahead of the queries
+    ((1, 8, 512, 64), (1, 1, 128, 64), False),  # MQA, Nq > Nkv without the mask
+])
+def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
+        assert sm90_bwd.input_reason(q, k, k, causal) is None
+
+
+@pytest.mark.parametrize("q, k, causal, window, words", [
+    (_t(1, 2, 256, 128, dtype=torch.float32), _t(1, 2, 256, 128, dtype=torch.float32), False, False, "fp16 and bf16"),
+    (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, False, "head_dim 96"),
+    (_t(1, 2, 1000, 128), _t(1, 2, 1024, 128), False, False, "multiples of 128"),
+    (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, False, "multiples of 128"),
+    (_t(1, 2, 512, 128), _t(1, 2, 256, 128), True, False, "Nq=512 > Nkv=256"),
+    (_t(1, 256, 2, 128).transpose(1, 2), _t(1, 2, 256, 128), False, False, "contiguous"),
+    (_t(1, 2, 256, 128), _t(1, 2, 256, 128), True, True, "sliding windows"),
+    (_t(256, 2, 128), _t(256, 2, 128), False, False, "dense"),
+])
+def test_says_why_it_declines_other_inputs(q, k, causal, window, words):
+    reason = sm90_bwd.input_reason(q, k, k, causal, window)
+    assert reason is not None and words in reason, reason
+
+
+def test_never_runs_without_a_hopper_gpu():
+    q = _t(1, 2, 256, 128)
+    assert sm90_bwd.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
+    assert launch._sm90_bwd_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(sm90_backward=True),
+                                    False) is not None
+
+
+def test_runs_only_with_the_option_the_tma_path_and_dense_inputs(monkeypatch):
+    monkeypatch.setattr(sm90_bwd, "unsupported_reason", lambda *a: None)  # as if on an H100
+    q = _t(1, 2, 256, 128)
+    on = FA2Options(sm90_backward=True)
+    assert launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, on, False) is None
+    assert "sm90_backward" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), False)
+    assert "TMA" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.PTR_ONLY, on, False)
+    assert "packed" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, on, True)
+
+
+def test_the_option_is_off_by_default_and_checked():
+    assert FA2Options().sm90_backward is False
+    with pytest.raises(ValueError, match="sm90_backward must be True or False"):
+        FA2Options(sm90_backward=1)
+    assert hash(FA2Options(sm90_backward=True)) != hash(FA2Options())
+
+
+def test_configuration_is_reported_by_name():
+    assert sm90_bwd.config_label(128).startswith("gluon_sm90_bwd,BLOCK_M=64,BLOCK_N=128")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
+                    reason="this Triton build carries no NVIDIA toolchain")
+def test_compiles_for_sm90_into_producer_and_consumers():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon-bwd",
+                           "--json"], capture_output=True, text=True, env=env, timeout=600)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert {(r["head_dim"], r["causal"]) for r in rows} == {(d, c) for d in (64, 128) for c in (False, True)}, \
+        proc.stderr[-2000:]
+    for r in rows:
+        where = f"D={r['head_dim']} causal={r['causal']}"
+        assert "error" not in r, f"{where}: {r.get('error')}"
+        assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
+        assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
+        assert sm90_bwd.CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
+        # the D128 causal build spills 88 bytes a thread (sm90_bwd's docstring); the others nothing
+        allowed = 88 if (r["head_dim"], r["causal"]) == (128, True) else 0
+        assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
