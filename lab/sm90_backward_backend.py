@@ -1,5 +1,5 @@
 """A flashbench plugin: ``triton_fa2_bwd90``, the bundled FA2 with the Gluon Hopper backward turned on
-(``FA2Options(sm90_backward=True)``), to time it beside ``triton_fa2`` and the SDPA backends in one run:
+(``FA2Options(backward="sm90")``), to time it beside ``triton_fa2`` and the SDPA backends in one run:
 
     FLASHBENCH_PLUGINS=sm90_backward_backend PYTHONPATH=lab flashbench run fa2_h100 \
         -b sdpa_cudnn,triton_fa2,triton_fa2_bwd90
@@ -13,12 +13,12 @@ from flashbench import FA2Options, flash_attn_v2
 from flashbench.backends import register
 from flashbench.backends.triton_kernels import TritonBackend
 
-_OPTIONS = FA2Options(sm90_backward=True)
+_OPTIONS = FA2Options(backward="sm90")
 
 
 class Sm90BackwardBackend(TritonBackend):
     name = "triton_fa2_bwd90"
-    description = "bundled FA2, Gluon Hopper backward (FA2Options(sm90_backward=True))"
+    description = "bundled FA2, Gluon Hopper backward (FA2Options(backward="sm90"))"
     module = "flashbench_kernels.flash_attn_v2"
     workloads = ("dense",)
 

@@ -113,13 +113,20 @@ def _sm90_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2
 def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options: FA2Options,
                       packed: bool) -> str | None:
     """Why the Gluon Hopper backward may not run these inputs (None: it may)."""
-    if not options.sm90_backward:
-        return "options.sm90_backward is False"
+    if options.backward == "triton":
+        return "options.backward is 'triton' (the deterministic path)"
     if tma_ok == PTR_ONLY:
         return "the TMA path is not allowed"
     if packed:
         return "packed batches run the Triton backward"
-    return sm90_bwd.unsupported_reason(q, k, v, causal, window)
+    if options.backward == "auto" and {"bwd_dkdv", "bwd_dq"} & set(options.configs):
+        return "auto: a Triton backward configuration is pinned (options.configs)"
+    why = sm90_bwd.unsupported_reason(q, k, v, causal, window)
+    if why is None and options.backward == "auto" and causal and q.shape[-1] == 128 and k.shape[2] >= 8192:
+        # fwd_bwd on an H200, bf16, 16k tokens (results/evidence/h200/gluon_bwd/): the Gluon backward took
+        # 0.85-0.95x the Triton one's time everywhere it runs but here (1.01x at N 8k, 1.04x at 16k)
+        return "auto: the Triton backward measured faster for causal D128 with Nkv >= 8192"
+    return why
 
 
 def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:
@@ -291,7 +298,7 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     fp16, bf16 or fp32 (exact dots); any Nq and Nkv; strided inputs with a contiguous last dimension.
     Returns (B, H, Nq, D) in q's dtype, or (out, lse) with ``return_lse=True``, lse being (B, H, Nq)
     float32 natural-log log-sum-exp of the scaled scores (-inf for rows with no visible key, whose
-    output is 0).  Differentiable in q, k and v (the backward runs the Triton kernels; the LSE is not
+    output is 0).  Differentiable in q, k and v (the backward: ``options.backward``; the LSE is not
     differentiable).  ``sm_scale`` defaults to 1/sqrt(D) and must be a positive finite number.
 
     window: FlashAttention's sliding window ``(left, right)``, ints >= -1: query i sees key j iff

@@ -16,6 +16,7 @@ from .spaces import GLUON, WS
 
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 PATHS = ("auto", "tma", "ptr")
+BACKWARDS = ("auto", "sm90", "triton")
 GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of shared memory at D128)
 
 
@@ -38,9 +39,13 @@ class FA2Options:
         programs and each group's heaviest blocks start first; 0 launches each head's blocks
         heaviest first, head after head.
     sm90_forward: offer the Gluon Hopper forward to the forward's tuner where it supports the inputs.
-    sm90_backward: run the Gluon Hopper backward (``sm90_bwd``: dK, dV and dQ in one kernel, dQ summed
-        by reduce-adds in fp32, so not bit-reproducible) where it supports the inputs, instead of the
-        Triton dK/dV and dQ kernels (deterministic; the default).
+    backward: which backward runs.  "auto": the Gluon Hopper backward (``sm90_bwd``: dK, dV and dQ in
+        one kernel) where it takes the inputs and measured faster than the Triton one (``launch.
+        _sm90_bwd_refusal`` says where not), else the Triton dK/dV and dQ kernels; "sm90": the Gluon
+        one wherever it takes the inputs; "triton": the Triton kernels always.  "triton" is the
+        deterministic path (flash-attn's ``deterministic=True``): the Gluon backward sums dQ by fp32
+        reduce-adds whose order varies from run to run, so its dQ is not bit-reproducible (its dK
+        and dV are).
     """
 
     autotune: bool = True
@@ -48,12 +53,15 @@ class FA2Options:
     configs: Mapping[str, tuple] = field(default_factory=dict)
     causal_group_programs: int = 256
     sm90_forward: bool = True
-    sm90_backward: bool = False
+    backward: str = "auto"
 
     def __post_init__(self):
-        for name in ("autotune", "sm90_forward", "sm90_backward"):
+        for name in ("autotune", "sm90_forward"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FA2Options: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.backward not in BACKWARDS:
+            raise ValueError(f"FA2Options: backward must be one of {', '.join(map(repr, BACKWARDS))}, "
+                             f"got {self.backward!r}")
         if self.path not in PATHS:
             raise ValueError(f"FA2Options: path must be one of {', '.join(map(repr, PATHS))}, got {self.path!r}")
         g = self.causal_group_programs
@@ -67,7 +75,7 @@ class FA2Options:
 
     def __hash__(self):  # the generated one would hash the configs mapping, which has no hash
         return hash((self.autotune, self.path, tuple(sorted(self.configs.items())), self.causal_group_programs,
-                     self.sm90_forward, self.sm90_backward))
+                     self.sm90_forward, self.backward))
 
 
 def _pow2(n) -> bool:

@@ -65,7 +65,7 @@ next sequence's) can reach that sequence's output through its masked key tail (P
 is NaN), where the Triton forward's per-sequence descriptors read zeros (keys are masked by
 selection, so a non-finite key does not).  No explicit ping-pong
 between the two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as
-it finds them ready.  The backward is flash_attn_v2's Triton backward (``kernels.py``).
+it finds them ready.  The backward is flash_attn_v2's (``kernels.py`` or ``sm90_bwd.py``).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """FlashAttention backward for Hopper (sm_90) in Gluon: FA2's Algorithm 2 with FlashAttention-3's backward layout.
 
-Runs with ``FA2Options(sm90_backward=True)`` (off by default: it is not deterministic and, measured, not
-faster everywhere; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128, causal or not
+``flash_attn_v2`` runs it by default where it takes the inputs and measured faster than the Triton backward
+(``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128, causal or not
 (168 registers, 12 warps; the D128 causal build spills 88 bytes of stack a thread, the others none).
 
 What is implemented
@@ -48,8 +48,8 @@ rowsum(O * dO) in PyTorch.  Memory beyond the gradients: the fp32 dQ accumulator
 
 Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
 fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:
-a separate dQ kernel, no atomics) stays the default and is bit-reproducible; this one runs only with
-``FA2Options(sm90_backward=True)``.
+a separate dQ kernel, no atomics) is bit-reproducible: ``FA2Options(backward="triton")`` is the
+deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than

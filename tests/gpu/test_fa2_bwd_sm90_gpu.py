@@ -1,4 +1,4 @@
-"""GPU tests of the Gluon Hopper backward (``sm90_bwd``, ``FA2Options(sm90_backward=True)``; marked ``gpu``,
+"""GPU tests of the Gluon Hopper backward (``sm90_bwd``, ``FA2Options(backward="sm90")``; marked ``gpu``,
 run on Hopper GPUs only, skipped elsewhere).
 
 One block, several, many programs per SM; GQA and MQA; causal with keys ahead of the queries (the diagonal
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not _hopper(), reason="the Gluon backward runs on Hopper (capability 9.x) only")]
 
 # one configuration a kernel (bounded compile time); the backward is what is under test
-GLUON_BWD = FA2Options(autotune=False, sm90_backward=True)
+GLUON_BWD = FA2Options(autotune=False, backward="sm90")
 
 GRID = [
     # B, H, Hkv, Nq, Nkv, D, causal
@@ -81,7 +81,7 @@ def test_gpu_the_default_backward_is_bit_reproducible(causal):
     """The deterministic path (the Triton dK/dV and dQ kernels, no atomics) gives the same bits every run;
     the Gluon one's dK and dV too (summed in registers), its dQ within fp32 rounding of the reduce order."""
     q, k, v, do = make_inputs(2, 16, 4, 2048, 2048, 128, torch.bfloat16, seed=21)
-    fixed = FA2Options(autotune=False)
+    fixed = FA2Options(autotune=False, backward="triton")
     first = _grads(fixed, q, k, v, do, causal)
     for _ in range(3):
         assert all(torch.equal(a, b) for a, b in zip(first, _grads(fixed, q, k, v, do, causal)))

@@ -52,25 +52,43 @@ def test_says_why_it_declines_other_inputs(q, k, causal, window, words):
 def test_never_runs_without_a_hopper_gpu():
     q = _t(1, 2, 256, 128)
     assert sm90_bwd.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert launch._sm90_bwd_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(sm90_backward=True),
+    assert launch._sm90_bwd_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(backward="sm90"),
                                     False) is not None
 
 
-def test_runs_only_with_the_option_the_tma_path_and_dense_inputs(monkeypatch):
+def test_runs_unless_told_triton_on_the_tma_path_and_dense_inputs(monkeypatch):
     monkeypatch.setattr(sm90_bwd, "unsupported_reason", lambda *a: None)  # as if on an H100
     q = _t(1, 2, 256, 128)
-    on = FA2Options(sm90_backward=True)
-    assert launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, on, False) is None
-    assert "sm90_backward" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), False)
-    assert "TMA" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.PTR_ONLY, on, False)
-    assert "packed" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, on, True)
+    for backward in ("auto", "sm90"):
+        assert launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(backward=backward), False) is None
+    assert "deterministic" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH,
+                                                       FA2Options(backward="triton"), False)
+    assert "TMA" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.PTR_ONLY, FA2Options(), False)
+    assert "packed" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True)
+    pinned = FA2Options(configs={"bwd_dq": (64, 64, 4, 2)})
+    assert "pinned" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, pinned, False)
 
 
-def test_the_option_is_off_by_default_and_checked():
-    assert FA2Options().sm90_backward is False
-    with pytest.raises(ValueError, match="sm90_backward must be True or False"):
-        FA2Options(sm90_backward=1)
-    assert hash(FA2Options(sm90_backward=True)) != hash(FA2Options())
+@pytest.mark.parametrize("D, causal, n_kv, auto_runs_it", [
+    (128, True, 8192, False),  # where the Triton backward measured faster
+    (128, True, 16384, False),
+    (128, True, 4096, True),
+    (128, False, 16384, True),
+    (64, True, 16384, True),
+])
+def test_auto_chooses_the_backward_that_measured_faster(D, causal, n_kv, auto_runs_it, monkeypatch):
+    monkeypatch.setattr(sm90_bwd, "unsupported_reason", lambda *a: None)
+    q, k = _t(1, 2, 1024, D), _t(1, 2, n_kv, D)
+    auto = launch._sm90_bwd_refusal(q, k, k, causal, False, tuning.BOTH, FA2Options(), False)
+    assert (auto is None) == auto_runs_it, auto
+    assert launch._sm90_bwd_refusal(q, k, k, causal, False, tuning.BOTH, FA2Options(backward="sm90"), False) is None
+
+
+def test_the_option_is_checked():
+    assert FA2Options().backward == "auto"
+    with pytest.raises(ValueError, match="backward must be one of 'auto', 'sm90', 'triton'"):
+        FA2Options(backward="gluon")
+    assert hash(FA2Options(backward="triton")) != hash(FA2Options())
 
 
 def test_configuration_is_reported_by_name():
