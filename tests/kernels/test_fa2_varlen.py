@@ -9,11 +9,16 @@ programs with one row, tails and several blocks.  The GPU grid is ``tests/gpu/te
 """
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 import flashbench
-from flashbench_kernels._schedule import SequenceBlocks, visible_span
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from flashbench_kernels import _schedule
+from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces
 from kernel_checks import (DEV, check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
                            only_padding_tables, poisoned_empty, repeat_without_sync, tma_unavailable)
@@ -141,6 +146,13 @@ def test_exported_from_flashbench():
 # ---------------------------------------------------------------------------------------------
 # Program tables
 # ---------------------------------------------------------------------------------------------
+def _visible_span(first, last, n_other, shift, reach_before, reach_after):
+    """``_schedule.visible_span`` in torch operations, for the reference tables."""
+    start = (first + shift - reach_before).clamp(min=0)
+    end = torch.minimum(n_other, last + shift + reach_after + 1)
+    return start, torch.maximum(end, start)
+
+
 def _host_table(own, other, reach, block):
     """The program table as the host built it before the tables moved to the device: one row per real
     block, in (sequence, block) order, then stably sorted by visible span, longest first."""
@@ -151,7 +163,7 @@ def _host_table(own, other, reach, block):
     blk = torch.arange(len(seq)) - torch.repeat_interleave(starts, n_blocks)
     first = blk * block
     last = torch.minimum(first + block, own[seq]) - 1
-    lo, hi = visible_span(first, last, other[seq], other[seq] - own[seq], *reach)
+    lo, hi = _visible_span(first, last, other[seq], other[seq] - own[seq], *reach)
     order = torch.sort(hi - lo, descending=True, stable=True).indices
     return torch.stack([seq[order], blk[order]], dim=1).tolist()
 
@@ -176,9 +188,134 @@ def test_device_table_is_the_host_table_then_padding(block, reach, lengths):
     assert blocks.table(block) is table  # built once per block size
 
 
-def _tables_on_the_gpu_without_a_sync():
-    cu_own = cu_seqlens([1, 17, 0, 33, 5, 130], "cuda")
-    cu_other = cu_seqlens([40, 17, 9, 3, 0, 100], "cuda")
+def _torch_table(cu_own, cu_other, total_own, reach, block):
+    """The table as torch operations built it on the device before the Triton build (the definition, in
+    about 25 launches): any offsets, clamped lengths, padding rows (-1, 0) last."""
+    batch = cu_own.shape[0] - 1
+    own = torch.diff(cu_own.long()).clamp(min=0)
+    other = torch.diff(cu_other.long()).clamp(min=0)
+    n_blocks = (own + block - 1) // block
+    ends = torch.cumsum(n_blocks, 0)
+    j = torch.arange(total_own // block + batch, device=cu_own.device)
+    seq = torch.searchsorted(ends, j, right=True)
+    real = seq < batch
+    seq = seq.clamp(max=batch - 1)
+    blk = j - (ends - n_blocks)[seq]
+    own_b, other_b = own[seq], other[seq]
+    first = blk * block
+    last = torch.minimum(first + block, own_b) - 1
+    lo, hi = _visible_span(first, last, other_b, other_b - own_b, *reach)
+    work = torch.where(real, hi - lo, -1)
+    order = torch.sort(work, descending=True, stable=True).indices
+    rows = torch.stack([torch.where(real, seq, -1), torch.where(real, blk, 0)], dim=1)
+    return rows[order].to(torch.int32)
+
+
+def _random_lengths(rng, batch, longest):
+    """Lengths with the edges over-represented: empty, one token, whole blocks and one past them."""
+    pick = lambda: rng.choice([0, 1, 16, 17, 64, 127, 128, 129, rng.randint(0, longest)])  # noqa: E731
+    return [pick() for _ in range(batch)]
+
+
+REACHES = [(10**6, 10**6), (10**6, 0), (0, 10**6), (0, 0), (5, 2), (130, 1)]
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 65, 300])
+def test_table_is_the_torch_definition_bit_for_bit(batch):
+    """Random packed batches (own and other lengths drawn apart, so Nq_b != Nkv_b), every reach and
+    block size: the Triton-built table equals the torch definition, padding included.  A batch of 300
+    spans two tiles of the batch (``_schedule._TABLE_TILE``), its tables several programs and tiles."""
+    rng = random.Random(batch)
+    for _ in range(4 if batch < 300 else 2):
+        own, other = _random_lengths(rng, batch, 300), _random_lengths(rng, batch, 300)
+        cu_own, cu_other = cu_seqlens(own), cu_seqlens(other)
+        reach, block = rng.choice(REACHES), rng.choice([16, 64, 128])
+        table = SequenceBlocks(cu_own, cu_other, sum(own), *reach, "BLOCK_M").table(block)
+        expected = _torch_table(cu_own, cu_other, sum(own), reach, block)
+        assert table.dtype == torch.int32 and table.shape == expected.shape
+        assert torch.equal(table, expected), (own, other, reach, block)
+
+
+@pytest.mark.parametrize("reach", [(10**6, 10**6), (3, 0)])
+@pytest.mark.parametrize("block", [16, 128])
+def test_table_of_equal_sequences_keeps_ties_in_sequence_order(block, reach):
+    # equal work everywhere but at the causal edge: the stable order is what tells the tables apart
+    own = [2048] * 8 if block == 128 else [100] * 8
+    cu = cu_seqlens(own)
+    table = SequenceBlocks(cu, cu, sum(own), *reach, "BLOCK_M").table(block)
+    assert torch.equal(table, _torch_table(cu, cu, sum(own), reach, block))
+
+
+GARBAGE = [
+    [5, 3, 0, 7],  # decreasing then increasing: lengths 0 and 7
+    [0, -40, -3, -100, 2],  # negative offsets
+    [10, 10, 10],  # nothing but empty sequences
+    [-2**31, 2**31 - 1, 0, 2**31 - 1],  # the int32 extremes: lengths of 2^32 - 1 (int64 sums)
+    [100, 0],  # one sequence, negative length
+]
+
+
+@pytest.mark.parametrize("total", [0, 1, 130])
+@pytest.mark.parametrize("cu", GARBAGE, ids=lambda cu: "_".join(map(str, cu)))
+def test_garbage_offsets_give_a_table_of_the_right_shape(cu, total):
+    """Unchecked offsets are trusted, never checked: the table has the rows the shapes give and is the
+    definition's (lengths clamped at 0), nothing raises."""
+    cu_own = torch.tensor(cu, dtype=torch.int32, device=DEV)
+    cu_other = cu_own.flip(0).contiguous()
+    for block in (16, 64):
+        table = SequenceBlocks(cu_own, cu_other, total, 7, 1, "BLOCK_M").table(block)
+        assert table.shape == (total // block + len(cu) - 1, 2)
+        assert torch.equal(table, _torch_table(cu_own, cu_other, total, (7, 1), block))
+
+
+class _TorchOps(TorchDispatchMode):
+    """Records the torch operators called, except those inside a Triton launch (the interpreter copies
+    its arguments with torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.launches, self.inside = [], [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_building_a_table_is_two_launches_and_allocations(monkeypatch):
+    """On the host, a table is three allocations and two Triton launches with a grid from shapes: no
+    operator that could read a value back (``item``, ``nonzero``, boolean masks) and no torch kernel.
+    (On a GPU, ``test_tables_are_built_on_the_gpu_without_a_host_sync`` runs it with syncs an error.)"""
+    mode = _TorchOps()
+
+    class Recorded:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                mode.launches.append((self.kernel.fn.__name__, grid))
+                mode.inside = True
+                try:
+                    return self.kernel[grid](*args, **kwargs)
+                finally:
+                    mode.inside = False
+            return launch
+
+    for name in ("_sequence_rows", "_sorted_rows"):
+        monkeypatch.setattr(_schedule, name, Recorded(getattr(_schedule, name)))
+    own = [1, 17, 0, 33, 5, 130]
+    blocks = SequenceBlocks(cu_seqlens(own), cu_seqlens([40, 17, 9, 3, 0, 100]), 186, 5, 2, "BLOCK_M")
+    with mode:
+        table = blocks.table(16)
+        assert blocks.table(16) is table  # kept: no second build
+    assert mode.ops == ["aten.empty.memory_format"] * 3
+    rows = 186 // 16 + 6
+    assert mode.launches == [(n, (-(-rows // _schedule._TABLE_ROWS),)) for n in ("_sequence_rows", "_sorted_rows")]
+    assert torch.equal(table, _torch_table(cu_seqlens(own), cu_seqlens([40, 17, 9, 3, 0, 100]), 186, (5, 2), 16))
+
+
+def _tables_on_the_gpu_without_a_sync(cu_own, cu_other):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -190,10 +327,12 @@ def _tables_on_the_gpu_without_a_sync():
 
 @pytest.mark.gpu
 def test_tables_are_built_on_the_gpu_without_a_host_sync():
-    for t, block in zip(_tables_on_the_gpu_without_a_sync(), (16, 64, 128)):
-        assert t.is_cuda and t.tolist() == SequenceBlocks(cu_seqlens([1, 17, 0, 33, 5, 130], "cpu"),
-                                                          cu_seqlens([40, 17, 9, 3, 0, 100], "cpu"), 186, 5, 2,
-                                                          "BLOCK_M").table(block).tolist()
+    cu_own = cu_seqlens([1, 17, 0, 33, 5, 130], "cuda")
+    cu_other = cu_seqlens([40, 17, 9, 3, 0, 100], "cuda")
+    for block in (16, 64, 128):  # compiles (which may wait) once per block size
+        SequenceBlocks(cu_own, cu_other, 186, 5, 2, "BLOCK_M").table(block)
+    for t, block in zip(_tables_on_the_gpu_without_a_sync(cu_own, cu_other), (16, 64, 128)):
+        assert t.is_cuda and torch.equal(t, _torch_table(cu_own, cu_other, 186, (5, 2), block))
 
 
 @pytest.mark.gpu
