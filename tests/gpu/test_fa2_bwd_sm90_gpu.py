@@ -5,8 +5,8 @@ One block, several, many programs per SM; GQA and MQA; causal with keys ahead of
 shifted by whole blocks); Nq > Nkv without the mask; D 64 and 128; bf16 and fp16: the three gradients (and
 the output) meet flash-attention's rule against the fp64 reference, with every buffer the launcher allocates
 NaN-poisoned, two fresh inputs a shape, and the launch log shows the Gluon backward ran.  Also: shapes it
-does not take run the Triton backward; the Triton backward (the default) is bit-reproducible; the Gluon
-one's dK and dV are.
+does not take run the Triton backward; the Triton backward (``backward="triton"``) is bit-reproducible;
+the Gluon one's dK and dV are.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _grads(options, q, k, v, do, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_the_default_backward_is_bit_reproducible(causal):
+def test_gpu_the_triton_backward_is_bit_reproducible(causal):
     """The deterministic path (the Triton dK/dV and dQ kernels, no atomics) gives the same bits every run;
     the Gluon one's dK and dV too (summed in registers), its dQ within fp32 rounding of the reduce order."""
     q, k, v, do = make_inputs(2, 16, 4, 2048, 2048, 128, torch.bfloat16, seed=21)
@@ -90,3 +90,15 @@ def test_gpu_the_default_backward_is_bit_reproducible(causal):
         g2 = _grads(GLUON_BWD, q, k, v, do, causal)
         assert torch.equal(g1[1], g2[1]) and torch.equal(g1[2], g2[2])
         assert (g1[0].float() - g2[0].float()).abs().max().item() <= 1e-2 * g1[0].float().abs().max().item()
+
+
+def test_gpu_auto_runs_the_backward_that_measured_faster():
+    """The default (``backward="auto"``): the Gluon backward for causal D128 at Nkv 1024, the Triton one from
+    8192 (where it measured faster); the log says which ran."""
+    for n, gluon in ((1024, True), (8192, False)):
+        q, k, v, do = make_inputs(1, 2, 2, n, n, 128, torch.bfloat16, seed=n)
+        log = {}
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        flash_attn_v2(*leaves, causal=True, options=FA2Options(autotune=False), launch_log=log).backward(do)
+        assert log["bwd_dq"].startswith("gluon_sm90_bwd") == gluon, log
+        assert all(torch.isfinite(t.grad).all() for t in leaves)
