@@ -18,7 +18,7 @@ _OPTIONS = FA2Options(backward="sm90")
 
 class Sm90BackwardBackend(TritonBackend):
     name = "triton_fa2_bwd90"
-    description = "bundled FA2, Gluon Hopper backward (FA2Options(backward="sm90"))"
+    description = "bundled FA2, Gluon Hopper backward (FA2Options(backward='sm90'))"
     module = "flashbench_kernels.flash_attn_v2"
     workloads = ("dense",)
 

@@ -16,6 +16,7 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
     python tools/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
     python tools/fa2_compile_report.py --gluon [--json] [--stages 3]  # the Gluon Hopper forward (sm90.py),
                                                     # dense and packed (varlen) builds
+    python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -126,6 +127,11 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.MAXNREG))
 
 
+def setmaxnreg(ptx: str) -> list[int]:
+    """The register counts the kernel's partitions set (``setmaxnreg``), sorted."""
+    return sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
+
+
 def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
     launches it (dense inputs; descriptors over the (rows, D) views)."""
@@ -158,8 +164,7 @@ def gluon_bwd_rows() -> list[dict]:
             try:
                 c = compile_sm90_gluon_bwd(d, causal)
                 row.update(resource_usage(c))
-                row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)",
-                                                                       c.asm["ptx"])})
+                row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
             except Exception as e:  # report, go on
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             out.append(row)
@@ -181,7 +186,7 @@ def gluon_rows(stages: int = 2) -> list[dict]:
                     row.update(resource_usage(c))
                     req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
                     row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
-                    row["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
+                    row["setmaxnreg"] = setmaxnreg(ptx)
                     row["wgmma_waits"] = sorted({int(x) for x in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
