@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90_bwd, tuning
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd, tuning
+from kernel_checks import make_inputs
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
@@ -89,6 +90,40 @@ def test_the_option_is_checked():
     with pytest.raises(ValueError, match="backward must be one of 'auto', 'sm90', 'triton'"):
         FA2Options(backward="gluon")
     assert hash(FA2Options(backward="triton")) != hash(FA2Options())
+
+
+def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
+    """Where the Gluon backward may run (as on an H100; here the interpreter runs the rest), ``_backward``
+    runs the Delta kernel, hands the Gluon backward the call's tensors, Delta = rowsum(dO * O), the
+    gradient buffers and the causal launch order, launches no Triton gradient kernel, and logs the Gluon
+    configuration under both gradient kernels' names."""
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    seen = {}
+
+    def gluon_backward(q, k, v, o, do, lse, dq, dk, dv, causal, sm_scale, delta, group_programs):
+        seen.update(o=o.detach().clone(), do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale,
+                    group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape))
+        for g in (dq, dk, dv):
+            g.fill_(1.0)
+
+    real_launch = launch._launch
+
+    def no_triton_backward(name, *args, **kwargs):
+        assert name == "fwd", f"{name} launched beside the Gluon backward"
+        return real_launch(name, *args, **kwargs)
+
+    monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
+    monkeypatch.setattr(launch, "_launch", no_triton_backward)
+    q, k, v, do = make_inputs(1, 4, 2, 32, 48, 32, torch.float32, seed=3)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    log = {}
+    o = flash_attn_v2(*leaves, causal=True, sm_scale=0.3, options=FA2Options(causal_group_programs=7), launch_log=log)
+    o.backward(do)
+    assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
+    assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
+    assert torch.allclose(seen["delta"], (seen["o"] * seen["do"]).sum(-1), atol=1e-5)
+    assert all(torch.equal(t.grad, torch.ones_like(t)) for t in leaves)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(32)
 
 
 def test_configuration_is_reported_by_name():
