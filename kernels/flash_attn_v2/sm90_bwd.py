@@ -78,11 +78,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._schedule import block_and_head
-from .._validate import device_capability, interpreting
+from . import sm90
 from .sm90 import ring_barriers
 
-BLOCK_N = 128  # keys per program, 64 per consumer warp group
-HEAD_DIMS = (64, 128)
+BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
@@ -104,33 +103,21 @@ def config_label(head_dim: int, stages: int = STAGES) -> str:
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                        window: bool = False) -> str | None:
-    """Why this backward cannot run these (validated, dense) inputs here, or None when it can."""
-    if interpreting():
-        return "Gluon kernels do not run under TRITON_INTERPRET"
-    if not q.is_cuda or device_capability(q.device.index)[0] != 9:
-        return "needs a Hopper GPU (capability 9.x)"
-    return input_reason(q, k, v, causal, window)
+    """Why this backward cannot run these (validated) inputs here, or None when it can."""
+    return _layout_reason(q, window) or sm90.unsupported_reason(q, k, v, causal)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU."""
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the dense Gluon
+    forward's conditions (its 128-row blocks are this kernel's key blocks), without windows."""
+    return _layout_reason(q, window) or sm90.input_reason(q, k, v, causal)
+
+
+def _layout_reason(q: torch.Tensor, window: bool) -> str | None:
     if window:
         return "sliding windows are not supported (the Triton backward runs them)"
     if q.dim() != 4:
         return "dense (B, H, N, D) inputs only"
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"dtype {q.dtype}: fp16 and bf16 only"
-    D, Nq, Nkv = q.shape[-1], q.shape[2], k.shape[2]
-    if D not in HEAD_DIMS:
-        return f"head_dim {D}: 64 and 128 only"
-    if Nq % BLOCK_N or Nkv % BLOCK_N:
-        return f"Nq={Nq}, Nkv={Nkv}: both must be multiples of {BLOCK_N}"
-    if causal and Nkv < Nq:
-        return f"causal with Nq={Nq} > Nkv={Nkv}: rows that see no key are not handled"
-    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
-        return "q, k, v must be contiguous"
-    if max(q.numel(), k.numel()) // D >= 2**31:
-        return "2**31 rows or more: TMA coordinates are 32-bit"
     return None
 
 
