@@ -49,7 +49,7 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
     replaced by this second pass: it recomputes S and dP (7 instead of 5 matmuls in all) but is
     deterministic, needs no fp32 dQ buffer, no zero-fill and no conversion kernel.
   * on Hopper, ``sm90_bwd.py`` (Gluon, FlashAttention-3's layout) computes dK, dV and dQ in one
-    kernel, dQ summed by fp32 reduce-adds (the paper's line 21): 0.85-0.95x the Triton kernels'
+    kernel, dQ summed by fp32 reduce-adds (the paper's line 21): 0.85-0.98x the Triton kernels'
     time on an H200 except causal D128 at Nkv >= 8k, where ``FA2Options(backward="auto")`` (the
     default) keeps the Triton ones; not bit-reproducible in dQ, so ``backward="triton"`` is the
     deterministic path.

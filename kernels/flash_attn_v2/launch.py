@@ -124,7 +124,7 @@ def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options:
     why = sm90_bwd.unsupported_reason(q, k, v, causal, window)
     if why is None and options.backward == "auto" and causal and q.shape[-1] == 128 and k.shape[2] >= 8192:
         # fwd_bwd on an H200, bf16, 16k tokens (results/evidence/h200/gluon_bwd/): the Gluon backward took
-        # 0.85-0.95x the Triton one's time everywhere it runs but here (1.01x at N 8k, 1.04x at 16k)
+        # 0.85-0.98x the Triton one's time everywhere it runs but here (1.01x at N 8k, 1.04x at 16k)
         return "auto: the Triton backward measured faster for causal D128 with Nkv >= 8192"
     return why
 
