@@ -144,7 +144,7 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     fn = sm90_bwd.bwd_sm90_kernel
     dtype = dtype or torch.bfloat16
     bm, bn = sm90_bwd.block_m(head_dim), sm90_bwd.BLOCK_N
-    tile = lambda rows, dt=dtype: mangle_type(sm90_bwd.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
+    tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
     consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),

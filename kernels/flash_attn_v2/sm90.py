@@ -526,17 +526,21 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+
+
 @functools.lru_cache(maxsize=None)
-def _smem_layout(block_rows: int, head_dim: int, bf16: bool):
+def _smem_layout(block_rows: int, head_dim: int, dtype: torch.dtype):
     """The swizzled shared-memory layout of a tile (built once: the launch is on every call's host path)."""
-    return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], gl.bfloat16 if bf16 else gl.float16)
+    return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], _GL_DTYPES[dtype])
 
 
 def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
-    """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (B, H, N, D) tensor."""
+    """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (..., D) tensor (bf16, fp16,
+    or fp32 for ``sm90_bwd``'s dQ accumulator)."""
     D = t.shape[-1]
     return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
-                            _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
+                            _smem_layout(block_rows, D, t.dtype))
 
 
 def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
@@ -544,7 +548,7 @@ def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     a tile being ``block_rows`` rows of one head's D columns (the kernel gives the column, head * D)."""
     total, heads, D = t.shape
     return TensorDescriptor(t.view(total, heads * D), [total, heads * D], [heads * D, 1], [block_rows, D],
-                            _smem_layout(block_rows, D, t.dtype == torch.bfloat16))
+                            _smem_layout(block_rows, D, t.dtype))
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,

@@ -59,7 +59,6 @@ contiguous; 2**31 rows or more.
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
@@ -75,11 +74,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._schedule import block_and_head
 from . import sm90
-from .sm90 import ring_barriers
+from .sm90 import descriptor, ring_barriers
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 PRODUCER_REGS = 24
@@ -330,19 +328,6 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
     mask = offs < n
     acc = tl.load(ACC + offs, mask=mask, other=0.0)
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_layout(block_rows: int, head_dim: int, dtype: torch.dtype):
-    gdt = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}[dtype]
-    return gl.NVMMASharedLayout.get_default_for([block_rows, head_dim], gdt)
-
-
-def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
-    """A 2-D TMA descriptor over the (rows, D) view of a contiguous (..., D) tensor."""
-    D = t.shape[-1]
-    return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
-                            _smem_layout(block_rows, D, t.dtype))
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -> dict:
