@@ -151,10 +151,9 @@ class SequenceBlocks:
     order belongs to sequence searchsorted(cumsum(blocks per sequence), j, right=True) (padding when
     that is ``batch``).  ``_sequence_rows`` finds each row's sequence, block and span, O(R * batch) work
     over cdiv(R, 16) programs; ``_sorted_rows`` places each row by counting the rows heavier than it (a
-    stable descending sort), O(R^2) comparisons over the same programs, R * 16 each.  On the H200 a
-    build is bound by its two launches' host time (40-90 us) up to R = 16k (1M tokens, 64-row blocks);
-    R = 65k (the same in 16-row blocks, which no GPU configuration uses) took 1.1 ms.  Three
-    allocations (two of scratch) and no torch kernel besides.  One int32 (R, 2) table per block size,
+    stable descending sort), O(R^2) comparisons over the same programs, R * 16 each: quadratic, so a sort
+    would win at some R; the shipped GPU configurations use blocks of 64 rows or more, R <= total / 64 +
+    batch (16k rows for 1M tokens).  Three allocations (two of scratch) and no torch kernel besides.  One int32 (R, 2) table per block size,
     built on first use and kept (the tuner tries several).  Offsets that are not a valid
     ``cu_seqlens`` (unchecked calls) give a table with too few or wrong rows, never a failure or a
     synchronisation.
