@@ -250,13 +250,12 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     tma_ok = _tma_ok(call.options.path, q, k, v, do, dq, dk, dv)
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
     if _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None:
-        sm90_bwd.backward(q, k, v, o, do, lse, dq, dk, dv, causal, sm_scale, delta,
-                          call.options.causal_group_programs)
+        sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs)
         if call.launch_log is not None:
             call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D)
         return dq, dk, dv
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
     cu_q, cu_k, q_table, k_table = lay.tables
     sizes = _sizes(lay, tma_ok)
     dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),

@@ -43,8 +43,7 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     dK is scaled by sm_scale before its store; dK and dV are stored by TMA through the consumers' halves
     of the K / V tiles (free by then).
 
-Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``) or, when None,
-rowsum(O * dO) in PyTorch.  Memory beyond the gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call.
+Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call.
 
 Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
 fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:
@@ -336,23 +335,20 @@ def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -
                 PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
 
 
-def backward(q, k, v, o, do, lse, dq, dk, dv, causal: bool, sm_scale: float, delta=None,
-             group_programs: int = 256, stages: int = STAGES) -> None:
+def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
+             stages: int = STAGES) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
-    forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32, computed here from ``o`` when None.
-    The caller checks ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is
-    accumulated by reduce-adds in whatever order the programs run)."""
+    forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32.  The caller checks
+    ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is accumulated by
+    reduce-adds in whatever order the programs run)."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
         raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
     do = do if do.is_contiguous() else do.contiguous()
-    lse = lse.contiguous()
-    if delta is None:
-        delta = (o.float() * do.float()).sum(-1)
-    delta = delta.contiguous()
+    lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D)
     dq_acc = torch.zeros((B, H, Nq, D), dtype=torch.float32, device=q.device)
     grid = (Nkv // BLOCK_N, B * Hkv)

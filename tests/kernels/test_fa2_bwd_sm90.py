@@ -100,8 +100,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     seen = {}
 
-    def gluon_backward(q, k, v, o, do, lse, dq, dk, dv, causal, sm_scale, delta, group_programs):
-        seen.update(o=o.detach().clone(), do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale,
+    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs):
+        seen.update(do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale,
                     group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape))
         for g in (dq, dk, dv):
             g.fill_(1.0)
@@ -121,9 +121,17 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     o.backward(do)
     assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
-    assert torch.allclose(seen["delta"], (seen["o"] * seen["do"]).sum(-1), atol=1e-5)
+    assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
     assert all(torch.equal(t.grad, torch.ones_like(t)) for t in leaves)
     assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(32)
+
+
+def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch():
+    q = _t(1, 2, 128, 64)
+    stats = torch.empty(1, 2, 128)
+    strided = torch.empty(1, 128, 2, 64, dtype=torch.bfloat16).transpose(1, 2)
+    with pytest.raises(ValueError, match="dq, dk, dv must be contiguous"):
+        sm90_bwd.backward(q, q, q, q, stats, stats, strided, q.clone(), q.clone(), False, 0.125)
 
 
 def test_configuration_is_reported_by_name():
