@@ -12,10 +12,17 @@ removes the order bias; it does not make short bursts rank candidates within a f
 other as a sustained run does, which is why the forward's search space leaves out tiles that lose
 at a shape (``spaces.FWD_SKIP``).  A candidate runs for about 60 ms (4 rounds of 15 ms), plus the
 fixed calls of four ``do_bench`` rounds.
+
+A round's figure comes from ``_bench`` (``do_bench``) by default, or from ``held_bench`` where the tuner
+is made with it: GPU time only, for calls whose host path is longer than their kernels (``flash_decode``;
+on the H200, do_bench's figures for its 20-50 us calls were the host's 0.13-0.22 ms of enqueueing, and
+the tuner chose tiles 10-25% slower than the best one; kernels/DESIGN.md).
 """
 from __future__ import annotations
 
+import functools
 import statistics
+import time
 from typing import Callable
 
 import triton
@@ -34,6 +41,54 @@ def _bench(fn: Callable[[], None]) -> float:
     return t[0] if isinstance(t, (list, tuple)) else t
 
 
+HELD_CALLS = 16  # calls a held round times (each after an L2 flush); the round's figure is their 10th percentile
+_FLUSH_BYTES = 256 << 20  # as do_bench: more than any GPU's L2
+
+
+@functools.lru_cache(maxsize=None)
+def _sleep_cycles_per_ms(device: int) -> float:
+    """What ``torch.cuda._sleep`` spins a millisecond on this device, measured once (at the clock of the moment:
+    the holds below leave a factor of two for a faster clock later)."""
+    import torch
+    with torch.cuda.device(device):
+        torch.cuda._sleep(1000)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        torch.cuda._sleep(10_000_000)
+        b.record()
+        torch.cuda.synchronize()
+        return 10_000_000 / max(a.elapsed_time(b), 1e-3)
+
+
+def held_bench(fn: Callable[[], None]) -> float:
+    """One call's GPU time (ms) with a cold L2, the host's time to enqueue it excluded.
+
+    ``do_bench`` times each call between events enqueued around it: when the host takes longer to enqueue a
+    call than the GPU takes to run the L2 flush before it, the GPU waits on the host inside the timed span,
+    and a call of tens of microseconds with a host path of a tenth of a millisecond (``flash_decode`` at small
+    batches) measures the host, whatever the tile.  Here the stream is held by a sleep kernel, longer than
+    twice the host's measured enqueue time for the whole round, while the round's ``HELD_CALLS`` flushes,
+    calls and their events are enqueued; the GPU then runs them back to back and each pair of events spans
+    that call alone.  The 10th percentile, as ``_bench``."""
+    import torch
+    flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    t0 = time.perf_counter()
+    flush.zero_()
+    fn()
+    host_ms = (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(HELD_CALLS)]
+    torch.cuda._sleep(int(_sleep_cycles_per_ms(torch.cuda.current_device()) * (2 * host_ms * HELD_CALLS + 1)))
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 10]
+
+
 class InterleavedTuner:
     """A JIT kernel with its candidate configurations, a pruner and a tuning key.
 
@@ -42,8 +97,12 @@ class InterleavedTuner:
     ``launch(cfg, grid_fn, args, meta)`` runs one given configuration.
     """
 
-    def __init__(self, kernel, configs: list, prune: Callable, key: list[str], launch: Callable | None = None):
+    def __init__(self, kernel, configs: list, prune: Callable, key: list[str], launch: Callable | None = None,
+                 bench: Callable[[Callable[[], None]], float] = _bench):
         self.kernel = kernel
+        # bench(call) -> ms, one round's figure for one candidate: ``_bench`` (do_bench's fast tail) or
+        # ``held_bench`` (GPU time only, for calls whose host path is longer than their kernels)
+        self.bench = bench
         self.configs = configs
         self.prune = prune
         self.key = key
@@ -87,6 +146,6 @@ class InterleavedTuner:
         times: dict = {cfg: [] for cfg in calls}
         for _ in range(ROUNDS):
             for cfg, call in calls.items():
-                times[cfg].append(_bench(call))
+                times[cfg].append(self.bench(call))
         self.timings = times
         return min(times, key=lambda c: statistics.median(times[c]))

@@ -4,8 +4,11 @@ For each (B, N) and number of new tokens: GQA 32/8, D 128, bf16 (by default), ev
 long.  ``flash_decode`` runs on the contiguous cache and on paged copies in shuffled pages; each
 layout is called once with its values checked (which also tunes its shape class), then timed with
 ``check_values=False`` (no host synchronisation, as a serving loop calls it).  SDPA runs on the same
-tensors in SDPA layout (Nq > 1 with a bottom-right causal mask).  Times are medians of
-``triton.testing.do_bench`` (L2 flushed before every call); GB/s = minimum bytes (K + V + Q + O, and
+tensors in SDPA layout (Nq > 1 with a bottom-right causal mask).  Times are medians of flashbench's
+held timer (``flashbench.measure.timer.time_cuda``, as ``flashbench run``: L2 flushed before every
+call, the stream held while a batch is enqueued, so GPU time only; the host's enqueue time per call
+is reported beside it).  ``do_bench`` was the timer before: a call of 20-50 us whose host path takes
+0.13-0.22 ms (``flash_decode`` at small batches) measured the host there; GB/s = minimum bytes (K + V + Q + O, and
 the block table for paged calls) / time.  The read roof is the best read rate measured in the run:
 ``torch.sum`` over a large buffer, or any decode call that read faster.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
@@ -29,6 +33,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 import flashbench
+from flashbench.measure.timer import time_cuda
+from flashbench.model.config import Timing
 
 SHAPES = "1x131072,1x32768,8x4096,8x32768,64x4096,64x32768"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,8 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
-    p.add_argument("--rep", type=int, default=100, help="do_bench measuring time, ms")
+    p.add_argument("--warmup", type=int, default=25, help="warm-up before sampling, ms")
+    p.add_argument("--rep", type=int, default=100, help="sampling budget per call, ms")
     p.add_argument("--roof-gib", type=float, default=2.0, help="size of the torch.sum read measurement, GiB")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
@@ -57,8 +63,11 @@ def parse_args(argv=None):
     return args
 
 
-def bench_ms(fn, args) -> float:
-    return triton.testing.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
+def bench(fn, args) -> dict:
+    """``ms``: the median GPU time of ``fn`` by the held timer; ``host_ms``: the host's median enqueue time of
+    one call (None where the stream could not be held); ``timing_method``: the timer's name for how it ran."""
+    r = time_cuda(fn, Timing(warmup_ms=args.warmup, budget_ms=args.rep, min_samples=10, max_samples=1000))
+    return {"ms": statistics.median(r.samples_ms), "host_ms": r.host_ms, "timing_method": r.method}
 
 
 def paged_copy(k, v, page: int, generator):
@@ -75,8 +84,8 @@ def paged_copy(k, v, page: int, generator):
 def time_decode(q, k, v, lens, table, args) -> dict:
     log = {}
     out = flashbench.flash_decode(q, k, v, lens, block_table=table, launch_log=log)  # checked; tunes the class
-    ms = bench_ms(lambda: flashbench.flash_decode(q, k, v, lens, block_table=table, check_values=False), args)
-    return {"ms": ms, "log": log, "out": out}
+    timed = bench(lambda: flashbench.flash_decode(q, k, v, lens, block_table=table, check_values=False), args)
+    return timed | {"log": log, "out": out}
 
 
 def time_sdpa(q, k, v, backend, args) -> dict:
@@ -90,7 +99,7 @@ def time_sdpa(q, k, v, backend, args) -> dict:
 
     try:
         call()
-        return {"ms": bench_ms(call, args)}
+        return bench(call, args)
     except Exception as e:  # a backend that cannot run this shape is a row entry, not a crash
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
 
@@ -117,13 +126,14 @@ def measure_row(B, N, Nq, args, generator) -> dict:
 
     contiguous = time_decode(q, k, v, lens, None, args)
     row["err_vs_fp32"] = error_vs_fp32(contiguous["out"], q, k, v)
-    row["decode"]["contiguous"] = {"ms": contiguous["ms"], "gbps": min_bytes / contiguous["ms"] / 1e6,
-                                   "log": contiguous["log"]}
+    row["decode"]["contiguous"] = {"ms": contiguous["ms"], "host_ms": contiguous["host_ms"],
+                                   "gbps": min_bytes / contiguous["ms"] / 1e6, "log": contiguous["log"]}
     for page in args.pages:
         kp, vp, table = paged_copy(k, v, page, generator)
         paged = time_decode(q, kp, vp, lens, table, args)
         nbytes = min_bytes + table.numel() * table.element_size()
-        row["decode"][f"paged{page}"] = {"ms": paged["ms"], "gbps": nbytes / paged["ms"] / 1e6, "log": paged["log"],
+        row["decode"][f"paged{page}"] = {"ms": paged["ms"], "host_ms": paged["host_ms"],
+                                         "gbps": nbytes / paged["ms"] / 1e6, "log": paged["log"],
                                          "max_diff_vs_contiguous":
                                              (paged["out"].float() - contiguous["out"].float()).abs().max().item()}
         del kp, vp, paged
@@ -138,7 +148,7 @@ def measure_row(B, N, Nq, args, generator) -> dict:
 def read_roof(args) -> dict:
     """torch.sum over ``--roof-gib`` GiB: a plain streaming read of HBM."""
     buf = torch.randn(int(args.roof_gib * GIB) // 2, device="cuda", dtype=torch.bfloat16)
-    ms = bench_ms(lambda: buf.sum(), args)
+    ms = bench(lambda: buf.sum(), args)["ms"]
     return {"torch_sum_gib": args.roof_gib, "torch_sum_gbps": buf.numel() * 2 / ms / 1e6}
 
 
@@ -161,10 +171,14 @@ def judge(rows, roof_gbps: float) -> None:
         }
 
 
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def print_table(rows, roof: dict) -> None:
     pages = [k for k in rows[0]["decode"] if k != "contiguous"] if rows else []
     head = ["B", "N", "Nq", "fd GB/s", *[f"{p} GB/s" for p in pages], "cudnn", "flash", "x best sdpa", "% roof",
-            "config (contiguous)", "targets"]
+            "fd host ms", "config (contiguous)", "targets"]
     print(f"read roof {roof['roof_gbps']:.0f} GB/s ({roof['roof_source']}); torch.sum {roof['torch_sum_gbps']:.0f} GB/s")
     print(" | ".join(head))
     for r in rows:
@@ -174,7 +188,7 @@ def print_table(rows, roof: dict) -> None:
         cells = [r["B"], r["N"], r["Nq"], f"{r['decode']['contiguous']['gbps']:.0f}",
                  *[f"{r['decode'][p]['gbps']:.0f}" for p in pages], *sdpa,
                  "-" if r["vs_best_sdpa"] is None else f"{r['vs_best_sdpa']:.2f}", f"{r['pct_of_read_roof']:.0f}",
-                 f"{log['block_n']}/{log['num_warps']}w/{log['num_stages']}s/{log['num_splits']} splits",
+                 _ms(r["decode"]["contiguous"]["host_ms"]), f"{log['block_n']}/{log['num_warps']}w/{log['num_stages']}s/{log['num_splits']} splits",
                  "ok" if not failed else "MISSED " + ",".join(failed)]
         print(" | ".join(str(c) for c in cells))
 
@@ -200,7 +214,7 @@ def main(argv=None) -> int:
     judge(rows, roof["roof_gbps"])
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": args.dtype,
-            "do_bench": {"warmup_ms": args.warmup, "rep_ms": args.rep, "return_mode": "median"}}
+            "timer": {"warmup_ms": args.warmup, "budget_ms": args.rep, "statistic": "median GPU time (held timer)"}}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "read_roof": roof, "rows": rows}, f, indent=1)
     print_table(rows, roof)

@@ -6,8 +6,9 @@ candidates per head-dim class (``SPACE``), chosen on the device by timing every 
 call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); where the launch is split,
 the same timing also tries half and twice the heuristic's split count.  The shape class (``KEY``)
 holds every launch argument that changes which candidates are offered or how fast they run.
-Nothing in this file has been timed on a GPU yet: the candidates span the choices (keys per chunk,
-warps, pipeline depth) that the timing is there to settle.
+The timing is ``held_bench`` (GPU time only, L2 flushed): with ``do_bench`` the host's enqueue time of a
+small call was what got ranked.  The candidates span the choices (keys per chunk, warps, pipeline depth)
+that the timing is there to settle.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import functools
 
 import triton
 
-from .._tuner import InterleavedTuner
+from .._tuner import InterleavedTuner, held_bench
 from . import run
 from .options import Tile
 
@@ -180,7 +181,8 @@ def _launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
 
 def make_tuner() -> InterleavedTuner:
     """A tuner with an empty cache (the package holds one, ``TUNER``; tests make their own)."""
-    return InterleavedTuner(_DecodeLaunch(), [], _prune, KEY, launch=_launch)
+    # timed by GPU time only: a decode call's host path (0.13-0.22 ms) is longer than its kernels at small batches
+    return InterleavedTuner(_DecodeLaunch(), [], _prune, KEY, launch=_launch, bench=held_bench)
 
 
 TUNER = make_tuner()  # holds the choices made in this process

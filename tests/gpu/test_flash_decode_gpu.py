@@ -241,3 +241,6 @@ def test_decode_bench_tool_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["B"] == 2 and rows[0]["N"] == 4096
     assert rows[0]["decode"]["contiguous"]["gbps"] > 0 and rows[0]["decode"]["paged16"]["gbps"] > 0
+    # GPU time by the held timer, the host's enqueue time beside it
+    assert rows[0]["decode"]["contiguous"]["host_ms"] is not None
+    assert rows[0]["decode"]["contiguous"]["ms"] < rows[0]["decode"]["contiguous"]["host_ms"] + 1.0

@@ -109,3 +109,29 @@ def test_no_buildable_candidate_is_an_error(monkeypatch):
     _fake_gpu(monkeypatch, kernel, {}, drift=0.0)
     with pytest.raises(RuntimeError, match="no candidate configuration builds"):
         _run(_tuner(kernel, _configs(64, 128)))
+
+
+def test_a_tuner_made_with_a_bench_ranks_by_it_and_never_calls_do_bench(monkeypatch):
+    def no_do_bench(*a, **k):
+        raise AssertionError("do_bench called although the tuner was given its own bench")
+
+    monkeypatch.setattr(tuner_mod.triton.testing, "do_bench", no_do_bench)
+    kernel = FakeKernel()
+    true_ms = {32: 2.0, 64: 1.0, 128: 3.0}
+    benched = []
+
+    def bench(call):
+        call()
+        benched.append(kernel.launches[-1])
+        return true_ms[kernel.launches[-1]]
+
+    tuner = InterleavedTuner(kernel, _configs(32, 64, 128), lambda cfgs, named, **meta: list(cfgs),
+                             key=["N", "CAUSAL"], bench=bench)
+    assert _run(tuner).kwargs["BLOCK"] == 64
+    assert sorted(set(benched)) == [32, 64, 128] and len(benched) == 3 * tuner_mod.ROUNDS
+
+
+def test_the_decode_tuner_times_gpu_time_only():
+    from flashbench_kernels.flash_decode import tuning as decode_tuning
+    assert decode_tuning.make_tuner().bench is tuner_mod.held_bench
+    assert decode_tuning.TUNER.bench is tuner_mod.held_bench
