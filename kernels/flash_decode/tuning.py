@@ -131,14 +131,11 @@ _SHIFTS = (0, -1, 1)  # the split count in effect, half of it, twice it
 
 
 def shifted_splits(splits: int, shift: int, max_splits: int) -> int | None:
-    """The split count a shift stands for: half (down to 1, an unsplit launch without the combine) or twice (at
-    most ``max_splits``), or None.  Half reaches 1 from 2 or 3 splits: there the launch is one or two waves
-    short of full without splitting, and whether the combine pays for the extra programs is what timing settles
-    (B32 with a 4k cache, 3 splits, read at 0.95x cuDNN's rate on the H200)."""
+    """The split count a shift stands for: half (at least 2) or twice (at most ``max_splits``), or None."""
     if shift == 0:
         return splits
     n = splits // 2 if shift < 0 else min(2 * splits, max_splits)
-    return n if n >= 1 and n != splits else None
+    return n if n >= 2 and n != splits else None
 
 
 class _DecodeLaunch:

@@ -513,8 +513,7 @@ def test_shifted_splits():
     assert tuning.shifted_splits(8, 0, 100) == 8
     assert tuning.shifted_splits(8, -1, 100) == 4 and tuning.shifted_splits(8, 1, 100) == 16
     assert tuning.shifted_splits(8, 1, 10) == 10 and tuning.shifted_splits(8, 1, 8) is None
-    assert tuning.shifted_splits(3, -1, 100) == 1 and tuning.shifted_splits(2, -1, 100) == 1  # unsplit is tried
-    assert tuning.shifted_splits(1, -1, 100) is None and tuning.shifted_splits(1, 1, 1) is None
+    assert tuning.shifted_splits(3, -1, 100) is None  # never down to an unsplit launch
     assert tuning.shifted_splits(100, 1, tuning.MAX_SPLITS) == tuning.MAX_SPLITS
 
 
@@ -558,13 +557,13 @@ def _decode_args(lengths=(1100, 13), Nq=1, H=4, Hkv=1, D=32, dtype=torch.float16
 
 
 def test_tuner_times_every_tile_and_split_count_and_keeps_the_fastest(monkeypatch):
-    # capacity 1105, 2 programs on the interpreter's 4 SMs: the heuristic's 2 splits, half (1: unsplit) and 4
+    # capacity 1105, 2 programs on the interpreter's 4 SMs: the heuristic's 2 splits, and 4 (half is 1: not tried)
     tiles = tuning.candidates(32, 16, 0, 1105, 2)
     best = (tiles[2], 4)
     dev = FakeDevice(monkeypatch, {best: 0.5})
     log = {}
     flash_decode(**_decode_args(), launch_log=log)
-    offered = {(t, s) for t in tiles for s in (1, 2, 4)}
+    offered = {(t, s) for t in tiles for s in (2, 4)}
     assert set(dev.timed) == offered and len(dev.timed) == len(offered) * 4  # 4 interleaved rounds
     assert dev.launches[-1] == best
     assert (log["block_n"], log["num_warps"], log["num_stages"], log["num_splits"]) == (*best[0], 4)
@@ -612,7 +611,7 @@ def test_pinned_tile_tunes_only_the_split_count(monkeypatch):
     dev = FakeDevice(monkeypatch, {(pinned, 4): 0.1})
     log = {}
     flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(pinned)), launch_log=log)
-    assert set(dev.timed) == {(pinned, 1), (pinned, 2), (pinned, 4)} and dev.launches[-1] == (pinned, 4)
+    assert set(dev.timed) == {(pinned, 2), (pinned, 4)} and dev.launches[-1] == (pinned, 4)
     assert log["config_source"] == "pinned" and log["splits_source"] == "tuned"
     # nothing left to tune: runs at once
     n = len(dev.timed)
