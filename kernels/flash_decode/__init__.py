@@ -81,7 +81,8 @@ The tile (BLOCK_N keys a chunk, warps, pipeline stages) is chosen on the device:
 shape class times each candidate of its head-dim class (``tuning.SPACE``: six or so, BLOCK_N 16 to
 256 with 1 to 8 warps and one to three K/V chunks in flight, within a shared-memory budget; plus a
 one-page chunk for pages of 16 or 32 where the class has none) in interleaved rounds
-(``_tuner.InterleavedTuner``), split and combine kernels together; for a split launch with
+(``_tuner.InterleavedTuner``, each round timed by ``_tuner.held_bench``: GPU time only, as the host path of a
+small call is longer than its kernels), split and combine kernels together; for a split launch with
 ``num_splits=0`` half and twice the heuristic's split count are timed too.  A paged kernel is built
 with twice the stages of a contiguous one for the same chunks in flight (Triton pipelines a load
 whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count and capacity rounded
