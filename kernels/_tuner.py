@@ -25,6 +25,7 @@ import statistics
 import time
 from typing import Callable
 
+import torch
 import triton
 from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
@@ -49,7 +50,6 @@ _FLUSH_BYTES = 256 << 20  # as do_bench: more than any GPU's L2
 def _sleep_cycles_per_ms(device: int) -> float:
     """What ``torch.cuda._sleep`` spins a millisecond on this device, measured once (at the clock of the moment:
     the holds below leave a factor of two for a faster clock later)."""
-    import torch
     with torch.cuda.device(device):
         torch.cuda._sleep(1000)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -70,7 +70,6 @@ def held_bench(fn: Callable[[], None]) -> float:
     twice the host's measured enqueue time for the whole round, while the round's ``HELD_CALLS`` flushes,
     calls and their events are enqueued; the GPU then runs them back to back and each pair of events spans
     that call alone.  The 10th percentile, as ``_bench``."""
-    import torch
     flush = torch.empty(_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     t0 = time.perf_counter()
     flush.zero_()
