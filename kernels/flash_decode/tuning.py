@@ -46,8 +46,10 @@ def choose_num_splits(programs: int, capacity: int, num_sms: int) -> int:
 # software pipeline keeps in flight (``pipeline_stages`` turns it into Triton's num_stages).  The first
 # of a class runs when autotuning is off.  The loop is bound by HBM, and every candidate keeps at least
 # 128 KB of K/V in flight per SM on sm_90 (registers and shared memory of the compiled kernels, read
-# off Triton 3.6's sm_90 builds; none timed yet): they differ in what one iteration's fixed costs are
-# spread over and how many programs share an SM.  With 16-row tiles (GQA 4-8 x 1-4 new tokens) the
+# off Triton 3.6's sm_90 builds): they differ in what one iteration's fixed costs are spread over and how
+# many programs share an SM.  Timed pinned at D128 on the H200 (results/evidence/h200/decode_tuner_held/),
+# the best differed by shape and between two runs: 64/4 at B1 N4k and N128k, 16/1 at B1 N32k, and 64/4,
+# 64/8, 32/2 or 16/1 at B8 N4k, B8 N32k and B64 N4k, so none is dropped.  With 16-row tiles (GQA 4-8 x 1-4 new tokens) the
 # dots are MMAv2 with the warps side by side along the keys, so each iteration's two row reductions
 # and P's layout change cross warps through shared memory (9 barriers an iteration with 4 warps, 2
 # with one warp).  At D 128, bf16, 16 rows:
