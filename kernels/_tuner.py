@@ -14,9 +14,11 @@ at a shape (``spaces.FWD_SKIP``).  A candidate runs for about 60 ms (4 rounds of
 fixed calls of four ``do_bench`` rounds.
 
 A round's figure comes from ``_bench`` (``do_bench``) by default, or from ``held_bench`` where the tuner
-is made with it: GPU time only, for calls whose host path is longer than their kernels (``flash_decode``;
-on the H200, do_bench's figures for its 20-50 us calls were the host's 0.13-0.22 ms of enqueueing, and
-the tuner chose tiles 10-25% slower than the best one; kernels/DESIGN.md).
+is made with it: GPU time only, for calls whose host path is longer than their kernels (``flash_decode``:
+on the H200 do_bench's figures for its 20-50 us calls are the host's 0.13-0.22 ms of enqueueing, and a
+tuner ranking by them chose tiles 10-25% slower than the best one; kernels/DESIGN.md).  The hold is a
+``torch.cuda._sleep`` kernel, not flashbench's released spin kernel (``flashbench.measure.stream_hold``):
+this package does not import flashbench.
 """
 from __future__ import annotations
 

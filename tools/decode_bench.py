@@ -7,8 +7,9 @@ layout is called once with its values checked (which also tunes its shape class)
 tensors in SDPA layout (Nq > 1 with a bottom-right causal mask).  Times are medians of flashbench's
 held timer (``flashbench.measure.timer.time_cuda``, as ``flashbench run``: L2 flushed before every
 call, the stream held while a batch is enqueued, so GPU time only; the host's enqueue time per call
-is reported beside it).  ``do_bench`` was the timer before: a call of 20-50 us whose host path takes
-0.13-0.22 ms (``flash_decode`` at small batches) measured the host there; GB/s = minimum bytes (K + V + Q + O, and
+is reported beside it).  Not ``do_bench``: its events around each call time the host's enqueueing too
+when that outlasts the L2 flush before the call, as it does for ``flash_decode`` at small batches
+(20-50 us calls, 0.13-0.22 ms of host path on the H200); GB/s = minimum bytes (K + V + Q + O, and
 the block table for paged calls) / time.  The read roof is the best read rate measured in the run:
 ``torch.sum`` over a large buffer, or any decode call that read faster.
 
@@ -70,6 +71,11 @@ def bench(fn, args) -> dict:
     return {"ms": statistics.median(r.samples_ms), "host_ms": r.host_ms, "timing_method": r.method}
 
 
+def _timing(timed: dict) -> dict:
+    """The part of ``bench``'s result that goes into a row."""
+    return {k: timed[k] for k in ("ms", "host_ms", "timing_method")}
+
+
 def paged_copy(k, v, page: int, generator):
     """k, v (B, N, H_kv, D) as pages of ``page`` keys in a shuffled pool, and the block table."""
     B, N, Hkv, D = k.shape
@@ -126,14 +132,13 @@ def measure_row(B, N, Nq, args, generator) -> dict:
 
     contiguous = time_decode(q, k, v, lens, None, args)
     row["err_vs_fp32"] = error_vs_fp32(contiguous["out"], q, k, v)
-    row["decode"]["contiguous"] = {"ms": contiguous["ms"], "host_ms": contiguous["host_ms"],
-                                   "gbps": min_bytes / contiguous["ms"] / 1e6, "log": contiguous["log"]}
+    row["decode"]["contiguous"] = {**_timing(contiguous), "gbps": min_bytes / contiguous["ms"] / 1e6,
+                                   "log": contiguous["log"]}
     for page in args.pages:
         kp, vp, table = paged_copy(k, v, page, generator)
         paged = time_decode(q, kp, vp, lens, table, args)
         nbytes = min_bytes + table.numel() * table.element_size()
-        row["decode"][f"paged{page}"] = {"ms": paged["ms"], "host_ms": paged["host_ms"],
-                                         "gbps": nbytes / paged["ms"] / 1e6, "log": paged["log"],
+        row["decode"][f"paged{page}"] = {**_timing(paged), "gbps": nbytes / paged["ms"] / 1e6, "log": paged["log"],
                                          "max_diff_vs_contiguous":
                                              (paged["out"].float() - contiguous["out"].float()).abs().max().item()}
         del kp, vp, paged

@@ -6,8 +6,8 @@ candidates per head-dim class (``SPACE``), chosen on the device by timing every 
 call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); where the launch is split,
 the same timing also tries half and twice the heuristic's split count.  The shape class (``KEY``)
 holds every launch argument that changes which candidates are offered or how fast they run.
-The timing is ``held_bench`` (GPU time only, L2 flushed): with ``do_bench`` the host's enqueue time of a
-small call was what got ranked.  The candidates span the choices (keys per chunk, warps, pipeline depth)
+The timing is ``held_bench`` (GPU time only, L2 flushed), not ``do_bench``, which at small batches times the
+host's enqueueing (0.13-0.22 ms) rather than the 15-50 us kernels and so ranks tiles by noise.  The candidates span the choices (keys per chunk, warps, pipeline depth)
 that the timing is there to settle.
 """
 from __future__ import annotations

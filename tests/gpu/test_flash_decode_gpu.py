@@ -243,4 +243,4 @@ def test_decode_bench_tool_runs(tmp_path):
     assert rows[0]["decode"]["contiguous"]["gbps"] > 0 and rows[0]["decode"]["paged16"]["gbps"] > 0
     # GPU time by the held timer, the host's enqueue time beside it
     assert rows[0]["decode"]["contiguous"]["host_ms"] is not None
-    assert rows[0]["decode"]["contiguous"]["ms"] < rows[0]["decode"]["contiguous"]["host_ms"] + 1.0
+    assert all(d["timing_method"].startswith("held_") for d in rows[0]["decode"].values())
