@@ -132,7 +132,8 @@ def setmaxnreg(ptx: str) -> list[int]:
     return sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
 
 
-def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None):
+def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None,
+                           dq_split: bool | None = None):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
     launches it (dense inputs; descriptors over the (rows, D) views)."""
     import torch
@@ -145,10 +146,12 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     dtype = dtype or torch.bfloat16
     bm, bn = sm90_bwd.block_m(head_dim), sm90_bwd.BLOCK_N
     tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
+    split = sm90_bwd.split_dq(head_dim) if dq_split is None else dq_split
+    dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), split))
     consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
-               dv_desc=tile(bn // 2), dq_desc=tile(bm, torch.float32), lse_ptr="*fp32", delta_ptr="*fp32",
+               dv_desc=tile(bn // 2), dq_desc=dq_tile, lse_ptr="*fp32", delta_ptr="*fp32",
                qk_scale="fp32", sm_scale="fp32", **{name: "constexpr" for name in consts})
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
                          attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in ("lse_ptr", "delta_ptr")})
@@ -156,18 +159,20 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
 
 
 def gluon_bwd_rows() -> list[dict]:
-    """One row per (head dim, causal) of the Gluon backward: resources and register split."""
+    """One row per build of the Gluon backward (head dim, causal, dQ split by columns: D128 only): resources and
+    register split."""
+    builds = [(d, causal, split) for d in (128, 64) for causal in (False, True)
+              for split in ((True, False) if d == 128 else (False,))]
     out = []
-    for d in (128, 64):
-        for causal in (False, True):
-            row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal}
-            try:
-                c = compile_sm90_gluon_bwd(d, causal)
-                row.update(resource_usage(c))
-                row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
-            except Exception as e:  # report, go on
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            out.append(row)
+    for d, causal, split in builds:
+        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "dq_split": split}
+        try:
+            c = compile_sm90_gluon_bwd(d, causal, dq_split=split)
+            row.update(resource_usage(c))
+            row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
+        except Exception as e:  # report, go on
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        out.append(row)
     return out
 
 

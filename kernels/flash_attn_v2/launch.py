@@ -121,12 +121,10 @@ def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options:
         return "packed batches run the Triton backward"
     if options.backward == "auto" and {"bwd_dkdv", "bwd_dq"} & set(options.configs):
         return "auto: a Triton backward configuration is pinned (options.configs)"
-    why = sm90_bwd.unsupported_reason(q, k, v, causal, window)
-    if why is None and options.backward == "auto" and causal and q.shape[-1] == 128 and k.shape[2] >= 8192:
-        # fwd_bwd on an H200, bf16, 16k tokens (results/evidence/h200/gluon_bwd/): the Gluon backward took
-        # 0.85-0.98x the Triton one's time everywhere it runs but here (1.01x at N 8k, 1.04x at 16k)
-        return "auto: the Triton backward measured faster for causal D128 with Nkv >= 8192"
-    return why
+    # fwd_bwd on an H200, bf16, 16k tokens: the Gluon backward measured faster than the Triton one everywhere
+    # it runs (D64: results/evidence/h200/gluon_bwd/; D128 with dQ split between the consumers:
+    # results/evidence/h200/gluon_bwd_split_dq/), so "auto" runs it wherever it takes the inputs
+    return sm90_bwd.unsupported_reason(q, k, v, causal, window)
 
 
 def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:

@@ -1,8 +1,8 @@
 """FlashAttention backward for Hopper (sm_90) in Gluon: FA2's Algorithm 2 with FlashAttention-3's backward layout.
 
-``flash_attn_v2`` runs it by default where it takes the inputs and measured faster than the Triton backward
-(``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128, causal or not
-(168 registers, 12 warps; the D128 causal build spills 88 bytes of stack a thread, the others none).
+``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
+every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
+causal or not (168 registers, 12 warps; the D128 causal build spills 72 bytes of stack a thread, the others none).
 
 What is implemented
 -------------------
@@ -26,14 +26,21 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
         dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T through shared memory, line 21)
-        dQ_i += dS K_w                           (wgmma, A = the transposed view of the same dS^T tile)
-    then the consumer writes its dQ_i partial (fp32) to shared memory and adds it into an fp32 dQ
-    accumulator in global memory with one TMA reduce-add (``cp.reduce.async.bulk.tensor .add.f32``,
-    FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds).  The reduce runs while
-    the next step computes; the buffer is reused after ``tma.store_wait``.  Each consumer reduces its own
-    partial (keys 0-63 and 64-127 of the block), so dQ receives two reduce-adds a (key block, query block)
-    where FA3 issues one (its consumers split dQ by head-dim columns after a barrier between them): twice
-    the reduce traffic into L2, no synchronisation between the consumers;
+        dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
+    then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
+    .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
+    while the next step computes (the buffer is reused after ``tma.store_wait``).  How the dQ product is split:
+      - D128 (``split_dq``), as FA3: each consumer writes its rows of dS^T into one (128 keys, 64) tile of the
+        block, arrives on that step's mbarrier and waits for the other's arrival; then consumer w computes
+        dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
+        One reduce of the tile a step; dS^T is double-buffered (a consumer writes step t + 1's while the other
+        may still read step t's; it waits on step t + 1's barrier before step t + 2 writes the buffer again,
+        and the other has retired step t's products by then), and K_j is overwritten with dK only after both
+        consumers' last products (one more barrier).  Measured against the layout below: the backward alone
+        0.94-0.97 of the time non-causal, 0.80-0.84 causal (kernels/DESIGN.md);
+      - D64: half of K_j's 64 columns is narrower than the 128-byte swizzle the tile is stored with, so it
+        cannot be an operand; each consumer computes dQ_i = dS_w K_w over its own 64 keys (all columns) and
+        reduces that partial: two reduces of the tile a step, no synchronisation between the consumers;
   * causal: query blocks entirely above the diagonal are never visited; the first BLOCK_N / BLOCK_M
     visited query blocks of a key block on or past the diagonal (Nq, Nkv multiples of 128: the diagonal
     starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
@@ -66,6 +73,7 @@ from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
@@ -92,10 +100,29 @@ def block_m(head_dim: int) -> int:
     return 64
 
 
-def config_label(head_dim: int, stages: int = STAGES) -> str:
+def split_dq(head_dim: int) -> bool:
+    """Whether the consumers split dQ by head-dim columns (one reduce a step) by default: at D128.  At D64 a
+    32-column half of K_j is narrower than the 128-byte swizzle its tile is stored with, so it cannot be an
+    operand; there each consumer reduces its keys' partial of all columns."""
+    return head_dim == 128
+
+
+def config_label(head_dim: int, stages: int = STAGES, dq_split: bool | None = None) -> str:
     """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both)."""
+    split = split_dq(head_dim) if dq_split is None else dq_split
     return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim)},BLOCK_N={BLOCK_N},num_warps=4+4+1,num_stages={stages},"
-            "tma=True,warp_specialize=True,dq=tma_reduce_add")
+            f"tma=True,warp_specialize=True,dq=tma_reduce_add{'_split' if split else ''}")
+
+
+def dq_descriptor(dq_acc: torch.Tensor, dq_split: bool):
+    """The TMA descriptor of the fp32 dQ accumulator: a consumer's reduce tile, (BLOCK_M, D) or with ``dq_split``
+    (BLOCK_M, D / 2)."""
+    D = dq_acc.shape[-1]
+    bm = block_m(D)
+    if not dq_split:
+        return descriptor(dq_acc, bm)
+    return TensorDescriptor(dq_acc.view(-1, D), [dq_acc.numel() // D, D], [D, 1], [bm, D // 2],
+                            sm90._smem_layout(bm, D // 2, torch.float32))
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -150,13 +177,21 @@ def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, 
 
 
 @gluon.jit
-def _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready, do_empty,
-          dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, KEYS: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-          s_layout: gl.constexpr, a_layout: gl.constexpr):
+def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
+          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
+          MASK: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, COL0: gl.constexpr, BLOCK_M: gl.constexpr,
+          STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, s_layout: gl.constexpr, a_layout: gl.constexpr):
     """One query block (rows q_row .. q_row + BLOCK_M of the (B*H*Nq, D) view) against this consumer's keys."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
+    if DQ_SPLIT:
+        # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer
+        # writes step t + 1's while the other may still read step t's (it waits on step t + 1's barrier before
+        # step t + 2 writes this one again, and by then the other has retired step t's products)
+        ds_all = ds_bufs.index(t % 2)
+        ds_smem = ds_all.slice(ROW0, KEYS)
+    else:
+        ds_smem = ds_bufs
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     offs_m = gl.arange(0, BLOCK_M, layout=col_layout)
 
@@ -189,9 +224,16 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_emp
     dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
     fence_async_shared()
     dk_tok = warpgroup_mma(ds_smem, q_smem, dk, is_async=True)
+    if DQ_SPLIT:
+        mbarrier.arrive(ds_ready.index(t % 2), count=1)  # this consumer's half of dS^T is in shared memory
     # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
     dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
-    dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
+    if DQ_SPLIT:
+        # dQ_i[:, COL0:COL0 + D/2] = dS (all 128 keys) K_j[:, COL0:COL0 + D/2], once the other half of dS^T is in
+        mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
+        dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_cols, zero_dq, use_acc=False, is_async=True)
+    else:
+        dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
     dk = warpgroup_mma_wait(1, deps=[dk_tok])
     mbarrier.arrive(q_empty.index(slot), count=1)
     mbarrier.arrive(do_empty.index(slot), count=1)
@@ -199,29 +241,35 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_emp
     tma.store_wait(0)  # the previous step's reduce has read dq_smem
     dq_smem.store(dq)
     fence_async_shared()
-    _tma_reduce_add(dq_desc, [q_row, 0], dq_smem)
+    _tma_reduce_add(dq_desc, [q_row, COL0], dq_smem)
     return dk, dv
 
 
 @gluon.jit
-def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
-              dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q, GROUP,
-              qk_scale, sm_scale, CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr,
-              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
-    """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4)."""
+def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
+              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag,
+              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr,
+              KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
+              NUM_WARPS: gl.constexpr):
+    """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT,
+    dQ's head-dim columns [COL0, COL0 + HEAD_DIM / 2) over all the block's keys."""
+    DQ_COLS: gl.constexpr = HEAD_DIM // 2 if DQ_SPLIT else HEAD_DIM
+    COL0: gl.constexpr = (ROW0 // KEYS) * DQ_COLS if DQ_SPLIT else 0
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
+    q_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, DQ_COLS, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=d_layout, k_width=2)
 
     k_w = k_smem.slice(ROW0, KEYS)
+    k_cols = k_smem.slice(COL0, DQ_COLS, dim=1)
     v_w = v_smem.slice(ROW0, KEYS)
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
     zero_s = gl.zeros([KEYS, BLOCK_M], gl.float32, layout=s_layout)
-    zero_dq = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=d_layout)
-    n_m = N_Q // BLOCK_M
+    zero_dq = gl.zeros([BLOCK_M, DQ_COLS], gl.float32, layout=q_layout)
 
     mbarrier.wait(kv_bar, 0)
     n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
@@ -233,24 +281,31 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready
             q_row0 = (bh0 + g) * N_Q
             for i in range(n_masked):
                 m0 = (m_lo + i) * BLOCK_M
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
-                               do_empty, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0, diag, qk_scale,
-                               zero_s, zero_dq, True, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
+                               diag, qk_scale, zero_s, zero_dq, True, KEYS, ROW0, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               s_layout, a_layout)
                 t += 1
             for i in range(n_masked, n_mb):
                 m0 = (m_lo + i) * BLOCK_M
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
-                               do_empty, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0, diag, qk_scale,
-                               zero_s, zero_dq, False, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
+                               diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               s_layout, a_layout)
                 t += 1
     else:
         for t in range(GROUP * n_mb):
             g = t // n_mb
             m0 = (t - g * n_mb) * BLOCK_M
-            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, v_w, ds_smem, dq_smem, q_ready, q_empty, do_ready,
-                           do_empty, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0, n0 + ROW0, diag,
-                           qk_scale, zero_s, zero_dq, False, KEYS, BLOCK_M, STAGES, s_layout, a_layout)
+            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                           do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0,
+                           n0 + ROW0, diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, COL0, BLOCK_M, STAGES,
+                           DQ_SPLIT, s_layout, a_layout)
 
+    if DQ_SPLIT:
+        # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
+        mbarrier.arrive(kv_done, count=1)
+        mbarrier.wait(kv_done, 0)
     # every wgmma reading K_w / V_w has retired: their tiles carry dK_w, dV_w out
     k_w.store((dk * sm_scale).to(k_w.dtype))
     v_w.store(dv.to(v_w.dtype))
@@ -269,8 +324,13 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     KEYS: gl.constexpr = BLOCK_N // 2
+    # the dQ tile a consumer reduces tells the layout: all head-dim columns of its keys' partial, or half of
+    # them over all the block's keys (split)
+    DQ_SPLIT: gl.constexpr = dq_desc.block_type.shape[1] != HEAD_DIM
     gl.static_assert(dk_desc.block_type.shape[0] == KEYS, "dK / dV are stored a consumer's half at a time")
     gl.static_assert(dq_desc.block_type.shape[0] == BLOCK_M, "dQ is reduced a query block at a time")
+    gl.static_assert(dq_desc.block_type.shape[1] * (2 if DQ_SPLIT else 1) == HEAD_DIM,
+                     "dQ is reduced whole or by halves of the head dim")
     gl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal diagonal must start at a query block")
 
     # key block 0 is the heaviest when causal (it is seen by every query block)
@@ -299,22 +359,37 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD_DIM], v_desc.layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], q_desc.dtype)
-    ds0 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
-    ds1 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
-    dq0 = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM], dq_desc.layout)
-    dq1 = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM], dq_desc.layout)
+    if DQ_SPLIT:
+        # dS^T of the whole key block, double-buffered, read by both consumers' dQ products
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], q_desc.dtype)
+        ds0 = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_N, BLOCK_M], ds_layout)
+        ds1 = ds0
+    else:
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], q_desc.dtype)
+        ds0 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
+        ds1 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
+    dq_block: gl.constexpr = dq_desc.block_type.shape
+    dq0 = gl.allocate_shared_memory(gl.float32, dq_block, dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, dq_block, dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     q_ready, q_empty, do_ready, do_empty = ring_barriers(STAGES)
+    # split dQ: a step's dS^T is complete once both consumers arrived; K_j is free once both finished
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    kv_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(ds_ready.index(i), count=2)
+    mbarrier.init(kv_done, count=2)
 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds0, dq0, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q,
-                     GROUP, qk_scale, sm_scale, CAUSAL, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES, 4)),
+                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
+                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES,
+                     DQ_SPLIT, 4)),
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds1, dq1, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag, N_Q,
-                     GROUP, qk_scale, sm_scale, CAUSAL, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES, 4)),
+                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
+                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES,
+                     DQ_SPLIT, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
                      do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP, BLOCK_M, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -336,15 +411,19 @@ def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
-             stages: int = STAGES) -> None:
+             stages: int = STAGES, dq_split: bool | None = None) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
     forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32.  The caller checks
     ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is accumulated by
-    reduce-adds in whatever order the programs run)."""
+    reduce-adds in whatever order the programs run).  ``dq_split``: split dQ by head-dim columns between the
+    consumers (None: ``split_dq``'s default; True needs D128)."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
+    split = split_dq(D) if dq_split is None else dq_split
+    if split and D != 128:
+        raise ValueError(f"sm90_bwd.backward: dq_split needs head dim 128, got {D}")
     if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
         raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
     do = do if do.is_contiguous() else do.contiguous()
@@ -354,7 +433,7 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     grid = (Nkv // BLOCK_N, B * Hkv)
     bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), descriptor(dq_acc, bm), lse, delta,
+        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, split), lse, delta,
         sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv,
         **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)
     n = dq.numel()
