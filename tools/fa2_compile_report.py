@@ -133,7 +133,7 @@ def setmaxnreg(ptx: str) -> list[int]:
 
 
 def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None,
-                           dq_split: bool | None = None):
+                           layout: str | None = None):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
     launches it (dense inputs; descriptors over the (rows, D) views)."""
     import torch
@@ -144,10 +144,10 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
 
     fn = sm90_bwd.bwd_sm90_kernel
     dtype = dtype or torch.bfloat16
-    bm, bn = sm90_bwd.block_m(head_dim), sm90_bwd.BLOCK_N
+    layout = layout or sm90_bwd.dq_layout(head_dim)
+    bm, bn = sm90_bwd.block_m(head_dim, layout), sm90_bwd.BLOCK_N
     tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
-    split = sm90_bwd.split_dq(head_dim) if dq_split is None else dq_split
-    dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), split))
+    dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), layout))
     consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
@@ -159,15 +159,17 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
 
 
 def gluon_bwd_rows() -> list[dict]:
-    """One row per build of the Gluon backward (head dim, causal, dQ split by columns: D128 only): resources and
+    from flashbench_kernels.flash_attn_v2 import sm90_bwd
+
+    """One row per build of the Gluon backward (head dim, causal, each dQ layout the head dim runs): resources and
     register split."""
-    builds = [(d, causal, split) for d in (128, 64) for causal in (False, True)
-              for split in ((True, False) if d == 128 else (False,))]
+    builds = [(d, causal, layout) for d in (128, 64) for causal in (False, True) for layout in sm90_bwd.DQ_LAYOUTS
+              if d in sm90_bwd.layout_head_dims(layout)]
     out = []
-    for d, causal, split in builds:
-        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "dq_split": split}
+    for d, causal, layout in builds:
+        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "dq_layout": layout}
         try:
-            c = compile_sm90_gluon_bwd(d, causal, dq_split=split)
+            c = compile_sm90_gluon_bwd(d, causal, layout=layout)
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
         except Exception as e:  # report, go on

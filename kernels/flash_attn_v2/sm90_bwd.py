@@ -94,35 +94,60 @@ STAGES = 2  # Q and dO ring depth
 LOG2E = 1.4426950408889634
 
 
-def block_m(head_dim: int) -> int:
-    """Query rows a step: 64 (register budget at D128: dK, dV and a dQ partial of 64 x 128 fp32 each); 128 at D64
-    is untried."""
-    return 64
+# How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
+# columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
+# over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
+DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer")
+_LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128)}
 
 
-def split_dq(head_dim: int) -> bool:
-    """Whether the consumers split dQ by head-dim columns (one reduce a step) by default: at D128.  At D64 a
-    32-column half of K_j is narrower than the 128-byte swizzle its tile is stored with, so it cannot be an
-    operand; there each consumer reduces its keys' partial of all columns."""
-    return head_dim == 128
+def dq_layout(head_dim: int) -> str:
+    """The dQ layout a head dim runs by default (the one measured fastest; kernels/DESIGN.md)."""
+    return "split_cols" if head_dim == 128 else "split_rows"
 
 
-def config_label(head_dim: int, stages: int = STAGES, dq_split: bool | None = None) -> str:
+def block_m(head_dim: int, layout: str | None = None) -> int:
+    """Query rows a step: 64, or 128 with "split_rows" (at D64: S^T and dP^T of 64 keys x 128 queries, 64 fp32
+    registers each, beside dK and dV of 32).  At D128 a 128-row step does not fit the registers (dK and dV take 64
+    each)."""
+    return 128 if (layout or dq_layout(head_dim)) == "split_rows" else 64
+
+
+def dq_tile(head_dim: int, layout: str) -> list[int]:
+    """The (rows, columns) of dQ one consumer reduces a step."""
+    bm = block_m(head_dim, layout)
+    return {"split_cols": [bm, head_dim // 2], "split_rows": [bm // 2, head_dim], "per_consumer": [bm, head_dim]}[layout]
+
+
+def layout_head_dims(layout: str) -> tuple[int, ...]:
+    """The head dims a dQ layout runs."""
+    return _LAYOUT_HEAD_DIMS[layout]
+
+
+def check_dq_layout(head_dim: int, layout: str) -> None:
+    """ValueError unless ``layout`` is a dQ layout that runs ``head_dim``."""
+    if layout not in DQ_LAYOUTS:
+        raise ValueError(f"sm90_bwd: dq_layout must be one of {', '.join(DQ_LAYOUTS)}, got {layout!r}")
+    if head_dim not in _LAYOUT_HEAD_DIMS[layout]:
+        # split_cols at D64: a 32-column half of K_j is narrower than its tile's 128-byte swizzle, so it cannot be
+        # an operand; split_rows at D128: dK, dV, S^T and dP^T of a 128-row step need 256 registers
+        raise ValueError(f"sm90_bwd: dq_layout {layout!r} runs head dim "
+                         f"{' or '.join(map(str, _LAYOUT_HEAD_DIMS[layout]))}, got {head_dim}")
+
+
+def config_label(head_dim: int, stages: int = STAGES, layout: str | None = None) -> str:
     """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both)."""
-    split = split_dq(head_dim) if dq_split is None else dq_split
-    return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim)},BLOCK_N={BLOCK_N},num_warps=4+4+1,num_stages={stages},"
-            f"tma=True,warp_specialize=True,dq=tma_reduce_add{'_split' if split else ''}")
+    layout = layout or dq_layout(head_dim)
+    return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim, layout)},BLOCK_N={BLOCK_N},num_warps=4+4+1,"
+            f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}")
 
 
-def dq_descriptor(dq_acc: torch.Tensor, dq_split: bool):
-    """The TMA descriptor of the fp32 dQ accumulator: a consumer's reduce tile, (BLOCK_M, D) or with ``dq_split``
-    (BLOCK_M, D / 2)."""
+def dq_descriptor(dq_acc: torch.Tensor, layout: str):
+    """The TMA descriptor of the fp32 dQ accumulator, a tile being what one consumer reduces (``dq_tile``)."""
     D = dq_acc.shape[-1]
-    bm = block_m(D)
-    if not dq_split:
-        return descriptor(dq_acc, bm)
-    return TensorDescriptor(dq_acc.view(-1, D), [dq_acc.numel() // D, D], [D, 1], [bm, D // 2],
-                            sm90._smem_layout(bm, D // 2, torch.float32))
+    rows, cols = dq_tile(D, layout)
+    return TensorDescriptor(dq_acc.view(-1, D), [dq_acc.numel() // D, D], [D, 1], [rows, cols],
+                            sm90._smem_layout(rows, cols, torch.float32))
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -179,8 +204,9 @@ def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, 
 @gluon.jit
 def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
           ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, COL0: gl.constexpr, BLOCK_M: gl.constexpr,
-          STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, s_layout: gl.constexpr, a_layout: gl.constexpr):
+          MASK: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
+          COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
+          s_layout: gl.constexpr, a_layout: gl.constexpr):
     """One query block (rows q_row .. q_row + BLOCK_M of the (B*H*Nq, D) view) against this consumer's keys."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
@@ -229,9 +255,14 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
     dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
     if DQ_SPLIT:
-        # dQ_i[:, COL0:COL0 + D/2] = dS (all 128 keys) K_j[:, COL0:COL0 + D/2], once the other half of dS^T is in
+        # once the other half of dS^T is in: dQ_i[QROW0 : QROW0 + DQ_ROWS, COL0 : COL0 + DQ_COLS] =
+        # dS[QROW0 : QROW0 + DQ_ROWS, all 128 keys] K_j[:, COL0 : COL0 + DQ_COLS] (k_cols: those columns of K_j)
         mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
-        dq_tok = warpgroup_mma(ds_all.permute((1, 0)), k_cols, zero_dq, use_acc=False, is_async=True)
+        if DQ_ROWS == BLOCK_M:
+            ds_rows = ds_all
+        else:
+            ds_rows = ds_all.slice(QROW0, DQ_ROWS, dim=1)
+        dq_tok = warpgroup_mma(ds_rows.permute((1, 0)), k_cols, zero_dq, use_acc=False, is_async=True)
     else:
         dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
     dk = warpgroup_mma_wait(1, deps=[dk_tok])
@@ -241,7 +272,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     tma.store_wait(0)  # the previous step's reduce has read dq_smem
     dq_smem.store(dq)
     fence_async_shared()
-    _tma_reduce_add(dq_desc, [q_row, COL0], dq_smem)
+    _tma_reduce_add(dq_desc, [q_row + QROW0, COL0], dq_smem)
     return dk, dv
 
 
@@ -251,10 +282,13 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
               N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr,
               KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
               NUM_WARPS: gl.constexpr):
-    """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT,
-    dQ's head-dim columns [COL0, COL0 + HEAD_DIM / 2) over all the block's keys."""
-    DQ_COLS: gl.constexpr = HEAD_DIM // 2 if DQ_SPLIT else HEAD_DIM
-    COL0: gl.constexpr = (ROW0 // KEYS) * DQ_COLS if DQ_SPLIT else 0
+    """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
+    dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
+    block: half the columns or half the rows)."""
+    DQ_ROWS: gl.constexpr = dq_smem.shape[0]
+    DQ_COLS: gl.constexpr = dq_smem.shape[1]
+    QROW0: gl.constexpr = (ROW0 // KEYS) * DQ_ROWS if DQ_ROWS != BLOCK_M else 0
+    COL0: gl.constexpr = (ROW0 // KEYS) * DQ_COLS if DQ_COLS != HEAD_DIM else 0
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
     d_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -264,12 +298,15 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=d_layout, k_width=2)
 
     k_w = k_smem.slice(ROW0, KEYS)
-    k_cols = k_smem.slice(COL0, DQ_COLS, dim=1)
+    if DQ_COLS == HEAD_DIM:
+        k_cols = k_smem
+    else:
+        k_cols = k_smem.slice(COL0, DQ_COLS, dim=1)
     v_w = v_smem.slice(ROW0, KEYS)
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
     zero_s = gl.zeros([KEYS, BLOCK_M], gl.float32, layout=s_layout)
-    zero_dq = gl.zeros([BLOCK_M, DQ_COLS], gl.float32, layout=q_layout)
+    zero_dq = gl.zeros([DQ_ROWS, DQ_COLS], gl.float32, layout=q_layout)
 
     mbarrier.wait(kv_bar, 0)
     n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
@@ -283,14 +320,14 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                                do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, qk_scale, zero_s, zero_dq, True, KEYS, ROW0, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               diag, qk_scale, zero_s, zero_dq, True, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
                                s_layout, a_layout)
                 t += 1
             for i in range(n_masked, n_mb):
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                                do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
                                s_layout, a_layout)
                 t += 1
     else:
@@ -299,8 +336,8 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
             m0 = (t - g * n_mb) * BLOCK_M
             dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                            do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0,
-                           n0 + ROW0, diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, COL0, BLOCK_M, STAGES,
-                           DQ_SPLIT, s_layout, a_layout)
+                           n0 + ROW0, diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, QROW0, DQ_ROWS, COL0,
+                           BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -324,13 +361,15 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     KEYS: gl.constexpr = BLOCK_N // 2
-    # the dQ tile a consumer reduces tells the layout: all head-dim columns of its keys' partial, or half of
-    # them over all the block's keys (split)
-    DQ_SPLIT: gl.constexpr = dq_desc.block_type.shape[1] != HEAD_DIM
+    # the dQ tile a consumer reduces tells the layout (``dq_tile``): a whole (BLOCK_M, D) partial of its keys, or,
+    # split between the consumers over all the block's keys, half the columns or half the rows
+    DQ_ROWS: gl.constexpr = dq_desc.block_type.shape[0]
+    DQ_COLS: gl.constexpr = dq_desc.block_type.shape[1]
+    DQ_SPLIT: gl.constexpr = (DQ_ROWS != BLOCK_M) or (DQ_COLS != HEAD_DIM)
     gl.static_assert(dk_desc.block_type.shape[0] == KEYS, "dK / dV are stored a consumer's half at a time")
-    gl.static_assert(dq_desc.block_type.shape[0] == BLOCK_M, "dQ is reduced a query block at a time")
-    gl.static_assert(dq_desc.block_type.shape[1] * (2 if DQ_SPLIT else 1) == HEAD_DIM,
-                     "dQ is reduced whole or by halves of the head dim")
+    gl.static_assert((DQ_ROWS == BLOCK_M and DQ_COLS == HEAD_DIM) or (DQ_ROWS == BLOCK_M and 2 * DQ_COLS == HEAD_DIM)
+                     or (2 * DQ_ROWS == BLOCK_M and DQ_COLS == HEAD_DIM),
+                     "dQ is reduced a whole query block, or by halves of its columns or rows")
     gl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal diagonal must start at a query block")
 
     # key block 0 is the heaviest when causal (it is seen by every query block)
@@ -368,9 +407,8 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], q_desc.dtype)
         ds0 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
         ds1 = gl.allocate_shared_memory(q_desc.dtype, [KEYS, BLOCK_M], ds_layout)
-    dq_block: gl.constexpr = dq_desc.block_type.shape
-    dq0 = gl.allocate_shared_memory(gl.float32, dq_block, dq_desc.layout)
-    dq1 = gl.allocate_shared_memory(gl.float32, dq_block, dq_desc.layout)
+    dq0 = gl.allocate_shared_memory(gl.float32, [DQ_ROWS, DQ_COLS], dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, [DQ_ROWS, DQ_COLS], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     q_ready, q_empty, do_ready, do_empty = ring_barriers(STAGES)
@@ -411,29 +449,28 @@ def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
-             stages: int = STAGES, dq_split: bool | None = None) -> None:
+             stages: int = STAGES, layout: str | None = None) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
     forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32.  The caller checks
     ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is accumulated by
-    reduce-adds in whatever order the programs run).  ``dq_split``: split dQ by head-dim columns between the
-    consumers (None: ``split_dq``'s default; True needs D128)."""
+    reduce-adds in whatever order the programs run).  ``layout``: how the consumers share dQ (``DQ_LAYOUTS``;
+    None: ``dq_layout``'s default for the head dim)."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
-    split = split_dq(D) if dq_split is None else dq_split
-    if split and D != 128:
-        raise ValueError(f"sm90_bwd.backward: dq_split needs head dim 128, got {D}")
+    layout = layout or dq_layout(D)
+    check_dq_layout(D, layout)
     if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
         raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
-    bm = block_m(D)
+    bm = block_m(D, layout)
     dq_acc = torch.zeros((B, H, Nq, D), dtype=torch.float32, device=q.device)
     grid = (Nkv // BLOCK_N, B * Hkv)
     bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, split), lse, delta,
+        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
         sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv,
         **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)
     n = dq.numel()

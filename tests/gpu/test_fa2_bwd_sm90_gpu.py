@@ -106,22 +106,26 @@ def test_gpu_auto_runs_the_gluon_backward_wherever_it_takes_the_inputs():
         assert all(torch.isfinite(t.grad).all() for t in leaves)
 
 
+@pytest.mark.parametrize("D", [128, 64])
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_split_dq_matches_the_per_consumer_reduce(causal):
-    """D128 splits dQ by head-dim columns between the consumers (one reduce a step, a barrier between them);
-    the per-consumer reduce (``dq_split=False``, D64's layout) computes the same sums in another order: dK and
-    dV bit-equal, dQ within fp32 rounding.  (The gradient tests above check the split one against the reference.)"""
-    q, k, v, do = make_inputs(2, 8, 2, 1024, 1536, 128, torch.bfloat16, seed=5)
+def test_gpu_split_dq_matches_the_per_consumer_reduce(causal, D):
+    """The default dQ layouts split a step's dQ between the consumers (D128 by columns, D64 by the rows of
+    128-row steps), with barriers between them; the per-consumer reduce computes the same sums in another order.
+    At D128 both run 64-row steps, so dK and dV are bit-equal; dQ, and at D64 all three, agree within fp32
+    rounding.  (The gradient tests above check the default layouts against the reference.)"""
+    q, k, v, do = make_inputs(2, 8, 2, 1024, 1536, D, torch.bfloat16, seed=5 + D)
     o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(autotune=False))
     lse2 = (lse / math.log(2)).contiguous()
     delta = (do.float() * o.float()).sum(-1)
-    scale = 128 ** -0.5
     got = {}
-    for split in (True, False):
-        dq, dk, dv = (poisoned_empty(t.shape, t.dtype, t.device) for t in (q, k, v))
-        sm90_bwd.backward(q, k, v, do, lse2, delta, dq, dk, dv, causal, scale, dq_split=split)
-        got[split] = (dq, dk, dv)
-    assert torch.equal(got[True][1], got[False][1]) and torch.equal(got[True][2], got[False][2])
-    a, b = got[True][0].float(), got[False][0].float()
-    assert torch.isfinite(a).all()
-    assert (a - b).abs().max().item() <= 1e-2 * b.abs().max().item()
+    for layout in (sm90_bwd.dq_layout(D), "per_consumer"):
+        grads = [poisoned_empty(t.shape, t.dtype, t.device) for t in (q, k, v)]
+        sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, D ** -0.5, layout=layout)
+        got[layout] = grads
+    split, whole = got[sm90_bwd.dq_layout(D)], got["per_consumer"]
+    for i, (a, b) in enumerate(zip(split, whole)):
+        assert torch.isfinite(a).all()
+        if D == 128 and i > 0:
+            assert torch.equal(a, b)
+        else:
+            assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item()

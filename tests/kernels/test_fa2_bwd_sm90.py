@@ -132,22 +132,38 @@ def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch(
 
 def test_configuration_is_reported_by_name():
     assert sm90_bwd.config_label(128).startswith("gluon_sm90_bwd,BLOCK_M=64,BLOCK_N=128")
-    assert sm90_bwd.config_label(128).endswith("dq=tma_reduce_add_split")
-    assert sm90_bwd.config_label(64).endswith("dq=tma_reduce_add")
-    assert sm90_bwd.config_label(128, dq_split=False).endswith("dq=tma_reduce_add")
+    assert sm90_bwd.config_label(128).endswith("dq_layout=split_cols")
+    assert sm90_bwd.config_label(64).startswith("gluon_sm90_bwd,BLOCK_M=128,BLOCK_N=128")
+    assert sm90_bwd.config_label(64).endswith("dq_layout=split_rows")
+    assert sm90_bwd.config_label(64, layout="per_consumer").startswith("gluon_sm90_bwd,BLOCK_M=64,")
 
 
-def test_dq_is_split_by_head_dim_columns_at_d128_only():
-    """At D128 each consumer reduces half of dQ's columns over all the block's keys (a (64, 64) fp32 tile);
-    at D64 a half of K_j's columns would be narrower than its 128-byte swizzle, so each consumer reduces its
-    keys' partial of all columns."""
-    assert sm90_bwd.split_dq(128) and not sm90_bwd.split_dq(64)
-    acc = torch.zeros(1, 2, 256, 128)
-    assert list(sm90_bwd.dq_descriptor(acc, True).block_shape) == [64, 64]
-    assert list(sm90_bwd.dq_descriptor(acc, False).block_shape) == [64, 128]
-    q = _t(1, 2, 256, 64)
-    with pytest.raises(ValueError, match="dq_split needs head dim 128"):
-        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, dq_split=True)
+@pytest.mark.parametrize("D, layout, block_m, tile", [
+    (128, "split_cols", 64, [64, 64]),  # half the columns of a 64-row step over all 128 keys
+    (128, "per_consumer", 64, [64, 128]),  # a consumer's 64 keys' partial of the whole tile
+    (64, "split_rows", 128, [64, 64]),  # half the rows of a 128-row step over all 128 keys
+    (64, "per_consumer", 64, [64, 64]),
+])
+def test_each_dq_layout_reduces_its_tile(D, layout, block_m, tile):
+    assert sm90_bwd.block_m(D, layout) == block_m and sm90_bwd.dq_tile(D, layout) == tile
+    acc = torch.zeros(1, 2, 256, D)
+    assert list(sm90_bwd.dq_descriptor(acc, layout).block_shape) == tile
+
+
+@pytest.mark.parametrize("D, layout, words", [
+    (64, "split_cols", "runs head dim 128, got 64"),  # a 32-column half is narrower than the 128-byte swizzle
+    (128, "split_rows", "runs head dim 64, got 128"),  # a 128-row step at D128 needs 256 registers
+    (128, "rows", "dq_layout must be one of split_cols, split_rows, per_consumer"),
+])
+def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout, words):
+    assert sm90_bwd.dq_layout(128) == "split_cols" and sm90_bwd.dq_layout(64) == "split_rows"
+    q = _t(1, 2, 256, D)
+    with pytest.raises(ValueError, match=words):
+        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, layout=layout)
+
+
+# bytes of stack a thread, as sm90_bwd's docstring states them
+SPILLS = {(128, True, "split_cols"): 72, (128, True, "per_consumer"): 96, (64, True, "split_rows"): 104}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -157,16 +173,15 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon-bwd",
                            "--json"], capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["head_dim"], r["causal"], r["dq_split"]) for r in rows} == \
-        {(d, c, s) for d in (64, 128) for c in (False, True) for s in (False, True) if s <= (d == 128)}, \
+    assert {(r["head_dim"], r["causal"], r["dq_layout"]) for r in rows} == \
+        {(d, c, lay) for d in (64, 128) for c in (False, True) for lay in ("per_consumer", sm90_bwd.dq_layout(d))}, \
         proc.stderr[-2000:]
     for r in rows:
-        where = f"D={r['head_dim']} causal={r['causal']}"
+        where = f"D={r['head_dim']} causal={r['causal']} {r['dq_layout']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert sm90_bwd.CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
-        # the D128 causal builds spill a little (sm90_bwd's docstring: 72 bytes a thread with dQ split, 96
-        # without); the others nothing
-        allowed = (72 if r["dq_split"] else 96) if (r["head_dim"], r["causal"]) == (128, True) else 0
+        # the causal builds but D64's per-consumer one spill a little (sm90_bwd's docstring); the others nothing
+        allowed = SPILLS.get((r["head_dim"], r["causal"], r["dq_layout"]), 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
