@@ -133,7 +133,7 @@ def setmaxnreg(ptx: str) -> list[int]:
 
 
 def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None,
-                           layout: str | None = None):
+                           layout: str | None = None, window: bool = False):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
     launches it (dense inputs; descriptors over the (rows, D) views)."""
     import torch
@@ -148,7 +148,7 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     bm, bn = sm90_bwd.block_m(head_dim, layout), sm90_bwd.BLOCK_N
     tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
     dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), layout))
-    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES)
+    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES, window)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
                dv_desc=tile(bn // 2), dq_desc=dq_tile, lse_ptr="*fp32", delta_ptr="*fp32",
@@ -161,15 +161,16 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
 def gluon_bwd_rows() -> list[dict]:
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
-    """One row per build of the Gluon backward (head dim, causal, each dQ layout the head dim runs): resources and
-    register split."""
-    builds = [(d, causal, layout) for d in (128, 64) for causal in (False, True) for layout in sm90_bwd.DQ_LAYOUTS
-              if d in sm90_bwd.layout_head_dims(layout)]
+    """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
+    each dQ layout the head dim runs): resources and register split."""
+    builds = [(d, causal, window, layout) for d in (128, 64) for causal, window in ((False, False), (True, False),
+                                                                                   (True, True))
+              for layout in sm90_bwd.DQ_LAYOUTS if d in sm90_bwd.layout_head_dims(layout)]
     out = []
-    for d, causal, layout in builds:
-        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "dq_layout": layout}
+    for d, causal, window, layout in builds:
+        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "window": window, "dq_layout": layout}
         try:
-            c = compile_sm90_gluon_bwd(d, causal, layout=layout)
+            c = compile_sm90_gluon_bwd(d, causal, layout=layout, window=window)
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
         except Exception as e:  # report, go on

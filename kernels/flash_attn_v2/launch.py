@@ -249,7 +249,8 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
     if _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None:
-        sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs)
+        sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
+                          window_left=lay.window[0] if window else -1)
         if call.launch_log is not None:
             call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D)
         return dq, dk, dv

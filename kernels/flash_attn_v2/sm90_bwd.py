@@ -2,7 +2,8 @@
 
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
-causal or not (168 registers, 12 warps; the D128 causal build spills 72 bytes of stack a thread, the others none).
+causal or not (168 registers, 12 warps; the causal builds spill 72 (D128) and 104 (D64) bytes of stack a thread, the
+others none).
 
 What is implemented
 -------------------
@@ -11,7 +12,7 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
 
   * one program per (key block of ``BLOCK_N`` = 128 keys, batch * kv head).  K_j and V_j are loaded once
     (TMA) and stay in shared memory; dK_j and dV_j are fp32 register accumulators.  The program walks
-    the query blocks of ``BLOCK_M`` rows (64; 128 at D64 untried) that see some key of its block, and
+    the query blocks of ``BLOCK_M`` rows (64 at D128, 128 at D64) that see some key of its block, and
     under GQA/MQA the query heads sharing its kv head, one after the other, so dK and dV of a kv head are
     summed over its query heads in registers (Algorithm 2's outer loop over j, inner loop over i);
   * warp specialisation (FA3 3.1): a 1-warp producer partition issues the TMA loads of Q_i and dO_i into
@@ -30,17 +31,22 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  How the dQ product is split:
-      - D128 (``split_dq``), as FA3: each consumer writes its rows of dS^T into one (128 keys, 64) tile of the
-        block, arrives on that step's mbarrier and waits for the other's arrival; then consumer w computes
+      - D128 (``"split_cols"``, ``dq_layout``), as FA3: each consumer writes its rows of dS^T into one
+        (128 keys, 64) tile of the block, arrives on that step's mbarrier and waits for the other's arrival; then consumer w computes
         dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
         One reduce of the tile a step; dS^T is double-buffered (a consumer writes step t + 1's while the other
         may still read step t's; it waits on step t + 1's barrier before step t + 2 writes the buffer again,
         and the other has retired step t's products by then), and K_j is overwritten with dK only after both
-        consumers' last products (one more barrier).  Measured against the layout below: the backward alone
-        0.94-0.97 of the time non-causal, 0.80-0.84 causal (kernels/DESIGN.md);
-      - D64: half of K_j's 64 columns is narrower than the 128-byte swizzle the tile is stored with, so it
-        cannot be an operand; each consumer computes dQ_i = dS_w K_w over its own 64 keys (all columns) and
-        reduces that partial: two reduces of the tile a step, no synchronisation between the consumers;
+        consumers' last products (one more barrier).  Measured against the per-consumer layout: the backward
+        alone 0.94-0.97 of the time non-causal, 0.80-0.84 causal (kernels/DESIGN.md);
+      - D64 (``"split_rows"``): a 32-column half of K_j would be narrower than the 128-byte swizzle its tile is
+        stored with, so it cannot be an operand; instead the steps take 128 query rows (``block_m``: S^T and
+        dP^T of 64 keys x 128 queries fit beside dK and dV of 64 x 64) and consumer w computes the rows
+        dQ_i[64w : 64w + 64, :] = dS[64w : 64w + 64, all 128 keys] K_j, with the same barriers.  Measured
+        against the per-consumer layout: the backward alone 0.78-0.88 of the time;
+      - ``"per_consumer"`` (either head dim, kept to measure the others against): each consumer computes
+        dQ_i = dS_w K_w over its own 64 keys and reduces that partial: two reduces of the tile a step, no
+        synchronisation between the consumers;
   * causal: query blocks entirely above the diagonal are never visited; the first BLOCK_N / BLOCK_M
     visited query blocks of a key block on or past the diagonal (Nq, Nkv multiples of 128: the diagonal
     starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
@@ -50,7 +56,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     dK is scaled by sm_scale before its store; dK and dV are stored by TMA through the consumers' halves
     of the K / V tiles (free by then).
 
-Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call.
+Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the
+gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call: twice dQ's size (fwd_bwd peak 387 MiB above the
+inputs against 260 MiB with the Triton backward at 16k tokens, hidden 2048; cuDNN 386 MiB).  ``backward="triton"``
+keeps to the gradients plus O(N).
 
 Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
 fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:
@@ -152,19 +161,18 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                        window: bool = False) -> str | None:
-    """Why this backward cannot run these (validated) inputs here, or None when it can."""
-    return _layout_reason(q, window) or sm90.unsupported_reason(q, k, v, causal)
+    """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
+    window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not)."""
+    return _layout_reason(q) or sm90.unsupported_reason(q, k, v, causal, window)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the dense Gluon
-    forward's conditions (its 128-row blocks are this kernel's key blocks), without windows."""
-    return _layout_reason(q, window) or sm90.input_reason(q, k, v, causal)
+    forward's conditions (its 128-row blocks are this kernel's key blocks; causal windows only)."""
+    return _layout_reason(q) or sm90.input_reason(q, k, v, causal, window)
 
 
-def _layout_reason(q: torch.Tensor, window: bool) -> str | None:
-    if window:
-        return "sliding windows are not supported (the Triton backward runs them)"
+def _layout_reason(q: torch.Tensor) -> str | None:
     if q.dim() != 4:
         return "dense (B, H, N, D) inputs only"
     return None
@@ -182,12 +190,14 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-              do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+              do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+              WINDOW: gl.constexpr):
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
     tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
-    n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
-    for t in range(GROUP * n_mb):
+    if not WINDOW:
+        n_mb = N_Q // BLOCK_M - m_lo
+    for t in range(GROUP * n_mb):  # n_mb query blocks a head, from block m_lo
         g = t // n_mb
         row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * BLOCK_M
         slot = t % STAGES
@@ -203,8 +213,8 @@ def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, 
 
 @gluon.jit
 def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
-          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
+          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq,
+          MASK: gl.constexpr, WINDOW: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
           COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
           s_layout: gl.constexpr, a_layout: gl.constexpr):
     """One query block (rows q_row .. q_row + BLOCK_M of the (B*H*Nq, D) view) against this consumer's keys."""
@@ -242,6 +252,9 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
         # as they are: written as r - c <= shift, LLVM hoists the 31 distinct r - c of a thread out of the loop
         rows = gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout)) - (m0 + diag - n0)
         visible = gl.expand_dims(rows, 1) <= gl.expand_dims(offs_m, 0)
+        if WINDOW:
+            # and the window's left edge: key n0 + r >= query m0 + c + diag - win_left
+            visible = visible & (gl.expand_dims(rows + win_left, 1) >= gl.expand_dims(offs_m, 0))
         pT = gl.where(visible, pT, 0.0)
     dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
     # dS^T to shared memory first: its registers are free before P^T's bf16 copy is made
@@ -278,10 +291,10 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
 
 @gluon.jit
 def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
-              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_masked, diag,
-              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr,
-              KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
-              NUM_WARPS: gl.constexpr):
+              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_mb,
+              n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr,
+              WINDOW: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr,
+              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
     block: half the columns or half the rows)."""
@@ -309,10 +322,13 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
     zero_dq = gl.zeros([DQ_ROWS, DQ_COLS], gl.float32, layout=q_layout)
 
     mbarrier.wait(kv_bar, 0)
-    n_mb = N_Q // BLOCK_M - m_lo  # query blocks a head
+    if not WINDOW:  # (computed here, not passed: the builds without a window keep the code they were timed with)
+        n_mb = N_Q // BLOCK_M - m_lo
+        n_tail = n_mb
     if CAUSAL:
-        # the first n_masked query blocks of each head cross the diagonal (none when the key block lies left
-        # of it): a loop of masked steps, then one without mask arithmetic
+        # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (none when the key block
+        # lies left of it), then blocks seen whole without mask arithmetic, and with a window the blocks from
+        # n_tail on, which some row sees only in part (the window's left edge), masked again
         t = 0
         for g in range(GROUP):
             q_row0 = (bh0 + g) * N_Q
@@ -320,24 +336,32 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                                do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, qk_scale, zero_s, zero_dq, True, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
-                               s_layout, a_layout)
+                               diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, KEYS, ROW0, QROW0, DQ_ROWS,
+                               COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
                 t += 1
-            for i in range(n_masked, n_mb):
+            for i in range(n_masked, n_tail):
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                                do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
-                               s_layout, a_layout)
+                               diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, KEYS, ROW0, QROW0, DQ_ROWS,
+                               COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
                 t += 1
+            if WINDOW:
+                for i in range(n_tail, n_mb):
+                    m0 = (m_lo + i) * BLOCK_M
+                    dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
+                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0,
+                                   n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, KEYS, ROW0,
+                                   QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                    t += 1
     else:
         for t in range(GROUP * n_mb):
             g = t // n_mb
             m0 = (t - g * n_mb) * BLOCK_M
             dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
                            do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0,
-                           n0 + ROW0, diag, qk_scale, zero_s, zero_dq, False, KEYS, ROW0, QROW0, DQ_ROWS, COL0,
-                           BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                           n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, False, KEYS, ROW0, QROW0,
+                           DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -354,8 +378,8 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
 
 @gluon.jit
 def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse_ptr, delta_ptr,
-                    qk_scale, sm_scale, H, GROUP, N_Q, N_KV,
-                    CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
+                    qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT,
+                    CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
                     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
@@ -381,6 +405,8 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
     kv_row = pid_bhk * N_KV + n0
     diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
+    n_mb = N_Q // BLOCK_M  # query blocks a head visits, from m_lo
+    n_tail = n_mb  # the visited blocks from n_tail on are masked for the window's left edge
     if CAUSAL:
         # query blocks that see no key of this block are skipped; the first BLOCK_N / BLOCK_M visited ones
         # cross the diagonal when the block starts at or right of it (n0 >= diag), none otherwise
@@ -390,6 +416,18 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
             n_masked = BLOCK_N // BLOCK_M
         else:
             n_masked = 0
+        if WINDOW:
+            # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the
+            # block is n0 + BLOCK_N - 1 - diag + WIN_LEFT, and a query block's every row sees all its keys
+            # past the diagonal iff its last row reaches back to n0: (i + 1) * BLOCK_M - 1 + diag - WIN_LEFT <= n0
+            m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + BLOCK_N - diag + WIN_LEFT, 0), BLOCK_M), n_mb)
+            n_mb = gl.maximum(m_hi, m_lo) - m_lo
+            full_hi = gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M
+            n_masked = gl.minimum(n_masked, n_mb)
+            n_tail = gl.minimum(gl.maximum(full_hi - m_lo, n_masked), n_mb)
+        else:
+            n_mb = n_mb - m_lo
+            n_tail = n_mb
     else:
         m_lo = 0
         n_masked = 0
@@ -422,14 +460,14 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds0, dq0, kv_bar, q_ready, q_empty, do_ready, do_empty,
                      ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
-                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES,
-                     DQ_SPLIT, 4)),
+                     n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 0,
+                     BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT, 4)),
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds1, dq1, kv_bar, q_ready, q_empty, do_ready, do_empty,
                      ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
-                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES,
-                     DQ_SPLIT, 4)),
+                     n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, KEYS,
+                     BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-                     do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP, BLOCK_M, STAGES)),
+                     do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -442,25 +480,28 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
 
 
-def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES) -> dict:
+def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES, window: bool = False) -> dict:
     """The constexprs ``backward`` launches ``bwd_sm90_kernel`` with (compile checks use these)."""
-    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, STAGES=stages,
-                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
-             stages: int = STAGES, layout: str | None = None) -> None:
+             stages: int = STAGES, layout: str | None = None, window_left: int = -1) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
     forwards store it); ``delta``: rowsum(do * o), (B, H, Nq) float32.  The caller checks
     ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is accumulated by
     reduce-adds in whatever order the programs run).  ``layout``: how the consumers share dQ (``DQ_LAYOUTS``;
-    None: ``dq_layout``'s default for the head dim)."""
+    None: ``dq_layout``'s default for the head dim).  ``window_left`` >= 0 (with ``causal``): each query sees
+    only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     layout = layout or dq_layout(D)
     check_dq_layout(D, layout)
+    if window_left >= 0 and not causal:
+        raise ValueError("sm90_bwd.backward: a window needs causal (a right reach is not supported)")
     if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
         raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
     do = do if do.is_contiguous() else do.contiguous()
@@ -471,7 +512,7 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
         descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
-        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv,
-        **kernel_constexprs(causal, group_programs, stages), num_warps=4, maxnreg=MAXNREG)
+        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0),
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
     n = dq.numel()
     _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)

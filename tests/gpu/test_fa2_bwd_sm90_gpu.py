@@ -60,6 +60,30 @@ def test_gpu_gluon_backward_gradients(case, dtype):
         assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
 
 
+WINDOWS = [
+    # B, H, Hkv, Nq, Nkv, D, left: causal windows (left, 0)
+    (1, 4, 2, 1024, 1024, 128, 0),  # each query sees its diagonal key only
+    (1, 4, 4, 1024, 1024, 128, 100),  # the left edge inside a key block: masked tail steps
+    (1, 4, 4, 2048, 2048, 128, 256),  # the left edge on block boundaries
+    (2, 8, 2, 1024, 1536, 128, 700),  # GQA, keys ahead of the queries
+    (1, 4, 4, 1024, 1024, 64, 100),
+    (1, 8, 1, 640, 1024, 64, 129),  # MQA, keys ahead
+    (1, 2, 2, 512, 512, 64, 5000),  # wider than the sequence: the causal mask
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", WINDOWS, ids=lambda c: "B{}-H{}-Hkv{}-q{}-kv{}-D{}-left{}".format(*c))
+def test_gpu_gluon_backward_windows(case, dtype):
+    """Causal sliding windows: query blocks past the window's reach never visited, those its left edge crosses
+    masked; gradients against the fp64 reference, the Gluon backward in the log."""
+    B, H, Hkv, Nq, Nkv, D, left = case
+    q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + left)
+    log = {}
+    check_against_reference(q, k, v, do, True, options=GLUON_BWD, launch_log=log, window=(left, 0))
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+
+
 @pytest.mark.parametrize("shape, causal", [
     ((1, 4, 4, 1000, 1000, 128), True),  # lengths not multiples of 128
     ((1, 4, 4, 256, 256, 96), False),  # head dim

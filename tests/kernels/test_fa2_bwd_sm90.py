@@ -33,6 +33,8 @@ def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
     for dtype in (torch.bfloat16, torch.float16):
         q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
         assert sm90_bwd.input_reason(q, k, k, causal) is None
+        if causal:  # and causal sliding windows, (left, 0)
+            assert sm90_bwd.input_reason(q, k, k, causal, window=True) is None
 
 
 @pytest.mark.parametrize("q, k, causal, window, words", [
@@ -42,7 +44,7 @@ def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
     (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, False, "multiples of 128"),
     (_t(1, 2, 512, 128), _t(1, 2, 256, 128), True, False, "Nq=512 > Nkv=256"),
     (_t(1, 256, 2, 128).transpose(1, 2), _t(1, 2, 256, 128), False, False, "contiguous"),
-    (_t(1, 2, 256, 128), _t(1, 2, 256, 128), True, True, "sliding windows"),
+    (_t(1, 2, 256, 128), _t(1, 2, 256, 128), False, True, "right reach"),  # a window without causal
     (_t(256, 2, 128), _t(256, 2, 128), False, False, "dense"),
 ])
 def test_says_why_it_declines_other_inputs(q, k, causal, window, words):
@@ -96,8 +98,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     seen = {}
 
-    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs):
-        seen.update(do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale,
+    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1):
+        seen.update(do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale, window_left=window_left,
                     group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape))
         for g in (dq, dk, dv):
             g.fill_(1.0)
@@ -116,10 +118,28 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     o = flash_attn_v2(*leaves, causal=True, sm_scale=0.3, options=FA2Options(causal_group_programs=7), launch_log=log)
     o.backward(do)
     assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
+    assert seen["window_left"] == -1
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
     assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
     assert all(torch.equal(t.grad, torch.ones_like(t)) for t in leaves)
     assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(32)
+
+
+@pytest.mark.parametrize("window, left", [((5, 0), 5), ((0, 0), 0), ((1000, 0), 80)])  # wider: clipped
+def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch):
+    """A causal window (left, 0) reaches the Gluon backward as its left reach (clipped to Nq + Nkv, as the Triton
+    kernels get it); the causal mask alone as -1."""
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    seen = {}
+
+    def gluon_backward(*args, window_left=-1):
+        seen["causal"], seen["window_left"] = args[9], window_left
+
+    monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
+    q, k, v, do = make_inputs(1, 2, 2, 32, 48, 32, torch.float32, seed=4)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    flash_attn_v2(*leaves, causal=True, window=window).backward(do)
+    assert seen == {"causal": True, "window_left": left}
 
 
 def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch():
@@ -162,8 +182,10 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, layout=layout)
 
 
-# bytes of stack a thread, as sm90_bwd's docstring states them
-SPILLS = {(128, True, "split_cols"): 72, (128, True, "per_consumer"): 96, (64, True, "split_rows"): 104}
+# bytes of stack a thread by (head dim, causal, window, dQ layout), as sm90_bwd's docstring states them
+SPILLS = {(128, True, False, "split_cols"): 72, (128, True, False, "per_consumer"): 96,
+          (64, True, False, "split_rows"): 104, (128, True, True, "split_cols"): 120,
+          (128, True, True, "per_consumer"): 144, (64, True, True, "split_rows"): 224}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -173,15 +195,15 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon-bwd",
                            "--json"], capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["head_dim"], r["causal"], r["dq_layout"]) for r in rows} == \
-        {(d, c, lay) for d in (64, 128) for c in (False, True) for lay in ("per_consumer", sm90_bwd.dq_layout(d))}, \
-        proc.stderr[-2000:]
+    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"]) for r in rows} == \
+        {(d, c, w, lay) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))
+         for lay in ("per_consumer", sm90_bwd.dq_layout(d))}, proc.stderr[-2000:]
     for r in rows:
-        where = f"D={r['head_dim']} causal={r['causal']} {r['dq_layout']}"
+        where = f"D={r['head_dim']} causal={r['causal']} window={r['window']} {r['dq_layout']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert sm90_bwd.CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         # the causal builds but D64's per-consumer one spill a little (sm90_bwd's docstring); the others nothing
-        allowed = SPILLS.get((r["head_dim"], r["causal"], r["dq_layout"]), 0)
+        allowed = SPILLS.get((r["head_dim"], r["causal"], r["window"], r["dq_layout"]), 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
