@@ -148,7 +148,8 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     bm, bn = sm90_bwd.block_m(head_dim, layout), sm90_bwd.BLOCK_N
     tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
     dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), layout))
-    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.STAGES, window)
+    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.ring_stages(head_dim, window, layout),
+                                        window)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
                dv_desc=tile(bn // 2), dq_desc=dq_tile, lse_ptr="*fp32", delta_ptr="*fp32",

@@ -252,7 +252,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
         sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
                           window_left=lay.window[0] if window else -1)
         if call.launch_log is not None:
-            call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D)
+            call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D, window=window)
         return dq, dk, dv
     meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
     cu_q, cu_k, q_table, k_table = lay.tables

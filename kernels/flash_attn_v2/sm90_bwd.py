@@ -2,8 +2,8 @@
 
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
-causal or not (168 registers, 12 warps; the causal builds spill 72 (D128) and 104 (D64) bytes of stack a thread, the
-others none).
+causal or not, with causal sliding windows (168 registers, 12 warps; the causal builds spill 56 (D128) and 104 (D64)
+bytes of stack a thread, with a window 120 and 224, the others none).
 
 What is implemented
 -------------------
@@ -16,7 +16,8 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     under GQA/MQA the query heads sharing its kv head, one after the other, so dK and dV of a kv head are
     summed over its query heads in registers (Algorithm 2's outer loop over j, inner loop over i);
   * warp specialisation (FA3 3.1): a 1-warp producer partition issues the TMA loads of Q_i and dO_i into
-    ``STAGES``-deep rings (a ready and an empty mbarrier a slot, as ``sm90.py``); two 4-warp consumer
+    ``STAGES``-deep rings (``ring_stages``: 3 at D128, 2 at D64 and with windows; a ready and an empty mbarrier a
+    slot, as ``sm90.py``); two 4-warp consumer
     partitions (one warp group each) own 64 of the block's 128 keys each (their halves of K_j, V_j, dK_j,
     dV_j) and share every Q_i / dO_i tile.  setmaxnreg gives the producer 24 registers and the consumers 240;
   * per step, in each consumer, with the products transposed as FA3 does (its ``SdP_swapAB``) so that P
@@ -99,10 +100,7 @@ BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reas
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
-STAGES = 2  # Q and dO ring depth
-LOG2E = 1.4426950408889634
-
-
+STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 225 KiB of shared memory with a split dQ)
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
@@ -113,6 +111,13 @@ _LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": 
 def dq_layout(head_dim: int) -> str:
     """The dQ layout a head dim runs by default (the one measured fastest; kernels/DESIGN.md)."""
     return "split_cols" if head_dim == 128 else "split_rows"
+
+
+def ring_stages(head_dim: int, window: bool = False, layout: str | None = None) -> int:
+    """The Q / dO ring depth a launch uses: 3 with D128's split dQ without a window (backward alone 0.95-0.97 of
+    the time of 2 stages non-causal, level causal; results/evidence/h200/gluon_bwd_stages/), else 2 (3 measured
+    1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third)."""
+    return 3 if (layout or dq_layout(head_dim)) == "split_cols" and not window else 2
 
 
 def block_m(head_dim: int, layout: str | None = None) -> int:
@@ -144,9 +149,10 @@ def check_dq_layout(head_dim: int, layout: str) -> None:
                          f"{' or '.join(map(str, _LAYOUT_HEAD_DIMS[layout]))}, got {head_dim}")
 
 
-def config_label(head_dim: int, stages: int = STAGES, layout: str | None = None) -> str:
+def config_label(head_dim: int, stages: int | None = None, layout: str | None = None, window: bool = False) -> str:
     """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both)."""
     layout = layout or dq_layout(head_dim)
+    stages = stages or ring_stages(head_dim, window, layout)
     return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim, layout)},BLOCK_N={BLOCK_N},num_warps=4+4+1,"
             f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}")
 
@@ -480,14 +486,14 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
 
 
-def kernel_constexprs(causal: bool, group_programs: int, stages: int = STAGES, window: bool = False) -> dict:
+def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False) -> dict:
     """The constexprs ``backward`` launches ``bwd_sm90_kernel`` with (compile checks use these)."""
     return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
                 STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
-             stages: int = STAGES, layout: str | None = None, window_left: int = -1) -> None:
+             stages: int | None = None, layout: str | None = None, window_left: int = -1) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
@@ -500,6 +506,9 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     Hkv, Nkv = k.shape[1], k.shape[2]
     layout = layout or dq_layout(D)
     check_dq_layout(D, layout)
+    stages = stages or ring_stages(D, window_left >= 0, layout)
+    if stages not in STAGE_CHOICES:
+        raise ValueError(f"sm90_bwd.backward: stages must be one of {STAGE_CHOICES}, got {stages}")
     if window_left >= 0 and not causal:
         raise ValueError("sm90_bwd.backward: a window needs causal (a right reach is not supported)")
     if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):

@@ -81,7 +81,7 @@ def test_gpu_gluon_backward_windows(case, dtype):
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + left)
     log = {}
     check_against_reference(q, k, v, do, True, options=GLUON_BWD, launch_log=log, window=(left, 0))
-    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, window=True), log
 
 
 @pytest.mark.parametrize("shape, causal", [

@@ -150,6 +150,15 @@ def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch(
         sm90_bwd.backward(q, q, q, q, stats, stats, strided, q.clone(), q.clone(), False, 0.125)
 
 
+def test_ring_depth_is_three_at_d128_without_a_window_and_is_checked():
+    assert sm90_bwd.ring_stages(128) == 3 and sm90_bwd.ring_stages(64) == 2
+    assert sm90_bwd.ring_stages(128, window=True) == 2
+    assert "num_stages=3" in sm90_bwd.config_label(128) and "num_stages=2" in sm90_bwd.config_label(128, window=True)
+    q = _t(1, 2, 256, 128)
+    with pytest.raises(ValueError, match=r"stages must be one of \(2, 3\), got 4"):
+        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=4)
+
+
 def test_configuration_is_reported_by_name():
     assert sm90_bwd.config_label(128).startswith("gluon_sm90_bwd,BLOCK_M=64,BLOCK_N=128")
     assert sm90_bwd.config_label(128).endswith("dq_layout=split_cols")
@@ -183,7 +192,7 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
 
 
 # bytes of stack a thread by (head dim, causal, window, dQ layout), as sm90_bwd's docstring states them
-SPILLS = {(128, True, False, "split_cols"): 72, (128, True, False, "per_consumer"): 96,
+SPILLS = {(128, True, False, "split_cols"): 56, (128, True, False, "per_consumer"): 96,
           (64, True, False, "split_rows"): 104, (128, True, True, "split_cols"): 120,
           (128, True, True, "per_consumer"): 144, (64, True, True, "split_rows"): 224}
 
