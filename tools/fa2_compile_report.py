@@ -133,9 +133,10 @@ def setmaxnreg(ptx: str) -> list[int]:
 
 
 def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None,
-                           layout: str | None = None, window: bool = False):
+                           layout: str | None = None, window: bool = False, varlen: bool = False):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
-    launches it (dense inputs; descriptors over the (rows, D) views)."""
+    launches it (dense inputs; descriptors over the (rows, D) views), or with ``varlen`` as
+    ``sm90_bwd.backward_varlen`` does (packed inputs; descriptors over the (total, heads * D) views)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -146,32 +147,49 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     dtype = dtype or torch.bfloat16
     layout = layout or sm90_bwd.dq_layout(head_dim)
     bm, bn = sm90_bwd.block_m(head_dim, layout), sm90_bwd.BLOCK_N
-    tile = lambda rows, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, rows, head_dim, dtype=dt), rows))
-    dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), layout))
-    consts = sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.ring_stages(head_dim, window, layout),
-                                        window)
+    rows, cols = sm90_bwd.dq_tile(head_dim, layout)
+    if varlen:  # two heads: the column of a head is a multiple of D, as in a real launch
+        tile = lambda r, dt=dtype: mangle_type(sm90.packed_descriptor(torch.empty(r, 2, head_dim, dtype=dt), r))
+        acc = torch.empty(bm, 2 * head_dim, dtype=torch.float32)
+        dq_tile = mangle_type(sm90_bwd.TensorDescriptor(acc, list(acc.shape), [2 * head_dim, 1], [rows, cols],
+                                                        sm90._smem_layout(rows, cols, torch.float32)))
+        ptr = "*bf16" if dtype == torch.bfloat16 else "*fp16"
+        packed_args = {"dk_ptr": ptr, "dv_ptr": ptr, "cu_q_ptr": "*i32",
+                       "cu_k_ptr": "*i32", "table_ptr": "*i32"}
+        extra = {}
+    else:
+        tile = lambda r, dt=dtype: mangle_type(sm90.descriptor(torch.empty(1, 1, r, head_dim, dtype=dt), r))
+        dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, bm, head_dim, dtype=torch.float32), layout))
+        packed_args = {}
+        extra = {name: None for name in ("dk_ptr", "dv_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")}
+    consts = {**sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.ring_stages(head_dim, window,
+                                                                                                   layout),
+                                           window, varlen), **extra}
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
                dv_desc=tile(bn // 2), dq_desc=dq_tile, lse_ptr="*fp32", delta_ptr="*fp32",
-               qk_scale="fp32", sm_scale="fp32", **{name: "constexpr" for name in consts})
+               qk_scale="fp32", sm_scale="fp32", **packed_args, **{name: "constexpr" for name in consts})
+    divisible = ("lse_ptr", "delta_ptr", *packed_args)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
-                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in ("lse_ptr", "delta_ptr")})
+                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible})
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
 
 
 def gluon_bwd_rows() -> list[dict]:
+    """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
+    each dQ layout the head dim runs, dense; the default layout packed): resources and register split."""
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
-    """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
-    each dQ layout the head dim runs): resources and register split."""
-    builds = [(d, causal, window, layout) for d in (128, 64) for causal, window in ((False, False), (True, False),
-                                                                                   (True, True))
-              for layout in sm90_bwd.DQ_LAYOUTS if d in sm90_bwd.layout_head_dims(layout)]
+    builds = [(d, causal, window, layout, varlen) for varlen in (False, True) for d in (128, 64)
+              for causal, window in ((False, False), (True, False), (True, True))
+              for layout in sm90_bwd.DQ_LAYOUTS
+              if d in sm90_bwd.layout_head_dims(layout) and (not varlen or layout == sm90_bwd.dq_layout(d))]
     out = []
-    for d, causal, window, layout in builds:
-        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "window": window, "dq_layout": layout}
+    for d, causal, window, layout, varlen in builds:
+        row = {"kernel": "gluon_sm90_bwd", "head_dim": d, "causal": causal, "window": window, "dq_layout": layout,
+               "varlen": varlen}
         try:
-            c = compile_sm90_gluon_bwd(d, causal, layout=layout, window=window)
+            c = compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen)
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
         except Exception as e:  # report, go on

@@ -117,14 +117,12 @@ def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options:
         return "options.backward is 'triton' (the deterministic path)"
     if tma_ok == PTR_ONLY:
         return "the TMA path is not allowed"
-    if packed:
-        return "packed batches run the Triton backward"
     if options.backward == "auto" and {"bwd_dkdv", "bwd_dq"} & set(options.configs):
         return "auto: a Triton backward configuration is pinned (options.configs)"
     # fwd_bwd on an H200, bf16, 16k tokens: the Gluon backward measured faster than the Triton one everywhere
     # it runs (D64: results/evidence/h200/gluon_bwd/; D128 with dQ split between the consumers:
     # results/evidence/h200/gluon_bwd_split_dq/), so "auto" runs it wherever it takes the inputs
-    return sm90_bwd.unsupported_reason(q, k, v, causal, window)
+    return sm90_bwd.unsupported_reason(q, k, v, causal, window, packed)
 
 
 def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusal: str | None) -> None:
@@ -249,8 +247,14 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
     if _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None:
-        sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
-                          window_left=lay.window[0] if window else -1)
+        window_left = lay.window[0] if window else -1
+        if lay.packed:
+            cu_q, cu_k, _, k_blocks = lay.tables
+            sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, k_blocks.table(sm90_bwd.BLOCK_N),
+                                     causal, sm_scale, call.options.causal_group_programs, window_left=window_left)
+        else:
+            sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
+                              window_left=window_left)
         if call.launch_log is not None:
             call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D, window=window)
         return dq, dk, dv

@@ -33,13 +33,14 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  How the dQ product is split:
       - D128 (``"split_cols"``, ``dq_layout``), as FA3: each consumer writes its rows of dS^T into one
-        (128 keys, 64) tile of the block, arrives on that step's mbarrier and waits for the other's arrival; then consumer w computes
-        dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
-        One reduce of the tile a step; dS^T is double-buffered (a consumer writes step t + 1's while the other
-        may still read step t's; it waits on step t + 1's barrier before step t + 2 writes the buffer again,
-        and the other has retired step t's products by then), and K_j is overwritten with dK only after both
-        consumers' last products (one more barrier).  Measured against the per-consumer layout: the backward
-        alone 0.94-0.97 of the time non-causal, 0.80-0.84 causal (kernels/DESIGN.md);
+        (128 keys, 64) tile of the block, arrives on that step's mbarrier and waits for the other's arrival;
+        then consumer w computes dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and
+        reduces that (64, 64) half.  One reduce of the tile a step; dS^T is double-buffered (a consumer writes
+        step t + 1's while the other may still read step t's; it waits on step t + 1's barrier before step
+        t + 2 writes the buffer again, and the other has retired step t's products by then), and K_j is
+        overwritten with dK only after both consumers' last products (one more barrier).  Measured against the
+        per-consumer layout: the backward alone 0.94-0.97 of the time non-causal, 0.80-0.84 causal
+        (kernels/DESIGN.md);
       - D64 (``"split_rows"``): a 32-column half of K_j would be narrower than the 128-byte swizzle its tile is
         stored with, so it cannot be an operand; instead the steps take 128 query rows (``block_m``: S^T and
         dP^T of 64 keys x 128 queries fit beside dK and dV of 64 x 64) and consumer w computes the rows
@@ -53,6 +54,14 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
     Programs are launched heaviest first across groups of heads (``_schedule.block_and_head``; key block
     0 is the heaviest, as in the Triton dK/dV kernel);
+  * causal sliding windows (left, 0): a key block is visited only by the query blocks whose rows reach it
+    (the work scales with the window); those its left edge crosses are masked steps as well (``WINDOW``);
+  * packed batches (``backward_varlen``, ``VARLEN``): one program per (sequence, 128-key block) row of the
+    device-built table (``_schedule.SequenceBlocks`` over the keys, heaviest first) and kv head; descriptors
+    over the (total, heads * D) views, a head being a column offset; query blocks start at the sequence's first
+    row.  Steps whose rows or keys run past the sequence, cross its diagonal or the window's edge are masked (a
+    key block past the sequence's end masks every step); the neighbours' rows a tile covers add exact zeros to
+    dQ; the last key block's dK, dV are stored by pointer, row by row, so the next sequence's are not touched;
   * afterwards a small Triton kernel writes dQ = sm_scale * dQaccum in dQ's dtype (FA3's postprocess);
     dK is scaled by sm_scale before its store; dK and dV are stored by TMA through the consumers' halves
     of the K / V tiles (free by then).
@@ -69,9 +78,9 @@ deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
-64 and 128; sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
-heads); causal with Nq > Nkv; sliding windows; packed variable-length batches; q, k, v that are not
-contiguous; 2**31 rows or more.
+64 and 128; dense sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
+heads; packed batches take any lengths); dense causal with Nq > Nkv; windows with a right reach (non-causal);
+q, k, v that are not contiguous; 2**31 rows or more.
 """
 from __future__ import annotations
 
@@ -94,7 +103,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._schedule import block_and_head
 from . import sm90
-from .sm90 import descriptor, ring_barriers
+from .sm90 import _store_rows, descriptor, packed_descriptor, ring_barriers
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 PRODUCER_REGS = 24
@@ -130,7 +139,8 @@ def block_m(head_dim: int, layout: str | None = None) -> int:
 def dq_tile(head_dim: int, layout: str) -> list[int]:
     """The (rows, columns) of dQ one consumer reduces a step."""
     bm = block_m(head_dim, layout)
-    return {"split_cols": [bm, head_dim // 2], "split_rows": [bm // 2, head_dim], "per_consumer": [bm, head_dim]}[layout]
+    tiles = {"split_cols": [bm, head_dim // 2], "split_rows": [bm // 2, head_dim], "per_consumer": [bm, head_dim]}
+    return tiles[layout]
 
 
 def layout_head_dims(layout: str) -> tuple[int, ...]:
@@ -165,22 +175,24 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
-def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                       window: bool = False) -> str | None:
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
+                       varlen: bool = False) -> str | None:
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
-    window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not)."""
-    return _layout_reason(q) or sm90.unsupported_reason(q, k, v, causal, window)
+    window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not).
+    ``varlen``: a packed batch, (total, heads, D) (``backward_varlen``)."""
+    return _layout_reason(q, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen)
 
 
-def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the dense Gluon
-    forward's conditions (its 128-row blocks are this kernel's key blocks; causal windows only)."""
-    return _layout_reason(q) or sm90.input_reason(q, k, v, causal, window)
+def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
+                 varlen: bool = False) -> str | None:
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the Gluon forward's
+    conditions (its 128-row blocks are this kernel's key blocks; causal windows only)."""
+    return _layout_reason(q, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
 
 
-def _layout_reason(q: torch.Tensor) -> str | None:
-    if q.dim() != 4:
-        return "dense (B, H, N, D) inputs only"
+def _layout_reason(q: torch.Tensor, varlen: bool) -> str | None:
+    if q.dim() != (3 if varlen else 4):
+        return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
     return None
 
 
@@ -196,34 +208,45 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-              do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-              WINDOW: gl.constexpr):
+              do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP, BLOCK_M: gl.constexpr,
+              STAGES: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+    """Dense: head g's query rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views.  Packed (VARLEN): at row
+    bh0 (the sequence's first) and column q_col0 + g * D of the (total_q, H * D) views."""
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
-    if not WINDOW:
+    tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [kv_row, kv_col], kv_bar, v_smem)
+    if not (WINDOW or VARLEN):
         n_mb = N_Q // BLOCK_M - m_lo
     for t in range(GROUP * n_mb):  # n_mb query blocks a head, from block m_lo
         g = t // n_mb
-        row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * BLOCK_M
+        if VARLEN:
+            row = bh0 + (m_lo + t - g * n_mb) * BLOCK_M
+            col = q_col0 + g * HEAD_DIM
+        else:
+            row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * BLOCK_M
+            col = 0
         slot = t % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
         phase = ((t // STAGES) & 1) ^ 1
         mbarrier.wait(q_empty.index(slot), phase)
         mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row, 0], q_ready.index(slot), q_bufs.index(slot))
+        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
         mbarrier.wait(do_empty.index(slot), phase)
         mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [row, 0], do_ready.index(slot), do_bufs.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
 
 
 @gluon.jit
 def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
-          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, WINDOW: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
+          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, q_col, stat_row, n_rows, n_keys, m0, n0, diag, win_left,
+          qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+          VARLEN: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
           COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
           s_layout: gl.constexpr, a_layout: gl.constexpr):
-    """One query block (rows q_row .. q_row + BLOCK_M of the (B*H*Nq, D) view) against this consumer's keys."""
+    """One query block against this consumer's keys: dQ rows q_row.. at column q_col of the accumulator's 2-D view,
+    L and Delta from stat_row on.  Packed (VARLEN): n_rows of the block's rows and n_keys of the consumer's keys
+    lie inside the sequence (the others belong to its neighbours: masked)."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
     if DQ_SPLIT:
@@ -242,8 +265,12 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     # L_i and Delta_i go into the accumulators the products start from (S^T - L_i / scale, dP^T - Delta_i), so
     # neither 16-register row vector is live during the softmax: with dK, dV, S^T and dP^T (192 registers) that
     # phase has no room for them (ptxas spilled).  scale > 0 (the launcher checks sm_scale); fp32 throughout.
-    lse = gl.load(lse_ptr + q_row + offs_m)
-    delta = gl.load(delta_ptr + q_row + offs_m)
+    if VARLEN:  # rows past the sequence may lie past the packed tensor: not read
+        lse = gl.load(lse_ptr + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+        delta = gl.load(delta_ptr + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+    else:
+        lse = gl.load(lse_ptr + stat_row + offs_m)
+        delta = gl.load(delta_ptr + stat_row + offs_m)
     s_acc = zero_s - gl.expand_dims(lse / qk_scale, 0)
     mbarrier.wait(q_ready.index(slot), phase)
     s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
@@ -253,14 +280,20 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     sT = warpgroup_mma_wait(1, deps=[s_tok])  # S^T - L_i / scale is done, dP^T may still run
     pT = gl.exp2(sT * qk_scale)
     if MASK:
-        # the block crosses the diagonal: query m0 + c sees key n0 + r iff r - (m0 + diag - n0) <= c (r, c: the
-        # positions in the tile).  The per-step shift goes to the rows (2 a thread), compared with the columns
-        # as they are: written as r - c <= shift, LLVM hoists the 31 distinct r - c of a thread out of the loop
-        rows = gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout)) - (m0 + diag - n0)
-        visible = gl.expand_dims(rows, 1) <= gl.expand_dims(offs_m, 0)
-        if WINDOW:
-            # and the window's left edge: key n0 + r >= query m0 + c + diag - win_left
-            visible = visible & (gl.expand_dims(rows + win_left, 1) >= gl.expand_dims(offs_m, 0))
+        key_rows = gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout))
+        if CAUSAL:
+            # query m0 + c sees key n0 + r iff r - (m0 + diag - n0) <= c (r, c: the positions in the tile).  The
+            # per-step shift goes to the rows (2 a thread), compared with the columns as they are: written as
+            # r - c <= shift, LLVM hoists the 31 distinct r - c of a thread out of the loop
+            rows = key_rows - (m0 + diag - n0)
+            visible = gl.expand_dims(rows, 1) <= gl.expand_dims(offs_m, 0)
+            if WINDOW:
+                # and the window's left edge: key n0 + r >= query m0 + c + diag - win_left
+                visible = visible & (gl.expand_dims(rows + win_left, 1) >= gl.expand_dims(offs_m, 0))
+            if VARLEN:
+                visible = visible & gl.expand_dims(key_rows < n_keys, 1) & gl.expand_dims(offs_m < n_rows, 0)
+        else:  # packed, not causal: the sequence's bounds only
+            visible = gl.expand_dims(key_rows < n_keys, 1) & gl.expand_dims(offs_m < n_rows, 0)
         pT = gl.where(visible, pT, 0.0)
     dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
     # dS^T to shared memory first: its registers are free before P^T's bf16 copy is made
@@ -291,19 +324,26 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     tma.store_wait(0)  # the previous step's reduce has read dq_smem
     dq_smem.store(dq)
     fence_async_shared()
-    _tma_reduce_add(dq_desc, [q_row + QROW0, COL0], dq_smem)
+    # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
+    _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
     return dk, dv
 
 
 @gluon.jit
 def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
-              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo, n_mb,
-              n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr,
-              WINDOW: gl.constexpr, ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr,
-              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
+              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_ptr, dv_ptr, kv_row, kv_col,
+              kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left,
+              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
+              ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr,
+              STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
-    block: half the columns or half the rows)."""
+    block: half the columns or half the rows).
+
+    Dense: head g's rows start at (bh0 + g) * N_Q, L and Delta alike; the packed-only arguments (dk_ptr, dv_ptr,
+    kv_col, kv_stride, q_col0, stat0, N_STAT, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows
+    start at bh0 in the (total_q, H * D) views, head g's at column q_col0 + g * D and its L, Delta at
+    stat0 + g * N_STAT; the sequence has n_q queries and n_kv keys."""
     DQ_ROWS: gl.constexpr = dq_smem.shape[0]
     DQ_COLS: gl.constexpr = dq_smem.shape[1]
     QROW0: gl.constexpr = (ROW0 // KEYS) * DQ_ROWS if DQ_ROWS != BLOCK_M else 0
@@ -326,48 +366,86 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=d_layout)
     zero_s = gl.zeros([KEYS, BLOCK_M], gl.float32, layout=s_layout)
     zero_dq = gl.zeros([DQ_ROWS, DQ_COLS], gl.float32, layout=q_layout)
+    n_keys = n_kv - (n0 + ROW0)  # packed: this consumer's keys inside the sequence (dense: unused)
 
     mbarrier.wait(kv_bar, 0)
-    if not WINDOW:  # (computed here, not passed: the builds without a window keep the code they were timed with)
-        n_mb = N_Q // BLOCK_M - m_lo
-        n_tail = n_mb
-    if CAUSAL:
-        # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (none when the key block
-        # lies left of it), then blocks seen whole without mask arithmetic, and with a window the blocks from
-        # n_tail on, which some row sees only in part (the window's left edge), masked again
+    if VARLEN:
+        # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (causal), those from n_tail
+        # on run past the sequence's last row or the window's left edge; all of them are masked when the key
+        # block runs past the sequence's last key
         t = 0
         for g in range(GROUP):
-            q_row0 = (bh0 + g) * N_Q
+            q_col = q_col0 + g * HEAD_DIM
+            stat_g = stat0 + g * N_STAT
             for i in range(n_masked):
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, KEYS, ROW0, QROW0, DQ_ROWS,
-                               COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
+                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
+                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               s_layout, a_layout)
                 t += 1
             for i in range(n_masked, n_tail):
                 m0 = (m_lo + i) * BLOCK_M
                 dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0, n0 + ROW0,
-                               diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, KEYS, ROW0, QROW0, DQ_ROWS,
-                               COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
+                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
+                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               s_layout, a_layout)
                 t += 1
-            if WINDOW:
-                for i in range(n_tail, n_mb):
+            for i in range(n_tail, n_mb):
+                m0 = (m_lo + i) * BLOCK_M
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
+                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
+                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
+                               s_layout, a_layout)
+                t += 1
+    else:
+        if not WINDOW:  # (computed here, not passed: the builds without a window keep the code they were timed with)
+            n_mb = N_Q // BLOCK_M - m_lo
+            n_tail = n_mb
+        if CAUSAL:
+            # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (none when the key block
+            # lies left of it), then blocks seen whole without mask arithmetic, and with a window the blocks from
+            # n_tail on, which some row sees only in part (the window's left edge), masked again
+            t = 0
+            for g in range(GROUP):
+                q_row0 = (bh0 + g) * N_Q
+                for i in range(n_masked):
                     m0 = (m_lo + i) * BLOCK_M
                     dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
-                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, m0,
-                                   n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, KEYS, ROW0,
-                                   QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, 0,
+                                   q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
+                                   CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
+                                   DQ_SPLIT, s_layout, a_layout)
                     t += 1
-    else:
-        for t in range(GROUP * n_mb):
-            g = t // n_mb
-            m0 = (t - g * n_mb) * BLOCK_M
-            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                           do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, (bh0 + g) * N_Q + m0, m0,
-                           n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, False, KEYS, ROW0, QROW0,
-                           DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                for i in range(n_masked, n_tail):
+                    m0 = (m_lo + i) * BLOCK_M
+                    dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
+                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, 0,
+                                   q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
+                                   CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
+                                   DQ_SPLIT, s_layout, a_layout)
+                    t += 1
+                if WINDOW:
+                    for i in range(n_tail, n_mb):
+                        m0 = (m_lo + i) * BLOCK_M
+                        dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
+                                       q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr,
+                                       q_row0 + m0, 0, q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale,
+                                       zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS,
+                                       COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                        t += 1
+        else:
+            for t in range(GROUP * n_mb):
+                g = t // n_mb
+                m0 = (t - g * n_mb) * BLOCK_M
+                q_row = (bh0 + g) * N_Q + m0
+                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, 0, q_row, 0, 0, m0,
+                               n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN,
+                               KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -376,17 +454,32 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
     # every wgmma reading K_w / V_w has retired: their tiles carry dK_w, dV_w out
     k_w.store((dk * sm_scale).to(k_w.dtype))
     v_w.store(dv.to(v_w.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, 0], k_w)
-    tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, 0], v_w)
-    tma.store_wait(0)
+    if VARLEN:
+        if n_keys >= KEYS:
+            fence_async_shared()
+            tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, kv_col], k_w)
+            tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, kv_col], v_w)
+            tma.store_wait(0)
+        else:
+            # the sequence's last keys: a TMA store of the tile would write over the next sequence's gradients
+            _store_rows(dk_ptr, k_w, kv_row + ROW0, kv_col, kv_stride, n_keys, KEYS, HEAD_DIM, NUM_WARPS)
+            _store_rows(dv_ptr, v_w, kv_row + ROW0, kv_col, kv_stride, n_keys, KEYS, HEAD_DIM, NUM_WARPS)
+    else:
+        fence_async_shared()
+        tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, 0], k_w)
+        tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, 0], v_w)
+        tma.store_wait(0)
 
 
 @gluon.jit
 def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse_ptr, delta_ptr,
-                    qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT,
+                    qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                     CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
-                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr):
+    """Dense: grid (Nkv / 128, B * H_kv), descriptors over the (B*H*N, D) views, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr
+    and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
+    descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k, L and Delta
+    (H, total_q)."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
@@ -401,42 +494,101 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
                      or (2 * DQ_ROWS == BLOCK_M and DQ_COLS == HEAD_DIM),
                      "dQ is reduced a whole query block, or by halves of its columns or rows")
     gl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal diagonal must start at a query block")
+    gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
 
-    # key block 0 is the heaviest when causal (it is seen by every query block)
-    pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-    n0 = pid_n * BLOCK_N
-    H_KV = H // GROUP
-    b = pid_bhk // H_KV
-    hk = pid_bhk % H_KV
-    bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
-    kv_row = pid_bhk * N_KV + n0
-    diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
-    n_mb = N_Q // BLOCK_M  # query blocks a head visits, from m_lo
-    n_tail = n_mb  # the visited blocks from n_tail on are masked for the window's left edge
-    if CAUSAL:
-        # query blocks that see no key of this block are skipped; the first BLOCK_N / BLOCK_M visited ones
-        # cross the diagonal when the block starts at or right of it (n0 >= diag), none otherwise
-        first = gl.maximum(n0 - diag, 0)
+    if VARLEN:
+        # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its
+        # own: offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
+        entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+        seq = gl.load(table_ptr + 2 * entry)
+        real = seq >= 0
+        sb = gl.maximum(seq, 0)
+        n0 = gl.where(real, gl.load(table_ptr + 2 * entry + 1), 0) * BLOCK_N  # first key within the sequence
+        q0 = gl.minimum(gl.maximum(gl.load(cu_q_ptr + sb), 0), N_Q)
+        n_q = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_q_ptr + sb + 1), q0), N_Q) - q0, 0)
+        kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + sb), 0), N_KV)
+        n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + sb + 1), kv0), N_KV) - kv0, 0)
+        diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
+        # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
+        if CAUSAL:
+            first = gl.maximum(n0 - diag, 0)
+            if WINDOW:
+                last = gl.minimum(n0 + BLOCK_N - 1 - diag + WIN_LEFT, n_q - 1)
+            else:
+                last = n_q - 1
+        else:
+            first = 0
+            last = n_q - 1
         m_lo = first // BLOCK_M
-        if n0 >= diag:
-            n_masked = BLOCK_N // BLOCK_M
+        n_mb = gl.where(real & (n0 < n_kv) & (last >= first), gl.cdiv(last + 1, BLOCK_M) - m_lo, 0)
+        # blocks seen whole, without mask arithmetic: all rows inside the sequence, the first row sees the block's
+        # last key (causal), the last row its first key (window); none when the keys run past the sequence
+        if CAUSAL:
+            head_end = gl.cdiv(gl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M)
         else:
-            n_masked = 0
+            head_end = 0
+        tail_start = n_q // BLOCK_M
         if WINDOW:
-            # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the
-            # block is n0 + BLOCK_N - 1 - diag + WIN_LEFT, and a query block's every row sees all its keys
-            # past the diagonal iff its last row reaches back to n0: (i + 1) * BLOCK_M - 1 + diag - WIN_LEFT <= n0
-            m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + BLOCK_N - diag + WIN_LEFT, 0), BLOCK_M), n_mb)
-            n_mb = gl.maximum(m_hi, m_lo) - m_lo
-            full_hi = gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M
-            n_masked = gl.minimum(n_masked, n_mb)
-            n_tail = gl.minimum(gl.maximum(full_hi - m_lo, n_masked), n_mb)
-        else:
-            n_mb = n_mb - m_lo
-            n_tail = n_mb
+            tail_start = gl.minimum(tail_start, gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M)
+        head_end = gl.where(n0 + BLOCK_N <= n_kv, head_end, m_lo + n_mb)
+        n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
+        n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
+        bh0 = q0  # the sequence's first row of the (total_q, H * D) views
+        q_col0 = hk * GROUP * HEAD_DIM  # the kv head's first query head
+        stat0 = hk * GROUP * N_Q + q0  # its L and Delta in the (H, total_q) buffers
+        N_STAT = N_Q
+        kv_row = kv0 + n0
+        kv_col = hk * HEAD_DIM
+        kv_stride = (H // GROUP) * HEAD_DIM
+        dk_out = dk_ptr  # the last key block's partial stores
+        dv_out = dv_ptr
     else:
-        m_lo = 0
-        n_masked = 0
+        # key block 0 is the heaviest when causal (it is seen by every query block)
+        pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+        n0 = pid_n * BLOCK_N
+        H_KV = H // GROUP
+        b = pid_bhk // H_KV
+        hk = pid_bhk % H_KV
+        bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
+        kv_row = pid_bhk * N_KV + n0
+        diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
+        n_mb = N_Q // BLOCK_M  # query blocks a head visits, from m_lo
+        n_tail = n_mb  # the visited blocks from n_tail on are masked for the window's left edge
+        if CAUSAL:
+            # query blocks that see no key of this block are skipped; the first BLOCK_N / BLOCK_M visited ones
+            # cross the diagonal when the block starts at or right of it (n0 >= diag), none otherwise
+            first = gl.maximum(n0 - diag, 0)
+            m_lo = first // BLOCK_M
+            if n0 >= diag:
+                n_masked = BLOCK_N // BLOCK_M
+            else:
+                n_masked = 0
+            if WINDOW:
+                # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the
+                # block is n0 + BLOCK_N - 1 - diag + WIN_LEFT, and a query block's every row sees all its keys past
+                # the diagonal iff its last row reaches back to n0: (i + 1) * BLOCK_M - 1 + diag - WIN_LEFT <= n0
+                m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + BLOCK_N - diag + WIN_LEFT, 0), BLOCK_M), n_mb)
+                n_mb = gl.maximum(m_hi, m_lo) - m_lo
+                full_hi = gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M
+                n_masked = gl.minimum(n_masked, n_mb)
+                n_tail = gl.minimum(gl.maximum(full_hi - m_lo, n_masked), n_mb)
+            else:
+                n_mb = n_mb - m_lo
+                n_tail = n_mb
+        else:
+            m_lo = 0
+            n_masked = 0
+        # the packed-only arguments: constexpr 0 placeholders (a partition's argument tuple takes no None), so the
+        # dense partitions capture what they did before
+        q_col0: gl.constexpr = 0
+        stat0: gl.constexpr = 0
+        N_STAT: gl.constexpr = 0
+        n_q: gl.constexpr = 0
+        n_kv: gl.constexpr = 0
+        kv_col: gl.constexpr = 0
+        kv_stride: gl.constexpr = 0
+        dk_out: gl.constexpr = 0
+        dv_out: gl.constexpr = 0
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
@@ -465,15 +617,18 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds0, dq0, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
-                     n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 0,
-                     BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT, 4)),
+                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_out, dv_out, kv_row, kv_col,
+                     kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag,
+                     WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM,
+                     STAGES, DQ_SPLIT, 4)),
         (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds1, dq1, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, kv_row, n0, bh0, m_lo,
-                     n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, KEYS,
-                     BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT, 4)),
+                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_out, dv_out, kv_row, kv_col,
+                     kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag,
+                     WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM,
+                     STAGES, DQ_SPLIT, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-                     do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW)),
+                     do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW,
+                     VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -486,10 +641,26 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
 
 
-def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False) -> dict:
-    """The constexprs ``backward`` launches ``bwd_sm90_kernel`` with (compile checks use these)."""
-    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
-                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
+                      varlen: bool = False) -> dict:
+    """The constexprs ``backward`` and ``backward_varlen`` launch ``bwd_sm90_kernel`` with (compile checks use
+    these).  Packed programs differ in work whether causal or not: they are grouped either way."""
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
+
+
+def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int, grads) -> tuple[str, int]:
+    """The checked dQ layout and ring depth of a call (a ValueError naming what is wrong otherwise)."""
+    layout = layout or dq_layout(D)
+    check_dq_layout(D, layout)
+    stages = stages or ring_stages(D, window_left >= 0, layout)
+    if stages not in STAGE_CHOICES:
+        raise ValueError(f"sm90_bwd.{name}: stages must be one of {STAGE_CHOICES}, got {stages}")
+    if window_left >= 0 and not causal:
+        raise ValueError(f"sm90_bwd.{name}: a window needs causal (a right reach is not supported)")
+    if not all(g.is_contiguous() for g in grads):
+        raise ValueError(f"sm90_bwd.{name}: dq, dk, dv must be contiguous")
+    return layout, stages
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
@@ -504,15 +675,7 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
-    layout = layout or dq_layout(D)
-    check_dq_layout(D, layout)
-    stages = stages or ring_stages(D, window_left >= 0, layout)
-    if stages not in STAGE_CHOICES:
-        raise ValueError(f"sm90_bwd.backward: stages must be one of {STAGE_CHOICES}, got {stages}")
-    if window_left >= 0 and not causal:
-        raise ValueError("sm90_bwd.backward: a window needs causal (a right reach is not supported)")
-    if not (dq.is_contiguous() and dk.is_contiguous() and dv.is_contiguous()):
-        raise ValueError("sm90_bwd.backward: dq, dk, dv must be contiguous")
+    layout, stages = _settings("backward", D, causal, stages, layout, window_left, (dq, dk, dv))
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
@@ -521,7 +684,39 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
         descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
-        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0),
+        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None, None,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+    _dq_convert(dq_acc, dq, sm_scale)
+
+
+def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, table, causal: bool,
+                    sm_scale: float, group_programs: int = 256, stages: int | None = None, layout: str | None = None,
+                    window_left: int = -1) -> None:
+    """``backward`` for a packed batch: q, do, dq (total_q, H, D), k, v, dk, dv (total_k, H_kv, D), lse and delta
+    (H, total_q).  ``table``: the int32 (rows, 2) (sequence, block) program table for 128-key blocks
+    (``_schedule.SequenceBlocks.table(BLOCK_N)`` over the key axis, built on the device, padding rows (-1, 0)
+    last); the grid is (rows, H_kv), so nothing here reads the device."""
+    total_q, H, D = q.shape
+    total_k, Hkv = k.shape[0], k.shape[1]
+    layout, stages = _settings("backward_varlen", D, causal, stages, layout, window_left, (dq, dk, dv))
+    do = do if do.is_contiguous() else do.contiguous()
+    lse, delta = lse.contiguous(), delta.contiguous()
+    bm = block_m(D, layout)
+    dq_acc = torch.zeros((total_q, H, D), dtype=torch.float32, device=q.device)
+    rows, cols = dq_tile(D, layout)
+    dq_desc = TensorDescriptor(dq_acc.view(total_q, H * D), [total_q, H * D], [H * D, 1], [rows, cols],
+                               sm90._smem_layout(rows, cols, torch.float32))
+    grid = (table.shape[0], Hkv)
+    bwd_sm90_kernel[grid](
+        packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
+        packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
+        dq_desc, lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k, max(window_left, 0),
+        dk, dv, cu_seqlens_q, cu_seqlens_k, table,
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
+        maxnreg=MAXNREG)
+    _dq_convert(dq_acc, dq, sm_scale)
+
+
+def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None:
     n = dq.numel()
     _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)

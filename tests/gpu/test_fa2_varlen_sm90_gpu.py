@@ -1,14 +1,15 @@
-"""GPU tests of the Gluon Hopper forward over packed batches (``sm90.forward_varlen``; marked ``gpu``, run on
-Hopper GPUs only, skipped elsewhere).
+"""GPU tests of the Gluon Hopper kernels over packed batches (``sm90.forward_varlen``, ``sm90_bwd.backward_varlen``;
+marked ``gpu``, run on Hopper GPUs only, skipped elsewhere).
 
 Sequences of odd lengths (1, 17, 127, 128, 129, 300, 2048 and mixes with empty ones), equal and unequal
 query/key lengths (bottom-right causal diagonals off the 128-row grid, rows that see no key), causal and
 not, causal windows, GQA and MQA, D 64 and 128, bf16 and fp16, 2 and 3 ring stages: the output and the
-three gradients (the Triton backward, fed by this forward's O and LSE) meet flash-attention's rule against
-the fp64 reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the
-launch log shows the Gluon kernel ran.  Also: its LSE against the Triton varlen forward's (-inf where a
-row sees no key), padding programs writing nothing, one packed sequence giving the dense Gluon forward's
-output bit for bit, an unchecked call never waiting for the device, the tuner offering it.
+three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against the fp64
+reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the launch log
+shows both Gluon kernels ran.  Also: its LSE against the Triton varlen forward's (-inf where a row sees no
+key), padding programs writing nothing, one packed sequence giving the dense Gluon forward's output bit for
+bit and the dense Gluon backward's dK, dV (dQ within the reduce order's rounding), an unchecked call never
+waiting for the device, the tuner offering it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from flashbench_kernels._validate import NO_WINDOW, check_varlen_inputs, check_window
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces, tuning
+from flashbench_kernels.flash_attn_v2 import (FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, sm90_bwd,
+                                              spaces, tuning)
 from kernel_checks import (check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
                            only_padding_tables, poisoned_empty, repeat_without_sync)
 
@@ -76,6 +78,7 @@ def test_gpu_gluon_varlen_forward_and_gradients(case, dtype, stages):
     log = {}
     check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window, options=_gluon(stages), launch_log=log)
     assert log["fwd"] == sm90.config_label(stages), log["fwd"]
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, window=window != NO_WINDOW), log
 
 
 def _attention(q, k, v, cu_q, cu_k, causal, options, log, window=NO_WINDOW):
@@ -131,6 +134,27 @@ def test_gpu_one_length_packed_is_the_dense_gluon_forward_bit_for_bit(causal, D,
                                launch_log=packed_log)
     assert dense_log["fwd"] == packed_log["fwd"] == sm90.config_label(2)
     assert torch.equal(packed, pack(dense))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("D, Hkv", [(128, 2), (64, 8)])
+def test_gpu_one_length_packed_backward_is_the_dense_gluon_backward(causal, D, Hkv):
+    """Sequences of one length, a multiple of 128, packed: the Gluon backward visits the same blocks with the same
+    masks, so dK and dV (summed in registers) equal the dense call's bit for bit; dQ (reduce-adds in whatever
+    order the programs run) within fp32 rounding."""
+    B, H, N = 3, 8, 1024
+    q, k, v, do = make_inputs(B, H, Hkv, N, N, D, torch.bfloat16, seed=9)
+    pack = lambda t: t.transpose(1, 2).reshape(B * N, t.shape[1], D).contiguous()  # noqa: E731
+    cu = cu_seqlens([N] * B)
+    dense_log, packed_log = {}, {}
+    dense = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    flash_attn_v2(*dense, causal=causal, options=_gluon(), launch_log=dense_log).backward(do)
+    packed = [pack(t).requires_grad_() for t in (q, k, v)]
+    flash_attn_varlen(*packed, cu, cu, N, N, causal, options=_gluon(), launch_log=packed_log).backward(pack(do))
+    assert dense_log["bwd_dq"] == packed_log["bwd_dq"] == sm90_bwd.config_label(D), (dense_log, packed_log)
+    assert torch.equal(packed[1].grad, pack(dense[1].grad)) and torch.equal(packed[2].grad, pack(dense[2].grad))
+    a, b = packed[0].grad.float(), pack(dense[0].grad).float()
+    assert (a - b).abs().max().item() <= 1e-2 * b.abs().max().item()
 
 
 def test_gpu_an_unchecked_gluon_varlen_call_never_syncs():

@@ -52,6 +52,15 @@ def test_says_why_it_declines_other_inputs(q, k, causal, window, words):
     assert reason is not None and words in reason, reason
 
 
+def test_takes_packed_batches_of_any_lengths():
+    q, k = _t(1000, 8, 128), _t(777, 2, 128)
+    for causal, window in ((False, False), (True, False), (True, True)):
+        assert sm90_bwd.input_reason(q, k, k, causal, window, varlen=True) is None
+    assert "right reach" in sm90_bwd.input_reason(q, k, k, False, True, varlen=True)
+    assert "packed (total, H, D)" in sm90_bwd.input_reason(_t(1, 8, 128, 128), k, k, False, varlen=True)
+    assert "dense" in sm90_bwd.input_reason(q, k, k, False)
+
+
 def test_never_runs_without_a_hopper_gpu():
     q = _t(1, 2, 256, 128)
     assert sm90_bwd.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
@@ -67,7 +76,7 @@ def test_runs_unless_told_triton_on_the_tma_path_and_dense_inputs(monkeypatch):
     assert "deterministic" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH,
                                                        FA2Options(backward="triton"), False)
     assert "TMA" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.PTR_ONLY, FA2Options(), False)
-    assert "packed" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True)
+    assert launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), True) is None  # packed too
     pinned = FA2Options(configs={"bwd_dq": (64, 64, 4, 2)})
     assert "pinned" in launch._sm90_bwd_refusal(q, q, q, True, False, tuning.BOTH, pinned, False)
 
@@ -142,6 +151,44 @@ def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch)
     assert seen == {"causal": True, "window_left": left}
 
 
+@pytest.mark.parametrize("causal, window, left", [(False, (-1, -1), -1), (True, (-1, -1), -1), (True, (7, 0), 7)])
+def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, left, monkeypatch):
+    """A packed batch reaches ``backward_varlen`` with its offsets, the (sequence, 128-key block) table built on
+    the device over the key axis, Delta in the (H, total_q) layout, the launch order and the window's left reach;
+    no Triton gradient kernel runs."""
+    from flashbench_kernels.flash_attn_v2 import flash_attn_varlen
+    from kernel_checks import make_packed_inputs
+
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    seen = {}
+
+    def gluon_backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
+                              group_programs, window_left=-1):
+        seen.update(cu=(cu_q.tolist(), cu_k.tolist()), table=table.clone(), delta_shape=tuple(delta.shape),
+                    causal=causal, group_programs=group_programs, window_left=window_left)
+        for g in (dq, dk, dv):
+            g.zero_()
+
+    real_launch = launch._launch
+
+    def no_triton_backward(name, *args, **kwargs):
+        assert name == "fwd", f"{name} launched beside the Gluon backward"
+        return real_launch(name, *args, **kwargs)
+
+    monkeypatch.setattr(sm90_bwd, "backward_varlen", gluon_backward_varlen)
+    monkeypatch.setattr(launch, "_launch", no_triton_backward)
+    lengths_q, lengths_k = [5, 130, 1], [9, 300, 1]
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lengths_q, lengths_k, 4, 2, 32, torch.float32, seed=2)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attn_varlen(*leaves, cu_q, cu_k, 130, 300, causal, window=window,
+                            options=FA2Options(causal_group_programs=5))
+    out.backward(do)
+    assert seen["cu"] == (cu_q.tolist(), cu_k.tolist()) and seen["delta_shape"] == (4, sum(lengths_q))
+    assert seen["causal"] is causal and seen["group_programs"] == 5 and seen["window_left"] == left
+    real = seen["table"][seen["table"][:, 0] >= 0].tolist()  # (sequence, key block of 128) rows, padding dropped
+    assert sorted(map(tuple, real)) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
+
+
 def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch():
     q = _t(1, 2, 128, 64)
     stats = torch.empty(1, 2, 128)
@@ -191,10 +238,13 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, layout=layout)
 
 
-# bytes of stack a thread by (head dim, causal, window, dQ layout), as sm90_bwd's docstring states them
-SPILLS = {(128, True, False, "split_cols"): 56, (128, True, False, "per_consumer"): 96,
-          (64, True, False, "split_rows"): 104, (128, True, True, "split_cols"): 120,
-          (128, True, True, "per_consumer"): 144, (64, True, True, "split_rows"): 224}
+# bytes of stack a thread by (head dim, causal, window, dQ layout, packed), as sm90_bwd's docstring states them
+SPILLS = {(128, True, False, "split_cols", False): 56, (128, True, False, "per_consumer", False): 96,
+          (64, True, False, "split_rows", False): 104, (128, True, True, "split_cols", False): 120,
+          (128, True, True, "per_consumer", False): 144, (64, True, True, "split_rows", False): 224,
+          (128, False, False, "split_cols", True): 152, (128, True, False, "split_cols", True): 176,
+          (128, True, True, "split_cols", True): 200, (64, False, False, "split_rows", True): 112,
+          (64, True, False, "split_rows", True): 176, (64, True, True, "split_rows", True): 216}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -204,15 +254,20 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon-bwd",
                            "--json"], capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"]) for r in rows} == \
-        {(d, c, w, lay) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))
-         for lay in ("per_consumer", sm90_bwd.dq_layout(d))}, proc.stderr[-2000:]
+    masks = ((False, False), (True, False), (True, True))
+    dense = {(d, c, w, lay, False) for d in (64, 128) for c, w in masks
+             for lay in ("per_consumer", sm90_bwd.dq_layout(d))}
+    packed = {(d, c, w, sm90_bwd.dq_layout(d), True) for d in (64, 128) for c, w in masks}
+    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"]) for r in rows} == dense | packed, \
+        proc.stderr[-2000:]
     for r in rows:
-        where = f"D={r['head_dim']} causal={r['causal']} window={r['window']} {r['dq_layout']}"
+        key = (r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"])
+        where = "D={} causal={} window={} {} varlen={}".format(*key)
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert sm90_bwd.CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
-        # the causal builds but D64's per-consumer one spill a little (sm90_bwd's docstring); the others nothing
-        allowed = SPILLS.get((r["head_dim"], r["causal"], r["window"], r["dq_layout"]), 0)
+        # the causal and packed builds but D64's per-consumer ones spill a little (sm90_bwd's docstring); the
+        # others nothing
+        allowed = SPILLS.get(key, 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
