@@ -109,6 +109,7 @@ BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reas
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
+LOG2E = 1.4426950408889634
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 225 KiB of shared memory with a split dQ)
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows

@@ -271,3 +271,45 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         # others nothing
         allowed = SPILLS.get(key, 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
+
+
+class _Launch:
+    """Stands in for a kernel: records what ``kernel[grid](*args, **kwargs)`` was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
+
+
+@pytest.mark.parametrize("D", [128, 64])
+def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch):
+    """``backward`` and ``backward_varlen`` up to the launches, on CPU tensors (descriptors are host objects):
+    the grid, the base-2 scale, the window's reach, the constexprs of the head dim's layout and ring depth, and the
+    fp32 accumulator handed to the conversion kernel."""
+    kernel, convert = _Launch(), _Launch()
+    monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernel)
+    monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", convert)
+    q, k = _t(2, 4, 256, D), _t(2, 2, 512, D)
+    stats = torch.empty(2, 4, 256)
+    sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), True, 0.125, window_left=300)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (512 // 128, 2 * 2)
+    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10] == 0.125 and args[15] == 300
+    assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
+    assert kwargs["WINDOW"] and kwargs["CAUSAL"] and not kwargs["VARLEN"]
+    assert kwargs["STAGES"] == sm90_bwd.ring_stages(D, window=True) == 2
+    assert convert.calls[-1][1][0].dtype == torch.float32 and convert.calls[-1][1][0].shape == q.shape
+
+    cu = torch.tensor([0, 100, 256], dtype=torch.int32)
+    table = torch.zeros(5, 2, dtype=torch.int32)
+    pq, pk = _t(256, 4, D), _t(512, 2, D)
+    pstats = torch.empty(4, 256)
+    sm90_bwd.backward_varlen(pq, pk, pk, pq, pstats, pstats, pq.clone(), pk.clone(), pk.clone(), cu, cu, table,
+                             False, 0.2)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (5, 2) and kwargs["VARLEN"] and not kwargs["CAUSAL"] and args[15] == 0
+    assert kwargs["STAGES"] == sm90_bwd.ring_stages(D)
+    assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
+    assert convert.calls[-1][1][0].shape == pq.shape
