@@ -58,7 +58,8 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         offered to the tuner at D128 from max_seqlen_q >= 1024, or pinned); the warp-specialised
         forward does not; the Triton forward runs every packed call.
 
-    Returns (total_q, H, D) in q's dtype, differentiable in q, k and v through the Triton backward.
+    Returns (total_q, H, D) in q's dtype, differentiable in q, k and v (``options.backward``: on Hopper the
+    Gluon backward over the packed batch, ``sm90_bwd.backward_varlen``, else the Triton kernels).
 
     Host synchronisation: with ``check_values=True`` the one device-to-host copy of both offset
     tensors that validates them; nothing else.  The program tables (one (sequence, block) row per
