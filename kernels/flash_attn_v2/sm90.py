@@ -412,6 +412,24 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
 
 
 @gluon.jit
+def packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK: gl.constexpr):
+    """Row ``entry`` of a packed batch's (sequence, block) program table, as ``programs.locate`` reads it:
+    (real, the block's first row within its sequence, the sequence's first query row, its query count,
+    first key row, key count), the offsets clamped into the packed tensors (a no-op for valid ones); a
+    padding row (sequence -1) is not real and gets 0 queries and 0 keys.  Shared by the packed forward
+    (query blocks) and the packed backward (key blocks)."""
+    seq = gl.load(table_ptr + 2 * entry)
+    real = seq >= 0
+    b = gl.maximum(seq, 0)
+    first = gl.where(real, gl.load(table_ptr + 2 * entry + 1), 0) * BLOCK
+    q0 = gl.minimum(gl.maximum(gl.load(cu_q_ptr + b), 0), N_Q)
+    n_q = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_q_ptr + b + 1), q0), N_Q) - q0, 0)
+    kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + b), 0), N_KV)
+    n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + b + 1), kv0), N_KV) - kv0, 0)
+    return real, first, q0, n_q, kv0, n_kv
+
+
+@gluon.jit
 def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT,
                      o_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                      CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
@@ -430,14 +448,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         # the program's (sequence, block) row of the table, as programs.locate reads it: offsets clamped
         # into the packed tensors (a no-op for valid ones); a padding row (sequence -1) gets Nq = Nkv = 0
         entry, h = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)  # the table is heaviest first
-        seq = gl.load(table_ptr + 2 * entry)
-        real = seq >= 0
-        b = gl.maximum(seq, 0)
-        m0 = gl.where(real, gl.load(table_ptr + 2 * entry + 1), 0) * BLOCK_M  # first row within the sequence
-        q0 = gl.minimum(gl.maximum(gl.load(cu_q_ptr + b), 0), N_Q)
-        n_q = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_q_ptr + b + 1), q0), N_Q) - q0, 0)
-        kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + b), 0), N_KV)
-        n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + b + 1), kv0), N_KV) - kv0, 0)
+        real, m0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK_M)
         diag = n_kv - n_q  # bottom-right within the sequence: query i sees key j iff j <= i + diag (causal)
         # programs.span in blocks, for the block's rows inside the sequence [m0, last]: keys [lo, hi) are
         # seen by some row, [full_lo, full_hi) by every row whole

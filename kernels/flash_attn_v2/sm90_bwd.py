@@ -103,7 +103,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._schedule import block_and_head
 from . import sm90
-from .sm90 import _store_rows, descriptor, packed_descriptor, ring_barriers
+from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 PRODUCER_REGS = 24
@@ -331,6 +331,25 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
 
 
 @gluon.jit
+def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, stat0, n_q, n_keys, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs,
+           dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, n0, diag, win_left,
+           qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+           VARLEN: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
+           COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
+           s_layout: gl.constexpr, a_layout: gl.constexpr):
+    """Steps i_lo .. i_hi of a head's query blocks (block m_lo + i, its rows from row0 + m0 and its L, Delta
+    from stat0 + m0), all masked or none; t counts the steps taken, for the rings' slots and phases."""
+    for i in range(i_lo, i_hi):
+        m0 = (m_lo + i) * BLOCK_M
+        dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready,
+                       do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, row0 + m0, q_col, stat0 + m0, n_q - m0, n_keys,
+                       m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK, CAUSAL, WINDOW, VARLEN, KEYS, ROW0,
+                       QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+        t += 1
+    return dk, dv, t
+
+
+@gluon.jit
 def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
               ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_ptr, dv_ptr, kv_row, kv_col,
               kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left,
@@ -370,83 +389,49 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
     n_keys = n_kv - (n0 + ROW0)  # packed: this consumer's keys inside the sequence (dense: unused)
 
     mbarrier.wait(kv_bar, 0)
-    if VARLEN:
-        # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (causal), those from n_tail
-        # on run past the sequence's last row or the window's left edge; all of them are masked when the key
-        # block runs past the sequence's last key
+    if not (WINDOW or VARLEN):  # (computed here, not passed: these builds keep the code they were timed with)
+        n_mb = N_Q // BLOCK_M - m_lo
+        n_tail = n_mb
+    if CAUSAL or VARLEN:
+        # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (none when the key block
+        # lies left of it), then blocks seen whole without mask arithmetic, and with a window or packed the blocks
+        # from n_tail on, which some row sees only in part (the window's left edge) or which run past the
+        # sequence's last row, masked again; packed, a key block past the sequence's last key masks every step
         t = 0
         for g in range(GROUP):
-            q_col = q_col0 + g * HEAD_DIM
-            stat_g = stat0 + g * N_STAT
-            for i in range(n_masked):
-                m0 = (m_lo + i) * BLOCK_M
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
-                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
+            if VARLEN:
+                row0 = bh0
+                q_col = q_col0 + g * HEAD_DIM
+                stat_g = stat0 + g * N_STAT
+            else:
+                row0 = (bh0 + g) * N_Q
+                q_col = 0
+                stat_g = row0
+            dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs, k_w,
+                               k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc,
+                               lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True, CAUSAL,
+                               WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout,
+                               a_layout)
+            dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs,
+                               k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready,
+                               dq_desc, lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
                                CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
                                s_layout, a_layout)
-                t += 1
-            for i in range(n_masked, n_tail):
-                m0 = (m_lo + i) * BLOCK_M
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
-                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
-                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
-                               s_layout, a_layout)
-                t += 1
-            for i in range(n_tail, n_mb):
-                m0 = (m_lo + i) * BLOCK_M
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, bh0 + m0, q_col, stat_g + m0,
-                               n_q - m0, n_keys, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
-                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
-                               s_layout, a_layout)
-                t += 1
+            if WINDOW or VARLEN:
+                dk, dv, t = _steps(dk, dv, t, n_tail, n_mb, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs,
+                                   k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready,
+                                   dq_desc, lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq,
+                                   True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
+                                   DQ_SPLIT, s_layout, a_layout)
     else:
-        if not WINDOW:  # (computed here, not passed: the builds without a window keep the code they were timed with)
-            n_mb = N_Q // BLOCK_M - m_lo
-            n_tail = n_mb
-        if CAUSAL:
-            # a head's n_mb query blocks from m_lo: the first n_masked cross the diagonal (none when the key block
-            # lies left of it), then blocks seen whole without mask arithmetic, and with a window the blocks from
-            # n_tail on, which some row sees only in part (the window's left edge), masked again
-            t = 0
-            for g in range(GROUP):
-                q_row0 = (bh0 + g) * N_Q
-                for i in range(n_masked):
-                    m0 = (m_lo + i) * BLOCK_M
-                    dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
-                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, 0,
-                                   q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True,
-                                   CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
-                                   DQ_SPLIT, s_layout, a_layout)
-                    t += 1
-                for i in range(n_masked, n_tail):
-                    m0 = (m_lo + i) * BLOCK_M
-                    dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
-                                   q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row0 + m0, 0,
-                                   q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
-                                   CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
-                                   DQ_SPLIT, s_layout, a_layout)
-                    t += 1
-                if WINDOW:
-                    for i in range(n_tail, n_mb):
-                        m0 = (m_lo + i) * BLOCK_M
-                        dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready,
-                                       q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr,
-                                       q_row0 + m0, 0, q_row0 + m0, 0, 0, m0, n0 + ROW0, diag, win_left, qk_scale,
-                                       zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS,
-                                       COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
-                        t += 1
-        else:
-            for t in range(GROUP * n_mb):
-                g = t // n_mb
-                m0 = (t - g * n_mb) * BLOCK_M
-                q_row = (bh0 + g) * N_Q + m0
-                dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, 0, q_row, 0, 0, m0,
-                               n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN,
-                               KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+        for t in range(GROUP * n_mb):
+            g = t // n_mb
+            m0 = (t - g * n_mb) * BLOCK_M
+            q_row = (bh0 + g) * N_Q + m0
+            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                           do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, 0, q_row, 0, 0, m0,
+                           n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN,
+                           KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -501,14 +486,8 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its
         # own: offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
         entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-        seq = gl.load(table_ptr + 2 * entry)
-        real = seq >= 0
-        sb = gl.maximum(seq, 0)
-        n0 = gl.where(real, gl.load(table_ptr + 2 * entry + 1), 0) * BLOCK_N  # first key within the sequence
-        q0 = gl.minimum(gl.maximum(gl.load(cu_q_ptr + sb), 0), N_Q)
-        n_q = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_q_ptr + sb + 1), q0), N_Q) - q0, 0)
-        kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + sb), 0), N_KV)
-        n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + sb + 1), kv0), N_KV) - kv0, 0)
+        # n0: the block's first key within the sequence
+        real, n0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK_N)
         diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
         # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
         if CAUSAL:

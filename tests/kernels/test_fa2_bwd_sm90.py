@@ -99,6 +99,17 @@ def test_the_option_is_checked():
     assert hash(FA2Options(backward="triton")) != hash(FA2Options())
 
 
+def _forbid_triton_backward(monkeypatch):
+    """Let the launcher start the forward only: a Triton gradient kernel launched beside the Gluon backward fails."""
+    real_launch = launch._launch
+
+    def forward_only(name, *args, **kwargs):
+        assert name == "fwd", f"{name} launched beside the Gluon backward"
+        return real_launch(name, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "_launch", forward_only)
+
+
 def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     """Where the Gluon backward may run (as on an H100; here the interpreter runs the rest), ``_backward``
     runs the Delta kernel, hands the Gluon backward the call's tensors, Delta = rowsum(dO * O), the
@@ -113,14 +124,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
         for g in (dq, dk, dv):
             g.fill_(1.0)
 
-    real_launch = launch._launch
-
-    def no_triton_backward(name, *args, **kwargs):
-        assert name == "fwd", f"{name} launched beside the Gluon backward"
-        return real_launch(name, *args, **kwargs)
-
     monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
-    monkeypatch.setattr(launch, "_launch", no_triton_backward)
+    _forbid_triton_backward(monkeypatch)
     q, k, v, do = make_inputs(1, 4, 2, 32, 48, 32, torch.float32, seed=3)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     log = {}
@@ -169,14 +174,8 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
         for g in (dq, dk, dv):
             g.zero_()
 
-    real_launch = launch._launch
-
-    def no_triton_backward(name, *args, **kwargs):
-        assert name == "fwd", f"{name} launched beside the Gluon backward"
-        return real_launch(name, *args, **kwargs)
-
     monkeypatch.setattr(sm90_bwd, "backward_varlen", gluon_backward_varlen)
-    monkeypatch.setattr(launch, "_launch", no_triton_backward)
+    _forbid_triton_backward(monkeypatch)
     lengths_q, lengths_k = [5, 130, 1], [9, 300, 1]
     q, k, v, do, cu_q, cu_k = make_packed_inputs(lengths_q, lengths_k, 4, 2, 32, torch.float32, seed=2)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
