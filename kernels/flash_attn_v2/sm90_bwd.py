@@ -2,8 +2,9 @@
 
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
-causal or not, with causal sliding windows (168 registers, 12 warps; the causal builds spill 56 (D128) and 104 (D64)
-bytes of stack a thread, with a window 120 and 224, the others none).
+causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
+the causal builds 56 (D128) and 104 (D64), with a window 120 and 224, the packed builds 112-216, the dense non-causal
+ones none).
 
 What is implemented
 -------------------
