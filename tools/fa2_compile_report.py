@@ -147,12 +147,9 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     dtype = dtype or torch.bfloat16
     layout = layout or sm90_bwd.dq_layout(head_dim)
     bm, bn = sm90_bwd.block_m(head_dim, layout), sm90_bwd.BLOCK_N
-    rows, cols = sm90_bwd.dq_tile(head_dim, layout)
     if varlen:  # two heads: the column of a head is a multiple of D, as in a real launch
         tile = lambda r, dt=dtype: mangle_type(sm90.packed_descriptor(torch.empty(r, 2, head_dim, dtype=dt), r))
-        acc = torch.empty(bm, 2 * head_dim, dtype=torch.float32)
-        dq_tile = mangle_type(sm90_bwd.TensorDescriptor(acc, list(acc.shape), [2 * head_dim, 1], [rows, cols],
-                                                        sm90._smem_layout(rows, cols, torch.float32)))
+        dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(bm, 2, head_dim, dtype=torch.float32), layout))
         ptr = "*bf16" if dtype == torch.bfloat16 else "*fp16"
         packed_args = {"dk_ptr": ptr, "dv_ptr": ptr, "cu_q_ptr": "*i32",
                        "cu_k_ptr": "*i32", "table_ptr": "*i32"}

@@ -170,10 +170,12 @@ def config_label(head_dim: int, stages: int | None = None, layout: str | None = 
 
 
 def dq_descriptor(dq_acc: torch.Tensor, layout: str):
-    """The TMA descriptor of the fp32 dQ accumulator, a tile being what one consumer reduces (``dq_tile``)."""
+    """The TMA descriptor of the fp32 dQ accumulator, a tile being what one consumer reduces (``dq_tile``), over
+    its 2-D view: (B*H*Nq, D) dense, (total_q, H*D) packed ((total_q, H, D): a head is a column offset)."""
     D = dq_acc.shape[-1]
     rows, cols = dq_tile(D, layout)
-    return TensorDescriptor(dq_acc.view(-1, D), [dq_acc.numel() // D, D], [D, 1], [rows, cols],
+    flat = dq_acc.view(dq_acc.shape[0], -1) if dq_acc.dim() == 3 else dq_acc.view(-1, D)
+    return TensorDescriptor(flat, list(flat.shape), [flat.shape[1], 1], [rows, cols],
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
@@ -684,14 +686,12 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
     dq_acc = torch.zeros((total_q, H, D), dtype=torch.float32, device=q.device)
-    rows, cols = dq_tile(D, layout)
-    dq_desc = TensorDescriptor(dq_acc.view(total_q, H * D), [total_q, H * D], [H * D, 1], [rows, cols],
-                               sm90._smem_layout(rows, cols, torch.float32))
     grid = (table.shape[0], Hkv)
     bwd_sm90_kernel[grid](
         packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
         packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
-        dq_desc, lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k, max(window_left, 0),
+        dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k,
+        max(window_left, 0),
         dk, dv, cu_seqlens_q, cu_seqlens_k, table,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
         maxnreg=MAXNREG)
