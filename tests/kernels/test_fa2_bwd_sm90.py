@@ -188,6 +188,16 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     assert sorted(map(tuple, real)) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
 
 
+def test_a_window_without_causal_is_refused_before_any_launch():
+    q = _t(1, 2, 256, 128)
+    with pytest.raises(ValueError, match="a window needs causal"):
+        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, window_left=64)
+    p = _t(256, 2, 128)
+    with pytest.raises(ValueError, match="backward_varlen: a window needs causal"):
+        sm90_bwd.backward_varlen(p, p, p, p, None, None, p.clone(), p.clone(), p.clone(), None, None, None, False,
+                                 0.125, window_left=64)
+
+
 def test_gradient_buffers_that_are_not_contiguous_are_refused_before_any_launch():
     q = _t(1, 2, 128, 64)
     stats = torch.empty(1, 2, 128)
