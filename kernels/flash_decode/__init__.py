@@ -72,7 +72,7 @@ Split count and tile (``tuning.py``)
 ``num_splits=0``: ``choose_num_splits(programs, capacity, SMs)``, with programs = B * H_kv * m_blocks
 before splitting and the SM count of the device (a fixed 4 under the interpreter): no split when
 programs >= 2 SMs; otherwise ceil(4 SMs / programs) splits, capped so that a split of the capacity
-holds at least 512 keys, and at 128.  It reads the capacity, not the lengths (that would need a
+holds at least 256 keys, and at 128.  It reads the capacity, not the lengths (that would need a
 synchronisation), so a batch much shorter than its capacity gets short or empty splits (an empty
 split writes L = -inf).  Explicit counts 1..128 are honoured.  With S > 1 splits a call allocates
 S * B * Nq * H * (D + 1) fp32 values of partial results.
@@ -83,7 +83,7 @@ shape class times each candidate of its head-dim class (``tuning.SPACE``: six or
 one-page chunk for pages of 16 or 32 where the class has none) in interleaved rounds
 (``_tuner.InterleavedTuner``, each round timed by ``_tuner.held_bench``: GPU time only, as the host path of a
 small call is longer than its kernels), split and combine kernels together; for a split launch with
-``num_splits=0`` half and twice the heuristic's split count are timed too.  A paged kernel is built
+``num_splits=0`` a quarter, half, twice and four times the heuristic's split count are timed too.  A paged kernel is built
 with twice the stages of a contiguous one for the same chunks in flight (Triton pipelines a load
 whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count and capacity rounded
 up to powers of two.  ``DecodeOptions`` turns tuning off (the class's first candidate runs), pins a

@@ -93,7 +93,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     0.  Forward only.
 
     num_splits: 0 picks the split count from the shape, the capacity and the SM count (and, tuned,
-        tries half and twice that), else 1..128.
+        tries a quarter to four times that), else 1..128.
     launch_log: a dict that receives the launch's choices (num_splits, block_m, block_n, m_blocks,
         kv_gather, page_size, num_warps, num_stages, combine, config_source, splits_source).
     check_values: True (default) checks cache_seqlens and the block-table entries in use on the host,

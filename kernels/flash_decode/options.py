@@ -34,8 +34,8 @@ class DecodeOptions:
         cached in the process); False runs the class's first candidate with the heuristic split count.
     config: a pinned tile ``(BLOCK_N, num_warps, num_stages)``: BLOCK_N a power of two in 16..256,
         num_warps in 1, 2, 4, 8, 16, num_stages (Triton's) in 1..8.  It is not tuned (the split count still may be).
-    tune_splits: with ``num_splits=0`` and a split launch, also time half and twice the heuristic's
-        split count (with autotune only).
+    tune_splits: with ``num_splits=0`` and a split launch, also time a quarter, half, twice and four
+        times the heuristic's split count (with autotune only).
     Under the CPU interpreter nothing is timed: a pinned tile runs, else one fixed small tile.
     """
 

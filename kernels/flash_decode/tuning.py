@@ -4,7 +4,7 @@ Split count (``choose_num_splits``): from the launch's programs before splitting
 capacity, never from the lengths (reading them would wait for the device).  Tile: one of a few
 candidates per head-dim class (``SPACE``), chosen on the device by timing every candidate of the
 call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); where the launch is split,
-the same timing also tries half and twice the heuristic's split count.  The shape class (``KEY``)
+the same timing also tries a quarter, half, twice and four times the heuristic's split count.  The shape class (``KEY``)
 holds every launch argument that changes which candidates are offered or how fast they run.
 The timing is ``held_bench`` (GPU time only, L2 flushed), not ``do_bench``, which at small batches times the
 host's enqueueing (0.13-0.22 ms) rather than the 15-50 us kernels and so ranks tiles by noise.  The candidates span the choices (keys per chunk, warps, pipeline depth)
@@ -25,7 +25,10 @@ MAX_SPLITS = 128
 # Split heuristic (``choose_num_splits``); constants, not knobs.
 _FULL_PROGRAMS_PER_SM = 2  # at or above this many programs per SM the launch is not split
 _TARGET_PROGRAMS_PER_SM = 4  # a split launch aims at this many: several waves, so a short last wave costs little
-MIN_SPLIT_KEYS = 512  # a split of fewer keys is mostly prologue and combine traffic (8 chunks of 64)
+# A split of fewer keys is mostly prologue and combine traffic.  512 capped a B1 4k call at 8 splits,
+# where 16 ran fastest with 64-key chunks and 32-64 with one-page chunks of a 16-key paged cache
+# (results/evidence/h200/decode_splits/): the tuner tries a quarter to four times the heuristic's count.
+MIN_SPLIT_KEYS = 256
 
 
 def choose_num_splits(programs: int, capacity: int, num_sms: int) -> int:
@@ -129,11 +132,14 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
 # the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count and capacity
 # rounded up to powers of two, whether split counts are tried, a pinned tile (None: tiles are tried)
 KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED"]
-_SHIFTS = (0, -1, 1)  # the split count in effect, half of it, twice it
+# the split count in effect, half, twice, a quarter and four times it: at B1 4k the best count was 16
+# for 64-key chunks and 64 for 16-key chunks of one page (results/evidence/h200/decode_splits/)
+_SHIFTS = (0, -1, 1, -2, 2)
 
 
 def shifted_splits(splits: int, shift: int, max_splits: int) -> int | None:
-    """The split count a shift stands for: half (at least 2) or twice (at most ``max_splits``), or None.
+    """The split count a shift stands for, ``splits`` times 2**shift: divided (at least 2) or multiplied
+    (at most ``max_splits``), or None where that is no other count.
 
     Never down to an unsplit launch: the class holds the capacity, not the lengths, so a choice made on
     equal lengths also serves varied ones, where one program per sequence waits on the longest (measured:
@@ -141,7 +147,7 @@ def shifted_splits(splits: int, shift: int, max_splits: int) -> int | None:
     results/evidence/h200/decode_unsplit_rejected/)."""
     if shift == 0:
         return splits
-    n = splits // 2 if shift < 0 else min(2 * splits, max_splits)
+    n = splits >> -shift if shift < 0 else min(splits << shift, max_splits)
     return n if n >= 2 and n != splits else None
 
 
@@ -199,8 +205,8 @@ def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_split
           pinned: Tile | None, tiles: tuple[Tile, ...]) -> tuple[Tile, int]:
     """Run ``call`` with the configuration ``tuner`` chose for its class (choosing it first on a miss).
 
-    ``splits``: the split count in effect (given, or the heuristic's); with ``vary_splits`` half and
-    twice that count are tried too.  ``pinned``: the only tile tried; else ``tiles``.  Returns what ran.
+    ``splits``: the split count in effect (given, or the heuristic's); with ``vary_splits`` a quarter,
+    half, twice and four times that count are tried too.  ``pinned``: the only tile tried; else ``tiles``.  Returns what ran.
     """
     q = call.q
     meta = dict(HEAD_DIM=q.shape[-1], BLOCK_M=call.block_m, PAGE_SIZE=call.page_size, DTYPE=str(q.dtype),

@@ -146,11 +146,11 @@ def test_strided_views():
 
 @pytest.mark.skipif(not interpreting(), reason="the expected split count is the interpreter's (4 SMs, BLOCK_N 32)")
 def test_auto_splits_and_launch_log():
-    """num_splits=0 under the interpreter (4 SMs): 2 programs, capacity 1105 -> min(ceil(16 / 2), 1105 // 512) = 2."""
+    """num_splits=0 under the interpreter (4 SMs): 2 programs, capacity 1105 -> min(ceil(16 / 2), 1105 // 256) = 4."""
     q, k, v, seqlens, _ = _case(1, 2, 1, 32, torch.float16, lengths=[1100, 13])
     log = {}
     out = flash_decode(q, k, v, seqlens, launch_log=log)
-    assert log == dict(num_splits=2, block_m=16, block_n=32, m_blocks=1, kv_gather="contiguous", page_size=0,
+    assert log == dict(num_splits=4, block_m=16, block_n=32, m_blocks=1, kv_gather="contiguous", page_size=0,
                        num_warps=4, num_stages=1, combine=True, config_source="interpreter",
                        splits_source="heuristic")
     _assert_within_rule(out, q, [k[0, :1100], k[1, :13]], [v[0, :1100], v[1, :13]])
@@ -430,12 +430,14 @@ def test_pinned_tile_runs_under_the_interpreter(page, config, gather):
     (512, 32768, 132, 1),    # B 64 x 8 kv heads: ~4 programs per SM already
     (264, 4096, 132, 1),     # exactly two per SM
     (256, 4096, 132, 3),     # B 32: ceil(528 / 256)
-    (64, 4096, 132, 8),      # B 8, 4k: ceil(528 / 64) = 9, but 4096 // 512 = 8
+    (64, 4096, 132, 9),      # B 8, 4k: ceil(528 / 64)
     (64, 32768, 132, 9),     # B 8, 32k
-    (8, 32768, 132, 64),     # B 1, 32k: capped at 32768 // 512
-    (8, 131072, 132, 66),    # B 1, 128k: ceil(528 / 8)
+    (8, 4096, 132, 16),      # B 1, 4k: capped at 4096 // 256
+    (8, 32768, 132, 66),     # B 1, 32k: ceil(528 / 8)
+    (8, 131072, 132, 66),    # B 1, 128k
     (1, 1 << 24, 132, 128),  # capped at MAX_SPLITS
-    (8, 1000, 132, 1),       # less than two splits of 512 keys: never split
+    (8, 1000, 132, 3),       # capped at 1000 // 256
+    (8, 500, 132, 1),        # less than two splits of 256 keys: never split
 ])
 def test_choose_num_splits(programs, capacity, sms, expected):
     assert choose_num_splits(programs, capacity, sms) == expected
@@ -444,7 +446,7 @@ def test_choose_num_splits(programs, capacity, sms, expected):
 @pytest.mark.parametrize("B", [1, 8, 64])
 @pytest.mark.parametrize("capacity", [4096, 32768, 131072])
 def test_heuristic_is_sensible_for_the_decode_benchmark(B, capacity):
-    """GQA 32/8 on 132 SMs: split launches hold 2+ programs per SM and 512+ keys of capacity per split."""
+    """GQA 32/8 on 132 SMs: split launches hold 2+ programs per SM and 256+ keys of capacity per split."""
     programs, sms = B * 8, 132
     splits = choose_num_splits(programs, capacity, sms)
     if B == 64:
@@ -462,7 +464,7 @@ def test_split_count_follows_the_capacity_not_the_lengths():
         logs.append({})
         out = flash_decode(q, k, v, seqlens, launch_log=logs[-1])
         _assert_within_rule(out, q, [k[b, :n] for b, n in enumerate(lengths)], [v[b, :n] for b, n in enumerate(lengths)])
-    assert logs[0]["num_splits"] == logs[1]["num_splits"] == 2
+    assert logs[0]["num_splits"] == logs[1]["num_splits"] == 4
 
 
 def test_many_splits_combine_in_column_blocks():
@@ -512,6 +514,9 @@ def test_candidates_respect_budget_capacity_and_warps():
 def test_shifted_splits():
     assert tuning.shifted_splits(8, 0, 100) == 8
     assert tuning.shifted_splits(8, -1, 100) == 4 and tuning.shifted_splits(8, 1, 100) == 16
+    assert tuning.shifted_splits(8, -2, 100) == 2 and tuning.shifted_splits(8, 2, 100) == 32
+    assert tuning.shifted_splits(6, -2, 100) is None  # a quarter of 6 rounds down to 1: no unsplit launch
+    assert tuning.shifted_splits(8, 2, 20) == 20 and tuning.shifted_splits(3, 2, 3) is None
     assert tuning.shifted_splits(8, 1, 10) == 10 and tuning.shifted_splits(8, 1, 8) is None
     assert tuning.shifted_splits(3, -1, 100) is None  # never down to an unsplit launch
     assert tuning.shifted_splits(100, 1, tuning.MAX_SPLITS) == tuning.MAX_SPLITS
@@ -557,16 +562,18 @@ def _decode_args(lengths=(1100, 13), Nq=1, H=4, Hkv=1, D=32, dtype=torch.float16
 
 
 def test_tuner_times_every_tile_and_split_count_and_keeps_the_fastest(monkeypatch):
-    # capacity 1105, 2 programs on the interpreter's 4 SMs: the heuristic's 2 splits, and 4 (half is 1: not tried)
+    # capacity 1105, 2 programs on the interpreter's 4 SMs: the heuristic's 4 splits, 2, 8 and 16 (a quarter
+    # is 1: not tried), each capped at the tile's chunks of capacity (256-key chunks: 5)
     tiles = tuning.candidates(32, 16, 0, 1105, 2)
-    best = (tiles[2], 4)
+    best = (tiles[2], 8)
     dev = FakeDevice(monkeypatch, {best: 0.5})
     log = {}
     flash_decode(**_decode_args(), launch_log=log)
-    offered = {(t, s) for t in tiles for s in (2, 4)}
+    offered = {(t, min(s, -(-1105 // t.block_n))) for t in tiles for s in (2, 4, 8, 16)}
+    assert (Tile(256, 8, 3), 5) in offered and (Tile(32, 1, 4), 16) in offered
     assert set(dev.timed) == offered and len(dev.timed) == len(offered) * 4  # 4 interleaved rounds
     assert dev.launches[-1] == best
-    assert (log["block_n"], log["num_warps"], log["num_stages"], log["num_splits"]) == (*best[0], 4)
+    assert (log["block_n"], log["num_warps"], log["num_stages"], log["num_splits"]) == (*best[0], 8)
     assert log["config_source"] == "tuned" and log["splits_source"] == "tuned"
     # the same class again: no timing, one launch of the choice
     n = len(dev.timed)
@@ -603,27 +610,27 @@ def test_tune_splits_off_keeps_the_heuristic(monkeypatch):
     dev = FakeDevice(monkeypatch, {})
     log = {}
     flash_decode(**_decode_args(), options=DecodeOptions(tune_splits=False), launch_log=log)
-    assert {s for _, s in dev.timed} == {2} and log["splits_source"] == "heuristic"
+    assert {s for _, s in dev.timed} == {4} and log["splits_source"] == "heuristic"
 
 
 def test_pinned_tile_tunes_only_the_split_count(monkeypatch):
     pinned = Tile(16, 4, 2)
-    dev = FakeDevice(monkeypatch, {(pinned, 4): 0.1})
+    dev = FakeDevice(monkeypatch, {(pinned, 8): 0.1})
     log = {}
     flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(pinned)), launch_log=log)
-    assert set(dev.timed) == {(pinned, 2), (pinned, 4)} and dev.launches[-1] == (pinned, 4)
+    assert set(dev.timed) == {(pinned, 2), (pinned, 4), (pinned, 8), (pinned, 16)} and dev.launches[-1] == (pinned, 8)
     assert log["config_source"] == "pinned" and log["splits_source"] == "tuned"
     # nothing left to tune: runs at once
     n = len(dev.timed)
     flash_decode(**_decode_args(), options=DecodeOptions(config=tuple(pinned), tune_splits=False), launch_log=log)
-    assert len(dev.timed) == n and dev.launches[-1] == (pinned, 2) and log["splits_source"] == "heuristic"
+    assert len(dev.timed) == n and dev.launches[-1] == (pinned, 4) and log["splits_source"] == "heuristic"
 
 
 def test_autotune_off_runs_the_first_candidate(monkeypatch):
     dev = FakeDevice(monkeypatch, {})
     log = {}
     flash_decode(**_decode_args(), options=DecodeOptions(autotune=False), launch_log=log)
-    assert not dev.timed and dev.launches == [(tuning.candidates(32, 16, 0, 1105, 2)[0], 2)]
+    assert not dev.timed and dev.launches == [(tuning.candidates(32, 16, 0, 1105, 2)[0], 4)]
     assert log["config_source"] == "default" and log["splits_source"] == "heuristic"
 
 
