@@ -19,6 +19,7 @@ contiguous.  Prints a table and writes everything (with each call's launch log) 
 
     python tools/decode_bench.py --out decode_bench.json
     python tools/decode_bench.py --shapes 1x131072,8x4096 --nq 1 --pages 16 --out small.json
+    python tools/decode_bench.py --sequential-combine --out sequential.json   # the combine not overlapped
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=25, help="warm-up before sampling, ms")
     p.add_argument("--rep", type=int, default=100, help="sampling budget per call, ms")
     p.add_argument("--roof-gib", type=float, default=2.0, help="size of the torch.sum read measurement, GiB")
+    p.add_argument("--sequential-combine", action="store_true",
+                   help="launch the split combine after the split kernel (DecodeOptions(overlap_combine=False))")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
     try:
@@ -89,8 +92,10 @@ def paged_copy(k, v, page: int, generator):
 
 def time_decode(q, k, v, lens, table, args) -> dict:
     log = {}
-    out = flashbench.flash_decode(q, k, v, lens, block_table=table, launch_log=log)  # checked; tunes the class
-    timed = bench(lambda: flashbench.flash_decode(q, k, v, lens, block_table=table, check_values=False), args)
+    opts = flashbench.DecodeOptions(overlap_combine=not args.sequential_combine)
+    out = flashbench.flash_decode(q, k, v, lens, block_table=table, launch_log=log, options=opts)  # tunes the class
+    timed = bench(lambda: flashbench.flash_decode(q, k, v, lens, block_table=table, check_values=False,
+                                                  options=opts), args)
     return timed | {"log": log, "out": out}
 
 

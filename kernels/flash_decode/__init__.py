@@ -32,6 +32,9 @@ alone, too few to fill a GPU at small batch.  Flash-Decoding also splits the key
      (-inf for a split whose range is empty or invisible to the row).
   2. ``combine_kernel``: per output row and block of columns, L = log2(sum_s 2^L_s) and
      O = sum_s 2^(L_s - L) O_s (0 when every L_s is -inf), every split's partials loaded at once.
+     On Hopper and later it is launched with programmatic dependent launch (``overlap_combine``):
+     launched as the split programs finish their key loops, it waits for the split kernel's writes
+     (``griddepcontrol.wait``) before reading, so its launch latency overlaps the split kernel's tail.
   With one split the first kernel writes O directly in q's dtype and no combine kernel runs.
   A sequence's ceil(cache_seqlens[b] / BLOCK_N) chunks are shared out evenly between the splits,
   sequence by sequence, so every split of one sequence does the same work whatever the lengths.

@@ -4,7 +4,11 @@
 its split's keys in chunks of BLOCK_N, for a tile whose rows are every query head of its kv head
 times every new token (GQA packing), and writes either the output (one split) or a normalised
 partial output with its base-2 log-sum-exp (several splits).  ``combine_kernel``: for each output
-row and block of head-dim columns, O = sum_s 2^(L_s - L) O_s with L = log2 sum_s 2^L_s.
+row and block of head-dim columns, O = sum_s 2^(L_s - L) O_s with L = log2 sum_s 2^L_s.  On Hopper the
+combine is launched with programmatic dependent launch (``OVERLAP``): the split programs signal once
+their key loops are done, the combine's programs launch then and wait (``griddepcontrol.wait``) for the
+split kernel to complete and its writes to be visible, so the second launch's latency overlaps the
+split kernel's tail instead of following it.
 
 Values the host did not check (``check_values=False``) can never make a program read outside the
 caches: a length is clamped into [0, CAPACITY], a page index into [0, NUM_BLOCKS), and a program
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -110,7 +115,7 @@ def split_kernel(Q, K, V, O, LSE, SEQLENS, TABLE, qk_scale,
                  H_KV, M_BLOCKS, NUM_SPLITS, N_Q, CAPACITY, NUM_BLOCKS,
                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                 WRITE_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 WRITE_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     m_block = pid % M_BLOCKS
@@ -163,6 +168,9 @@ def split_kernel(Q, K, V, O, LSE, SEQLENS, TABLE, qk_scale,
                                         True, PAGED, PAGE_SIZE, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
     if PAGED:
         poison = poison | (tl.max(bad, 0) > 0)
+    if OVERLAP:
+        # the combine may launch once every program got here (it waits for this kernel's writes itself)
+        gdc_launch_dependents()
 
     # rows with no visible key in this range (l = 0) write O = 0 and L = -inf
     seen = l_i > 0.0
@@ -180,13 +188,16 @@ def split_kernel(Q, K, V, O, LSE, SEQLENS, TABLE, qk_scale,
 
 @triton.jit(do_not_specialize=["ROWS", "NUM_SPLITS"])
 def combine_kernel(O_PART, LSE_PART, OUT, ROWS, NUM_SPLITS,
-                   HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DC: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DC: tl.constexpr, OVERLAP: tl.constexpr):
     """Columns [BLOCK_DC * pid(1), +BLOCK_DC) of output row pid(0) from the partials (splits, ROWS, HEAD_DIM).
 
     Every split's L_s and O_s are loaded at once (BLOCK_S >= NUM_SPLITS; the launcher bounds
     BLOCK_S x BLOCK_DC), so a program waits on memory once.  A NaN L_s or O_s (a poisoned split)
-    makes the row NaN; a row no split saw a key of is 0.
+    makes the row NaN; a row no split saw a key of is 0.  OVERLAP: launched before the split kernel
+    completed (programmatic dependent launch); nothing is read before it has.
     """
+    if OVERLAP:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_DC + tl.arange(0, BLOCK_DC)
     d_ok = offs_d < HEAD_DIM

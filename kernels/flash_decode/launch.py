@@ -12,7 +12,7 @@ from typing import MutableMapping
 import torch
 
 from .._tuner import _UNBUILDABLE
-from .._validate import interpreting
+from .._validate import device_capability, interpreting
 from . import run, tuning
 from .checks import check_options, check_shapes, check_tensors, check_values as check_lengths_and_table, fail
 from .options import DecodeOptions, Tile
@@ -33,9 +33,16 @@ def num_sms(device: torch.device) -> int:
     return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def can_overlap_combine(device: torch.device) -> bool:
+    """Programmatic dependent launch (the combine overlapping the split kernel's tail) needs sm_90 or later;
+    the interpreter has no second launch to overlap."""
+    return not interpreting() and device.type == "cuda" and device_capability(device.index)[0] >= 9
+
+
 def prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, capacity: int,
-                 page: int) -> run.DecodeCall:
-    """The call's tile rows, row blocks, programs and output buffer (from shapes only)."""
+                 page: int, overlap_combine: bool = True) -> run.DecodeCall:
+    """The call's tile rows, row blocks, programs and output buffer (from shapes only); ``overlap_combine``
+    (``DecodeOptions``) is honoured where the GPU can (``can_overlap_combine``)."""
     B, Nq, H, D = q.shape
     Hkv = k_cache.shape[2]
     group = H // Hkv
@@ -45,7 +52,7 @@ def prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale: float, 
     out = run.new_buffer((B, Nq, H, D), q.dtype, q.device)
     return run.DecodeCall(q, k_cache, v_cache, cache_seqlens, block_table, out, scale * run.LOG2E, page,
                           capacity, k_cache.shape[0] if page else 0, group, block_m, m_blocks, block_d,
-                          B * Hkv * m_blocks)
+                          B * Hkv * m_blocks, overlap_combine and can_overlap_combine(q.device))
 
 
 def _run_pinned(call: run.DecodeCall, tile: Tile, splits: int) -> None:
@@ -95,7 +102,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     num_splits: 0 picks the split count from the shape, the capacity and the SM count (and, tuned,
         tries a quarter to four times that), else 1..128.
     launch_log: a dict that receives the launch's choices (num_splits, block_m, block_n, m_blocks,
-        kv_gather, page_size, num_warps, num_stages, combine, config_source, splits_source).
+        kv_gather, page_size, num_warps, num_stages, combine, overlap_combine, config_source,
+        splits_source).
     check_values: True (default) checks cache_seqlens and the block-table entries in use on the host,
         one device-to-host synchronisation a call; False skips it for tensors the caller has checked
         (no synchronisation: the call only queues kernels).  Unchecked bad values never make the
@@ -112,7 +120,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if check_values:
         check_lengths_and_table(cache_seqlens, block_table, capacity, page, k_cache.shape[0])
 
-    call = prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale, capacity, page)
+    call = prepare_call(q, k_cache, v_cache, cache_seqlens, block_table, scale, capacity, page,
+                        options.overlap_combine)
     heuristic = tuning.choose_num_splits(call.programs, capacity, num_sms(q.device))
     ran = _choose_and_run(call, options, num_splits, heuristic)
     if launch_log is not None:
@@ -120,6 +129,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         launch_log.update(num_splits=splits, block_m=call.block_m, block_n=tile.block_n, m_blocks=call.m_blocks,
                           kv_gather="contiguous" if not page else ("page" if page >= tile.block_n else "row"),
                           page_size=page, num_warps=tile.num_warps, num_stages=tile.num_stages,
-                          combine=splits > 1, config_source=ran["config_source"],
+                          combine=splits > 1, overlap_combine=splits > 1 and call.overlap_combine,
+                          config_source=ran["config_source"],
                           splits_source=ran["splits_source"])
     return call.out

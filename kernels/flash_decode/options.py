@@ -36,15 +36,19 @@ class DecodeOptions:
         num_warps in 1, 2, 4, 8, 16, num_stages (Triton's) in 1..8.  It is not tuned (the split count still may be).
     tune_splits: with ``num_splits=0`` and a split launch, also time a quarter, half, twice and four
         times the heuristic's split count (with autotune only).
+    overlap_combine: on Hopper and later, launch a split call's combine kernel with programmatic
+        dependent launch, so that its launch overlaps the split kernel's tail (it waits for the split
+        kernel's writes before reading); False launches it after the split kernel, as on older GPUs.
     Under the CPU interpreter nothing is timed: a pinned tile runs, else one fixed small tile.
     """
 
     autotune: bool = True
     config: tuple | None = None
     tune_splits: bool = True
+    overlap_combine: bool = True
 
     def __post_init__(self):
-        for name in ("autotune", "tune_splits"):
+        for name in ("autotune", "tune_splits", "overlap_combine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DecodeOptions: {name} must be True or False, got {getattr(self, name)!r}")
         if self.config is not None:

@@ -1,4 +1,5 @@
-"""Launch one configuration of a prepared ``flash_decode`` call: the split kernel, then the combine kernel.
+"""Launch one configuration of a prepared ``flash_decode`` call: the split kernel, then the combine kernel
+(overlapping the split kernel's tail where ``overlap_combine``: programmatic dependent launch).
 
 ``DecodeCall`` holds what every launch of one call needs (tensors, sizes, the output buffer);
 ``run(call, tile, splits)`` launches it with one tile and split count.  The tuner (``tuning.py``)
@@ -34,6 +35,7 @@ class DecodeCall(NamedTuple):
     m_blocks: int  # row blocks per (sequence, kv head)
     block_d: int  # head dim padded to a power of two
     programs: int  # programs of the split kernel before splitting: B * H_kv * m_blocks
+    overlap_combine: bool  # launch the combine with programmatic dependent launch (Hopper and later)
 
 
 def new_buffer(shape, dtype, device) -> torch.Tensor:
@@ -54,7 +56,8 @@ def split_constexprs(call: DecodeCall, block_n: int, splits: int) -> dict:
     """The split kernel's constexprs for ``call`` (the compile checks in the tests build these too)."""
     return dict(GROUP=call.group, HEAD_DIM=call.q.shape[-1], BLOCK_D=call.block_d, BLOCK_M=call.block_m,
                 BLOCK_N=block_n, PAGED=call.page_size > 0, PAGE_SIZE=max(call.page_size, 1), WRITE_LSE=splits > 1,
-                DOT_PRECISION="ieee" if call.q.dtype == torch.float32 else "tf32")
+                DOT_PRECISION="ieee" if call.q.dtype == torch.float32 else "tf32",
+                OVERLAP=call.overlap_combine and splits > 1)
 
 
 def run(call: DecodeCall, tile: Tile, splits: int) -> None:
@@ -84,4 +87,4 @@ def run(call: DecodeCall, tile: Tile, splits: int) -> None:
         block_dc = min(call.block_d, max(16, _COMBINE_TILE // block_s))
         combine_kernel[(rows, cdiv(D, block_dc))](
             o_part, lse_part, out, rows, splits, HEAD_DIM=D, BLOCK_S=block_s, BLOCK_DC=block_dc,
-            num_warps=_COMBINE_WARPS)
+            OVERLAP=call.overlap_combine, num_warps=_COMBINE_WARPS, launch_pdl=call.overlap_combine)

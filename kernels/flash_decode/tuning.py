@@ -130,8 +130,9 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
 # The tuner: one choice of (tile, split count) per shape class
 # ----------------------------------------------------------------------------------------------
 # the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count and capacity
-# rounded up to powers of two, whether split counts are tried, a pinned tile (None: tiles are tried)
-KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED"]
+# rounded up to powers of two, whether split counts are tried, a pinned tile (None: tiles are tried),
+# whether the combine overlaps the split kernel (it changes what a split costs)
+KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED", "OVERLAP"]
 # the split count in effect, half, twice, a quarter and four times it: at B1 4k the best count was 16
 # for 64-key chunks and 64 for 16-key chunks of one page (results/evidence/h200/decode_splits/)
 _SHIFTS = (0, -1, 1, -2, 2)
@@ -211,6 +212,6 @@ def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_split
     q = call.q
     meta = dict(HEAD_DIM=q.shape[-1], BLOCK_M=call.block_m, PAGE_SIZE=call.page_size, DTYPE=str(q.dtype),
                 SPLITS=run.next_pow2(splits), CAPACITY=run.next_pow2(call.capacity), VARY_SPLITS=vary_splits,
-                PINNED=pinned, SPLITS_NOW=splits, CANDIDATES=tiles)
+                PINNED=pinned, OVERLAP=call.overlap_combine, SPLITS_NOW=splits, CANDIDATES=tiles)
     cfg = tuner.run(None, (call,), meta)
     return cfg.kwargs["TILE"], _splits_of(cfg, call, splits)

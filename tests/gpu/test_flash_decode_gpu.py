@@ -115,6 +115,27 @@ def test_auto_split_count_follows_the_heuristic():
     assert log["num_splits"] == choose_num_splits(8, 32768, sms) > 1 and log["splits_source"] == "heuristic"
 
 
+@pytest.mark.parametrize("num_splits", [3, 64])
+def test_overlapped_combine_matches_the_sequential_one(num_splits):
+    """On Hopper the combine overlaps the split kernel's tail (programmatic dependent launch): the same
+    kernels, so the output is bit for bit the sequential launch's, contiguous and paged; both meet the rule."""
+    q, k, v, seqlens, lengths, (kp, vp, table) = _inputs(8, 1, 32, 8, 128, 4096, 16, torch.bfloat16, num_splits)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    for kc, vc, tb in ((k, v, None), (kp, vp, table)):
+        outs, logs = [], []
+        for overlap in (True, False):
+            logs.append({})
+            outs.append(flash_decode(q, kc, vc, seqlens, block_table=tb, num_splits=num_splits, launch_log=logs[-1],
+                                     options=DecodeOptions(autotune=False, overlap_combine=overlap)))
+        assert logs[0]["overlap_combine"] is hopper and logs[1]["overlap_combine"] is False
+        assert logs[0]["num_splits"] == logs[1]["num_splits"] == num_splits
+        assert torch.equal(outs[0], outs[1])
+        if tb is None:
+            _check(outs[0], q, [k[b, :n] for b, n in enumerate(lengths)], [v[b, :n] for b, n in enumerate(lengths)])
+        else:
+            _check(outs[0], q, gather_pages(kp, table, lengths), gather_pages(vp, table, lengths))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_other_head_dims(dtype):
     for D in (32, 96, 256):

@@ -18,6 +18,7 @@ import torch
 import triton
 
 import flashbench_kernels.flash_decode.checks as fd_checks
+import flashbench_kernels.flash_decode.launch as fd_launch
 import flashbench_kernels.flash_decode.run as fd_run
 from decode_reference import decode_reference, gather_pages, page_cache, random_tensor
 from flashbench_kernels._validate import interpreting
@@ -151,7 +152,7 @@ def test_auto_splits_and_launch_log():
     log = {}
     out = flash_decode(q, k, v, seqlens, launch_log=log)
     assert log == dict(num_splits=4, block_m=16, block_n=32, m_blocks=1, kv_gather="contiguous", page_size=0,
-                       num_warps=4, num_stages=1, combine=True, config_source="interpreter",
+                       num_warps=4, num_stages=1, combine=True, overlap_combine=False, config_source="interpreter",
                        splits_source="heuristic")
     _assert_within_rule(out, q, [k[0, :1100], k[1, :13]], [v[0, :1100], v[1, :13]])
     one = flash_decode(q, k, v, seqlens, num_splits=1, launch_log=log)
@@ -596,7 +597,25 @@ def test_tuner_key_separates_shape_classes(monkeypatch, change):
 
 
 def test_tuner_key_fields():
-    assert tuning.KEY == ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED"]
+    assert tuning.KEY == ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED",
+                          "OVERLAP"]
+
+
+def test_overlap_combine_needs_hopper_and_is_an_option():
+    """The combine overlaps the split kernel only where the GPU has programmatic dependent launch: never
+    under the interpreter or on a CPU tensor, whatever the option says; the option is a checked bool."""
+    launch = fd_launch
+    assert not launch.can_overlap_combine(torch.device("cpu")) and not launch.can_overlap_combine(torch.device("meta"))
+    q = torch.empty(1, 1, 4, 64, dtype=torch.float16, device="meta")
+    k = torch.empty(1, 256, 1, 64, dtype=torch.float16, device="meta")
+    lens = torch.empty(1, dtype=torch.int32, device="meta")
+    assert launch.prepare_call(q, k, k, lens, None, 0.1, 256, 0, True).overlap_combine is False
+    call = launch.prepare_call(q, k, k, lens, None, 0.1, 256, 0, False)._replace(overlap_combine=True)
+    assert fd_run.split_constexprs(call, 32, 2)["OVERLAP"] is True  # only a split launch has a combine to overlap
+    assert fd_run.split_constexprs(call, 32, 1)["OVERLAP"] is False
+    assert DecodeOptions().overlap_combine is True
+    with pytest.raises(ValueError, match="overlap_combine must be True or False"):
+        DecodeOptions(overlap_combine=1)
 
 
 def test_given_split_count_is_not_tuned(monkeypatch):
@@ -714,6 +733,49 @@ def compiled_candidates():
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and rows, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
     return rows
+
+
+_OVERLAP_SCRIPT = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from flashbench_kernels.flash_decode import launch, run
+from flashbench_kernels.flash_decode.kernels import combine_kernel, split_kernel
+
+q = torch.empty(2, 1, 32, 128, dtype=torch.bfloat16, device="meta")
+k = torch.empty(2, 4096, 8, 128, dtype=torch.bfloat16, device="meta")
+lens = torch.empty(2, dtype=torch.int32, device="meta")
+call = launch.prepare_call(q, k, k, lens, None, 0.1, 4096, 0)._replace(overlap_combine=True)
+target = GPUTarget("cuda", 90, 32)
+for overlap in (True, False):
+    consts = run.split_constexprs(call._replace(overlap_combine=overlap), 64, 4)
+    sig = {n: "i32" for n in split_kernel.arg_names}
+    sig.update(Q="*bf16", K="*bf16", V="*bf16", O="*fp32", LSE="*fp32", SEQLENS="*i32", TABLE="*i32", qk_scale="fp32")
+    sig.update({n: "constexpr" for n in consts})
+    ptx = triton.compile(ASTSource(fn=split_kernel, signature=sig, constexprs=consts), target=target,
+                         options=dict(num_warps=4, num_stages=3)).asm["ptx"]
+    print("split", overlap, "griddepcontrol.launch_dependents" in ptx, "griddepcontrol.wait" in ptx)
+    consts = dict(HEAD_DIM=128, BLOCK_S=4, BLOCK_DC=128, OVERLAP=overlap)
+    sig = dict(O_PART="*fp32", LSE_PART="*fp32", OUT="*bf16", ROWS="i32", NUM_SPLITS="i32")
+    sig.update({n: "constexpr" for n in consts})
+    ptx = triton.compile(ASTSource(fn=combine_kernel, signature=sig, constexprs=consts), target=target,
+                         options=dict(num_warps=4, launch_pdl=overlap)).asm["ptx"]
+    print("combine", overlap, "griddepcontrol.launch_dependents" in ptx, "griddepcontrol.wait" in ptx)
+"""
+
+
+def test_overlapped_builds_signal_and_wait_for_sm90():
+    """With OVERLAP the split kernel signals its dependents (griddepcontrol.launch_dependents) and the
+    combine waits for the split kernel (griddepcontrol.wait) before reading; without it neither does."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _OVERLAP_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:4] == ["split True True False", "combine True False True",
+                                           "split False False False", "combine False False False"]
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")), reason="this Triton carries no NVIDIA toolchain")

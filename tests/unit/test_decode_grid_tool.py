@@ -39,3 +39,10 @@ def test_bad_arguments_exit_2(decode_grid, argv, capsys):
 def test_without_a_gpu_it_says_so(decode_grid, capsys, tmp_path):
     assert decode_grid.main(["--out", str(tmp_path / "g.json")]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err and not (tmp_path / "g.json").exists()
+
+
+def test_decode_bench_can_launch_the_combine_sequentially(decode_grid):
+    import decode_bench  # imported by decode_grid, from tools/
+
+    assert decode_bench.parse_args(["--out", "b.json"]).sequential_combine is False
+    assert decode_bench.parse_args(["--sequential-combine", "--out", "b.json"]).sequential_combine is True
