@@ -88,8 +88,8 @@ one-page chunk for pages of 16 or 32 where the class has none) in interleaved ro
 small call is longer than its kernels), split and combine kernels together; for a split launch with
 ``num_splits=0`` a quarter, half, twice and four times the heuristic's split count are timed too.  A paged kernel is built
 with twice the stages of a contiguous one for the same chunks in flight (Triton pipelines a load
-whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count and capacity rounded
-up to powers of two.  ``DecodeOptions`` turns tuning off (the class's first candidate runs), pins a
+whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count, capacity and
+programs before splitting (batch x kv heads x row blocks) rounded up to powers of two.  ``DecodeOptions`` turns tuning off (the class's first candidate runs), pins a
 tile, or keeps the heuristic's split count.  Under the CPU interpreter one fixed tile runs (BLOCK_N
 32, so that its tests take both paged gathers) unless one is pinned.  ``launch_log`` records the
 tile, the split count and where each came from.  The first call of a class pays for the tuning (and

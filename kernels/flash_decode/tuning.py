@@ -129,10 +129,14 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
 # ----------------------------------------------------------------------------------------------
 # The tuner: one choice of (tile, split count) per shape class
 # ----------------------------------------------------------------------------------------------
-# the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count and capacity
-# rounded up to powers of two, whether split counts are tried, a pinned tile (None: tiles are tried),
-# whether the combine overlaps the split kernel (it changes what a split costs)
-KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED", "OVERLAP"]
+# the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count, capacity and the
+# launch's programs before splitting (batch x kv heads x row blocks) rounded up to powers of two, whether
+# split counts are tried, a pinned tile (None: tiles are tried), whether the combine overlaps the split
+# kernel (it changes what a split costs).  Without the programs, B1 and B8 at 4k keys (16 and 9 splits,
+# both in the 16 bucket) shared B1's choice, 16 splits' worth of 64-key chunks, which ran B8 at 2,540 GB/s
+# where its own tuning chose 2 splits at 2,820 (results/evidence/h200/decode_tuner_classes/).
+KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "PROGRAMS", "VARY_SPLITS", "PINNED",
+       "OVERLAP"]
 # the split count in effect, half, twice, a quarter and four times it: at B1 4k the best count was 16
 # for 64-key chunks and 64 for 16-key chunks of one page (results/evidence/h200/decode_splits/)
 _SHIFTS = (0, -1, 1, -2, 2)
@@ -211,7 +215,8 @@ def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_split
     """
     q = call.q
     meta = dict(HEAD_DIM=q.shape[-1], BLOCK_M=call.block_m, PAGE_SIZE=call.page_size, DTYPE=str(q.dtype),
-                SPLITS=run.next_pow2(splits), CAPACITY=run.next_pow2(call.capacity), VARY_SPLITS=vary_splits,
+                SPLITS=run.next_pow2(splits), CAPACITY=run.next_pow2(call.capacity),
+                PROGRAMS=run.next_pow2(call.programs), VARY_SPLITS=vary_splits,
                 PINNED=pinned, OVERLAP=call.overlap_combine, SPLITS_NOW=splits, CANDIDATES=tiles)
     cfg = tuner.run(None, (call,), meta)
     return cfg.kwargs["TILE"], _splits_of(cfg, call, splits)

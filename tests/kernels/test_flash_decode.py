@@ -585,7 +585,8 @@ def test_tuner_times_every_tile_and_split_count_and_keeps_the_fastest(monkeypatc
 @pytest.mark.parametrize("change", [
     dict(page=16), dict(page=32), dict(dtype=torch.float32), dict(D=64), dict(Nq=5), dict(spare=2000),
     dict(lengths=(1100, 13, 40, 50, 60, 70, 80, 90)),  # 8 programs: 1 split (a smaller split bucket)
-], ids=["page16", "page32", "fp32", "D64", "rows", "capacity", "splits"])
+    dict(lengths=(1100, 13, 40)),  # 3 programs: still 4 splits, but a larger batch (B1 and B8 must not share)
+], ids=["page16", "page32", "fp32", "D64", "rows", "capacity", "splits", "batch"])
 def test_tuner_key_separates_shape_classes(monkeypatch, change):
     dev = FakeDevice(monkeypatch, {})
     flash_decode(**_decode_args())
@@ -597,8 +598,8 @@ def test_tuner_key_separates_shape_classes(monkeypatch, change):
 
 
 def test_tuner_key_fields():
-    assert tuning.KEY == ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "VARY_SPLITS", "PINNED",
-                          "OVERLAP"]
+    assert tuning.KEY == ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "PROGRAMS", "VARY_SPLITS",
+                          "PINNED", "OVERLAP"]
 
 
 def test_overlap_combine_needs_hopper_and_is_an_option():
