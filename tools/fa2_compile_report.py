@@ -14,8 +14,9 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
     python tools/fa2_compile_report.py             # every forward config, D 64 and 128 (and 96 for WS)
     python tools/fa2_compile_report.py --ws-only --json   # machine-readable, as tests/ uses it
     python tools/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
-    python tools/fa2_compile_report.py --gluon [--json] [--stages 3]  # the Gluon Hopper forward (sm90.py),
-                                                    # dense and packed (varlen) builds
+    python tools/fa2_compile_report.py --gluon [--json] [--stages 3] [--dtypes bf16,fp16] [--head-dims 256]
+                                                    # the Gluon Hopper forward (sm90.py): D64, D128 dense
+                                                    # and packed (varlen), D256 dense
     python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
@@ -107,15 +108,17 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
     fn = sm90.fwd_sm90_kernel
     dtype = dtype or torch.bfloat16
     if varlen:
-        desc = sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), sm90.BLOCK)
+        tile = lambda rows: mangle_type(sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), rows))
     else:
-        desc = sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), sm90.BLOCK)
+        tile = lambda rows: mangle_type(sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), rows))
     consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen)
     packed_args = ("o_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")
     if not varlen:
         consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
     sig = {name: "i32" for name in fn.arg_names}
-    sig.update({name: mangle_type(desc) for name in fn.arg_names if name.endswith("_desc")})
+    # the block shapes ``forward`` gives the descriptors: Q 128 rows, K and V block_n(D), O 64 (a consumer's)
+    bn = sm90.block_n(head_dim)
+    sig.update(q_desc=tile(sm90.BLOCK), k_desc=tile(bn), v_desc=tile(bn), o_desc=tile(sm90.BLOCK // 2))
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
     pointers = ["lse_ptr"]
     if varlen:
@@ -195,26 +198,39 @@ def gluon_bwd_rows() -> list[dict]:
     return out
 
 
-def gluon_rows(stages: int = 2) -> list[dict]:
-    """One row per (head dim, masking, layout) of the Gluon forward: non-causal, causal and causal with a
-    sliding window, each dense and packed (``varlen``); resources, register split, wgmma waits."""
+def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm90.HEAD_DIMS) -> list[dict]:
+    """One row per (head dim, masking, layout, dtype) of the Gluon forward: non-causal, causal and causal with
+    a sliding window, each dense and packed (``varlen``; D64 and D128: D256 is built dense only), for each of
+    ``head_dims`` in each of ``dtypes`` ("bf16", "fp16"); resources, register split, wgmma waits.  A head dim
+    whose rings do not fit ``stages`` deep (D256 with 3) gets a row saying so (``skipped``) instead of a build."""
+    import torch
+
     out = []
     for varlen in (False, True):
-        for d in (128, 64):
+        for d in sorted(head_dims, reverse=True):
+            if varlen and sm90.block_n(d) != sm90.BLOCK:
+                continue
             for causal, window in ((False, False), (True, False), (True, True)):
-                row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
-                       "stages": stages}
-                try:
-                    c = compile_sm90_gluon(d, causal, stages, window=window, varlen=varlen)
-                    ptx = c.asm["ptx"]
-                    row.update(resource_usage(c))
-                    req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
-                    row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
-                    row["setmaxnreg"] = setmaxnreg(ptx)
-                    row["wgmma_waits"] = sorted({int(x) for x in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
-                except Exception as e:  # report, go on
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                out.append(row)
+                for dt in dtypes:
+                    row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
+                           "dtype": dt, "stages": stages, "block_n": sm90.block_n(d)}
+                    out.append(row)
+                    why = sm90.config_reason(d, sm90.block_n(d), stages)
+                    if why is not None:
+                        row["skipped"] = why
+                        continue
+                    try:
+                        c = compile_sm90_gluon(d, causal, stages, {"bf16": torch.bfloat16, "fp16": torch.float16}[dt],
+                                               window=window, varlen=varlen)
+                        ptx = c.asm["ptx"]
+                        row.update(resource_usage(c))
+                        req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
+                        row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
+                        row["setmaxnreg"] = setmaxnreg(ptx)
+                        row["wgmma_waits"] = sorted({int(x) for x in
+                                                     re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
+                    except Exception as e:  # report, go on
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
 
 
@@ -247,10 +263,14 @@ def main() -> int:
     ap.add_argument("--ttgir", help="directory to write each config's TTGIR to")
     ap.add_argument("--gluon", action="store_true", help="the Gluon Hopper forward instead of the Triton configs")
     ap.add_argument("--stages", type=int, default=2, help="with --gluon: the K/V ring depth (2 or 3)")
+    ap.add_argument("--dtypes", default="bf16", help="with --gluon: comma-separated, of bf16 and fp16")
+    ap.add_argument("--head-dims", default=",".join(map(str, sm90.HEAD_DIMS)),
+                    help="with --gluon: comma-separated head dims (default: all the Gluon forward runs)")
     ap.add_argument("--gluon-bwd", action="store_true", help="the Gluon Hopper backward (sm90_bwd.py)")
     args = ap.parse_args()
     if args.gluon or args.gluon_bwd:
-        table = gluon_bwd_rows() if args.gluon_bwd else gluon_rows(args.stages)
+        table = gluon_bwd_rows() if args.gluon_bwd else gluon_rows(
+            args.stages, tuple(args.dtypes.split(",")), tuple(int(d) for d in args.head_dims.split(",")))
         for r in table:
             print(json.dumps(r) if args.json else
                   " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "warp_specialize_ops")))

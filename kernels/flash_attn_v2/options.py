@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from . import sm90
 from .spaces import GLUON, WS
 
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 PATHS = ("auto", "tma", "ptr")
 BACKWARDS = ("auto", "sm90", "triton")
 GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of shared memory at D128)
+# (BLOCK_M, BLOCK_N, warps a consumer) of the Gluon forward's head dims: 128x128 at D64 and D128, 128x64 at D256
+GLUON_TILES = tuple(sorted({(sm90.BLOCK, sm90.block_n(d), 4) for d in sm90.HEAD_DIMS}, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,10 @@ class FA2Options:
         raises ValueError where the inputs cannot take it.
     configs: pinned configurations by kernel ("fwd", "bwd_dkdv", "bwd_dq"), each
         ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; the forward also takes
-        ``(BLOCK_M, BLOCK_N, 4, 2, WS)`` (warp-specialised) and ``(128, 128, 4, stages, GLUON)`` (the
-        Gluon Hopper forward, ``stages`` 2 or 3), with ``WS`` and ``GLUON`` from ``spaces``.  A pinned
-        kernel is not tuned.
+        ``(BLOCK_M, BLOCK_N, 4, 2, WS)`` (warp-specialised) and ``(128, BLOCK_N, 4, stages, GLUON)`` (the
+        Gluon Hopper forward: ``BLOCK_N`` 128 at D64 and D128, 64 at D256 (``sm90.block_n``), ``stages``
+        2 or 3, 2 only at D256; checked against the head dim when the call runs), with ``WS`` and
+        ``GLUON`` from ``spaces``.  A pinned kernel is not tuned.
     causal_group_programs: launch order of programs whose work differs (causal calls, and every
         packed ``flash_attn_varlen`` call): heads are taken in groups spanning at least this many
         programs and each group's heaviest blocks start first; 0 launches each head's blocks
@@ -107,7 +111,8 @@ def _check_config(name, t) -> tuple:
             # Triton 3.6 specialises the loop only with 4 warps (with 8 it silently does not); every
             # 3-stage warp-specialised build wrote NaN rows on the H100
             raise ValueError(f"{where}: the warp-specialised forward runs with 4 warps and 2 stages only")
-        if t[4] == GLUON and (t[:3] != (128, 128, 4) or stages not in GLUON_STAGES):
-            raise ValueError(f"{where}: the Gluon forward runs 128x128 blocks, 4 warps a consumer and "
-                             f"{' or '.join(map(str, GLUON_STAGES))} stages")
+        if t[4] == GLUON and (t[:3] not in GLUON_TILES or stages not in GLUON_STAGES):
+            # which of the tiles a head dim runs is checked at the call (sm90.config_reason)
+            raise ValueError(f"{where}: the Gluon forward runs 128x128 blocks (128x64 at D256), 4 warps a "
+                             f"consumer and {' or '.join(map(str, GLUON_STAGES))} stages")
     return t

@@ -6,9 +6,10 @@ The forward of FA2 paper (Dao 2023) Algorithm 1, exactly as ``kernels.fwd_kernel
 it (one program per (block of 128 query rows, batch*head), online softmax in base 2 with the scale
 folded in, deferred normalisation, base-2 log-sum-exp stored for the backward; causal: unmasked
 key blocks with no mask arithmetic, only the diagonal block masked, blocks above it never
-visited), written in Gluon, Triton's explicit dialect, so that the two overlaps Triton 3.6's
-compiler cannot produce for a causal kernel are spelled out (FlashAttention-3, Shah et al. 2024,
-section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
+visited; key blocks of ``block_n(D)`` keys: 128, or 64 at D256), written in Gluon, Triton's explicit
+dialect, so that the two overlaps Triton 3.6's compiler cannot produce for a causal kernel are
+spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer" and 3.2
+"intra-warpgroup overlapping"):
 
   * warp specialisation: a 1-warp producer partition issues every TMA load (Q once, then K_j and
     V_j into ``STAGES``-deep rings, each slot guarded by a ready and an empty mbarrier) while two
@@ -22,11 +23,19 @@ section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
     block, always the last one, is a separate step that applies the mask.  Programs are launched
     heaviest first across groups of heads (``_schedule.block_and_head``, the same order as
     the Triton kernels).
+  * head dim 256 (dense only): 64-key blocks (``block_n``; 128-key ones fit neither shared memory nor
+    the consumers' 240 registers), Q + 2 stages of K and V in 192 KiB (3 stages do not fit).  A block
+    is then one consumer's height, so each consumer's diagonal is still exactly one block: a causal
+    program's last two blocks are the first consumer's diagonal and the second's.  The producer loads
+    both; the second consumer walks them as an unmasked block and its masked diagonal, the first
+    stops at its own diagonal and never waits on the last block, which only the second releases
+    (nothing is loaded after it).  Causal windows work as at D128 (the blocks crossing the left edge,
+    found for the program's 128 rows, masked for both consumers).
   * causal sliding windows (FlashAttention's window (left, 0), ``WINDOW``: query i sees key j iff
     i + diag - left <= j <= i + diag): the producer starts at the block the program's first row
     starts seeing in, so blocks left of the window are never loaded and the work scales with the
-    window; the blocks crossing the window's left edge (one or two of 128 keys) are masked like the
-    diagonal, the ones between run unmasked.
+    window; the blocks crossing the window's left edge (one or two of 128 keys, up to three of 64 at
+    D256) are masked like the diagonal, the ones between run unmasked.
   * O is written through shared memory (the Q buffer, free by then) by a TMA store, the LSE by
     pointer.
   * packed variable-length batches (``forward_varlen``, constexpr ``VARLEN``; flash-attn's varlen
@@ -53,19 +62,21 @@ section 3.1 "producer-consumer" and 3.2 "intra-warpgroup overlapping"):
 
 What it does not support (``unsupported_reason`` says which, and ``flash_attn_v2`` or
 ``flash_attn_varlen`` then runs its Triton forward instead): GPUs other than capability 9.x; fp32 (the
-reference path) and anything but fp16/bf16; head dims other than 64 and 128; dense sequence lengths
-that are not multiples of 128 (no tail masking in the dense build: its K/V descriptors span every
-head, so a partial block would read the next head's rows; with both multiples of 128 the causal
-diagonal is always exactly one block); dense causal with Nq > Nkv (rows that see no key; the packed
-build takes both, per sequence); windows with a right reach (non-causal windows: the Triton forward
-masks them), packed or not; inputs whose (batch, head, row) or (token, head) dims cannot be viewed as
-one (q, k, v must be contiguous); 2**31 rows or more (TMA coordinates are 32-bit); the interpreter
-(Gluon has none).  Packed batches: a non-finite value in the value rows that follow a sequence (the
-next sequence's) can reach that sequence's output through its masked key tail (P = 0 times V = inf
-is NaN), where the Triton forward's per-sequence descriptors read zeros (keys are masked by
-selection, so a non-finite key does not).  No explicit ping-pong
-between the two consumers (FA3 3.1's named-barrier schedule): the warp scheduler interleaves them as
-it finds them ready.  The backward is flash_attn_v2's (``kernels.py`` or ``sm90_bwd.py``).
+reference path) and anything but fp16/bf16; head dims other than 64, 128 and 256; packed batches at
+D256 (the 64-key blocks are built dense only); dense sequence lengths that are not multiples of 128
+(no tail masking in the dense build: its K/V descriptors span every head, so a partial block would
+read the next head's rows; with both multiples of 128 each consumer's causal diagonal is always
+exactly one key block); dense causal with Nq > Nkv (rows that see no key; the packed build takes
+both, per sequence); windows with a right reach (non-causal windows: the Triton forward masks them),
+packed or not; inputs whose (batch, head, row) or (token, head) dims cannot be viewed as one (q, k, v
+must be contiguous); 2**31 rows or more (TMA coordinates are 32-bit); the interpreter (Gluon has
+none).  Nor 3 K/V stages at D256 (256 KiB of shared memory): ``config_reason`` says so, and a pinned
+``(128, 64, 4, 3, GLUON)`` is a ValueError rather than a fallback.  Packed batches: a non-finite
+value in the value rows that follow a sequence (the next sequence's) can reach that sequence's output
+through its masked key tail (P = 0 times V = inf is NaN), where the Triton forward's per-sequence
+descriptors read zeros (keys are masked by selection, so a non-finite key does not).  No explicit
+ping-pong between the two consumers (FA3 3.1's named-barrier schedule): the warp scheduler
+interleaves them as it finds them ready.  The backward is flash_attn_v2's (``kernels.py`` or ``sm90_bwd.py``).
 """
 from __future__ import annotations
 
@@ -86,8 +97,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .._schedule import block_and_head
 from .._validate import device_capability, interpreting
 
-BLOCK = 128  # query rows per program and keys per block (the causal diagonal is one block)
-HEAD_DIMS = (64, 128)
+BLOCK = 128  # query rows per program (two consumers of 64), and keys per block up to D128 (``block_n``)
+HEAD_DIMS = (64, 128, 256)
+SHARED_BYTES = 227 * 1024  # the shared memory a block may use on sm_90
 PRODUCER_REGS = 24  # the minimum setmaxnreg allows; the producer only computes addresses
 CONSUMER_REGS = 240  # the worker consumer's registers (the default partition gets what is left: 240 too)
 # 12 warps (two 4-warp consumers + the producer rounded up to a warp group) x 168 registers fill the
@@ -95,9 +107,37 @@ CONSUMER_REGS = 240  # the worker consumer's registers (the default partition ge
 MAXNREG = 168
 
 
-def config_label(stages: int) -> str:
-    """What a launch log records for this kernel with ``stages`` K/V ring slots."""
-    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={BLOCK},num_warps=4+4+1,num_stages={stages},tma=True,"
+def block_n(head_dim: int) -> int:
+    """Keys per K/V block at ``head_dim``: 128 up to D128, 64 at D256.
+
+    At D256 a 128-key block fits neither shared memory (Q 64 KiB + one stage of K and V 128 KiB; two
+    stages 320 KiB) nor the consumers' registers (O 64x256 fp32 takes 128 a thread, S 64x128 64 more);
+    64-key blocks take Q + 2 stages = 192 KiB and S 32 registers.  (FlashAttention-3 runs 128x80 tiles
+    at D256; Gluon tiles are powers of two.)"""
+    return BLOCK if head_dim <= 128 else BLOCK // 2
+
+
+def shared_tile_bytes(head_dim: int, stages: int) -> int:
+    """Shared memory of the Q tile and the two ``stages``-deep K and V rings (16-bit): the kernel's, less
+    its mbarriers and alignment (under 1 KiB: ``tools/fa2_compile_report.py --gluon``)."""
+    return 2 * head_dim * (BLOCK + 2 * stages * block_n(head_dim))
+
+
+def config_reason(head_dim: int, block_cols: int, stages: int) -> str | None:
+    """Why a Gluon configuration tuple ``(128, block_cols, 4, stages, GLUON)`` cannot run ``head_dim``
+    (None: it can): its BLOCK_N must be ``block_n(head_dim)`` and its rings must fit shared memory."""
+    if block_cols != block_n(head_dim):
+        return f"at head_dim {head_dim} it runs BLOCK_N={block_n(head_dim)}, not {block_cols}"
+    if shared_tile_bytes(head_dim, stages) + 1024 > SHARED_BYTES:
+        return (f"{stages} stages at head_dim {head_dim} need {shared_tile_bytes(head_dim, stages) // 1024} KiB of "
+                f"shared memory ({SHARED_BYTES // 1024} KiB allowed)")
+    return None
+
+
+def config_label(stages: int, block_cols: int = BLOCK) -> str:
+    """What a launch log records for this kernel with ``stages`` K/V ring slots of ``block_cols`` keys
+    (``block_n`` of the head dim)."""
+    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={block_cols},num_warps=4+4+1,num_stages={stages},tma=True,"
             "warp_specialize=True")
 
 
@@ -120,14 +160,17 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
 
     ``window``: a window beyond the causal mask; with ``causal`` that is a left reach (window (w, 0)),
     which this kernel takes, without it a right reach, which it does not.  ``varlen``: a packed batch
-    (``forward_varlen``), whose sequences may have any lengths: no multiple-of-128 condition."""
+    (``forward_varlen``), whose sequences may have any lengths: no multiple-of-128 condition, and no D256
+    (its 64-key blocks are built dense only)."""
     if window and not causal:
         return "sliding windows with a right reach are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {q.dtype}: fp16 and bf16 only"
     D = q.shape[-1]
     if D not in HEAD_DIMS:
-        return f"head_dim {D}: 64 and 128 only"
+        return f"head_dim {D}: 64, 128 and 256 only"
+    if varlen and block_n(D) != BLOCK:
+        return f"packed batches at head_dim {D}: its {block_n(D)}-key blocks are built dense only"
     if not varlen:
         Nq, Nkv = q.shape[2], k.shape[2]
         if Nq % BLOCK or Nkv % BLOCK:
@@ -441,7 +484,11 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
-    gl.static_assert(BLOCK_M == BLOCK_N, "the causal diagonal must be exactly one key block")
+    # each 64-row consumer's causal diagonal is exactly one key block: BLOCK_N = BLOCK_M (the program's
+    # diagonal is its last block, shared by both consumers) or BLOCK_M / 2 (D256: the last two blocks, the
+    # first consumer's diagonal and the second's)
+    gl.static_assert((BLOCK_N == BLOCK_M) or (2 * BLOCK_N == BLOCK_M), "BLOCK_N must be BLOCK_M or BLOCK_M / 2")
+    gl.static_assert((BLOCK_N == BLOCK_M) or not VARLEN, "packed builds run BLOCK_N == BLOCK_M only")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
 
     if VARLEN:
@@ -483,9 +530,10 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         b = pid_bh // H
         hk = (pid_bh % H) // GROUP
         m0 = pid_m * BLOCK_M
-        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_N here
+        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_M here
         if CAUSAL:
-            n_end = (m0 + diag) // BLOCK_N + 1  # the last block is the diagonal
+            # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
+            n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
         else:
             n_end = N_KV // BLOCK_N
         if WINDOW:
@@ -520,6 +568,12 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     k_ready, k_empty, v_ready, v_empty = ring_barriers(STAGES)
 
     rows: gl.constexpr = BLOCK_M // 2
+    # causal with 64-key blocks (BLOCK_N = rows): the first consumer's diagonal is the program's last block
+    # but one, and it sees no key of the last block, which it skips (only the second consumer releases that
+    # slot; the producer loads nothing after it)
+    n_first = n_blocks
+    if CAUSAL and BLOCK_N < BLOCK_M:
+        n_first = n_blocks - 1
     # two 4-warp consumers of 64 query rows, each its own warp group and instruction stream (FA3):
     # one's softmax runs while the other's wgmma occupy the tensor cores.  (One 8-warp consumer,
     # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
@@ -527,7 +581,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
-                     q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
+                     q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_first, n_left,
                      n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
@@ -576,17 +630,22 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
     group size (``FA2Options.causal_group_programs``), ``stages`` the depth of the K and V rings:
-    Q + stages x (K, V) tiles of 128 x D in shared memory (D128: 2 stages 160 KiB, 3 stages 224 KiB
-    of the 227 KiB a block may use).  ``window_left`` >= 0 (with ``causal``): each query also sees
+    a 128 x D tile of Q + stages x (K, V) tiles of ``block_n(D)`` x D in shared memory (D128: 2 stages
+    160 KiB, 3 stages 224 KiB of the 227 KiB a block may use; D256, 64-key blocks: 2 stages 192 KiB,
+    3 do not fit: ``config_reason``).  ``window_left`` >= 0 (with ``causal``): each query also sees
     only the ``window_left`` keys before its diagonal one (FlashAttention's window (left, 0)); -1: none.
     """
     if window_left >= 0 and not causal:
         raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
+    bn = block_n(D)
+    why = config_reason(D, bn, stages)
+    if why is not None:
+        raise ValueError(f"sm90.forward: {why}")
     grid = (Nq // BLOCK, B * H)
     fwd_sm90_kernel[grid](
-        descriptor(q, BLOCK), descriptor(k, BLOCK), descriptor(v, BLOCK), descriptor(o, BLOCK // 2),
+        descriptor(q, BLOCK), descriptor(k, bn), descriptor(v, bn), descriptor(o, BLOCK // 2),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
 
@@ -602,6 +661,8 @@ def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: b
     if window_left >= 0 and not causal:
         raise ValueError("sm90.forward_varlen: a window needs causal (a right reach is not supported)")
     total_q, H, D = q.shape
+    if block_n(D) != BLOCK:
+        raise ValueError(f"sm90.forward_varlen: head_dim {D} is built dense only")
     total_k, Hkv = k.shape[0], k.shape[1]
     grid = (table.shape[0], H)
     fwd_sm90_kernel[grid](

@@ -189,14 +189,20 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                  varlen: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the Gluon forward's
-    conditions (its 128-row blocks are this kernel's key blocks; causal windows only)."""
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64 and
+    128, then the Gluon forward's conditions (its 128-row blocks are this kernel's key blocks; causal
+    windows only)."""
     return _layout_reason(q, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
+
+
+HEAD_DIMS = (64, 128)  # the dQ layouts' head dims (``_LAYOUT_HEAD_DIMS``); the forward also takes 256
 
 
 def _layout_reason(q: torch.Tensor, varlen: bool) -> str | None:
     if q.dim() != (3 if varlen else 4):
         return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
+    if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions, which admit D256
+        return f"head_dim {q.shape[-1]}: 64 and 128 only (the Triton backward runs the others)"
     return None
 
 

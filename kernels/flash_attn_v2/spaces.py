@@ -1,11 +1,12 @@
 """The configurations the FA2 launcher may run, per kernel and head-dim class, and why each is there.
 
 A configuration is ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, optionally tagged ``WS`` (the
-warp-specialised Triton forward) or ``GLUON`` (the Gluon Hopper forward of ``sm90.py``: 128x128 blocks,
-4 warps per consumer, ``num_stages`` K/V ring slots).  Head dims fall into three classes: "small"
-(<= 64), "mid" (96, 128) and "large" (256).  The first entry of each list is what runs when autotuning
-is off.  For the dK/dV kernel BLOCK_N is the number of key rows a program owns and BLOCK_M the query
-rows per step; for the forward and dQ BLOCK_M is the query rows a program owns.
+warp-specialised Triton forward) or ``GLUON`` (the Gluon Hopper forward of ``sm90.py``: 128x128
+blocks, 128x64 at D256 (``sm90.block_n``), 4 warps per consumer, ``num_stages`` K/V ring slots).
+Head dims fall into three classes: "small" (<= 64), "mid" (96, 128) and "large" (256).  The first
+entry of each list is what runs when autotuning is off.  For the dK/dV kernel BLOCK_N is the number
+of key rows a program owns and BLOCK_M the query rows per step; for the forward and dQ BLOCK_M is
+the query rows a program owns.
 
 Figures quoted below were measured in bf16 with 16k tokens a call (batch = 16384 / N, hidden 2048)
 on the GPU named; DESIGN.md holds the tables.  Constants only: the tuning code is in ``tuning.py``.
@@ -53,6 +54,13 @@ FWD_SPACE = {
         # D256 needs small tiles to fit registers and shared memory; these three have not been
         # timed against each other on a GPU (the measured tables cover D64 and D128).
         (64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2),
+        # The Gluon forward with 64-key blocks (sm90.block_n: Q + 2 stages of K and V fill 192 KiB;
+        # 3 stages do not fit), offered where it runs (SM90_OK) from Nq = GLUON_MIN_NQ up, so the
+        # tuner times it against the three above.  On the H200 (bf16, 16k tokens, 8 heads) the tuner
+        # chose it in every forward cell of two sweeps, at 629-748 TFLOP/s non-causal and 460-775
+        # causal (results/evidence/h200/gluon_fwd_d256/); the Triton tiles were not pinned against
+        # it, nor GLUON_MIN_NQ (measured at D128) checked at D256.
+        (128, 64, 4, 2, GLUON),
     ],
 }
 

@@ -69,7 +69,7 @@ def all_configs(space: dict) -> list:
 def launch_label(cfg: triton.Config) -> str:
     """What a launch log records for a configuration: its parameters, named."""
     if cfg.kwargs.get("GLUON"):
-        return sm90.config_label(cfg.num_stages)
+        return sm90.config_label(cfg.num_stages, cfg.kwargs["BLOCK_N"])
     ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
     return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")

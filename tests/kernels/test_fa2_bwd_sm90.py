@@ -40,6 +40,9 @@ def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
 @pytest.mark.parametrize("q, k, causal, window, words", [
     (_t(1, 2, 256, 128, dtype=torch.float32), _t(1, 2, 256, 128, dtype=torch.float32), False, False, "fp16 and bf16"),
     (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, False, "head_dim 96"),
+    # the Gluon forward runs D256; this backward does not (its dQ layouts are D64 and D128 only)
+    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), False, False, "head_dim 256"),
+    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), True, True, "head_dim 256"),
     (_t(1, 2, 1000, 128), _t(1, 2, 1024, 128), False, False, "multiples of 128"),
     (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, False, "multiples of 128"),
     (_t(1, 2, 512, 128), _t(1, 2, 256, 128), True, False, "Nq=512 > Nkv=256"),

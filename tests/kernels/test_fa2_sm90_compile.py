@@ -55,3 +55,52 @@ def test_warp_specialised_forward_compiles_as_intended(ws_rows):
         assert r["spill_bytes"] == 0, f"{where}: spills {r['spill_bytes']} bytes"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert r["shifted_rows"] == [], f"{where}: consumer rows built from the shifted Q offset"
+
+
+# ---------------------------------------------------------------------------------------------
+# The Gluon forward at D256 (sm90.py, 64-key blocks): dense builds only, 2 stages
+# ---------------------------------------------------------------------------------------------
+def _gluon_rows(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json",
+                           "--head-dims", "256", "--dtypes", "bf16,fp16", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows, f"no rows (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def d256_rows():
+    return _gluon_rows()
+
+
+def test_d256_gluon_forward_builds_are_the_dense_ones_in_both_dtypes(d256_rows):
+    assert sorted((r["causal"], r["window"], r["varlen"], r["dtype"]) for r in d256_rows) == \
+        sorted((c, w, False, dt) for c, w in ((False, False), (True, False), (True, True)) for dt in ("bf16", "fp16"))
+
+
+def test_d256_gluon_forward_compiles_with_64_key_blocks_within_registers_and_shared_memory(d256_rows):
+    from flashbench_kernels.flash_attn_v2 import sm90
+    for r in d256_rows:
+        where = f"D256 causal={r['causal']} window={r['window']} {r['dtype']}"
+        assert "error" not in r and "skipped" not in r, f"{where}: {r}"
+        assert r["block_n"] == sm90.block_n(256) == 64 and r["stages"] == 2
+        assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
+        assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"
+        assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
+        assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
+        # the causal window build spills one 8-byte value (cuobjdump STACK; the D128 window builds 56-64);
+        # the others nothing
+        assert r["spill_bytes"] <= (8 if r["window"] else 0), f"{where}: spills {r['spill_bytes']} bytes"
+        # Q 64 KiB + 2 x (K 32 KiB + V 32 KiB), plus the mbarriers
+        tiles = sm90.shared_tile_bytes(256, 2)
+        assert tiles == 192 * 1024 and tiles <= r["shared_bytes"] < tiles + 1024, f"{where}: {r['shared_bytes']}"
+        assert r["shared_bytes"] <= sm90.SHARED_BYTES == 232448, f"{where}: more than a block may use"
+
+
+def test_d256_gluon_forward_with_3_stages_is_not_built():
+    from flashbench_kernels.flash_attn_v2 import sm90
+    rows = _gluon_rows("--stages", "3")
+    assert rows and all("256 KiB" in r["skipped"] for r in rows)
+    assert sm90.config_reason(256, 64, 3) is not None and sm90.config_reason(128, 128, 3) is None

@@ -215,7 +215,9 @@ def test_pinned_config_is_used_and_reported():
     (dict(configs={"bwd_dkdv": (128, 128, 4, 2, spaces.GLUON)}), "only the forward"),
     (dict(configs={"fwd": (128, 128, 8, 2, spaces.WS)}), "4 warps and 2 stages only"),
     (dict(configs={"fwd": (128, 128, 4, 3, spaces.WS)}), "4 warps and 2 stages only"),  # wrote NaN rows
-    (dict(configs={"fwd": (128, 64, 4, 2, spaces.GLUON)}), "the Gluon forward runs 128x128 blocks"),
+    (dict(configs={"fwd": (64, 64, 4, 2, spaces.GLUON)}), "the Gluon forward runs 128x128 blocks"),
+    (dict(configs={"fwd": (128, 32, 4, 2, spaces.GLUON)}), "128x64 at D256"),  # (128, 64, ...): D256's
+    (dict(configs={"fwd": (128, 128, 8, 2, spaces.GLUON)}), "4 warps a consumer"),
     (dict(configs={"fwd": (128, 128, 4, 4, spaces.GLUON)}), "2 or 3 stages"),
 ])
 def test_bad_options_raise_value_error(kwargs, match):

@@ -1,11 +1,12 @@
 """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py): when it runs, how it compiles, what it computes.
 
-Without a GPU: which inputs it takes (the tuner offers it only for those, and at D128 only), and, through
-``tools/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
+Without a GPU: which inputs it takes (the tuner offers it only for those, and at D128 and D256 only), and,
+through ``tools/fa2_compile_report.py --gluon`` in a process without the interpreter, that it compiles for
 sm_90 into the intended shape (one producer warp, two consumer warp groups given 240 registers, no
 spills, the asynchronous wgmma waits).  On a Hopper GPU: outputs, LSE and gradients (the backward is
 the Triton one, fed by this forward's O and LSE) against the float64 reference with outputs poisoned,
-three fresh inputs a shape, the tuner timing it, and shapes it does not take.
+three fresh inputs a shape, the tuner timing it, and shapes it does not take; at D256 (64-key blocks,
+``-k d256``) output and LSE against an fp32 reference, and the tuner offering it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import check_against_reference, make_inputs, poisoned_empty, window_case_id
+from kernel_checks import ATOL, check_against_reference, make_inputs, poisoned_empty, window_case_id
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -151,6 +152,126 @@ def test_pinning_the_gluon_forward_where_it_cannot_run_says_why():
 
 
 # ---------------------------------------------------------------------------------------------
+# D256: 64-key blocks (sm90.block_n), dense only, 2 stages
+# ---------------------------------------------------------------------------------------------
+GLUON_256 = next(t for t in spaces.FWD_SPACE["large"] if tuning.is_gluon(t))
+
+
+def test_d256_runs_64_key_blocks_and_the_spaces_gluon_entries_match_their_head_dims():
+    assert (sm90.block_n(64), sm90.block_n(128), sm90.block_n(256)) == (128, 128, 64)
+    assert GLUON_256 == (128, 64, 4, 2, spaces.GLUON)
+    for d in sm90.HEAD_DIMS:
+        for t in spaces.FWD_SPACE[tuning.head_dim_class(d)]:
+            if tuning.is_gluon(t):  # what the tuner may launch at d is what sm90.forward runs there
+                assert t[:3] == (sm90.BLOCK, sm90.block_n(d), 4) and sm90.config_reason(d, t[1], t[3]) is None
+
+
+@pytest.mark.parametrize("q_shape, kv_shape, causal, window", [
+    ((2, 8, 1024, 256), (2, 8, 1024, 256), False, False),
+    ((2, 8, 1024, 256), (2, 8, 1024, 256), True, False),
+    ((1, 8, 128, 256), (1, 2, 384, 256), True, False),  # GQA, Nkv - Nq a multiple of 128
+    ((1, 8, 1024, 256), (1, 1, 256, 256), False, False),  # MQA, Nq > Nkv non-causal
+    ((1, 4, 1024, 256), (1, 4, 1024, 256), True, True),  # a causal window (left, 0)
+])
+def test_d256_takes_dense_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal, window):
+    for dtype in (torch.bfloat16, torch.float16):
+        q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
+        assert sm90.input_reason(q, k, k, causal, window) is None
+
+
+@pytest.mark.parametrize("q, k, causal, window, varlen, words", [
+    (_t(300, 2, 256), _t(300, 2, 256), True, False, True, "built dense only"),  # packed
+    (_t(300, 2, 256), _t(300, 2, 256), False, False, True, "built dense only"),
+    (_t(1, 2, 1000, 256), _t(1, 2, 1024, 256), False, False, False, "multiples of 128"),
+    (_t(1, 2, 256, 256), _t(1, 2, 192, 256), False, False, False, "multiples of 128"),  # 64 is not enough
+    (_t(1, 2, 512, 256), _t(1, 2, 256, 256), True, False, False, "see no key"),
+    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), False, True, False, "right reach"),
+    (_t(1, 2, 256, 256, dtype=torch.float32), _t(1, 2, 256, 256, dtype=torch.float32), False, False, False,
+     "fp16 and bf16"),
+    (_t(1, 256, 2, 256).transpose(1, 2), _t(1, 2, 256, 256), False, False, False, "contiguous"),
+    (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, False, False, "64, 128 and 256 only"),
+])
+def test_d256_says_why_it_declines_other_inputs(q, k, causal, window, varlen, words):
+    reason = sm90.input_reason(q, k, k, causal, window, varlen)
+    assert reason is not None and words in reason, reason
+
+
+def test_d256_tiles_and_stages_other_than_its_own_are_refused():
+    assert sm90.config_reason(256, 64, 2) is None and sm90.config_reason(128, 128, 3) is None
+    assert "BLOCK_N=64" in sm90.config_reason(256, 128, 2)
+    assert "BLOCK_N=128" in sm90.config_reason(128, 64, 2)
+    assert "256 KiB of shared memory" in sm90.config_reason(256, 64, 3)  # Q 64 KiB + 3 x 64 KiB
+    q = _t(1, 2, 256, 256)
+    with pytest.raises(ValueError, match="256 KiB of shared memory"):  # before any descriptor or launch
+        sm90.forward(q, q, q, q, q, True, 1.0, 0, 3)
+    packed = _t(300, 2, 256)
+    with pytest.raises(ValueError, match="dense only"):
+        sm90.forward_varlen(packed, packed, packed, packed, packed, None, None, None, True, 1.0, 0, 2)
+
+
+def test_d256_packed_batches_are_not_offered_it(monkeypatch):
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    packed = _t(300, 2, 256)
+    assert "dense only" in launch._sm90_refusal(packed, packed, packed, True, False, tuning.BOTH, FA2Options(), True)
+    q = _t(1, 2, 1024, 256)
+    assert launch._sm90_refusal(q, q, q, True, False, tuning.BOTH, FA2Options(), False) is None
+
+
+@pytest.mark.parametrize("sm90_ok", [0, 1])
+@pytest.mark.parametrize("nq", [512, 1024, 4096])
+@pytest.mark.parametrize("causal", [False, True])
+def test_d256_pruner_offers_the_gluon_forward_where_it_runs(sm90_ok, nq, causal, monkeypatch):
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
+    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
+    kept = {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=256, IEEE=False, CAUSAL=causal)}
+    gluon = {t for t in kept if tuning.is_gluon(t)}
+    assert gluon == ({GLUON_256} if sm90_ok and nq >= spaces.GLUON_MIN_NQ else set())
+    assert kept - gluon == {t for t in spaces.FWD_SPACE["large"] if not tuning.is_gluon(t)}  # the Triton ones too
+
+
+def test_d256_gluon_configuration_is_reported_with_its_64_key_blocks():
+    label = tuning.launch_label(tuning.to_config(GLUON_256, True))
+    assert label == sm90.config_label(2, sm90.block_n(256))
+    assert label.startswith("gluon_sm90,BLOCK_M=128,BLOCK_N=64,") and "num_stages=2" in label
+    assert sm90.config_label(2) == tuning.launch_label(tuning.to_config(GLUON_128, True))  # D128 as before
+
+
+@pytest.mark.parametrize("causal, window, left", [(False, (-1, -1), -1), (True, (-1, -1), -1), (True, (200, 0), 200)])
+def test_d256_a_pinned_gluon_forward_runs_it(causal, window, left, monkeypatch):
+    """What the launcher hands the Gluon kernel at D256 and what it logs (the kernel runs on Hopper GPUs only)."""
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    seen = []
+
+    def fake_forward(q, k, v, o, lse, causal, sm_scale, group_programs, stages, window_left=-1):
+        seen.append((q.shape[-1], causal, stages, window_left))
+        o.zero_()
+        lse.zero_()
+
+    monkeypatch.setattr(sm90, "forward", fake_forward)
+    q = _t(1, 2, 256, 256, dtype=torch.float16)
+    log = {}
+    flash_attn_v2(q, q, q, causal=causal, window=window, launch_log=log,
+                  options=FA2Options(path="tma", configs={"fwd": GLUON_256}))
+    assert seen == [(256, causal, 2, left)]
+    assert log["fwd"] == sm90.config_label(2, 64)
+
+
+@pytest.mark.parametrize("d, pinned, words", [
+    (256, (128, 128, 4, 2, spaces.GLUON), "BLOCK_N=64"),  # D128's tile
+    (256, (128, 64, 4, 3, spaces.GLUON), "256 KiB of shared memory"),
+    (128, (128, 64, 4, 2, spaces.GLUON), "BLOCK_N=128"),  # D256's tile
+    (64, (128, 64, 4, 2, spaces.GLUON), "BLOCK_N=128"),
+])
+def test_d256_pinning_a_gluon_tile_the_head_dim_does_not_run_says_why(d, pinned, words, monkeypatch):
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    monkeypatch.setattr(sm90, "forward", lambda *a, **kw: pytest.fail("launched"))
+    q = _t(1, 2, 256, d, dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"cannot run this configuration: .*{words}"):
+        flash_attn_v2(q, q, q, causal=True, options=FA2Options(path="tma", configs={"fwd": pinned}))
+
+
+# ---------------------------------------------------------------------------------------------
 # sm_90 build, no GPU needed
 # ---------------------------------------------------------------------------------------------
 _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
@@ -163,17 +284,17 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    # the dense builds and the packed (varlen) ones
+    # the dense builds and the packed (varlen) ones; D256 dense only
     assert {(r["head_dim"], r["causal"], r["window"], r["varlen"]) for r in rows} == \
-        {(d, c, w, p) for d in (64, 128) for c, w in ((False, False), (True, False), (True, True))
-         for p in (False, True)}, proc.stderr[-2000:]
+        {(d, c, w, p) for d in (64, 128, 256) for c, w in ((False, False), (True, False), (True, True))
+         for p in (False, True) if not (d == 256 and p)}, proc.stderr[-2000:]
     for r in rows:
         where = f"D={r['head_dim']} causal={r['causal']} window={r['window']} varlen={r['varlen']}"
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
-        # the windowed D128 builds spill (56-64 bytes a thread, as they did when their speed was measured);
-        # the others spill nothing
-        allowed = 64 if (r["head_dim"], r["window"]) == (128, True) else 0
+        # the windowed D128 builds spill (56-64 bytes a thread, as they did when their speed was measured),
+        # the windowed D256 one 8 bytes; the others spill nothing
+        allowed = {128: 64, 256: 8}.get(r["head_dim"], 0) if r["window"] else 0
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"
@@ -273,3 +394,99 @@ def test_gpu_unsupported_shape_is_never_given_to_it(monkeypatch):
     log = {}
     check_against_reference(q, k, v, do, causal=True, launch_log=log)
     assert not log["fwd"].startswith("gluon")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hopper GPU, D256 (64-key blocks): ``-k d256``
+# ---------------------------------------------------------------------------------------------
+D256_GRID = [
+    # B, H, Hkv, Nq, Nkv, causal, window: one program (its diagonal is the last two 64-key blocks, one a
+    # consumer), several, Nq < Nkv (the diagonal shifted by whole 128-row blocks), Nq > Nkv non-causal,
+    # GQA and MQA; causal windows (left, 0): a row seeing only itself, the left edge inside a 64-key block,
+    # on a block boundary with keys ahead, wider than the sequence
+    (1, 2, 2, 128, 128, True, NO_WINDOW),
+    (1, 2, 2, 128, 128, False, NO_WINDOW),
+    (2, 4, 2, 256, 256, True, NO_WINDOW),
+    (2, 4, 4, 256, 256, False, NO_WINDOW),
+    (1, 4, 4, 384, 384, True, NO_WINDOW),
+    (1, 8, 2, 384, 384, False, NO_WINDOW),
+    (1, 8, 8, 1024, 1024, True, NO_WINDOW),
+    (1, 8, 1, 1024, 1024, False, NO_WINDOW),
+    (1, 4, 2, 128, 384, True, NO_WINDOW),
+    (1, 4, 4, 384, 1024, True, NO_WINDOW),
+    (1, 4, 2, 1024, 256, False, NO_WINDOW),
+    (1, 4, 4, 384, 128, False, NO_WINDOW),
+    (1, 4, 4, 1024, 1024, True, (0, 0)),
+    (1, 4, 2, 1024, 1024, True, (100, 0)),
+    (1, 2, 2, 384, 1024, True, (64, 0)),
+    (1, 4, 4, 256, 256, True, (1000, 0)),
+]
+
+
+def _d256_case_id(c) -> str:
+    B, H, Hkv, Nq, Nkv, causal, window = c
+    return window_case_id((B, H, Hkv, Nq, Nkv, 256, causal, window))
+
+
+def _check_forward_against_fp32(o, lse, q, k, v, causal, window):
+    """O within flash-attention's rule (2 x the same-dtype math's max error + atol) of the fp32 reference,
+    the natural-log LSE within 1e-3 of the fp32 logsumexp of the scaled, masked scores (every row of the
+    D256 cases sees a key), nothing left poisoned."""
+    from flashbench.measure.reference import naive_attention, reference_attention, visible_mask
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all(), "unwritten (poisoned) or non-finite outputs"
+    H, D = q.shape[1], q.shape[-1]
+    o_ref = reference_attention(q, k, v, causal, None, torch.float32, window=window)
+    err = (o.float() - o_ref).abs().max().item()
+    err_naive = (naive_attention(q, k, v, causal, None, window).float() - o_ref).abs().max().item()
+    assert err <= 2 * err_naive + ATOL[q.dtype], f"out: max error {err:.3e} > 2 x naive {err_naive:.3e} + atol"
+    kf = k.float().repeat_interleave(H // k.shape[1], dim=1)
+    s = torch.matmul(q.float(), kf.transpose(-1, -2)) * D ** -0.5
+    s = s.masked_fill(~visible_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
+    lse_err = (lse - torch.logsumexp(s, dim=-1)).abs().max().item()
+    assert lse_err < 1e-3, f"lse: max error {lse_err:.3e}"
+
+
+@pytest.mark.gpu
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", D256_GRID, ids=_d256_case_id)
+def test_gpu_d256_gluon_forward_poisoned(case, dtype, monkeypatch):
+    """Pinned (128, 64, 4, 2, GLUON), two fresh inputs a shape, outputs poisoned: O and LSE against the
+    fp32 reference, and the launch log shows the Gluon forward with 64-key blocks ran."""
+    B, H, Hkv, Nq, Nkv, causal, window = case
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    options = FA2Options(autotune=False, configs={"fwd": GLUON_256})
+    for rep in range(2):
+        q, k, v, _ = make_inputs(B, H, Hkv, Nq, Nkv, 256, dtype, seed=Nq + 7 * Nkv + max(window[0], 0) + 1000 * rep)
+        log = {}
+        o, lse = flash_attn_v2(q, k, v, causal=causal, window=window, return_lse=True, options=options,
+                               launch_log=log)
+        assert log["fwd"] == sm90.config_label(2, 64), log
+        _check_forward_against_fp32(o, lse, q, k, v, causal, window)
+
+
+@pytest.mark.gpu
+@hopper_only
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_d256_gradients_through_the_gluon_forward(causal, monkeypatch):
+    """The Triton backward fed by the D256 Gluon forward's O and LSE: output and gradients against the
+    float64 reference, buffers poisoned."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    q, k, v, do = make_inputs(1, 4, 2, 384, 640, 256, torch.bfloat16, seed=256 + causal)
+    log = {}
+    check_against_reference(q, k, v, do, causal, launch_log=log,
+                            options=FA2Options(autotune=False, configs={"fwd": GLUON_256}))
+    assert log["fwd"] == sm90.config_label(2, 64), log
+
+
+@pytest.mark.gpu
+@hopper_only
+def test_gpu_d256_tuner_times_the_gluon_forward(monkeypatch):
+    """Autotuned at D256 from Nq = GLUON_MIN_NQ up, the tuner times the Gluon entry beside the Triton ones;
+    whichever it picks is correct."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    q, k, v, _ = make_inputs(1, 8, 8, 2048, 2048, 256, torch.bfloat16, seed=2560)
+    o, lse = flash_attn_v2(q, k, v, causal=True, return_lse=True)
+    offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
+    assert GLUON_256 in offered, f"the tuner did not time the Gluon forward: {offered}"
+    _check_forward_against_fp32(o, lse, q, k, v, True, NO_WINDOW)
