@@ -44,26 +44,36 @@ SDPA = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION
 GIB = 1 << 30
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default=SHAPES, help=f"BxN list (default {SHAPES})")
-    p.add_argument("--nq", type=int, nargs="+", default=[1, 4], help="new tokens a sequence (default 1 4)")
-    p.add_argument("--pages", type=int, nargs="*", default=[16, 256], help="page sizes of the paged copies")
+def add_call_args(p: argparse.ArgumentParser, shapes: str, warmup_ms: int, rep_ms: int) -> None:
+    """The arguments this tool shares with ``decode_grid.py``: shapes, heads, head dim, dtype, timing."""
+    p.add_argument("--shapes", default=shapes, help=f"BxN list (default {shapes})")
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--warmup", type=int, default=25, help="warm-up before sampling, ms")
-    p.add_argument("--rep", type=int, default=100, help="sampling budget per call, ms")
-    p.add_argument("--roof-gib", type=float, default=2.0, help="size of the torch.sum read measurement, GiB")
-    p.add_argument("--sequential-combine", action="store_true",
-                   help="launch the split combine after the split kernel (DecodeOptions(overlap_combine=False))")
+    p.add_argument("--warmup", type=int, default=warmup_ms, help="warm-up before sampling, ms")
+    p.add_argument("--rep", type=int, default=rep_ms, help="sampling budget per call, ms")
     p.add_argument("--out", required=True, help="JSON file to write")
-    args = p.parse_args(argv)
+
+
+def read_shapes(p: argparse.ArgumentParser, args) -> None:
+    """``args.shapes`` from "BxN,BxN" to [(B, N), ...], or a usage error (exit 2)."""
     try:
         args.shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
     except ValueError:
         p.error(f"--shapes must look like 1x131072,8x4096; got {args.shapes!r}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_call_args(p, SHAPES, warmup_ms=25, rep_ms=100)
+    p.add_argument("--nq", type=int, nargs="+", default=[1, 4], help="new tokens a sequence (default 1 4)")
+    p.add_argument("--pages", type=int, nargs="*", default=[16, 256], help="page sizes of the paged copies")
+    p.add_argument("--roof-gib", type=float, default=2.0, help="size of the torch.sum read measurement, GiB")
+    p.add_argument("--sequential-combine", action="store_true",
+                   help="launch the split combine after the split kernel (DecodeOptions(overlap_combine=False))")
+    args = p.parse_args(argv)
+    read_shapes(p, args)
     return args
 
 

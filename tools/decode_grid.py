@@ -24,26 +24,16 @@ from flashbench import DecodeOptions
 from flashbench_kernels.flash_decode import tuning
 from flashbench_kernels.flash_decode.run import next_pow2
 
-from decode_bench import DTYPES, SDPA, bench, paged_copy, time_sdpa
+from decode_bench import DTYPES, SDPA, add_call_args, bench, paged_copy, read_shapes, time_sdpa
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default="1x4096,8x4096", help="BxN list (default 1x4096,8x4096)")
+    add_call_args(p, "1x4096,8x4096", warmup_ms=10, rep_ms=50)
     p.add_argument("--pages", type=int, nargs="*", default=[16], help="page sizes of the paged copies (default 16)")
     p.add_argument("--splits", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="split counts to pin")
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up before sampling, ms")
-    p.add_argument("--rep", type=int, default=50, help="sampling budget per cell, ms")
-    p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
-    try:
-        args.shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
-    except ValueError:
-        p.error(f"--shapes must look like 1x4096,8x4096; got {args.shapes!r}")
+    read_shapes(p, args)
     if any(s < 1 or s > tuning.MAX_SPLITS for s in args.splits):
         p.error(f"--splits must lie in 1..{tuning.MAX_SPLITS}")
     return args

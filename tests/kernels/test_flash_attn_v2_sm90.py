@@ -118,19 +118,24 @@ def test_a_pinned_gluon_forward_refuses_a_right_reach(monkeypatch):
         sm90.forward(q, q, q, q, q, False, 1.0, 0, 2, window_left=8)
 
 
+def _offered(monkeypatch, head_dim: int, nq: int, causal: bool, sm90_ok: int) -> set:
+    """The forward configurations the tuner's pruner keeps for a call of this shape (as signatures)."""
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
+    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
+    return {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=head_dim, IEEE=False, CAUSAL=causal)}
+
+
 @pytest.mark.parametrize("sm90_ok", [0, 1])
 @pytest.mark.parametrize("nq", [512, 1024, 2048, 16384])
 @pytest.mark.parametrize("causal", [False, True])
 def test_pruner_offers_the_gluon_forward_only_where_it_runs(sm90_ok, nq, causal, monkeypatch):
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
-    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
-    d128 = {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=128, IEEE=False, CAUSAL=causal)}
+    d128 = _offered(monkeypatch, 128, nq, causal, sm90_ok)
     # at Nq = 512 its host path outlasts its kernel (launch-bound, spaces.GLUON_MIN_NQ)
     assert (GLUON_128 in d128) == (bool(sm90_ok) and nq >= 1024)
     # D64: 1-12% slower than the Triton forward below N = 8k on the H200, level above: never offered
-    d64 = prune(configs, named, HEAD_DIM=64, IEEE=False, CAUSAL=causal)
-    assert d64 and not any(c.kwargs.get("GLUON") for c in d64)
+    d64 = _offered(monkeypatch, 64, nq, causal, sm90_ok)
+    assert d64 and not any(tuning.is_gluon(t) for t in d64)
 
 
 def test_gluon_configuration_is_reported_by_name():
@@ -221,10 +226,7 @@ def test_d256_packed_batches_are_not_offered_it(monkeypatch):
 @pytest.mark.parametrize("nq", [512, 1024, 4096])
 @pytest.mark.parametrize("causal", [False, True])
 def test_d256_pruner_offers_the_gluon_forward_where_it_runs(sm90_ok, nq, causal, monkeypatch):
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
-    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
-    kept = {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=256, IEEE=False, CAUSAL=causal)}
+    kept = _offered(monkeypatch, 256, nq, causal, sm90_ok)
     gluon = {t for t in kept if tuning.is_gluon(t)}
     assert gluon == ({GLUON_256} if sm90_ok and nq >= spaces.GLUON_MIN_NQ else set())
     assert kept - gluon == {t for t in spaces.FWD_SPACE["large"] if not tuning.is_gluon(t)}  # the Triton ones too
