@@ -21,8 +21,7 @@ import torch
 
 import flashbench
 from flashbench import DecodeOptions
-from flashbench_kernels.flash_decode import tuning
-from flashbench_kernels.flash_decode.run import next_pow2
+from flashbench_kernels.flash_decode import launch, tuning
 
 from decode_bench import DTYPES, SDPA, add_call_args, bench, paged_copy, read_shapes, time_sdpa
 
@@ -42,9 +41,8 @@ def parse_args(argv=None):
 def grid(q, k, v, lens, table, page: int, capacity: int, args) -> list[dict]:
     """Every candidate tile pinned at every split count: ms, or the error that kept it from running."""
     cells = []
-    group = q.shape[2] // args.kv_heads
-    block_m = min(max(16, next_pow2(group)), 128)  # one new token: the tile's rows are the group's heads
-    for tile in tuning.candidates(next_pow2(args.head_dim), block_m, page, capacity, q.element_size()):
+    call = launch.prepare_call(q, k, v, lens, table, 1.0, capacity, page)  # the launcher's tile rows and width
+    for tile in tuning.candidates(call.block_d, call.block_m, page, capacity, q.element_size()):
         for splits in args.splits:
             opt = DecodeOptions(config=tuple(tile), tune_splits=False)
 

@@ -117,6 +117,8 @@ STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 225 KiB of shared me
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
 DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer")
 _LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128)}
+# the head dims some dQ layout runs: what this backward takes (the Gluon forward also takes 256)
+HEAD_DIMS = tuple(sorted({d for dims in _LAYOUT_HEAD_DIMS.values() for d in dims}))
 
 
 def dq_layout(head_dim: int) -> str:
@@ -195,14 +197,11 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     return _layout_reason(q, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
 
 
-HEAD_DIMS = (64, 128)  # the dQ layouts' head dims (``_LAYOUT_HEAD_DIMS``); the forward also takes 256
-
-
 def _layout_reason(q: torch.Tensor, varlen: bool) -> str | None:
     if q.dim() != (3 if varlen else 4):
         return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
     if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions, which admit D256
-        return f"head_dim {q.shape[-1]}: 64 and 128 only (the Triton backward runs the others)"
+        return f"head_dim {q.shape[-1]}: {' and '.join(map(str, HEAD_DIMS))} only (the Triton backward runs the others)"
     return None
 
 

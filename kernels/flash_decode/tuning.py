@@ -25,9 +25,9 @@ MAX_SPLITS = 128
 # Split heuristic (``choose_num_splits``); constants, not knobs.
 _FULL_PROGRAMS_PER_SM = 2  # at or above this many programs per SM the launch is not split
 _TARGET_PROGRAMS_PER_SM = 4  # a split launch aims at this many: several waves, so a short last wave costs little
-# A split of fewer keys is mostly prologue and combine traffic.  512 capped a B1 4k call at 8 splits,
-# where 16 ran fastest with 64-key chunks and 32-64 with one-page chunks of a 16-key paged cache
-# (results/evidence/h200/decode_splits/): the tuner tries a quarter to four times the heuristic's count.
+# A split of fewer keys is mostly prologue and combine traffic.  Not more than 256: at B1 4k, 64-key
+# chunks ran fastest with 16 splits and one-page chunks of a 16-key paged cache with 32-64
+# (results/evidence/h200/decode_splits/), counts the tuner reaches from this cap's 16.
 MIN_SPLIT_KEYS = 256
 
 
@@ -132,9 +132,9 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
 # the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count, capacity and the
 # launch's programs before splitting (batch x kv heads x row blocks) rounded up to powers of two, whether
 # split counts are tried, a pinned tile (None: tiles are tried), whether the combine overlaps the split
-# kernel (it changes what a split costs).  Without the programs, B1 and B8 at 4k keys (16 and 9 splits,
-# both in the 16 bucket) shared B1's choice, 16 splits' worth of 64-key chunks, which ran B8 at 2,540 GB/s
-# where its own tuning chose 2 splits at 2,820 (results/evidence/h200/decode_tuner_classes/).
+# kernel (it changes what a split costs).  The programs are there because the best choice follows the
+# batch: B1 and B8 at 4k keys fall in one split bucket (16 and 9 splits), and B1's choice ran B8 at
+# 2,540 GB/s where B8's own, 2 splits, ran at 2,820 (results/evidence/h200/decode_tuner_classes/).
 KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "PROGRAMS", "VARY_SPLITS", "PINNED",
        "OVERLAP"]
 # the split count in effect, half, twice, a quarter and four times it: at B1 4k the best count was 16
