@@ -16,6 +16,7 @@ import torch
 import triton
 
 from .._autograd import attention_function
+from .._launch_cache import run_kernel
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
                          device_capability, interpreting)
@@ -237,27 +238,31 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
     delta = _empty(lse.shape, torch.float32, q.device)
-
-    pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
-    rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
-    bwd_preprocess_kernel[(triton.cdiv(rows, pre_m), delta.numel() // rows)](
-        o, do, delta, *_rows(o), *_rows(do), H, rows, HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)),
-        BLOCK_M=pre_m)
-    if call.launch_log is not None:
-        call.launch_log["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
-
     tma_ok = _tma_ok(call.options.path, q, k, v, do, dq, dk, dv)
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
-    if _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None:
+    gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None
+    # the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder never written otherwise)
+    dq_acc = _empty(q.shape, torch.float32, q.device) if gluon else delta
+
+    pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
+    rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
+    run_kernel(bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
+               o, do, delta, dq_acc, *_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows,
+               HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon)
+    if call.launch_log is not None:
+        call.launch_log["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
+
+    if gluon:
         window_left = lay.window[0] if window else -1
         if lay.packed:
             cu_q, cu_k, _, k_blocks = lay.tables
             sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, k_blocks.table(sm90_bwd.BLOCK_N),
-                                     causal, sm_scale, call.options.causal_group_programs, window_left=window_left)
+                                     causal, sm_scale, call.options.causal_group_programs, window_left=window_left,
+                                     dq_acc=dq_acc)
         else:
             sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
-                              window_left=window_left)
+                              window_left=window_left, dq_acc=dq_acc)
         if call.launch_log is not None:
             call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D, window=window)
         return dq, dk, dv

@@ -95,6 +95,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._schedule import block_and_head
+from .._launch_cache import run_kernel
 from .._validate import device_capability, interpreting
 
 BLOCK = 128  # query rows per program (two consumers of 64), and keys per block up to D128 (``block_n``)
@@ -644,7 +645,7 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     if why is not None:
         raise ValueError(f"sm90.forward: {why}")
     grid = (Nq // BLOCK, B * H)
-    fwd_sm90_kernel[grid](
+    run_kernel(fwd_sm90_kernel, grid,
         descriptor(q, BLOCK), descriptor(k, bn), descriptor(v, bn), descriptor(o, BLOCK // 2),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
@@ -665,7 +666,7 @@ def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: b
         raise ValueError(f"sm90.forward_varlen: head_dim {D} is built dense only")
     total_k, Hkv = k.shape[0], k.shape[1]
     grid = (table.shape[0], H)
-    fwd_sm90_kernel[grid](
+    run_kernel(fwd_sm90_kernel, grid,
         packed_descriptor(q, BLOCK), packed_descriptor(k, BLOCK), packed_descriptor(v, BLOCK),
         packed_descriptor(o, BLOCK // 2), lse, sm_scale * 1.4426950408889634, H, H // Hkv, total_q, total_k,
         max(window_left, 0), o, cu_seqlens_q, cu_seqlens_k, table,

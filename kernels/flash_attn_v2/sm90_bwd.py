@@ -102,6 +102,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._launch_cache import run_kernel
 from .._schedule import block_and_head
 from . import sm90
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
@@ -652,7 +653,8 @@ def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int,
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
-             stages: int | None = None, layout: str | None = None, window_left: int = -1) -> None:
+             stages: int | None = None, layout: str | None = None, window_left: int = -1,
+             dq_acc: torch.Tensor | None = None) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
@@ -660,16 +662,18 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     ``unsupported_reason`` first.  dq, dk, dv must be contiguous.  Not deterministic (dQ is accumulated by
     reduce-adds in whatever order the programs run).  ``layout``: how the consumers share dQ (``DQ_LAYOUTS``;
     None: ``dq_layout``'s default for the head dim).  ``window_left`` >= 0 (with ``causal``): each query sees
-    only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none."""
+    only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none.
+    ``dq_acc``: the fp32 dQ accumulator, shaped like q, contiguous and zeroed by the caller (``flash_attn_v2``'s
+    preprocess zeroes it with Delta); None: allocated zeroed here (a memset launch more)."""
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     layout, stages = _settings("backward", D, causal, stages, layout, window_left, (dq, dk, dv))
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
-    dq_acc = torch.zeros((B, H, Nq, D), dtype=torch.float32, device=q.device)
+    dq_acc = _accumulator(dq_acc, q, "backward")
     grid = (Nkv // BLOCK_N, B * Hkv)
-    bwd_sm90_kernel[grid](
+    run_kernel(bwd_sm90_kernel, grid,
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
         descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
         sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None, None,
@@ -679,7 +683,7 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
 
 def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, table, causal: bool,
                     sm_scale: float, group_programs: int = 256, stages: int | None = None, layout: str | None = None,
-                    window_left: int = -1) -> None:
+                    window_left: int = -1, dq_acc: torch.Tensor | None = None) -> None:
     """``backward`` for a packed batch: q, do, dq (total_q, H, D), k, v, dk, dv (total_k, H_kv, D), lse and delta
     (H, total_q).  ``table``: the int32 (rows, 2) (sequence, block) program table for 128-key blocks
     (``_schedule.SequenceBlocks.table(BLOCK_N)`` over the key axis, built on the device, padding rows (-1, 0)
@@ -690,9 +694,9 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
-    dq_acc = torch.zeros((total_q, H, D), dtype=torch.float32, device=q.device)
+    dq_acc = _accumulator(dq_acc, q, "backward_varlen")
     grid = (table.shape[0], Hkv)
-    bwd_sm90_kernel[grid](
+    run_kernel(bwd_sm90_kernel, grid,
         packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
         packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
         dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k,
@@ -703,6 +707,16 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     _dq_convert(dq_acc, dq, sm_scale)
 
 
+def _accumulator(dq_acc: torch.Tensor | None, q: torch.Tensor, name: str) -> torch.Tensor:
+    """The caller's zeroed fp32 dQ accumulator, checked, or a new zeroed one."""
+    if dq_acc is None:
+        return torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    if dq_acc.shape != q.shape or dq_acc.dtype != torch.float32 or not dq_acc.is_contiguous():
+        raise ValueError(f"sm90_bwd.{name}: dq_acc must be a contiguous float32 tensor shaped like q {tuple(q.shape)}, "
+                         f"got {dq_acc.dtype} {tuple(dq_acc.shape)}")
+    return dq_acc
+
+
 def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None:
     n = dq.numel()
-    _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)
+    run_kernel(_dq_convert_kernel, (triton.cdiv(n, 4096),), dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd, tuning
-from kernel_checks import make_inputs
+from kernel_checks import make_inputs, poisoned_empty
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
@@ -116,14 +116,17 @@ def _forbid_triton_backward(monkeypatch):
 def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     """Where the Gluon backward may run (as on an H100; here the interpreter runs the rest), ``_backward``
     runs the Delta kernel, hands the Gluon backward the call's tensors, Delta = rowsum(dO * O), the
-    gradient buffers and the causal launch order, launches no Triton gradient kernel, and logs the Gluon
-    configuration under both gradient kernels' names."""
+    gradient buffers, the fp32 dQ accumulator zeroed by the same kernel (allocations poisoned) and the causal
+    launch order, launches no Triton gradient kernel, and logs the Gluon configuration under both gradient
+    kernels' names."""
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     seen = {}
 
-    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1):
+    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
+                       dq_acc=None):
         seen.update(do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale, window_left=window_left,
-                    group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape))
+                    group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape), dq_acc=dq_acc.clone())
         for g in (dq, dk, dv):
             g.fill_(1.0)
 
@@ -138,6 +141,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     assert seen["window_left"] == -1
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
     assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
+    assert seen["dq_acc"].dtype == torch.float32 and torch.equal(seen["dq_acc"], torch.zeros(q.shape))
     assert all(torch.equal(t.grad, torch.ones_like(t)) for t in leaves)
     assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(32)
 
@@ -149,7 +153,7 @@ def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch)
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     seen = {}
 
-    def gluon_backward(*args, window_left=-1):
+    def gluon_backward(*args, window_left=-1, dq_acc=None):
         seen["causal"], seen["window_left"] = args[9], window_left
 
     monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
@@ -168,12 +172,13 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     from kernel_checks import make_packed_inputs
 
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     seen = {}
 
     def gluon_backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
-                              group_programs, window_left=-1):
+                              group_programs, window_left=-1, dq_acc=None):
         seen.update(cu=(cu_q.tolist(), cu_k.tolist()), table=table.clone(), delta_shape=tuple(delta.shape),
-                    causal=causal, group_programs=group_programs, window_left=window_left)
+                    causal=causal, group_programs=group_programs, window_left=window_left, dq_acc=dq_acc.clone())
         for g in (dq, dk, dv):
             g.zero_()
 
@@ -187,6 +192,7 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     out.backward(do)
     assert seen["cu"] == (cu_q.tolist(), cu_k.tolist()) and seen["delta_shape"] == (4, sum(lengths_q))
     assert seen["causal"] is causal and seen["group_programs"] == 5 and seen["window_left"] == left
+    assert torch.equal(seen["dq_acc"], torch.zeros(q.shape))  # (total_q, H, D), zeroed by the Delta kernel
     real = seen["table"][seen["table"][:, 0] >= 0].tolist()  # (sequence, key block of 128) rows, padding dropped
     assert sorted(map(tuple, real)) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
 
@@ -325,3 +331,20 @@ def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch)
     assert kwargs["STAGES"] == sm90_bwd.ring_stages(D)
     assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
     assert convert.calls[-1][1][0].shape == pq.shape
+
+
+def test_a_callers_zeroed_accumulator_is_used_and_a_wrong_one_refused(monkeypatch):
+    """``dq_acc`` (zeroed by the launcher's Delta kernel) is the tensor the kernel reduces into and the conversion
+    reads; one of another dtype, shape or layout is a ValueError before any launch."""
+    kernel, convert = _Launch(), _Launch()
+    monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernel)
+    monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", convert)
+    q = _t(1, 2, 256, 128)
+    stats = torch.empty(1, 2, 256)
+    acc = torch.zeros(q.shape, dtype=torch.float32)
+    sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), False, 0.125, dq_acc=acc)
+    assert kernel.calls[-1][1][6].base.data_ptr() == acc.data_ptr() and convert.calls[-1][1][0] is acc
+    for bad in (acc.half(), acc[:, :1], acc.transpose(1, 2).contiguous().transpose(1, 2)):
+        with pytest.raises(ValueError, match="dq_acc must be a contiguous float32 tensor shaped like q"):
+            sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), False, 0.125, dq_acc=bad)
+    assert len(kernel.calls) == 1
