@@ -100,7 +100,7 @@ _COMPILED: dict[JITFunction, dict[tuple, Any]] = {}
 
 def run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)``, through the compiled kernel cached for these arguments' key."""
-    if interpreting() or not isinstance(kernel, JITFunction):
+    if interpreting() or not isinstance(kernel, JITFunction) or callable(grid):
         kernel[grid](*args, **kwargs)
         return
     sig = _SIGNATURES.get(kernel)
@@ -125,4 +125,4 @@ def run_kernel(kernel, grid: tuple, *args, **kwargs) -> None:
         if compiled is not None and hasattr(compiled, "function"):
             cache[key] = compiled
         return
-    compiled[grid](*values)
+    compiled[tuple(grid) + (1,) * (3 - len(grid))](*values)  # CompiledKernel takes all three grid dims

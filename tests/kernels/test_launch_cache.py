@@ -119,7 +119,7 @@ def test_a_repeated_key_launches_the_cached_kernel_with_every_parameter_in_order
     assert len(kernel.runs) == 1
     compiled = _launch_cache._COMPILED[kernel]
     (hit,) = compiled.values()
-    assert hit.launches == [((5, 2), (x, 48, 0.25, 8, 4))]  # C's default filled in, signature order
+    assert hit.launches == [((5, 2, 1), (x, 48, 0.25, 8, 4))]  # 3-D grid; C's default filled in, signature order
 
 
 @pytest.mark.parametrize("change", [
