@@ -40,30 +40,36 @@ try:
 except ImportError:  # pragma: no cover
     _TritonDescriptor = ()
 
-_INT32 = range(-2**31, 2**31)
-_INT64 = range(-2**63, 2**63)
-
-
 class _Unkeyable(Exception):
     """An argument this module does not know how Triton specialises: launch through ``kernel[grid]``."""
 
 
 def arg_key(a: Any) -> tuple:
-    """What of ``a`` may select a different compiled kernel (see the module docstring)."""
+    """What of ``a`` may select a different compiled kernel (see the module docstring).  The common types are
+    tested by identity first: this runs for every argument of every launch."""
+    t = type(a)
+    if t is int:
+        return ("i", a == 1, a % 16 == 0, -2**31 <= a < 2**31, -2**63 <= a < 2**63)
+    if a is None:
+        return _NONE
+    if t is float:
+        return _FLOAT
+    if t is bool:
+        return ("b", a)
     if isinstance(a, torch.Tensor):
         return ("t", a.dtype, a.data_ptr() % 16 == 0)
-    if isinstance(a, bool):  # before int: bool is an int
-        return ("b", a)
-    if isinstance(a, int):
-        return ("i", a == 1, a % 16 == 0, a in _INT32, a in _INT64)
+    if isinstance(a, int):  # an int subclass (bool is handled above)
+        return arg_key(int(a))
     if isinstance(a, float):
-        return ("f",)
-    if a is None:
-        return ("n",)
+        return _FLOAT
     if isinstance(a, (_GluonDescriptor, _TritonDescriptor)):
         layout = getattr(a, "layout", None)
         return ("d", a.base.dtype, tuple(a.block_shape), layout, a.padding)
-    raise _Unkeyable(type(a).__name__)
+    raise _Unkeyable(t.__name__)
+
+
+_NONE = ("n",)
+_FLOAT = ("f",)
 
 
 class _Signature:

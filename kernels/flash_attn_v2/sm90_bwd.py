@@ -68,7 +68,8 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     of the K / V tiles (free by then).
 
 Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the
-gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed per call: twice dQ's size (fwd_bwd peak 387 MiB above the
+gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed with Delta by the preprocess kernel (``dq_acc``; FA3's
+preprocess clears it the same way) or here: twice dQ's size (fwd_bwd peak 387 MiB above the
 inputs against 260 MiB with the Triton backward at 16k tokens, hidden 2048; cuDNN 386 MiB).  ``backward="triton"``
 keeps to the gradients plus O(N).
 
