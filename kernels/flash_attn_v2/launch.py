@@ -238,7 +238,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
     delta = _empty(lse.shape, torch.float32, q.device)
-    tma_ok = _tma_ok(call.options.path, q, k, v, do, dq, dk, dv)
+    tma_ok = _tma_ok(call.options.path, q, k, v, do)  # dq, dk, dv: contiguous, allocated just above
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None
