@@ -32,8 +32,6 @@ import triton
 from triton.compiler.errors import CompileTimeAssertionFailure
 from triton.runtime.errors import OutOfResources, PTXASError
 
-from ._launch_cache import run_kernel
-
 ROUNDS = 4
 ROUND_MS = 15
 WARMUP_MS = 2
@@ -120,8 +118,8 @@ class InterleavedTuner:
         return vals + tuple(str(a.dtype) for a in named.values() if hasattr(a, "dtype"))
 
     def _launch_kernel(self, cfg, grid_fn, args: tuple, meta: dict) -> None:
-        run_kernel(self.kernel, grid_fn(cfg.kwargs), *args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
-                   num_stages=cfg.num_stages)
+        self.kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                                         num_stages=cfg.num_stages)
 
     def run(self, grid_fn, args: tuple, meta: dict):
         named = dict(zip(self.kernel.arg_names, args))

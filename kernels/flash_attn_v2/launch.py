@@ -16,7 +16,6 @@ import torch
 import triton
 
 from .._autograd import attention_function
-from .._launch_cache import run_kernel
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
                          device_capability, interpreting)
@@ -247,9 +246,9 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
-    run_kernel(bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
-               o, do, delta, dq_acc, *_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows,
-               HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon)
+    bwd_preprocess_kernel[(triton.cdiv(rows, pre_m), delta.numel() // rows)](
+        o, do, delta, dq_acc, *_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows,
+        HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon)
     if call.launch_log is not None:
         call.launch_log["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
 

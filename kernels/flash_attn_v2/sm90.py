@@ -95,7 +95,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._schedule import block_and_head
-from .._launch_cache import run_kernel
 from .._validate import device_capability, interpreting
 
 BLOCK = 128  # query rows per program (two consumers of 64), and keys per block up to D128 (``block_n``)
@@ -116,16 +115,6 @@ def block_n(head_dim: int) -> int:
     64-key blocks take Q + 2 stages = 192 KiB and S 32 registers.  (FlashAttention-3 runs 128x80 tiles
     at D256; Gluon tiles are powers of two.)"""
     return BLOCK if head_dim <= 128 else BLOCK // 2
-
-
-EXP_EMU_CHOICES = (0, 1, 2)  # ``_exp2_shared``: no exponential on the FMA pipe, half of them, a quarter
-
-
-def exp_emulation(head_dim: int) -> int:
-    """The share of exponentials the FMA pipe takes at ``head_dim`` (``_exp2_shared``).  At D64 a score costs
-    the tensor cores 256 FLOPs, which they run at about the rate the MUFU unit runs one exp2 (16 a clock an SM
-    each on Hopper), so the softmax's exponentials pace the kernel; at D128 and D256 the matmuls do."""
-    return 0
 
 
 def shared_tile_bytes(head_dim: int, stages: int) -> int:
@@ -242,43 +231,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_
 
 
 @gluon.jit
-def _exp2_fma(x):
-    """2^x for x <= 0 on the FMA and integer pipes instead of the MUFU unit (x rounded to n + f, |f| <= 1/2,
-    2^f by a degree-3 polynomial, max relative error 7.5e-5; n added to the exponent bits)."""
-    x = gl.maximum(x, -126.0)
-    t = x + 12582912.0  # 1.5 * 2**23: the sum's low mantissa bits hold round(x)
-    f = x - (t - 12582912.0)
-    p = f * 0.05517162 + 0.24261113
-    p = p * f + 0.69326097
-    p = p * f + 0.99992806
-    bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
-    return bits.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def _exp2_shared(x, EXP_EMU: gl.constexpr, layout: gl.constexpr):
-    """2^x of a score tile, a share of the elements on the FMA pipe (``_exp2_fma``) and the rest on the MUFU
-    unit: EXP_EMU 1 every odd column (half), 2 the odd columns of every other 8-column group (a quarter).  The columns split are ones each thread holds in its own registers (the wgmma accumulator
-    gives a thread column pairs 2c, 2c+1 in each 8-column group), so the reshapes move no data."""
-    M: gl.constexpr = x.shape[0]
-    N: gl.constexpr = x.shape[1]
-    even, odd = gl.split(gl.reshape(x, [M, N // 2, 2]))
-    if EXP_EMU == 1:
-        odd = _exp2_fma(odd)
-    else:
-        # odd's column i is group i // 4 (of N // 8), lane pair i % 4: split the groups by parity
-        g = gl.permute(gl.reshape(odd, [M, N // 16, 2, 4]), [0, 1, 3, 2])
-        g_even, g_odd = gl.split(g)
-        g = gl.join(gl.exp2(g_even), _exp2_fma(g_odd))
-        # the same registers as the split's layout, spelled differently
-        odd = gl.convert_layout(gl.reshape(gl.permute(g, [0, 1, 3, 2]), [M, N // 2]), even.type.layout)
-    return gl.convert_layout(gl.reshape(gl.join(gl.exp2(even), odd), [M, N]), layout)
-
-
-@gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
-             WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr,
-             EXP_EMU: gl.constexpr):
+             WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l).
 
     MASK: the block crosses the diagonal (query i sees key j iff j <= i + diag) or, with WINDOW, the
@@ -308,10 +262,7 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.c
             alpha = gl.exp2(m_i - m_new)
     else:
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-        if EXP_EMU == 0:  # inline: a call here would add a debug scope that changes ptxas's allocation
-            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-        else:
-            p = _exp2_shared(s * qk_scale - gl.expand_dims(m_new, 1), EXP_EMU, s_layout)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
         alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
@@ -321,7 +272,7 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.c
 def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
           qk_scale, offs_m, k0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
           WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, EXP_EMU: gl.constexpr):
+          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
     S_j under the PV, rescale O."""
     slot = j % STAGES
@@ -335,7 +286,7 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
     mbarrier.arrive(k_empty.index(slot), count=1)
     p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
-                                  CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout, EXP_EMU)
+                                  CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -347,7 +298,7 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
 def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, offs_m, k0,
             diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
             VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, p_layout: gl.constexpr, EXP_EMU: gl.constexpr):
+            o_layout: gl.constexpr, p_layout: gl.constexpr):
     """The key loop over n_blocks >= 1 blocks from key k0: (un-normalised O, m, l).
 
     Dense: the first ``n_left`` blocks cross the window's left edge (WINDOW), the last one is the
@@ -372,13 +323,13 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
     if CAUSAL or VARLEN:
         if edge:
             p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, True, CAUSAL,
-                                          WINDOW, VARLEN, BLOCK_N, s_layout, EXP_EMU)
+                                          WINDOW, VARLEN, BLOCK_N, s_layout)
         else:
             p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, False, CAUSAL,
-                                          WINDOW, VARLEN, BLOCK_N, s_layout, EXP_EMU)
+                                          WINDOW, VARLEN, BLOCK_N, s_layout)
     else:
         p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0, diag, win_left, n_kv, False, CAUSAL,
-                                      WINDOW, VARLEN, BLOCK_N, s_layout, EXP_EMU)
+                                      WINDOW, VARLEN, BLOCK_N, s_layout)
     p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
 
     if VARLEN:
@@ -390,16 +341,16 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         first_edge = gl.maximum(n_mid, 1)
         for j in range(first_full, first_edge):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_edge, n_blocks):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
     else:
         # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
         # block n-1: the diagonal when causal
@@ -409,15 +360,15 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_full, n_blocks - 1):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         if n_blocks > 1:
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
-                                       CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                       CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
 
     # the last P V
     last = (n_blocks - 1) % STAGES
@@ -448,7 +399,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid,
               qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              NUM_WARPS: gl.constexpr, EXP_EMU: gl.constexpr):
+              NUM_WARPS: gl.constexpr):
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
     Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
@@ -474,7 +425,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         if n_blocks > 0:  # else no row sees a key (or a padding program): O = 0, LSE = -inf
             acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                     v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         # rows that saw no key have l = 0: they output 0 with LSE -inf, as the Triton forward writes them
         # (its backward then gives them zero gradients)
         l_safe = gl.where(l_i == 0.0, 1.0, l_i)
@@ -493,7 +444,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     else:
         acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                 v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, EXP_EMU)
+                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
         o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
         gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
@@ -526,7 +477,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
                      o_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                      CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
                      STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                     VARLEN: gl.constexpr, EXP_EMU: gl.constexpr):
+                     VARLEN: gl.constexpr):
     """Dense: grid (Nq / 128, B * H), descriptors over the (B*H*N, D) views, o_ptr, cu_q_ptr, cu_k_ptr and
     table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row blocks, H),
     descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k."""
@@ -631,10 +582,10 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_first, n_left,
-                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, EXP_EMU)),
+                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, EXP_EMU)),
+                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -666,18 +617,15 @@ def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
-                      varlen: bool = False, exp_emu: int = 0) -> dict:
+                      varlen: bool = False) -> dict:
     """The constexprs ``forward`` and ``forward_varlen`` launch ``fwd_sm90_kernel`` with (the tools
     compile these).  Packed programs differ in work whether causal or not: they are grouped either way."""
-    if exp_emu not in EXP_EMU_CHOICES:
-        raise ValueError(f"sm90: exp_emu must be one of {EXP_EMU_CHOICES}, got {exp_emu!r}")
     return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
-                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen),
-                EXP_EMU=exp_emu)
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
 
 
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
-            window_left: int = -1, exp_emu: int | None = None) -> None:
+            window_left: int = -1) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
@@ -686,8 +634,6 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     160 KiB, 3 stages 224 KiB of the 227 KiB a block may use; D256, 64-key blocks: 2 stages 192 KiB,
     3 do not fit: ``config_reason``).  ``window_left`` >= 0 (with ``causal``): each query also sees
     only the ``window_left`` keys before its diagonal one (FlashAttention's window (left, 0)); -1: none.
-    ``exp_emu``: the share of the softmax's exponentials computed on the FMA pipe (``_exp2_shared``: 0, 1 half,
-    2 a quarter); None: ``exp_emulation(D)``.
     """
     if window_left >= 0 and not causal:
         raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
@@ -698,12 +644,10 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     if why is not None:
         raise ValueError(f"sm90.forward: {why}")
     grid = (Nq // BLOCK, B * H)
-    run_kernel(fwd_sm90_kernel, grid,
+    fwd_sm90_kernel[grid](
         descriptor(q, BLOCK), descriptor(k, bn), descriptor(v, bn), descriptor(o, BLOCK // 2),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0,
-                            exp_emu=exp_emulation(D) if exp_emu is None else exp_emu),
-        num_warps=4, maxnreg=MAXNREG)
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
 
 
 def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: bool, sm_scale: float,
@@ -721,9 +665,9 @@ def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: b
         raise ValueError(f"sm90.forward_varlen: head_dim {D} is built dense only")
     total_k, Hkv = k.shape[0], k.shape[1]
     grid = (table.shape[0], H)
-    run_kernel(fwd_sm90_kernel, grid,
+    fwd_sm90_kernel[grid](
         packed_descriptor(q, BLOCK), packed_descriptor(k, BLOCK), packed_descriptor(v, BLOCK),
         packed_descriptor(o, BLOCK // 2), lse, sm_scale * 1.4426950408889634, H, H // Hkv, total_q, total_k,
         max(window_left, 0), o, cu_seqlens_q, cu_seqlens_k, table,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True, exp_emu=exp_emulation(D)),
-        num_warps=4, maxnreg=MAXNREG)
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
+        maxnreg=MAXNREG)

@@ -103,7 +103,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._launch_cache import run_kernel
 from .._schedule import block_and_head
 from . import sm90
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
@@ -674,7 +673,7 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     bm = block_m(D, layout)
     dq_acc = _accumulator(dq_acc, q, "backward")
     grid = (Nkv // BLOCK_N, B * Hkv)
-    run_kernel(bwd_sm90_kernel, grid,
+    bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
         descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
         sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None, None,
@@ -697,7 +696,7 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     bm = block_m(D, layout)
     dq_acc = _accumulator(dq_acc, q, "backward_varlen")
     grid = (table.shape[0], Hkv)
-    run_kernel(bwd_sm90_kernel, grid,
+    bwd_sm90_kernel[grid](
         packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
         packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
         dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k,
@@ -720,4 +719,4 @@ def _accumulator(dq_acc: torch.Tensor | None, q: torch.Tensor, name: str) -> tor
 
 def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None:
     n = dq.numel()
-    run_kernel(_dq_convert_kernel, (triton.cdiv(n, 4096),), dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)
+    _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)

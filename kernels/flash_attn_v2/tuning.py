@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import triton
 
-from .._launch_cache import run_kernel
 from .._schedule import SequenceBlocks
 from .._tuner import InterleavedTuner
 from .._validate import interpreting
@@ -148,8 +147,7 @@ def kernel_launcher(kernel):
 
     def launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
         args = tuple(a.for_config(cfg.kwargs) if isinstance(a, SequenceBlocks) else a for a in args)
-        run_kernel(kernel, grid_fn(cfg.kwargs), *args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
-                   num_stages=cfg.num_stages)
+        kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     return launch
 

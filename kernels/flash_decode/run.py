@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import torch
 
-from .._launch_cache import run_kernel
 from .kernels import combine_kernel, split_kernel
 from .options import Tile
 
@@ -72,8 +71,8 @@ def run(call: DecodeCall, tile: Tile, splits: int) -> None:
         lse_part = new_buffer((splits, B, Nq, H), torch.float32, q.device)
         o_split_stride, lse_strides = o_part.stride(0), lse_part.stride()
     table = call.block_table if call.block_table is not None else call.cache_seqlens  # a placeholder never read
-    run_kernel(
-        split_kernel, (call.programs, splits), q, k, v, o_part, lse_part, call.cache_seqlens, table, call.qk_scale,
+    split_kernel[(call.programs, splits)](
+        q, k, v, o_part, lse_part, call.cache_seqlens, table, call.qk_scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -86,7 +85,6 @@ def run(call: DecodeCall, tile: Tile, splits: int) -> None:
         rows = B * Nq * H
         block_s = max(2, next_pow2(splits))
         block_dc = min(call.block_d, max(16, _COMBINE_TILE // block_s))
-        run_kernel(
-            combine_kernel, (rows, cdiv(D, block_dc)), o_part, lse_part, out, rows, splits, HEAD_DIM=D,
-            BLOCK_S=block_s, BLOCK_DC=block_dc, OVERLAP=call.overlap_combine, num_warps=_COMBINE_WARPS,
-            launch_pdl=call.overlap_combine)
+        combine_kernel[(rows, cdiv(D, block_dc))](
+            o_part, lse_part, out, rows, splits, HEAD_DIM=D, BLOCK_S=block_s, BLOCK_DC=block_dc,
+            OVERLAP=call.overlap_combine, num_warps=_COMBINE_WARPS, launch_pdl=call.overlap_combine)

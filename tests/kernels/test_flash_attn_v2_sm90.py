@@ -492,30 +492,3 @@ def test_gpu_d256_tuner_times_the_gluon_forward(monkeypatch):
     offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
     assert GLUON_256 in offered, f"the tuner did not time the Gluon forward: {offered}"
     _check_forward_against_fp32(o, lse, q, k, v, True, NO_WINDOW)
-
-
-@pytest.mark.gpu
-@hopper_only
-@pytest.mark.parametrize("emu", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", [c + (NO_WINDOW,) for c in GRID] + WINDOW_GRID[2:5], ids=window_case_id)
-def test_gpu_gluon_forward_with_exponentials_on_the_fma_pipe(case, dtype, emu, monkeypatch):
-    """Half or a quarter of the softmax's exponentials by ``_exp2_fma`` (at any head dim, whatever
-    ``exp_emulation`` ships): outputs and gradients within the rule, outputs poisoned, and the LSE within 1e-4
-    of the MUFU-only build's."""
-    B, H, Hkv, Nq, Nkv, D, causal, window = case
-    monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    options = FA2Options(autotune=False, configs={"fwd": (128, sm90.block_n(D), 4, 2, spaces.GLUON)})
-    q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 3 * Nkv + D + emu)
-    _, lse_mufu = flash_attn_v2(q, k, v, causal=causal, window=window, return_lse=True, options=options)
-    monkeypatch.setattr(sm90, "exp_emulation", lambda head_dim: emu)
-    check_against_reference(q, k, v, do, causal, window=window, options=options)
-    _, lse = flash_attn_v2(q, k, v, causal=causal, window=window, return_lse=True, options=options)
-    assert (lse - lse_mufu).abs().max().item() < 1e-4
-
-
-def test_the_share_of_exponentials_on_the_fma_pipe_is_one_of_three():
-    assert sm90.kernel_constexprs(False, 256, 2, exp_emu=2)["EXP_EMU"] == 2
-    assert sm90.kernel_constexprs(False, 256, 2)["EXP_EMU"] == 0
-    with pytest.raises(ValueError, match="exp_emu must be one of"):
-        sm90.kernel_constexprs(False, 256, 2, exp_emu=3)
