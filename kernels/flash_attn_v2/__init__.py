@@ -39,7 +39,8 @@ Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
     and bottom-right alignment apply per sequence.
 
 Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
-  * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper);
+  * ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper), and on
+    the Gluon backward's path the zeroing of its fp32 dQ accumulator;
   * ``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over query blocks
     (and over the query heads sharing the kv head, so GQA/MQA gradients are summed in registers
     with no atomics and no extra memory), recomputing P from Q, K and the stored L;

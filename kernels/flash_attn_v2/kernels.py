@@ -26,7 +26,8 @@ load and clipped on store).
   and two consumer warp groups of BLOCK_M / 2 rows (FlashAttention-3's arrangement without its
   ping-pong or intra-warp-group overlap); the key tail is then masked in every block unless 128
   divides Nkv (``EVEN_KV``), and O is stored by pointer.
-``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper).
+``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper); with ``ZERO_DQ``
+it also zeroes the Gluon backward's fp32 dQ accumulator.
 ``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over the query blocks, and over
   the query heads sharing its kv head (GQA/MQA gradients summed in registers: no atomics, no extra
   memory), recomputing P from Q, K and the stored L: dV += P^T dO, dK += dS^T Q (lines 14-21).  It
