@@ -241,7 +241,8 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(call.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None
-    # the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder never written otherwise)
+    # the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder never written otherwise,
+    # with strides 0: Triton specialises integer arguments, and the placeholder's would only add compilations)
     dq_acc = _empty(q.shape, torch.float32, q.device) if gluon else delta
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
