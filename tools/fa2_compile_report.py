@@ -166,10 +166,12 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
                                                                                                    layout),
                                            window, varlen), **extra}
     sig = {name: "i32" for name in fn.arg_names}
+    # L and Delta: 1-D descriptors dense, pointers packed (as the launchers pass them)
+    stat = "*fp32" if varlen else mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * bm, dtype=torch.float32), bm))
     sig.update(q_desc=tile(bm), do_desc=tile(bm), k_desc=tile(bn), v_desc=tile(bn), dk_desc=tile(bn // 2),
-               dv_desc=tile(bn // 2), dq_desc=dq_tile, lse_ptr="*fp32", delta_ptr="*fp32",
+               dv_desc=tile(bn // 2), dq_desc=dq_tile, lse=stat, delta=stat,
                qk_scale="fp32", sm_scale="fp32", **packed_args, **{name: "constexpr" for name in consts})
-    divisible = ("lse_ptr", "delta_ptr", *packed_args)
+    divisible = (("lse", "delta") if varlen else ()) + tuple(packed_args)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
                          attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible})
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))

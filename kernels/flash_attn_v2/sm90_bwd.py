@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 56 (D128) and 104 (D64), with a window 120 and 224, the packed builds 112-216, the dense non-causal
+the causal builds 128 (D128) and 64 (D64), with a window 160 and 208, the packed builds 104-224, the dense non-causal
 ones none).
 
 What is implemented
@@ -18,7 +18,11 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     summed over its query heads in registers (Algorithm 2's outer loop over j, inner loop over i);
   * warp specialisation (FA3 3.1): a 1-warp producer partition issues the TMA loads of Q_i and dO_i into
     ``STAGES``-deep rings (``ring_stages``: 3 at D128, 2 at D64 and with windows; a ready and an empty mbarrier a
-    slot, as ``sm90.py``); two 4-warp consumer
+    slot, as ``sm90.py``), and for dense inputs L_i and Delta_i beside them on the same barriers (1-D descriptors
+    over the flat statistics, ``stat_descriptor``; as FA3's producer loads LSE and dPsum).  Read from global memory
+    by the consumers, each step waited for them: under ncu about a tenth of the stall samples, the backward 3-7%
+    slower.  A packed sequence's rows start at any row, and TMA reads from 16-byte aligned starts only, so for
+    packed batches the consumers still read them (masked past the sequence); two 4-warp consumer
     partitions (one warp group each) own 64 of the block's 128 keys each (their halves of K_j, V_j, dK_j,
     dV_j) and share every Q_i / dO_i tile.  setmaxnreg gives the producer 24 registers and the consumers 240;
   * per step, in each consumer, with the products transposed as FA3 does (its ``SdP_swapAB``) so that P
@@ -112,6 +116,7 @@ PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
 LOG2E = 1.4426950408889634
+_STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)  # L, Delta tiles: plain
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 225 KiB of shared memory with a split dQ)
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
@@ -182,6 +187,15 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
+def stat_descriptor(stat: torch.Tensor, block_m: int) -> TensorDescriptor:
+    """A 1-D TMA descriptor over a contiguous float32 row statistic (L or Delta: (B, H, Nq) dense, (H, total_q)
+    packed), a tile being one query block's ``block_m`` values."""
+    flat = stat.reshape(-1)
+    if flat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
+        flat = flat.clone()
+    return TensorDescriptor(flat, [flat.numel()], [1], [block_m], _STAT_LAYOUT)
+
+
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                        varlen: bool = False) -> str | None:
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
@@ -217,11 +231,13 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 
 @gluon.jit
-def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-              do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP, BLOCK_M: gl.constexpr,
-              STAGES: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
-    """Dense: head g's query rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views.  Packed (VARLEN): at row
-    bh0 (the sequence's first) and column q_col0 + g * D of the (total_q, H * D) views."""
+def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
+              v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP,
+              BLOCK_M: gl.constexpr, STAGES: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+    """Dense: head g's query rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views, and its L and Delta (lse,
+    delta: descriptors) at the same index of the flat (B*H*Nq) buffers: L_i rides with Q_i (one barrier), Delta_i
+    with dO_i.  Packed (VARLEN): at row bh0 (the sequence's first) and column q_col0 + g * D of the
+    (total_q, H * D) views; L and Delta are the consumers' to read."""
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem)
@@ -240,22 +256,32 @@ def _producer(q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, 
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
         phase = ((t // STAGES) & 1) ^ 1
         mbarrier.wait(q_empty.index(slot), phase)
-        mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
-        mbarrier.wait(do_empty.index(slot), phase)
-        mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
+        if VARLEN:  # the consumers read L and Delta themselves (``_step``)
+            mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
+            mbarrier.wait(do_empty.index(slot), phase)
+            mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
+        else:
+            mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes + lse.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
+            tma.async_copy_global_to_shared(lse, [row], q_ready.index(slot), lse_bufs.index(slot))
+            mbarrier.wait(do_empty.index(slot), phase)
+            mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes + delta.block_type.nbytes)
+            tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
+            tma.async_copy_global_to_shared(delta, [row], do_ready.index(slot), delta_bufs.index(slot))
 
 
 @gluon.jit
-def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
-          ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, q_col, stat_row, n_rows, n_keys, m0, n0, diag, win_left,
+def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row, k_w, k_cols, v_w, ds_bufs, dq_smem,
+          q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, q_row, q_col, n_rows, n_keys, m0, n0, diag, win_left,
           qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
           VARLEN: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
           COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
           s_layout: gl.constexpr, a_layout: gl.constexpr):
-    """One query block against this consumer's keys: dQ rows q_row.. at column q_col of the accumulator's 2-D view,
-    L and Delta from stat_row on.  Packed (VARLEN): n_rows of the block's rows and n_keys of the consumer's keys
+    """One query block against this consumer's keys: dQ rows q_row.. at column q_col of the accumulator's 2-D view, L
+    and Delta in the ring slot beside Q and dO (dense) or at lse, delta + stat_row (packed: pointers to the
+    flat (H, total_q) buffers).  Packed (VARLEN): n_rows of the block's rows and n_keys of the consumer's keys
     lie inside the sequence (the others belong to its neighbours: masked)."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
@@ -275,17 +301,25 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
     # L_i and Delta_i go into the accumulators the products start from (S^T - L_i / scale, dP^T - Delta_i), so
     # neither 16-register row vector is live during the softmax: with dK, dV, S^T and dP^T (192 registers) that
     # phase has no room for them (ptxas spilled).  scale > 0 (the launcher checks sm_scale); fp32 throughout.
-    if VARLEN:  # rows past the sequence may lie past the packed tensor: not read
-        lse = gl.load(lse_ptr + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
-        delta = gl.load(delta_ptr + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+    if VARLEN:
+        # a sequence's rows start anywhere, and TMA reads from 16-byte aligned starts only: read from global memory
+        # here (rows past the sequence, which may lie past the buffers, not at all)
+        lse_i = gl.load(lse + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+        delta_i = gl.load(delta + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+        s_acc = zero_s - gl.expand_dims(lse_i / qk_scale, 0)
+        mbarrier.wait(q_ready.index(slot), phase)
+        s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
+        dp_acc = zero_s - gl.expand_dims(delta_i, 0)
+        mbarrier.wait(do_ready.index(slot), phase)
     else:
-        lse = gl.load(lse_ptr + stat_row + offs_m)
-        delta = gl.load(delta_ptr + stat_row + offs_m)
-    s_acc = zero_s - gl.expand_dims(lse / qk_scale, 0)
-    mbarrier.wait(q_ready.index(slot), phase)
-    s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
-    dp_acc = zero_s - gl.expand_dims(delta, 0)
-    mbarrier.wait(do_ready.index(slot), phase)
+        # dense: from shared memory, loaded by the producer with Q_i and dO_i.  Read from global memory here, each
+        # step waited for the load: under ncu a tenth of the consumers' stall samples at D128, and the backward
+        # 3-7% slower
+        mbarrier.wait(q_ready.index(slot), phase)
+        s_acc = zero_s - gl.expand_dims(lse_bufs.index(slot).load(col_layout) / qk_scale, 0)
+        s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
+        mbarrier.wait(do_ready.index(slot), phase)
+        dp_acc = zero_s - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0)
     dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
     sT = warpgroup_mma_wait(1, deps=[s_tok])  # S^T - L_i / scale is done, dP^T may still run
     pT = gl.exp2(sT * qk_scale)
@@ -340,39 +374,39 @@ def _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_read
 
 
 @gluon.jit
-def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, stat0, n_q, n_keys, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs,
-           dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, n0, diag, win_left,
-           qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta,
+           stat0, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0,
+           diag, win_left, qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
            VARLEN: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
            COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
            s_layout: gl.constexpr, a_layout: gl.constexpr):
-    """Steps i_lo .. i_hi of a head's query blocks (block m_lo + i, its rows from row0 + m0 and its L, Delta
-    from stat0 + m0), all masked or none; t counts the steps taken, for the rings' slots and phases."""
+    """Steps i_lo .. i_hi of a head's query blocks (block m_lo + i, its rows from row0 + m0, packed its L and
+    Delta from stat0 + m0), all masked or none; t counts the steps taken, for the rings' slots and phases."""
     for i in range(i_lo, i_hi):
         m0 = (m_lo + i) * BLOCK_M
-        dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready,
-                       do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, row0 + m0, q_col, stat0 + m0, n_q - m0, n_keys,
-                       m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK, CAUSAL, WINDOW, VARLEN, KEYS, ROW0,
-                       QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+        dk, dv = _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat0 + m0, k_w, k_cols, v_w,
+                       ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, row0 + m0, q_col,
+                       n_q - m0, n_keys, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK, CAUSAL, WINDOW, VARLEN,
+                       KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
         t += 1
     return dk, dv, t
 
 
 @gluon.jit
-def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
-              ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_ptr, dv_ptr, kv_row, kv_col,
-              kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left,
-              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
-              ROW0: gl.constexpr, BLOCK_M: gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr,
-              STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
+def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready,
+              q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, kv_row, kv_col,
+              kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale,
+              sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr, BLOCK_M:
+              gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
+              NUM_WARPS: gl.constexpr):
     """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
     block: half the columns or half the rows).
 
-    Dense: head g's rows start at (bh0 + g) * N_Q, L and Delta alike; the packed-only arguments (dk_ptr, dv_ptr,
-    kv_col, kv_stride, q_col0, stat0, N_STAT, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows
-    start at bh0 in the (total_q, H * D) views, head g's at column q_col0 + g * D and its L, Delta at
-    stat0 + g * N_STAT; the sequence has n_q queries and n_kv keys."""
+    Dense: head g's rows start at (bh0 + g) * N_Q; the packed-only arguments (dk_ptr, dv_ptr, kv_col, kv_stride,
+    q_col0, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows start at bh0 in the (total_q, H * D)
+    views, head g's at column q_col0 + g * D; the sequence has n_q queries and n_kv keys.  L and Delta arrive in
+    the rings (the producer finds them)."""
     DQ_ROWS: gl.constexpr = dq_smem.shape[0]
     DQ_COLS: gl.constexpr = dq_smem.shape[1]
     QROW0: gl.constexpr = (ROW0 // KEYS) * DQ_ROWS if DQ_ROWS != BLOCK_M else 0
@@ -411,36 +445,36 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
             if VARLEN:
                 row0 = bh0
                 q_col = q_col0 + g * HEAD_DIM
-                stat_g = stat0 + g * N_STAT
+                stat_g = (q_col0 // HEAD_DIM + g) * N_Q + bh0  # its L and Delta in the (H, total_q) buffers
             else:
                 row0 = (bh0 + g) * N_Q
                 q_col = 0
-                stat_g = row0
-            dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs, k_w,
-                               k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc,
-                               lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, True, CAUSAL,
-                               WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout,
-                               a_layout)
-            dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs,
-                               k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready,
-                               dq_desc, lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False,
-                               CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT,
-                               s_layout, a_layout)
+                stat_g = 0  # dense: L and Delta come by TMA
+            dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs, lse_bufs,
+                               delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left, qk_scale, zero_s,
+                               zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
+                               DQ_SPLIT, s_layout, a_layout)
+            dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs, lse_bufs,
+                               delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
+                               do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left, qk_scale, zero_s,
+                               zero_dq, False, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M,
+                               STAGES, DQ_SPLIT, s_layout, a_layout)
             if WINDOW or VARLEN:
-                dk, dv, t = _steps(dk, dv, t, n_tail, n_mb, m_lo, row0, q_col, stat_g, n_q, n_keys, q_bufs, do_bufs,
-                                   k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready,
-                                   dq_desc, lse_ptr, delta_ptr, n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq,
-                                   True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
-                                   DQ_SPLIT, s_layout, a_layout)
+                dk, dv, t = _steps(dk, dv, t, n_tail, n_mb, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+                                   lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
+                                   q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left,
+                                   qk_scale, zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS,
+                                   COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
     else:
         for t in range(GROUP * n_mb):
             g = t // n_mb
             m0 = (t - g * n_mb) * BLOCK_M
             q_row = (bh0 + g) * N_Q + m0
-            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                           do_ready, do_empty, ds_ready, dq_desc, lse_ptr, delta_ptr, q_row, 0, q_row, 0, 0, m0,
-                           n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN,
-                           KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+            dk, dv = _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, 0, k_w, k_cols, v_w, ds_bufs,
+                           dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, q_row, 0, 0, 0, m0, n0 +
+                           ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN, KEYS, ROW0,
+                           QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -467,14 +501,15 @@ def _consumer(q_bufs, do_bufs, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready
 
 
 @gluon.jit
-def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse_ptr, delta_ptr,
+def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta,
                     qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                     CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
                     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr):
     """Dense: grid (Nkv / 128, B * H_kv), descriptors over the (B*H*N, D) views, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr
     and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
     descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k, L and Delta
-    (H, total_q)."""
+    (H, total_q).  lse, delta: the forward's base-2 L and Delta, 1-D descriptors
+    over the flat buffers (``stat_descriptor``) dense, pointers to them packed."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
@@ -524,8 +559,6 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
         bh0 = q0  # the sequence's first row of the (total_q, H * D) views
         q_col0 = hk * GROUP * HEAD_DIM  # the kv head's first query head
-        stat0 = hk * GROUP * N_Q + q0  # its L and Delta in the (H, total_q) buffers
-        N_STAT = N_Q
         kv_row = kv0 + n0
         kv_col = hk * HEAD_DIM
         kv_stride = (H // GROUP) * HEAD_DIM
@@ -570,8 +603,6 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         # the packed-only arguments: constexpr 0 placeholders (a partition's argument tuple takes no None), so the
         # dense partitions capture what they did before
         q_col0: gl.constexpr = 0
-        stat0: gl.constexpr = 0
-        N_STAT: gl.constexpr = 0
         n_q: gl.constexpr = 0
         n_kv: gl.constexpr = 0
         kv_col: gl.constexpr = 0
@@ -581,6 +612,12 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
+    if VARLEN:  # L and Delta read by the consumers: no rings (placeholders)
+        lse_bufs = q_bufs
+        delta_bufs = do_bufs
+    else:  # L_i and Delta_i beside Q_i and dO_i
+        lse_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], lse.layout)
+        delta_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], delta.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD_DIM], v_desc.layout)
     if DQ_SPLIT:
@@ -605,19 +642,19 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     mbarrier.init(kv_done, count=2)
 
     gl.warp_specialize([
-        (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds0, dq0, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_out, dv_out, kv_row, kv_col,
-                     kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag,
-                     WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM,
-                     STAGES, DQ_SPLIT, 4)),
-        (_consumer, (q_bufs, do_bufs, k_smem, v_smem, ds1, dq1, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                     ds_ready, kv_done, dq_desc, dk_desc, dv_desc, lse_ptr, delta_ptr, dk_out, dv_out, kv_row, kv_col,
-                     kv_stride, n0, bh0, q_col0, stat0, N_STAT, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag,
-                     WIN_LEFT, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM,
-                     STAGES, DQ_SPLIT, 4)),
-        (_producer, (q_desc, do_desc, k_desc, v_desc, q_bufs, do_bufs, k_smem, v_smem, kv_bar, q_ready, q_empty,
-                     do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW,
-                     VARLEN)),
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds0, dq0, kv_bar, q_ready,
+                     q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
+                     4)),
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds1, dq1, kv_bar, q_ready,
+                     q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
+                     4)),
+        (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs,
+                     k_smem, v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo,
+                     n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -675,7 +712,8 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     grid = (Nkv // BLOCK_N, B * Hkv)
     bwd_sm90_kernel[grid](
         descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout), lse, delta,
+        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
+        stat_descriptor(lse, bm), stat_descriptor(delta, bm),
         sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None, None,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
     _dq_convert(dq_acc, dq, sm_scale)

@@ -257,12 +257,12 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
 
 
 # bytes of stack a thread by (head dim, causal, window, dQ layout, packed), as sm90_bwd's docstring states them
-SPILLS = {(128, True, False, "split_cols", False): 56, (128, True, False, "per_consumer", False): 96,
-          (64, True, False, "split_rows", False): 104, (128, True, True, "split_cols", False): 120,
-          (128, True, True, "per_consumer", False): 144, (64, True, True, "split_rows", False): 224,
-          (128, False, False, "split_cols", True): 152, (128, True, False, "split_cols", True): 176,
-          (128, True, True, "split_cols", True): 200, (64, False, False, "split_rows", True): 112,
-          (64, True, False, "split_rows", True): 176, (64, True, True, "split_rows", True): 216}
+SPILLS = {(128, True, False, "split_cols", False): 128, (128, True, False, "per_consumer", False): 120,
+          (64, True, False, "split_rows", False): 64, (128, True, True, "split_cols", False): 160,
+          (128, True, True, "per_consumer", False): 184, (64, True, True, "split_rows", False): 208,
+          (128, False, False, "split_cols", True): 136, (128, True, False, "split_cols", True): 168,
+          (128, True, True, "split_cols", True): 208, (64, False, False, "split_rows", True): 104,
+          (64, True, False, "split_rows", True): 184, (64, True, True, "split_rows", True): 224}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -304,8 +304,9 @@ class _Launch:
 @pytest.mark.parametrize("D", [128, 64])
 def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch):
     """``backward`` and ``backward_varlen`` up to the launches, on CPU tensors (descriptors are host objects):
-    the grid, the base-2 scale, the window's reach, the constexprs of the head dim's layout and ring depth, and the
-    fp32 accumulator handed to the conversion kernel."""
+    the grid, the base-2 scale, the window's reach, the constexprs of the head dim's layout and ring depth, L and
+    Delta (1-D descriptors of one query block dense, the tensors themselves packed), and the fp32 accumulator
+    handed to the conversion kernel."""
     kernel, convert = _Launch(), _Launch()
     monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernel)
     monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", convert)
@@ -316,6 +317,9 @@ def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch)
     assert grid == (512 // 128, 2 * 2)
     assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10] == 0.125 and args[15] == 300
     assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
+    for desc in args[7:9]:  # the producer loads a step's L_i and Delta_i with Q_i and dO_i
+        assert desc.base.data_ptr() == stats.data_ptr() and list(desc.shape) == [stats.numel()]
+        assert list(desc.block_shape) == [sm90_bwd.block_m(D, sm90_bwd.dq_layout(D))]
     assert kwargs["WINDOW"] and kwargs["CAUSAL"] and not kwargs["VARLEN"]
     assert kwargs["STAGES"] == sm90_bwd.ring_stages(D, window=True) == 2
     assert convert.calls[-1][1][0].dtype == torch.float32 and convert.calls[-1][1][0].shape == q.shape
@@ -328,9 +332,21 @@ def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch)
                              False, 0.2)
     grid, args, kwargs = kernel.calls[-1]
     assert grid == (5, 2) and kwargs["VARLEN"] and not kwargs["CAUSAL"] and args[15] == 0
+    assert args[7] is pstats and args[8] is pstats  # a sequence's rows start anywhere: the consumers read them
     assert kwargs["STAGES"] == sm90_bwd.ring_stages(D)
     assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
     assert convert.calls[-1][1][0].shape == pq.shape
+
+
+def test_a_statistic_tma_cannot_read_in_place_is_copied():
+    """TMA reads from 16-byte aligned addresses only: L or Delta in a view that starts elsewhere is copied (same
+    values), an aligned one is read where it is."""
+    buf = torch.arange(1 + 2 * 256, dtype=torch.float32)
+    aligned, shifted = buf[:512].view(2, 256), buf[1:].view(2, 256)
+    assert sm90_bwd.stat_descriptor(aligned, 64).base.data_ptr() == aligned.data_ptr()
+    desc = sm90_bwd.stat_descriptor(shifted, 64)
+    assert desc.base.data_ptr() % 16 == 0 and torch.equal(desc.base, shifted.reshape(-1))
+    assert list(desc.block_shape) == [64] and list(desc.shape) == [512]
 
 
 def test_a_callers_zeroed_accumulator_is_used_and_a_wrong_one_refused(monkeypatch):
