@@ -169,7 +169,7 @@ def test_bad_family_alpha_is_a_config_error(tmp_path, value):
 @pytest.fixture(scope="module")
 def h200():
     load = lambda p: load_run(ROOT / p)  # noqa: E731
-    return {"A": load("results/baselines/h200/default"), "B": load("results/evidence/h200/gate_default/B"),
+    return {"A": load("results/evidence/h200/gate_default/A"), "B": load("results/evidence/h200/gate_default/B"),
             "C": load("results/evidence/h200/gate_default/C"), "D": load("results/evidence/h200/gate_default/D")}
 
 

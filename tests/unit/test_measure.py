@@ -129,6 +129,37 @@ def test_correctness_can_be_switched_off():
     assert r.status == "ok" and r.max_abs_err is None
 
 
+class TunesOnFirstCall(Backend):
+    """Stands in for an autotuned kernel, whose first call also tunes (on a GPU: a tuner's 256 MiB L2 flush and its
+    candidates' outputs); counts its calls in ``calls``."""
+    name = "test_tunes"
+    devices = ("cpu", "cuda")
+    calls: list = []
+
+    def prepare(self, case, device):
+        def fn(q, k, v):
+            self.calls.append(case)
+            return naive_attention(q, k, v, case.causal)
+        return fn
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_the_peak_memory_pass_never_holds_the_first_call(check, monkeypatch):
+    """Compilation and autotuning happen in a task's first call, which precedes the peak-memory pass whether
+    correctness is checked or not (a sweep's later rounds time in fresh workers without checking)."""
+    import flashbench.measure.measurer as measurer
+
+    calls_before_the_pass = []
+    monkeypatch.setattr(measurer, "peak_memory",
+                        lambda call, dev: calls_before_the_pass.append(len(TunesOnFirstCall.calls)) or (None, None))
+    monkeypatch.setattr(TunesOnFirstCall, "calls", [])
+    with registered(TunesOnFirstCall):
+        r = Measurer(MeasureSettings(timing=FAST.timing, correctness=check), "cpu").measure(Task(case(mode="fwd"),
+                                                                                                "test_tunes"))
+    assert r.status == "ok" and (r.max_abs_err is not None) == check
+    assert calls_before_the_pass == [1]  # the first call, and only it, before the pass
+
+
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
 def test_cuda_graph_setting_is_a_gpu_setting_and_the_cpu_timer_ignores_it(mode):
     s = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, cuda_graph=True))
