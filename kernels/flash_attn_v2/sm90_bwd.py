@@ -117,7 +117,7 @@ CONSUMER_REGS = 240
 MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
 LOG2E = 1.4426950408889634
 _STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)  # L, Delta tiles: plain
-STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 225 KiB of shared memory with a split dQ)
+STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
@@ -312,9 +312,9 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         dp_acc = zero_s - gl.expand_dims(delta_i, 0)
         mbarrier.wait(do_ready.index(slot), phase)
     else:
-        # dense: from shared memory, loaded by the producer with Q_i and dO_i.  Read from global memory here, each
-        # step waited for the load: under ncu a tenth of the consumers' stall samples at D128, and the backward
-        # 3-7% slower
+        # dense: from shared memory, loaded by the producer with Q_i and dO_i.  Read from global memory at the step's
+        # start instead (as packed batches are), each step waited for the load: under ncu a tenth of the stall
+        # samples at D128, and the backward was 3-7% slower
         mbarrier.wait(q_ready.index(slot), phase)
         s_acc = zero_s - gl.expand_dims(lse_bufs.index(slot).load(col_layout) / qk_scale, 0)
         s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
@@ -386,8 +386,8 @@ def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_buf
         m0 = (m_lo + i) * BLOCK_M
         dk, dv = _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat0 + m0, k_w, k_cols, v_w,
                        ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, row0 + m0, q_col,
-                       n_q - m0, n_keys, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK, CAUSAL, WINDOW, VARLEN,
-                       KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                       n_q - m0, n_keys, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK, CAUSAL, WINDOW,
+                       VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
         t += 1
     return dk, dv, t
 
@@ -396,17 +396,18 @@ def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_buf
 def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds_bufs, dq_smem, kv_bar, q_ready,
               q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, kv_row, kv_col,
               kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale,
-              sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr, BLOCK_M:
-              gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
-              NUM_WARPS: gl.constexpr):
+              sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr,
+              BLOCK_M: gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+              DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
     block: half the columns or half the rows).
 
     Dense: head g's rows start at (bh0 + g) * N_Q; the packed-only arguments (dk_ptr, dv_ptr, kv_col, kv_stride,
     q_col0, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows start at bh0 in the (total_q, H * D)
-    views, head g's at column q_col0 + g * D; the sequence has n_q queries and n_kv keys.  L and Delta arrive in
-    the rings (the producer finds them)."""
+    views, head g's at column q_col0 + g * D; the sequence has n_q queries and n_kv keys.  L and Delta: in the
+    rings beside Q and dO (dense), or read by ``_step`` from lse, delta, pointers to the (H, total_q) buffers
+    (packed)."""
     DQ_ROWS: gl.constexpr = dq_smem.shape[0]
     DQ_COLS: gl.constexpr = dq_smem.shape[1]
     QROW0: gl.constexpr = (ROW0 // KEYS) * DQ_ROWS if DQ_ROWS != BLOCK_M else 0
@@ -472,9 +473,9 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
             m0 = (t - g * n_mb) * BLOCK_M
             q_row = (bh0 + g) * N_Q + m0
             dk, dv = _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, 0, k_w, k_cols, v_w, ds_bufs,
-                           dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, q_row, 0, 0, 0, m0, n0 +
-                           ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN, KEYS, ROW0,
-                           QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                           dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, q_row, 0, 0, 0, m0,
+                           n0 + ROW0, diag, win_left, qk_scale, zero_s, zero_dq, False, CAUSAL, False, VARLEN, KEYS,
+                           ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
 
     if DQ_SPLIT:
         # the other consumer's last dQ product reads all of K_j: it must retire before K_w carries dK_w out
@@ -508,8 +509,8 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     """Dense: grid (Nkv / 128, B * H_kv), descriptors over the (B*H*N, D) views, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr
     and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
     descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k, L and Delta
-    (H, total_q).  lse, delta: the forward's base-2 L and Delta, 1-D descriptors
-    over the flat buffers (``stat_descriptor``) dense, pointers to them packed."""
+    (H, total_q).  lse, delta: the forward's base-2 L and Delta, 1-D descriptors over the flat buffers
+    (``stat_descriptor``) dense, pointers to them packed."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
