@@ -1,9 +1,8 @@
 """Measure one task (a case run by one backend) and return its record.
 
 This is the only module that runs attention on a device. Order per task:
-prepare (compile, masks) -> fresh inputs -> correctness (the first call, which also pays for
-compilation and autotuning; made untimed and unchecked when correctness is off) -> an untimed
-peak-memory pass -> timing.
+prepare (compile, masks) -> fresh inputs -> the first call (it pays for compilation and
+autotuning), checked for correctness unless that is off -> an untimed peak-memory pass -> timing.
 Every failure ends as a record (skipped, oom, error, mismatch); the caller's sweep goes on.
 """
 from __future__ import annotations
@@ -172,9 +171,13 @@ class Measurer:
             raise Unsupported(why)
         fn = backend.prepare(case, dev)
         inputs = make_inputs(case, dev, self.settings.seed)
+        # the reference first, while nothing of the backend's is held (it frees memory before its fp32 pass)
+        ref = self._reference(case, inputs) if self.settings.correctness else None
+        # the first call, checked or not (a sweep's later rounds time without checking, in fresh workers): it pays
+        # for compilation and autotuning, whose buffers (an autotuner's L2 flush, its candidates' outputs) must not
+        # land in the peak-memory pass below
+        outputs = outputs_of(fn, inputs, case)
         if self.settings.correctness:
-            ref = self._reference(case, inputs)
-            outputs = outputs_of(fn, inputs, case)
             if ref is None:
                 rec.reason = self._ref_error
             else:
@@ -183,13 +186,7 @@ class Measurer:
                 rec.max_abs_err, rec.rel_err, rec.tolerance_abs = verdict.max_abs_err, verdict.rel_err, verdict.tolerance_abs
                 if not verdict.ok:
                     rec.status, rec.reason = "mismatch", verdict.detail
-            del outputs
-        else:
-            # a timing-only run (a sweep's later rounds, in fresh workers) still makes the first call here: it pays
-            # for compilation and autotuning, whose buffers (an autotuner's 256 MiB L2 flush, its candidates'
-            # outputs) must not land in the peak-memory pass.  Without it the bundled FA2 forward's peak read
-            # 322 MiB instead of 65 in a two-round default sweep on the H200.
-            outputs_of(fn, inputs, case)  # the outputs are dropped at once
+        del outputs
         call = bind(fn, inputs, case)
         rec.peak_hbm_bytes, rec.peak_hbm_abs_bytes = peak_memory(call, dev)
         stream = None

@@ -256,19 +256,15 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
         phase = ((t // STAGES) & 1) ^ 1
         mbarrier.wait(q_empty.index(slot), phase)
-        if VARLEN:  # the consumers read L and Delta themselves (``_step``)
-            mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
-            mbarrier.wait(do_empty.index(slot), phase)
-            mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
-        else:
-            mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes + lse.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
+        # dense: L_i and Delta_i on Q_i's and dO_i's barriers; packed: the consumers read them (``_step``)
+        mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes + (0 if VARLEN else lse.block_type.nbytes))
+        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_bufs.index(slot))
+        if not VARLEN:
             tma.async_copy_global_to_shared(lse, [row], q_ready.index(slot), lse_bufs.index(slot))
-            mbarrier.wait(do_empty.index(slot), phase)
-            mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes + delta.block_type.nbytes)
-            tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
+        mbarrier.wait(do_empty.index(slot), phase)
+        mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes + (0 if VARLEN else delta.block_type.nbytes))
+        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_bufs.index(slot))
+        if not VARLEN:
             tma.async_copy_global_to_shared(delta, [row], do_ready.index(slot), delta_bufs.index(slot))
 
 
