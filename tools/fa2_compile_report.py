@@ -97,7 +97,7 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
 
 
 def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False,
-                       varlen: bool = False):
+                       varlen: bool = False, block_rows: int = sm90.BLOCK):
     """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it
     (``window``: with a causal sliding window; ``varlen``: the packed-batch build of ``forward_varlen``,
     descriptors over (total, heads * D) views, the output, offsets and program table by pointer)."""
@@ -111,14 +111,15 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
         tile = lambda rows: mangle_type(sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), rows))
     else:
         tile = lambda rows: mangle_type(sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), rows))
-    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen)
+    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen, block_rows)
     packed_args = ("o_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")
     if not varlen:
         consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
     sig = {name: "i32" for name in fn.arg_names}
     # the block shapes ``forward`` gives the descriptors: Q 128 rows, K and V block_n(D), O 64 (a consumer's)
     bn = sm90.block_n(head_dim)
-    sig.update(q_desc=tile(sm90.BLOCK), k_desc=tile(bn), v_desc=tile(bn), o_desc=tile(sm90.BLOCK // 2))
+    sig.update(q_desc=tile(sm90.q_tile_rows(block_rows)), k_desc=tile(bn), v_desc=tile(bn),
+               o_desc=tile(sm90.CONSUMER_ROWS))
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
     pointers = ["lse_ptr"]
     if varlen:
@@ -127,7 +128,7 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
         pointers += list(packed_args)  # torch allocations: 16-byte aligned, as the JIT specialises them
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
                          attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in pointers})
-    return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.MAXNREG))
+    return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.launch_maxnreg(block_rows)))
 
 
 def setmaxnreg(ptx: str) -> list[int]:
@@ -202,37 +203,40 @@ def gluon_bwd_rows() -> list[dict]:
 
 def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm90.HEAD_DIMS) -> list[dict]:
     """One row per (head dim, masking, layout, dtype) of the Gluon forward: non-causal, causal and causal with
-    a sliding window, each dense and packed (``varlen``; D64 and D128: D256 is built dense only), for each of
-    ``head_dims`` in each of ``dtypes`` ("bf16", "fp16"); resources, register split, wgmma waits.  A head dim
+    a sliding window, each dense and packed (``varlen``; D64 and D128: D256 is built dense only), and the
+    three-consumer build (``block_m`` 192: D64 dense, no window), for each of ``head_dims`` in each of
+    ``dtypes`` ("bf16", "fp16"); resources, register split, wgmma waits.  A head dim
     whose rings do not fit ``stages`` deep (D256 with 3) gets a row saying so (``skipped``) instead of a build."""
     import torch
 
     out = []
-    for varlen in (False, True):
-        for d in sorted(head_dims, reverse=True):
-            if varlen and sm90.block_n(d) != sm90.BLOCK:
-                continue
-            for causal, window in ((False, False), (True, False), (True, True)):
-                for dt in dtypes:
-                    row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
-                           "dtype": dt, "stages": stages, "block_n": sm90.block_n(d)}
-                    out.append(row)
-                    why = sm90.config_reason(d, sm90.block_n(d), stages)
-                    if why is not None:
-                        row["skipped"] = why
-                        continue
-                    try:
-                        c = compile_sm90_gluon(d, causal, stages, {"bf16": torch.bfloat16, "fp16": torch.float16}[dt],
-                                               window=window, varlen=varlen)
-                        ptx = c.asm["ptx"]
-                        row.update(resource_usage(c))
-                        req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
-                        row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
-                        row["setmaxnreg"] = setmaxnreg(ptx)
-                        row["wgmma_waits"] = sorted({int(x) for x in
-                                                     re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
-                    except Exception as e:  # report, go on
-                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    builds = [(varlen, d, block_m) for varlen in (False, True) for d in sorted(head_dims, reverse=True)
+              for block_m in (sm90.BLOCK, sm90.WIDE_BLOCK)
+              if not (varlen and sm90.block_n(d) != sm90.BLOCK)]
+    for varlen, d, block_m in builds:
+        for causal, window in ((False, False), (True, False), (True, True)):
+            if block_m == sm90.WIDE_BLOCK and sm90.config_reason(d, sm90.block_n(d), 2, block_m, window, varlen):
+                continue  # the three-consumer build exists at D64, dense, without a window only
+            for dt in dtypes:
+                row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
+                       "dtype": dt, "stages": stages, "block_m": block_m, "block_n": sm90.block_n(d)}
+                out.append(row)
+                why = sm90.config_reason(d, sm90.block_n(d), stages, block_m, window, varlen)
+                if why is not None:
+                    row["skipped"] = why
+                    continue
+                try:
+                    c = compile_sm90_gluon(d, causal, stages, {"bf16": torch.bfloat16, "fp16": torch.float16}[dt],
+                                           window=window, varlen=varlen, block_rows=block_m)
+                    ptx = c.asm["ptx"]
+                    row.update(resource_usage(c))
+                    req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])
+                    row["worker_regs"] = [int(x) for x in req.group(1).split(",")] if req else []
+                    row["setmaxnreg"] = setmaxnreg(ptx)
+                    row["wgmma_waits"] = sorted({int(x) for x in
+                                                 re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
+                except Exception as e:  # report, go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
 
 

@@ -134,7 +134,8 @@ def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusa
         raise ValueError(f"{where} needs warp specialisation, which this call does not allow: {'; '.join(why_not_ws)}")
     if is_gluon(pinned) and sm90_refusal is not None:
         raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run these inputs: {sm90_refusal}")
-    why_not_tile = sm90.config_reason(meta["HEAD_DIM"], pinned[1], pinned[3]) if is_gluon(pinned) else None
+    why_not_tile = (sm90.config_reason(meta["HEAD_DIM"], pinned[1], pinned[3], pinned[0], window=meta["WINDOW"],
+                                       varlen=meta["VARLEN"]) if is_gluon(pinned) else None)
     if why_not_tile is not None:
         raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run this configuration: {why_not_tile}")
 

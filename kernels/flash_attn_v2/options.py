@@ -19,8 +19,10 @@ KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 PATHS = ("auto", "tma", "ptr")
 BACKWARDS = ("auto", "sm90", "triton")
 GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of shared memory at D128)
-# (BLOCK_M, BLOCK_N, warps a consumer) of the Gluon forward's head dims: 128x128 at D64 and D128, 128x64 at D256
-GLUON_TILES = tuple(sorted({(sm90.BLOCK, sm90.block_n(d), 4) for d in sm90.HEAD_DIMS}, reverse=True))
+# (BLOCK_M, BLOCK_N, warps a consumer) of the Gluon forward's head dims: 128x128 at D64 and D128, 128x64 at D256,
+# and the three-consumer 192x128 at D64
+GLUON_TILES = tuple(sorted({(sm90.BLOCK, sm90.block_n(d), 4) for d in sm90.HEAD_DIMS}
+                           | {(sm90.WIDE_BLOCK, sm90.block_n(sm90.WIDE_HEAD_DIM), 4)}, reverse=True))
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class FA2Options:
         ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; the forward also takes
         ``(BLOCK_M, BLOCK_N, 4, 2, WS)`` (warp-specialised) and ``(128, BLOCK_N, 4, stages, GLUON)`` (the
         Gluon Hopper forward: ``BLOCK_N`` 128 at D64 and D128, 64 at D256 (``sm90.block_n``), ``stages``
-        2 or 3, 2 only at D256; checked against the head dim when the call runs), with ``WS`` and
+        2 or 3, 2 only at D256; ``(192, 128, 4, stages, GLUON)``: three consumers, D64 dense without a
+        window; checked against the head dim and the inputs when the call runs), with ``WS`` and
         ``GLUON`` from ``spaces``.  A pinned kernel is not tuned.
     causal_group_programs: launch order of programs whose work differs (causal calls, and every
         packed ``flash_attn_varlen`` call): heads are taken in groups spanning at least this many
@@ -96,7 +99,8 @@ def _check_config(name, t) -> tuple:
         raise ValueError(f"{where}: expected (BLOCK_M, BLOCK_N, num_warps, num_stages[, tag])")
     t = tuple(t)
     bm, bn, warps, stages = t[:4]
-    if not (_pow2(bm) and _pow2(bn) and bm >= 16 and bn >= 16):
+    gluon_tile = len(t) == 5 and t[4] == GLUON and t[:3] in GLUON_TILES  # 192 rows: three 64-row consumers
+    if not ((_pow2(bm) or gluon_tile) and _pow2(bn) and bm >= 16 and bn >= 16):
         raise ValueError(f"{where}: BLOCK_M and BLOCK_N must be powers of two >= 16")
     if not _pow2(warps):
         raise ValueError(f"{where}: num_warps must be a power of two")
@@ -113,6 +117,7 @@ def _check_config(name, t) -> tuple:
             raise ValueError(f"{where}: the warp-specialised forward runs with 4 warps and 2 stages only")
         if t[4] == GLUON and (t[:3] not in GLUON_TILES or stages not in GLUON_STAGES):
             # which of the tiles a head dim runs is checked at the call (sm90.config_reason)
-            raise ValueError(f"{where}: the Gluon forward runs 128x128 blocks (128x64 at D256), 4 warps a "
-                             f"consumer and {' or '.join(map(str, GLUON_STAGES))} stages")
+            raise ValueError(f"{where}: the Gluon forward runs 128x128 blocks (128x64 at D256, 192x128 with "
+                             f"three consumers at D64), 4 warps a consumer and "
+                             f"{' or '.join(map(str, GLUON_STAGES))} stages")
     return t

@@ -83,6 +83,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -98,6 +99,10 @@ from .._schedule import block_and_head
 from .._validate import device_capability, interpreting
 
 BLOCK = 128  # query rows per program (two consumers of 64), and keys per block up to D128 (``block_n``)
+CONSUMER_ROWS = 64  # query rows of one consumer warp group (a wgmma's M per warp group)
+# The three-consumer build (FlashAttention-3's D64 tile): 192 query rows a program, D64 dense only
+WIDE_BLOCK = 3 * CONSUMER_ROWS
+WIDE_HEAD_DIM = 64
 HEAD_DIMS = (64, 128, 256)
 SHARED_BYTES = 227 * 1024  # the shared memory a block may use on sm_90
 PRODUCER_REGS = 24  # the minimum setmaxnreg allows; the producer only computes addresses
@@ -105,6 +110,10 @@ CONSUMER_REGS = 240  # the worker consumer's registers (the default partition ge
 # 12 warps (two 4-warp consumers + the producer rounded up to a warp group) x 168 registers fill the
 # 64 K register file; reallocation gives the producer 24 and each consumer 240.
 MAXNREG = 168
+# Three consumers: 16 warps x 128 registers; reallocation gives the producer 24 and the consumers 160
+# each (FA3's split for its three-warp-group D64 tile): S (64x128 fp32) 64 a thread, O (64x64) 32, P 32.
+WIDE_CONSUMER_REGS = 160
+WIDE_MAXNREG = 128
 
 
 def block_n(head_dim: int) -> int:
@@ -117,27 +126,43 @@ def block_n(head_dim: int) -> int:
     return BLOCK if head_dim <= 128 else BLOCK // 2
 
 
-def shared_tile_bytes(head_dim: int, stages: int) -> int:
+def consumers(block_rows: int) -> int:
+    """Consumer warp groups of a program of ``block_rows`` query rows (``BLOCK``: 2, ``WIDE_BLOCK``: 3)."""
+    return block_rows // CONSUMER_ROWS
+
+
+def shared_tile_bytes(head_dim: int, stages: int, block_rows: int = BLOCK) -> int:
     """Shared memory of the Q tile and the two ``stages``-deep K and V rings (16-bit): the kernel's, less
     its mbarriers and alignment (under 1 KiB: ``tools/fa2_compile_report.py --gluon``)."""
-    return 2 * head_dim * (BLOCK + 2 * stages * block_n(head_dim))
+    return 2 * head_dim * (block_rows + 2 * stages * block_n(head_dim))
 
 
-def config_reason(head_dim: int, block_cols: int, stages: int) -> str | None:
-    """Why a Gluon configuration tuple ``(128, block_cols, 4, stages, GLUON)`` cannot run ``head_dim``
-    (None: it can): its BLOCK_N must be ``block_n(head_dim)`` and its rings must fit shared memory."""
+def config_reason(head_dim: int, block_cols: int, stages: int, block_rows: int = BLOCK, window: bool = False,
+                  varlen: bool = False) -> str | None:
+    """Why a Gluon configuration tuple ``(block_rows, block_cols, 4, stages, GLUON)`` cannot run ``head_dim``
+    (None: it can): BLOCK_M is ``BLOCK`` (two consumers), or ``WIDE_BLOCK`` (three) at D64 on dense inputs
+    without a window; its BLOCK_N must be ``block_n(head_dim)`` and its rings must fit shared memory."""
+    if block_rows not in (BLOCK, WIDE_BLOCK):
+        return f"BLOCK_M={block_rows}: {BLOCK} (two consumers) or {WIDE_BLOCK} (three) only"
+    if block_rows == WIDE_BLOCK:
+        if head_dim != WIDE_HEAD_DIM:
+            return f"BLOCK_M={WIDE_BLOCK} (three consumers) is built at head_dim {WIDE_HEAD_DIM} only"
+        if window or varlen:
+            return f"BLOCK_M={WIDE_BLOCK} (three consumers) is built for dense inputs without a window only"
     if block_cols != block_n(head_dim):
         return f"at head_dim {head_dim} it runs BLOCK_N={block_n(head_dim)}, not {block_cols}"
-    if shared_tile_bytes(head_dim, stages) + 1024 > SHARED_BYTES:
-        return (f"{stages} stages at head_dim {head_dim} need {shared_tile_bytes(head_dim, stages) // 1024} KiB of "
+    need = shared_tile_bytes(head_dim, stages, block_rows)
+    if need + 1024 > SHARED_BYTES:
+        return (f"{stages} stages at head_dim {head_dim} need {need // 1024} KiB of "
                 f"shared memory ({SHARED_BYTES // 1024} KiB allowed)")
     return None
 
 
-def config_label(stages: int, block_cols: int = BLOCK) -> str:
+def config_label(stages: int, block_cols: int = BLOCK, block_rows: int = BLOCK) -> str:
     """What a launch log records for this kernel with ``stages`` K/V ring slots of ``block_cols`` keys
-    (``block_n`` of the head dim)."""
-    return (f"gluon_sm90,BLOCK_M={BLOCK},BLOCK_N={block_cols},num_warps=4+4+1,num_stages={stages},tma=True,"
+    (``block_n`` of the head dim) and ``block_rows`` query rows a program."""
+    warps = "+".join(["4"] * consumers(block_rows) + ["1"])
+    return (f"gluon_sm90,BLOCK_M={block_rows},BLOCK_N={block_cols},num_warps={warps},num_stages={stages},tma=True,"
             "warp_specialize=True")
 
 
@@ -185,38 +210,47 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
 
 
 @gluon.jit
-def ring_barriers(STAGES: gl.constexpr):
+def ring_barriers(STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
     """The mbarriers of two STAGES-deep TMA rings (K and V here, Q and dO in ``sm90_bwd``), (ready, empty)
-    for each: a slot is ready after the producer's one arrival with its bytes, and free once both
-    consumers have arrived on its empty barrier."""
+    for each: a slot is ready after the producer's one arrival with its bytes, and free once all
+    CONSUMERS consumers have arrived on its empty barrier."""
     a_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     a_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     b_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     b_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(a_ready.index(i), count=1)
-        mbarrier.init(a_empty.index(i), count=2)
+        mbarrier.init(a_empty.index(i), count=CONSUMERS)
         mbarrier.init(b_ready.index(i), count=1)
-        mbarrier.init(b_empty.index(i), count=2)
+        mbarrier.init(b_empty.index(i), count=CONSUMERS)
     return a_ready, a_empty, b_ready, b_empty
 
 
 @gluon.jit
-def _load_q(q_desc, q_smem, q_bar, q_row, q_col):
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+def _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES: gl.constexpr):
+    """The program's Q: one tile of all its rows (Q_TILES = 1), or one per consumer into q_smem.index(c)."""
+    if Q_TILES == 1:
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+    else:
+        mbarrier.expect(q_bar, Q_TILES * q_desc.block_type.nbytes)
+        for i in gl.static_range(Q_TILES):
+            tma.async_copy_global_to_shared(q_desc, [q_row + i * q_desc.block_type.shape[0], q_col], q_bar,
+                                            q_smem.index(i))
 
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              VARLEN: gl.constexpr):
+              VARLEN: gl.constexpr, Q_TILES: gl.constexpr):
     """Q once, then K_j and V_j for j < n_blocks from row kv_row0 on (columns: dense 0, packed the head's)."""
     if VARLEN:
         if n_blocks > 0:  # a program with no key block (a padding row, rows that see no key) loads nothing
-            _load_q(q_desc, q_smem, q_bar, q_row, q_col)
+            _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES)
     else:
-        _load_q(q_desc, q_smem, q_bar, q_row, q_col)
+        # three consumers: a tile past the sequence's end reads the next head's rows, or TMA's zeros past
+        # the tensor; its consumer only drains the rings (_drain)
+        _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES)
     for j in range(n_blocks):
         slot = j % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
@@ -380,6 +414,19 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
 
 
 @gluon.jit
+def _drain(k_ready, k_empty, v_ready, v_empty, n_blocks, STAGES: gl.constexpr):
+    """A consumer with no row in the sequence (the three-consumer build's last program): release each of
+    the n_blocks K and V slots once loaded, as a computing consumer would, so the producer's ring goes on."""
+    for j in range(n_blocks):
+        slot = j % STAGES
+        phase = (j // STAGES) & 1
+        mbarrier.wait(k_ready.index(slot), phase)
+        mbarrier.arrive(k_empty.index(slot), count=1)
+        mbarrier.wait(v_ready.index(slot), phase)
+        mbarrier.arrive(v_empty.index(slot), count=1)
+
+
+@gluon.jit
 def _store_rows(o_ptr, tile, q_row, q_col, row_stride, n_rows, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
                 NUM_WARPS: gl.constexpr):
     """Rows [0, n_rows) of a BLOCK_M x HEAD_DIM shared tile to rows q_row.. of o (row_stride elements
@@ -397,14 +444,17 @@ def _store_rows(o_ptr, tile, q_row, q_col, row_stride, n_rows, BLOCK_M: gl.const
 @gluon.jit
 def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_ptr,
               q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid,
-              qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              NUM_WARPS: gl.constexpr):
+              qk_scale, active, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
+              ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+              STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, Q_TILES: gl.constexpr):
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
     Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
-    n_mid) are constexpr 0.  Packed (VARLEN): the sequence has n_q query rows of which the block starts at m0;
-    rows past n_q are computed but never stored, and a program with n_blocks = 0 stores zeros."""
+    n_mid) are constexpr 0; ``active`` (constexpr True but in the three-consumer build) says whether the
+    rows lie in the sequence: if not, the consumer only releases the ring's slots.  Packed (VARLEN): the
+    sequence has n_q query rows of which the block starts at m0; rows past n_q are computed but never
+    stored, and a program with n_blocks = 0 stores zeros.  Q_TILES: 1, q_smem holds all the program's
+    rows; else one BLOCK_M-row tile per consumer."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -412,7 +462,10 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    q_smem = q_smem.slice(ROW0, BLOCK_M)  # this consumer's rows of Q
+    if Q_TILES == 1:
+        q_smem = q_smem.slice(ROW0, BLOCK_M)  # this consumer's rows of Q
+    else:
+        q_smem = q_smem.index(ROW0 // BLOCK_M)
     m0 = m0 + ROW0
     q_row = q_row + ROW0
     offs_m = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
@@ -441,7 +494,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         else:
             # the sequence's last rows: a TMA store of the tile would write over the next sequence's
             _store_rows(o_ptr, q_smem, q_row, q_col, row_stride, n_rows, BLOCK_M, HEAD_DIM, NUM_WARPS)
-    else:
+    elif active:
         acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                 v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
                                 CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
@@ -452,6 +505,8 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
         tma.store_wait(0)
+    else:
+        _drain(k_ready, k_empty, v_ready, v_empty, n_blocks, STAGES)
 
 
 @gluon.jit
@@ -477,17 +532,26 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
                      o_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                      CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
                      STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                     VARLEN: gl.constexpr):
-    """Dense: grid (Nq / 128, B * H), descriptors over the (B*H*N, D) views, o_ptr, cu_q_ptr, cu_k_ptr and
-    table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row blocks, H),
-    descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k."""
-    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+                     VARLEN: gl.constexpr, CONSUMERS: gl.constexpr):
+    """Dense: grid (cdiv(Nq, 64 * CONSUMERS), B * H), descriptors over the (B*H*N, D) views, o_ptr, cu_q_ptr,
+    cu_k_ptr and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row
+    blocks, H), descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q,
+    total_k.  CONSUMERS: 2 (Q one 128-row tile), or 3 (dense, no window: Q three 64-row tiles, one a
+    consumer; the program's 192 rows may run past Nq, a multiple of 128 only, and a consumer with no row
+    in the sequence only drains the rings)."""
+    ROWS: gl.constexpr = 64  # a consumer's query rows
+    BLOCK_M: gl.constexpr = ROWS * CONSUMERS
+    Q_TILES: gl.constexpr = BLOCK_M // q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+    gl.static_assert((CONSUMERS == 2) or (CONSUMERS == 3 and BLOCK_N == 2 * ROWS and not VARLEN and not WINDOW),
+                     "three consumers: 128-key blocks, dense, no window")
+    gl.static_assert((Q_TILES == 1) or (Q_TILES == CONSUMERS), "Q is one tile or one a consumer")
     # each 64-row consumer's causal diagonal is exactly one key block: BLOCK_N = BLOCK_M (the program's
     # diagonal is its last block, shared by both consumers) or BLOCK_M / 2 (D256: the last two blocks, the
-    # first consumer's diagonal and the second's)
-    gl.static_assert((BLOCK_N == BLOCK_M) or (2 * BLOCK_N == BLOCK_M), "BLOCK_N must be BLOCK_M or BLOCK_M / 2")
+    # first consumer's diagonal and the second's); with three consumers, 128 (_three_consumers)
+    gl.static_assert((BLOCK_N == BLOCK_M) or (2 * BLOCK_N == BLOCK_M) or (CONSUMERS == 3),
+                     "BLOCK_N must be BLOCK_M or BLOCK_M / 2")
     gl.static_assert((BLOCK_N == BLOCK_M) or not VARLEN, "packed builds run BLOCK_N == BLOCK_M only")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
 
@@ -532,8 +596,12 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         m0 = pid_m * BLOCK_M
         diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_M here
         if CAUSAL:
-            # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
-            n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
+            if CONSUMERS == 2:
+                # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
+                n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
+            else:
+                # up to the diagonal block of the program's last consumer with rows in the sequence
+                n_end = (gl.minimum(m0 + BLOCK_M, N_Q) - ROWS + diag) // BLOCK_N + 1
         else:
             n_end = N_KV // BLOCK_N
         if WINDOW:
@@ -560,12 +628,33 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         lse_row: gl.constexpr = 0
         row_stride: gl.constexpr = 0
 
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    if Q_TILES == 1:
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+    else:
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_TILES, ROWS, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    k_ready, k_empty, v_ready, v_empty = ring_barriers(STAGES)
+    k_ready, k_empty, v_ready, v_empty = ring_barriers(STAGES, CONSUMERS)
+    if CONSUMERS == 3:
+        _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty,
+                         v_ready, v_empty, q_row, kv_row0, m0, N_Q, k0, diag, n_blocks, qk_scale, CAUSAL, BLOCK_N,
+                         HEAD_DIM, STAGES, PRODUCER_REGS, CONSUMER_REGS)
+    else:
+        _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_bufs, v_bufs, q_bar, k_ready,
+                       k_empty, v_ready, v_empty, q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT,
+                       n_kv, n_blocks, n_left, n_mid, kv_row0, kv_col, qk_scale, CAUSAL, WINDOW, VARLEN, BLOCK_M,
+                       BLOCK_N, HEAD_DIM, STAGES, PRODUCER_REGS, CONSUMER_REGS)
+
+
+@gluon.jit
+def _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty,
+                   v_ready, v_empty, q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks,
+                   n_left, n_mid, kv_row0, kv_col, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+                   VARLEN: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                   STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    """The partitions of the 128-row program: two consumers of 64 rows and the producer."""
 
     rows: gl.constexpr = BLOCK_M // 2
     # causal with 64-key blocks (BLOCK_N = rows): the first consumer's diagonal is the program's last block
@@ -579,16 +668,61 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     # whose two warp groups meet at a partition-wide barrier before every mbarrier arrive, was
     # 5-20% slower at D128 on the H100.)  Argument tuples are spelled out: concatenating tuples
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
+    active: gl.constexpr = True  # both consumers' rows lie in the sequence (dense: Nq is a multiple of 128)
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_first, n_left,
-                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                     n_mid, qk_scale, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
-                     v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN)),
+                     v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN, 1)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+@gluon.jit
+def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty,
+                     v_ready, v_empty, q_row, kv_row0, m0, N_Q, k0, diag, n_blocks, qk_scale, CAUSAL: gl.constexpr,
+                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                     PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    """The partitions of the 192-row program (dense, no window, 128-key blocks): three consumers of 64 rows
+    and the producer (FlashAttention-3's D64 tile: each K/V block loaded serves 192 query rows, and
+    three instruction streams interleave their softmaxes with the others' wgmma).
+
+    Causal: consumer c's rows [m0 + 64c, m0 + 64c + 64) lie in one 128-key block row, so its diagonal is
+    one block, its last, and it stops there; the producer loads up to the last consumer's diagonal.  The
+    consumers' counts differ by at most one block, at the end of the ring: a slot that fewer than three
+    consumers release is never loaded again.  A consumer with no row in the sequence (Nq a multiple of
+    128, not of 192) drains all n_blocks slots."""
+    ROWS: gl.constexpr = 64
+    # packed/window-only arguments of _consumer: constexpr placeholders (a partition takes no None)
+    zero: gl.constexpr = 0
+    first: gl.constexpr = True  # consumer 0's rows always lie in the sequence
+    active1 = m0 + ROWS < N_Q
+    active2 = m0 + 2 * ROWS < N_Q
+    if CAUSAL:
+        # an inactive consumer's count would pass n_blocks: it drains them all
+        n0 = gl.minimum((m0 + diag) // BLOCK_N + 1, n_blocks)
+        n1 = gl.minimum((m0 + ROWS + diag) // BLOCK_N + 1, n_blocks)
+        n2 = gl.minimum((m0 + 2 * ROWS + diag) // BLOCK_N + 1, n_blocks)
+    else:
+        n0 = n_blocks
+        n1 = n_blocks
+        n2 = n_blocks
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
+                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n0, zero, zero, qk_scale, first,
+                     CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
+                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n1, zero, zero, qk_scale, active1,
+                     CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+        (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
+                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n2, zero, zero, qk_scale, active2,
+                     CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
+                     v_empty, q_row, zero, kv_row0, zero, n_blocks, BLOCK_N, STAGES, False, 3)),
+    ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
 
 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
@@ -617,15 +751,28 @@ def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
-                      varlen: bool = False) -> dict:
+                      varlen: bool = False, block_rows: int = BLOCK) -> dict:
     """The constexprs ``forward`` and ``forward_varlen`` launch ``fwd_sm90_kernel`` with (the tools
     compile these).  Packed programs differ in work whether causal or not: they are grouped either way."""
+    wide = block_rows == WIDE_BLOCK
     return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
-                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS,
+                CONSUMER_REGS=WIDE_CONSUMER_REGS if wide else CONSUMER_REGS, VARLEN=bool(varlen),
+                CONSUMERS=consumers(block_rows))
+
+
+def launch_maxnreg(block_rows: int = BLOCK) -> int:
+    """The registers a thread the kernel is launched with before reallocation (``MAXNREG``, ``WIDE_MAXNREG``)."""
+    return WIDE_MAXNREG if block_rows == WIDE_BLOCK else MAXNREG
+
+
+def q_tile_rows(block_rows: int = BLOCK) -> int:
+    """Rows of the Q descriptor's tile: the whole program's 128, or one consumer's 64 with three consumers."""
+    return CONSUMER_ROWS if block_rows == WIDE_BLOCK else block_rows
 
 
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
-            window_left: int = -1) -> None:
+            window_left: int = -1, block_rows: int = BLOCK) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
@@ -634,20 +781,23 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     160 KiB, 3 stages 224 KiB of the 227 KiB a block may use; D256, 64-key blocks: 2 stages 192 KiB,
     3 do not fit: ``config_reason``).  ``window_left`` >= 0 (with ``causal``): each query also sees
     only the ``window_left`` keys before its diagonal one (FlashAttention's window (left, 0)); -1: none.
+    ``block_rows``: query rows a program, ``BLOCK`` (two consumers) or ``WIDE_BLOCK`` (three: D64, no
+    window; Q 192 x 64 + stages x (K, V) 128 x 64, 2 stages 88 KiB).
     """
     if window_left >= 0 and not causal:
         raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     bn = block_n(D)
-    why = config_reason(D, bn, stages)
+    why = config_reason(D, bn, stages, block_rows, window=window_left >= 0)
     if why is not None:
         raise ValueError(f"sm90.forward: {why}")
-    grid = (Nq // BLOCK, B * H)
+    grid = (triton.cdiv(Nq, block_rows), B * H)
     fwd_sm90_kernel[grid](
-        descriptor(q, BLOCK), descriptor(k, bn), descriptor(v, bn), descriptor(o, BLOCK // 2),
+        descriptor(q, q_tile_rows(block_rows)), descriptor(k, bn), descriptor(v, bn), descriptor(o, CONSUMER_ROWS),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows=block_rows), num_warps=4,
+        maxnreg=launch_maxnreg(block_rows))
 
 
 def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: bool, sm_scale: float,

@@ -630,7 +630,7 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     dq1 = gl.allocate_shared_memory(gl.float32, [DQ_ROWS, DQ_COLS], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
-    q_ready, q_empty, do_ready, do_empty = ring_barriers(STAGES)
+    q_ready, q_empty, do_ready, do_empty = ring_barriers(STAGES, 2)
     # split dQ: a step's dS^T is complete once both consumers arrived; K_j is free once both finished
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     kv_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())

@@ -2,7 +2,8 @@
 
 A configuration is ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, optionally tagged ``WS`` (the
 warp-specialised Triton forward) or ``GLUON`` (the Gluon Hopper forward of ``sm90.py``: 128x128
-blocks, 128x64 at D256 (``sm90.block_n``), 4 warps per consumer, ``num_stages`` K/V ring slots).
+blocks, 128x64 at D256 (``sm90.block_n``), 192x128 with three consumers at D64, 4 warps per consumer,
+``num_stages`` K/V ring slots).
 Head dims fall into three classes: "small" (<= 64), "mid" (96, 128) and "large" (256).  The first
 entry of each list is what runs when autotuning is off.  For the dK/dV kernel BLOCK_N is the number
 of key rows a program owns and BLOCK_M the query rows per step; for the forward and dQ BLOCK_M is
@@ -27,9 +28,13 @@ FWD_SPACE = {
         # The smallest tile: the only one the pruner keeps for sequences of 64 or fewer, a candidate
         # at every length, left out where it lost at long ones (FWD_SKIP).
         (64, 64, 4, 3),
+        # The Gluon forward with three consumers of 64 rows (FlashAttention-3's D64 tile: each K/V block
+        # serves 192 query rows; dense, no window), offered where it runs (SM90_OK, sm90.config_reason)
+        # from Nq = GLUON_MIN_NQ up.
+        (192, 128, 4, 2, GLUON),
         # Not here: the warp-specialised forward (128x128, 4 warps, 2 stages: 402-436 TFLOP/s on the
         # H100, level with the plain tiles); 128x128 with 8 warps (320-384, behind the leader); the
-        # Gluon forward (0.88-0.99x the Triton forward below N = 8k on the H200, 1.01-1.02x above).
+        # two-consumer Gluon forward (0.88-0.99x the Triton forward below N = 8k on the H200, 1.01-1.02x above).
     ],
     "mid": [
         # The fastest plain tile at D128 (H100, N = 4k non-causal, in the tuner's timings: 1.088 ms

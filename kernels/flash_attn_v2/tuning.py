@@ -69,7 +69,7 @@ def all_configs(space: dict) -> list:
 def launch_label(cfg: triton.Config) -> str:
     """What a launch log records for a configuration: its parameters, named."""
     if cfg.kwargs.get("GLUON"):
-        return sm90.config_label(cfg.num_stages, cfg.kwargs["BLOCK_N"])
+        return sm90.config_label(cfg.num_stages, cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"])
     ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
     return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
@@ -111,6 +111,12 @@ def ws_allowed(tma_ok: int, ieee: bool, causal: bool, window: bool = False, varl
     return not ws_refusals(tma_ok, ieee, causal, window, varlen)
 
 
+def gluon_tile_ok(cfg: triton.Config, meta: dict) -> bool:
+    """Whether a Gluon entry's tile runs this call's head dim and inputs (``sm90.config_reason``)."""
+    return sm90.config_reason(meta["HEAD_DIM"], cfg.kwargs["BLOCK_N"], cfg.num_stages, cfg.kwargs["BLOCK_M"],
+                              window=meta.get("WINDOW", False), varlen=meta.get("VARLEN", False)) is None
+
+
 def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
     """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences,
     less the ``skip`` entries for (class, causal) at Nq buckets from the given one up."""
@@ -127,7 +133,7 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
         # only the forward has SM90_OK; GLUON_MIN_NQ: see there
         gluon_ok = bool(named_args.get("SM90_OK", 0)) and named_args["NQ_BUCKET"] >= GLUON_MIN_NQ
         cand = [c for c in configs if signature(c) in allowed
-                and (gluon_ok if c.kwargs.get("GLUON") else
+                and (gluon_ok and gluon_tile_ok(c, kwargs) if c.kwargs.get("GLUON") else
                      ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
         nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
@@ -166,7 +172,7 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
                                 cfg.num_stages, window_left)
         else:
             sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
-                         meta["GROUP_PROGRAMS"], cfg.num_stages, window_left)
+                         meta["GROUP_PROGRAMS"], cfg.num_stages, window_left, block_rows=cfg.kwargs["BLOCK_M"])
     else:
         _launch_triton_fwd(cfg, grid_fn, args, meta)
 
