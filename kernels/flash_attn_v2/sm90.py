@@ -537,8 +537,8 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     cu_k_ptr and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row
     blocks, H), descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q,
     total_k.  CONSUMERS: 2 (Q one 128-row tile), or 3 (dense, no window: Q three 64-row tiles, one a
-    consumer; the program's 192 rows may run past Nq, a multiple of 128 only, and a consumer with no row
-    in the sequence only drains the rings)."""
+    consumer; Nq is a multiple of 128 only, so the first program may start before row 0, and a consumer
+    with no row in the sequence only drains the rings)."""
     ROWS: gl.constexpr = 64  # a consumer's query rows
     BLOCK_M: gl.constexpr = ROWS * CONSUMERS
     Q_TILES: gl.constexpr = BLOCK_M // q_desc.block_type.shape[0]
@@ -593,15 +593,21 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
         b = pid_bh // H
         hk = (pid_bh % H) // GROUP
-        m0 = pid_m * BLOCK_M
-        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of BLOCK_M here
+        if CONSUMERS == 2:
+            m0 = pid_m * BLOCK_M
+        else:
+            # Nq is a multiple of 128, not always of 192: the programs end at row Nq, so that the partial one
+            # (up to two consumers without rows) is the first, whose rows see the fewest keys when causal;
+            # its m0 is negative
+            m0 = pid_m * BLOCK_M - (gl.num_programs(0) * BLOCK_M - N_Q)
+        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of 128 here
         if CAUSAL:
             if CONSUMERS == 2:
                 # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
                 n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
             else:
-                # up to the diagonal block of the program's last consumer with rows in the sequence
-                n_end = (gl.minimum(m0 + BLOCK_M, N_Q) - ROWS + diag) // BLOCK_N + 1
+                # up to the diagonal block of the last consumer's rows
+                n_end = (m0 + BLOCK_M - ROWS + diag) // BLOCK_N + 1
         else:
             n_end = N_KV // BLOCK_N
         if WINDOW:
@@ -639,7 +645,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     k_ready, k_empty, v_ready, v_empty = ring_barriers(STAGES, CONSUMERS)
     if CONSUMERS == 3:
         _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty,
-                         v_ready, v_empty, q_row, kv_row0, m0, N_Q, k0, diag, n_blocks, qk_scale, CAUSAL, BLOCK_N,
+                         v_ready, v_empty, q_row, kv_row0, m0, k0, diag, n_blocks, qk_scale, CAUSAL, BLOCK_N,
                          HEAD_DIM, STAGES, PRODUCER_REGS, CONSUMER_REGS)
     else:
         _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_bufs, v_bufs, q_bar, k_ready,
@@ -683,7 +689,7 @@ def _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_buf
 
 @gluon.jit
 def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty,
-                     v_ready, v_empty, q_row, kv_row0, m0, N_Q, k0, diag, n_blocks, qk_scale, CAUSAL: gl.constexpr,
+                     v_ready, v_empty, q_row, kv_row0, m0, k0, diag, n_blocks, qk_scale, CAUSAL: gl.constexpr,
                      BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                      PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     """The partitions of the 192-row program (dense, no window, 128-key blocks): three consumers of 64 rows
@@ -693,32 +699,32 @@ def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_
     Causal: consumer c's rows [m0 + 64c, m0 + 64c + 64) lie in one 128-key block row, so its diagonal is
     one block, its last, and it stops there; the producer loads up to the last consumer's diagonal.  The
     consumers' counts differ by at most one block, at the end of the ring: a slot that fewer than three
-    consumers release is never loaded again.  A consumer with no row in the sequence (Nq a multiple of
-    128, not of 192) drains all n_blocks slots."""
+    consumers release is never loaded again.  A consumer with no row in the sequence (the first program's
+    leading ones when Nq is not a multiple of 192: m0 < 0) drains all n_blocks slots."""
     ROWS: gl.constexpr = 64
     # packed/window-only arguments of _consumer: constexpr placeholders (a partition takes no None)
     zero: gl.constexpr = 0
-    first: gl.constexpr = True  # consumer 0's rows always lie in the sequence
-    active1 = m0 + ROWS < N_Q
-    active2 = m0 + 2 * ROWS < N_Q
+    active0 = m0 >= 0
+    active1 = m0 + ROWS >= 0
+    last: gl.constexpr = True  # the last consumer's rows always lie in the sequence
     if CAUSAL:
-        # an inactive consumer's count would pass n_blocks: it drains them all
-        n0 = gl.minimum((m0 + diag) // BLOCK_N + 1, n_blocks)
-        n1 = gl.minimum((m0 + ROWS + diag) // BLOCK_N + 1, n_blocks)
-        n2 = gl.minimum((m0 + 2 * ROWS + diag) // BLOCK_N + 1, n_blocks)
+        # each consumer up to its diagonal block; one without rows drains all the producer loads
+        n0 = gl.where(active0, (m0 + diag) // BLOCK_N + 1, n_blocks)
+        n1 = gl.where(active1, (m0 + ROWS + diag) // BLOCK_N + 1, n_blocks)
+        n2 = n_blocks
     else:
         n0 = n_blocks
         n1 = n_blocks
         n2 = n_blocks
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
-                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n0, zero, zero, qk_scale, first,
+                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n0, zero, zero, qk_scale, active0,
                      CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n1, zero, zero, qk_scale, active1,
                      CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
-                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n2, zero, zero, qk_scale, active2,
+                     q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n2, zero, zero, qk_scale, last,
                      CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, zero, kv_row0, zero, n_blocks, BLOCK_N, STAGES, False, 3)),

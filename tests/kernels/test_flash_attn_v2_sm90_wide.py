@@ -59,7 +59,7 @@ def test_the_wide_launch_takes_cdiv_programs_its_own_descriptors_and_registers(m
     monkeypatch.setattr(sm90, "fwd_sm90_kernel", FakeKernel())
     q = _t(2, 4, 640, 64)
     sm90.forward(q, q, q, q, _t(2, 4, 640, dtype=torch.float32), True, 1.0, 0, 2, block_rows=192)
-    assert seen["grid"] == (4, 8)  # 640 rows: three programs of 192 and one with a single active consumer
+    assert seen["grid"] == (4, 8)  # 640 rows: a first program with one consumer's rows, then three of 192
     assert (seen["q_rows"], seen["o_rows"]) == (64, 64)  # Q one tile a consumer, O stored per consumer
     assert seen["CONSUMERS"] == 3 and seen["CONSUMER_REGS"] == sm90.WIDE_CONSUMER_REGS
     assert seen["maxnreg"] == sm90.WIDE_MAXNREG
@@ -139,10 +139,10 @@ def _hopper() -> bool:
 hopper_only = pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
 
 WIDE_GRID = [
-    # B, H, Hkv, Nq, Nkv, causal: one program with its third consumer idle (128 rows), a second program
-    # with two idle consumers (256 = 192 + 64), whole programs (384), a last program with one idle
-    # consumer (640 = 3 x 192 + 64... and 1024 = 5 x 192 + 64), Nq < Nkv (the diagonal shifted by whole
-    # 128-row blocks, so consumers' diagonal blocks differ), Nq > Nkv non-causal, GQA and MQA
+    # B, H, Hkv, Nq, Nkv, causal: the programs end at row Nq, so a first program starting before row 0
+    # has one consumer without rows (128 = 192 - 64), or two (256 = 64 + 192; 640 and 1024 = 64 + k x
+    # 192); whole programs (384); Nq < Nkv (the diagonal shifted by whole 128-row blocks, so the consumers'
+    # diagonal blocks differ), Nq > Nkv non-causal, GQA and MQA
     (1, 2, 2, 128, 128, True),
     (1, 2, 2, 128, 128, False),
     (2, 4, 4, 256, 256, True),
