@@ -88,15 +88,15 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
-  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 128 or 256, contiguous inputs,
-    dense with Nq and Nkv multiples of 128 or, at D128, packed batches of any lengths
+  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 64, 128 or 256, contiguous
+    inputs, dense with Nq and Nkv multiples of 128 or, at D64 and D128, packed batches of any lengths
     (``sm90.forward_varlen``), causal windows (left, 0) but no right reach, Nq (max_seqlen_q) >=
     ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with FlashAttention-3's explicit producer/consumer
-    warp specialisation and the softmax overlapping the P V wgmma, causal included (128x128 tiles;
-    128x64 at D256, whose speed is unmeasured).  It is one more candidate of the forward's tuner (the
-    ``GLUON`` entries of the D128 and D256 spaces), so it runs only where the tuner measures it faster;
-    it also runs D = 64, slower, so the D64 space does not offer it.  Its own docstring says what it
-    does not support; the backward stays the Triton one.
+    warp specialisation and the softmax overlapping the P V wgmma, causal included (128x128 tiles with
+    two consumers; 128x64 at D256; 192x128 with three consumers at D64, dense without a window).  It is
+    one more candidate of the forward's tuner (the ``GLUON`` entries of the spaces), so it runs only
+    where the tuner measures it faster.  Its own docstring says what it does not support.
+  * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128): see ``FA2Options.backward``.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
 Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /

@@ -3,7 +3,7 @@
 What is implemented
 -------------------
 The forward of FA2 paper (Dao 2023) Algorithm 1, exactly as ``kernels.fwd_kernel`` computes
-it (one program per (block of 128 query rows, batch*head), online softmax in base 2 with the scale
+it (one program per (block of 128 query rows, or 192 at D64, batch*head), online softmax in base 2 with the scale
 folded in, deferred normalisation, base-2 log-sum-exp stored for the backward; causal: unmasked
 key blocks with no mask arithmetic, only the diagonal block masked, blocks above it never
 visited; key blocks of ``block_n(D)`` keys: 128, or 64 at D256), written in Gluon, Triton's explicit
@@ -31,6 +31,14 @@ spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer"
     stops at its own diagonal and never waits on the last block, which only the second releases
     (nothing is loaded after it).  Causal windows work as at D128 (the blocks crossing the left edge,
     found for the program's 128 rows, masked for both consumers).
+  * head dim 64, three consumers (``WIDE_BLOCK``, constexpr ``CONSUMERS = 3``; FlashAttention-3's D64
+    tile): 192 query rows a program, Q as three 64-row TMA tiles, each K/V block shared by three 64-row
+    consumers of 160 registers (setmaxnreg; the producer 24), so that more softmaxes run under the
+    others' wgmma where a block's matmuls are short.  Nq is a multiple of 128, not always of 192: the
+    programs end at row Nq and the first may start before row 0 (its TMA tiles read zeros or the
+    previous head's rows); a consumer without rows only waits for and releases each ring slot.  Causal:
+    each consumer's diagonal is one 128-key block, its last; the producer loads up to the last
+    consumer's.  Dense inputs without a window only (``config_reason``).
   * causal sliding windows (FlashAttention's window (left, 0), ``WINDOW``: query i sees key j iff
     i + diag - left <= j <= i + diag): the producer starts at the block the program's first row
     starts seeing in, so blocks left of the window are never loaded and the work scales with the
@@ -71,7 +79,8 @@ both, per sequence); windows with a right reach (non-causal windows: the Triton 
 packed or not; inputs whose (batch, head, row) or (token, head) dims cannot be viewed as one (q, k, v
 must be contiguous); 2**31 rows or more (TMA coordinates are 32-bit); the interpreter (Gluon has
 none).  Nor 3 K/V stages at D256 (256 KiB of shared memory): ``config_reason`` says so, and a pinned
-``(128, 64, 4, 3, GLUON)`` is a ValueError rather than a fallback.  Packed batches: a non-finite
+``(128, 64, 4, 3, GLUON)`` is a ValueError rather than a fallback; likewise the three-consumer tile
+``(192, 128, 4, stages, GLUON)`` at head dims other than 64, with a window, or on packed batches.  Packed batches: a non-finite
 value in the value rows that follow a sequence (the next sequence's) can reach that sequence's output
 through its masked key tail (P = 0 times V = inf is NaN), where the Triton forward's per-sequence
 descriptors read zeros (keys are masked by selection, so a non-finite key does not).  No explicit
