@@ -75,19 +75,20 @@ def pooled_noise(joined: pd.DataFrame, family_alpha: float = DEFAULT_FAMILY_ALPH
 
 
 def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALPHA,
-                   single_round_margin: float | None = None, pooled: PooledNoise | None = None) -> CaseNoise:
+                   single_round_margin: float | None = None, pooled: PooledNoise | None = None,
+                   unit_margin: float | None = None) -> CaseNoise:
     """Is the timing change of one joined row (:func:`join_runs`) beyond noise? Within the runs the
     raw samples decide (the recorded interval stands in where a run kept none); between the runs
     the rounds' medians (the case's own, and the backend's ``pooled`` σ with its family-wise z:
     the wider band decides; :func:`flashbench.analysis.noise.run_to_run`), or
     ``single_round_margin`` when both sides hold one round (None: only the within-run part decides
-    then)."""
+    then); ``unit_margin`` when the runs came from two units of one GPU model (the least band between them)."""
     _, lo, hi = LATENCY.interval
     within = beyond_noise(row["samples_ms_old"], row["samples_ms_new"], method, alpha,
                           (row[f"{lo}_old"], row[f"{hi}_old"]), (row[f"{lo}_new"], row[f"{hi}_new"]))
     sigma = pooled.sigma_of(row["backend"]) if pooled is not None else None
     between = run_to_run(row["round_medians_ms_old"], row["round_medians_ms_new"], single_round_margin,
-                         sigma, pooled.z if pooled is not None else None)
+                         sigma, pooled.z if pooled is not None else None, unit_margin)
     return CaseNoise(within, between)
 
 

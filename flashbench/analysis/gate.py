@@ -39,7 +39,7 @@ from .compare import (EnvDifference, NotComparableError, environment_differences
                       timing_verdict)
 from ..results.files import Run
 from ..model.schema import STATUS_RANK
-from .thresholds import Limits, Thresholds, single_round_margin
+from .thresholds import Limits, Thresholds, single_round_margin, unit_margin
 
 # outcomes, worst first
 OUTCOMES = ("status", "regression", "missing", "improved", "new", "pass")
@@ -130,6 +130,18 @@ class GateReport:
                        if m.between is not None and m.between.basis == "margin"})
 
     @property
+    def unit_margins(self) -> list[float]:
+        """The unit margins applied (the runs came from two units of one GPU model)."""
+        return sorted({m.between.unit_margin for c in self.cases for m in c.checks
+                       if m.between is not None and m.between.unit_margin is not None})
+
+    @property
+    def single_round_unit_margins(self) -> list[float]:
+        """The unit margins that stood in for unknown run-to-run noise (one round on each side, two units)."""
+        return sorted({m.between.spread for c in self.cases for m in c.checks
+                       if m.between is not None and m.between.basis == "unit margin"})
+
+    @property
     def failures(self) -> list[CaseResult]:
         return [c for c in self.cases if c.failed]
 
@@ -206,6 +218,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
     joined = join_runs(baseline, current)
     pooled = pooled_noise(joined, thresholds.noise.family_alpha)
     device = (current.meta.get("environment") or {}).get("device")  # "cpu" or a CUDA device
+    other_unit = any(d.kind == "device" for d in diffs)  # two units of one GPU model
     metrics = gated_metrics()
     cases = []
     for _, r in joined.iterrows():
@@ -232,7 +245,7 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             cases.append(CaseResult(key, "pass", False, so, sn, message=msg))
             continue
         verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha,
-                                 single_round_margin(limits, device), pooled)
+                                 single_round_margin(limits, device), pooled, unit_margin(limits, device, other_unit))
         checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]

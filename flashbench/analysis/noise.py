@@ -39,7 +39,7 @@ to pool) and the backend's pool has at least :data:`MIN_POOLED_DOF` degrees of f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Iterable, Literal, Sequence
 
@@ -227,17 +227,23 @@ class RunToRun:
     """Is a change of the median past the run-to-run noise of both sides?"""
 
     beyond: bool
-    basis: str          # rounds | baseline rounds | current rounds | margin | none (not tested)
+    basis: str          # rounds | baseline rounds | current rounds | margin | unit margin | none (not tested)
     spread: float       # the relative spread used: of the rounds, or the margin
     allowed: float      # the relative change of the median the noise admits, in the direction it moved
     rounds_allowed: float = math.nan  # what the case's own rounds (or the margin) admit
     sigma: float | None = None        # the pooled σ, when a pooled band applied
     z: float | None = None
     pooled_allowed: float = math.nan  # what the pooled band admits, in the direction moved
+    unit_margin: float | None = None  # the runs came from two units of the GPU model: the least band
+    unit_allowed: float = math.nan    # what the unit margin admits, in the direction moved (with rounds)
 
     @property
     def decided_by(self) -> str:
-        """"pooled" when the pooled band was the wider, else the basis."""
+        """"unit" when the unit margin was the widest band of a case with rounds, "pooled" when the pooled
+        band was the wider of the others, else the basis."""
+        others = [self.rounds_allowed] + ([self.pooled_allowed] if self.sigma is not None else [])
+        if math.isfinite(self.unit_allowed) and abs(self.unit_allowed) >= max(abs(x) for x in others):
+            return "unit"
         if self.sigma is not None and abs(self.pooled_allowed) > abs(self.rounds_allowed):
             return "pooled"
         return self.basis
@@ -247,6 +253,12 @@ class RunToRun:
             return ""
         if self.basis == "margin":
             return f"one round each: noise within-run only, single-round margin {self.spread * 100:.0f}%"
+        if self.basis == "unit margin":
+            return (f"one round each, on two units of the GPU model: noise within-run only, unit margin "
+                    f"{self.spread * 100:.0f}%")
+        if self.decided_by == "unit":
+            return (f"noise up to {self.allowed * 100:+.1f}% by the unit margin (two units of the GPU model), wider "
+                    f"than the rounds' {self.rounds_allowed * 100:+.1f}%")
         rounds = f"{self.basis} spread {self.spread * 100:.1f}%"
         if self.sigma is None:
             return f"{rounds}: noise up to {self.allowed * 100:+.1f}%"
@@ -266,7 +278,7 @@ def _spread(medians: Sequence[float]) -> float | None:
 
 
 def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin: float | None,
-               sigma: float | None = None, z: float | None = None) -> RunToRun:
+               sigma: float | None = None, z: float | None = None, unit_margin: float | None = None) -> RunToRun:
     """The between-run test on the round medians of one case (lower is better: times).
 
     Its own rounds: a side with two rounds or more brings its range [min, max] and its spread
@@ -286,11 +298,35 @@ def run_to_run(old_rounds: Sequence[float], new_rounds: Sequence[float], margin:
     Three rounds a side call about 1% of unchanged cases slower by the own-rounds test alone (normal
     round medians, simulated): over hundreds of cases that is several false alarms, which the pooled
     band bounds to ``family_alpha`` for the whole sweep.
+
+    ``unit_margin``: the runs were measured on two units of one GPU model. Each run's rounds share its
+    unit, so neither its rounds nor the pooled band hold what one unit differs from another under load:
+    the change must also pass this relative amount (with one round each, the larger of it and
+    ``margin`` stands in for the noise).
     """
     old = [x for x in old_rounds if x is not None and math.isfinite(x)]
     new = [x for x in new_rounds if x is not None and math.isfinite(x)]
     if not old or not new:
         return RunToRun(False, "none", math.nan, math.nan)
+    if unit_margin is None:
+        return _run_to_run(old, new, margin, sigma, z)
+    if len(old) < 2 and len(new) < 2:  # one round each: the wider margin stands in for the noise
+        if margin is not None and margin > unit_margin:
+            return _run_to_run(old, new, margin, sigma, z)
+        return replace(_run_to_run(old, new, unit_margin, sigma, z), basis="unit margin", unit_margin=unit_margin)
+    v = _run_to_run(old, new, margin, sigma, z)
+    med_old, med_new = median_of(old), median_of(new)
+    slower = med_new >= med_old
+    unit_allowed = unit_margin if slower else 1 / (1 + unit_margin) - 1
+    past_unit = med_new > med_old * (1 + unit_margin) if slower else med_new * (1 + unit_margin) < med_old
+    allowed = max(v.allowed, unit_allowed) if slower else min(v.allowed, unit_allowed)
+    return replace(v, beyond=v.beyond and past_unit, allowed=allowed, unit_margin=unit_margin,
+                   unit_allowed=unit_allowed)
+
+
+def _run_to_run(old: list[float], new: list[float], margin: float | None, sigma: float | None,
+                z: float | None) -> RunToRun:
+    """``run_to_run`` on finite, non-empty round medians, without a unit margin."""
     med_old, med_new = median_of(old), median_of(new)
     spreads = {"baseline rounds": _spread(old), "current rounds": _spread(new)}
     known = [x for x in spreads.values() if x is not None]

@@ -10,6 +10,7 @@ A file looks like::
       single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large
       single_round_margin_cpu: 1.5  # the same for CPU runs
       single_round_shift_cpu: 0.5   # CPU, one round each: a backend's geometric mean over its cases
+      unit_margin: 0.15    # runs on two units of one GPU model: a timing change must pass this too
       correctness: true    # ok -> mismatch fails
     noise: {method: both, alpha: 0.01, family_alpha: 0.05}
     backends:              # per-backend overrides (only the keys given change)
@@ -56,6 +57,10 @@ class _Floors(_Strict):
                                        "relative amount (with rounds, their spread decides instead)")
     single_round_margin_cpu: Number = Field(1.5, ge=0, description="the same for CPU runs, whose run-to-run "
                                            "noise (other processes, preemption) is far larger than a GPU's")
+    unit_margin: Number = Field(0.15, ge=0, description="GPU runs recorded on two units of the same model: a "
+                                "timing change counts only past this relative amount, with rounds or without "
+                                "(each run's rounds share its unit, so what units differ by is in neither); "
+                                "the single-round margin still applies where it is larger")
     single_round_shift_cpu: Number = Field(0.5, ge=0, description="CPU runs with one round on each side: a backend "
                                           "whose median time over all its compared cases (geometric mean of the "
                                           "ratios) grew past this fails, whatever each case's own change")
@@ -72,6 +77,7 @@ class _Overrides(_Strict):
     min_abs_hbm_bytes: Optional[Integer] = Field(None, ge=0)
     single_round_margin: Optional[Number] = Field(None, ge=0)
     single_round_margin_cpu: Optional[Number] = Field(None, ge=0)
+    unit_margin: Optional[Number] = Field(None, ge=0)
     single_round_shift_cpu: Optional[Number] = Field(None, ge=0)
     correctness: Optional[bool] = None
 
@@ -155,3 +161,9 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
 def single_round_margin(limits, device: str | None) -> float:
     """The margin standing in for unknown run-to-run noise, for runs measured on ``device``."""
     return limits.single_round_margin_cpu if device == "cpu" else limits.single_round_margin
+
+
+def unit_margin(limits, device: str | None, other_unit: bool) -> float | None:
+    """The least band of a timing change between runs on two units of one GPU model (None: one unit, a CPU,
+    or a run that did not record its unit)."""
+    return limits.unit_margin if other_unit and device != "cpu" else None

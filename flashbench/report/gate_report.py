@@ -67,6 +67,9 @@ def rounds_text(report) -> str:
         text = f"baseline {_span(old)} rounds, current {_span(new)}"
     if _margins(report):
         text += f"; noise within-run only, single-round margin {_margins(report)}"
+    elif report.single_round_unit_margins:
+        text += "; noise within-run only, unit margin " + "/".join(f"{m * 100:.0f}%"
+                                                                    for m in report.single_round_unit_margins)
     return text
 
 
@@ -132,6 +135,12 @@ def gate_markdown(report) -> str:
                      f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
                      f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
                      f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
+    units = "/".join(f"{m * 100:.0f}%" for m in report.unit_margins)
+    if units:
+        lines.append(f"> note: the runs come from two units of the GPU model, which differ under load by more than "
+                     f"either run's rounds show: a timing change counts only past the unit margin ({units}, "
+                     f"`unit_margin` in the thresholds file). Record the baseline on the unit that runs the "
+                     f"check to gate finer.")
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")

@@ -48,6 +48,49 @@ def test_run_to_run_rule():
     assert v.beyond and v.basis == "none" and v.describe() == ""
 
 
+def test_run_to_run_across_two_units_needs_the_unit_margin():
+    # one round each: the larger of the single-round margin and the unit margin stands in for the noise
+    v = run_to_run([1.0], [1.12], 0.10, unit_margin=0.15)
+    assert not v.beyond and v.basis == "unit margin" and "unit margin 15%" in v.describe()
+    assert run_to_run([1.0], [1.16], 0.10, unit_margin=0.15).beyond
+    assert run_to_run([1.0], [0.86], 0.10, unit_margin=0.15).beyond  # 16% faster
+    assert not run_to_run([1.0], [0.88], 0.10, unit_margin=0.15).beyond
+    v = run_to_run([1.0], [1.18], 0.20, unit_margin=0.15)
+    assert not v.beyond and v.basis == "margin"  # the wider margin decides
+    # with rounds: tight rounds alone call a 12% shift real; across units it must pass the unit margin too
+    old, new = [1.0, 1.005, 1.01], [1.12, 1.125, 1.13]
+    assert run_to_run(old, new, None).beyond
+    v = run_to_run(old, new, None, unit_margin=0.15)
+    assert not v.beyond and v.decided_by == "unit" and v.allowed == pytest.approx(0.15)
+    assert "by the unit margin" in v.describe()
+    v = run_to_run(old, [1.3, 1.31, 1.32], None, unit_margin=0.15)
+    assert v.beyond and v.unit_margin == 0.15
+    # rounds wider than the unit margin keep deciding
+    v = run_to_run([1.0, 1.2, 1.4], [1.35, 1.4, 1.45], None, unit_margin=0.15)
+    assert not v.beyond and v.decided_by == "rounds"
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_runs_on_two_units_of_a_gpu_model_gate_past_the_unit_margin(tmp_path, rounds):
+    """What three H200 units differed by on unchanged kernels (up to 13%) is not a regression across units;
+    30% is; on one unit the same 12% fails."""
+    other = {**H100, "gpu_uuid": "GPU-other"}
+    base = sweep(tmp_path / "base", 1, rounds=rounds, drift=0.005)
+    slower = sweep(tmp_path / "slower", 2, scale=1.12, rounds=rounds, drift=0.005, env=other)
+    r = check(slower, "--baseline", base)
+    assert r.exit_code == 0, r.output
+    assert "unit margin (15%, `unit_margin`" in " ".join(r.stdout.split())
+    r = check(sweep(tmp_path / "much", 3, scale=1.3, rounds=rounds, drift=0.005, env=other), "--baseline", base)
+    assert r.exit_code == 1, r.output
+    same_unit = sweep(tmp_path / "same_unit", 2, scale=1.12, rounds=rounds, drift=0.005)
+    r = check(same_unit, "--baseline", base)
+    assert r.exit_code == 1 and "unit margin" not in r.stdout, r.output
+    # the margin is the thresholds file's
+    thr = tmp_path / "thr.yaml"
+    thr.write_text("defaults: {unit_margin: 0.05}\n")
+    assert check(slower, "--baseline", base, "--thresholds", thr).exit_code == 1
+
+
 def test_noisy_but_unchanged_rounds_pass_and_a_shift_fails(tmp_path):
     # rounds that drift by ±15% between each other, samples tight within each: within-run tests alone
     # would call such drift significant; the rounds' spread absorbs it
