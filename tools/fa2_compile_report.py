@@ -97,7 +97,7 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
 
 
 def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False,
-                       varlen: bool = False, block_rows: int = sm90.BLOCK, pingpong: bool = False):
+                       varlen: bool = False, block_rows: int = sm90.BLOCK):
     """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it
     (``window``: with a causal sliding window; ``varlen``: the packed-batch build of ``forward_varlen``,
     descriptors over (total, heads * D) views, the output, offsets and program table by pointer)."""
@@ -111,7 +111,7 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
         tile = lambda rows: mangle_type(sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), rows))
     else:
         tile = lambda rows: mangle_type(sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), rows))
-    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen, block_rows, pingpong)
+    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen, block_rows)
     packed_args = ("o_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")
     if not varlen:
         consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs

@@ -312,37 +312,20 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.c
 
 
 @gluon.jit
-def _take_turn(turn, k, ME: gl.constexpr):
-    """Wait until consumer ME may issue its k-th group of wgmma (FlashAttention-3 3.1's ping-pong: the two
-    consumers issue in turn, so one's softmax runs under the other's matmuls by construction rather
-    than as the warp scheduler finds them ready).  turn.index(c) completes a phase each time the other
-    consumer hands consumer c the turn; consumer 0 goes first (a fresh barrier's phase 1 counts as
-    complete)."""
-    mbarrier.wait(turn.index(ME), (k & 1) ^ (1 - ME))
-
-
-@gluon.jit
 def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
           qk_scale, offs_m, k0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
           WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, turn, ME: gl.constexpr,
-          PINGPONG: gl.constexpr):
+          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
-    S_j under the PV, rescale O.  PINGPONG: issue them in this consumer's turn (``_take_turn``)."""
+    S_j under the PV, rescale O."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
     prev = (j - 1) % STAGES
     prev_phase = ((j - 1) // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
-    if PINGPONG:  # both operands in before taking the turn, so that the turn is spent issuing
-        mbarrier.wait(v_ready.index(prev), prev_phase)
-        _take_turn(turn, j, ME)
     s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    if not PINGPONG:
-        mbarrier.wait(v_ready.index(prev), prev_phase)
+    mbarrier.wait(v_ready.index(prev), prev_phase)
     o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
-    if PINGPONG:
-        mbarrier.arrive(turn.index(1 - ME), count=1)  # the other consumer's turn
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
     mbarrier.arrive(k_empty.index(slot), count=1)
     p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
@@ -358,7 +341,7 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
 def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, offs_m, k0,
             diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
             VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, p_layout: gl.constexpr, turn, ME: gl.constexpr, PINGPONG: gl.constexpr):
+            o_layout: gl.constexpr, p_layout: gl.constexpr):
     """The key loop over n_blocks >= 1 blocks from key k0: (un-normalised O, m, l).
 
     Dense: the first ``n_left`` blocks cross the window's left edge (WINDOW), the last one is the
@@ -369,11 +352,7 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
     # block 0: S_0 alone (nothing to overlap it with yet)
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_ready.index(0), 0)
-    if PINGPONG:
-        _take_turn(turn, 0, ME)
     s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    if PINGPONG:
-        mbarrier.arrive(turn.index(1 - ME), count=1)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(0), count=1)
     if VARLEN:
@@ -405,16 +384,16 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         first_edge = gl.maximum(n_mid, 1)
         for j in range(first_full, first_edge):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_edge, n_blocks):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
     else:
         # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
         # block n-1: the diagonal when causal
@@ -424,15 +403,15 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
-                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                           CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_full, n_blocks - 1):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
-                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                       CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         if n_blocks > 1:
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
-                                       CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                       CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
 
     # the last P V
     last = (n_blocks - 1) % STAGES
@@ -476,8 +455,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid,
               qk_scale, active, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
               ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, Q_TILES: gl.constexpr, turn, ME: gl.constexpr,
-              PINGPONG: gl.constexpr):
+              STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, Q_TILES: gl.constexpr):
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
     Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
@@ -485,8 +463,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     rows lie in the sequence: if not, the consumer only releases the ring's slots.  Packed (VARLEN): the
     sequence has n_q query rows of which the block starts at m0; rows past n_q are computed but never
     stored, and a program with n_blocks = 0 stores zeros.  Q_TILES: 1, q_smem holds all the program's
-    rows; else one BLOCK_M-row tile per consumer.  PINGPONG: consumer ME (0 or 1) issues its wgmma in turn
-    with the other (``turn``: two mbarriers; a constexpr placeholder without)."""
+    rows; else one BLOCK_M-row tile per consumer."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -510,7 +487,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         if n_blocks > 0:  # else no row sees a key (or a padding program): O = 0, LSE = -inf
             acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                     v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         # rows that saw no key have l = 0: they output 0 with LSE -inf, as the Triton forward writes them
         # (its backward then gives them zero gradients)
         l_safe = gl.where(l_i == 0.0, 1.0, l_i)
@@ -529,7 +506,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     elif active:
         acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                 v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, turn, ME, PINGPONG)
+                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
         o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
         gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
@@ -564,7 +541,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
                      o_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                      CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
                      STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                     VARLEN: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+                     VARLEN: gl.constexpr, CONSUMERS: gl.constexpr):
     """Dense: grid (cdiv(Nq, 64 * CONSUMERS), B * H), descriptors over the (B*H*N, D) views, o_ptr, cu_q_ptr,
     cu_k_ptr and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, block) table for 128-row
     blocks, H), descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q,
@@ -579,8 +556,6 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     gl.static_assert((CONSUMERS == 2) or (CONSUMERS == 3 and BLOCK_N == 2 * ROWS and not VARLEN and not WINDOW),
                      "three consumers: 128-key blocks, dense, no window")
     gl.static_assert((Q_TILES == 1) or (Q_TILES == CONSUMERS), "Q is one tile or one a consumer")
-    # ping-pong needs both consumers to take the same number of turns: not at D256 causal (BLOCK_N < BLOCK_M)
-    gl.static_assert(not PINGPONG or (CONSUMERS == 2 and BLOCK_N == BLOCK_M), "ping-pong: two consumers, square blocks")
     # each 64-row consumer's causal diagonal is exactly one key block: BLOCK_N = BLOCK_M (the program's
     # diagonal is its last block, shared by both consumers) or BLOCK_M / 2 (D256: the last two blocks, the
     # first consumer's diagonal and the second's); with three consumers, 128 (_three_consumers)
@@ -685,7 +660,7 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_bufs, v_bufs, q_bar, k_ready,
                        k_empty, v_ready, v_empty, q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT,
                        n_kv, n_blocks, n_left, n_mid, kv_row0, kv_col, qk_scale, CAUSAL, WINDOW, VARLEN, BLOCK_M,
-                       BLOCK_N, HEAD_DIM, STAGES, PRODUCER_REGS, CONSUMER_REGS, PINGPONG)
+                       BLOCK_N, HEAD_DIM, STAGES, PRODUCER_REGS, CONSUMER_REGS)
 
 
 @gluon.jit
@@ -693,16 +668,8 @@ def _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_buf
                    v_ready, v_empty, q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks,
                    n_left, n_mid, kv_row0, kv_col, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
                    VARLEN: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                   STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                   PINGPONG: gl.constexpr):
-    """The partitions of the 128-row program: two consumers of 64 rows and the producer.  PINGPONG: the
-    consumers issue their wgmma in turn (``_take_turn``), through two mbarriers."""
-    if PINGPONG:
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(turn.index(0), count=1)
-        mbarrier.init(turn.index(1), count=1)
-    else:
-        turn: gl.constexpr = 0  # a placeholder (a partition takes no None)
+                   STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    """The partitions of the 128-row program: two consumers of 64 rows and the producer."""
 
     rows: gl.constexpr = BLOCK_M // 2
     # causal with 64-key blocks (BLOCK_N = rows): the first consumer's diagonal is the program's last block
@@ -720,12 +687,10 @@ def _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_buf
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_first, n_left,
-                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1, turn, 0,
-                     PINGPONG)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1, turn, 1,
-                     PINGPONG)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN, 1)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -763,13 +728,13 @@ def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n0, zero, zero, qk_scale, active0,
-                     CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, zero, 0, False)),
+                     CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n1, zero, zero, qk_scale, active1,
-                     CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, zero, 0, False)),
+                     CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n2, zero, zero, qk_scale, last,
-                     CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, zero, 0, False)),
+                     CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, zero, kv_row0, zero, n_blocks, BLOCK_N, STAGES, False, 3)),
     ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
@@ -801,14 +766,14 @@ def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
-                      varlen: bool = False, block_rows: int = BLOCK, pingpong: bool = False) -> dict:
+                      varlen: bool = False, block_rows: int = BLOCK) -> dict:
     """The constexprs ``forward`` and ``forward_varlen`` launch ``fwd_sm90_kernel`` with (the tools
     compile these).  Packed programs differ in work whether causal or not: they are grouped either way."""
     wide = block_rows == WIDE_BLOCK
     return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
                 STAGES=stages, PRODUCER_REGS=PRODUCER_REGS,
                 CONSUMER_REGS=WIDE_CONSUMER_REGS if wide else CONSUMER_REGS, VARLEN=bool(varlen),
-                CONSUMERS=consumers(block_rows), PINGPONG=bool(pingpong))
+                CONSUMERS=consumers(block_rows))
 
 
 def launch_maxnreg(block_rows: int = BLOCK) -> int:
@@ -822,7 +787,7 @@ def q_tile_rows(block_rows: int = BLOCK) -> int:
 
 
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
-            window_left: int = -1, block_rows: int = BLOCK, pingpong: bool = False) -> None:
+            window_left: int = -1, block_rows: int = BLOCK) -> None:
     """Write softmax(sm_scale q k^T) v into o and the base-2 LSE into lse (both preallocated).
 
     The caller checks ``unsupported_reason`` first; ``group_programs`` is the causal launch-order
@@ -846,8 +811,8 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     fwd_sm90_kernel[grid](
         descriptor(q, q_tile_rows(block_rows)), descriptor(k, bn), descriptor(v, bn), descriptor(o, CONSUMER_ROWS),
         lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows=block_rows,
-                            pingpong=pingpong), num_warps=4, maxnreg=launch_maxnreg(block_rows))
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows=block_rows), num_warps=4,
+        maxnreg=launch_maxnreg(block_rows))
 
 
 def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: bool, sm_scale: float,
