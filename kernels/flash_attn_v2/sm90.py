@@ -84,8 +84,8 @@ none).  Nor 3 K/V stages at D256 (256 KiB of shared memory): ``config_reason`` s
 value in the value rows that follow a sequence (the next sequence's) can reach that sequence's output
 through its masked key tail (P = 0 times V = inf is NaN), where the Triton forward's per-sequence
 descriptors read zeros (keys are masked by selection, so a non-finite key does not).  No explicit
-ping-pong between the two consumers (FA3 3.1's named-barrier schedule): the warp scheduler
-interleaves them as it finds them ready.  The backward is flash_attn_v2's (``kernels.py`` or ``sm90_bwd.py``).
+ping-pong between the two consumers (FA3 3.1's schedule): the warp scheduler interleaves them as it
+finds them ready (issuing in turn through two mbarriers measured no faster from N = 4k, DESIGN.md).  The backward is flash_attn_v2's (``kernels.py`` or ``sm90_bwd.py``).
 """
 from __future__ import annotations
 
