@@ -16,15 +16,11 @@ import pytest
 import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd
-from kernel_checks import case_id, check_against_reference, make_inputs, poisoned_empty
-
-
-def _hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+from kernel_checks import case_id, check_against_reference, make_inputs, on_hopper, poisoned_empty
 
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not _hopper(), reason="the Gluon backward runs on Hopper (capability 9.x) only")]
+              pytest.mark.skipif(not on_hopper(), reason="the Gluon backward runs on Hopper (capability 9.x) only")]
 
 # one configuration a kernel (bounded compile time); the backward is what is under test
 GLUON_BWD = FA2Options(autotune=False, backward="sm90")

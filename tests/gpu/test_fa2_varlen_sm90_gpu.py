@@ -20,15 +20,11 @@ from flashbench_kernels._validate import NO_WINDOW, check_varlen_inputs, check_w
 from flashbench_kernels.flash_attn_v2 import (FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, sm90_bwd,
                                               spaces, tuning)
 from kernel_checks import (check_varlen_against_reference, cu_seqlens, make_inputs, make_packed_inputs,
-                           only_padding_tables, poisoned_empty, repeat_without_sync)
-
-
-def _hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+                           on_hopper, only_padding_tables, poisoned_empty, repeat_without_sync)
 
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")]
+              pytest.mark.skipif(not on_hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")]
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ options, the tuner's pruner and the launcher hand it exactly those and log it by
 compiles for sm_90 into three consumer warp groups of 160 registers and the producer without spills
 (``test_flash_attn_v2_sm90.py``'s compile test covers it with the other builds).  On a Hopper GPU: outputs
 and gradients against the float64 reference with outputs poisoned, on sequence lengths that are and are
-not multiples of 192 (a program's last consumers then have no row and only drain the rings), causal with
-the diagonal shifted, GQA and MQA, and the tuner timing it.
+not multiples of 192 (a program's first consumers then have no row and only drain the rings), causal with
+the diagonal shifted, GQA and MQA (the tuner timing it: ``test_flash_attn_v2_sm90.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import check_against_reference, make_inputs, poisoned_empty
+from kernel_checks import (assert_forwards_agree, check_against_reference, make_inputs, offered_forward_configs,
+                           on_hopper, poisoned_empty)
 
 WIDE = (sm90.WIDE_BLOCK, 128, 4, 2, spaces.GLUON)
 
@@ -81,24 +82,16 @@ def test_options_take_the_wide_gluon_tile_and_no_other_192_row_one():
             FA2Options(configs={"fwd": bad})
 
 
-def _offered(monkeypatch, head_dim: int, nq: int, causal: bool, sm90_ok: int, window=False, varlen=False) -> set:
-    monkeypatch.setattr(tuning, "interpreting", lambda: False)
-    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
-    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
-    return {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=head_dim, IEEE=False, CAUSAL=causal,
-                                                WINDOW=window, VARLEN=varlen)}
-
-
 @pytest.mark.parametrize("nq", [512, 1024, 16384])
 @pytest.mark.parametrize("causal, window, varlen", [  # a window here is causal: (left, 0)
     (False, False, False), (True, False, False), (True, True, False), (False, False, True), (True, False, True)])
 def test_the_pruner_offers_the_wide_tile_at_d64_dense_without_a_window_from_gluon_min_nq(nq, causal, window,
                                                                                         varlen, monkeypatch):
-    kept = _offered(monkeypatch, 64, nq, causal, 1, window, varlen)
+    kept = offered_forward_configs(monkeypatch, 64, nq, causal, 1, window, varlen)
     assert (WIDE in kept) == (nq >= spaces.GLUON_MIN_NQ and not window and not varlen)
     assert {t for t in kept if not tuning.is_gluon(t)}, "the Triton tiles stay candidates"
-    assert WIDE not in _offered(monkeypatch, 64, nq, causal, 0, window, varlen)  # not on this GPU / input
-    assert not any(t[0] == 192 for t in _offered(monkeypatch, 128, nq, causal, 1, window, varlen))
+    assert WIDE not in offered_forward_configs(monkeypatch, 64, nq, causal, 0, window, varlen)  # not on this GPU / input
+    assert not any(t[0] == 192 for t in offered_forward_configs(monkeypatch, 128, nq, causal, 1, window, varlen))
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -132,11 +125,7 @@ def test_pinning_the_wide_tile_where_it_is_not_built_says_why(d, window, words, 
 # ---------------------------------------------------------------------------------------------
 # Hopper GPU
 # ---------------------------------------------------------------------------------------------
-def _hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-
-
-hopper_only = pytest.mark.skipif(not _hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
+hopper_only = pytest.mark.skipif(not on_hopper(), reason="the Gluon forward runs on Hopper (capability 9.x) only")
 
 WIDE_GRID = [
     # B, H, Hkv, Nq, Nkv, causal: the programs end at row Nq, so a first program starting before row 0
@@ -190,16 +179,5 @@ def test_gpu_wide_lse_matches_the_two_consumer_build(causal):
     q, k, v, _ = make_inputs(2, 8, 4, 1024, 1024, 64, torch.bfloat16, seed=64)
     o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(configs={"fwd": WIDE}))
     two = FA2Options(configs={"fwd": (128, 128, 4, 2, spaces.GLUON)})
-    o_ref, lse_ref = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=two)
-    assert (lse - lse_ref).abs().max().item() < 1e-3
-    assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
+    assert_forwards_agree(o, lse, *flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=two))
 
-
-@pytest.mark.gpu
-@hopper_only
-def test_gpu_the_tuner_times_the_wide_tile_at_d64(monkeypatch):
-    monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    q, k, v, do = make_inputs(1, 16, 16, 2048, 2048, 64, torch.bfloat16, seed=642)
-    check_against_reference(q, k, v, do, causal=False)
-    offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
-    assert WIDE in offered, f"the tuner did not time the three-consumer forward: {offered}"

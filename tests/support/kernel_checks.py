@@ -18,6 +18,30 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ATOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float32: 2e-5}
 
 
+def on_hopper() -> bool:
+    """A Hopper GPU (capability 9.x) is present: the Gluon kernels run there only."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def offered_forward_configs(monkeypatch, head_dim: int, nq: int, causal: bool, sm90_ok: int, window: bool = False,
+                            varlen: bool = False) -> set:
+    """The forward configurations the FA2 tuner's pruner keeps for a call of this shape (as signatures), as if
+    the interpreter were off; ``sm90_ok`` says whether the Gluon forward runs the inputs."""
+    from flashbench_kernels.flash_attn_v2 import spaces, tuning
+
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    prune, configs = tuning.TUNERS["fwd"][0].prune, tuning.all_configs(spaces.FWD_SPACE)
+    named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": nq, "NKV_BUCKET": nq, "SM90_OK": sm90_ok}
+    return {tuning.signature(c) for c in prune(configs, named, HEAD_DIM=head_dim, IEEE=False, CAUSAL=causal,
+                                                WINDOW=window, VARLEN=varlen)}
+
+
+def assert_forwards_agree(o, lse, o_ref, lse_ref):
+    """Two forward kernels' outputs on the same inputs: LSE within 1e-3, O within 2e-2 (16-bit rounding)."""
+    assert (lse - lse_ref).abs().max().item() < 1e-3
+    assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
+
+
 def tma_unavailable() -> bool:
     """True on a GPU without tensor descriptors (the interpreter emulates them; Hopper has them)."""
     return DEV == "cuda" and torch.cuda.get_device_capability()[0] < 9
