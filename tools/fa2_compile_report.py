@@ -117,7 +117,7 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
         consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
     sig = {name: "i32" for name in fn.arg_names}
     # the block shapes ``forward`` gives the descriptors: Q 128 rows, K and V block_n(D), O 64 (a consumer's)
-    bn = sm90.block_n(head_dim, block_rows)
+    bn = sm90.block_n(head_dim)
     sig.update(q_desc=tile(sm90.q_tile_rows(block_rows)), k_desc=tile(bn), v_desc=tile(bn),
                o_desc=tile(sm90.CONSUMER_ROWS))
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})

@@ -22,8 +22,7 @@ GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of 
 # (BLOCK_M, BLOCK_N, warps a consumer) of the Gluon forward's head dims: 128x128 at D64 and D128, 128x64 at D256,
 # and the three-consumer 192x128 at D64
 GLUON_TILES = tuple(sorted({(sm90.BLOCK, sm90.block_n(d), 4) for d in sm90.HEAD_DIMS}
-                           | {(sm90.WIDE_BLOCK, sm90.block_n(d, sm90.WIDE_BLOCK), 4) for d in sm90.WIDE_HEAD_DIMS},
-                           reverse=True))
+                           | {(sm90.WIDE_BLOCK, sm90.block_n(sm90.WIDE_HEAD_DIM), 4)}, reverse=True))
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ BLOCK = 128  # query rows per program (two consumers of 64), and keys per block 
 CONSUMER_ROWS = 64  # query rows of one consumer warp group (a wgmma's M per warp group)
 # The three-consumer build (FlashAttention-3's D64 tile): 192 query rows a program, D64 dense only
 WIDE_BLOCK = 3 * CONSUMER_ROWS
-WIDE_HEAD_DIMS = (64, 128)
+WIDE_HEAD_DIM = 64
 HEAD_DIMS = (64, 128, 256)
 SHARED_BYTES = 227 * 1024  # the shared memory a block may use on sm_90
 PRODUCER_REGS = 24  # the minimum setmaxnreg allows; the producer only computes addresses
@@ -125,16 +125,13 @@ WIDE_CONSUMER_REGS = 160
 WIDE_MAXNREG = 128
 
 
-def block_n(head_dim: int, block_rows: int = BLOCK) -> int:
-    """Keys per K/V block at ``head_dim``: 128 up to D128, 64 at D256; with three consumers
-    (``WIDE_BLOCK``) 128 at D64 and 64 at D128 (O 64x128 fp32 takes 64 of a consumer's 160 registers).
+def block_n(head_dim: int) -> int:
+    """Keys per K/V block at ``head_dim``: 128 up to D128, 64 at D256.
 
     At D256 a 128-key block fits neither shared memory (Q 64 KiB + one stage of K and V 128 KiB; two
     stages 320 KiB) nor the consumers' registers (O 64x256 fp32 takes 128 a thread, S 64x128 64 more);
     64-key blocks take Q + 2 stages = 192 KiB and S 32 registers.  (FlashAttention-3 runs 128x80 tiles
     at D256; Gluon tiles are powers of two.)"""
-    if block_rows == WIDE_BLOCK:
-        return BLOCK if head_dim <= 64 else BLOCK // 2
     return BLOCK if head_dim <= 128 else BLOCK // 2
 
 
@@ -146,7 +143,7 @@ def consumers(block_rows: int) -> int:
 def shared_tile_bytes(head_dim: int, stages: int, block_rows: int = BLOCK) -> int:
     """Shared memory of the Q tile and the two ``stages``-deep K and V rings (16-bit): the kernel's, less
     its mbarriers and alignment (under 1 KiB: ``tools/fa2_compile_report.py --gluon``)."""
-    return 2 * head_dim * (block_rows + 2 * stages * block_n(head_dim, block_rows))
+    return 2 * head_dim * (block_rows + 2 * stages * block_n(head_dim))
 
 
 def config_reason(head_dim: int, block_cols: int, stages: int, block_rows: int = BLOCK, window: bool = False,
@@ -157,13 +154,12 @@ def config_reason(head_dim: int, block_cols: int, stages: int, block_rows: int =
     if block_rows not in (BLOCK, WIDE_BLOCK):
         return f"BLOCK_M={block_rows}: {BLOCK} (two consumers) or {WIDE_BLOCK} (three) only"
     if block_rows == WIDE_BLOCK:
-        if head_dim not in WIDE_HEAD_DIMS:
-            return (f"BLOCK_M={WIDE_BLOCK} (three consumers) is built at head_dim "
-                    f"{' and '.join(map(str, WIDE_HEAD_DIMS))} only")
+        if head_dim != WIDE_HEAD_DIM:
+            return f"BLOCK_M={WIDE_BLOCK} (three consumers) is built at head_dim {WIDE_HEAD_DIM} only"
         if window or varlen:
             return f"BLOCK_M={WIDE_BLOCK} (three consumers) is built for dense inputs without a window only"
-    if block_cols != block_n(head_dim, block_rows):
-        return f"at head_dim {head_dim} it runs BLOCK_N={block_n(head_dim, block_rows)}, not {block_cols}"
+    if block_cols != block_n(head_dim):
+        return f"at head_dim {head_dim} it runs BLOCK_N={block_n(head_dim)}, not {block_cols}"
     need = shared_tile_bytes(head_dim, stages, block_rows)
     if need + 1024 > SHARED_BYTES:
         return (f"{stages} stages at head_dim {head_dim} need {need // 1024} KiB of "
@@ -557,8 +553,8 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
     Q_TILES: gl.constexpr = BLOCK_M // q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
-    gl.static_assert((CONSUMERS == 2) or (CONSUMERS == 3 and BLOCK_N >= ROWS and not VARLEN and not WINDOW),
-                     "three consumers: 64- or 128-key blocks, dense, no window")
+    gl.static_assert((CONSUMERS == 2) or (CONSUMERS == 3 and BLOCK_N == 2 * ROWS and not VARLEN and not WINDOW),
+                     "three consumers: 128-key blocks, dense, no window")
     gl.static_assert((Q_TILES == 1) or (Q_TILES == CONSUMERS), "Q is one tile or one a consumer")
     # each 64-row consumer's causal diagonal is exactly one key block: BLOCK_N = BLOCK_M (the program's
     # diagonal is its last block, shared by both consumers) or BLOCK_M / 2 (D256: the last two blocks, the
@@ -807,7 +803,7 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
         raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
-    bn = block_n(D, block_rows)
+    bn = block_n(D)
     why = config_reason(D, bn, stages, block_rows, window=window_left >= 0)
     if why is not None:
         raise ValueError(f"sm90.forward: {why}")
