@@ -211,10 +211,14 @@ def test_h200_plugin_ten_percent_slower(h200):
 
 def test_h200_rerun_on_another_unit(h200):
     """Run D: the default sweep again on another H200, 2 rounds of every case (3 of 208) before the
-    device time ended.  One case is past its threshold and both noise bands, with the same kernel
-    code (the Gluon build differs from A's by one unused argument) and both rounds of D alike."""
+    device time ended.  Without the unit margin one case is past its threshold and both noise bands,
+    with the same kernel code (the Gluon build differs from A's by one unused argument) and both rounds
+    of D alike; the unit margin, which runs on two units get, leaves no false alarm."""
     thresholds, _ = load_thresholds(None)
     report = check_runs(h200["A"], h200["D"], thresholds)
     assert len(report.compared) == 656 and report.not_judged  # D did not finish its third round
-    assert _regressions(report) == {("triton_fa2", "B2 H16 N8192 D128 fp16 causal fwd")}
     assert any(d.kind == "device" for d in report.differences)
+    assert _regressions(report) == set() and report.unit_margins == [thresholds.defaults.unit_margin]
+    no_unit_margin = parse_thresholds("defaults: {unit_margin: 0}\n", "test")
+    assert _regressions(check_runs(h200["A"], h200["D"], no_unit_margin)) == {
+        ("triton_fa2", "B2 H16 N8192 D128 fp16 causal fwd")}
