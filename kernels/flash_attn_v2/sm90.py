@@ -257,8 +257,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_
         if n_blocks > 0:  # a program with no key block (a padding row, rows that see no key) loads nothing
             _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES)
     else:
-        # three consumers: a tile past the sequence's end reads the next head's rows, or TMA's zeros past
-        # the tensor; its consumer only drains the rings (_drain)
+        # three consumers: a tile before the sequence's first row reads the previous head's rows, or TMA's
+        # zeros before the tensor; its consumer only drains the rings (_drain)
         _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES)
     for j in range(n_blocks):
         slot = j % STAGES
@@ -424,8 +424,9 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
 
 @gluon.jit
 def _drain(k_ready, k_empty, v_ready, v_empty, n_blocks, STAGES: gl.constexpr):
-    """A consumer with no row in the sequence (the three-consumer build's last program): release each of
-    the n_blocks K and V slots once loaded, as a computing consumer would, so the producer's ring goes on."""
+    """A consumer with no row in the sequence (the three-consumer build's first program, when Nq is not a
+    multiple of 192): release each of the n_blocks K and V slots once loaded, as a computing consumer
+    would, so that the producer's ring goes on."""
     for j in range(n_blocks):
         slot = j % STAGES
         phase = (j // STAGES) & 1
