@@ -123,23 +123,24 @@ class GateReport:
         """The cases present in both runs."""
         return [c for c in self.cases if c.outcome not in ("missing", "new")]
 
+    def _between_runs(self) -> list[RunToRun]:
+        """The run-to-run tests of every timing check made."""
+        return [m.between for c in self.cases for m in c.checks if m.between is not None]
+
     @property
     def single_round_margins(self) -> list[float]:
         """The margins that stood in for unknown run-to-run noise (cases with one round on each side)."""
-        return sorted({m.between.spread for c in self.cases for m in c.checks
-                       if m.between is not None and m.between.basis == "margin"})
+        return sorted({b.spread for b in self._between_runs() if b.basis == "margin"})
 
     @property
     def unit_margins(self) -> list[float]:
         """The unit margins applied (the runs came from two units of one GPU model)."""
-        return sorted({m.between.unit_margin for c in self.cases for m in c.checks
-                       if m.between is not None and m.between.unit_margin is not None})
+        return sorted({b.unit_margin for b in self._between_runs() if b.unit_margin is not None})
 
     @property
     def single_round_unit_margins(self) -> list[float]:
         """The unit margins that stood in for unknown run-to-run noise (one round on each side, two units)."""
-        return sorted({m.between.spread for c in self.cases for m in c.checks
-                       if m.between is not None and m.between.basis == "unit margin"})
+        return sorted({b.spread for b in self._between_runs() if b.basis == "unit margin"})
 
     @property
     def failures(self) -> list[CaseResult]:

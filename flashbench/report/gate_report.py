@@ -35,9 +35,14 @@ def _span(values: set[int]) -> str:
     return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
 
 
+def _percents(fractions) -> str:
+    """Relative amounts as one text: [0.1, 0.15] -> "10%/15%" ("" for none)."""
+    return "/".join(f"{m * 100:.0f}%" for m in fractions)
+
+
 def _margins(report) -> str:
     """The single-round margins that stood in for run-to-run noise: "90%" ("" when none did)."""
-    return "/".join(f"{m * 100:.0f}%" for m in report.single_round_margins)
+    return _percents(report.single_round_margins)
 
 
 def pooled_text(report) -> str:
@@ -68,8 +73,7 @@ def rounds_text(report) -> str:
     if _margins(report):
         text += f"; noise within-run only, single-round margin {_margins(report)}"
     elif report.single_round_unit_margins:
-        text += "; noise within-run only, unit margin " + "/".join(f"{m * 100:.0f}%"
-                                                                    for m in report.single_round_unit_margins)
+        text += f"; noise within-run only, unit margin {_percents(report.single_round_unit_margins)}"
     return text
 
 
@@ -135,7 +139,7 @@ def gate_markdown(report) -> str:
                      f"change counts only past the single-round margin ({margins}, `single_round_margin` in the "
                      f"thresholds file). Runs with rounds (`flashbench run --rounds 3`, "
                      f"or `flashbench baseline save` of several runs) measure the run-to-run noise instead.")
-    units = "/".join(f"{m * 100:.0f}%" for m in report.unit_margins)
+    units = _percents(report.unit_margins)
     if units:
         lines.append(f"> note: the runs come from two units of the GPU model, which differ under load by more than "
                      f"either run's rounds show: a timing change counts only past the unit margin ({units}, "

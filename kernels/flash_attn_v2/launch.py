@@ -23,8 +23,8 @@ from . import sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
-from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, head_dim_class, is_gluon, is_ws, launch_label, to_config,
-                     ws_refusals)
+from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, gluon_tile_reason, head_dim_class, is_gluon, is_ws,
+                     launch_label, to_config, ws_refusals)
 
 LN2 = 0.6931471805599453
 
@@ -134,8 +134,7 @@ def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusa
         raise ValueError(f"{where} needs warp specialisation, which this call does not allow: {'; '.join(why_not_ws)}")
     if is_gluon(pinned) and sm90_refusal is not None:
         raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run these inputs: {sm90_refusal}")
-    why_not_tile = (sm90.config_reason(meta["HEAD_DIM"], pinned[1], pinned[3], pinned[0], window=meta["WINDOW"],
-                                       varlen=meta["VARLEN"]) if is_gluon(pinned) else None)
+    why_not_tile = gluon_tile_reason(pinned, meta) if is_gluon(pinned) else None
     if why_not_tile is not None:
         raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run this configuration: {why_not_tile}")
 

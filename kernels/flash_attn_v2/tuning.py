@@ -111,10 +111,11 @@ def ws_allowed(tma_ok: int, ieee: bool, causal: bool, window: bool = False, varl
     return not ws_refusals(tma_ok, ieee, causal, window, varlen)
 
 
-def gluon_tile_ok(cfg: triton.Config, meta: dict) -> bool:
-    """Whether a Gluon entry's tile runs this call's head dim and inputs (``sm90.config_reason``)."""
-    return sm90.config_reason(meta["HEAD_DIM"], cfg.kwargs["BLOCK_N"], cfg.num_stages, cfg.kwargs["BLOCK_M"],
-                              window=meta.get("WINDOW", False), varlen=meta.get("VARLEN", False)) is None
+def gluon_tile_reason(t: tuple, meta: dict) -> str | None:
+    """Why a Gluon configuration tuple cannot run this call's head dim and inputs (``sm90.config_reason``;
+    None: it can).  The tuner's pruner and a pinned configuration's check both ask here."""
+    return sm90.config_reason(meta["HEAD_DIM"], t[1], t[3], t[0], window=meta.get("WINDOW", False),
+                              varlen=meta.get("VARLEN", False))
 
 
 def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
@@ -133,7 +134,7 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
         # only the forward has SM90_OK; GLUON_MIN_NQ: see there
         gluon_ok = bool(named_args.get("SM90_OK", 0)) and named_args["NQ_BUCKET"] >= GLUON_MIN_NQ
         cand = [c for c in configs if signature(c) in allowed
-                and (gluon_ok and gluon_tile_ok(c, kwargs) if c.kwargs.get("GLUON") else
+                and (gluon_ok and gluon_tile_reason(signature(c), kwargs) is None if c.kwargs.get("GLUON") else
                      ws_ok if c.kwargs.get("WARP_SPEC") else c.kwargs["USE_TMA"] in paths)]
         nq, nkv = named_args["NQ_BUCKET"], named_args["NKV_BUCKET"]
         fit = [c for c in cand if c.kwargs["BLOCK_M"] <= max(16, nq) and c.kwargs["BLOCK_N"] <= max(16, nkv)]
