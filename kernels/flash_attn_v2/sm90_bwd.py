@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 128 (D128) and 64 (D64), with a window 160 and 208, the packed builds 104-224, the dense non-causal
+the causal builds 120 (D128) and 72 (D64), with a window 160 and 200, the packed builds 112-240, the dense non-causal
 ones none).
 
 What is implemented
@@ -38,9 +38,11 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  How the dQ product is split:
       - D128 (``"split_cols"``, ``dq_layout``), as FA3: each consumer writes its rows of dS^T into one
-        (128 keys, 64) tile of the block, arrives on that step's mbarrier and waits for the other's arrival;
-        then consumer w computes dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and
-        reduces that (64, 64) half.  One reduce of the tile a step; dS^T is double-buffered (a consumer writes
+        (128 keys, 64) tile of the block and arrives on that step's mbarrier; consumer w computes
+        dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
+        It issues that product as two over the keys: its own 64 first, then, after waiting for the other's
+        arrival, the other's 64 into the same accumulator, so the wait overlaps a product (the backward alone
+        0.96 of the time causal, level non-causal).  One reduce of the tile a step; dS^T is double-buffered (a consumer writes
         step t + 1's while the other may still read step t's; it waits on step t + 1's barrier before step
         t + 2 writes the buffer again, and the other has retired step t's products by then), and K_j is
         overwritten with dK only after both consumers' last products (one more barrier).  Measured against the
@@ -49,7 +51,7 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
       - D64 (``"split_rows"``): a 32-column half of K_j would be narrower than the 128-byte swizzle its tile is
         stored with, so it cannot be an operand; instead the steps take 128 query rows (``block_m``: S^T and
         dP^T of 64 keys x 128 queries fit beside dK and dV of 64 x 64) and consumer w computes the rows
-        dQ_i[64w : 64w + 64, :] = dS[64w : 64w + 64, all 128 keys] K_j, with the same barriers.  Measured
+        dQ_i[64w : 64w + 64, :] = dS[64w : 64w + 64, all 128 keys] K_j, with the same barriers and two products.  Measured
         against the per-consumer layout: the backward alone 0.78-0.88 of the time;
       - ``"per_consumer"`` (either head dim, kept to measure the others against): each consumer computes
         dQ_i = dS_w K_w over its own 64 keys and reduces that partial: two reduces of the tile a step, no
@@ -347,17 +349,24 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
     dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
     if DQ_SPLIT:
-        # once the other half of dS^T is in: dQ_i[QROW0 : QROW0 + DQ_ROWS, COL0 : COL0 + DQ_COLS] =
-        # dS[QROW0 : QROW0 + DQ_ROWS, all 128 keys] K_j[:, COL0 : COL0 + DQ_COLS] (k_cols: those columns of K_j)
-        mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
+        # dQ_i[QROW0 : QROW0 + DQ_ROWS, COL0 : COL0 + DQ_COLS] = dS[QROW0 : QROW0 + DQ_ROWS, all 128 keys]
+        # K_j[:, COL0 : COL0 + DQ_COLS] (k_cols: those columns of K_j), as two products over the keys: this
+        # consumer's own, whose dS^T rows it has just written, then, once the other's half is in, the other's.  The
+        # wait for the other consumer overlaps the first product instead of idling the tensor cores
         if DQ_ROWS == BLOCK_M:
             ds_rows = ds_all
         else:
             ds_rows = ds_all.slice(QROW0, DQ_ROWS, dim=1)
-        dq_tok = warpgroup_mma(ds_rows.permute((1, 0)), k_cols, zero_dq, use_acc=False, is_async=True)
+        OTHER0: gl.constexpr = KEYS - ROW0  # the other consumer's first key in the block
+        dq_tok = warpgroup_mma(ds_rows.slice(ROW0, KEYS).permute((1, 0)), k_cols.slice(ROW0, KEYS), zero_dq,
+                               use_acc=False, is_async=True)
+        mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
+        dq_tok = warpgroup_mma(ds_rows.slice(OTHER0, KEYS).permute((1, 0)), k_cols.slice(OTHER0, KEYS), dq_tok,
+                               is_async=True)
+        dk = warpgroup_mma_wait(2, deps=[dk_tok])
     else:
         dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
-    dk = warpgroup_mma_wait(1, deps=[dk_tok])
+        dk = warpgroup_mma_wait(1, deps=[dk_tok])
     mbarrier.arrive(q_empty.index(slot), count=1)
     mbarrier.arrive(do_empty.index(slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
