@@ -42,17 +42,17 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
         It issues that product as two over the keys: its own 64 first, then, after waiting for the other's
         arrival, the other's 64 into the same accumulator, so the wait overlaps a product (the backward alone
-        0.96 of the time causal, level non-causal).  One reduce of the tile a step; dS^T is double-buffered (a consumer writes
-        step t + 1's while the other may still read step t's; it waits on step t + 1's barrier before step
-        t + 2 writes the buffer again, and the other has retired step t's products by then), and K_j is
-        overwritten with dK only after both consumers' last products (one more barrier).  Measured against the
-        per-consumer layout: the backward alone 0.94-0.97 of the time non-causal, 0.80-0.84 causal
-        (kernels/DESIGN.md);
+        0.96 of the time causal, level non-causal).  One reduce of the tile a step; dS^T is double-buffered
+        (a consumer writes step t + 1's while the other may still read step t's; it waits on step t + 1's
+        barrier before step t + 2 writes the buffer again, and the other has retired step t's products by
+        then), and K_j is overwritten with dK only after both consumers' last products (one more barrier).
+        Measured against the per-consumer layout: the backward alone 0.94-0.97 of the time non-causal,
+        0.80-0.84 causal (kernels/DESIGN.md);
       - D64 (``"split_rows"``): a 32-column half of K_j would be narrower than the 128-byte swizzle its tile is
         stored with, so it cannot be an operand; instead the steps take 128 query rows (``block_m``: S^T and
         dP^T of 64 keys x 128 queries fit beside dK and dV of 64 x 64) and consumer w computes the rows
-        dQ_i[64w : 64w + 64, :] = dS[64w : 64w + 64, all 128 keys] K_j, with the same barriers and two products.  Measured
-        against the per-consumer layout: the backward alone 0.78-0.88 of the time;
+        dQ_i[64w : 64w + 64, :] = dS[64w : 64w + 64, all 128 keys] K_j, with the same barriers and two
+        products.  Measured against the per-consumer layout: the backward alone 0.78-0.88 of the time;
       - ``"per_consumer"`` (either head dim, kept to measure the others against): each consumer computes
         dQ_i = dS_w K_w over its own 64 keys and reduces that partial: two reduces of the tile a step, no
         synchronisation between the consumers;
