@@ -19,6 +19,9 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
                                                     # and packed (varlen), D256 dense
     python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
 
+The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value
+carried into the next loop iteration while its product is in flight does it, and costs the overlap).
+
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
 """
@@ -131,6 +134,25 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.launch_maxnreg(block_rows)))
 
 
+def wgmma_serialized(ptx: str) -> bool:
+    """Whether ptxas serialises the kernel's wgmma instructions (its C7514 note: a non-wgmma instruction reads
+    or writes an accumulator while its wgmma may be in flight; every wgmma then waits for the one before, which
+    removes the overlap the asynchronous products exist for).  Triton does not show ptxas's notes, so the PTX
+    is assembled again here with ``-v``."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    base = f"/tmp/fa2_compile_report_{os.getpid()}"
+    with open(base + ".ptx", "w") as f:
+        f.write(ptx)
+    try:
+        proc = subprocess.run([tool, "-arch=sm_90a", "-v", base + ".ptx", "-o", base + ".o"], capture_output=True,
+                              text=True, check=True)
+    finally:
+        for ext in (".ptx", ".o"):
+            if os.path.exists(base + ext):
+                os.remove(base + ext)
+    return "wgmma.mma_async instructions are serialized" in proc.stdout + proc.stderr
+
+
 def setmaxnreg(ptx: str) -> list[int]:
     """The register counts the kernel's partitions set (``setmaxnreg``), sorted."""
     return sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
@@ -195,6 +217,7 @@ def gluon_bwd_rows() -> list[dict]:
             c = compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen)
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
+            row["wgmma_serialized"] = wgmma_serialized(c.asm["ptx"])
         except Exception as e:  # report, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out.append(row)
@@ -235,6 +258,7 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     row["setmaxnreg"] = setmaxnreg(ptx)
                     row["wgmma_waits"] = sorted({int(x) for x in
                                                  re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
+                    row["wgmma_serialized"] = wgmma_serialized(ptx)
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out

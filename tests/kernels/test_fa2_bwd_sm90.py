@@ -289,6 +289,9 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         # others nothing
         allowed = SPILLS.get(key, 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
+        # the asynchronous products overlap only if ptxas keeps them asynchronous (a value carried into the
+        # next loop iteration while its product ran made it serialise every wgmma of the kernel)
+        assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
 
 
 class _Launch:

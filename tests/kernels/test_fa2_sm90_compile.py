@@ -90,6 +90,7 @@ def test_d256_gluon_forward_compiles_with_64_key_blocks_within_registers_and_sha
         assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"
         assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
+        assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
         # the causal window build spills one 8-byte value (cuobjdump STACK; the D128 window builds 56-64);
         # the others nothing
         assert r["spill_bytes"] <= (8 if r["window"] else 0), f"{where}: spills {r['spill_bytes']} bytes"

@@ -296,6 +296,7 @@ def test_compiles_for_sm90_into_producer_and_consumers():
             assert r["worker_regs"] == [sm90.WIDE_CONSUMER_REGS] * 2 + [sm90.PRODUCER_REGS], where
             assert sm90.WIDE_CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given their registers"
             assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
+            assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
             continue
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         # the windowed D128 builds spill (56-64 bytes a thread, as they did when their speed was measured),
@@ -306,6 +307,7 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"
         assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
+        assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
 
 
 # ---------------------------------------------------------------------------------------------
