@@ -42,6 +42,7 @@ from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, spaces, t
 from flashbench_kernels.flash_attn_v2.kernels import fwd_kernel
 
 SM90 = GPUTarget("cuda", 90, 32)
+NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")  # ptxas, cuobjdump
 _DIVISIBLE = ("Q", "K", "V", "O", "LSE", "H")
 GROUP_PROGRAMS = FA2Options().causal_group_programs  # the shipped causal launch order
 
@@ -66,7 +67,7 @@ def resource_usage(compiled) -> dict:
 
     ``spill_bytes`` is the per-thread stack frame plus local arrays (cuobjdump's STACK + LOCAL): ptxas
     puts spilled registers in the stack frame, which cuobjdump does not count under LOCAL."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = os.path.join(NVIDIA_BIN, "cuobjdump")
     path = f"/tmp/fa2_compile_report_{os.getpid()}.cubin"
     with open(path, "wb") as f:
         f.write(compiled.asm["cubin"])
@@ -139,7 +140,7 @@ def wgmma_serialized(ptx: str) -> bool:
     or writes an accumulator while its wgmma may be in flight; every wgmma then waits for the one before, which
     removes the overlap the asynchronous products exist for).  Triton does not show ptxas's notes, so the PTX
     is assembled again here with ``-v``."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    tool = os.path.join(NVIDIA_BIN, "ptxas")
     base = f"/tmp/fa2_compile_report_{os.getpid()}"
     with open(base + ".ptx", "w") as f:
         f.write(ptx)
