@@ -33,6 +33,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -67,14 +68,12 @@ def resource_usage(compiled) -> dict:
 
     ``spill_bytes`` is the per-thread stack frame plus local arrays (cuobjdump's STACK + LOCAL): ptxas
     puts spilled registers in the stack frame, which cuobjdump does not count under LOCAL."""
-    tool = os.path.join(NVIDIA_BIN, "cuobjdump")
-    path = f"/tmp/fa2_compile_report_{os.getpid()}.cubin"
-    with open(path, "wb") as f:
-        f.write(compiled.asm["cubin"])
-    try:
-        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.remove(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([os.path.join(NVIDIA_BIN, "cuobjdump"), "-res-usage", path], capture_output=True,
+                             text=True, check=True).stdout
     regs, stack, local = (int(re.search(rf"{key}:(\d+)", out).group(1)) for key in ("REG", "STACK", "LOCAL"))
     return {"registers": regs, "spill_bytes": stack + local,
             "shared_bytes": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
@@ -140,17 +139,12 @@ def wgmma_serialized(ptx: str) -> bool:
     or writes an accumulator while its wgmma may be in flight; every wgmma then waits for the one before, which
     removes the overlap the asynchronous products exist for).  Triton does not show ptxas's notes, so the PTX
     is assembled again here with ``-v``."""
-    tool = os.path.join(NVIDIA_BIN, "ptxas")
-    base = f"/tmp/fa2_compile_report_{os.getpid()}"
-    with open(base + ".ptx", "w") as f:
-        f.write(ptx)
-    try:
-        proc = subprocess.run([tool, "-arch=sm_90a", "-v", base + ".ptx", "-o", base + ".o"], capture_output=True,
-                              text=True, check=True)
-    finally:
-        for ext in (".ptx", ".o"):
-            if os.path.exists(base + ext):
-                os.remove(base + ext)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([os.path.join(NVIDIA_BIN, "ptxas"), "-arch=sm_90a", "-v", path, "-o",
+                               os.path.join(tmp, "kernel.o")], capture_output=True, text=True, check=True)
     return "wgmma.mma_async instructions are serialized" in proc.stdout + proc.stderr
 
 
