@@ -18,7 +18,7 @@ forward output, its base-2 LSE and Delta), ``fwd`` ``flash_attn_v2`` (tuned by e
 on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
 
     python tools/kernel_ab.py --base HEAD~1 --what bwd --out ab.json
-    python tools/kernel_ab.py --base 02cdf84 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
+    python tools/kernel_ab.py --base main~3 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
 the called function, or without a GPU.
