@@ -8,8 +8,9 @@ rounds, so both see the same unit, clocks and temperature:
   1. ``git archive BASE kernels`` is unpacked into a temporary folder as the package ``fbk_base`` (the
      kernels import each other relatively, so the copy imports as its own package and compiles its own
      kernels);
-  2. each case's inputs are made once (bf16 by default, seeded), both revisions are called once and their
-     results compared (the largest absolute difference of each output: dQ differs by its reduce order);
+  2. each case's inputs are made once, as the harness makes them (bf16 by default, seed 0); both revisions
+     are called once and their results compared (the largest absolute difference of each output: dQ
+     differs by its reduce order);
   3. ``--rounds`` interleaved rounds time each revision with flashbench's held timer (L2 flushed, GPU time
      only); the table gives the median of the round medians, base / new, and new's TFLOP/s.
 
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from flashbench.measure.calls import make_inputs
 from flashbench.model.config import Timing
 from flashbench.model.flops import attention_flops
 from flashbench.measure.timer import time_cuda
@@ -62,8 +64,8 @@ def snapshot(rev: str, dest: str) -> None:
     proc = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "kernels"],
                           capture_output=True)
     if proc.returncode != 0:
-        raise ValueError(f"--base {rev}: git cannot archive kernels/ there: "
-                         f"{proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+        said = proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise ValueError(f"--base {rev}: git cannot archive kernels/ there: {said[-1]}")
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         tar.extractall(dest, filter="data")
     os.rename(os.path.join(dest, "kernels"), os.path.join(dest, BASE_PACKAGE))
@@ -75,20 +77,13 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
-def _inputs(case, seed: int = 0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    dtype = getattr(torch, case.dtype)
-    shape_q = (case.batch, case.heads, case.seq_len_q, case.head_dim)
-    shape_kv = (case.batch, case.kv_heads, case.seq_len_kv, case.head_dim)
-    q = torch.randn(shape_q, device="cuda", dtype=dtype, generator=g)
-    k, v = (torch.randn(shape_kv, device="cuda", dtype=dtype, generator=g) for _ in range(2))
-    do = torch.randn(shape_q, device="cuda", dtype=dtype, generator=g)
-    return q, k, v, do
-
-
 def calls(what: str, case, new, base):
     """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison)."""
-    q, k, v, do = _inputs(case)
+    # the harness's inputs for the case with a backward (so with dO), as plain tensors: each call below
+    # makes its own leaves where it needs gradients
+    inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
+    q, k, v = (t.detach() for t in inputs.args[:3])
+    do = inputs.do
     causal = case.causal
     if what == "fwd":
         return {name: (lambda m=m: (m.flash_attn_v2(q, k, v, causal=causal),)) for name, m in
@@ -152,19 +147,19 @@ def main() -> int:
     if a.rounds < 1:
         print(f"error: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA GPU", file=sys.stderr)
-        return 2
     from flashbench_kernels import flash_attn_v2 as new
 
     timing = Timing(warmup_ms=20, budget_ms=a.budget_ms, min_samples=10, max_samples=400)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        try:
+        try:  # before the GPU check: a revision git cannot read is named on any machine
             snapshot(a.base, tmp)
             base = import_base(tmp)
         except (ValueError, ImportError) as e:
             print(f"error: {e}", file=sys.stderr)
+            return 2
+        if not torch.cuda.is_available():
+            print("error: needs a CUDA GPU", file=sys.stderr)
             return 2
         print(f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8}  max |new - base|")
         for case in cases:

@@ -58,6 +58,13 @@ def test_bad_input_exits_2_naming_it(args, words):
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.skipif(not IN_GIT, reason="not a git checkout")
+def test_a_bad_revision_exits_2_naming_it():
+    r = _run("--base", "no-such-revision", "--cases", "B1,H1,N128,D64")
+    assert r.returncode == 2 and "--base no-such-revision: git cannot archive kernels/" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_without_a_gpu_it_exits_2():
     r = _run("--cases", "B1,H1,N128,D64")
