@@ -19,6 +19,7 @@ forward output, its base-2 LSE and Delta), ``fwd`` ``flash_attn_v2`` (tuned by e
 on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
 
     python tools/kernel_ab.py --base HEAD~1 --what bwd --out ab.json
+    python tools/kernel_ab.py --base /tmp/old/kernels --what fwd   # a copy of kernels/ (no git needed)
     python tools/kernel_ab.py --base main~3 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
@@ -33,6 +34,7 @@ import io
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +62,14 @@ WHAT = ("bwd", "fwd", "fwd_bwd")  # the case's mode for the FLOP count
 
 def snapshot(rev: str, dest: str) -> None:
     """Unpack ``kernels/`` of git revision ``rev`` into ``dest/fbk_base`` (ValueError naming a revision git
-    cannot read)."""
+    cannot read).  ``rev`` may instead be a folder holding a copy of ``kernels/`` (``git archive REV kernels |
+    tar -x -C DIR`` makes one as DIR/kernels), for a checkout without the history, such as a copy sent to a
+    GPU machine."""
+    if os.path.isdir(rev):
+        if not os.path.isfile(os.path.join(rev, "flash_attn_v2", "__init__.py")):
+            raise ValueError(f"--base {rev}: a folder, but not a copy of kernels/ (no flash_attn_v2/__init__.py)")
+        shutil.copytree(rev, os.path.join(dest, BASE_PACKAGE))
+        return
     proc = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "kernels"],
                           capture_output=True)
     if proc.returncode != 0:
@@ -122,14 +131,14 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
             medians[name].append(statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
     flops = attention_flops(dataclasses.replace(case, mode=what))
-    return {"case": case.label(), "what": what, "new_ms": ms["new"], "base_ms": ms["base"],
+    return {"case": dataclasses.replace(case, mode=what).label(), "what": what, "new_ms": ms["new"], "base_ms": ms["base"],
             "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
             "round_medians_ms": medians, "max_abs_diff": diff}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="HEAD", help="git revision of kernels/ to compare against (default HEAD)")
+    ap.add_argument("--base", default="HEAD", help="git revision of kernels/ to compare against (default HEAD), or a folder holding a copy of kernels/")
     ap.add_argument("--what", default="bwd", choices=WHAT)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
                     help="B,H[,Hkv],N,D[,fp16][,causal] as tools/host_path.py reads them")

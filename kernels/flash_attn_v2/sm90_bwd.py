@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 120 (D128) and 72 (D64), with a window 160 and 200, the packed builds 112-240, the dense non-causal
+the causal builds 120 (D128) and 96 (D64), with a window 168 and 208, the packed builds 120-264, the dense non-causal
 ones none).
 
 What is implemented
@@ -36,7 +36,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
-    while the next step computes (the buffer is reused after ``tma.store_wait``).  How the dQ product is split:
+    while the next step computes (the buffer is reused after ``tma.store_wait``).  The tile is written to shared
+    memory without bank conflicts (``_store_dq``: the lanes of odd rows exchange two column groups and store
+    through a view that undoes it; stored as it is, every store took twice its wavefronts: the backward alone
+    0.94-0.98 of the time).  How the dQ product is split:
       - D128 (``"split_cols"``, ``dq_layout``), as FA3: each consumer writes its rows of dS^T into one
         (128 keys, 64) tile of the block and arrives on that step's mbarrier; consumer w computes
         dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
@@ -232,6 +235,36 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
     _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 
 
+@gluon.constexpr_function
+def _dq_swapped_view(rows, cols):
+    """The fp32 dQ tile's shared layout (128-byte swizzle, 32-column blocks) as seen through a tensor whose odd rows
+    have the 8-column groups g and g XOR 2 of each block exchanged: element offset bits -> (row, column).  As the
+    swizzle, but the offset's first row bit also flips column bit 4."""
+    bases = [[0, 1 << i] for i in range(5)] + [[1, 4 | 16], [2, 8], [4, 16]]
+    bases += [[1 << i, 0] for i in range(3, int(rows).bit_length() - 1)]
+    bases += [[0, 32 << i] for i in range(int(cols).bit_length() - 6)]
+    return gl.SharedLinearLayout(bases)
+
+
+@gluon.jit
+def _store_dq(dq_smem, dq):
+    """dq_smem = dq, conflict-free.  Stored as it is, an 8-byte store of the wgmma accumulator writes, per half-warp,
+    32 bytes of each of 4 consecutive rows, and the 128-byte swizzle puts rows 2k and 2k + 1 on the same four of
+    the eight 16-byte units: 2 wavefronts where 1 would do (bank_sim.py in
+    results/evidence/h200/gluon_bwd_ncu_dq_store/).  Instead the lanes of odd rows exchange their column groups g
+    and g XOR 2 (a select per value, within each thread) and store through a view of the tile whose layout undoes
+    the exchange, so each value lands where the TMA reduce reads it, and a half-warp covers all eight units."""
+    R: gl.constexpr = dq.shape[0]
+    C: gl.constexpr = dq.shape[1]
+    layout: gl.constexpr = dq.type.layout
+    a, b = dq.reshape([R, C // 32, 2, 16]).permute((0, 1, 3, 2)).split()
+    swapped = gl.join(b, a).permute((0, 1, 3, 2)).reshape([R, C])
+    swapped = gl.convert_layout(swapped, layout)
+    odd = (gl.arange(0, R, layout=gl.SliceLayout(1, layout)) % 2 == 1)[:, None]
+    view = dq_smem._reinterpret(gl.float32, [R, C], _dq_swapped_view(R, C))
+    view.store(gl.where(odd, swapped, dq))
+
+
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
               v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP,
@@ -371,7 +404,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     mbarrier.arrive(do_empty.index(slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
     tma.store_wait(0)  # the previous step's reduce has read dq_smem
-    dq_smem.store(dq)
+    _store_dq(dq_smem, dq)
     fence_async_shared()
     # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
     _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)

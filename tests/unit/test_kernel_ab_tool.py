@@ -1,6 +1,7 @@
 """tools/kernel_ab.py: the snapshot of another revision's kernels, the cases it reads, its refusals on bad input
 and without a GPU, and (GPU) one A/B of the tree against itself."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,21 @@ def test_a_revisions_kernels_import_as_their_own_package(kernel_ab, tmp_path):
     base = kernel_ab.import_base(str(tmp_path))
     assert Path(base.__file__).is_relative_to(tmp_path / kernel_ab.BASE_PACKAGE)
     assert callable(base.flash_attn_v2) and callable(base.sm90_bwd.backward)
+
+
+def test_a_folder_holding_a_copy_of_kernels_is_a_base(kernel_ab, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "kernels", copy / "kernels")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    kernel_ab.snapshot(str(copy / "kernels"), str(dest))
+    base = kernel_ab.import_base(str(dest))
+    assert Path(base.__file__).is_relative_to(dest / kernel_ab.BASE_PACKAGE) and callable(base.flash_attn_v2)
+
+
+def test_a_folder_that_is_not_a_copy_of_kernels_is_named(kernel_ab, tmp_path):
+    with pytest.raises(ValueError, match="a folder, but not a copy of kernels/"):
+        kernel_ab.snapshot(str(tmp_path), str(tmp_path / "dest"))
 
 
 @pytest.mark.skipif(not IN_GIT, reason="not a git checkout")
