@@ -3,8 +3,8 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 120 (D128) and 96 (D64), with a window 168 and 208, the packed builds 120-264, the dense non-causal
-ones none).
+the causal builds 128 (D128) and 104 (D64), with a window 208 and 200, the packed builds 96-264, the dense non-causal
+ones 8 (D128) and none (D64)).
 
 What is implemented
 -------------------
@@ -32,7 +32,7 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         P^T  = exp2(S^T * scale * log2(e) - L_i) (L_i: the forward's base-2 log-sum-exp, line 13)
         dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
         dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16)
-        dK_w += dS^T Q_i                         (wgmma, A = dS^T through shared memory, line 21)
+        dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
@@ -372,11 +372,15 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         pT = gl.where(visible, pT, 0.0)
     dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
     # dS^T to shared memory first: its registers are free before P^T's bf16 copy is made
-    ds_smem.store(dsT.to(ds_smem.dtype))
+    ds16 = dsT.to(ds_smem.dtype)
+    ds_smem.store(ds16)
     p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
     dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+    # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
+    # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
+    ds16 = gl.convert_layout(ds16, a_layout)
+    dk_tok = warpgroup_mma(ds16, q_smem, dk, is_async=True)
     fence_async_shared()
-    dk_tok = warpgroup_mma(ds_smem, q_smem, dk, is_async=True)
     if DQ_SPLIT:
         mbarrier.arrive(ds_ready.index(t % 2), count=1)  # this consumer's half of dS^T is in shared memory
     # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
@@ -396,10 +400,10 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
         dq_tok = warpgroup_mma(ds_rows.slice(OTHER0, KEYS).permute((1, 0)), k_cols.slice(OTHER0, KEYS), dq_tok,
                                is_async=True)
-        dk = warpgroup_mma_wait(2, deps=[dk_tok])
+        dk, ds16 = warpgroup_mma_wait(2, deps=[dk_tok, ds16])
     else:
         dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
-        dk = warpgroup_mma_wait(1, deps=[dk_tok])
+        dk, ds16 = warpgroup_mma_wait(1, deps=[dk_tok, ds16])
     mbarrier.arrive(q_empty.index(slot), count=1)
     mbarrier.arrive(do_empty.index(slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
