@@ -368,3 +368,56 @@ def test_a_callers_zeroed_accumulator_is_used_and_a_wrong_one_refused(monkeypatc
         with pytest.raises(ValueError, match="dq_acc must be a contiguous float32 tensor shaped like q"):
             sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), False, 0.125, dq_acc=bad)
     assert len(kernel.calls) == 1
+
+
+# The dQ tile's conflict-free store (``_store_dq``), checked on the CPU: the view's layout must put every value
+# where the TMA reduce reads it, and the stores it makes must cover all banks.
+def _tma_offset(row: int, col: int, rows: int) -> int:
+    """The element offset TMA's 128-byte swizzle gives fp32 (row, col) of a (rows, C) tile: 32-column blocks of
+    rows x 128 bytes, 16-byte unit XOR row mod 8 (written out here, not taken from Triton)."""
+    block, c = divmod(col, 32)
+    return block * rows * 32 + row * 32 + (((c // 4) ^ (row % 8)) * 4) + c % 4
+
+
+def _view_coords(bases) -> dict:
+    """offset -> (row, col) of a shared linear layout: the XOR of the bases of the offset's set bits."""
+    coords = {}
+    for offset in range(1 << len(bases)):
+        r = c = 0
+        for bit, (br, bc) in enumerate(bases):
+            if offset >> bit & 1:
+                r, c = r ^ br, c ^ bc
+        coords[offset] = (r, c)
+    return coords
+
+
+@pytest.mark.parametrize("rows, cols", [(64, 64), (64, 128)])
+def test_the_dq_view_puts_each_value_where_the_tma_reduce_reads_it(rows, cols):
+    # the tile the view reinterprets has the swizzle written out in _tma_offset
+    assert sm90_bwd.dq_descriptor(torch.zeros(1, 1, 64, 128), "split_cols").layout.swizzle_byte_width == 128
+    coords = _view_coords(sm90_bwd._dq_swapped_view(rows, cols).offset_bases)
+    assert sorted(coords.values()) == [(r, c) for r in range(rows) for c in range(cols)]  # a bijection
+    for offset, (r, c) in coords.items():
+        # the view's (r, c) holds, on odd rows, the value of column c ^ 16 (the exchanged group)
+        assert _tma_offset(r, c ^ (16 if r % 2 else 0), rows) == offset
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_the_dq_stores_take_one_wavefront_a_half_warp_only_when_swapped(swapped):
+    # the wgmma accumulator: lane l holds rows l // 4 (+ 8) and columns 8 g + 2 (l % 4) (+ 1) of each group g;
+    # store i writes the register pair of group i (of each row half), 8 bytes a lane, 16 lanes a wavefront at best
+    rows = 64
+    view = {v: k for k, v in _view_coords(sm90_bwd._dq_swapped_view(rows, 64).offset_bases).items()}
+    worst = 0
+    for group in range(8):
+        for row_half in (0, 8):
+            for half in (0, 1):
+                banks = {}
+                for lane in range(16 * half, 16 * half + 16):
+                    r = lane // 4 + row_half
+                    for k in (0, 1):
+                        c = 8 * group + 2 * (lane % 4) + k
+                        offset = view[(r, c)] if swapped else _tma_offset(r, c, rows)
+                        banks.setdefault(offset % 32, set()).add(offset)
+                worst = max(worst, max(len(words) for words in banks.values()))
+    assert worst == (1 if swapped else 2)
