@@ -136,6 +136,11 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
             "round_medians_ms": medians, "max_abs_diff": diff}
 
 
+def geomean_ratio(rows: list[dict]) -> float:
+    """The geometric mean of the rows' new/base time ratios (one figure for a change across cases)."""
+    return math.exp(sum(math.log(r["new_over_base"]) for r in rows) / len(rows))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="HEAD", help="git revision of kernels/ to compare against (default HEAD), or a folder holding a copy of kernels/")
@@ -184,9 +189,11 @@ def main() -> int:
             print(f"{row['case']:<44} {row['new_ms']:8.3f} {row['base_ms']:8.3f} {row['new_over_base']:8.3f} "
                   f"{row['new_tflops']:8.0f}  {', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}", flush=True)
             torch.cuda.empty_cache()
+    summary = {"base": a.base, "what": a.what, "geomean_new_over_base": geomean_ratio(rows)}
+    print(f"geometric mean of new/base over {len(rows)} cases: {summary['geomean_new_over_base']:.3f}")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"base": a.base, "what": a.what, "rows": rows}, f, indent=1)
+            json.dump({**summary, "rows": rows}, f, indent=1)
     return 0
 
 

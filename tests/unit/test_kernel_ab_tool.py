@@ -44,6 +44,12 @@ def test_a_revisions_kernels_import_as_their_own_package(kernel_ab, tmp_path):
     assert callable(base.flash_attn_v2) and callable(base.sm90_bwd.backward)
 
 
+def test_the_summary_is_the_geometric_mean_of_the_time_ratios(kernel_ab):
+    rows = [{"new_over_base": 0.5}, {"new_over_base": 2.0}, {"new_over_base": 1.0}]
+    assert kernel_ab.geomean_ratio(rows) == pytest.approx(1.0)
+    assert kernel_ab.geomean_ratio([{"new_over_base": 0.9}, {"new_over_base": 0.9}]) == pytest.approx(0.9)
+
+
 def test_a_folder_holding_a_copy_of_kernels_is_a_base(kernel_ab, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(ROOT / "kernels", copy / "kernels")
