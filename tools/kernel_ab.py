@@ -131,8 +131,8 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
             medians[name].append(statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
     flops = attention_flops(dataclasses.replace(case, mode=what))
-    return {"case": dataclasses.replace(case, mode=what).label(), "what": what, "new_ms": ms["new"], "base_ms": ms["base"],
-            "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
+    return {"case": dataclasses.replace(case, mode=what).label(), "what": what, "new_ms": ms["new"],
+            "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
             "round_medians_ms": medians, "max_abs_diff": diff}
 
 
@@ -143,7 +143,8 @@ def geomean_ratio(rows: list[dict]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="HEAD", help="git revision of kernels/ to compare against (default HEAD), or a folder holding a copy of kernels/")
+    ap.add_argument("--base", default="HEAD",
+                    help="git revision of kernels/ to compare against (default HEAD), or a folder holding a copy of it")
     ap.add_argument("--what", default="bwd", choices=WHAT)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
                     help="B,H[,Hkv],N,D[,fp16][,causal] as tools/host_path.py reads them")

@@ -256,6 +256,7 @@ def _store_dq(dq_smem, dq):
     the exchange, so each value lands where the TMA reduce reads it, and a half-warp covers all eight units."""
     R: gl.constexpr = dq.shape[0]
     C: gl.constexpr = dq.shape[1]
+    gl.static_assert(C % 32 == 0, "the view assumes the tile is whole 32-column (128-byte) swizzle blocks")
     layout: gl.constexpr = dq.type.layout
     a, b = dq.reshape([R, C // 32, 2, 16]).permute((0, 1, 3, 2)).split()
     swapped = gl.join(b, a).permute((0, 1, 3, 2)).reshape([R, C])
@@ -371,7 +372,8 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
             visible = gl.expand_dims(key_rows < n_keys, 1) & gl.expand_dims(offs_m < n_rows, 0)
         pT = gl.where(visible, pT, 0.0)
     dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
-    # dS^T to shared memory first: its registers are free before P^T's bf16 copy is made
+    # dS^T in bf16: to shared memory for the dQ product (the other consumer's too), and kept in registers as the
+    # operand of dK's product
     ds16 = dsT.to(ds_smem.dtype)
     ds_smem.store(ds16)
     p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
