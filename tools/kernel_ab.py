@@ -130,8 +130,9 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
         for name, fn in fns.items():
             medians[name].append(statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
-    flops = attention_flops(dataclasses.replace(case, mode=what))
-    return {"case": dataclasses.replace(case, mode=what).label(), "what": what, "new_ms": ms["new"],
+    timed = dataclasses.replace(case, mode=what)  # the case as timed: its label and FLOP count
+    flops = attention_flops(timed)
+    return {"case": timed.label(), "what": what, "new_ms": ms["new"],
             "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
             "round_medians_ms": medians, "max_abs_diff": diff}
 
