@@ -19,6 +19,8 @@ spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer"
   * intra-warpgroup overlap: the consumer issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j as
     asynchronous wgmma, waits for S_{j+1} only, and runs the softmax of S_{j+1} while P_j V_j is
     still on the tensor cores; O is rescaled after that wgmma retires.
+  * Q as a register operand: at D <= 128 without a window, each consumer loads its Q rows once into
+    registers in the wgmma operand layout (FA3), so S = Q K^T reads only K from shared memory.
   * causal: the key loop walks the fully visible blocks with the unmasked softmax; the diagonal
     block, always the last one, is a separate step that applies the mask.  Programs are launched
     heaviest first across groups of heads (``_schedule.block_and_head``, the same order as
@@ -312,18 +314,18 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.c
 
 
 @gluon.jit
-def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
+def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
           qk_scale, offs_m, k0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
           WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
-    S_j under the PV, rescale O."""
+    S_j under the PV, rescale O.  q_op: the consumer's Q, its shared tile or its registers (_attend)."""
     slot = j % STAGES
     phase = (j // STAGES) & 1
     prev = (j - 1) % STAGES
     prev_phase = ((j - 1) // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
-    s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s_tok = warpgroup_mma(q_op, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(prev), prev_phase)
     o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
@@ -341,8 +343,12 @@ def _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
 def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, offs_m, k0,
             diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
             VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, p_layout: gl.constexpr):
+            o_layout: gl.constexpr, p_layout: gl.constexpr, Q_IN_REGS: gl.constexpr):
     """The key loop over n_blocks >= 1 blocks from key k0: (un-normalised O, m, l).
+
+    Q_IN_REGS: S = Q K^T takes Q from registers, loaded once (FA3's register operand A), instead of
+    reading its tile from shared memory at every block: 16 KiB (D128) less shared-memory traffic a block
+    and consumer; else (the three-consumer D64 and the D256 builds) ptxas serialises the wgmma.
 
     Dense: the first ``n_left`` blocks cross the window's left edge (WINDOW), the last one is the
     diagonal (CAUSAL), the blocks between are seen whole.  Packed (VARLEN): blocks [0, n_left) cross the
@@ -351,8 +357,12 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
     the sequence's last, partial block)."""
     # block 0: S_0 alone (nothing to overlap it with yet)
     mbarrier.wait(q_bar, 0)
+    if Q_IN_REGS:
+        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    else:
+        q_op = q_smem
     mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s_tok = warpgroup_mma(q_op, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(0), count=1)
     if VARLEN:
@@ -382,16 +392,16 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
         if WINDOW:
             first_full = gl.maximum(n_left, 1)
             for j in range(1, first_full):
-                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                            CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         first_edge = gl.maximum(n_mid, 1)
         for j in range(first_full, first_edge):
-            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_edge, n_blocks):
-            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
     else:
@@ -401,15 +411,15 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
         if WINDOW:
             first_full = gl.maximum(gl.minimum(n_left, n_blocks - 1), 1)
             for j in range(1, first_full):
-                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+                acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                            v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                            CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_full, n_blocks - 1):
-            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         if n_blocks > 1:
-            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready,
+            acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
                                        v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
                                        CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
 
@@ -456,7 +466,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
               q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid,
               qk_scale, active, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
               ROW0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, Q_TILES: gl.constexpr):
+              STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, Q_TILES: gl.constexpr, Q_IN_REGS: gl.constexpr):
     """Rows [ROW0, ROW0 + BLOCK_M) of the program's query block, in one warp group (NUM_WARPS = 4).
 
     Dense: the LSE row is q_row and the packed-only arguments (o_ptr, lse_row, row_stride, n_q, n_kv,
@@ -488,7 +498,8 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         if n_blocks > 0:  # else no row sees a key (or a padding program): O = 0, LSE = -inf
             acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                     v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+                                    CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout,
+                                    Q_IN_REGS)
         # rows that saw no key have l = 0: they output 0 with LSE -inf, as the Triton forward writes them
         # (its backward then gives them zero gradients)
         l_safe = gl.where(l_i == 0.0, 1.0, l_i)
@@ -507,7 +518,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     elif active:
         acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                 v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
+                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, Q_IN_REGS)
         # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
         o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
         gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
@@ -685,13 +696,18 @@ def _two_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, o_out, q_smem, k_buf
     # 5-20% slower at D128 on the H100.)  Argument tuples are spelled out: concatenating tuples
     # in a Gluon kernel turns constexprs into plain ints, which a worker partition cannot take.
     active: gl.constexpr = True  # both consumers' rows lie in the sequence (dense: Nq is a multiple of 128)
+    # Q as S = Q K^T's register operand where ptxas keeps the wgmma asynchronous and spills no more:
+    # D <= 128 without a window (D256's Q takes 128 registers a thread; the window's masks spill more)
+    q_regs: gl.constexpr = HEAD_DIM <= 128 and not WINDOW
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_first, n_left,
-                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, 0, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1,
+                     q_regs)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, o_out,
                      q_row, q_col, lse_row, row_stride, m0, n_q, k0, diag, WIN_LEFT, n_kv, n_blocks, n_left,
-                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1)),
+                     n_mid, qk_scale, active, CAUSAL, WINDOW, VARLEN, rows, rows, BLOCK_N, HEAD_DIM, STAGES, 4, 1,
+                     q_regs)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, q_col, kv_row0, kv_col, n_blocks, BLOCK_N, STAGES, VARLEN, 1)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -712,6 +728,7 @@ def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_
     consumers release is never loaded again.  A consumer with no row in the sequence (the first program's
     leading ones when Nq is not a multiple of 192: m0 < 0) drains all n_blocks slots."""
     ROWS: gl.constexpr = 64
+    # Q stays in shared memory: from registers, ptxas serialises this build's wgmma
     # packed/window-only arguments of _consumer: constexpr placeholders (a partition takes no None)
     zero: gl.constexpr = 0
     active0 = m0 >= 0
@@ -729,13 +746,13 @@ def _three_consumers(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_smem, k_bufs, v_
     gl.warp_specialize([
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n0, zero, zero, qk_scale, active0,
-                     CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+                     CAUSAL, False, False, 0, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, False)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n1, zero, zero, qk_scale, active1,
-                     CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+                     CAUSAL, False, False, ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, False)),
         (_consumer, (q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, lse_ptr, zero,
                      q_row, zero, zero, zero, m0, zero, k0, diag, zero, zero, n2, zero, zero, qk_scale, last,
-                     CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3)),
+                     CAUSAL, False, False, 2 * ROWS, ROWS, BLOCK_N, HEAD_DIM, STAGES, 4, 3, False)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                      v_empty, q_row, zero, kv_row0, zero, n_blocks, BLOCK_N, STAGES, False, 3)),
     ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
