@@ -1,6 +1,6 @@
 """Launch order of the FlashAttention programs, shared by the Triton and Gluon kernels.
 
-``block_and_head``: scalar program-id arithmetic only, so one ``@triton.jit`` function serves both
+``block_and_head`` (and ``block_and_head_at`` for a persistent program's tiles): scalar program-id arithmetic only, so one ``@triton.jit`` function serves both
 dialects (a Gluon kernel may call it: it touches no tensor layout).  ``SequenceBlocks``: the device-built
 table of (sequence, block) programs of a variable-length batch, longest first, made by two Triton
 launches (``_sequence_rows``, ``_sorted_rows``) that the host never waits for.
@@ -27,8 +27,23 @@ def block_and_head(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.cons
     is launched, then every head's next heaviest, and so on (kernels/DESIGN.md for the measurements).
     """
     n_blk = tl.num_programs(0)
+    if GROUP_PROGRAMS > 0:  # launch order
+        blk, bh = block_and_head_at(tl.program_id(1) * n_blk + tl.program_id(0), n_blk, n_bh, HEAVY_LAST_BLOCK,
+                                    GROUP_PROGRAMS)
+    else:
+        bh = tl.program_id(1)
+        if HEAVY_LAST_BLOCK:
+            blk = n_blk - 1 - tl.program_id(0)
+        else:
+            blk = tl.program_id(0)
+    return blk, bh
+
+
+@triton.jit
+def block_and_head_at(pid, n_blk, n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.constexpr):
+    """:func:`block_and_head` of the program at position ``pid`` of the launch order (x fastest) in a grid
+    (n_blk, n_bh): a persistent program's tiles, taken in that order, are the programs a launch would run."""
     if GROUP_PROGRAMS > 0:
-        pid = tl.program_id(1) * n_blk + tl.program_id(0)  # launch order
         heads = tl.cdiv(GROUP_PROGRAMS, n_blk)
         g = pid // (heads * n_blk)
         in_group = tl.minimum(heads, n_bh - g * heads)
@@ -36,8 +51,8 @@ def block_and_head(n_bh, HEAVY_LAST_BLOCK: tl.constexpr, GROUP_PROGRAMS: tl.cons
         rank = r // in_group  # 0 for the heaviest block of each head in the group
         bh = g * heads + r % in_group
     else:
-        rank = tl.program_id(0)
-        bh = tl.program_id(1)
+        rank = pid % n_blk
+        bh = pid // n_blk
     if HEAVY_LAST_BLOCK:
         blk = n_blk - 1 - rank
     else:

@@ -28,6 +28,7 @@ cannot be compiled.  Exit status 1 when a configuration fails to compile or show
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, spaces, tuning
+from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels.flash_attn_v2.kernels import fwd_kernel
 
 SM90 = GPUTarget("cuda", 90, 32)
@@ -100,24 +101,29 @@ def shifted_offsets_in_consumers(ttgir: str, block_m: int) -> list[str]:
 
 
 def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None, window: bool = False,
-                       varlen: bool = False, block_rows: int = sm90.BLOCK):
+                       varlen: bool = False, block_rows: int = sm90.BLOCK, persistent: bool = False):
     """The Gluon Hopper forward (kernels/flash_attn_v2/sm90.py) compiled for sm_90 as its launcher runs it
     (``window``: with a causal sliding window; ``varlen``: the packed-batch build of ``forward_varlen``,
-    descriptors over (total, heads * D) views, the output, offsets and program table by pointer)."""
+    descriptors over (total, heads * D) views, the output, offsets and program table by pointer;
+    ``persistent``: the dense build of ``sm90_persistent.forward``)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    fn = sm90.fwd_sm90_kernel
     dtype = dtype or torch.bfloat16
     if varlen:
         tile = lambda rows: mangle_type(sm90.packed_descriptor(torch.empty(1, 1, head_dim, dtype=dtype), rows))
     else:
         tile = lambda rows: mangle_type(sm90.descriptor(torch.empty(1, 1, sm90.BLOCK, head_dim, dtype=dtype), rows))
-    consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen, block_rows)
     packed_args = ("o_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")
-    if not varlen:
-        consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
+    if persistent:
+        fn = sm90_persistent.fwd_sm90_persistent_kernel
+        consts = sm90_persistent.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, block_rows)
+    else:
+        fn = sm90.fwd_sm90_kernel
+        consts = sm90.kernel_constexprs(causal, GROUP_PROGRAMS, stages, window, varlen, block_rows)
+        if not varlen:
+            consts.update(dict.fromkeys(packed_args, None))  # the dense launch passes None: constexprs
     sig = {name: "i32" for name in fn.arg_names}
     # the block shapes ``forward`` gives the descriptors: Q 128 rows, K and V block_n(D), O 64 (a consumer's)
     bn = sm90.block_n(head_dim)
@@ -125,6 +131,9 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
                o_desc=tile(sm90.CONSUMER_ROWS))
     sig.update(lse_ptr="*fp32", qk_scale="fp32", **{name: "constexpr" for name in consts})
     pointers = ["lse_ptr"]
+    if persistent:
+        sig.update(counter_ptr="*i32")  # the tile counter: a torch allocation, 16-byte aligned
+        pointers.append("counter_ptr")
     if varlen:
         sig.update(o_ptr="*bf16" if dtype == torch.bfloat16 else "*fp16", cu_q_ptr="*i32", cu_k_ptr="*i32",
                    table_ptr="*i32")
@@ -235,9 +244,12 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
         for causal, window in ((False, False), (True, False), (True, True)):
             if block_m == sm90.WIDE_BLOCK and sm90.config_reason(d, sm90.block_n(d), 2, block_m, window, varlen):
                 continue  # the three-consumer build exists at D64, dense, without a window only
-            for dt in dtypes:
-                row = {"kernel": "gluon_sm90", "head_dim": d, "causal": causal, "window": window, "varlen": varlen,
-                       "dtype": dt, "stages": stages, "block_m": block_m, "block_n": sm90.block_n(d)}
+            for dt, persistent in itertools.product(dtypes, (False, True)):
+                if persistent and sm90_persistent.reason(d, stages, block_m, varlen):
+                    continue  # built where sm90_persistent.forward runs it only
+                row = {"kernel": "gluon_sm90_persistent" if persistent else "gluon_sm90", "head_dim": d,
+                       "causal": causal, "window": window, "varlen": varlen, "dtype": dt, "stages": stages,
+                       "block_m": block_m, "block_n": sm90.block_n(d)}
                 out.append(row)
                 why = sm90.config_reason(d, sm90.block_n(d), stages, block_m, window, varlen)
                 if why is not None:
@@ -245,7 +257,7 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     continue
                 try:
                     c = compile_sm90_gluon(d, causal, stages, {"bf16": torch.bfloat16, "fp16": torch.float16}[dt],
-                                           window=window, varlen=varlen, block_rows=block_m)
+                                           window=window, varlen=varlen, block_rows=block_m, persistent=persistent)
                     ptx = c.asm["ptx"]
                     row.update(resource_usage(c))
                     req = re.search(r"requestedRegisters = array<i32: ([\d, ]+)>", c.asm["ttgir"])

@@ -262,10 +262,18 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_
         # three consumers: a tile before the sequence's first row reads the previous head's rows, or TMA's
         # zeros before the tensor; its consumer only drains the rings (_drain)
         _load_q(q_desc, q_smem, q_bar, q_row, q_col, Q_TILES)
+    _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, kv_row0, kv_col, n_blocks, 0,
+             BLOCK_N, STAGES)
+
+
+@gluon.jit
+def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, kv_row0, kv_col, n_blocks, ring,
+             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """K_j and V_j for j < n_blocks from row kv_row0 into the rings, block j at ring position ring + j."""
     for j in range(n_blocks):
-        slot = j % STAGES
+        slot = (ring + j) % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
-        phase = ((j // STAGES) & 1) ^ 1
+        phase = (((ring + j) // STAGES) & 1) ^ 1
         row = kv_row0 + j * BLOCK_N
         mbarrier.wait(k_empty.index(slot), phase)
         mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
@@ -314,16 +322,17 @@ def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.c
 
 
 @gluon.jit
-def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, zero_s,
+def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, j, ring, zero_s,
           qk_scale, offs_m, k0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
           WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Score block j (keys from k0 + j * BLOCK_N) while P_{j-1} V_{j-1} runs: issue both wgmma, softmax
-    S_j under the PV, rescale O.  q_op: the consumer's Q, its shared tile or its registers (_attend)."""
-    slot = j % STAGES
-    phase = (j // STAGES) & 1
-    prev = (j - 1) % STAGES
-    prev_phase = ((j - 1) // STAGES) & 1
+    S_j under the PV, rescale O.  q_op: the consumer's Q, its shared tile or its registers (_attend).  ring:
+    the ring position of the program's block 0 (a persistent program's blocks of earlier tiles; else 0)."""
+    slot = (ring + j) % STAGES
+    phase = ((ring + j) // STAGES) & 1
+    prev = (ring + j - 1) % STAGES
+    prev_phase = ((ring + j - 1) // STAGES) & 1
     mbarrier.wait(k_ready.index(slot), phase)
     s_tok = warpgroup_mma(q_op, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(prev), prev_phase)
@@ -343,8 +352,14 @@ def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v
 def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty, offs_m, k0,
             diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
             VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, p_layout: gl.constexpr, Q_IN_REGS: gl.constexpr):
+            o_layout: gl.constexpr, p_layout: gl.constexpr, Q_IN_REGS: gl.constexpr, ring, q_phase, q_free,
+            RELEASE_Q: gl.constexpr):
     """The key loop over n_blocks >= 1 blocks from key k0: (un-normalised O, m, l).
+
+    ring: the K/V ring position of block 0, q_phase the phase of q_bar to wait for (a persistent program's
+    tiles so far; else 0 and 0).  RELEASE_Q: arrive on q_free once this consumer no longer reads the Q tile
+    (right after loading it into registers, else after the last S product), so that the producer may
+    load the next tile's Q (persistent programs).
 
     Q_IN_REGS: S = Q K^T takes Q from registers, loaded once (FA3's register operand A), instead of
     reading its tile from shared memory at every block: 16 KiB (D128) less shared-memory traffic a block
@@ -356,15 +371,18 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
     edge (causal: the one or two blocks the diagonal crosses, Nkv_b - Nq_b being any integer; non-causal:
     the sequence's last, partial block)."""
     # block 0: S_0 alone (nothing to overlap it with yet)
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bar, q_phase)
     if Q_IN_REGS:
         q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+        if RELEASE_Q:
+            mbarrier.arrive(q_free, count=1)
     else:
         q_op = q_smem
-    mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_op, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    first = ring % STAGES
+    mbarrier.wait(k_ready.index(first), (ring // STAGES) & 1)
+    s_tok = warpgroup_mma(q_op, k_bufs.index(first).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
-    mbarrier.arrive(k_empty.index(0), count=1)
+    mbarrier.arrive(k_empty.index(first), count=1)
     if VARLEN:
         edge = n_mid == 0  # block 0 is on the right edge
         if WINDOW:
@@ -393,16 +411,16 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             first_full = gl.maximum(n_left, 1)
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                           v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                           v_empty, j, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                            CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         first_edge = gl.maximum(n_mid, 1)
         for j in range(first_full, first_edge):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
+                                       v_empty, j, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_edge, n_blocks):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                       v_empty, j, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
     else:
         # blocks 1 .. n-2: the rest of the window's left edge (masked), then the fully visible blocks;
@@ -412,34 +430,38 @@ def _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_emp
             first_full = gl.maximum(gl.minimum(n_left, n_blocks - 1), 1)
             for j in range(1, first_full):
                 acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                           v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
+                                           v_empty, j, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, True,
                                            CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         for j in range(first_full, n_blocks - 1):
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                       v_empty, j, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
+                                       v_empty, j, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv, False,
                                        CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
         if n_blocks > 1:
             acc, p16, m_i, l_i = _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready,
-                                       v_empty, n_blocks - 1, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
+                                       v_empty, n_blocks - 1, ring, zero_s, qk_scale, offs_m, k0, diag, win_left, n_kv,
                                        CAUSAL, CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout)
 
     # the last P V
-    last = (n_blocks - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
+    last = (ring + n_blocks - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((ring + n_blocks - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p16, v_bufs.index(last), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=[o_tok])
     mbarrier.arrive(v_empty.index(last), count=1)
+    if RELEASE_Q and not Q_IN_REGS:
+        mbarrier.arrive(q_free, count=1)  # every S product has retired
     return acc, m_i, l_i
 
 
 @gluon.jit
-def _drain(k_ready, k_empty, v_ready, v_empty, n_blocks, STAGES: gl.constexpr):
-    """A consumer with no row in the sequence (the three-consumer build's first program, when Nq is not a
-    multiple of 192): release each of the n_blocks K and V slots once loaded, as a computing consumer
-    would, so that the producer's ring goes on."""
-    for j in range(n_blocks):
-        slot = j % STAGES
-        phase = (j // STAGES) & 1
+def _drain(k_ready, k_empty, v_ready, v_empty, lo, hi, ring, STAGES: gl.constexpr):
+    """Release the K and V slots of blocks [lo, hi) once loaded, as a computing consumer would, so that the
+    producer's ring goes on (ring: the ring position of block 0).  A consumer with no row in the sequence
+    (the three-consumer build's first program, when Nq is not a multiple of 192) drains every block; a
+    persistent program's consumer also the blocks past its causal diagonal, which only a later consumer
+    reads."""
+    for j in range(lo, hi):
+        slot = (ring + j) % STAGES
+        phase = ((ring + j) // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
         mbarrier.arrive(k_empty.index(slot), count=1)
         mbarrier.wait(v_ready.index(slot), phase)
@@ -499,7 +521,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
             acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                     v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
                                     CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout,
-                                    Q_IN_REGS)
+                                    Q_IN_REGS, 0, 0, q_bar, False)
         # rows that saw no key have l = 0: they output 0 with LSE -inf, as the Triton forward writes them
         # (its backward then gives them zero gradients)
         l_safe = gl.where(l_i == 0.0, 1.0, l_i)
@@ -518,7 +540,8 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
     elif active:
         acc, m_i, l_i = _attend(acc, m_i, l_i, zero_s, q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready,
                                 v_empty, offs_m, k0, diag, win_left, n_kv, n_blocks, n_left, n_mid, qk_scale,
-                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, Q_IN_REGS)
+                                CAUSAL, WINDOW, VARLEN, BLOCK_N, STAGES, s_layout, o_layout, p_layout, Q_IN_REGS,
+                                0, 0, q_bar, False)
         # deferred normalisation; every row saw at least one key (its diagonal one, with a window)
         o = acc / gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1)
         gl.store(lse_ptr + q_row + gl.arange(0, BLOCK_M, layout=row_layout), m_i + gl.log2(l_i))
@@ -527,7 +550,7 @@ def _consumer(q_smem, k_bufs, v_bufs, q_bar, k_ready, k_empty, v_ready, v_empty,
         tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
         tma.store_wait(0)
     else:
-        _drain(k_ready, k_empty, v_ready, v_empty, n_blocks, STAGES)
+        _drain(k_ready, k_empty, v_ready, v_empty, 0, n_blocks, 0, STAGES)
 
 
 @gluon.jit
@@ -546,6 +569,47 @@ def packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK: gl.co
     kv0 = gl.minimum(gl.maximum(gl.load(cu_k_ptr + b), 0), N_KV)
     n_kv = gl.where(real, gl.minimum(gl.maximum(gl.load(cu_k_ptr + b + 1), kv0), N_KV) - kv0, 0)
     return real, first, q0, n_q, kv0, n_kv
+
+
+@gluon.jit
+def dense_program(pid_m, pid_bh, n_blk, H, GROUP, N_Q, N_KV, WIN_LEFT, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+                  CONSUMERS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, ROWS: gl.constexpr):
+    """Where dense query block pid_m (of n_blk) of batch*head pid_bh lies and which key blocks it visits:
+    (m0 its first row, diag = Nkv - Nq, k0 the first key loaded, n_blocks, n_left the blocks crossing a
+    window's left edge, q_row and kv_row0 the rows of the (B*H*N, D) views)."""
+    b = pid_bh // H
+    hk = (pid_bh % H) // GROUP
+    if CONSUMERS == 2:
+        m0 = pid_m * BLOCK_M
+    else:
+        # Nq is a multiple of 128, not always of 192: the programs end at row Nq, so that the partial one
+        # (up to two consumers without rows) is the first, whose rows see the fewest keys when causal;
+        # its m0 is negative
+        m0 = pid_m * BLOCK_M - (n_blk * BLOCK_M - N_Q)
+    diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of 128 here
+    if CAUSAL:
+        if CONSUMERS == 2:
+            # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
+            n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
+        else:
+            # up to the diagonal block of the last consumer's rows
+            n_end = (m0 + BLOCK_M - ROWS + diag) // BLOCK_N + 1
+    else:
+        n_end = N_KV // BLOCK_N
+    if WINDOW:
+        # query i also needs j >= i + diag - WIN_LEFT: blocks left of the block row m0 starts seeing in
+        # are never loaded; those before the block from which the last row sees everything are masked
+        lo = gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N
+        full_lo = gl.minimum(gl.cdiv(gl.maximum(m0 + BLOCK_M - 1 + diag - WIN_LEFT, 0), BLOCK_N), n_end)
+        n_left = full_lo - lo
+    else:
+        lo = 0
+        n_left = 0
+    n_blocks = n_end - lo
+    k0 = lo * BLOCK_N  # the first key the program loads
+    q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
+    kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
+    return m0, diag, k0, n_blocks, n_left, q_row, kv_row0
 
 
 @gluon.jit
@@ -612,38 +676,9 @@ def fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, qk_scale, H, GROUP,
         o_out = o_ptr
     else:
         pid_m, pid_bh = block_and_head(gl.num_programs(1), CAUSAL, GROUP_PROGRAMS)  # heaviest first if causal
-        b = pid_bh // H
-        hk = (pid_bh % H) // GROUP
-        if CONSUMERS == 2:
-            m0 = pid_m * BLOCK_M
-        else:
-            # Nq is a multiple of 128, not always of 192: the programs end at row Nq, so that the partial one
-            # (up to two consumers without rows) is the first, whose rows see the fewest keys when causal;
-            # its m0 is negative
-            m0 = pid_m * BLOCK_M - (gl.num_programs(0) * BLOCK_M - N_Q)
-        diag = N_KV - N_Q  # query i sees key j iff j <= i + diag (causal); a multiple of 128 here
-        if CAUSAL:
-            if CONSUMERS == 2:
-                # the last BLOCK_M / BLOCK_N blocks cross the diagonal (one, or one a consumer with 64-key blocks)
-                n_end = (m0 + diag) // BLOCK_N + BLOCK_M // BLOCK_N
-            else:
-                # up to the diagonal block of the last consumer's rows
-                n_end = (m0 + BLOCK_M - ROWS + diag) // BLOCK_N + 1
-        else:
-            n_end = N_KV // BLOCK_N
-        if WINDOW:
-            # query i also needs j >= i + diag - WIN_LEFT: blocks left of the block row m0 starts seeing in
-            # are never loaded; those before the block from which the last row sees everything are masked
-            lo = gl.maximum(m0 + diag - WIN_LEFT, 0) // BLOCK_N
-            full_lo = gl.minimum(gl.cdiv(gl.maximum(m0 + BLOCK_M - 1 + diag - WIN_LEFT, 0), BLOCK_N), n_end)
-            n_left = full_lo - lo
-        else:
-            lo = 0
-            n_left = 0
-        n_blocks = n_end - lo
-        k0 = lo * BLOCK_N  # the first key the program loads
-        q_row = pid_bh * N_Q + m0  # rows of the (B*H*Nq, D) view; TMA coordinates are int32
-        kv_row0 = (b * (H // GROUP) + hk) * N_KV + k0
+        m0, diag, k0, n_blocks, n_left, q_row, kv_row0 = dense_program(
+            pid_m, pid_bh, gl.num_programs(0), H, GROUP, N_Q, N_KV, WIN_LEFT, CAUSAL, WINDOW, CONSUMERS, BLOCK_M,
+            BLOCK_N, ROWS)
         # the TMA columns and the packed-only arguments: constexpr 0 placeholders (a partition's argument
         # tuple takes no None), so the dense partitions capture what they did before
         q_col: gl.constexpr = 0

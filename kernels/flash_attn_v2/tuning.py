@@ -18,7 +18,7 @@ import triton
 from .._schedule import SequenceBlocks
 from .._tuner import InterleavedTuner
 from .._validate import interpreting
-from . import sm90
+from . import sm90, sm90_persistent
 from .kernels import bwd_dkdv_kernel, bwd_dq_kernel, fwd_kernel
 from .spaces import DKDV_SPACE, DQ_SPACE, FWD_SKIP, FWD_SPACE, GLUON, GLUON_MIN_NQ, PREFERRED_PATH, WS
 
@@ -172,8 +172,13 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
                                 a["TABLE"].table(sm90.BLOCK), meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
                                 cfg.num_stages, window_left)
         else:
-            sm90.forward(a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"],
-                         meta["GROUP_PROGRAMS"], cfg.num_stages, window_left, block_rows=cfg.kwargs["BLOCK_M"])
+            # the persistent build where it is built and measured faster, else one program a tile
+            block_rows, head_dim = cfg.kwargs["BLOCK_M"], a["Q"].shape[-1]
+            persistent = sm90_persistent.reason(head_dim, cfg.num_stages, block_rows, varlen=False,
+                                                n_kv=a["K"].shape[2]) is None
+            (sm90_persistent if persistent else sm90).forward(
+                a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
+                cfg.num_stages, window_left, block_rows=block_rows)
     else:
         _launch_triton_fwd(cfg, grid_fn, args, meta)
 

@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
 from kernel_checks import (ATOL, assert_forwards_agree, check_against_reference, make_inputs, offered_forward_configs,
                            on_hopper, poisoned_empty, window_case_id)
@@ -105,6 +105,7 @@ def test_a_pinned_gluon_forward_gets_the_calls_left_reach(causal, window, left, 
         lse.zero_()
 
     monkeypatch.setattr(sm90, "forward", fake_forward)
+    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 64, dtype=torch.float16)
     flash_attn_v2(q, q, q, causal=causal, window=window, options=FA2Options(path="tma", configs={"fwd": GLUON_128}))
     assert seen == [(True, left)]
@@ -246,6 +247,7 @@ def test_d256_a_pinned_gluon_forward_runs_it(causal, window, left, monkeypatch):
         lse.zero_()
 
     monkeypatch.setattr(sm90, "forward", fake_forward)
+    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 256, dtype=torch.float16)
     log = {}
     flash_attn_v2(q, q, q, causal=causal, window=window, launch_log=log,
@@ -281,18 +283,26 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--gluon", "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    # the dense builds and the packed (varlen) ones; D256 dense only; three consumers: D64 dense, no window
-    assert {(r["head_dim"], r["causal"], r["window"], r["varlen"], r["block_m"]) for r in rows} == \
-        {(d, c, w, p, sm90.BLOCK) for d in (64, 128, 256) for c, w in ((False, False), (True, False), (True, True))
-         for p in (False, True) if not (d == 256 and p)} | \
-        {(64, c, False, False, sm90.WIDE_BLOCK) for c in (False, True)}, proc.stderr[-2000:]
+    # the dense builds and the packed (varlen) ones; D256 dense only; three consumers: D64 dense, no window;
+    # the persistent build (sm90_persistent): the dense ones at D64 and D128
+    builds = {(d, c, w, p, sm90.BLOCK) for d in (64, 128, 256) for c, w in ((False, False), (True, False), (True, True))
+              for p in (False, True) if not (d == 256 and p)} | \
+        {(64, c, False, False, sm90.WIDE_BLOCK) for c in (False, True)}
+    key = lambda r: (r["head_dim"], r["causal"], r["window"], r["varlen"], r["block_m"])  # noqa: E731
+    assert {key(r) for r in rows if r["kernel"] == "gluon_sm90"} == builds, proc.stderr[-2000:]
+    assert {key(r) for r in rows if r["kernel"] == "gluon_sm90_persistent"} == \
+        {b for b in builds if b[0] != 256 and not b[3]}, proc.stderr[-2000:]
     for r in rows:
         where = (f"D={r['head_dim']} causal={r['causal']} window={r['window']} varlen={r['varlen']} "
                  f"BLOCK_M={r['block_m']}")
         assert "error" not in r, f"{where}: {r.get('error')}"
+        persistent = r["kernel"] == "gluon_sm90_persistent"
+        where += " persistent" if persistent else ""
         if r["block_m"] == sm90.WIDE_BLOCK:
             assert r["warps"] == 16, f"{where}: expected three consumer warp groups and the producer's"
-            assert r["spill_bytes"] == 0, f"{where}: spills {r['spill_bytes']} bytes"
+            # the persistent causal build spills 40 bytes a thread (the tile loop's state beside the ring's)
+            allowed = 40 if (persistent and r["causal"]) else 0
+            assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
             assert r["worker_regs"] == [sm90.WIDE_CONSUMER_REGS] * 2 + [sm90.PRODUCER_REGS], where
             assert sm90.WIDE_CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given their registers"
             assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
@@ -300,8 +310,11 @@ def test_compiles_for_sm90_into_producer_and_consumers():
             continue
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         # the windowed D128 builds spill (56-64 bytes a thread, as they did when their speed was measured),
-        # the windowed D256 one 8 bytes; the others spill nothing
+        # the windowed D256 one 8 bytes; persistent, the D128 causal build 16 and the D64 windowed one 8; the
+        # others spill nothing
         allowed = {128: 64, 256: 8}.get(r["head_dim"], 0) if r["window"] else 0
+        if persistent:
+            allowed = {(128, True, False): 16, (64, True, True): 8}.get((r["head_dim"], r["causal"], r["window"]), 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
         assert r["worker_regs"] == [sm90.CONSUMER_REGS, sm90.PRODUCER_REGS], f"{where}: worker registers"

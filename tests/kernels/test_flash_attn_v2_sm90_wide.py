@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, spaces, tuning
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
 from kernel_checks import (assert_forwards_agree, check_against_reference, make_inputs, offered_forward_configs,
                            on_hopper, poisoned_empty)
@@ -105,6 +105,7 @@ def test_a_pinned_wide_forward_is_launched_with_192_rows_and_logged_by_name(caus
         lse.zero_()
 
     monkeypatch.setattr(sm90, "forward", fake_forward)
+    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 64, dtype=torch.float16)
     log = {}
     flash_attn_v2(q, q, q, causal=causal, launch_log=log, options=FA2Options(path="tma", configs={"fwd": WIDE}))
