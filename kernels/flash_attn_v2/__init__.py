@@ -98,7 +98,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     where the tuner measures it faster.  Its own docstring says what it does not support.  Dense calls
     of up to ``sm90_persistent.MAX_KEYS`` keys at D64 and D128 (2-stage rings at D128) run its
     persistent build (``sm90_persistent.py``: one program an SM walking tiles from a tile counter),
-    measured faster there; the launch log names the configuration, which is the same for both.
+    measured faster there; the launch log marks its configuration ``persistent=True``.
   * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128): see ``FA2Options.backward``.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 

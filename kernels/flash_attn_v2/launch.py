@@ -23,8 +23,8 @@ from . import sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
-from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, gluon_tile_reason, head_dim_class, is_gluon, is_ws,
-                     launch_label, to_config, ws_refusals)
+from .tuning import (BOTH, PTR_ONLY, TMA_ONLY, TUNERS, fwd_persistent, gluon_tile_reason, head_dim_class, is_gluon,
+                     is_ws, launch_label, to_config, ws_refusals)
 
 LN2 = 0.6931471805599453
 
@@ -152,7 +152,7 @@ def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Cal
     else:
         cfg = tuner.run(grid_fn, args, meta)
     if call.launch_log is not None:
-        call.launch_log[name] = launch_label(cfg)
+        call.launch_log[name] = launch_label(cfg, persistent=name == "fwd" and fwd_persistent(cfg, args, meta))
 
 
 def make_call(q, k, options: FA2Options, launch_log, window: tuple[int, int], packed: PackedBatch | None) -> _Call:

@@ -169,12 +169,13 @@ def config_reason(head_dim: int, block_cols: int, stages: int, block_rows: int =
     return None
 
 
-def config_label(stages: int, block_cols: int = BLOCK, block_rows: int = BLOCK) -> str:
+def config_label(stages: int, block_cols: int = BLOCK, block_rows: int = BLOCK, persistent: bool = False) -> str:
     """What a launch log records for this kernel with ``stages`` K/V ring slots of ``block_cols`` keys
-    (``block_n`` of the head dim) and ``block_rows`` query rows a program."""
+    (``block_n`` of the head dim) and ``block_rows`` query rows a program, or a tile of its persistent build
+    (``sm90_persistent``)."""
     warps = "+".join(["4"] * consumers(block_rows) + ["1"])
     return (f"gluon_sm90,BLOCK_M={block_rows},BLOCK_N={block_cols},num_warps={warps},num_stages={stages},tma=True,"
-            "warp_specialize=True")
+            "warp_specialize=True" + (",persistent=True" if persistent else ""))
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

@@ -27,6 +27,9 @@ counter back to zero, so each stream keeps one counter (``tile_counter``) and no
 static schedule, tile p + i grid for program p, measured 1.12-1.26 of one program a tile's time on causal
 N 2k-16k: heaviest-first order hands a round's heaviest tile to the same programs round after round.)
 
+The tuner's launch (``tuning.launch_fwd``) runs it for a Gluon configuration where ``tuning.fwd_persistent``
+says so, and the launch log then records the configuration with ``persistent=True``.
+
 What it does not support (``reason`` says which; ``sm90.forward`` runs those): packed batches, head dim
 256 and 3-stage rings at D128 (the O buffer does not fit beside them in 227 KiB), and what ``sm90`` does
 not support.  The launcher runs it only up to ``MAX_KEYS`` keys: from 4k keys one program a tile measured

@@ -66,10 +66,11 @@ def all_configs(space: dict) -> list:
     return out
 
 
-def launch_label(cfg: triton.Config) -> str:
-    """What a launch log records for a configuration: its parameters, named."""
+def launch_label(cfg: triton.Config, persistent: bool = False) -> str:
+    """What a launch log records for a configuration: its parameters, named (``persistent``: a Gluon forward
+    configuration run by its persistent build, ``fwd_persistent``)."""
     if cfg.kwargs.get("GLUON"):
-        return sm90.config_label(cfg.num_stages, cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"])
+        return sm90.config_label(cfg.num_stages, cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"], persistent)
     ws = ",warp_specialize=True" if cfg.kwargs.get("WARP_SPEC") else ""
     return (f"BLOCK_M={cfg.kwargs['BLOCK_M']},BLOCK_N={cfg.kwargs['BLOCK_N']},num_warps={cfg.num_warps},"
             f"num_stages={cfg.num_stages},tma={bool(cfg.kwargs['USE_TMA'])}{ws}")
@@ -162,8 +163,20 @@ def kernel_launcher(kernel):
 _launch_triton_fwd = kernel_launcher(fwd_kernel)
 
 
+def fwd_persistent(cfg: triton.Config, args: tuple, meta: dict) -> bool:
+    """Whether ``launch_fwd`` runs this configuration with these ``fwd_kernel`` arguments by the persistent
+    build of the Gluon forward: a dense Gluon configuration it builds, up to ``sm90_persistent.MAX_KEYS`` keys,
+    where it measured faster than one program a tile."""
+    if not cfg.kwargs.get("GLUON") or meta["VARLEN"]:
+        return False
+    a = dict(zip(fwd_kernel.arg_names, args))
+    return sm90_persistent.reason(a["Q"].shape[-1], cfg.num_stages, cfg.kwargs["BLOCK_M"], varlen=False,
+                                  n_kv=a["K"].shape[2]) is None
+
+
 def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
-    """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries, else ``fwd_kernel``."""
+    """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries (its persistent build where
+    ``fwd_persistent``), else ``fwd_kernel``."""
     if cfg.kwargs.get("GLUON"):
         a = dict(zip(fwd_kernel.arg_names, args))
         window_left = a["WIN_LEFT"] if meta["WINDOW"] else -1
@@ -172,13 +185,9 @@ def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
                                 a["TABLE"].table(sm90.BLOCK), meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
                                 cfg.num_stages, window_left)
         else:
-            # the persistent build where it is built and measured faster, else one program a tile
-            block_rows, head_dim = cfg.kwargs["BLOCK_M"], a["Q"].shape[-1]
-            persistent = sm90_persistent.reason(head_dim, cfg.num_stages, block_rows, varlen=False,
-                                                n_kv=a["K"].shape[2]) is None
-            (sm90_persistent if persistent else sm90).forward(
+            (sm90_persistent if fwd_persistent(cfg, args, meta) else sm90).forward(
                 a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
-                cfg.num_stages, window_left, block_rows=block_rows)
+                cfg.num_stages, window_left, block_rows=cfg.kwargs["BLOCK_M"])
     else:
         _launch_triton_fwd(cfg, grid_fn, args, meta)
 

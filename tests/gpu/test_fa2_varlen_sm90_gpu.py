@@ -128,7 +128,8 @@ def test_gpu_one_length_packed_is_the_dense_gluon_forward_bit_for_bit(causal, D,
     cu = cu_seqlens([N] * B)
     packed = flash_attn_varlen(pack(q), pack(k), pack(v), cu, cu, N, N, causal, options=_gluon(),
                                launch_log=packed_log)
-    assert dense_log["fwd"] == packed_log["fwd"] == sm90.config_label(2)
+    # the same tiles; 1024 keys run dense by the persistent build (sm90_persistent), packed one program a tile
+    assert dense_log["fwd"] == sm90.config_label(2, persistent=True) and packed_log["fwd"] == sm90.config_label(2)
     assert torch.equal(packed, pack(dense))
 
 

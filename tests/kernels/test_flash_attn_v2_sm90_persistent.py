@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, sm90_persistent, spaces, tuning
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from kernel_checks import check_against_reference, make_inputs, on_hopper, poisoned_empty
 
 hopper_only = pytest.mark.skipif(not on_hopper(), reason="the Gluon kernels run on Hopper (sm_90) only")
@@ -90,8 +90,33 @@ def test_the_tuners_launch_runs_the_persistent_build_where_it_is_built_and_measu
     args = dict.fromkeys(tuning.fwd_kernel.arg_names, 0)
     args.update(Q=q, K=q, V=q, O=q, LSE=q, sm_scale=1.0)
     meta = launch.kernel_meta(d, True, False, 0)
-    tuning.launch_fwd(cfg, None, tuple(args[n] for n in tuning.fwd_kernel.arg_names), meta)
+    args = tuple(args[n] for n in tuning.fwd_kernel.arg_names)
+    tuning.launch_fwd(cfg, None, args, meta)
     assert ran == ["persistent" if persistent else "sm90"]
+    assert tuning.fwd_persistent(cfg, args, meta) is persistent
+    assert tuning.launch_label(cfg, persistent).endswith(",persistent=True") is persistent
+
+
+def test_packed_calls_never_run_it():
+    cfg = tuning.to_config((sm90.BLOCK, 128, 4, 2, spaces.GLUON), True)
+    args = dict.fromkeys(tuning.fwd_kernel.arg_names, 0)
+    args.update(Q=_t(64, 2, 128), K=_t(64, 2, 128))
+    meta = launch.kernel_meta(128, True, False, 0, varlen=True)
+    assert not tuning.fwd_persistent(cfg, tuple(args[n] for n in tuning.fwd_kernel.arg_names), meta)
+
+
+def test_a_pinned_gluon_forward_is_logged_as_persistent_where_it_runs_so(monkeypatch):
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
+    ran = []
+    fake = lambda q, k, v, o, lse, *a, **kw: (ran.append(k.shape[2]), o.zero_(), lse.zero_())  # noqa: E731
+    monkeypatch.setattr(sm90, "forward", fake)
+    monkeypatch.setattr(sm90_persistent, "forward", lambda *a, **kw: (ran.append("persistent"), fake(*a, **kw)))
+    options = FA2Options(path="tma", configs={"fwd": (sm90.BLOCK, 128, 4, 2, spaces.GLUON)})
+    for n, persistent in ((sm90_persistent.MAX_KEYS, True), (sm90_persistent.MAX_KEYS + 128, False)):
+        q, log = _t(1, 2, n, 128, dtype=torch.float16), {}
+        flash_attn_v2(q, q, q, causal=True, launch_log=log, options=options)
+        assert log["fwd"] == sm90.config_label(2, persistent=persistent)
+    assert ran == ["persistent", sm90_persistent.MAX_KEYS, sm90_persistent.MAX_KEYS + 128]
 
 
 # (B, H, Hkv, Nq, Nkv, D, causal, window_left, block_rows)

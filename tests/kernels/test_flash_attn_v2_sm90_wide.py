@@ -110,7 +110,7 @@ def test_a_pinned_wide_forward_is_launched_with_192_rows_and_logged_by_name(caus
     log = {}
     flash_attn_v2(q, q, q, causal=causal, launch_log=log, options=FA2Options(path="tma", configs={"fwd": WIDE}))
     assert seen == [(causal, 2, -1, 192)]
-    assert log["fwd"] == sm90.config_label(2, 128, 192)
+    assert log["fwd"] == sm90.config_label(2, 128, 192, persistent=True)  # 256 keys: the persistent build
     assert log["fwd"].startswith("gluon_sm90,BLOCK_M=192,BLOCK_N=128,num_warps=4+4+4+1,")
 
 
@@ -170,7 +170,8 @@ def test_gpu_wide_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
         q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, 64, dtype, seed=Nq + 7 * Nkv + 192 + 1000 * rep)
         log = {}
         check_against_reference(q, k, v, do, causal, options=options, launch_log=log)
-        assert log["fwd"] == sm90.config_label(stages, 128, 192), log
+        persistent = sm90_persistent.reason(64, stages, 192, varlen=False, n_kv=Nkv) is None
+        assert log["fwd"] == sm90.config_label(stages, 128, 192, persistent), log
 
 
 @pytest.mark.gpu
