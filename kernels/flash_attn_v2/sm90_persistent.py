@@ -127,8 +127,7 @@ def _producer(q_desc, k_desc, v_desc, q_smem, tile_smem, k_bufs, v_bufs, q_bar, 
 
 @gluon.jit
 def _consumer(q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-              lse_ptr,
-              qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+              lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
               GROUP_PROGRAMS: gl.constexpr, CONSUMERS: gl.constexpr, ROW0: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, Q_TILES: gl.constexpr, Q_IN_REGS: gl.constexpr):
     """Rows [ROW0, ROW0 + 64) of each of the program's tiles, in one warp group (as ``sm90._consumer`` for one)."""
@@ -236,29 +235,30 @@ def fwd_sm90_persistent_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, counter_
     # Q in registers where sm90's two-consumer build takes it so (D <= 128 without a window); the
     # three-consumer build keeps it in shared memory (ptxas serialises its wgmma otherwise)
     q_regs: gl.constexpr = CONSUMERS == 2 and not WINDOW
+    # argument tuples spelled out: concatenating tuples in a Gluon kernel turns constexprs into plain ints
     if CONSUMERS == 3:
         gl.warp_specialize([
-            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-                         lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW, GROUP_PROGRAMS, 3, 0,
-                         BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
-            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-                         lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW, GROUP_PROGRAMS, 3,
-                         ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
-            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-                         lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW, GROUP_PROGRAMS, 3,
-                         2 * ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
+            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready,
+                         v_empty, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
+                         GROUP_PROGRAMS, 3, 0, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
+            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready,
+                         v_empty, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
+                         GROUP_PROGRAMS, 3, ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
+            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready,
+                         v_empty, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
+                         GROUP_PROGRAMS, 3, 2 * ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, False)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty,
                          v_ready, v_empty, counter_ptr, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
                          GROUP_PROGRAMS, 3, BLOCK_N, STAGES, Q_TILES)),
         ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
-            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-                         lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW, GROUP_PROGRAMS, 2, 0,
-                         BLOCK_N, HEAD_DIM, STAGES, Q_TILES, q_regs)),
-            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready, v_empty, o_desc,
-                         lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW, GROUP_PROGRAMS, 2,
-                         ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, q_regs)),
+            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready,
+                         v_empty, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
+                         GROUP_PROGRAMS, 2, 0, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, q_regs)),
+            (_consumer, (q_smem, o_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty, v_ready,
+                         v_empty, o_desc, lse_ptr, qk_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
+                         GROUP_PROGRAMS, 2, ROWS, BLOCK_N, HEAD_DIM, STAGES, Q_TILES, q_regs)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, tile_smem, k_bufs, v_bufs, q_bar, q_free, k_ready, k_empty,
                          v_ready, v_empty, counter_ptr, H, GROUP, N_Q, N_KV, WIN_LEFT, N_BH, CAUSAL, WINDOW,
                          GROUP_PROGRAMS, 2, BLOCK_N, STAGES, Q_TILES)),
@@ -308,8 +308,8 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     tiles = triton.cdiv(Nq, block_rows) * B * H
     grid = (min(tiles, programs or sm_count(q.device.index)),)
     fwd_sm90_persistent_kernel[grid](
-        sm90.descriptor(q, sm90.q_tile_rows(block_rows)), sm90.descriptor(k, sm90.BLOCK), sm90.descriptor(v, sm90.BLOCK),
-        sm90.descriptor(o, sm90.CONSUMER_ROWS), lse, tile_counter(q.device), sm_scale * 1.4426950408889634, H,
-        H // Hkv, Nq, Nkv,
-        max(window_left, 0), B * H, **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows),
-        num_warps=4, maxnreg=sm90.launch_maxnreg(block_rows))
+        sm90.descriptor(q, sm90.q_tile_rows(block_rows)), sm90.descriptor(k, sm90.BLOCK),
+        sm90.descriptor(v, sm90.BLOCK), sm90.descriptor(o, sm90.CONSUMER_ROWS), lse, tile_counter(q.device),
+        sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), B * H,
+        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows), num_warps=4,
+        maxnreg=sm90.launch_maxnreg(block_rows))

@@ -2,11 +2,11 @@
 
 Without a GPU: which configurations it takes (dense, D64 and D128, the O buffer within shared memory, up to
 ``MAX_KEYS`` keys), what its launcher hands the kernel (min(tiles, programs) programs, the batch*heads count,
-the stream's tile counter, ``sm90``'s descriptors and constexprs), and that the tuner's launch runs it there
-and ``sm90.forward`` elsewhere (the compile test covers its builds: ``tools/fa2_compile_report.py --gluon``).  On a Hopper GPU: its
-outputs and LSE equal those of ``sm90.forward`` bit for bit (the same per-tile code) with few programs, so
-that each walks many tiles and the K/V ring, the Q barrier and the O buffer turn over across tiles (the tile
-counter left at zero after each launch), causal
+the stream's tile counter, ``sm90``'s descriptors and constexprs), that the tuner's launch runs it there and
+``sm90.forward`` elsewhere, and that the launch log says which ran (the compile test covers its builds:
+``tools/fa2_compile_report.py --gluon``).  On a Hopper GPU: its outputs and LSE equal those of ``sm90.forward``
+bit for bit (the same per-tile code) with few programs, so that each walks many tiles and the K/V ring, the Q
+barrier and the O buffer turn over across tiles (the tile counter left at zero after each launch), causal
 tiles of different lengths follow one another, and a three-consumer program's partial first tile (consumers
 without rows) meets full ones; and against the float64 reference through ``flash_attn_v2``.
 """
