@@ -16,7 +16,9 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
     python tools/fa2_compile_report.py --ttgir DIR  # also write each config's TTGIR there
     python tools/fa2_compile_report.py --gluon [--json] [--stages 3] [--dtypes bf16,fp16] [--head-dims 256]
                                                     # the Gluon Hopper forward (sm90.py): D64, D128 dense
-                                                    # and packed (varlen), D256 dense
+                                                    # and packed (varlen), D256 dense; and its persistent
+                                                    # build (sm90_persistent.py, kernel
+                                                    # "gluon_sm90_persistent"): D64, D128 dense
     python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
 
 The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value

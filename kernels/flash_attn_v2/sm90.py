@@ -48,6 +48,8 @@ spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer"
     D256) are masked like the diagonal, the ones between run unmasked.
   * O is written through shared memory (the Q buffer, free by then) by a TMA store, the LSE by
     pointer.
+  * one program a tile; ``sm90_persistent`` launches the same dense per-tile code as one program an SM
+    walking tiles (dense calls of up to 2048 keys, where it measured faster).
   * packed variable-length batches (``forward_varlen``, constexpr ``VARLEN``; flash-attn's varlen
     layout, q (total_q, H, D), k, v (total_k, H_kv, D), ``cu_seqlens``): the grid is (rows of the
     device-built ``_schedule.SequenceBlocks`` table of 128-row query blocks, H), launched in the table's
