@@ -1,7 +1,8 @@
 """Launch order of the FlashAttention programs, shared by the Triton and Gluon kernels.
 
-``block_and_head`` (and ``block_and_head_at`` for a persistent program's tiles): scalar program-id arithmetic only, so one ``@triton.jit`` function serves both
-dialects (a Gluon kernel may call it: it touches no tensor layout).  ``SequenceBlocks``: the device-built
+``block_and_head`` (and ``block_and_head_at`` for a persistent program's tiles): scalar program-id arithmetic
+only, so one ``@triton.jit`` function serves both dialects (a Gluon kernel may call it: it touches no tensor
+layout).  ``SequenceBlocks``: the device-built
 table of (sequence, block) programs of a variable-length batch, longest first, made by two Triton
 launches (``_sequence_rows``, ``_sorted_rows``) that the host never waits for.
 """
