@@ -137,7 +137,7 @@ def _id(c):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not on_hopper(), reason="the Gluon kernels run on Hopper (sm_90) only")
+@hopper_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", GRID, ids=_id)
 def test_gpu_equals_one_program_a_tile_with_few_programs_poisoned(case, dtype):
@@ -157,7 +157,7 @@ def test_gpu_equals_one_program_a_tile_with_few_programs_poisoned(case, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not on_hopper(), reason="the Gluon kernels run on Hopper (sm_90) only")
+@hopper_only
 @pytest.mark.parametrize("block_rows", [sm90.BLOCK, sm90.WIDE_BLOCK])
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_flash_attn_v2_runs_it_against_the_reference(block_rows, causal, monkeypatch):
