@@ -37,14 +37,17 @@ _SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim}  # th
 
 
 def parse_case(text: str) -> Case:
-    """``B16,H16[,Hkv4],N1024,D128,bf16[,causal],fwd_bwd``: a dense case (Nq = Nkv)."""
+    """``B16,H16[,Hkv4],N1024,D128,bf16[,causal][,w4096],fwd_bwd``: a dense case (Nq = Nkv); ``wL`` with
+    ``causal`` is the sliding window (L, 0) (each query sees itself and the L keys before it)."""
     b = h = hkv = n = d = None
-    dtype, causal, mode = "bfloat16", False, "fwd"
+    dtype, causal, mode, left = "bfloat16", False, "fwd", -1
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in DTYPE_ALIASES:
             dtype = DTYPE_ALIASES[part]
         elif part == "causal":
             causal = True
+        elif part[:1] == "w" and part[1:].isdigit():
+            left = int(part[1:])
         elif part in ("fwd", "bwd", "fwd_bwd"):
             mode = part
         elif part.startswith("Hkv") and part[3:].isdigit():
@@ -53,9 +56,11 @@ def parse_case(text: str) -> Case:
             value = int(part[1:])
             b, h, n, d = (value if part[0] == k else old for k, old in zip("BHND", (b, h, n, d)))
         else:
-            raise ValueError(f"--case: cannot read {part!r} (B16,H16,Hkv4,N1024,D128,bf16,causal,fwd_bwd)")
+            raise ValueError(f"--case: cannot read {part!r} (B16,H16,Hkv4,N1024,D128,bf16,causal,w4096,fwd_bwd)")
     if None in (b, h, n, d):
         raise ValueError("--case needs B, H, N and D, e.g. B16,H16,N1024,D128,bf16,causal,fwd_bwd")
+    if left >= 0 and not causal:
+        raise ValueError(f"--case: the window w{left} is a causal sliding window: add causal")
     for key, value in (("B", b), ("H", h), ("Hkv", hkv), ("N", n), ("D", d)):
         try:
             if value is not None:
@@ -63,7 +68,7 @@ def parse_case(text: str) -> Case:
         except ValidationError as e:
             raise ValueError(f"--case: {key}{value} {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
-                causal=causal, mode=mode)
+                causal=causal, mode=mode, window_left=left, window_right=0 if left >= 0 else -1)
 
 
 def _held(seconds: float) -> None:

@@ -21,6 +21,7 @@ on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
     python tools/kernel_ab.py --base HEAD~1 --what bwd --out ab.json
     python tools/kernel_ab.py --base /tmp/old/kernels --what fwd   # a copy of kernels/ (no git needed)
     python tools/kernel_ab.py --base main~3 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
+    python tools/kernel_ab.py --what fwd --cases B2,H16,N32768,D128,causal,w4096   # a causal sliding window
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
 the called function, or without a GPU.
@@ -93,20 +94,20 @@ def calls(what: str, case, new, base):
     inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
     q, k, v = (t.detach() for t in inputs.args[:3])
     do = inputs.do
-    causal = case.causal
+    causal, window = case.causal, case.window
     if what == "fwd":
-        return {name: (lambda m=m: (m.flash_attn_v2(q, k, v, causal=causal),)) for name, m in
+        return {name: (lambda m=m: (m.flash_attn_v2(q, k, v, causal=causal, window=window),)) for name, m in
                 (("new", new), ("base", base))}
     if what == "fwd_bwd":
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
         def fb(m):
-            return lambda: torch.autograd.grad(m.flash_attn_v2(*leaves, causal=causal), leaves, do)
+            return lambda: torch.autograd.grad(m.flash_attn_v2(*leaves, causal=causal, window=window), leaves, do)
         return {"new": fb(new), "base": fb(base)}
-    why = new.sm90_bwd.unsupported_reason(q, k, v, causal)
+    why = new.sm90_bwd.unsupported_reason(q, k, v, causal, case.has_window)
     if why is not None:
         raise ValueError(f"the Gluon backward cannot run {case.label()} here: {why}")
-    o, lse = new.flash_attn_v2(q, k, v, causal=causal, return_lse=True)
+    o, lse = new.flash_attn_v2(q, k, v, causal=causal, window=window, return_lse=True)
     lse2 = (lse / math.log(2)).contiguous()  # the kernels' base-2 LSE
     delta = (do.float() * o.float()).sum(-1).contiguous()
 
@@ -114,7 +115,8 @@ def calls(what: str, case, new, base):
         grads = [torch.empty_like(t) for t in (q, k, v)]
 
         def call():
-            m.sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, case.head_dim ** -0.5)
+            m.sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, case.head_dim ** -0.5,
+                                window_left=case.window_left)
             return grads
         return call
     return {"new": bwd(new), "base": bwd(base)}
@@ -148,7 +150,8 @@ def main() -> int:
                     help="git revision of kernels/ to compare against (default HEAD), or a folder holding a copy of it")
     ap.add_argument("--what", default="bwd", choices=WHAT)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
-                    help="B,H[,Hkv],N,D[,fp16][,causal] as tools/host_path.py reads them")
+                    help="B,H[,Hkv],N,D[,fp16][,causal[,wL]] as tools/host_path.py reads them "
+                         "(wL: the causal sliding window (L, 0))")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget-ms", type=float, default=150.0, help="timer budget a revision a round")
     ap.add_argument("--out", help="write every row as JSON here")

@@ -62,3 +62,12 @@ def test_a_case_the_backend_cannot_run_exits_2_with_its_reason(host_path, monkey
     assert host_path.main() == 2
     err = capsys.readouterr().err
     assert "sdpa_flash cannot run" in err and "head_dim 32 is not supported here" in err
+
+
+def test_reads_a_causal_sliding_window(host_path):
+    c = host_path.parse_case("B2,H16,N8192,D128,causal,w4096,fwd_bwd")
+    assert (c.window_left, c.window_right, c.causal, c.mode) == (4096, 0, True, "fwd_bwd")
+    assert "window(4096,0)" in c.label()
+    assert host_path.parse_case("B2,H16,N8192,D128,causal").window == (-1, -1)
+    with pytest.raises(ValueError, match="w4096 is a causal sliding window: add causal"):
+        host_path.parse_case("B2,H16,N8192,D128,w4096")

@@ -103,3 +103,24 @@ def test_gpu_the_tree_against_its_own_head_agrees(tmp_path):
     row, = json.loads(out.read_text())["rows"]
     assert row["what"] == "fwd" and row["new_ms"] > 0 and row["base_ms"] > 0 and row["new_tflops"] > 0
     assert row["max_abs_diff"][0] < 1e-2  # the same source: the same output up to the tuner's choice
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_a_windowed_case_reaches_both_revisions_with_its_window(kernel_ab, monkeypatch, what):
+    """What each revision's flash_attn_v2 is called with (inputs made on the CPU here, as the harness makes them)."""
+    real = kernel_ab.make_inputs
+    monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
+    seen = []
+
+    class Revision:
+        def __init__(self, name):
+            self.name = name
+
+        def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1)):
+            seen.append((self.name, causal, window))
+            return q + 0.0 * (k + v).sum()  # depends on q, k and v, so that autograd has all three gradients
+
+    case = kernel_ab.parse_case("B1,H2,N256,D64,causal,w100")
+    fns = kernel_ab.calls(what, case, Revision("new"), Revision("base"))
+    fns["new"](), fns["base"]()
+    assert seen == [("new", True, (100, 0)), ("base", True, (100, 0))]
