@@ -4,11 +4,11 @@ What is implemented
 -------------------
 Exactly the dense forward of ``sm90`` (FA2 Algorithm 1 with FlashAttention-3's producer/consumer warp
 specialisation and intra-warpgroup overlap; its partitions' per-tile code, ``_attend`` and the online
-softmax, is shared, not copied), launched as FlashAttention-3's persistent kernel with a static
-scheduler: the grid is min(tiles, SMs) programs, and program p computes tiles p, p + grid, p + 2 grid, ...
-of the launch order ``sm90.forward`` would give them (``_schedule.block_and_head_at``: heaviest first
-across groups of heads when causal, the query blocks of one head after another otherwise, so the tiles
-in flight share K/V in L2 as the launched programs do).  Across a program's tiles:
+softmax, is shared, not copied), launched as FlashAttention-3's persistent kernel: the grid is min(tiles,
+SMs) programs, and the tiles, taken in the launch order ``sm90.forward`` would give its programs
+(``_schedule.block_and_head_at``: heaviest first across groups of heads when causal, the query blocks of one
+head after another otherwise, so the tiles in flight share K/V in L2 as the launched programs do), go to
+whichever program asks next (Scheduling, below).  Across a program's tiles:
 
   * the producer loads the next tile's Q as soon as every consumer is done with the Q tile (at D <= 128
     without a window, right after each consumer loaded its rows into registers; else after its last
@@ -23,9 +23,9 @@ Scheduling: each program's producer takes its next tile from an int32 counter by
 dynamic scheduler, FA3's for causal work), fetched when it starts the current tile so that the atomic's
 latency hides under the loads, and hands the index to its consumers through shared memory behind the Q
 barrier; the fetch that goes one past the last tile ends the program, and the last of those sets the
-counter back to zero, so each stream keeps one counter (``tile_counter``) and no launch clears it.  (A
-static schedule, tile p + i grid for program p, measured 1.12-1.26 of one program a tile's time on causal
-N 2k-16k: heaviest-first order hands a round's heaviest tile to the same programs round after round.)
+counter back to zero, so each stream keeps one counter (``tile_counter``) and no launch clears it.  Not a
+static schedule (tile p + i grid for program p): heaviest-first order would hand each round's heaviest tile
+to the same programs round after round (1.12-1.26 of one program a tile's time, causal N 2k-16k).
 
 The tuner's launch (``tuning.launch_fwd``) runs it for a Gluon configuration where ``tuning.fwd_persistent``
 says so, and the launch log then records the configuration with ``persistent=True``.
@@ -296,7 +296,7 @@ def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bo
 def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int, stages: int,
             window_left: int = -1, block_rows: int = sm90.BLOCK, programs: int | None = None) -> None:
     """``sm90.forward`` (same arguments and checks) in min(tiles, ``programs``) persistent programs; ``programs``
-    defaults to the device's SM count (one program an SM: a program takes 160-192 KiB of shared memory)."""
+    defaults to the device's SM count (one program an SM: a program's warps take the whole register file)."""
     if window_left >= 0 and not causal:
         raise ValueError("sm90_persistent.forward: a window needs causal (a right reach is not supported)")
     B, H, Nq, D = q.shape
