@@ -163,15 +163,18 @@ def kernel_launcher(kernel):
 _launch_triton_fwd = kernel_launcher(fwd_kernel)
 
 
+_K_ARG = fwd_kernel.arg_names.index("K")  # where ``fwd_persistent`` finds the keys among the forward's arguments
+
+
 def fwd_persistent(cfg: triton.Config, args: tuple, meta: dict) -> bool:
-    """Whether ``launch_fwd`` runs this configuration with these ``fwd_kernel`` arguments by the persistent
-    build of the Gluon forward: a dense Gluon configuration it builds, up to ``sm90_persistent.MAX_KEYS`` keys,
-    where it measured faster than one program a tile."""
+    """Whether ``launch_fwd`` runs this configuration with these ``fwd_kernel`` arguments and constexprs by the
+    persistent build of the Gluon forward: a dense Gluon configuration it builds, up to
+    ``sm90_persistent.MAX_KEYS`` keys, where it measured faster than one program a tile.  (On every call's
+    host path: it reads the key count off ``args`` and the head dim off ``meta``, and names no other argument.)"""
     if not cfg.kwargs.get("GLUON") or meta["VARLEN"]:
         return False
-    a = dict(zip(fwd_kernel.arg_names, args))
-    return sm90_persistent.reason(a["Q"].shape[-1], cfg.num_stages, cfg.kwargs["BLOCK_M"], varlen=False,
-                                  n_kv=a["K"].shape[2]) is None
+    return sm90_persistent.reason(meta["HEAD_DIM"], cfg.num_stages, cfg.kwargs["BLOCK_M"], varlen=False,
+                                  n_kv=args[_K_ARG].shape[2]) is None
 
 
 def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
