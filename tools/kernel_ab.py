@@ -14,6 +14,15 @@ rounds, so both see the same unit, clocks and temperature:
   3. ``--rounds`` interleaved rounds time each revision with flashbench's held timer (L2 flushed, GPU time
      only); the table gives the median of the round medians, base / new, and new's TFLOP/s.
 
+``--host`` times the HOST instead: the time to enqueue one call, as ``tools/host_path.py`` measures it. After
+step 2, each revision is called 20 times more (the allocator's cache, the launchers' caches), then in each of
+``--rounds`` interleaved rounds (default 20 with ``--host``: the host moves 20-40% from one hold to the next)
+each revision gets one hold: a ``torch.cuda._sleep`` kernel is queued that keeps the GPU busy past the batch
+(0.05 s + 0.01 s a call), ``--host-reps`` calls (default 12) are enqueued back to back behind it and timed with
+``time.perf_counter`` (µs a call), then the GPU is synchronised. The table gives base's and new's median, p20
+and minimum over the holds and new/base of the medians; a hold that ended before its batch was enqueued (a
+call that waits for the GPU) is counted and warned of.
+
 ``--what`` picks the call: ``bwd`` the Gluon Hopper backward alone (``sm90_bwd.backward``, given the tree's
 forward output, its base-2 LSE and Delta), ``fwd`` ``flash_attn_v2`` (tuned by each revision's own tuner
 on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
@@ -22,6 +31,7 @@ on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
     python tools/kernel_ab.py --base /tmp/old/kernels --what fwd   # a copy of kernels/ (no git needed)
     python tools/kernel_ab.py --base main~3 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
     python tools/kernel_ab.py --what fwd --cases B2,H16,N32768,D128,causal,w4096   # a causal sliding window
+    python tools/kernel_ab.py --base HEAD~1 --what fwd_bwd --host [--rounds 20] [--host-reps 12] --out host.json
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
 the called function, or without a GPU.
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -51,7 +62,7 @@ from flashbench.model.flops import attention_flops
 from flashbench.measure.timer import time_cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_path import parse_case  # noqa: E402  (the tools' one case syntax)
+from host_path import _held, parse_case  # noqa: E402  (the tools' one case syntax and GPU hold)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_PACKAGE = "fbk_base"
@@ -59,6 +70,10 @@ BASE_PACKAGE = "fbk_base"
 DEFAULT_CASES = [f"B{16384 // n},H{2048 // d},N{n},D{d}{c}" for d in (128, 64) for c in ("", ",causal")
                  for n in (4096, 8192, 16384)]
 WHAT = ("bwd", "fwd", "fwd_bwd")  # the case's mode for the FLOP count
+ROUNDS, HOST_ROUNDS = 3, 20  # --rounds' default: GPU-time rounds, or holds a revision with --host
+HOST_REPS = 12               # --host-reps' default: calls enqueued behind one hold
+HOST_WARMUP = 20             # calls of each revision before the holds (as tools/host_path.py warms up)
+HOLD_S, HOLD_S_A_CALL = 0.05, 0.01  # a hold's length: far above any host time a call (tens to hundreds of µs)
 
 
 def snapshot(rev: str, dest: str) -> None:
@@ -122,21 +137,93 @@ def calls(what: str, case, new, base):
     return {"new": bwd(new), "base": bwd(base)}
 
 
-def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
+def compare(what: str, case, new, base):
+    """The case's calls (``calls``), each called once (compiling and tuning), the case as timed (its label and
+    FLOP count) and the largest absolute difference of each output, new against base."""
     fns = calls(what, case, new, base)
     outs = {name: [t.clone() for t in fn()] for name, fn in fns.items()}  # compiles and tunes too
     torch.cuda.synchronize()
     diff = [(a.float() - b.float()).abs().max().item() for a, b in zip(outs["new"], outs["base"])]
-    medians = {name: [] for name in fns}
+    return fns, dataclasses.replace(case, mode=what), diff
+
+
+def interleaved(fns: dict, rounds: int, time_one) -> dict:
+    """{name: [time_one(fn) of each round]}: each round times every revision once, in the same order."""
+    figures = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            medians[name].append(statistics.median(time_cuda(fn, timing).samples_ms))
+            figures[name].append(time_one(fn))
+    return figures
+
+
+def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
+    fns, timed, diff = compare(what, case, new, base)
+    medians = interleaved(fns, rounds, lambda fn: statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
-    timed = dataclasses.replace(case, mode=what)  # the case as timed: its label and FLOP count
     flops = attention_flops(timed)
     return {"case": timed.label(), "what": what, "new_ms": ms["new"],
             "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
             "round_medians_ms": medians, "max_abs_diff": diff}
+
+
+def hold_seconds(reps: int) -> float:
+    """How long one hold keeps the GPU busy: past the enqueueing of ``reps`` calls, with a wide margin."""
+    return HOLD_S + reps * HOLD_S_A_CALL
+
+
+def held_batch_us(fn, reps: int) -> tuple[float, bool]:
+    """Host µs a call of ``reps`` back-to-back calls of ``fn`` enqueued behind a GPU hold (``_held``, as
+    tools/host_path.py holds it), and whether the hold had ended before the last one was enqueued (the GPU
+    ran some of them: the batch may have waited for it)."""
+    _held(hold_seconds(reps))
+    hold_done = torch.cuda.Event()
+    hold_done.record()  # done when the hold is
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    us = (time.perf_counter() - t0) / reps * 1e6
+    short = hold_done.query()
+    torch.cuda.synchronize()
+    return us, short
+
+
+def p20(xs: list[float]) -> float:
+    """The 20th percentile (linear between the sorted figures, as ``statistics.quantiles``' inclusive method)."""
+    return statistics.quantiles(xs, n=5, method="inclusive")[0] if len(xs) > 1 else xs[0]
+
+
+def measure_host(what: str, case, new, base, rounds: int, reps: int) -> dict:
+    """The row of ``--host``: each revision's host µs a call over ``rounds`` interleaved holds."""
+    fns, timed, diff = compare(what, case, new, base)
+    for _ in range(HOST_WARMUP):
+        for fn in fns.values():
+            fn()
+    torch.cuda.synchronize()
+    held = interleaved(fns, rounds, lambda fn: held_batch_us(fn, reps))
+    us = {name: [u for u, _ in got] for name, got in held.items()}
+    stats = {"median": statistics.median, "p20": p20, "min": min}
+    host = {**us, **{key: {name: f(x) for name, x in us.items()} for key, f in stats.items()},
+            "short_holds": {name: sum(short for _, short in got) for name, got in held.items()}}
+    return {"case": timed.label(), "what": what, "host_us": host,
+            "new_over_base": host["median"]["new"] / host["median"]["base"], "max_abs_diff": diff}
+
+
+GPU_HEAD = f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8}  max |new - base|"
+HOST_HEAD = (f"{'case':<44} {'base med':>8} {'p20':>7} {'min':>7} {'new med':>8} {'p20':>7} {'min':>7} "
+             f"{'new/base':>8}  max |new - base|")
+
+
+def gpu_line(row: dict) -> str:
+    return (f"{row['case']:<44} {row['new_ms']:8.3f} {row['base_ms']:8.3f} {row['new_over_base']:8.3f} "
+            f"{row['new_tflops']:8.0f}  {', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}")
+
+
+def host_line(row: dict) -> str:
+    h = row["host_us"]
+    figures = " ".join(f"{h['median'][name]:8.1f} {h['p20'][name]:7.1f} {h['min'][name]:7.1f}"
+                       for name in ("base", "new"))
+    return (f"{row['case']:<44} {figures} {row['new_over_base']:8.3f}  "
+            f"{', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}")
 
 
 def geomean_ratio(rows: list[dict]) -> float:
@@ -152,10 +239,18 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
                     help="B,H[,Hkv],N,D[,fp16][,causal[,wL]] as tools/host_path.py reads them "
                          "(wL: the causal sliding window (L, 0))")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, help=f"interleaved rounds (default {ROUNDS}; with --host the holds a "
+                                                f"revision, default {HOST_ROUNDS})")
     ap.add_argument("--budget-ms", type=float, default=150.0, help="timer budget a revision a round")
+    ap.add_argument("--host", action="store_true",
+                    help="time the host's enqueueing of a call with the GPU held (tools/host_path.py's method), "
+                         "not the GPU")
+    ap.add_argument("--host-reps", type=int, default=HOST_REPS,
+                    help=f"--host: calls enqueued and timed behind each hold (default {HOST_REPS})")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
+    if a.rounds is None:
+        a.rounds = HOST_ROUNDS if a.host else ROUNDS
     cases = []
     for text in a.cases:
         try:
@@ -165,6 +260,9 @@ def main() -> int:
             return 2
     if a.rounds < 1:
         print(f"error: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
+        return 2
+    if a.host_reps < 1:
+        print(f"error: --host-reps must be at least 1, got {a.host_reps}", file=sys.stderr)
         return 2
     from flashbench_kernels import flash_attn_v2 as new
 
@@ -180,10 +278,14 @@ def main() -> int:
         if not torch.cuda.is_available():
             print("error: needs a CUDA GPU", file=sys.stderr)
             return 2
-        print(f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8}  max |new - base|")
+        if a.host:
+            print(f"host µs a call with the GPU held: {a.rounds} interleaved holds a revision of {a.host_reps} "
+                  f"calls each; median, p20 and min over the holds, new/base of the medians")
+        print(HOST_HEAD if a.host else GPU_HEAD)
         for case in cases:
             try:
-                row = measure(a.what, case, new, base, a.rounds, timing)
+                row = (measure_host(a.what, case, new, base, a.rounds, a.host_reps) if a.host else
+                       measure(a.what, case, new, base, a.rounds, timing))
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -191,11 +293,19 @@ def main() -> int:
                 print(f"error: --base {a.base} cannot run {a.what} as this tree calls it: {e}", file=sys.stderr)
                 return 2
             rows.append(row)
-            print(f"{row['case']:<44} {row['new_ms']:8.3f} {row['base_ms']:8.3f} {row['new_over_base']:8.3f} "
-                  f"{row['new_tflops']:8.0f}  {', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}", flush=True)
+            print(host_line(row) if a.host else gpu_line(row), flush=True)
+            short = row["host_us"]["short_holds"] if a.host else None
+            if short and any(short.values()):
+                print(f"warning: {row['case']}: the GPU hold ended before the batch was enqueued in "
+                      f"{short['base']} holds of base and {short['new']} of new (a call that waits for the GPU?): "
+                      f"those holds' figures may include waiting for it", file=sys.stderr)
             torch.cuda.empty_cache()
     summary = {"base": a.base, "what": a.what, "geomean_new_over_base": geomean_ratio(rows)}
-    print(f"geometric mean of new/base over {len(rows)} cases: {summary['geomean_new_over_base']:.3f}")
+    if a.host:
+        summary["host"] = {"unit": "host µs a call, GPU held", "holds": a.rounds, "reps": a.host_reps,
+                           "hold_s": round(hold_seconds(a.host_reps), 6), "warmup_calls": HOST_WARMUP}
+    print(f"geometric mean of new/base{' (host µs a call)' if a.host else ''} over {len(rows)} cases: "
+          f"{summary['geomean_new_over_base']:.3f}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({**summary, "rows": rows}, f, indent=1)

@@ -1,5 +1,7 @@
 """tools/kernel_ab.py: the snapshot of another revision's kernels, the cases it reads, its refusals on bad input
-and without a GPU, and (GPU) one A/B of the tree against itself."""
+and without a GPU, ``--host`` (and the GPU-time rounds) with CUDA, the clock and both revisions faked, and (GPU)
+one A/B of the tree against itself."""
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -74,6 +76,7 @@ def test_a_revision_git_cannot_read_is_named(kernel_ab, tmp_path):
 @pytest.mark.parametrize("args, words", [(["--cases", "B1,H1"], "--cases B1,H1: needs B, H, N and D"),
                                          (["--cases", "B1,H1,N64,D32,int8"], "cannot read 'int8'"),
                                          (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+                                         (["--host", "--host-reps", "0"], "--host-reps must be at least 1, got 0"),
                                          (["--what", "both"], "invalid choice: 'both'")])
 def test_bad_input_exits_2_naming_it(args, words):
     r = _run(*args)
@@ -124,3 +127,138 @@ def test_a_windowed_case_reaches_both_revisions_with_its_window(kernel_ab, monke
     fns = kernel_ab.calls(what, case, Revision("new"), Revision("base"))
     fns["new"](), fns["base"]()
     assert seen == [("new", True, (100, 0)), ("base", True, (100, 0))]
+
+
+class FakeGpu:
+    """CUDA, the host's clock and both revisions, faked on the CPU. ``log`` records, in order, every hold
+    (``("sleep", cycles)``), event record and query, clock read, synchronisation and revision call. A call of a
+    revision advances the clock by its figure for the current round: ``us[name][round]`` µs, the round being
+    counted from the holds (two a round, new's then base's)."""
+
+    def __init__(self, kernel_ab, monkeypatch, us, short=False):
+        self.log, self.us, self.short, self.clock_us, self.holds = [], us, short, 0.0, 0
+        gpu = self
+
+        class Revision:
+            def __init__(self, name):
+                self.name = name
+
+            def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1)):
+                gpu.log.append(("call", self.name))
+                gpu.clock_us += gpu.us[self.name][max(gpu.holds - 1, 0) // 2]
+                return q + 0.0 * (k + v).sum()  # depends on q, k and v: autograd has all three gradients
+
+        class Event:
+            def record(self):
+                gpu.log.append("record")
+
+            def query(self):
+                gpu.log.append("query")
+                return gpu.short
+
+        def sleep(cycles):
+            gpu.holds += 1
+            gpu.log.append(("sleep", cycles))
+
+        def perf_counter():
+            gpu.log.append("clock")
+            return gpu.clock_us * 1e-6
+
+        self.new, self.base = Revision("new"), Revision("base")
+        real = kernel_ab.make_inputs
+        monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
+        monkeypatch.setattr(kernel_ab, "snapshot", lambda rev, dest: None)
+        monkeypatch.setattr(kernel_ab, "import_base", lambda dest: self.base)
+        monkeypatch.setitem(sys.modules, "flashbench_kernels", type(sys)("flashbench_kernels"))
+        monkeypatch.setattr(sys.modules["flashbench_kernels"], "flash_attn_v2", self.new, raising=False)
+        monkeypatch.setattr(kernel_ab, "time", type(sys)("time"))
+        monkeypatch.setattr(kernel_ab.time, "perf_counter", perf_counter, raising=False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: self.log.append("sync"))
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+        monkeypatch.setattr(torch.cuda, "_sleep", sleep)
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+
+    def main(self, kernel_ab, monkeypatch, *args):
+        monkeypatch.setattr(sys, "argv", ["kernel_ab.py", "--cases", "B1,H2,N256,D64,causal", *args])
+        return kernel_ab.main()
+
+
+# per-hold µs a call; sorted: new 10 20 30 40 50 (median 30, p20 18, min 10), base 40 60 70 80 100 (70, 56, 40)
+US = {"new": [30.0, 10.0, 50.0, 20.0, 40.0], "base": [60.0, 80.0, 40.0, 100.0, 70.0]}
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_host_gives_each_revisions_host_us_a_call_over_interleaved_holds(kernel_ab, monkeypatch, capsys, tmp_path,
+                                                                         what):
+    gpu = FakeGpu(kernel_ab, monkeypatch, US)
+    out = tmp_path / "host.json"
+    assert gpu.main(kernel_ab, monkeypatch, "--what", what, "--host", "--rounds", "5", "--host-reps", "4",
+                    "--out", str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["host"] == {"unit": "host µs a call, GPU held", "holds": 5, "reps": 4, "hold_s": pytest.approx(0.09),
+                           "warmup_calls": 20}
+    assert doc["geomean_new_over_base"] == pytest.approx(30 / 70)
+    row, = doc["rows"]
+    label = dataclasses.replace(kernel_ab.parse_case("B1,H2,N256,D64,causal"), mode=what).label()
+    assert (row["case"], row["what"], row["max_abs_diff"]) == (label, what, [0.0] * (1 if what == "fwd" else 3))
+    assert "new_ms" not in row and "round_medians_ms" not in row
+    host = row["host_us"]
+    assert host["new"] == pytest.approx(US["new"]) and host["base"] == pytest.approx(US["base"])
+    assert host["median"] == pytest.approx({"new": 30.0, "base": 70.0})
+    assert host["p20"] == pytest.approx({"new": 18.0, "base": 56.0})
+    assert host["min"] == pytest.approx({"new": 10.0, "base": 40.0})
+    assert host["short_holds"] == {"new": 0, "base": 0} and row["new_over_base"] == pytest.approx(30 / 70)
+    printed = capsys.readouterr()
+    assert "host µs a call with the GPU held: 5 interleaved holds a revision of 4 calls each" in printed.out
+    line, = [t for t in printed.out.splitlines() if t.startswith(label)]
+    assert line[len(label):].split()[:7] == ["70.0", "56.0", "40.0", "30.0", "18.0", "10.0", "0.429"]
+    assert "geometric mean of new/base (host µs a call) over 1 cases: 0.429" in printed.out
+    assert "warning" not in printed.err
+    # the calls: compared once, warmed up 20 times, then the holds, new's and base's in turn
+    calls = [e[1] for e in gpu.log if e[0] == "call"]
+    assert calls == ["new", "base"] * 21 + (["new"] * 4 + ["base"] * 4) * 5
+
+
+def test_host_queues_a_hold_before_each_timed_batch(kernel_ab, monkeypatch):
+    gpu = FakeGpu(kernel_ab, monkeypatch, US)
+    assert gpu.main(kernel_ab, monkeypatch, "--what", "fwd", "--host", "--rounds", "3", "--host-reps", "12") == 0
+    first = next(i for i, e in enumerate(gpu.log) if e[0] == "sleep")
+    assert "clock" not in gpu.log[:first] and gpu.log[first - 1] == "sync"  # after the warm-up, synchronised
+    sleeps = [e[1] for e in gpu.log if e[0] == "sleep"]
+    assert sleeps == [sleeps[0]] * 6 and sleeps[0] / 1.98e9 == pytest.approx(0.05 + 12 * 0.01)  # far past 12 calls
+    batch = lambda name: [("sleep", sleeps[0]), "record", "clock", *[("call", name)] * 12, "clock", "query", "sync"]
+    assert gpu.log[first:] == (batch("new") + batch("base")) * 3
+
+
+def test_host_holds_twenty_times_by_default_and_warns_of_a_hold_that_ended_early(kernel_ab, monkeypatch, capsys,
+                                                                                 tmp_path):
+    gpu = FakeGpu(kernel_ab, monkeypatch, {name: [25.0] * 20 for name in ("new", "base")}, short=True)
+    out = tmp_path / "host.json"
+    assert gpu.main(kernel_ab, monkeypatch, "--what", "fwd", "--host", "--out", str(out)) == 0
+    assert gpu.holds == 2 * 20 and sum(e == ("call", "new") for e in gpu.log) == 1 + 20 + 20 * 12
+    row, = json.loads(out.read_text())["rows"]
+    assert len(row["host_us"]["new"]) == 20 and row["host_us"]["short_holds"] == {"new": 20, "base": 20}
+    assert row["new_over_base"] == pytest.approx(1.0)
+    err = capsys.readouterr().err
+    assert "the GPU hold ended before the batch was enqueued in 20 holds of base and 20 of new" in err
+
+
+def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kernel_ab, monkeypatch, tmp_path):
+    """Three rounds by default, new's then base's, no sleep kernel and no host figures."""
+    gpu = FakeGpu(kernel_ab, monkeypatch, US)
+    medians = iter([2.0, 4.0, 1.0, 5.0, 3.0, 6.0])  # rounds of new, base: medians 2 and 5
+
+    def time_cuda(fn, timing):
+        fn()
+        return type("Result", (), {"samples_ms": [next(medians)]})
+
+    monkeypatch.setattr(kernel_ab, "time_cuda", time_cuda)
+    out = tmp_path / "ab.json"
+    assert gpu.main(kernel_ab, monkeypatch, "--what", "fwd", "--out", str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert "host" not in doc and gpu.holds == 0
+    row, = doc["rows"]
+    assert row["round_medians_ms"] == {"new": [2.0, 1.0, 3.0], "base": [4.0, 5.0, 6.0]}
+    assert (row["new_ms"], row["base_ms"], row["new_over_base"]) == (2.0, 5.0, 0.4) and "host_us" not in row
+    assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] * 4
