@@ -93,9 +93,9 @@ def held_bench(fn: Callable[[], None]) -> float:
 class InterleavedTuner:
     """A JIT kernel with its candidate configurations, a pruner and a tuning key.
 
-    ``run(grid_fn, args, meta)`` launches the kernel with the configuration chosen for the key of
-    these arguments (choosing it first, on a miss) and returns that ``triton.Config``;
-    ``launch(cfg, grid_fn, args, meta)`` runs one given configuration.
+    ``choose(grid_fn, args, meta)`` returns the configuration chosen for the key of these arguments
+    (choosing it first, on a miss: that launches the candidates); ``run(grid_fn, args, meta)`` also
+    launches it; ``launch(cfg, grid_fn, args, meta)`` runs one given configuration.
     """
 
     def __init__(self, kernel, configs: list, prune: Callable, key: list[str], launch: Callable | None = None,
@@ -121,12 +121,16 @@ class InterleavedTuner:
         self.kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
                                          num_stages=cfg.num_stages)
 
-    def run(self, grid_fn, args: tuple, meta: dict):
+    def choose(self, grid_fn, args: tuple, meta: dict):
         named = dict(zip(self.kernel.arg_names, args))
         key = self._key(named, meta)
         cfg = self.cache.get(key)
         if cfg is None:
             cfg = self.cache[key] = self._choose(self.prune(self.configs, named, **meta), grid_fn, args, meta)
+        return cfg
+
+    def run(self, grid_fn, args: tuple, meta: dict):
+        cfg = self.choose(grid_fn, args, meta)
         self.launch(cfg, grid_fn, args, meta)
         return cfg
 

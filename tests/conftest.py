@@ -41,3 +41,12 @@ def fake_plugins(monkeypatch):
     mod = sys.modules.get("fake_backends")
     if mod is not None:
         mod.unregister()
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_plans():
+    """``flash_attn_v2`` keeps a plan per call signature: a test that replaces a kernel or a decision of the launcher
+    must not meet a plan that an earlier test made."""
+    launch = sys.modules.get("flashbench_kernels.flash_attn_v2.launch")
+    if launch is not None:
+        launch.forget_plans()

@@ -1,11 +1,16 @@
 """How ``flash_attn_v2`` and ``flash_attn_varlen`` run their kernels: checks, tile path, one
-configuration per kernel, autograd.
+configuration per kernel, autograd, and the plan that lets a repeated call skip all of that.
 
-Each call validates its inputs and options, chooses the tile paths the tensors allow (``TMA_OK``),
-runs every kernel with a pinned, fixed or tuned configuration (``_launch``) and records what ran in
-the caller's ``launch_log``.  Dense (B, H, N, D) and packed (total, H, D) batches run the same kernels
-(``_layout`` says which, with a packed batch's program tables).  The forward and backward are bound
-into a ``torch.autograd.Function``; the backward gets the forward's options, log, window and packing.
+A call's inputs decide its plan (``_Plan``): the checked options and window, the layout of its
+sequences, and, on its first forward and backward, each kernel's configuration (pinned, fixed or
+tuned), prepared as a launch that takes only the call's tensors (``_prepared.PreparedLaunch``), with
+the label the caller's ``launch_log`` gets.  A dense call's plan is kept for the next call with the
+same metadata (``_plan_key``: shapes, strides, dtypes, devices, alignment, causal, scale, window,
+options): such a call then allocates its outputs and enqueues its kernels, and nothing else runs on
+the host.  A packed batch's program tables come from the values of its offsets, so its plan serves
+one call.  Dense (B, H, N, D) and packed (total, H, D) batches run the same kernels (``_layout``
+says which, with a packed batch's program tables).  The forward and backward are bound into a
+``torch.autograd.Function``; the backward gets the forward's plan and log.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch
 import triton
 
 from .._autograd import attention_function
+from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
                          device_capability, interpreting)
@@ -42,12 +48,24 @@ class _Layout(NamedTuple):
     tables: tuple  # CU_Q, CU_K and the query / key program tables (all None when dense)
 
 
+class _Plan:
+    """What a call's inputs decide (module docstring): its options, window and layout, and once run, its forward
+    ``(run(q, k, v) -> (o, lse), labels)`` and its backwards by dO's layout (``_grad_key``:
+    ``(run(q, k, v, o, lse, do) -> (dq, dk, dv), labels)``)."""
+    __slots__ = ("options", "window", "layout", "forward", "backward")
+
+    def __init__(self, options: FA2Options, window: tuple[int, int], layout: _Layout):
+        self.options = options
+        self.window = window  # (left, right) reaches, causal folded in (right 0), -1 unbounded
+        self.layout = layout  # a packed batch's program tables serve the forward and backward
+        self.forward = None
+        self.backward = {}
+
+
 class _Call(NamedTuple):
     """What one call hands to its forward and, through autograd, to its backward."""
-    options: FA2Options
+    plan: _Plan
     launch_log: MutableMapping[str, str] | None
-    window: tuple[int, int]  # (left, right) reaches, causal folded in (right 0), -1 unbounded
-    layout: _Layout  # built once a call: a packed batch's program tables serve the forward and backward
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -139,25 +157,25 @@ def _check_pinned(name: str, pinned: tuple, meta: dict, tma_ok: int, sm90_refusa
         raise ValueError(f"{where} is the Gluon Hopper forward, which cannot run this configuration: {why_not_tile}")
 
 
-def _launch(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, call: _Call, sm90_refusal=None) -> None:
-    """Run one kernel: pinned (options.configs), fixed (interpreter, or autotune off) or tuned."""
-    tuner, space = TUNERS[name]
-    pinned = call.options.configs.get(name)
+def _prepare(name: str, grid_fn, args: tuple, meta: dict, tma_ok: int, options: FA2Options, sm90_refusal=None):
+    """One kernel's configuration, pinned (options.configs), fixed (interpreter, or autotune off) or tuned (which
+    times the candidates on ``args``), prepared: (its launch, taking the call's leading tensors, its log label)."""
+    kernel = TUNERS[name]
+    pinned = options.configs.get(name)
     if pinned is not None:
         _check_pinned(name, pinned, meta, tma_ok, sm90_refusal)
-    if pinned is not None or interpreting() or not call.options.autotune:
-        t = pinned or (INTERPRET_CONFIG[name] if interpreting() else space[head_dim_class(meta["HEAD_DIM"])][0])
+    if pinned is not None or interpreting() or not options.autotune:
+        t = pinned or (INTERPRET_CONFIG[name] if interpreting() else kernel.space[head_dim_class(meta["HEAD_DIM"])][0])
         cfg = to_config(t, tma_ok != PTR_ONLY)
-        tuner.launch(cfg, grid_fn, args, meta)
     else:
-        cfg = tuner.run(grid_fn, args, meta)
-    if call.launch_log is not None:
-        call.launch_log[name] = launch_label(cfg, persistent=name == "fwd" and fwd_persistent(cfg, args, meta))
+        cfg = kernel.tuner.choose(grid_fn, args, meta)
+    label = launch_label(cfg, persistent=name == "fwd" and fwd_persistent(cfg, args, meta))
+    return kernel.prepare(cfg, grid_fn, args, meta), label
 
 
 def make_call(q, k, options: FA2Options, launch_log, window: tuple[int, int], packed: PackedBatch | None) -> _Call:
-    """The per-call settings of validated inputs, with their layout (``packed`` None: dense)."""
-    return _Call(options, launch_log, window, _layout(q, k, packed, window))
+    """A call of validated inputs with a new plan (``packed`` None: dense)."""
+    return _Call(_Plan(options, window, _layout(q, k, packed, window)), launch_log)
 
 
 def _layout(q, k, packed: PackedBatch | None, window: tuple[int, int]) -> _Layout:
@@ -209,73 +227,138 @@ def _masking(window: tuple[int, int]) -> tuple[bool, bool]:
     return right == 0, left >= 0 or right > 0
 
 
+def _outputs(q, lay: _Layout):
+    return _empty(q.shape, q.dtype, q.device), _empty(lay.stat_shape, torch.float32, q.device)
+
+
 def _forward(q, k, v, causal: bool, sm_scale: float, call: _Call):
+    plan = call.plan
+    if plan.forward is None:  # the first call with this plan: decide, prepare and run
+        plan.forward, out = _first_forward(q, k, v, sm_scale, plan)
+    else:
+        out = plan.forward[0](q, k, v)
+    if call.launch_log is not None:
+        call.launch_log.update(plan.forward[1])
+    return out
+
+
+def _first_forward(q, k, v, sm_scale: float, plan: _Plan):
+    """((run, labels), (o, lse)): the forward prepared for this plan's calls, and run on this one."""
     H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
-    lay = call.layout
-    o = _empty(q.shape, q.dtype, q.device)
-    lse = _empty(lay.stat_shape, torch.float32, q.device)
-    tma_ok = _tma_ok(call.options.path, q, k, v, o)
+    lay = plan.layout
+    o, lse = _outputs(q, lay)
+    tma_ok = _tma_ok(plan.options.path, q, k, v, o)
     _use_tma_allocator(tma_ok)
-    causal, window = _masking(call.window)  # the causal argument is folded into the window
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
+    causal, window = _masking(plan.window)  # the causal argument is folded into the window
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, plan.options.causal_group_programs, window, lay.packed)
     # every BLOCK_N (<= 128, a power of two) divides Nkv; packed sequences have lengths of their own
     meta["EVEN_KV"] = not lay.packed and lay.n_kv % 128 == 0
-    refusal = _sm90_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed)
+    refusal = _sm90_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed)
     cu_q, cu_k, q_table, _ = lay.tables
     args = (q, k, v, o, lse, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v), *_rows(o),
             *_stat_strides(lse), H, H // Hkv) + _sizes(lay, tma_ok) + (int(refusal is None),)
-    _launch("fwd", lay.q_grid, args, meta, tma_ok, call, refusal)
-    return o, lse
+    launch, label = _prepare("fwd", lay.q_grid, args, meta, tma_ok, plan.options, refusal)
+
+    def run(q, k, v):
+        o, lse = _outputs(q, lay)
+        _use_tma_allocator(tma_ok)
+        launch(q, k, v, o, lse)
+        return o, lse
+
+    launch(q, k, v, o, lse)
+    return (run, {"fwd": label}), (o, lse)
+
+
+def _grad_key(do: torch.Tensor) -> tuple:
+    """What of dO a backward's launches are prepared for (its strides and alignment are launch arguments)."""
+    return do.stride(), do.data_ptr() % 16, do.dtype
+
+
+def _grad_buffers(q, k, lse, gluon: bool):
+    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder
+    never written otherwise: Delta, with strides 0 at the launch, ``_first_backward``)."""
+    delta = _empty(lse.shape, torch.float32, q.device)
+    return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(k.shape, k.dtype, k.device),
+            delta, _empty(q.shape, torch.float32, q.device) if gluon else delta)
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
-    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
-    lay = call.layout
     if do.stride(-1) != 1:
         do = do.contiguous()
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dv = _empty(v.shape, v.dtype, v.device)
-    delta = _empty(lse.shape, torch.float32, q.device)
-    tma_ok = _tma_ok(call.options.path, q, k, v, do)  # dq, dk, dv: contiguous, allocated just above
+    plan = call.plan
+    key = _grad_key(do)
+    entry = plan.backward.get(key)
+    if entry is None:  # the first backward of this plan with such a dO: decide, prepare and run
+        entry, grads = _first_backward(q, k, v, o, lse, do, sm_scale, plan)
+        plan.backward[key] = entry
+    else:
+        grads = entry[0](q, k, v, o, lse, do)
+    if call.launch_log is not None:
+        call.launch_log.update(entry[1])
+    return grads
+
+
+def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
+    """((run, labels), (dq, dk, dv)): the backward prepared for this plan's calls with such a dO, run on this one."""
+    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    lay = plan.layout
+    tma_ok = _tma_ok(plan.options.path, q, k, v, do)  # dq, dk, dv: contiguous, allocated by _grad_buffers
     _use_tma_allocator(tma_ok)
-    causal, window = _masking(call.window)  # the causal argument is folded into the window
-    gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, call.options, lay.packed) is None
-    # the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder never written otherwise,
-    # with strides 0: Triton specialises integer arguments, and the placeholder's would only add compilations)
-    dq_acc = _empty(q.shape, torch.float32, q.device) if gluon else delta
+    causal, window = _masking(plan.window)  # the causal argument is folded into the window
+    gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
+    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, lse, gluon)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
-    bwd_preprocess_kernel[(triton.cdiv(rows, pre_m), delta.numel() // rows)](
-        o, do, delta, dq_acc, *_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows,
-        HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon)
-    if call.launch_log is not None:
-        call.launch_log["bwd_preprocess"] = f"BLOCK_M={pre_m},num_warps=4"
+    # the placeholder accumulator's strides are 0: Triton specialises integer arguments, and its own would only
+    # add compilations
+    preprocess = PreparedLaunch(
+        bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
+        (*_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows),
+        dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon))
+    labels = {"bwd_preprocess": f"BLOCK_M={pre_m},num_warps=4"}
+    preprocess(o, do, delta, dq_acc)
 
     if gluon:
         window_left = lay.window[0] if window else -1
         if lay.packed:
             cu_q, cu_k, _, k_blocks = lay.tables
-            sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, k_blocks.table(sm90_bwd.BLOCK_N),
-                                     causal, sm_scale, call.options.causal_group_programs, window_left=window_left,
-                                     dq_acc=dq_acc)
+            table, group = k_blocks.table(sm90_bwd.BLOCK_N), plan.options.causal_group_programs
+
+            def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+                sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
+                                         group, window_left=window_left, dq_acc=dq_acc)
         else:
-            sm90_bwd.backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, call.options.causal_group_programs,
-                              window_left=window_left, dq_acc=dq_acc)
-        if call.launch_log is not None:
-            call.launch_log["bwd_dkdv"] = call.launch_log["bwd_dq"] = sm90_bwd.config_label(D, window=window)
+            dense = sm90_bwd.prepare_backward(tuple(q.shape), Hkv, k.shape[2], causal, sm_scale,
+                                              plan.options.causal_group_programs, window_left=window_left)
+
+            def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+                dense(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)
+        labels["bwd_dkdv"] = labels["bwd_dq"] = sm90_bwd.config_label(D, window=window)
+    else:
+        meta = kernel_meta(D, causal, q.dtype == torch.float32, plan.options.causal_group_programs, window, lay.packed)
+        cu_q, cu_k, q_table, k_table = lay.tables
+        sizes = _sizes(lay, tma_ok)
+        dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k),
+                     *_rows(v), *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
+        dkdv, labels["bwd_dkdv"] = _prepare("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, plan.options)
+        dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+                   *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
+        dq_launch, labels["bwd_dq"] = _prepare("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, plan.options)
+
+        def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+            dkdv(q, k, v, do, dk, dv, lse, delta)
+            dq_launch(q, k, v, do, dq, lse, delta)
+
+    def run(q, k, v, o, lse, do):
+        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, lse, gluon)
+        _use_tma_allocator(tma_ok)
+        preprocess(o, do, delta, dq_acc)
+        gradients(q, k, v, o, lse, do, *buffers)
         return dq, dk, dv
-    meta = kernel_meta(D, causal, q.dtype == torch.float32, call.options.causal_group_programs, window, lay.packed)
-    cu_q, cu_k, q_table, k_table = lay.tables
-    sizes = _sizes(lay, tma_ok)
-    dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
-                 *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
-    _launch("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, call)
-    dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
-               *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
-    _launch("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, call)
-    return dq, dk, dv
+
+    gradients(q, k, v, o, lse, do, *buffers)
+    return (run, labels), (dq, dk, dv)
 
 
 _FlashAttnV2Fn = attention_function("_FlashAttnV2Fn", _forward, _backward)
@@ -328,10 +411,43 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     paged attention, fp8, other head dims, gradients with respect to the returned LSE (packed batches:
     ``flash_attn_varlen``).  Bad inputs or options raise ValueError.
     """
-    check_inputs(q, k, v, "flash_attn_v2")
-    window = check_window(window, bool(causal), "flash_attn_v2")
-    scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
-    o, lse2 = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, None))
+    key = _plan_key(q, k, v, causal, sm_scale, window, options)
+    kept = _PLANS.get(key) if key is not None else None
+    if kept is None:
+        check_inputs(q, k, v, "flash_attn_v2")
+        checked = check_window(window, bool(causal), "flash_attn_v2")
+        scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
+        kept = make_call(q, k, options, None, checked, None).plan, scale
+        if key is not None:
+            if len(_PLANS) >= MAX_PLANS:  # a process calling with ever new shapes: forget them all, not grow
+                _PLANS.clear()
+            _PLANS[key] = kept
+    else:
+        check_launch_log(launch_log, "flash_attn_v2")
+    plan, scale = kept
+    o, lse2 = attention(q, k, v, causal, scale, _Call(plan, launch_log))
     if return_lse:
         return o, lse2 * LN2
     return o
+
+
+MAX_PLANS = 512
+_PLANS: dict = {}  # _plan_key -> (plan, softmax scale) of dense calls
+
+
+def _plan_key(q, k, v, causal, sm_scale, window, options) -> tuple | None:
+    """Everything of a dense call that its plan is decided from; None (no plan kept) unless the arguments are of
+    the plain types a key compares exactly (the checks then run every call, and name what is wrong)."""
+    if not (type(q) is type(k) is type(v) is torch.Tensor and type(causal) is bool and type(window) is tuple
+            and (sm_scale is None or type(sm_scale) in (float, int)) and (options is None or type(options) is FA2Options)):
+        return None
+    # the alignment and strides decide the tile path (_tma_ok) and are launch arguments; the interpreter and the
+    # GPU's capability decide the kernels (a device is one GPU)
+    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, k.shape, k.stride(), k.dtype, k.device,
+            k.data_ptr() % 16, v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16, causal, sm_scale,
+            window, options, interpreting())
+
+
+def forget_plans() -> None:
+    """Drop every kept plan (tests that replace a kernel or a decision of the launcher call this first)."""
+    _PLANS.clear()

@@ -108,6 +108,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from .._validate import device_capability, interpreting
 
@@ -807,18 +808,17 @@ def _smem_layout(block_rows: int, head_dim: int, dtype: torch.dtype):
 
 def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over the (batch*heads*rows, D) view of a contiguous (..., D) tensor (bf16, fp16,
-    or fp32 for ``sm90_bwd``'s dQ accumulator)."""
+    or fp32 for ``sm90_bwd``'s dQ accumulator).  Its base is ``t`` itself: the launcher reads only the base's
+    address and dtype, and the descriptor's own shape and strides are the view's (no view made a call)."""
     D = t.shape[-1]
-    return TensorDescriptor(t.view(-1, D), [t.numel() // D, D], [D, 1], [block_rows, D],
-                            _smem_layout(block_rows, D, t.dtype))
+    return TensorDescriptor(t, [t.numel() // D, D], [D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
 
 
 def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over the (total, heads*D) view of a contiguous packed (total, heads, D) tensor,
     a tile being ``block_rows`` rows of one head's D columns (the kernel gives the column, head * D)."""
     total, heads, D = t.shape
-    return TensorDescriptor(t.view(total, heads * D), [total, heads * D], [heads * D, 1], [block_rows, D],
-                            _smem_layout(block_rows, D, t.dtype))
+    return TensorDescriptor(t, [total, heads * D], [heads * D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
@@ -855,20 +855,33 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
     ``block_rows``: query rows a program, ``BLOCK`` (two consumers) or ``WIDE_BLOCK`` (three: D64, no
     window; Q 192 x 64 + stages x (K, V) 128 x 64, 2 stages 88 KiB).
     """
+    prepare_forward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group_programs, stages, window_left,
+                    block_rows)(q, k, v, o, lse)
+
+
+def prepare_forward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_scale: float, group_programs: int,
+                    stages: int, window_left: int = -1, block_rows: int = BLOCK):
+    """``forward``'s checks, grid and launch settings for q of ``q_shape`` (B, H, Nq, D) and k, v of ``kv_heads``
+    heads and ``n_kv`` keys, once: the result, ``run(q, k, v, o, lse)``, builds the four descriptors and
+    enqueues the kernel (``_prepared.PreparedLaunch``), and is what ``flash_attn_v2`` keeps for its calls."""
     if window_left >= 0 and not causal:
         raise ValueError("sm90.forward: a window needs causal (a right reach is not supported)")
-    B, H, Nq, D = q.shape
-    Hkv, Nkv = k.shape[1], k.shape[2]
+    B, H, Nq, D = q_shape
     bn = block_n(D)
     why = config_reason(D, bn, stages, block_rows, window=window_left >= 0)
     if why is not None:
         raise ValueError(f"sm90.forward: {why}")
-    grid = (triton.cdiv(Nq, block_rows), B * H)
-    fwd_sm90_kernel[grid](
-        descriptor(q, q_tile_rows(block_rows)), descriptor(k, bn), descriptor(v, bn), descriptor(o, CONSUMER_ROWS),
-        lse, sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows=block_rows), num_warps=4,
-        maxnreg=launch_maxnreg(block_rows))
+    launch = PreparedLaunch(
+        fwd_sm90_kernel, (triton.cdiv(Nq, block_rows), B * H),
+        (sm_scale * 1.4426950408889634, H, H // kv_heads, Nq, n_kv, max(window_left, 0), None, None, None, None),
+        dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows=block_rows), num_warps=4,
+             maxnreg=launch_maxnreg(block_rows)))
+    q_rows = q_tile_rows(block_rows)
+
+    def run(q, k, v, o, lse):
+        launch(descriptor(q, q_rows), descriptor(k, bn), descriptor(v, bn), descriptor(o, CONSUMER_ROWS), lse)
+
+    return run
 
 
 def forward_varlen(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, table, causal: bool, sm_scale: float,

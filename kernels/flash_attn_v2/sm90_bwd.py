@@ -112,6 +112,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from . import sm90
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
@@ -184,21 +185,21 @@ def config_label(head_dim: int, stages: int | None = None, layout: str | None = 
 
 def dq_descriptor(dq_acc: torch.Tensor, layout: str):
     """The TMA descriptor of the fp32 dQ accumulator, a tile being what one consumer reduces (``dq_tile``), over
-    its 2-D view: (B*H*Nq, D) dense, (total_q, H*D) packed ((total_q, H, D): a head is a column offset)."""
+    its 2-D view: (B*H*Nq, D) dense, (total_q, H*D) packed ((total_q, H, D): a head is a column offset).  Its
+    base is the accumulator itself (``sm90.descriptor``: no view made a call)."""
     D = dq_acc.shape[-1]
     rows, cols = dq_tile(D, layout)
-    flat = dq_acc.view(dq_acc.shape[0], -1) if dq_acc.dim() == 3 else dq_acc.view(-1, D)
-    return TensorDescriptor(flat, list(flat.shape), [flat.shape[1], 1], [rows, cols],
+    width = dq_acc.shape[1] * D if dq_acc.dim() == 3 else D
+    return TensorDescriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], [rows, cols],
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
 def stat_descriptor(stat: torch.Tensor, block_m: int) -> TensorDescriptor:
     """A 1-D TMA descriptor over a contiguous float32 row statistic (L or Delta: (B, H, Nq) dense, (H, total_q)
     packed), a tile being one query block's ``block_m`` values."""
-    flat = stat.reshape(-1)
-    if flat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
-        flat = flat.clone()
-    return TensorDescriptor(flat, [flat.numel()], [1], [block_m], _STAT_LAYOUT)
+    if stat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
+        stat = stat.reshape(-1).clone()
+    return TensorDescriptor(stat, [stat.numel()], [1], [block_m], _STAT_LAYOUT)
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
@@ -720,7 +721,7 @@ def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bo
                 STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
 
 
-def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int, grads) -> tuple[str, int]:
+def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int) -> tuple[str, int]:
     """The checked dQ layout and ring depth of a call (a ValueError naming what is wrong otherwise)."""
     layout = layout or dq_layout(D)
     check_dq_layout(D, layout)
@@ -729,9 +730,12 @@ def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int,
         raise ValueError(f"sm90_bwd.{name}: stages must be one of {STAGE_CHOICES}, got {stages}")
     if window_left >= 0 and not causal:
         raise ValueError(f"sm90_bwd.{name}: a window needs causal (a right reach is not supported)")
+    return layout, stages
+
+
+def _check_grads(name: str, grads) -> None:
     if not all(g.is_contiguous() for g in grads):
         raise ValueError(f"sm90_bwd.{name}: dq, dk, dv must be contiguous")
-    return layout, stages
 
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
@@ -747,21 +751,35 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none.
     ``dq_acc``: the fp32 dQ accumulator, shaped like q, contiguous and zeroed by the caller (``flash_attn_v2``'s
     preprocess zeroes it with Delta); None: allocated zeroed here (a memset launch more)."""
-    B, H, Nq, D = q.shape
-    Hkv, Nkv = k.shape[1], k.shape[2]
-    layout, stages = _settings("backward", D, causal, stages, layout, window_left, (dq, dk, dv))
-    do = do if do.is_contiguous() else do.contiguous()
-    lse, delta = lse.contiguous(), delta.contiguous()
+    run = prepare_backward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group_programs, stages, layout,
+                           window_left)
+    _check_grads("backward", (dq, dk, dv))
+    run(q, k, v, do, lse, delta, dq, dk, dv, _accumulator(dq_acc, q, "backward"))
+
+
+def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_scale: float, group_programs: int = 256,
+                     stages: int | None = None, layout: str | None = None, window_left: int = -1):
+    """``backward``'s checks, grid and launch settings for q of ``q_shape`` (B, H, Nq, D) and k, v of ``kv_heads``
+    heads and ``n_kv`` keys, once: the result, ``run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)`` (contiguous
+    gradients, a zeroed accumulator), builds the nine descriptors and enqueues the kernel and the dQ conversion
+    (``_prepared.PreparedLaunch``); ``flash_attn_v2`` keeps it for its calls."""
+    B, H, Nq, D = q_shape
+    layout, stages = _settings("backward", D, causal, stages, layout, window_left)
     bm = block_m(D, layout)
-    dq_acc = _accumulator(dq_acc, q, "backward")
-    grid = (Nkv // BLOCK_N, B * Hkv)
-    bwd_sm90_kernel[grid](
-        descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-        descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
-        stat_descriptor(lse, bm), stat_descriptor(delta, bm),
-        sm_scale * LOG2E, sm_scale, H, H // Hkv, Nq, Nkv, max(window_left, 0), None, None, None, None, None,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
-    _dq_convert(dq_acc, dq, sm_scale)
+    launch = PreparedLaunch(
+        bwd_sm90_kernel, (n_kv // BLOCK_N, B * kv_heads),
+        (sm_scale * LOG2E, sm_scale, H, H // kv_heads, Nq, n_kv, max(window_left, 0), None, None, None, None, None),
+        dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG))
+    convert = _dq_conversion(B * H * Nq * D, sm_scale)
+
+    def run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc):
+        do = do if do.is_contiguous() else do.contiguous()
+        launch(descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
+               descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
+               stat_descriptor(lse.contiguous(), bm), stat_descriptor(delta.contiguous(), bm))
+        convert(dq_acc, dq)
+
+    return run
 
 
 def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, table, causal: bool,
@@ -773,7 +791,8 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     last); the grid is (rows, H_kv), so nothing here reads the device."""
     total_q, H, D = q.shape
     total_k, Hkv = k.shape[0], k.shape[1]
-    layout, stages = _settings("backward_varlen", D, causal, stages, layout, window_left, (dq, dk, dv))
+    layout, stages = _settings("backward_varlen", D, causal, stages, layout, window_left)
+    _check_grads("backward_varlen", (dq, dk, dv))
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
@@ -801,5 +820,9 @@ def _accumulator(dq_acc: torch.Tensor | None, q: torch.Tensor, name: str) -> tor
 
 
 def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None:
-    n = dq.numel()
-    _dq_convert_kernel[(triton.cdiv(n, 4096),)](dq_acc, dq, sm_scale, n, BLOCK=4096, num_warps=8)
+    _dq_conversion(dq.numel(), sm_scale)(dq_acc, dq)
+
+
+def _dq_conversion(n: int, sm_scale: float) -> PreparedLaunch:
+    """dq = sm_scale * dq_acc over ``n`` elements, prepared: ``launch(dq_acc, dq)``."""
+    return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n), dict(BLOCK=4096, num_warps=8))

@@ -27,7 +27,7 @@ counter back to zero, so each stream keeps one counter (``tile_counter``) and no
 static schedule (tile p + i grid for program p): heaviest-first order would hand each round's heaviest tile
 to the same programs round after round (1.12-1.26 of one program a tile's time, causal N 2k-16k).
 
-The tuner's launch (``tuning.launch_fwd``) runs it for a Gluon configuration where ``tuning.fwd_persistent``
+The launcher (``tuning.prepare_fwd``) runs it for a Gluon configuration where ``tuning.fwd_persistent``
 says so, and the launch log then records the configuration with ``persistent=True``.
 
 What it does not support (``reason`` says which; ``sm90.forward`` runs those): packed batches, head dim
@@ -45,7 +45,9 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.runtime import driver
 
+from .._prepared import PreparedLaunch
 from .._schedule import block_and_head_at
 from . import sm90
 from .sm90 import _attend, _drain, _load_kv, _load_q, dense_program, ring_barriers
@@ -273,7 +275,7 @@ def tile_counter(device: torch.device) -> torch.Tensor:
     fetch resets it).  One a stream: launches on one stream run one after another, those on two streams
     may overlap.  Made on a stream's first launch (under CUDA graph capture, from the graph's pool; the
     graph's replays set it to zero again, which it already is)."""
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    key = (device.index, driver.active.get_current_stream(device.index))  # the raw handle: no Stream object a call
     counter = _COUNTERS.get(key)
     if counter is None:
         counter = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
@@ -297,19 +299,33 @@ def forward(q, k, v, o, lse, causal: bool, sm_scale: float, group_programs: int,
             window_left: int = -1, block_rows: int = sm90.BLOCK, programs: int | None = None) -> None:
     """``sm90.forward`` (same arguments and checks) in min(tiles, ``programs``) persistent programs; ``programs``
     defaults to the device's SM count (one program an SM: a program's warps take the whole register file)."""
+    prepare_forward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group_programs, stages, window_left,
+                    block_rows, q.device.index, programs)(q, k, v, o, lse)
+
+
+def prepare_forward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_scale: float, group_programs: int,
+                    stages: int, window_left: int, block_rows: int, device_index: int | None,
+                    programs: int | None = None):
+    """``forward``'s checks, grid and launch settings, once (as ``sm90.prepare_forward``), for CUDA device
+    ``device_index``: the result, ``run(q, k, v, o, lse)``, builds the descriptors, takes the stream's tile counter
+    and enqueues the kernel."""
     if window_left >= 0 and not causal:
         raise ValueError("sm90_persistent.forward: a window needs causal (a right reach is not supported)")
-    B, H, Nq, D = q.shape
-    Hkv, Nkv = k.shape[1], k.shape[2]
+    B, H, Nq, D = q_shape
     why = (sm90.config_reason(D, sm90.block_n(D), stages, block_rows, window=window_left >= 0)
            or reason(D, stages, block_rows, varlen=False))
     if why is not None:
         raise ValueError(f"sm90_persistent.forward: {why}")
     tiles = triton.cdiv(Nq, block_rows) * B * H
-    grid = (min(tiles, programs or sm_count(q.device.index)),)
-    fwd_sm90_persistent_kernel[grid](
-        sm90.descriptor(q, sm90.q_tile_rows(block_rows)), sm90.descriptor(k, sm90.BLOCK),
-        sm90.descriptor(v, sm90.BLOCK), sm90.descriptor(o, sm90.CONSUMER_ROWS), lse, tile_counter(q.device),
-        sm_scale * 1.4426950408889634, H, H // Hkv, Nq, Nkv, max(window_left, 0), B * H,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows), num_warps=4,
-        maxnreg=sm90.launch_maxnreg(block_rows))
+    launch = PreparedLaunch(
+        fwd_sm90_persistent_kernel, (min(tiles, programs or sm_count(device_index)),),
+        (sm_scale * 1.4426950408889634, H, H // kv_heads, Nq, n_kv, max(window_left, 0), B * H),
+        dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0, block_rows), num_warps=4,
+             maxnreg=sm90.launch_maxnreg(block_rows)))
+    q_rows = sm90.q_tile_rows(block_rows)
+
+    def run(q, k, v, o, lse):
+        launch(sm90.descriptor(q, q_rows), sm90.descriptor(k, sm90.BLOCK), sm90.descriptor(v, sm90.BLOCK),
+               sm90.descriptor(o, sm90.CONSUMER_ROWS), lse, tile_counter(q.device))
+
+    return run

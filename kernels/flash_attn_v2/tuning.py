@@ -13,8 +13,11 @@ its ``SequenceBlocks`` argument.
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import triton
 
+from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._tuner import InterleavedTuner
 from .._validate import interpreting
@@ -150,60 +153,91 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
 TUNE_KEY = ["NQ_BUCKET", "NKV_BUCKET", "TMA_OK", "HEAD_DIM", "CAUSAL", "WINDOW", "VARLEN", "IEEE", "GROUP_PROGRAMS"]
 
 
-def kernel_launcher(kernel):
-    """Launch one configuration of ``kernel``, with a packed batch's program table for its block size."""
-
-    def launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
-        args = tuple(a.for_config(cfg.kwargs) if isinstance(a, SequenceBlocks) else a for a in args)
-        kernel[grid_fn(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-    return launch
+def lead(kernel) -> int:
+    """How many leading arguments of an FA2 Triton kernel are the call's own tensors (those before CU_Q): what its
+    prepared launch takes on each call."""
+    return kernel.arg_names.index("CU_Q")
 
 
-_launch_triton_fwd = kernel_launcher(fwd_kernel)
+def prepare_triton(kernel):
+    """``prepare(cfg, grid_fn, args, meta)``: ``kernel`` in configuration ``cfg`` with the arguments after the leading
+    tensors fixed (a packed batch's program table for the configuration's block size in place of its
+    ``SequenceBlocks``), as a ``PreparedLaunch`` taking ``args[:lead(kernel)]``."""
+    n = lead(kernel)
+
+    def prepare(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> PreparedLaunch:
+        fixed = tuple(a.for_config(cfg.kwargs) if isinstance(a, SequenceBlocks) else a for a in args[n:])
+        return PreparedLaunch(kernel, grid_fn(cfg.kwargs), fixed,
+                              dict(meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+    return prepare
 
 
+_prepare_triton_fwd = prepare_triton(fwd_kernel)
 _K_ARG = fwd_kernel.arg_names.index("K")  # where ``fwd_persistent`` finds the keys among the forward's arguments
 
 
 def fwd_persistent(cfg: triton.Config, args: tuple, meta: dict) -> bool:
-    """Whether ``launch_fwd`` runs this configuration with these ``fwd_kernel`` arguments and constexprs by the
+    """Whether ``prepare_fwd`` runs this configuration with these ``fwd_kernel`` arguments and constexprs by the
     persistent build of the Gluon forward: a dense Gluon configuration it builds, up to
-    ``sm90_persistent.MAX_KEYS`` keys, where it measured faster than one program a tile.  (On every call's
-    host path: it reads the key count off ``args`` and the head dim off ``meta``, and names no other argument.)"""
+    ``sm90_persistent.MAX_KEYS`` keys, where it measured faster than one program a tile.  (It reads the key
+    count off ``args`` and the head dim off ``meta``, and names no other argument.)"""
     if not cfg.kwargs.get("GLUON") or meta["VARLEN"]:
         return False
     return sm90_persistent.reason(meta["HEAD_DIM"], cfg.num_stages, cfg.kwargs["BLOCK_M"], varlen=False,
                                   n_kv=args[_K_ARG].shape[2]) is None
 
 
-def launch_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
-    """Launch one forward configuration: the Gluon Hopper kernel for GLUON entries (its persistent build where
-    ``fwd_persistent``), else ``fwd_kernel``."""
-    if cfg.kwargs.get("GLUON"):
-        a = dict(zip(fwd_kernel.arg_names, args))
-        window_left = a["WIN_LEFT"] if meta["WINDOW"] else -1
-        if meta["VARLEN"]:  # the table of 128-row query blocks, the Gluon kernel's block
-            sm90.forward_varlen(a["Q"], a["K"], a["V"], a["O"], a["LSE"], a["CU_Q"], a["CU_K"],
-                                a["TABLE"].table(sm90.BLOCK), meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
-                                cfg.num_stages, window_left)
-        else:
-            (sm90_persistent if fwd_persistent(cfg, args, meta) else sm90).forward(
-                a["Q"], a["K"], a["V"], a["O"], a["LSE"], meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"],
-                cfg.num_stages, window_left, block_rows=cfg.kwargs["BLOCK_M"])
-    else:
-        _launch_triton_fwd(cfg, grid_fn, args, meta)
+def prepare_fwd(cfg: triton.Config, grid_fn, args: tuple, meta: dict):
+    """One forward configuration for these ``fwd_kernel`` arguments, prepared: ``run(q, k, v, o, lse)``.  GLUON
+    entries run the Gluon Hopper kernel (its persistent build where ``fwd_persistent``; a packed batch's program
+    table built here, for this call), the others ``fwd_kernel``."""
+    if not cfg.kwargs.get("GLUON"):
+        return _prepare_triton_fwd(cfg, grid_fn, args, meta)
+    a = dict(zip(fwd_kernel.arg_names, args))
+    window_left = a["WIN_LEFT"] if meta["WINDOW"] else -1
+    causal, scale, group, stages = meta["CAUSAL"], a["sm_scale"], meta["GROUP_PROGRAMS"], cfg.num_stages
+    if meta["VARLEN"]:  # the table of 128-row query blocks, the Gluon kernel's block
+        cu_q, cu_k, table = a["CU_Q"], a["CU_K"], a["TABLE"].table(sm90.BLOCK)
+        return lambda q, k, v, o, lse: sm90.forward_varlen(q, k, v, o, lse, cu_q, cu_k, table, causal, scale, group,
+                                                           stages, window_left)
+    q, k = a["Q"], a["K"]
+    dense = (tuple(q.shape), k.shape[1], k.shape[2], causal, scale, group, stages, window_left, cfg.kwargs["BLOCK_M"])
+    if fwd_persistent(cfg, args, meta):
+        return sm90_persistent.prepare_forward(*dense, q.device.index)
+    return sm90.prepare_forward(*dense)
 
 
-def _tuner(kernel, space, name: str, extra_key=(), skip=None, launch=None) -> InterleavedTuner:
+def launcher(prepare, n_lead: int):
+    """A tuner's ``launch(cfg, grid_fn, args, meta)`` from a ``prepare``: prepare, then run on the leading tensors."""
+
+    def launch(cfg: triton.Config, grid_fn, args: tuple, meta: dict) -> None:
+        prepare(cfg, grid_fn, args, meta)(*args[:n_lead])
+
+    return launch
+
+
+def _tuner(kernel, space, name: str, prepare, extra_key=(), skip=None) -> InterleavedTuner:
     return InterleavedTuner(kernel, all_configs(space), make_pruner(space, PREFERRED_PATH[name], skip),
-                            TUNE_KEY + list(extra_key), launch or kernel_launcher(kernel))
+                            TUNE_KEY + list(extra_key), launcher(prepare, lead(kernel)))
 
 
-# kernel name -> (its tuner, its space); the tuners hold the choices made in this process
+class Kernel(NamedTuple):
+    """One FA2 kernel of the launcher: its tuner (which holds the choices made in this process), its space of
+    configurations, and ``prepare(cfg, grid_fn, args, meta)``, which returns the launch of a configuration taking
+    the call's ``lead`` leading tensors."""
+    tuner: InterleavedTuner
+    space: dict
+    prepare: Callable
+    lead: int
+
+
+def _kernel(kernel, space, name: str, prepare, **tuner_kw) -> Kernel:
+    return Kernel(_tuner(kernel, space, name, prepare, **tuner_kw), space, prepare, lead(kernel))
+
+
 TUNERS = {
-    "fwd": (_tuner(fwd_kernel, FWD_SPACE, "fwd", extra_key=["EVEN_KV", "SM90_OK"], skip=FWD_SKIP,
-                   launch=launch_fwd), FWD_SPACE),
-    "bwd_dkdv": (_tuner(bwd_dkdv_kernel, DKDV_SPACE, "bwd_dkdv"), DKDV_SPACE),
-    "bwd_dq": (_tuner(bwd_dq_kernel, DQ_SPACE, "bwd_dq"), DQ_SPACE),
+    "fwd": _kernel(fwd_kernel, FWD_SPACE, "fwd", prepare_fwd, extra_key=["EVEN_KV", "SM90_OK"], skip=FWD_SKIP),
+    "bwd_dkdv": _kernel(bwd_dkdv_kernel, DKDV_SPACE, "bwd_dkdv", prepare_triton(bwd_dkdv_kernel)),
+    "bwd_dq": _kernel(bwd_dq_kernel, DQ_SPACE, "bwd_dq", prepare_triton(bwd_dq_kernel)),
 }

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd, tuning
-from kernel_checks import make_inputs, poisoned_empty
+from kernel_checks import fake_gluon_backward, make_inputs, poisoned_empty
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
@@ -104,13 +104,13 @@ def test_the_option_is_checked():
 
 def _forbid_triton_backward(monkeypatch):
     """Let the launcher start the forward only: a Triton gradient kernel launched beside the Gluon backward fails."""
-    real_launch = launch._launch
+    real_prepare = launch._prepare
 
     def forward_only(name, *args, **kwargs):
         assert name == "fwd", f"{name} launched beside the Gluon backward"
-        return real_launch(name, *args, **kwargs)
+        return real_prepare(name, *args, **kwargs)
 
-    monkeypatch.setattr(launch, "_launch", forward_only)
+    monkeypatch.setattr(launch, "_prepare", forward_only)
 
 
 def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
@@ -130,7 +130,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
         for g in (dq, dk, dv):
             g.fill_(1.0)
 
-    monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
+    fake_gluon_backward(monkeypatch, gluon_backward)
     _forbid_triton_backward(monkeypatch)
     q, k, v, do = make_inputs(1, 4, 2, 32, 48, 32, torch.float32, seed=3)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -156,7 +156,7 @@ def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch)
     def gluon_backward(*args, window_left=-1, dq_acc=None):
         seen["causal"], seen["window_left"] = args[9], window_left
 
-    monkeypatch.setattr(sm90_bwd, "backward", gluon_backward)
+    fake_gluon_backward(monkeypatch, gluon_backward)
     q, k, v, do = make_inputs(1, 2, 2, 32, 48, 32, torch.float32, seed=4)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     flash_attn_v2(*leaves, causal=True, window=window).backward(do)

@@ -176,8 +176,8 @@ def test_warp_specialised_forwards_are_never_offered_or_pinned_for_a_window(monk
 
 
 def test_window_is_in_every_tuning_key():
-    for tuner, _space in tuning.TUNERS.values():
-        assert {"WINDOW", "VARLEN"} <= set(tuner.key)
+    for kernel in tuning.TUNERS.values():
+        assert {"WINDOW", "VARLEN"} <= set(kernel.tuner.key)
     named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": 1024, "NKV_BUCKET": 1024}
     tuner = tuning.TUNERS["bwd_dq"][0]
     assert tuner._key(named, launch.kernel_meta(64, False, False, 256, window=True)) != \

@@ -253,8 +253,8 @@ def test_options_are_frozen_and_keep_their_own_copy_of_the_configs():
 def test_tuning_keys_hold_every_launch_argument_the_options_change():
     # path -> TMA_OK, causal_group_programs -> GROUP_PROGRAMS, sm90_forward -> SM90_OK (forward only);
     # autotune and configs bypass the tuners
-    for name, (tuner, _space) in tuning.TUNERS.items():
-        assert {"TMA_OK", "GROUP_PROGRAMS", "NQ_BUCKET", "NKV_BUCKET", "HEAD_DIM", "CAUSAL", "IEEE"} <= set(tuner.key)
+    for kernel in tuning.TUNERS.values():
+        assert {"TMA_OK", "GROUP_PROGRAMS", "NQ_BUCKET", "NKV_BUCKET", "HEAD_DIM", "CAUSAL", "IEEE"} <= set(kernel.tuner.key)
     assert {"SM90_OK", "EVEN_KV"} <= set(tuning.TUNERS["fwd"][0].key)
     tuner = tuning.TUNERS["bwd_dq"][0]
     named = {"TMA_OK": tuning.BOTH, "NQ_BUCKET": 1024, "NKV_BUCKET": 1024}
@@ -272,18 +272,17 @@ def test_forcing_the_tma_path_where_the_tensors_cannot_take_it_raises(monkeypatc
 
 def test_autotune_off_runs_the_first_entry_of_each_space_outside_the_interpreter(monkeypatch):
     monkeypatch.setattr(launch, "interpreting", lambda: False)
-    ran = []
-    for name, (tuner, _space) in tuning.TUNERS.items():
-        monkeypatch.setattr(tuner, "launch",
-                            lambda cfg, grid, args, meta, n=name: ran.append((n, tuning.signature(cfg))))
-        monkeypatch.setattr(tuner, "run", lambda *a: pytest.fail("tuned although autotune is off"))
-    log = {}
+    ran, labels = [], {}
+    for name, kernel in tuning.TUNERS.items():
+        prepare = (lambda cfg, grid, args, meta, n=name: ran.append((n, tuning.signature(cfg))))
+        monkeypatch.setitem(tuning.TUNERS, name, kernel._replace(prepare=prepare))
+        monkeypatch.setattr(kernel.tuner, "choose", lambda *a: pytest.fail("tuned although autotune is off"))
     for name in tuning.TUNERS:
-        launch._launch(name, None, (), launch.kernel_meta(64, False, False, 256), tuning.PTR_ONLY,
-                       launch._Call(FA2Options(autotune=False), log, (-1, -1), None))
+        _, labels[name] = launch._prepare(name, None, (), launch.kernel_meta(64, False, False, 256), tuning.PTR_ONLY,
+                                          FA2Options(autotune=False))
     first = {"fwd": spaces.FWD_SPACE, "bwd_dkdv": spaces.DKDV_SPACE, "bwd_dq": spaces.DQ_SPACE}
     assert ran == [(name, first[name]["small"][0]) for name in tuning.TUNERS]
-    assert set(log) == set(tuning.TUNERS)
+    assert labels == {name: tuning.launch_label(tuning.to_config(first[name]["small"][0], False)) for name in first}
 
 
 @pytest.mark.parametrize("tma_ok, ieee, causal, expect_ws", [

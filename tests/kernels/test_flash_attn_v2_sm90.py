@@ -20,8 +20,8 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import (ATOL, assert_forwards_agree, check_against_reference, make_inputs, offered_forward_configs,
-                           on_hopper, poisoned_empty, window_case_id)
+from kernel_checks import (ATOL, assert_forwards_agree, check_against_reference, fake_gluon_forward, make_inputs,
+                           offered_forward_configs, on_hopper, poisoned_empty, window_case_id)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -104,8 +104,8 @@ def test_a_pinned_gluon_forward_gets_the_calls_left_reach(causal, window, left, 
         o.zero_()
         lse.zero_()
 
-    monkeypatch.setattr(sm90, "forward", fake_forward)
-    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
+    fake_gluon_forward(monkeypatch, sm90, fake_forward)
+    fake_gluon_forward(monkeypatch, sm90_persistent, fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 64, dtype=torch.float16)
     flash_attn_v2(q, q, q, causal=causal, window=window, options=FA2Options(path="tma", configs={"fwd": GLUON_128}))
     assert seen == [(True, left)]
@@ -246,8 +246,8 @@ def test_d256_a_pinned_gluon_forward_runs_it(causal, window, left, monkeypatch):
         o.zero_()
         lse.zero_()
 
-    monkeypatch.setattr(sm90, "forward", fake_forward)
-    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
+    fake_gluon_forward(monkeypatch, sm90, fake_forward)
+    fake_gluon_forward(monkeypatch, sm90_persistent, fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 256, dtype=torch.float16)
     log = {}
     flash_attn_v2(q, q, q, causal=causal, window=window, launch_log=log,
@@ -264,7 +264,7 @@ def test_d256_a_pinned_gluon_forward_runs_it(causal, window, left, monkeypatch):
 ])
 def test_d256_pinning_a_gluon_tile_the_head_dim_does_not_run_says_why(d, pinned, words, monkeypatch):
     monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
-    monkeypatch.setattr(sm90, "forward", lambda *a, **kw: pytest.fail("launched"))
+    fake_gluon_forward(monkeypatch, sm90, lambda *a, **kw: pytest.fail("launched"))
     q = _t(1, 2, 256, d, dtype=torch.float16)
     with pytest.raises(ValueError, match=f"cannot run this configuration: .*{words}"):
         flash_attn_v2(q, q, q, causal=True, options=FA2Options(path="tma", configs={"fwd": pinned}))

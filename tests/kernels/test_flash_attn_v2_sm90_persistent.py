@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
-from kernel_checks import check_against_reference, make_inputs, on_hopper, poisoned_empty
+from kernel_checks import check_against_reference, fake_gluon_forward, make_inputs, on_hopper, poisoned_empty
 
 hopper_only = pytest.mark.skipif(not on_hopper(), reason="the Gluon kernels run on Hopper (sm_90) only")
 
@@ -83,15 +83,15 @@ def test_the_tuners_launch_runs_the_persistent_build_where_it_is_built_and_measu
                                                                                           n_kv, persistent,
                                                                                           monkeypatch):
     ran = []
-    monkeypatch.setattr(sm90_persistent, "forward", lambda *a, **kw: ran.append("persistent"))
-    monkeypatch.setattr(sm90, "forward", lambda *a, **kw: ran.append("sm90"))
+    fake_gluon_forward(monkeypatch, sm90_persistent, lambda *a, **kw: ran.append("persistent"))
+    fake_gluon_forward(monkeypatch, sm90, lambda *a, **kw: ran.append("sm90"))
     q = _t(1, 2, n_kv, d)
     cfg = tuning.to_config((block_rows, sm90.block_n(d), 4, stages, spaces.GLUON), True)
     args = dict.fromkeys(tuning.fwd_kernel.arg_names, 0)
     args.update(Q=q, K=q, V=q, O=q, LSE=q, sm_scale=1.0)
     meta = launch.kernel_meta(d, True, False, 0)
     args = tuple(args[n] for n in tuning.fwd_kernel.arg_names)
-    tuning.launch_fwd(cfg, None, args, meta)
+    tuning.prepare_fwd(cfg, None, args, meta)(q, q, q, q, q)
     assert ran == ["persistent" if persistent else "sm90"]
     assert tuning.fwd_persistent(cfg, args, meta) is persistent
     assert tuning.launch_label(cfg, persistent).endswith(",persistent=True") is persistent
@@ -109,8 +109,8 @@ def test_a_pinned_gluon_forward_is_logged_as_persistent_where_it_runs_so(monkeyp
     monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
     ran = []
     fake = lambda q, k, v, o, lse, *a, **kw: (ran.append(k.shape[2]), o.zero_(), lse.zero_())  # noqa: E731
-    monkeypatch.setattr(sm90, "forward", fake)
-    monkeypatch.setattr(sm90_persistent, "forward", lambda *a, **kw: (ran.append("persistent"), fake(*a, **kw)))
+    fake_gluon_forward(monkeypatch, sm90, fake)
+    fake_gluon_forward(monkeypatch, sm90_persistent, lambda *a, **kw: (ran.append("persistent"), fake(*a, **kw)))
     options = FA2Options(path="tma", configs={"fwd": (sm90.BLOCK, 128, 4, 2, spaces.GLUON)})
     for n, persistent in ((sm90_persistent.MAX_KEYS, True), (sm90_persistent.MAX_KEYS + 128, False)):
         q, log = _t(1, 2, n, 128, dtype=torch.float16), {}
@@ -162,8 +162,8 @@ def test_gpu_equals_one_program_a_tile_with_few_programs_poisoned(case, dtype):
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_flash_attn_v2_runs_it_against_the_reference(block_rows, causal, monkeypatch):
     ran = []
-    real = sm90_persistent.forward
-    monkeypatch.setattr(sm90_persistent, "forward", lambda *a, **kw: (ran.append(1), real(*a, **kw)))
+    real = sm90_persistent.prepare_forward  # what the launcher runs: its plan prepares the persistent build
+    monkeypatch.setattr(sm90_persistent, "prepare_forward", lambda *a, **kw: (ran.append(1), real(*a, **kw))[1])
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
     options = FA2Options(autotune=False, configs={"fwd": (block_rows, 128, 4, 2, spaces.GLUON)})
     q, k, v, do = make_inputs(2, 8, 2, 1024, 1024, 64, torch.bfloat16, seed=block_rows + causal)

@@ -15,8 +15,8 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import (assert_forwards_agree, check_against_reference, make_inputs, offered_forward_configs,
-                           on_hopper, poisoned_empty)
+from kernel_checks import (assert_forwards_agree, check_against_reference, fake_gluon_forward, make_inputs,
+                           offered_forward_configs, on_hopper, poisoned_empty)
 
 WIDE = (sm90.WIDE_BLOCK, 128, 4, 2, spaces.GLUON)
 
@@ -104,8 +104,8 @@ def test_a_pinned_wide_forward_is_launched_with_192_rows_and_logged_by_name(caus
         o.zero_()
         lse.zero_()
 
-    monkeypatch.setattr(sm90, "forward", fake_forward)
-    monkeypatch.setattr(sm90_persistent, "forward", fake_forward)  # which of the two runs: its own test file
+    fake_gluon_forward(monkeypatch, sm90, fake_forward)
+    fake_gluon_forward(monkeypatch, sm90_persistent, fake_forward)  # which of the two runs: its own test file
     q = _t(1, 2, 256, 64, dtype=torch.float16)
     log = {}
     flash_attn_v2(q, q, q, causal=causal, launch_log=log, options=FA2Options(path="tma", configs={"fwd": WIDE}))
@@ -117,7 +117,7 @@ def test_a_pinned_wide_forward_is_launched_with_192_rows_and_logged_by_name(caus
 @pytest.mark.parametrize("d, window, words", [(128, NO_WINDOW, "head_dim 64 only"), (64, (100, 0), "without a window")])
 def test_pinning_the_wide_tile_where_it_is_not_built_says_why(d, window, words, monkeypatch):
     monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)  # as if on an H100
-    monkeypatch.setattr(sm90, "forward", lambda *a, **kw: pytest.fail("launched"))
+    fake_gluon_forward(monkeypatch, sm90, lambda *a, **kw: pytest.fail("launched"))
     q = _t(1, 2, 256, d, dtype=torch.float16)
     with pytest.raises(ValueError, match=f"cannot run this configuration: .*{words}"):
         flash_attn_v2(q, q, q, causal=True, window=window, options=FA2Options(path="tma", configs={"fwd": WIDE}))

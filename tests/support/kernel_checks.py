@@ -200,3 +200,28 @@ def only_padding_tables(monkeypatch):
             real_table(self, block)).contiguous()
 
     monkeypatch.setattr(SequenceBlocks, "table", padding_only)
+
+
+def fake_gluon_forward(monkeypatch, module, forward) -> None:
+    """Make ``module.prepare_forward`` (``sm90`` or ``sm90_persistent``) hand each run to ``forward``, called as
+    ``module.forward`` would be: the launcher prepares the Gluon forward once a plan, and tests fake what runs."""
+
+    def prepare(q_shape, kv_heads, n_kv, causal, sm_scale, group_programs, stages, window_left=-1, block_rows=128,
+                *_device):
+        return lambda q, k, v, o, lse: forward(q, k, v, o, lse, causal, sm_scale, group_programs, stages,
+                                               window_left=window_left, block_rows=block_rows)
+
+    monkeypatch.setattr(module, "prepare_forward", prepare)
+
+
+def fake_gluon_backward(monkeypatch, backward) -> None:
+    """Make ``sm90_bwd.prepare_backward`` hand each run to ``backward``, called as ``sm90_bwd.backward`` would be."""
+    from flashbench_kernels.flash_attn_v2 import sm90_bwd
+
+    def prepare(q_shape, kv_heads, n_kv, causal, sm_scale, group_programs=256, stages=None, layout=None,
+                window_left=-1):
+        return lambda q, k, v, do, lse, delta, dq, dk, dv, dq_acc: backward(
+            q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=window_left,
+            dq_acc=dq_acc)
+
+    monkeypatch.setattr(sm90_bwd, "prepare_backward", prepare)
