@@ -71,7 +71,7 @@ def parse_case(text: str) -> Case:
                 causal=causal, mode=mode, window_left=left, window_right=0 if left >= 0 else -1)
 
 
-def _held(seconds: float) -> None:
+def hold_gpu(seconds: float) -> None:
     """Queue a GPU kernel that spins for about ``seconds`` (1.98 GHz is the H100/H200 boost clock;
     a slower clock spins longer, which only helps)."""
     torch.cuda._sleep(int(seconds * 1.98e9))
@@ -102,7 +102,7 @@ def main() -> int:
         call()
     torch.cuda.synchronize()
 
-    _held(2.0 + a.calls * 0.01)  # the calls queue behind it: the host never waits for the GPU
+    hold_gpu(2.0 + a.calls * 0.01)  # the calls queue behind it: the host never waits for the GPU
     t0 = time.perf_counter()
     for _ in range(a.calls):
         call()
@@ -111,7 +111,7 @@ def main() -> int:
     print(f"{a.backend} {case.label()}: host {host_ms:.3f} ms a call ({a.calls} enqueues, GPU held)")
 
     profiler = cProfile.Profile()
-    _held(4.0 + a.calls * 0.02)
+    hold_gpu(4.0 + a.calls * 0.02)
     profiler.enable()
     for _ in range(a.calls):
         call()

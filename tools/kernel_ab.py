@@ -62,7 +62,7 @@ from flashbench.model.flops import attention_flops
 from flashbench.measure.timer import time_cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_path import _held, parse_case  # noqa: E402  (the tools' one case syntax and GPU hold)
+from host_path import hold_gpu, parse_case  # noqa: E402  (the tools' one case syntax and GPU hold)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_PACKAGE = "fbk_base"
@@ -172,10 +172,10 @@ def hold_seconds(reps: int) -> float:
 
 
 def held_batch_us(fn, reps: int) -> tuple[float, bool]:
-    """Host µs a call of ``reps`` back-to-back calls of ``fn`` enqueued behind a GPU hold (``_held``, as
+    """Host µs a call of ``reps`` back-to-back calls of ``fn`` enqueued behind a GPU hold (``hold_gpu``, as
     tools/host_path.py holds it), and whether the hold had ended before the last one was enqueued (the GPU
     ran some of them: the batch may have waited for it)."""
-    _held(hold_seconds(reps))
+    hold_gpu(hold_seconds(reps))
     hold_done = torch.cuda.Event()
     hold_done.record()  # done when the hold is
     t0 = time.perf_counter()
