@@ -407,6 +407,10 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         "fwd" on the forward, and "bwd_preprocess", "bwd_dkdv", "bwd_dq" when autograd runs the
         backward (entries are overwritten, never removed).
 
+    Repeated calls: the checks and every choice of kernel and configuration are made once per call
+    signature (shapes, strides, dtypes, devices, 16-byte alignment, causal, sm_scale, window, options) and
+    kept for the calls that share it, which only allocate their outputs and enqueue their kernels.
+
     Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
     paged attention, fp8, other head dims, gradients with respect to the returned LSE (packed batches:
     ``flash_attn_varlen``).  Bad inputs or options raise ValueError.
