@@ -442,8 +442,10 @@ _PLANS: dict = {}  # _plan_key -> (plan, softmax scale) of dense calls
 def _plan_key(q, k, v, causal, sm_scale, window, options) -> tuple | None:
     """Everything of a dense call that its plan is decided from; None (no plan kept) unless the arguments are of
     the plain types a key compares exactly (the checks then run every call, and name what is wrong)."""
+    # exact types: True == 1 and (True, 0) == (1, 0), so a bool where an int belongs would find an int's plan
     if not (type(q) is type(k) is type(v) is torch.Tensor and type(causal) is bool and type(window) is tuple
-            and (sm_scale is None or type(sm_scale) in (float, int)) and (options is None or type(options) is FA2Options)):
+            and all(type(w) is int for w in window) and (sm_scale is None or type(sm_scale) in (float, int))
+            and (options is None or type(options) is FA2Options)):
         return None
     # the alignment and strides decide the tile path (_tma_ok) and are launch arguments; the interpreter and the
     # GPU's capability decide the kernels (a device is one GPU)

@@ -110,6 +110,13 @@ def test_a_kept_plan_never_lets_a_bad_call_through(bad, words):
         flash_attn_v2(q.tolist(), k, v)
 
 
+def test_a_bool_where_an_int_belongs_never_finds_the_ints_plan():
+    q, k, v, _ = _inputs()
+    flash_attn_v2(q, k, v, window=(1, 1))
+    with pytest.raises(ValueError, match="window"):
+        flash_attn_v2(q, k, v, window=(True, 1))  # equal to (1, 1) as a key, refused as a window
+
+
 def test_arguments_a_key_cannot_compare_exactly_run_checked_and_unkept():
     q, k, v, do = _inputs()
     want = _reference(q, k, v, do, causal=True, window=(5, 0))
