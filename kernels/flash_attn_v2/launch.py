@@ -449,9 +449,12 @@ def _plan_key(q, k, v, causal, sm_scale, window, options) -> tuple | None:
         return None
     # the alignment and strides decide the tile path (_tma_ok) and are launch arguments; the interpreter and the
     # GPU's capability decide the kernels (a device is one GPU)
-    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, k.shape, k.stride(), k.dtype, k.device,
-            k.data_ptr() % 16, v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16, causal, sm_scale,
-            window, options, interpreting())
+    try:
+        return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, k.shape, k.stride(), k.dtype, k.device,
+                k.data_ptr() % 16, v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16, causal, sm_scale,
+                window, options, interpreting())
+    except RuntimeError:  # no strides or no storage (a sparse or fake tensor): the checks say what they make of it
+        return None
 
 
 def forget_plans() -> None:

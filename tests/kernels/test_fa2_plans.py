@@ -124,6 +124,13 @@ def test_arguments_a_key_cannot_compare_exactly_run_checked_and_unkept():
     assert not launch._PLANS
 
 
+def test_a_sparse_tensor_gets_the_checks_answer():
+    q, k, v, _ = _inputs()
+    with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
+        flash_attn_v2(q.to_sparse(), k, v)
+    assert not launch._PLANS
+
+
 def test_packed_calls_keep_no_plan():
     q, k, v, do, cu_q, cu_k = make_packed_inputs([5, 17], [9, 17], H, HKV, D, torch.float32, seed=1)
     for _ in range(2):
