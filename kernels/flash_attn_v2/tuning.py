@@ -225,17 +225,17 @@ def _tuner(kernel, space, name: str, prepare, extra_key=(), skip=None) -> Interl
 class Kernel(NamedTuple):
     """One FA2 kernel of the launcher: its tuner (which holds the choices made in this process), its space of
     configurations, and ``prepare(cfg, grid_fn, args, meta)``, which returns the launch of a configuration taking
-    the call's ``lead`` leading tensors."""
+    the call's leading tensors (``lead``)."""
     tuner: InterleavedTuner
     space: dict
     prepare: Callable
-    lead: int
 
 
 def _kernel(kernel, space, name: str, prepare, **tuner_kw) -> Kernel:
-    return Kernel(_tuner(kernel, space, name, prepare, **tuner_kw), space, prepare, lead(kernel))
+    return Kernel(_tuner(kernel, space, name, prepare, **tuner_kw), space, prepare)
 
 
+# kernel name -> its Kernel (a Gluon forward configuration is the "fwd" kernel's: prepare_fwd runs it)
 TUNERS = {
     "fwd": _kernel(fwd_kernel, FWD_SPACE, "fwd", prepare_fwd, extra_key=["EVEN_KV", "SM90_OK"], skip=FWD_SKIP),
     "bwd_dkdv": _kernel(bwd_dkdv_kernel, DKDV_SPACE, "bwd_dkdv", prepare_triton(bwd_dkdv_kernel)),
