@@ -165,3 +165,47 @@ def test_a_kept_plan_holds_no_tensor():
     del leaves, o, grads
     gc.collect()
     assert launch._PLANS and all(r() is None for r in refs)
+
+
+def test_a_kept_plan_computes_each_calls_own_inputs():
+    first, second = _inputs(seed=1), _inputs(seed=2)
+    for q, k, v, do in (first, second, first):
+        _assert_close(_fwd_bwd(q, k, v, do, causal=True), _reference(q, k, v, do, causal=True))
+    assert len(launch._PLANS) == 1
+
+
+class _Recorder:
+    """Stands in for a Gluon kernel: records the arguments of each ``kernel[grid](...)``."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append(args)
+
+
+def test_a_kept_gluon_plan_hands_each_call_its_own_tensors(monkeypatch):
+    """The Gluon forward (persistent: 256 keys) and backward, as on an H100 but with recording kernels: every call
+    of a kept plan gives the kernels descriptors over that call's q, k, v, O, dO and gradients."""
+    from flashbench_kernels.flash_attn_v2 import sm90, sm90_bwd, sm90_persistent, spaces
+
+    monkeypatch.setattr(sm90, "unsupported_reason", sm90.input_reason)
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    monkeypatch.setattr(sm90_persistent, "tile_counter", lambda device: "counter")
+    monkeypatch.setattr(sm90_persistent, "sm_count", lambda index: 132)
+    kernels = {name: _Recorder() for name in ("fwd", "bwd", "convert")}
+    monkeypatch.setattr(sm90_persistent, "fwd_sm90_persistent_kernel", kernels["fwd"])
+    monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernels["bwd"])
+    monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", kernels["convert"])
+    options = FA2Options(path="tma", configs={"fwd": (128, 128, 4, 2, spaces.GLUON)})
+    ptr = lambda t: t.data_ptr()  # noqa: E731
+    for seed in (1, 2, 3):
+        q, k, v, do = make_inputs(1, 2, 2, 256, 256, 128, torch.float16, seed=seed)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        o = flash_attn_v2(*leaves, causal=True, options=options)
+        dq, dk, dv = torch.autograd.grad(o, leaves, do)
+        fwd, bwd, convert = (kernels[name].calls[-1] for name in ("fwd", "bwd", "convert"))
+        assert [ptr(d.base) for d in fwd[:4]] == [ptr(t) for t in (*leaves, o)] and fwd[5] == "counter"
+        assert [ptr(d.base) for d in bwd[:6]] == [ptr(t) for t in (leaves[0], do, leaves[1], leaves[2], dk, dv)]
+        assert ptr(convert[0]) == ptr(bwd[6].base) and ptr(convert[1]) == ptr(dq)
+    assert len(kernels["fwd"].calls) == len(kernels["bwd"].calls) == 3 and len(launch._PLANS) == 1
