@@ -300,7 +300,7 @@ def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
 
 def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     """((run, labels), (dq, dk, dv)): the backward prepared for this plan's calls with such a dO, run on this one."""
-    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    H, D = q.shape[1], q.shape[-1]
     lay = plan.layout
     tma_ok = _tma_ok(plan.options.path, q, k, v, do)  # dq, dk, dv: contiguous, allocated by _grad_buffers
     _use_tma_allocator(tma_ok)
@@ -320,35 +320,12 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     preprocess(o, do, delta, dq_acc)
 
     if gluon:
-        window_left = lay.window[0] if window else -1
-        if lay.packed:
-            cu_q, cu_k, _, k_blocks = lay.tables
-            table, group = k_blocks.table(sm90_bwd.BLOCK_N), plan.options.causal_group_programs
-
-            def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
-                sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
-                                         group, window_left=window_left, dq_acc=dq_acc)
-        else:
-            dense = sm90_bwd.prepare_backward(tuple(q.shape), Hkv, k.shape[2], causal, sm_scale,
-                                              plan.options.causal_group_programs, window_left=window_left)
-
-            def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
-                dense(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)
-        labels["bwd_dkdv"] = labels["bwd_dq"] = sm90_bwd.config_label(D, window=window)
+        gradients, label = _gluon_gradients(q, k, sm_scale, plan, causal, window)
+        labels["bwd_dkdv"] = labels["bwd_dq"] = label
     else:
-        meta = kernel_meta(D, causal, q.dtype == torch.float32, plan.options.causal_group_programs, window, lay.packed)
-        cu_q, cu_k, q_table, k_table = lay.tables
-        sizes = _sizes(lay, tma_ok)
-        dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k),
-                     *_rows(v), *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
-        dkdv, labels["bwd_dkdv"] = _prepare("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, plan.options)
-        dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
-                   *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
-        dq_launch, labels["bwd_dq"] = _prepare("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, plan.options)
-
-        def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
-            dkdv(q, k, v, do, dk, dv, lse, delta)
-            dq_launch(q, k, v, do, dq, lse, delta)
+        gradients, triton_labels = _triton_gradients(q, k, v, do, lse, buffers, sm_scale, plan, tma_ok, causal,
+                                                     window)
+        labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
         dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, lse, gluon)
@@ -359,6 +336,54 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
 
     gradients(q, k, v, o, lse, do, *buffers)
     return (run, labels), (dq, dk, dv)
+
+
+def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: bool):
+    """(gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc), label): the Gluon Hopper backward, prepared
+    (dense) or over this call's program table (packed)."""
+    lay, group = plan.layout, plan.options.causal_group_programs
+    window_left = lay.window[0] if window else -1
+    label = sm90_bwd.config_label(q.shape[-1], window=window)
+    if lay.packed:
+        cu_q, cu_k, _, k_blocks = lay.tables
+        table = k_blocks.table(sm90_bwd.BLOCK_N)
+
+        def packed(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+            sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale, group,
+                                     window_left=window_left, dq_acc=dq_acc)
+
+        return packed, label
+    run = sm90_bwd.prepare_backward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group,
+                                    window_left=window_left)
+
+    def dense(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+        run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)
+
+    return dense, label
+
+
+def _triton_gradients(q, k, v, do, lse, buffers, sm_scale: float, plan: _Plan, tma_ok: int, causal: bool,
+                      window: bool):
+    """(gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc), labels): the Triton dK/dV and dQ kernels, each
+    configuration chosen on this call's tensors and ``buffers`` (tuning launches the candidates into them)."""
+    H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
+    lay = plan.layout
+    dq, dk, dv, delta, _ = buffers
+    meta = kernel_meta(D, causal, q.dtype == torch.float32, plan.options.causal_group_programs, window, lay.packed)
+    cu_q, cu_k, q_table, k_table = lay.tables
+    sizes = _sizes(lay, tma_ok)
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+                 *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
+    dkdv, dkdv_label = _prepare("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, plan.options)
+    dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+               *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
+    dq_launch, dq_label = _prepare("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, plan.options)
+
+    def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
+        dkdv(q, k, v, do, dk, dv, lse, delta)
+        dq_launch(q, k, v, do, dq, lse, delta)
+
+    return gradients, {"bwd_dkdv": dkdv_label, "bwd_dq": dq_label}
 
 
 _FlashAttnV2Fn = attention_function("_FlashAttnV2Fn", _forward, _backward)
