@@ -6,8 +6,8 @@ sequences, and, on its first forward and backward, each kernel's configuration (
 tuned), prepared as a launch that takes only the call's tensors (``_prepared.PreparedLaunch``), with
 the label the caller's ``launch_log`` gets.  A dense call's plan is kept for the next call with the
 same metadata (``_plan_key``: shapes, strides, dtypes, devices, alignment, causal, scale, window,
-options): such a call then allocates its outputs and enqueues its kernels, and nothing else runs on
-the host.  A packed batch's program tables come from the values of its offsets, so its plan serves
+options): such a call then allocates its outputs, builds its descriptors and enqueues its kernels,
+and none of the checks and decisions run again.  A packed batch's program tables come from the values of its offsets, so its plan serves
 one call.  Dense (B, H, N, D) and packed (total, H, D) batches run the same kernels (``_layout``
 says which, with a packed batch's program tables).  The forward and backward are bound into a
 ``torch.autograd.Function``; the backward gets the forward's plan and log.
