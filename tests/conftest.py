@@ -47,6 +47,6 @@ def fake_plugins(monkeypatch):
 def _no_kept_plans():
     """``flash_attn_v2`` keeps a plan per call signature: a test that replaces a kernel or a decision of the launcher
     must not meet a plan that an earlier test made."""
-    launch = sys.modules.get("flashbench_kernels.flash_attn_v2.launch")
-    if launch is not None:
-        launch.forget_plans()
+    plans = sys.modules.get("flashbench_kernels.flash_attn_v2.plans")
+    if plans is not None:
+        plans.forget()

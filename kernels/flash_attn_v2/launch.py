@@ -5,7 +5,7 @@ A call's inputs decide its plan (``_Plan``): the checked options and window, the
 sequences, and, on its first forward and backward, each kernel's configuration (pinned, fixed or
 tuned), prepared as a launch that takes only the call's tensors (``_prepared.PreparedLaunch``), with
 the label the caller's ``launch_log`` gets.  A dense call's plan is kept for the next call with the
-same metadata (``_plan_key``: shapes, strides, dtypes, devices, alignment, causal, scale, window,
+same metadata (``plans.key``: shapes, strides, dtypes, devices, alignment, causal, scale, window,
 options): such a call then allocates its outputs, builds its descriptors and enqueues its kernels,
 and none of the checks and decisions run again.  A packed batch's program tables come from the values of its offsets, so its plan serves
 one call.  Dense (B, H, N, D) and packed (total, H, D) batches run the same kernels (``_layout``
@@ -25,7 +25,7 @@ from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
                          device_capability, interpreting)
-from . import sm90, sm90_bwd
+from . import plans, sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
@@ -440,17 +440,14 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     paged attention, fp8, other head dims, gradients with respect to the returned LSE (packed batches:
     ``flash_attn_varlen``).  Bad inputs or options raise ValueError.
     """
-    key = _plan_key(q, k, v, causal, sm_scale, window, options)
-    kept = _PLANS.get(key) if key is not None else None
+    key = plans.key(q, k, v, causal, sm_scale, window, options)
+    kept = plans.get(key)
     if kept is None:
         check_inputs(q, k, v, "flash_attn_v2")
         checked = check_window(window, bool(causal), "flash_attn_v2")
         scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
         kept = make_call(q, k, options, None, checked, None).plan, scale
-        if key is not None:
-            if len(_PLANS) >= MAX_PLANS:  # a process calling with ever new shapes: forget them all, not grow
-                _PLANS.clear()
-            _PLANS[key] = kept
+        plans.keep(key, kept)
     else:
         check_launch_log(launch_log, "flash_attn_v2")
     plan, scale = kept
@@ -458,30 +455,3 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     if return_lse:
         return o, lse2 * LN2
     return o
-
-
-MAX_PLANS = 512
-_PLANS: dict = {}  # _plan_key -> (plan, softmax scale) of dense calls
-
-
-def _plan_key(q, k, v, causal, sm_scale, window, options) -> tuple | None:
-    """Everything of a dense call that its plan is decided from; None (no plan kept) unless the arguments are of
-    the plain types a key compares exactly (the checks then run every call, and name what is wrong)."""
-    # exact types: True == 1 and (True, 0) == (1, 0), so a bool where an int belongs would find an int's plan
-    if not (type(q) is type(k) is type(v) is torch.Tensor and type(causal) is bool and type(window) is tuple
-            and all(type(w) is int for w in window) and (sm_scale is None or type(sm_scale) in (float, int))
-            and (options is None or type(options) is FA2Options)):
-        return None
-    # the alignment and strides decide the tile path (_tma_ok) and are launch arguments; the interpreter and the
-    # GPU's capability decide the kernels (a device is one GPU)
-    try:
-        return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, k.shape, k.stride(), k.dtype, k.device,
-                k.data_ptr() % 16, v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16, causal, sm_scale,
-                window, options, interpreting())
-    except RuntimeError:  # no strides or no storage (a sparse or fake tensor): the checks say what they make of it
-        return None
-
-
-def forget_plans() -> None:
-    """Drop every kept plan (tests that replace a kernel or a decision of the launcher call this first)."""
-    _PLANS.clear()

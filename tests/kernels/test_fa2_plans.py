@@ -7,7 +7,7 @@ import weakref
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, plans
 from kernel_checks import DEV, make_inputs, make_packed_inputs, poisoned_empty
 
 B, H, HKV, N, D = 1, 4, 2, 24, 32
@@ -61,7 +61,7 @@ def test_a_repeated_dense_call_is_decided_once_and_its_outputs_written_every_tim
         _assert_close(_fwd_bwd(q, k, v, do, causal=True, launch_log=logs[-1]), want)
     assert len(checks) == 1 and prepared == ["fwd", "bwd_dkdv", "bwd_dq"]
     assert logs[0] == logs[1] == logs[2] and set(logs[0]) == {"fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq"}
-    assert len(launch._PLANS) == 1
+    assert len(plans.kept()) == 1
 
 
 def _variant(name):
@@ -90,7 +90,7 @@ def test_anything_that_decides_the_plan_makes_a_new_one(name):
     _fwd_bwd(*base)
     (q, k, v, do), kw = _variant(name)
     got = _fwd_bwd(q, k, v, do, **kw)
-    assert len(launch._PLANS) == 2
+    assert len(plans.kept()) == 2
     if name != "dtype":  # fp16 rounding: its accuracy has tests of its own
         want = _reference(q, k, v, do, causal=kw.get("causal", False), scale=kw.get("sm_scale"),
                           window=kw.get("window", (-1, -1)))
@@ -121,29 +121,29 @@ def test_arguments_a_key_cannot_compare_exactly_run_checked_and_unkept():
     q, k, v, do = _inputs()
     want = _reference(q, k, v, do, causal=True, window=(5, 0))
     _assert_close(_fwd_bwd(q, k, v, do, causal=1, window=[5, 0]), want)  # an int flag, a list: accepted as before
-    assert not launch._PLANS
+    assert not plans.kept()
 
 
 def test_a_sparse_tensor_gets_the_checks_answer():
     q, k, v, _ = _inputs()
     with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
         flash_attn_v2(q.to_sparse(), k, v)
-    assert not launch._PLANS
+    assert not plans.kept()
 
 
 def test_packed_calls_keep_no_plan():
     q, k, v, do, cu_q, cu_k = make_packed_inputs([5, 17], [9, 17], H, HKV, D, torch.float32, seed=1)
     for _ in range(2):
         flash_attn_varlen(q, k, v, cu_q, cu_k, 17, 17, causal=True)
-    assert not launch._PLANS
+    assert not plans.kept()
 
 
 def test_the_kept_plans_are_bounded(monkeypatch):
-    monkeypatch.setattr(launch, "MAX_PLANS", 2)
+    monkeypatch.setattr(plans, "MAX_PLANS", 2)
     for n in (16, 24, 32, 40, 48):
         q, k, v, _ = _inputs(n=n)
         flash_attn_v2(q, k, v)
-        assert 1 <= len(launch._PLANS) <= 2
+        assert 1 <= len(plans.kept()) <= 2
 
 
 def test_a_plan_prepares_a_backward_for_each_layout_of_the_output_gradient():
@@ -152,7 +152,7 @@ def test_a_plan_prepares_a_backward_for_each_layout_of_the_output_gradient():
     _assert_close(_fwd_bwd(q, k, v, do), want)
     strided = do.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, other strides
     _assert_close(_fwd_bwd(q, k, v, strided), want)
-    (plan, _scale), = launch._PLANS.values()
+    (plan, _scale), = plans.kept()
     assert len(plan.backward) == 2
 
 
@@ -164,14 +164,14 @@ def test_a_kept_plan_holds_no_tensor():
     refs = [weakref.ref(t) for t in (*leaves, o, *grads)]
     del leaves, o, grads
     gc.collect()
-    assert launch._PLANS and all(r() is None for r in refs)
+    assert plans.kept() and all(r() is None for r in refs)
 
 
 def test_a_kept_plan_computes_each_calls_own_inputs():
     first, second = _inputs(seed=1), _inputs(seed=2)
     for q, k, v, do in (first, second, first):
         _assert_close(_fwd_bwd(q, k, v, do, causal=True), _reference(q, k, v, do, causal=True))
-    assert len(launch._PLANS) == 1
+    assert len(plans.kept()) == 1
 
 
 class _Recorder:
@@ -208,4 +208,4 @@ def test_a_kept_gluon_plan_hands_each_call_its_own_tensors(monkeypatch):
         assert [ptr(d.base) for d in fwd[:4]] == [ptr(t) for t in (*leaves, o)] and fwd[5] == "counter"
         assert [ptr(d.base) for d in bwd[:6]] == [ptr(t) for t in (leaves[0], do, leaves[1], leaves[2], dk, dv)]
         assert ptr(convert[0]) == ptr(bwd[6].base) and ptr(convert[1]) == ptr(dq)
-    assert len(kernels["fwd"].calls) == len(kernels["bwd"].calls) == 3 and len(launch._PLANS) == 1
+    assert len(kernels["fwd"].calls) == len(kernels["bwd"].calls) == 3 and len(plans.kept()) == 1
