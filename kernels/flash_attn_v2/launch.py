@@ -274,11 +274,11 @@ def _grad_key(do: torch.Tensor) -> tuple:
     return do.stride(), do.data_ptr() % 16, do.dtype
 
 
-def _grad_buffers(q, k, lse, gluon: bool):
+def _grad_buffers(q, k, v, lse, gluon: bool):
     """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder
     never written otherwise: Delta, with strides 0 at the launch, ``_first_backward``)."""
     delta = _empty(lse.shape, torch.float32, q.device)
-    return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(k.shape, k.dtype, k.device),
+    return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(v.shape, v.dtype, v.device),
             delta, _empty(q.shape, torch.float32, q.device) if gluon else delta)
 
 
@@ -306,7 +306,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(plan.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
-    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, lse, gluon)
+    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
@@ -328,7 +328,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
         labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
-        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, lse, gluon)
+        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
         _use_tma_allocator(tma_ok)
         preprocess(o, do, delta, dq_acc)
         gradients(q, k, v, o, lse, do, *buffers)
