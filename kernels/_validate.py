@@ -37,6 +37,9 @@ _BRIEF = 60  # characters of a value quoted in a message
 # index plus the shift Nkv - Nq plus a window reach of up to Nq + Nkv, the launcher's "unbounded", plus a block) are
 # int32, about 2 (Nq + Nkv) + 256 at most; past 2**31 they wrapped and rows silently saw no key
 MAX_TOKENS = 2 ** 30 - 256
+# Batch x heads of a dense call: the kernels put them on the launch grid's second axis, which CUDA caps at 65535 (past it
+# the launch fails with CUDA's bare "invalid argument")
+MAX_BATCH_HEADS = 65535
 
 
 def brief(value) -> str:
@@ -155,6 +158,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, name: str) -
     if Nq + Nkv > MAX_TOKENS:
         raise ValueError(f"{name}: seq_len of q ({Nq}) plus seq_len of k/v ({Nkv}) exceeds {MAX_TOKENS} (2**30 - 256): "
                          f"the kernels index rows in int32")
+    if B * H > MAX_BATCH_HEADS:
+        raise ValueError(f"{name}: batch x heads of q ({B} x {H} = {B * H}) exceeds {MAX_BATCH_HEADS}, CUDA's limit on "
+                         f"the launch grid's axis that holds them; split the batch")
     return B, H, Hkv, Nq, Nkv, D
 
 

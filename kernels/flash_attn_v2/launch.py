@@ -411,8 +411,8 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     causal, sliding windows.
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D) with H a multiple of H_kv; D in {32, 64, 96, 128, 256};
-    fp16, bf16 or fp32 (exact dots); any Nq and Nkv with Nq + Nkv <= 2**30 - 256 (int32 indices); strided inputs
-    with a contiguous last dimension (not lazily negated views).
+    fp16, bf16 or fp32 (exact dots); any Nq and Nkv with Nq + Nkv <= 2**30 - 256 (int32 indices); B * H <= 65535
+    (a grid axis); strided inputs with a contiguous last dimension (not lazily negated views).
     Returns (B, H, Nq, D) in q's dtype, or (out, lse) with ``return_lse=True``, lse being (B, H, Nq)
     float32 natural-log log-sum-exp of the scaled scores (-inf for rows with no visible key, whose
     output is 0).  Differentiable in q, k and v (the backward: ``options.backward``; the LSE is not

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flashbench_kernels._validate import MAX_SCALE, MAX_TOKENS, MIN_SCALE, check_scale
+from flashbench_kernels._validate import MAX_BATCH_HEADS, MAX_SCALE, MAX_TOKENS, MIN_SCALE, check_inputs, check_scale
 from flashbench_kernels.flash_attn_v1 import flash_attn_v1
 from flashbench_kernels.flash_attn_v2 import flash_attn_v2, flash_attn_varlen, plans
 from flashbench_kernels.flash_decode import flash_decode
@@ -241,6 +241,20 @@ def test_sequences_past_the_int32_bound_are_refused():
         q3, k3, v3 = (t[0].transpose(0, 1) for t in (q, k, v))  # packed (total, H, D)
         cu_q, cu_k = cu_seqlens([16]), cu_seqlens([min(n_kv, 2 ** 31 - 1)])  # refused before they are read
         _raises(lambda: flash_attn_varlen(q3, k3, v3, cu_q, cu_k, 16, n_kv), "flash_attn_varlen", "total_k", "exceeds")
+
+
+@pytest.mark.parametrize("batch, heads", [(MAX_BATCH_HEADS + 1, 1), (4097, 16)])
+def test_more_batch_heads_than_a_grid_axis_holds_are_refused(batch, heads):
+    """The dense kernels put batch x heads on the grid's second axis (at most 65535 programs in CUDA): past it a
+    GPU launch failed with CUDA's bare "invalid argument".  Expanded views: nothing of that size is allocated."""
+    q = torch.zeros(1, 1, 16, 32, device=DEV).expand(batch, heads, 16, 32)
+    for fn, name in ((flash_attn_v2, "flash_attn_v2"), (flash_attn_v1, "flash_attn_v1")):
+        _raises(lambda: fn(q, q, q), name, "batch x heads", str(batch * heads), "65535")
+
+
+def test_batch_heads_at_the_grid_limit_are_taken():
+    q = torch.zeros(1, 1, 16, 32, device=DEV).expand(MAX_BATCH_HEADS, 1, 16, 32)
+    assert check_inputs(q, q, q, "flash_attn_v2")[:2] == (MAX_BATCH_HEADS, 1)
 
 
 # ---------------------------------------------------------------------------------------------
