@@ -225,7 +225,6 @@ def profile(
     from ..results.files import ResultsWriter
     from ..execute.plan import Plan, measure_settings, plan, split_runnable
     from ..execute.session import run_metadata
-    from ..model.fields import MAX_SEQ_LEN
     from ..model.yaml_input import preview
     from ..results.files import held_results
     from .run_cmd import default_config_name
@@ -243,9 +242,9 @@ def profile(
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
         ns = parse_n_list(n_list) if sweep_n else None
+        names = backends_option(backends) or loaded.config.backends
+        swept = sweep_tasks(chosen, names, ns) if sweep_n else None
         held = held_results(out_dir) if out_dir is not None else None
-    if ns and max(ns) > MAX_SEQ_LEN:  # the seq_len maximum of configs (a longer N hangs allocating)
-        fail(f"--n: {max(ns)} is longer than a sequence may be ({MAX_SEQ_LEN:,})")
     if held:  # a profile never replaces a run's (or an earlier profile's) results
         fail(f"--out {out_dir}: it already holds results ({held}): profile into a new directory")
     if p.device.startswith("cuda"):
@@ -253,9 +252,8 @@ def profile(
 
         if not torch.cuda.is_available():
             fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
-    names = backends_option(backends) or loaded.config.backends
     if sweep_n:
-        tasks = sweep_tasks(chosen, names, ns)
+        tasks = swept
     else:
         planned_set = set(planned)
         tasks = [Task(c, b) for c in chosen for b in names if Task(c, b) in planned_set]

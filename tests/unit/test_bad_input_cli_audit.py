@@ -189,7 +189,7 @@ def test_baseline_save_writes_the_csv_from_the_records(good, tmp_path):
     (["run", "smoke", "--executor", "ray", "--ray-resources", "a=nan", "--dry-run"], "--ray-resources"),
     (["run", "smoke", "--device", "t" * 100_000, "--dry-run"], "--device"),
     (["profile", "smoke", "--ncu-timeout", "nan"], "--ncu-timeout"),
-    (["profile", "smoke", "-b", "naive", "--sweep-n", "--n", str(1 << 40)], "--n: 1099511627776 is longer"),
+    (["profile", "smoke", "-b", "naive", "--sweep-n", "--n", str(1 << 40)], "--n: 1,099,511,627,776 is longer"),
     (["profile", "smoke", "-b", ","], "names no backend"),
     (["env", "--refresh"], "--refresh"),
 ])
