@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, print_line, user_errors, write_machine
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Stored baselines under results/baselines/<gpu>/<name>/.")
 app.add_typer(baseline_app, name="baseline")
@@ -76,7 +76,8 @@ def check(
             with open(summary, "a", encoding="utf-8") as f:
                 f.write(md)
         except OSError as e:
-            err.print(f"[yellow]warning:[/] cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e}")
+            err.print(f"[yellow]warning:[/] {escape(f'cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e}')}",
+                      highlight=False, soft_wrap=True)
     if junit is not None:
         try:
             junit.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def check(
         except OSError as e:
             fail(f"--junit: cannot write {junit}: {e}")
     colour = "green" if report.passed else "red"
-    err.print(f"[bold {colour}]{headline(report)}[/]", highlight=False)
+    err.print(f"[bold {colour}]{escape(headline(report))}[/]", highlight=False)
     raise typer.Exit(report.exit_code)
 
 
@@ -106,6 +107,7 @@ def baseline_save(
 
     with user_errors():
         dest = save_baseline(results, name, root, force)
-    out.print(f"baseline saved: {dest}", highlight=False)
-    err.print(f"[dim]gate against it: flashbench check RESULT --baseline {dest}[/]", highlight=False)
+    print_line(f"baseline saved: {dest}")  # a path and a command to copy: one line each, never broken
+    err.print(f"[dim]{escape(f'gate against it: flashbench check RESULT --baseline {dest}')}[/]", highlight=False,
+              soft_wrap=True)
 

@@ -19,7 +19,9 @@ def _piped_width() -> int:
 
 # results go to stdout, messages and progress to stderr; piped output gets a fixed width and no colour codes
 out = Console() if sys.stdout.isatty() else Console(width=_piped_width(), no_color=True, highlight=False)
-err = Console(stderr=True)
+# a message to a log (stderr not a terminal) stays one line, as a log line should: Rich would break it
+# at 80 columns, in the middle of a path or of the command it names
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, soft_wrap=True)
 
 
 MAX_ERROR_LINES = 12
@@ -87,6 +89,18 @@ def print_skips_and_failures(df) -> None:
 def write_machine(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def write_json(obj) -> None:
+    """A JSON document on stdout, strict (no NaN or Infinity literals: null), for ``--format json``."""
+    from ..report.format import strict_json
+
+    write_machine(strict_json(obj))
+
+
+def print_line(text: str) -> None:
+    """One line of plain text on stdout (a path, a command to copy), never broken by Rich."""
+    out.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -68,14 +68,18 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
+            from rich.markup import escape
+
             from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
-            title = f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} (★ best per row)"
+            title = escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
             for table in backend_tables(cmp, title, out.width):
                 out.print(table)
         else:
-            write_machine(format_frame(cmp.frame(), fmt))
+            from ..report.comparison_tables import backend_comparison_frame
+
+            write_machine(format_frame(backend_comparison_frame(cmp, fmt), fmt))
         return
 
     if baseline is not None:
@@ -105,13 +109,13 @@ def compare(
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":
-        import pandas as pd
+        from ..report.comparison_tables import runs_frame
 
-        write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
+        write_machine(format_frame(runs_frame(comparisons), fmt))
         return
     from ..report.comparison_tables import runs_summary, runs_table
 
     for rc in comparisons:
-        out.print(runs_table(rc, show_all))
+        out.print(runs_table(rc, show_all, out.width))
         for line in runs_summary(rc, show_all):
             out.print(line, highlight=False)
