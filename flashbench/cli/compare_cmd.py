@@ -8,7 +8,7 @@ import typer
 
 from . import app
 from .common import EXIT_ENV, backends_option, err, fail, out, user_errors, write_machine
-from ..model.metrics import metric_names
+from ..model.metrics import judged_rate, metric_names
 
 
 @app.command()
@@ -18,7 +18,8 @@ def compare(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="with one RESULT: the backend speedups are "
                                                                     "measured against (default: the run's reference_backend)"),
     metric: Optional[str] = typer.Option(None, "--metric", "-m", help=f"{' | '.join(metric_names())} (default: "
-                                                                      "tflops for one run, ms for runs against runs)"),
+                                                                      "tflops for one run, gbps when every row is decode; "
+                                                                      "ms for runs against runs)"),
     backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends to show"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     strict: bool = typer.Option(False, "--strict", help="refuse (exit 3) to compare runs from different GPUs, "
@@ -64,7 +65,8 @@ def compare(
             fail(f"--baseline: the run's reference_backend {base!r} has no rows in it (it has: {', '.join(present)}): "
                  "give the backend to compare against")
         try:
-            cmp = compare_backends(run.frame(), base, metric or "tflops", keep)
+            frame = run.frame()
+            cmp = compare_backends(frame, base, metric or judged_rate(frame["workload"]).name, keep)
         except ValueError as e:
             fail(str(e))
         if fmt == "table":

@@ -104,8 +104,7 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
         return build(frozenset())
     # the figures kept at any width: the median and the rate the rows are judged by (GB/s for
     # decode, which is memory-bound, else TFLOP/s); the status too unless every row is ok
-    decode = not df.empty and bool((df["workload"] == "decode").all()) if "workload" in df else False
-    key = {metrics.LATENCY.column, "hbm_gbps" if decode else "tflops"}
+    key = {metrics.LATENCY.column, metrics.judged_rate(df["workload"] if "workload" in df else []).column}
     optional = ["max err", *(m.interval_label for m in shown if m.interval),
                 *(m.label for m in shown if m.column not in key),
                 f"vs {reference_backend}" if reference_backend else "speedup"]

@@ -198,3 +198,23 @@ def test_runs_baseline_option_rejected(two_runs):
 
 def test_missing_result_exit_2(tmp_path):
     assert compare(tmp_path / "nope").exit_code == 2
+
+
+def test_a_decode_run_is_compared_by_bandwidth_unless_asked_otherwise():
+    """Decode is memory-bound and judged by GB/s (README "Workloads"): compare RUN shows GB/s for a run whose
+    rows are all decode, TFLOP/s for any other, and --metric still picks."""
+    import json as _json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from flashbench.cli import app
+
+    root = Path(__file__).resolve().parents[2] / "results" / "baselines" / "h200"
+    run = lambda *a: CliRunner().invoke(app, ["compare", *map(str, a), "--format", "json"])  # noqa: E731
+    for name, column in (("decode", "hbm_gbps"), ("fa2", "tflops")):
+        r = run(root / name)
+        assert r.exit_code == 0, r.output
+        assert {row["metric_column"] for row in _json.loads(r.stdout)} == {column}
+    r = run(root / "decode", "--metric", "tflops")
+    assert {row["metric_column"] for row in _json.loads(r.stdout)} == {"tflops"}

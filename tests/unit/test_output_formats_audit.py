@@ -92,7 +92,8 @@ def test_compare_one_run_json_and_csv_are_typed(baseline):
     assert one_type_per_column(rows) == {}
     assert [x["row"] for x in rows].count("geomean") == 1 and rows[-1]["row"] == "geomean"
     assert rows[-1]["batch"] is None and isinstance(rows[0]["batch"], int)
-    assert {x["metric_column"] for x in rows} == {"tflops"} and {x["unit"] for x in rows} == {"TFLOP/s"}
+    column, unit = ("hbm_gbps", "GB/s") if baseline == "decode" else ("tflops", "TFLOP/s")  # decode: by bandwidth
+    assert {x["metric_column"] for x in rows} == {column} and {x["unit"] for x in rows} == {unit}
     statuses = {x[k] for x in rows for k in x if k.endswith(" status")}
     assert "ok" in statuses and "–" not in statuses
     if baseline == "decode":  # sdpa_flash skips four-token decode: a null value, the status beside it
@@ -111,7 +112,7 @@ def test_compare_one_run_markdown_stays_for_people():
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
     assert lines[0].startswith("| batch |") and set(lines[1]) <= set("|-")
-    assert "| sdpa_cudnn TFLOP/s | sdpa_cudnn speedup |" in lines[0]
+    assert "| sdpa_cudnn GB/s | sdpa_cudnn speedup |" in lines[0]
     assert "| geomean |" in lines[-1] and "skipped" in r.stdout and re.search(r"\| \d+\.\d\dx \|", lines[2])
     assert all(line.count("|") - line.count("\\|") == lines[0].count("|") for line in lines)
     r = invoke("compare", H200 / "window", "--format", "markdown", "--metric", "peak_hbm")
