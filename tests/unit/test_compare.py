@@ -218,3 +218,21 @@ def test_a_decode_run_is_compared_by_bandwidth_unless_asked_otherwise():
         assert {row["metric_column"] for row in _json.loads(r.stdout)} == {column}
     r = run(root / "decode", "--metric", "tflops")
     assert {row["metric_column"] for row in _json.loads(r.stdout)} == {"tflops"}
+
+
+def test_a_case_in_one_run_only_keeps_its_own_figure_for_machines(tmp_path):
+    """compare OLD NEW --format json: a case only one run measured carries that run's value (old or new), the
+    other side null; a one-sided case that did not run ok has no value."""
+    old = write_run(tmp_path / "old", [record("sdpa_flash", case(1024), 1.0, seed=1),
+                                       record("sdpa_flash", case(2048), 2.0, seed=2)])
+    new = write_run(tmp_path / "new", [record("sdpa_flash", case(1024), 1.0, seed=1),
+                                       record("sdpa_flash", case(4096), 4.0, seed=3),
+                                       record("flex", case(4096), status="oom", reason="out of memory")])
+    r = CliRunner().invoke(app, ["compare", str(old), str(new), "--format", "json", "--all"])
+    assert r.exit_code == 0, r.output
+    rows = {(x["backend"], x["seq_len_q"], x["change"]): x for x in json.loads(r.stdout)}
+    only_old = rows[("sdpa_flash", 2048, "only in old")]
+    only_new = rows[("sdpa_flash", 4096, "only in new")]
+    assert only_old["old"] == pytest.approx(2.0, rel=0.02) and only_old["new"] is None
+    assert only_new["new"] == pytest.approx(4.0, rel=0.02) and only_new["old"] is None
+    assert rows[("flex", 4096, "only in new")]["new"] is None
