@@ -12,6 +12,7 @@ with the case's causal form and sliding window.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -90,8 +91,32 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.to(b.dtype) - b).abs().max().item()
 
 
+@contextmanager
+def full_fp32_matmuls():
+    """Matmuls and convolutions in full fp32 for the reference: a plugin or a user's setup may have allowed TF32
+    for the whole process (``torch.set_float32_matmul_precision("high")``), which would make the "fp32"
+    reference a 10-bit-mantissa one and loosen every bound. The flags are put back after."""
+    flags = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"))
+    saved = []
+    try:
+        for owner, name in flags:
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, False)
+    except Exception:  # noqa: BLE001 - a torch whose precision settings refuse the legacy flags: leave them be
+        pass
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            try:
+                setattr(owner, name, value)
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def compute_reference(inputs: Inputs, case: Case, device: str) -> Reference:
-    high = reference_outputs(inputs, case, reference_dtype(case, device))
+    with full_fp32_matmuls():
+        high = reference_outputs(inputs, case, reference_dtype(case, device))
     low = reference_outputs(inputs, case, case.torch_dtype())
     err = {name: _max_abs(low[name], high[name]) for name in high}
     del low

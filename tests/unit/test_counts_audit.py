@@ -405,3 +405,33 @@ def test_a_non_finite_same_dtype_error_leaves_atol_alone_as_the_bound(same):
     v = check({"o": torch.tensor([0.5, 0.0, 0.0])}, ref, 0.01, 2)
     assert not v.ok and "bound 0.01" in v.detail and "not finite" in v.detail
     assert check({"o": torch.tensor([0.005, 0.0, 0.0])}, ref, 0.01, 2).ok
+
+
+def test_the_fp32_reference_runs_without_tf32_even_where_the_process_allowed_it(monkeypatch):
+    """A plugin that calls torch.set_float32_matmul_precision("high") must not turn the fp32 reference into a TF32
+    one: inside the reference TF32 is off, and the process's setting is back after it."""
+    import torch
+
+    from flashbench.measure import correctness
+
+    seen = []
+    real = correctness.reference_outputs
+
+    def spy(inputs, case, dtype):
+        seen.append((dtype, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real(inputs, case, dtype)
+
+    monkeypatch.setattr(correctness, "reference_outputs", spy)
+    from flashbench.measure.calls import make_inputs
+    from flashbench.model.case import Case
+
+    case = Case(1, 2, 2, 16, 16, 32, "float32", True, "fwd")
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    # torch's flag modules are not plain attributes (monkeypatch cannot undo them): set and put back by hand
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+    try:
+        correctness.compute_reference(make_inputs(case, "cpu", seed=0), case, "cpu")
+        assert seen[0][1:] == (False, False)  # the high-precision pass
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
