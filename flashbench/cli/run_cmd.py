@@ -38,29 +38,34 @@ def _print_dry_run(sweep, fmt: str = "table") -> None:
     cases = {t.case for t in p.runnable} | {r.case for r in p.skipped}
     done = f" ({sweep.already_done} already in the results directory)" if sweep.already_done else ""
     rounds = f" in {sweep.rounds} rounds ({sweep.measurements - len(p.skipped)} measurements)" if sweep.rounds > 1 else ""
+    skipped = sum(r.status == "skipped" for r in p.skipped)
+    failed = f", {len(p.skipped) - skipped} failed before running" if len(p.skipped) > skipped else ""
     console = out if fmt == "table" else err
     console.print(escape(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
-                         f"{len(p.runnable)} to run{rounds}, {len(p.skipped)} skipped"), highlight=False, soft_wrap=True)
+                         f"{len(p.runnable)} to run{rounds}, {skipped} skipped{failed}"), highlight=False, soft_wrap=True)
     for note in p.notes:
         console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
 
 
 def _dry_run_frame(sweep):
     """``run --dry-run --format json|csv|markdown``: a row per task, named as in the results
-    (``backend``, the case fields, ``status``: planned or skipped, ``reason``)."""
+    (``backend``, the case fields, ``status``: planned, skipped, or error where the backend's
+    ``unsupported_reason`` raised; ``reason``)."""
     import pandas as pd
 
     from ..model.case import CASE_FIELDS
 
     p = sweep.plan
     rows = [{"backend": t.backend, **t.case.as_dict(), "status": "planned", "reason": ""} for t in p.runnable]
-    rows += [{"backend": r.backend, **r.case.as_dict(), "status": "skipped", "reason": r.reason} for r in p.skipped]
+    rows += [{"backend": r.backend, **r.case.as_dict(), "status": r.status, "reason": r.reason} for r in p.skipped]
     return pd.DataFrame(rows, columns=["backend", *CASE_FIELDS, "status", "reason"])
 
 
 def _print_skips(sweep) -> None:
     for r in sweep.plan.skipped:
-        out.print(escape(f"  skip {r.backend:<15} {r.case.label()}: {r.reason}"), highlight=False, soft_wrap=True)
+        # settled before measuring: skipped, or an error where the backend's unsupported_reason raised
+        word = "skip" if r.status == "skipped" else r.status
+        out.print(escape(f"  {word} {r.backend:<15} {r.case.label()}: {r.reason}"), highlight=False, soft_wrap=True)
 
 
 def _parse_resources(text: str | None) -> dict[str, float]:

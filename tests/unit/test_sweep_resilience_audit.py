@@ -16,6 +16,7 @@
 - two runs never write one results directory; a write that fails mid-sweep is exit 3 with the resume
   hint, not a traceback.
 """
+import json
 import os
 import sys
 import time
@@ -297,3 +298,14 @@ def test_a_backend_name_a_sweep_could_not_round_trip_is_refused_at_registration(
     with pytest.raises(ValueError, match="name"):
         register(backend)
     assert name not in REGISTRY
+
+
+def test_a_dry_run_shows_a_raising_unsupported_reason_as_an_error_not_a_skip(bad_plugins, tmp_path):
+    """The plan settles such a backend's tasks as error rows; the dry run says so instead of "skip"."""
+    cfg = tiny_config(tmp_path, ["naive", "bad_raising_reason"], causal=(False,))
+    r = invoke("run", cfg, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "0 skipped, 1 failed before running" in r.output and "  error bad_raising_reason" in r.output
+    r = invoke("run", cfg, "--dry-run", "--format", "json")
+    rows = json.loads(r.stdout)
+    assert {(x["backend"], x["status"]) for x in rows} == {("naive", "planned"), ("bad_raising_reason", "error")}
