@@ -301,6 +301,11 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
         if not torch.cuda.is_available():
             raise EnvironmentProblem("this config asks for a CUDA device, but none is available (use --device cpu)")
     slots = None
+    if req.executor == "local" and req.dry_run and req.devices:  # the dry run checks what --devices says, not the GPUs
+        try:
+            parse_devices(req.devices, "cpu")
+        except ValueError as e:
+            raise ConfigError([str(e)]) from None
     if req.executor == "local" and not req.dry_run:
         try:
             slots = parse_devices(req.devices, p.device)
