@@ -39,19 +39,18 @@ def check(
     from ..analysis.thresholds import backend_typos, load_thresholds
     from ..report.format import format_frame
     from ..report.gate_report import gate_frame, gate_junit_xml, gate_markdown, headline
-    from ..results.files import results_files, results_json
+    from ..results.files import results_files
 
     if fmt not in ("markdown", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of markdown, json, csv")
     try:
         with user_errors():
             limits, source = load_thresholds(thresholds)
-            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
-            current = load_for_comparison(results_json(result))
+            current = load_for_comparison(result)  # load_run refuses special files (/dev/zero)
             base_path = resolve_baseline(baseline, current.meta, baselines_root)
             if junit is not None and junit.resolve() in results_files(result) | results_files(base_path):
                 fail(f"--junit: {junit} is a results file of this check: write the JUnit XML elsewhere")
-            base = load_for_comparison(results_json(base_path))
+            base = load_for_comparison(base_path)
             report = check_runs(base, current, limits, require_all, str(base_path), str(result), source)
     except NotComparableError as e:
         fail([f"not comparable: {p}" for p in e.problems], code=EXIT_ENV)

@@ -37,7 +37,6 @@ def compare(
     from ..analysis.compare import NotComparableError, compare_backends, compare_runs, load_for_comparison
     from ..analysis.noise import NOISE_METHODS
     from ..report.format import FORMATS, format_frame
-    from ..results.files import results_json
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -47,8 +46,7 @@ def compare(
         fail(f"--metric: {metric!r} is not one of {', '.join(metric_names())}")
     try:
         with user_errors():
-            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
-            runs = [load_for_comparison(results_json(p)) for p in results]
+            runs = [load_for_comparison(p) for p in results]  # load_run refuses special files (/dev/zero)
     except NotComparableError as e:
         fail(e.problems, code=EXIT_ENV)
 
