@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError, read_record,
                             upgrade)
-from ..model.yaml_input import preview
+from ..model.yaml_input import cut, preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,7 +240,7 @@ def load_run(path: str | Path) -> Run:
         extra = len(warnings) - MAX_WARNINGS + 1
         warnings = warnings[:MAX_WARNINGS - 1] + [f"… and {extra} more warnings in {p}"]
     if warnings:
-        meta["warnings"] = [w if len(w) <= MAX_WARNING_CHARS else w[:MAX_WARNING_CHARS - 1] + "…" for w in warnings]
+        meta["warnings"] = [cut(w, MAX_WARNING_CHARS) for w in warnings]
     return Run(meta, records)
 
 

@@ -28,7 +28,8 @@ from flashbench.execute import precompile
 from flashbench.execute.local import LocalExecutor
 from flashbench.execute.plan import runs_here, split_runnable
 from flashbench.execute.session import DirectoryInUse, SweepRequest, lock_directory, prepare_sweep
-from flashbench.measure.measurer import CONFIG_CHARS, SKIP_REASON_CHARS, Measurer
+from flashbench.measure.measurer import CONFIG_CHARS, Measurer
+from flashbench.model.schema import MAX_REASON_CHARS
 from flashbench.model.case import Case, Task
 from flashbench.results.files import load_run
 from sweeps import FAST, case, invoke, plugin_path, tiny_config
@@ -109,7 +110,7 @@ def test_an_output_that_breaks_the_contract_is_an_error_row_saying_so(bad_plugin
 def test_a_backends_texts_are_bounded_and_a_failing_description_keeps_the_measurement(bad_plugins):
     m = Measurer(FAST, "cpu")
     skipped = m.measure(Task(case(), "bad_huge_unsupported"))
-    assert skipped.status == "skipped" and len(skipped.reason) == SKIP_REASON_CHARS  # was 1 MiB in every row
+    assert skipped.status == "skipped" and len(skipped.reason) == MAX_REASON_CHARS  # was 1 MiB in every row
     huge = m.measure(Task(case(), "bad_huge_config"))
     assert huge.status == "ok" and len(huge.backend_config) == CONFIG_CHARS
     failing = m.measure(Task(case(), "bad_failing_config"))
@@ -129,12 +130,12 @@ def test_unsupported_reason_that_raises_or_returns_junk(bad_plugins):
     assert raised.status == "error"
     assert raised.reason == "bad_raising_reason.unsupported_reason() failed: RuntimeError: unsupported_reason broke"
     assert rows["bad_odd_reason", "fwd"].status == "skipped"
-    assert len(rows["bad_odd_reason", "fwd"].reason) == SKIP_REASON_CHARS
+    assert len(rows["bad_odd_reason", "fwd"].reason) == MAX_REASON_CHARS
     assert rows["bad_odd_reason", "fwd_bwd"].reason == "42"
     from flashbench import backends
 
     assert runs_here(backends.get("bad_raising_reason"), "cpu").startswith("skips every case here: ")
-    assert len(runs_here(backends.get("bad_odd_reason"), "cpu")) < 2 * SKIP_REASON_CHARS
+    assert len(runs_here(backends.get("bad_odd_reason"), "cpu")) < 2 * MAX_REASON_CHARS
 
 
 def test_run_and_list_with_a_raising_unsupported_reason(bad_plugins, tmp_path):
