@@ -46,21 +46,13 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
     raise typer.Exit(code)
 
 
-def os_error_message(e: OSError) -> str:
-    """"PATH: reason" for a path the file system refused (too long, not a directory, no permission)."""
-    from ..results.files import shown_path
-
-    # "File name too long" is about a name that is: shown_path keeps its two ends
-    return f"{shown_path(e.filename)}: {e.strerror or e}" if e.filename is not None else str(e)
-
-
 @contextmanager
 def user_errors():
     """Turn the library's user-input errors into clean messages and exit code 2. A path the user
     gave that the file system refuses (OSError: a name too long, a file where a directory belongs)
     is one too: a line naming it, not a traceback."""
     from ..model.yaml_input import ConfigError
-    from ..results.files import ResultsError
+    from ..results.files import ResultsError, os_error_text
 
     try:
         yield
@@ -69,7 +61,7 @@ def user_errors():
     except ResultsError as e:
         fail(str(e))
     except OSError as e:
-        fail(os_error_message(e))
+        fail(os_error_text(e))
 
 
 def print_skips_and_failures(df) -> None:

@@ -190,6 +190,12 @@ def shown_path(path) -> str:
     return text if len(text) <= 200 else f"{text[:120]}…{text[-60:]} ({len(text):,} characters)"
 
 
+def os_error_text(e: OSError) -> str:
+    """An OSError as a message: "PATH: reason" for a path the file system refused (too long, not a directory,
+    no permission, gone; the path as :func:`shown_path` shows it), else its type and text."""
+    return f"{shown_path(e.filename)}: {e.strerror or e}" if e.filename is not None else f"{type(e).__name__}: {e}"
+
+
 def results_json(path: str | Path) -> Path:
     """The results.json of a results directory (or the file itself); ResultsError when there is none, or
     when it is no regular file (reading /dev/zero would never end) or the file system refuses the path."""
