@@ -169,13 +169,13 @@ def table_width(table: Table) -> int:
     return Measurement.get(_MEASURE, _MEASURE.options, table).maximum
 
 
-def _column_text(column, cell) -> Text:
+def _cell_text(cell) -> Text:
     return _MEASURE.render_str(cell) if isinstance(cell, str) else Text(str(cell))
 
 
 def _word_widths(column) -> tuple[int, int]:
     """(the longest word, the longest line) of a column's header and cells, in terminal cells."""
-    lines = [line for c in (column.header, *column.cells) for line in _column_text(column, c).plain.splitlines()]
+    lines = [line for c in (column.header, *column.cells) for line in _cell_text(c).plain.splitlines()]
     longest_word = max((cell_len(w) for line in lines for w in line.split()), default=1)
     longest_line = max((cell_len(line) for line in lines), default=1)
     return longest_word, longest_line

@@ -133,7 +133,6 @@ def gate_frame(report) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(GATE_COLUMNS))
 
 
-_md = md_cell
 
 
 def gate_markdown(report) -> str:
@@ -177,13 +176,13 @@ def gate_markdown(report) -> str:
             label = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved",
                      "missing": "❌ missing" if c.failed else "⚠️ missing"}[c.outcome]
             checks = [m for m in c.checks if (m.regression if c.outcome == "regression" else m.improvement)]
-            backend, shape = _md(c.backend), _md(compact_shape(c.key))
+            backend, shape = md_cell(c.backend), md_cell(compact_shape(c.key))
             if checks:
                 for m in checks:
                     lines.append(f"| {label} | {backend} | {shape} | {m.words()} | {value_text(m, m.old)} | "
-                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {_md(m.noise)} |")
+                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {md_cell(m.noise)} |")
             else:
-                lines.append(f"| {label} | {backend} | {shape} | {_md(c.message)} | {c.old_status or '–'} | "
+                lines.append(f"| {label} | {backend} | {shape} | {md_cell(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
         if len(missing) > MAX_MISSING_LISTED:
             lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from (or skipped in) the current run "

@@ -60,6 +60,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _ends_within(pid: int, seconds: float = 5.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie) within ``seconds``."""
+    deadline = time.time() + seconds
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 # --------------------------------------------------------------------------- process state ---
 
 def test_process_state_a_backend_changes_is_put_back(bad_plugins, tmp_path, monkeypatch):
@@ -169,11 +177,7 @@ def test_a_dead_worker_whose_pipe_a_child_holds_is_crashed_at_once(bad_plugins, 
     assert time.perf_counter() - t0 < 30
     assert recs[0].status == "crashed" and "killed by signal 6 (SIGABRT)" in recs[0].reason, recs[0].reason
     assert recs[1].status == "ok"
-    child = int(pids.read_text().split()[0])
-    deadline = time.time() + 5
-    while _alive(child) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child), "the worker's forked child outlived it"
+    assert _ends_within(int(pids.read_text().split()[0])), "the worker's forked child outlived it"
 
 
 def test_a_worker_that_closes_its_pipe_then_exits_reports_its_own_exit_code(bad_plugins):
@@ -227,11 +231,7 @@ def test_compile_processes_never_outlive_an_interrupted_precompile(fake_plugins,
     hang = Case(1, 2, 2, 40, 40, 16, "float32", False, "fwd")  # fake_compiling hangs at seq_len 40
     with pytest.raises(KeyboardInterrupt):
         precompile.warm_caches([Task(hang, "fake_compiling")], "cpu", jobs=1)
-    pid = int(log.read_text().split()[0])
-    deadline = time.time() + 5
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "a compile process outlived the interrupted precompile phase"
+    assert _ends_within(int(log.read_text().split()[0])), "a compile process outlived the interrupted precompile phase"
 
 
 # --------------------------------------------------------------------------- the directory --
