@@ -5,7 +5,9 @@ descriptors, of one call): the kernel, the grid, the trailing scalar arguments, 
 launch options.  Calling it with a call's tensors is ``kernel[grid](*tensors, *fixed, **kwargs)``: the
 arguments and the choices behind them are computed once, when a plan is made (``flash_attn_v2.launch``),
 not on every call.  Each call still goes through Triton's JIT, which checks the arguments and finds the
-compiled kernel for their specialisation.
+compiled kernel for their specialisation.  It checks nothing itself: the tensors a call passes must have the
+metadata (shapes, strides, dtypes, alignment) the launch was prepared for, which ``flash_attn_v2.plans``
+guarantees by keying plans on them.
 """
 from __future__ import annotations
 
