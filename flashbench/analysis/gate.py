@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..model.case import Case
-from ..model.metrics import LATENCY, Metric, gated_metrics
+from ..model.metrics import LATENCY, Metric, gated_metrics, judged_rate
 from .backend_shift import BackendShift, backend_shifts
 from .noise import PooledNoise, RunToRun
 from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
@@ -188,9 +188,18 @@ def _rounds(value) -> int:
     return int(value) if _finite(value) else 1
 
 
-def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
-    """One gated metric of one case measured ok in both runs; None when it is not checked."""
-    threshold = getattr(limits, m.gate_key)
+def gated_for(metrics: list[Metric], workload: str) -> list[tuple[Metric, str]]:
+    """(metric, its thresholds key) for each gated metric of a case: a decode case's rate is its GB/s (the rate
+    decode is read in, :func:`~flashbench.model.metrics.judged_rate`) under the rate's key ``tflops``: the same
+    ratio of median times as TFLOP/s, so one threshold serves both."""
+    rate = judged_rate([workload])
+    return [(rate if m.gate_key == "tflops" else m, m.gate_key) for m in metrics]
+
+
+def _check(m: Metric, r, limits: Limits, verdict, key: str) -> MetricCheck | None:
+    """One gated metric of one case measured ok in both runs, under thresholds key ``key``; None when it is
+    not checked."""
+    threshold = getattr(limits, key)
     values = _values(r, m.column)
     if threshold is None or values is None:
         return None
@@ -275,7 +284,8 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             continue
         verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha,
                                  single_round_margin(limits, device), pooled, unit_margin(limits, device, other_unit))
-        checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
+        checks = [c for c in (_check(m, r, limits, verdict, key) for m, key in gated_for(metrics, case.workload))
+                  if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
         rounds = (_rounds(r["rounds_old"]), _rounds(r["rounds_new"]))

@@ -4,7 +4,7 @@ A file looks like::
 
     defaults:
       latency: 0.05        # median time may grow by 5% ...
-      tflops: 0.05         # ... and TFLOP/s drop by 5% before it counts (and only beyond noise)
+      tflops: 0.05         # ... and the rate (TFLOP/s; GB/s for decode cases) drop by 5% before it counts (and only beyond noise)
       peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
       min_abs_ms: 0.03     # a latency change smaller than this is never a regression
       single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large

@@ -333,3 +333,36 @@ def test_identical_samples_zero_variance():
     assert same.outcome == "pass" and "unchanged" in same.checks[0].words()
     (slow,) = check_runs(Run(meta(), [flat(1.0)]), Run(meta(), [flat(2.0)]), thresholds).cases
     assert slow.outcome == "regression" and "p20–p80 disjoint" in slow.checks[0].noise
+
+
+def test_a_decode_case_is_gated_on_its_gb_per_s():
+    """Decode is read in GB/s (metrics.judged_rate): the gate words and reports its rate so, under the rate's
+    threshold key, where a dense case keeps TFLOP/s."""
+    from dataclasses import replace as _replace
+
+    from flashbench.analysis.gate import check_runs as _check_runs
+    from flashbench.model.flops import min_hbm_bytes
+    from flashbench.report.gate_report import gate_frame, gate_markdown
+    from flashbench.results.files import Run as _Run
+    from synthetic import case as _case, meta as _meta, record as _record
+
+    decode = _replace(_case(n=4096, d=128), batch=8, heads=32, kv_heads=8, seq_len_q=1, workload="decode", causal=True)
+    dense = _case(n=4096)
+
+    def run(ms):
+        recs = []
+        for c in (decode, dense):
+            r = _record("sdpa", c, median_ms=ms, spread=0.001)
+            r.min_hbm_bytes = min_hbm_bytes(c)
+            r.set_rates()
+            recs.append(r)
+        return _Run(_meta(), recs)
+
+    report = _check_runs(run(1.0), run(1.3))
+    by_workload = {c.key["workload"]: c for c in report.cases}
+    rates = {w: [m.metric.name for m in c.checks] for w, c in by_workload.items()}
+    assert rates == {"decode": ["ms", "gbps", "peak_hbm"], "dense": ["ms", "tflops", "peak_hbm"]}
+    assert "fewer GB/s" in by_workload["decode"].message and "TFLOP/s" not in by_workload["decode"].message
+    frame = gate_frame(report)
+    assert set(frame[frame.workload == "decode"].metric.dropna()) == {"latency", "gbps", "peak_hbm"}
+    assert "fewer GB/s" in gate_markdown(report)
