@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..measure.energy import energy_per_call_j, tflop_per_j
 from ..measure.stats import percentile, summarize
 from ..model.schema import STATUS_RANK, Record
-from .files import ResultsError, Run, gpu_model
+from .files import ResultsError, Run, gpu_model, same_settings
 
 # rows that carry timings: a later round measures their task again and merges into them
 MEASURED_STATUSES = ("ok", "mismatch")
@@ -183,7 +183,7 @@ _SOFT_ENVIRONMENT = ("driver_version", "cuda", "torch", "triton")
 def merge_runs(runs: list[Run], labels: list[str]) -> Run:
     """Several runs of one config on one GPU model as one run whose rows hold all their rounds.
 
-    Raises ResultsError when they cannot be rounds of one baseline: another config (sha256),
+    Raises ResultsError when they cannot be rounds of one baseline: another config (other settings),
     another backend selection or another GPU model; a driver or software difference is recorded
     as a warning.
     """
@@ -192,10 +192,10 @@ def merge_runs(runs: list[Run], labels: list[str]) -> Run:
     first, problems, warnings = runs[0].meta, [], _warnings(runs[0])
     for run, label in zip(runs[1:], labels[1:]):
         m = run.meta
-        if (m.get("config") or {}).get("sha256") != (first.get("config") or {}).get("sha256"):
+        if not same_settings(first.get("config") or {}, m.get("config") or {}):
             problems.append(f"{label}: written by config {(m.get('config') or {}).get('path')}, {labels[0]} by "
-                            f"{(first.get('config') or {}).get('path')} (another sha256): a baseline's runs must "
-                            "come from one config file, unchanged")
+                            f"{(first.get('config') or {}).get('path')} (other settings): a baseline's runs must "
+                            "come from one config, its settings unchanged")
         if sorted(m.get("backends") or []) != sorted(first.get("backends") or []):
             problems.append(f"{label}: backends {','.join(m.get('backends') or [])}, {labels[0]}: "
                             f"{','.join(first.get('backends') or [])}: a baseline's runs must measure the same backends")
