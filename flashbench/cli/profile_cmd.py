@@ -302,7 +302,7 @@ def profile(
     from ..model.config import load_config
     from ..profile.ceilings import NoGpu, get_ceilings
     from ..model.filters import parse_case_option
-    from ..profile.select import parse_n_list, select_cases
+    from ..profile.select import parse_n_list, select_backends, select_cases
     from ..profile.session import run_profile, sweep_rows, sweep_tasks
     from ..results.files import ResultsWriter
     from ..execute.plan import Plan, measure_settings, plan, split_runnable
@@ -324,7 +324,7 @@ def profile(
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
         ns = parse_n_list(n_list) if sweep_n else None
-        names = backends_option(backends) or loaded.config.backends
+        names = select_backends(backends_option(backends) or loaded.config.backends, flt)
         swept = sweep_tasks(chosen, names, ns) if sweep_n else None
         held = held_results(out_dir) if out_dir is not None else None
     if held:  # a profile never replaces a run's (or an earlier profile's) results
