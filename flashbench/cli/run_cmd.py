@@ -41,7 +41,8 @@ def _print_dry_run(sweep, fmt: str = "table") -> None:
     skipped = sum(r.status == "skipped" for r in p.skipped)
     failed = f", {len(p.skipped) - skipped} failed before running" if len(p.skipped) > skipped else ""
     console = out if fmt == "table" else err
-    console.print(escape(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
+    console.print(escape(f"{p.loaded.path}: {len(cases)} case{'' if len(cases) == 1 else 's'}, "
+                         f"{p.total} case×backend task{'' if p.total == 1 else 's'} on {p.device}{done}: "
                          f"{len(p.runnable)} to run{rounds}, {skipped} skipped{failed}"), highlight=False, soft_wrap=True)
     for note in p.notes:
         console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
