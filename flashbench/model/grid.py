@@ -148,12 +148,23 @@ def _head_pairs(a: Axes, d: int, bad_gqa: set) -> list[tuple[int, int]]:
     return pairs
 
 
+def _as_run(causal: bool, window) -> tuple[int, int]:
+    """The window a case runs with: under causal masking a right reach of -1 is 0 (no key to the right is
+    visible either way) and (-1, 0) is no window at all, so one attention is one case, measured once."""
+    left, right = window
+    if causal and right == -1 and left != -1:
+        return left, 0
+    if causal and (left, right) == (-1, 0):
+        return -1, -1
+    return left, right
+
+
 def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
     """The grid's cases: lengths, then batch (or token budget), then heads, then layout and window."""
     cases: list[Case] = []
     for n, d, dtype, causal, mode in itertools.product(a.seq_len, a.head_dim, a.dtype, a.causal, a.mode):
         heads = _head_pairs(a, d, bad_gqa)
-        windows = a.window or [(-1, -1)]
+        windows = list(dict.fromkeys(_as_run(causal, w) for w in (a.window or [(-1, -1)])))
         common = dict(head_dim=d, dtype=dtype, causal=causal, mode=mode)
         if a.workload == "decode":
             for kv, b, (h, h_kv) in itertools.product(a.seq_len_kv, a.batch, heads):
@@ -211,6 +222,11 @@ def dropped_combinations(cfg: SweepConfig) -> list[str]:
             if bad:
                 notes.append(f"{where}.seq_len_kv: left out where a decode cache is shorter than its new tokens: "
                              f"{_listing(bad)}")
+        if True in a.causal:
+            moved = [f"[{w[0]}, {w[1]}] as {list(_as_run(True, w))}" for w in a.window or [] if _as_run(True, w) != tuple(w)]
+            if moved:
+                notes.append(f"{where}.window: with causal: true a right reach of -1 is 0 and [-1, 0] is no window, "
+                             f"so these run as the same attention written the one way: {_listing(moved)}")
         if a.kv_heads:
             heads = list(dict.fromkeys(h for d in a.head_dim for h in _heads_options(a, d)))
             bad = [f"heads={h} kv_heads={k}" for h in heads for k in a.kv_heads if h % k]
