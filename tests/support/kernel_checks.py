@@ -1,4 +1,4 @@
-"""Checks shared by the FlashAttention-2 test files: inputs (dense and packed), the reference comparison,
+"""Checks shared by the kernel test files (FlashAttention-2 and Flash-Decoding): inputs (dense and packed), the reference comparison,
 poisoned outputs.
 
 Tolerance rule (flash-attention's): compared with an fp64 reference on fresh random inputs, the
