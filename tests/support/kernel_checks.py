@@ -1,5 +1,5 @@
-"""Checks shared by the kernel test files (FlashAttention-2 and Flash-Decoding): inputs (dense and packed), the reference comparison,
-poisoned outputs.
+"""Checks shared by the kernel test files (FlashAttention-2 and Flash-Decoding): inputs (dense and packed),
+the reference comparison, poisoned outputs.
 
 Tolerance rule (flash-attention's): compared with an fp64 reference on fresh random inputs, the
 kernel's max error must be <= 2 x the max error of PyTorch's same-dtype math + a small absolute term.
