@@ -27,7 +27,7 @@ from ..model.config import Timing
 from .ceilings_cache import load_cached, percent_of_roofs
 from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
 from .process_state import ProcessState
-from .timer import GraphCaptureError, time_call
+from .timer import TIMING_METHODS, GraphCaptureError, time_call
 
 IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
 # A backend's own texts in a record are bounded: a skip reason (the longest real one, PyTorch's refusal of an
@@ -226,6 +226,11 @@ class Measurer:
             s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
         rec.samples_ms = [round(x, 6) for x in timing.samples_ms]
         rec.timing_method = timing.method
+        if timing.method.endswith(("_unheld", "_call_syncs")):
+            # asked to hold the stream, the timer could not: say so where a reader of the table looks, since
+            # the samples now hold whatever time the host adds between the events
+            note = f"timed {timing.method}: {TIMING_METHODS[timing.method]}"
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
         rec.set_rates()
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms
