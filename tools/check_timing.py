@@ -21,7 +21,8 @@ import torch
 import triton
 
 from flashbench import backends
-from flashbench.measure.calls import bind, make_inputs
+from flashbench.attention.inputs import make_inputs
+from flashbench.backends.calling import bind
 from flashbench.model.case import Case
 from flashbench.measure.stats import summarize
 from flashbench.measure.timer import time_cuda

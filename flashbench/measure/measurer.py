@@ -16,7 +16,8 @@ import torch
 
 from .. import backends
 from ..backends.base import BackendContractError, Unsupported
-from .calls import bind, make_inputs, outputs_of
+from ..attention.inputs import make_inputs
+from ..backends.calling import bind, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference

@@ -11,7 +11,7 @@ import itertools
 import torch
 
 from decode_reference import decode_reference
-from flashbench.measure.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
+from flashbench.attention.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
 from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels.flash_attn_v2 import flash_attn_v2, flash_attn_varlen
 
