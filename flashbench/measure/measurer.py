@@ -27,6 +27,7 @@ from .stats import noise_pct, summarize
 from ..model.config import Timing
 from .ceilings_cache import load_cached, percent_of_roofs
 from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
+from .environment import cuda_uuid
 from .process_state import ProcessState
 from .timer import TIMING_METHODS, GraphCaptureError, time_call
 
@@ -106,11 +107,8 @@ def device_identity(device: str) -> dict:
 
         return {"device_name": f"cpu ({platform.processor() or platform.machine()})", "device_index": None, "device_uuid": ""}
     idx = torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(idx)
-    uuid = str(getattr(props, "uuid", "") or "")
-    if uuid and not uuid.startswith("GPU-"):
-        uuid = f"GPU-{uuid}"
-    return {"device_name": props.name, "device_index": idx, "device_uuid": uuid}
+    return {"device_name": torch.cuda.get_device_properties(idx).name, "device_index": idx,
+            "device_uuid": cuda_uuid(idx)}
 
 
 class Measurer:
