@@ -230,6 +230,10 @@ class Measurer:
             # the samples now hold whatever time the host adds between the events
             note = f"timed {timing.method}: {TIMING_METHODS[timing.method]}"
             rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+        elif timing.hold_timeouts:  # the samples stand (those batches were discarded), but the host struggled
+            note = (f"{timing.hold_timeouts} held batch{'es' if timing.hold_timeouts > 1 else ''} timed out and "
+                    "were discarded (a slow or busy host)")
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
         rec.set_rates()
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms

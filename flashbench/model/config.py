@@ -79,6 +79,9 @@ class Axes(Strict):
         return self
 
 
+MAX_ENERGY_MS = 60_000  # timing.energy_ms and --energy-ms: at most a minute of extra running a row
+
+
 class Timing(Strict):
     """How a call is timed: the one definition, read from the YAML and handed to the timer."""
 
@@ -97,10 +100,10 @@ class Timing(Strict):
                                                 "stream, then release it: the events time the GPU alone, not the host")
     max_noise_pct: Number = Field(1.0, ge=0, le=100, description="stop sampling once the 95% confidence interval of the "
                                                         "median is within ± this % of it (0: sample the whole budget)")
-    energy_ms: Number = Field(0.0, ge=0, le=60_000, description="when > 0 and the GPU has an energy counter: after "
+    energy_ms: Number = Field(0.0, ge=0, le=MAX_ENERGY_MS, description="when > 0 and the GPU has an energy counter: after "
                               "sampling, keep running the call (not as samples) until the measured windows cover the "
-                              "counter's minimum (five of its steps, at least 10 ms), for at most this long; 0: energy "
-                              "only where the sampled batches cover it")
+                              "counter's minimum (five of its steps, at least 10 ms, and the steps' error within 15% of "
+                              "what they read), for at most this long; 0: energy only where the sampled batches cover it")
 
     @model_validator(mode="after")
     def _order(self):

@@ -251,6 +251,20 @@ def test_a_row_timed_without_the_hold_it_asked_for_says_so_in_its_reason(monkeyp
     assert (f"timed {method}: {timer.TIMING_METHODS[method]}" in (r.reason or "")) is noted
 
 
+def test_held_batches_that_timed_out_are_named_in_the_reason(monkeypatch):
+    """The timer discards a held batch that timed out and keeps sampling; the row says how many there were
+    (hold_timeouts had been counted and dropped)."""
+    from flashbench.measure import measurer
+    from test_measure import FAST, case
+
+    result = timer.TimingResult([0.1] * 10, "held_events_l2_flush", hold_timeouts=2)
+    monkeypatch.setattr(measurer, "time_call", lambda *a, **k: result)
+    r = measurer.Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+    assert r.status == "ok" and "2 held batches timed out and were discarded" in (r.reason or "")
+    result.hold_timeouts = 0
+    assert "timed out" not in (measurer.Measurer(FAST, "cpu").measure(Task(case(), "naive")).reason or "")
+
+
 # --- the energy pass cannot undo the held samples ------------------------------------------------
 
 def test_a_hold_that_fails_in_the_energy_pass_keeps_the_held_samples(gpu, monkeypatch):  # noqa: F811
