@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
 from .fields import (Batch, DType, HeadDim, Heads, Hidden, Integer, KvLayout, Length, Mode, Number, SeqLen, Strict,
-                     Tokens, Window, Workload, as_list, windows)
+                     Tokens, ValueLists, Window, Workload, as_list, windows)
 from .filters import Rule
 from .yaml_input import ConfigError, did_you_mean, preview, read_yaml_file, validate_yaml
 
 
-class Axes(Strict):
+class Axes(ValueLists):
     """The grid. Scalars are shorthand for one-element lists.
 
     ``workload`` (one per grid) says what the axes mean: ``dense`` as always; ``decode``: ``seq_len``
@@ -54,13 +54,6 @@ class Axes(Strict):
         if v is None or info.field_name == "workload":
             return v
         return windows(v) if info.field_name == "window" else as_list(v)
-
-    @field_validator("*")
-    @classmethod
-    def _non_empty(cls, v):
-        if v is not None and not v:
-            raise ValueError("must list at least one value")
-        return v
 
     @model_validator(mode="after")
     def _exclusive(self):

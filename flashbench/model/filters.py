@@ -28,14 +28,14 @@ from pydantic import ValidationError, field_validator
 from .case import Case
 import re
 
-from .fields import (Batch, DType, HeadDim, Heads, KvLayout, LengthsDescription, Mode, PositiveInt, SeqLen, Strict,
-                     WindowBound, Workload, as_list)
+from .fields import (Batch, DType, HeadDim, Heads, KvLayout, LengthsDescription, Mode, PositiveInt, SeqLen,
+                     ValueLists, WindowBound, Workload, as_list)
 from .yaml_input import ConfigError, did_you_mean, error_message, preview
 
 KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
 
 
-class Rule(Strict):
+class Rule(ValueLists):
     """A filter: every given key must match (a value or a list of values)."""
 
     backend: list[str] | None = None
@@ -61,14 +61,6 @@ class Rule(Strict):
     @classmethod
     def _listify(cls, v):
         return None if v is None else as_list(v)
-
-    @field_validator("*")
-    @classmethod
-    def _non_empty(cls, v):
-        # a key with no value allows nothing: as an exclude rule it would silently exclude nothing
-        if v is not None and not v:
-            raise ValueError("must list at least one value")
-        return v
 
     def allowed(self) -> dict[str, set]:
         """The keys this rule sets, with their allowed values."""
