@@ -42,14 +42,9 @@ def _span(values: set[int]) -> str:
     return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
 
 
-def _percents(fractions) -> str:
-    """Relative amounts as one text: [0.1, 0.15] -> "10%/15%" ("" for none)."""
-    return "/".join(f"{m * 100:.0f}%" for m in fractions)
-
-
-def _percents_1(fractions) -> str:
-    """Like :func:`_percents`, one decimal: [0.0816, 0.0707] -> "8.2%/7.1%"."""
-    return "/".join(f"{m * 100:.1f}%" for m in fractions)
+def _percents(fractions, decimals: int = 0) -> str:
+    """Relative amounts as one text: [0.1, 0.15] -> "10%/15%", with one decimal "8.2%/7.1%" ("" for none)."""
+    return "/".join(f"{m * 100:.{decimals}f}%" for m in fractions)
 
 
 def _margins(report) -> str:
@@ -180,7 +175,7 @@ def gate_markdown(report) -> str:
     if scaled:
         lines.append(f"> note: round medians are heavy-tailed (a throttled round moves a case by several %): with "
                      f"rounds, a timing change must also pass the single-round margin scaled to the rounds, "
-                     f"√((1/n_baseline + 1/n_current) / 2) of `single_round_margin`: {_percents_1(scaled)}.")
+                     f"√((1/n_baseline + 1/n_current) / 2) of `single_round_margin`: {_percents(scaled, 1)}.")
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")
