@@ -114,6 +114,11 @@ GATE_COLUMNS = ("backend", *CASE_FIELDS, "outcome", "failed", "old_status", "new
                 "note")
 
 
+def _metric_name(check) -> str:
+    """A check's metric as reports name it: its thresholds key, or (a decode case's GB/s) its own name."""
+    return check.metric.gate_key or check.metric.name
+
+
 def gate_frame(report) -> pd.DataFrame:
     """One row per case and checked metric (cases without checks: one row, the metric fields empty),
     then a row per backend tested as a whole. ``metric`` is the thresholds file's key (``latency``),
@@ -126,7 +131,7 @@ def gate_frame(report) -> pd.DataFrame:
         for m in c.checks or [None]:
             row = dict(base)
             if m is not None:
-                row.update(metric=m.metric.gate_key or m.metric.name, metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
+                row.update(metric=_metric_name(m), metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
                            new=m.new, change=m.change, threshold=m.threshold, beyond_noise=m.beyond_noise,
                            noise=m.noise, regression=m.regression, note=note_text(m))
             rows.append(row)
@@ -229,7 +234,7 @@ def gate_junit_xml(report) -> str:
                        failures=str(len(report.failures)), skipped=str(sum(1 for c in report.cases if skipped(c))))
     for c in report.cases:
         tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=compact_shape(c.key))
-        detail = "\n".join(f"{m.metric.gate_key or m.metric.name}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
+        detail = "\n".join(f"{_metric_name(m)}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
                            f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
                            for m in c.checks)
         if c.failed:
