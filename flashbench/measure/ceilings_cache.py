@@ -24,6 +24,15 @@ from pathlib import Path
 CEILINGS_FORMAT = 2
 COMPUTE_ROOF = "sustained bf16 matmul"
 MEMORY_ROOF = "streaming read"
+# The dtypes the compute roof is a rate of: it is a bf16 Tensor Core matmul, and fp16 runs at the same
+# rate on the GPUs flashbench knows.  A float32 case has no compute roof (TF32 runs at half that rate,
+# IEEE fp32 at a fraction of it), so no % of peak FLOP/s; the memory roof holds for every dtype.
+COMPUTE_ROOF_DTYPES = ("float16", "bfloat16")
+
+
+def has_compute_roof(dtype: str) -> bool:
+    """Whether a case of this dtype (``Case.dtype``: "float16", "bfloat16", "float32") has a compute roof."""
+    return dtype in COMPUTE_ROOF_DTYPES
 
 
 @dataclass
@@ -112,10 +121,13 @@ def save(c: Ceilings) -> Path:
     return path
 
 
-def percent_of_roofs(tflops: float | None, hbm_gbps: float | None, c: Ceilings | None) -> tuple[float | None, float | None]:
-    """(``pct_peak_flops``, ``pct_hbm``) of a record against the cached roofs; None without them."""
+def percent_of_roofs(tflops: float | None, hbm_gbps: float | None, c: Ceilings | None,
+                     dtype: str) -> tuple[float | None, float | None]:
+    """(``pct_peak_flops``, ``pct_hbm``) of a record of this dtype against the cached roofs; None without
+    them, and no ``pct_peak_flops`` for a dtype without a compute roof (``has_compute_roof``)."""
     if c is None:
         return None, None
-    flops = 100.0 * tflops / c.compute_tflops if tflops is not None and c.compute_tflops > 0 else None
+    flops = (100.0 * tflops / c.compute_tflops
+             if tflops is not None and c.compute_tflops > 0 and has_compute_roof(dtype) else None)
     hbm = 100.0 * hbm_gbps / c.memory_gbps if hbm_gbps is not None and c.memory_gbps > 0 else None
     return flops, hbm

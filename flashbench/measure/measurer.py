@@ -240,7 +240,7 @@ class Measurer:
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms
         rec.launch_bound = None if timing.host_ms is None else timing.host_ms > s.median_ms
-        rec.pct_peak_flops, rec.pct_hbm = percent_of_roofs(rec.tflops, rec.hbm_gbps, self.ceilings)
+        rec.pct_peak_flops, rec.pct_hbm = percent_of_roofs(rec.tflops, rec.hbm_gbps, self.ceilings, rec.case.dtype)
         rec.avg_power_w = timing.avg_power_w
         rec.energy_j = energy_per_call_j(timing.avg_power_w, s.median_ms)
         rec.tflop_per_j = tflop_per_j(rec.flops, rec.energy_j)

@@ -10,9 +10,9 @@
 - the same against the model's datasheet peak (:mod:`flashbench.profile.datasheet`), when the model
   is in its table: ``% of datasheet``.
 
-Both roofs are bf16/fp16 Tensor Core rates: a float32 case has no compute roof here (TF32 runs at
-half that rate, IEEE fp32 at a fraction of it), so its point gets no attainable rate, % or bound,
-only a ``note`` saying why. A point above 100% of a roof keeps its figure and gets a ``note``: a
+Both roofs are bf16/fp16 Tensor Core rates: a float32 case has no compute roof
+(:func:`flashbench.measure.ceilings_cache.has_compute_roof`, the rule the measurer's ``pct_peak_flops``
+follows too), so its point gets no attainable rate, % or bound, only a ``note`` saying why. A point above 100% of a roof keeps its figure and gets a ``note``: a
 roof is a median rate (a burst above the sustained clocks beats it), and ncu's cold-cache bytes
 overstate the traffic of a call whose data stays in L2, which lowers the intensity and the roof.
 """
@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..model.schema import Record
+from ..measure.ceilings_cache import has_compute_roof
 from .ceilings import Ceilings
 from .datasheet import DatasheetPeak
 
 MEASURED, ANALYTIC_MIN = "measured (ncu)", "analytic minimum"
-ROOF_DTYPES = ("float16", "bfloat16")  # the dtypes whose matmul rate the compute roofs are
 
 
 @dataclass
@@ -59,7 +59,7 @@ def roofline_point(rec: Record, ceilings: Ceilings | None, peak: DatasheetPeak |
     ai = rec.flops / nbytes if rec.flops and nbytes else None
     attainable = pct = None
     bound = note = ""
-    if rec.case.dtype not in ROOF_DTYPES and (ceilings is not None or peak is not None):
+    if not has_compute_roof(rec.case.dtype) and (ceilings is not None or peak is not None):
         note = f"no roof for {rec.case.dtype}: the compute roofs are bf16/fp16 Tensor Core rates"
         ceilings = peak = None
     if ceilings is not None and ai is not None:

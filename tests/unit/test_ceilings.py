@@ -45,9 +45,11 @@ def test_roofs_are_sustained_compute_and_read_bandwidth():
     assert c.compute_tflops == 667.0 and c.memory_gbps == 4500.0
     assert c.ridge_flop_per_byte == pytest.approx(667e12 / 4500e9)
     assert c.attainable_tflops(1.0) == pytest.approx(4.5) and c.attainable_tflops(1e6) == 667.0
-    assert percent_of_roofs(600.0, 4000.0, c) == (pytest.approx(100 * 600 / 667), pytest.approx(100 * 4000 / 4500))
-    assert percent_of_roofs(600.0, None, c) == (pytest.approx(100 * 600 / 667), None)
-    assert percent_of_roofs(600.0, 4000.0, None) == (None, None)
+    assert percent_of_roofs(600.0, 4000.0, c, "bfloat16") == (pytest.approx(100 * 600 / 667),
+                                                              pytest.approx(100 * 4000 / 4500))
+    assert percent_of_roofs(600.0, 4000.0, c, "float16") == percent_of_roofs(600.0, 4000.0, c, "bfloat16")
+    assert percent_of_roofs(600.0, None, c, "bfloat16") == (pytest.approx(100 * 600 / 667), None)
+    assert percent_of_roofs(600.0, 4000.0, None, "bfloat16") == (None, None)
     label = c.roofs_label()
     assert "sustained" in label["pct_peak_flops"] and "667" in label["pct_peak_flops"]
     assert "read" in label["pct_hbm"] and "4500" in label["pct_hbm"]
@@ -148,3 +150,13 @@ def test_a_cuda_index_reads_its_own_gpu_under_cuda_visible_devices(monkeypatch):
     assert environment.nvml_index_of(5) == 5  # a UUID neither side knows: the CUDA index stands
     info = environment.gpu_identity(0)
     assert (info["gpu_name"], info["gpu_uuid"]) == ("H200 #2", "GPU-c")
+
+
+def test_a_float32_row_has_no_percent_of_the_bf16_compute_roof():
+    """The compute roof is a bf16 matmul rate: a float32 row's pct_peak_flops had been computed against it
+    (a TF32 or IEEE fp32 kernel at "30% of peak" that is at its own roof).  The memory roof holds for every
+    dtype.  The measurer and profile's roofline read this one rule."""
+    from flashbench.measure.ceilings_cache import has_compute_roof
+    c = ceilings()
+    assert has_compute_roof("bfloat16") and has_compute_roof("float16") and not has_compute_roof("float32")
+    assert percent_of_roofs(200.0, 4000.0, c, "float32") == (None, pytest.approx(100 * 4000 / 4500))

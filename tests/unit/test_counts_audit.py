@@ -343,7 +343,7 @@ def test_derived_metrics_by_hand():
     assert rec.tflops == pytest.approx(33_554_432 / 0.25e-3 / 1e12)   # = 0.134217728: ms -> s, 1e12 (not 2**40)
     assert rec.hbm_gbps == pytest.approx(2.097152)      # 524,288 B / 0.25 ms in decimal GB/s (not GiB/s)
     roofs = Ceilings("gpu", "GPU-0", sustained_tflops=800.0, burst_tflops=990.0, read_gbps=4000.0, copy_gbps=4200.0)
-    pct_peak, pct_hbm = percent_of_roofs(rec.tflops, rec.hbm_gbps, roofs)
+    pct_peak, pct_hbm = percent_of_roofs(rec.tflops, rec.hbm_gbps, roofs, c.dtype)
     assert pct_peak == pytest.approx(100 * 0.134217728 / 800)          # the sustained roof, not the burst
     assert pct_hbm == pytest.approx(100 * 2.097152 / 4000)             # the read roof, not the copy
     energy = energy_per_call_j(500.0, rec.median_ms)                   # W × ms / 1e3
@@ -363,13 +363,13 @@ def test_merged_rounds_keep_their_percentages_of_the_roofs():
     for ms in (1.0, 3.0):
         r = Record.for_task(Task(c, "x"), median_ms=ms, samples_ms=[ms] * 5, samples=5)
         r.set_rates()
-        r.pct_peak_flops, r.pct_hbm = percent_of_roofs(r.tflops, r.hbm_gbps, roofs)
+        r.pct_peak_flops, r.pct_hbm = percent_of_roofs(r.tflops, r.hbm_gbps, roofs, c.dtype)
         recs.append(r)
     merged = merge_rounds(*recs)
     assert merged.median_ms == pytest.approx(2.0)
     assert merged.tflops == pytest.approx(merged.flops / 2e-3 / 1e12)
     assert (merged.pct_peak_flops, merged.pct_hbm) == pytest.approx(percent_of_roofs(merged.tflops, merged.hbm_gbps,
-                                                                                     roofs))
+                                                                                     roofs, c.dtype))
 
 
 # --- 4. the correctness bound ----------------------------------------------------------------------

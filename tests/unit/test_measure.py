@@ -247,3 +247,16 @@ def test_launch_bound_is_host_time_over_gpu_time(monkeypatch):
         assert r.status == "ok" and r.host_ms == host and r.launch_bound is bound
         assert r.energy_j == pytest.approx(500.0 * 0.1e-3) and r.tflop_per_j == pytest.approx(r.flops / r.energy_j / 1e12)
         assert r.noise_pct == 0.0
+
+
+@pytest.mark.parametrize("dtype, has_pct", [("float32", False), ("float16", True)])
+def test_percent_of_peak_only_for_dtypes_the_compute_roof_is_a_rate_of(dtype, has_pct):
+    """The measurer's pct_peak_flops follows ``has_compute_roof``: a float32 row against the bf16 matmul roof
+    had read as a fraction of a rate it can never run at.  pct_hbm stays for every dtype."""
+    from flashbench.measure.ceilings_cache import Ceilings
+    m = Measurer(FAST, "cpu")
+    m.ceilings = Ceilings("gpu", "GPU-0", sustained_tflops=1e-6, burst_tflops=1e-6, read_gbps=1e-3, copy_gbps=1e-3)
+    r = m.measure(Task(case(dtype=dtype, mode="fwd"), "naive"))
+    assert r.status == "ok", r.reason
+    assert (r.pct_peak_flops is not None) is has_pct
+    assert r.pct_hbm == pytest.approx(100 * r.hbm_gbps / 1e-3)
