@@ -108,6 +108,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from .._validate import device_capability, interpreting
@@ -811,14 +812,14 @@ def descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     or fp32 for ``sm90_bwd``'s dQ accumulator).  Its base is ``t`` itself: the launcher reads only the base's
     address and dtype, and the descriptor's own shape and strides are the view's (no view made a call)."""
     D = t.shape[-1]
-    return TensorDescriptor(t, [t.numel() // D, D], [D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
+    return tma_descriptor(t, [t.numel() // D, D], [D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
 
 
 def packed_descriptor(t: torch.Tensor, block_rows: int) -> TensorDescriptor:
     """A 2-D TMA descriptor over the (total, heads*D) view of a contiguous packed (total, heads, D) tensor,
     a tile being ``block_rows`` rows of one head's D columns (the kernel gives the column, head * D)."""
     total, heads, D = t.shape
-    return TensorDescriptor(t, [total, heads * D], [heads * D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
+    return tma_descriptor(t, [total, heads * D], [heads * D, 1], [block_rows, D], _smem_layout(block_rows, D, t.dtype))
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,

@@ -112,6 +112,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from . import sm90
@@ -190,7 +191,7 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
     D = dq_acc.shape[-1]
     rows, cols = dq_tile(D, layout)
     width = dq_acc.shape[1] * D if dq_acc.dim() == 3 else D
-    return TensorDescriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], [rows, cols],
+    return tma_descriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], [rows, cols],
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
@@ -199,7 +200,7 @@ def stat_descriptor(stat: torch.Tensor, block_m: int) -> TensorDescriptor:
     packed), a tile being one query block's ``block_m`` values."""
     if stat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
         stat = stat.reshape(-1).clone()
-    return TensorDescriptor(stat, [stat.numel()], [1], [block_m], _STAT_LAYOUT)
+    return tma_descriptor(stat, [stat.numel()], [1], [block_m], _STAT_LAYOUT)
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
