@@ -73,14 +73,12 @@ variable-length batches, paged KV, fp8, other head dims, gradients with respect 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from ._autograd import attention_function
-from ._validate import check_inputs, check_launch_log, default_scale, interpreting
+from ._validate import check_flag, check_inputs, check_launch_log, check_scale, interpreting
 
 __all__ = ["flash_attn_v1"]
 
@@ -479,6 +477,8 @@ def _fa1_backward(q, k, v, out, lse, do, causal: bool, sm_scale: float, launch_l
     B, H, Nq, D = q.shape
     Hkv, Nkv = k.shape[1], k.shape[2]
     group = H // Hkv
+    if do.is_neg():  # a lazily negated view (autograd hands on the caller's): the kernels read memory
+        do = do.resolve_neg()
     if do.stride(-1) != 1:
         do = do.contiguous()
     bd = _block_d(D)
@@ -535,14 +535,17 @@ def flash_attn_v1(q, k, v, causal: bool = False, sm_scale: float | None = None, 
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D), H a multiple of H_kv; D in {32, 64, 96, 128, 256};
     fp16 / bf16 / fp32.  Returns O (B, H, Nq, D) in q's dtype, and (O, LSE) with ``return_lse=True``
-    (LSE (B, H, Nq) float32, natural log, -inf for rows that see no key).  ``launch_log``, a dict,
+    (LSE (B, H, Nq) float32, natural log, -inf for rows that see no key).  ``sm_scale`` defaults to
+    1/sqrt(D) and must be a positive finite number.  ``launch_log``, a dict,
     receives each kernel's configuration ("fwd"; "bwd_preprocess" and "bwd" when autograd runs the
     backward).  Raises ValueError on invalid inputs.
     """
     B, H, Hkv, Nq, Nkv, D = check_inputs(q, k, v, "flash_attn_v1")
     check_launch_log(launch_log, "flash_attn_v1")
-    scale = default_scale(D, sm_scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"flash_attn_v1: sm_scale must be finite, got {sm_scale}")
-    out, lse = _FlashAttnV1.apply(q, k, v, bool(causal), scale, launch_log)
+    causal = check_flag(causal, "causal", "flash_attn_v1")
+    return_lse = check_flag(return_lse, "return_lse", "flash_attn_v1")
+    # positive and within float32's normal range, as flash_attn_v2's and flash_decode's (its kernels compute scales
+    # <= 0 correctly, but the package states one contract)
+    scale = check_scale(D, sm_scale, "flash_attn_v1")
+    out, lse = _FlashAttnV1.apply(q, k, v, causal, scale, launch_log)
     return (out, lse) if return_lse else out

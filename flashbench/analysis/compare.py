@@ -6,7 +6,6 @@ lives in :mod:`flashbench.report.comparison_tables`; the beyond-noise test lives
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,10 @@ from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
-from ..results.files import Run, gpu_model, load_run
+from ..results.files import Run, SchemaVersionError, gpu_model, load_run
 from ..results.rounds import round_medians
-from ..model.schema import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
+from ..model.schema import SCHEMA_VERSION
+from ..model.yaml_input import preview
 
 
 class NotComparableError(Exception):
@@ -36,17 +36,12 @@ def load_for_comparison(path: str | Path) -> Run:
     """:func:`load_run`, except that a results file of a schema version this flashbench cannot read
     raises :class:`NotComparableError` (exit 3) rather than a ResultsError (exit 2). Older readable
     versions are upgraded (their missing fields take defaults) and compare on the fields they have."""
-    p = Path(path)
-    json_path = p / "results.json" if p.is_dir() else p
     try:
-        doc = json.loads(json_path.read_text())
-    except (OSError, ValueError):
-        doc = None  # load_run names the problem
-    if isinstance(doc, dict) and "records" in doc and doc.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
-        raise NotComparableError([f"{path}: schema_version {doc.get('schema_version')!r}, but this flashbench "
-                                  f"writes and compares schema_version {SCHEMA_VERSION}: re-record it with this "
-                                  f"version (flashbench run, then flashbench baseline save)"])
-    return load_run(path)
+        return load_run(path)
+    except SchemaVersionError as e:
+        raise NotComparableError([f"{path}: schema_version {preview(e.version)}, but this flashbench writes and "
+                                  f"compares schema_version {SCHEMA_VERSION}: re-record it with this version "
+                                  "(flashbench run, then flashbench baseline save)"]) from None
 
 
 def run_frame(run: Run) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 A case regresses when a gated metric (:func:`flashbench.model.metrics.gated_metrics`) changes past
 its threshold AND, for timing metrics, beyond noise (changes under the metric's floor, e.g.
 ``min_abs_ms``, never count); a status that got worse (``STATUS_RANK``) always fails; a case missing
-from the current run is reported, and fails with ``require_all``. A gate that compared nothing (the
+from the current run, or measured in the baseline but skipped now, is reported, and fails with ``require_all``. A gate that compared nothing (the
 current run has no records, or shares no case with the baseline) or whose current run did not finish
 is not a pass: :attr:`GateReport.not_judged` says why, and the exit code is 3 (1 when a regression
 was found all the same). Pure: runs in, a
@@ -110,8 +110,8 @@ class GateReport:
         return sum(c.outcome == outcome for c in self.cases)
 
     def per_backend(self, outcome: str) -> dict[str, int]:
-        """Cases with this outcome per backend, in order of appearance ("missing": only in the
-        baseline; "new": only in the current run)."""
+        """Cases with this outcome per backend, in order of appearance ("missing": measured only in
+        the baseline, absent from the current run or skipped there; "new": only in the current run)."""
         counts: dict[str, int] = {}
         for c in self.cases:
             if c.outcome == outcome:
@@ -233,6 +233,12 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
             cases.append(CaseResult(key, "new", False, None, r["status_new"], message="not in the baseline"))
             continue
         so, sn = r["status_old"], r["status_new"]
+        if so == "ok" and sn == "skipped":  # measured before, not now (a backend that lost its kernels skips every
+            # case): as missing as a case absent from the run, never a silent pass
+            reason = f": {r['reason_new']}" if isinstance(r["reason_new"], str) and r["reason_new"] else ""
+            cases.append(CaseResult(key, "missing", require_all, so, sn,
+                                    message=f"skipped in the current run (baseline: ok){reason}"))
+            continue
         limits = thresholds.for_case(key["backend"], case)
         if STATUS_RANK.get(sn, 3) > STATUS_RANK.get(so, 3):
             reason = f": {r['reason_new']}" if isinstance(r["reason_new"], str) and r["reason_new"] else ""
@@ -271,9 +277,9 @@ def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:
     if not current.records:
         reasons.append(f"{label} has no records: nothing was compared")
     elif not any(c.outcome not in ("missing", "new") for c in cases):
-        reasons.append(f"{label} shares no case with the baseline ({sum(c.outcome == 'missing' for c in cases)} "
-                       f"baseline cases missing, {sum(c.outcome == 'new' for c in cases)} not in the baseline): "
-                       "nothing was compared")
+        reasons.append(f"{label} measured no case the baseline measured ({sum(c.outcome == 'missing' for c in cases)} "
+                       f"baseline cases missing or skipped, {sum(c.outcome == 'new' for c in cases)} not in the "
+                       "baseline): nothing was compared")
     if current.meta.get("finished") is False:
         total = current.meta.get("tasks_total")
         rows = f"{len(current.records)} of {total}" if total else f"{len(current.records)}"

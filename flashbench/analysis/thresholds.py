@@ -34,7 +34,7 @@ from pydantic import Field, create_model
 from ..model.fields import Integer, Number, Strict as _Strict
 from ..model.filters import Rule
 from ..model.metrics import gated_metrics
-from ..model.yaml_input import ConfigError, read_yaml_file, validate_yaml
+from ..model.yaml_input import ConfigError, did_you_mean, preview, read_yaml_file, validate_yaml
 from .noise import DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, NoiseMethod
 
 
@@ -154,8 +154,19 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
                                f"(bundled: {', '.join(sorted(bundled)) or 'none'})"])
         p = bundled[name_or_path]
     if not p.is_file():
-        raise ConfigError([f"--thresholds: {name_or_path}: no such file"])
+        raise ConfigError([f"--thresholds: {name_or_path}: {'not a file' if p.exists() else 'no such file'}"])
     return parse_thresholds(read_yaml_file(p), str(p)), str(p)
+
+
+def backend_typos(thresholds: Thresholds, present: set[str]) -> list[str]:
+    """Backends the thresholds name that are absent from the runs but close to one present ("naiv" with
+    naive in the runs): their overrides would silently apply to nothing. A name far from every backend
+    of the runs is not reported: one thresholds file serves sweeps of different backends."""
+    named = [(f"backends.{b}", b) for b in thresholds.backends]
+    named += [(f"cases[{i}].match.backend", b) for i, rule in enumerate(thresholds.cases)
+              for b in rule.match.backend or []]
+    return [f"{where}: {preview(b)} names no backend of these runs, so its thresholds apply to nothing{close}"
+            for where, b in named if b not in present and (close := did_you_mean(b, present))]
 
 
 def single_round_margin(limits, device: str | None) -> float:

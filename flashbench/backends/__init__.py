@@ -1,6 +1,7 @@
 """The backend registry. Backends are registered here explicitly: no discovery by name or path."""
 from __future__ import annotations
 
+from ..model.schema import MAX_BACKEND_CHARS
 from .base import Backend, Unsupported
 from .flex import FlexBackend
 from .naive import NaiveBackend
@@ -13,10 +14,15 @@ REGISTRY: dict[str, Backend] = {}
 
 
 def register(backend: Backend) -> Backend:
-    """Add a backend (tests register fakes this way). Names must be unique."""
-    if not backend.name:
-        raise ValueError("a backend needs a name")
-    REGISTRY[backend.name] = backend
+    """Add a backend (tests register fakes this way). A name is unique, at most ``MAX_BACKEND_CHARS`` characters
+    (results files refuse longer ones on reading: a sweep of such a backend could never be resumed or gated),
+    without commas or white space (``-b a,b`` lists names; tables and file names show them)."""
+    name = backend.name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a backend needs a name (a non-empty string), got {name!r:.60}")
+    if len(name) > MAX_BACKEND_CHARS or any(c == "," or c.isspace() for c in name):
+        raise ValueError(f"backend name {name!r:.60}: at most {MAX_BACKEND_CHARS} characters, no commas or white space")
+    REGISTRY[name] = backend
     return backend
 
 

@@ -14,10 +14,19 @@ A backend is one small module holding one :class:`Backend` subclass that
   - varlen: ``fn(q, k, v, cu_seqlens) -> o``, the batch packed along the tokens;
   - decode: ``fn(q, k_cache, v_cache, cache_seqlens, block_table) -> o``.
 
+  ``o`` is one tensor with the shape, dtype and device of ``q`` in all three layouts (checked on the
+  first call of every task: :class:`BackendContractError` otherwise).
+
   Python-side facts of the case (the per-sequence lengths: ``case.sequence_lengths()``, the window:
   ``case.window``) are known in ``prepare``, so masks are built there, not in the timed call. The
   runner binds the function to inputs and a mode (fwd / bwd / fwd_bwd) to get the zero-argument
   call it times: that binding lives in one place (:mod:`flashbench.measure.calls`), not in each backend.
+
+A call runs in a measuring worker that measures other backends after it: whatever process state the
+call changes (torch's grad mode, default dtype, thread count, TF32 and determinism flags, the working
+directory) is put back after each task (:mod:`flashbench.measure.process_state`), so one backend
+never changes what the next one measures. ``unsupported_reason`` returns a short text or None; one
+that raises makes the task an ``error`` row, and a long text is cut to a bounded length.
 
 Backends are registered explicitly in :mod:`flashbench.backends`.
 """
@@ -32,6 +41,12 @@ AttentionFn = Callable[..., "object"]
 
 class Unsupported(Exception):
     """Raised by a backend that cannot run a case; the message is the reason shown to users."""
+
+
+class BackendContractError(TypeError):
+    """A backend broke this contract: ``prepare`` returned no function, or the function returned something
+    other than the output tensor (not a tensor; a shape, dtype or device other than ``q``'s). The task is an
+    ``error`` row saying which, never a traceback from deeper code that tripped over it."""
 
 
 class Backend:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from . import app
 from .common import EXIT_ENV, err, fail, out, user_errors, write_machine
@@ -35,22 +36,28 @@ def check(
     from ..results.baselines import resolve_baseline
     from ..analysis.compare import NotComparableError, load_for_comparison
     from ..analysis.gate import check_runs
-    from ..analysis.thresholds import load_thresholds
+    from ..analysis.thresholds import backend_typos, load_thresholds
     from ..report.format import format_frame
     from ..report.gate_report import gate_frame, gate_junit_xml, gate_markdown, headline
+    from ..results.files import results_files, results_json
 
     if fmt not in ("markdown", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of markdown, json, csv")
     try:
         with user_errors():
             limits, source = load_thresholds(thresholds)
-            current = load_for_comparison(result)
+            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
+            current = load_for_comparison(results_json(result))
             base_path = resolve_baseline(baseline, current.meta, baselines_root)
-            base = load_for_comparison(base_path)
+            if junit is not None and junit.resolve() in results_files(result) | results_files(base_path):
+                fail(f"--junit: {junit} is a results file of this check: write the JUnit XML elsewhere")
+            base = load_for_comparison(results_json(base_path))
             report = check_runs(base, current, limits, require_all, str(base_path), str(result), source)
     except NotComparableError as e:
         fail([f"not comparable: {p}" for p in e.problems], code=EXIT_ENV)
 
+    for line in backend_typos(limits, {r.backend for run in (base, current) for r in run.records}):
+        err.print(f"[bold yellow]warning:[/] {source}: {escape(line)}", highlight=False, soft_wrap=True)
     md = gate_markdown(report)
     if fmt == "markdown":
         write_machine(md)
@@ -61,7 +68,10 @@ def check(
             err.print(f"[bold yellow]warning:[/] {d.message()}: timings may not be comparable", highlight=False,
                       soft_wrap=True)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
+    if summary and Path(summary).resolve() in results_files(result) | results_files(base_path):
+        err.print(f"[yellow]warning:[/] $GITHUB_STEP_SUMMARY ({summary}) is a results file of this check: "
+                  "not appended to", highlight=False, soft_wrap=True)
+    elif summary:
         try:
             with open(summary, "a", encoding="utf-8") as f:
                 f.write(md)

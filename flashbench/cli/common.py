@@ -22,15 +22,41 @@ out = Console() if sys.stdout.isatty() else Console(width=_piped_width(), no_col
 err = Console(stderr=True)
 
 
+MAX_ERROR_LINES = 12
+MAX_LINE_CHARS = 1000  # a line quoting a path or a value of a broken file stays readable
+
+
+def _shorten(line: str) -> str:
+    # the head names what is wrong, the tail often says why ("...: File exists"): keep both
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    return f"{line[:MAX_LINE_CHARS * 2 // 3]} … {line[-MAX_LINE_CHARS // 3:]}"
+
+
 def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
-    for line in ([message] if isinstance(message, str) else message):
-        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    """Print each problem as an "error:" line and exit with ``code``. The library bounds its messages;
+    this bounds them once more (a line, and the number of lines), so no input floods the terminal."""
+    lines = [message] if isinstance(message, str) else list(message)
+    if len(lines) > MAX_ERROR_LINES:
+        lines = lines[:MAX_ERROR_LINES - 1] + [f"… and {len(lines) - MAX_ERROR_LINES + 1} more"]
+    for line in lines:
+        err.print(f"[bold red]error:[/] {escape(_shorten(str(line)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def os_error_message(e: OSError) -> str:
+    """"PATH: reason" for a path the file system refused (too long, not a directory, no permission)."""
+    from ..results.files import shown_path
+
+    # "File name too long" is about a name that is: shown_path keeps its two ends
+    return f"{shown_path(e.filename)}: {e.strerror or e}" if e.filename is not None else str(e)
 
 
 @contextmanager
 def user_errors():
-    """Turn the library's user-input errors into clean messages and exit code 2."""
+    """Turn the library's user-input errors into clean messages and exit code 2. A path the user
+    gave that the file system refuses (OSError: a name too long, a file where a directory belongs)
+    is one too: a line naming it, not a traceback."""
     from ..model.yaml_input import ConfigError
     from ..results.files import ResultsError
 
@@ -40,6 +66,8 @@ def user_errors():
         fail(e.problems)
     except ResultsError as e:
         fail(str(e))
+    except OSError as e:
+        fail(os_error_message(e))
 
 
 def print_skips_and_failures(df) -> None:
@@ -66,3 +94,14 @@ def split_list(value: str | None) -> list[str] | None:
         return None
     items = [x.strip() for x in value.split(",") if x.strip()]
     return items or None
+
+
+def backends_option(value: str | None) -> list[str] | None:
+    """``--backends a,b``: None when not given; given but naming nothing (``-b ,``) is an error, not
+    "every backend of the config"."""
+    from ..model.yaml_input import preview
+
+    names = split_list(value)
+    if value is not None and names is None:
+        fail(f"--backends: {preview(value)} names no backend (give e.g. -b naive,sdpa)")
+    return names

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, split_list, user_errors, write_machine
+from .common import EXIT_ENV, backends_option, err, fail, out, user_errors, write_machine
 from ..model.metrics import metric_names
 
 
@@ -36,6 +36,7 @@ def compare(
     from ..analysis.compare import NotComparableError, compare_backends, compare_runs, load_for_comparison
     from ..analysis.noise import NOISE_METHODS
     from ..report.format import FORMATS, format_frame
+    from ..results.files import results_json
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -45,17 +46,25 @@ def compare(
         fail(f"--metric: {metric!r} is not one of {', '.join(metric_names())}")
     try:
         with user_errors():
-            runs = [load_for_comparison(p) for p in results]
+            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
+            runs = [load_for_comparison(results_json(p)) for p in results]
     except NotComparableError as e:
         fail(e.problems, code=EXIT_ENV)
 
+    keep = backends_option(backends)
     if len(runs) == 1:
         run = runs[0]
+        if not run.records:  # else "--baseline: backend 'x' is not in this run (it has: )"
+            fail(f"{results[0]}: the run has no records: nothing to compare")
         base = baseline or run.meta.get("reference_backend")
         if not base:
             fail("--baseline: this run names no reference_backend; give the backend to compare against")
+        present = sorted({r.backend for r in run.records})
+        if baseline is None and base not in present:  # `run CONFIG -b ...` left the config's reference out
+            fail(f"--baseline: the run's reference_backend {base!r} has no rows in it (it has: {', '.join(present)}): "
+                 "give the backend to compare against")
         try:
-            cmp = compare_backends(run.frame(), base, metric or "tflops", split_list(backends))
+            cmp = compare_backends(run.frame(), base, metric or "tflops", keep)
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
@@ -71,12 +80,15 @@ def compare(
 
     if baseline is not None:
         fail("--baseline names a backend and works with one RESULT; with several, the first run is the baseline")
+    present = {r.backend for run in runs for r in run.records}
+    missing = [b for b in keep or [] if b not in present]
+    if missing:  # as with one run: a typo would otherwise show an empty comparison
+        fail(f"--backends: {', '.join(missing)} in none of these runs (they have: {', '.join(sorted(present))})")
     old = runs[0]
     comparisons = []
     for path, new in zip(results[1:], runs[1:]):
         rc = compare_runs(old, new, metric or "ms", noise, old_label=str(results[0]), new_label=str(path))
-        if backends:
-            keep = split_list(backends)
+        if keep:
             rc.rows = rc.rows[rc.rows["backend"].isin(keep)]
             rc.only_old = rc.only_old[rc.only_old["backend"].isin(keep)]
             rc.only_new = rc.only_new[rc.only_new["backend"].isin(keep)]

@@ -61,6 +61,10 @@ def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
         ceilings: bool = typer.Option(False, "--ceilings", help="the GPU's roofs: bf16 matmul TFLOP/s burst and sustained, read and copy bandwidth, beside the datasheet peak (measured once, cached per GPU)"),
         refresh: bool = typer.Option(False, "--refresh", help="with --ceilings: measure again instead of reading the cache")) -> None:
     """GPU, driver, CUDA, cuDNN, torch, triton versions and the GPU's clocks, temperature, power, throttling."""
+    if fmt not in ("table", "json"):
+        fail(f"--format: {fmt!r} is not one of table, json")
+    if refresh and not ceilings:  # it would be ignored: say so rather than print the plain table
+        fail("--refresh measures the ceilings again: use it with --ceilings")
     if ceilings:
         from .profile_cmd import env_ceilings
 
@@ -75,8 +79,6 @@ def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
     if fmt == "json":
         write_machine(json.dumps({"environment": info, "gpu_state": state, "gpu": on_gpu}, indent=1, default=str) + "\n")
         return
-    if fmt != "table":
-        fail(f"--format: {fmt!r} is not one of table, json")
     t = Table(show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")

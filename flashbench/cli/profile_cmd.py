@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
+from .common import EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, user_errors, write_machine
 
 MAX_KERNEL_ROWS = 12
 
@@ -224,27 +225,35 @@ def profile(
     from ..results.files import ResultsWriter
     from ..execute.plan import Plan, measure_settings, plan, split_runnable
     from ..execute.session import run_metadata
+    from ..model.yaml_input import preview
+    from ..results.files import held_results
     from .run_cmd import default_config_name
 
     if device not in (None, "cuda", "cpu"):
-        fail(f"--device: {device!r} is not one of cuda, cpu")
-    name = config or default_config_name()
+        fail(f"--device: {preview(device)} is not one of cuda, cpu")
+    if not (math.isfinite(ncu_timeout) and ncu_timeout > 0):
+        fail(f"--ncu-timeout: must be a number of seconds > 0, got {ncu_timeout}")
+    name = config if config is not None else default_config_name()
     with user_errors():
         loaded = load_config(name)
-        p = plan(loaded, split_list(backends), device)
+        p = plan(loaded, backends_option(backends), device)
         flt = parse_case_option(case) if case is not None else None
         planned = [t for t in p.runnable] + [r.task() for r in p.skipped]
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
         ns = parse_n_list(n_list) if sweep_n else None
+        names = backends_option(backends) or loaded.config.backends
+        swept = sweep_tasks(chosen, names, ns) if sweep_n else None
+        held = held_results(out_dir) if out_dir is not None else None
+    if held:  # a profile never replaces a run's (or an earlier profile's) results
+        fail(f"--out {out_dir}: it already holds results ({held}): profile into a new directory")
     if p.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             fail("this config asks for a CUDA device, but none is available (use --device cpu)", code=EXIT_ENV)
-    names = split_list(backends) or loaded.config.backends
     if sweep_n:
-        tasks = sweep_tasks(chosen, names, ns)
+        tasks = swept
     else:
         planned_set = set(planned)
         tasks = [Task(c, b) for c in chosen for b in names if Task(c, b) in planned_set]

@@ -9,6 +9,7 @@ times, interleaved, each round in fresh workers (``--executor inprocess``: round
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, print_skips_and_failures, split_list, user_errors, write_machine
+from .common import (EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, split_list, user_errors,
+                     write_machine)
 
 
 def default_config_name() -> str:
@@ -53,9 +55,28 @@ def _parse_resources(text: str | None) -> dict[str, float]:
             res[name.strip()] = float(amount) if sep else 1.0
         except ValueError:
             fail(f"--ray-resources: {item!r} is not NAME=AMOUNT")
-        if not name.strip():
-            fail(f"--ray-resources: {item!r} is not NAME=AMOUNT")
+        if not name.strip() or not _amount(res[name.strip()]):
+            fail(f"--ray-resources: {item!r} is not NAME=AMOUNT (a finite amount >= 0)")
     return res
+
+
+def _amount(x: float) -> bool:
+    # NaN compares false with everything: `x < 0` would let it through
+    return math.isfinite(x) and x >= 0
+
+
+def _check_numbers(timeout: float, energy_ms: float | None, rounds: int | None, ray_num_gpus: float,
+                   ray_group_size: int, ray_max_retries: int) -> None:
+    from ..model.config import MAX_ROUNDS
+
+    if not _amount(timeout):
+        fail(f"--timeout: must be a number of seconds >= 0 (0: no limit), got {timeout}")
+    if energy_ms is not None and not (_amount(energy_ms) and energy_ms <= 60_000):
+        fail("--energy-ms: must be between 0 and 60000")
+    if rounds is not None and rounds > MAX_ROUNDS:
+        fail(f"--rounds: {rounds} is more rounds than a sweep may have ({MAX_ROUNDS:,})")
+    if ray_group_size < 1 or ray_max_retries < 0 or not _amount(ray_num_gpus):
+        fail("--ray-group-size must be >= 1, --ray-max-retries and --ray-num-gpus >= 0")
 
 
 class SweepProgress:
@@ -174,14 +195,10 @@ def run(
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if timeout < 0:
-        fail("--timeout: must be >= 0 (0: no limit)")
-    if energy_ms is not None and not 0 <= energy_ms <= 60_000:
-        fail("--energy-ms: must be between 0 and 60000")
-    if ray_group_size < 1 or ray_max_retries < 0 or ray_num_gpus < 0:
-        fail("--ray-group-size must be >= 1, --ray-max-retries and --ray-num-gpus >= 0")
+    _check_numbers(timeout, energy_ms, rounds, ray_num_gpus, ray_group_size, ray_max_retries)
     request = SweepRequest(
-        config=config or default_config_name(), backends=split_list(backends), device=device, executor=executor,
+        config=config if config is not None else default_config_name(),  # "" is a name, and a wrong one
+        backends=backends_option(backends), device=device, executor=executor,
         devices=devices, timeout_s=timeout or None, out_dir=out_dir, resume=resume, retry_failed=retry_failed,
         force=force, dry_run=dry_run, precompile=precompile, cuda_graph=cuda_graph, energy_ms=energy_ms,
         rounds=rounds,

@@ -14,6 +14,11 @@ What the driver guarantees:
   in its stderr, the stderr tail), a new worker replaces it and the sweep goes on;
 - a task that runs past the per-task timeout has its worker (and the worker's children) killed
   and becomes a ``timeout`` row;
+- a worker that dies while a child it forked still holds its pipe (so no end of file comes) is seen
+  dead within about a second (the driver also polls its workers), not at the timeout; whatever a lost
+  or stopped worker left in its process group is killed with it;
+- a worker's log (``DIR/logs``) stays under ``WORKER_LOG_CAP`` however much a backend prints (its
+  last megabyte is kept), and a lost worker's stderr tail is read from the end of the log only;
 - a worker whose record reports a CUDA error (illegal memory access, device-side assert, ...) is
   retired after reporting, because such errors leave the CUDA context unusable: a broken context
   never costs more than one task;
@@ -49,6 +54,14 @@ from .protocol import recv_msg, send_msg
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
+# How often the driver looks at its workers besides their messages: whether a worker process has died while
+# something it started (a forked child) still holds its pipe open, so no end of file ever comes; and
+# whether a worker's log has outgrown WORKER_LOG_CAP.
+POLL_S = 1.0
+EXIT_GRACE_S = 2.0         # a worker that closed its pipe may take this long to exit by itself (its exit code)
+ORPHANED_PIPE_S = 5.0      # a dead worker whose pipe stays open this long after its group was killed: lost
+WORKER_LOG_CAP = 64 << 20  # bytes; a worker log past it keeps its last WORKER_LOG_KEEP bytes
+WORKER_LOG_KEEP = 1 << 20
 ActivityFn = Callable[[str, str], None]
 
 
@@ -62,6 +75,26 @@ def group_by_case(tasks: list[Task]) -> list[list[Task]]:
     for t in tasks:
         groups.setdefault(t.case, []).append(t)
     return list(groups.values())
+
+
+def _exited(p: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``p`` has ended (waiting up to ``timeout`` s), without reaping it: until it is reaped its
+    pid and process group id stay its own, so killing the group later cannot hit an unrelated process."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if p.returncode is not None:
+            return True
+        try:
+            if hasattr(os, "waitid"):
+                if os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    return True
+            elif p.poll() is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.perf_counter() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- driver side -----
@@ -85,6 +118,7 @@ class _Slot:
     started_at: float = 0.0
     start_failures: int = 0
     last_failure: str = ""
+    dead_since: float | None = None  # when the driver saw the process dead with its pipe still open
 
     @property
     def label(self) -> str:
@@ -141,6 +175,7 @@ class LocalExecutor:
 
         s.gen += 1
         s.state, s.identity, s.current, s.deadline = "starting", dict(s.identity), None, None
+        s.dead_since = None
         s.log_path = logs / f"worker-{s.label}.log"
         with open(s.log_path, "ab") as f:
             f.write(f"--- flashbench worker {s.label} start {s.gen} ({time.strftime('%H:%M:%S')}) ---\n".encode())
@@ -185,11 +220,16 @@ class LocalExecutor:
                 pass
         events.put((n, gen, "eof", None))
 
-    def _kill(self, s: _Slot) -> int | None:
+    def _kill(self, s: _Slot, grace: float = 0.0) -> int | None:
+        """Kill the worker and everything in its process group (a child it forked and left behind, which
+        would otherwise live on, holding the worker's pipe); its exit code. ``grace``: seconds to let a
+        worker that is already ending exit by itself first, so its own exit code is reported."""
         p = s.proc
         if p is None:
             return None
-        if p.poll() is None:
+        if p.returncode is None:  # not reaped: its pid, and so its process group id, cannot be anyone else's
+            if grace:
+                _exited(p, grace)
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError, OSError):
@@ -209,10 +249,11 @@ class LocalExecutor:
         return rc
 
     def _tail(self, s: _Slot) -> str:
+        keep = 16 * STDERR_TAIL_CHARS  # bytes: the tail is cut to 4x the characters below, after filtering
         try:
             with open(s.log_path, "rb") as f:
-                f.seek(s.log_offset)
-                text = f.read().decode("utf-8", "replace")
+                f.seek(max(s.log_offset, f.seek(0, os.SEEK_END) - keep))  # never the whole log: it can be huge
+                text = f.read(keep).decode("utf-8", "replace")
         except (OSError, TypeError):
             return ""
         text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("[flashbench worker] "))
@@ -261,6 +302,7 @@ class LocalExecutor:
             logs = self.log_dir
             logs.mkdir(parents=True, exist_ok=True)
         next_id = 0
+        next_poll = time.perf_counter() + POLL_S
         try:
             for s in slots[:max(1, len(groups))] if groups else []:
                 self._start(s, events, logs)
@@ -285,9 +327,9 @@ class LocalExecutor:
                         raise WorkerStartError(f"no worker could be started ({dead})")
                     return
                 deadlines = [s.deadline for s in active if s.deadline is not None]
-                wait = max(0.0, min(deadlines) - time.perf_counter()) if deadlines else None
+                wait = max(0.0, min(deadlines) - time.perf_counter()) if deadlines else POLL_S
                 try:
-                    ev = events.get(timeout=wait)
+                    ev = events.get(timeout=min(wait, POLL_S))
                 except queue.Empty:
                     ev = None
                 out: list[Record] = []
@@ -298,6 +340,11 @@ class LocalExecutor:
                             out.extend(self._on_overdue(s, groups, events, logs))
                 else:
                     out.extend(self._on_event(ev, slots, groups, events, logs))
+                if time.perf_counter() >= next_poll:  # at least every POLL_S, however busy the queue
+                    next_poll = time.perf_counter() + POLL_S
+                    for s in slots:
+                        if s.state in ("starting", "busy", "idle"):
+                            out.extend(self._check_alive(s, slots, groups, events, logs))
                 yield from out
         finally:
             for s in slots:
@@ -318,16 +365,54 @@ class LocalExecutor:
         p = s.proc
         if p is None:
             return
-        if s.state == "stopped" and p.poll() is None:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        if s.state == "stopped":
+            _exited(p, 5.0)  # a worker told to stop ends by itself; what it left in its group is killed below
         self._kill(s)
+        self._cap_log(s)
         s.proc = None
 
     def _more_work(self, s: _Slot, groups) -> bool:
         return bool(s.queue) or bool(groups)
+
+    def _check_alive(self, s: _Slot, slots, groups, events, logs) -> list[Record]:
+        """Between messages: keep the worker's log bounded, and notice a worker that died while its pipe
+        stays open (a child it forked holds it): its group is killed, which closes the pipe, and the
+        reader reports the end as for any crash; should the pipe still stay open (a child that left the
+        group), the end is declared here after ORPHANED_PIPE_S."""
+        self._cap_log(s)
+        p = s.proc
+        if p is None or p.returncode is not None or not _exited(p, 0.0):
+            return []
+        now = time.perf_counter()
+        if s.dead_since is None:
+            s.dead_since = now
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            return []
+        if now - s.dead_since < ORPHANED_PIPE_S:
+            return []
+        return self._on_event((s.n, s.gen, "eof", None), slots, groups, events, logs)
+
+    def _cap_log(self, s: _Slot) -> None:
+        """A worker log past WORKER_LOG_CAP keeps its last WORKER_LOG_KEEP bytes, after a line saying how much
+        was dropped: a backend that prints megabytes per call must not fill the disk the results are on.
+        The worker appends (O_APPEND), so its next write lands after the kept tail."""
+        try:
+            size = os.path.getsize(s.log_path)
+            if size <= WORKER_LOG_CAP:
+                return
+            with open(s.log_path, "rb") as f:
+                f.seek(size - WORKER_LOG_KEEP)
+                tail = f.read(WORKER_LOG_KEEP)
+            os.truncate(s.log_path, 0)
+            with open(s.log_path, "ab") as f:
+                f.write(f"[flashbench: {size - len(tail):,} bytes of worker output dropped here, to keep this log "
+                        f"under {WORKER_LOG_CAP >> 20} MiB]\n".encode() + tail)
+            s.log_offset = 0
+        except (OSError, TypeError):
+            pass
 
     def _on_overdue(self, s: _Slot, groups, events, logs) -> list[Record]:
         if s.state == "busy":
@@ -392,8 +477,8 @@ class LocalExecutor:
             return []
         if kind == "error":
             return []  # followed by eof
-        # eof: the worker is gone
-        rc = self._kill(s)
+        # eof: the worker is gone (or going: let it exit by itself, for its exit code)
+        rc = self._kill(s, grace=EXIT_GRACE_S)
         if s.state == "starting":
             self._start_failed(s, f"worker {describe_exit(rc)} while starting", groups, events, logs)
             return []

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .. import backends
-from ..measure.measurer import MeasureSettings
+from ..measure.measurer import SKIP_REASON_CHARS, MeasureSettings, bounded, error_reason
 from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
 from ..model.grid import dropped_combinations, expand_loaded
@@ -57,12 +57,31 @@ def measure_settings(loaded: LoadedConfig) -> MeasureSettings:
                            tolerances={d: c.tolerance(d) for d in DTYPES}, seed=c.seed)
 
 
+class ReasonFailed(Exception):
+    """A backend's ``unsupported_reason`` (or ``availability``) raised: the message says which and why."""
+
+
+def skip_reason(backend, case: Case, device: str) -> str | None:
+    """Why ``backend`` cannot run ``case`` on ``device`` (a bounded str), or None. A plugin's
+    ``unsupported_reason`` may return any object (a non-empty one is a reason, written as text) or raise
+    (:class:`ReasonFailed`)."""
+    try:
+        why = backend.unsupported_reason(case, device_kind(device))
+    except Exception as e:  # noqa: BLE001 - a plugin's bug is that backend's rows, not the sweep's end
+        raise ReasonFailed(f"{backend.name}.unsupported_reason() failed: {error_reason(e, 300)}") from None
+    return bounded(why, SKIP_REASON_CHARS) if why else None
+
+
 def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:
-    """Runnable tasks, and ``skipped`` records with the backend's reason (no device touched)."""
-    kind = device_kind(device)
+    """Runnable tasks, and records settled without a device: ``skipped`` with the backend's reason, or
+    ``error`` where the backend's ``unsupported_reason`` raised (the other backends run as planned)."""
     runnable, skipped = [], []
     for t in tasks:
-        why = backends.get(t.backend).unsupported_reason(t.case, kind)
+        try:
+            why = skip_reason(backends.get(t.backend), t.case, device)
+        except ReasonFailed as e:
+            skipped.append(Record.for_task(t, status="error", reason=str(e), rounds=0))
+            continue
         if why:
             skipped.append(Record.for_task(t, status="skipped", reason=why, rounds=0))
         else:
@@ -74,12 +93,14 @@ def runs_here(backend, device: str) -> str:
     """What ``backend`` can run on ``device``, in words, by the same skip decision as a sweep
     (:func:`split_runnable`) asked about each mode × dtype: "skips every case here: <why>", or the
     modes and dtypes it takes, with its head-dim, causal and GQA limits."""
-    kind = device_kind(device)
     d = (backend.head_dims or (64,))[0]
     takes, first_reason = [], None
     for mode in MODES:
         for dtype in DTYPES:
-            why = backend.unsupported_reason(Case(1, 2, 2, 128, 128, d, dtype, False, mode), kind)
+            try:
+                why = skip_reason(backend, Case(1, 2, 2, 128, 128, d, dtype, False, mode), device)
+            except ReasonFailed as e:
+                return f"skips every case here: {e}"
             if why is None:
                 takes.append((mode, dtype))
             first_reason = first_reason or why

@@ -20,18 +20,21 @@ Failures here are not errors: a case that fails to compile or crashes its proces
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 from .. import backends
 from ..model.case import Case, Task
-from .protocol import claim_stdio, recv_msg, send_msg
+from .protocol import claim_stdio, die_with_parent, recv_msg, send_msg
 
 # Processes at most: each holds a CUDA context (~0.5 GB of GPU memory) and about 1.5 GB of RAM.
 # A little more than one per core: much of a process's life is start-up and waiting on ptxas.
 MAX_JOBS = 24
+STARTUP_ALLOWANCE_S = 60.0  # a compile process's start (imports, a CUDA context) beside the per-task limit
 
 
 @dataclass
@@ -52,7 +55,11 @@ def compile_groups(tasks: list[Task]) -> list[Task]:
     groups: dict[tuple, Task] = {}
     for t in tasks:
         key_of = getattr(backends.get(t.backend), "compile_key", None)
-        key = key_of(t.case) if key_of else None
+        try:
+            key = key_of(t.case) if key_of else None
+            hash(key)
+        except Exception:  # noqa: BLE001 - a plugin's broken compile_key: its cases compile in the worker
+            key = None
         if key is None:
             continue
         best = groups.get((t.backend, key))
@@ -82,11 +89,14 @@ def _assign(tasks: list[Task], n: int) -> list[list[Task]]:
 
 
 def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, jobs: int | None = None,
-                timeout: float = 600.0) -> PrecompileSummary:
+                timeout: float = 600.0, task_timeout: float | None = None) -> PrecompileSummary:
     """Run one case per compile group in parallel processes; return what happened.
 
     ``visible``: ``CUDA_VISIBLE_DEVICES`` for the processes (the GPU the sweep measures on);
-    ``jobs``: at most this many processes (default: 1.5 per CPU core, at most MAX_JOBS).
+    ``jobs``: at most this many processes (default: 1.5 per CPU core, at most MAX_JOBS);
+    ``timeout``: seconds for the whole phase; ``task_timeout``: the sweep's per-task limit, so a process
+    gets at most that much per group it compiles (a hanging compile costs what it would in the worker).
+    However the phase ends (Ctrl-C, SIGTERM, an error), its processes are killed: none outlives it.
     """
     from ..backends.plugins import child_spec
 
@@ -100,46 +110,74 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
     procs = []
-    for share in _assign(groups, n):
-        spec = {"device": "cuda" if device.startswith("cuda") else device, **child_spec(), "tasks": share}
-        p = subprocess.Popen([sys.executable, "-m", "flashbench.execute.precompile"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        try:
-            send_msg(p.stdin, spec)
-            p.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # the process died at once: its tasks are reported as failed below
-        procs.append((p, share))
-    summary.processes = len(procs)
-    deadline = t0 + timeout
-    for p, share in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            summary.timed_out = True
-            p.kill()
-            p.wait()
-        reported = _read_reports(p.stdout)
-        p.stdout.close()
-        for t in share:
-            rep = reported.get((t.backend, t.case.label()))
-            if rep and rep.get("ok"):
-                summary.ok += 1
-            else:
-                why = rep.get("error", "") if rep else ("timed out" if summary.timed_out else
-                                                        f"process ended with code {p.returncode}")
-                summary.failed.append(f"{t.backend} {t.case.label()}: {why}")
+    try:
+        for share in _assign(groups, n):
+            spec = {"device": "cuda" if device.startswith("cuda") else device, **child_spec(), "tasks": share}
+            p = subprocess.Popen([sys.executable, "-m", "flashbench.execute.precompile"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+            # its reports are read as they come: a process must never block on a full pipe
+            reports: dict = {}
+            reader = threading.Thread(target=_read_reports, args=(p.stdout, reports), daemon=True)
+            reader.start()
+            procs.append((p, share, reports, reader))
+            try:
+                send_msg(p.stdin, spec)
+                p.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass  # the process died at once: its tasks are reported as failed below
+        summary.processes = len(procs)
+        for p, share, reported, reader in procs:
+            deadline = t0 + timeout
+            if task_timeout:
+                deadline = min(deadline, t0 + STARTUP_ALLOWANCE_S + task_timeout * len(share))
+            try:
+                p.wait(timeout=max(0.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                summary.timed_out = True
+                _kill_group(p)
+            reader.join(timeout=10)
+            for t in share:
+                rep = reported.get((t.backend, t.case.label()))
+                if rep and rep.get("ok"):
+                    summary.ok += 1
+                else:
+                    why = rep.get("error", "") if rep else ("timed out" if summary.timed_out else
+                                                            f"process ended with code {p.returncode}")
+                    summary.failed.append(f"{t.backend} {t.case.label()}: {why}")
+    finally:  # Ctrl-C, SIGTERM or an error here: no compile process is left running (in its own session)
+        for p, *_ in procs:
+            _kill_group(p)
+            try:
+                p.stdout.close()
+            except OSError:
+                pass
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary
 
 
-def _read_reports(stream) -> dict[tuple[str, str], dict]:
-    """The reports a finished (or killed) compile process wrote, until its output ends."""
-    out = {}
+def _kill_group(p: subprocess.Popen) -> None:
+    """Kill a compile process and what it started (its own session), then reap it."""
+    if p.returncode is None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                p.kill()
+            except OSError:
+                pass
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _read_reports(stream, out: dict | None = None) -> dict[tuple[str, str], dict]:
+    """The reports a finished (or killed) compile process wrote, until its output ends (into ``out``)."""
+    out = {} if out is None else out
     while True:
         try:
             rep = recv_msg(stream)
-        except Exception:  # torn by a kill mid-message
+        except Exception:  # torn by a kill mid-message, or the stream closed under it
             break
         if rep is None:
             break
@@ -161,6 +199,10 @@ def _compile_one(backend_name: str, case: Case, device: str) -> None:
 
 def main() -> int:
     proto_in, proto_out = claim_stdio()  # anything a library prints goes to stderr (discarded)
+    parent = os.getppid()
+    die_with_parent()  # a driver killed outright (SIGKILL) takes its compile processes with it
+    if os.getppid() != parent:
+        return 1
     spec = recv_msg(proto_in)
     if spec is None:
         return 0

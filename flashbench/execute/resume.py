@@ -17,6 +17,7 @@ again (their new rows replace them), e.g. after a lost Ray node or a fixed drive
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class Resume:
     kept: list[Record]                                  # rows that stay (and are not measured again)
     dropped: list[Record] = field(default_factory=list)  # failed rows measured again (retry_failed)
     warnings: list[str] = field(default_factory=list)
+    signature: tuple | None = None  # results.json as read (results_signature): a run that wrote it since is seen
 
     @property
     def rounds(self) -> int:
@@ -69,6 +71,7 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
                 retry_failed: bool = False) -> Resume:
     """Load ``directory`` and check it against this config; raise ResumeError / ResultsError."""
     directory = Path(directory)
+    signature = results_signature(directory)  # before reading: a write in between is seen as a change
     run = load_run(directory)
     old = run.meta.get("config") or {}
     if old.get("sha256") != loaded.sha256:
@@ -90,7 +93,17 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
             continue
         seen.add(key)
         (dropped if retry_failed and r.status in RETRY_STATUSES else kept).append(r)
-    return Resume(directory, run, kept, dropped)
+    return Resume(directory, run, kept, dropped, signature=signature)
+
+
+def results_signature(directory: str | Path) -> tuple | None:
+    """What identifies one version of ``directory/results.json`` (its files are replaced, never edited in
+    place, so a new version is a new inode): None when there is none."""
+    try:
+        st = os.stat(Path(directory) / "results.json")
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def resumed_rounds(resume: Resume, requested: int | None) -> int:

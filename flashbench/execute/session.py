@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import signal
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,7 +31,7 @@ from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
 from .plan import Plan, measure_settings, plan
-from .resume import Resume, apply_resume, open_resume, resumed_meta, resumed_rounds
+from .resume import Resume, apply_resume, open_resume, results_signature, resumed_meta, resumed_rounds
 
 RecordFn = Callable[[Record], None]
 ActivityFn = Callable[[str, str], None]
@@ -37,6 +39,43 @@ ActivityFn = Callable[[str, str], None]
 
 class EnvironmentProblem(Exception):
     """The machine cannot run this sweep (no GPU, no worker starts, Ray unreachable): exit code 3."""
+
+
+class DirectoryInUse(OSError):
+    """The results directory is being written by another flashbench run, or changed since this one read it
+    (the CLI: "--out: cannot write results to DIR: ...", exit 2). Two sweeps writing one directory
+    rewrote each other's files: each said "N records written" and one run's rows were gone."""
+
+
+def lock_directory(directory: Path) -> int | None:
+    """Create ``directory`` and hold an exclusive lock on it for this process (``flock`` on the directory
+    itself: no lock file is left behind); the descriptor holding it, closed to release. Raise
+    :class:`DirectoryInUse` when another process holds it. None where the file system has no locks
+    (some network mounts): the sweep goes on unguarded, as before."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DirectoryInUse(f"another flashbench run is writing results into {directory}: wait for it to end "
+                             f"(or stop it), then finish the sweep with --resume {directory}") from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class Terminated(KeyboardInterrupt):
@@ -135,6 +174,7 @@ class Sweep:
     resume: Resume | None = None
     rounds: int = 1                  # the sweep is measured this many times, round after round
     writer: ResultsWriter | None = None
+    _lock: object | None = None      # the directory lock's finalizer (released by close(), or at the latest on exit)
 
     @property
     def already_done(self) -> int:
@@ -151,7 +191,39 @@ class Sweep:
         return f"finish it with: flashbench run {self.request.config} --resume {self.directory}{b}"
 
     def open(self) -> ResultsWriter:
-        """Create (or reopen, with --resume) the results directory; OSError when it cannot be written."""
+        """Create (or reopen, with --resume) the results directory and lock it for this run; OSError when it
+        cannot be written, :class:`DirectoryInUse` (an OSError) when another run writes it or wrote it
+        after this one read it."""
+        fd = lock_directory(self.directory)
+        self._lock = weakref.finalize(self, _release, fd)
+        try:
+            self._check_unchanged()
+            return self._open_writer()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the results directory (nothing more is written to its results files)."""
+        if self._lock is not None:
+            self._lock()
+
+    def _check_unchanged(self) -> None:
+        """Under the lock: the directory is still as :func:`prepare_sweep` found it. Another run may have
+        written it in between (both checked before either wrote): a new sweep would replace its results, a
+        resume would measure its tasks again and drop its rows."""
+        if self.resume is None:
+            if not self.request.force:
+                try:
+                    _refuse_existing_results(self.directory)
+                except ConfigError as e:
+                    raise DirectoryInUse(f"another flashbench run wrote results into {self.directory} after this "
+                                         f"one started ({'; '.join(e.problems)})") from None
+        elif results_signature(self.directory) != self.resume.signature:
+            raise DirectoryInUse(f"{self.directory} changed after this run read it (another flashbench run wrote "
+                                 "to it): run the same command again to finish what is left")
+
+    def _open_writer(self) -> ResultsWriter:
         if self.resume is not None:
             meta = resumed_meta(self.resume, self.full_total, self.plan.total, self.request.executor)
         else:
@@ -172,7 +244,8 @@ class Sweep:
             return None
         visible = self.slots[0].visible if self.slots else None
         with (on_start(n) if on_start else contextlib.nullcontext()):
-            summary = warm_caches(self.plan.runnable, self.plan.device, visible=visible)
+            summary = warm_caches(self.plan.runnable, self.plan.device, visible=visible,
+                                  task_timeout=self.request.timeout_s)
         self.writer.update_meta(precompile=summary.to_dict())
         return summary
 
@@ -199,6 +272,15 @@ class Sweep:
                 return run_sweep(self.plan, self.writer, self.executor(on_activity), on_record, self.rounds)
         except (WorkerStartError, RayUnavailable) as e:
             raise EnvironmentProblem(str(e)) from None
+        except OSError as e:  # the results files or worker logs cannot be written (disk full, directory gone)
+            raise EnvironmentProblem(f"the sweep stopped: {_os_error(e)} (the results files keep the rows "
+                                     "written before it)") from None
+        finally:
+            self.close()
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror or e}" if e.filename is not None else f"{type(e).__name__}: {e}"
 
 
 def prepare_sweep(req: SweepRequest) -> Sweep:

@@ -41,6 +41,7 @@ def worker_main() -> int:
     from ..measure.measurer import Measurer
 
     measurer = Measurer(init["settings"], init["device"])
+    measurer.interrupts_are_errors = True  # SIGINT is ignored here: a KeyboardInterrupt is a backend's, an error row
     if init.get("device_index") is not None:
         measurer.identity["device_index"] = init["device_index"]
     send_msg(proto_out, {"type": "ready", "pid": os.getpid(), "identity": dict(measurer.identity),
@@ -52,8 +53,18 @@ def worker_main() -> int:
         if msg.get("type") == "task":
             task = msg["task"]
             print(f"[flashbench worker] {task.backend} {task.case.label()}", file=sys.stderr, flush=True)
-            rec = measurer.measure(task)
+            try:
+                rec = measurer.measure(task)
+            except BaseException as e:  # noqa: BLE001 - the measurer's own failure is this task's row too
+                rec = _failed(task, e)
             send_msg(proto_out, {"type": "record", "id": msg["id"], "record": rec})
+
+
+def _failed(task, e: BaseException):
+    from ..measure.measurer import error_reason
+    from ..model.schema import Record
+
+    return Record.for_task(task, status="error", reason=f"the measuring worker failed: {error_reason(e)}")
 
 
 if __name__ == "__main__":

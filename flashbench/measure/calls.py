@@ -169,12 +169,36 @@ def assemble(case: Case, per_sequence: list[torch.Tensor]) -> torch.Tensor:
 
 # --- calls ---------------------------------------------------------------------------------
 
+def checked_output(o, q: torch.Tensor) -> torch.Tensor:
+    """``o`` if it is what the contract asks (:mod:`flashbench.backends.base`): one tensor with q's shape,
+    dtype and device; else :class:`~flashbench.backends.base.BackendContractError` saying what came back.
+    Without it, a None became "'NoneType' object has no attribute 'to'", a complex output passed the
+    check (its imaginary part dropped), and a float64 output for float32 inputs was an ``ok`` row."""
+    from ..backends.base import BackendContractError
+
+    if not isinstance(o, torch.Tensor):
+        raise BackendContractError(f"the attention function returned {type(o).__name__}, not a tensor "
+                                   f"(expected o with q's shape {tuple(q.shape)})")
+    wrong = [f"{what} {got}, expected {want}" for what, got, want in (
+        ("shape", tuple(o.shape), tuple(q.shape)), ("dtype", o.dtype, q.dtype), ("device", o.device, q.device))
+        if got != want]
+    if wrong:
+        raise BackendContractError(f"the attention function returned o with {'; '.join(wrong)} (q's)")
+    return o
+
+
 def outputs_of(fn: Callable, inputs: Inputs, case: Case) -> dict[str, torch.Tensor]:
-    """Run once and return what correctness compares: o, and dq, dk, dv with a backward."""
+    """Run once and return what correctness compares: o, and dq, dk, dv with a backward. The output must
+    be one tensor shaped like q (:func:`checked_output`)."""
     if not case.has_backward:
         with torch.no_grad():
-            return {"o": fn(*inputs.args)}
-    o = fn(*inputs.args)
+            return {"o": checked_output(fn(*inputs.args), inputs.q)}
+    o = checked_output(fn(*inputs.args), inputs.q)
+    if not o.requires_grad:
+        from ..backends.base import BackendContractError
+
+        raise BackendContractError("the attention function returned o without a graph to q, k, v (detached, or computed "
+                                   "with grad mode off): the backward cannot run")
     dq, dk, dv = torch.autograd.grad(o, inputs.differentiable(), inputs.do)
     return {"o": o.detach(), "dq": dq, "dk": dk, "dv": dv}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .. import backends
-from ..backends.base import Unsupported
+from ..backends.base import BackendContractError, Unsupported
 from .calls import bind, make_inputs, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
@@ -25,9 +25,15 @@ from .stats import noise_pct, summarize
 from ..model.config import Timing
 from .ceilings_cache import load_cached, percent_of_roofs
 from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
+from .process_state import ProcessState
 from .timer import GraphCaptureError, time_call
 
 IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
+# A backend's own texts in a record are bounded: a skip reason (the longest real one, PyTorch's refusal of an
+# SDPA kernel, runs to ~450 characters) and config_description (a Triton launch log, ~850): a plugin that
+# returns a megabyte would otherwise write it into every row of results.json/csv and onto the terminal.
+SKIP_REASON_CHARS = 1000
+CONFIG_CHARS = 4000
 
 
 @dataclass
@@ -70,6 +76,12 @@ def error_reason(e: BaseException, limit: int = 500) -> str:
     text = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
     reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return reason if len(reason) <= limit else reason[:limit - 1] + "…"
+
+
+def bounded(text, limit: int) -> str:
+    """``text`` as a str of at most ``limit`` characters (cut with "…")."""
+    text = text if isinstance(text, str) else str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def free_memory() -> None:
@@ -121,6 +133,7 @@ class Measurer:
         self._ref_case: Case | None = None
         self._ref: Reference | None = None
         self._ref_error: str = ""
+        self.interrupts_are_errors = False  # a worker sets it: no Ctrl-C reaches it, a KeyboardInterrupt is the backend's
 
     def _reference(self, case: Case, inputs) -> Reference | None:
         if self._ref_case != case:
@@ -141,14 +154,19 @@ class Measurer:
         return self._energy
 
     def measure(self, task: Task) -> Record:
+        """The task's record; every failure of the backend is its status. ``KeyboardInterrupt`` propagates
+        (Ctrl-C stops an inprocess sweep) unless :attr:`interrupts_are_errors` (a worker, where Ctrl-C never
+        arrives: one raised there is the backend's). The process state a backend changes is put back."""
         t0 = time.perf_counter()
         rec = Record.for_task(task, **{k: v for k, v in self.identity.items() if k in IDENTITY_FIELDS})
+        state = ProcessState.capture()
         try:
             self._measure_into(rec, task)
         except Unsupported as e:
-            rec.status, rec.reason = "skipped", str(e)
+            rec.status, rec.reason = "skipped", bounded(str(e), SKIP_REASON_CHARS)
         except BaseException as e:  # noqa: BLE001 - every failure is data
-            if isinstance(e, KeyboardInterrupt):
+            if isinstance(e, KeyboardInterrupt) and not self.interrupts_are_errors:
+                state.restore()
                 raise
             rec.status = "oom" if is_oom(e) else "error"
             if rec.status == "oom":
@@ -160,6 +178,10 @@ class Measurer:
             # before it would run out, so the (slow) collection is skipped on the happy path.
             del e
             free_memory()
+        changed = state.restore()
+        if changed:
+            note = f"the backend changed {', '.join(changed)} (put back after the task)"
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
         rec.wall_s = time.perf_counter() - t0
         return rec
 
@@ -170,6 +192,8 @@ class Measurer:
         if why:
             raise Unsupported(why)
         fn = backend.prepare(case, dev)
+        if not callable(fn):
+            raise BackendContractError(f"{task.backend}.prepare() returned {type(fn).__name__}, not the attention function")
         inputs = make_inputs(case, dev, self.settings.seed)
         # the reference first, while nothing of the backend's is held (it frees memory before its fp32 pass)
         ref = self._reference(case, inputs) if self.settings.correctness else None
@@ -215,4 +239,7 @@ class Measurer:
         rec.avg_power_w = timing.avg_power_w
         rec.energy_j = energy_per_call_j(timing.avg_power_w, s.median_ms)
         rec.tflop_per_j = tflop_per_j(rec.flops, rec.energy_j)
-        rec.backend_config = backend.config_description()
+        try:  # a description that fails (or runs long) costs the description, not the measurement
+            rec.backend_config = bounded(backend.config_description() or "", CONFIG_CHARS)
+        except Exception as e:  # noqa: BLE001
+            rec.backend_config = f"config_description() failed: {error_reason(e, 200)}"

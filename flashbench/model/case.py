@@ -19,6 +19,8 @@ token budget of a varlen batch with a length distribution.
 """
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import asdict, dataclass, fields
 
 from .lengths import realise_budget, realise_count
@@ -113,6 +115,20 @@ class Case:
         return workload_label(self.as_dict())
 
 
+MAX_LENGTHS_SHOWN = 64  # characters of a lengths column a label shows: a listed batch may hold 65,536 lengths
+
+
+def short_lengths(lengths: str) -> str:
+    """The ``lengths`` column as a label shows it: whole when short; a long list as its first lengths, how many
+    there are, and a digest of the whole (two lists that start alike stay two labels)."""
+    if len(lengths) <= MAX_LENGTHS_SHOWN:
+        return lengths
+    values = lengths[lengths.index("(") + 1:].rstrip(")").split(",") if "(" in lengths else [lengths]
+    head = ",".join(values[:4])
+    digest = hashlib.sha256(lengths.encode()).hexdigest()[:8]
+    return f"{lengths.split('(')[0]}({head},…; {len(values):,} lengths, #{digest})"
+
+
 def workload_label(values) -> str:
     """What sets a case apart from a dense one (" decode paged16 lengths=... window(4096,0)"; "" for
     a dense case), from its field values: a Case's dict or a results row (missing fields: defaults)."""
@@ -121,7 +137,7 @@ def workload_label(values) -> str:
     if get("kv_layout", "contiguous") == "paged":
         parts.append(f"paged{get('page_size')}")
     if get("lengths", ""):
-        parts.append(f"lengths={get('lengths')}")
+        parts.append(f"lengths={short_lengths(get('lengths'))}")
     if get("workload") == "varlen":
         parts.append(f"T{get('total_tokens')}")
     left, right = get("window_left", -1), get("window_right", -1)

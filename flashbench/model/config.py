@@ -14,10 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
-from .fields import (Batch, DType, HeadDim, Heads, Hidden, Integer, KvLayout, Length, Mode, Number, PositiveInt,
-                     Strict, Tokens, Window, Workload, as_list, windows)
+from .fields import (Batch, DType, HeadDim, Heads, Hidden, Integer, KvLayout, Length, Mode, Number, SeqLen, Strict,
+                     Tokens, Window, Workload, as_list, windows)
 from .filters import Rule
-from .yaml_input import ConfigError, preview, read_yaml_file, validate_yaml
+from .yaml_input import ConfigError, did_you_mean, preview, read_yaml_file, validate_yaml
 
 
 class Axes(Strict):
@@ -46,7 +46,7 @@ class Axes(Strict):
     mode: list[Mode] = ["fwd"]
     window: list[Window] | None = Field(None, description="sliding windows [left, right] (-1: unbounded)")
     kv_layout: list[KvLayout] | None = Field(None, description="decode: contiguous | paged (default contiguous)")
-    page_size: list[PositiveInt] | None = Field(None, description="decode, paged caches: tokens per page")
+    page_size: list[SeqLen] | None = Field(None, description="decode, paged caches: tokens per page")
 
     @field_validator("*", mode="before")
     @classmethod
@@ -121,6 +121,9 @@ DEFAULT_TOLERANCES = {
 }
 
 
+# rounds of one sweep: three are recommended for a baseline; a thousand is a typo, not a plan
+MAX_ROUNDS = 1000
+
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -136,8 +139,8 @@ class SweepConfig(Strict):
     exclude: list[Rule] = []
     timing: Timing = Timing()
     correctness: bool = True
-    rounds: int = Field(1, ge=1, description="measure the whole sweep this many times, round after round, each "
-                                            "round in fresh worker processes (--rounds overrides)")
+    rounds: Integer = Field(1, ge=1, le=MAX_ROUNDS, description="measure the whole sweep this many times, round after "
+                            "round, each round in fresh worker processes (--rounds overrides)")
     tolerances: dict[DType, Tolerance] = {}
     seed: Integer = Field(0, ge=0, lt=1 << 63)
 
@@ -205,6 +208,8 @@ def resolve_config_path(name_or_path: str) -> Path:
     An existing file wins; a bare name (no ``.yaml``, no ``/``) then means a bundled config, even
     when a directory of that name happens to exist where the command runs.
     """
+    if not name_or_path.strip():  # Path("") is the current directory
+        raise ConfigError(["config: the name is empty: give a YAML file or a bundled config name"])
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -216,7 +221,8 @@ def resolve_config_path(name_or_path: str) -> Path:
         raise ConfigError([f"{name_or_path}: not a file"])
     if looks_like_path:
         raise ConfigError([f"{name_or_path}: no such file"])
-    raise ConfigError([f"{name_or_path}: neither a file nor a bundled config (bundled: {', '.join(sorted(bundled))})"])
+    raise ConfigError([f"{name_or_path}: neither a file nor a bundled config{did_you_mean(name_or_path, bundled)} "
+                       f"(bundled: {', '.join(sorted(bundled))})"])
 
 
 def parse_config(text: str, source: str) -> SweepConfig:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from .case import DTYPES, KV_LAYOUTS, MODES, WORKLOADS
-from .lengths import as_spec
+from .lengths import MAX_SEQUENCES, as_spec
 
 
 class Strict(BaseModel):
@@ -54,7 +54,7 @@ PositiveInt = Annotated[int, BeforeValidator(_integer), AfterValidator(_positive
 # attention call on any GPU can hold, and together they keep every input's size in bytes under 2**63
 # (B·H·N·D <= 2**60 elements), so a mistyped value is a config error, not a row of C++ errors from
 # an overflowing shape.
-MAX_BATCH = 1 << 16
+MAX_BATCH = MAX_SEQUENCES
 MAX_HEADS = 1 << 10
 MAX_SEQ_LEN = 1 << 24
 MAX_HEAD_DIM = 1 << 10
@@ -106,7 +106,7 @@ def _window_bound(v):
     v = -1 if isinstance(v, str) and v.strip() == "-1" else _integer(v)
     if not isinstance(v, int) or v < -1:
         raise ValueError("a window bound is -1 (unbounded) or a number of keys >= 0")
-    return v
+    return _at_most(MAX_SEQ_LEN)(v)  # a reach past the longest sequence is -1 mistyped (and overflows kernels)
 
 
 WindowBound = Annotated[int, BeforeValidator(_window_bound)]
@@ -135,12 +135,18 @@ def _length(v):
         v = {"dist": "list", "values": v}
     if isinstance(v, dict) or (isinstance(v, str) and not v.strip().isdigit()):
         try:
-            return as_spec(v).describe()
+            spec = as_spec(v)
         except ValueError as e:
             if isinstance(v, dict):
                 raise
             raise ValueError("expected a positive integer or a length distribution such as "
                              "uniform(1024..32768,seed=0)") from e
+        # a distribution's lengths obey the same maximum as a plain seq_len (its longest is the cache
+        # a decode case allocates)
+        if spec.longest > MAX_SEQ_LEN:
+            raise ValueError(f"a length distribution's longest length must be at most {MAX_SEQ_LEN:,} "
+                             f"(got {spec.longest:,})")
+        return spec.describe()
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not isinstance(v, (int, str)):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 
 from .case import MAX_DECODE_TOKENS, Case, Task
 from .config import Axes, LoadedConfig, SweepConfig
 from .fields import MAX_BATCH, MAX_HEADS
 from .lengths import parse_lengths, realise_budget
-from .yaml_input import ConfigError, preview
+from .yaml_input import ConfigError, did_you_mean, preview
 
 
 def _heads_options(axes, head_dim: int) -> list[int]:
@@ -61,10 +62,17 @@ def _check_axes(a: Axes, where: str, source: str) -> list[str]:
         problems.append(f"{source}: {where}.{field}: {text}")
 
     lengths = [n for n in a.seq_len if not _is_distribution(n)]
-    if a.tokens is not None and a.workload == "dense":
+    if a.tokens is not None and a.workload != "decode":  # varlen too: its batch is how many sequences fill tokens
         big = [f"tokens={t} seq_len={n} (batch {t // n:,})" for n in lengths for t in a.tokens if t // n > MAX_BATCH]
         if big:
             say("tokens", f"batch = tokens // seq_len must be at most {MAX_BATCH:,}: {_listing(big)}")
+    if a.tokens is not None and a.workload == "varlen":
+        for n in a.seq_len:
+            for t in a.tokens if _is_distribution(n) else []:
+                try:
+                    realise_budget(n, t)  # bounded: refuses a budget of more sequences than a batch holds
+                except ValueError as e:
+                    say("tokens", str(e))
     if a.hidden is not None:
         big = [f"hidden={h} head_dim={d} (heads {h // d:,})" for d in a.head_dim for h in a.hidden
                if h % d == 0 and h // d > MAX_HEADS]
@@ -209,11 +217,15 @@ def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] |
     ``backends`` overrides the config's list (the CLI's ``--backends``).
     """
     names = backends or cfg.backends
+    twice = [b for b, n in Counter(names).items() if n > 1]
+    if twice:  # each task's rows would be merged as rounds of one row
+        raise ConfigError([f"{source}: backends: {', '.join(preview(b) for b in twice[:4])} listed more than once"])
     if known_backends is not None:
         known = ', '.join(sorted(known_backends))
-        problems = [f"{source}: backends: unknown backend {preview(b)} (known: {known})"
-                    for b in names if b not in known_backends]
-        problems += [f"{source}: {kind}[{i}].backend: unknown backend {preview(b)} (known: {known})"
+        problems = [f"{source}: backends: unknown backend {preview(b)}{did_you_mean(b, known_backends)} "
+                    f"(known: {known})" for b in names if b not in known_backends]
+        problems += [f"{source}: {kind}[{i}].backend: unknown backend {preview(b)}{did_you_mean(b, known_backends)} "
+                     f"(known: {known})"
                      for kind, rules in (("include", cfg.include), ("exclude", cfg.exclude))
                      for i, r in enumerate(rules) for b in (r.backend or []) if b not in known_backends]
         if problems:

@@ -29,6 +29,10 @@ from functools import lru_cache
 
 DISTRIBUTIONS = ("uniform", "lognormal", "list")
 
+# The most sequences one batch may hold (``fields.MAX_BATCH`` is this value): a varlen budget that a
+# distribution of short lengths would fill with more is refused, not drawn for minutes.
+MAX_SEQUENCES = 1 << 16
+
 _RANGE = re.compile(r"^(uniform|lognormal)\((\d+)\.\.(\d+),seed=(\d+)\)$")
 _LIST = re.compile(r"^list\((\d+(?:,\d+)*)\)$")
 
@@ -141,7 +145,9 @@ def realise_count(description: str, count: int) -> tuple[int, ...]:
 
 @lru_cache(maxsize=1024)
 def realise_budget(description: str, tokens: int) -> tuple[int, ...]:
-    """Lengths drawn until they hold ``tokens`` tokens; the last one takes what is left of the budget."""
+    """Lengths drawn until they hold ``tokens`` tokens; the last one takes what is left of the budget.
+    ValueError past :data:`MAX_SEQUENCES` sequences (a budget of 2**32 tokens of length 1 would
+    otherwise draw for an hour)."""
     if tokens < 1:
         raise ValueError(f"a varlen batch needs a positive token budget, got {tokens}")
     out, left = [], tokens
@@ -150,4 +156,7 @@ def realise_budget(description: str, tokens: int) -> tuple[int, ...]:
         left -= out[-1]
         if left == 0:
             return tuple(out)
+        if len(out) == MAX_SEQUENCES:
+            raise ValueError(f"{description} fills {tokens:,} tokens with more than {MAX_SEQUENCES:,} sequences "
+                             f"(the most one batch may hold)")
     raise AssertionError("unreachable: draws() never ends")

@@ -9,10 +9,14 @@ version-1 record is a dense case and reads with their defaults.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 
-from .case import CASE_FIELDS, Case, Task
+from .case import CASE_FIELDS, DTYPES, KV_LAYOUTS, MODES, WORKLOADS, Case, Task
+from .fields import MAX_BATCH, MAX_HEAD_DIM, MAX_HEADS, MAX_SEQ_LEN, MAX_TOKENS
 from .flops import attention_flops, min_hbm_bytes
+from .lengths import parse_lengths, realise_budget
+from .yaml_input import preview
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # what upgrade() reads
@@ -130,3 +134,136 @@ def upgrade(record: dict, version) -> dict:
         defaults = {f.name: f.default for f in fields(Case) if f.default is not MISSING}
         record = {**defaults, **record}
     return record
+
+
+# --- reading records back ---------------------------------------------------------------------
+# results.json comes back from disk, where a tool may have cut it short or a person edited it: each
+# record is checked field by field, so that a bad value is one message naming it, not a TypeError
+# deep inside `compare` or a MemoryError from a batch of 10**12 (the case derives its token count).
+
+class RecordError(ValueError):
+    """A record read from a file holds a field of the wrong type, or a value outside its domain."""
+
+
+MAX_BACKEND_CHARS = 100  # backend names are short identifiers; they head every table row
+MAX_REASON_CHARS = 1000  # the measurer keeps a reason to one line; a longer one is cut on reading
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": None}  # how the writer spells non-finite floats
+# (least, most) of each integer case field: the configs' maxima (model/fields.py)
+_CASE_INTS = {"batch": (1, MAX_BATCH), "heads": (1, MAX_HEADS), "kv_heads": (1, MAX_HEADS),
+              "seq_len_q": (1, MAX_SEQ_LEN), "seq_len_kv": (1, MAX_SEQ_LEN), "head_dim": (1, MAX_HEAD_DIM),
+              "window_left": (-1, MAX_SEQ_LEN), "window_right": (-1, MAX_SEQ_LEN), "page_size": (0, MAX_SEQ_LEN),
+              "total_tokens": (0, None)}
+_CASE_WORDS = {"dtype": DTYPES, "mode": MODES, "workload": WORKLOADS, "kv_layout": KV_LAYOUTS}
+
+
+def _bad(name: str, what: str, value) -> RecordError:
+    return RecordError(f"{name}: {what} (got {preview(value)})")
+
+
+def _int(name: str, v, least: int | None = None, most: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(name, "expected an integer", v)
+    if (least is not None and v < least) or (most is not None and v > most):
+        raise _bad(name, f"must be {least:,} or more" if most is None else f"must be between {least:,} and {most:,}", v)
+    return v
+
+
+def _float(name: str, v, least: float | None = None) -> float | None:
+    if isinstance(v, str) and v in _NON_FINITE:
+        v = _NON_FINITE[v]
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _bad(name, "expected a number or null", v)
+    if least is not None and v < least:
+        raise _bad(name, f"must be {least:g} or more", v)
+    return float(v)
+
+
+def _numbers(name: str, v, integers: bool = False) -> list:
+    if not isinstance(v, list):
+        raise _bad(name, "expected a list of numbers", v)
+    kinds = (int,) if integers else (int, float)
+    if all(type(x) in kinds for x in v) and 0 <= min(v, default=0) and max(v, default=0) < math.inf:
+        return v  # the common case, fast: a baseline holds 10**6 samples
+    if integers:
+        return [_int(f"{name}[{i}]", x, 0) for i, x in enumerate(v)]
+    values = [_float(f"{name}[{i}]", x, 0) for i, x in enumerate(v)]
+    if math.inf in values:  # lists of times (samples_ms, round_medians_ms)
+        raise _bad(f"{name}[{values.index(math.inf)}]", "must be a finite time", math.inf)
+    return values
+
+
+def _case_value(name: str, v):
+    """One case field, by the domain configs give it (model/fields.py)."""
+    if name in _CASE_INTS:
+        return _int(name, v, *_CASE_INTS[name])
+    if name in _CASE_WORDS:
+        if v not in _CASE_WORDS[name]:
+            raise _bad(name, f"expected one of {', '.join(_CASE_WORDS[name])}", v)
+        return v
+    if name == "causal":
+        if not isinstance(v, bool):
+            raise _bad(name, "expected true or false", v)
+        return v
+    try:  # lengths: "" (equal lengths) or a distribution's compact form
+        if not isinstance(v, str) or (v and parse_lengths(v).longest > MAX_SEQ_LEN):
+            raise ValueError
+    except ValueError:
+        raise _bad(name, "expected a length distribution such as uniform(1024..32768,seed=0) with lengths up to "
+                         f"{MAX_SEQ_LEN:,}, or an empty string (equal lengths)", v) from None
+    return v
+
+
+def _case(d: dict) -> Case:
+    missing = next((f for f in CASE_FIELDS if f not in d), None)
+    if missing:
+        raise RecordError(f"{missing}: missing")
+    values = {f: _case_value(f, d[f]) for f in CASE_FIELDS}
+    if values["workload"] == "varlen" and values["lengths"]:  # a budget its lengths must fill, boundedly
+        _int("total_tokens", values["total_tokens"], 1, MAX_TOKENS)
+        try:
+            realise_budget(values["lengths"], values["total_tokens"])
+        except ValueError as e:
+            raise _bad("total_tokens", str(e), values["total_tokens"]) from None
+    return Case(**values)
+
+
+def _outcome(name: str, kind: str, v):
+    """One outcome field by its declared type (``kind``: the dataclass annotation)."""
+    timing = name.endswith("_ms")
+    if kind == "str":
+        if not isinstance(v, str):
+            raise _bad(name, "expected a string", v)
+        if name == "status" and v not in STATUSES:
+            raise _bad(name, f"expected one of {', '.join(STATUSES)}", v)
+        # a reason is shown in tables and gate reports: a megabyte of it (an edited file) is cut there
+        return v if name != "reason" or len(v) <= MAX_REASON_CHARS else v[:MAX_REASON_CHARS - 1] + "…"
+    if kind == "float | None":
+        value = _float(name, v, 0 if timing else None)
+        if timing and value is not None and (value == math.inf or (name == "median_ms" and value == 0)):
+            raise _bad(name, "must be a finite time > 0 (rates and ratios divide by it)" if name == "median_ms"
+                       else "must be a finite time", v)
+        return value
+    if kind in ("int", "int | None"):
+        return None if v is None and kind == "int | None" else _int(name, v, 0 if kind == "int" else None)
+    if kind == "bool | None":
+        if v is not None and not isinstance(v, bool):
+            raise _bad(name, "expected true, false or null", v)
+        return v
+    return _numbers(name, v, integers=kind == "list[int]")
+
+
+_OUTCOME_KINDS = {f.name: f.type for f in fields(Record) if f.name in (*OUTCOME_FIELDS, *JSON_ONLY_FIELDS)}
+
+
+def read_record(d) -> Record:
+    """A record of results.json (in the current schema: :func:`upgrade` first), every field checked;
+    RecordError names the first bad one. Fields this flashbench does not know are ignored."""
+    if not isinstance(d, dict):
+        raise RecordError(f"expected a mapping of fields (got {preview(d)})")
+    backend = d.get("backend")
+    if not isinstance(backend, str) or not 0 < len(backend) <= MAX_BACKEND_CHARS:
+        raise _bad("backend", f"expected a backend name (1 to {MAX_BACKEND_CHARS} characters)", backend)
+    outcome = {k: _outcome(k, kind, d[k]) for k, kind in _OUTCOME_KINDS.items() if k in d}
+    return Record(backend=backend, case=_case(d), **outcome)

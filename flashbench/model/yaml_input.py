@@ -13,8 +13,11 @@ input only through :func:`preview`, and a :class:`ConfigError` lists at most :da
 """
 from __future__ import annotations
 
+import difflib
 import re
 import reprlib
+import types
+import typing
 from pathlib import Path
 
 import yaml
@@ -77,6 +80,65 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(parts) or "(top level)"
 
 
+def did_you_mean(word, choices) -> str:
+    """": did you mean 'x'?" when one of ``choices`` is close to ``word`` (a typo), else ""."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.8)
+    return f": did you mean {close[0]!r}?" if close else ""
+
+
+def _unwrap(tp):
+    """The model or container inside ``Annotated[...]`` and ``X | None``."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = next((a for a in inner if typing.get_origin(a) in (list, dict) or
+                       (isinstance(a, type) and issubclass(a, BaseModel))), inner[0] if inner else None)
+        else:
+            return tp
+
+
+def _user_path(loc: tuple) -> list:
+    return [x for x in loc if isinstance(x, int) or not _SCHEMA_STEP.match(str(x))]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys ``model`` takes in the mapping where ``loc`` (the path of an unknown key) ends."""
+    tp = model
+    for part in _user_path(loc)[:-1]:
+        tp = _unwrap(tp)
+        origin = typing.get_origin(tp)
+        if isinstance(part, int) and origin is list:
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+        else:
+            return []
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _given_keys(data, loc: tuple) -> set:
+    """The keys written in the mapping where ``loc`` ends (a key already there is no suggestion)."""
+    for part in _user_path(loc)[:-1]:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def _suggestion(model, data, loc: tuple) -> str:
+    """": did you mean 'x'?" for an unknown key at ``loc`` that is a typo of a key the model takes there."""
+    if model is None or not loc:
+        return ""
+    return did_you_mean(loc[-1], [k for k in _keys_at(model, loc) if k not in _given_keys(data, loc)])
+
+
 def error_message(err: dict) -> str:
     """pydantic's wording for one error, in flashbench's words where they read better."""
     kind = err["type"]
@@ -96,15 +158,16 @@ def error_message(err: dict) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
-def validation_problems(e: ValidationError) -> list[str]:
+def validation_problems(e: ValidationError, model: type[BaseModel] | None = None, data=None) -> list[str]:
     """One "field.path: message (got value)" line per pydantic error. The value is echoed (as a
     short preview) only where it says something the path does not: never a whole mapping (a
-    cross-field error's input), never a key the path already names."""
+    cross-field error's input), never a key the path already names. An unknown key gets the key of
+    ``model`` it is a typo of, if any (and if ``data``, the input, does not hold that key already)."""
     problems = []
     for err in e.errors():
         msg = error_message(err)
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (not a flashbench setting)"
+            msg = "unknown key (not a flashbench setting)" + _suggestion(model, data, err["loc"])
         elif "[key]" in err["loc"]:
             msg = f"not a valid key: {msg}"
         elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
@@ -203,8 +266,9 @@ def load_yaml(text: str, source: str):
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError([f"{source}: {len(text):,} characters: larger than a config can be "
                            f"({MAX_YAML_BYTES:,} at most)"])
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # PyYAML's reader refuses control characters (a NUL) here already
         node = loader.get_single_node()
         if node is None:
             return None
@@ -214,12 +278,13 @@ def load_yaml(text: str, source: str):
         raise ConfigError([f"{source}: refused{_at(e.mark)}: {e.message}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError([f"{source}: not valid YAML{_at(mark)}: {_cut(str(problem), 200)}"]) from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line (a ReaderError has several)
+        raise ConfigError([f"{source}: not valid YAML{_at(mark)}: {_cut(problem, 200)}"]) from None
     except (ValueError, RecursionError) as e:  # e.g. an integer of more digits than Python converts
         raise ConfigError([f"{source}: not a valid value: {_cut(str(e), 200)}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path) -> str:
@@ -242,6 +307,6 @@ def validate_yaml(model: type[BaseModel], text: str, source: str):
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([f"{source}: {p}" for p in validation_problems(e)]) from None
+        raise ConfigError([f"{source}: {p}" for p in validation_problems(e, model, data)]) from None
     except RecursionError:
         raise ConfigError([f"{source}: nested too deeply to validate"]) from None

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 from ..model.case import CASE_FIELDS, Case
 from ..model.filters import Rule
-from ..model.yaml_input import ConfigError
+from ..model.fields import MAX_SEQ_LEN
+from ..model.yaml_input import ConfigError, preview
 
 MAX_CASES = 16
 
@@ -29,7 +30,14 @@ def select_cases(cases: list[Case], flt: Rule | None, limit: int = MAX_CASES, so
 
 
 def with_seq_len(case: Case, n: int) -> Case:
-    """The case at sequence length n (Nq = Nkv = n): used by --sweep-n."""
+    """The case at sequence length n, for --sweep-n: a dense case with Nq = Nkv = n, a decode case with a cache
+    of n keys (its new tokens kept). ConfigError for a case that has no one N to set: a packed batch, or decode
+    caches of varied lengths (their lengths come from a distribution)."""
+    if case.workload == "varlen" or case.lengths:
+        raise ConfigError([f"--sweep-n: {case.label()}: its sequence lengths come from a distribution, so there is "
+                           "no one N to sweep; choose dense or equal-length decode cases with --case"])
+    if case.workload == "decode":
+        return replace(case, seq_len_kv=n)
     return replace(case, seq_len_q=n, seq_len_kv=n)
 
 
@@ -40,9 +48,13 @@ def parse_n_list(text: str) -> list[int]:
             n = int(part)
             if n < 1:
                 raise ValueError
-            out.append(n)
         except ValueError:
-            problems.append(f"--n: {part.strip()!r} is not a positive integer")
+            problems.append(f"--n: {preview(part.strip())} is not a positive integer")
+            continue
+        if n > MAX_SEQ_LEN:  # a config's seq_len maximum (a longer N would hang allocating its inputs)
+            problems.append(f"--n: {n:,} is longer than a sequence may be ({MAX_SEQ_LEN:,})")
+        else:
+            out.append(n)
     if not out and not problems:
         problems.append("--n: expected a comma-separated list of sequence lengths, e.g. 1024,2048,4096,8192")
     if problems:

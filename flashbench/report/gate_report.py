@@ -82,11 +82,11 @@ def _only_in(report, outcome: str, where: str) -> str:
     if not counts:
         return ""
     failing = " (failing: --require-all)" if outcome == "missing" and report.require_all else ""
-    return f", {sum(counts.values())} only in {where}{failing}: " + ", ".join(f"{b} {n}" for b, n in counts.items())
+    return f", {sum(counts.values())} {where}{failing}: " + ", ".join(f"{b} {n}" for b, n in counts.items())
 
 
 def headline(report) -> str:
-    """"PASS: 120 cases compared (3 rounds each), 536 only in the baseline: sdpa 100, flex 436, ..."."""
+    """"PASS: 120 cases compared (3 rounds each), 536 measured only in the baseline: sdpa 100, flex 436, ..."."""
     parts = [f"{report.count(o)} {label}" for o, label in
              (("regression", "regressed"), ("status", "status worse"), ("improved", "improved")) if report.count(o)]
     rounds = rounds_text(report)
@@ -95,7 +95,7 @@ def headline(report) -> str:
         parts.append(f"slower as a whole: {', '.join(shifted)}")
     verdict = "FAIL" if report.failed else "NOT A PASS" if report.not_judged else "PASS"
     text = (f"{verdict}: {len(report.compared)} cases compared" + (f" ({rounds})" if rounds else "")
-            + _only_in(report, "missing", "the baseline") + _only_in(report, "new", "the current run")
+            + _only_in(report, "missing", "measured only in the baseline") + _only_in(report, "new", "only in the current run")
             + (f", {', '.join(parts)}" if parts else "" if report.not_judged else ", no changes past thresholds"))
     return text + "".join(f"; {why}" for why in report.not_judged)
 
@@ -174,7 +174,7 @@ def gate_markdown(report) -> str:
                 lines.append(f"| {label} | {c.backend} | {shape} | {_md(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
         if len(missing) > MAX_MISSING_LISTED:
-            lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from the current run "
+            lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from (or skipped in) the current run "
                          "(every case: --format json) | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .files import ResultsError, ResultsWriter, load_run
+from ..model.yaml_input import did_you_mean, preview
+from .files import ResultsError, ResultsWriter, load_run, write_csv
 from .rounds import merge_runs
 
 DEFAULT_ROOT = Path("results") / "baselines"
@@ -46,8 +47,9 @@ def baseline_dir(meta: dict, name: str, root: str | Path = DEFAULT_ROOT) -> Path
 def save_baseline(result: str | Path | list, name: str, root: str | Path = DEFAULT_ROOT, force: bool = False) -> Path:
     """Copy a results directory's files into ``<root>/<gpu-slug>/<name>/``; several results
     directories are merged, each task's rows as rounds of one row. Raises ResultsError."""
-    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ResultsError(f"baseline name {name!r}: use letters, digits, '.', '_' and '-' (no '/')")
+    if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ResultsError(f"baseline name {preview(name)}: up to 100 letters, digits, '.', '_' and '-', starting "
+                           "with a letter or digit (no '/')")
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) > 1:
         return _save_merged(results, name, root, force)
@@ -58,10 +60,8 @@ def save_baseline(result: str | Path | list, name: str, root: str | Path = DEFAU
     dest = _destination(run.meta, name, root, force)
     try:
         shutil.copyfile(src if src.is_file() else src_dir / "results.json", dest / "results.json")
-        if (src_dir / "results.csv").is_file() and src.is_dir():
-            shutil.copyfile(src_dir / "results.csv", dest / "results.csv")
-        else:  # a bare results.json: write the csv from its records
-            ResultsWriter(dest, run.meta, run.records)
+        # the csv from the records just checked, never copied: the run's may be cut short or edited
+        write_csv(dest / "results.csv", run.records)
     except OSError as e:
         raise ResultsError(f"cannot write the baseline to {dest}: {e}") from None
     return dest
@@ -69,9 +69,12 @@ def save_baseline(result: str | Path | list, name: str, root: str | Path = DEFAU
 
 def _destination(meta: dict, name: str, root, force: bool) -> Path:
     dest = baseline_dir(meta, name, root)
-    if dest.exists() and any(dest.iterdir()) and not force:
-        raise ResultsError(f"{dest} already exists (use --force to replace it)")
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if dest.exists() and any(dest.iterdir()) and not force:
+            raise ResultsError(f"{dest} already exists (use --force to replace it)")
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --root is a file, or not writable
+        raise ResultsError(f"cannot write the baseline to {dest}: {e.strerror or e}") from None
     return dest
 
 
@@ -101,4 +104,8 @@ def resolve_baseline(path_or_name: str, current_meta: dict, root: str | Path = D
     candidate = baseline_dir(current_meta, path_or_name, root)
     if candidate.exists():
         return candidate
-    raise ResultsError(f"--baseline: {path_or_name}: neither a results path nor a saved baseline ({candidate})")
+    # a typo of a saved name is the likely mistake: name the saved ones
+    saved = sorted(d.name for d in candidate.parent.iterdir() if d.is_dir()) if candidate.parent.is_dir() else []
+    listing = f"; saved for {candidate.parent.name}: {', '.join(saved[:10])}{' …' * (len(saved) > 10)}" if saved else ""
+    raise ResultsError(f"--baseline: {path_or_name}: neither a results path nor a saved baseline ({candidate})"
+                       f"{did_you_mean(path_or_name, saved)}{listing}")

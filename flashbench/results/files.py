@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model.schema import CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, upgrade
+from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError, read_record,
+                            upgrade)
+from ..model.yaml_input import preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +25,16 @@ if TYPE_CHECKING:
 
 class ResultsError(Exception):
     """A results file is missing, unreadable or of an unknown schema (exit code 2)."""
+
+
+class SchemaVersionError(ResultsError):
+    """A results file of a schema version this flashbench cannot read (``compare`` and ``check``: not
+    comparable, exit code 3)."""
+
+    def __init__(self, path, version):
+        self.path, self.version = path, version
+        super().__init__(f"{path}: schema_version {preview(version)} is not supported (this flashbench reads "
+                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))})")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -139,6 +151,25 @@ class ResultsWriter:
         _atomic_write(self.csv_path, _CSV_HEADER + "".join(self._csv_lines))
 
 
+def write_csv(path: str | Path, records: list[Record]) -> None:
+    """``results.csv`` of ``records`` (atomically), as a :class:`ResultsWriter` writes it."""
+    _atomic_write(Path(path), _CSV_HEADER + "".join(_csv_line(r) for r in records))
+
+
+def results_files(path: str | Path) -> set[Path]:
+    """The files of a results directory (or of the directory of a results.json), resolved: what a
+    command writing some other file (JUnit XML, a summary) must never write over."""
+    p = Path(path).resolve()
+    directory = p.parent if p.name == "results.json" or p.is_file() else p
+    return {directory / "results.json", directory / "results.csv"}
+
+
+def held_results(directory: str | Path) -> str | None:
+    """The results file ``directory`` already holds (results.json or results.csv), if any: a command
+    that writes new results refuses such a directory rather than replace what it holds."""
+    return next((name for name in ("results.json", "results.csv") if (Path(directory) / name).exists()), None)
+
+
 def _csv_line(r: Record) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
@@ -149,26 +180,104 @@ def _csv_line(r: Record) -> str:
 _CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a results directory or a results.json file (older schema versions are upgraded on reading)."""
+MAX_WARNINGS = 20  # a run has a few (throttling, the GPU monitor); a merged baseline a few per run
+MAX_WARNING_CHARS = 1024  # a warning is a line; a longer one (an edited file) is cut on reading
+
+
+def shown_path(path) -> str:
+    """A path as messages show it: whole, unless longer than any real one (then its two ends)."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:120]}…{text[-60:]} ({len(text):,} characters)"
+
+
+def results_json(path: str | Path) -> Path:
+    """The results.json of a results directory (or the file itself); ResultsError when there is none, or
+    when it is no regular file (reading /dev/zero would never end) or the file system refuses the path."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "results.json"
-    if not p.exists():
-        raise ResultsError(f"{path}: no results.json found")
+    try:
+        if p.is_dir():
+            p = p / "results.json"
+        if not p.is_file():
+            raise ResultsError(f"{path}: no results.json found" if not p.exists() else f"{path}: not a results file")
+    except OSError as e:  # a name too long: the name is cut, the reason kept
+        raise ResultsError(f"{shown_path(p)}: cannot read: {e.strerror or e}") from None
+    return p
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a results directory or a results.json file (older schema versions are upgraded on reading).
+
+    Everything read is checked (the metadata flashbench reads back, every field of every record), so
+    a truncated, hand-edited or foreign file is a ResultsError naming the first bad field."""
+    p = results_json(path)
     try:
         doc = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ResultsError(f"{p}: not a readable results file: {e}") from None
-    if not isinstance(doc, dict) or "records" not in doc:
-        raise ResultsError(f"{p}: not a flashbench results file (no 'records')")
+    except OSError as e:  # a permission, a directory named results.json
+        raise ResultsError(f"{shown_path(p)}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:  # UnicodeDecodeError and JSON errors are ValueErrors
+        raise ResultsError(f"{p}: not a readable results file: {str(e)[:200]}") from None
+    except RecursionError:
+        raise ResultsError(f"{p}: not a readable results file: nested too deeply") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        raise ResultsError(f"{p}: not a flashbench results file (no list of 'records')")
     version = doc.get("schema_version")
-    if version not in READABLE_SCHEMA_VERSIONS:
-        raise ResultsError(f"{p}: schema_version {version!r} is not supported (this flashbench reads "
-                           f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))})")
-    try:
-        records = [Record.from_dict(upgrade(r, version)) for r in doc["records"]]
-    except (TypeError, KeyError, ValueError) as e:
-        raise ResultsError(f"{p}: malformed record: {e}") from None
+    if type(version) is not int:  # True == 1 and 2.0 == 2, but neither is a version: a malformed file
+        raise ResultsError(f"{p}: schema_version {preview(version)} is not a version number")
+    if version not in READABLE_SCHEMA_VERSIONS:  # another flashbench's file
+        raise SchemaVersionError(p, version)
+    problem = meta_problem(doc)
+    if problem:
+        raise ResultsError(f"{p}: {problem}")
+    records = []
+    for i, r in enumerate(doc["records"]):
+        try:
+            records.append(read_record(upgrade(r, version) if isinstance(r, dict) else r))
+        except RecordError as e:  # "field: what is wrong", or what is wrong with the whole record
+            raise ResultsError(f"{p}: records[{i}]{'.' if isinstance(r, dict) else ': '}{e}") from None
     meta = {k: v for k, v in doc.items() if k != "records"}
+    warnings = meta.get("warnings") or []
+    if len(warnings) > MAX_WARNINGS:  # every report prints them: ten thousand would flood it
+        extra = len(warnings) - MAX_WARNINGS + 1
+        warnings = warnings[:MAX_WARNINGS - 1] + [f"… and {extra} more warnings in {p}"]
+    if warnings:
+        meta["warnings"] = [w if len(w) <= MAX_WARNING_CHARS else w[:MAX_WARNING_CHARS - 1] + "…" for w in warnings]
     return Run(meta, records)
+
+
+MAX_META_CHARS = 256  # a GPU name, a driver version, a config name: echoed in warnings and titles
+# the metadata commands read back, and the keys of its mappings they print
+_META_MAPPINGS = {"environment": ("gpu_name", "gpu_uuid", "driver_version", "device", "cuda", "torch", "triton",
+                                  "git_commit"),
+                  "config": ("name", "sha256")}
+
+
+def meta_problem(doc: dict) -> str | None:
+    """What is wrong with a results document's metadata, as far as flashbench reads it back (None: nothing)."""
+    for key, shown in _META_MAPPINGS.items():
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"{key}: expected a mapping (got {preview(value)})"
+        for k in shown:
+            v = value.get(k)
+            if v is not None and not (isinstance(v, str) and len(v) <= MAX_META_CHARS):
+                return f"{key}.{k}: expected a string of at most {MAX_META_CHARS} characters (got {preview(v)})"
+    for key in ("config.path", "config.text", "reference_backend", "executor", "created_utc"):
+        parent, _, k = key.rpartition(".")
+        v = (doc.get(parent) or {}).get(k) if parent else doc.get(k)
+        if v is not None and not isinstance(v, str):
+            return f"{key}: expected a string (got {preview(v)})"
+    v = doc.get("backends")
+    if v is not None and not (isinstance(v, list) and all(isinstance(x, str) and len(x) <= MAX_META_CHARS for x in v)):
+        return f"backends: expected a list of strings of at most {MAX_META_CHARS} characters (got {preview(v)})"
+    v = doc.get("warnings")  # a long one is cut on reading (load_run), not refused: the records are still good
+    if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        return f"warnings: expected a list of strings (got {preview(v)})"
+    for key, least in (("rounds", 1), ("tasks_total", 0)):
+        v = doc.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+            return f"{key}: expected an integer of at least {least} (got {preview(v)})"
+    if doc.get("finished") is not None and not isinstance(doc["finished"], bool):
+        return f"finished: expected true or false (got {preview(doc['finished'])})"
+    return None

@@ -14,7 +14,6 @@ says which, with a packed batch's program tables).  The forward and backward are
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, MutableMapping, NamedTuple
 
 import torch
@@ -23,7 +22,7 @@ import triton
 from .._autograd import attention_function
 from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
-from .._validate import (NO_WINDOW, PackedBatch, check_inputs, check_launch_log, check_window, default_scale,
+from .._validate import (NO_WINDOW, PackedBatch, check_flag, check_inputs, check_launch_log, check_scale, check_window,
                          device_capability, interpreting)
 from . import plans, sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
@@ -283,6 +282,8 @@ def _grad_buffers(q, k, v, lse, gluon: bool):
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
+    if do.is_neg():  # a lazily negated view (autograd hands on the caller's): the kernels read memory
+        do = do.resolve_neg()
     if do.stride(-1) != 1:
         do = do.contiguous()
     plan = call.plan
@@ -395,10 +396,7 @@ def call_settings(name: str, head_dim: int, sm_scale, options, launch_log) -> tu
     if not isinstance(options, FA2Options):
         raise ValueError(f"{name}: options must be an FA2Options, got {type(options).__name__}")
     check_launch_log(launch_log, name)
-    scale = default_scale(head_dim, sm_scale)
-    if not (math.isfinite(scale) and scale > 0.0):
-        raise ValueError(f"{name}: sm_scale must be a positive finite number, got {sm_scale}")
-    return scale, options
+    return check_scale(head_dim, sm_scale, name), options
 
 
 def attention(q, k, v, causal: bool, scale: float, call: _Call):
@@ -413,11 +411,13 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     causal, sliding windows.
 
     q: (B, H, Nq, D); k, v: (B, H_kv, Nkv, D) with H a multiple of H_kv; D in {32, 64, 96, 128, 256};
-    fp16, bf16 or fp32 (exact dots); any Nq and Nkv; strided inputs with a contiguous last dimension.
+    fp16, bf16 or fp32 (exact dots); any Nq and Nkv with Nq + Nkv <= 2**30 - 256 (int32 indices); B * H <= 65535
+    (a grid axis); strided inputs with a contiguous last dimension (not lazily negated views).
     Returns (B, H, Nq, D) in q's dtype, or (out, lse) with ``return_lse=True``, lse being (B, H, Nq)
     float32 natural-log log-sum-exp of the scaled scores (-inf for rows with no visible key, whose
     output is 0).  Differentiable in q, k and v (the backward: ``options.backward``; the LSE is not
-    differentiable).  ``sm_scale`` defaults to 1/sqrt(D) and must be a positive finite number.
+    differentiable).  ``sm_scale`` defaults to 1/sqrt(D) and must be a positive finite number (a normal float32
+    with log2(e) folded in: 2**-126 to about 2.4e38).  ``causal`` and ``return_lse`` are True or False (0 and 1).
 
     window: FlashAttention's sliding window ``(left, right)``, ints >= -1: query i sees key j iff
         i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 leaving that side unbounded; with
@@ -440,11 +440,13 @@ def flash_attn_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     paged attention, fp8, other head dims, gradients with respect to the returned LSE (packed batches:
     ``flash_attn_varlen``).  Bad inputs or options raise ValueError.
     """
+    return_lse = check_flag(return_lse, "return_lse", "flash_attn_v2")  # not in the key: checked every call
     key = plans.key(q, k, v, causal, sm_scale, window, options)
     kept = plans.get(key)
     if kept is None:
         check_inputs(q, k, v, "flash_attn_v2")
-        checked = check_window(window, bool(causal), "flash_attn_v2")
+        causal = check_flag(causal, "causal", "flash_attn_v2")
+        checked = check_window(window, causal, "flash_attn_v2")
         scale, options = call_settings("flash_attn_v2", q.shape[-1], sm_scale, options, launch_log)
         kept = make_call(q, k, options, None, checked, None).plan, scale
         plans.keep(key, kept)

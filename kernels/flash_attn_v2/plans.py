@@ -24,6 +24,10 @@ def key(q, k, v, causal, sm_scale, window, options) -> tuple | None:
             and all(type(w) is int for w in window) and (sm_scale is None or type(sm_scale) in (float, int))
             and (options is None or type(options) is FA2Options)):
         return None
+    # a lazily negated view has the metadata of its memory but not its values: it never finds a plan (the checks
+    # refuse it)
+    if q.is_neg() or k.is_neg() or v.is_neg():
+        return None
     # the alignment and strides decide the tile path (launch._tma_ok) and are launch arguments; the interpreter
     # and the GPU's capability decide the kernels (a device is one GPU)
     try:

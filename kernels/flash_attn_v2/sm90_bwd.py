@@ -252,7 +252,7 @@ def _dq_swapped_view(rows, cols):
 def _store_dq(dq_smem, dq):
     """dq_smem = dq, conflict-free.  Stored as it is, an 8-byte store of the wgmma accumulator writes, per half-warp,
     32 bytes of each of 4 consecutive rows, and the 128-byte swizzle puts rows 2k and 2k + 1 on the same four of
-    the eight 16-byte units: 2 wavefronts where 1 would do (bank_sim.py in
+    the eight 16-byte units: 2 wavefronts where 1 would do (counted and measured in
     results/evidence/h200/gluon_bwd_ncu_dq_store/).  Instead the lanes of odd rows exchange their column groups g
     and g XOR 2 (a select per value, within each thread) and store through a view of the tile whose layout undoes
     the exchange, so each value lands where the TMA reduce reads it, and a half-warp covers all eight units."""

@@ -13,7 +13,7 @@ from typing import MutableMapping
 
 import torch
 
-from .._validate import NO_WINDOW, check_varlen_inputs, check_window
+from .._validate import NO_WINDOW, check_flag, check_varlen_inputs, check_window
 from .launch import attention, call_settings, make_call
 from .options import FA2Options
 
@@ -27,11 +27,12 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 
     q: (total_q, H, D); k, v: (total_k, H_kv, D) with H a multiple of H_kv (GQA/MQA: query head h
     reads kv head h // (H / H_kv)); D in {32, 64, 96, 128, 256}; fp16, bf16 or fp32 (exact dots);
-    a contiguous last dimension.  Sequence b is rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q and
-    [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v.
+    a contiguous last dimension; total_q + total_k <= 2**30 - 256 (int32 indices).  Sequence b is rows
+    [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q and [cu_seqlens_k[b], cu_seqlens_k[b + 1]) of k and v.
 
     cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's device, starting at 0, non-decreasing, ending
-        at total_q and total_k.  A sequence may have no queries (nothing to compute) or no keys (its
+        at total_q and total_k (a strided view is copied contiguous: the kernels read offset b at
+        cu_seqlens + b).  A sequence may have no queries (nothing to compute) or no keys (its
         rows output 0).
     max_seqlen_q, max_seqlen_k: ints >= the longest query / key sequence (flash-attn's API).  They
         stand in for the real maxima on the host (tuning buckets, an unbounded window side taken as
@@ -76,7 +77,8 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     name = "flash_attn_varlen"
     packed = check_varlen_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name,
                                  check_values)
-    window = check_window(window, bool(causal), name)
+    causal = check_flag(causal, "causal", name)
+    window = check_window(window, causal, name)
     scale, options = call_settings(name, q.shape[-1], sm_scale, options, launch_log)
     o, _ = attention(q, k, v, causal, scale, make_call(q, k, options, launch_log, window, packed))
     return o

@@ -7,11 +7,10 @@ device work).  The values of ``cache_seqlens`` and ``block_table`` live on the d
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .._validate import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, check_launch_log, default_scale, interpreting
+from .._validate import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, brief, check_launch_log, check_scale, check_tensor,
+                         interpreting)
 from .options import DecodeOptions
 from .tuning import MAX_SPLITS
 
@@ -29,8 +28,7 @@ def check_tensors(q, k_cache, v_cache, cache_seqlens, block_table) -> None:
     if block_table is not None:
         named.append(("block_table", block_table))
     for n, t in named:
-        if not isinstance(t, torch.Tensor):
-            fail(f"{n} must be a torch.Tensor, got {type(t).__name__}")
+        check_tensor(t, n, "flash_decode")  # a tensor, dense, no lazily negated view
     if q.dim() != 4:
         fail(f"q must be 4-D (batch, new_tokens, heads, head_dim), got shape {tuple(q.shape)}")
     layout = "(num_blocks, page_size, kv_heads, head_dim)" if block_table is not None else \
@@ -45,7 +43,7 @@ def check_tensors(q, k_cache, v_cache, cache_seqlens, block_table) -> None:
     for n, t in named[1:]:
         if t.device != q.device:
             fail(f"{n} is on {t.device} but q is on {q.device}; all inputs must be on one device")
-    if q.device.type != "cuda" and not interpreting():
+    if not (q.device.type == "cuda" or (q.device.type == "cpu" and interpreting())):  # a meta tensor has no data
         fail(f"inputs must be CUDA tensors (got {q.device}); CPU runs only under TRITON_INTERPRET=1")
     if torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad):
         fail("forward only (no autograd): an input requires grad; call it under torch.no_grad() or detach")
@@ -117,14 +115,12 @@ def check_values(cache_seqlens, block_table, capacity: int, page: int, num_block
 
 def check_options(q, sm_scale, num_splits, launch_log, check_values, options) -> tuple[float, DecodeOptions]:
     """The softmax scale and the options in effect; a ValueError for a bad one."""
-    scale = default_scale(q.shape[-1], sm_scale)
-    if not (math.isfinite(scale) and scale > 0.0):
-        fail(f"sm_scale must be a positive finite number, got {sm_scale}")
+    scale = check_scale(q.shape[-1], sm_scale, "flash_decode")
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 0 <= num_splits <= MAX_SPLITS:
-        fail(f"num_splits must be an int in [0, {MAX_SPLITS}] (0 picks it from the shape), got {num_splits!r}")
+        fail(f"num_splits must be an int in [0, {MAX_SPLITS}] (0 picks it from the shape), got {brief(num_splits)}")
     check_launch_log(launch_log, "flash_decode")
     if not isinstance(check_values, bool):
-        fail(f"check_values must be True or False, got {check_values!r}")
+        fail(f"check_values must be True or False, got {brief(check_values)}")
     options = _DEFAULT_OPTIONS if options is None else options
     if not isinstance(options, DecodeOptions):
         fail(f"options must be a DecodeOptions, got {type(options).__name__}")

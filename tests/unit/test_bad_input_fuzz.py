@@ -120,6 +120,26 @@ BROKEN = {
     # not YAML
     "unclosed bracket": "axes: [unclosed\n",
     "tab indentation": "axes:\n\tbatch: 1\n",
+    "a NUL byte": OK + "\x00\n",
+    # sizes that hid behind distributions, windows and pages (each had been accepted)
+    "varlen budget of 2**32 ones": "grids: [{workload: varlen, tokens: 4294967296, heads: 2, seq_len: [[1]], "
+                                   "head_dim: 32}]\nbackends: [naive]\n",  # drew 4e9 lengths: a hang
+    "varlen budget of short draws": "grids: [{workload: varlen, tokens: 4294967296, heads: 2, seq_len: "
+                                    "[{dist: uniform, min: 1, max: 2, seed: 0}], head_dim: 32}]\nbackends: [naive]\n",
+    "varlen batch 2**32": "grids: [{workload: varlen, tokens: 4294967296, heads: 2, seq_len: 1, head_dim: 32}]\n"
+                          "backends: [naive]\n",
+    "decode cache distribution past the maximum": "grids: [{workload: decode, batch: 1, heads: 2, seq_len: 1, seq_len_kv: "
+                                                  "[{dist: uniform, min: 1, max: 99999999999999999, seed: 0}], "
+                                                  "head_dim: 32}]\nbackends: [naive]\n",
+    "varlen list past the maximum": "grids: [{workload: varlen, tokens: 64, heads: 2, seq_len: [[99999999999999999]], "
+                                    "head_dim: 32}]\nbackends: [naive]\n",
+    "window 1e20": "axes: {batch: 1, heads: 2, seq_len: 64, head_dim: 32, window: [100000000000000000000, 0]}\n"
+                   "backends: [naive]\n",
+    "page_size 1e14": "grids: [{workload: decode, batch: 1, heads: 2, seq_len: 1, seq_len_kv: 64, kv_layout: paged, "
+                      "page_size: 100000000000000, head_dim: 32}]\nbackends: [naive]\n",
+    "rounds true": OK + "rounds: true\n",
+    "rounds 1e12": OK + "rounds: 1000000000000\n",
+    "backend twice": AXES + "backends: [naive, naive]\n",  # its rows were merged as rounds of one row
 }
 
 

@@ -210,8 +210,7 @@ def test_h200_plugin_ten_percent_slower(h200):
 
 
 def test_h200_rerun_on_another_unit(h200):
-    """Run D: the default sweep again on another H200, 2 rounds of every case (3 of 208) before the
-    device time ended.  Without the unit margin one case is past its threshold and both noise bands,
+    """Run D: the default sweep again on another H200, unfinished (2 rounds of 3 of its 208 cases).  Without the unit margin one case is past its threshold and both noise bands,
     with the same kernel code (the Gluon build differs from A's by one unused argument) and both rounds
     of D alike; the unit margin, which runs on two units get, leaves no false alarm."""
     thresholds, _ = load_thresholds(None)

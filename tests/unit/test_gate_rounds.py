@@ -188,13 +188,13 @@ def test_one_sided_cases_are_counted_per_backend_not_listed(tmp_path):
     r = check(cur, "--baseline", base)
     assert r.exit_code == 0, r.output
     head = r.stdout.splitlines()[0]
-    assert "2 cases compared (3 rounds each), 6 only in the baseline: sdpa_flash 3, triton_fa2 3" in head
+    assert "2 cases compared (3 rounds each), 6 measured only in the baseline: sdpa_flash 3, triton_fa2 3" in head
     assert "missing" not in r.stdout and "|" not in r.stdout  # no table of missing rows
     r = check(base, "--baseline", cur)
     assert r.exit_code == 0 and "6 only in the current run: sdpa_flash 3, triton_fa2 3" in r.stdout
     assert "<details>" not in r.stdout
     r = check(cur, "--baseline", base, "--require-all")
-    assert r.exit_code == 1 and "only in the baseline (failing: --require-all)" in r.stdout
+    assert r.exit_code == 1 and "measured only in the baseline (failing: --require-all)" in r.stdout
     assert r.stdout.count("❌ missing") == 6
 
 
@@ -205,7 +205,7 @@ def test_failing_missing_rows_are_listed_up_to_a_bound(tmp_path):
     r = check(cur, "--baseline", base, "--require-all", "--format", "markdown")
     assert r.exit_code == 1
     missing = len(many) - 1
-    assert f"{missing} only in the baseline (failing: --require-all): flex {missing}" in r.stdout
+    assert f"{missing} measured only in the baseline (failing: --require-all): flex {missing}" in r.stdout
     listed = [line for line in r.stdout.splitlines() if line.startswith("| ❌ missing | flex |")]
     assert len(listed) == MAX_MISSING_LISTED
     assert f"| {missing - MAX_MISSING_LISTED} more |" in r.stdout

@@ -356,3 +356,28 @@ def test_roofline_point_uses_measured_bytes_then_the_minimum():
     assert p.attainable_tflops == pytest.approx(300.0) and p.bound == "memory"
     assert p.pct_of_roof == pytest.approx(100 * 100 / 300)
     assert roofline_point(rec, None).attainable_tflops is None
+
+
+def test_sweep_n_sets_a_decode_cache_and_refuses_cases_without_one_n():
+    """--sweep-n: a dense case gets Nq = Nkv = n; a decode case keeps its new tokens and gets a cache of n keys
+    (Nq = n would not be decode); a packed batch or decode caches of varied lengths have no one N: exit 2."""
+    from flashbench.model.yaml_input import ConfigError
+    from flashbench.profile.select import with_seq_len
+
+    dense = Case(1, 2, 2, 64, 64, 32, "float32", False, "fwd")
+    assert (with_seq_len(dense, 256).seq_len_q, with_seq_len(dense, 256).seq_len_kv) == (256, 256)
+    decode = Case(4, 8, 2, 2, 1024, 64, "float16", True, "fwd", workload="decode")
+    swept = with_seq_len(decode, 4096)
+    assert (swept.seq_len_q, swept.seq_len_kv, swept.workload) == (2, 4096, "decode")
+    for bad in (Case(2, 2, 2, 128, 128, 32, "float32", False, "fwd", workload="varlen", lengths="list(100,156)",
+                     total_tokens=256),
+                Case(4, 8, 2, 1, 1024, 64, "float16", False, "fwd", workload="decode",
+                     lengths="uniform(40..1024,seed=0)")):
+        with pytest.raises(ConfigError, match="no one N to sweep"):
+            with_seq_len(bad, 4096)
+
+
+def test_sweep_n_over_a_packed_batch_is_exit_2(tmp_path):
+    r = runner.invoke(app, ["profile", "smoke", "--case", "workload=varlen", "--backends", "naive", "--sweep-n",
+                            "--n", "32,64", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "no one N to sweep" in r.output and "Traceback" not in r.output, r.output

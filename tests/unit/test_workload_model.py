@@ -257,3 +257,16 @@ def test_length_spec_is_hashable_and_frozen():
     assert hash(spec) == hash(parse_lengths("uniform(1..5,seed=0)"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.low = 2
+
+
+def test_a_long_listed_batch_has_a_short_label_that_still_tells_lists_apart():
+    """A listed batch of 50,000 lengths: tables show a label of bounded length, and two lists that share their
+    first lengths are still two labels (a digest of the whole list)."""
+    from flashbench.model.case import short_lengths, workload_label
+    short = "list(128,256,512)"
+    assert short_lengths(short) == short
+    a = "list(" + ",".join(["128"] * 50_000) + ")"
+    b = "list(" + ",".join(["128"] * 49_999 + ["256"]) + ")"
+    la, lb = (workload_label({"workload": "varlen", "lengths": x, "total_tokens": 1}) for x in (a, b))
+    assert len(la) < 120 and "50,000 lengths" in la and la.startswith(" varlen lengths=list(128,128,128,128,…")
+    assert la != lb

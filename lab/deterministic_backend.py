@@ -1,0 +1,33 @@
+"""A flashbench plugin: ``triton_fa2_deterministic``, the bundled FA2 with its deterministic backward
+(``FA2Options(backward="triton")``: the Triton dK/dV and dQ kernels, no atomics, gradients plus O(N) buffers,
+flash-attn's ``deterministic=True``), to time it beside the default (the Gluon Hopper backward, whose fp32 dQ
+reduce-adds make dQ vary in its last bits and hold an accumulator twice dQ's size) in one run:
+
+    FLASHBENCH_PLUGINS=deterministic_backend PYTHONPATH=lab flashbench run fa2_h100 \
+        -b sdpa_cudnn,triton_fa2,triton_fa2_deterministic
+
+Dense cases, with or without a window; the launch log (the results' config column) says which kernels ran.
+"""
+from __future__ import annotations
+
+from flashbench import FA2Options, flash_attn_v2
+from flashbench.backends import register
+from flashbench.backends.triton_kernels import TritonBackend
+
+_OPTIONS = FA2Options(backward="triton")
+
+
+class DeterministicBackend(TritonBackend):
+    name = "triton_fa2_deterministic"
+    description = "bundled FA2, deterministic Triton backward (FA2Options(backward='triton'))"
+    module = "flashbench_kernels.flash_attn_v2"
+    workloads = ("dense",)
+    supports_window = True
+
+    def prepare(self, case, device):
+        log = self.new_launch_log()
+        return lambda q, k, v: flash_attn_v2(q, k, v, causal=case.causal, window=case.window, options=_OPTIONS,
+                                             launch_log=log)
+
+
+register(DeterministicBackend())

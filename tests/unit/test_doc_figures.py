@@ -1,0 +1,253 @@
+"""The README's headline figures are the committed baselines' figures.
+
+Each figure is derived here from `results/baselines/<gpu>/<name>/` with the library (`load_run`), formatted
+as the README writes it, and looked up in the README: a table row as a whole line, a sentence's figures as a
+phrase of the README with its line breaks folded into spaces. Nothing is parsed out of the README, so a
+figure edited by hand, or a baseline measured again without the README following it, fails here.
+"""
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from flashbench.results.files import load_run
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+README_LINES = set(README.splitlines())
+README_FLAT = " ".join(README.split())  # line breaks and indentation folded into single spaces
+
+
+@lru_cache(maxsize=None)
+def frame(gpu: str, name: str):
+    return load_run(ROOT / "results" / "baselines" / gpu / name).frame()
+
+
+def ok(gpu: str, name: str):
+    d = frame(gpu, name)
+    return d[d.status == "ok"]
+
+
+def span(values, fmt="{:.2f}") -> str:
+    """'a–b' as the README writes a range (one value when both ends round alike)."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def one(d, **where):
+    for key, value in where.items():
+        d = d[d[key] == value]
+    assert len(d) == 1, where
+    return d.iloc[0]
+
+
+def missing_rows(rows):
+    return [row for row in rows if row not in README_LINES]
+
+
+def missing_phrases(phrases):
+    return [p for p in phrases if p not in README_FLAT]
+
+
+def test_h100_default_table_is_the_baseline():
+    """'What it shows on an H100': every bf16 row, TFLOP/s per backend and FA2 ÷ sdpa_flash."""
+    d = frame("h100", "default")
+    d = d[(d.dtype == "bfloat16") & (d.status == "ok")]
+    backends = ["naive", "sdpa_math", "sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "flex", "triton_fa1",
+                "triton_fa2"]
+    rows = []
+    for mode in ("fwd", "fwd_bwd"):
+        for dim in (64, 128):
+            for causal in (False, True):
+                for n in (1024, 4096, 16384):
+                    cell = d[(d["mode"] == mode) & (d.head_dim == dim) & (d.causal == causal) & (d.seq_len_q == n)]
+                    tf = {b: cell[cell.backend == b].tflops.iloc[0] if (cell.backend == b).any() else None
+                          for b in backends}
+                    text = " | ".join("–" if tf[b] is None else f"{tf[b]:.0f}" for b in backends)
+                    rows.append(f"| {mode} | {dim} | {'yes' if causal else 'no'} | {n} | {text} | "
+                                f"{tf['triton_fa2'] / tf['sdpa_flash']:.2f}× |")
+    assert len(rows) == 24
+    assert missing_rows(rows) == []
+
+
+def test_h100_fa2_sentence_is_the_baseline():
+    """The `fa2_h100` sentence under the H100 table: D128 against sdpa_flash, cuDNN and flex."""
+    d = ok("h100", "fa2")
+    d = d[d.head_dim == 128]
+    p = d.pivot_table(index=["mode", "causal", "seq_len_q"], columns="backend", values="tflops")
+
+    def ratios(peer, mode, causal, ns):
+        return [p.loc[(mode, causal, n), "triton_fa2"] / p.loc[(mode, causal, n), peer] for n in ns]
+
+    big = (4096, 8192, 16384)
+    every = sorted({n for (_, _, n) in p.index})
+    flash_c = " / ".join(f"{r:.2f}×" for r in ratios("sdpa_flash", "fwd", True, big))
+    flash_nc = " / ".join(f"{r:.2f}×" for r in ratios("sdpa_flash", "fwd", False, big))
+    cudnn_c = span(ratios("sdpa_cudnn", "fwd", True, big))
+    flex = span(ratios("flex", "fwd", True, every) + ratios("flex", "fwd", False, every))
+    fb_flash = span(ratios("sdpa_flash", "fwd_bwd", True, big) + ratios("sdpa_flash", "fwd_bwd", False, big))
+    fb_cudnn = span(ratios("sdpa_cudnn", "fwd_bwd", True, big) + ratios("sdpa_cudnn", "fwd_bwd", False, big))
+    assert missing_phrases([
+        f"forward {flash_c} sdpa_flash causal at N = 4k / 8k / 16k and {flash_nc} non-causal",
+        f"ahead of `sdpa_cudnn` there ({cudnn_c}×)",
+        f"ahead of `flex` everywhere ({flex}×)",
+        f"fwd_bwd {fb_flash}× sdpa_flash and {fb_cudnn}× sdpa_cudnn",
+    ]) == []
+
+
+def test_h200_decode_batches_table_is_the_baseline():
+    """'Measured on an H200': the decode_batches table, GB/s, ratios and % of the sweep's fastest call."""
+    d = ok("h200", "decode_batches")
+    roof = d.hbm_gbps.max()
+    assert f"`% roof` against {roof:,.0f} GB/s" in README_FLAT
+
+    def gbps(backend, b, n, q, layout, page):
+        cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.seq_len_q == q)
+                 & (d.kv_layout == layout) & (d.page_size == page)]
+        return None if cell.empty else cell.hbm_gbps.iloc[0]
+
+    def cell(x):
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for b in (1, 8, 64):
+        for n in (4096, 32768, 131072):
+            for q in (1, 4):
+                contiguous = gbps("triton_decode", b, n, q, "contiguous", 0)
+                paged = [gbps("triton_decode", b, n, q, "paged", page) for page in (16, 256)]
+                cudnn, flash = gbps("sdpa_cudnn", b, n, q, "contiguous", 0), gbps("sdpa_flash", b, n, q, "contiguous", 0)
+                sdpa = [x for x in (cudnn, flash) if x is not None]
+                vs_sdpa = f"{contiguous / max(sdpa):.2f}×" if sdpa else "–"
+                vs_contiguous = span([x / contiguous for x in paged if x is not None]) if paged[0] else "–"
+                rows.append(f"| {b} | {n // 1024}k | {q} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | "
+                            f"{cell(cudnn)} | {cell(flash)} | {vs_sdpa} | {vs_contiguous} | {100 * contiguous / roof:.0f} |")
+    assert missing_rows(rows) == []
+
+
+def test_h200_decode_table_is_the_baseline():
+    """The wider decode sweep's table (32 heads, one new token) and the paged-cache sentence under it."""
+    d = ok("h200", "decode")
+    roof = d.hbm_gbps.max()
+    assert f"`% roof` against {roof:,.0f} GB/s" in README_FLAT
+    uniform = "uniform(1024..32768,seed=0)"
+
+    def gbps(backend, b, n, lengths, layout, page, heads=32, q=1):
+        cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.lengths == lengths)
+                 & (d.kv_layout == layout) & (d.page_size == page) & (d.heads == heads) & (d.seq_len_q == q)]
+        return None if cell.empty else cell.hbm_gbps.iloc[0]
+
+    def cell(x):
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for b, n, lengths in [(1, 4096, ""), (1, 32768, ""), (1, 131072, ""), (1, 32768, uniform), (32, 4096, ""),
+                          (32, 32768, ""), (32, 32768, uniform), (256, 4096, "")]:
+        contiguous = gbps("triton_decode", b, n, lengths, "contiguous", 0)
+        paged = [gbps("triton_decode", b, n, lengths, "paged", page) for page in (16, 256)]
+        cudnn, flash = gbps("sdpa_cudnn", b, n, lengths, "contiguous", 0), gbps("sdpa_flash", b, n, lengths, "contiguous", 0)
+        best = max(x for x in (cudnn, flash) if x is not None)
+        cache = "uniform 1k–32k" if lengths else f"{n // 1024}k"
+        rows.append(f"| {b} | {cache} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | {cell(cudnn)} | "
+                    f"{cell(flash)} | {contiguous / best:.2f}× | {100 * contiguous / roof:.0f} |")
+    assert missing_rows(rows) == []
+
+    # paged against contiguous, triton_decode: every one-token row, and four new tokens at 64 heads
+    key = ["heads", "seq_len_q", "batch", "seq_len_kv", "lengths"]
+    ours = d[d.backend == "triton_decode"]
+    contiguous = ours[ours.kv_layout == "contiguous"].set_index(key).hbm_gbps
+    paged = ours[ours.kv_layout == "paged"].set_index(key + ["page_size"]).hbm_gbps
+    ratio = paged / contiguous.reindex(paged.index.droplevel("page_size")).values
+    one_token = ratio[ratio.index.get_level_values("seq_len_q") == 1]
+    four_64 = ratio[(ratio.index.get_level_values("seq_len_q") == 4) & (ratio.index.get_level_values("heads") == 64)]
+    assert missing_phrases([f"in every one-token row ({span(one_token)}), {span(four_64)} with four new tokens"]) == []
+
+
+def test_h200_varlen_table_is_the_baseline():
+    """Packed batches, MHA: TFLOP/s per backend and `triton_fa2` ÷ `sdpa_flash`; the GQA ranges below it."""
+    d = ok("h200", "varlen")
+    mha = d[d.kv_heads == d.heads]
+    labels = {"uniform(128..8192,seed=0)": "uniform 128–8k", "lognormal(128..8192,seed=0)": "lognormal 128–8k",
+              "list(128,512,2048,8192)": "128, 512, 2k, 8k repeated", "": "equal 2048"}
+    rows = []
+    for lengths, label in labels.items():
+        for causal in (False, True):
+            for mode in ("fwd", "fwd_bwd"):
+                cell = mha[(mha.lengths == lengths) & (mha.causal == causal) & (mha["mode"] == mode)]
+                tf = {b: one(cell, backend=b).tflops for b in ("triton_fa2", "torch_varlen", "sdpa_flash", "flex")}
+                rows.append(f"| {label} ({cell.batch.iloc[0]}) | {'yes' if causal else 'no'} | {mode} | "
+                            f"{tf['triton_fa2']:.0f} | {tf['torch_varlen']:.0f} | {tf['sdpa_flash']:.0f} | {tf['flex']:.0f} | "
+                            f"{tf['triton_fa2'] / tf['sdpa_flash']:.2f}× |")
+    assert missing_rows(rows) == []
+    gqa = d[d.kv_heads < d.heads]
+    fa2 = span(gqa[gqa.backend == "triton_fa2"].tflops, "{:.0f}")
+    flex = span(gqa[gqa.backend == "flex"].tflops, "{:.0f}")
+    assert missing_phrases([f"`triton_fa2` runs at {fa2} TFLOP/s and `flex` at {flex}"]) == []
+
+
+def test_h200_window_table_is_the_baseline():
+    """Sliding windows: `triton_fa2` window / full causal TFLOP/s, their ratio, and `flex`'s pair."""
+    d = ok("h200", "window")
+    prefixes = []
+    for n in sorted(d.seq_len_q.unique()):
+        for mode in ("fwd", "fwd_bwd"):
+            cell = d[(d.seq_len_q == n) & (d["mode"] == mode)]
+            ours_w, ours_f = (one(cell, backend="triton_fa2", window_left=w).tflops for w in (4096, -1))
+            flex_w, flex_f = (one(cell, backend="flex", window_left=w).tflops for w in (4096, -1))
+            prefixes.append((f"| {n // 1024}k ({cell.batch.iloc[0]}) | {mode} | {ours_w:.0f} / {ours_f:.0f} | "
+                             f"{ours_w / ours_f:.2f} |", f"| {flex_w:.0f} / {flex_f:.0f} |"))
+    lines = [line for line in README_LINES if line.startswith("| ") and "k (" in line]
+    for prefix, flex in prefixes:
+        assert any(line.startswith(prefix) and flex in line for line in lines), prefix
+
+
+def test_h200_fa2_known_limits_are_the_baseline():
+    """'Known limits': `triton_fa2` against `sdpa_cudnn` at N ≥ 4k and against `sdpa_flash` at every N."""
+    d = ok("h200", "fa2")
+    p = d.pivot_table(index=["head_dim", "mode", "causal", "seq_len_q"], columns="backend", values="tflops").reset_index()
+    p["cudnn"] = p.triton_fa2 / p.sdpa_cudnn
+    p["flash"] = p.triton_fa2 / p.sdpa_flash
+    big = p[p.seq_len_q >= 4096]
+
+    def vs_cudnn(dim, mode, causal=None):
+        cells = big[(big.head_dim == dim) & (big["mode"] == mode)]
+        return span(cells.cudnn if causal is None else cells[cells.causal == causal].cudnn)
+
+    n1k = d[(d.head_dim == 128) & (d.seq_len_q == 1024) & d.causal & (d["mode"] == "fwd_bwd")]
+    ours, flash = one(n1k, backend="triton_fa2"), one(n1k, backend="sdpa_flash")
+    fb = d[(d.backend == "triton_fa2") & (d["mode"] == "fwd_bwd")]
+    assert missing_phrases([
+        f"forward D = 64 {vs_cudnn(64, 'fwd', False)}× non-causal and {vs_cudnn(64, 'fwd', True)}× causal",
+        f"D = 128 {vs_cudnn(128, 'fwd', False)}× non-causal and {vs_cudnn(128, 'fwd', True)}× causal; "
+        f"fwd_bwd D = 64 {vs_cudnn(64, 'fwd_bwd')}×, D = 128 {vs_cudnn(128, 'fwd_bwd', False)}× "
+        f"non-causal and {vs_cudnn(128, 'fwd_bwd', True)}× causal",
+        f"the forward is {span(p[p['mode'] == 'fwd'].flash)}× ahead and fwd_bwd "
+        f"{span(p[p['mode'] == 'fwd_bwd'].flash)}× at every cell",
+        f"fwd_bwd peak memory {span(fb.peak_hbm_bytes / 2**20, '{:.0f}')} MiB above the inputs",
+        f"{ours.tflops / flash.tflops:.2f}× `sdpa_flash` in this sweep",
+        f"the host took {ours.host_ms:.2f} ms a call in this sweep",
+        f"against {ours.median_ms:.2f} ms of GPU time (`launch_bound`)",
+    ]) == []
+
+
+def test_h200_fa2_d256_is_the_baseline():
+    """'Known limits', D = 256: the forward's TFLOP/s and ratios, the Triton backward's."""
+    d = ok("h200", "fa2_d256")
+    p = d.pivot_table(index=["mode", "causal", "seq_len_q"], columns="backend", values="tflops").reset_index()
+    p["cudnn"] = p.triton_fa2 / p.sdpa_cudnn
+    p["flash"] = p.triton_fa2 / p.sdpa_flash
+    fwd, fb = p[p["mode"] == "fwd"], p[p["mode"] == "fwd_bwd"]
+    nc, c = fwd[~fwd.causal], fwd[fwd.causal]
+    assert missing_phrases([
+        f"{span(nc.triton_fa2, '{:.0f}')} TFLOP/s non-causal and {span(c.triton_fa2, '{:.0f}')} causal, "
+        f"{span(nc.cudnn)}× and {span(c.cudnn)}× `sdpa_cudnn`",
+        f"{span(fb.triton_fa2, '{:.0f}')} TFLOP/s, {span(fb.cudnn)}× `sdpa_cudnn` and {span(fb.flash)}× `sdpa_flash`",
+    ]) == []
+
+
+@pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h200", "default"), ("h200", "fa2"),
+                                       ("h200", "fa2_d256"), ("h200", "decode"), ("h200", "decode_batches"),
+                                       ("h200", "varlen"), ("h200", "window")])
+def test_cited_baselines_exist_and_are_cited(gpu, name):
+    """Every baseline these tests read is committed and named in the README."""
+    assert (ROOT / "results" / "baselines" / gpu / name / "results.json").is_file()
+    assert f"results/baselines/{gpu}/{name}/" in README
