@@ -271,6 +271,8 @@ class RunComparison:
             if not df.empty:
                 extra = df[list(TASK_KEY_FIELDS)].copy()
                 extra[f"{side}_status"] = df["status"].values
+                extra[side] = [float(v) if st == "ok" and pd.notna(v) else math.nan
+                               for st, v in zip(df["status"], df["value"])]
                 extra["change"] = f"only in {side}"
                 parts.append(extra)
         out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
@@ -322,10 +324,10 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
         row.update(ratio=ratio, beyond_noise=noisy, change=change, noise_detail=detail)
         rows.append(row)
     cols = keys + ["old_status", "new_status", "old", "new", "ratio", "beyond_noise", "change", "noise_detail"]
-    side_cols = keys + ["status"]
+    side_cols = keys + ["status", "value"]  # a one-sided case keeps its own figure (machines read it in frame())
     return RunComparison(
         old_label, new_label, m, pd.DataFrame(rows, columns=cols),
-        only_old.rename(columns={"status_old": "status"})[side_cols].reset_index(drop=True),
-        only_new.rename(columns={"status_new": "status"})[side_cols].reset_index(drop=True),
+        only_old.rename(columns={"status_old": "status", f"{m.column}_old": "value"})[side_cols].reset_index(drop=True),
+        only_new.rename(columns={"status_new": "status", f"{m.column}_new": "value"})[side_cols].reset_index(drop=True),
         environment_differences(old.meta, new.meta), pooled if m.timing else None,
     )

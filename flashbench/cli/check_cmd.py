@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from . import app
-from .common import EXIT_ENV, err, fail, out, user_errors, write_machine
+from .common import EXIT_ENV, err, fail, print_line, user_errors, write_machine
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Stored baselines under results/baselines/<gpu>/<name>/.")
 app.add_typer(baseline_app, name="baseline")
@@ -39,19 +39,18 @@ def check(
     from ..analysis.thresholds import backend_typos, load_thresholds
     from ..report.format import format_frame
     from ..report.gate_report import gate_frame, gate_junit_xml, gate_markdown, headline
-    from ..results.files import results_files, results_json
+    from ..results.files import results_files
 
     if fmt not in ("markdown", "json", "csv"):
         fail(f"--format: {fmt!r} is not one of markdown, json, csv")
     try:
         with user_errors():
             limits, source = load_thresholds(thresholds)
-            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
-            current = load_for_comparison(results_json(result))
+            current = load_for_comparison(result)  # load_run refuses special files (/dev/zero)
             base_path = resolve_baseline(baseline, current.meta, baselines_root)
             if junit is not None and junit.resolve() in results_files(result) | results_files(base_path):
                 fail(f"--junit: {junit} is a results file of this check: write the JUnit XML elsewhere")
-            base = load_for_comparison(results_json(base_path))
+            base = load_for_comparison(base_path)
             report = check_runs(base, current, limits, require_all, str(base_path), str(result), source)
     except NotComparableError as e:
         fail([f"not comparable: {p}" for p in e.problems], code=EXIT_ENV)
@@ -76,7 +75,8 @@ def check(
             with open(summary, "a", encoding="utf-8") as f:
                 f.write(md)
         except OSError as e:
-            err.print(f"[yellow]warning:[/] cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e}")
+            err.print(f"[yellow]warning:[/] {escape(f'cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e}')}",
+                      highlight=False, soft_wrap=True)
     if junit is not None:
         try:
             junit.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def check(
         except OSError as e:
             fail(f"--junit: cannot write {junit}: {e}")
     colour = "green" if report.passed else "red"
-    err.print(f"[bold {colour}]{headline(report)}[/]", highlight=False)
+    err.print(f"[bold {colour}]{escape(headline(report))}[/]", highlight=False)
     raise typer.Exit(report.exit_code)
 
 
@@ -106,6 +106,7 @@ def baseline_save(
 
     with user_errors():
         dest = save_baseline(results, name, root, force)
-    out.print(f"baseline saved: {dest}", highlight=False)
-    err.print(f"[dim]gate against it: flashbench check RESULT --baseline {dest}[/]", highlight=False)
+    print_line(f"baseline saved: {dest}")  # a path and a command to copy: one line each, never broken
+    err.print(f"[dim]{escape(f'gate against it: flashbench check RESULT --baseline {dest}')}[/]", highlight=False,
+              soft_wrap=True)
 

@@ -19,7 +19,9 @@ def _piped_width() -> int:
 
 # results go to stdout, messages and progress to stderr; piped output gets a fixed width and no colour codes
 out = Console() if sys.stdout.isatty() else Console(width=_piped_width(), no_color=True, highlight=False)
-err = Console(stderr=True)
+# a message to a log (stderr not a terminal) stays one line, as a log line should: Rich would break it
+# at 80 columns, in the middle of a path or of the command it names
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, soft_wrap=True)
 
 
 MAX_ERROR_LINES = 12
@@ -44,21 +46,13 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> "typer.Exit":
     raise typer.Exit(code)
 
 
-def os_error_message(e: OSError) -> str:
-    """"PATH: reason" for a path the file system refused (too long, not a directory, no permission)."""
-    from ..results.files import shown_path
-
-    # "File name too long" is about a name that is: shown_path keeps its two ends
-    return f"{shown_path(e.filename)}: {e.strerror or e}" if e.filename is not None else str(e)
-
-
 @contextmanager
 def user_errors():
     """Turn the library's user-input errors into clean messages and exit code 2. A path the user
     gave that the file system refuses (OSError: a name too long, a file where a directory belongs)
     is one too: a line naming it, not a traceback."""
     from ..model.yaml_input import ConfigError
-    from ..results.files import ResultsError
+    from ..results.files import ResultsError, os_error_text
 
     try:
         yield
@@ -67,7 +61,7 @@ def user_errors():
     except ResultsError as e:
         fail(str(e))
     except OSError as e:
-        fail(os_error_message(e))
+        fail(os_error_text(e))
 
 
 def print_skips_and_failures(df) -> None:
@@ -87,6 +81,18 @@ def print_skips_and_failures(df) -> None:
 def write_machine(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def write_json(obj) -> None:
+    """A JSON document on stdout, strict (no NaN or Infinity literals: null), for ``--format json``."""
+    from ..report.format import strict_json
+
+    write_machine(strict_json(obj))
+
+
+def print_line(text: str) -> None:
+    """One line of plain text on stdout (a path, a command to copy), never broken by Rich."""
+    out.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -8,7 +8,7 @@ import typer
 
 from . import app
 from .common import EXIT_ENV, backends_option, err, fail, out, user_errors, write_machine
-from ..model.metrics import metric_names
+from ..model.metrics import judged_rate, metric_names
 
 
 @app.command()
@@ -18,7 +18,8 @@ def compare(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="with one RESULT: the backend speedups are "
                                                                     "measured against (default: the run's reference_backend)"),
     metric: Optional[str] = typer.Option(None, "--metric", "-m", help=f"{' | '.join(metric_names())} (default: "
-                                                                      "tflops for one run, ms for runs against runs)"),
+                                                                      "tflops for one run, gbps when every row is decode; "
+                                                                      "ms for runs against runs)"),
     backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends to show"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     strict: bool = typer.Option(False, "--strict", help="refuse (exit 3) to compare runs from different GPUs, "
@@ -36,7 +37,6 @@ def compare(
     from ..analysis.compare import NotComparableError, compare_backends, compare_runs, load_for_comparison
     from ..analysis.noise import NOISE_METHODS
     from ..report.format import FORMATS, format_frame
-    from ..results.files import results_json
 
     if fmt not in FORMATS:
         fail(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -46,8 +46,7 @@ def compare(
         fail(f"--metric: {metric!r} is not one of {', '.join(metric_names())}")
     try:
         with user_errors():
-            # results_json first: the comparison's reader would read a special file (/dev/zero) forever
-            runs = [load_for_comparison(results_json(p)) for p in results]
+            runs = [load_for_comparison(p) for p in results]  # load_run refuses special files (/dev/zero)
     except NotComparableError as e:
         fail(e.problems, code=EXIT_ENV)
 
@@ -64,18 +63,23 @@ def compare(
             fail(f"--baseline: the run's reference_backend {base!r} has no rows in it (it has: {', '.join(present)}): "
                  "give the backend to compare against")
         try:
-            cmp = compare_backends(run.frame(), base, metric or "tflops", keep)
+            frame = run.frame()
+            cmp = compare_backends(frame, base, metric or judged_rate(frame["workload"]).name, keep)
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
+            from rich.markup import escape
+
             from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
-            title = f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base} (★ best per row)"
+            title = escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
             for table in backend_tables(cmp, title, out.width):
                 out.print(table)
         else:
-            write_machine(format_frame(cmp.frame(), fmt))
+            from ..report.comparison_tables import backend_comparison_frame
+
+            write_machine(format_frame(backend_comparison_frame(cmp, fmt), fmt))
         return
 
     if baseline is not None:
@@ -105,13 +109,13 @@ def compare(
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":
-        import pandas as pd
+        from ..report.comparison_tables import runs_frame
 
-        write_machine(format_frame(pd.concat([rc.frame() for rc in comparisons], ignore_index=True), fmt))
+        write_machine(format_frame(runs_frame(comparisons), fmt))
         return
     from ..report.comparison_tables import runs_summary, runs_table
 
     for rc in comparisons:
-        out.print(runs_table(rc, show_all))
+        out.print(runs_table(rc, show_all, out.width))
         for line in runs_summary(rc, show_all):
             out.print(line, highlight=False)

@@ -1,14 +1,12 @@
 """``flashbench list`` and ``flashbench env``: what can run here, and on what."""
 from __future__ import annotations
 
-import json
-
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import fail, out, write_machine
+from .common import fail, out, write_json
 
 
 @app.command("list")
@@ -39,20 +37,24 @@ def list_cmd(fmt: str = typer.Option("table", "--format", "-f", help="table | js
             desc = f"(invalid: {e})"
         configs.append({"config": name, "description": desc})
     if fmt == "json":
-        write_machine(json.dumps({"device": device, "backends": rows, "configs": configs}, indent=1) + "\n")
+        write_json({"device": device, "backends": rows, "configs": configs})
         return
-    t = Table(title=f"backends (this machine: {device})", header_style="bold")
-    for c in ("backend", "available", "runs here", "description"):
-        t.add_column(c)
+    # names never cut or broken (they are what a command takes); the prose wraps, a long token folds
+    t = Table(title=escape(f"backends (this machine: {device})"), header_style="bold")
+    t.add_column("backend", no_wrap=True)
+    t.add_column("available", no_wrap=True)
+    t.add_column("runs here", overflow="fold")
+    t.add_column("description", overflow="fold")
     for r in rows:
-        t.add_row(r["backend"], "[green]yes[/]" if r["available"] else "[red]no[/]",
-                  escape(r["runs_here"]) if r["available"] else f"[red]{escape(r['runs_here'])}[/]", r["description"])
+        t.add_row(escape(r["backend"]), "[green]yes[/]" if r["available"] else "[red]no[/]",
+                  escape(r["runs_here"]) if r["available"] else f"[red]{escape(r['runs_here'])}[/]",
+                  escape(r["description"]))
     out.print(t)
     t = Table(title="bundled configs (flashbench run NAME)", header_style="bold")
-    t.add_column("config")
-    t.add_column("description")
+    t.add_column("config", no_wrap=True)
+    t.add_column("description", overflow="fold")
     for c in configs:
-        t.add_row(c["config"], c["description"])
+        t.add_row(escape(c["config"]), escape(c["description"]))
     out.print(t)
 
 
@@ -77,16 +79,17 @@ def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
     info = collect_environment("cuda" if on_gpu else "cpu")
     state = gpu_state() if on_gpu else {}
     if fmt == "json":
-        write_machine(json.dumps({"environment": info, "gpu_state": state, "gpu": on_gpu}, indent=1, default=str) + "\n")
+        write_json({"environment": info, "gpu_state": state, "gpu": on_gpu})
         return
+    # a value (a UUID, a commit, a command line) is folded over lines, never cut to "…"
     t = Table(show_header=False)
-    t.add_column("key", style="bold")
-    t.add_column("value")
+    t.add_column("key", style="bold", no_wrap=True)
+    t.add_column("value", overflow="fold")
     if not on_gpu:
         t.add_row("gpu", "no GPU (CUDA not available): flashbench runs CPU sweeps only")
     for k, v in {**info, **state}.items():
-        t.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+        t.add_row(escape(str(k)), escape(", ".join(map(str, v)) if isinstance(v, list) else str(v)))
     out.print(t)
     w = throttle_warning(state)
     if w:
-        out.print(f"[yellow]warning:[/] {w}")
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import EXIT_ENV, fail, out, user_errors
+from .common import EXIT_ENV, fail, print_line, user_errors
 
 
 @app.command()
@@ -29,4 +29,4 @@ def plot(
     except PlotError as e:
         fail(f"{result}: {e}")
     for p in paths:
-        out.print(f"figure: {p}", highlight=False)
+        print_line(f"figure: {p}")  # a path to copy: one line, never broken

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,9 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import app
-from .common import EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, user_errors, write_machine
+from .common import EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, user_errors, write_json
 
 MAX_KERNEL_ROWS = 12
+# where the columns a narrow terminal leaves out of profile's tables can be read
+_ELSEWHERE = "a wider terminal shows every column; the figures are in profile.json and results.json"
 
 
 def _default_out(name: str, sweep: bool) -> Path:
@@ -46,9 +47,8 @@ def env_ceilings(fmt: str, refresh: bool) -> None:
         fail(f"{e}; run `flashbench env --ceilings` on a machine with a CUDA GPU", code=EXIT_ENV)
     peak = datasheet_peak(c.gpu_name)
     if fmt == "json":
-        write_machine(json.dumps({**c.to_dict(), "ridge_flop_per_byte": c.ridge_flop_per_byte,
-                                  "datasheet": asdict(peak) if peak else None,
-                                  "cache": str(path), "from_cache": cached}, indent=1) + "\n")
+        write_json({**c.to_dict(), "ridge_flop_per_byte": c.ridge_flop_per_byte,
+                    "datasheet": asdict(peak) if peak else None, "cache": str(path), "from_cache": cached})
         return
 
     def state(clock, power) -> str:
@@ -57,9 +57,9 @@ def env_ceilings(fmt: str, refresh: bool) -> None:
     def of_sheet(value, sheet_value) -> str:
         return f", {100 * value / sheet_value:.0f}% of the datasheet" if peak else ""
 
-    t = Table(title=f"roofline ceilings of {c.gpu_name}", show_header=False)
+    t = Table(title=escape(f"roofline ceilings of {c.gpu_name}"), show_header=False)
     t.add_column("key", style="bold")
-    t.add_column("value")
+    t.add_column("value", overflow="fold")
     t.add_row("compute roof: sustained bf16 matmul",
               f"{fmt_num(c.sustained_tflops)} TFLOP/s{of_sheet(c.sustained_tflops, peak and peak.bf16_tflops)} "
               f"(8192³, median {fmt_num(c.sustained_ms)} ms over {SUSTAINED_MS:.0f} ms after {LOAD_S:.0f} s of load; "
@@ -83,42 +83,45 @@ def env_ceilings(fmt: str, refresh: bool) -> None:
 
 
 def _kernel_tables(report) -> None:
-    from ..report.format import fmt_num
+    from ..report.format import fit_table, fmt_num
 
     for tr in report.traces:
         title = f"{tr.backend} · {tr.case_label}: {tr.kind} per call ({tr.calls} profiled calls)"
         if tr.status != "ok":
-            out.print(f"[dim]{title}: {tr.status}: {tr.reason}[/]", highlight=False, soft_wrap=True)
+            out.print(f"[dim]{escape(f'{title}: {tr.status}: {tr.reason}')}[/]", highlight=False, soft_wrap=True)
             continue
-        t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-        t.add_column("kernel" if tr.kind == "device kernels" else "CPU operator")
-        for c in ("count/call", "ms/call", "share"):
-            t.add_column(c, justify="right")
-        for k in tr.rows[:MAX_KERNEL_ROWS]:
-            t.add_row(k.short_name, fmt_num(float(k.count_per_call)), fmt_num(k.ms_per_call), _pct(k.share))
-        if len(tr.rows) > MAX_KERNEL_ROWS:
-            rest = tr.rows[MAX_KERNEL_ROWS:]
-            t.add_row(f"… {len(rest)} more", fmt_num(float(sum(r.count_per_call for r in rest))),
-                      fmt_num(sum(r.ms_per_call for r in rest)), _pct(sum(r.share for r in rest)))
-        t.add_section()
-        t.add_row("total", fmt_num(float(tr.launches_per_call)), fmt_num(tr.total_ms_per_call), "100%")
-        out.print(t)
-        out.print(f"[dim]  trace: {tr.trace_path}[/]", highlight=False)
+        name = "kernel" if tr.kind == "device kernels" else "CPU operator"
+
+        def build(hidden, tr=tr, title=title, name=name) -> Table:
+            t = Table(title=escape(title), box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+            t.add_column(name)  # a kernel's name wraps (folds), the figures beside it stay whole
+            for c in ("count/call", "ms/call", "share"):
+                t.add_column(c, justify="right", no_wrap=True)
+            for k in tr.rows[:MAX_KERNEL_ROWS]:
+                t.add_row(escape(k.short_name), fmt_num(float(k.count_per_call)), fmt_num(k.ms_per_call), _pct(k.share))
+            if len(tr.rows) > MAX_KERNEL_ROWS:
+                rest = tr.rows[MAX_KERNEL_ROWS:]
+                t.add_row(f"… {len(rest)} more", fmt_num(float(sum(r.count_per_call for r in rest))),
+                          fmt_num(sum(r.ms_per_call for r in rest)), _pct(sum(r.share for r in rest)))
+            t.add_section()
+            t.add_row("total", fmt_num(float(tr.launches_per_call)), fmt_num(tr.total_ms_per_call), "100%")
+            return t
+
+        out.print(fit_table(build, out.width, wrap={name: 24}))
+        out.print(f"[dim]  trace: {escape(str(tr.trace_path))}[/]", highlight=False, soft_wrap=True)
 
 
 def _traffic_tables(report) -> None:
     from ..model.flops import min_hbm_bytes
     from ..profile.io_model import BACKEND_MODEL, MODEL_TITLES
-    from ..report.format import fmt_bytes
+    from ..report.format import fit_table, fmt_bytes
 
+    columns = ("source", "read", "written", "total", "vs model", "× minimum")
     for case in report.cases():
         recs = [r for r in report.records if r.case == case]
         model = report.models.get(case)
-        t = Table(title=f"HBM traffic per call · {case.label()}", box=box.SIMPLE_HEAD, header_style="bold",
-                  title_justify="left")
-        for c in ("source", "read", "written", "total", "vs model", "× minimum"):
-            t.add_column(c, justify="left" if c == "source" else "right")
         minimum = min_hbm_bytes(case)
+        rows: list[tuple | None] = []  # None: a section break
         if report.ncu_used:
             for r in recs:
                 if r.status == "skipped":
@@ -126,30 +129,48 @@ def _traffic_tables(report) -> None:
                 tr = next((v for k, v in report.traffic.items() if k.backend == r.backend and k.case == case), None)
                 if r.hbm_bytes_read is None or r.hbm_bytes_written is None:
                     why = tr.reason if tr is not None else r.reason or r.status
-                    t.add_row(f"{r.backend} (ncu)", "–", "–", "–", "–", f"[dim]{why[:80]}[/]")
+                    rows.append((escape(f"{r.backend} (ncu)"), "–", "–", "–", f"[dim]{escape(why[:80])}[/]", "–"))
                     continue
                 total = r.hbm_bytes_read + r.hbm_bytes_written
                 mkey = BACKEND_MODEL.get(r.backend)
                 vs = f"{total / model[mkey].total:.2f}× {mkey}" if model and mkey else "–"
                 nk = f", {len(tr.kernels)} kernels" if tr is not None else ""
-                t.add_row(f"{r.backend} (ncu{nk})", fmt_bytes(r.hbm_bytes_read), fmt_bytes(r.hbm_bytes_written),
-                          fmt_bytes(total), vs, f"{total / minimum:.2f}")
-            t.add_section()
+                rows.append((escape(f"{r.backend} (ncu{nk})"), fmt_bytes(r.hbm_bytes_read),
+                             fmt_bytes(r.hbm_bytes_written), fmt_bytes(total), escape(vs), f"{total / minimum:.2f}"))
+            rows.append(None)
         if model:
             for key, tv in model.items():
-                t.add_row(f"model: {MODEL_TITLES[key]}", fmt_bytes(tv.read), fmt_bytes(tv.written), fmt_bytes(tv.total),
-                          "", f"{tv.total / minimum:.2f}")
+                rows.append((f"model: {MODEL_TITLES[key]}", fmt_bytes(tv.read), fmt_bytes(tv.written),
+                             fmt_bytes(tv.total), "", f"{tv.total / minimum:.2f}"))
         else:
-            t.add_row("model: (forward only; this case has a backward)", "–", "–", "–", "", "")
-        t.add_row("minimum: Q, K, V read, O written once", "", "", fmt_bytes(minimum), "", "1.00")
-        out.print(t)
-    out.print(f"[dim]IO model: M = {report.smem_bytes:,} bytes of shared memory per SM ({report.smem_source}); "
+            rows.append(("model: (forward only; this case has a backward)", "–", "–", "–", "", ""))
+        rows.append(("minimum: Q, K, V read, O written once", "", "", fmt_bytes(minimum), "", "1.00"))
+
+        def build(hidden, case=case, rows=rows) -> Table:
+            t = Table(title=escape(f"HBM traffic per call · {case.label()}"), box=box.SIMPLE_HEAD, header_style="bold",
+                      title_justify="left")
+            shown = [i for i, c in enumerate(columns) if c not in hidden]
+            for i in shown:
+                # the source and the comparison with the model wrap; byte counts are never cut
+                t.add_column(columns[i], justify="left" if columns[i] == "source" else "right",
+                             no_wrap=columns[i] not in ("source", "vs model"))
+            for row in rows:
+                if row is None:
+                    t.add_section()
+                else:
+                    t.add_row(*(row[i] for i in shown))
+            return t
+
+        # the source, the total and its multiple of the minimum stay at any width
+        out.print(fit_table(build, out.width, optional=["vs model", "read", "written"],
+                            wrap={"source": 16, "vs model": 12}, elsewhere=_ELSEWHERE))
+    out.print(f"[dim]IO model: M = {report.smem_bytes:,} bytes of shared memory per SM ({escape(report.smem_source)}); "
               "formulas in flashbench/profile/io_model.py[/]", highlight=False, soft_wrap=True)
 
 
 def _roofline_table(report) -> None:
     from ..profile.datasheet import datasheet_peak
-    from ..report.format import fmt_bytes, fmt_num
+    from ..report.format import fit_table, fmt_bytes, fmt_num
 
     c = report.ceilings
     title = "roofline" + (f" · roof: {c.compute_tflops:.0f} TFLOP/s sustained bf16 matmul, {c.memory_gbps:.0f} GB/s "
@@ -157,31 +178,53 @@ def _roofline_table(report) -> None:
     peaks = {p for r in report.records if (p := datasheet_peak(r.device_name))}
     for p in peaks:
         title += f" · datasheet {p.model}: {p.bf16_tflops:.0f} TFLOP/s, {p.hbm_gbps:.0f} GB/s"
-    t = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-    for col in ("backend", "case", "median ms", "TFLOP/s", "bytes", "FLOP/B", "roof TFLOP/s", "% of roof",
-                "% of datasheet", "bound"):
-        t.add_column(col, justify="left" if col in ("backend", "case", "bytes", "bound") else "right")
     recs = {(r.backend, r.case.label()): r for r in report.records}
-    for p in report.points:
-        r = recs.get((p.backend, p.case_label))
-        t.add_row(p.backend, p.case_label, fmt_num(r.median_ms if r else None), fmt_num(p.tflops),
-                  f"{fmt_bytes(p.bytes)} ({p.basis})", fmt_num(p.intensity), fmt_num(p.attainable_tflops),
-                  fmt_num(p.pct_of_roof), fmt_num(p.pct_of_datasheet), p.bound)
-    out.print(t)
+    columns = ("backend", "case", "median ms", "TFLOP/s", "bytes", "bytes from", "FLOP/B", "roof TFLOP/s", "% of roof",
+               "% of datasheet", "bound")
+
+    def build(hidden) -> Table:
+        t = Table(title=escape(title), box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+        shown = [col for col in columns if col not in hidden]
+        for col in shown:
+            t.add_column(col, justify="left" if col in ("backend", "case", "bytes from", "bound") else "right",
+                         no_wrap=col not in ("case", "bytes from"))
+        for p in report.points:
+            r = recs.get((p.backend, p.case_label))
+            cells = dict(zip(columns, (
+                escape(p.backend), escape(p.case_label), fmt_num(r.median_ms if r else None), fmt_num(p.tflops),
+                fmt_bytes(p.bytes), escape(p.basis), fmt_num(p.intensity), fmt_num(p.attainable_tflops),
+                fmt_num(p.pct_of_roof), fmt_num(p.pct_of_datasheet), escape(p.bound))))
+            t.add_row(*(cells[col] for col in shown))
+        return t
+
+    # the backend, the case, its time and TFLOP/s stay at any width
+    out.print(fit_table(build, out.width, optional=["% of datasheet", "roof TFLOP/s", "FLOP/B", "bytes from", "bound",
+                                                    "% of roof", "bytes"], wrap={"bytes from": 10, "case": 16},
+                        elsewhere=_ELSEWHERE))
     if report.ceilings_note:
-        out.print(f"[dim]{report.ceilings_note}[/]", highlight=False, soft_wrap=True)
+        out.print(f"[dim]{escape(report.ceilings_note)}[/]", highlight=False, soft_wrap=True)
 
 
 def _sweep_table(rows) -> None:
-    from ..report.format import fmt_bytes
+    from ..report.format import fit_table, fmt_bytes
 
-    t = Table(title="HBM bytes per call against N", box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-    for col in ("backend", "N", "status", "measured", "model standard", "model FA1", "model FA2", "minimum"):
-        t.add_column(col, justify="left" if col in ("backend", "status") else "right")
-    for r in rows:
-        t.add_row(r["backend"], str(r["n"]), r["status"], fmt_bytes(r["measured"]), fmt_bytes(r["standard"]),
-                  fmt_bytes(r["fa1"]), fmt_bytes(r["fa2"]), fmt_bytes(r["minimum"]))
-    out.print(t)
+    columns = ("backend", "N", "status", "measured", "model standard", "model FA1", "model FA2", "minimum")
+
+    def build(hidden) -> Table:
+        t = Table(title="HBM bytes per call against N", box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+        shown = [c for c in columns if c not in hidden]
+        for col in shown:
+            t.add_column(col, justify="left" if col in ("backend", "status") else "right", no_wrap=True)
+        for r in rows:
+            cells = dict(zip(columns, (escape(r["backend"]), str(r["n"]), escape(r["status"]), fmt_bytes(r["measured"]),
+                                       fmt_bytes(r["standard"]), fmt_bytes(r["fa1"]), fmt_bytes(r["fa2"]),
+                                       fmt_bytes(r["minimum"]))))
+            t.add_row(*(cells[c] for c in shown))
+        return t
+
+    # the measured bytes and the FA2 model beside them stay at any width
+    out.print(fit_table(build, out.width, optional=["model FA1", "model standard", "minimum"],
+                        elsewhere="a wider terminal shows every column; the figures are in sweep_n.json"))
 
 
 @contextlib.contextmanager
@@ -296,7 +339,9 @@ def profile(
         order = {b: i for i, b in enumerate(names)}
         rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))
         _sweep_table(rows)
-        (Path(directory) / "sweep_n.json").write_text(json.dumps(rows, indent=1))
+        from ..report.format import strict_json
+
+        (Path(directory) / "sweep_n.json").write_text(strict_json(rows))  # no NaN literals: any parser reads it
         if plot:
             from ..profile.plots import plot_traffic_sweep
 
@@ -316,7 +361,7 @@ def profile(
             report.figures.append(plot_roofline(report.points, report.ceilings, Path(directory) / "roofline.png",
                                                 title=f"roofline · {loaded.config.name or loaded.path} on {p.device}"))
     for f in report.figures:
-        err.print(f"figure: {f}")
+        err.print(escape(f"figure: {f}"), highlight=False)
     n_ok = sum(r.status == "ok" for r in report.records)
-    err.print(f"{len(report.records)} records ({n_ok} ok) written to {directory}/results.json and results.csv; "
-              f"profile.json and traces beside them")
+    err.print(escape(f"{len(report.records)} records ({n_ok} ok) written to {directory}/results.json and results.csv; "
+                     "profile.json and traces beside them"), highlight=False)

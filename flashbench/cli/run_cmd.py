@@ -31,20 +31,41 @@ def default_config_name() -> str:
     return "default" if torch.cuda.is_available() else "smoke"
 
 
-def _print_dry_run(sweep) -> None:
+def _print_dry_run(sweep, fmt: str = "table") -> None:
+    """The plan: on stdout for people (``table``), else its summary and notes on stderr and a
+    document of the tasks on stdout (:func:`_dry_run_frame`)."""
     p = sweep.plan
     cases = {t.case for t in p.runnable} | {r.case for r in p.skipped}
     done = f" ({sweep.already_done} already in the results directory)" if sweep.already_done else ""
     rounds = f" in {sweep.rounds} rounds ({sweep.measurements - len(p.skipped)} measurements)" if sweep.rounds > 1 else ""
-    out.print(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
-              f"{len(p.runnable)} to run{rounds}, {len(p.skipped)} skipped")
+    skipped = sum(r.status == "skipped" for r in p.skipped)
+    failed = f", {len(p.skipped) - skipped} failed before running" if len(p.skipped) > skipped else ""
+    console = out if fmt == "table" else err
+    console.print(escape(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
+                         f"{len(p.runnable)} to run{rounds}, {skipped} skipped{failed}"), highlight=False, soft_wrap=True)
     for note in p.notes:
-        out.print(f"  note: {note}", highlight=False, soft_wrap=True)
+        console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
+
+
+def _dry_run_frame(sweep):
+    """``run --dry-run --format json|csv|markdown``: a row per task, named as in the results
+    (``backend``, the case fields, ``status``: planned, skipped, or error where the backend's
+    ``unsupported_reason`` raised; ``reason``)."""
+    import pandas as pd
+
+    from ..model.case import CASE_FIELDS
+
+    p = sweep.plan
+    rows = [{"backend": t.backend, **t.case.as_dict(), "status": "planned", "reason": ""} for t in p.runnable]
+    rows += [{"backend": r.backend, **r.case.as_dict(), "status": r.status, "reason": r.reason} for r in p.skipped]
+    return pd.DataFrame(rows, columns=["backend", *CASE_FIELDS, "status", "reason"])
 
 
 def _print_skips(sweep) -> None:
     for r in sweep.plan.skipped:
-        out.print(f"  skip {r.backend:<15} {r.case.label()}: {r.reason}", highlight=False, soft_wrap=True)
+        # settled before measuring: skipped, or an error where the backend's unsupported_reason raised
+        word = "skip" if r.status == "skipped" else r.status
+        out.print(escape(f"  {word} {r.backend:<15} {r.case.label()}: {r.reason}"), highlight=False, soft_wrap=True)
 
 
 def _parse_resources(text: str | None) -> dict[str, float]:
@@ -131,14 +152,16 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
                    _backend=[order.get(b, len(order)) for b in df["backend"]])
     df = df.sort_values(["_case", "_backend"], kind="stable").drop(columns=["_case", "_backend"]).reset_index(drop=True)
     measured = df[df["status"] != "skipped"]
+    if measured.empty:  # every row skipped: the skip lines below say why; an empty table says nothing
+        return
     names = sorted({n for n in measured["device_name"].dropna() if n})
     ref = loaded.config.reference_backend
     if len(names) > 1 and not mix_devices:
         # only rows measured on the same GPU model are compared in one table
         for name in names:
-            out.print(run_table(df[df["device_name"] == name], ref, title=f"{title} — {name}"))
+            out.print(run_table(df[df["device_name"] == name], ref, title=escape(f"{title} — {name}"), width=out.width))
     else:
-        out.print(run_table(df, ref, title=title))
+        out.print(run_table(df, ref, title=escape(title), width=out.width))
 
 
 @app.command()
@@ -211,8 +234,10 @@ def run(
             fail(str(e), code=EXIT_ENV)
     p = sweep.plan
     if dry_run:
-        _print_dry_run(sweep)
-        if not quiet:
+        _print_dry_run(sweep, fmt)
+        if fmt != "table":
+            write_machine(format_frame(_dry_run_frame(sweep), fmt))
+        elif not quiet:
             _print_skips(sweep)
         return
     if p.device == "cpu" and not quiet:
@@ -221,7 +246,7 @@ def run(
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if sweep.resume is not None:
         for w in sweep.resume.warnings:
-            err.print(f"[yellow]warning:[/] {w}")
+            err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
         if not quiet:
             err.print(f"resuming {sweep.directory}: {len(sweep.resume.kept)} rows kept"
                       + (f", {len(sweep.resume.dropped)} failed rows measured again" if sweep.resume.dropped else "")
@@ -265,17 +290,17 @@ def run(
     else:
         write_machine(format_frame(df[SUMMARY_COLUMNS], fmt))
     for w in writer.meta.get("warnings", []):
-        err.print(f"[yellow]warning:[/] {w}")
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if plot:
         from ..report.plots import PlotError, plot_run_dir
 
         try:
             for path in plot_run_dir(sweep.directory):
-                err.print(f"figure: {path}")
+                err.print(escape(f"figure: {path}"), highlight=False)
         except PlotError as e:
-            err.print(f"[yellow]warning:[/] no figures: {e}")
+            err.print(f"[yellow]warning:[/] no figures: {escape(str(e))}", highlight=False)
     ok = int((df["status"] == "ok").sum())
     skipped = int((df["status"] == "skipped").sum())
     failed = len(df) - ok - skipped
-    err.print(f"{len(writer.records)} records ({ok} ok, {skipped} skipped, {failed} failed) "
-              f"written to {sweep.directory}/results.json and results.csv")
+    err.print(escape(f"{len(writer.records)} records ({ok} ok, {skipped} skipped, {failed} failed) "
+                     f"written to {sweep.directory}/results.json and results.csv"), highlight=False)

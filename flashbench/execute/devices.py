@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+MAX_DEVICES = 256  # worker slots a sweep may ask for: more GPUs than one node holds
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """One worker slot: which GPU (or fake CPU device) it runs on."""
@@ -42,6 +45,8 @@ def parse_devices(spec: str | None, device: str) -> list[DeviceSpec]:
             raise ValueError(f"--devices: {spec!r}: indices must be non-negative integers")
         if len(set(indices)) != len(indices):
             raise ValueError(f"--devices: {spec!r} lists a device twice")
+        if len(indices) > MAX_DEVICES:  # a worker process each: thousands of fake CPU devices would fork thousands
+            raise ValueError(f"--devices: {len(indices):,} devices listed; at most {MAX_DEVICES} (one worker each)")
         if cuda:
             n = _cuda_count()
             bad = [i for i in indices if i >= n]

@@ -50,7 +50,7 @@ from ..model.case import Case, Task
 from ..model.schema import Record
 from .devices import DeviceSpec, parse_devices
 from .failures import STDERR_TAIL_CHARS, describe_exit, is_cuda_fatal, last_cuda_error, summarize_stderr
-from .protocol import recv_msg, send_msg
+from .protocol import kill_group, recv_msg, send_msg
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
@@ -227,20 +227,9 @@ class LocalExecutor:
         p = s.proc
         if p is None:
             return None
-        if p.returncode is None:  # not reaped: its pid, and so its process group id, cannot be anyone else's
-            if grace:
-                _exited(p, grace)
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, OSError):
-                try:
-                    p.kill()
-                except OSError:
-                    pass
-        try:
-            rc = p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            rc = None
+        if p.returncode is None and grace:
+            _exited(p, grace)
+        rc = kill_group(p)
         try:  # stdout belongs to the reader thread, which closes it at EOF
             if p.stdin:
                 p.stdin.close()

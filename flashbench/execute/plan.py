@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .. import backends
-from ..measure.measurer import SKIP_REASON_CHARS, MeasureSettings, bounded, error_reason
+from ..measure.measurer import MeasureSettings, error_reason
 from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
 from ..model.grid import dropped_combinations, expand_loaded
-from ..model.schema import Record
+from ..model.schema import MAX_REASON_CHARS, Record
+from ..model.yaml_input import cut
 
 
 @dataclass
@@ -69,7 +70,7 @@ def skip_reason(backend, case: Case, device: str) -> str | None:
         why = backend.unsupported_reason(case, device_kind(device))
     except Exception as e:  # noqa: BLE001 - a plugin's bug is that backend's rows, not the sweep's end
         raise ReasonFailed(f"{backend.name}.unsupported_reason() failed: {error_reason(e, 300)}") from None
-    return bounded(why, SKIP_REASON_CHARS) if why else None
+    return cut(why, MAX_REASON_CHARS) if why else None
 
 
 def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:

@@ -20,7 +20,6 @@ Failures here are not errors: a case that fails to compile or crashes its proces
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import backends
 from ..model.case import Case, Task
-from .protocol import claim_stdio, die_with_parent, recv_msg, send_msg
+from .protocol import claim_stdio, die_with_parent, kill_group, recv_msg, send_msg
 
 # Processes at most: each holds a CUDA context (~0.5 GB of GPU memory) and about 1.5 GB of RAM.
 # A little more than one per core: much of a process's life is start-up and waiting on ptxas.
@@ -134,7 +133,7 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
                 p.wait(timeout=max(0.0, deadline - time.perf_counter()))
             except subprocess.TimeoutExpired:
                 summary.timed_out = True
-                _kill_group(p)
+                kill_group(p)
             reader.join(timeout=10)
             for t in share:
                 rep = reported.get((t.backend, t.case.label()))
@@ -146,29 +145,13 @@ def warm_caches(tasks: list[Task], device: str, *, visible: str | None = None, j
                     summary.failed.append(f"{t.backend} {t.case.label()}: {why}")
     finally:  # Ctrl-C, SIGTERM or an error here: no compile process is left running (in its own session)
         for p, *_ in procs:
-            _kill_group(p)
+            kill_group(p)
             try:
                 p.stdout.close()
             except OSError:
                 pass
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary
-
-
-def _kill_group(p: subprocess.Popen) -> None:
-    """Kill a compile process and what it started (its own session), then reap it."""
-    if p.returncode is None:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except OSError:
-            try:
-                p.kill()
-            except OSError:
-                pass
-    try:
-        p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _read_reports(stream, out: dict | None = None) -> dict[tuple[str, str], dict]:

@@ -3,7 +3,8 @@ processes): length-prefixed pickles over the child's stdin and stdout.
 
 Children keep their own stdout for the protocol only: :func:`claim_stdio` moves it aside and points
 file descriptor 1 at stderr, so whatever a library or a backend prints goes to the child's log,
-never into the protocol. :func:`die_with_parent` makes a child die with the driver.
+never into the protocol. :func:`die_with_parent` makes a child die with the driver, and
+:func:`kill_group` ends a child with whatever it started.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import pickle
 import signal
 import struct
+import subprocess
 import sys
 
 def send_msg(f, obj) -> None:
@@ -54,3 +56,22 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def kill_group(p: subprocess.Popen, wait_s: float = 10.0) -> int | None:
+    """Kill a child started in its own session (``start_new_session=True``) and everything in its process
+    group (a process it forked and left behind would live on, holding its pipes), then reap it; its exit
+    code, None if it did not end within ``wait_s``. The group is killed only while the child is unreaped:
+    until then its pid, and so its group id, cannot be another process's."""
+    if p.returncode is None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                p.kill()
+            except OSError:
+                pass
+    try:
+        return p.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        return None

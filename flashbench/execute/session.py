@@ -26,7 +26,7 @@ from ..measure.gpu_monitor import GpuMonitor, compute_processes
 from ..model.config import load_config, with_timing
 from ..model.schema import Record
 from ..model.yaml_input import ConfigError
-from ..results.files import ResultsWriter
+from ..results.files import ResultsWriter, os_error_text
 from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
@@ -273,14 +273,10 @@ class Sweep:
         except (WorkerStartError, RayUnavailable) as e:
             raise EnvironmentProblem(str(e)) from None
         except OSError as e:  # the results files or worker logs cannot be written (disk full, directory gone)
-            raise EnvironmentProblem(f"the sweep stopped: {_os_error(e)} (the results files keep the rows "
+            raise EnvironmentProblem(f"the sweep stopped: {os_error_text(e)} (the results files keep the rows "
                                      "written before it)") from None
         finally:
             self.close()
-
-
-def _os_error(e: OSError) -> str:
-    return f"{e.filename}: {e.strerror or e}" if e.filename is not None else f"{type(e).__name__}: {e}"
 
 
 def prepare_sweep(req: SweepRequest) -> Sweep:
@@ -301,6 +297,11 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
         if not torch.cuda.is_available():
             raise EnvironmentProblem("this config asks for a CUDA device, but none is available (use --device cpu)")
     slots = None
+    if req.executor == "local" and req.dry_run and req.devices:  # the dry run checks what --devices says, not the GPUs
+        try:
+            parse_devices(req.devices, "cpu")
+        except ValueError as e:
+            raise ConfigError([str(e)]) from None
     if req.executor == "local" and not req.dry_run:
         try:
             slots = parse_devices(req.devices, p.device)

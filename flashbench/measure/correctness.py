@@ -1,7 +1,9 @@
 """Correctness against a high-precision reference (the flash-attention test rule).
 
 A backend's error on each tensor (O, and dQ, dK, dV with a backward) must be at most
-``factor`` × the error of PyTorch's own same-dtype math on the same inputs + ``atol``.
+``factor`` × the error of PyTorch's own same-dtype math on the same inputs + ``atol``. Where that
+math is not finite (an overflow of the same-dtype path), its error says nothing and the bound is
+``atol`` alone: a NaN bound would pass every output.
 The reference is fp32 for half-precision cases on a GPU and fp64 otherwise (fp32 cases, CPU).
 The reference runs in chunks of (batch, kv-head) groups so that its N×N matrices, and their
 autograd state, stay within a fixed memory bound; a varlen or decode batch runs sequence by sequence,
@@ -10,6 +12,7 @@ with the case's causal form and sliding window.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -88,8 +91,32 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.to(b.dtype) - b).abs().max().item()
 
 
+@contextmanager
+def full_fp32_matmuls():
+    """Matmuls and convolutions in full fp32 for the reference: a plugin or a user's setup may have allowed TF32
+    for the whole process (``torch.set_float32_matmul_precision("high")``), which would make the "fp32"
+    reference a 10-bit-mantissa one and loosen every bound. The flags are put back after."""
+    flags = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"))
+    saved = []
+    try:
+        for owner, name in flags:
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, False)
+    except Exception:  # noqa: BLE001 - a torch whose precision settings refuse the legacy flags: leave them be
+        pass
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            try:
+                setattr(owner, name, value)
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def compute_reference(inputs: Inputs, case: Case, device: str) -> Reference:
-    high = reference_outputs(inputs, case, reference_dtype(case, device))
+    with full_fp32_matmuls():
+        high = reference_outputs(inputs, case, reference_dtype(case, device))
     low = reference_outputs(inputs, case, case.torch_dtype())
     err = {name: _max_abs(low[name], high[name]) for name in high}
     del low
@@ -112,12 +139,15 @@ def check(outputs: dict[str, torch.Tensor], ref: Reference, atol: float, factor:
         diff = got.to(want.dtype) - want
         err = diff.abs().max().item()
         rel = (diff.norm() / want.norm().clamp_min(1e-30)).item()
-        bound = factor * ref.same_dtype_err[name] + atol
+        same = ref.same_dtype_err[name]
+        if math.isfinite(same):
+            bound, rule = factor * same + atol, f"{factor:g}x PyTorch same-dtype err {same:.3g} + atol {atol:g}"
+        else:  # NaN or inf: factor × it would let anything through
+            bound, rule = atol, f"atol {atol:g} alone: PyTorch's same-dtype math was not finite here"
         if not math.isfinite(err):
             problems.append(f"{name}: non-finite values")
         elif err > bound:
-            problems.append(f"{name}: max abs err {err:.3g} > bound {bound:.3g} "
-                            f"({factor:g}x PyTorch same-dtype err {ref.same_dtype_err[name]:.3g} + atol {atol:g})")
+            problems.append(f"{name}: max abs err {err:.3g} > bound {bound:.3g} ({rule})")
         if not math.isfinite(err) or err >= worst_err:
             worst_err, worst_bound = err, bound
         worst_rel = max(worst_rel, rel) if math.isfinite(rel) else math.nan

@@ -20,7 +20,8 @@ from .calls import bind, make_inputs, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference
-from ..model.schema import Record
+from ..model.schema import MAX_REASON_CHARS, Record
+from ..model.yaml_input import cut
 from .stats import noise_pct, summarize
 from ..model.config import Timing
 from .ceilings_cache import load_cached, percent_of_roofs
@@ -30,9 +31,9 @@ from .timer import GraphCaptureError, time_call
 
 IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
 # A backend's own texts in a record are bounded: a skip reason (the longest real one, PyTorch's refusal of an
-# SDPA kernel, runs to ~450 characters) and config_description (a Triton launch log, ~850): a plugin that
-# returns a megabyte would otherwise write it into every row of results.json/csv and onto the terminal.
-SKIP_REASON_CHARS = 1000
+# SDPA kernel, runs to ~450 characters) to MAX_REASON_CHARS, the bound results files read reasons with, and
+# config_description (a Triton launch log, ~850) to CONFIG_CHARS: a plugin that returns a megabyte would
+# otherwise write it into every row of results.json/csv and onto the terminal.
 CONFIG_CHARS = 4000
 
 
@@ -75,13 +76,7 @@ def error_reason(e: BaseException, limit: int = 500) -> str:
         text = text[:m.start()]
     text = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
     reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return reason if len(reason) <= limit else reason[:limit - 1] + "…"
-
-
-def bounded(text, limit: int) -> str:
-    """``text`` as a str of at most ``limit`` characters (cut with "…")."""
-    text = text if isinstance(text, str) else str(text)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return cut(reason, limit)
 
 
 def free_memory() -> None:
@@ -163,7 +158,7 @@ class Measurer:
         try:
             self._measure_into(rec, task)
         except Unsupported as e:
-            rec.status, rec.reason = "skipped", bounded(str(e), SKIP_REASON_CHARS)
+            rec.status, rec.reason = "skipped", cut(e, MAX_REASON_CHARS)
         except BaseException as e:  # noqa: BLE001 - every failure is data
             if isinstance(e, KeyboardInterrupt) and not self.interrupts_are_errors:
                 state.restore()
@@ -240,6 +235,6 @@ class Measurer:
         rec.energy_j = energy_per_call_j(timing.avg_power_w, s.median_ms)
         rec.tflop_per_j = tflop_per_j(rec.flops, rec.energy_j)
         try:  # a description that fails (or runs long) costs the description, not the measurement
-            rec.backend_config = bounded(backend.config_description() or "", CONFIG_CHARS)
+            rec.backend_config = cut(backend.config_description() or "", CONFIG_CHARS)
         except Exception as e:  # noqa: BLE001
             rec.backend_config = f"config_description() failed: {error_reason(e, 200)}"

@@ -11,7 +11,9 @@ decode: the new tokens against each sequence's cache; varlen: each packed sequen
 
 Minimum bytes (:func:`min_hbm_bytes`): Q read and O written once, and the keys some query sees
 (:func:`visible_keys`) read once per KV head, for K and V; a paged cache adds its page-table
-entries (int32, one per page a sequence uses).
+entries (int32, one per page that holds a key some query sees). A backward writes dQ, dK and dV
+whole: a key no query sees has a zero gradient, which is written like any other (as O is for a
+query that sees no key).
 """
 from __future__ import annotations
 
@@ -59,17 +61,31 @@ def visible_pairs(n_q: int, n_kv: int, causal: bool, window: tuple[int, int] = (
     return _clamped_sum(hi + 1, n_q, n_kv) - _clamped_sum(lo, n_q, n_kv)
 
 
-def visible_keys(n_q: int, n_kv: int, causal: bool, window: tuple[int, int] = (-1, -1)) -> int:
-    """Number of keys at least one query sees. Row i sees [max(0, i + lo), min(n_kv − 1, i + hi)],
-    an interval that moves right by one key per row (hi ≥ lo), so the union over the rows that see
-    any key (i + hi ≥ 0 and i + lo ≤ n_kv − 1) is one interval, from the first such row's first key
-    to the last such row's last key."""
+def visible_key_range(n_q: int, n_kv: int, causal: bool,
+                      window: tuple[int, int] = (-1, -1)) -> tuple[int, int] | None:
+    """(first, last) of the keys at least one query sees, None when no query sees any. Row i sees
+    [max(0, i + lo), min(n_kv − 1, i + hi)], an interval that moves right by one key per row
+    (hi ≥ lo), so the union over the rows that see any key (i + hi ≥ 0 and i + lo ≤ n_kv − 1) is
+    one interval, from the first such row's first key to the last such row's last key."""
     lo, hi = _reach(n_q, n_kv, causal, window)
     first_row = max(0, -hi)
     last_row = min(n_q - 1, n_kv - 1 - lo)
     if n_kv < 1 or first_row > last_row:
-        return 0
-    return int(min(n_kv - 1, last_row + hi) - max(0, first_row + lo) + 1)
+        return None
+    return int(max(0, first_row + lo)), int(min(n_kv - 1, last_row + hi))
+
+
+def visible_keys(n_q: int, n_kv: int, causal: bool, window: tuple[int, int] = (-1, -1)) -> int:
+    """Number of keys at least one query sees (:func:`visible_key_range`)."""
+    seen = visible_key_range(n_q, n_kv, causal, window)
+    return 0 if seen is None else seen[1] - seen[0] + 1
+
+
+def visible_pages(n_q: int, n_kv: int, causal: bool, window: tuple[int, int], page_size: int) -> int:
+    """Pages of ``page_size`` tokens (the cache's pages in order) that hold a key some query sees:
+    the page-table entries a paged kernel must read."""
+    seen = visible_key_range(n_q, n_kv, causal, window)
+    return 0 if seen is None else seen[1] // page_size - seen[0] // page_size + 1
 
 
 def _sequences(case: Case) -> Counter:
@@ -92,21 +108,25 @@ def min_hbm_bytes(case: Case) -> int:
     """Fewest bytes any implementation must move through HBM.
 
     forward: read Q, the visible K and V once (per KV head), write O once; a paged cache also reads
-    the page-table entries of the pages each sequence uses.
-    backward: read Q, K, V, O, dO and the fp32 log-sum-exp, write dQ, dK, dV.
+    the page-table entries of the pages that hold a visible key.
+    backward: read Q, the visible K and V, O, dO and the fp32 log-sum-exp; write dQ, dK, dV whole
+    (every key's gradient, zero for a key no query sees).
     fwd_bwd: both (the forward's O and LSE are written then read again).
     """
     e = dtype_bytes(case.dtype)
     seqs = _sequences(case)
     q_tokens = sum(n * nq for (nq, _), n in seqs.items())
-    kv_tokens = sum(n * visible_keys(nq, nkv, case.causal, case.window) for (nq, nkv), n in seqs.items())
+    seen_tokens = sum(n * visible_keys(nq, nkv, case.causal, case.window) for (nq, nkv), n in seqs.items())
+    kv_tokens = sum(n * nkv for (_, nkv), n in seqs.items())
     q = case.heads * q_tokens * case.head_dim * e
-    kv = case.kv_heads * kv_tokens * case.head_dim * e
+    kv_read = case.kv_heads * seen_tokens * case.head_dim * e   # one of K, V: the keys some query sees
+    kv_grad = case.kv_heads * kv_tokens * case.head_dim * e     # one of dK, dV: every key
     o = q
     lse = case.heads * q_tokens * 4
     table = 0
     if case.is_paged:
-        table = INDEX_BYTES * sum(n * -(-nkv // case.page_size) for (_, nkv), n in seqs.items())
-    fwd = q + 2 * kv + o + table
-    bwd = (q + 2 * kv + o + o + lse) + (q + 2 * kv)
+        table = INDEX_BYTES * sum(n * visible_pages(nq, nkv, case.causal, case.window, case.page_size)
+                                  for (nq, nkv), n in seqs.items())
+    fwd = q + 2 * kv_read + o + table
+    bwd = (q + 2 * kv_read + o + o + lse) + (q + 2 * kv_grad)
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + lse + bwd}[case.mode]

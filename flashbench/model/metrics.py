@@ -94,6 +94,13 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+def judged_rate(workloads) -> Metric:
+    """The rate a set of rows is judged by: GB/s when every row is decode (memory-bound: its figure is the
+    bandwidth, README "Workloads"), else TFLOP/s. ``workloads``: the rows' workload values."""
+    values = list(workloads)
+    return get_metric("gbps" if values and all(w == "decode" for w in values) else "tflops")
+
+
 def metric_names() -> list[str]:
     return [m.name for m in METRICS]
 

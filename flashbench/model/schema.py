@@ -16,7 +16,7 @@ from .case import CASE_FIELDS, DTYPES, KV_LAYOUTS, MODES, WORKLOADS, Case, Task
 from .fields import MAX_BATCH, MAX_HEAD_DIM, MAX_HEADS, MAX_SEQ_LEN, MAX_TOKENS
 from .flops import attention_flops, min_hbm_bytes
 from .lengths import parse_lengths, realise_budget
-from .yaml_input import preview
+from .yaml_input import cut, preview
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # what upgrade() reads
@@ -238,7 +238,7 @@ def _outcome(name: str, kind: str, v):
         if name == "status" and v not in STATUSES:
             raise _bad(name, f"expected one of {', '.join(STATUSES)}", v)
         # a reason is shown in tables and gate reports: a megabyte of it (an edited file) is cut there
-        return v if name != "reason" or len(v) <= MAX_REASON_CHARS else v[:MAX_REASON_CHARS - 1] + "…"
+        return cut(v, MAX_REASON_CHARS) if name == "reason" else v
     if kind == "float | None":
         value = _float(name, v, 0 if timing else None)
         if timing and value is not None and (value == math.inf or (name == "median_ms" and value == 0)):

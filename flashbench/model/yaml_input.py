@@ -49,7 +49,9 @@ _repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 3, 
 _repr.maxstring = _repr.maxlong = _repr.maxother = PREVIEW_CHARS
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text, limit: int) -> str:
+    """``text`` (made a str) of at most ``limit`` characters, cut with "…": every bounded text of flashbench."""
+    text = text if isinstance(text, str) else str(text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -60,7 +62,7 @@ def preview(value) -> str:
         text = _repr.repr(value)
     except Exception:  # noqa: BLE001 - a value whose repr fails is still named
         text = f"<{type(value).__name__}>"
-    return _cut(text, PREVIEW_CHARS)
+    return cut(text, PREVIEW_CHARS)
 
 
 # pydantic's names for the schema it went through (a union's branch, a validator), not the user's keys
@@ -76,7 +78,7 @@ def _format_loc(loc: tuple) -> str:
         elif _SCHEMA_STEP.match(str(x)) or x in ("function-after", "function-before"):
             continue
         else:
-            parts.append(_cut(str(x), KEY_CHARS))
+            parts.append(cut(str(x), KEY_CHARS))
     return ".".join(parts) or "(top level)"
 
 
@@ -279,9 +281,9 @@ def load_yaml(text: str, source: str):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line (a ReaderError has several)
-        raise ConfigError([f"{source}: not valid YAML{_at(mark)}: {_cut(problem, 200)}"]) from None
+        raise ConfigError([f"{source}: not valid YAML{_at(mark)}: {cut(problem, 200)}"]) from None
     except (ValueError, RecursionError) as e:  # e.g. an integer of more digits than Python converts
-        raise ConfigError([f"{source}: not a valid value: {_cut(str(e), 200)}"]) from None
+        raise ConfigError([f"{source}: not a valid value: {cut(str(e), 200)}"]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -296,7 +298,7 @@ def read_yaml_file(path: str | Path) -> str:
             raise ConfigError([f"{path}: {size:,} bytes: larger than a config can be ({MAX_YAML_BYTES:,} at most)"])
         return path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot read: {_cut(str(e), 200)}"]) from None
+        raise ConfigError([f"{path}: cannot read: {cut(str(e), 200)}"]) from None
 
 
 def validate_yaml(model: type[BaseModel], text: str, source: str):

@@ -13,7 +13,6 @@ and the roofline points.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from ..execute.plan import split_runnable
 from ..model.flops import min_hbm_bytes
 from ..model.case import Case, Task
 from ..measure.measurer import MeasureSettings, Measurer
+from ..report.format import strict_json
 from ..results.files import ResultsWriter
 from ..model.schema import Record
 from . import ncu as ncu_mod
@@ -153,5 +153,5 @@ def write_profile_json(report: ProfileReport) -> Path:
         "roofline": [p.to_dict() for p in report.points],
     }
     path = report.out_dir / "profile.json"
-    path.write_text(json.dumps(doc, indent=1, default=str))
+    path.write_text(strict_json(doc))  # no NaN literals: jq and strict parsers read it
     return path

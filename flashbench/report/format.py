@@ -8,8 +8,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
+from rich.cells import cell_len
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from ..model import metrics
 from ..model.case import CASE_FIELDS, workload_label
@@ -44,13 +50,16 @@ def fmt_bytes(n) -> str:
 
 def format_value(metric: metrics.Metric, x, with_unit: bool = False) -> str:
     """A metric's value: bytes in binary units, other numbers by :func:`fmt_num`; ``with_unit``
-    (a value on its own, not under a heading) adds the unit of an "ms" kind metric."""
+    (a value on its own, not under a heading that names the unit) adds the metric's unit:
+    "1.33 ms", "508 TFLOP/s", "4,200 GB/s", "61.2%"."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if metric.kind == "bytes":
         return fmt_bytes(x)
     text = fmt_num(float(x))
-    return f"{text} {metric.unit}" if with_unit and metric.kind == "ms" else text
+    if not with_unit:
+        return text
+    return f"{text}%" if metric.unit == "%" else f"{text} {metric.unit}"
 
 
 def with_speedup(df: pd.DataFrame, reference_backend: str | None) -> pd.DataFrame:
@@ -78,20 +87,45 @@ def compact_shape(row) -> str:
             f"{workload_label(row)}")
 
 
-def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None) -> Table:
+def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str | None = None,
+              width: int | None = None) -> Table:
     """One section per shape, one row per measured backend, a column per metric of the metrics
     table (and its spread) that some row has a value of. Skipped rows are left out (see
-    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`."""
-    from rich import box
-
+    :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`. ``width``: the
+    table is fitted to that many columns (:func:`fit_table`): the shape wraps at its words; still
+    too wide, the error, the spreads, the other metrics, the speedup and (when every row is ok)
+    the status are left out in that order, and the caption names them. The shape, the backend,
+    the median and the rate the rows are judged by (TFLOP/s; GB/s when every row is decode) stay."""
     df = with_speedup(df, reference_backend)
     df = df[df["status"] != "skipped"]
-    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     shown = [m for m in metrics.METRICS if m.in_run_table and m.column in df and df[m.column].notna().any()]
+    build = lambda hidden: _run_table(df, shown, reference_backend, title, hidden)  # noqa: E731
+    if width is None:
+        return build(frozenset())
+    # the figures kept at any width: the median and the rate the rows are judged by (GB/s for
+    # decode, which is memory-bound, else TFLOP/s); the status too unless every row is ok
+    key = {metrics.LATENCY.column, metrics.judged_rate(df["workload"] if "workload" in df else []).column}
+    optional = ["max err", *(m.interval_label for m in shown if m.interval),
+                *(m.label for m in shown if m.column not in key),
+                f"vs {reference_backend}" if reference_backend else "speedup"]
+    if not df.empty and bool((df["status"] == "ok").all()):
+        optional.append("status")
+    return fit_table(build, width, optional=optional, wrap={"shape": 14})
+
+
+def _run_table(df: pd.DataFrame, shown: list, reference_backend: str | None, title: str | None,
+               hidden: frozenset) -> Table:
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     headings = [h for m in shown for h in (m.label, m.interval_label) if h]
-    for col in ("shape", "backend", "status", *headings,
-                f"vs {reference_backend}" if reference_backend else "speedup", "max err"):
-        table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right")
+    columns = ("shape", "backend", "status", *headings, f"vs {reference_backend}" if reference_backend else "speedup",
+               "max err")
+    keep = [c not in hidden for c in columns]
+    for col, k in zip(columns, keep):
+        if k:
+            table.add_column(col, justify="left" if col in ("shape", "backend", "status") else "right",
+                             no_wrap=col != "shape")
     prev = None
     launch_bound = False
     for _, row in df.iterrows():
@@ -102,27 +136,105 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
         cells = []
         for m in shown:
             cells.append(format_value(m, row[m.column]))
-            if m.column == "host_ms" and _is_true(row.get("launch_bound")):
+            if m.column == "host_ms" and _is_true(row.get("launch_bound")) and m.label not in hidden:
                 cells[-1] = f"[bold yellow]{cells[-1]}*[/]"
                 launch_bound = True
             if m.interval:
                 lo, hi = row[m.interval[1]], row[m.interval[2]]
                 cells.append(f"{format_value(m, lo)}–{format_value(m, hi)}" if pd.notna(lo) else "–")
-        table.add_row(
-            shape if shape != prev else "",
-            row["backend"],
+        row_cells = (
+            escape(shape) if shape != prev else "",
+            escape(row["backend"]),
             f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
             *cells,
             f"{row['speedup']:.2f}x" if pd.notna(row["speedup"]) else "–",
             fmt_num(row["max_abs_err"], 2),
         )
+        table.add_row(*(c for c, k in zip(row_cells, keep) if k))
         prev = shape
-    notes = [m.note for m in shown if m.note]
+    notes = [m.note for m in shown if m.note and m.label not in hidden]
     if launch_bound:
         notes.append("host ms*: launch-bound, the host takes longer to enqueue the call than the GPU to run it "
                      "(an eager loop of it runs at the host's pace)")
     if notes:
         table.caption = "; ".join(notes)
+    return table
+
+
+_MEASURE = Console(width=100_000, no_color=True, highlight=False)
+
+
+def table_width(table: Table) -> int:
+    """The columns ``table`` takes when nothing in it is wrapped or cut."""
+    return Measurement.get(_MEASURE, _MEASURE.options, table).maximum
+
+
+def _cell_text(cell) -> Text:
+    return _MEASURE.render_str(cell) if isinstance(cell, str) else Text(str(cell))
+
+
+def _word_widths(column) -> tuple[int, int]:
+    """(the longest word, the longest line) of a column's header and cells, in terminal cells."""
+    lines = [line for c in (column.header, *column.cells) for line in _cell_text(c).plain.splitlines()]
+    longest_word = max((cell_len(w) for line in lines for w in line.split()), default=1)
+    longest_line = max((cell_len(line) for line in lines), default=1)
+    return longest_word, longest_line
+
+
+def _shrink(table: Table, excess: int, wrap: dict[str, int], fold: bool = False) -> int:
+    """Narrow the ``wrap`` columns of ``table`` (in that order) by up to ``excess`` columns, each to
+    no fewer than its floor, wrapping at their words; not below their longest word unless ``fold``,
+    which folds a longer word onto the next line (never cut). Returns the excess left."""
+    for heading, least in wrap.items():
+        column = next((c for c in table.columns if c.header == heading), None)
+        if column is None or excess <= 0:
+            continue
+        word, line = _word_widths(column)
+        current = column.width or line
+        take = min(excess, current - (min(least, line) if fold else min(max(least, word), line)))
+        if take > 0:
+            column.width, column.no_wrap = current - take, False
+            if column.width < word:
+                column.overflow = "fold"
+            excess -= take
+    return excess
+
+
+MIN_WRAPPED_WIDTH = 8  # the narrowest a wrapped column gets, whatever must fit beside it
+
+
+SHOWN_ELSEWHERE = "a wider terminal, or --format json|csv|markdown, shows every column"
+
+
+def fit_table(build, width: int, optional=(), wrap: dict[str, int] | None = None,
+              elsewhere: str = SHOWN_ELSEWHERE) -> Table:
+    """The table ``build(hidden)`` makes, fitted to ``width`` columns without cutting a word.
+
+    ``build`` takes the set of column headings to leave out. First the ``wrap`` columns (heading ->
+    the fewest columns it may take) wrap at their words, the first listed first (:func:`_shrink`);
+    while the table is still too wide, the ``optional`` headings are left out in order, and the
+    caption names them (and where to find them: ``elsewhere``); then a word longer than its ``wrap``
+    column's floor folds. What still does not fit is Rich's to cut, visibly ("…")."""
+    wrap = dict(wrap or {})
+    hidden: list[str] = []
+    pending = list(optional)
+    while True:
+        table = build(frozenset(hidden))
+        excess = _shrink(table, table_width(table) - width, wrap)
+        if excess <= 0:
+            break
+        present = {c.header for c in table.columns}
+        while pending and pending[0] not in present:
+            pending.pop(0)
+        if not pending:
+            # last: below the floors (folded), rather than let Rich cut a key column
+            excess = _shrink(table, excess, wrap, fold=True)
+            _shrink(table, excess, {heading: MIN_WRAPPED_WIDTH for heading in wrap}, fold=True)
+            break
+        hidden.append(pending.pop(0))
+    if hidden:
+        note = f"left out to fit {width} columns: {', '.join(hidden)} ({elsewhere})"
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     return table
 
 
@@ -142,25 +254,70 @@ def skipped_summary(df: pd.DataFrame) -> list[str]:
     return [f"{n:>4} × {backend}: {reason}" for (backend, reason), n in counts.items()]
 
 
+def md_cell(x) -> str:
+    """Text that stays inside one markdown table cell: pipes escaped, line breaks made spaces."""
+    return " ".join(str(x).replace("|", "\\|").splitlines())
+
+
 def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table: numbers as people read them (:func:`fmt_num`), a missing or
+    non-finite number as "–", every cell on one line (a failure reason may hold several)."""
     def cell(x):
+        x = plain_value(x)
+        if x is None:
+            return "–"
         if isinstance(x, float):
             return fmt_num(x)
-        return "" if x is None else str(x).replace("|", "\\|")
+        return md_cell(x)
 
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(md_cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
+def plain_value(x):
+    """A cell as a JSON value: numpy scalars as Python numbers, NaN, ±inf, None and pandas' missing
+    markers as None (JSON null, an empty CSV field), lists and mappings element by element."""
+    if x is None or x is pd.NA or x is pd.NaT:
+        return None
+    if isinstance(x, dict):
+        return {str(k): plain_value(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain_value(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy scalars
+        try:
+            x = x.item()
+        except (ValueError, TypeError):
+            return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def strict_json(obj, indent: int | None = 1) -> str:
+    """JSON every parser takes: no NaN or Infinity literals (they become null), numbers at full
+    precision, anything else JSON has no type for as its text."""
+    return json.dumps(plain_value(obj), indent=indent, allow_nan=False, default=str) + "\n"
+
+
 def format_frame(df: pd.DataFrame, fmt: str) -> str:
-    """Machine formats: csv, json (a list of row objects), markdown."""
+    """Machine formats: csv, json (a list of row objects), markdown. The same frame gives the same
+    columns in each, in the same order, also without rows (csv: the header line; json: ``[]``;
+    markdown: the header rows). A missing or non-finite number is an empty csv field, a json null
+    and "–" in markdown; numbers keep their full precision in csv and json."""
     if fmt == "csv":
-        return df.to_csv(index=False)
+        # ±inf as missing, like json's null (pandas would write "inf")
+        clean = df.copy()
+        for col in clean.columns:
+            if clean[col].dtype.kind == "f":
+                clean[col] = clean[col].where(np.isfinite(clean[col]))
+            elif clean[col].dtype == object:
+                clean[col] = [None if isinstance(v, float) and not math.isfinite(v) else v for v in clean[col]]
+        return clean.to_csv(index=False)
     if fmt == "json":
-        rows = json.loads(df.to_json(orient="records"))
-        return json.dumps(rows, indent=1) + "\n"
+        rows = [dict(zip(df.columns, row)) for row in df.itertuples(index=False, name=None)]
+        return strict_json(rows)
     if fmt == "markdown":
         return to_markdown(df)
     raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")

@@ -6,7 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pandas as pd
 
-from .format import compact_shape, format_value
+from ..model.case import CASE_FIELDS
+from ..model.metrics import LATENCY
+from .format import compact_shape, format_value, md_cell
 
 # the outcomes the markdown table lists, worst first (missing cases only when they fail)
 TABLE_OUTCOMES = ("status", "regression", "missing", "improved")
@@ -100,8 +102,18 @@ def headline(report) -> str:
     return text + "".join(f"; {why}" for why in report.not_judged)
 
 
+# the columns of `check --format json|csv`, whatever the report holds (a gate that compared nothing
+# still names every column): the case key, the case's outcome, then one metric check per row
+GATE_COLUMNS = ("backend", *CASE_FIELDS, "outcome", "failed", "old_status", "new_status", "message", "metric",
+                "metric_column", "unit", "old", "new", "change", "threshold", "beyond_noise", "noise", "regression",
+                "note")
+
+
 def gate_frame(report) -> pd.DataFrame:
-    """One row per case and checked metric (cases without checks: one row)."""
+    """One row per case and checked metric (cases without checks: one row, the metric fields empty),
+    then a row per backend tested as a whole. ``metric`` is the thresholds file's key (``latency``),
+    ``metric_column`` the run's column it checks (``median_ms``, as the metrics table names it) and
+    ``unit`` what ``old`` and ``new`` are in; ``change`` is relative (new/old - 1)."""
     rows = []
     for c in report.cases:
         base = {**c.key, "outcome": c.outcome, "failed": c.failed, "old_status": c.old_status,
@@ -109,19 +121,18 @@ def gate_frame(report) -> pd.DataFrame:
         for m in c.checks or [None]:
             row = dict(base)
             if m is not None:
-                row.update(metric=m.metric.gate_key, old=m.old, new=m.new, change=m.change, threshold=m.threshold,
-                           beyond_noise=m.beyond_noise, noise=m.noise, regression=m.regression, note=note_text(m))
+                row.update(metric=m.metric.gate_key, metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
+                           new=m.new, change=m.change, threshold=m.threshold, beyond_noise=m.beyond_noise,
+                           noise=m.noise, regression=m.regression, note=note_text(m))
             rows.append(row)
-    for shift in report.shifts:  # one row per backend tested as a whole
+    for shift in report.shifts:  # one row per backend tested as a whole: the geometric mean of its time ratios
         rows.append({"backend": shift.backend, "outcome": "slower_as_a_whole" if shift.failed else "pass",
-                     "failed": shift.failed, "metric": "latency_geomean", "new": shift.ratio, "old": 1.0,
-                     "change": shift.ratio - 1, "threshold": shift.limit, "regression": shift.failed,
-                     "message": shift.words()})
-    return pd.DataFrame(rows)
+                     "failed": shift.failed, "metric": "latency_geomean", "metric_column": LATENCY.column,
+                     "unit": "ratio", "new": shift.ratio, "old": 1.0, "change": shift.ratio - 1,
+                     "threshold": shift.limit, "regression": shift.failed, "message": shift.words()})
+    return pd.DataFrame(rows, columns=list(GATE_COLUMNS))
 
 
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def gate_markdown(report) -> str:
@@ -165,13 +176,13 @@ def gate_markdown(report) -> str:
             label = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved",
                      "missing": "❌ missing" if c.failed else "⚠️ missing"}[c.outcome]
             checks = [m for m in c.checks if (m.regression if c.outcome == "regression" else m.improvement)]
-            shape = compact_shape(c.key)
+            backend, shape = md_cell(c.backend), md_cell(compact_shape(c.key))
             if checks:
                 for m in checks:
-                    lines.append(f"| {label} | {c.backend} | {shape} | {m.words()} | {value_text(m, m.old)} | "
-                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {m.noise} |")
+                    lines.append(f"| {label} | {backend} | {shape} | {m.words()} | {value_text(m, m.old)} | "
+                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {md_cell(m.noise)} |")
             else:
-                lines.append(f"| {label} | {c.backend} | {shape} | {_md(c.message)} | {c.old_status or '–'} | "
+                lines.append(f"| {label} | {backend} | {shape} | {md_cell(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
         if len(missing) > MAX_MISSING_LISTED:
             lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from (or skipped in) the current run "

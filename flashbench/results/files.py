@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError, read_record,
                             upgrade)
-from ..model.yaml_input import preview
+from ..model.yaml_input import cut, preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -190,6 +190,12 @@ def shown_path(path) -> str:
     return text if len(text) <= 200 else f"{text[:120]}…{text[-60:]} ({len(text):,} characters)"
 
 
+def os_error_text(e: OSError) -> str:
+    """An OSError as a message: "PATH: reason" for a path the file system refused (too long, not a directory,
+    no permission, gone; the path as :func:`shown_path` shows it), else its type and text."""
+    return f"{shown_path(e.filename)}: {e.strerror or e}" if e.filename is not None else f"{type(e).__name__}: {e}"
+
+
 def results_json(path: str | Path) -> Path:
     """The results.json of a results directory (or the file itself); ResultsError when there is none, or
     when it is no regular file (reading /dev/zero would never end) or the file system refuses the path."""
@@ -240,7 +246,7 @@ def load_run(path: str | Path) -> Run:
         extra = len(warnings) - MAX_WARNINGS + 1
         warnings = warnings[:MAX_WARNINGS - 1] + [f"… and {extra} more warnings in {p}"]
     if warnings:
-        meta["warnings"] = [w if len(w) <= MAX_WARNING_CHARS else w[:MAX_WARNING_CHARS - 1] + "…" for w in warnings]
+        meta["warnings"] = [cut(w, MAX_WARNING_CHARS) for w in warnings]
     return Run(meta, records)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, brief, check_launch_log, check_scale, check_tensor,
-                         interpreting)
+from .._validate import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, brief, check_device, check_launch_log, check_scale,
+                         check_tensor)
 from .options import DecodeOptions
 from .tuning import MAX_SPLITS
 
@@ -43,8 +43,7 @@ def check_tensors(q, k_cache, v_cache, cache_seqlens, block_table) -> None:
     for n, t in named[1:]:
         if t.device != q.device:
             fail(f"{n} is on {t.device} but q is on {q.device}; all inputs must be on one device")
-    if not (q.device.type == "cuda" or (q.device.type == "cpu" and interpreting())):  # a meta tensor has no data
-        fail(f"inputs must be CUDA tensors (got {q.device}); CPU runs only under TRITON_INTERPRET=1")
+    check_device(q.device, "flash_decode")  # CUDA, or the CPU under the interpreter (a meta tensor has no data)
     if torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad or v_cache.requires_grad):
         fail("forward only (no autograd): an input requires grad; call it under torch.no_grad() or detach")
     for n, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):

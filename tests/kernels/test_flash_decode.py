@@ -17,7 +17,7 @@ import pytest
 import torch
 import triton
 
-import flashbench_kernels.flash_decode.checks as fd_checks
+import flashbench_kernels._validate as validate
 import flashbench_kernels.flash_decode.launch as fd_launch
 import flashbench_kernels.flash_decode.run as fd_run
 from decode_reference import decode_reference, gather_pages, page_cache, random_tensor
@@ -283,7 +283,7 @@ def test_unused_table_entries_are_not_checked():
 
 
 def test_needs_cuda_outside_the_interpreter(monkeypatch):
-    monkeypatch.setattr(fd_checks, "interpreting", lambda: False)
+    monkeypatch.setattr(validate, "interpreting", lambda: False)  # what check_device asks
     cpu_args = {n: t.cpu() for n, t in _valid(False).items()}
     with pytest.raises(ValueError, match="inputs must be CUDA tensors"):
         flash_decode(**cpu_args)

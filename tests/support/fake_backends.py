@@ -149,11 +149,6 @@ FAKE_NAMES = tuple(n for n in ("fake_compiling", "fake_ok", "fake_slow", "fake_s
 
 def unregister() -> None:
     """Undo this plugin in the current process (tests call it on teardown)."""
-    from flashbench import backends
-    from flashbench.backends import plugins
+    from plugin_teardown import unregister_plugin
 
-    for n in FAKE_NAMES:
-        backends.REGISTRY.pop(n, None)
-    if __name__ in plugins._loaded:
-        plugins._loaded.remove(__name__)
-    sys.modules.pop(__name__, None)
+    unregister_plugin(__name__, FAKE_NAMES)

@@ -8,7 +8,6 @@ Each backend's call first computes the right answer (naive attention), then does
 from __future__ import annotations
 
 import os
-import sys
 import time
 from functools import partial
 
@@ -160,11 +159,6 @@ NAMES = tuple(b.name for b in BACKENDS)
 
 def unregister() -> None:
     """Undo this plugin in the current process (tests call it on teardown)."""
-    from flashbench import backends
-    from flashbench.backends import plugins
+    from plugin_teardown import unregister_plugin
 
-    for n in NAMES:
-        backends.REGISTRY.pop(n, None)
-    if __name__ in plugins._loaded:
-        plugins._loaded.remove(__name__)
-    sys.modules.pop(__name__, None)
+    unregister_plugin(__name__, NAMES)

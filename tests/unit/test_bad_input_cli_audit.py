@@ -309,3 +309,12 @@ def test_json_nested_past_pythons_recursion_limit_is_one_line(command, good, tmp
     args = [bad] if command == "compare" else [bad, "--baseline", good]
     r = invoke(command, *args)
     assert r.exit_code == 2 and "nested too deeply" in r.output, r.output[:500]
+
+
+@pytest.mark.parametrize("devices, says", [("0,1,banana", "is not 'all' or a comma-separated list"),
+                                           (",".join(map(str, range(300))), "300 devices listed; at most 256")])
+def test_devices_are_checked_by_a_dry_run_too(devices, says):
+    """--devices was only read when the sweep started: a dry run said nothing of a typo, and on a CPU any number
+    of fake devices (a worker process each) was taken."""
+    r = invoke("run", "smoke", "--dry-run", "--devices", devices)
+    assert r.exit_code == 2 and says in r.output, r.output[-500:]

@@ -56,10 +56,11 @@ def test_within_run_status_words_and_formats(one_run):
     r = compare(one_run, "--baseline", "sdpa_flash", "--format", "json")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
-    assert len(rows) == 4 and rows[-1]["batch"] == "geomean"
+    # a row column tells the geometric-mean row apart; value columns hold numbers only, the status beside them
+    assert len(rows) == 4 and rows[-1]["row"] == "geomean" and rows[-1]["batch"] is None
     n4096 = [x for x in rows[:-1] if x["seq_len_q"] == 4096 and not x["causal"]][0]
-    assert n4096["naive"] == "oom" and n4096["winner"] == "triton_fa2"
-    assert n4096["sdpa_cudnn"] == "–"  # not run for that shape
+    assert n4096["naive"] is None and n4096["naive status"] == "oom" and n4096["winner"] == "triton_fa2"
+    assert n4096["sdpa_cudnn"] is None and n4096["sdpa_cudnn status"] is None  # not run for that shape
     assert rows[-1]["triton_fa2 speedup"] == pytest.approx(1.71, rel=0.02)
     r = compare(one_run, "--format", "csv")  # the baseline defaults to the run's reference_backend
     assert r.exit_code == 0, r.output
@@ -197,3 +198,41 @@ def test_runs_baseline_option_rejected(two_runs):
 
 def test_missing_result_exit_2(tmp_path):
     assert compare(tmp_path / "nope").exit_code == 2
+
+
+def test_a_decode_run_is_compared_by_bandwidth_unless_asked_otherwise():
+    """Decode is memory-bound and judged by GB/s (README "Workloads"): compare RUN shows GB/s for a run whose
+    rows are all decode, TFLOP/s for any other, and --metric still picks."""
+    import json as _json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from flashbench.cli import app
+
+    root = Path(__file__).resolve().parents[2] / "results" / "baselines" / "h200"
+    run = lambda *a: CliRunner().invoke(app, ["compare", *map(str, a), "--format", "json"])  # noqa: E731
+    for name, column in (("decode", "hbm_gbps"), ("fa2", "tflops")):
+        r = run(root / name)
+        assert r.exit_code == 0, r.output
+        assert {row["metric_column"] for row in _json.loads(r.stdout)} == {column}
+    r = run(root / "decode", "--metric", "tflops")
+    assert {row["metric_column"] for row in _json.loads(r.stdout)} == {"tflops"}
+
+
+def test_a_case_in_one_run_only_keeps_its_own_figure_for_machines(tmp_path):
+    """compare OLD NEW --format json: a case only one run measured carries that run's value (old or new), the
+    other side null; a one-sided case that did not run ok has no value."""
+    old = write_run(tmp_path / "old", [record("sdpa_flash", case(1024), 1.0, seed=1),
+                                       record("sdpa_flash", case(2048), 2.0, seed=2)])
+    new = write_run(tmp_path / "new", [record("sdpa_flash", case(1024), 1.0, seed=1),
+                                       record("sdpa_flash", case(4096), 4.0, seed=3),
+                                       record("flex", case(4096), status="oom", reason="out of memory")])
+    r = CliRunner().invoke(app, ["compare", str(old), str(new), "--format", "json", "--all"])
+    assert r.exit_code == 0, r.output
+    rows = {(x["backend"], x["seq_len_q"], x["change"]): x for x in json.loads(r.stdout)}
+    only_old = rows[("sdpa_flash", 2048, "only in old")]
+    only_new = rows[("sdpa_flash", 4096, "only in new")]
+    assert only_old["old"] == pytest.approx(2.0, rel=0.02) and only_old["new"] is None
+    assert only_new["new"] == pytest.approx(4.0, rel=0.02) and only_new["old"] is None
+    assert rows[("flex", 4096, "only in new")]["new"] is None

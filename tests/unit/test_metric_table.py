@@ -70,7 +70,8 @@ def test_directions_and_words():
 def test_values_and_notes_by_kind():
     ms, tflops, hbm = (get_metric(n) for n in ("ms", "tflops", "peak_hbm"))
     assert format_value(hbm, 3 << 30) == "3.0 GiB" and format_value(ms, 1.5) == "1.5"
-    assert format_value(ms, 1.5, with_unit=True) == "1.5 ms" and format_value(tflops, 412.3, with_unit=True) == "412"
+    assert format_value(ms, 1.5, with_unit=True) == "1.5 ms"
+    assert format_value(tflops, 412.3, with_unit=True) == "412 TFLOP/s"  # a value on its own names its unit
     assert format_value(ms, float("nan")) == "–" and format_value(hbm, None) == "–"
     timing = MetricCheck(ms, 0.01, 0.02, 1.0, 0.05, True, "", False, False, "floor", 0.01, 0.03)
     assert note_text(timing) == "change 10.0 µs is under min_abs_ms (30 µs)"

@@ -16,6 +16,7 @@
 - two runs never write one results directory; a write that fails mid-sweep is exit 3 with the resume
   hint, not a traceback.
 """
+import json
 import os
 import sys
 import time
@@ -27,7 +28,8 @@ from flashbench.execute import precompile
 from flashbench.execute.local import LocalExecutor
 from flashbench.execute.plan import runs_here, split_runnable
 from flashbench.execute.session import DirectoryInUse, SweepRequest, lock_directory, prepare_sweep
-from flashbench.measure.measurer import CONFIG_CHARS, SKIP_REASON_CHARS, Measurer
+from flashbench.measure.measurer import CONFIG_CHARS, Measurer
+from flashbench.model.schema import MAX_REASON_CHARS
 from flashbench.model.case import Case, Task
 from flashbench.results.files import load_run
 from sweeps import FAST, case, invoke, plugin_path, tiny_config
@@ -56,6 +58,14 @@ def _alive(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def _ends_within(pid: int, seconds: float = 5.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie) within ``seconds``."""
+    deadline = time.time() + seconds
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
 
 
 # --------------------------------------------------------------------------- process state ---
@@ -108,7 +118,7 @@ def test_an_output_that_breaks_the_contract_is_an_error_row_saying_so(bad_plugin
 def test_a_backends_texts_are_bounded_and_a_failing_description_keeps_the_measurement(bad_plugins):
     m = Measurer(FAST, "cpu")
     skipped = m.measure(Task(case(), "bad_huge_unsupported"))
-    assert skipped.status == "skipped" and len(skipped.reason) == SKIP_REASON_CHARS  # was 1 MiB in every row
+    assert skipped.status == "skipped" and len(skipped.reason) == MAX_REASON_CHARS  # was 1 MiB in every row
     huge = m.measure(Task(case(), "bad_huge_config"))
     assert huge.status == "ok" and len(huge.backend_config) == CONFIG_CHARS
     failing = m.measure(Task(case(), "bad_failing_config"))
@@ -128,12 +138,12 @@ def test_unsupported_reason_that_raises_or_returns_junk(bad_plugins):
     assert raised.status == "error"
     assert raised.reason == "bad_raising_reason.unsupported_reason() failed: RuntimeError: unsupported_reason broke"
     assert rows["bad_odd_reason", "fwd"].status == "skipped"
-    assert len(rows["bad_odd_reason", "fwd"].reason) == SKIP_REASON_CHARS
+    assert len(rows["bad_odd_reason", "fwd"].reason) == MAX_REASON_CHARS
     assert rows["bad_odd_reason", "fwd_bwd"].reason == "42"
     from flashbench import backends
 
     assert runs_here(backends.get("bad_raising_reason"), "cpu").startswith("skips every case here: ")
-    assert len(runs_here(backends.get("bad_odd_reason"), "cpu")) < 2 * SKIP_REASON_CHARS
+    assert len(runs_here(backends.get("bad_odd_reason"), "cpu")) < 2 * MAX_REASON_CHARS
 
 
 def test_run_and_list_with_a_raising_unsupported_reason(bad_plugins, tmp_path):
@@ -167,11 +177,7 @@ def test_a_dead_worker_whose_pipe_a_child_holds_is_crashed_at_once(bad_plugins, 
     assert time.perf_counter() - t0 < 30
     assert recs[0].status == "crashed" and "killed by signal 6 (SIGABRT)" in recs[0].reason, recs[0].reason
     assert recs[1].status == "ok"
-    child = int(pids.read_text().split()[0])
-    deadline = time.time() + 5
-    while _alive(child) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child), "the worker's forked child outlived it"
+    assert _ends_within(int(pids.read_text().split()[0])), "the worker's forked child outlived it"
 
 
 def test_a_worker_that_closes_its_pipe_then_exits_reports_its_own_exit_code(bad_plugins):
@@ -225,11 +231,7 @@ def test_compile_processes_never_outlive_an_interrupted_precompile(fake_plugins,
     hang = Case(1, 2, 2, 40, 40, 16, "float32", False, "fwd")  # fake_compiling hangs at seq_len 40
     with pytest.raises(KeyboardInterrupt):
         precompile.warm_caches([Task(hang, "fake_compiling")], "cpu", jobs=1)
-    pid = int(log.read_text().split()[0])
-    deadline = time.time() + 5
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "a compile process outlived the interrupted precompile phase"
+    assert _ends_within(int(log.read_text().split()[0])), "a compile process outlived the interrupted precompile phase"
 
 
 # --------------------------------------------------------------------------- the directory --
@@ -297,3 +299,14 @@ def test_a_backend_name_a_sweep_could_not_round_trip_is_refused_at_registration(
     with pytest.raises(ValueError, match="name"):
         register(backend)
     assert name not in REGISTRY
+
+
+def test_a_dry_run_shows_a_raising_unsupported_reason_as_an_error_not_a_skip(bad_plugins, tmp_path):
+    """The plan settles such a backend's tasks as error rows; the dry run says so instead of "skip"."""
+    cfg = tiny_config(tmp_path, ["naive", "bad_raising_reason"], causal=(False,))
+    r = invoke("run", cfg, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "0 skipped, 1 failed before running" in r.output and "  error bad_raising_reason" in r.output
+    r = invoke("run", cfg, "--dry-run", "--format", "json")
+    rows = json.loads(r.stdout)
+    assert {(x["backend"], x["status"]) for x in rows} == {("naive", "planned"), ("bad_raising_reason", "error")}
