@@ -6,6 +6,9 @@ kernels; :func:`attention_function` turns the pair into a ``torch.autograd.Funct
 q, k, v, o and the log-sum-exp for the backward. ``call`` is what the launcher passes per call (its
 options and the caller's launch log), handed unchanged to the backward. The LSE is returned but not
 differentiable.
+
+Not supported: gradients with respect to the LSE (marked non-differentiable), second-order gradients (the
+backward runs kernels, not differentiable operations), gradients for ``causal``, ``sm_scale`` or ``call``.
 """
 from __future__ import annotations
 

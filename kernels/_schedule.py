@@ -5,6 +5,10 @@ only, so one ``@triton.jit`` function serves both dialects (a Gluon kernel may c
 layout).  ``SequenceBlocks``: the device-built
 table of (sequence, block) programs of a variable-length batch, longest first, made by two Triton
 launches (``_sequence_rows``, ``_sorted_rows``) that the host never waits for.
+
+Not done: a real sort.  ``_sorted_rows`` ranks each row by counting the larger keys, O(R^2) comparisons for
+R rows, which a sort would beat at some R (R stays at or below total / 64 + batch with the shipped blocks of
+64 rows or more); the order is a heuristic (longest span first), not a schedule computed for the GPU.
 """
 from __future__ import annotations
 

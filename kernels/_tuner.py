@@ -19,6 +19,11 @@ on the H200 do_bench's figures for its 20-50 us calls are the host's 0.13-0.22 m
 tuner ranking by them chose tiles 10-25% slower than the best one; kernels/DESIGN.md).  The hold is a
 ``torch.cuda._sleep`` kernel, not flashbench's released spin kernel (``flashbench.measure.stream_hold``):
 this package does not import flashbench.
+
+What it does not do: keep choices across processes (each tuner object caches its choices for the life of
+the process), separate candidates within about 5% of each other, or time under the CPU interpreter (the
+launchers run a fixed configuration there).  A candidate that cannot be built for the GPU is dropped; when
+none builds, ``choose`` raises RuntimeError.
 """
 from __future__ import annotations
 

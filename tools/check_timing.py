@@ -6,19 +6,23 @@ attempts; every attempt is printed. Rerun on any GPU:
 
     python tools/check_timing.py [--out FILE.json]
 
-Exit status 0 when within tolerance, 1 otherwise.
+Exit status 0 when within tolerance, 1 otherwise, 2 for a bad option (a backend that does not exist,
+no attempts, a tolerance that is not a positive fraction), 3 without a CUDA GPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 
 import torch
 import triton
 
 from flashbench import backends
-from flashbench.measure.calls import bind, make_inputs
+from flashbench.attention.inputs import make_inputs
+from flashbench.backends.calling import bind
 from flashbench.model.case import Case
 from flashbench.measure.stats import summarize
 from flashbench.measure.timer import time_cuda
@@ -32,9 +36,23 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--attempts", type=int, default=5)
     a = ap.parse_args()
+    if a.attempts < 1:
+        print(f"error: --attempts must be at least 1, got {a.attempts}", file=sys.stderr)
+        return 2
+    if not (math.isfinite(a.tolerance) and 0 < a.tolerance < 1):
+        print(f"error: --tolerance must be a fraction between 0 and 1 (0.05: 5%), got {a.tolerance}", file=sys.stderr)
+        return 2
+    try:
+        backend = backends.get(a.backend)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("error: needs a CUDA GPU", file=sys.stderr)
+        return 3
     case = Case(batch=1, heads=16, kv_heads=16, seq_len_q=16384, seq_len_kv=16384, head_dim=128, dtype="bfloat16",
                 causal=False, mode="fwd")
-    fn = backends.get(a.backend).prepare(case, "cuda")
+    fn = backend.prepare(case, "cuda")
     call = bind(fn, make_inputs(case, "cuda", seed=0), case)
     rows = []
     for attempt in range(a.attempts):  # interleave the two timers so that GPU drift hits both
@@ -53,9 +71,8 @@ def main() -> int:
             theirs = theirs_()
         rows.append({"attempt": attempt, "flashbench_median_ms": ours.median_ms, "flashbench_samples": ours.samples,
                      "do_bench_median_ms": theirs, "ratio": ours.median_ms / theirs})
-    ratios = sorted(r["ratio"] for r in rows)
-    median_ratio = ratios[len(ratios) // 2]
-    worst = max(abs(x - 1) for x in ratios)
+    median_ratio = statistics.median(r["ratio"] for r in rows)  # an even count: the mean of the middle two
+    worst = max(abs(r["ratio"] - 1) for r in rows)
     # the criterion is the median over interleaved attempts: one attempt's drift (clocks, another
     # process) moves one pair, and is reported, but does not decide
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

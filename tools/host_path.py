@@ -2,7 +2,7 @@
 
 flashbench reports ``host_ms`` per row (the CPU time to enqueue one call while the GPU is held) and
 flags ``launch_bound`` rows; this tool says what that time is made of. It builds the call exactly as
-the harness does (``backends.get(NAME).prepare``, ``calls.bind``: fwd under ``no_grad``, fwd_bwd as
+the harness does (``backends.get(NAME).prepare``, ``calling.bind``: fwd under ``no_grad``, fwd_bwd as
 forward plus ``torch.autograd.grad``), warms it up (compiling and tuning), keeps the GPU busy with a
 ``torch.cuda._sleep`` kernel so that nothing waits for it, then
 
@@ -29,7 +29,8 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from flashbench import backends
-from flashbench.measure.calls import bind, make_inputs
+from flashbench.attention.inputs import make_inputs
+from flashbench.backends.calling import bind
 from flashbench.model.case import Case
 from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen
 

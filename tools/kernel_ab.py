@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from flashbench.measure.calls import make_inputs
+from flashbench.attention.inputs import make_inputs
 from flashbench.model.config import Timing
 from flashbench.model.flops import attention_flops
 from flashbench.measure.timer import time_cuda

@@ -16,7 +16,7 @@ from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
-from ..results.files import Run, SchemaVersionError, gpu_model, load_run
+from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
 from ..results.rounds import round_medians
 from ..model.schema import SCHEMA_VERSION
 from ..model.yaml_input import preview
@@ -122,7 +122,7 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
     if eo.get("driver_version") != en.get("driver_version"):
         diffs.append(EnvDifference("driver", "driver", eo.get("driver_version"), en.get("driver_version")))
     co, cn = old.get("config") or {}, new.get("config") or {}
-    if co.get("sha256") != cn.get("sha256"):
+    if co.get("sha256") != cn.get("sha256") and not same_settings(co, cn):
         diffs.append(EnvDifference("config", "config", f"{co.get('name') or co.get('path')} "
                                    f"({str(co.get('sha256'))[:8]})", f"{cn.get('name') or cn.get('path')} "
                                    f"({str(cn.get('sha256'))[:8]})"))

@@ -12,17 +12,21 @@ DataFrame).
 
 Beyond noise means beyond both kinds (:func:`flashbench.analysis.compare.timing_verdict`, the
 one definition ``flashbench compare`` uses too): the within-run tests on the samples (p20–p80
-intervals, rank test) and the run-to-run noise. The run-to-run band of a case is the wider of
-(a) its own rounds' range widened by their spread and (b) the pooled band
-``z · σ · sqrt(1/n_old + 1/n_new)`` on ``|log(median_new / median_old)|``: σ is the backend's
+intervals, rank test) and the run-to-run noise. The run-to-run band of a case is the widest of
+(a) its own rounds' range widened by their spread, (b) the single-round margin scaled to the rounds,
+``single_round_margin · sqrt((1/n_old + 1/n_new) / 2)`` (:func:`flashbench.analysis.noise.rounds_margin`:
+round medians are heavy-tailed, and without it most unchanged sweeps gated with a one-round CI run
+raised a false alarm) and (c) the pooled band ``z · σ · sqrt(1/n_old + 1/n_new)`` on
+``|log(median_new / median_old)|``: σ is the backend's
 run-to-run noise pooled over the round medians of every case compared on timing
 (:func:`flashbench.analysis.compare.pooled_noise`, computed once per gate; only from
 ``MIN_POOLED_DOF`` degrees of freedom on), z the normal quantile of ``1 − family_alpha / M`` over
 the M cases compared (the thresholds' ``noise.family_alpha``: the chance that an unchanged sweep
-raises any false alarm from this test). When both sides of a case hold a single round the
-run-to-run noise is unknown: the thresholds' ``single_round_margin`` stands in for it and no pooled
-band applies; on a CPU a backend slower over all its cases fails as a whole
-(:mod:`flashbench.analysis.backend_shift`).
+raises any false alarm from this test, were round medians normal; they are not, hence (b)). When
+both sides of a case hold a single round the run-to-run noise is unknown: the thresholds'
+``single_round_margin`` stands in for it and no pooled band applies; on a CPU (where that margin
+is 150%) a backend slower over all its cases fails as a whole (:mod:`flashbench.analysis.backend_shift`).
+``tools/gate_false_alarms.py`` measures the false-alarm rate on runs of unchanged code.
 """
 from __future__ import annotations
 
@@ -32,13 +36,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..model.case import Case
-from ..model.metrics import LATENCY, Metric, gated_metrics
+from ..model.metrics import LATENCY, Metric, gated_metrics, judged_rate
 from .backend_shift import BackendShift, backend_shifts
 from .noise import PooledNoise, RunToRun
 from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
                       timing_verdict)
 from ..results.files import Run
 from ..model.schema import STATUS_RANK
+from ..results.rounds import MEASURED_STATUSES
 from .thresholds import Limits, Thresholds, single_round_margin, unit_margin
 
 # outcomes, worst first
@@ -138,6 +143,11 @@ class GateReport:
         return sorted({b.unit_margin for b in self._between_runs() if b.unit_margin is not None})
 
     @property
+    def rounds_margins(self) -> list[float]:
+        """The single-round margins scaled to the rounds that cases with rounds were held to."""
+        return sorted({b.rounds_margin for b in self._between_runs() if b.rounds_margin is not None})
+
+    @property
     def single_round_unit_margins(self) -> list[float]:
         """The unit margins that stood in for unknown run-to-run noise (one round on each side, two units)."""
         return sorted({b.spread for b in self._between_runs() if b.basis == "unit margin"})
@@ -178,9 +188,18 @@ def _rounds(value) -> int:
     return int(value) if _finite(value) else 1
 
 
-def _check(m: Metric, r, limits: Limits, verdict) -> MetricCheck | None:
-    """One gated metric of one case measured ok in both runs; None when it is not checked."""
-    threshold = getattr(limits, m.gate_key)
+def gated_for(metrics: list[Metric], workload: str) -> list[tuple[Metric, str]]:
+    """(metric, its thresholds key) for each gated metric of a case: a decode case's rate is its GB/s (the rate
+    decode is read in, :func:`~flashbench.model.metrics.judged_rate`) under the rate's key ``tflops``: the same
+    ratio of median times as TFLOP/s, so one threshold serves both."""
+    rate = judged_rate([workload])
+    return [(rate if m.gate_key == "tflops" else m, m.gate_key) for m in metrics]
+
+
+def _check(m: Metric, r, limits: Limits, verdict, key: str) -> MetricCheck | None:
+    """One gated metric of one case measured ok in both runs, under thresholds key ``key``; None when it is
+    not checked."""
+    threshold = getattr(limits, key)
     values = _values(r, m.column)
     if threshold is None or values is None:
         return None
@@ -240,35 +259,51 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
                                     message=f"skipped in the current run (baseline: ok){reason}"))
             continue
         limits = thresholds.for_case(key["backend"], case)
+        # rows whose timings are compared: a mismatch row is timed too, and with correctness not gated
+        # its timing is all that is gated (a case gone wrong and 2x slower must not pass unseen)
+        timed = ("ok",) if limits.correctness else MEASURED_STATUSES
+        note = ""
         if STATUS_RANK.get(sn, 3) > STATUS_RANK.get(so, 3):
             reason = f": {r['reason_new']}" if isinstance(r["reason_new"], str) and r["reason_new"] else ""
-            failed = not (sn == "mismatch" and not limits.correctness)
-            cases.append(CaseResult(key, "status" if failed else "pass", failed, so, sn,
-                                    message=f"status got worse: {so} → {sn}{reason}"
-                                    + ("" if failed else " (correctness not gated for this case)")))
-            continue
-        if not (so == "ok" and sn == "ok"):
+            note = f"status got worse: {so} → {sn}{reason}"
+            if not (sn in timed and so in timed):
+                failed = not (sn == "mismatch" and not limits.correctness)
+                cases.append(CaseResult(key, "status" if failed else "pass", failed, so, sn,
+                                        message=note + ("" if failed else " (correctness not gated for this case)")))
+                continue
+            note += " (correctness not gated for this case)"
+        if not (so in timed and sn in timed):
             msg = "" if so == sn == "skipped" else (f"not compared: {so} → {sn}" if so != sn else f"not compared: {sn}")
             cases.append(CaseResult(key, "pass", False, so, sn, message=msg))
             continue
+        old_ms, new_ms = r[f"{LATENCY.column}_old"], r[f"{LATENCY.column}_new"]
+        if _finite(old_ms) and not _finite(new_ms):  # an edited or cut file: its time cannot pass unseen
+            cases.append(CaseResult(key, "missing", require_all, so, sn,
+                                    message=f"no median time in the current run (baseline: {float(old_ms):.4g} ms): "
+                                            "its timing was not compared"))
+            continue
         verdict = timing_verdict(r, thresholds.noise.method, thresholds.noise.alpha,
                                  single_round_margin(limits, device), pooled, unit_margin(limits, device, other_unit))
-        checks = [c for c in (_check(m, r, limits, verdict) for m in metrics) if c is not None]
+        checks = [c for c in (_check(m, r, limits, verdict, key) for m, key in gated_for(metrics, case.workload))
+                  if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
         rounds = (_rounds(r["rounds_old"]), _rounds(r["rounds_new"]))
         if regressed:
-            cases.append(CaseResult(key, "regression", True, so, sn, checks,
-                                    "; ".join(f"{m.words()} (threshold {m.threshold * 100:.0f}%)" for m in regressed),
-                                    rounds))
+            message = "; ".join(f"{m.words()} (threshold {m.threshold * 100:.0f}%)" for m in regressed)
+            cases.append(CaseResult(key, "regression", True, so, sn, checks, _joined(message, note), rounds))
         elif improved:
-            cases.append(CaseResult(key, "improved", False, so, sn, checks, "; ".join(m.words() for m in improved),
-                                    rounds))
+            cases.append(CaseResult(key, "improved", False, so, sn, checks,
+                                    _joined("; ".join(m.words() for m in improved), note), rounds))
         else:
-            cases.append(CaseResult(key, "pass", False, so, sn, checks, rounds=rounds))
+            cases.append(CaseResult(key, "pass", False, so, sn, checks, note, rounds=rounds))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
                       warnings, require_all, thresholds_source, _not_judged(current, current_label, cases), pooled,
                       backend_shifts(cases, thresholds, device))
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _not_judged(current: Run, label: str, cases: list[CaseResult]) -> list[str]:

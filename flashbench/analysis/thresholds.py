@@ -4,12 +4,12 @@ A file looks like::
 
     defaults:
       latency: 0.05        # median time may grow by 5% ...
-      tflops: 0.05         # ... and TFLOP/s drop by 5% before it counts (and only beyond noise)
+      tflops: 0.05         # ... and the rate (TFLOP/s; GB/s for decode cases) drop by 5% before it counts (and only beyond noise)
       peak_hbm: 0.10       # peak memory above the inputs may grow by 10%
       min_abs_ms: 0.03     # a latency change smaller than this is never a regression
       single_round_margin: 0.10     # one round on each side (GPU): run-to-run noise assumed this large
       single_round_margin_cpu: 1.5  # the same for CPU runs
-      single_round_shift_cpu: 0.5   # CPU, one round each: a backend's geometric mean over its cases
+      single_round_shift_cpu: 0.5   # CPU runs: a backend's geometric mean over its cases
       unit_margin: 0.15    # runs on two units of one GPU model: a timing change must pass this too
       correctness: true    # ok -> mismatch fails
     noise: {method: both, alpha: 0.01, family_alpha: 0.05}
@@ -54,14 +54,16 @@ class _Floors(_Strict):
     min_abs_hbm_bytes: Integer = Field(1 << 20, ge=0, description="peak memory changes below this are never regressions")
     single_round_margin: Number = Field(0.10, ge=0, description="GPU runs: when both runs hold one round per case, "
                                        "the run-to-run noise is unknown: a timing change counts only past this "
-                                       "relative amount (with rounds, their spread decides instead)")
+                                       "relative amount; with rounds it shrinks to margin · √((1/n_old + 1/n_new)/2) "
+                                       "and the rounds' spread or pooled noise decide where wider")
     single_round_margin_cpu: Number = Field(1.5, ge=0, description="the same for CPU runs, whose run-to-run "
                                            "noise (other processes, preemption) is far larger than a GPU's")
     unit_margin: Number = Field(0.15, ge=0, description="GPU runs recorded on two units of the same model: a "
                                 "timing change counts only past this relative amount, with rounds or without "
                                 "(each run's rounds share its unit, so what units differ by is in neither); "
                                 "the single-round margin still applies where it is larger")
-    single_round_shift_cpu: Number = Field(0.5, ge=0, description="CPU runs with one round on each side: a backend "
+    single_round_shift_cpu: Number = Field(0.5, ge=0, description="CPU runs (named for one round a side, applied with "
+                                          "rounds too, where the scaled CPU margin is as wide): a backend "
                                           "whose median time over all its compared cases (geometric mean of the "
                                           "ratios) grew past this fails, whatever each case's own change")
     correctness: bool = Field(True, description="a case that passed correctness must keep passing")
@@ -95,8 +97,10 @@ PartialLimits = create_model("PartialLimits", __base__=_Overrides, __module__=__
 
 
 class CaseOverride(PartialLimits):
-    match: Rule = Field(description="which cases: keys backend, batch, heads, kv_heads, seq_len, seq_len_kv, "
-                                    "head_dim, dtype, causal, mode, each a value or a list")
+    match: Rule = Field(description="which cases: the case filter's keys (backend, seq_len and every case field: "
+                                    "batch, heads, kv_heads, seq_len_q, seq_len_kv, head_dim, dtype, causal, mode, "
+                                    "workload, window_left, window_right, kv_layout, page_size, lengths, "
+                                    "total_tokens), each a value or a list")
 
 
 class Noise(_Strict):

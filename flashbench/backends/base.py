@@ -8,7 +8,7 @@ A backend is one small module holding one :class:`Backend` subclass that
   raised from :meth:`Backend.prepare`): that becomes a ``skipped`` row, never a crash;
 - prepares an attention function for one case, outside any timed region (compilation, block
   masks, ...). The function takes the workload's tensors and returns the output in the workload's
-  layout (:mod:`flashbench.measure.calls` defines both):
+  layout (:mod:`flashbench.attention.inputs` defines both):
 
   - dense: ``fn(q, k, v) -> o``;
   - varlen: ``fn(q, k, v, cu_seqlens) -> o``, the batch packed along the tokens;
@@ -20,7 +20,7 @@ A backend is one small module holding one :class:`Backend` subclass that
   Python-side facts of the case (the per-sequence lengths: ``case.sequence_lengths()``, the window:
   ``case.window``) are known in ``prepare``, so masks are built there, not in the timed call. The
   runner binds the function to inputs and a mode (fwd / bwd / fwd_bwd) to get the zero-argument
-  call it times: that binding lives in one place (:mod:`flashbench.measure.calls`), not in each backend.
+  call it times: that binding lives in one place (:mod:`.calling`), not in each backend.
 
 A call runs in a measuring worker that measures other backends after it: whatever process state the
 call changes (torch's grad mode, default dtype, thread count, TF32 and determinism flags, the working

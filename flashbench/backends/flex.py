@@ -19,8 +19,8 @@ Workloads are block masks (built in ``prepare``, from the case's per-sequence le
 """
 from __future__ import annotations
 
-from ..measure.calls import pages_of
-from ..measure.reference import window_bounds
+from ..attention.inputs import pages_of
+from ..attention.reference import window_bounds
 from .base import Backend
 
 _COMPILED = {}

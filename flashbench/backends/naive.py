@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..measure.calls import assemble, sequences
-from ..measure.reference import naive_attention
+from ..attention.sequences import assemble, sequences
+from ..attention.reference import naive_attention
 from ..model.case import KV_LAYOUTS, WORKLOADS
 from .base import Backend
 

@@ -13,8 +13,10 @@ import dataclasses
 import logging
 import warnings
 
+from ..attention.inputs import make_inputs
 from ..model.case import Case
 from .base import Unsupported
+from .calling import outputs_of
 
 # PyTorch explains refused nested-tensor SDPA calls through this logger, not through warnings
 _TORCH_LOGGERS = ("torch.nested._internal.sdpa",)
@@ -77,8 +79,6 @@ def _torch_explanations():
 def probe(name: str, build, case: Case, device: str) -> None:
     """Run ``build(miniature(case))`` once on the miniature's inputs; raise :class:`Unsupported` with
     PyTorch's explanation when PyTorch refuses it (a RuntimeError or NotImplementedError)."""
-    from ..measure.calls import make_inputs, outputs_of
-
     mini = miniature(case)
     fn = build(mini)
     inputs = make_inputs(mini, device, 0)

@@ -35,6 +35,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ..attention.reference import causal_mask, visible_mask
 from ..model.case import KV_LAYOUTS
 from .base import Backend
 from .probe import probe
@@ -50,8 +51,6 @@ PINNED = {
 def _sdpa_call(causal: bool, n_q: int, n_kv: int, gqa: bool, pinned: bool, device):
     if causal and n_q != n_kv:
         if pinned:
-            from ..measure.reference import causal_mask
-
             mask = causal_mask(n_q, n_kv, device)  # a tensor mask: the pinned kernel is honoured
         else:
             from torch.nn.attention.bias import causal_lower_right
@@ -74,8 +73,6 @@ def dense_causal(case) -> bool:
 def tensor_mask(case, device) -> torch.Tensor:
     """The boolean mask (True: visible) of a dense call: (Nq, Nkv), or (B, 1, Nq, capacity) for
     decode, each sequence's keys past its length hidden."""
-    from ..measure.reference import visible_mask
-
     if case.workload != "decode":
         return visible_mask(case.seq_len_q, case.seq_len_kv, case.causal, case.window, device)
     masks = {n: F.pad(visible_mask(case.seq_len_q, n, case.causal, case.window, device), (0, case.seq_len_kv - n))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 
-from ..measure.reference import window_bounds
+from ..attention.reference import window_bounds
 from ..model.case import KV_LAYOUTS
 from .base import Backend
 from .probe import probe

@@ -73,11 +73,11 @@ def env(fmt: str = typer.Option("table", "--format", "-f", help="table | json"),
         return env_ceilings(fmt, refresh)
     import torch
 
-    from ..measure.environment import collect_environment, gpu_state, throttle_warning
+    from ..measure.environment import collect_environment, gpu_state, nvml_index_of, throttle_warning
 
     on_gpu = torch.cuda.is_available()
     info = collect_environment("cuda" if on_gpu else "cpu")
-    state = gpu_state() if on_gpu else {}
+    state = gpu_state(nvml_index_of(torch.cuda.current_device())) if on_gpu else {}
     if fmt == "json":
         write_json({"environment": info, "gpu_state": state, "gpu": on_gpu})
         return

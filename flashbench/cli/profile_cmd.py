@@ -25,8 +25,17 @@ _ELSEWHERE = "a wider terminal shows every column; the figures are in profile.js
 
 
 def _default_out(name: str, sweep: bool) -> Path:
+    """results/runs/profile-NAME-TIME; a second profile started within the same second gets -2, -3, ...
+    rather than the first one's directory (whose results it would replace)."""
+    from ..results.files import held_results
+
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / "runs" / f"profile{'-sweep' if sweep else ''}-{name or 'config'}-{stamp}"
+    base = Path("results") / "runs" / f"profile{'-sweep' if sweep else ''}-{name or 'config'}-{stamp}"
+    path, i = base, 1
+    while held_results(path):
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
 
 
 def _pct(x) -> str:
@@ -142,8 +151,11 @@ def _traffic_tables(report) -> None:
             for key, tv in model.items():
                 rows.append((f"model: {MODEL_TITLES[key]}", fmt_bytes(tv.read), fmt_bytes(tv.written),
                              fmt_bytes(tv.total), "", f"{tv.total / minimum:.2f}"))
-        else:
-            rows.append(("model: (forward only; this case has a backward)", "–", "–", "–", "", ""))
+        else:  # io_model's cases: dense forward without a window
+            why = ("forward only; this case has a backward" if case.mode != "fwd" else
+                   f"dense attention only; this case is {case.workload}" if case.workload != "dense" else
+                   "no sliding window in the model")
+            rows.append((f"model: ({why})", "–", "–", "–", "", ""))
         rows.append(("minimum: Q, K, V read, O written once", "", "", fmt_bytes(minimum), "", "1.00"))
 
         def build(hidden, case=case, rows=rows) -> Table:
@@ -201,21 +213,34 @@ def _roofline_table(report) -> None:
     out.print(fit_table(build, out.width, optional=["% of datasheet", "roof TFLOP/s", "FLOP/B", "bytes from", "bound",
                                                     "% of roof", "bytes"], wrap={"bytes from": 10, "case": 16},
                         elsewhere=_ELSEWHERE))
+    above = [p for p in report.points if p.above_roof]
+    if above:
+        names = ", ".join(f"{p.backend} {p.case_label}" for p in above[:5]) + (f" and {len(above) - 5} more" if len(above) > 5 else "")
+        out.print(f"[yellow]warning:[/] {escape(names)}: {escape(above[0].note)}", highlight=False, soft_wrap=True)
+    for note in dict.fromkeys(p.note for p in report.points if p.note and not p.above_roof):
+        out.print(f"[dim]{escape(note)}[/]", highlight=False, soft_wrap=True)
     if report.ceilings_note:
         out.print(f"[dim]{escape(report.ceilings_note)}[/]", highlight=False, soft_wrap=True)
 
 
 def _sweep_table(rows) -> None:
+    """One table per swept case (rows of several cases in one table could not be told apart)."""
     from ..report.format import fit_table, fmt_bytes
 
     columns = ("backend", "N", "status", "measured", "model standard", "model FA1", "model FA2", "minimum")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
 
-    def build(hidden) -> Table:
-        t = Table(title="HBM bytes per call against N", box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+    def build(hidden, group, sub) -> Table:
+        n_name = "cache length" if sub[0]["workload"] == "decode" else "N"
+        t = Table(title=escape(f"HBM bytes per call against {n_name} · {group}"), box=box.SIMPLE_HEAD,
+                  header_style="bold", title_justify="left")
         shown = [c for c in columns if c not in hidden]
         for col in shown:
-            t.add_column(col, justify="left" if col in ("backend", "status") else "right", no_wrap=True)
-        for r in rows:
+            t.add_column(n_name if col == "N" else col, justify="left" if col in ("backend", "status") else "right",
+                         no_wrap=True)
+        for r in sub:
             cells = dict(zip(columns, (escape(r["backend"]), str(r["n"]), escape(r["status"]), fmt_bytes(r["measured"]),
                                        fmt_bytes(r["standard"]), fmt_bytes(r["fa1"]), fmt_bytes(r["fa2"]),
                                        fmt_bytes(r["minimum"]))))
@@ -223,8 +248,22 @@ def _sweep_table(rows) -> None:
         return t
 
     # the measured bytes and the FA2 model beside them stay at any width
-    out.print(fit_table(build, out.width, optional=["model FA1", "model standard", "minimum"],
-                        elsewhere="a wider terminal shows every column; the figures are in sweep_n.json"))
+    for group, sub in groups.items():
+        out.print(fit_table(lambda hidden, group=group, sub=sub: build(hidden, group, sub), out.width,
+                            optional=["model FA1", "model standard", "minimum"],
+                            elsewhere="a wider terminal shows every column; the figures are in sweep_n.json"))
+
+
+@contextlib.contextmanager
+def _no_figures_is_a_warning():
+    """A figure that cannot be drawn (no matplotlib, an unwritable file) costs the figure, not the profile,
+    whose results are written by then (as with ``run --plot``)."""
+    from ..report.figure_style import PlotError
+
+    try:
+        yield
+    except PlotError as e:
+        err.print(f"[yellow]warning:[/] no figures: {escape(str(e))}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -263,7 +302,7 @@ def profile(
     from ..model.config import load_config
     from ..profile.ceilings import NoGpu, get_ceilings
     from ..model.filters import parse_case_option
-    from ..profile.select import parse_n_list, select_cases
+    from ..profile.select import parse_n_list, select_backends, select_cases
     from ..profile.session import run_profile, sweep_rows, sweep_tasks
     from ..results.files import ResultsWriter
     from ..execute.plan import Plan, measure_settings, plan, split_runnable
@@ -285,7 +324,7 @@ def profile(
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
         ns = parse_n_list(n_list) if sweep_n else None
-        names = backends_option(backends) or loaded.config.backends
+        names = select_backends(backends_option(backends) or loaded.config.backends, flt)
         swept = sweep_tasks(chosen, names, ns) if sweep_n else None
         held = held_results(out_dir) if out_dir is not None else None
     if held:  # a profile never replaces a run's (or an earlier profile's) results
@@ -332,34 +371,42 @@ def profile(
     if not report.ncu_used:
         err.print(f"[yellow]note:[/] {report.ncu_note}: no measured HBM traffic; showing the analytic IO model alone.",
                   highlight=False, soft_wrap=True)
+    from ..profile.ncu import PERMISSION_HINT
+
+    if any(PERMISSION_HINT in tr.reason for tr in report.traffic.values()):  # once, whole (the table cuts reasons)
+        err.print(f"[yellow]warning:[/] {escape(PERMISSION_HINT)}: no measured HBM traffic", highlight=False,
+                  soft_wrap=True)
     from ..results.files import records_frame
 
     print_skips_and_failures(records_frame(report.records))
     if sweep_n:
         order = {b: i for i, b in enumerate(names)}
-        rows = sorted(sweep_rows(report), key=lambda r: (r["case"].replace(f"N{r['n']} ", "", 1), order.get(r["backend"], 99), r["n"]))
+        rows = sorted(sweep_rows(report), key=lambda r: (r["group"], order.get(r["backend"], 99), r["n"]))
         _sweep_table(rows)
         from ..report.format import strict_json
 
         (Path(directory) / "sweep_n.json").write_text(strict_json(rows))  # no NaN literals: any parser reads it
         if plot:
-            from ..profile.plots import plot_traffic_sweep
+            with _no_figures_is_a_warning():
+                from ..profile.plots import plot_traffic_sweep
 
-            groups: dict[str, list[dict]] = {}
-            for r in rows:  # one figure per base case (the case with N left free)
-                groups.setdefault(r["case"].replace(f"N{r['n']} ", "N=var ", 1), []).append(r)
-            for i, (label, sub) in enumerate(groups.items()):
-                path = Path(directory) / ("traffic_vs_n.png" if len(groups) == 1 else f"traffic_vs_n_{i}.png")
-                report.figures.append(plot_traffic_sweep(sub, path, title=f"HBM bytes per call · {label}"))
+                groups: dict[str, list[dict]] = {}
+                for r in rows:  # one figure per base case (the case with N left free)
+                    groups.setdefault(r["group"], []).append(r)
+                for i, (label, sub) in enumerate(groups.items()):
+                    path = Path(directory) / ("traffic_vs_n.png" if len(groups) == 1 else f"traffic_vs_n_{i}.png")
+                    xlabel = "cache length N" if sub[0]["workload"] == "decode" else "sequence length N"
+                    report.figures.append(plot_traffic_sweep(sub, path, title=f"HBM bytes per call · {label}", xlabel=xlabel))
     else:
         _kernel_tables(report)
         _traffic_tables(report)
         _roofline_table(report)
         if plot:
-            from ..profile.plots import plot_roofline
+            with _no_figures_is_a_warning():
+                from ..profile.plots import plot_roofline
 
-            report.figures.append(plot_roofline(report.points, report.ceilings, Path(directory) / "roofline.png",
-                                                title=f"roofline · {loaded.config.name or loaded.path} on {p.device}"))
+                report.figures.append(plot_roofline(report.points, report.ceilings, Path(directory) / "roofline.png",
+                                                    title=f"roofline · {loaded.config.name or loaded.path} on {p.device}"))
     for f in report.figures:
         err.print(escape(f"figure: {f}"), highlight=False)
     n_ok = sum(r.status == "ok" for r in report.records)

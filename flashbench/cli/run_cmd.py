@@ -41,7 +41,8 @@ def _print_dry_run(sweep, fmt: str = "table") -> None:
     skipped = sum(r.status == "skipped" for r in p.skipped)
     failed = f", {len(p.skipped) - skipped} failed before running" if len(p.skipped) > skipped else ""
     console = out if fmt == "table" else err
-    console.print(escape(f"{p.loaded.path}: {len(cases)} cases, {p.total} case×backend tasks on {p.device}{done}: "
+    console.print(escape(f"{p.loaded.path}: {len(cases)} case{'' if len(cases) == 1 else 's'}, "
+                         f"{p.total} case×backend task{'' if p.total == 1 else 's'} on {p.device}{done}: "
                          f"{len(p.runnable)} to run{rounds}, {skipped} skipped{failed}"), highlight=False, soft_wrap=True)
     for note in p.notes:
         console.print(escape(f"  note: {note}"), highlight=False, soft_wrap=True)
@@ -88,12 +89,12 @@ def _amount(x: float) -> bool:
 
 def _check_numbers(timeout: float, energy_ms: float | None, rounds: int | None, ray_num_gpus: float,
                    ray_group_size: int, ray_max_retries: int) -> None:
-    from ..model.config import MAX_ROUNDS
+    from ..model.config import MAX_ENERGY_MS, MAX_ROUNDS
 
     if not _amount(timeout):
         fail(f"--timeout: must be a number of seconds >= 0 (0: no limit), got {timeout}")
-    if energy_ms is not None and not (_amount(energy_ms) and energy_ms <= 60_000):
-        fail("--energy-ms: must be between 0 and 60000")
+    if energy_ms is not None and not (_amount(energy_ms) and energy_ms <= MAX_ENERGY_MS):
+        fail(f"--energy-ms: must be between 0 and {MAX_ENERGY_MS}")
     if rounds is not None and rounds > MAX_ROUNDS:
         fail(f"--rounds: {rounds} is more rounds than a sweep may have ({MAX_ROUNDS:,})")
     if ray_group_size < 1 or ray_max_retries < 0 or not _amount(ray_num_gpus):

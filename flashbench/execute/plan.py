@@ -12,7 +12,7 @@ from .. import backends
 from ..measure.measurer import MeasureSettings, error_reason
 from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
-from ..model.grid import dropped_combinations, expand_loaded
+from ..model.grid import dropped_combinations, expand_loaded, unmatched_rules
 from ..model.schema import MAX_REASON_CHARS, Record
 from ..model.yaml_input import cut
 
@@ -23,7 +23,7 @@ class Plan:
     device: str
     runnable: list[Task]
     skipped: list[Record]  # settled without touching a device
-    notes: list[str] = field(default_factory=list)  # combinations of the axes left out of the grid
+    notes: list[str] = field(default_factory=list)  # axes' combinations left out, rules that match nothing
 
     @property
     def total(self) -> int:
@@ -124,4 +124,5 @@ def plan(loaded: LoadedConfig, backend_names: list[str] | None = None, device: s
     device = resolve_device(device or loaded.config.device)
     tasks = expand_loaded(loaded, backend_names, set(backends.REGISTRY))
     runnable, skipped = split_runnable(tasks, device)
-    return Plan(loaded, device, runnable, skipped, dropped_combinations(loaded.config))
+    notes = dropped_combinations(loaded.config) + unmatched_rules(loaded.config, loaded.path)
+    return Plan(loaded, device, runnable, skipped, notes)

@@ -171,7 +171,9 @@ def _read_reports(stream, out: dict | None = None) -> dict[tuple[str, str], dict
 def _compile_one(backend_name: str, case: Case, device: str) -> None:
     import torch
 
-    from ..measure.calls import make_inputs, outputs_of
+    from ..attention.inputs import make_inputs
+
+    from ..backends.calling import outputs_of
 
     fn = backends.get(backend_name).prepare(case, device)
     outputs = outputs_of(fn, make_inputs(case, device, 0), case)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..measure.environment import collect_environment, gpu_state, throttle_warning
+from ..measure.environment import collect_environment, gpu_state, nvml_index_of, throttle_warning
 from ..measure.gpu_monitor import GpuMonitor, compute_processes
 from ..model.config import load_config, with_timing
 from ..model.schema import Record
@@ -360,8 +360,10 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     # GPUs whose state (clocks, throttling) is recorded: the executor's, none for a remote cluster
     indices = [i if i is not None else 0 for i in executor.device_indices]
     on_cuda = p.device.startswith("cuda") and bool(indices)
-    before = gpu_state(indices[0]) if on_cuda else {}
-    extra_before = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
+    # NVML numbers every GPU of the machine, CUDA those CUDA_VISIBLE_DEVICES shows: read the executor's GPUs
+    nvml = {i: nvml_index_of(i) for i in indices} if on_cuda else {}
+    before = gpu_state(nvml[indices[0]]) if on_cuda else {}
+    extra_before = {str(i): gpu_state(nvml[i]) for i in indices[1:]} if on_cuda else {}
     writer.update_meta(gpu_state_before=before, **({"gpu_states_before": extra_before} if extra_before else {}))
     done: dict[tuple, Record] = {}
 
@@ -376,9 +378,9 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
                 on_record(r)
 
     emit(p.skipped)
-    monitor = GpuMonitor(indices[0]) if on_cuda else None
+    monitor = GpuMonitor(nvml[indices[0]]) if on_cuda else None
     # processes on the GPU before the sweep, plus the one that measures (a worker or this process)
-    expected = ((compute_processes(indices[0]) or 0) + 1) if on_cuda else 0
+    expected = ((compute_processes(nvml[indices[0]]) or 0) + 1) if on_cuda else 0
     try:
         with monitor if monitor else contextlib.nullcontext():
             for n in range(1, rounds + 1):
@@ -390,8 +392,8 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
             writer.update_meta(devices={k: dict(v) for k, v in executor.identities.items()})
         if monitor:
             writer.update_meta(gpu_monitor=monitor.summary())
-    after = gpu_state(indices[0]) if on_cuda else {}
-    extra_after = {str(i): gpu_state(i) for i in indices[1:]} if on_cuda else {}
+    after = gpu_state(nvml[indices[0]]) if on_cuda else {}
+    extra_after = {str(i): gpu_state(nvml[i]) for i in indices[1:]} if on_cuda else {}
     warnings = [w for w in (throttle_warning(before), throttle_warning(after)) if w]
     warnings += monitor.warnings(expected) if monitor else []
     warnings += [w for st in (*extra_before.values(), *extra_after.values()) if (w := throttle_warning(st))]

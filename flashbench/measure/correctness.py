@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .calls import Inputs, assemble, sequences
+from ..attention.inputs import Inputs
+from ..attention.sequences import assemble, sequences
 from ..model.case import Case
-from .reference import reference_attention
+from ..attention.reference import reference_attention
 
 
 def reference_dtype(case: Case, device: str) -> torch.dtype:

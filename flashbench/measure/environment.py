@@ -44,8 +44,43 @@ def _s(x):
     return x.decode() if isinstance(x, bytes) else x
 
 
+def cuda_uuid(index: int) -> str:
+    """CUDA device ``index``'s UUID as NVML writes it ("GPU-..."); "" when torch cannot say."""
+    try:
+        import torch
+
+        uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    except Exception:
+        return ""
+    return uuid if not uuid or uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
+def nvml_index(uuid: str) -> int | None:
+    """NVML's index of the GPU with this UUID (NVML numbers every GPU of the machine, whatever
+    ``CUDA_VISIBLE_DEVICES`` hides from CUDA); None when NVML does not know it."""
+    nv = _nvml()
+    if nv is None or not uuid:
+        return None
+    try:
+        for i in range(nv.nvmlDeviceGetCount()):
+            if _s(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))) == uuid:
+                return i
+    except Exception:
+        pass
+    return None
+
+
+def nvml_index_of(cuda_index: int) -> int:
+    """NVML's index of CUDA device ``cuda_index``: CUDA numbers the GPUs ``CUDA_VISIBLE_DEVICES`` shows, NVML
+    all of them, so under ``CUDA_VISIBLE_DEVICES=3`` CUDA's device 0 is NVML's 3. Matched by UUID; the CUDA
+    index itself when the UUID is not known to both (the two agree when the variable is not set)."""
+    found = nvml_index(cuda_uuid(cuda_index))
+    return cuda_index if found is None else found
+
+
 def gpu_state(index: int = 0) -> dict:
-    """Clocks, temperature, power and throttle reasons of one GPU now; {} without NVML/GPU."""
+    """Clocks, temperature, power and throttle reasons of one GPU now (``index``: NVML's, see
+    :func:`nvml_index_of`); {} without NVML/GPU."""
     nv = _nvml()
     if nv is None:
         return {}
@@ -82,11 +117,12 @@ def throttle_warning(state: dict) -> str | None:
 
 
 def gpu_identity(index: int = 0) -> dict:
+    """Name, UUID, driver, memory and compute capability of CUDA device ``index``."""
     info: dict = {}
     nv = _nvml()
     if nv is not None:
         try:
-            h = nv.nvmlDeviceGetHandleByIndex(index)
+            h = nv.nvmlDeviceGetHandleByIndex(nvml_index_of(index))
             info["gpu_name"] = _s(nv.nvmlDeviceGetName(h))
             info["gpu_uuid"] = _s(nv.nvmlDeviceGetUUID(h))
             info["driver_version"] = _s(nv.nvmlSystemGetDriverVersion())
@@ -147,5 +183,5 @@ def collect_environment(device: str = "cpu", index: int = 0) -> dict:
            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
            "triton_interpret": os.environ.get("TRITON_INTERPRET")}
     if device.startswith("cuda"):
-        env.update(gpu_identity(index))
+        env.update(gpu_identity(int(device.split(":")[1]) if ":" in device else index))  # "cuda:1": device 1
     return env

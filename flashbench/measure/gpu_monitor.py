@@ -72,7 +72,10 @@ class GpuMonitor(PeriodicSampler):
         self.max_sm_clock_mhz: int | None = None
         self.max_temperature_c: int | None = None
         self.max_processes: int | None = None
-        self.events: list[dict] = []  # first time each (reason) was seen, and clock dips
+        self.events: list[dict] = []  # first time each (reason) was seen, and clock dips (MAX_EVENTS at most)
+        # reason -> seconds in when first seen, kept whatever the event list holds: a long sweep whose clock
+        # sank in many small dips fills that list, and a throttle seen after it must still be warned of
+        self.throttles: dict[str, float] = {}
 
     def _event(self, kind: str, detail: str) -> None:
         if len(self.events) < MAX_EVENTS:
@@ -95,7 +98,8 @@ class GpuMonitor(PeriodicSampler):
                     self._event("clock_dip", f"SM clock {sm} MHz of {top}")
                 self.min_sm_clock_mhz = sm
         for reason in st.get("throttle_reasons") or []:
-            if reason not in BENIGN_THROTTLE and not any(e["detail"] == reason for e in self.events):
+            if reason not in BENIGN_THROTTLE and reason not in self.throttles:
+                self.throttles[reason] = round(time.perf_counter() - self._t0, 1)
                 self._event("throttle", reason)
         n = self._read_processes(self.index)
         if n is not None:
@@ -112,9 +116,9 @@ class GpuMonitor(PeriodicSampler):
     def warnings(self, expected_processes: int) -> list[str]:
         """What a reader of the results should know; ``expected_processes``: flashbench's own."""
         out = []
-        throttles = sorted({e["detail"] for e in self.events if e["kind"] == "throttle"})
+        throttles = sorted(self.throttles)
         if throttles:
-            first = next(e["t_s"] for e in self.events if e["kind"] == "throttle")
+            first = min(self.throttles.values())
             out.append(f"GPU {self.index} was throttled during the sweep ({', '.join(throttles)}, first "
                        f"{first} s in): timings measured then may be low")
         if self.min_sm_clock_mhz and self.max_sm_clock_mhz and self.min_sm_clock_mhz < 0.9 * self.max_sm_clock_mhz:

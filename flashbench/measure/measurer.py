@@ -16,7 +16,8 @@ import torch
 
 from .. import backends
 from ..backends.base import BackendContractError, Unsupported
-from .calls import bind, make_inputs, outputs_of
+from ..attention.inputs import make_inputs
+from ..backends.calling import bind, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference
@@ -26,8 +27,9 @@ from .stats import noise_pct, summarize
 from ..model.config import Timing
 from .ceilings_cache import load_cached, percent_of_roofs
 from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
+from .environment import cuda_uuid
 from .process_state import ProcessState
-from .timer import GraphCaptureError, time_call
+from .timer import TIMING_METHODS, GraphCaptureError, time_call
 
 IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
 # A backend's own texts in a record are bounded: a skip reason (the longest real one, PyTorch's refusal of an
@@ -105,11 +107,8 @@ def device_identity(device: str) -> dict:
 
         return {"device_name": f"cpu ({platform.processor() or platform.machine()})", "device_index": None, "device_uuid": ""}
     idx = torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(idx)
-    uuid = str(getattr(props, "uuid", "") or "")
-    if uuid and not uuid.startswith("GPU-"):
-        uuid = f"GPU-{uuid}"
-    return {"device_name": props.name, "device_index": idx, "device_uuid": uuid}
+    return {"device_name": torch.cuda.get_device_properties(idx).name, "device_index": idx,
+            "device_uuid": cuda_uuid(idx)}
 
 
 class Measurer:
@@ -226,6 +225,15 @@ class Measurer:
             s.median_ms, s.p20_ms, s.p80_ms, s.min_ms, s.mean_ms, s.samples)
         rec.samples_ms = [round(x, 6) for x in timing.samples_ms]
         rec.timing_method = timing.method
+        if timing.method.endswith(("_unheld", "_call_syncs")):
+            # asked to hold the stream, the timer could not: say so where a reader of the table looks, since
+            # the samples now hold whatever time the host adds between the events
+            note = f"timed {timing.method}: {TIMING_METHODS[timing.method]}"
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+        elif timing.hold_timeouts:  # the samples stand (those batches were discarded), but the host struggled
+            note = (f"{timing.hold_timeouts} held batch{'es' if timing.hold_timeouts > 1 else ''} timed out and "
+                    "were discarded (a slow or busy host)")
+            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
         rec.set_rates()
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms

@@ -11,8 +11,9 @@ stop:
 
 Batch sizes: the first is small (``FIRST_BATCH``: a mistaken batch costs little), each next one at
 most doubles the samples so far (the interval is checked often enough not to overshoot the noise
-target by much), and none is larger than what the remaining budget pays for or than the CUDA launch
-queue holds. A held batch must fit in the queue: the host cannot enqueue more than about
+target by much), and none is larger than what the remaining budget pays for, than the CUDA launch
+queue holds, or than a hold of at most ``HOLD_MAX_MS`` lets the host enqueue (:func:`hold_fits`).
+A held batch must fit in the queue: the host cannot enqueue more than about
 ``LAUNCH_QUEUE`` launches while the GPU runs none of them, and a sample is a flush, two event records
 and the call's kernels (a fwd_bwd call launches about five), so at most ``LAUNCH_QUEUE // 8`` samples.
 A call that launches more kernels shows itself: the host stalls inside the batch until the hold times out; the sample it stalled in
@@ -77,6 +78,12 @@ def hold_timeout_ms(n: int, host_per_sample_ms: float) -> float:
     return min(HOLD_MAX_MS, max(HOLD_MIN_MS, HOLD_MARGIN * n * max(host_per_sample_ms, 0.0) + HOLD_SLACK_MS))
 
 
+def hold_fits(host_per_sample_ms: float) -> int:
+    """The most samples a held batch may have: its hold must last ``HOLD_MARGIN`` times their enqueue
+    within ``HOLD_MAX_MS``, else a host that enqueues slowly (but steadily) times out batch after batch."""
+    return max(1, int((HOLD_MAX_MS - HOLD_SLACK_MS) / (HOLD_MARGIN * max(host_per_sample_ms, 1e-9))))
+
+
 def stalled_at(sample_wall_ms: list[float], timeout_ms: float) -> int | None:
     """The sample the host stalled in while the stream was held: the first whose enqueue took at
     least ``STALL_FRACTION`` of the hold; None when the time was spread over the batch."""
@@ -123,7 +130,10 @@ def collect(run_batch: RunBatch, s: Timing, per_sample_ms: float, host_per_sampl
         reason = stop_reason(len(samples), elapsed, noise_pct(samples) if s.max_noise_pct > 0 else None, s)
         if reason:
             return Collected(samples, host, batches, timeouts, reason)
-        n = next_batch_size(len(samples), elapsed, per_sample_ms, s, cap if samples else min(cap, FIRST_BATCH))
+        limit = cap if samples else min(cap, FIRST_BATCH)
+        if held:
+            limit = min(limit, hold_fits(host_per_sample_ms))
+        n = next_batch_size(len(samples), elapsed, per_sample_ms, s, limit)
         timeout = hold_timeout_ms(n, host_per_sample_ms) if held else None
         t_batch = clock()
         b = run_batch(n, timeout)
@@ -147,15 +157,20 @@ def collect(run_batch: RunBatch, s: Timing, per_sample_ms: float, host_per_sampl
 
 
 def extend_for_energy(run_batch: RunBatch, short_ms: Callable[[], float], cap_ms: float, per_sample_ms: float,
-                      host_per_sample_ms: float | None, clock: Callable[[], float] = time.perf_counter) -> int:
+                      host_per_sample_ms: float | None, clock: Callable[[], float] = time.perf_counter,
+                      max_batch: int = MAX_BATCH) -> int:
     """Run more batches of the call, their samples dropped, while the energy meter is ``short_ms()``
     of window time, for at most ``cap_ms`` of wall time (``timing.energy_ms``). Batches are sized
     like the sampling ones (no larger than the launch queue holds); a batch that times out ends the
-    extension (the samples were taken; the energy stays unknown). Returns the batches run."""
+    extension (the samples were taken; the energy stays unknown). ``max_batch``: the most samples a
+    batch has (``MAX_BATCH`` for held ones; unheld ones are not bounded by the launch queue). Returns the
+    batches run."""
     t0, batches = clock(), 0
     while short_ms() > 0 and (clock() - t0) * 1e3 < cap_ms:
         want = min(short_ms(), cap_ms - (clock() - t0) * 1e3)
-        n = max(1, min(MAX_BATCH, math.ceil(want / max(per_sample_ms, 1e-4))))
+        n = max(1, min(max_batch, math.ceil(want / max(per_sample_ms, 1e-4))))
+        if host_per_sample_ms is not None:
+            n = min(n, hold_fits(host_per_sample_ms))
         timeout = hold_timeout_ms(n, host_per_sample_ms) if host_per_sample_ms is not None else None
         b = run_batch(n, timeout)
         batches += 1

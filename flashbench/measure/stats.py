@@ -33,6 +33,29 @@ class Summary:
         return (self.p80_ms - self.p20_ms) / self.median_ms if self.median_ms > 0 else math.nan
 
 
+class InvalidSamples(ValueError):
+    """Timing samples that no figure may be computed from (see :func:`check_samples`)."""
+
+
+def check_samples(samples_ms: list[float]) -> None:
+    """Raise :class:`InvalidSamples` unless every sample is a finite time >= 0 and their median is > 0.
+
+    An event pair that reads a negative or non-finite time (events recorded out of order, a broken
+    clock) has no meaning, and a median of 0 ms would turn every rate into a division by zero: a call
+    that ran nothing between its events (it returned a cached result, or computed on the host) is
+    reported as such, never as an infinite TFLOP/s."""
+    if not samples_ms:
+        raise InvalidSamples("no timing samples")
+    bad = [x for x in samples_ms if not (math.isfinite(x) and x >= 0)]
+    if bad:
+        raise InvalidSamples(f"{len(bad)} of {len(samples_ms)} timing samples are negative or not finite "
+                             f"(first: {bad[0]!r} ms): the timer's events or clock cannot be trusted")
+    median = percentile(sorted(samples_ms), 50)
+    if not median > 0:
+        raise InvalidSamples(f"the median of {len(samples_ms)} timing samples is 0 ms: the call ran no work "
+                             "between its events (nothing was timed)")
+
+
 def summarize(samples_ms: list[float]) -> Summary:
     if not samples_ms:
         raise ValueError("no timing samples to summarize")

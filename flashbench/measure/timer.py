@@ -10,7 +10,9 @@ enqueues a call more slowly than the GPU runs it. While the GPU is held, the hos
 enqueue each call is measured too (``host_ms``). NVML's energy counter is read around every
 batch the GPU runs (:mod:`flashbench.measure.energy`).
 CUDA-graph mode captures the call (fwd, bwd or fwd_bwd) and times graph replays the same way.
-CPU: ``time.perf_counter`` around every call, same warm-up and statistics.
+CPU: ``time.perf_counter`` around every call, the same warm-up, sampling rule and statistics. A
+sample set no figure may come from (a 0 ms median, a negative or non-finite time) is refused
+(:func:`flashbench.measure.stats.check_samples`).
 
 ``timing_method`` values (:data:`TIMING_METHODS`): ``<how>_<what>_<l2>`` where what is ``events``
 (eager calls) or ``graph`` (graph replays) and l2 is ``l2_flush`` or ``warm_l2``.
@@ -26,7 +28,8 @@ import torch
 
 from ..model.config import Timing
 from .energy import EnergyMeter
-from .sampling import Batch, CallSynchronises, HoldFailed, collect, extend_for_energy
+from .sampling import MAX_BATCH, Batch, CallSynchronises, HoldFailed, collect, extend_for_energy
+from .stats import check_samples
 
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 
@@ -203,7 +206,8 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
             hold = _stream_hold(device)
             batch = _held_batch(call, flush, hold, energy)
             got = collect(batch, s, estimate + host_estimate, host_estimate + 0.02)
-            _energy_pass(batch, energy, s, got, estimate, host_estimate + 0.02)
+            check_samples(got.samples_ms)
+            _energy_pass(batch, _plain_batch(call, flush, energy), energy, s, got, estimate, host_estimate + 0.02)
             return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
                                 host_ms=statistics.median(got.host_ms) if got.host_ms else None,
                                 avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts)
@@ -215,19 +219,37 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
             energy.reset()
     batch = _plain_batch(call, flush, energy)
     got = collect(batch, s, estimate, None)
-    _energy_pass(batch, energy, s, got, estimate, None)
+    check_samples(got.samples_ms)
+    _energy_pass(batch, batch, energy, s, got, estimate, None)
     return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, how),
                         avg_power_w=energy.avg_power_w if energy else None)
 
 
-def _energy_pass(batch, energy: EnergyMeter | None, s: Timing, got, estimate: float, host: float | None) -> None:
+# plain batches for the energy pass when the host enqueues a sample in at most this share of its GPU time
+ENERGY_PLAIN_HOST_SHARE = 0.5
+MAX_ENERGY_BATCH = 20_000  # samples of one plain energy batch (its events are created up front)
+
+
+def _energy_pass(batch, plain, energy: EnergyMeter | None, s: Timing, got, estimate: float,
+                 host: float | None) -> None:
     """``timing.energy_ms``: more batches of the same call, outside the samples, until the energy
-    windows are long enough to read (energy.py); the samples are already taken."""
+    windows are long enough to read (energy.py); the samples are already taken.
+
+    A window is one batch, and a held batch is bounded by the launch queue: for a fast call it can last
+    less than a step of the energy counter, and such windows need many steps to add up to a reading
+    (energy.py). Where the host enqueues a sample in well under its GPU time, plain batches (``plain``)
+    keep the GPU as busy without a hold, and one of them can span several steps."""
     if energy is None or s.energy_ms <= 0:
         return
     # a batch's GPU time per sample: the call and the flush before it (the warm-up's estimate)
     per_sample = max(estimate, sum(got.samples_ms) / len(got.samples_ms) if got.samples_ms else 0.0)
-    extend_for_energy(batch, lambda: energy.short_ms, s.energy_ms, per_sample, host)
+    max_batch = MAX_BATCH
+    if host is None or host <= ENERGY_PLAIN_HOST_SHARE * per_sample:
+        batch, host, max_batch = plain, None, MAX_ENERGY_BATCH
+    try:
+        extend_for_energy(batch, lambda: energy.short_ms, s.energy_ms, per_sample, host, max_batch=max_batch)
+    except HoldFailed:  # the stream cannot be held now: the samples stand, the energy is what the windows read
+        energy.discard()
 
 
 def capture_graph(call: Callable[[], object], device="cuda",
@@ -264,26 +286,31 @@ def capture_graph(call: Callable[[], object], device="cuda",
     return replay
 
 
+def _cpu_batch(call: Callable[[], object]) -> Callable[[int, float | None], Batch]:
+    """Batches on the CPU: ``time.perf_counter`` around every call."""
+    def run(n: int, _timeout) -> Batch:
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return Batch(samples)
+    return run
+
+
 def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
-    call()
+    """The GPU timer's warm-up and sampling rule (:func:`~flashbench.measure.sampling.collect`: min/max
+    samples, the noise target, the budget in wall time) with ``time.perf_counter`` around each call."""
+    call()  # the first call may compile: never part of an estimate
     t0 = time.perf_counter()
     call()
     estimate = (time.perf_counter() - t0) * 1e3
     deadline = time.perf_counter() + s.warmup_ms / 1e3
     while time.perf_counter() < deadline:
         call()
-    n = _sample_count(estimate, s)
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return TimingResult(samples, "cpu_perf_counter")
-
-
-def _sample_count(estimate_ms: float, s: Timing) -> int:
-    n = int(s.budget_ms / max(estimate_ms, 1e-4))
-    return max(s.min_samples, min(s.max_samples, n))
+    got = collect(_cpu_batch(call), s, estimate, None)
+    check_samples(got.samples_ms)
+    return TimingResult(got.samples_ms, "cpu_perf_counter")
 
 
 def time_call(call: Callable[[], object], s: Timing, device: str, stream: torch.cuda.Stream | None = None,

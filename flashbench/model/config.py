@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .case import DTYPES, MODES  # noqa: F401  (re-exported)
 from .fields import (Batch, DType, HeadDim, Heads, Hidden, Integer, KvLayout, Length, Mode, Number, SeqLen, Strict,
-                     Tokens, Window, Workload, as_list, windows)
+                     Tokens, ValueLists, Window, Workload, as_list, windows)
 from .filters import Rule
 from .yaml_input import ConfigError, did_you_mean, preview, read_yaml_file, validate_yaml
 
 
-class Axes(Strict):
+class Axes(ValueLists):
     """The grid. Scalars are shorthand for one-element lists.
 
     ``workload`` (one per grid) says what the axes mean: ``dense`` as always; ``decode``: ``seq_len``
@@ -55,13 +55,6 @@ class Axes(Strict):
             return v
         return windows(v) if info.field_name == "window" else as_list(v)
 
-    @field_validator("*")
-    @classmethod
-    def _non_empty(cls, v):
-        if v is not None and not v:
-            raise ValueError("must list at least one value")
-        return v
-
     @model_validator(mode="after")
     def _exclusive(self):
         if self.workload == "decode":
@@ -77,6 +70,9 @@ class Axes(Strict):
         if self.workload == "decode" and "causal" not in self.model_fields_set:
             self.causal = [True]  # new tokens are causal among themselves
         return self
+
+
+MAX_ENERGY_MS = 60_000  # timing.energy_ms and --energy-ms: at most a minute of extra running a row
 
 
 class Timing(Strict):
@@ -97,10 +93,10 @@ class Timing(Strict):
                                                 "stream, then release it: the events time the GPU alone, not the host")
     max_noise_pct: Number = Field(1.0, ge=0, le=100, description="stop sampling once the 95% confidence interval of the "
                                                         "median is within ± this % of it (0: sample the whole budget)")
-    energy_ms: Number = Field(0.0, ge=0, le=60_000, description="when > 0 and the GPU has an energy counter: after "
+    energy_ms: Number = Field(0.0, ge=0, le=MAX_ENERGY_MS, description="when > 0 and the GPU has an energy counter: after "
                               "sampling, keep running the call (not as samples) until the measured windows cover the "
-                              "counter's minimum (five of its steps, at least 10 ms), for at most this long; 0: energy "
-                              "only where the sampled batches cover it")
+                              "counter's minimum (five of its steps, at least 10 ms, and the steps' error within 15% of "
+                              "what they read), for at most this long; 0: energy only where the sampled batches cover it")
 
     @model_validator(mode="after")
     def _order(self):

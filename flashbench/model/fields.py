@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, field_validator
 
 from .case import DTYPES, KV_LAYOUTS, MODES, WORKLOADS
 from .lengths import MAX_SEQUENCES, as_spec
@@ -19,6 +19,18 @@ class Strict(BaseModel):
     """A settings block: unknown keys are errors, never silently ignored; numbers are finite."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ValueLists(Strict):
+    """A block whose every key holds a list of values (a grid's axes, a rule's keys): a key given with an empty
+    list is an error, since it would allow nothing (an exclude rule would silently exclude nothing)."""
+
+    @field_validator("*")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("must list at least one value")
+        return v
 
 
 def _not_bool(v):

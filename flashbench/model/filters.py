@@ -28,14 +28,14 @@ from pydantic import ValidationError, field_validator
 from .case import Case
 import re
 
-from .fields import (Batch, DType, HeadDim, Heads, KvLayout, LengthsDescription, Mode, PositiveInt, SeqLen, Strict,
-                     WindowBound, Workload, as_list)
-from .yaml_input import ConfigError, error_message, preview
+from .fields import (Batch, DType, HeadDim, Heads, KvLayout, LengthsDescription, Mode, PositiveInt, SeqLen,
+                     ValueLists, WindowBound, Workload, as_list)
+from .yaml_input import ConfigError, did_you_mean, error_message, preview
 
 KEY_ALIASES = {"n": "seq_len", "b": "batch", "h": "heads", "d": "head_dim", "seqlen": "seq_len"}
 
 
-class Rule(Strict):
+class Rule(ValueLists):
     """A filter: every given key must match (a value or a list of values)."""
 
     backend: list[str] | None = None
@@ -88,30 +88,45 @@ def case_values(case: Case, backend: str | None = None) -> dict:
 def parse_case_option(text: str, option: str = "--case") -> Rule:
     """``"k=v,k=v1|v2"`` (command line) -> a :class:`Rule`; ConfigError with every problem."""
     problems: list[str] = []
-    raw: dict[str, list[str]] = {}
+    given: dict[str, list[list[str]]] = {}  # each key's value lists, one per time it is given
     for part in [p for p in re.split(r",(?![^(]*\))", text) if p.strip()]:
         if "=" not in part:
             problems.append(f"{option}: {preview(part.strip())} is not KEY=VALUE (keys: {', '.join(Rule.model_fields)})")
             continue
         key, value = (x.strip() for x in part.split("=", 1))
         key = KEY_ALIASES.get(key.lower(), key.lower())
-        values = [x.strip() for x in value.split("|")]
-        if key in raw:  # a key given twice keeps the values both allow
-            values = [x for x in values if x in raw[key]]
-        raw[key] = values
-    if not raw and not problems:
+        given.setdefault(key, []).append([x.strip() for x in value.split("|")])
+    if not given and not problems:
         problems.append(f"{option}: empty filter (expected KEY=VALUE[,KEY=VALUE...], e.g. "
                         "seq_len=4096,causal=false,mode=fwd)")
-    try:
-        rule = Rule.model_validate(raw)
-    except ValidationError as e:
-        for err in e.errors():
-            key = str(err["loc"][0])
-            if err["type"] == "extra_forbidden":
-                problems.append(f"{option}: unknown key {preview(key)} (keys: {', '.join(Rule.model_fields)})")
-            else:
-                problems.append(f"{option}: {key}={preview(err.get('input'))}: {error_message(err)}")
-        rule = None
+    rule = _validated(given, option, problems)
+    # a key given twice keeps the values both allow, compared as values (bf16 is bfloat16, 04096 is 4096)
+    for key, lists in given.items():
+        if rule is None or len(lists) < 2:
+            continue
+        allowed = [v for v in getattr(rule, key) if all(v in getattr(_validated({key: [x]}, option, []), key)
+                                                          for x in lists)]
+        if not allowed:
+            problems.append(f"{option}: {key} is given {len(lists)} times with no value in common "
+                            f"({' and '.join(preview('|'.join(x)) for x in lists)}): the filter would match nothing")
+        rule = Rule.model_validate({**rule.model_dump(exclude_none=True), key: allowed or None})
     if problems:
         raise ConfigError(problems)
     return rule
+
+
+def _validated(given: dict[str, list[list[str]]], option: str, problems: list[str]) -> Rule | None:
+    """The rule allowing every value given for each key (None when a key or value is wrong: ``problems``
+    says which)."""
+    try:
+        return Rule.model_validate({k: [v for values in lists for v in values] for k, lists in given.items()})
+    except ValidationError as e:
+        keys = list(Rule.model_fields)
+        for err in e.errors():
+            key = str(err["loc"][0])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{option}: unknown key {preview(key)}{did_you_mean(key, keys + list(KEY_ALIASES))} "
+                                f"(keys: {', '.join(keys)})")
+            else:
+                problems.append(f"{option}: {key}={preview(err.get('input'))}: {error_message(err)}")
+        return None

@@ -15,6 +15,7 @@ from collections import Counter
 from .case import MAX_DECODE_TOKENS, Case, Task
 from .config import Axes, LoadedConfig, SweepConfig
 from .fields import MAX_BATCH, MAX_HEADS
+from .filters import case_values
 from .lengths import parse_lengths, realise_budget
 from .yaml_input import ConfigError, did_you_mean, preview
 
@@ -48,6 +49,11 @@ def _listing(pairs: list[str], limit: int = 4) -> str:
 
 def _is_distribution(v) -> bool:
     return isinstance(v, str)
+
+
+def _shortest_cache(kv) -> int:
+    """The shortest cache a decode grid's ``seq_len_kv`` value (a length or a distribution) gives."""
+    return parse_lengths(kv).shortest if _is_distribution(kv) else kv
 
 
 def _check_axes(a: Axes, where: str, source: str) -> list[str]:
@@ -102,6 +108,12 @@ def _check_axes(a: Axes, where: str, source: str) -> list[str]:
                 say("seq_len", f"decode takes 1 to {MAX_DECODE_TOKENS} new tokens per sequence, got {n}")
         if a.seq_len_kv is None:
             say("seq_len_kv", "decode needs the cache length: a value or a length distribution")
+        fewest = min([n for n in a.seq_len if not _is_distribution(n)], default=1)
+        for v in a.seq_len_kv or []:
+            if _shortest_cache(v) < fewest:  # with more new tokens the pair is left out (dropped_combinations)
+                got = f"it draws lengths down to {_shortest_cache(v)}" if _is_distribution(v) else "it is shorter"
+                say("seq_len_kv", f"{v}: a decode cache holds its sequence's new tokens (seq_len) at its end, so "
+                                  f"it must be at least {fewest} keys long (the fewest new tokens); {got}")
         for v in a.seq_len_kv or []:
             if _is_distribution(v) and v.startswith("list("):
                 say("seq_len_kv", f"{v}: decode takes a cache length or a uniform/lognormal distribution, not a list")
@@ -136,15 +148,28 @@ def _head_pairs(a: Axes, d: int, bad_gqa: set) -> list[tuple[int, int]]:
     return pairs
 
 
+def _as_run(causal: bool, window) -> tuple[int, int]:
+    """The window a case runs with: under causal masking a right reach of -1 is 0 (no key to the right is
+    visible either way) and (-1, 0) is no window at all, so one attention is one case, measured once."""
+    left, right = window
+    if causal and right == -1 and left != -1:
+        return left, 0
+    if causal and (left, right) == (-1, 0):
+        return -1, -1
+    return left, right
+
+
 def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
     """The grid's cases: lengths, then batch (or token budget), then heads, then layout and window."""
     cases: list[Case] = []
     for n, d, dtype, causal, mode in itertools.product(a.seq_len, a.head_dim, a.dtype, a.causal, a.mode):
         heads = _head_pairs(a, d, bad_gqa)
-        windows = a.window or [(-1, -1)]
+        windows = list(dict.fromkeys(_as_run(causal, w) for w in (a.window or [(-1, -1)])))
         common = dict(head_dim=d, dtype=dtype, causal=causal, mode=mode)
         if a.workload == "decode":
             for kv, b, (h, h_kv) in itertools.product(a.seq_len_kv, a.batch, heads):
+                if _shortest_cache(kv) < n:  # a cache shorter than its new tokens: left out and noted
+                    continue
                 lengths = kv if _is_distribution(kv) else ""
                 capacity = parse_lengths(kv).longest if lengths else kv
                 for layout in a.kv_layout or ["contiguous"]:
@@ -169,8 +194,9 @@ def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
 
 def dropped_combinations(cfg: SweepConfig) -> list[str]:
     """The combinations of the axes that make no case and are left out of the grid (a line per axis):
-    head_dim not dividing hidden, tokens smaller than seq_len, heads not a multiple of kv_heads.
-    An axis value that makes no case at all is an error instead (:func:`expand_cases`)."""
+    head_dim not dividing hidden, tokens smaller than seq_len, heads not a multiple of kv_heads, a
+    decode cache shorter than its new tokens; and those whose batch = tokens // seq_len holds fewer
+    tokens than asked. An axis value that makes no case at all is an error instead (:func:`expand_cases`)."""
     notes = []
     for where, a in cfg.all_axes():
         if _grid_size(a) > MAX_CASES:
@@ -183,6 +209,24 @@ def dropped_combinations(cfg: SweepConfig) -> list[str]:
             bad = [f"tokens={t} seq_len={n}" for n in a.seq_len if not _is_distribution(n) for t in a.tokens if t < n]
             if bad:
                 notes.append(f"{where}.tokens: left out where tokens < seq_len (batch would be 0): {_listing(bad)}")
+            # batch = tokens // seq_len: the tokens a case holds fall short of the budget where seq_len does
+            # not divide it (the papers' grids never meet this; a grid of other lengths should know)
+            short = [f"tokens={t} seq_len={n} (batch {t // n}: {t // n * n:,} tokens)" for n in a.seq_len
+                     if not _is_distribution(n) for t in a.tokens if t >= n and t % n]
+            if short:
+                notes.append(f"{where}.tokens: batch = tokens // seq_len rounds down where seq_len does not divide "
+                             f"tokens: {_listing(short)}")
+        if a.workload == "decode" and a.seq_len_kv is not None:
+            bad = [f"seq_len={n} seq_len_kv={kv}" for n in a.seq_len for kv in a.seq_len_kv
+                   if not _is_distribution(n) and _shortest_cache(kv) < n]
+            if bad:
+                notes.append(f"{where}.seq_len_kv: left out where a decode cache is shorter than its new tokens: "
+                             f"{_listing(bad)}")
+        if True in a.causal:
+            moved = [f"[{w[0]}, {w[1]}] as {list(_as_run(True, w))}" for w in a.window or [] if _as_run(True, w) != tuple(w)]
+            if moved:
+                notes.append(f"{where}.window: with causal: true a right reach of -1 is 0 and [-1, 0] is no window, "
+                             f"so these run as the same attention written the one way: {_listing(moved)}")
         if a.kv_heads:
             heads = list(dict.fromkeys(h for d in a.head_dim for h in _heads_options(a, d)))
             bad = [f"heads={h} kv_heads={k}" for h in heads for k in a.kv_heads if h % k]
@@ -191,9 +235,13 @@ def dropped_combinations(cfg: SweepConfig) -> list[str]:
     return notes
 
 
-def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
-    """Every case of the grids, after include rules (rules without a backend key)."""
+def _all_cases(cfg: SweepConfig, source: str) -> list[Case]:
+    """Every case of the grids, before any rule, each once (in grid order)."""
     problems = [p for where, a in cfg.all_axes() for p in _check_axes(a, where, source)]
+    total = sum(_grid_size(a) for _, a in cfg.all_axes())
+    if not problems and total > MAX_CASES:  # each grid within the limit, their union past it
+        problems.append(f"{source}: grids: the grids multiply to {total:,} cases in all, more than a sweep can "
+                        f"hold ({MAX_CASES:,}): shorten the lists or split the sweep")
     if problems:
         raise ConfigError(problems)
     cases: list[Case] = []
@@ -204,10 +252,40 @@ def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
             pairs = _listing([f"heads={h} kv_heads={k}" for h, k in sorted(bad_gqa)])
             raise ConfigError([f"{source}: {where}.kv_heads: heads must be a multiple of kv_heads, no valid pair ({pairs})"])
         cases += grid
+    return list(dict.fromkeys(cases))  # stable de-duplication
+
+
+def expand_cases(cfg: SweepConfig, source: str = "config") -> list[Case]:
+    """Every case of the grids, after include rules (rules without a backend key)."""
+    cases = _all_cases(cfg, source)
     case_rules = [r for r in cfg.include if "backend" not in r.keys()]
     if case_rules:
         cases = [c for c in cases if any(r.matches(c) for r in case_rules)]
-    return list(dict.fromkeys(cases))  # stable de-duplication
+    return cases
+
+
+def _yaml_text(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)  # causal: true, as the rule was written
+
+
+def unmatched_rules(cfg: SweepConfig, source: str = "config") -> list[str]:
+    """The include/exclude rules that match no case × backend of the grids (a line each): a value the grid
+    does not hold (``seq_len: 1638`` for 16384) or a backend the config does not list leaves the sweep as
+    if the rule were not written. Read against the config's own grid and backends (``--backends`` may
+    leave a rule's backend out on purpose)."""
+    values = [case_values(c) for c in _all_cases(cfg, source)]
+    notes = []
+    for kind, rules in (("include", cfg.include), ("exclude", cfg.exclude)):
+        for i, rule in enumerate(rules):
+            allowed = rule.allowed()
+            named = allowed.pop("backend", None)
+            if named is not None and not named & set(cfg.backends):
+                notes.append(f"{kind}[{i}]: matches nothing: this config runs none of its backends "
+                             f"({', '.join(sorted(named))})")
+            elif not any(all(v[k] in ok for k, ok in allowed.items()) for v in values):
+                notes.append(f"{kind}[{i}]: matches no case of the grid ("
+                             f"{', '.join(f'{k}: {_listing(sorted(map(_yaml_text, ok)))}' for k, ok in allowed.items())})")
+    return notes
 
 
 def expand_tasks(cfg: SweepConfig, source: str = "config", backends: list[str] | None = None,

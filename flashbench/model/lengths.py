@@ -64,6 +64,11 @@ class LengthSpec:
         """The longest length this spec can give (the cache capacity a decode case allocates)."""
         return max(self.values) if self.dist == "list" else self.high
 
+    @property
+    def shortest(self) -> int:
+        """The shortest length this spec can give."""
+        return min(self.values) if self.dist == "list" else self.low
+
     def describe(self) -> str:
         """The compact form stored in the ``lengths`` column (no spaces; parsed back by :func:`parse_lengths`)."""
         if self.dist == "list":

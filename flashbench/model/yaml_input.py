@@ -301,11 +301,18 @@ def read_yaml_file(path: str | Path) -> str:
         raise ConfigError([f"{path}: cannot read: {cut(str(e), 200)}"]) from None
 
 
+# what a YAML reader calls the top level it found, not Python's names for it
+YAML_TYPE_NAMES = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+
+
 def validate_yaml(model: type[BaseModel], text: str, source: str):
     """YAML text -> a validated ``model``; every problem becomes one "source: field.path: message" line."""
     data = load_yaml(text, source)
+    if data is None:  # an empty file, or comments only
+        raise ConfigError([f"{source}: the file holds no settings (it is empty or only comments)"])
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"])
+        raise ConfigError([f"{source}: expected a mapping of settings at the top level, got "
+                           f"{YAML_TYPE_NAMES.get(type(data), type(data).__name__)}"])
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ..measure.ceilings_cache import Ceilings, cache_path, load_cached, save  # noqa: F401  (re-exported)
+from ..measure.environment import nvml_index
 from ..measure.gpu_monitor import PeriodicSampler
 
 MATMUL_N = 8192
@@ -56,24 +57,6 @@ def gpu_uuid() -> tuple[str, str]:
     info = gpu_identity(0) if not ident.get("device_uuid") else {}
     uuid = ident.get("device_uuid") or info.get("gpu_uuid") or "unknown"
     return str(ident.get("device_name") or info.get("gpu_name") or "gpu"), str(uuid)
-
-
-def nvml_index(uuid: str) -> int:
-    """NVML's index of the GPU with this UUID (NVML numbers every GPU, whatever CUDA_VISIBLE_DEVICES
-    says); 0 when NVML does not know it."""
-    from ..measure.environment import _nvml
-
-    nv = _nvml()
-    if nv is None:
-        return 0
-    try:
-        for i in range(nv.nvmlDeviceGetCount()):
-            found = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))
-            if (found.decode() if isinstance(found, bytes) else found) == uuid:
-                return i
-    except Exception:
-        pass
-    return 0
 
 
 class NvmlWindow(PeriodicSampler):
@@ -215,7 +198,8 @@ def measure_ceilings(device: str = "cuda") -> Ceilings:
     if not torch.cuda.is_available():
         raise NoGpu("no GPU (CUDA is not available): ceilings are a GPU's matmul and bandwidth limits")
     name, uuid = gpu_uuid()
-    compute = measure_compute(device, nvml_index(uuid))  # first, while the GPU is idle
+    found = nvml_index(uuid)
+    compute = measure_compute(device, 0 if found is None else found)  # first, while the GPU is idle
     read = measure_read(device)
     copy = measure_copy(device)
     torch.cuda.empty_cache()

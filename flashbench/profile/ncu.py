@@ -17,8 +17,12 @@ The tasks of one backend run in a child process (:mod:`flashbench.profile.ncu_ch
   ``at::cuda::spin_kernel``), runs **one** call, synchronizes and stops the profiler.
   Kernels are profiled in launch order, so the kernels between two markers are exactly one
   call of one task; the markers themselves are dropped. A task that fails still emits its
-  marker, so the segments stay aligned; if the marker count does not match the tasks the child
-  reached, no bytes are reported (never misattributed ones).
+  marker, so the segments stay aligned; a child that dies inside a task leaves one marker more than
+  the tasks it finished, whose segments are still whole calls; any other mismatch between markers and
+  tasks reports no bytes (never misattributed ones). A kernel whose bytes ncu gave no value for
+  ("n/a") makes its task ``no_data``: it is never counted as 0 bytes.
+- a timeout kills ncu's whole process group: the profiled child too, which would otherwise keep the
+  GPU busy after ncu is gone.
 - ``--cache-control all`` (ncu's default, stated): caches are flushed before every kernel, so
   each kernel's DRAM bytes are cold-cache bytes. For small problems whose intermediates would
   stay in L2 (50 MB on H100) this is an upper bound of the traffic of an uninterrupted call.
@@ -43,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -80,8 +85,12 @@ class NcuMetric:
 @dataclass
 class KernelTraffic:
     kernel: str
-    read: int
-    written: int
+    read: int | None      # None: ncu gave no value ("n/a", missing row): never counted as 0 bytes
+    written: int | None
+
+    @property
+    def missing(self) -> list[str]:
+        return [m for m, v in ((METRIC_READ, self.read), (METRIC_WRITE, self.written)) if v is None]
 
 
 @dataclass
@@ -94,14 +103,20 @@ class TaskTraffic:
 
     @property
     def read(self) -> int | None:
-        return sum(k.read for k in self.kernels) if self.status == "ok" else None
+        return _total(k.read for k in self.kernels) if self.status == "ok" else None
 
     @property
     def written(self) -> int | None:
-        return sum(k.written for k in self.kernels) if self.status == "ok" else None
+        return _total(k.written for k in self.kernels) if self.status == "ok" else None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "read": self.read, "written": self.written}
+
+
+def _total(values) -> int | None:
+    """The sum, or None when any part is unknown: a kernel without a value is not a kernel of 0 bytes."""
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
 
 
 def ncu_path() -> str | None:
@@ -189,10 +204,11 @@ def parse_ncu_csv(text: str) -> list[NcuMetric]:
 
 
 def kernels_in_order(metrics: list[NcuMetric]) -> list[KernelTraffic]:
-    """One entry per profiled kernel (by ID, in launch order) with its DRAM bytes."""
+    """One entry per profiled kernel (by ID, in launch order) with its DRAM bytes; a metric that ncu
+    did not give a value for ("n/a", no row, a number it printed in a form not understood) stays None."""
     by_id: dict[int, KernelTraffic] = {}
     for m in metrics:
-        k = by_id.setdefault(m.kernel_id, KernelTraffic(m.kernel, 0, 0))
+        k = by_id.setdefault(m.kernel_id, KernelTraffic(m.kernel, None, None))
         if m.metric in (METRIC_READ, METRIC_WRITE):
             b = to_bytes(m.value, m.unit)
             if b is None:
@@ -243,9 +259,39 @@ def _child_env() -> dict:
     return env
 
 
+PERMISSION_ERROR = "ERR_NVGPUCTRPERM"
+PERMISSION_HINT = ("ncu may not read this GPU's performance counters (ERR_NVGPUCTRPERM): run as root, or let every "
+                   "user read them (NVreg_RestrictProfilingToAdminUsers=0, see https://developer.nvidia.com/ERR_NVGPUCTRPERM)")
+
+
 def _errors_in(text: str) -> str:
+    if PERMISSION_ERROR in text:  # the one ncu error a user must act on outside flashbench: say what to do
+        return PERMISSION_HINT
     lines = [ln.strip() for ln in text.splitlines() if "==ERROR==" in ln or "Traceback" in ln or "Error" in ln]
     return " | ".join(lines[-4:])[:600]
+
+
+class _Completed:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _run_in_own_group(cmd: list[str], timeout_s: float) -> _Completed:
+    """Run ncu in a process group of its own. On timeout the whole group is killed: ncu and the profiled
+    child it launched (killing ncu alone would leave a hung child holding the GPU), then
+    ``subprocess.TimeoutExpired`` is raised."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.communicate()
+        raise
+    return _Completed(proc.returncode, out, err)
 
 
 def measure_backend(backend: str, cases: list[Case], out_dir: str | Path, seed: int = 0,
@@ -273,10 +319,9 @@ def measure_backend(backend: str, cases: list[Case], out_dir: str | Path, seed: 
             if p.exists():
                 p.unlink()
         try:
-            proc = subprocess.run(ncu_command(ncu, str(log), payload, len(cases), print_units), capture_output=True,
-                                  text=True, timeout=timeout_s, env=_child_env())
+            proc = _run_in_own_group(ncu_command(ncu, str(log), payload, len(cases), print_units), timeout_s)
         except subprocess.TimeoutExpired:
-            return fail_all(f"ncu timed out after {timeout_s:.0f} s")
+            return fail_all(f"ncu timed out after {timeout_s:.0f} s (--ncu-timeout)")
         log_text = log.read_text(errors="replace") if log.exists() else ""
         if proc.returncode != 0 and print_units and "print-units" in (proc.stdout + proc.stderr + log_text):
             continue  # an ncu without --print-units: retry with its default units
@@ -297,18 +342,27 @@ def measure_backend(backend: str, cases: list[Case], out_dir: str | Path, seed: 
     if not kernels:
         why = _errors_in(log_text + "\n" + proc.stdout + "\n" + proc.stderr)
         return fail_all(f"ncu profiled no kernel: {why or 'see ' + str(log)}")
+    # a child that died inside a case (after that case's marker) leaves one marker more than the cases it
+    # finished: the segments before that marker are still whole calls of the cases it finished
+    markers = sum(MARKER_SUBSTRING in k.kernel for k in kernels)
+    died_inside = len(reached) < len(cases) and markers == len(reached) + 1
     try:
-        segments = split_by_marker(kernels, len(reached))
+        segments = split_by_marker(kernels, markers if died_inside else len(reached))[:len(reached)]
     except NcuError as e:
         return fail_all(str(e))
     for r, t, seg in zip(results, reached, segments):
         if t.get("status") == "ok":
             r.status, r.kernels = "ok", seg
+            missing = [f"{m} of {k.kernel[:60]}" for k in seg for m in k.missing]
             if not seg:
                 r.status, r.reason = "no_data", "no kernel was profiled for this call"
-    for r in results[len(reached):]:
-        r.status, r.reason = "no_data", f"the ncu child stopped before this case (exit {proc.returncode}): " + \
-            (_errors_in(proc.stdout + proc.stderr) or "crashed?")
+            elif missing:
+                r.status, r.reason = "no_data", f"ncu gave no value for {', '.join(missing[:3])}" + \
+                    (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    stopped = f"(exit {proc.returncode}): " + (_errors_in(proc.stdout + proc.stderr) or "crashed?")
+    for i, r in enumerate(results[len(reached):]):
+        r.status, r.reason = "no_data", (f"the ncu child died during this case {stopped}" if i == 0 and died_inside
+                                         else f"the ncu child stopped before this case {stopped}")
     return results
 
 

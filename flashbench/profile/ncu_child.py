@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
 
     from .. import backends
     from ..backends.base import Unsupported
-    from ..measure.calls import bind, make_inputs
+    from ..attention.inputs import make_inputs
+    from ..backends.calling import bind
     from ..model.case import Case
     from ..measure.measurer import free_memory, is_oom
 

@@ -33,10 +33,15 @@ def plot_roofline(points: list[RooflinePoint], ceilings: Ceilings | None, path: 
                 label=f"roof: {ceilings.compute_tflops:.0f} TFLOP/s sustained, {ceilings.memory_gbps / 1e3:.2f} TB/s read")
         ax.axvline(ceilings.ridge_flop_per_byte, color="grey", ls=":", lw=1)
     colors = backend_colors(p.backend for p in pts)
+    labelled = set()
     for p in pts:
         marker = "o" if p.basis == MEASURED else "^"
-        ax.scatter([p.intensity], [p.tflops], marker=marker, s=50, zorder=3, color=colors[p.backend],
-                   label=f"{p.backend} ({p.basis})")
+        # a point without a roof of its dtype is drawn hollow: the roof line above it is not its roof
+        label = f"{p.backend} ({p.basis}" + ("; no roof for its dtype)" if p.note and not p.above_roof else ")")
+        ax.scatter([p.intensity], [p.tflops], marker=marker, s=50, zorder=3, edgecolors=colors[p.backend],
+                   facecolors="none" if p.note and not p.above_roof else colors[p.backend],
+                   label=None if label in labelled else label)  # one legend entry per backend and basis
+        labelled.add(label)
         ax.annotate(p.backend, (p.intensity, p.tflops), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -47,7 +52,7 @@ def plot_roofline(points: list[RooflinePoint], ceilings: Ceilings | None, path: 
     return save_figure(fig, path)
 
 
-def plot_traffic_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:
+def plot_traffic_sweep(rows: list[dict], path: str | Path, title: str = "", xlabel: str = "sequence length N") -> Path:
     """rows: {"backend", "n", "measured" (bytes or None), "standard", "fa1", "fa2", "minimum"}."""
     fig = new_figure(FIGSIZE)
     ax = fig.subplots()
@@ -68,7 +73,7 @@ def plot_traffic_sweep(rows: list[dict], path: str | Path, title: str = "") -> P
                 label=f"{backend} (ncu, read + written)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("sequence length N")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("HBM bytes per call")
     style_axes(ax, title)
     ax.legend(fontsize=7)

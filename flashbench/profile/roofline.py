@@ -9,6 +9,12 @@
   which roof is lower at that intensity;
 - the same against the model's datasheet peak (:mod:`flashbench.profile.datasheet`), when the model
   is in its table: ``% of datasheet``.
+
+Both roofs are bf16/fp16 Tensor Core rates: a float32 case has no compute roof here (TF32 runs at
+half that rate, IEEE fp32 at a fraction of it), so its point gets no attainable rate, % or bound,
+only a ``note`` saying why. A point above 100% of a roof keeps its figure and gets a ``note``: a
+roof is a median rate (a burst above the sustained clocks beats it), and ncu's cold-cache bytes
+overstate the traffic of a call whose data stays in L2, which lowers the intensity and the roof.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from .ceilings import Ceilings
 from .datasheet import DatasheetPeak
 
 MEASURED, ANALYTIC_MIN = "measured (ncu)", "analytic minimum"
+ROOF_DTYPES = ("float16", "bfloat16")  # the dtypes whose matmul rate the compute roofs are
 
 
 @dataclass
@@ -34,6 +41,11 @@ class RooflinePoint:
     bound: str                        # memory | compute | ""
     datasheet_tflops: float | None = None  # attainable at this intensity by the datasheet peak
     pct_of_datasheet: float | None = None
+    note: str = ""                    # why a figure is missing, or that a % is above 100
+
+    @property
+    def above_roof(self) -> bool:
+        return any(p is not None and p > 100.0 for p in (self.pct_of_roof, self.pct_of_datasheet))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +58,10 @@ def roofline_point(rec: Record, ceilings: Ceilings | None, peak: DatasheetPeak |
         nbytes, basis = rec.min_hbm_bytes, ANALYTIC_MIN
     ai = rec.flops / nbytes if rec.flops and nbytes else None
     attainable = pct = None
-    bound = ""
+    bound = note = ""
+    if rec.case.dtype not in ROOF_DTYPES and (ceilings is not None or peak is not None):
+        note = f"no roof for {rec.case.dtype}: the compute roofs are bf16/fp16 Tensor Core rates"
+        ceilings = peak = None
     if ceilings is not None and ai is not None:
         attainable = ceilings.attainable_tflops(ai)
         bound = "memory" if ai < ceilings.ridge_flop_per_byte else "compute"
@@ -57,5 +72,10 @@ def roofline_point(rec: Record, ceilings: Ceilings | None, peak: DatasheetPeak |
         sheet = peak.attainable_tflops(ai)
         if rec.tflops is not None and sheet > 0:
             sheet_pct = 100.0 * rec.tflops / sheet
-    return RooflinePoint(rec.backend, rec.case.label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound,
-                         sheet, sheet_pct)
+    point = RooflinePoint(rec.backend, rec.case.label(), rec.tflops, nbytes, basis, ai, attainable, pct, bound,
+                          sheet, sheet_pct, note)
+    if point.above_roof:
+        point.note = ("above 100% of a roof: a roof is a median rate (sustained clocks)"
+                      + (", and ncu's cold-cache bytes overstate a call whose data stays in L2" if basis == MEASURED else "")
+                      + ": read it as at the roof")
+    return point

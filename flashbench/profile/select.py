@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..model.case import CASE_FIELDS, Case
 from ..model.filters import Rule
 from ..model.fields import MAX_SEQ_LEN
-from ..model.yaml_input import ConfigError, preview
+from ..model.yaml_input import ConfigError, did_you_mean, preview
 
 MAX_CASES = 16
 
@@ -27,6 +27,17 @@ def select_cases(cases: list[Case], flt: Rule | None, limit: int = MAX_CASES, so
                            "(profiling is slow and its output is per case): narrow it with --case, e.g. "
                            "--case seq_len=4096,head_dim=128,causal=false,mode=fwd"])
     return chosen
+
+
+def select_backends(names: list[str], flt: Rule | None) -> list[str]:
+    """The backends of ``names`` a ``--case`` filter's ``backend`` key keeps (all without one); ConfigError
+    naming a backend the profile does not run, with the close match."""
+    wanted = (flt.allowed().get("backend") if flt is not None else None) or set()
+    unknown = sorted(wanted - set(names))
+    if unknown:
+        raise ConfigError([f"--case: backend={b}: not a backend of this profile{did_you_mean(b, names)} "
+                           f"(its backends: {', '.join(names)})" for b in unknown])
+    return [b for b in names if not wanted or b in wanted]
 
 
 def with_seq_len(case: Case, n: int) -> Case:

@@ -116,20 +116,33 @@ def run_profile(tasks: list[Task], device: str, writer: ResultsWriter, settings:
     return report
 
 
+def swept_group(case: Case) -> str:
+    """The case's label with the length --sweep-n sets left free (``N=var``; decode keeps its new tokens:
+    ``N2xvar``): the cases of one figure and one block of the table share it."""
+    n = f"N{case.seq_len_q}" if case.seq_len_q == case.seq_len_kv else f"N{case.seq_len_q}x{case.seq_len_kv}"
+    free = f"N{case.seq_len_q}xvar" if case.workload == "decode" else "N=var"
+    return case.label().replace(f"{n} ", f"{free} ", 1)
+
+
 def sweep_rows(report: ProfileReport) -> list[dict]:
-    """One row per (backend, N) for the bytes-against-N plot and table."""
+    """One row per (backend, N) for the bytes-against-N plot and table; ``n`` is the length --sweep-n set
+    (:func:`flashbench.profile.select.with_seq_len`: a decode case's cache length, not its new tokens)."""
     rows = []
     for r in report.records:
         c = r.case
         model = report.models.get(c) or {}
         measured = (r.hbm_bytes_read + r.hbm_bytes_written) if r.hbm_bytes_read is not None and r.hbm_bytes_written is not None else None
-        rows.append({"backend": r.backend, "n": c.seq_len_q, "case": c.label(), "status": r.status,
+        rows.append({"backend": r.backend, "n": c.seq_len_kv, "case": c.label(), "group": swept_group(c),
+                     "workload": c.workload, "status": r.status,
                      "measured": measured, "read": r.hbm_bytes_read, "written": r.hbm_bytes_written,
                      "standard": model["standard"].total if model else None,
                      "fa1": model["fa1"].total if model else None,
                      "fa2": model["fa2"].total if model else None,
                      "minimum": min_hbm_bytes(c)})
     return rows
+
+
+NO_IO_MODEL = "no IO model: it describes dense forward attention without a window"
 
 
 def write_profile_json(report: ProfileReport) -> Path:
@@ -148,7 +161,7 @@ def write_profile_json(report: ProfileReport) -> Path:
                               "share": k.share} for k in t.rows]} for t in report.traces],
         "traffic": [{"backend": t.backend, "case": t.case.label(), **tr.to_dict()} for t, tr in report.traffic.items()],
         "io_model": [{"case": c.label(), **({k: {"read": v.read, "written": v.written, "total": v.total}
-                                             for k, v in m.items()} if m else {"note": "forward-only model"}),
+                                             for k, v in m.items()} if m else {"note": NO_IO_MODEL}),
                       "minimum": min_hbm_bytes(c)} for c, m in report.models.items()],
         "roofline": [p.to_dict() for p in report.points],
     }

@@ -1,6 +1,6 @@
 """Kernel breakdown of one task under ``torch.profiler``.
 
-The backend's call (:func:`flashbench.measure.calls.bind`, the same call the timer runs) is warmed up
+The backend's call (:func:`flashbench.backends.calling.bind`, the same call the timer runs) is warmed up
 outside the profiler (compilation, autotuning), then run ``calls`` times inside it, each call in
 a ``record_function("flashbench_call")`` range. A Chrome/Perfetto trace is written per task
 (``trace_<backend>_<case>.json``, open it in https://ui.perfetto.dev or chrome://tracing).
@@ -31,7 +31,8 @@ import torch
 
 from .. import backends
 from ..backends.base import Unsupported
-from ..measure.calls import bind, make_inputs
+from ..attention.inputs import make_inputs
+from ..backends.calling import bind
 from ..model.case import Task
 from ..measure.measurer import free_memory
 

@@ -1,1 +1,2 @@
-"""report"""
+"""Output: tables for people fitted to the terminal, csv/json/markdown for machines, gate reports
+(markdown, JUnit) and figures."""

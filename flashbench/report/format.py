@@ -242,16 +242,36 @@ def _is_true(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x)) and bool(x)
 
 
-def failure_lines(df: pd.DataFrame) -> list[str]:
+MAX_SUMMARY_LINES = 20  # under a run's tables: a sweep with thousands of failures must not flood the terminal
+
+
+def _bounded(lines: list[str], counts: list[int], what: str, limit: int) -> list[str]:
+    """``lines`` (each standing for ``counts[i]`` rows), at most ``limit`` of them: past it, one closing line
+    counts the rows of the lines left out."""
+    if len(lines) <= limit:
+        return lines
+    rest = sum(counts[limit - 1:])
+    return lines[:limit - 1] + [f"{rest:>4} × more {what} ({len(lines) - limit + 1} kinds): see results.csv"]
+
+
+def failure_lines(df: pd.DataFrame, limit: int = MAX_SUMMARY_LINES) -> list[str]:
+    """Each failed row on its line (status, backend, shape, reason) when there are at most ``limit``; else
+    one line per (status, backend, reason) with its count, at most ``limit`` lines."""
     bad = df[~df["status"].isin(["ok", "skipped"])]
-    return [f"{r['status']}: {r['backend']} {compact_shape(r)}: {r['reason']}" for _, r in bad.iterrows()]
+    if len(bad) <= limit:
+        return [f"{r['status']}: {r['backend']} {compact_shape(r)}: {r['reason']}" for _, r in bad.iterrows()]
+    counts = bad.groupby(["status", "backend", "reason"], sort=False, dropna=False).size().sort_values(
+        ascending=False, kind="stable")
+    lines = [f"{n:>4} × {status}: {backend}: {reason}" for (status, backend, reason), n in counts.items()]
+    return _bounded(lines, list(counts), "failures", limit)
 
 
-def skipped_summary(df: pd.DataFrame) -> list[str]:
-    """One line per distinct skip reason, with its count."""
+def skipped_summary(df: pd.DataFrame, limit: int = MAX_SUMMARY_LINES) -> list[str]:
+    """One line per distinct skip reason, with its count, at most ``limit`` lines."""
     skipped = df[df["status"] == "skipped"]
-    counts = skipped.groupby(["backend", "reason"]).size()
-    return [f"{n:>4} × {backend}: {reason}" for (backend, reason), n in counts.items()]
+    counts = skipped.groupby(["backend", "reason"], dropna=False).size()
+    lines = [f"{n:>4} × {backend}: {reason}" for (backend, reason), n in counts.items()]
+    return _bounded(lines, list(counts), "skips", limit)
 
 
 def md_cell(x) -> str:

@@ -2,6 +2,7 @@
 (stdout and $GITHUB_STEP_SUMMARY), JUnit XML (one testcase per case) and a DataFrame (json/csv)."""
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 
 import pandas as pd
@@ -14,6 +15,10 @@ from .format import compact_shape, format_value, md_cell
 TABLE_OUTCOMES = ("status", "regression", "missing", "improved")
 # failing missing cases listed one by one at most; the rest are counted (all are in --format json)
 MAX_MISSING_LISTED = 20
+# cases listed per outcome (status, regression, improved), worst first; the rest are counted. A sweep of
+# thousands of cases that all moved must not print thousands of rows, nor pass GitHub's 1 MiB limit on
+# $GITHUB_STEP_SUMMARY, which the markdown is appended to
+MAX_LISTED = 50
 
 
 def value_text(check, x: float) -> str:
@@ -40,6 +45,11 @@ def _span(values: set[int]) -> str:
 def _percents(fractions) -> str:
     """Relative amounts as one text: [0.1, 0.15] -> "10%/15%" ("" for none)."""
     return "/".join(f"{m * 100:.0f}%" for m in fractions)
+
+
+def _percents_1(fractions) -> str:
+    """Like :func:`_percents`, one decimal: [0.0816, 0.0707] -> "8.2%/7.1%"."""
+    return "/".join(f"{m * 100:.1f}%" for m in fractions)
 
 
 def _margins(report) -> str:
@@ -121,7 +131,7 @@ def gate_frame(report) -> pd.DataFrame:
         for m in c.checks or [None]:
             row = dict(base)
             if m is not None:
-                row.update(metric=m.metric.gate_key, metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
+                row.update(metric=m.metric.gate_key or m.metric.name, metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
                            new=m.new, change=m.change, threshold=m.threshold, beyond_noise=m.beyond_noise,
                            noise=m.noise, regression=m.regression, note=note_text(m))
             rows.append(row)
@@ -133,6 +143,16 @@ def gate_frame(report) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(GATE_COLUMNS))
 
 
+
+
+_LABELS = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved", "missing": "❌ missing"}
+
+
+def _how_far(case) -> float:
+    """How far a case moved past its thresholds, in the direction of its outcome (the order of the table)."""
+    counted = [m for m in case.checks if (m.regression if case.outcome == "regression" else m.improvement)]
+    moves = [abs(m.metric.worse_by(m.change)) for m in counted]
+    return max((x for x in moves if not math.isnan(x)), default=0.0)
 
 
 def gate_markdown(report) -> str:
@@ -156,6 +176,11 @@ def gate_markdown(report) -> str:
                      f"either run's rounds show: a timing change counts only past the unit margin ({units}, "
                      f"`unit_margin` in the thresholds file). Record the baseline on the unit that runs the "
                      f"check to gate finer.")
+    scaled = report.rounds_margins
+    if scaled:
+        lines.append(f"> note: round medians are heavy-tailed (a throttled round moves a case by several %): with "
+                     f"rounds, a timing change must also pass the single-round margin scaled to the rounds, "
+                     f"√((1/n_baseline + 1/n_current) / 2) of `single_round_margin`: {_percents_1(scaled)}.")
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")
@@ -163,18 +188,21 @@ def gate_markdown(report) -> str:
         lines.append(f"> ❌ slower as a whole: {shift.words()}" if shift.failed else f"> note: {shift.words()}")
     for why in report.not_judged:
         lines.append(f"> ❌ not a pass: {why}")
-    if report.differences or report.warnings or margins or pooled or report.shifts or report.not_judged:
+    if report.differences or report.warnings or margins or scaled or pooled or report.shifts or report.not_judged:
         lines.append("")
     missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
-    shown = [c for c in report.cases if c.outcome in TABLE_OUTCOMES and c.outcome != "missing"]
+    shown, unlisted = [], {}
+    for outcome in ("status", "regression", "improved"):
+        cases = sorted((c for c in report.cases if c.outcome == outcome), key=_how_far, reverse=True)
+        shown += cases[:MAX_LISTED]
+        unlisted[outcome] = len(cases) - len(cases[:MAX_LISTED])
     shown += missing[:MAX_MISSING_LISTED]
-    shown.sort(key=lambda c: TABLE_OUTCOMES.index(c.outcome))
+    shown.sort(key=lambda c: TABLE_OUTCOMES.index(c.outcome))  # stable: worst first within an outcome
     if shown:
         lines += ["| result | backend | shape | change | baseline | current | threshold | noise |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in shown:
-            label = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved",
-                     "missing": "❌ missing" if c.failed else "⚠️ missing"}[c.outcome]
+            label = _LABELS[c.outcome] if c.outcome != "missing" or c.failed else "⚠️ missing"
             checks = [m for m in c.checks if (m.regression if c.outcome == "regression" else m.improvement)]
             backend, shape = md_cell(c.backend), md_cell(compact_shape(c.key))
             if checks:
@@ -184,6 +212,10 @@ def gate_markdown(report) -> str:
             else:
                 lines.append(f"| {label} | {backend} | {shape} | {md_cell(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
+        for outcome, n in unlisted.items():
+            if n:
+                lines.append(f"| {_LABELS[outcome]} | | {n} more | the {MAX_LISTED} largest changes are listed "
+                             "(every case: --format json or --junit) | | | | |")
         if len(missing) > MAX_MISSING_LISTED:
             lines.append(f"| ❌ missing | | {len(missing) - MAX_MISSING_LISTED} more | missing from (or skipped in) the current run "
                          "(every case: --format json) | | | | |")
@@ -195,13 +227,14 @@ def gate_junit_xml(report) -> str:
     """JUnit XML: one testcase per case key; failures for regressions, worse statuses and (with
     require_all) missing cases; skipped for cases that could not be compared."""
     def skipped(c) -> bool:
-        return not c.failed and c.outcome in ("missing", "new") or (c.outcome == "pass" and bool(c.message))
+        return not c.failed and c.outcome in ("missing", "new") or (c.outcome == "pass" and bool(c.message)
+                                                                    and not c.checks)  # not compared
 
     suite = ET.Element("testsuite", name="flashbench check", tests=str(len(report.cases)),
                        failures=str(len(report.failures)), skipped=str(sum(1 for c in report.cases if skipped(c))))
     for c in report.cases:
         tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=compact_shape(c.key))
-        detail = "\n".join(f"{m.metric.gate_key}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
+        detail = "\n".join(f"{m.metric.gate_key or m.metric.name}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
                            f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
                            for m in c.checks)
         if c.failed:
@@ -210,7 +243,7 @@ def gate_junit_xml(report) -> str:
         elif skipped(c):
             ET.SubElement(tc, "skipped", message=c.message)
         elif detail:
-            ET.SubElement(tc, "system-out").text = detail
+            ET.SubElement(tc, "system-out").text = "\n".join(x for x in (c.message, detail) if x)
     for shift in report.failed_shifts:
         tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{shift.backend}", name="all cases")
         ET.SubElement(tc, "failure", message=shift.words(), type="slower_as_a_whole").text = shift.words()

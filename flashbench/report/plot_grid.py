@@ -173,8 +173,9 @@ def rate_bounds(g: pd.DataFrame, work: str, per_ms: float) -> tuple[pd.Series, p
 
 
 def positive(df: pd.DataFrame, column: str) -> pd.DataFrame:
-    df = df.dropna(subset=[column])
-    return df[df[column] > 0]
+    """The rows with a finite value > 0 of ``column`` (matplotlib would drop an infinite one without a word)."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    return df[values.notna() & (values > 0) & (values != float("inf"))]
 
 
 def titled(title: str, what: str) -> str:

@@ -47,7 +47,7 @@ from .plot_grid import (GBPS, PEAK_HBM, TFLOPS, FigureInfo, draw_panels, panel_f
                         titled)
 from .plot_varlen import plot_varlen
 
-__all__ = ["FigureInfo", "PlotError", "plot_frame", "plot_run_dir", "run_title"]
+__all__ = ["FigureInfo", "PlotError", "not_plotted", "plot_frame", "plot_run", "plot_run_dir", "run_title"]
 
 
 def _rate_panel(x: str, metric, work: str, per_ms: float, xlabel: str):
@@ -86,19 +86,51 @@ def _memory_panel(per_head: bool):
     return draw
 
 
-def plot_frame(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[FigureInfo]:
-    """Draw the figures of a run's records (a ``Run.frame()``) into ``out_dir``: TFLOP/s and peak
-    memory of the dense rows, TFLOP/s by length distribution of the varlen rows, GB/s of the decode
-    rows."""
-    figure_style.require_matplotlib()
-    out_dir = Path(out_dir)
+def _selections(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows each figure draws: ``timed`` (dense TFLOP/s), ``mem`` (dense peak memory), ``varlen`` (every
+    varlen row: a slot labelled with its status when not ok; drawn only when some ``varlen_timed`` row has a
+    value), ``bandwidth`` (decode GB/s)."""
     ok = df[(df["status"] == "ok")]
     decode = ok["workload"] == "decode"
     dense = ~decode & (ok["workload"] != "varlen")
-    timed = positive(ok[dense], TFLOPS.column)
-    bandwidth = positive(ok[decode], GBPS.column)
-    varlen = df[df["workload"] == "varlen"]
-    varlen_timed = positive(ok[ok["workload"] == "varlen"], TFLOPS.column)
+    return {"timed": positive(ok[dense], TFLOPS.column), "mem": positive(ok[dense], PEAK_HBM.column),
+            "bandwidth": positive(ok[decode], GBPS.column), "varlen": df[df["workload"] == "varlen"],
+            "varlen_timed": positive(ok[ok["workload"] == "varlen"], TFLOPS.column)}
+
+
+MAX_NOT_PLOTTED_LINES = 10
+
+
+def not_plotted(df: pd.DataFrame) -> list[str]:
+    """What no figure shows, so that nothing leaves a figure silently: one line per (backend, status) with
+    a count (ok rows without a positive value of the figure's metric as "ok without a value"), at most
+    :data:`MAX_NOT_PLOTTED_LINES` lines and a count of the rest."""
+    sel = _selections(df)
+    shown = set(sel["timed"].index) | set(sel["mem"].index) | set(sel["bandwidth"].index)
+    if not sel["varlen_timed"].empty:
+        shown |= set(sel["varlen"].index)
+    rest = df[~df.index.isin(list(shown))]
+    if rest.empty:
+        return []
+    status = rest["status"].where(rest["status"] != "ok", "ok without a value")
+    counts = rest.groupby([rest["backend"], status], sort=False).size()
+    lines = [f"{n:>4} × {backend}: {what}" for (backend, what), n in counts.items()]
+    if len(lines) > MAX_NOT_PLOTTED_LINES:
+        hidden = int(counts.iloc[MAX_NOT_PLOTTED_LINES - 1:].sum())
+        lines = lines[:MAX_NOT_PLOTTED_LINES - 1] + [f"{hidden:>4} × more ({len(lines) - MAX_NOT_PLOTTED_LINES + 1} "
+                                                     "backend/status pairs): see results.csv"]
+    return lines
+
+
+def plot_frame(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[FigureInfo]:
+    """Draw the figures of a run's records (a ``Run.frame()``) into ``out_dir``: TFLOP/s and peak
+    memory of the dense rows, TFLOP/s by length distribution of the varlen rows, GB/s of the decode
+    rows (:func:`not_plotted` says which rows none of them shows)."""
+    figure_style.require_matplotlib()
+    out_dir = Path(out_dir)
+    sel = _selections(df)
+    timed, mem, bandwidth, varlen, varlen_timed = (sel[k] for k in ("timed", "mem", "bandwidth", "varlen",
+                                                                    "varlen_timed"))
     if timed.empty and bandwidth.empty and varlen_timed.empty:
         raise PlotError(f"no ok records with {TFLOPS.label} (or, for decode, {GBPS.label}) to plot")
     backends = list(dict.fromkeys(df["backend"]))
@@ -108,7 +140,6 @@ def plot_frame(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> list[F
         fields = panel_fields(timed)
         infos.append(draw_panels(panels_of(timed, fields), backends, out_dir / "tflops_vs_seqlen.png",
                            titled(title, f"{TFLOPS.label} (median; band {band} time)"), _tflops_panel))
-    mem = positive(ok[dense], PEAK_HBM.column)
     if not mem.empty:
         mfields = panel_fields(mem)
         per_head = bool(mem.groupby(mfields)[["batch", "heads"]].nunique().gt(1).any().any())
@@ -128,8 +159,9 @@ def run_title(meta: dict) -> str:
     return f"{cfg.get('name') or Path(str(cfg.get('path', 'run'))).stem} on {env.get('gpu_name') or env.get('device') or '?'}"
 
 
-def plot_run_dir(directory: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Figures of a results directory, written into ``<directory>/plots/`` (or ``out_dir``).
+def plot_run(directory: str | Path, out_dir: str | Path | None = None) -> tuple[list[Path], list[str]]:
+    """Figures of a results directory, written into ``<directory>/plots/`` (or ``out_dir``), and the
+    :func:`not_plotted` lines of the rows they leave out.
 
     Raises :class:`PlotError` (:class:`PlotDependencyError` without matplotlib) and
     :class:`flashbench.results.files.ResultsError` for a missing or unreadable results file.
@@ -140,4 +172,10 @@ def plot_run_dir(directory: str | Path, out_dir: str | Path | None = None) -> li
     run = load_run(directory)
     base = Path(directory)
     target = Path(out_dir) if out_dir is not None else (base if base.is_dir() else base.parent) / "plots"
-    return [info.path for info in plot_frame(run.frame(), target, run_title(run.meta))]
+    df = run.frame()
+    return [info.path for info in plot_frame(df, target, run_title(run.meta))], not_plotted(df)
+
+
+def plot_run_dir(directory: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """The figures of :func:`plot_run` alone (``run --plot``, whose tables already list skips and failures)."""
+    return plot_run(directory, out_dir)[0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError, read_record,
                             upgrade)
-from ..model.yaml_input import cut, preview
+from ..model.yaml_input import ConfigError, cut, load_yaml, preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,6 +72,28 @@ class Run:
 
     def frame(self) -> pd.DataFrame:
         return records_frame(self.records)
+
+
+def _settings(config: dict):
+    """The settings a run's recorded config text holds, comments and layout aside; None without a text
+    or when it no longer parses."""
+    text = config.get("text")
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return load_yaml(text, "config")
+    except ConfigError:
+        return None
+
+
+def same_settings(old: dict, new: dict) -> bool:
+    """Whether two runs' configs (their ``config`` metadata) hold the same settings: equal texts, or texts
+    that differ only in comments and layout (a comment corrected after a baseline was recorded does not
+    make it another config)."""
+    if old.get("sha256") == new.get("sha256"):
+        return True
+    a, b = _settings(old), _settings(new)
+    return a is not None and a == b
 
 
 def gpu_model(meta: dict) -> str:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..measure.energy import energy_per_call_j, tflop_per_j
 from ..measure.stats import percentile, summarize
 from ..model.schema import STATUS_RANK, Record
-from .files import ResultsError, Run, gpu_model
+from .files import ResultsError, Run, gpu_model, same_settings
 
 # rows that carry timings: a later round measures their task again and merges into them
 MEASURED_STATUSES = ("ok", "mismatch")
@@ -127,6 +127,46 @@ def _merge_timer_figures(merged: Record, first: Record, later: Record, tflops_be
     merged.tflop_per_j = tflop_per_j(merged.flops, merged.energy_j)
 
 
+def split_rounds(record: Record) -> list[Record]:
+    """The rounds of a merged record as single-round records (each round's samples, median, interval and
+    rates; the other figures stay the merged ones): the inverse of :func:`merge_rounds` for timings. A row
+    without timings is its own single round."""
+    if record.status not in MEASURED_STATUSES or not record.samples_ms:
+        return [record]
+    sizes = _round_sizes(record)
+    if sum(sizes) != len(record.samples_ms):
+        raise ValueError(f"split_rounds: round_samples {sizes} do not add up to the {len(record.samples_ms)} samples")
+    rounds, start = [], 0
+    for n in sizes:
+        samples = record.samples_ms[start:start + n]
+        start += n
+        s = summarize(samples)
+        one = replace(record, samples_ms=list(samples), round_samples=[], round_medians_ms=[], rounds=1,
+                      median_ms=s.median_ms, p20_ms=s.p20_ms, p80_ms=s.p80_ms, min_ms=s.min_ms, mean_ms=s.mean_ms,
+                      samples=s.samples)
+        one.set_rates()
+        rounds.append(one)
+    return rounds
+
+
+def regroup_rounds(run: Run, picks: list[int]) -> Run:
+    """``run`` holding only rounds ``picks`` (0-based) of each timed task, merged as ``flashbench run
+    --rounds`` merges them; a task with fewer rounds is left out, a row without timings kept as it is.
+    Two disjoint ``picks`` of one run of unchanged code are an A/A pair: what the gate says of them is
+    its false-alarm rate (``tools/gate_false_alarms.py``)."""
+    records = []
+    for r in run.records:
+        rounds = split_rounds(r)
+        if r.status not in MEASURED_STATUSES or not r.samples_ms:
+            records.append(r)
+        elif len(rounds) > max(picks):
+            merged = rounds[picks[0]]
+            for i in picks[1:]:
+                merged = merge_rounds(merged, rounds[i])
+            records.append(merged)
+    return Run(dict(run.meta, rounds=len(picks)), records)
+
+
 def run_rounds(meta: dict) -> int:
     """The rounds a run was asked for (1 for results from before rounds)."""
     return int(meta.get("rounds") or 1)
@@ -143,7 +183,7 @@ _SOFT_ENVIRONMENT = ("driver_version", "cuda", "torch", "triton")
 def merge_runs(runs: list[Run], labels: list[str]) -> Run:
     """Several runs of one config on one GPU model as one run whose rows hold all their rounds.
 
-    Raises ResultsError when they cannot be rounds of one baseline: another config (sha256),
+    Raises ResultsError when they cannot be rounds of one baseline: another config (other settings),
     another backend selection or another GPU model; a driver or software difference is recorded
     as a warning.
     """
@@ -152,10 +192,10 @@ def merge_runs(runs: list[Run], labels: list[str]) -> Run:
     first, problems, warnings = runs[0].meta, [], _warnings(runs[0])
     for run, label in zip(runs[1:], labels[1:]):
         m = run.meta
-        if (m.get("config") or {}).get("sha256") != (first.get("config") or {}).get("sha256"):
+        if not same_settings(first.get("config") or {}, m.get("config") or {}):
             problems.append(f"{label}: written by config {(m.get('config') or {}).get('path')}, {labels[0]} by "
-                            f"{(first.get('config') or {}).get('path')} (another sha256): a baseline's runs must "
-                            "come from one config file, unchanged")
+                            f"{(first.get('config') or {}).get('path')} (other settings): a baseline's runs must "
+                            "come from one config, its settings unchanged")
         if sorted(m.get("backends") or []) != sorted(first.get("backends") or []):
             problems.append(f"{label}: backends {','.join(m.get('backends') or [])}, {labels[0]}: "
                             f"{','.join(first.get('backends') or [])}: a baseline's runs must measure the same backends")

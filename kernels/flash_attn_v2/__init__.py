@@ -9,11 +9,11 @@ inputs q (B, H, Nq, D), k and v (B, H_kv, Nkv, D) and is differentiable through 
 ``torch.autograd.Function`` whose backward runs Triton kernels, or on Hopper the Gluon backward
 (``sm90_bwd.py``) wherever it takes the inputs (no PyTorch attention math anywhere).
 ``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
-sm_scale=None, window=(-1, -1), *, options=None, launch_log=None)`` (``varlen.py``) does the same for
-sequences of different lengths packed into q (total_q, H, D), k and v (total_k, H_kv, D), flash-attn's
-API, with the same kernels.  ``options`` (an ``FA2Options``) pins configurations, forces a tile path,
-turns autotuning or the Gluon forward off, or sets the causal launch order; ``launch_log`` (a dict)
-receives the configuration each kernel ran.
+sm_scale=None, window=(-1, -1), *, check_values=True, options=None, launch_log=None)`` (``varlen.py``) does
+the same for sequences of different lengths packed into q (total_q, H, D), k and v (total_k, H_kv, D),
+flash-attn's API, with the same kernels. ``options`` (an ``FA2Options``) pins configurations, forces a tile
+path, turns autotuning or the Gluon forward off, sets the causal launch order, or chooses the backward;
+``launch_log`` (a dict) receives the configuration each kernel ran.
 
 Forward, FA2 paper (Dao 2023) Algorithm 1 (``kernels.py``)
   * one program per (block of BLOCK_M query rows, batch*head): the outer loop of Algorithm 1
@@ -75,10 +75,13 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
   * TMA path (capability >= 9, i.e. Hopper, with 16-byte aligned base addresses and strides):
     tiles move through device-side tensor descriptors (``tl.make_tensor_descriptor``, one per
     (batch, head) matrix, so out-of-bounds rows/columns are zero-filled on load and clipped on
-    store).  On Hopper the tuner chooses the path together with the tile sizes, warps and
-    stages (``USE_TMA`` is one of the tuned constexprs), once per (Nq bucket, Nkv bucket, allowed
-    paths, head dim, causal, dtype, causal launch order), timing the candidates in interleaved
-    rounds (``_tuner.py``); measurements are in ``kernels/DESIGN.md``.
+    store).  ``USE_TMA`` is a constexpr, so every configuration exists on both paths; where the
+    inputs allow both, each kernel is offered only the path that measured faster for it
+    (``spaces.PREFERRED_PATH``: pointers for the forward and dQ, TMA for dK/dV), and the tuner chooses
+    the tile sizes, warps and stages once per (Nq bucket, Nkv bucket, allowed paths, head dim, causal,
+    window, packed, dtype, causal launch order; for the forward also EVEN_KV and whether the Gluon
+    forward may run), timing the candidates in interleaved rounds (``_tuner.py``); measurements are in
+    ``kernels/DESIGN.md``.
   * warp-specialised forward (Hopper, TMA path, dense, non-causal, no window, fp16/bf16; one of the tuned
     configurations for head dims 96 and 128): ``tl.range(..., warp_specialize=True)`` on the key
     loop, with 4 warps, which Triton 3.6 turns into one producer warp group issuing the TMA loads
@@ -88,17 +91,17 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     loop, masking the key tail in each block unless 128 divides Nkv (``EVEN_KV``), and stores O by
     pointer; causal forwards are never warp-specialised (measured slower with every block masked).
     With 3 pipeline stages the specialised kernel wrote NaN rows on the H100 and is not offered.
-  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 64, 128 or 256, contiguous
-    inputs, dense with Nq and Nkv multiples of 128 or, at D64 and D128, packed batches of any lengths
-    (``sm90.forward_varlen``), causal windows (left, 0) but no right reach, Nq (max_seqlen_q) >=
-    ``spaces.GLUON_MIN_NQ``): the same Algorithm 1 with FlashAttention-3's explicit producer/consumer
-    warp specialisation and the softmax overlapping the P V wgmma, causal included (128x128 tiles with
-    two consumers; 128x64 at D256; 192x128 with three consumers at D64, dense without a window).  It is
-    one more candidate of the forward's tuner (the ``GLUON`` entries of the spaces), so it runs only
-    where the tuner measures it faster.  Its own docstring says what it does not support.  Dense calls
-    of up to ``sm90_persistent.MAX_KEYS`` keys at D64 and D128 (2-stage rings at D128) run its
-    persistent build (``sm90_persistent.py``: one program an SM walking tiles from a tile counter),
-    measured faster there; the launch log marks its configuration ``persistent=True``.
+  * Gluon Hopper forward (``sm90.py``; capability 9.x, fp16/bf16, D = 64, 128 or 256, contiguous inputs,
+    dense with Nq and Nkv multiples of 128 or, at D64 and D128, packed batches of any lengths
+    (``sm90.forward_varlen``), causal windows (left, 0) but no right reach, offered to the tuner from Nq
+    (max_seqlen_q) >= ``spaces.GLUON_MIN_NQ``, a pinned configuration at any Nq): the same Algorithm 1 with
+    FlashAttention-3's explicit producer/consumer warp specialisation and the softmax overlapping the P V
+    wgmma, causal included (128x128 tiles with two consumers; 128x64 at D256; 192x128 with three consumers
+    at D64, dense without a window). It is one more candidate of the forward's tuner (the ``GLUON`` entries
+    of the spaces), so it runs only where the tuner measures it faster. Its own docstring says what it does
+    not support. Dense calls of up to ``sm90_persistent.MAX_KEYS`` keys at D64 and D128 (2-stage rings at
+    D128) run its persistent build (``sm90_persistent.py``: one program an SM walking tiles from a tile
+    counter), measured faster there; the launch log marks its configuration ``persistent=True``.
   * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128): see ``FA2Options.backward``.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 

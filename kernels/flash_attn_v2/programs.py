@@ -15,6 +15,9 @@ the work of a windowed call scales with the window.  A key-major program (dK/dV)
 diag -> -diag and the reaches swapped.
 
 ``visible``: the mask of an edge block, (query i, key j) broadcast by the caller.
+
+Only these masks: bottom-right causal, FlashAttention's sliding window and the sequence tails; no
+top-left alignment, no arbitrary or block-sparse masks.
 """
 from __future__ import annotations
 

@@ -6,6 +6,11 @@ one starts.  The kernels are ``flash_attn_v2``'s, run with their ``VARLEN`` path
 its sequence's offsets and lengths, so no padding is computed or stored; the launch grid is sized
 from shapes alone and its programs past the real blocks do nothing (``_schedule.SequenceBlocks``).
 Masks, windows and GQA behave per sequence as ``flash_attn_v2``'s do per batch entry.
+
+Not supported: returning the LSE, paged KV, dropout, attention bias or arbitrary masks, top-left causal
+alignment, fp8; the warp-specialised Triton forward, the Gluon forward at D256 and with a right window
+reach (the Triton forward runs those); bad offset values with ``check_values=False`` (undefined results,
+see ``flash_attn_varlen``).
 """
 from __future__ import annotations
 
@@ -62,13 +67,13 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     Returns (total_q, H, D) in q's dtype, differentiable in q, k and v (``options.backward``: on Hopper the
     Gluon backward over the packed batch, ``sm90_bwd.backward_varlen``, else the Triton kernels).
 
-    Host synchronisation: with ``check_values=True`` the one device-to-host copy of both offset
-    tensors that validates them; nothing else.  The program tables (one (sequence, block) row per
-    program, longest first) are built on the device from the offsets by torch operations that never
-    wait for it, with a row count known from shapes alone (total // block + batch; the rows past the
-    real blocks are empty programs), so with ``check_values=False`` a call only queues work on the
-    stream (a GPU test runs one under ``torch.cuda.set_sync_debug_mode("error")``), once the tuner
-    has chosen for its tuning key (choosing times candidates, which waits).
+    Host synchronisation: with ``check_values=True`` the one device-to-host copy of both offset tensors that
+    validates them; nothing else. The program tables (one (sequence, block) row per program, longest first)
+    are built on the device from the offsets by two Triton launches (``_schedule.SequenceBlocks``) that the
+    host never waits for, with a row count known from shapes alone (total // block + batch; the rows past
+    the real blocks are empty programs), so with ``check_values=False`` a call only queues work on the
+    stream (a GPU test runs one under ``torch.cuda.set_sync_debug_mode("error")``), once the tuner has
+    chosen for its tuning key (choosing times candidates, which waits).
 
     Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /
     paged attention, fp8, other head dims, returning the LSE.  Bad inputs raise ValueError (bad offset

@@ -14,6 +14,9 @@ Values the host did not check (``check_values=False``) can never make a program 
 caches: a length is clamped into [0, CAPACITY], a page index into [0, NUM_BLOCKS), and a program
 that clamped anything writes NaN (output and LSE), which the combine carries into every row of
 the sequence.  The launcher is ``run.py``; the algorithm is described in the package docstring.
+
+Forward only; no sliding windows, biases, soft-capping or dropout, and every new token sits at the end of
+its sequence's cache (the package docstring lists what is not supported).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ bf16 and fp16, head dims 64 and 128.  Windows of 256 to 4096 keys at N up to 8k 
 reaches, a right reach only, causal with a left reach, Nq != Nkv, GQA/MQA); packed batches of about
 16k tokens drawn from lengths 128 to 4096 (equal and unequal query/key lengths, causal, windows, GQA,
 sequences with no queries or no keys).  Each case meets flash-attention's rule against the fp64
-reference (``flashbench.measure.reference``, per sequence for packed batches) for the output and the
+reference (``flashbench.attention.reference``, per sequence for packed batches) for the output and the
 three gradients, with every buffer the launcher allocates NaN-poisoned.  The grid runs the first
 configuration of each space (bounded compile time); the ``autotuned`` tests run the tuner, which
 times several block sizes (and so several program tables for packed batches).

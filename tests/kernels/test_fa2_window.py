@@ -1,6 +1,6 @@
 """Sliding windows in ``flash_attn_v2``: outputs and gradients, the blocks each program visits, validation.
 
-FlashAttention's convention (``flashbench.measure.reference.visible_mask`` is the one definition the
+FlashAttention's convention (``flashbench.attention.reference.visible_mask`` is the one definition the
 tests use): query i sees key j iff i + (Nkv - Nq) - left <= j <= i + (Nkv - Nq) + right, -1 unbounded,
 causal capping right at 0.  On the CPU interpreter (tiny shapes, fp16 and fp32, the interpreter's
 fixed 32x16 forward/dQ and 16x32 dK/dV tiles, so windows cross block edges at every offset) every
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flashbench.measure.reference import reference_attention, visible_mask
+from flashbench.attention.reference import reference_attention, visible_mask
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, spaces, tuning
 from flashbench_kernels.flash_attn_v2.programs import span
 from kernel_checks import DEV, check_against_reference, make_inputs, poisoned_empty, tma_unavailable, window_case_id

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import flashbench_kernels.flash_attn_v1 as fa1_module
-from flashbench.measure.reference import naive_attention, reference_attention
+from flashbench.attention.reference import naive_attention, reference_attention
 from flashbench_kernels.flash_attn_v1 import flash_attn_v1
 
 HAS_CUDA = torch.cuda.is_available()

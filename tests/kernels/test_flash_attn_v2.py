@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 import flashbench_kernels._validate as validate
-from flashbench.measure.reference import reference_attention
+from flashbench.attention.reference import reference_attention
 from flashbench_kernels._schedule import block_and_head
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, spaces, tuning
 from kernel_checks import DEV, case_id, check_against_reference, make_inputs, poisoned_empty

@@ -451,7 +451,7 @@ def _check_forward_against_fp32(o, lse, q, k, v, causal, window):
     """O within flash-attention's rule (2 x the same-dtype math's max error + atol) of the fp32 reference,
     the natural-log LSE within 1e-3 of the fp32 logsumexp of the scaled, masked scores (every row of the
     D256 cases sees a key), nothing left poisoned."""
-    from flashbench.measure.reference import naive_attention, reference_attention, visible_mask
+    from flashbench.attention.reference import naive_attention, reference_attention, visible_mask
     assert torch.isfinite(o).all() and torch.isfinite(lse).all(), "unwritten (poisoned) or non-finite outputs"
     H, D = q.shape[1], q.shape[-1]
     o_ref = reference_attention(q, k, v, causal, None, torch.float32, window=window)

@@ -18,7 +18,7 @@ from functools import partial
 
 from flashbench.backends import register
 from flashbench.backends.base import Backend
-from flashbench.measure.reference import naive_attention
+from flashbench.attention.reference import naive_attention
 
 
 class _Fake(Backend):

@@ -1,5 +1,5 @@
-"""Checks shared by the FlashAttention-2 test files: inputs (dense and packed), the reference comparison,
-poisoned outputs.
+"""Checks shared by the kernel test files (FlashAttention-2 and Flash-Decoding): inputs (dense and packed),
+the reference comparison, poisoned outputs.
 
 Tolerance rule (flash-attention's): compared with an fp64 reference on fresh random inputs, the
 kernel's max error must be <= 2 x the max error of PyTorch's same-dtype math + a small absolute term.
@@ -10,7 +10,8 @@ import itertools
 
 import torch
 
-from flashbench.measure.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
+from decode_reference import decode_reference
+from flashbench.attention.reference import NO_WINDOW, naive_attention, reference_attention, visible_mask
 from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels.flash_attn_v2 import flash_attn_v2, flash_attn_varlen
 
@@ -225,3 +226,20 @@ def fake_gluon_backward(monkeypatch, backward) -> None:
             dq_acc=dq_acc)
 
     monkeypatch.setattr(sm90_bwd, "prepare_backward", prepare)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (flash_decode) against the decode reference of tests/support/decode_reference.py
+# ---------------------------------------------------------------------------------------------
+def assert_decode_within_rule(out, q, k_seqs, v_seqs, sm_scale=None, atol=None):
+    """flash_decode's output (B, Nq, H, D) finite, of q's dtype and shape, and within 2 x the max error of
+    PyTorch's same-dtype math + atol of the fp64 reference over each sequence's cache (``k_seqs``, ``v_seqs``:
+    one (seqlen, H_kv, D) tensor a sequence)."""
+    atol = ATOL[q.dtype] if atol is None else atol
+    ref = decode_reference(q, k_seqs, v_seqs, sm_scale)
+    same_dtype = decode_reference(q, k_seqs, v_seqs, sm_scale, dtype=q.dtype)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert torch.isfinite(out).all(), "non-finite values (unwritten or NaN)"
+    err = (out.double() - ref).abs().max().item()
+    err_torch = (same_dtype.double() - ref).abs().max().item()
+    assert err <= 2 * err_torch + atol, f"max error {err:.3e} > 2 x torch {err_torch:.3e} + {atol:g}"

@@ -15,7 +15,7 @@ import torch
 
 from flashbench.backends import register
 from flashbench.backends.base import Backend, Unsupported
-from flashbench.measure.reference import naive_attention
+from flashbench.attention.reference import naive_attention
 
 
 class _Bad(Backend):

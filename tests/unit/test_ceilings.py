@@ -119,12 +119,32 @@ def test_nvml_index_is_found_by_uuid(monkeypatch):
     import types
 
     from flashbench.measure import environment
-    from flashbench.profile.ceilings import nvml_index
+    from flashbench.measure.environment import nvml_index
 
     uuids = [b"GPU-a", b"GPU-b", b"GPU-c"]
     nv = types.SimpleNamespace(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
                                nvmlDeviceGetUUID=lambda h: uuids[h])
     monkeypatch.setattr(environment, "_nvml", lambda: nv)
-    assert nvml_index("GPU-c") == 2 and nvml_index("GPU-zzz") == 0
+    assert nvml_index("GPU-c") == 2 and nvml_index("GPU-zzz") is None
     monkeypatch.setattr(environment, "_nvml", lambda: None)
-    assert nvml_index("GPU-c") == 0
+    assert nvml_index("GPU-c") is None
+
+
+def test_a_cuda_index_reads_its_own_gpu_under_cuda_visible_devices(monkeypatch):
+    """Under CUDA_VISIBLE_DEVICES=2, CUDA's device 0 is NVML's GPU 2: its clocks, name and UUID are read from
+    GPU 2, not from NVML's GPU 0 (a GPU the run never used)."""
+    import types
+
+    from flashbench.measure import environment
+
+    uuids, names = [b"GPU-a", b"GPU-b", b"GPU-c"], [b"H200 #0", b"H200 #1", b"H200 #2"]
+    nv = types.SimpleNamespace(nvmlDeviceGetCount=lambda: 3, nvmlDeviceGetHandleByIndex=lambda i: i,
+                               nvmlDeviceGetUUID=lambda h: uuids[h], nvmlDeviceGetName=lambda h: names[h],
+                               nvmlSystemGetDriverVersion=lambda: b"580",
+                               nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=1 << 30))
+    monkeypatch.setattr(environment, "_nvml", lambda: nv)
+    monkeypatch.setattr(environment, "cuda_uuid", lambda i: {0: "GPU-c", 1: "GPU-a"}.get(i, ""))
+    assert environment.nvml_index_of(0) == 2 and environment.nvml_index_of(1) == 0
+    assert environment.nvml_index_of(5) == 5  # a UUID neither side knows: the CUDA index stands
+    info = environment.gpu_identity(0)
+    assert (info["gpu_name"], info["gpu_uuid"]) == ("H200 #2", "GPU-c")

@@ -422,7 +422,7 @@ def test_the_fp32_reference_runs_without_tf32_even_where_the_process_allowed_it(
         return real(inputs, case, dtype)
 
     monkeypatch.setattr(correctness, "reference_outputs", spy)
-    from flashbench.measure.calls import make_inputs
+    from flashbench.attention.inputs import make_inputs
     from flashbench.model.case import Case
 
     case = Case(1, 2, 2, 16, 16, 32, "float32", True, "fwd")

@@ -251,3 +251,38 @@ def test_cited_baselines_exist_and_are_cited(gpu, name):
     """Every baseline these tests read is committed and named in the README."""
     assert (ROOT / "results" / "baselines" / gpu / name / "results.json").is_file()
     assert f"results/baselines/{gpu}/{name}/" in README
+
+
+DESIGN_FLAT = " ".join((ROOT / "kernels" / "DESIGN.md").read_text().split())
+
+
+def ratios_to(gpu: str, name: str, head_dim: int, peer: str):
+    d = ok(gpu, name)
+    p = d[d.head_dim == head_dim].pivot_table(index=["mode", "causal", "seq_len_q"], columns="backend",
+                                              values="tflops")
+    return p, p.triton_fa2 / p[peer]
+
+
+def test_design_d64_figures_are_the_h200_fa2_baseline():
+    """kernels/DESIGN.md, the three-consumer D64 forward: its ratios to cuDNN in the `fa2_h100` sweep."""
+    _, r = ratios_to("h200", "fa2", 64, "sdpa_cudnn")
+    ns = (4096, 8192, 16384)
+    fwd = {causal: " / ".join(f"{r[('fwd', causal, n)]:.2f}" for n in ns) for causal in (False, True)}
+    fb = [r[("fwd_bwd", causal, n)] for causal in (False, True) for n in ns]
+    phrase = (f"forward {fwd[False]}× `sdpa_cudnn` non-causal at 4k / 8k / 16k and {fwd[True]}× causal, "
+              f"fwd_bwd {span(fb)}× (N ≥ 4k)")
+    assert phrase in DESIGN_FLAT
+
+
+def test_design_d256_figures_are_the_h200_fa2_d256_baseline():
+    """kernels/DESIGN.md, the D256 forward's TFLOP/s and ratios, and its history line on fwd_bwd."""
+    p, cudnn = ratios_to("h200", "fa2_d256", 256, "sdpa_cudnn")
+    flash = p.triton_fa2 / p.sdpa_flash
+    ns = (1024, 4096, 16384)
+    tf = {c: [f"{p.triton_fa2[('fwd', c, n)]:.0f}" for n in ns] for c in (False, True)}
+    rc = {c: ", ".join(f"{cudnn[('fwd', c, n)]:.2f}" for n in ns) for c in (False, True)}
+    fb = [k for k in cudnn.index if k[0] == "fwd_bwd"]
+    assert f"{tf[False][0]}, {tf[False][1]} and {tf[False][2]} TFLOP/s non-causal at N 1k, 4k, 16k ({rc[False]}× " \
+           f"`sdpa_cudnn`), {', '.join(tf[True])} causal ({rc[True]}×)" in DESIGN_FLAT
+    assert (f"fwd_bwd at D256 {span([cudnn[k] for k in fb])}× `sdpa_cudnn`, {span([flash[k] for k in fb])}× "
+            "`sdpa_flash`") in DESIGN_FLAT

@@ -112,13 +112,14 @@ def rounds_record(backend, c, levels, seed):
 
 def gate(tmp_path, factor):
     """12 cases whose rounds spread ±2% and one lucky case (rounds within 0.2%), 3 rounds; the current
-    run holds one round each, unchanged but for the lucky case, ``factor`` times slower."""
+    run holds one round each, unchanged but for the lucky case, ``factor`` times slower. The scaled
+    single-round margin is off (``single_round_margin: 0``), so that the pooled band shows alone."""
     levels = [[0.98, 1.0, 1.02]] * 12 + [LUCKY]
     base = write_run(tmp_path / "base", [rounds_record("triton_fa2", c, lv, i)
                                          for i, (c, lv) in enumerate(zip(CASES, levels))])
     cur = write_run(tmp_path / f"cur{factor}", [record("triton_fa2", c, 1.001 * factor if i == 12 else 1.0,
                                                        spread=0.005, seed=500 + i) for i, c in enumerate(CASES)])
-    thresholds, _ = load_thresholds(None)
+    thresholds = parse_thresholds("defaults: {single_round_margin: 0}\n", "test")
     return check_runs(load_run(base), load_run(cur), thresholds)
 
 
@@ -184,12 +185,19 @@ def test_h200_unchanged_rerun(h200):
     assert report.pooled.z == pytest.approx(3.79, abs=0.01)
     assert report.pooled.sigma["triton_fa2"] == pytest.approx(0.0132, abs=0.0001)
     # the case whose three baseline rounds landed within 0.6% is now held to triton_fa2's pooled noise;
-    # the sdpa fwd_bwd case moved 6.4%, past both its own rounds' band and sdpa's pooled one
-    assert _regressions(report) == {("sdpa", "B1 H16 N16384 D128 fp16 causal fwd_bwd")}
+    # the sdpa fwd_bwd case moved 6.4%, past both its own rounds' band and sdpa's pooled one, but inside
+    # the single-round margin scaled to three rounds against one (8.2%): B ran unchanged code, no false alarm
+    assert _regressions(report) == set()
+    (sdpa,) = [c for c in report.cases if c.backend == "sdpa"
+               and compact_shape(c.key) == "B1 H16 N16384 D128 fp16 causal fwd_bwd"]
+    latency = next(m for m in sdpa.checks if m.metric.gate_key == "latency")
+    assert latency.ignored == "noise" and latency.between.decided_by == "margin"
+    assert _regressions(check_runs(h200["A"], h200["B"], parse_thresholds(
+        "defaults: {single_round_margin: 0}\n", "test"))) == {("sdpa", "B1 H16 N16384 D128 fp16 causal fwd_bwd")}
     (lucky,) = [c for c in report.cases if c.backend == "triton_fa2"
                 and compact_shape(c.key) == "B2 H32 N8192 D64 fp16 causal fwd"]
     latency = next(m for m in lucky.checks if m.metric.gate_key == "latency")
-    assert latency.ignored == "noise" and latency.between.decided_by == "pooled"
+    assert latency.ignored == "noise" and latency.between.decided_by in ("pooled", "margin")
     # compare uses the same definition
     rows = compare_runs(h200["A"], h200["B"], "ms").rows
     beyond = {(r["backend"], compact_shape(r)) for _, r in rows.iterrows() if r["beyond_noise"]}
@@ -210,7 +218,7 @@ def test_h200_plugin_ten_percent_slower(h200):
 
 
 def test_h200_rerun_on_another_unit(h200):
-    """Run D: the default sweep again on another H200, unfinished (2 rounds of 3 of its 208 cases).  Without the unit margin one case is past its threshold and both noise bands,
+    """Run D: the default sweep again on another H200, unfinished (2 rounds of 3 of its 208 cases).  Without the unit margin (nor the scaled single-round margin) one case is past its threshold and both noise bands,
     with the same kernel code (the Gluon build differs from A's by one unused argument) and both rounds
     of D alike; the unit margin, which runs on two units get, leaves no false alarm."""
     thresholds, _ = load_thresholds(None)
@@ -218,6 +226,6 @@ def test_h200_rerun_on_another_unit(h200):
     assert len(report.compared) == 656 and report.not_judged  # D did not finish its third round
     assert any(d.kind == "device" for d in report.differences)
     assert _regressions(report) == set() and report.unit_margins == [thresholds.defaults.unit_margin]
-    no_unit_margin = parse_thresholds("defaults: {unit_margin: 0}\n", "test")
+    no_unit_margin = parse_thresholds("defaults: {unit_margin: 0, single_round_margin: 0}\n", "test")
     assert _regressions(check_runs(h200["A"], h200["D"], no_unit_margin)) == {
         ("triton_fa2", "B2 H16 N8192 D128 fp16 causal fwd")}

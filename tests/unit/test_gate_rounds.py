@@ -157,7 +157,7 @@ def test_baseline_save_merges_runs_as_rounds(tmp_path):
 
 
 @pytest.mark.parametrize("other, why", [
-    (dict(config_sha="other"), "one config file"),
+    (dict(config_sha="other"), "one config, its settings unchanged"),
     (dict(env={**H100, "gpu_name": "NVIDIA A100-SXM4-80GB"}), "one GPU model"),
     (dict(backends=["sdpa_flash"]), "same backends"),
 ])

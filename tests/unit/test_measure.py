@@ -7,8 +7,8 @@ import torch
 from flashbench.backends.base import Backend, Unsupported
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
-from flashbench.measure.calls import make_inputs
-from flashbench.measure.reference import naive_attention, reference_attention
+from flashbench.attention.inputs import make_inputs
+from flashbench.attention.reference import naive_attention, reference_attention
 from flashbench.model.config import Timing
 from cases import case_maker, registered  # tests/support
 

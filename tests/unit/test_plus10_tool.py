@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from flashbench.backends import REGISTRY
-from flashbench.measure.calls import make_inputs, outputs_of
+from flashbench.attention.inputs import make_inputs
+from flashbench.backends.calling import outputs_of
 from flashbench.model.case import Case
 
 TOOLS = str(Path(__file__).resolve().parents[2] / "tools")

@@ -381,3 +381,20 @@ def test_sweep_n_over_a_packed_batch_is_exit_2(tmp_path):
     r = runner.invoke(app, ["profile", "smoke", "--case", "workload=varlen", "--backends", "naive", "--sweep-n",
                             "--n", "32,64", "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "no one N to sweep" in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")
+def test_case_filter_backend_key_chooses_the_backends(tmp_path, no_ncu):
+    """--case backend=X profiles X alone (the key had been read for cases only: every backend ran)."""
+    out = tmp_path / "one"
+    r = runner.invoke(app, ["profile", "smoke", "--case", "seq_len=64,causal=false,mode=fwd,backend=sdpa",
+                            "--backends", "naive,sdpa", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert [p.name.split("_")[1] for p in sorted(out.glob("trace_*.json"))] == ["sdpa"]
+
+
+def test_case_filter_backend_not_profiled_is_refused(tmp_path):
+    r = runner.invoke(app, ["profile", "smoke", "--case", "seq_len=64,backend=sdpaa", "--backends", "naive,sdpa",
+                            "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "backend=sdpaa: not a backend of this profile" in r.output
+    assert "did you mean 'sdpa'" in r.output and not (tmp_path / "x").exists()

@@ -12,10 +12,12 @@ from flashbench.backends.flex import FlexBackend
 from flashbench.backends.probe import miniature
 from flashbench.backends.sdpa import dense_causal, needs_tensor_mask
 from flashbench.execute.plan import split_runnable
-from flashbench.measure.calls import make_inputs, outputs_of, sequences
+from flashbench.attention.inputs import make_inputs
+from flashbench.attention.sequences import sequences
+from flashbench.backends.calling import outputs_of
 from flashbench.measure.correctness import check, compute_reference, reference_outputs
 from flashbench.measure.measurer import MeasureSettings, Measurer
-from flashbench.measure.reference import naive_attention, reference_attention, visible_mask
+from flashbench.attention.reference import naive_attention, reference_attention, visible_mask
 from flashbench.model.case import Case, Task
 from flashbench.model.config import Timing
 

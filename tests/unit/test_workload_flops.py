@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from flashbench.measure.reference import visible_mask
+from flashbench.attention.reference import visible_mask
 from flashbench.model.case import Case
 from flashbench.model.flops import attention_flops, min_hbm_bytes, visible_keys, visible_pairs
 

@@ -9,7 +9,7 @@ from flashbench.cli import app
 from flashbench.model.case import CASE_FIELDS, Case
 from flashbench.model.config import parse_config
 from flashbench.model.filters import Rule, parse_case_option
-from flashbench.model.grid import expand_cases, expand_tasks
+from flashbench.model.grid import dropped_combinations, expand_cases, expand_tasks
 from flashbench.model.lengths import LengthSpec, as_spec, parse_lengths, realise_budget, realise_count
 from flashbench.model.yaml_input import ConfigError
 
@@ -162,8 +162,21 @@ grids:
   - {batch: 1, heads: 2, seq_len: 64, head_dim: 32, window: [4, 4]}
 backends: [naive]
 """))
-    assert [(c.workload, c.window) for c in cases] == [("dense", (-1, -1)), ("dense", (16, 0)), ("dense", (8, -1)),
+    assert [(c.workload, c.window) for c in cases] == [("dense", (-1, -1)), ("dense", (16, 0)), ("dense", (8, 0)),
                                                        ("decode", (32, 0)), ("dense", (4, 4))]
+
+
+def test_causal_windows_written_two_ways_are_one_case():
+    """Under causal masking [8, -1] is [8, 0] and [-1, 0] is no window: each attention is measured once, and
+    the plan says how it was read."""
+    loaded = cfg("""
+axes: {batch: 1, heads: 2, seq_len: 64, head_dim: 32, causal: [true, false], window: [[-1, -1], [-1, 0], [8, 0], [8, -1]]}
+backends: [naive]
+""")
+    cases = expand_cases(loaded)
+    assert [(c.causal, c.window) for c in cases] == [(True, (-1, -1)), (True, (8, 0)), (False, (-1, -1)),
+                                                     (False, (-1, 0)), (False, (8, 0)), (False, (8, -1))]
+    assert any("[-1, 0] as [-1, -1]" in n and "[8, -1] as [8, 0]" in n for n in dropped_combinations(loaded))
 
 
 @pytest.mark.parametrize("axes, expected", [

@@ -105,3 +105,16 @@ def test_bad_mapping_key_reads_as_a_key():
     """Item 14: a dtype key that does not exist reads "tolerances.float128: not a valid key", not ".[key]"."""
     (p,) = problems(AXES + "backends: [naive]\ntolerances: {float128: {atol: 0.1}}\n")
     assert p == "bad.yaml: tolerances.float128: not a valid key: expected one of float16, bfloat16, float32"
+
+
+def test_an_empty_or_comment_only_file_says_so(tmp_path):
+    from flashbench.model.config import SweepConfig
+    from flashbench.model.yaml_input import ConfigError, validate_yaml
+
+    for text in ("", "# only a comment\n", "\n\n"):
+        with pytest.raises(ConfigError) as e:
+            validate_yaml(SweepConfig, text, "sweep.yaml")
+        assert e.value.problems == ["sweep.yaml: the file holds no settings (it is empty or only comments)"]
+    with pytest.raises(ConfigError) as e:
+        validate_yaml(SweepConfig, "- a\n- b\n", "sweep.yaml")
+    assert e.value.problems == ["sweep.yaml: expected a mapping of settings at the top level, got a list"]

@@ -1,0 +1,36 @@
+"""Runs of one config whose text differs only in comments and layout are runs of the same config: a
+comment corrected after a baseline was recorded must not make `check` and `compare` call the baseline
+"another config", nor `baseline save` refuse to merge them. Other settings still count."""
+import hashlib
+
+from flashbench.analysis.compare import environment_differences
+from flashbench.results.files import same_settings
+from flashbench.results.rounds import merge_runs
+from flashbench.results.files import Run
+
+from synthetic import case, meta, record
+
+TEXT = "name: s\naxes:\n  seq_len: [512, 1024]  # two lengths\nbackends: [sdpa]\n"
+
+
+def config(text: str) -> dict:
+    return {"path": "s.yaml", "name": "s", "sha256": hashlib.sha256(text.encode()).hexdigest(), "text": text}
+
+
+def test_a_comment_or_layout_is_not_another_config():
+    edited = "# a corrected comment\nname: s\naxes:\n  seq_len:\n    - 512\n    - 1024\nbackends: [sdpa]\n"
+    assert same_settings(config(TEXT), config(edited))
+    old, new = meta(), meta()
+    old["config"], new["config"] = config(TEXT), config(edited)
+    assert not [d for d in environment_differences(old, new) if d.kind == "config"]
+    runs = [Run(dict(m), [record("sdpa", case(n=512))]) for m in (old, new)]
+    assert merge_runs(runs, ["a", "b"]).records
+
+
+def test_other_settings_or_no_text_are_another_config():
+    assert not same_settings(config(TEXT), config(TEXT.replace("1024", "2048")))
+    assert not same_settings(config(TEXT), {**config(TEXT + "# x\n"), "text": ""})  # nothing to read: the hashes decide
+    assert not same_settings(config(TEXT), config("name: [unclosed\n"))
+    old, new = meta(), meta()
+    old["config"], new["config"] = config(TEXT), config(TEXT.replace("1024", "2048"))
+    assert [d.kind for d in environment_differences(old, new)] == ["config"]
