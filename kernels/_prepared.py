@@ -33,6 +33,18 @@ def _specialisation(args: tuple) -> tuple:
     return tuple(out)
 
 
+def _unhooked(hook) -> bool:
+    # Triton 3.6 keeps each launch hook as a HookChain, never None (empty: nothing installed); earlier
+    # releases kept None or one callable
+    return hook is None or (hasattr(hook, "calls") and not hook.calls)
+
+
+def no_launch_hooks() -> bool:
+    """Whether no launch enter/exit hook is installed (a profiler's, Proton's): only then may a launch skip the
+    JIT, which builds the metadata those hooks read."""
+    return _unhooked(knobs.runtime.launch_enter_hook) and _unhooked(knobs.runtime.launch_exit_hook)
+
+
 class PreparedLaunch:
     """``kernel[grid](*lead, *fixed, **kwargs)`` for each call's ``lead``; see the module docstring."""
 
@@ -49,7 +61,7 @@ class PreparedLaunch:
 
     def __call__(self, *lead) -> None:
         c = self._compiled
-        if c is not None and knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None:
+        if c is not None and no_launch_hooks():
             device = driver.active.get_current_device()
             if device == self._device and _specialisation(lead) == self._lead:
                 g = self._grid3

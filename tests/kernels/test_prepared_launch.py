@@ -42,12 +42,10 @@ class _Kernel:
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """A fake driver (device 0, stream 99) and no launch hooks."""
+    """A fake driver (device 0, stream 99); Triton's own launch hooks as it leaves them (installed: none)."""
     state = types.SimpleNamespace(device=0)
     active = types.SimpleNamespace(get_current_device=lambda: state.device, get_current_stream=lambda device: 99)
     monkeypatch.setattr(_prepared, "driver", types.SimpleNamespace(active=active))
-    monkeypatch.setattr(_prepared.knobs.runtime, "launch_enter_hook", None)
-    monkeypatch.setattr(_prepared.knobs.runtime, "launch_exit_hook", None)
     return state
 
 
@@ -73,7 +71,7 @@ def test_the_first_call_goes_through_the_jit_and_later_ones_to_the_compiled_kern
 
 
 @pytest.mark.parametrize("change", ["dtype", "alignment", "device", "hook"])
-def test_a_call_the_compiled_kernel_was_not_specialised_for_goes_through_the_jit(change, gpu, monkeypatch):
+def test_a_call_the_compiled_kernel_was_not_specialised_for_goes_through_the_jit(change, gpu, request):
     compiled = _Compiled()
     kernel = _Kernel(compiled)
     launch = PreparedLaunch(kernel, (1,), (16, 0.5), dict(BLOCK=32))
@@ -86,9 +84,27 @@ def test_a_call_the_compiled_kernel_was_not_specialised_for_goes_through_the_jit
     elif change == "device":
         gpu.device = 1
     else:
-        monkeypatch.setattr(_prepared.knobs.runtime, "launch_enter_hook", lambda metadata: None)
+        hook = lambda metadata: None  # noqa: E731
+        _prepared.knobs.runtime.launch_enter_hook.add(hook)  # as a profiler installs one in Triton 3.6
+        request.addfinalizer(lambda: _prepared.knobs.runtime.launch_enter_hook.remove(hook))
     launch(*args)
     assert len(kernel.jit_calls) == 2 and not compiled.launches
+
+
+def test_triton_s_default_hooks_are_no_hooks():
+    """Triton 3.6 keeps its launch hooks as HookChain objects, never None: empty ones are no hooks (the
+    shortcut had checked for None and so never engaged on a GPU); one added, or a bare callable as older
+    Triton releases held, is a hook."""
+    assert _prepared.no_launch_hooks()
+    chain = _prepared.knobs.runtime.launch_exit_hook
+    hook = lambda metadata: None  # noqa: E731
+    chain.add(hook)
+    try:
+        assert not _prepared.no_launch_hooks()
+    finally:
+        chain.remove(hook)
+    assert _prepared.no_launch_hooks()
+    assert _prepared._unhooked(None) and not _prepared._unhooked(hook)
 
 
 def test_descriptors_are_told_apart_by_their_bases_dtype(gpu):
