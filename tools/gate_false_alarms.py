@@ -27,7 +27,7 @@ from flashbench.analysis.thresholds import load_thresholds
 from flashbench.model.yaml_input import ConfigError
 from flashbench.report.format import compact_shape
 from flashbench.results.files import ResultsError, load_run
-from flashbench.results.rounds import MEASURED_STATUSES, merge_runs, regroup_rounds
+from flashbench.results.rounds import has_timings, merge_runs, regroup_rounds
 
 TOP = 10  # cases listed by how often they failed
 
@@ -42,7 +42,7 @@ def pairs(rounds: int, n_base: int, n_cur: int, most: int) -> list[tuple[tuple[i
 
 def false_alarms(run, thresholds, n_base: int, n_cur: int, most: int) -> dict:
     """Gate every A/A pair of ``run`` (a run whose tasks hold their rounds) and count what failed."""
-    timed = [r.rounds for r in run.records if r.status in MEASURED_STATUSES and r.samples_ms]
+    timed = [r.rounds for r in run.records if has_timings(r)]
     rounds = min(timed, default=0)
     if rounds < n_base + n_cur:
         raise ValueError(f"the runs hold {rounds} rounds of some timed task: a baseline of {n_base} and a current "

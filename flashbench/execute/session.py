@@ -26,7 +26,7 @@ from ..measure.gpu_monitor import GpuMonitor, compute_processes
 from ..model.config import load_config, with_timing
 from ..model.schema import Record
 from ..model.yaml_input import ConfigError
-from ..results.files import ResultsWriter, os_error_text
+from ..results.files import ResultsWriter, held_results, os_error_text
 from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
@@ -323,9 +323,9 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
 
 def _refuse_existing_results(directory: Path) -> None:
     """A new sweep never overwrites results: an interrupted one is finished with --resume."""
-    held = [name for name in ("results.json", "results.csv") if (directory / name).exists()]
+    held = held_results(directory)
     if held:
-        raise ConfigError([f"--out {directory}: it already holds results ({held[0]}): finish an interrupted sweep "
+        raise ConfigError([f"--out {directory}: it already holds results ({held}): finish an interrupted sweep "
                            f"with --resume {directory}, write to a new directory, or replace them with --force"])
 
 

@@ -111,6 +111,11 @@ def device_identity(device: str) -> dict:
             "device_uuid": cuda_uuid(idx)}
 
 
+def _add_note(rec: Record, note: str) -> None:
+    """A note appended to the row's reason (the column a reader of the table looks at)."""
+    rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+
+
 class Measurer:
     """Measures tasks on one device, keeping the reference of the current case between backends."""
 
@@ -174,8 +179,7 @@ class Measurer:
             free_memory()
         changed = state.restore()
         if changed:
-            note = f"the backend changed {', '.join(changed)} (put back after the task)"
-            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+            _add_note(rec, f"the backend changed {', '.join(changed)} (put back after the task)")
         rec.wall_s = time.perf_counter() - t0
         return rec
 
@@ -228,12 +232,10 @@ class Measurer:
         if timing.method.endswith(("_unheld", "_call_syncs")):
             # asked to hold the stream, the timer could not: say so where a reader of the table looks, since
             # the samples now hold whatever time the host adds between the events
-            note = f"timed {timing.method}: {TIMING_METHODS[timing.method]}"
-            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+            _add_note(rec, f"timed {timing.method}: {TIMING_METHODS[timing.method]}")
         elif timing.hold_timeouts:  # the samples stand (those batches were discarded), but the host struggled
-            note = (f"{timing.hold_timeouts} held batch{'es' if timing.hold_timeouts > 1 else ''} timed out and "
-                    "were discarded (a slow or busy host)")
-            rec.reason = f"{rec.reason}; {note}" if rec.reason else note
+            _add_note(rec, f"{timing.hold_timeouts} held batch{'es' if timing.hold_timeouts > 1 else ''} timed out "
+                           "and were discarded (a slow or busy host)")
         rec.set_rates()
         rec.noise_pct = noise_pct(timing.samples_ms)
         rec.host_ms = timing.host_ms

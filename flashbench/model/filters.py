@@ -104,8 +104,8 @@ def parse_case_option(text: str, option: str = "--case") -> Rule:
     for key, lists in given.items():
         if rule is None or len(lists) < 2:
             continue
-        allowed = [v for v in getattr(rule, key) if all(v in getattr(_validated({key: [x]}, option, []), key)
-                                                          for x in lists)]
+        each = [getattr(_validated({key: [x]}, option, []), key) for x in lists]  # each list, as values
+        allowed = [v for v in getattr(rule, key) if all(v in values for values in each)]
         if not allowed:
             problems.append(f"{option}: {key} is given {len(lists)} times with no value in common "
                             f"({' and '.join(preview('|'.join(x)) for x in lists)}): the filter would match nothing")

@@ -271,12 +271,7 @@ def _errors_in(text: str) -> str:
     return " | ".join(lines[-4:])[:600]
 
 
-class _Completed:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def _run_in_own_group(cmd: list[str], timeout_s: float) -> _Completed:
+def _run_in_own_group(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """Run ncu in a process group of its own. On timeout the whole group is killed: ncu and the profiled
     child it launched (killing ncu alone would leave a hung child holding the GPU), then
     ``subprocess.TimeoutExpired`` is raised."""
@@ -291,7 +286,7 @@ def _run_in_own_group(cmd: list[str], timeout_s: float) -> _Completed:
             proc.kill()
         proc.communicate()
         raise
-    return _Completed(proc.returncode, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def measure_backend(backend: str, cases: list[Case], out_dir: str | Path, seed: int = 0,

@@ -42,14 +42,9 @@ def _span(values: set[int]) -> str:
     return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
 
 
-def _percents(fractions) -> str:
-    """Relative amounts as one text: [0.1, 0.15] -> "10%/15%" ("" for none)."""
-    return "/".join(f"{m * 100:.0f}%" for m in fractions)
-
-
-def _percents_1(fractions) -> str:
-    """Like :func:`_percents`, one decimal: [0.0816, 0.0707] -> "8.2%/7.1%"."""
-    return "/".join(f"{m * 100:.1f}%" for m in fractions)
+def _percents(fractions, decimals: int = 0) -> str:
+    """Relative amounts as one text: [0.1, 0.15] -> "10%/15%", with one decimal "8.2%/7.1%" ("" for none)."""
+    return "/".join(f"{m * 100:.{decimals}f}%" for m in fractions)
 
 
 def _margins(report) -> str:
@@ -119,6 +114,11 @@ GATE_COLUMNS = ("backend", *CASE_FIELDS, "outcome", "failed", "old_status", "new
                 "note")
 
 
+def _metric_name(check) -> str:
+    """A check's metric as reports name it: its thresholds key, or (a decode case's GB/s) its own name."""
+    return check.metric.gate_key or check.metric.name
+
+
 def gate_frame(report) -> pd.DataFrame:
     """One row per case and checked metric (cases without checks: one row, the metric fields empty),
     then a row per backend tested as a whole. ``metric`` is the thresholds file's key (``latency``),
@@ -131,7 +131,7 @@ def gate_frame(report) -> pd.DataFrame:
         for m in c.checks or [None]:
             row = dict(base)
             if m is not None:
-                row.update(metric=m.metric.gate_key or m.metric.name, metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
+                row.update(metric=_metric_name(m), metric_column=m.metric.column, unit=m.metric.unit, old=m.old,
                            new=m.new, change=m.change, threshold=m.threshold, beyond_noise=m.beyond_noise,
                            noise=m.noise, regression=m.regression, note=note_text(m))
             rows.append(row)
@@ -180,7 +180,7 @@ def gate_markdown(report) -> str:
     if scaled:
         lines.append(f"> note: round medians are heavy-tailed (a throttled round moves a case by several %): with "
                      f"rounds, a timing change must also pass the single-round margin scaled to the rounds, "
-                     f"√((1/n_baseline + 1/n_current) / 2) of `single_round_margin`: {_percents_1(scaled)}.")
+                     f"√((1/n_baseline + 1/n_current) / 2) of `single_round_margin`: {_percents(scaled, 1)}.")
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")
@@ -234,7 +234,7 @@ def gate_junit_xml(report) -> str:
                        failures=str(len(report.failures)), skipped=str(sum(1 for c in report.cases if skipped(c))))
     for c in report.cases:
         tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=compact_shape(c.key))
-        detail = "\n".join(f"{m.metric.gate_key or m.metric.name}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
+        detail = "\n".join(f"{_metric_name(m)}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
                            f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
                            for m in c.checks)
         if c.failed:

@@ -127,11 +127,16 @@ def _merge_timer_figures(merged: Record, first: Record, later: Record, tflops_be
     merged.tflop_per_j = tflop_per_j(merged.flops, merged.energy_j)
 
 
+def has_timings(record: Record) -> bool:
+    """Whether a row holds timings (samples of one or more rounds)."""
+    return record.status in MEASURED_STATUSES and bool(record.samples_ms)
+
+
 def split_rounds(record: Record) -> list[Record]:
     """The rounds of a merged record as single-round records (each round's samples, median, interval and
     rates; the other figures stay the merged ones): the inverse of :func:`merge_rounds` for timings. A row
     without timings is its own single round."""
-    if record.status not in MEASURED_STATUSES or not record.samples_ms:
+    if not has_timings(record):
         return [record]
     sizes = _round_sizes(record)
     if sum(sizes) != len(record.samples_ms):
@@ -156,10 +161,11 @@ def regroup_rounds(run: Run, picks: list[int]) -> Run:
     its false-alarm rate (``tools/gate_false_alarms.py``)."""
     records = []
     for r in run.records:
-        rounds = split_rounds(r)
-        if r.status not in MEASURED_STATUSES or not r.samples_ms:
+        if not has_timings(r):
             records.append(r)
-        elif len(rounds) > max(picks):
+            continue
+        rounds = split_rounds(r)
+        if len(rounds) > max(picks):
             merged = rounds[picks[0]]
             for i in picks[1:]:
                 merged = merge_rounds(merged, rounds[i])
