@@ -85,11 +85,8 @@ shape class times each candidate of its head-dim class (``tuning.SPACE``: six or
 256 with 1 to 8 warps and one to three K/V chunks in flight, within a shared-memory budget; plus a
 one-page chunk for pages of 16 or 32 where the class has none) in interleaved rounds
 (``_tuner.InterleavedTuner``, each round timed by ``_tuner.held_bench``: GPU time only, as the host path of a
-small call is longer than its kernels), split and combine kernels together; with ``num_splits=0`` other
-split counts are timed too: a quarter, half, twice and four times the heuristic's where it splits
-(never down to one split: a class holds the capacity, not the lengths, and on varied lengths an unsplit
-launch leaves a long sequence to one program), 2 and 4 where it does not (equal programs can still leave
-a short last wave, and splitting is the safe direction for varied lengths).  A paged kernel is built
+small call is longer than its kernels), split and combine kernels together; for a split launch with
+``num_splits=0`` a quarter, half, twice and four times the heuristic's split count are timed too.  A paged kernel is built
 with twice the stages of a contiguous one for the same chunks in flight (Triton pipelines a load
 whose address comes from another load, the page index, over half the stages).  The class: head dim, tile rows, page size, dtype, and split count, capacity and
 programs before splitting (batch x kv heads x row blocks) rounded up to powers of two.  ``DecodeOptions`` turns tuning off (the class's first candidate runs), pins a

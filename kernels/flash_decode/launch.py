@@ -68,13 +68,7 @@ def _choose_and_run(call: run.DecodeCall, options: DecodeOptions, num_splits: in
     splits = num_splits or heuristic
     pinned = options.pinned
     tiles = tuning.candidates(call.block_d, call.block_m, call.page_size, call.capacity, call.q.element_size())
-    # Split counts are timed around the heuristic's whether or not it splits.  An unsplit heuristic (2+
-    # programs per SM) is offered 2 and 4 splits too: equal programs can still leave a short last wave
-    # (B64 x 8 kv heads at 4k keys: 512 programs on 132 SMs).  Up from unsplit is the safe direction for
-    # batches of varied lengths, which share the class (it holds the capacity, not the lengths): a split
-    # launch shares a long sequence out between programs, an unsplit one leaves it to one.  The other
-    # direction, a split heuristic tuned down to unsplit, is never offered (``tuning.shifted_splits``).
-    vary = options.autotune and options.tune_splits and num_splits == 0
+    vary = options.autotune and options.tune_splits and num_splits == 0 and heuristic > 1
     if interpreting() or not options.autotune or (pinned is not None and not vary):
         tile = pinned or (tuning.INTERPRET_TILE if interpreting() else tiles[0])
         if pinned is not None:
@@ -106,8 +100,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     0.  Forward only.
 
     num_splits: 0 picks the split count from the shape, the capacity and the SM count (and, tuned,
-        tries a quarter to four times that, never down to 1; where it picks 1, tries 2 and 4 too),
-        else 1..128.
+        tries a quarter to four times that), else 1..128.
     launch_log: a dict that receives the launch's choices (num_splits, block_m, block_n, m_blocks,
         kv_gather, page_size, num_warps, num_stages, combine, overlap_combine, config_source,
         splits_source).

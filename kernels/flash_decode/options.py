@@ -1,7 +1,7 @@
 """``DecodeOptions``: how ``flash_decode`` chooses its configuration, one frozen value per call.
 
-The defaults are what the package ships: the tile (keys per chunk, warps, pipeline stages) and the
-split count, around the heuristic's or up from it where it does not split, are chosen on the device by timing
+The defaults are what the package ships: the tile (keys per chunk, warps, pipeline stages) and,
+where the launch is split, the split count around the heuristic's are chosen on the device by timing
 (``tuning.py``).  The other values exist to measure one choice against another or to bound compile
 time.  Every field is checked when the object is made, so a bad option is a ValueError before any
 kernel runs.
@@ -34,10 +34,8 @@ class DecodeOptions:
         cached in the process); False runs the class's first candidate with the heuristic split count.
     config: a pinned tile ``(BLOCK_N, num_warps, num_stages)``: BLOCK_N a power of two in 16..256,
         num_warps in 1, 2, 4, 8, 16, num_stages (Triton's) in 1..8.  It is not tuned (the split count still may be).
-    tune_splits: with ``num_splits=0``, also time other split counts than the heuristic's (with
-        autotune only): a quarter, half, twice and four times it where it splits (never down to one
-        split), 2 and 4 splits where it does not (up from unsplit is the safe direction for batches of
-        varied lengths; see ``tuning.shifted_splits``).  False keeps the heuristic's count.
+    tune_splits: with ``num_splits=0`` and a split launch, also time a quarter, half, twice and four
+        times the heuristic's split count (with autotune only).
     overlap_combine: on Hopper and later, launch a split call's combine kernel with programmatic
         dependent launch, so that its launch overlaps the split kernel's tail (it waits for the split
         kernel's writes before reading); False launches it after the split kernel, as on older GPUs.

@@ -3,12 +3,9 @@
 Split count (``choose_num_splits``): from the launch's programs before splitting and the cache's
 capacity, never from the lengths (reading them would wait for the device).  Tile: one of a few
 candidates per head-dim class (``SPACE``), chosen on the device by timing every candidate of the
-call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); with ``num_splits=0`` the same
-timing also tries other split counts: a quarter, half, twice and four times the heuristic's where it
-splits (never down to unsplit, ``shifted_splits``), and 2 and 4 splits beside the unsplit launch where it
-does not (equal programs can still leave a short last wave; going up from unsplit is the safe direction
-for batches of varied lengths).  The shape class (``KEY``) holds every launch argument that changes which
-candidates are offered or how fast they run.
+call's shape class in interleaved rounds (``_tuner.InterleavedTuner``); where the launch is split,
+the same timing also tries a quarter, half, twice and four times the heuristic's split count.  The shape class (``KEY``)
+holds every launch argument that changes which candidates are offered or how fast they run.
 The timing is ``held_bench`` (GPU time only, L2 flushed), not ``do_bench``, which at small batches times the
 host's enqueueing (0.13-0.22 ms) rather than the 15-50 us kernels and so ranks tiles by noise.  The candidates span the choices (keys per chunk, warps, pipeline depth)
 that the timing is there to settle.
@@ -135,16 +132,13 @@ def candidates(block_d: int, block_m: int, page_size: int, capacity: int, elemen
 # the shape class: head dim, tile rows, page size (0: contiguous), dtype, split count, capacity and the
 # launch's programs before splitting (batch x kv heads x row blocks) rounded up to powers of two, whether
 # split counts are tried, a pinned tile (None: tiles are tried), whether the combine overlaps the split
-# kernel (it changes what a split costs).  An unsplit heuristic has SPLITS 1, a split one 2 or more, and a
-# given count never shares a class with a tuned one (VARY_SPLITS), so a choice of 2 or 4 splits made for
-# an unsplit heuristic is never run where one split was asked for.  The programs are there because the best choice follows the
+# kernel (it changes what a split costs).  The programs are there because the best choice follows the
 # batch: B1 and B8 at 4k keys fall in one split bucket (16 and 9 splits), and B1's choice ran B8 at
 # 2,540 GB/s where B8's own, 2 splits, ran at 2,820 (results/evidence/h200/decode_tuner_classes/).
 KEY = ["HEAD_DIM", "BLOCK_M", "PAGE_SIZE", "DTYPE", "SPLITS", "CAPACITY", "PROGRAMS", "VARY_SPLITS", "PINNED",
        "OVERLAP"]
 # the split count in effect, half, twice, a quarter and four times it: at B1 4k the best count was 16
-# for 64-key chunks and 64 for 16-key chunks of one page (results/evidence/h200/decode_splits/).  From an
-# unsplit launch the downward shifts stand for nothing (``shifted_splits``), so it is timed beside 2 and 4 splits.
+# for 64-key chunks and 64 for 16-key chunks of one page (results/evidence/h200/decode_splits/)
 _SHIFTS = (0, -1, 1, -2, 2)
 
 
@@ -155,8 +149,7 @@ def shifted_splits(splits: int, shift: int, max_splits: int) -> int | None:
     Never down to an unsplit launch: the class holds the capacity, not the lengths, so a choice made on
     equal lengths also serves varied ones, where one program per sequence waits on the longest (measured:
     unsplit made B32 equal 4k caches 1.05x faster and uniform 1k-32k lengths 1.14-1.43x slower;
-    results/evidence/h200/decode_unsplit_rejected/).  Up from an unsplit launch (``splits`` 1) is allowed:
-    shifts 1 and 2 stand for 2 and 4 splits, the downward ones for None."""
+    results/evidence/h200/decode_unsplit_rejected/)."""
     if shift == 0:
         return splits
     n = splits >> -shift if shift < 0 else min(splits << shift, max_splits)
@@ -218,8 +211,7 @@ def tuned(tuner: InterleavedTuner, call: run.DecodeCall, splits: int, vary_split
     """Run ``call`` with the configuration ``tuner`` chose for its class (choosing it first on a miss).
 
     ``splits``: the split count in effect (given, or the heuristic's); with ``vary_splits`` a quarter,
-    half, twice and four times that count are tried too, those that ``shifted_splits`` allows (from 1:
-    2 and 4).  ``pinned``: the only tile tried; else ``tiles``.  Returns what ran.
+    half, twice and four times that count are tried too.  ``pinned``: the only tile tried; else ``tiles``.  Returns what ran.
     """
     q = call.q
     meta = dict(HEAD_DIM=q.shape[-1], BLOCK_M=call.block_m, PAGE_SIZE=call.page_size, DTYPE=str(q.dtype),

@@ -515,10 +515,6 @@ def test_shifted_splits():
     assert tuning.shifted_splits(8, 1, 10) == 10 and tuning.shifted_splits(8, 1, 8) is None
     assert tuning.shifted_splits(3, -1, 100) is None  # never down to an unsplit launch
     assert tuning.shifted_splits(100, 1, tuning.MAX_SPLITS) == tuning.MAX_SPLITS
-    # up from an unsplit launch: 2 and 4 (capped at max_splits), never anything below 1
-    assert [tuning.shifted_splits(1, s, 100) for s in tuning._SHIFTS] == [1, None, 2, None, 4]
-    assert tuning.shifted_splits(1, 2, 3) == 3 and tuning.shifted_splits(1, 2, 2) == 2
-    assert tuning.shifted_splits(1, 1, 1) is None and tuning.shifted_splits(1, 2, 1) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,86 +625,6 @@ def test_tune_splits_off_keeps_the_heuristic(monkeypatch):
     log = {}
     flash_decode(**_decode_args(), options=DecodeOptions(tune_splits=False), launch_log=log)
     assert {s for _, s in dev.timed} == {4} and log["splits_source"] == "heuristic"
-
-
-# 8 sequences (8 programs, D 32, GQA 4/1, one new token) on the interpreter's 4 SMs: 2 programs per SM,
-# so the heuristic does not split
-_UNSPLIT = (1100, 13, 40, 50, 60, 70, 80, 90)
-
-
-def test_unsplit_heuristic_is_tuned_against_two_and_four_splits(monkeypatch):
-    """An unsplit heuristic is timed beside 2 and 4 splits (up from unsplit: safe for varied lengths)."""
-    assert choose_num_splits(len(_UNSPLIT), 1105, 4) == 1
-    tiles = tuning.candidates(32, 16, 0, 1105, 2)
-    assert min(t.block_n for t in tiles) == 32 and max(t.block_n for t in tiles) == 256  # 5 to 35 chunks: no cap
-    best = (tiles[1], 2)
-    dev = FakeDevice(monkeypatch, {best: 0.5, (tiles[1], 1): 0.6})
-    log = {}
-    flash_decode(**_decode_args(lengths=_UNSPLIT), launch_log=log)
-    offered = {(t, s) for t in tiles for s in (1, 2, 4)}
-    assert set(dev.timed) == offered and len(dev.timed) == len(offered) * 4  # 4 interleaved rounds
-    assert dev.launches[-1] == best
-    assert (log["block_n"], log["num_warps"], log["num_stages"], log["num_splits"]) == (*best[0], 2)
-    assert log["combine"] is True and log["config_source"] == "tuned" and log["splits_source"] == "tuned"
-    # the same class (other lengths, same capacity and programs): no timing, the choice runs
-    n = len(dev.timed)
-    flash_decode(**_decode_args(lengths=(13, 1100, 2, 3, 4, 5, 6, 7)), launch_log=log)
-    assert len(dev.timed) == n and dev.launches[-1] == best and log["num_splits"] == 2
-    # one split asked for: another class (VARY_SPLITS), so the tuned 2 splits are not reused
-    flash_decode(**_decode_args(lengths=_UNSPLIT), num_splits=1, launch_log=log)
-    assert {s for _, s in dev.timed[n:]} == {1} and dev.launches[-1] == (tiles[1], 1)
-    assert log["num_splits"] == 1 and log["splits_source"] == "given" and log["combine"] is False
-
-
-def test_unsplit_heuristic_can_stay_unsplit_when_tuned(monkeypatch):
-    tiles = tuning.candidates(32, 16, 0, 1105, 2)
-    dev = FakeDevice(monkeypatch, {(tiles[0], 1): 0.5, (tiles[0], 4): 0.7})
-    log = {}
-    flash_decode(**_decode_args(lengths=_UNSPLIT), launch_log=log)
-    assert {s for _, s in dev.timed} == {1, 2, 4} and dev.launches[-1] == (tiles[0], 1)
-    assert log["num_splits"] == 1 and log["combine"] is False and log["splits_source"] == "tuned"
-
-
-def test_unsplit_heuristic_split_counts_are_capped_by_the_chunks(monkeypatch):
-    """Capacity 40: 64-key chunks make one chunk (no split offered), 32-key chunks two (2, not 4)."""
-    lengths = (35, 13, 20, 21, 22, 23, 24, 25)
-    assert choose_num_splits(len(lengths), 40, 4) == 1
-    tiles = tuning.candidates(32, 16, 0, 40, 2)
-    assert sorted({t.block_n for t in tiles}) == [32, 64]
-    dev = FakeDevice(monkeypatch, {})
-    log = {}
-    flash_decode(**_decode_args(lengths=lengths), launch_log=log)
-    offered = {(t, 1) for t in tiles} | {(t, 2) for t in tiles if t.block_n == 32}
-    assert set(dev.timed) == offered and len(dev.timed) == len(offered) * 4
-    assert log["splits_source"] == "tuned"
-
-
-@pytest.mark.parametrize("how", ["tune_splits_off", "given_1", "given_2", "autotune_off"])
-def test_unsplit_heuristic_untuned_keeps_its_count(monkeypatch, how):
-    tiles = tuning.candidates(32, 16, 0, 1105, 2)
-    dev = FakeDevice(monkeypatch, {(tiles[1], 2): 0.1, (tiles[1], 4): 0.1})
-    kwargs, splits, source = {
-        "tune_splits_off": (dict(options=DecodeOptions(tune_splits=False)), 1, "heuristic"),
-        "given_1": (dict(num_splits=1), 1, "given"),
-        "given_2": (dict(num_splits=2), 2, "given"),
-        "autotune_off": (dict(options=DecodeOptions(autotune=False)), 1, "heuristic"),
-    }[how]
-    log = {}
-    flash_decode(**_decode_args(lengths=_UNSPLIT), launch_log=log, **kwargs)
-    if how == "autotune_off":
-        assert not dev.timed and dev.launches == [(tiles[0], 1)]
-    else:
-        assert {s for _, s in dev.timed} == {splits} and {t for t, _ in dev.timed} == set(tiles)
-    assert dev.launches[-1][1] == splits and log["num_splits"] == splits and log["splits_source"] == source
-
-
-def test_pinned_tile_with_an_unsplit_heuristic_tunes_the_split_count(monkeypatch):
-    pinned = Tile(16, 4, 2)
-    dev = FakeDevice(monkeypatch, {(pinned, 4): 0.1})
-    log = {}
-    flash_decode(**_decode_args(lengths=_UNSPLIT), options=DecodeOptions(config=tuple(pinned)), launch_log=log)
-    assert set(dev.timed) == {(pinned, 1), (pinned, 2), (pinned, 4)} and dev.launches[-1] == (pinned, 4)
-    assert log["config_source"] == "pinned" and log["splits_source"] == "tuned" and log["num_splits"] == 4
 
 
 def test_pinned_tile_tunes_only_the_split_count(monkeypatch):
