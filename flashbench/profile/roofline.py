@@ -12,9 +12,10 @@
 
 Both roofs are bf16/fp16 Tensor Core rates: a float32 case has no compute roof
 (:func:`flashbench.measure.ceilings_cache.has_compute_roof`, the rule the measurer's ``pct_peak_flops``
-follows too), so its point gets no attainable rate, % or bound, only a ``note`` saying why. A point above 100% of a roof keeps its figure and gets a ``note``: a
-roof is a median rate (a burst above the sustained clocks beats it), and ncu's cold-cache bytes
-overstate the traffic of a call whose data stays in L2, which lowers the intensity and the roof.
+follows too), so its point gets no attainable rate, % or bound, only a ``note`` saying why. A point
+above 100% of a roof keeps its figure and gets a ``note``: a roof is a median rate (a burst above the
+sustained clocks beats it), and ncu's cold-cache bytes overstate the traffic of a call whose data stays
+in L2, which lowers the intensity and the roof.
 """
 from __future__ import annotations
 
