@@ -91,6 +91,21 @@ _LN2 = 0.6931471805599453
 
 
 @triton.jit
+def _load_rows(ptrs, row_ok, d_ok, EVEN_ROWS: tl.constexpr, EVEN_D: tl.constexpr):
+    """A block of rows, zeros past the last row (``row_ok``) and past the head dim (``d_ok``).  The masks are
+    left out where the shape makes them all true (``EVEN_ROWS``: the rows fill the block; ``EVEN_D``: the head
+    dim fills BLOCK_D), so that the full blocks load without a predicate."""
+    if EVEN_ROWS:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
 def _fwd_inner(
     q_ptrs, oacc_ptrs, out_ptrs, m_ptrs, l_ptrs, lse_ptrs,
     k, v, offs_m_base, offs_n, offs_d,
@@ -105,13 +120,7 @@ def _fwd_inner(
     for i in range(i_start, i_end):
         offs_m = i * BLOCK_M + offs_m_base
         row_ok = offs_m < n_q
-        if EVEN_M:
-            if BLOCK_D == HEAD_D:
-                q = tl.load(q_ptrs + i * BLOCK_M * stride_qm)
-            else:
-                q = tl.load(q_ptrs + i * BLOCK_M * stride_qm, mask=d_ok[None, :], other=0.0)
-        else:
-            q = tl.load(q_ptrs + i * BLOCK_M * stride_qm, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = _load_rows(q_ptrs + i * BLOCK_M * stride_qm, row_ok, d_ok, EVEN_M, BLOCK_D == HEAD_D)
         # O_i, l_i, m_i from HBM (not read at j = 0: they hold the initial values 0, 0, -inf)
         rd = row_ok & (j > 0)
         o = tl.load(oacc_ptrs + i * BLOCK_M * stride_accm, mask=rd[:, None] & d_ok[None, :], other=0.0)
@@ -201,16 +210,8 @@ def _fa1_fwd_kernel(
         n_ok = offs_n < n_kv
         k_ptrs = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if EVEN_N:
-            if BLOCK_D == HEAD_D:
-                k = tl.load(k_ptrs)
-                v = tl.load(v_ptrs)
-            else:
-                k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-        else:
-            k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        k = _load_rows(k_ptrs, n_ok, d_ok, EVEN_N, BLOCK_D == HEAD_D)
+        v = _load_rows(v_ptrs, n_ok, d_ok, EVEN_N, BLOCK_D == HEAD_D)
         if CAUSAL:
             # first Q block with a key of block j visible; first Q block seeing all of block j
             i_lo = tl.maximum(j * BLOCK_N - causal_off, 0) // BLOCK_M
@@ -269,16 +270,8 @@ def _bwd_inner(
     for i in range(i_start, i_end):
         offs_m = i * BLOCK_M + offs_m_base
         row_ok = offs_m < n_q
-        if EVEN_M:
-            if BLOCK_D == HEAD_D:
-                q = tl.load(q_ptrs + i * BLOCK_M * stride_qm)
-                do = tl.load(do_ptrs + i * BLOCK_M * stride_dom)
-            else:
-                q = tl.load(q_ptrs + i * BLOCK_M * stride_qm, mask=d_ok[None, :], other=0.0)
-                do = tl.load(do_ptrs + i * BLOCK_M * stride_dom, mask=d_ok[None, :], other=0.0)
-        else:
-            q = tl.load(q_ptrs + i * BLOCK_M * stride_qm, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            do = tl.load(do_ptrs + i * BLOCK_M * stride_dom, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = _load_rows(q_ptrs + i * BLOCK_M * stride_qm, row_ok, d_ok, EVEN_M, BLOCK_D == HEAD_D)
+        do = _load_rows(do_ptrs + i * BLOCK_M * stride_dom, row_ok, d_ok, EVEN_M, BLOCK_D == HEAD_D)
         lse = tl.load(lse_ptrs + i * BLOCK_M, mask=row_ok, other=0.0) * 1.4426950408889634
         lse = tl.where(lse == float("-inf"), 0.0, lse)  # rows seeing no key: all of S is -inf -> P = 0
         delta = tl.load(delta_ptrs + i * BLOCK_M, mask=row_ok, other=0.0)
