@@ -24,7 +24,7 @@ if not HAS_CUDA:
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run them with `pytest -m gpu` on a machine with one)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

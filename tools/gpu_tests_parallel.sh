@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU-only tests of the given files in N pytest processes at once (compilation, not the
 # GPU, bounds these tests: one process compiles one kernel at a time).
-# Usage on the GPU machine, after `source .whl/setup.sh`:
+# Usage on a machine with a GPU, with flashbench and its test extras installed:
 #   bash tools/gpu_tests_parallel.sh N OUT_DIR tests/kernels tests/gpu ...
 # Writes OUT_DIR/gpu_tests_<i>.txt per process and prints each process's summary line; exits 1
 # if any process failed.
