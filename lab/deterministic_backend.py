@@ -11,8 +11,7 @@ Dense cases, with or without a window; the launch log (the results' config colum
 from __future__ import annotations
 
 from flashbench import FA2Options, flash_attn_v2
-from flashbench.backends import register
-from flashbench.backends.triton_kernels import TritonBackend
+from flashbench.backends import TritonBackend, register
 
 _OPTIONS = FA2Options(backward="triton")
 

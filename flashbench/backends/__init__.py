@@ -8,7 +8,7 @@ from .naive import NaiveBackend
 from .sdpa import SdpaBackend
 from .triton_decode import TritonDecodeBackend
 from .torch_varlen import TorchVarlenBackend
-from .triton_kernels import TritonKernelBackend
+from .triton_kernels import TritonBackend, TritonKernelBackend
 
 REGISTRY: dict[str, Backend] = {}
 
@@ -51,4 +51,6 @@ for _b in (
 ):
     register(_b)
 
-__all__ = ["Backend", "Unsupported", "REGISTRY", "register", "get"]
+# the plugin API: ``Backend`` (and ``TritonBackend``, for a backend that launches Triton kernels: the interpreter on a
+# CPU, the launch log that fills the results' config column), ``Unsupported``, ``register``
+__all__ = ["Backend", "TritonBackend", "Unsupported", "REGISTRY", "register", "get"]
