@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model.metrics import factor_text
 from .compare import geometric_mean
 
 MIN_CASES = 3  # fewer cases than this are not a backend-wide shift
@@ -34,7 +35,7 @@ class BackendShift:
         return self.ratio > 1 + self.limit
 
     def words(self) -> str:
-        return (f"{self.backend}: median time {self.ratio:.2f}x the baseline's over its {self.cases} cases "
+        return (f"{self.backend}: median time {factor_text(self.ratio)}x the baseline's over its {self.cases} cases "
                 f"(geometric mean; allowed up to {1 + self.limit:.2f}x, `single_round_shift_cpu`)")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
-from ..model.metrics import LATENCY, Metric, get_metric
+from ..model.metrics import LATENCY, Metric, factor_text, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
 from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
@@ -250,7 +250,7 @@ def change_words(ratio: float, metric: Metric) -> str:
     if factor == 1:
         return "same"
     worse, better = metric.change_words
-    return f"{factor:.2f}x {worse if metric.worse(ratio) else better}"
+    return f"{factor_text(factor)}x {worse if metric.worse(ratio) else better}"
 
 
 @dataclass

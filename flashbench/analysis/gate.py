@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..model.case import Case
-from ..model.metrics import LATENCY, Metric, gated_metrics, judged_rate
+from ..model.metrics import LATENCY, Metric, factor_text, gated_metrics, judged_rate
 from .backend_shift import BackendShift, backend_shifts
 from .noise import PooledNoise, RunToRun
 from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
@@ -74,7 +74,7 @@ class MetricCheck:
         if not math.isfinite(ratio):
             return f"{word} (baseline 0)"
         if ratio >= 2 or 0 < ratio <= 0.5:
-            amount = f"{max(ratio, 1 / ratio):.2f}x"
+            amount = f"{factor_text(max(ratio, 1 / ratio))}x"
         else:
             amount = f"{abs(self.change) * 100:.1f}%"
             if amount == "0.0%":

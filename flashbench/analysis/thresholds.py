@@ -151,6 +151,9 @@ def load_thresholds(name_or_path: str | None) -> tuple[Thresholds, str]:
         if "default" not in bundled:
             return Thresholds(), "(built-in defaults)"
         name_or_path = "default"
+    if not name_or_path.strip():  # Path("") is the current directory: "--thresholds : not a file" said nothing
+        raise ConfigError(["--thresholds: the name is empty: give a thresholds YAML file or a bundled name "
+                           f"(bundled: {', '.join(sorted(bundled)) or 'none'})"])
     p = Path(name_or_path)
     if not (p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path):
         if name_or_path not in bundled:

@@ -1,7 +1,7 @@
 """The backend registry. Backends are registered here explicitly: no discovery by name or path."""
 from __future__ import annotations
 
-from ..model.schema import MAX_BACKEND_CHARS
+from ..model.schema import BACKEND_NAME_RULE, is_backend_name
 from .base import Backend, Unsupported
 from .flex import FlexBackend
 from .naive import NaiveBackend
@@ -14,14 +14,12 @@ REGISTRY: dict[str, Backend] = {}
 
 
 def register(backend: Backend) -> Backend:
-    """Add a backend (tests register fakes this way). A name is unique, at most ``MAX_BACKEND_CHARS`` characters
-    (results files refuse longer ones on reading: a sweep of such a backend could never be resumed or gated),
-    without commas or white space (``-b a,b`` lists names; tables and file names show them)."""
+    """Add a backend (tests register fakes this way). A name is unique and a backend name by
+    :func:`~flashbench.model.schema.is_backend_name`: results files refuse other names on reading (a sweep of
+    such a backend could never be resumed or gated), ``-b a,b`` lists names, tables and file names show them."""
     name = backend.name
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a backend needs a name (a non-empty string), got {name!r:.60}")
-    if len(name) > MAX_BACKEND_CHARS or any(c == "," or c.isspace() for c in name):
-        raise ValueError(f"backend name {name!r:.60}: at most {MAX_BACKEND_CHARS} characters, no commas or white space")
+    if not is_backend_name(name):
+        raise ValueError(f"backend name {name!r:.60}: {BACKEND_NAME_RULE}")
     REGISTRY[name] = backend
     return backend
 

@@ -20,6 +20,7 @@ from . import app
 from .common import EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, user_errors, write_json
 
 MAX_KERNEL_ROWS = 12
+SWEEP_N = "1024,2048,4096,8192"  # --n when --sweep-n is given without it
 # where the columns a narrow terminal leaves out of profile's tables can be read
 _ELSEWHERE = "a wider terminal shows every column; the figures are in profile.json and results.json"
 
@@ -288,7 +289,7 @@ def profile(
     calls: int = typer.Option(3, "--calls", min=1, help="calls profiled by torch.profiler after warm-up"),
     plot: bool = typer.Option(False, "--plot", help="write PNG figures (roofline; bytes against N with --sweep-n)"),
     sweep_n: bool = typer.Option(False, "--sweep-n", help="measure HBM traffic over --n sequence lengths and plot bytes against N"),
-    n_list: str = typer.Option("1024,2048,4096,8192", "--n", help="sequence lengths for --sweep-n"),
+    n_list: Optional[str] = typer.Option(None, "--n", help=f"sequence lengths for --sweep-n (default {SWEEP_N})"),
     no_ncu: bool = typer.Option(False, "--no-ncu", help="do not run Nsight Compute even if it is on the PATH"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda | cpu (default: the config's, else auto)"),
     max_cases: int = typer.Option(16, "--max-cases", min=1, help="refuse to profile more cases than this"),
@@ -315,6 +316,8 @@ def profile(
         fail(f"--device: {preview(device)} is not one of cuda, cpu")
     if not (math.isfinite(ncu_timeout) and ncu_timeout > 0):
         fail(f"--ncu-timeout: must be a number of seconds > 0, got {ncu_timeout}")
+    if n_list is not None and not sweep_n:  # it would be ignored: the cases would be profiled at their own lengths
+        fail("--n lists the sequence lengths of --sweep-n: give --sweep-n too")
     name = config if config is not None else default_config_name()
     with user_errors():
         loaded = load_config(name)
@@ -323,7 +326,7 @@ def profile(
         planned = [t for t in p.runnable] + [r.task() for r in p.skipped]
         all_cases = list(dict.fromkeys(t.case for t in planned))
         chosen = select_cases(all_cases, flt, max_cases, source=loaded.path)
-        ns = parse_n_list(n_list) if sweep_n else None
+        ns = parse_n_list(SWEEP_N if n_list is None else n_list) if sweep_n else None
         names = select_backends(backends_option(backends) or loaded.config.backends, flt)
         swept = sweep_tasks(chosen, names, ns) if sweep_n else None
         held = held_results(out_dir) if out_dir is not None else None

@@ -69,6 +69,13 @@ def _print_skips(sweep) -> None:
         out.print(escape(f"  {word} {r.backend:<15} {r.case.label()}: {r.reason}"), highlight=False, soft_wrap=True)
 
 
+def _kept(writer, sweep) -> str:
+    """What a sweep that stopped early leaves in its directory, and how to finish it."""
+    if writer.deferred:  # --force stopped before its first row: nothing was replaced
+        return f"no record measured; the results already in {sweep.directory} are left as they were"
+    return f"{len(writer.records)} finished records kept in {sweep.directory}; {sweep.resume_hint()}"
+
+
 def _parse_resources(text: str | None) -> dict[str, float]:
     res: dict[str, float] = {}
     for item in split_list(text) or []:
@@ -275,12 +282,11 @@ def run(
                 sweep.run(progress.record, progress.activity)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        err.print(f"[yellow]{what}:[/] {len(writer.records)} finished records kept in {sweep.directory}; "
-                  f"{sweep.resume_hint()}", highlight=False, soft_wrap=True)  # one line: the command stays copyable
+        err.print(f"[yellow]{what}:[/] {escape(_kept(writer, sweep))}", highlight=False,
+                  soft_wrap=True)  # one line: the command stays copyable
         raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     except EnvironmentProblem as e:
-        fail([str(e), f"{len(writer.records)} finished records kept in {sweep.directory}; {sweep.resume_hint()}"],
-             code=EXIT_ENV)
+        fail([str(e), _kept(writer, sweep)], code=EXIT_ENV)
     loaded = p.loaded
     df = records_frame(writer.records)
     if fmt == "table":

@@ -71,6 +71,9 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
                 retry_failed: bool = False) -> Resume:
     """Load ``directory`` and check it against this config; raise ResumeError / ResultsError."""
     directory = Path(directory)
+    if directory.is_file():  # the sweep writes into DIR: given DIR/results.json, it failed as "--out: File exists"
+        raise ResumeError(f"--resume {directory}: a file; give the results directory that holds it "
+                          f"(--resume {directory.parent})")
     signature = results_signature(directory)  # before reading: a write in between is seen as a change
     run = load_run(directory)
     old = run.meta.get("config") or {}

@@ -148,8 +148,8 @@ def _check_options(req: SweepRequest) -> None:
         problems.append(f"--devices works with --executor local (the {req.executor} executor "
                         + ("places tasks itself: use --ray-num-gpus / --ray-resources)" if req.executor == "ray"
                            else "uses one device)"))
-    if req.executor != "ray" and (req.ray.address or req.ray.resources):
-        problems.append("--address and --ray-resources need --executor ray")
+    if req.executor != "ray" and req.ray != RayOptions():  # any of them given: it would be silently ignored
+        problems.append("--address and the --ray-* options need --executor ray")
     if req.retry_failed and req.resume is None:
         problems.append("--retry-failed needs --resume DIR")
     if req.force and req.resume is not None:
@@ -229,7 +229,11 @@ class Sweep:
         else:
             meta = run_metadata(self.plan, self.request.backends, self.request.executor)
         meta["rounds"] = self.rounds
-        self.writer = ResultsWriter(self.directory, meta, records=self.resume.kept if self.resume else None)
+        # --force replaces an earlier run's files with this run's first row, not before: a sweep stopped
+        # before it (Ctrl-C while compiling, no worker starts) leaves them whole
+        replacing = self.resume is None and self.request.force and held_results(self.directory) is not None
+        self.writer = ResultsWriter(self.directory, meta, records=self.resume.kept if self.resume else None,
+                                    deferred=replacing)
         return self.writer
 
     def precompile(self, on_start: Callable[[int], contextlib.AbstractContextManager] | None = None):

@@ -19,11 +19,9 @@ token budget of a varlen batch with a length distribution.
 """
 from __future__ import annotations
 
-import hashlib
-
 from dataclasses import asdict, dataclass, fields
 
-from .lengths import realise_budget, realise_count
+from .lengths import MAX_LENGTHS_SHOWN, realise_budget, realise_count, short_lengths  # noqa: F401  (re-exported)
 
 _FIELD_TYPES = {"int": int, "str": str, "bool": bool}
 
@@ -113,20 +111,6 @@ class Case:
 
     def workload_label(self) -> str:
         return workload_label(self.as_dict())
-
-
-MAX_LENGTHS_SHOWN = 64  # characters of a lengths column a label shows: a listed batch may hold 65,536 lengths
-
-
-def short_lengths(lengths: str) -> str:
-    """The ``lengths`` column as a label shows it: whole when short; a long list as its first lengths, how many
-    there are, and a digest of the whole (two lists that start alike stay two labels)."""
-    if len(lengths) <= MAX_LENGTHS_SHOWN:
-        return lengths
-    values = lengths[lengths.index("(") + 1:].rstrip(")").split(",") if "(" in lengths else [lengths]
-    head = ",".join(values[:4])
-    digest = hashlib.sha256(lengths.encode()).hexdigest()[:8]
-    return f"{lengths.split('(')[0]}({head},…; {len(values):,} lengths, #{digest})"
 
 
 def workload_label(values) -> str:

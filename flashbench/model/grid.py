@@ -12,7 +12,7 @@ import itertools
 import math
 from collections import Counter
 
-from .case import MAX_DECODE_TOKENS, Case, Task
+from .case import MAX_DECODE_TOKENS, Case, Task, short_lengths
 from .config import Axes, LoadedConfig, SweepConfig
 from .fields import MAX_BATCH, MAX_HEADS
 from .filters import case_values
@@ -49,6 +49,11 @@ def _listing(pairs: list[str], limit: int = 4) -> str:
 
 def _is_distribution(v) -> bool:
     return isinstance(v, str)
+
+
+def _shown(v) -> str:
+    """A grid's length value as a message names it: a listed distribution may hold 65,536 lengths."""
+    return short_lengths(v) if _is_distribution(v) else str(v)
 
 
 def _shortest_cache(kv) -> int:
@@ -100,23 +105,24 @@ def _check_axes(a: Axes, where: str, source: str) -> list[str]:
         for field in ("seq_len", "seq_len_kv"):
             for v in getattr(a, field) or []:
                 if _is_distribution(v):
-                    say(field, f"{v} is a length distribution: distributions are for workload decode "
+                    say(field, f"{_shown(v)} is a length distribution: distributions are for workload decode "
                                "(seq_len_kv) and varlen (seq_len)")
     elif w == "decode":
         for n in a.seq_len:
             if _is_distribution(n) or not 1 <= n <= MAX_DECODE_TOKENS:
-                say("seq_len", f"decode takes 1 to {MAX_DECODE_TOKENS} new tokens per sequence, got {n}")
+                say("seq_len", f"decode takes 1 to {MAX_DECODE_TOKENS} new tokens per sequence, got {_shown(n)}")
         if a.seq_len_kv is None:
             say("seq_len_kv", "decode needs the cache length: a value or a length distribution")
         fewest = min([n for n in a.seq_len if not _is_distribution(n)], default=1)
         for v in a.seq_len_kv or []:
             if _shortest_cache(v) < fewest:  # with more new tokens the pair is left out (dropped_combinations)
                 got = f"it draws lengths down to {_shortest_cache(v)}" if _is_distribution(v) else "it is shorter"
-                say("seq_len_kv", f"{v}: a decode cache holds its sequence's new tokens (seq_len) at its end, so "
-                                  f"it must be at least {fewest} keys long (the fewest new tokens); {got}")
+                say("seq_len_kv", f"{_shown(v)}: a decode cache holds its sequence's new tokens (seq_len) at its "
+                                  f"end, so it must be at least {fewest} keys long (the fewest new tokens); {got}")
         for v in a.seq_len_kv or []:
             if _is_distribution(v) and v.startswith("list("):
-                say("seq_len_kv", f"{v}: decode takes a cache length or a uniform/lognormal distribution, not a list")
+                say("seq_len_kv", f"{_shown(v)}: decode takes a cache length or a uniform/lognormal distribution, "
+                                  "not a list")
         if a.mode != ["fwd"]:
             say("mode", f"decode is forward only (mode: fwd), got {', '.join(a.mode)}")
         if False in a.causal:
@@ -217,7 +223,7 @@ def dropped_combinations(cfg: SweepConfig) -> list[str]:
                 notes.append(f"{where}.tokens: batch = tokens // seq_len rounds down where seq_len does not divide "
                              f"tokens: {_listing(short)}")
         if a.workload == "decode" and a.seq_len_kv is not None:
-            bad = [f"seq_len={n} seq_len_kv={kv}" for n in a.seq_len for kv in a.seq_len_kv
+            bad = [f"seq_len={n} seq_len_kv={_shown(kv)}" for n in a.seq_len for kv in a.seq_len_kv
                    if not _is_distribution(n) and _shortest_cache(kv) < n]
             if bad:
                 notes.append(f"{where}.seq_len_kv: left out where a decode cache is shorter than its new tokens: "

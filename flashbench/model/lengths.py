@@ -21,11 +21,14 @@ lengths until a token budget is filled, the last sequence taking what is left of
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+from .yaml_input import cut, preview
 
 DISTRIBUTIONS = ("uniform", "lognormal", "list")
 
@@ -47,7 +50,7 @@ class LengthSpec:
 
     def __post_init__(self):
         if self.dist not in DISTRIBUTIONS:
-            raise ValueError(f"dist must be one of {', '.join(DISTRIBUTIONS)}, got {self.dist!r}")
+            raise ValueError(f"dist must be one of {', '.join(DISTRIBUTIONS)}, got {preview(self.dist)}")
         if self.dist == "list":
             if not self.values or any(v < 1 for v in self.values):
                 raise ValueError("values must list at least one length, each a positive integer")
@@ -92,7 +95,7 @@ class LengthSpec:
 
 def _integer(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise ValueError(f"{what} must be an integer, got {preview(value)}")
     return value
 
 
@@ -113,7 +116,7 @@ def spec_from_mapping(m: dict) -> LengthSpec:
         spec = LengthSpec(dist, _integer(m.pop("min"), "min"), _integer(m.pop("max"), "max"),
                           _integer(m.pop("seed", 0), "seed"))
     if m:
-        raise ValueError(f"unknown key(s) {', '.join(map(str, m))} in a {dist} distribution")
+        raise ValueError(f"unknown key(s) {cut(', '.join(map(str, m)), 200)} in a {dist} distribution")
     return spec
 
 
@@ -126,8 +129,8 @@ def parse_lengths(text: str) -> LengthSpec:
     m = _LIST.match(compact)
     if m:
         return LengthSpec("list", values=tuple(int(v) for v in m.group(1).split(",")))
-    raise ValueError(f"{text!r} is not a length distribution (uniform(MIN..MAX,seed=S), lognormal(MIN..MAX,seed=S) "
-                     "or list(N,N,...))")
+    raise ValueError(f"{preview(text)} is not a length distribution (uniform(MIN..MAX,seed=S), "
+                     "lognormal(MIN..MAX,seed=S) or list(N,N,...))")
 
 
 def as_spec(value) -> LengthSpec:
@@ -138,7 +141,21 @@ def as_spec(value) -> LengthSpec:
         return spec_from_mapping(value)
     if isinstance(value, str):
         return parse_lengths(value)
-    raise ValueError(f"expected a length distribution, got {value!r}")
+    raise ValueError(f"expected a length distribution, got {preview(value)}")
+
+
+MAX_LENGTHS_SHOWN = 64  # characters of a lengths column a label shows: a listed batch may hold 65,536 lengths
+
+
+def short_lengths(lengths: str) -> str:
+    """The ``lengths`` column as a label or a message shows it: whole when short; a long list as its first
+    lengths, how many there are, and a digest of the whole (two lists that start alike stay two labels)."""
+    if len(lengths) <= MAX_LENGTHS_SHOWN:
+        return lengths
+    values = lengths[lengths.index("(") + 1:].rstrip(")").split(",") if "(" in lengths else [lengths]
+    head = cut(",".join(values[:4]), MAX_LENGTHS_SHOWN)  # a seed of a thousand digits is one "length" too
+    digest = hashlib.sha256(lengths.encode()).hexdigest()[:8]
+    return f"{cut(lengths.split('(')[0], 20)}({head},…; {len(values):,} lengths, #{digest})"
 
 
 @lru_cache(maxsize=1024)
@@ -162,6 +179,6 @@ def realise_budget(description: str, tokens: int) -> tuple[int, ...]:
         if left == 0:
             return tuple(out)
         if len(out) == MAX_SEQUENCES:
-            raise ValueError(f"{description} fills {tokens:,} tokens with more than {MAX_SEQUENCES:,} sequences "
-                             f"(the most one batch may hold)")
+            raise ValueError(f"{short_lengths(description)} fills {tokens:,} tokens with more than "
+                             f"{MAX_SEQUENCES:,} sequences (the most one batch may hold)")
     raise AssertionError("unreachable: draws() never ends")

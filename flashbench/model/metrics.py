@@ -94,6 +94,12 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+def factor_text(x: float) -> str:
+    """A ratio (a speedup, a change) as tables and messages show it, before its "x": "1.33"; one past any
+    real ratio (an edited results file's time of 1e300 ms) in a few characters, "1e+300", not 300 digits."""
+    return f"{x:.2f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
 def judged_rate(workloads) -> Metric:
     """The rate a set of rows is judged by: GB/s when every row is decode (memory-bound: its figure is the
     bandwidth, README "Workloads"), else TFLOP/s. ``workloads``: the rows' workload values."""

@@ -146,6 +146,17 @@ class RecordError(ValueError):
 
 
 MAX_BACKEND_CHARS = 100  # backend names are short identifiers; they head every table row
+BACKEND_NAME_RULE = f"1 to {MAX_BACKEND_CHARS} printable characters, no commas or white space"
+
+
+def is_backend_name(name) -> bool:
+    """Whether ``name`` is a backend's name: the registry's rule for a backend it registers, and results files'
+    for a row they hold (a name with a newline or a terminal escape, from an edited file, would break the
+    one-line messages and tables that show it; ``-b a,b`` lists names)."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_BACKEND_CHARS and name.isprintable()
+            and not any(c == "," or c.isspace() for c in name))
+
+
 MAX_REASON_CHARS = 1000  # the measurer keeps a reason to one line; a longer one is cut on reading
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": None}  # how the writer spells non-finite floats
 # (least, most) of each integer case field: the configs' maxima (model/fields.py)
@@ -184,13 +195,17 @@ def _numbers(name: str, v, integers: bool = False) -> list:
     if not isinstance(v, list):
         raise _bad(name, "expected a list of numbers", v)
     kinds = (int,) if integers else (int, float)
-    if all(type(x) in kinds for x in v) and 0 <= min(v, default=0) and max(v, default=0) < math.inf:
+    # x == x: a NaN literal (json reads one) is no time, and min() and max() step over it
+    if all(type(x) in kinds and x == x for x in v) and 0 <= min(v, default=0) and max(v, default=0) < math.inf:
         return v  # the common case, fast: a baseline holds 10**6 samples
     if integers:
         return [_int(f"{name}[{i}]", x, 0) for i, x in enumerate(v)]
     values = [_float(f"{name}[{i}]", x, 0) for i, x in enumerate(v)]
-    if math.inf in values:  # lists of times (samples_ms, round_medians_ms)
-        raise _bad(f"{name}[{values.index(math.inf)}]", "must be a finite time", math.inf)
+    # lists of times (samples_ms, round_medians_ms): null, NaN and inf are no time (a median of them fails
+    # to sort in baseline save's merge); a float field's null is "not measured", an entry of a list is not
+    bad = next((i for i, x in enumerate(values) if x is None or x == math.inf), None)
+    if bad is not None:
+        raise _bad(f"{name}[{bad}]", "must be a finite time", v[bad])
     return values
 
 
@@ -251,7 +266,10 @@ def _outcome(name: str, kind: str, v):
         if v is not None and not isinstance(v, bool):
             raise _bad(name, "expected true, false or null", v)
         return v
-    return _numbers(name, v, integers=kind == "list[int]")
+    values = _numbers(name, v, integers=kind == "list[int]")
+    if name == "round_medians_ms" and 0 in values:  # each is a round's median_ms: spreads and rates divide by it
+        raise _bad(f"{name}[{values.index(0)}]", "must be a finite time > 0 (rates and ratios divide by it)", 0.0)
+    return values
 
 
 _OUTCOME_KINDS = {f.name: f.type for f in fields(Record) if f.name in (*OUTCOME_FIELDS, *JSON_ONLY_FIELDS)}
@@ -263,7 +281,7 @@ def read_record(d) -> Record:
     if not isinstance(d, dict):
         raise RecordError(f"expected a mapping of fields (got {preview(d)})")
     backend = d.get("backend")
-    if not isinstance(backend, str) or not 0 < len(backend) <= MAX_BACKEND_CHARS:
-        raise _bad("backend", f"expected a backend name (1 to {MAX_BACKEND_CHARS} characters)", backend)
+    if not is_backend_name(backend):
+        raise _bad("backend", f"expected a backend name ({BACKEND_NAME_RULE})", backend)
     outcome = {k: _outcome(k, kind, d[k]) for k, kind in _OUTCOME_KINDS.items() if k in d}
     return Record(backend=backend, case=_case(d), **outcome)

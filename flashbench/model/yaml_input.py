@@ -168,6 +168,12 @@ def validation_problems(e: ValidationError, model: type[BaseModel] | None = None
     problems = []
     for err in e.errors():
         msg = error_message(err)
+        if err["type"] == "invalid_key":  # a key YAML read as a number, true or a date: pydantic's path showed
+            # `true: 1` as "[1]" (a list index); the key as written is named instead, as any unknown key is
+            parent = _format_loc(err["loc"][:-1]) if err["loc"][:-1] else ""
+            problems.append(f"{parent + '.' if parent else ''}{preview(err['input'])}: unknown key (not a flashbench "
+                            "setting; YAML reads it as a value, not a name)")
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not a flashbench setting)" + _suggestion(model, data, err["loc"])
         elif "[key]" in err["loc"]:

@@ -8,6 +8,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..model.metrics import factor_text
 from .format import DTYPE_SHORT, STATUS_STYLE, compact_shape, fit_table, format_value, table_width
 
 # changes that are no news: hidden from the runs-against-runs table unless --all
@@ -54,7 +55,7 @@ def backend_table(cmp, title: str, backends: list[str] | None = None, compact: b
                 cells.append(f"[{STATUS_STYLE.get(status, 'dim')}]{status}[/]")
             if b != cmp.baseline:
                 sp = row[f"{b} speedup"]
-                cells.append(f"{sp:.2f}x" if pd.notna(sp) else "–")
+                cells.append(f"{factor_text(sp)}x" if pd.notna(sp) else "–")
         t.add_row(*cells)
     t.add_section()
     cells = ["[bold]geomean[/]"] + [""] * (0 if compact else len(cmp.shape_columns) - 1)
@@ -63,7 +64,7 @@ def backend_table(cmp, title: str, backends: list[str] | None = None, compact: b
         if b != cmp.baseline:
             g = cmp.geomean.get(b, math.nan)
             # compact: the count of shapes goes under the speedup, keeping the column narrow
-            cells.append(f"[bold]{g:.2f}x[/]{chr(10) if compact else ' '}[dim]({cmp.geomean_n[b]})[/]"
+            cells.append(f"[bold]{factor_text(g)}x[/]{chr(10) if compact else ' '}[dim]({cmp.geomean_n[b]})[/]"
                          if not math.isnan(g) else "–")
     t.add_row(*cells)
     return t
@@ -109,7 +110,7 @@ def backend_comparison_frame(cmp, fmt: str) -> pd.DataFrame:
         frame = cmp.frame()
         for b in cmp.backends:  # a status word stays as it is
             frame[b] = [v if isinstance(v, str) else format_value(cmp.metric, v) for v in frame[b]]
-            frame[f"{b} speedup"] = [f"{v:.2f}x" if isinstance(v, float) and math.isfinite(v) else "–"
+            frame[f"{b} speedup"] = [f"{factor_text(v)}x" if isinstance(v, float) and math.isfinite(v) else "–"
                                      for v in frame[f"{b} speedup"]]
         return frame.rename(columns={b: f"{b} {cmp.metric.label}" for b in cmp.backends})
     out = cmp.rows[cmp.shape_columns].astype(object).copy()

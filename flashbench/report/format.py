@@ -31,6 +31,8 @@ def fmt_num(x, digits: int = 3) -> str:
     if isinstance(x, float):
         if x == 0:
             return "0"
+        if abs(x) >= 1e15:  # past any real time or rate (an edited file): 1e+308, not a cell of 400 digits
+            return f"{x:.{digits}g}"
         if abs(x) >= 100:
             return f"{x:,.0f}"
         return f"{x:.{digits}g}"
@@ -147,7 +149,7 @@ def _run_table(df: pd.DataFrame, shown: list, reference_backend: str | None, tit
             escape(row["backend"]),
             f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
             *cells,
-            f"{row['speedup']:.2f}x" if pd.notna(row["speedup"]) else "–",
+            f"{metrics.factor_text(row['speedup'])}x" if pd.notna(row["speedup"]) else "–",
             fmt_num(row["max_abs_err"], 2),
         )
         table.add_row(*(c for c, k in zip(row_cells, keep) if k))

@@ -115,13 +115,19 @@ class ResultsWriter:
     rewriting the whole document from the records each time made a 700-record sweep spend tens of
     seconds re-encoding old records (quadratic in the record count). Code that edits records
     already added (``flashbench profile`` fills in measured bytes) calls ``flush(reserialize=True)``.
+
+    ``deferred``: write nothing until the first record (or the end of the run), so that the files of an
+    earlier run this one replaces (``flashbench run --force``) stay whole if it stops before it has a row to
+    put in their place (Ctrl-C while compiling, no worker starts, a Ray cluster without GPUs).
     """
 
-    def __init__(self, directory: str | Path, meta: dict, records: list[Record] | None = None):
+    def __init__(self, directory: str | Path, meta: dict, records: list[Record] | None = None,
+                 deferred: bool = False):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = {"schema_version": SCHEMA_VERSION, **meta}
         self.records: list[Record] = list(records or [])
+        self.deferred = deferred and not self.records  # True while nothing of this run is written
         self._rows = {r.task().key(): i for i, r in enumerate(self.records)}  # task key -> its (last) row
         self._json_texts: list[str] = []
         self._csv_lines: list[str] = []
@@ -161,6 +167,9 @@ class ResultsWriter:
         self.flush()
 
     def flush(self, reserialize: bool = False) -> None:
+        self.deferred = self.deferred and not self.records and not self.meta.get("finished")
+        if self.deferred:
+            return
         if reserialize:
             self._json_texts, self._csv_lines = [], []
         for r in self.records[len(self._json_texts):]:
@@ -291,7 +300,7 @@ def meta_problem(doc: dict) -> str | None:
             v = value.get(k)
             if v is not None and not (isinstance(v, str) and len(v) <= MAX_META_CHARS):
                 return f"{key}.{k}: expected a string of at most {MAX_META_CHARS} characters (got {preview(v)})"
-    for key in ("config.path", "config.text", "reference_backend", "executor", "created_utc"):
+    for key in ("config.path", "config.text", "executor", "created_utc"):
         parent, _, k = key.rpartition(".")
         v = (doc.get(parent) or {}).get(k) if parent else doc.get(k)
         if v is not None and not isinstance(v, str):
@@ -299,6 +308,9 @@ def meta_problem(doc: dict) -> str | None:
     v = doc.get("backends")
     if v is not None and not (isinstance(v, list) and all(isinstance(x, str) and len(x) <= MAX_META_CHARS for x in v)):
         return f"backends: expected a list of strings of at most {MAX_META_CHARS} characters (got {preview(v)})"
+    v = doc.get("reference_backend")  # a backend's name, echoed by `compare` when the run has no rows of it
+    if v is not None and not (isinstance(v, str) and len(v) <= MAX_META_CHARS):
+        return f"reference_backend: expected a string of at most {MAX_META_CHARS} characters (got {preview(v)})"
     v = doc.get("warnings")  # a long one is cut on reading (load_run), not refused: the records are still good
     if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
         return f"warnings: expected a list of strings (got {preview(v)})"

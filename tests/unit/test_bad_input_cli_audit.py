@@ -69,6 +69,13 @@ EDITS = {
     "samples nested": (on_records("samples_ms", [[1.0]]), "records[0].samples_ms[0]"),
     "samples a string": (on_records("samples_ms", "abc"), "records[0].samples_ms: expected a list"),
     "round medians of strings": (on_records("round_medians_ms", ["x"]), "records[0].round_medians_ms[0]"),
+    # a round's median of 0 divided by zero in the gate's between-run test and in baseline save's merge
+    "round median zero": (on_records("round_medians_ms", [1.0, 0.0]),
+                          "records[0].round_medians_ms[1]: must be a finite time > 0"),
+    # null and NaN in a list of times failed to sort in baseline save's merge (TypeError)
+    "sample null": (on_records("samples_ms", [1.0, None]), "records[0].samples_ms[1]: must be a finite time"),
+    "round median nan": (on_records("round_medians_ms", ["nan", 1.0]),
+                         "records[0].round_medians_ms[0]: must be a finite time"),
     "batch 10**12": (on_records("batch", 10 ** 12), "records[0].batch: must be between 1 and 65,536"),
     "batch a float": (on_records("batch", 1.5), "records[0].batch: expected an integer"),
     "batch null": (on_records("batch", None), "records[0].batch"),
@@ -80,6 +87,9 @@ EDITS = {
     "status a number": (on_records("status", 3), "records[0].status: expected a string"),
     "backend a number": (on_records("backend", 5), "records[0].backend"),
     "backend 100 kB": (on_records("backend", "q" * 100_000), "records[0].backend"),
+    # names the registry refuses: a newline broke one-line messages, an escape sequence reached the terminal
+    "backend with a newline": (on_records("backend", "sdpa\nflash"), "records[0].backend: expected a backend name"),
+    "backend with an escape": (on_records("backend", "sdpa\x1b[31m"), "records[0].backend: expected a backend name"),
     "lengths garbage": (on_records("lengths", "garbage(1..2)", 2), "records[2].lengths"),
     "varlen budget of 2**32 ones": (lambda d: d["records"][2].update(lengths="list(1)", total_tokens=1 << 32),
                                     "records[2].total_tokens"),
@@ -92,6 +102,8 @@ EDITS = {
     "gpu_name 100 kB": (lambda d: d["environment"].update(gpu_name="g" * 100_000), "environment.gpu_name"),
     "config a list": (lambda d: d.update(config=[1]), "config: expected a mapping"),
     "reference_backend a number": (lambda d: d.update(reference_backend=5), "reference_backend"),
+    "reference_backend 100 kB": (lambda d: d.update(reference_backend="r" * 100_000),
+                                 "reference_backend: expected a string of at most 256 characters"),
     "rounds a string": (lambda d: d.update(rounds="abc"), "rounds: expected an integer"),
     "warnings a string": (lambda d: d.update(warnings="abc"), "warnings: expected a list"),
     "schema_version true": (lambda d: d.update(schema_version=True), "schema_version True"),
@@ -192,11 +204,31 @@ def test_baseline_save_writes_the_csv_from_the_records(good, tmp_path):
     (["profile", "smoke", "-b", "naive", "--sweep-n", "--n", str(1 << 40)], "--n: 1,099,511,627,776 is longer"),
     (["profile", "smoke", "-b", ","], "names no backend"),
     (["env", "--refresh"], "--refresh"),
+    # options a command would silently ignore, as it refused --address without --executor ray
+    (["run", "smoke", "--ray-num-gpus", "0", "--dry-run"], "the --ray-* options need --executor ray"),
+    (["run", "smoke", "-e", "inprocess", "--ray-group-size", "4", "--dry-run"],
+     "the --ray-* options need --executor ray"),
+    (["profile", "smoke", "-b", "naive", "--n", "banana"], "--n lists the sequence lengths of --sweep-n"),
+    # "--thresholds: : not a file"
+    (["check", "run", "--baseline", "base", "--thresholds", ""], "--thresholds: the name is empty"),
 ])
 def test_impossible_option_values_are_exit_2(args, says):
     """NaN passes `x < 0`; an empty -b meant "all the config's backends"; a duplicate backend merged a
     task's two rows as rounds; --n 2**40 hung allocating: each is now refused, naming the option."""
     bad(invoke(*args), says=says)
+
+
+def test_resume_given_a_results_json_names_the_directory(tmp_path):
+    """`run --resume DIR/results.json` (compare, check and plot take either) failed as "--out: cannot write
+    results to DIR/results.json: File exists", naming an option never given; the directory is named instead."""
+    from sweeps import tiny_config
+
+    cfg, out = tiny_config(tmp_path, ["naive"]), tmp_path / "run"
+    assert invoke("run", cfg, "--out", out, "--quiet", "-e", "inprocess").exit_code == 0
+    before = (out / "results.json").read_bytes()
+    r = bad(invoke("run", cfg, "--resume", out / "results.json", "-e", "inprocess"),
+            says=f"give the results directory that holds it (--resume {out})")
+    assert "--out" not in r.output and (out / "results.json").read_bytes() == before
 
 
 def test_special_files_are_not_results(good):
@@ -298,6 +330,60 @@ def test_unknown_keys_suggest_the_key_they_are_a_typo_of():
         parse_thresholds("backends: {flex: {tflop: 0.1}}\n", "t.yaml")
     assert e.value.problems == ["t.yaml: backends.flex.tflop: unknown key (not a flashbench setting): did you mean "
                                 "'tflops'?"]
+
+
+def test_a_key_yaml_reads_as_a_value_is_named_as_written():
+    """`true: 1` was "[1]: Keys should be strings (got True)", a list index that is nowhere in the file."""
+    from flashbench.model.config import ConfigError, parse_config
+
+    axes = "axes: {batch: 1, heads: 2, seq_len: 64, head_dim: 32}\n"
+    cases = {axes + "backends: [naive]\ntrue: 1\n": "True", axes + "backends: [naive]\n5: x\n": "5",
+             axes.replace("head_dim: 32", "head_dim: 32, 7: 1") + "backends: [naive]\n": "axes.7"}
+    for text, key in cases.items():
+        with pytest.raises(ConfigError) as e:
+            parse_config(text, "bad.yaml")
+        assert e.value.problems == [f"bad.yaml: {key}: unknown key (not a flashbench setting; YAML reads it as a "
+                                    "value, not a name)"]
+
+
+LONG_LIST = "[[" + ",".join(["1"] * 20_000) + "]]"
+LONG = "x" * 100_000
+VARLEN_GRID = "grids: [{workload: varlen, tokens: %s, heads: 2, seq_len: %s, head_dim: 32}]\nbackends: [naive]\n"
+DENSE = "axes: {batch: 1, heads: 2, seq_len: 64, head_dim: 32}\nbackends: [naive]\n"
+
+
+@pytest.mark.parametrize("text", [
+    "grids: [{workload: decode, batch: 1, heads: 2, seq_len: 4, seq_len_kv: %s, head_dim: 32}]\nbackends: [naive]\n"
+    % LONG_LIST,                                                                  # the grid's checks
+    "axes: {batch: 1, heads: 2, seq_len: %s, head_dim: 32}\nbackends: [naive]\n" % LONG_LIST,
+    VARLEN_GRID % (1 << 32, LONG_LIST),                                           # a budget too many draws fill
+    VARLEN_GRID % (64, "{dist: uniform, min: 1, max: 4, seed: %s}" % LONG),       # a distribution's fields
+    VARLEN_GRID % (64, "{dist: uniform, min: 1, max: 4, %s}" % ", ".join(f"k{i}: 1" for i in range(10_000))),
+    DENSE + "exclude: [{lengths: %s}]\n" % LONG,                                  # a rule's compact form
+])
+def test_config_messages_name_a_long_value_briefly(text):
+    """The library bounds its own messages (the CLI's cut at 1,000 characters is a last resort): a listed
+    distribution of 20,000 lengths, or a value of 100,000 characters, is named in a few dozen characters.
+    Each of these lines held the whole value (40,000 to 150,000 characters)."""
+    from flashbench.model.config import ConfigError, parse_config
+    from flashbench.model.grid import expand_cases
+
+    with pytest.raises(ConfigError) as e:
+        expand_cases(parse_config(text, "c.yaml"), "c.yaml")
+    assert all(len(p) < 400 for p in e.value.problems), [p[:200] for p in e.value.problems]
+    if LONG_LIST in text:  # named as tables label it: its first lengths, how many, a digest
+        assert any("list(1,1,1,1,…; 20,000 lengths, #" in p for p in e.value.problems), e.value.problems
+
+
+def test_case_option_names_a_long_value_briefly():
+    """--case lengths=<100,000 characters>: each line of the error stays short (it repeated the value whole)."""
+    from flashbench.model.filters import parse_case_option
+    from flashbench.model.yaml_input import ConfigError
+
+    for text in (f"lengths={LONG}", f"lengths=uniform(1..4,seed={LONG})"):
+        with pytest.raises(ConfigError) as e:
+            parse_case_option(text)
+        assert all(len(p) < 400 for p in e.value.problems), [p[:200] for p in e.value.problems]
 
 
 @pytest.mark.parametrize("command", ["compare", "check"])

@@ -186,6 +186,26 @@ def test_frames_non_finite_and_tiny_numbers_agree_across_formats():
     assert "x \\| y z" in md[3]
 
 
+def test_an_absurd_time_is_a_short_cell(tmp_path):
+    """A median of 1e300 ms (an edited results file) was shown with every one of its 301 digits and their
+    commas, and so were the factors it makes ("1000…00.00x slower"), cells of 300 to 400 characters in
+    compare's and check's tables: past any real value a number reads as 1e+300 (metrics.factor_text)."""
+    from flashbench.model.metrics import factor_text
+    from flashbench.report.format import fmt_num
+
+    assert fmt_num(1e300) == "1e+300" and fmt_num(-2.5e20) == "-2.5e+20" and fmt_num(123456.7) == "123,457"
+    assert factor_text(1.333) == "1.33" and factor_text(1e300) == "1e+300"
+    old = write_run(tmp_path / "old", [record("sdpa_flash", case(1024), 1.0, seed=1)])
+    new = write_run(tmp_path / "new", [record("sdpa_flash", case(1024), 1e300, seed=1)])
+    one = write_run(tmp_path / "one", [record("sdpa_flash", case(1024), 1e300, seed=1),
+                                       record("triton_fa2", case(1024), 1.0, seed=2)])
+    for args, code in ((["compare", old, new, "--all"], 0), (["check", new, "--baseline", old], 1),
+                       (["compare", one], 0), (["compare", one, "-f", "markdown"], 0)):
+        r = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120", "GITHUB_STEP_SUMMARY": ""})
+        assert r.exit_code == code, r.output
+        assert "e+" in r.output and ",000,000" not in r.output and "00000000" not in r.output, r.output
+
+
 def test_empty_frames_are_still_documents():
     df = pd.DataFrame(columns=["backend", "median_ms"])
     assert format_frame(df, "csv").strip() == "backend,median_ms"

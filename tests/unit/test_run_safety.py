@@ -28,6 +28,30 @@ def test_existing_results_directory_is_refused_and_kept(tmp_path):
     assert len(load_run(out).records) == 22  # smoke: 11 cases x 2 backends
 
 
+def test_force_keeps_the_old_results_until_its_first_row(tmp_path, monkeypatch):
+    """--force replaced an earlier run's files with an empty results.json when it started, so a sweep stopped
+    before its first row (Ctrl-C while compiling, no worker starts, a Ray cluster without GPUs) lost them: now
+    they stay whole and the message says so (no resume hint pointing at the old run)."""
+    from flashbench.measure.measurer import Measurer
+
+    cfg, out = tiny_config(tmp_path, ["naive"]), tmp_path / "run"
+    assert invoke("run", cfg, "--out", out, "--quiet", "-e", "inprocess").exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("results.json", "results.csv")}
+
+    def interrupted(self, task):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Measurer, "measure", interrupted)  # Ctrl-C during the first measurement
+        r = invoke("run", cfg, "--out", out, "--quiet", "-e", "inprocess", "--force")
+    assert r.exit_code == 130, r.output
+    assert f"the results already in {out} are left as they were" in r.output and "--resume" not in r.output
+    assert {name: (out / name).read_bytes() for name in before} == before
+    r = invoke("run", cfg, "--out", out, "--quiet", "-e", "inprocess", "--force")  # a sweep that ends replaces them
+    assert r.exit_code == 0, r.output
+    assert (out / "results.json").read_bytes() != before["results.json"] and load_run(out).meta["finished"] is True
+
+
 def test_force_and_resume_together_are_refused(tmp_path):
     """Item 3: --force (replace) and --resume (finish) contradict each other."""
     r = invoke("run", "smoke", "--resume", tmp_path, "--force")

@@ -287,10 +287,11 @@ def test_results_that_cannot_be_written_mid_sweep_end_with_exit_3_not_a_tracebac
     assert f"--resume {out}" in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("name", ["", "x" * 101, "a,b", "two words", None])
+@pytest.mark.parametrize("name", ["", "x" * 101, "a,b", "two words", "new\nline", "esc\x1b[31m", None])
 def test_a_backend_name_a_sweep_could_not_round_trip_is_refused_at_registration(name):
-    """Results files refuse backend names past 100 characters on reading, and -b splits on commas: such a plugin
-    is refused when it registers, not after its sweep (which could then never be resumed or gated)."""
+    """Results files refuse backend names past 100 characters, or holding a newline or a terminal escape, on
+    reading, and -b splits on commas: such a plugin is refused when it registers, not after its sweep (which
+    could then never be resumed or gated). One rule for both: model.schema.is_backend_name."""
     from flashbench.backends import REGISTRY, register
     from flashbench.backends.naive import NaiveBackend
 
