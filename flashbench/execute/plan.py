@@ -13,8 +13,7 @@ from ..measure.measurer import MeasureSettings, error_reason
 from ..model.case import DTYPES, MODES, Case, Task
 from ..model.config import LoadedConfig
 from ..model.grid import dropped_combinations, expand_loaded, unmatched_rules
-from ..model.schema import MAX_REASON_CHARS, Record
-from ..model.yaml_input import cut
+from ..model.schema import MAX_REASON_CHARS, Record, printable_line
 
 
 @dataclass
@@ -70,7 +69,7 @@ def skip_reason(backend, case: Case, device: str) -> str | None:
         why = backend.unsupported_reason(case, device_kind(device))
     except Exception as e:  # noqa: BLE001 - a plugin's bug is that backend's rows, not the sweep's end
         raise ReasonFailed(f"{backend.name}.unsupported_reason() failed: {error_reason(e, 300)}") from None
-    return cut(why, MAX_REASON_CHARS) if why else None
+    return printable_line(why, MAX_REASON_CHARS) if why else None  # one line, as results files hold it
 
 
 def split_runnable(tasks: list[Task], device: str) -> tuple[list[Task], list[Record]]:

@@ -21,7 +21,7 @@ from ..backends.calling import bind, outputs_of
 from ..model.case import Case, Task
 from ..model.config import DEFAULT_TOLERANCES, Tolerance
 from .correctness import Reference, check, compute_reference
-from ..model.schema import MAX_REASON_CHARS, Record
+from ..model.schema import MAX_REASON_CHARS, Record, printable_line
 from ..model.yaml_input import cut
 from .stats import noise_pct, summarize
 from ..model.config import Timing
@@ -76,7 +76,7 @@ def error_reason(e: BaseException, limit: int = 500) -> str:
     m = _FRAMES.search(text)
     if m:
         text = text[:m.start()]
-    text = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    text = printable_line(text).strip()  # the message's lines, joined as results files hold a reason
     reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return cut(reason, limit)
 
@@ -162,7 +162,7 @@ class Measurer:
         try:
             self._measure_into(rec, task)
         except Unsupported as e:
-            rec.status, rec.reason = "skipped", cut(e, MAX_REASON_CHARS)
+            rec.status, rec.reason = "skipped", printable_line(e, MAX_REASON_CHARS)
         except BaseException as e:  # noqa: BLE001 - every failure is data
             if isinstance(e, KeyboardInterrupt) and not self.interrupts_are_errors:
                 state.restore()

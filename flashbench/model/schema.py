@@ -107,6 +107,16 @@ class Record:
         """The scalar columns (``CSV_COLUMNS``) of this record."""
         return {"backend": self.backend, **self.case.as_dict(), **{f: getattr(self, f) for f in OUTCOME_FIELDS}}
 
+    def settle_texts(self) -> "Record":
+        """This record with its free texts (:data:`FREE_TEXTS`) as results files hold them, one printable line
+        each (:func:`printable_line`), in place: the writer's step. :func:`read_record` applies the same to a
+        file a person edited, so a record flashbench wrote reads back unchanged."""
+        for name in FREE_TEXTS:
+            text = getattr(self, name)
+            if isinstance(text, str):
+                setattr(self, name, printable_line(text, TEXT_LIMITS.get(name)))
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
         known = set(OUTCOME_FIELDS) | set(JSON_ONLY_FIELDS)
@@ -157,7 +167,28 @@ def is_backend_name(name) -> bool:
             and not any(c == "," or c.isspace() for c in name))
 
 
-MAX_REASON_CHARS = 1000  # the measurer keeps a reason to one line; a longer one is cut on reading
+MAX_REASON_CHARS = 1000  # a reason is one line; a longer one is cut, on writing and on reading
+
+
+# --- texts shown from a file --------------------------------------------------------------------
+# A results file can hold any character, and commands print its texts in one-line messages, table rows, markdown
+# cells and JUnit attributes: an ESC there starts a terminal sequence (clear the screen, retitle the window), a BEL
+# rings, a line break splits the row. Free texts (reasons, descriptions, warnings) are kept, made printable lines;
+# a text that keys a task or matches runs (a case field, a backend name, a config digest) is refused instead,
+# since a mended key would name another task.
+
+def printable_line(text, limit: int | None = None) -> str:
+    """``text`` (made a str) as one printable line, cut to ``limit``: its lines joined with " | " (as a failure's
+    multi-line message reads in a row), any other non-printable character written as its escape ("\\x1b").
+    A printable line is returned as it is (the common case, one C-speed test); applied twice, the same as once."""
+    text = text if isinstance(text, str) else str(text)
+    if not text.isprintable():
+        lines = (ln.strip() for ln in text.splitlines())
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in " | ".join(ln for ln in lines if ln))
+    return text if limit is None else cut(text, limit)
+
+
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": None}  # how the writer spells non-finite floats
 # (least, most) of each integer case field: the configs' maxima (model/fields.py)
 _CASE_INTS = {"batch": (1, MAX_BATCH), "heads": (1, MAX_HEADS), "kv_heads": (1, MAX_HEADS),
@@ -211,6 +242,8 @@ def _numbers(name: str, v, integers: bool = False) -> list:
 
 def _case_value(name: str, v):
     """One case field, by the domain configs give it (model/fields.py)."""
+    if isinstance(v, str) and not v.isprintable():  # refused, not mended: it keys the task (resume, the gate)
+        raise _bad(name, "a control character in a case field (the field keys its task, so it is not mended)", v)
     if name in _CASE_INTS:
         return _int(name, v, *_CASE_INTS[name])
     if name in _CASE_WORDS:
@@ -250,10 +283,12 @@ def _outcome(name: str, kind: str, v):
     if kind == "str":
         if not isinstance(v, str):
             raise _bad(name, "expected a string", v)
-        if name == "status" and v not in STATUSES:
-            raise _bad(name, f"expected one of {', '.join(STATUSES)}", v)
-        # a reason is shown in tables and gate reports: a megabyte of it (an edited file) is cut there
-        return cut(v, MAX_REASON_CHARS) if name == "reason" else v
+        if name == "status":
+            if v not in STATUSES:
+                raise _bad(name, f"expected one of {', '.join(STATUSES)}", v)
+            return v
+        # a free text, as the writer writes it: a reason of a megabyte (an edited file) cut, an ESC written as \x1b
+        return printable_line(v, TEXT_LIMITS.get(name))
     if kind == "float | None":
         value = _float(name, v, 0 if timing else None)
         if timing and value is not None and (value == math.inf or (name == "median_ms" and value == 0)):
@@ -273,6 +308,9 @@ def _outcome(name: str, kind: str, v):
 
 
 _OUTCOME_KINDS = {f.name: f.type for f in fields(Record) if f.name in (*OUTCOME_FIELDS, *JSON_ONLY_FIELDS)}
+# the record's free texts (every text but the status, a word), written and read as printable lines, and their bounds
+FREE_TEXTS = tuple(f for f, kind in _OUTCOME_KINDS.items() if kind == "str" and f != "status")
+TEXT_LIMITS = {"reason": MAX_REASON_CHARS}
 
 
 def read_record(d) -> Record:

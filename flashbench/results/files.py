@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError, read_record,
-                            upgrade)
-from ..model.yaml_input import ConfigError, cut, load_yaml, preview
+from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError,
+                            printable_line, read_record, upgrade)
+from ..model.yaml_input import ConfigError, load_yaml, preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,8 +125,8 @@ class ResultsWriter:
                  deferred: bool = False):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.meta = {"schema_version": SCHEMA_VERSION, **meta}
-        self.records: list[Record] = list(records or [])
+        self.meta = settled_meta({"schema_version": SCHEMA_VERSION, **meta})
+        self.records: list[Record] = [r.settle_texts() for r in records or []]
         self.deferred = deferred and not self.records  # True while nothing of this run is written
         self._rows = {r.task().key(): i for i, r in enumerate(self.records)}  # task key -> its (last) row
         self._json_texts: list[str] = []
@@ -143,7 +143,7 @@ class ResultsWriter:
 
     def add(self, record: Record) -> None:
         self._rows[record.task().key()] = len(self.records)
-        self.records.append(record)
+        self.records.append(record.settle_texts())
         self.flush()
 
     def row(self, key: tuple) -> Record | None:
@@ -156,14 +156,14 @@ class ResultsWriter:
         i = self._rows.get(record.task().key())
         if i is None:
             return self.add(record)
-        self.records[i] = record
+        self.records[i] = record.settle_texts()
         if i < len(self._json_texts):
             self._json_texts[i] = json.dumps(_json_safe(record.to_dict()))
             self._csv_lines[i] = _csv_line(record)
         self.flush()
 
     def update_meta(self, **kw) -> None:
-        self.meta.update(kw)
+        self.meta.update(settled_meta(kw))
         self.flush()
 
     def flush(self, reserialize: bool = False) -> None:
@@ -212,7 +212,7 @@ _CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
 
 
 MAX_WARNINGS = 20  # a run has a few (throttling, the GPU monitor); a merged baseline a few per run
-MAX_WARNING_CHARS = 1024  # a warning is a line; a longer one (an edited file) is cut on reading
+MAX_WARNING_CHARS = 1024  # a warning is a line; a longer one (an edited file) is cut (settled_meta)
 
 
 def shown_path(path) -> str:
@@ -271,13 +271,11 @@ def load_run(path: str | Path) -> Run:
             records.append(read_record(upgrade(r, version) if isinstance(r, dict) else r))
         except RecordError as e:  # "field: what is wrong", or what is wrong with the whole record
             raise ResultsError(f"{p}: records[{i}]{'.' if isinstance(r, dict) else ': '}{e}") from None
-    meta = {k: v for k, v in doc.items() if k != "records"}
+    meta = settled_meta({k: v for k, v in doc.items() if k != "records"})
     warnings = meta.get("warnings") or []
     if len(warnings) > MAX_WARNINGS:  # every report prints them: ten thousand would flood it
         extra = len(warnings) - MAX_WARNINGS + 1
-        warnings = warnings[:MAX_WARNINGS - 1] + [f"… and {extra} more warnings in {p}"]
-    if warnings:
-        meta["warnings"] = [cut(w, MAX_WARNING_CHARS) for w in warnings]
+        meta["warnings"] = warnings[:MAX_WARNINGS - 1] + [f"… and {extra} more warnings in {p}"]
     return Run(meta, records)
 
 
@@ -286,6 +284,35 @@ MAX_META_CHARS = 256  # a GPU name, a driver version, a config name: echoed in w
 _META_MAPPINGS = {"environment": ("gpu_name", "gpu_uuid", "driver_version", "device", "cuda", "torch", "triton",
                                   "git_commit"),
                   "config": ("name", "sha256")}
+
+
+def _matched_texts(doc: dict) -> dict[str, list]:
+    """The metadata's texts that runs are matched by: refused with a control character rather than mended (as a
+    case field is), since a mended one would match no config (resume), no row (the reference backend) or
+    another run's (baseline merges)."""
+    return {"config.sha256": [(doc.get("config") or {}).get("sha256")], "backends": doc.get("backends") or [],
+            "reference_backend": [doc.get("reference_backend")]}
+
+
+# the metadata's free texts that commands print (titles, environment differences, warnings): kept, made printable
+# lines; the launch's config text is YAML, parsed and never printed, so its lines stay
+_META_TEXTS = {"environment": _META_MAPPINGS["environment"], "config": ("name", "path")}
+
+
+def settled_meta(meta: dict) -> dict:
+    """``meta`` with the texts commands print from it as one printable line each (:func:`printable_line`, a
+    warning cut to MAX_WARNING_CHARS): what the writer writes and the reader reads (an edited file is mended
+    here), so that a file flashbench wrote reads back unchanged. The mappings are copied, not changed."""
+    meta = dict(meta)
+    for key, names in _META_TEXTS.items():
+        if isinstance(meta.get(key), dict):
+            meta[key] = {k: printable_line(v) if k in names and isinstance(v, str) else v for k, v in meta[key].items()}
+    for key in ("executor", "created_utc"):
+        if isinstance(meta.get(key), str):
+            meta[key] = printable_line(meta[key])
+    if isinstance(meta.get("warnings"), list):
+        meta["warnings"] = [printable_line(w, MAX_WARNING_CHARS) if isinstance(w, str) else w for w in meta["warnings"]]
+    return meta
 
 
 def meta_problem(doc: dict) -> str | None:
@@ -311,9 +338,13 @@ def meta_problem(doc: dict) -> str | None:
     v = doc.get("reference_backend")  # a backend's name, echoed by `compare` when the run has no rows of it
     if v is not None and not (isinstance(v, str) and len(v) <= MAX_META_CHARS):
         return f"reference_backend: expected a string of at most {MAX_META_CHARS} characters (got {preview(v)})"
-    v = doc.get("warnings")  # a long one is cut on reading (load_run), not refused: the records are still good
+    v = doc.get("warnings")  # a long one is cut on reading (settled_meta), not refused: the records are still good
     if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
         return f"warnings: expected a list of strings (got {preview(v)})"
+    for key, values in _matched_texts(doc).items():
+        bad = next((x for x in values if isinstance(x, str) and not x.isprintable()), None)
+        if bad is not None:
+            return f"{key}: a control character (runs are matched by it, so it is not mended) (got {preview(bad)})"
     for key, least in (("rounds", 1), ("tasks_total", 0)):
         v = doc.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
