@@ -64,7 +64,7 @@ def check(
         write_machine(format_frame(gate_frame(report), fmt))
     for d in report.differences:
         if d.loud:
-            err.print(f"[bold yellow]warning:[/] {d.message()}: timings may not be comparable", highlight=False,
+            err.print(f"[bold yellow]warning:[/] {escape(d.message())}: timings may not be comparable", highlight=False,
                       soft_wrap=True)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and Path(summary).resolve() in results_files(result) | results_files(base_path):

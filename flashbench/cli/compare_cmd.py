@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import app
 from .common import EXIT_ENV, backends_option, err, fail, out, user_errors, write_machine
@@ -68,8 +69,6 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from rich.markup import escape
-
             from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
@@ -102,10 +101,10 @@ def compare(
         for d in rc.differences:
             if d.loud:
                 loud = True
-                err.print(f"[bold yellow on red] WARNING [/] [bold]{rc.new_label}: {d.message()}[/]: the timings are "
+                err.print(f"[bold yellow on red] WARNING [/] [bold]{escape(f'{rc.new_label}: {d.message()}')}[/]: the timings are "
                           f"not comparable{'' if strict else ' (use --strict to refuse)'}", highlight=False, soft_wrap=True)
             else:
-                err.print(f"[dim]note: {rc.new_label}: {d.message()}[/]", highlight=False, soft_wrap=True)
+                err.print(f"[dim]{escape(f'note: {rc.new_label}: {d.message()}')}[/]", highlight=False, soft_wrap=True)
     if strict and loud:
         fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
     if fmt != "table":

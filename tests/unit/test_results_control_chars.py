@@ -187,3 +187,14 @@ def test_a_run_writes_a_backends_multi_line_message_as_one_line(cpu_baseline, tm
     if how == "error":  # a skipped row is "measured only in the baseline", its reason not shown
         assert check.exit_code == 1 and shown(control) in check.output, check.output[-1000:]
     assert_clean(check.output)
+
+
+@pytest.mark.parametrize("gpu_name", ["H100 [/x]", "[bold]H100", "H100 [red]"])
+def test_rich_markup_in_an_environment_difference_is_printed_as_written(good, tmp_path, gpu_name):
+    """A printable text is kept as it is, so it may hold Rich's markup: compare and check print the environment
+    differences between runs, and "H100 [/x]" as a GPU name stopped compare with a MarkupError (exit 1)."""
+    path = edited(good, tmp_path, lambda d: d["environment"].update(gpu_name=gpu_name))
+    for args in (["compare", good, path], ["check", path, "--baseline", good]):
+        r = invoke(*args)
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        assert gpu_name in r.output, r.output[:500]
