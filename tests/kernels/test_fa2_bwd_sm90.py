@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90_bwd, tuning
-from kernel_checks import fake_gluon_backward, make_inputs, poisoned_empty
+from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_bwd, tuning
+from kernel_checks import ClaimsCuda, fake_gluon_backward, make_inputs, poisoned_empty
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 _BIN = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia", "bin")
@@ -64,11 +64,27 @@ def test_takes_packed_batches_of_any_lengths():
     assert "dense" in sm90_bwd.input_reason(q, k, k, False)
 
 
-def test_never_runs_without_a_hopper_gpu():
+def test_never_runs_without_a_hopper_gpu(monkeypatch):
+    """The Gluon backward runs on a Hopper GPU (capability 9.x) only, through the forward's check
+    (``sm90.unsupported_reason``). Under the interpreter (every CPU run) that check returns before the GPU test, so
+    it is reached here with sm90's ``interpreting`` patched off and its ``device_capability`` patched: CPU tensors are
+    refused, so are CUDA tensors (stand-ins) on a capability-8.0 GPU, each with the message, even with
+    ``backward="sm90"``; the same inputs on a 9.0 GPU are taken (the patches reach the check)."""
     q = _t(1, 2, 256, 128)
-    assert sm90_bwd.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert launch._sm90_bwd_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(backward="sm90"),
-                                    False) is not None
+    sm90_only = FA2Options(backward="sm90")
+    monkeypatch.setattr(sm90, "interpreting", lambda: True)
+    assert sm90_bwd.unsupported_reason(q, q, q, False) == "Gluon kernels do not run under TRITON_INTERPRET"
+    monkeypatch.setattr(sm90, "interpreting", lambda: False)
+    assert sm90_bwd.unsupported_reason(q, q, q, False) == "needs a Hopper GPU (capability 9.x)"  # CPU tensors
+    assert launch._sm90_bwd_refusal(q, q, q, False, False, tuning.BOTH, sm90_only, False) == \
+        "needs a Hopper GPU (capability 9.x)"
+    on_gpu = ClaimsCuda(q)
+    monkeypatch.setattr(sm90, "device_capability", lambda index: (8, 0))  # an A100
+    assert sm90_bwd.unsupported_reason(on_gpu, on_gpu, on_gpu, False) == "needs a Hopper GPU (capability 9.x)"
+    assert launch._sm90_bwd_refusal(on_gpu, on_gpu, on_gpu, False, False, tuning.BOTH, sm90_only, False) == \
+        "needs a Hopper GPU (capability 9.x)"
+    monkeypatch.setattr(sm90, "device_capability", lambda index: (9, 0))  # an H100
+    assert sm90_bwd.unsupported_reason(on_gpu, on_gpu, on_gpu, False) is None
 
 
 def test_runs_unless_told_triton_on_the_tma_path_and_dense_inputs(monkeypatch):

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import flashbench
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import flashbench_kernels._validate as validate
 from flashbench_kernels import _schedule
 from flashbench_kernels._schedule import SequenceBlocks
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, flash_attn_varlen, launch, sm90, spaces
@@ -106,6 +108,9 @@ def test_padding_programs_write_nothing(path, monkeypatch):
 
 @pytest.mark.parametrize("check_values", [True, False])
 def test_max_seqlen_larger_than_the_longest_sequence(check_values):
+    """max_seqlen_* above the longest sequences (flash-attn's API asks only >=) are accepted and change nothing:
+    output and gradients equal bit for bit, values checked or not, up to 2**40 (capped at total_q). The window's
+    unbounded left side is where max_seqlen reaches the kernels' arguments (max_seqlen_q + max_seqlen_k)."""
     q, k, v, do, cu_q, cu_k = make_packed_inputs([3, 40, 1, 9], [20, 7, 1, 45], 4, 2, 32, torch.float16, seed=11)
     exact = _outputs(q, k, v, do, cu_q, cu_k, 40, 45, False, (-1, 3), check_values=check_values)
     for max_q, max_k in ((41, 46), (53, 73), (2**40, 1000)):  # 2**40: capped at total_q
@@ -499,12 +504,52 @@ def test_metadata_errors_raise_value_error_with_unchecked_values(make, match):
         flash_attn_varlen(**make(), check_values=False)
 
 
+class _HostReads(TorchFunctionMode):
+    """Records the tensor methods through which the host reads a tensor's values (on a GPU each is a device-to-host
+    copy and a sync; on a CPU they copy nothing, so the call itself is what is recorded)."""
+
+    NAMES = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        to_host = name == "to" and "cpu" in map(str, [*args[1:], *(kwargs or {}).values()])
+        if name in self.NAMES or to_host:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_host_read_recorder_sees_the_checked_calls_copy():
+    """The one host copy of a checked call (``_validate._check_offsets``) is what ``_HostReads`` records, so its
+    empty record in test_unchecked_values_are_trusted means no copy, not a recorder that sees nothing."""
+    with _HostReads() as mode:
+        flash_attn_varlen(**_packed())
+    assert "tolist" in mode.reads
+
+
 @pytest.mark.parametrize("make, match", VALUE_ERRORS)
-def test_unchecked_values_are_trusted(make, match):
+def test_unchecked_values_are_trusted(make, match, monkeypatch):
     """Values are not read with check_values=False: no error, no host copy (the contract says the
-    results are then undefined; the kernels clamp the offsets into the packed tensors, so it runs)."""
-    out = flash_attn_varlen(**make(), check_values=False)
-    assert out.shape == _packed()["q"].shape
+    results are then undefined; the kernels clamp the offsets into the packed tensors, so it runs).
+    As test_flash_decode's unchecked call does, the host check raises if it is called; and no tensor's values are
+    read on the host during the call (``_HostReads``: ``item``, ``tolist``, ``cpu``...), which a copy made outside
+    the check would be. The recorded call is the second: the first may tune (on a GPU, timing reads times back)."""
+    args = make()
+
+    def no_check(*a):
+        raise AssertionError("the offsets' values were checked on the host")
+
+    monkeypatch.setattr(validate, "_check_offsets", no_check)
+    flash_attn_varlen(**args, check_values=False)
+    with _HostReads() as mode:
+        out = flash_attn_varlen(**args, check_values=False)
+    assert mode.reads == []
+    assert out.shape == args["q"].shape
+    with pytest.raises(AssertionError, match="checked on the host"):  # the patch is the one a checked call runs
+        flash_attn_varlen(**args)
 
 
 def test_check_values_must_be_a_bool():
@@ -523,12 +568,6 @@ def test_check_values_must_be_a_bool():
 def test_bad_settings_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         flash_attn_varlen(**_packed(), **kwargs)
-
-
-def test_max_seqlen_larger_than_needed_is_accepted_and_changes_nothing():
-    args = _packed()
-    out = flash_attn_varlen(**args)
-    assert torch.equal(flash_attn_varlen(**{**args, "max_seqlen_q": 2**40, "max_seqlen_k": 1000}), out)
 
 
 def test_cpu_tensors_rejected_when_not_interpreting(monkeypatch):

@@ -20,8 +20,8 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import (ATOL, assert_forwards_agree, check_against_reference, fake_gluon_forward, make_inputs,
-                           offered_forward_configs, on_hopper, poisoned_empty, window_case_id)
+from kernel_checks import (ATOL, ClaimsCuda, assert_forwards_agree, check_against_reference, fake_gluon_forward,
+                           make_inputs, offered_forward_configs, on_hopper, poisoned_empty, window_case_id)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -57,10 +57,26 @@ def test_says_why_it_declines_other_inputs(q, k, causal, words):
     assert reason is not None and words in reason
 
 
-def test_never_offered_without_a_hopper_gpu():
+def test_never_offered_without_a_hopper_gpu(monkeypatch):
+    """The Gluon forward is offered on a Hopper GPU (capability 9.x) only. Under the interpreter (every CPU run) it is
+    refused before the GPU check is reached, so that check is reached here with sm90's ``interpreting`` patched off
+    and its ``device_capability`` patched: CPU tensors are refused, so are CUDA tensors (stand-ins) on a
+    capability-8.0 GPU, each with the message, and the same inputs on a 9.0 GPU are taken (the patches reach the
+    check). The launcher's refusal is the kernel's own reason."""
     q = _t(1, 2, 256, 128)
-    assert sm90.unsupported_reason(q, q, q, False) is not None  # CPU tensors, or the interpreter
-    assert launch._sm90_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(), False) is not None
+    monkeypatch.setattr(sm90, "interpreting", lambda: True)
+    assert sm90.unsupported_reason(q, q, q, False) == "Gluon kernels do not run under TRITON_INTERPRET"
+    monkeypatch.setattr(sm90, "interpreting", lambda: False)
+    assert sm90.unsupported_reason(q, q, q, False) == "needs a Hopper GPU (capability 9.x)"  # CPU tensors
+    assert launch._sm90_refusal(q, q, q, False, False, tuning.BOTH, FA2Options(), False) == \
+        "needs a Hopper GPU (capability 9.x)"
+    on_gpu = ClaimsCuda(q)
+    monkeypatch.setattr(sm90, "device_capability", lambda index: (8, 0))  # an A100
+    assert sm90.unsupported_reason(on_gpu, on_gpu, on_gpu, False) == "needs a Hopper GPU (capability 9.x)"
+    assert launch._sm90_refusal(on_gpu, on_gpu, on_gpu, False, False, tuning.BOTH, FA2Options(), False) == \
+        "needs a Hopper GPU (capability 9.x)"
+    monkeypatch.setattr(sm90, "device_capability", lambda index: (9, 0))  # an H100
+    assert sm90.unsupported_reason(on_gpu, on_gpu, on_gpu, False) is None
 
 
 def test_offered_only_with_the_option_the_tma_path_and_supported_dense_inputs(monkeypatch):

@@ -24,6 +24,21 @@ def on_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+class ClaimsCuda:
+    """A CPU tensor that says it is on ``cuda:0``: for reaching the GPU checks of the Gluon kernels'
+    ``unsupported_reason`` without a GPU (they read ``is_cuda`` and ``device.index``, then the inputs'
+    dtype, shape and layout, which come from the wrapped tensor). Never launched."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+    def __init__(self, tensor: torch.Tensor):
+        self._tensor = tensor
+
+    def __getattr__(self, name):
+        return getattr(self._tensor, name)
+
+
 def offered_forward_configs(monkeypatch, head_dim: int, nq: int, causal: bool, sm90_ok: int, window: bool = False,
                             varlen: bool = False) -> set:
     """The forward configurations the FA2 tuner's pruner keeps for a call of this shape (as signatures), as if

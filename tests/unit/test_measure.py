@@ -4,12 +4,15 @@ import math
 import pytest
 import torch
 
+from flashbench import backends
 from flashbench.backends.base import Backend, Unsupported
+from flashbench.backends.calling import outputs_of
 from flashbench.model.case import Case, Task
 from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.attention.inputs import make_inputs
 from flashbench.attention.reference import naive_attention, reference_attention
 from flashbench.model.config import Timing
+from attention_oracle import oracle_attention  # tests/support
 from cases import case_maker, registered  # tests/support
 
 FAST = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=20))
@@ -61,8 +64,18 @@ case = case_maker(batch=1, heads=4, kv_heads=2, seq_len_q=33, seq_len_kv=47, hea
                   causal=True, mode="fwd_bwd")
 
 
+def backend_output(c, backend):
+    """O of ``backend`` on the inputs the measurer gives case ``c`` (its seed), computed outside the measurer."""
+    inp = make_inputs(c, "cpu", FAST.seed)
+    return outputs_of(backends.get(backend).prepare(c, "cpu"), inp, c)["o"], inp
+
+
 def test_ok_record_has_timing_correctness_and_throughput():
-    r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
+    """An ok row carries timing, correctness and throughput. The record's error is naive against the reference, and
+    both mask through the same helper (reference.visible_mask), so the error alone cannot see a mask bug: naive's
+    output on this Nq != Nkv causal GQA case is also checked against attention with a hand-built bottom-right mask."""
+    c = case()
+    r = Measurer(FAST, "cpu").measure(Task(c, "naive"))
     assert r.status == "ok", r.reason
     assert r.samples >= 3 and len(r.samples_ms) == r.samples
     assert r.p20_ms <= r.median_ms <= r.p80_ms and r.min_ms <= r.p20_ms
@@ -70,6 +83,9 @@ def test_ok_record_has_timing_correctness_and_throughput():
     assert r.max_abs_err < 1e-4 and r.rel_err < 1e-5 and r.tolerance_abs > 0
     assert r.tflops == pytest.approx(r.flops / (r.median_ms * 1e-3) / 1e12)
     assert r.peak_hbm_bytes is None  # no device memory on the CPU
+    o, inp = backend_output(c, "naive")
+    want = oracle_attention(inp.q, inp.k, inp.v, causal=True)
+    assert (o.double() - want).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd_bwd"])
@@ -179,11 +195,21 @@ def test_gpu_only_columns_are_empty_on_the_cpu_and_noise_is_measured():
 
 
 def test_pinned_sdpa_with_bottom_right_causal():
-    """Nq != Nkv causal: math gets a tensor mask (correct result); flash/cudnn are skipped with the reason."""
+    """Nq > Nkv causal: math gets a tensor mask (correct result); flash/cudnn are skipped with the reason.
+
+    The measurer's reference masks with the same helper as sdpa_math (reference.visible_mask), so its ok cannot tell
+    bottom-right from top-left: the output is checked against the definition itself. Bottom-right, query i sees key j
+    iff j <= i + (Nkv - Nq): the first Nq - Nkv = 16 rows see no key and are 0 (reference.py defines them so), row 16
+    sees key 0 alone and is v[..., 0, :], and every row equals attention with a hand-built mask (fp64)."""
     c = case(causal=True, mode="fwd_bwd", seq_len_q=40, seq_len_kv=24)  # the first 16 query rows see no key
     m = Measurer(FAST, "cpu")
     r = m.measure(Task(c, "sdpa_math"))
     assert r.status == "ok", r.reason  # fully masked rows come out 0, as the reference defines them
+    o, inp = backend_output(c, "sdpa_math")
+    assert torch.equal(o[:, :, :16], torch.zeros_like(o[:, :, :16]))
+    v_of_head = inp.v.detach().repeat_interleave(c.heads // c.kv_heads, dim=1)  # query head h reads kv head h // 2
+    assert torch.allclose(o[:, :, 16], v_of_head[:, :, 0], atol=1e-6)
+    assert (o.double() - oracle_attention(inp.q, inp.k, inp.v, causal=True)).abs().max().item() < 1e-4
     from flashbench.backends import get
 
     for name in ("sdpa_flash", "sdpa_cudnn"):
@@ -193,8 +219,14 @@ def test_pinned_sdpa_with_bottom_right_causal():
 
 
 def test_pinned_sdpa_math_bottom_right_matches_reference():
-    r = Measurer(FAST, "cpu").measure(Task(case(causal=True, mode="fwd_bwd", seq_len_q=24, seq_len_kv=40), "sdpa_math"))
+    """Nq < Nkv causal through the pinned math kernel (a tensor mask) is bottom-right: query i sees keys
+    j <= i + (Nkv - Nq). The measurer's reference builds its mask with the same helper as the backend, so besides the
+    ok row the output is compared with fp64 attention under a hand-built mask (top-left would hide 16 keys a row)."""
+    c = case(causal=True, mode="fwd_bwd", seq_len_q=24, seq_len_kv=40)
+    r = Measurer(FAST, "cpu").measure(Task(c, "sdpa_math"))
     assert r.status == "ok", r.reason
+    o, inp = backend_output(c, "sdpa_math")
+    assert (o.double() - oracle_attention(inp.q, inp.k, inp.v, causal=True)).abs().max().item() < 1e-4
 
 
 def test_triton_backend_reports_only_the_kernels_a_mode_ran(monkeypatch):

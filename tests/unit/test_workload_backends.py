@@ -20,6 +20,7 @@ from flashbench.measure.measurer import MeasureSettings, Measurer
 from flashbench.attention.reference import naive_attention, reference_attention, visible_mask
 from flashbench.model.case import Case, Task
 from flashbench.model.config import Timing
+from attention_oracle import oracle_output  # tests/support
 
 FAST = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=3, min_samples=2, max_samples=5))
 
@@ -32,6 +33,8 @@ VARLEN = Case(4, 4, 2, 64, 64, 32, "float32", False, "fwd_bwd", workload="varlen
 VARLEN_MHA = Case(4, 2, 2, 64, 64, 32, "float32", False, "fwd_bwd", workload="varlen", lengths="uniform(8..64,seed=1)",
                   total_tokens=150)
 WINDOW = Case(2, 4, 2, 48, 48, 32, "float32", True, "fwd_bwd", window_left=9, window_right=0)
+VARLEN_CAUSAL = Case(4, 4, 2, 64, 64, 32, "float32", True, "fwd", workload="varlen", lengths="uniform(8..64,seed=1)",
+                     total_tokens=150)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -101,14 +104,33 @@ def test_decode_reference_reads_only_each_sequences_keys():
 
 # --- backends, measured on the CPU ----------------------------------------------------------------
 
-@pytest.mark.parametrize("case", [DECODE, PAGED, EQUAL, VARLEN_MHA, WINDOW], ids=["decode", "paged", "equal",
-                                                                                  "varlen", "window"])
-@pytest.mark.parametrize("backend", ["naive", "sdpa", "sdpa_math"])
+REFERENCE_BACKEND_RUNS = [
+    *[pytest.param(case, backend, id=f"{backend}-{name}")
+      for backend in ("naive", "sdpa", "sdpa_math")
+      for case, name in ((DECODE, "decode"), (PAGED, "paged"), (EQUAL, "equal"), (VARLEN_MHA, "varlen"),
+                         (WINDOW, "window"))],
+    # SDPA refuses causal nested tensors (test_sdpa_says_why_it_cannot_run_a_varlen_case): naive alone masks varlen
+    pytest.param(VARLEN_CAUSAL, "naive", id="naive-varlen_causal"),
+]
+
+
+@pytest.mark.parametrize("case, backend", REFERENCE_BACKEND_RUNS)
 def test_reference_backends_run_every_workload(case, backend):
+    """The reference backends run every workload, and their output is the attention the workload defines.
+
+    The measured error alone cannot show the second part: naive runs the reference's own code, and sdpa's masks come
+    from the same helper (reference.visible_mask), so a mask bug there agrees with itself. The output is also compared
+    with fp64 attention under hand-built masks (tests/support/attention_oracle.py; decode through decode_reference),
+    which share no code with flashbench's: decode's Nq < Nkv catches a top-left diagonal, every masked case a hidden
+    diagonal key."""
     r = Measurer(FAST, "cpu").measure(Task(case, backend))
     assert r.status == "ok", r.reason
     assert r.max_abs_err is not None and r.max_abs_err <= r.tolerance_abs
     assert r.flops > 0 and r.min_hbm_bytes > 0 and r.hbm_gbps > 0 and r.case.total_tokens > 0
+    inp = make_inputs(case, "cpu", FAST.seed)
+    o = outputs_of(backends.get(backend).prepare(case, "cpu"), inp, case)["o"]
+    err = (o.double() - oracle_output(case, inp)).abs().max().item()
+    assert err < 1e-4, f"{backend} differs from attention under a hand-built mask by {err:.3g}"
 
 
 def test_a_wrong_result_on_a_varlen_batch_is_a_mismatch():
