@@ -6,12 +6,14 @@ query/key lengths (bottom-right causal diagonals off the 128-row grid, rows that
 not, causal windows, GQA and MQA, D 64 and 128, bf16 and fp16, 2 and 3 ring stages: the output and the
 three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against the fp64
 reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the launch log
-shows both Gluon kernels ran.  Also: its LSE against the Triton varlen forward's (-inf where a row sees no
-key), padding programs writing nothing, one packed sequence giving the dense Gluon forward's output bit for
-bit and the dense Gluon backward's dK, dV (dQ within the reduce order's rounding), an unchecked call never
-waiting for the device, the tuner offering it.
+shows both Gluon kernels ran.  Also: its LSE against each sequence's log-sum-exp computed from the inputs and
+against the Triton varlen forward's (-inf where a row sees no key), padding programs writing nothing, one
+packed sequence giving the dense Gluon forward's output bit for bit and the dense Gluon backward's dK, dV (dQ
+within the reduce order's rounding), an unchecked call never waiting for the device, the tuner offering it.
 """
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -85,22 +87,53 @@ def _attention(q, k, v, cu_q, cu_k, causal, options, log, window=NO_WINDOW):
     return launch.attention(q, k, v, causal, q.shape[-1] ** -0.5, call)
 
 
+def _lse2_of_each_sequence(q, k, cu_q, cu_k, causal) -> torch.Tensor:
+    """(H, total_q) float64: the base-2 log-sum-exp of each packed sequence's scaled scores, computed in PyTorch from
+    q and k alone (no kernel, no flashbench mask helper): query i of a sequence of Nq queries and Nkv keys sees key j
+    iff j <= i + Nkv - Nq when causal (bottom-right), every key otherwise; query head h reads key head h // (H / H_kv);
+    -inf for a row that sees no key."""
+    H, D = q.shape[1], q.shape[2]
+    out = torch.full((H, q.shape[0]), float("-inf"), dtype=torch.float64, device=q.device)
+    starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+    for q0, q1, k0, k1 in zip(starts_q, starts_q[1:], starts_k, starts_k[1:]):
+        n_q, n_kv = q1 - q0, k1 - k0
+        if n_q == 0 or n_kv == 0:
+            continue
+        qs = q[q0:q1].double().transpose(0, 1)  # (H, n_q, D)
+        ks = k[k0:k1].double().transpose(0, 1).repeat_interleave(H // k.shape[1], dim=0)  # (H, n_kv, D)
+        s = (qs @ ks.transpose(1, 2)) * D ** -0.5
+        if causal:
+            rows = torch.arange(n_q, device=q.device)[:, None]
+            cols = torch.arange(n_kv, device=q.device)[None, :]
+            s = s.masked_fill(cols > rows + (n_kv - n_q), float("-inf"))
+        out[:, q0:q1] = torch.logsumexp(s, dim=-1) / math.log(2)
+    return out
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_gluon_varlen_lse_matches_the_triton_forward(causal):
-    """The LSE the backward reads: the Triton varlen forward's, -inf exactly where a row sees no key."""
+    """The LSE the backward reads (base 2, the launcher's): against the log-sum-exp of each sequence's scores computed
+    from the inputs, -inf exactly where a row sees no key, with every buffer poisoned (the fixture); then against the
+    Triton varlen forward's (itself checked against the inputs first: two forwards could agree on a wrong LSE)."""
     q, k, v, _, cu_q, cu_k = make_packed_inputs(ODD + EMPTY_Q, ODD_KV + EMPTY_KV, 8, 2, 128, torch.bfloat16, seed=5)
     gluon_log, triton_log = {}, {}
     o, lse = _attention(q, k, v, cu_q, cu_k, causal, _gluon(), gluon_log)
     o_ref, lse_ref = _attention(q, k, v, cu_q, cu_k, causal,
                                 FA2Options(autotune=False, configs={"fwd": spaces.FWD_SPACE["mid"][0]}), triton_log)
     assert gluon_log["fwd"].startswith("gluon_sm90") and not triton_log["fwd"].startswith("gluon")
-    assert lse.shape == lse_ref.shape == (8, q.shape[0])
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref)) and not lse.isnan().any()
-    assert torch.isneginf(lse).any() and torch.isfinite(lse).any()  # both kinds of rows are there
-    finite = torch.isfinite(lse_ref)
-    assert (lse[finite] - lse_ref[finite]).abs().max().item() < 1e-3
+    want = _lse2_of_each_sequence(q, k, cu_q, cu_k, causal)
+    assert torch.isneginf(want).any() and torch.isfinite(want).any()  # both kinds of rows are there
+    seen = torch.isfinite(want)
+    for name, got in (("gluon", lse), ("triton", lse_ref)):
+        assert got.shape == want.shape == (8, q.shape[0]) and got.dtype == torch.float32, name
+        assert not got.isnan().any(), f"{name}: NaN (an unwritten, poisoned element)"
+        assert torch.equal(torch.isneginf(got), ~seen), f"{name}: -inf where a row sees a key, or not where none"
+        err = (got[seen].double() - want[seen]).abs().max().item()
+        assert err < 1e-3, f"{name}: base-2 LSE max error {err:.3e} against the inputs' log-sum-exp"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref))
+    assert (lse[seen] - lse_ref[seen]).abs().max().item() < 1e-3
     assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
-    assert (o[~finite.t()] == 0).all()  # rows that see no key output 0
+    assert (o[~seen.t()] == 0).all()  # rows that see no key output 0
 
 
 def test_gpu_gluon_varlen_padding_programs_write_nothing(monkeypatch):

@@ -363,14 +363,19 @@ def test_gpu_autotuned_bf16(causal, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_fp32_ieee_path():
+def test_gpu_fp32_ieee_path(monkeypatch):
+    """fp32 inputs (exact dots) against the reference with fp32's tolerance, outputs and gradients poisoned."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     q, k, v, do = make_inputs(1, 4, 2, 200, 300, 64, torch.float32, seed=4)
     check_against_reference(q, k, v, do, causal=True, atol=1e-4, options=FA2Options(autotune=False))
 
 
 @pytest.mark.gpu
-def test_gpu_pointer_path_on_misaligned_view():
-    # a view whose head stride is not 16-byte aligned forces the pointer path on any GPU
+def test_gpu_pointer_path_on_misaligned_view(monkeypatch):
+    """A view whose data pointer is not 16-byte aligned forces the pointer path on any GPU: it meets the reference
+    with outputs and gradients poisoned (an element the pointer path leaves unwritten shows as NaN), and a pinned
+    TMA path is refused."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     base = torch.randn(2 * 100 * 64 + 1, dtype=torch.float16, device="cuda")
     q = base[1:].view(1, 2, 100, 64)  # data_ptr offset by 2 bytes
     k, v, do = (torch.randn(1, 2, 100, 64, dtype=torch.float16, device="cuda") for _ in range(3))

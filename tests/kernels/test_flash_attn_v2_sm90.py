@@ -20,8 +20,9 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import (ATOL, ClaimsCuda, assert_forwards_agree, check_against_reference, fake_gluon_forward,
-                           make_inputs, offered_forward_configs, on_hopper, poisoned_empty, window_case_id)
+from kernel_checks import (ClaimsCuda, assert_forwards_agree, check_against_reference, check_forward_against_fp32,
+                           fake_gluon_forward, make_inputs, offered_forward_configs, on_hopper, poisoned_empty,
+                           window_case_id)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -397,15 +398,22 @@ def test_gpu_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
 @pytest.mark.gpu
 @hopper_only
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_gluon_lse_matches_the_triton_forward(causal):
+def test_gpu_gluon_lse_matches_the_triton_forward(causal, monkeypatch):
+    """The Gluon forward's LSE (``return_lse=True``: natural log, the base-2 LSE the backward reads times ln 2)
+    against the fp32 logsumexp of the scaled, masked scores computed from the inputs, outputs poisoned; then against
+    the Triton forward's on the same inputs (itself checked against the inputs first: two forwards agreeing is not
+    the only evidence)."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     q, k, v, _ = make_inputs(2, 8, 4, 1024, 1024, 128, torch.bfloat16, seed=5)
     gluon_log, triton_log = {}, {}
     o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(configs={"fwd": GLUON_128}),
                            launch_log=gluon_log)
     assert gluon_log["fwd"].startswith("gluon_sm90")
+    check_forward_against_fp32(o, lse, q, k, v, causal)
     triton_fwd = FA2Options(configs={"fwd": spaces.FWD_SPACE["mid"][0]})
     o_ref, lse_ref = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=triton_fwd, launch_log=triton_log)
     assert not triton_log["fwd"].startswith("gluon")
+    check_forward_against_fp32(o_ref, lse_ref, q, k, v, causal)
     assert_forwards_agree(o, lse, o_ref, lse_ref)
 
 
@@ -463,24 +471,6 @@ def _d256_case_id(c) -> str:
     return window_case_id((B, H, Hkv, Nq, Nkv, 256, causal, window))
 
 
-def _check_forward_against_fp32(o, lse, q, k, v, causal, window):
-    """O within flash-attention's rule (2 x the same-dtype math's max error + atol) of the fp32 reference,
-    the natural-log LSE within 1e-3 of the fp32 logsumexp of the scaled, masked scores (every row of the
-    D256 cases sees a key), nothing left poisoned."""
-    from flashbench.attention.reference import naive_attention, reference_attention, visible_mask
-    assert torch.isfinite(o).all() and torch.isfinite(lse).all(), "unwritten (poisoned) or non-finite outputs"
-    H, D = q.shape[1], q.shape[-1]
-    o_ref = reference_attention(q, k, v, causal, None, torch.float32, window=window)
-    err = (o.float() - o_ref).abs().max().item()
-    err_naive = (naive_attention(q, k, v, causal, None, window).float() - o_ref).abs().max().item()
-    assert err <= 2 * err_naive + ATOL[q.dtype], f"out: max error {err:.3e} > 2 x naive {err_naive:.3e} + atol"
-    kf = k.float().repeat_interleave(H // k.shape[1], dim=1)
-    s = torch.matmul(q.float(), kf.transpose(-1, -2)) * D ** -0.5
-    s = s.masked_fill(~visible_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
-    lse_err = (lse - torch.logsumexp(s, dim=-1)).abs().max().item()
-    assert lse_err < 1e-3, f"lse: max error {lse_err:.3e}"
-
-
 @pytest.mark.gpu
 @hopper_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -497,7 +487,7 @@ def test_gpu_d256_gluon_forward_poisoned(case, dtype, monkeypatch):
         o, lse = flash_attn_v2(q, k, v, causal=causal, window=window, return_lse=True, options=options,
                                launch_log=log)
         assert log["fwd"] == sm90.config_label(2, 64), log
-        _check_forward_against_fp32(o, lse, q, k, v, causal, window)
+        check_forward_against_fp32(o, lse, q, k, v, causal, window)
 
 
 @pytest.mark.gpu
@@ -524,4 +514,4 @@ def test_gpu_d256_tuner_times_the_gluon_forward(monkeypatch):
     o, lse = flash_attn_v2(q, k, v, causal=True, return_lse=True)
     offered = {tuning.signature(c) for c in tuning.TUNERS["fwd"][0].timings}
     assert GLUON_256 in offered, f"the tuner did not time the Gluon forward: {offered}"
-    _check_forward_against_fp32(o, lse, q, k, v, True, NO_WINDOW)
+    check_forward_against_fp32(o, lse, q, k, v, True, NO_WINDOW)

@@ -15,8 +15,8 @@ import torch
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_persistent, spaces, tuning
 from flashbench_kernels._validate import NO_WINDOW
-from kernel_checks import (assert_forwards_agree, check_against_reference, fake_gluon_forward, make_inputs,
-                           offered_forward_configs, on_hopper, poisoned_empty)
+from kernel_checks import (assert_forwards_agree, check_against_reference, check_forward_against_fp32,
+                           fake_gluon_forward, make_inputs, offered_forward_configs, on_hopper, poisoned_empty)
 
 WIDE = (sm90.WIDE_BLOCK, 128, 4, 2, spaces.GLUON)
 
@@ -177,9 +177,19 @@ def test_gpu_wide_gluon_forward_poisoned(case, dtype, stages, monkeypatch):
 @pytest.mark.gpu
 @hopper_only
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_wide_lse_matches_the_two_consumer_build(causal):
+def test_gpu_wide_lse_matches_the_two_consumer_build(causal, monkeypatch):
+    """The three-consumer build's natural-log LSE (``return_lse=True``) against the fp32 logsumexp of the scaled,
+    masked scores computed from the inputs, outputs poisoned; then against the two-consumer build's on the same
+    inputs (checked against the inputs too: two builds of one kernel could agree on a wrong LSE)."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
     q, k, v, _ = make_inputs(2, 8, 4, 1024, 1024, 64, torch.bfloat16, seed=64)
-    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(configs={"fwd": WIDE}))
+    log = {}
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(configs={"fwd": WIDE}),
+                           launch_log=log)
+    assert log["fwd"].startswith("gluon_sm90,BLOCK_M=192,"), log
+    check_forward_against_fp32(o, lse, q, k, v, causal)
     two = FA2Options(configs={"fwd": (128, 128, 4, 2, spaces.GLUON)})
-    assert_forwards_agree(o, lse, *flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=two))
+    o_two, lse_two = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=two)
+    check_forward_against_fp32(o_two, lse_two, q, k, v, causal)
+    assert_forwards_agree(o, lse, o_two, lse_two)
 

@@ -58,6 +58,24 @@ def assert_forwards_agree(o, lse, o_ref, lse_ref):
     assert (o.float() - o_ref.float()).abs().max().item() < 2e-2
 
 
+def check_forward_against_fp32(o, lse, q, k, v, causal, window=NO_WINDOW):
+    """A forward's O within flash-attention's rule (2 x the same-dtype math's max error + atol) of the fp32 reference,
+    and its natural-log LSE (``flash_attn_v2(..., return_lse=True)``) within 1e-3 of the fp32 logsumexp of the scaled,
+    masked scores computed here from q and k (every row of the inputs given must see a key), nothing left poisoned:
+    an LSE checked against the inputs, not against the kernel in another configuration."""
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all(), "unwritten (poisoned) or non-finite outputs"
+    H, D = q.shape[1], q.shape[-1]
+    o_ref = reference_attention(q, k, v, causal, None, torch.float32, window=window)
+    err = (o.float() - o_ref).abs().max().item()
+    err_naive = (naive_attention(q, k, v, causal, None, window).float() - o_ref).abs().max().item()
+    assert err <= 2 * err_naive + ATOL[q.dtype], f"out: max error {err:.3e} > 2 x naive {err_naive:.3e} + atol"
+    kf = k.float().repeat_interleave(H // k.shape[1], dim=1)
+    s = torch.matmul(q.float(), kf.transpose(-1, -2)) * D ** -0.5
+    s = s.masked_fill(~visible_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
+    lse_err = (lse - torch.logsumexp(s, dim=-1)).abs().max().item()
+    assert lse_err < 1e-3, f"lse: max error {lse_err:.3e}"
+
+
 def tma_unavailable() -> bool:
     """True on a GPU without tensor descriptors (the interpreter emulates them; Hopper has them)."""
     return DEV == "cuda" and torch.cuda.get_device_capability()[0] < 9
