@@ -163,8 +163,7 @@ class FlexBackend(Backend):
         return fn
 
     def _decode(self, case, device, compiled):
-        equal = len(set(case.sequence_lengths()[1])) == 1
-        if equal:  # every cache full: the dense bottom-right mask (none for one new token)
+        if case.full_caches:  # the dense bottom-right mask (none for one new token)
             mod = window_mask_mod(case.causal and case.seq_len_q > 1, case.window, case.seq_len_kv - case.seq_len_q)
             block_mask = self._block_mask(mod, None, case.seq_len_q, case.seq_len_kv, device)
         else:

@@ -20,8 +20,9 @@ Workloads, as users run them through SDPA:
 
 - sliding windows: a boolean mask tensor (the kernels that take one);
 - decode on a contiguous cache: the (B, capacity, H_kv, D) cache read through a transposed view
-  (no copy); a single new token needs no mask; caches of different lengths are a padded batch with
-  a boolean mask of each sequence's keys, built in ``prepare``. SDPA cannot read a paged cache: the
+  (no copy); a single new token over full caches needs no mask; caches shorter than the capacity
+  (of different lengths, or one drawn length) are a padded batch with a boolean mask of each sequence's
+  keys, built in ``prepare``. SDPA cannot read a paged cache: the
   call gathers each sequence's pages into a contiguous cache first, as code that keeps a paged cache
   but attends with SDPA does; the copy is part of the timed call (and of its GB/s);
 - varlen: the packed tensors viewed as nested jagged tensors (``torch.nested.nested_tensor_from_jagged``
@@ -61,8 +62,9 @@ def _sdpa_call(causal: bool, n_q: int, n_kv: int, gqa: bool, pinned: bool, devic
 
 
 def needs_tensor_mask(case) -> bool:
-    """A window, or decode caches of different lengths: only a boolean mask tensor says which keys count."""
-    return case.has_window or (case.workload == "decode" and len(set(case.sequence_lengths()[1])) > 1)
+    """A window, or decode caches not all full (of different lengths, or all shorter than the capacity): only a
+    boolean mask tensor says which keys count."""
+    return case.has_window or (case.workload == "decode" and not case.full_caches)
 
 
 def dense_causal(case) -> bool:

@@ -8,7 +8,7 @@ and varlen batches to ``flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, m
 max_seqlen_k, causal, sm_scale, window, check_values=False)`` (offsets the harness built), where the
 kernels offer them (found by signature and attribute, so a kernels build without them skips those
 cases with the reason); a decode case whose
-caches all have one length is a dense call on views of the contiguous cache (FA2's own grid,
+caches are all full is a dense call on views of the contiguous cache (FA2's own grid,
 without the split over keys that ``triton_decode`` adds).
 """
 from __future__ import annotations
@@ -78,9 +78,9 @@ class TritonKernelBackend(TritonBackend):
         why = super().extra_reason(case, device)
         if why:
             return why
-        if case.workload == "decode" and len(set(case.sequence_lengths()[1])) > 1:
-            return (f"{self.name} runs decode as one dense call, so every cache must have one length "
-                    "(triton_decode reads caches of any length)")
+        if case.workload == "decode" and not case.full_caches:
+            return (f"{self.name} runs decode as one dense call over the whole cache, so every cache must be full "
+                    f"(hold seq_len_kv keys; triton_decode reads caches of any length)")
         return None
 
     def prepare(self, case, device):

@@ -82,6 +82,13 @@ class Case:
         return (self.seq_len_q,) * len(kv), kv
 
     @property
+    def full_caches(self) -> bool:
+        """Decode: every sequence's cache holds ``seq_len_kv`` keys, its whole capacity, so a dense call over the
+        cache attends to exactly them. With a length distribution the lengths drawn may all be equal and shorter (a
+        batch of one draws one length): a dense call over the capacity would read keys past the sequence."""
+        return all(n == self.seq_len_kv for n in self.sequence_lengths()[1])
+
+    @property
     def has_backward(self) -> bool:
         return self.mode in ("bwd", "fwd_bwd")
 

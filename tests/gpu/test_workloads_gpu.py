@@ -171,8 +171,8 @@ def expectation(backend: str, name: str) -> Expect:
                        "TritonKernelBackend: supports_window only with a varlen function (FA1 has none)")
     if backend == "torch_varlen":
         return torch_varlen_expectation(case)
-    one_length = exactly("triton_fa2 runs decode as one dense call, so every cache must have one length "
-                         "(triton_decode reads caches of any length)")
+    one_length = exactly("triton_fa2 runs decode as one dense call over the whole cache, so every cache must be "
+                         "full (hold seq_len_kv keys; triton_decode reads caches of any length)")
     paged = exactly("triton_fa2 cannot read a paged KV cache (reads: contiguous)")
     varlen_baseline = "results/baselines/h200/varlen: ok on MHA and GQA packed batches, causal or not, fwd_bwd"
     window_baseline = "results/baselines/h200/window: ok on causal 4096-key windows, fwd_bwd"
