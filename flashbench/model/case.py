@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .lengths import MAX_LENGTHS_SHOWN, realise_budget, realise_count, short_lengths  # noqa: F401  (re-exported)
+from .lengths import realise_budget, realise_count, short_lengths
 
 _FIELD_TYPES = {"int": int, "str": str, "bool": bool}
 

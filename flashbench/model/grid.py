@@ -12,11 +12,11 @@ import itertools
 import math
 from collections import Counter
 
-from .case import MAX_DECODE_TOKENS, Case, Task, short_lengths
+from .case import MAX_DECODE_TOKENS, Case, Task
 from .config import Axes, LoadedConfig, SweepConfig
 from .fields import MAX_BATCH, MAX_HEADS
 from .filters import case_values
-from .lengths import parse_lengths, realise_budget
+from .lengths import parse_lengths, realise_budget, short_lengths
 from .yaml_input import ConfigError, did_you_mean, preview
 
 

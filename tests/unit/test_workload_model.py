@@ -275,7 +275,8 @@ def test_length_spec_is_hashable_and_frozen():
 def test_a_long_listed_batch_has_a_short_label_that_still_tells_lists_apart():
     """A listed batch of 50,000 lengths: tables show a label of bounded length, and two lists that share their
     first lengths are still two labels (a digest of the whole list)."""
-    from flashbench.model.case import short_lengths, workload_label
+    from flashbench.model.case import workload_label
+    from flashbench.model.lengths import short_lengths
     short = "list(128,256,512)"
     assert short_lengths(short) == short
     a = "list(" + ",".join(["128"] * 50_000) + ")"
