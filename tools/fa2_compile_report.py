@@ -145,18 +145,73 @@ def compile_sm90_gluon(head_dim: int, causal: bool, stages: int = 2, dtype=None,
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90.launch_maxnreg(block_rows)))
 
 
-def wgmma_serialized(ptx: str) -> bool:
-    """Whether ptxas serialises the kernel's wgmma instructions (its C7514 note: a non-wgmma instruction reads
-    or writes an accumulator while its wgmma may be in flight; every wgmma then waits for the one before, which
-    removes the overlap the asynchronous products exist for).  Triton does not show ptxas's notes, so the PTX
-    is assembled again here with ``-v``."""
+def ptxas_notes(ptx: str) -> str:
+    """What ptxas says assembling ``ptx`` for sm_90a with ``-v`` (Triton does not show ptxas's notes, so the PTX
+    is assembled again here)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:
             f.write(ptx)
         proc = subprocess.run([os.path.join(NVIDIA_BIN, "ptxas"), "-arch=sm_90a", "-v", path, "-o",
                                os.path.join(tmp, "kernel.o")], capture_output=True, text=True, check=True)
-    return "wgmma.mma_async instructions are serialized" in proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def wgmma_serialized(notes: str) -> bool:
+    """Whether ptxas serialises the kernel's wgmma instructions (its C7514 note: a non-wgmma instruction reads
+    or writes an accumulator while its wgmma may be in flight; every wgmma then waits for the one before, which
+    removes the overlap the asynchronous products exist for).  ``notes``: ``ptxas_notes``."""
+    return "wgmma.mma_async instructions are serialized" in notes
+
+
+def injected_waits(notes: str) -> int:
+    """How many wgmma waits ptxas added that the source does not have (its C7517 note: "warpgroup.wait is injected
+    ... to allow use of registers defined by GMMA"): an instruction reads a product's registers before the source
+    waits for it, so ptxas waits there, and the products issued after that point no longer overlap the ones
+    before."""
+    return notes.count("C7517")
+
+
+def sass(compiled) -> list[str]:
+    """The kernel's SASS instructions in address order (``cuobjdump -sass`` of the cubin), one string each
+    ("/*0a40*/ MUFU.EX2 R13, R13 ;")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([os.path.join(NVIDIA_BIN, "cuobjdump"), "-sass", path], capture_output=True, text=True,
+                             check=True).stdout
+    return [m.group(0) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+[^;]*;", out)]
+
+
+def _address(instr: str) -> int:
+    return int(instr[2:instr.index("*/")], 16)
+
+
+def key_loops(instrs: list[str]) -> list[list[str]]:
+    """The bodies of the innermost loops that compute a softmax under tensor-core products: a loop is a branch back
+    to a lower address, its body the instructions from that address to the branch; kept are those with both a
+    wgmma (HGMMA) and an exponential (MUFU.EX2) and no smaller such loop inside."""
+    loops = []
+    for i, instr in enumerate(instrs):
+        m = re.search(r"\bBRA\s+(?:`\()?0x([0-9a-f]+)", instr)
+        if m and int(m.group(1), 16) < _address(instr):
+            start = next(j for j, x in enumerate(instrs) if _address(x) >= int(m.group(1), 16))
+            body = instrs[start:i + 1]
+            if any("HGMMA" in x for x in body) and any("MUFU.EX2" in x for x in body):
+                loops.append((start, i))
+    inner = [(a, b) for a, b in loops if not any((a, b) != (c, d) and a <= c and d <= b for c, d in loops)]
+    return [instrs[a:b + 1] for a, b in sorted(inner)]
+
+
+def exps_before_second_wait(body: list[str]) -> tuple[int, int]:
+    """(exponentials before the loop body's second wgmma wait, all its exponentials).  In the backward's step the
+    first wait is for S^T, the second for dP^T: exponentials after it ran with the tensor cores idle on this warp
+    group instead of under dP^T's product."""
+    waits = [i for i, x in enumerate(body) if "WARPGROUP.DEPBAR" in x]
+    exps = [i for i, x in enumerate(body) if "MUFU.EX2" in x]
+    second = waits[1] if len(waits) > 1 else len(body)
+    return sum(i < second for i in exps), len(exps)
 
 
 def setmaxnreg(ptx: str) -> list[int]:
@@ -223,7 +278,11 @@ def gluon_bwd_rows() -> list[dict]:
             c = compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen)
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
-            row["wgmma_serialized"] = wgmma_serialized(c.asm["ptx"])
+            notes = ptxas_notes(c.asm["ptx"])
+            row["wgmma_serialized"] = wgmma_serialized(notes)
+            row["injected_waits"] = injected_waits(notes)
+            # per key loop: (exponentials issued before the wait for dP^T, all of them)
+            row["exps_before_dp_wait"] = [list(exps_before_second_wait(b)) for b in key_loops(sass(c))]
         except Exception as e:  # report, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out.append(row)
@@ -267,7 +326,9 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     row["setmaxnreg"] = setmaxnreg(ptx)
                     row["wgmma_waits"] = sorted({int(x) for x in
                                                  re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)})
-                    row["wgmma_serialized"] = wgmma_serialized(ptx)
+                    notes = ptxas_notes(ptx)
+                    row["wgmma_serialized"] = wgmma_serialized(notes)
+                    row["injected_waits"] = injected_waits(notes)
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
