@@ -189,12 +189,13 @@ def _address(instr: str) -> int:
 
 
 def key_loops(instrs: list[str]) -> list[list[str]]:
-    """The bodies of the innermost loops that compute a softmax under tensor-core products: a loop is a branch back
-    to a lower address, its body the instructions from that address to the branch; kept are those with both a
-    wgmma (HGMMA) and an exponential (MUFU.EX2) and no smaller such loop inside."""
+    """The bodies of the innermost loops that compute a softmax under tensor-core products: a loop is a conditional
+    branch back to a lower address, its body the instructions from that address to the branch (the unconditional
+    branches back are the returns of the out-of-line mbarrier retries); kept are those with both a wgmma (HGMMA)
+    and an exponential (MUFU.EX2) and no smaller such loop inside."""
     loops = []
     for i, instr in enumerate(instrs):
-        m = re.search(r"\bBRA\s+(?:`\()?0x([0-9a-f]+)", instr)
+        m = re.search(r"@!?U?P\w+\s+BRA\s+(?:`\()?0x([0-9a-f]+)", instr)
         if m and int(m.group(1), 16) < _address(instr):
             start = next(j for j, x in enumerate(instrs) if _address(x) >= int(m.group(1), 16))
             body = instrs[start:i + 1]
@@ -329,6 +330,8 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     notes = ptxas_notes(ptx)
                     row["wgmma_serialized"] = wgmma_serialized(notes)
                     row["injected_waits"] = injected_waits(notes)
+                    # per key loop: (exponentials issued before the wait for P V, all of them)
+                    row["exps_before_pv_wait"] = [list(exps_before_second_wait(b)) for b in key_loops(sass(c))]
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out

@@ -291,6 +291,19 @@ def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
 
 
 @gluon.jit
+def warp_boundary(x):
+    """``x``, passed through a warp-wide barrier (``bar.warp.sync``) that ptxas does not move instructions across.
+
+    ptxas schedules within a basic block as it likes: it hoists a wgmma wait above arithmetic that the source puts
+    before it, and sinks arithmetic whose results are used later.  Routing ``x`` through this barrier pins what
+    computed it (and, through convergent operations such as the shuffles of a row sum, what they consumed) above
+    the barrier, and what follows in the source below it.  The threads of a warp are converged here (every branch
+    around it is warp-uniform), so the barrier itself costs one instruction."""
+    return gl.inline_asm_elementwise("bar.warp.sync -1;\n mov.b32 $0, $1;", "=r,r", [x], dtype=gl.float32,
+                                     is_pure=False, pack=1)
+
+
+@gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
              WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l).
@@ -348,6 +361,9 @@ def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v
     mbarrier.arrive(k_empty.index(slot), count=1)
     p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
                                   CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
+    # keep the softmax under P_{j-1} V_{j-1}: without this, ptxas hoisted the wait for that product to right after
+    # the row max, ahead of every exponential, so the tensor cores idled (for this warp group) while they ran
+    l_i = warp_boundary(l_i)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
