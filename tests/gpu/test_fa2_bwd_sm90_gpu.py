@@ -149,3 +149,72 @@ def test_gpu_split_dq_matches_the_per_consumer_reduce(causal, D):
             assert torch.equal(a, b)
         else:
             assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item()
+
+
+CHUNKED = [
+    # B, H, Hkv, Nq, Nkv, D, causal: 5 or 6 (batch, kv head) pairs, run in chunks of 4 (below) and of 1
+    (3, 4, 2, 1024, 1024, 128, False),
+    (3, 4, 2, 1024, 1024, 128, True),
+    (3, 8, 2, 512, 512, 64, False),  # GQA: a chunk's accumulator holds 4 query heads a pair
+    (5, 2, 1, 512, 768, 64, True),  # MQA, keys ahead of the queries
+    (2, 12, 3, 768, 768, 128, True),  # GQA
+]
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
+    """The dense backward runs its pairs in chunks, each into one chunk-sized accumulator that the chunk's conversion
+    zeroes for the next: with the SM count taken as the key blocks a pair, 4 waves are chunks of 4 pairs (the
+    last shorter).  Through the launcher (the chunk's accumulator zeroed by the Delta kernel) the gradients meet
+    the rule against the fp64 reference; alone, chunks of 4 and of 1 pair (``dq_chunk_waves`` 4, 1) give the dK
+    and dV bits of one launch over all pairs (``dq_chunk_waves=0``: the same programs' register sums) and its dQ
+    within fp32 rounding of the reduce order."""
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    monkeypatch.setattr(sm90_bwd, "_sm_count", lambda: Nkv // 128)
+    assert sm90_bwd.dq_accumulator_shape((B, H, Nq, D), Hkv, Nkv) == (4, H // Hkv, Nq, D)
+    q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, torch.bfloat16, seed=B * Nq + D)
+    log = {}
+    check_against_reference(q, k, v, do, causal, options=GLUON_BWD, launch_log=log)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(autotune=False))
+    lse2 = (lse / math.log(2)).contiguous()
+    delta = (do.float() * o.float()).sum(-1)
+    got = {}
+    for waves in (0, 4, 1):
+        grads = [poisoned_empty(t.shape, t.dtype, t.device) for t in (q, k, v)]
+        sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, D ** -0.5, dq_chunk_waves=waves)
+        got[waves] = grads
+    for waves in (4, 1):
+        for i, (a, b) in enumerate(zip(got[waves], got[0])):
+            assert torch.isfinite(a).all(), (waves, i)
+            if i > 0:
+                assert torch.equal(a, b), (waves, i)
+            else:
+                assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item(), waves
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_fwd_bwd_peak_memory_is_the_gradients_and_a_chunk_accumulator(causal):
+    """16k tokens, hidden 2048 (B4 H16 N4096 D128 bf16): fwd_bwd's peak above the inputs is O, dQ, dK, dV and one
+    chunk's fp32 dQ accumulator (``dq_accumulator_shape``, 16 pairs of the 64 on a 132-SM GPU: 32 MiB), with a few
+    MiB for L, Delta and the allocator's rounding; the whole accumulator (twice dQ: 128 MiB) is never allocated.
+    (The launcher's buffers are NaN-poisoned here: allocated as they are otherwise, filled.)"""
+    B, H, N, D = 4, 16, 4096, 128
+    q, k, v, do = make_inputs(B, H, H, N, N, D, torch.bfloat16, seed=11)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    mib = 2 ** 20
+    acc = math.prod(sm90_bwd.dq_accumulator_shape((B, H, N, D), H, N)) * 4
+    assert acc < q.numel() * 4 // 2  # smaller than the whole accumulator by a factor of 2 or more
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    log = {}
+    o = flash_attn_v2(*leaves, causal=causal, options=GLUON_BWD, launch_log=log)
+    grads = torch.autograd.grad(o, leaves, do)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert log["bwd_dq"] == sm90_bwd.config_label(D), log
+    assert all(torch.isfinite(g).all() for g in grads)
+    expected = 4 * q.numel() * q.element_size() + acc  # O, dQ, dK, dV and the accumulator
+    assert peak <= expected + 8 * mib, f"peak {peak / mib:.1f} MiB above the inputs, expected {expected / mib:.1f}"
