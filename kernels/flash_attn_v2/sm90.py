@@ -18,9 +18,9 @@ spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer"
     matmuls.  The producer gives its registers to the consumers (setmaxnreg: 24 and 240).
   * intra-warpgroup overlap: the consumer issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j as
     asynchronous wgmma, waits for S_{j+1} only, and runs the softmax of S_{j+1} while P_j V_j is
-    still on the tensor cores; O is rescaled after that wgmma retires.  (So the source and the PTX; in
-    the SASS ptxas moves the wait for P_j V_j ahead of the exponentials, after the row max: DESIGN.md,
-    "Known limits".)
+    still on the tensor cores; O is rescaled after that wgmma retires.  The row sums pass through a warp
+    barrier (``warp_boundary``) before the wait for P_j V_j: without it ptxas moved that wait ahead of the
+    exponentials, right after the row max (kernels/DESIGN.md).
   * Q as a register operand: at D <= 128 without a window, each consumer loads its Q rows once into
     registers in the wgmma operand layout (FA3), so S = Q K^T reads only K from shared memory.
   * causal: the key loop walks the fully visible blocks with the unmasked softmax; the diagonal
