@@ -31,6 +31,7 @@ on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
     python tools/kernel_ab.py --base /tmp/old/kernels --what fwd   # a copy of kernels/ (no git needed)
     python tools/kernel_ab.py --base main~3 --what fwd_bwd --cases B4,H16,N4096,D128,causal B1,H16,N16384,D128
     python tools/kernel_ab.py --what fwd --cases B2,H16,N32768,D128,causal,w4096   # a causal sliding window
+    python tools/kernel_ab.py --what fwd --fwd-config 192,128,4,2,gluon_sm90 --cases B4,H32,N4096,D64,causal
     python tools/kernel_ab.py --base HEAD~1 --what fwd_bwd --host [--rounds 20] [--host-reps 12] --out host.json
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
@@ -102,22 +103,29 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
-def calls(what: str, case, new, base):
-    """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison)."""
+def calls(what: str, case, new, base, fwd_config: tuple | None = None):
+    """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison).  ``fwd_config``:
+    the forward configuration both revisions run (each revision's own ``FA2Options(configs={"fwd": ...})``)
+    instead of each tuner's pick."""
     # the harness's inputs for the case with a backward (so with dO), as plain tensors: each call below
     # makes its own leaves where it needs gradients
     inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
     q, k, v = (t.detach() for t in inputs.args[:3])
     do = inputs.do
     causal, window = case.causal, case.window
+
+    def pinned(m) -> dict:  # the keyword that pins the forward in revision m, if one is asked for
+        return {} if fwd_config is None else {"options": m.FA2Options(configs={"fwd": fwd_config})}
     if what == "fwd":
-        return {name: (lambda m=m: (m.flash_attn_v2(q, k, v, causal=causal, window=window),)) for name, m in
-                (("new", new), ("base", base))}
+        return {name: (lambda m=m, kw=pinned(m): (m.flash_attn_v2(q, k, v, causal=causal, window=window, **kw),))
+                for name, m in (("new", new), ("base", base))}
     if what == "fwd_bwd":
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
         def fb(m):
-            return lambda: torch.autograd.grad(m.flash_attn_v2(*leaves, causal=causal, window=window), leaves, do)
+            kw = pinned(m)
+            return lambda: torch.autograd.grad(m.flash_attn_v2(*leaves, causal=causal, window=window, **kw), leaves,
+                                               do)
         return {"new": fb(new), "base": fb(base)}
     why = new.sm90_bwd.unsupported_reason(q, k, v, causal, case.has_window)
     if why is not None:
@@ -137,10 +145,10 @@ def calls(what: str, case, new, base):
     return {"new": bwd(new), "base": bwd(base)}
 
 
-def compare(what: str, case, new, base):
+def compare(what: str, case, new, base, fwd_config: tuple | None = None):
     """The case's calls (``calls``), each called once (compiling and tuning), the case as timed (its label and
     FLOP count) and the largest absolute difference of each output, new against base."""
-    fns = calls(what, case, new, base)
+    fns = calls(what, case, new, base, fwd_config)
     outs = {name: [t.clone() for t in fn()] for name, fn in fns.items()}  # compiles and tunes too
     torch.cuda.synchronize()
     diff = [(a.float() - b.float()).abs().max().item() for a, b in zip(outs["new"], outs["base"])]
@@ -156,8 +164,8 @@ def interleaved(fns: dict, rounds: int, time_one) -> dict:
     return figures
 
 
-def measure(what: str, case, new, base, rounds: int, timing: Timing) -> dict:
-    fns, timed, diff = compare(what, case, new, base)
+def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config: tuple | None = None) -> dict:
+    fns, timed, diff = compare(what, case, new, base, fwd_config)
     medians = interleaved(fns, rounds, lambda fn: statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
     flops = attention_flops(timed)
@@ -192,9 +200,9 @@ def p20(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=5, method="inclusive")[0] if len(xs) > 1 else xs[0]
 
 
-def measure_host(what: str, case, new, base, rounds: int, reps: int) -> dict:
+def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config: tuple | None = None) -> dict:
     """The row of ``--host``: each revision's host µs a call over ``rounds`` interleaved holds."""
-    fns, timed, diff = compare(what, case, new, base)
+    fns, timed, diff = compare(what, case, new, base, fwd_config)
     for _ in range(HOST_WARMUP):
         for fn in fns.values():
             fn()
@@ -226,6 +234,15 @@ def host_line(row: dict) -> str:
             f"{', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}")
 
 
+def parse_fwd_config(text: str) -> tuple:
+    """``--fwd-config``'s "128,128,4,2,gluon_sm90" as (128, 128, 4, 2, "gluon_sm90"): four ints and an optional tag
+    (ValueError otherwise; FA2Options checks the values)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (4, 5) or not all(p.isdigit() for p in parts[:4]):
+        raise ValueError("expected BLOCK_M,BLOCK_N,warps,stages[,tag], e.g. 128,128,4,2,gluon_sm90")
+    return tuple(int(p) for p in parts[:4]) + tuple(parts[4:])
+
+
 def geomean_ratio(rows: list[dict]) -> float:
     """The geometric mean of the rows' new/base time ratios (one figure for a change across cases)."""
     return math.exp(sum(math.log(r["new_over_base"]) for r in rows) / len(rows))
@@ -247,6 +264,9 @@ def main() -> int:
                          "not the GPU")
     ap.add_argument("--host-reps", type=int, default=HOST_REPS,
                     help=f"--host: calls enqueued and timed behind each hold (default {HOST_REPS})")
+    ap.add_argument("--fwd-config", help="fwd and fwd_bwd: the forward configuration both revisions run instead of "
+                                         "each tuner's pick, BLOCK_M,BLOCK_N,warps,stages[,tag] as FA2Options' "
+                                         "configs take it (e.g. 128,128,4,2,gluon_sm90: the Gluon forward)")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
     if a.rounds is None:
@@ -266,6 +286,15 @@ def main() -> int:
         return 2
     from flashbench_kernels import flash_attn_v2 as new
 
+    fwd_config = None
+    if a.fwd_config is not None:
+        try:
+            fwd_config = parse_fwd_config(a.fwd_config)
+            new.FA2Options(configs={"fwd": fwd_config})  # checked as each revision will take it
+        except ValueError as e:
+            print(f"error: --fwd-config {a.fwd_config}: {e}", file=sys.stderr)
+            return 2
+
     timing = Timing(warmup_ms=20, budget_ms=a.budget_ms, min_samples=10, max_samples=400)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,8 +313,8 @@ def main() -> int:
         print(HOST_HEAD if a.host else GPU_HEAD)
         for case in cases:
             try:
-                row = (measure_host(a.what, case, new, base, a.rounds, a.host_reps) if a.host else
-                       measure(a.what, case, new, base, a.rounds, timing))
+                row = (measure_host(a.what, case, new, base, a.rounds, a.host_reps, fwd_config) if a.host else
+                       measure(a.what, case, new, base, a.rounds, timing, fwd_config))
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -300,7 +329,8 @@ def main() -> int:
                       f"{short['base']} holds of base and {short['new']} of new (a call that waits for the GPU?): "
                       f"those holds' figures may include waiting for it", file=sys.stderr)
             torch.cuda.empty_cache()
-    summary = {"base": a.base, "what": a.what, "geomean_new_over_base": geomean_ratio(rows)}
+    summary = {"base": a.base, "what": a.what, "fwd_config": list(fwd_config) if fwd_config else None,
+               "geomean_new_over_base": geomean_ratio(rows)}
     if a.host:
         summary["host"] = {"unit": "host µs a call, GPU held", "holds": a.rounds, "reps": a.host_reps,
                            "hold_s": round(hold_seconds(a.host_reps), 6), "warmup_calls": HOST_WARMUP}

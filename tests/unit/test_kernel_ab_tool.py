@@ -262,3 +262,34 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     assert row["round_medians_ms"] == {"new": [2.0, 1.0, 3.0], "base": [4.0, 5.0, 6.0]}
     assert (row["new_ms"], row["base_ms"], row["new_over_base"]) == (2.0, 5.0, 0.4) and "host_us" not in row
     assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] * 4
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_a_pinned_forward_configuration_reaches_both_revisions(kernel_ab, monkeypatch, what):
+    """--fwd-config: each revision is called with its own FA2Options pinning that forward configuration."""
+    real = kernel_ab.make_inputs
+    monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
+    seen = []
+
+    class Revision:
+        def __init__(self, name):
+            self.name = name
+
+        def FA2Options(self, configs):
+            return (self.name, dict(configs))
+
+        def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), options=None):
+            seen.append((self.name, options))
+            return q + 0.0 * (k + v).sum()
+
+    config = kernel_ab.parse_fwd_config("128,128,4,2,gluon_sm90")
+    assert config == (128, 128, 4, 2, "gluon_sm90")
+    fns = kernel_ab.calls(what, kernel_ab.parse_case("B1,H2,N256,D64"), Revision("new"), Revision("base"), config)
+    fns["new"](), fns["base"]()
+    assert seen == [("new", ("new", {"fwd": config})), ("base", ("base", {"fwd": config}))]
+
+
+@pytest.mark.parametrize("text", ["128,128,4", "128,x,4,2", "128,128,4,2,gluon_sm90,extra", "64,64,4,2,nonsense"])
+def test_a_bad_forward_configuration_is_refused_with_exit_2(text):
+    r = _run("--base", "HEAD", "--what", "fwd", "--fwd-config", text)
+    assert r.returncode == 2 and "--fwd-config" in r.stderr and "Traceback" not in r.stderr, r.stderr
