@@ -108,25 +108,36 @@ def test_gpu_the_tree_against_its_own_head_agrees(tmp_path):
     assert row["max_abs_diff"][0] < 1e-2  # the same source: the same output up to the tuner's choice
 
 
-@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
-def test_a_windowed_case_reaches_both_revisions_with_its_window(kernel_ab, monkeypatch, what):
-    """What each revision's flash_attn_v2 is called with (inputs made on the CPU here, as the harness makes them)."""
+class _Revision:
+    """A revision's ``flash_attn_v2`` and ``FA2Options``, recording what each call is given in ``seen``."""
+
+    def __init__(self, name, seen):
+        self.name, self.seen = name, seen
+
+    def FA2Options(self, configs):
+        return (self.name, dict(configs))
+
+    def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), **kw):
+        self.seen.append((self.name, causal, window, kw.get("options")))
+        return q + 0.0 * (k + v).sum()  # depends on q, k and v, so that autograd has all three gradients
+
+
+def _called(kernel_ab, monkeypatch, what, case_text, fwd_config=None) -> list:
+    """What each revision's flash_attn_v2 is called with for one case (inputs made on the CPU here, as the harness
+    makes them)."""
     real = kernel_ab.make_inputs
     monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
     seen = []
-
-    class Revision:
-        def __init__(self, name):
-            self.name = name
-
-        def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1)):
-            seen.append((self.name, causal, window))
-            return q + 0.0 * (k + v).sum()  # depends on q, k and v, so that autograd has all three gradients
-
-    case = kernel_ab.parse_case("B1,H2,N256,D64,causal,w100")
-    fns = kernel_ab.calls(what, case, Revision("new"), Revision("base"))
+    fns = kernel_ab.calls(what, kernel_ab.parse_case(case_text), _Revision("new", seen), _Revision("base", seen),
+                          *([fwd_config] if fwd_config else []))
     fns["new"](), fns["base"]()
-    assert seen == [("new", True, (100, 0)), ("base", True, (100, 0))]
+    return seen
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_a_windowed_case_reaches_both_revisions_with_its_window(kernel_ab, monkeypatch, what):
+    seen = _called(kernel_ab, monkeypatch, what, "B1,H2,N256,D64,causal,w100")
+    assert seen == [("new", True, (100, 0), None), ("base", True, (100, 0), None)]
 
 
 class FakeGpu:
@@ -267,26 +278,11 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
 @pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
 def test_a_pinned_forward_configuration_reaches_both_revisions(kernel_ab, monkeypatch, what):
     """--fwd-config: each revision is called with its own FA2Options pinning that forward configuration."""
-    real = kernel_ab.make_inputs
-    monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
-    seen = []
-
-    class Revision:
-        def __init__(self, name):
-            self.name = name
-
-        def FA2Options(self, configs):
-            return (self.name, dict(configs))
-
-        def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), options=None):
-            seen.append((self.name, options))
-            return q + 0.0 * (k + v).sum()
-
     config = kernel_ab.parse_fwd_config("128,128,4,2,gluon_sm90")
     assert config == (128, 128, 4, 2, "gluon_sm90")
-    fns = kernel_ab.calls(what, kernel_ab.parse_case("B1,H2,N256,D64"), Revision("new"), Revision("base"), config)
-    fns["new"](), fns["base"]()
-    assert seen == [("new", ("new", {"fwd": config})), ("base", ("base", {"fwd": config}))]
+    seen = _called(kernel_ab, monkeypatch, what, "B1,H2,N256,D64", config)
+    assert seen == [("new", False, (-1, -1), ("new", {"fwd": config})),
+                    ("base", False, (-1, -1), ("base", {"fwd": config}))]
 
 
 @pytest.mark.parametrize("text", ["128,128,4", "128,x,4,2", "128,128,4,2,gluon_sm90,extra", "64,64,4,2,nonsense"])
