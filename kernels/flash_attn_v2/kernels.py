@@ -240,14 +240,13 @@ def bwd_preprocess_kernel(O, DO, DELTA, DQ_ACC,
                           stride_ob, stride_oh, stride_om,
                           stride_db, stride_dh, stride_dm,
                           stride_ab, stride_ah, stride_am,
-                          H, N_Q, ZERO_HEADS,
+                          H, N_Q,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                           ZERO_DQ: tl.constexpr):
     """Delta (B * H, N_Q) for (B, H, N_Q, D) inputs; a packed (total, H, D) batch is one batch entry of
     N_Q = total rows (batch stride 0), its Delta (H, total).  ZERO_DQ: also zero the same rows of DQ_ACC, the
-    fp32 dQ accumulator of the Gluon backward (``sm90_bwd``), for the first ZERO_HEADS of the B * H heads only:
-    the accumulator holds one chunk of heads, laid out as the first heads of a tensor shaped like O (a packed
-    batch's: all H; FlashAttention-3's preprocess clears it the same way: one launch instead of a memset)."""
+    fp32 dQ accumulator of the Gluon backward (``sm90_bwd``), laid out like O (FlashAttention-3's preprocess
+    clears it the same way: one launch instead of a separate memset)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -260,7 +259,7 @@ def bwd_preprocess_kernel(O, DO, DELTA, DQ_ACC,
     do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :],
                  mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + pid_bh.to(tl.int64) * N_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < N_Q)
-    if ZERO_DQ and pid_bh < ZERO_HEADS:
+    if ZERO_DQ:
         tl.store(DQ_ACC + b * stride_ab + h * stride_ah + offs_m[:, None] * stride_am + offs_d[None, :],
                  tl.zeros([BLOCK_M, BLOCK_D], tl.float32), mask=mask)
 

@@ -273,33 +273,12 @@ def _grad_key(do: torch.Tensor) -> tuple:
     return do.stride(), do.data_ptr() % 16, do.dtype
 
 
-def _grad_buffers(q, k, v, lse, acc_shape: tuple | None):
-    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``_accumulator_shape``),
-    zeroed by the preprocess; None: a placeholder never written (Delta, with strides 0 at the launch,
-    ``_first_backward``)."""
+def _grad_buffers(q, k, v, lse, gluon: bool):
+    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder
+    never written otherwise: Delta, with strides 0 at the launch, ``_first_backward``)."""
     delta = _empty(lse.shape, torch.float32, q.device)
-    acc = delta if acc_shape is None else _empty(acc_shape, torch.float32, q.device)
     return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(v.shape, v.dtype, v.device),
-            delta, acc)
-
-
-def _accumulator_shape(q, k, packed: bool) -> tuple:
-    """The Gluon backward's fp32 dQ accumulator: shaped like q for a packed batch (``backward_varlen`` keeps a
-    whole one), else one chunk's of the dense backward (``sm90_bwd.dq_accumulator_shape``, its default chunks)."""
-    if packed:
-        return tuple(q.shape)
-    return sm90_bwd.dq_accumulator_shape(tuple(q.shape), k.shape[1], k.shape[2])
-
-
-def _accumulator_zeroing(q, acc_shape: tuple) -> tuple[tuple[int, int, int], int]:
-    """The preprocess's accumulator arguments: its (batch, head, row) strides and how many of the B * H heads it
-    holds.  A dense chunk's (chunk pairs, GROUP, Nq, D) holds the first heads of a contiguous (B, H, Nq, D) tensor
-    (pair p's query heads are p * GROUP ..: the heads b * H + h in order), so it is zeroed through those strides;
-    a packed (total, H, D) one is whole."""
-    if len(acc_shape) == 3:
-        return (0, acc_shape[2], acc_shape[1] * acc_shape[2]), acc_shape[1]
-    B, H, N, D = q.shape
-    return (H * N * D, N * D, D), acc_shape[0] * acc_shape[1]
+            delta, _empty(q.shape, torch.float32, q.device) if gluon else delta)
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
@@ -328,17 +307,15 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(plan.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
-    acc_shape = _accumulator_shape(q, k, lay.packed) if gluon else None
-    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
+    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
-    # the placeholder accumulator's strides are 0: Triton specialises integer arguments, and its own would only add
-    # compilations
-    acc_strides, acc_heads = _accumulator_zeroing(q, acc_shape) if gluon else ((0, 0, 0), 0)
+    # the placeholder accumulator's strides are 0: Triton specialises integer arguments, and its own would only
+    # add compilations
     preprocess = PreparedLaunch(
         bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
-        (*_rows(o), *_rows(do), *acc_strides, H, rows, acc_heads),
+        (*_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows),
         dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon))
     labels = {"bwd_preprocess": f"BLOCK_M={pre_m},num_warps=4"}
     preprocess(o, do, delta, dq_acc)
@@ -352,7 +329,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
         labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
-        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
+        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
         _use_tma_allocator(tma_ok)
         preprocess(o, do, delta, dq_acc)
         gradients(q, k, v, o, lse, do, *buffers)

@@ -52,11 +52,8 @@ class FA2Options:
         else the Triton dK/dV and dQ kernels; "sm90": the Gluon one wherever it takes the inputs;
         "triton": the Triton kernels always.  "triton" is the deterministic path (flash-attn's
         ``deterministic=True``) and the lean one (gradients plus O(N) buffers): the Gluon backward sums
-        dQ by fp32 reduce-adds whose order varies from run to run into an fp32 accumulator, so its dQ is
-        not bit-reproducible (its dK and dV are).  Dense, that accumulator holds one chunk of the
-        (batch, kv head) pairs at a time (about 4 waves of programs: ~33 MiB at D128 on 132 SMs whatever
-        N is, ``sm90_bwd.DQ_CHUNK_WAVES``; predicted, not measured on a GPU yet); packed, it is twice
-        dQ's size.
+        dQ by fp32 reduce-adds whose order varies from run to run into an fp32 accumulator twice dQ's
+        size, so its dQ is not bit-reproducible (its dK and dV are).
     """
 
     autotune: bool = True

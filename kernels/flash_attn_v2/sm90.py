@@ -18,9 +18,9 @@ spelled out (FlashAttention-3, Shah et al. 2024, section 3.1 "producer-consumer"
     matmuls.  The producer gives its registers to the consumers (setmaxnreg: 24 and 240).
   * intra-warpgroup overlap: the consumer issues S_{j+1} = Q K_{j+1}^T and O += P_j V_j as
     asynchronous wgmma, waits for S_{j+1} only, and runs the softmax of S_{j+1} while P_j V_j is
-    still on the tensor cores; O is rescaled after that wgmma retires.  The row sums pass through a warp
-    barrier (``warp_boundary``) before the wait for P_j V_j: without it ptxas moved that wait ahead of the
-    exponentials, right after the row max (kernels/DESIGN.md).
+    still on the tensor cores; O is rescaled after that wgmma retires.  (So the source and the PTX; in
+    the SASS ptxas moves the wait for P_j V_j ahead of the exponentials, after the row max: DESIGN.md,
+    "Known limits".)
   * Q as a register operand: at D <= 128 without a window, each consumer loads its Q rows once into
     registers in the wgmma operand layout (FA3), so S = Q K^T reads only K from shared memory.
   * causal: the key loop walks the fully visible blocks with the unmasked softmax; the diagonal
@@ -291,19 +291,6 @@ def _load_kv(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
 
 
 @gluon.jit
-def warp_boundary(x):
-    """``x``, passed through a warp-wide barrier (``bar.warp.sync``) that ptxas does not move instructions across.
-
-    ptxas schedules within a basic block as it likes: it hoists a wgmma wait above arithmetic that the source puts
-    before it, and sinks arithmetic whose results are used later.  Routing ``x`` through this barrier pins what
-    computed it (and, through convergent operations such as the shuffles of a row sum, what they consumed) above
-    the barrier, and what follows in the source below it.  The threads of a warp are converged here (every branch
-    around it is warp-uniform), so the barrier itself costs one instruction."""
-    return gl.inline_asm_elementwise("bar.warp.sync -1;\n mov.b32 $0, $1;", "=r,r", [x], dtype=gl.float32,
-                                     is_pure=False, pack=1)
-
-
-@gluon.jit
 def _softmax(s, m_i, l_i, qk_scale, offs_m, n0, diag, win_left, n_kv, MASK: gl.constexpr, CAUSAL: gl.constexpr,
              WINDOW: gl.constexpr, VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
     """Online-softmax update for one block of raw scores s: (P, rescale factor, new m, new l).
@@ -361,9 +348,6 @@ def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v
     mbarrier.arrive(k_empty.index(slot), count=1)
     p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
                                   CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
-    # keep the softmax under P_{j-1} V_{j-1}: without this, ptxas hoisted the wait for that product to right after
-    # the row max, ahead of every exponential, so the tensor cores idled (for this warp group) while they ran
-    l_i = warp_boundary(l_i)
     acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
     mbarrier.arrive(v_empty.index(prev), count=1)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)

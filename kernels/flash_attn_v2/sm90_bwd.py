@@ -3,8 +3,8 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 112 (D128) and 120 (D64), with a window 136 and 216, the packed builds 96-264, the dense non-causal
-ones 16 (D128; 8 before the chunked dQ's BHK0, the extra store and load outside the key loops) and none (D64)).
+the causal builds 128 (D128) and 104 (D64), with a window 208 and 200, the packed builds 96-264, the dense non-causal
+ones 8 (D128) and none (D64)).
 
 What is implemented
 -------------------
@@ -30,9 +30,8 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         S^T  = K_w Q_i^T                         (wgmma, A = K_w smem, B = Q_i smem transposed view)
         dP^T = V_w dO_i^T                        (wgmma, issued before S^T is waited for)
         P^T  = exp2(S^T * scale * log2(e) - L_i) (L_i: the forward's base-2 log-sum-exp, line 13)
-        dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16; at D128 issued before
-                                                  dP^T is waited for, so the exponentials run under dP^T)
         dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
+        dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
@@ -78,22 +77,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     of the K / V tiles (free by then).
 
 Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the
-gradients: the fp32 dQ accumulator.  Dense inputs run their (batch, kv head) pairs in chunks (``prepare_backward``):
-a launch of the kernel a chunk, over ``dq_chunk_pairs`` pairs (about ``DQ_CHUNK_WAVES`` = 4 waves of programs, one
-an SM; the kernel's ``BHK0`` is the chunk's first pair, and only its dQ rows are relative to the chunk), all
-reducing into one accumulator of a chunk's query heads, (chunk pairs, GROUP, Nq, D); then the chunk's conversion
-writes its rows of dQ (sm_scale * accumulator) and zeroes the accumulator for the next chunk (not after the last).
-The first chunk's zeroing is the preprocess kernel's, with Delta (``dq_acc``: it zeroes the chunk's heads, the
-first of the B * H; FA3's preprocess clears its whole accumulator the same way), or here (``backward`` without
-``dq_acc``).  The accumulator is thereby about
-DQ_CHUNK_WAVES * SMs * 128 * GROUP * D * 4 bytes (Nq / Nkv times that) whatever N is: ~33 MiB at D128, GROUP 1 on
-132 SMs (at 16k tokens, hidden 2048, e.g. B4 H16 N4096: 16 pairs a chunk, 32 MiB, 4 chunks), where the whole one
-was twice dQ's size (128 MiB there; fwd_bwd peak 387 MiB above the inputs, measured, against 260 MiB with the
-Triton backward; cuDNN 386 MiB).  Predicted peak with the chunks: ~290 MiB (O 64, dQ, dK, dV 192, the accumulator
-32): not measured on a GPU yet, nor the chunked launches' time (a kernel and a conversion a chunk on the host path,
-a tail wave a chunk).  ``dq_chunk_waves=0`` runs one launch over all pairs into an accumulator shaped like q, as
-before (kept to measure against).  Packed batches (``backward_varlen``) keep the whole accumulator, (total_q, H, D):
-twice dQ's size.  ``backward="triton"`` keeps to the gradients plus O(N).
+gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed with Delta by the preprocess kernel (``dq_acc``; FA3's
+preprocess clears it the same way) or here: twice dQ's size (fwd_bwd peak 387 MiB above the
+inputs against 260 MiB with the Triton backward at 16k tokens, hidden 2048; cuDNN 386 MiB).  ``backward="triton"``
+keeps to the gradients plus O(N).
 
 Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
 fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:
@@ -128,8 +115,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
-from .._validate import interpreting
-from . import sm90, sm90_persistent
+from . import sm90
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
@@ -146,16 +132,6 @@ DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer")
 _LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128)}
 # the head dims some dQ layout runs: what this backward takes (the Gluon forward also takes 256)
 HEAD_DIMS = tuple(sorted({d for dims in _LAYOUT_HEAD_DIMS.values() for d in dims}))
-# The dense backward runs its (batch, kv head) pairs in chunks of about this many waves of programs (one program an
-# SM), each chunk into one chunk-sized fp32 dQ accumulator that its conversion zeroes for the next
-# (``prepare_backward``): the accumulator is then about DQ_CHUNK_WAVES * SMs * 128 keys' worth of query rows whatever
-# N is, instead of twice dQ.  More waves: fewer launches (each a kernel and a conversion on the host path, and a tail
-# wave whose SMs idle while the chunk's last programs finish before the next chunk's start), a larger accumulator;
-# fewer: the reverse.  4: the tail at most a quarter of a chunk's waves (non-causal: programs of equal work); the
-# accumulator ~33 MiB at D128, GROUP 1, 132 SMs (a prediction: chunked launches not measured on a GPU yet).
-# 0 (``dq_chunk_waves``): one launch over all pairs into a whole accumulator, as before
-DQ_CHUNK_WAVES = 4
-_NO_GPU_SMS = 132  # the multiprocessors assumed without a GPU to ask (``_sm_count``): an H100 SXM's
 
 
 def dq_layout(head_dim: int) -> str:
@@ -343,9 +319,6 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     lie inside the sequence (the others belong to its neighbours: masked)."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
-    # D128: dV's product is issued before the wait for dP^T (below).  D64 keeps the order P^T -> dS^T -> dV: its
-    # builds spilled with the early issue (0 -> 40 bytes a thread non-causal), and its S^T and dP^T are half the size
-    EARLY_DV: gl.constexpr = dv.shape[1] == 128
     if DQ_SPLIT:
         # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer
         # writes step t + 1's while the other may still read step t's (it waits on step t + 1's barrier before
@@ -359,10 +332,9 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
 
     q_smem = q_bufs.index(slot)
     do_smem = do_bufs.index(slot)
-    # L_i goes into the accumulator S^T starts from (S^T - L_i / scale), so its 16-register row vector is not live
-    # during the softmax: with dK, dV, S^T and dP^T (192 registers) that phase has no room for it (ptxas spilled).
-    # Delta_i: packed, into dP^T's accumulator likewise; dense, read from its ring slot after dP^T is done (below).
-    # scale > 0 (the launcher checks sm_scale); fp32 throughout.
+    # L_i and Delta_i go into the accumulators the products start from (S^T - L_i / scale, dP^T - Delta_i), so
+    # neither 16-register row vector is live during the softmax: with dK, dV, S^T and dP^T (192 registers) that
+    # phase has no room for them (ptxas spilled).  scale > 0 (the launcher checks sm_scale); fp32 throughout.
     if VARLEN:
         # a sequence's rows start anywhere, and TMA reads from 16-byte aligned starts only: read from global memory
         # here (rows past the sequence, which may lie past the buffers, not at all)
@@ -381,13 +353,8 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         s_acc = zero_s - gl.expand_dims(lse_bufs.index(slot).load(col_layout) / qk_scale, 0)
         s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
         mbarrier.wait(do_ready.index(slot), phase)
-    if VARLEN:
-        dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
-    else:
-        # dense: dP^T starts from zero and Delta_i is subtracted after the product.  Started from -Delta_i (loaded
-        # and negated after S^T's issue), ptxas moved the softmax's first reads of S^T ahead of dP^T's issue and
-        # injected a wait for S^T there (its note C7517): dP^T then ran after S^T instead of beside it
-        dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        dp_acc = zero_s - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0)
+    dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
     sT = warpgroup_mma_wait(1, deps=[s_tok])  # S^T - L_i / scale is done, dP^T may still run
     pT = gl.exp2(sT * qk_scale)
     if MASK:
@@ -406,26 +373,13 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         else:  # packed, not causal: the sequence's bounds only
             visible = gl.expand_dims(key_rows < n_keys, 1) & gl.expand_dims(offs_m < n_rows, 0)
         pT = gl.where(visible, pT, 0.0)
-    if EARLY_DV:
-        # dV += P^T dO_i needs P^T only: issued before the wait for dP^T, it makes the exponentials' results the
-        # operand of a product issued ahead of that wait, so ptxas keeps them there (under dP^T) instead of sinking
-        # most of them below it; and the tensor cores have dV's product while dS^T is computed
-        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
-        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
-        dpT = warpgroup_mma_wait(1, deps=[dp_tok])  # groups retire in order: dP^T is done, dV's may still run
-    else:
-        dpT = warpgroup_mma_wait(0, deps=[dp_tok])
-    if VARLEN:
-        dsT = pT * dpT  # P^T o (dP^T - Delta_i): the product started from -Delta_i
-    else:
-        dsT = pT * (dpT - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0))
+    dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
     # dS^T in bf16: to shared memory for the dQ product (the other consumer's too), and kept in registers as the
     # operand of dK's product
     ds16 = dsT.to(ds_smem.dtype)
     ds_smem.store(ds16)
-    if not EARLY_DV:
-        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
-        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+    p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
+    dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
     # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
     # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
     ds16 = gl.convert_layout(ds16, a_layout)
@@ -495,12 +449,11 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
     block: half the columns or half the rows).
 
-    Dense: head g's dQ accumulator rows start at (bh0 + g) * N_Q (bh0 relative to the launch's first pair: the
-    accumulator holds its pairs only; ``bwd_sm90_kernel``); the packed-only arguments (dk_ptr, dv_ptr, kv_col,
-    kv_stride, q_col0, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows start at bh0 in the
-    (total_q, H * D) views, head g's at column q_col0 + g * D; the sequence has n_q queries and n_kv keys.  L and
-    Delta: in the rings beside Q and dO (dense), or read by ``_step`` from lse, delta, pointers to the (H, total_q)
-    buffers (packed)."""
+    Dense: head g's rows start at (bh0 + g) * N_Q; the packed-only arguments (dk_ptr, dv_ptr, kv_col, kv_stride,
+    q_col0, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows start at bh0 in the (total_q, H * D)
+    views, head g's at column q_col0 + g * D; the sequence has n_q queries and n_kv keys.  L and Delta: in the
+    rings beside Q and dO (dense), or read by ``_step`` from lse, delta, pointers to the (H, total_q) buffers
+    (packed)."""
     DQ_ROWS: gl.constexpr = dq_smem.shape[0]
     DQ_COLS: gl.constexpr = dq_smem.shape[1]
     QROW0: gl.constexpr = (ROW0 // KEYS) * DQ_ROWS if DQ_ROWS != BLOCK_M else 0
@@ -594,19 +547,13 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
         tma.store_wait(0)
 
 
-# BHK0 is not specialised: Triton would compile a build for 0, one for 1 and one for the others (divisible by 16 or
-# not) where every chunk can run the one build (the compile report builds it so).  It is the last runtime argument:
-# placed after delta, before the scalars, it changed the packed builds' spills (D64 causal 224 -> 232 bytes)
-@gluon.jit(do_not_specialize=["BHK0"])
+@gluon.jit
 def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta,
                     qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
-                    BHK0, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
-                    STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                    VARLEN: gl.constexpr):
-    """Dense: grid (Nkv / 128, pairs), the (batch, kv head) pairs BHK0 .. BHK0 + pairs - 1 of B * H_kv,
-    descriptors over the (B*H*N, D) views but dq_desc's, over the (pairs * GROUP * N, D) view of the launch's
-    accumulator (``prepare_backward``: a chunk of the pairs at a time), dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr and
-    table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
+                    CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
+                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr):
+    """Dense: grid (Nkv / 128, B * H_kv), descriptors over the (B*H*N, D) views, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr
+    and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
     descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k, L and Delta
     (H, total_q).  lse, delta: the forward's base-2 L and Delta, 1-D descriptors over the flat buffers
     (``stat_descriptor``) dense, pointers to them packed."""
@@ -658,7 +605,6 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
         n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
         bh0 = q0  # the sequence's first row of the (total_q, H * D) views
-        dq_bh0 = bh0  # the accumulator is shaped like q (BHK0 is 0)
         q_col0 = hk * GROUP * HEAD_DIM  # the kv head's first query head
         kv_row = kv0 + n0
         kv_col = hk * HEAD_DIM
@@ -667,18 +613,12 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         dv_out = dv_ptr
     else:
         # key block 0 is the heaviest when causal (it is seen by every query block)
-        pid_n, pid_local = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-        # this launch covers the (batch, kv head) pairs BHK0 .. BHK0 + grid[1] - 1 (``prepare_backward``'s chunks)
-        pid_bhk = BHK0 + pid_local
+        pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
         n0 = pid_n * BLOCK_N
         H_KV = H // GROUP
         b = pid_bhk // H_KV
         hk = pid_bhk % H_KV
-        bh0 = b * H + hk * GROUP  # the first query head of this kv head's group (= pid_bhk * GROUP)
-        # the dQ accumulator holds this launch's pairs only, their query heads from BHK0 * GROUP: the consumers'
-        # rows of it start at head bh0 - BHK0 * GROUP (every other row, Q's, dO's, L's, ..., is global; written
-        # as pid_local * GROUP, ptxas kept a spilled value in the second consumer's key loop of the D128 build)
-        dq_bh0 = bh0 - BHK0 * GROUP
+        bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
         kv_row = pid_bhk * N_KV + n0
         diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
         n_mb = N_Q // BLOCK_M  # query blocks a head visits, from m_lo
@@ -751,14 +691,14 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds0, dq0, kv_bar, q_ready,
                      q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
-                     kv_col, kv_stride, n0, dq_bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT,
-                     N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES,
-                     DQ_SPLIT, 4)),
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
+                     4)),
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds1, dq1, kv_bar, q_ready,
                      q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
-                     kv_col, kv_stride, n0, dq_bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT,
-                     N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES,
-                     DQ_SPLIT, 4)),
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
+                     4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs,
                      k_smem, v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo,
                      n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW, VARLEN)),
@@ -766,15 +706,12 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
 
 
 @triton.jit
-def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr, ZERO_ACC: tl.constexpr):
-    """DQ = scale * ACC in DQ's dtype over n elements (flat, contiguous); ZERO_ACC: and ACC = 0 after, so that the
-    next chunk's launch (``prepare_backward``) finds its accumulator zeroed without a memset launch of its own."""
+def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
+    """DQ = scale * ACC in DQ's dtype (flat, contiguous)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     acc = tl.load(ACC + offs, mask=mask, other=0.0)
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
-    if ZERO_ACC:
-        tl.store(ACC + offs, tl.zeros([BLOCK], tl.float32), mask=mask)
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
@@ -804,7 +741,7 @@ def _check_grads(name: str, grads) -> None:
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
              stages: int | None = None, layout: str | None = None, window_left: int = -1,
-             dq_acc: torch.Tensor | None = None, dq_chunk_waves: int = DQ_CHUNK_WAVES) -> None:
+             dq_acc: torch.Tensor | None = None) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
@@ -813,95 +750,36 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     reduce-adds in whatever order the programs run).  ``layout``: how the consumers share dQ (``DQ_LAYOUTS``;
     None: ``dq_layout``'s default for the head dim).  ``window_left`` >= 0 (with ``causal``): each query sees
     only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none.
-    ``dq_chunk_waves``: the (batch, kv head) pairs are run in chunks of about that many waves of programs, each
-    into one chunk-sized fp32 dQ accumulator (``dq_chunk_pairs``); 0: one launch over all pairs, the accumulator
-    shaped like q.  ``dq_acc``: that accumulator (``dq_accumulator_shape``), contiguous and zeroed by the caller
-    (``flash_attn_v2``'s preprocess zeroes it with Delta); None: allocated zeroed here (a memset launch more)."""
+    ``dq_acc``: the fp32 dQ accumulator, shaped like q, contiguous and zeroed by the caller (``flash_attn_v2``'s
+    preprocess zeroes it with Delta); None: allocated zeroed here (a memset launch more)."""
     run = prepare_backward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group_programs, stages, layout,
-                           window_left, dq_chunk_waves)
+                           window_left)
     _check_grads("backward", (dq, dk, dv))
-    run(q, k, v, do, lse, delta, dq, dk, dv, _accumulator(dq_acc, run.dq_acc_shape, q.device, "backward"))
-
-
-def _sm_count() -> int:
-    """The multiprocessors of the GPU the kernels launch on (Triton's current device), asked once a process; without
-    a GPU to ask (CPU tests with stand-in kernels), an H100 SXM's 132."""
-    if interpreting() or not torch.cuda.is_available():
-        return _NO_GPU_SMS
-    return sm90_persistent.sm_count(torch.cuda.current_device())
-
-
-def _check_chunk_waves(name: str, dq_chunk_waves) -> int:
-    if isinstance(dq_chunk_waves, bool) or not isinstance(dq_chunk_waves, int) or dq_chunk_waves < 0:
-        raise ValueError(f"sm90_bwd.{name}: dq_chunk_waves must be an int >= 0 (0: one launch over all the "
-                         f"(batch, kv head) pairs), got {dq_chunk_waves!r}")
-    return dq_chunk_waves
-
-
-def dq_chunk_pairs(pairs: int, n_kv: int, dq_chunk_waves: int = DQ_CHUNK_WAVES, sms: int | None = None) -> int:
-    """The (batch, kv head) pairs one launch of the dense backward covers, of ``pairs`` = B * H_kv with ``n_kv``
-    keys: as many as fill ``dq_chunk_waves`` waves of programs (one program an SM: a program's 12 warps take
-    the register file), rounded down to whole pairs (a chunk a few programs past whole waves would add a nearly
-    empty wave), at least 1; all of them with ``dq_chunk_waves`` 0.  ``sms``: the GPU's multiprocessors
-    (default: asked, ``_sm_count``)."""
-    if dq_chunk_waves == 0:
-        return pairs
-    key_blocks = max(n_kv // BLOCK_N, 1)
-    return max(1, min(pairs, dq_chunk_waves * (sms or _sm_count()) // key_blocks))
-
-
-def dq_accumulator_shape(q_shape: tuple, kv_heads: int, n_kv: int, dq_chunk_waves: int = DQ_CHUNK_WAVES) -> tuple:
-    """The fp32 dQ accumulator the dense backward of q (B, H, Nq, D) against ``kv_heads`` heads of ``n_kv`` keys
-    reduces into: shaped like q where one launch covers all pairs, else (chunk pairs, GROUP, Nq, D), one chunk's
-    query heads (``dq_chunk_pairs``; ``flash_attn_v2`` allocates it)."""
-    B, H, Nq, D = q_shape
-    chunk = dq_chunk_pairs(B * kv_heads, n_kv, _check_chunk_waves("backward", dq_chunk_waves))
-    return tuple(q_shape) if chunk == B * kv_heads else (chunk, H // kv_heads, Nq, D)
+    run(q, k, v, do, lse, delta, dq, dk, dv, _accumulator(dq_acc, q, "backward"))
 
 
 def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_scale: float, group_programs: int = 256,
-                     stages: int | None = None, layout: str | None = None, window_left: int = -1,
-                     dq_chunk_waves: int = DQ_CHUNK_WAVES):
+                     stages: int | None = None, layout: str | None = None, window_left: int = -1):
     """``backward``'s checks, grid and launch settings for q of ``q_shape`` (B, H, Nq, D) and k, v of ``kv_heads``
     heads and ``n_kv`` keys, once: the result, ``run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)`` (contiguous
-    gradients, a zeroed accumulator of ``run.dq_acc_shape``, ``dq_accumulator_shape``), builds the nine
-    descriptors and enqueues, chunk after chunk of (batch, kv head) pairs, the kernel over the chunk's pairs and
-    the conversion of the chunk's rows of dQ, which zeroes the accumulator again for the next chunk but after the
-    last (``_prepared.PreparedLaunch``); ``flash_attn_v2`` keeps it for its calls."""
+    gradients, a zeroed accumulator), builds the nine descriptors and enqueues the kernel and the dQ conversion
+    (``_prepared.PreparedLaunch``); ``flash_attn_v2`` keeps it for its calls."""
     B, H, Nq, D = q_shape
     layout, stages = _settings("backward", D, causal, stages, layout, window_left)
     bm = block_m(D, layout)
-    pairs, group = B * kv_heads, H // kv_heads
-    dq_acc_shape = dq_accumulator_shape(q_shape, kv_heads, n_kv, dq_chunk_waves)
-    chunk = pairs if dq_acc_shape == tuple(q_shape) else dq_acc_shape[0]
-    chunk_elems = chunk * group * Nq * D  # of dQ and of the accumulator a full chunk covers
-
-    fixed = (sm_scale * LOG2E, sm_scale, H, group, Nq, n_kv, max(window_left, 0), None, None, None, None, None)
-    meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
-    # a launch a chunk (BHK0 its first pair, a fixed argument), all but the last one full
-    launches = [PreparedLaunch(bwd_sm90_kernel, (n_kv // BLOCK_N, min(chunk, pairs - bhk0)), fixed + (bhk0,), meta)
-                for bhk0 in range(0, pairs, chunk)]
-    # each chunk's conversion writes its rows of dq and, but after the last chunk, zeroes the accumulator again
-    convert = _dq_conversion(chunk_elems, sm_scale, zero_acc=True)
-    last_convert = _dq_conversion((pairs - chunk * (len(launches) - 1)) * group * Nq * D, sm_scale)
+    launch = PreparedLaunch(
+        bwd_sm90_kernel, (n_kv // BLOCK_N, B * kv_heads),
+        (sm_scale * LOG2E, sm_scale, H, H // kv_heads, Nq, n_kv, max(window_left, 0), None, None, None, None, None),
+        dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG))
+    convert = _dq_conversion(B * H * Nq * D, sm_scale)
 
     def run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc):
         do = do if do.is_contiguous() else do.contiguous()
-        descriptors = (descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-                       descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
-                       stat_descriptor(lse.contiguous(), bm), stat_descriptor(delta.contiguous(), bm))
-        if len(launches) == 1:
-            launches[0](*descriptors)
-            last_convert(dq_acc, dq)
-            return
-        flat = dq.view(-1)
-        for i, launch in enumerate(launches[:-1]):
-            launch(*descriptors)
-            convert(dq_acc, flat[i * chunk_elems:(i + 1) * chunk_elems])
-        launches[-1](*descriptors)
-        last_convert(dq_acc, flat[(len(launches) - 1) * chunk_elems:])
+        launch(descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
+               descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
+               stat_descriptor(lse.contiguous(), bm), stat_descriptor(delta.contiguous(), bm))
+        convert(dq_acc, dq)
 
-    run.dq_acc_shape = dq_acc_shape
     return run
 
 
@@ -911,8 +789,7 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     """``backward`` for a packed batch: q, do, dq (total_q, H, D), k, v, dk, dv (total_k, H_kv, D), lse and delta
     (H, total_q).  ``table``: the int32 (rows, 2) (sequence, block) program table for 128-key blocks
     (``_schedule.SequenceBlocks.table(BLOCK_N)`` over the key axis, built on the device, padding rows (-1, 0)
-    last); the grid is (rows, H_kv), so nothing here reads the device.  One launch into a whole accumulator
-    (``dq_acc``: shaped like q; not chunked as ``backward``'s: twice dQ's size)."""
+    last); the grid is (rows, H_kv), so nothing here reads the device."""
     total_q, H, D = q.shape
     total_k, Hkv = k.shape[0], k.shape[1]
     layout, stages = _settings("backward_varlen", D, causal, stages, layout, window_left)
@@ -920,28 +797,26 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
-    dq_acc = _accumulator(dq_acc, tuple(q.shape), q.device, "backward_varlen")  # whole (not chunked)
+    dq_acc = _accumulator(dq_acc, q, "backward_varlen")
     grid = (table.shape[0], Hkv)
     bwd_sm90_kernel[grid](
         packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
         packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
         dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k,
         max(window_left, 0),
-        dk, dv, cu_seqlens_q, cu_seqlens_k, table, 0,
+        dk, dv, cu_seqlens_q, cu_seqlens_k, table,
         **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
         maxnreg=MAXNREG)
     _dq_convert(dq_acc, dq, sm_scale)
 
 
-def _accumulator(dq_acc: torch.Tensor | None, shape: tuple, device, name: str) -> torch.Tensor:
-    """The caller's zeroed fp32 dQ accumulator of ``shape`` (``dq_accumulator_shape``), checked, or a new zeroed
-    one."""
+def _accumulator(dq_acc: torch.Tensor | None, q: torch.Tensor, name: str) -> torch.Tensor:
+    """The caller's zeroed fp32 dQ accumulator, checked, or a new zeroed one."""
     if dq_acc is None:
-        return torch.zeros(shape, dtype=torch.float32, device=device)
-    if tuple(dq_acc.shape) != tuple(shape) or dq_acc.dtype != torch.float32 or not dq_acc.is_contiguous():
-        raise ValueError(f"sm90_bwd.{name}: dq_acc must be a contiguous float32 tensor of shape {tuple(shape)} (shaped "
-                         f"like q, or one chunk's (pairs, GROUP, Nq, D): dq_accumulator_shape), got {dq_acc.dtype} "
-                         f"{tuple(dq_acc.shape)}")
+        return torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    if dq_acc.shape != q.shape or dq_acc.dtype != torch.float32 or not dq_acc.is_contiguous():
+        raise ValueError(f"sm90_bwd.{name}: dq_acc must be a contiguous float32 tensor shaped like q {tuple(q.shape)}, "
+                         f"got {dq_acc.dtype} {tuple(dq_acc.shape)}")
     return dq_acc
 
 
@@ -949,8 +824,6 @@ def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None
     _dq_conversion(dq.numel(), sm_scale)(dq_acc, dq)
 
 
-def _dq_conversion(n: int, sm_scale: float, zero_acc: bool = False) -> PreparedLaunch:
-    """dq = sm_scale * dq_acc over ``n`` elements (and dq_acc = 0 after with ``zero_acc``), prepared:
-    ``launch(dq_acc, dq)``."""
-    return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n),
-                          dict(BLOCK=4096, ZERO_ACC=bool(zero_acc), num_warps=8))
+def _dq_conversion(n: int, sm_scale: float) -> PreparedLaunch:
+    """dq = sm_scale * dq_acc over ``n`` elements, prepared: ``launch(dq_acc, dq)``."""
+    return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n), dict(BLOCK=4096, num_warps=8))

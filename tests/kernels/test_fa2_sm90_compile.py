@@ -91,10 +91,6 @@ def test_d256_gluon_forward_compiles_with_64_key_blocks_within_registers_and_sha
         assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
         assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
-        # every exponential of every key loop (32 of P and 2 of the rescale factors a thread) before the wait for
-        # P V (sm90.warp_boundary; without it 16 of 34 were)
-        loops = r["exps_before_pv_wait"]
-        assert loops and all(before == n > 0 for before, n in loops), f"{where}: {loops}"
         # the causal window build spills one 8-byte value (cuobjdump STACK; the D128 window builds 56-64);
         # the others nothing
         assert r["spill_bytes"] <= (8 if r["window"] else 0), f"{where}: spills {r['spill_bytes']} bytes"

@@ -317,20 +317,19 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         where += " persistent" if persistent else ""
         if r["block_m"] == sm90.WIDE_BLOCK:
             assert r["warps"] == 16, f"{where}: expected three consumer warp groups and the producer's"
-            # the persistent causal build spills 48 bytes a thread (the tile loop's state beside the ring's)
-            allowed = 48 if (persistent and r["causal"]) else 0
+            # the persistent causal build spills 40 bytes a thread (the tile loop's state beside the ring's)
+            allowed = 40 if (persistent and r["causal"]) else 0
             assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
             assert r["worker_regs"] == [sm90.WIDE_CONSUMER_REGS] * 2 + [sm90.PRODUCER_REGS], where
             assert sm90.WIDE_CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given their registers"
             assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
             assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
-            _assert_softmax_under_pv(r, where)
             continue
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         # the windowed D128 builds spill (56-64 bytes a thread, as they did when their speed was measured),
-        # the windowed D256 and packed D64 ones 8 bytes; persistent, the D128 causal build 16 and the D64 windowed
-        # one 8; the others spill nothing
-        allowed = {128: 64, 256: 8, 64: 8}.get(r["head_dim"], 0) if r["window"] else 0
+        # the windowed D256 one 8 bytes; persistent, the D128 causal build 16 and the D64 windowed one 8; the
+        # others spill nothing
+        allowed = {128: 64, 256: 8}.get(r["head_dim"], 0) if r["window"] else 0
         if persistent:
             allowed = {(128, True, False): 16, (64, True, True): 8}.get((r["head_dim"], r["causal"], r["window"]), 0)
         assert r["spill_bytes"] <= allowed, f"{where}: spills {r['spill_bytes']} bytes"
@@ -339,18 +338,6 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         assert 240 in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         assert r["wgmma_waits"] == [0, 1], f"{where}: no wait that leaves P V in flight"
         assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
-        _assert_softmax_under_pv(r, where)
-
-
-def _assert_softmax_under_pv(r, where):
-    """Every exponential of every key loop (64 of P and 2 of the rescale factors a thread at 128 keys) comes before
-    the wait for P_{j-1} V_{j-1} (``sm90.warp_boundary``): without the boundary ptxas placed that wait ahead of all
-    of them.  Checked on the builds the sweeps time at N >= 4k (one program a tile, no window); the persistent
-    causal builds and the windowed ones keep 13-30 of 66 before it in some loops (their registers are tighter)."""
-    loops = r["exps_before_pv_wait"]
-    assert loops and all(n > 0 for _, n in loops), f"{where}: no key loop found in the SASS"
-    if r["kernel"] == "gluon_sm90" and not r["window"]:
-        assert all(before == n for before, n in loops), f"{where}: exponentials after the P V wait: {loops}"
 
 
 # ---------------------------------------------------------------------------------------------
