@@ -1,0 +1,56 @@
+"""The compile report's readings of ptxas notes and SASS (``tools/fa2_compile_report.py``), on hand-written text:
+injected waits, key loops and the exponentials before a loop's second wgmma wait."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+@pytest.fixture
+def report(monkeypatch):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import fa2_compile_report
+
+    yield fa2_compile_report
+    sys.modules.pop("fa2_compile_report", None)
+
+
+def _sass(*ops: str) -> list[str]:
+    """Instructions 16 bytes apart from address 0, as ``sass`` returns them."""
+    return [f"/*{16 * i:04x}*/ {op} ;" for i, op in enumerate(ops)]
+
+
+def test_ptxas_notes_are_counted(report):
+    notes = ("ptxas info : (C7517) warpgroup.wait is injected in around line 10 ...\n"
+             "ptxas info : (C7517) warpgroup.wait is injected in around line 90 ...\n")
+    assert report.injected_waits(notes) == 2 and report.injected_waits("") == 0
+    assert report.wgmma_serialized("... wgmma.mma_async instructions are serialized ...")
+    assert not report.wgmma_serialized(notes)
+
+
+def test_key_loops_are_the_innermost_conditional_loops_with_a_product_and_an_exponential(report):
+    instrs = _sass(
+        "MOV R1, R2",                                   # 0x00
+        "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24",  # 0x10: the key loop starts here
+        "WARPGROUP.DEPBAR.LE gsb0, 0x1",                # 0x20
+        "MUFU.EX2 R3, R3",                              # 0x30
+        "WARPGROUP.DEPBAR.LE gsb0, 0x0",                # 0x40
+        "MUFU.EX2 R4, R4",                              # 0x50
+        "@P0 BRA 0x10",                                 # 0x60: closes the key loop
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R0]",      # 0x70: an mbarrier retry, out of line
+        "@!P0 BRA 0x70",                                # 0x80: a spin loop without a product
+        "BRA 0x20",                                     # 0x90: the retry's return (unconditional: no loop)
+        "@P1 BRA 0x0",                                  # 0xa0: an outer loop around the key loop
+    )
+    loops = report.key_loops(instrs)
+    assert [[report._address(x) for x in body] for body in loops] == [[0x10, 0x20, 0x30, 0x40, 0x50, 0x60]]
+    assert report.exps_before_second_wait(loops[0]) == (1, 2)
+
+
+def test_a_loop_with_one_wait_counts_every_exponential_before_it(report):
+    body = _sass("WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2 R3, R3", "MUFU.EX2 R4, R4", "@P0 BRA 0x0")
+    assert report.exps_before_second_wait(body) == (2, 2)
