@@ -2,21 +2,13 @@
 injected waits, key loops and the exponentials before a loop's second wgmma wait."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from tool_import import imported_tool  # tests/support
 
 
 @pytest.fixture
 def report(monkeypatch):
-    monkeypatch.syspath_prepend(str(TOOLS))
-    import fa2_compile_report
-
-    yield fa2_compile_report
-    sys.modules.pop("fa2_compile_report", None)
+    yield from imported_tool(monkeypatch, "fa2_compile_report")
 
 
 def _sass(*ops: str) -> list[str]:

@@ -1,21 +1,12 @@
 """tools/decode_grid.py: its arguments and its refusal without a GPU (the grid itself needs one)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from tool_import import imported_tool  # tests/support
 
 
 @pytest.fixture
 def decode_grid(monkeypatch):
-    monkeypatch.syspath_prepend(str(TOOLS))
-    import decode_grid
-
-    yield decode_grid
-    for name in ("decode_grid", "decode_bench"):
-        sys.modules.pop(name, None)
+    yield from imported_tool(monkeypatch, "decode_grid", also=("decode_bench",))
 
 
 def test_reads_shapes_pages_and_splits(decode_grid):

@@ -1,21 +1,15 @@
 """tools/host_path.py: its case syntax, and its refusals on a CPU (the profile itself needs a GPU)."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
+from tool_import import TOOLS, imported_tool  # tests/support
 
 
 @pytest.fixture
 def host_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(TOOLS))
-    import host_path
-
-    yield host_path
-    sys.modules.pop("host_path", None)
+    yield from imported_tool(monkeypatch, "host_path")
 
 
 def test_reads_a_case(host_path):
