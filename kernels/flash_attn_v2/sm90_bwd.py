@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 128 (D128) and 104 (D64), with a window 208 and 200, the packed builds 96-264, the dense non-causal
+the causal builds 112 (D128) and 120 (D64), with a window 160 and 216, the packed builds 96-264, the dense non-causal
 ones 8 (D128) and none (D64)).
 
 What is implemented
@@ -30,8 +30,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         S^T  = K_w Q_i^T                         (wgmma, A = K_w smem, B = Q_i smem transposed view)
         dP^T = V_w dO_i^T                        (wgmma, issued before S^T is waited for)
         P^T  = exp2(S^T * scale * log2(e) - L_i) (L_i: the forward's base-2 log-sum-exp, line 13)
+        dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16; D128 split layout:
+                                                  issued before dP^T is waited for, so the exponentials run
+                                                  under dP^T)
         dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
-        dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
@@ -319,6 +321,13 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     lie inside the sequence (the others belong to its neighbours: masked)."""
     slot = t % STAGES
     phase = (t // STAGES) & 1
+    # Split dQ layouts (the defaults), dense: dP^T starts from zero and Delta_i is subtracted after the product
+    # (below).  D128 split: dV's product is issued before the wait for dP^T.  D64 keeps the order P^T -> dS^T -> dV:
+    # its builds spilled with the early issue (0 -> 40 bytes a thread non-causal), and its S^T and dP^T are half the
+    # size.  The per-consumer layout (kept to measure against) keeps the order and dP^T started from -Delta_i: with
+    # dP^T from zero its causal D128 dQ was wrong on an H200 (0.57 off, |dQ| <= 0.62; cause not found)
+    DP_FROM_ZERO: gl.constexpr = DQ_SPLIT and not VARLEN
+    EARLY_DV: gl.constexpr = DQ_SPLIT and dv.shape[1] == 128
     if DQ_SPLIT:
         # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer
         # writes step t + 1's while the other may still read step t's (it waits on step t + 1's barrier before
@@ -332,9 +341,11 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
 
     q_smem = q_bufs.index(slot)
     do_smem = do_bufs.index(slot)
-    # L_i and Delta_i go into the accumulators the products start from (S^T - L_i / scale, dP^T - Delta_i), so
-    # neither 16-register row vector is live during the softmax: with dK, dV, S^T and dP^T (192 registers) that
-    # phase has no room for them (ptxas spilled).  scale > 0 (the launcher checks sm_scale); fp32 throughout.
+    # L_i goes into the accumulator S^T starts from (S^T - L_i / scale), so its 16-register row vector is not live
+    # during the softmax: with dK, dV, S^T and dP^T (192 registers) that phase has no room for it (ptxas spilled).
+    # Delta_i: into dP^T's accumulator likewise, but in the dense split builds (DP_FROM_ZERO): there read from its
+    # ring slot after dP^T is done (below).
+    # scale > 0 (the launcher checks sm_scale); fp32 throughout.
     if VARLEN:
         # a sequence's rows start anywhere, and TMA reads from 16-byte aligned starts only: read from global memory
         # here (rows past the sequence, which may lie past the buffers, not at all)
@@ -353,8 +364,15 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         s_acc = zero_s - gl.expand_dims(lse_bufs.index(slot).load(col_layout) / qk_scale, 0)
         s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
         mbarrier.wait(do_ready.index(slot), phase)
-        dp_acc = zero_s - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0)
-    dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
+    if not DP_FROM_ZERO:
+        if not VARLEN:
+            dp_acc = zero_s - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0)
+        dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
+    else:
+        # dense split: dP^T starts from zero and Delta_i is subtracted after the product.  Started from -Delta_i
+        # (loaded and negated after S^T's issue), ptxas moved the softmax's first reads of S^T ahead of dP^T's issue
+        # and injected a wait for S^T there (its note C7517): dP^T then ran after S^T instead of beside it
+        dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     sT = warpgroup_mma_wait(1, deps=[s_tok])  # S^T - L_i / scale is done, dP^T may still run
     pT = gl.exp2(sT * qk_scale)
     if MASK:
@@ -373,13 +391,26 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         else:  # packed, not causal: the sequence's bounds only
             visible = gl.expand_dims(key_rows < n_keys, 1) & gl.expand_dims(offs_m < n_rows, 0)
         pT = gl.where(visible, pT, 0.0)
-    dsT = pT * warpgroup_mma_wait(0, deps=[dp_tok])  # P^T o (dP^T - Delta_i)
+    if EARLY_DV:
+        # dV += P^T dO_i needs P^T only: issued before the wait for dP^T, it makes the exponentials' results the
+        # operand of a product issued ahead of that wait, so ptxas keeps them there (under dP^T) instead of sinking
+        # most of them below it; and the tensor cores have dV's product while dS^T is computed
+        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
+        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+        dpT = warpgroup_mma_wait(1, deps=[dp_tok])  # groups retire in order: dP^T is done, dV's may still run
+    else:
+        dpT = warpgroup_mma_wait(0, deps=[dp_tok])
+    if not DP_FROM_ZERO:
+        dsT = pT * dpT  # P^T o (dP^T - Delta_i): the product started from -Delta_i
+    else:
+        dsT = pT * (dpT - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0))
     # dS^T in bf16: to shared memory for the dQ product (the other consumer's too), and kept in registers as the
     # operand of dK's product
     ds16 = dsT.to(ds_smem.dtype)
     ds_smem.store(ds16)
-    p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
-    dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+    if not EARLY_DV:
+        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
+        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
     # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
     # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
     ds16 = gl.convert_layout(ds16, a_layout)

@@ -274,10 +274,10 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
 
 # bytes of stack a thread by (head dim, causal, window, dQ layout, packed), as sm90_bwd's docstring states them
 SPILLS = {(128, False, False, "split_cols", False): 8, (128, False, False, "per_consumer", False): 64,
-          (128, True, False, "split_cols", False): 128, (128, True, False, "per_consumer", False): 208,
-          (64, True, False, "split_rows", False): 104, (128, True, True, "split_cols", False): 208,
-          (128, True, True, "per_consumer", False): 160, (64, True, True, "split_rows", False): 200,
-          (128, False, False, "split_cols", True): 168, (128, True, False, "split_cols", True): 200,
+          (128, True, False, "split_cols", False): 112, (128, True, False, "per_consumer", False): 208,
+          (64, True, False, "split_rows", False): 120, (128, True, True, "split_cols", False): 160,
+          (128, True, True, "per_consumer", False): 160, (64, True, True, "split_rows", False): 216,
+          (128, False, False, "split_cols", True): 160, (128, True, False, "split_cols", True): 184,
           (128, True, True, "split_cols", True): 208, (64, False, False, "split_rows", True): 96,
           (64, True, False, "split_rows", True): 224, (64, True, True, "split_rows", True): 264}
 
@@ -309,6 +309,17 @@ def test_compiles_for_sm90_into_producer_and_consumers():
         # the asynchronous products overlap only if ptxas keeps them asynchronous (a value carried into the
         # next loop iteration while its product ran made it serialise every wgmma of the kernel)
         assert r["wgmma_serialized"] is False, f"{where}: ptxas serialised the wgmma instructions"
+        # dense split builds start dP^T from zero: no read of S^T's registers before dP^T's issue, so ptxas injects
+        # no wait for S^T there (packed and per-consumer builds start it from -Delta_i and keep one)
+        split = r["dq_layout"] != "per_consumer"
+        if split and not r["varlen"]:
+            assert r["injected_waits"] == 0, f"{where}: ptxas injected {r['injected_waits']} wgmma waits"
+        # D128's split builds issue dV's product before the wait for dP^T: every exponential of every key loop
+        # precedes that wait
+        loops = r["exps_before_dp_wait"]
+        assert loops and all(n > 0 for _, n in loops), f"{where}: no key loop found in the SASS"
+        if r["head_dim"] == 128 and split:
+            assert all(before == n for before, n in loops), f"{where}: exponentials after dP^T's wait: {loops}"
 
 
 class _Launch:
