@@ -131,8 +131,10 @@ def test_gpu_auto_runs_the_gluon_backward_wherever_it_takes_the_inputs():
 def test_gpu_split_dq_matches_the_per_consumer_reduce(causal, D):
     """The default dQ layouts split a step's dQ between the consumers (D128 by columns, D64 by the rows of
     128-row steps), with barriers between them; the per-consumer reduce computes the same sums in another order.
-    At D128 both run 64-row steps, so dK and dV are bit-equal; dQ, and at D64 all three, agree within fp32
-    rounding.  (The gradient tests above check the default layouts against the reference.)"""
+    At D128 both run 64-row steps, so dV is bit-equal; dK differs by fp32 rounding there too (the split builds
+    start dP^T from zero and subtract Delta_i after it, the per-consumer ones start it from -Delta_i); dQ, and at
+    D64 all three, agree within fp32 rounding.  (The gradient tests above check the default layouts against the
+    reference.)"""
     q, k, v, do = make_inputs(2, 8, 2, 1024, 1536, D, torch.bfloat16, seed=5 + D)
     o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(autotune=False))
     lse2 = (lse / math.log(2)).contiguous()
@@ -145,7 +147,7 @@ def test_gpu_split_dq_matches_the_per_consumer_reduce(causal, D):
     split, whole = got[sm90_bwd.dq_layout(D)], got["per_consumer"]
     for i, (a, b) in enumerate(zip(split, whole)):
         assert torch.isfinite(a).all()
-        if D == 128 and i > 0:
+        if D == 128 and i == 2:
             assert torch.equal(a, b)
         else:
             assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item()
