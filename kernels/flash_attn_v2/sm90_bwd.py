@@ -33,7 +33,9 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
         dV_w += P^T dO_i                         (wgmma, A = P^T from registers, line 16; D128 split layout:
                                                   issued before dP^T is waited for, so the exponentials run
                                                   under dP^T)
-        dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed)
+        dS^T = P^T o (dP^T - Delta_i)            (Delta_i = rowsum(dO_i o O_i), line 4, precomputed; the dense
+                                                  split builds subtract it here from dP^T started from zero,
+                                                  the others start dP^T from -Delta_i)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
