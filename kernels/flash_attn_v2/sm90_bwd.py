@@ -366,9 +366,9 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         s_acc = zero_s - gl.expand_dims(lse_bufs.index(slot).load(col_layout) / qk_scale, 0)
         s_tok = warpgroup_mma(k_w, q_smem.permute((1, 0)), s_acc, is_async=True)
         mbarrier.wait(do_ready.index(slot), phase)
-    if not DP_FROM_ZERO:
-        if not VARLEN:
+        if not DP_FROM_ZERO:
             dp_acc = zero_s - gl.expand_dims(delta_bufs.index(slot).load(col_layout), 0)
+    if not DP_FROM_ZERO:
         dp_tok = warpgroup_mma(v_w, do_smem.permute((1, 0)), dp_acc, is_async=True)
     else:
         # dense split: dP^T starts from zero and Delta_i is subtracted after the product.  Started from -Delta_i
