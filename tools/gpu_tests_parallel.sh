@@ -8,8 +8,11 @@
 # Writes OUT_DIR/gpu_tests_<i>.txt per process, OUT_DIR/rerun_alone.txt for the second run and
 # OUT_DIR/all.txt (every log, one after the other: one file to carry off a machine); prints each
 # process's summary line, the failures beside the others and the second run's summary. Exits 1 if a
-# test failed alone too, or if a process ended without a summary line (killed).
+# test failed alone too, or if a process ended without a summary line (killed); 2 on bad arguments.
 set -u
+usage="usage: bash tools/gpu_tests_parallel.sh N OUT_DIR TEST_PATH..."
+if [ $# -lt 3 ]; then echo "$usage" >&2; exit 2; fi
+case "$1" in ''|*[!0-9]*|0) echo "N must be a positive integer, got '$1'; $usage" >&2; exit 2 ;; esac
 n=$1; out=$2; shift 2
 mkdir -p "$out"
 python3 -m pytest -q --co -m gpu "$@" 2>/dev/null | grep "::" > "$out/gpu_test_ids.txt"

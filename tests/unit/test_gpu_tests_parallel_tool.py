@@ -99,3 +99,23 @@ def test_nothing_failed_means_no_second_run(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "failed beside" not in proc.stdout and not (out / "rerun_alone.txt").exists()
     assert sorted(p.name for p in out.glob("gpu_tests_*.txt")) == [f"gpu_tests_{i}.txt" for i in range(3)]
+
+
+@needs_bash
+def test_a_process_killed_before_its_summary_fails_the_run(tmp_path):
+    suite = _suite(tmp_path, always_fails=False)
+    (tmp_path / "flag").touch()
+    (suite / "test_killed.py").write_text(
+        "import os, signal\n\nimport pytest\n\n\n@pytest.mark.gpu\n"
+        "def test_dies():\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc, _ = _run(tmp_path, suite)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "(no summary: the process did not finish)" in proc.stdout
+
+
+@needs_bash
+@pytest.mark.parametrize("args", [[], ["2", "out"], ["0", "out", "."], ["x", "out", "."]])
+def test_bad_arguments_exit_2_with_the_usage(tmp_path, args):
+    proc = subprocess.run(["bash", str(TOOL), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage: bash tools/gpu_tests_parallel.sh N OUT_DIR" in proc.stderr
+    assert proc.stdout == "" and len(proc.stderr) < 200
