@@ -7,6 +7,7 @@ Without a GPU, Triton kernels can only run through Triton's CPU interpreter, whi
 when a kernel is *decorated* (at import time): so TRITON_INTERPRET must be set before anything
 imports ``flashbench_kernels``.  Tests marked ``gpu`` are skipped when CUDA is absent.
 """
+import gc
 import os
 import sys
 from pathlib import Path
@@ -50,3 +51,15 @@ def _no_kept_plans():
     plans = sys.modules.get("flashbench_kernels.flash_attn_v2.plans")
     if plans is not None:
         plans.forget()
+
+
+@pytest.fixture(autouse=True)
+def _release_gpu_cache(request):
+    """After a GPU test, hand the memory its tensors held back to the driver: PyTorch's caching allocator keeps
+    it reserved for the process otherwise (up to 16 GiB after the large-grid tests), and several pytest
+    processes share one GPU under ``tools/gpu_tests_parallel.sh``, where that reserve ran the others out of
+    memory."""
+    yield
+    if HAS_CUDA and "gpu" in request.keywords:
+        gc.collect()
+        torch.cuda.empty_cache()
