@@ -22,7 +22,7 @@ pids=()
 for i in $(seq 0 $((n - 1))); do
   awk -v n="$n" -v i="$i" 'NR % n == i' "$out/gpu_test_ids.txt" > "$out/ids_$i.txt"
   if [ -s "$out/ids_$i.txt" ]; then
-    xargs -a "$out/ids_$i.txt" -d '\n' python3 -m pytest -q -m gpu -rfE --tb=short -p no:cacheprovider \
+    xargs -a "$out/ids_$i.txt" -d '\n' python3 -m pytest -q -m gpu -rfEs --tb=short -p no:cacheprovider \
       > "$out/gpu_tests_$i.txt" 2>&1 &
     pids+=($!)
   fi
@@ -42,7 +42,7 @@ if [ "$n_failed" -gt 0 ]; then
   echo "failed beside the other processes: $n_failed"
   head -20 "$out/failed_beside_others.txt" | sed 's/^/  /'
   echo "run again alone:"
-  xargs -a "$out/failed_beside_others.txt" -d '\n' python3 -m pytest -q -m gpu -rfE --tb=short \
+  xargs -a "$out/failed_beside_others.txt" -d '\n' python3 -m pytest -q -m gpu -rfEs --tb=short \
     -p no:cacheprovider > "$out/rerun_alone.txt" 2>&1 || rc=1
   echo "  $(tail -1 "$out/rerun_alone.txt")"
   grep -h "^FAILED \|^ERROR " "$out/rerun_alone.txt" | head -20
