@@ -19,8 +19,13 @@ README_FLAT = " ".join(README.split())  # line breaks and indentation folded int
 
 
 @lru_cache(maxsize=None)
+def frame_at(rel: str):
+    """The records of a run directory under results/ (a baseline, or a gate's earlier side kept as evidence)."""
+    return load_run(ROOT / "results" / rel).frame()
+
+
 def frame(gpu: str, name: str):
-    return load_run(ROOT / "results" / "baselines" / gpu / name).frame()
+    return frame_at(f"baselines/{gpu}/{name}")
 
 
 def ok(gpu: str, name: str):
@@ -70,10 +75,11 @@ def test_h100_default_table_is_the_baseline():
     assert missing_rows(rows) == []
 
 
-def test_h100_fa2_sentence_is_the_baseline():
-    """The `fa2_h100` sentence under the H100 table: D128 against sdpa_flash, cuDNN and flex."""
-    d = ok("h100", "fa2")
-    d = d[d.head_dim == 128]
+def test_h100_fa2_earlier_sentence_is_its_run():
+    """The earlier `fa2_h100` sentence under the H100 table (that table's kernels): D128 against sdpa_flash, cuDNN
+    and flex, from the run it was measured in, kept as the earlier side of the gate that replaced it."""
+    d = frame_at("evidence/h100/fa2_gate_gluon_bwd/before")
+    d = d[(d.status == "ok") & (d.head_dim == 128)]
     p = d.pivot_table(index=["mode", "causal", "seq_len_q"], columns="backend", values="tflops")
 
     def ratios(peer, mode, causal, ns):
@@ -87,11 +93,44 @@ def test_h100_fa2_sentence_is_the_baseline():
     flex = span(ratios("flex", "fwd", True, every) + ratios("flex", "fwd", False, every))
     fb_flash = span(ratios("sdpa_flash", "fwd_bwd", True, big) + ratios("sdpa_flash", "fwd_bwd", False, big))
     fb_cudnn = span(ratios("sdpa_cudnn", "fwd_bwd", True, big) + ratios("sdpa_cudnn", "fwd_bwd", False, big))
+    assert "`results/evidence/h100/fa2_gate_gluon_bwd/before/`" in README
     assert missing_phrases([
         f"forward {flash_c} sdpa_flash causal at N = 4k / 8k / 16k and {flash_nc} non-causal",
         f"ahead of `sdpa_cudnn` there ({cudnn_c}×)",
         f"ahead of `flex` everywhere ({flex}×)",
         f"fwd_bwd {fb_flash}× sdpa_flash and {fb_cudnn}× sdpa_cudnn",
+    ]) == []
+
+
+def test_h100_fa2_sentence_is_the_baseline():
+    """The sentence on today's H100 `fa2` baseline: ratios to cuDNN by head dim, mode and causality, the clock
+    and the spread it names, the N 1k causal fwd_bwd against sdpa_flash, and peak memory."""
+    run = load_run(ROOT / "results" / "baselines" / "h100" / "fa2")
+    d = ok("h100", "fa2")
+    p = d.pivot_table(index=["head_dim", "mode", "causal", "seq_len_q"], columns="backend", values="tflops")
+    to_cudnn = p.triton_fa2 / p.sdpa_cudnn
+
+    def r(head_dim, mode, causal, lo=0):
+        cells = to_cudnn.loc[(head_dim, mode, causal)]
+        return cells[cells.index >= lo]
+
+    fb128c = r(128, "fwd_bwd", True)
+    fb64 = list(r(64, "fwd_bwd", True)) + list(r(64, "fwd_bwd", False))
+    slow = one(d, backend="triton_fa2", head_dim=128, mode="fwd", causal=False, seq_len_q=16384)
+    clock = run.meta["gpu_monitor"]["min_sm_clock_mhz"]
+    fb = d[d["mode"] == "fwd_bwd"]
+    peak = {b: fb[fb.backend == b].peak_hbm_bytes / 2**20 for b in ("triton_fa2", "sdpa_cudnn")}
+    flash_1k = (p.loc[(128, "fwd_bwd", True, 1024), "triton_fa2"] / p.loc[(128, "fwd_bwd", True, 1024), "sdpa_flash"])
+    assert missing_phrases([
+        f"fwd_bwd {span(r(128, 'fwd_bwd', False))}× at D = 128 non-causal (N 1k–16k), "
+        f"{fb128c.loc[1024]:.2f}× causal at 1k and {span(fb128c[fb128c.index >= 2048])}× from 2k, {span(fb64)}× at D = 64",
+        f"the forward at D = 128 causal {span(r(128, 'fwd', True, 4096))}× from 4k but non-causal "
+        f"{span(r(128, 'fwd', False))}× (the SM clock fell to {clock:,} MHz under the load, and the 16k cell's "
+        f"samples spread over {slow.p20_ms:.2f}–{slow.p80_ms:.2f} ms)",
+        f"at D = 64 from 4k {span(r(64, 'fwd', False, 4096))}× non-causal and {span(r(64, 'fwd', True, 4096))}× causal",
+        f"fwd_bwd D = 128 causal N 1k: {flash_1k:.2f}× `sdpa_flash`",
+        f"Peak memory is {span(peak['triton_fa2'], '{:.0f}')} MiB above the inputs against cuDNN's "
+        f"{span(peak['sdpa_cudnn'], '{:.0f}')}",
     ]) == []
 
 
@@ -160,6 +199,62 @@ def test_h200_decode_table_is_the_baseline():
     one_token = ratio[ratio.index.get_level_values("seq_len_q") == 1]
     four_64 = ratio[(ratio.index.get_level_values("seq_len_q") == 4) & (ratio.index.get_level_values("heads") == 64)]
     assert missing_phrases([f"in every one-token row ({span(one_token)}), {span(four_64)} with four new tokens"]) == []
+
+
+def test_h100_decode_table_is_the_baseline():
+    """The decode sweep's H100 table (32 heads, one new token), read against the H100's measured streaming read,
+    and the sentences under it."""
+    import json
+
+    d = ok("h100", "decode")
+    ceilings = json.loads((ROOT / "results" / "evidence" / "h100" / "ceilings" / "ceilings.json").read_text())
+    read = ceilings["read_gbps"]
+    assert f"streaming read of {read:,.0f} GB/s" in README_FLAT
+    uniform = "uniform(1024..32768,seed=0)"
+
+    def gbps(backend, b, n, lengths, layout, page, heads=32, q=1):
+        cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.lengths == lengths)
+                 & (d.kv_layout == layout) & (d.page_size == page) & (d.heads == heads) & (d.seq_len_q == q)]
+        return None if cell.empty else cell.hbm_gbps.iloc[0]
+
+    def cell(x):
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for b, n, lengths in [(1, 4096, ""), (1, 32768, ""), (1, 131072, ""), (1, 32768, uniform), (32, 4096, ""),
+                          (32, 32768, ""), (32, 32768, uniform), (256, 4096, "")]:
+        contiguous = gbps("triton_decode", b, n, lengths, "contiguous", 0)
+        paged = [gbps("triton_decode", b, n, lengths, "paged", page) for page in (16, 256)]
+        cudnn, flash = gbps("sdpa_cudnn", b, n, lengths, "contiguous", 0), gbps("sdpa_flash", b, n, lengths, "contiguous", 0)
+        best = max(x for x in (cudnn, flash) if x is not None)
+        cache = "uniform 1k–32k" if lengths else f"{n // 1024}k"
+        rows.append(f"| {b} | {cache} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | {cell(cudnn)} | "
+                    f"{cell(flash)} | {contiguous / best:.2f}× | {100 * contiguous / read:.0f} |")
+    assert missing_rows(rows) == []
+
+    b1_varied = d[(d.backend == "sdpa_cudnn") & (d.batch == 1) & (d.lengths == uniform) & (d.kv_layout == "contiguous")
+                  & (d.seq_len_q == 1)].hbm_gbps
+    ours = d[d.backend == "triton_decode"]
+    key = ["heads", "seq_len_q", "batch", "seq_len_kv", "lengths"]
+    contiguous = ours[ours.kv_layout == "contiguous"].set_index(key).hbm_gbps
+    paged = ours[ours.kv_layout == "paged"].set_index(key + ["page_size"]).hbm_gbps
+    ratio = paged / contiguous.reindex(paged.index.droplevel("page_size")).values
+    faster = [gbps("triton_decode", 1, 32768, uniform, "contiguous", 0, heads=h)
+              / gbps("sdpa_cudnn", 1, 32768, uniform, "contiguous", 0, heads=h) for h in (32, 64)]
+    b32_4k = [gbps("triton_decode", 32, 4096, "", "contiguous", 0, heads=h) / gbps("sdpa_cudnn", 32, 4096, "", "contiguous", 0, heads=h)
+              for h in (32, 64)]
+    # "the one contiguous row behind": every other one-token contiguous row is at or above the best SDPA backend
+    sdpa = d[d.backend.isin(["sdpa_cudnn", "sdpa_flash"]) & (d.kv_layout == "contiguous") & (d.seq_len_q == 1)]
+    best_sdpa = sdpa.groupby(key).hbm_gbps.max()
+    ahead = contiguous.reindex(best_sdpa.index) / best_sdpa
+    behind = ahead[ahead < 1]
+    assert sorted(set(zip(behind.index.get_level_values("batch"), behind.index.get_level_values("seq_len_kv")))) == [(32, 4096)]
+    assert missing_phrases([
+        f"it reads {span(b1_varied, '{:,.0f}')} GB/s there (`triton_decode` is {span(faster)}× faster)",
+        f"within 10% of its contiguous one ({span(ratio)};",
+        f"B32 4k is again the one contiguous row behind cuDNN ({span(b32_4k)}×)",
+    ]) == []
+    assert ratio.min() >= 0.9
 
 
 def test_h200_varlen_table_is_the_baseline():
@@ -244,7 +339,7 @@ def test_h200_fa2_d256_is_the_baseline():
     ]) == []
 
 
-@pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h200", "default"), ("h200", "fa2"),
+@pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h100", "decode"), ("h200", "default"), ("h200", "fa2"),
                                        ("h200", "fa2_d256"), ("h200", "decode"), ("h200", "decode_batches"),
                                        ("h200", "varlen"), ("h200", "window")])
 def test_cited_baselines_exist_and_are_cited(gpu, name):
