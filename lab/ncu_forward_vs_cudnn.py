@@ -1,0 +1,62 @@
+"""The bundled FA2 forward and cuDNN's beside each other under Nsight Compute, one call each.
+
+Tuning and warm-up run outside an NVTX range named "profile"; inside it, one forward of
+``flashbench.flash_attn_v2`` (its tuned choice) and one of ``sdpa_cudnn``, so that ncu, told to profile only
+that range, sees exactly the kernels of those two calls.  Run it under ncu, e.g.::
+
+    ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight \
+        --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+        --section Occupancy --csv --page details \
+        python lab/ncu_forward_vs_cudnn.py B H N D [causal]
+
+``--clock-control none`` leaves the GPU's clocks alone (ncu locks them to base otherwise).  Prints the
+shape and each backend's kernel time from CUDA events outside ncu's range, for reference.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import flashbench
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (4, 5) or (len(argv) == 5 and argv[4] != "causal"):
+        print("usage: python lab/ncu_forward_vs_cudnn.py B H N D [causal]", file=sys.stderr)
+        return 2
+    b, h, n, d = (int(x) for x in argv[:4])
+    causal = len(argv) == 5
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+
+    def ours():
+        return flashbench.flash_attn_v2(q, k, v, causal=causal)
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    for fn in (ours, cudnn):  # tune, compile, warm up
+        for _ in range(5):
+            fn()
+    torch.cuda.synchronize()
+    for name, fn in (("triton_fa2", ours), ("sdpa_cudnn", cudnn)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        print(f"B{b} H{h} N{n} D{d} {'causal' if causal else 'full'} {name}: {start.elapsed_time(end) / 20:.3f} ms a call "
+              f"(back to back)")
+    torch.cuda.nvtx.range_push("profile")
+    ours()
+    cudnn()
+    torch.cuda.nvtx.range_pop()
+    torch.cuda.synchronize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
