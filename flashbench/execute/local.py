@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..measure.measurer import for_run
-from ..model.case import Case, Task
+from ..model.case import Task
 from ..model.schema import Record
 from .devices import DeviceSpec, parse_devices
 from .failures import STDERR_TAIL_CHARS, describe_exit, is_cuda_fatal, last_cuda_error, summarize_stderr
+from .order import group_by_case
 from .protocol import kill_group, recv_msg, send_msg
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -67,14 +68,6 @@ ActivityFn = Callable[[str, str], None]
 
 class WorkerStartError(RuntimeError):
     """No worker could be started (every device failed twice in a row): an environment problem."""
-
-
-def group_by_case(tasks: list[Task]) -> list[list[Task]]:
-    """Tasks grouped by case, groups in order of first appearance, tasks in their given order."""
-    groups: dict[Case, list[Task]] = {}
-    for t in tasks:
-        groups.setdefault(t.case, []).append(t)
-    return list(groups.values())
 
 
 def _exited(p: subprocess.Popen, timeout: float) -> bool:

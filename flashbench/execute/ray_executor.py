@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 from ..measure.measurer import for_run
 from ..model.case import Task
 from ..model.schema import Record
-from .local import DEFAULT_TIMEOUT_S, group_by_case
+from .local import DEFAULT_TIMEOUT_S
+from .order import group_by_case
 
 ActivityFn = Callable[[str, str], None]
 _FORWARDED_ENV = ("FLASHBENCH_PLUGINS", "TRITON_INTERPRET", "PYTHONPATH")

@@ -31,6 +31,7 @@ from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
 from .plan import Plan, measure_settings, plan
+from .order import round_order
 from .resume import Resume, apply_resume, open_resume, results_signature, resumed_meta, resumed_rounds
 
 RecordFn = Callable[[Record], None]
@@ -354,7 +355,8 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
 
     With ``rounds`` > 1 the whole plan is measured again and again, interleaved (round 1 of every
     task, then round 2, ...), so slow drifts of the machine spread over all cases, each round
-    through a fresh ``executor.run`` (the local executor starts new worker processes for it). Each
+    through a fresh ``executor.run`` (the local executor starts new worker processes for it), with
+    each case's backends in another order (:func:`~flashbench.execute.order.round_order`). Each
     round's record is merged into the task's row (:func:`~flashbench.results.rounds.merge_rounds`),
     which the files hold after every round: an interrupted sweep keeps one row per task with the
     rounds it finished, and ``--resume`` runs only the rounds still missing. Correctness is checked
@@ -390,7 +392,7 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
             for n in range(1, rounds + 1):
                 tasks = [t for t in p.runnable if rounds_to_go(writer.row(t.key()), n)]
                 if tasks:
-                    _run_round(executor, tasks, emit, check=n == 1)
+                    _run_round(executor, round_order(tasks, n), emit, check=n == 1)
     finally:
         if executor.identities:
             writer.update_meta(devices={k: dict(v) for k, v in executor.identities.items()})

@@ -89,8 +89,15 @@ def test_rounds_are_interleaved_and_each_task_ends_with_one_row(tmp_path, fake_p
     ex = RecordingExecutor(fail={(crash, 2): "crashed"})
     writer = ResultsWriter(tmp_path / "run", {"config": {}})
     rows = run_sweep(p, writer, ex, rounds=3)
-    # round 1 of every task, then round 2, then round 3 (without the task that crashed in round 2)
-    assert ex.calls == [tasks, tasks, [k for k in tasks if k != crash]]
+    # round 1 of every task, then round 2, then round 3 (without the task that crashed in round 2), each round
+    # with every case's two backends in the other order than the round before (the crashed task's case has one
+    # backend left in round 3)
+    assert [k[0] for k in tasks] == ["naive", "fake_ok"] * (len(tasks) // 2)  # case after case, backends in order
+
+    def swapped(keys):
+        return [k for i in range(0, len(keys), 2) for k in (keys[i + 1], keys[i])]
+
+    assert ex.calls == [tasks, swapped(tasks), [k for k in tasks if k != crash]]
     assert ex.checks == [True, False, False]  # correctness in the first round only
     run = load_run(tmp_path / "run")
     assert keys(run) == tasks and len(rows) == len(tasks)

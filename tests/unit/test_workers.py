@@ -18,7 +18,8 @@ from flashbench.model.config import Timing
 from sweeps import FAST, case, invoke, tiny_config  # noqa: F401
 from flashbench.execute.devices import DeviceSpec, parse_devices
 from flashbench.execute.failures import describe_exit, summarize_stderr
-from flashbench.execute.local import LocalExecutor, WorkerStartError, group_by_case
+from flashbench.execute.local import LocalExecutor, WorkerStartError
+from flashbench.execute.order import group_by_case
 
 runner = CliRunner()
 
