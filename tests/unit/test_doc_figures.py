@@ -134,6 +134,26 @@ def test_h100_fa2_sentence_is_the_baseline():
     ]) == []
 
 
+def test_backend_order_figures_are_the_evidence_runs():
+    """The known limit on a case's backend order and the sentence under the H100 fa2 baseline: the D128 N 4k
+    forward of the four order runs (cuDNN first, ours first; each with the 25 ms and the 1 s warm-up)."""
+    def tflops(run, backend):
+        d = frame_at(f"evidence/h100/backend_order/{run}")
+        return one(d, backend=backend, seq_len_q=4096).tflops
+
+    first = {run: frame_at(f"evidence/h100/backend_order/{run}").backend.iloc[0] for run in "abcd"}
+    assert first == {"a": "sdpa_cudnn", "b": "triton_fa2", "c": "sdpa_cudnn", "d": "triton_fa2"}
+    ratio = {run: tflops(run, "triton_fa2") / tflops(run, "sdpa_cudnn") for run in "abcd"}
+    assert missing_phrases([
+        f"`sdpa_cudnn` ran at {tflops('a', 'sdpa_cudnn'):.0f} TFLOP/s timed first and {tflops('b', 'sdpa_cudnn'):.0f} "
+        f"timed second, `triton_fa2` at {tflops('b', 'triton_fa2'):.0f} and {tflops('a', 'triton_fa2'):.0f}, so their "
+        f"ratio was {ratio['a']:.2f}× or {ratio['b']:.2f}× by the order alone ({ratio['c']:.2f}× or {ratio['d']:.2f}× "
+        "with a 1 s warm-up)",
+        f"timed first, the same forward measured {tflops('b', 'triton_fa2'):.0f} TFLOP/s at N 4k against cuDNN's "
+        f"{tflops('b', 'sdpa_cudnn'):.0f} timed second ({ratio['b']:.2f}×)",
+    ]) == []
+
+
 def test_h200_decode_batches_table_is_the_baseline():
     """'Measured on an H200': the decode_batches table, GB/s, ratios and % of the sweep's fastest call."""
     d = ok("h200", "decode_batches")
