@@ -183,39 +183,55 @@ def test_h200_decode_batches_table_is_the_baseline():
     assert missing_rows(rows) == []
 
 
+UNIFORM = "uniform(1024..32768,seed=0)"  # the decode sweep's length distribution
+
+
+def decode_gbps(d, backend, b, n, lengths, layout, page, heads=32, q=1):
+    """One decode row's GB/s in run frame ``d`` (None where the backend has no ok row)."""
+    cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.lengths == lengths)
+             & (d.kv_layout == layout) & (d.page_size == page) & (d.heads == heads) & (d.seq_len_q == q)]
+    return None if cell.empty else cell.hbm_gbps.iloc[0]
+
+
+def decode_sweep_rows(d, roof: float) -> list[str]:
+    """The README's rows for the decode sweep (32 heads, one new token), its last column against ``roof``."""
+    def cell(x):
+        return "–" if x is None else f"{x:,.0f}"
+
+    rows = []
+    for b, n, lengths in [(1, 4096, ""), (1, 32768, ""), (1, 131072, ""), (1, 32768, UNIFORM), (32, 4096, ""),
+                          (32, 32768, ""), (32, 32768, UNIFORM), (256, 4096, "")]:
+        contiguous = decode_gbps(d, "triton_decode", b, n, lengths, "contiguous", 0)
+        paged = [decode_gbps(d, "triton_decode", b, n, lengths, "paged", page) for page in (16, 256)]
+        cudnn = decode_gbps(d, "sdpa_cudnn", b, n, lengths, "contiguous", 0)
+        flash = decode_gbps(d, "sdpa_flash", b, n, lengths, "contiguous", 0)
+        best = max(x for x in (cudnn, flash) if x is not None)
+        cache = "uniform 1k–32k" if lengths else f"{n // 1024}k"
+        rows.append(f"| {b} | {cache} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | {cell(cudnn)} | "
+                    f"{cell(flash)} | {contiguous / best:.2f}× | {100 * contiguous / roof:.0f} |")
+    return rows
+
+
+DECODE_KEY = ["heads", "seq_len_q", "batch", "seq_len_kv", "lengths"]
+
+
+def decode_contiguous_and_paged_ratio(d):
+    """``triton_decode``'s contiguous GB/s by DECODE_KEY, and each paged row's GB/s over its contiguous one."""
+    ours = d[d.backend == "triton_decode"]
+    contiguous = ours[ours.kv_layout == "contiguous"].set_index(DECODE_KEY).hbm_gbps
+    paged = ours[ours.kv_layout == "paged"].set_index(DECODE_KEY + ["page_size"]).hbm_gbps
+    return contiguous, paged / contiguous.reindex(paged.index.droplevel("page_size")).values
+
+
 def test_h200_decode_table_is_the_baseline():
     """The wider decode sweep's table (32 heads, one new token) and the paged-cache sentence under it."""
     d = ok("h200", "decode")
     roof = d.hbm_gbps.max()
     assert f"`% roof` against {roof:,.0f} GB/s" in README_FLAT
-    uniform = "uniform(1024..32768,seed=0)"
-
-    def gbps(backend, b, n, lengths, layout, page, heads=32, q=1):
-        cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.lengths == lengths)
-                 & (d.kv_layout == layout) & (d.page_size == page) & (d.heads == heads) & (d.seq_len_q == q)]
-        return None if cell.empty else cell.hbm_gbps.iloc[0]
-
-    def cell(x):
-        return "–" if x is None else f"{x:,.0f}"
-
-    rows = []
-    for b, n, lengths in [(1, 4096, ""), (1, 32768, ""), (1, 131072, ""), (1, 32768, uniform), (32, 4096, ""),
-                          (32, 32768, ""), (32, 32768, uniform), (256, 4096, "")]:
-        contiguous = gbps("triton_decode", b, n, lengths, "contiguous", 0)
-        paged = [gbps("triton_decode", b, n, lengths, "paged", page) for page in (16, 256)]
-        cudnn, flash = gbps("sdpa_cudnn", b, n, lengths, "contiguous", 0), gbps("sdpa_flash", b, n, lengths, "contiguous", 0)
-        best = max(x for x in (cudnn, flash) if x is not None)
-        cache = "uniform 1k–32k" if lengths else f"{n // 1024}k"
-        rows.append(f"| {b} | {cache} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | {cell(cudnn)} | "
-                    f"{cell(flash)} | {contiguous / best:.2f}× | {100 * contiguous / roof:.0f} |")
-    assert missing_rows(rows) == []
+    assert missing_rows(decode_sweep_rows(d, roof)) == []
 
     # paged against contiguous, triton_decode: every one-token row, and four new tokens at 64 heads
-    key = ["heads", "seq_len_q", "batch", "seq_len_kv", "lengths"]
-    ours = d[d.backend == "triton_decode"]
-    contiguous = ours[ours.kv_layout == "contiguous"].set_index(key).hbm_gbps
-    paged = ours[ours.kv_layout == "paged"].set_index(key + ["page_size"]).hbm_gbps
-    ratio = paged / contiguous.reindex(paged.index.droplevel("page_size")).values
+    _, ratio = decode_contiguous_and_paged_ratio(d)
     one_token = ratio[ratio.index.get_level_values("seq_len_q") == 1]
     four_64 = ratio[(ratio.index.get_level_values("seq_len_q") == 4) & (ratio.index.get_level_values("heads") == 64)]
     assert missing_phrases([f"in every one-token row ({span(one_token)}), {span(four_64)} with four new tokens"]) == []
@@ -230,42 +246,21 @@ def test_h100_decode_table_is_the_baseline():
     ceilings = json.loads((ROOT / "results" / "evidence" / "h100" / "ceilings" / "ceilings.json").read_text())
     read = ceilings["read_gbps"]
     assert f"streaming read of {read:,.0f} GB/s" in README_FLAT
-    uniform = "uniform(1024..32768,seed=0)"
+    assert missing_rows(decode_sweep_rows(d, read)) == []
 
-    def gbps(backend, b, n, lengths, layout, page, heads=32, q=1):
-        cell = d[(d.backend == backend) & (d.batch == b) & (d.seq_len_kv == n) & (d.lengths == lengths)
-                 & (d.kv_layout == layout) & (d.page_size == page) & (d.heads == heads) & (d.seq_len_q == q)]
-        return None if cell.empty else cell.hbm_gbps.iloc[0]
-
-    def cell(x):
-        return "–" if x is None else f"{x:,.0f}"
-
-    rows = []
-    for b, n, lengths in [(1, 4096, ""), (1, 32768, ""), (1, 131072, ""), (1, 32768, uniform), (32, 4096, ""),
-                          (32, 32768, ""), (32, 32768, uniform), (256, 4096, "")]:
-        contiguous = gbps("triton_decode", b, n, lengths, "contiguous", 0)
-        paged = [gbps("triton_decode", b, n, lengths, "paged", page) for page in (16, 256)]
-        cudnn, flash = gbps("sdpa_cudnn", b, n, lengths, "contiguous", 0), gbps("sdpa_flash", b, n, lengths, "contiguous", 0)
-        best = max(x for x in (cudnn, flash) if x is not None)
-        cache = "uniform 1k–32k" if lengths else f"{n // 1024}k"
-        rows.append(f"| {b} | {cache} | {cell(contiguous)} | {cell(paged[0])} | {cell(paged[1])} | {cell(cudnn)} | "
-                    f"{cell(flash)} | {contiguous / best:.2f}× | {100 * contiguous / read:.0f} |")
-    assert missing_rows(rows) == []
-
-    b1_varied = d[(d.backend == "sdpa_cudnn") & (d.batch == 1) & (d.lengths == uniform) & (d.kv_layout == "contiguous")
+    b1_varied = d[(d.backend == "sdpa_cudnn") & (d.batch == 1) & (d.lengths == UNIFORM) & (d.kv_layout == "contiguous")
                   & (d.seq_len_q == 1)].hbm_gbps
-    ours = d[d.backend == "triton_decode"]
-    key = ["heads", "seq_len_q", "batch", "seq_len_kv", "lengths"]
-    contiguous = ours[ours.kv_layout == "contiguous"].set_index(key).hbm_gbps
-    paged = ours[ours.kv_layout == "paged"].set_index(key + ["page_size"]).hbm_gbps
-    ratio = paged / contiguous.reindex(paged.index.droplevel("page_size")).values
-    faster = [gbps("triton_decode", 1, 32768, uniform, "contiguous", 0, heads=h)
-              / gbps("sdpa_cudnn", 1, 32768, uniform, "contiguous", 0, heads=h) for h in (32, 64)]
-    b32_4k = [gbps("triton_decode", 32, 4096, "", "contiguous", 0, heads=h) / gbps("sdpa_cudnn", 32, 4096, "", "contiguous", 0, heads=h)
-              for h in (32, 64)]
+    contiguous, ratio = decode_contiguous_and_paged_ratio(d)
+
+    def to_cudnn(b, n, lengths, heads):
+        return (decode_gbps(d, "triton_decode", b, n, lengths, "contiguous", 0, heads=heads)
+                / decode_gbps(d, "sdpa_cudnn", b, n, lengths, "contiguous", 0, heads=heads))
+
+    faster = [to_cudnn(1, 32768, UNIFORM, h) for h in (32, 64)]
+    b32_4k = [to_cudnn(32, 4096, "", h) for h in (32, 64)]
     # "the one contiguous row behind": every other one-token contiguous row is at or above the best SDPA backend
     sdpa = d[d.backend.isin(["sdpa_cudnn", "sdpa_flash"]) & (d.kv_layout == "contiguous") & (d.seq_len_q == 1)]
-    best_sdpa = sdpa.groupby(key).hbm_gbps.max()
+    best_sdpa = sdpa.groupby(DECODE_KEY).hbm_gbps.max()
     ahead = contiguous.reindex(best_sdpa.index) / best_sdpa
     behind = ahead[ahead < 1]
     assert sorted(set(zip(behind.index.get_level_values("batch"), behind.index.get_level_values("seq_len_kv")))) == [(32, 4096)]
