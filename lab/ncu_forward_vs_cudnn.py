@@ -9,8 +9,8 @@ that range, sees exactly the kernels of those two calls.  Run it under ncu, e.g.
         --section Occupancy --csv --page details \
         python lab/ncu_forward_vs_cudnn.py B H N D [causal]
 
-``--clock-control none`` leaves the GPU's clocks alone (ncu locks them to base otherwise).  Prints the
-shape and each backend's kernel time from CUDA events outside ncu's range, for reference.
+``--clock-control none`` leaves the GPU's clocks alone (ncu locks them to base otherwise).  Before the range it
+prints each backend's time a call over 20 back-to-back calls (CUDA events), for reference.
 """
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ import flashbench
 
 
 def main(argv: list[str]) -> int:
+    usage = "usage: python lab/ncu_forward_vs_cudnn.py B H N D [causal] (B, H, N, D positive integers)"
     if len(argv) not in (4, 5) or (len(argv) == 5 and argv[4] != "causal"):
-        print("usage: python lab/ncu_forward_vs_cudnn.py B H N D [causal]", file=sys.stderr)
+        print(usage, file=sys.stderr)
+        return 2
+    if not all(x.isdigit() and int(x) > 0 for x in argv[:4]):
+        print(f"{usage}; got {' '.join(argv[:4])}", file=sys.stderr)
         return 2
     b, h, n, d = (int(x) for x in argv[:4])
     causal = len(argv) == 5

@@ -30,8 +30,8 @@ from ..results.files import ResultsWriter, held_results, os_error_text
 from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
-from .plan import Plan, measure_settings, plan
 from .order import round_order
+from .plan import Plan, measure_settings, plan
 from .resume import Resume, apply_resume, open_resume, results_signature, resumed_meta, resumed_rounds
 
 RecordFn = Callable[[Record], None]
