@@ -33,3 +33,15 @@ def round_order(tasks: list[Task], round_number: int) -> list[Task]:
         k = (round_number - 1) % len(group)
         out.extend(group[k:] + group[:k])
     return out
+
+
+def position_warning(tasks: list[Task], rounds: int, clock_fell: bool) -> str | None:
+    """What to tell a reader of a sweep whose backends' figures may carry their place in the case: the SM clock
+    moved during it (``clock_fell``), some case has several backends, and fewer rounds than backends ran, so not
+    every backend was timed in every place (``round_order``).  None otherwise."""
+    most = max((len(g) for g in group_by_case(tasks)), default=0)
+    if not clock_fell or most < 2 or rounds >= most:
+        return None
+    return (f"the SM clock moved during the sweep, and each case's backends were timed one after another in "
+            f"{rounds} round{'s' if rounds != 1 else ''}: a backend's figures carry its place in the case (the clocks "
+            f"the one before left); --rounds {most} times each backend once in every place (README: Known limits)")

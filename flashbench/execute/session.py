@@ -30,7 +30,7 @@ from ..results.files import ResultsWriter, held_results, os_error_text
 from ..results.rounds import merge_rounds, rounds_to_go
 from .devices import DeviceSpec, parse_devices
 from .executors import EXECUTORS, Executor, make_executor
-from .order import round_order
+from .order import position_warning, round_order
 from .plan import Plan, measure_settings, plan
 from .resume import Resume, apply_resume, open_resume, results_signature, resumed_meta, resumed_rounds
 
@@ -402,6 +402,8 @@ def run_sweep(p: Plan, writer: ResultsWriter, executor: Executor, on_record: Rec
     extra_after = {str(i): gpu_state(nvml[i]) for i in indices[1:]} if on_cuda else {}
     warnings = [w for w in (throttle_warning(before), throttle_warning(after)) if w]
     warnings += monitor.warnings(expected) if monitor else []
+    order_note = position_warning(p.runnable, rounds, monitor.clock_fell()) if monitor else None
+    warnings += [order_note] if order_note else []
     warnings += [w for st in (*extra_before.values(), *extra_after.values()) if (w := throttle_warning(st))]
     if p.device == "cpu":
         warnings.append("CPU run: these timings are CPU timings, not GPU timings")

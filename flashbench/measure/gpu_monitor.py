@@ -113,6 +113,11 @@ class GpuMonitor(PeriodicSampler):
                 "max_temperature_c": self.max_temperature_c, "max_compute_processes": self.max_processes,
                 "events": list(self.events)}
 
+    def clock_fell(self) -> bool:
+        """Whether the SM clock, while busy, fell below 90% of its maximum during the sweep."""
+        return bool(self.min_sm_clock_mhz and self.max_sm_clock_mhz
+                    and self.min_sm_clock_mhz < 0.9 * self.max_sm_clock_mhz)
+
     def warnings(self, expected_processes: int) -> list[str]:
         """What a reader of the results should know; ``expected_processes``: flashbench's own."""
         out = []
@@ -121,7 +126,7 @@ class GpuMonitor(PeriodicSampler):
             first = min(self.throttles.values())
             out.append(f"GPU {self.index} was throttled during the sweep ({', '.join(throttles)}, first "
                        f"{first} s in): timings measured then may be low")
-        if self.min_sm_clock_mhz and self.max_sm_clock_mhz and self.min_sm_clock_mhz < 0.9 * self.max_sm_clock_mhz:
+        if self.clock_fell():
             out.append(f"GPU {self.index}'s SM clock fell to {self.min_sm_clock_mhz} MHz (max "
                        f"{self.max_sm_clock_mhz}) while busy during the sweep")
         if self.max_processes is not None and self.max_processes > expected_processes:

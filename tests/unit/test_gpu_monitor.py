@@ -18,14 +18,15 @@ def test_a_quiet_sweep_warns_of_nothing():
     m.sample(), m.sample()
     s = m.summary()
     assert (s["samples"], s["min_sm_clock_mhz"], s["max_temperature_c"], s["max_compute_processes"]) == (2, 1980, 45, 1)
-    assert m.warnings(expected_processes=1) == [] and s["events"] == []
+    assert m.warnings(expected_processes=1) == [] and s["events"] == [] and not m.clock_fell()
 
 
 def test_idle_clocks_are_not_dips_but_busy_ones_are():
     m = scripted([state(sm=345, reasons=["gpu_idle"]), state(sm=1500)], [1])
     m.sample()
-    assert m.summary()["min_sm_clock_mhz"] is None
+    assert m.summary()["min_sm_clock_mhz"] is None and not m.clock_fell()
     m.sample()
+    assert m.clock_fell()  # 1500 of 1980 MHz: below 90%
     assert m.summary()["min_sm_clock_mhz"] == 1500
     assert [e["kind"] for e in m.summary()["events"]] == ["clock_dip"]
     assert any("fell to 1500 MHz" in w for w in m.warnings(1))

@@ -2,7 +2,7 @@
 backends every backend of a case is timed once in every position."""
 import pytest
 
-from flashbench.execute.order import group_by_case, round_order
+from flashbench.execute.order import group_by_case, position_warning, round_order
 from flashbench.model.case import Task
 from sweeps import case
 
@@ -44,3 +44,16 @@ def test_cases_with_fewer_backends_rotate_on_their_own():
 def test_rounds_count_from_one():
     with pytest.raises(ValueError, match="rounds count from 1, got 0"):
         round_order([Task(case(), "x")], 0)
+
+
+def test_a_sweep_whose_clock_moved_says_its_backends_carry_their_place():
+    a, b = case(32), case(64)
+    three = [Task(a, n) for n in ("x", "y", "z")] + [Task(b, "x")]
+    note = position_warning(three, 1, clock_fell=True)
+    assert note.startswith("the SM clock moved during the sweep, and each case's backends were timed one after "
+                           "another in 1 round:") and "--rounds 3 times each backend once in every place" in note
+    assert "in 2 rounds:" in position_warning(three, 2, clock_fell=True)
+    assert position_warning(three, 3, clock_fell=True) is None  # every backend in every place
+    assert position_warning(three, 1, clock_fell=False) is None  # a steady clock
+    assert position_warning([Task(a, "x"), Task(b, "x")], 1, clock_fell=True) is None  # one backend a case
+    assert position_warning([], 1, clock_fell=True) is None
