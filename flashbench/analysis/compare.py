@@ -17,7 +17,7 @@ from ..model.metrics import LATENCY, Metric, factor_text, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
 from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
-from ..results.rounds import round_medians
+from ..results.rounds import round_medians, run_rounds
 from ..model.schema import SCHEMA_VERSION
 from ..model.yaml_input import preview
 
@@ -91,7 +91,7 @@ def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALP
 
 @dataclass(frozen=True)
 class EnvDifference:
-    kind: str        # gpu | driver | config | schema | software | device
+    kind: str        # gpu | driver | config | schema | software | device | order
     what: str
     old: object
     new: object
@@ -99,9 +99,12 @@ class EnvDifference:
     @property
     def loud(self) -> bool:
         """GPU, driver, config and schema differences make timings incomparable."""
-        return self.kind not in ("software", "device")
+        return self.kind not in ("software", "device", "order")
 
     def message(self) -> str:
+        if self.kind == "order":
+            return (f"each case's backends ran in another order: {self.old!s} (old) vs {self.new!s} (new); at a GPU's "
+                    "power limit a backend's place in its case moves its figures (README: Known limits)")
         if self.kind == "device":
             # the rounds of one run on one GPU cannot show how another unit of the model runs
             return (f"another GPU of the same model ({self.old!s} old, {self.new!s} new): unit-to-unit "
@@ -129,7 +132,20 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
     for key in ("cuda", "torch", "triton"):
         if eo.get(key) != en.get(key):
             diffs.append(EnvDifference("software", key, eo.get(key), en.get(key)))
-    return diffs
+    order = order_difference(old, new)
+    return diffs + ([order] if order else [])
+
+
+def order_difference(old: dict, new: dict) -> EnvDifference | None:
+    """Whether the backends both runs measured ran in another order within a case (``backends`` of the
+    metadata is the first round's order; ``flashbench.execute.order``), where that can matter: not when both
+    runs had at least as many rounds as those backends, each then timed once in every place."""
+    both = set(old.get("backends") or []) & set(new.get("backends") or [])
+    in_old = [b for b in old.get("backends") or [] if b in both]
+    in_new = [b for b in new.get("backends") or [] if b in both]
+    if len(in_old) < 2 or in_old == in_new or min(run_rounds(old), run_rounds(new)) >= len(in_old):
+        return None
+    return EnvDifference("order", "backend order", ", ".join(in_old), ", ".join(in_new))
 
 
 # --- backends within one run ---------------------------------------------------------------

@@ -308,3 +308,32 @@ def test_beyond_noise_methods():
     # no raw samples: recorded p20/p80 decide
     assert beyond_noise([], [], "both", old_interval=(1.0, 1.1), new_interval=(1.2, 1.3)).beyond_noise
     assert beyond_noise(None, None).method == "unknown"
+
+
+# --- the backends' order within a case ----------------------------------------------------------
+
+def test_a_current_run_with_its_backends_in_another_order_gets_a_note(tmp_path):
+    """At a GPU's power limit a backend's place in its case moves its figures: the gate says when the two runs
+    timed their common backends in another order (README: Known limits), and only then."""
+    base = write_run(tmp_path / "base", [record("sdpa_flash", C1, 1.0, seed=1), record("triton_fa2", C1, 0.8, seed=2)],
+                     backends=["sdpa_flash", "triton_fa2"])
+    swapped = write_run(tmp_path / "cur", [record("sdpa_flash", C1, 1.0, seed=3), record("triton_fa2", C1, 0.8, seed=4)],
+                        backends=["triton_fa2", "flex", "sdpa_flash"])
+    r = check(swapped, "--baseline", base, "--format", "markdown")
+    assert r.exit_code == 0, r.output
+    assert ("> note: each case's backends ran in another order: sdpa_flash, triton_fa2 (old) vs triton_fa2, sdpa_flash "
+            "(new); at a GPU's power limit a backend's place in its case moves its figures") in r.stdout
+    same = write_run(tmp_path / "same", [record("sdpa_flash", C1, 1.0, seed=3)], backends=["sdpa_flash", "flex", "triton_fa2"])
+    assert "another order" not in check(same, "--baseline", base, "--format", "markdown").stdout
+
+
+def test_no_order_note_where_rounds_put_every_backend_in_every_place():
+    from flashbench.analysis.compare import order_difference
+
+    old, new = {"backends": ["a", "b"], "rounds": 2}, {"backends": ["b", "a"], "rounds": 2}
+    assert order_difference(old, new) is None  # two rounds rotate two backends through both places
+    assert order_difference(old, {**new, "rounds": 1}).kind == "order"
+    assert order_difference({"backends": ["a", "b", "c"], "rounds": 2}, {"backends": ["c", "b", "a"], "rounds": 3})
+    assert order_difference({"backends": ["a"]}, {"backends": ["a"]}) is None
+    assert order_difference({}, {"backends": ["a", "b"]}) is None  # older results without the list
+    assert not order_difference(old, new) and not order_difference(old, {**new, "rounds": 1}).loud
