@@ -220,3 +220,46 @@ def test_skipped_rows_hold_no_round(tmp_path):
     p = plan(load_config("smoke"), ["sdpa_flash"], "cpu")
     assert p.skipped and all(r.rounds == 0 and rounds_to_go(r, 3) == 0 for r in p.skipped)
     assert Task(p.skipped[0].case, "sdpa_flash").key() == p.skipped[0].task().key()
+
+
+class _ClockFellMonitor:
+    """A GPU monitor that saw the SM clock fall while busy (and nothing else)."""
+
+    def __init__(self, index):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def summary(self):
+        return {}
+
+    def warnings(self, expected_processes):
+        return []
+
+    def clock_fell(self):
+        return True
+
+
+@pytest.mark.parametrize("rounds, warned", [(1, True), (2, False)])
+def test_a_sweep_whose_clock_fell_warns_while_rounds_leave_places_untried(tmp_path, fake_plugins, monkeypatch,
+                                                                         rounds, warned):
+    from dataclasses import replace
+
+    from flashbench.execute import session
+
+    for name, fake in (("GpuMonitor", _ClockFellMonitor), ("gpu_state", lambda i: {}), ("nvml_index_of", lambda i: i),
+                       ("compute_processes", lambda i: 1)):
+        monkeypatch.setattr(session, name, fake)
+    p = replace(plan(load_config(tiny_config(tmp_path, ["naive", "fake_ok"], seq_len=(32,))), device="cpu"),
+                device="cuda")
+    ex = RecordingExecutor()
+    ex.device_indices = [0]
+    run_sweep(p, ResultsWriter(tmp_path / "run", {"config": {}}), ex, rounds=rounds)
+    notes = [w for w in load_run(tmp_path / "run").meta["warnings"] if "carry its place in the case" in w]
+    assert notes == ([f"the SM clock moved during the sweep, and each case's backends were timed one after another in "
+                      f"1 round: a backend's figures carry its place in the case (the clocks the one before left); "
+                      f"--rounds 2 times each backend once in every place (README: Known limits)"] if warned else [])
