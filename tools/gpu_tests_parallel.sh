@@ -14,6 +14,8 @@ usage="usage: bash tools/gpu_tests_parallel.sh N OUT_DIR TEST_PATH..."
 if [ $# -lt 3 ]; then echo "$usage" >&2; exit 2; fi
 case "$1" in ''|*[!0-9]*|0) echo "N must be a positive integer, got '$1'; $usage" >&2; exit 2 ;; esac
 n=$1; out=$2; shift 2
+# one pytest run of given test ids, as both passes run them (the summary lists failures, errors and skips)
+run_tests=(python3 -m pytest -q -m gpu -rfEs --tb=short -p no:cacheprovider)
 mkdir -p "$out"
 python3 -m pytest -q --co -m gpu "$@" 2>/dev/null | grep "::" > "$out/gpu_test_ids.txt"
 total=$(wc -l < "$out/gpu_test_ids.txt")
@@ -22,8 +24,7 @@ pids=()
 for i in $(seq 0 $((n - 1))); do
   awk -v n="$n" -v i="$i" 'NR % n == i' "$out/gpu_test_ids.txt" > "$out/ids_$i.txt"
   if [ -s "$out/ids_$i.txt" ]; then
-    xargs -a "$out/ids_$i.txt" -d '\n' python3 -m pytest -q -m gpu -rfEs --tb=short -p no:cacheprovider \
-      > "$out/gpu_tests_$i.txt" 2>&1 &
+    xargs -a "$out/ids_$i.txt" -d '\n' "${run_tests[@]}" > "$out/gpu_tests_$i.txt" 2>&1 &
     pids+=($!)
   fi
 done
@@ -42,8 +43,7 @@ if [ "$n_failed" -gt 0 ]; then
   echo "failed beside the other processes: $n_failed"
   head -20 "$out/failed_beside_others.txt" | sed 's/^/  /'
   echo "run again alone:"
-  xargs -a "$out/failed_beside_others.txt" -d '\n' python3 -m pytest -q -m gpu -rfEs --tb=short \
-    -p no:cacheprovider > "$out/rerun_alone.txt" 2>&1 || rc=1
+  xargs -a "$out/failed_beside_others.txt" -d '\n' "${run_tests[@]}" > "$out/rerun_alone.txt" 2>&1 || rc=1
   echo "  $(tail -1 "$out/rerun_alone.txt")"
   grep -h "^FAILED \|^ERROR " "$out/rerun_alone.txt" | head -20
 fi

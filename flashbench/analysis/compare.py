@@ -17,7 +17,7 @@ from ..model.metrics import LATENCY, Metric, factor_text, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
 from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
-from ..results.rounds import round_medians, run_rounds
+from ..results.rounds import every_place_timed, round_medians, run_rounds
 from ..model.schema import SCHEMA_VERSION
 from ..model.yaml_input import preview
 
@@ -143,7 +143,7 @@ def order_difference(old: dict, new: dict) -> EnvDifference | None:
     both = set(old.get("backends") or []) & set(new.get("backends") or [])
     in_old = [b for b in old.get("backends") or [] if b in both]
     in_new = [b for b in new.get("backends") or [] if b in both]
-    if len(in_old) < 2 or in_old == in_new or min(run_rounds(old), run_rounds(new)) >= len(in_old):
+    if len(in_old) < 2 or in_old == in_new or every_place_timed(min(run_rounds(old), run_rounds(new)), len(in_old)):
         return None
     return EnvDifference("order", "backend order", ", ".join(in_old), ", ".join(in_new))
 

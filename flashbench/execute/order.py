@@ -12,6 +12,7 @@ average the position out.
 from __future__ import annotations
 
 from ..model.case import Case, Task
+from ..results.rounds import every_place_timed
 
 
 def group_by_case(tasks: list[Task]) -> list[list[Task]]:
@@ -40,7 +41,7 @@ def position_warning(tasks: list[Task], rounds: int, clock_fell: bool) -> str | 
     moved during it (``clock_fell``), some case has several backends, and fewer rounds than backends ran, so not
     every backend was timed in every place (``round_order``).  None otherwise."""
     most = max((len(g) for g in group_by_case(tasks)), default=0)
-    if not clock_fell or most < 2 or rounds >= most:
+    if not clock_fell or most < 2 or every_place_timed(rounds, most):
         return None
     return (f"the SM clock moved during the sweep, and each case's backends were timed one after another in "
             f"{rounds} round{'s' if rounds != 1 else ''}: a backend's figures carry its place in the case (the clocks "

@@ -178,6 +178,12 @@ def run_rounds(meta: dict) -> int:
     return int(meta.get("rounds") or 1)
 
 
+def every_place_timed(rounds: int, backends: int) -> bool:
+    """Whether ``rounds`` rounds time each of a case's ``backends`` backends once in every place of the case: the
+    sweep rotates their order by one place a round (``flashbench.execute.order.round_order``)."""
+    return rounds >= backends
+
+
 def _warnings(run: Run) -> list[str]:
     return list(run.meta.get("warnings") or [])
 

@@ -19,9 +19,15 @@ README_FLAT = " ".join(README.split())  # line breaks and indentation folded int
 
 
 @lru_cache(maxsize=None)
+def run_at(rel: str):
+    """A run directory under results/ (a baseline, or a gate's earlier side kept as evidence)."""
+    return load_run(ROOT / "results" / rel)
+
+
+@lru_cache(maxsize=None)
 def frame_at(rel: str):
-    """The records of a run directory under results/ (a baseline, or a gate's earlier side kept as evidence)."""
-    return load_run(ROOT / "results" / rel).frame()
+    """The records of ``run_at(rel)`` as a frame."""
+    return run_at(rel).frame()
 
 
 def frame(gpu: str, name: str):
@@ -103,9 +109,9 @@ def test_h100_fa2_earlier_sentence_is_its_run():
 
 
 def test_h100_fa2_sentence_is_the_baseline():
-    """The sentence on today's H100 `fa2` baseline: ratios to cuDNN by head dim, mode and causality, the clock
+    """The sentence on the H100 `fa2` baseline: ratios to cuDNN by head dim, mode and causality, the clock
     and the spread it names, the N 1k causal fwd_bwd against sdpa_flash, and peak memory."""
-    run = load_run(ROOT / "results" / "baselines" / "h100" / "fa2")
+    run = run_at("baselines/h100/fa2")
     d = ok("h100", "fa2")
     p = d.pivot_table(index=["head_dim", "mode", "causal", "seq_len_q"], columns="backend", values="tflops")
     to_cudnn = p.triton_fa2 / p.sdpa_cudnn
