@@ -19,7 +19,7 @@ from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod,
 from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
 from ..results.rounds import every_place_timed, round_medians, run_rounds
 from ..model.schema import SCHEMA_VERSION
-from ..model.yaml_input import preview
+from ..model.yaml_input import cut, preview
 
 
 class NotComparableError(Exception):
@@ -136,6 +136,9 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
     return diffs + ([order] if order else [])
 
 
+ORDER_CHARS = 200  # of each side's backend list in the order note
+
+
 def order_difference(old: dict, new: dict) -> EnvDifference | None:
     """Whether the backends both runs measured ran in another order within a case (``backends`` of the
     metadata is the first round's order; ``flashbench.execute.order``), where that can matter: not when both
@@ -145,7 +148,8 @@ def order_difference(old: dict, new: dict) -> EnvDifference | None:
     in_new = [b for b in new.get("backends") or [] if b in both]
     if len(in_old) < 2 or in_old == in_new or every_place_timed(min(run_rounds(old), run_rounds(new)), len(in_old)):
         return None
-    return EnvDifference("order", "backend order", ", ".join(in_old), ", ".join(in_new))
+    # the lists come from results files, as long as their writer made them: the note stays one short line
+    return EnvDifference("order", "backend order", cut(", ".join(in_old), ORDER_CHARS), cut(", ".join(in_new), ORDER_CHARS))
 
 
 # --- backends within one run ---------------------------------------------------------------

@@ -337,3 +337,12 @@ def test_no_order_note_where_rounds_put_every_backend_in_every_place():
     assert order_difference({"backends": ["a"]}, {"backends": ["a"]}) is None
     assert order_difference({}, {"backends": ["a", "b"]}) is None  # older results without the list
     assert not order_difference(old, new) and not order_difference(old, {**new, "rounds": 1}).loud
+
+
+def test_the_order_note_stays_short_however_many_backends_the_runs_list():
+    from flashbench.analysis.compare import ORDER_CHARS, order_difference
+
+    names = [f"backend_{i:05d}" for i in range(5000)]
+    d = order_difference({"backends": names}, {"backends": names[::-1]})
+    assert len(d.old) == len(d.new) == ORDER_CHARS and d.old.endswith("…") and d.old.startswith("backend_00000, ")
+    assert len(d.message()) < 3 * ORDER_CHARS
