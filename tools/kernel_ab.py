@@ -33,6 +33,7 @@ on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
     python tools/kernel_ab.py --what fwd --cases B2,H16,N32768,D128,causal,w4096   # a causal sliding window
     python tools/kernel_ab.py --what fwd --fwd-config 192,128,4,2,gluon_sm90 --cases B4,H32,N4096,D64,causal
     python tools/kernel_ab.py --base HEAD~1 --what fwd_bwd --host [--rounds 20] [--host-reps 12] --out host.json
+    python tools/kernel_ab.py --base HEAD --what fwd_bwd --new-option dq_chunk_waves=4   # one option, A/B
 
 Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
 the called function, or without a GPU.
@@ -71,7 +72,7 @@ BASE_PACKAGE = "fbk_base"
 DEFAULT_CASES = [f"B{16384 // n},H{2048 // d},N{n},D{d}{c}" for d in (128, 64) for c in ("", ",causal")
                  for n in (4096, 8192, 16384)]
 WHAT = ("bwd", "fwd", "fwd_bwd")  # the case's mode for the FLOP count
-ROUNDS, HOST_ROUNDS = 3, 20  # --rounds' default: GPU-time rounds, or holds a revision with --host
+ROUNDS, HOST_ROUNDS = 4, 20  # --rounds' default: GPU-time rounds (even: each revision first as often), or holds
 HOST_REPS = 12               # --host-reps' default: calls enqueued behind one hold
 HOST_WARMUP = 20             # calls of each revision before the holds (as tools/host_path.py warms up)
 HOLD_S, HOLD_S_A_CALL = 0.05, 0.01  # a hold's length: far above any host time a call (tens to hundreds of µs)
@@ -103,10 +104,11 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
-def calls(what: str, case, new, base, fwd_config: tuple | None = None):
+def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
     """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison).  ``fwd_config``:
     the forward configuration both revisions run (each revision's own ``FA2Options(configs={"fwd": ...})``)
-    instead of each tuner's pick."""
+    instead of each tuner's pick; ``new_options``: more ``FA2Options`` fields of the new revision's calls (fwd
+    and fwd_bwd)."""
     # the harness's inputs for the case with a backward (so with dO), as plain tensors: each call below
     # makes its own leaves where it needs gradients
     inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
@@ -114,8 +116,11 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None):
     do = inputs.do
     causal, window = case.causal, case.window
 
-    def pinned(m) -> dict:  # the keyword that pins the forward in revision m, if one is asked for
-        return {} if fwd_config is None else {"options": m.FA2Options(configs={"fwd": fwd_config})}
+    def pinned(m) -> dict:  # the options keyword of revision m: its pinned forward and, new, its own options
+        fields = dict(new_options or {}) if m is new else {}
+        if fwd_config is not None:
+            fields["configs"] = {"fwd": fwd_config}
+        return {"options": m.FA2Options(**fields)} if fields else {}
     if what == "fwd":
         return {name: (lambda m=m, kw=pinned(m): (m.flash_attn_v2(q, k, v, causal=causal, window=window, **kw),))
                 for name, m in (("new", new), ("base", base))}
@@ -145,10 +150,10 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None):
     return {"new": bwd(new), "base": bwd(base)}
 
 
-def compare(what: str, case, new, base, fwd_config: tuple | None = None):
+def compare(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
     """The case's calls (``calls``), each called once (compiling and tuning), the case as timed (its label and
     FLOP count) and the largest absolute difference of each output, new against base."""
-    fns = calls(what, case, new, base, fwd_config)
+    fns = calls(what, case, new, base, fwd_config, new_options)
     outs = {name: [t.clone() for t in fn()] for name, fn in fns.items()}  # compiles and tunes too
     torch.cuda.synchronize()
     diff = [(a.float() - b.float()).abs().max().item() for a, b in zip(outs["new"], outs["base"])]
@@ -156,16 +161,21 @@ def compare(what: str, case, new, base, fwd_config: tuple | None = None):
 
 
 def interleaved(fns: dict, rounds: int, time_one) -> dict:
-    """{name: [time_one(fn) of each round]}: each round times every revision once, in the same order."""
+    """{name: [time_one(fn) of each round]}: each round times every revision once, round r starting with the r-th
+    (rotated as ``flashbench run --rounds`` rotates backends): the one timed second ran slower by up to 5% on an
+    H100 at its power limit (results/evidence/h100/backend_order/), so an even number of rounds times each
+    revision first as often as second."""
     figures = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            figures[name].append(time_one(fn))
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            figures[name].append(time_one(fns[name]))
     return figures
 
 
-def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config: tuple | None = None) -> dict:
-    fns, timed, diff = compare(what, case, new, base, fwd_config)
+def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config: tuple | None = None,
+            new_options: dict | None = None) -> dict:
+    fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
     medians = interleaved(fns, rounds, lambda fn: statistics.median(time_cuda(fn, timing).samples_ms))
     ms = {name: statistics.median(x) for name, x in medians.items()}
     flops = attention_flops(timed)
@@ -200,9 +210,10 @@ def p20(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=5, method="inclusive")[0] if len(xs) > 1 else xs[0]
 
 
-def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config: tuple | None = None) -> dict:
+def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config: tuple | None = None,
+                 new_options: dict | None = None) -> dict:
     """The row of ``--host``: each revision's host µs a call over ``rounds`` interleaved holds."""
-    fns, timed, diff = compare(what, case, new, base, fwd_config)
+    fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
     for _ in range(HOST_WARMUP):
         for fn in fns.values():
             fn()
@@ -243,6 +254,21 @@ def parse_fwd_config(text: str) -> tuple:
     return tuple(int(p) for p in parts[:4]) + tuple(parts[4:])
 
 
+def parse_new_options(items: list[str]) -> dict:
+    """``--new-option``'s "dq_chunk_waves=4" items as {"dq_chunk_waves": 4}: a value is an int, true or false, or
+    else a string (ValueError on an item without "="; FA2Options checks names and values)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        value = value.strip()
+        lowered = value.lower()
+        out[key.strip()] = (int(value) if value.lstrip("-").isdigit() else
+                            lowered == "true" if lowered in ("true", "false") else value)
+    return out
+
+
 def geomean_ratio(rows: list[dict]) -> float:
     """The geometric mean of the rows' new/base time ratios (one figure for a change across cases)."""
     return math.exp(sum(math.log(r["new_over_base"]) for r in rows) / len(rows))
@@ -267,6 +293,9 @@ def main() -> int:
     ap.add_argument("--fwd-config", help="fwd and fwd_bwd: the forward configuration both revisions run instead of "
                                          "each tuner's pick, BLOCK_M,BLOCK_N,warps,stages[,tag] as FA2Options' "
                                          "configs take it (e.g. 128,128,4,2,gluon_sm90: the Gluon forward)")
+    ap.add_argument("--new-option", action="append", default=[], metavar="NAME=VALUE",
+                    help="fwd and fwd_bwd: an FA2Options field of the new revision's calls only, e.g. "
+                         "dq_chunk_waves=4 (repeatable; base runs its defaults)")
     ap.add_argument("--out", help="write every row as JSON here")
     a = ap.parse_args()
     if a.rounds is None:
@@ -295,6 +324,16 @@ def main() -> int:
             print(f"error: --fwd-config {a.fwd_config}: {e}", file=sys.stderr)
             return 2
 
+    try:
+        new_options = parse_new_options(a.new_option)
+        if new_options and a.what == "bwd":
+            raise ValueError("options reach flash_attn_v2's calls: --what fwd or fwd_bwd")
+        if new_options:
+            new.FA2Options(**new_options)  # checked as the new revision will take them
+    except (ValueError, TypeError) as e:
+        print(f"error: --new-option: {e}", file=sys.stderr)
+        return 2
+
     timing = Timing(warmup_ms=20, budget_ms=a.budget_ms, min_samples=10, max_samples=400)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,8 +352,8 @@ def main() -> int:
         print(HOST_HEAD if a.host else GPU_HEAD)
         for case in cases:
             try:
-                row = (measure_host(a.what, case, new, base, a.rounds, a.host_reps, fwd_config) if a.host else
-                       measure(a.what, case, new, base, a.rounds, timing, fwd_config))
+                row = (measure_host(a.what, case, new, base, a.rounds, a.host_reps, fwd_config, new_options)
+                       if a.host else measure(a.what, case, new, base, a.rounds, timing, fwd_config, new_options))
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -330,6 +369,7 @@ def main() -> int:
                       f"those holds' figures may include waiting for it", file=sys.stderr)
             torch.cuda.empty_cache()
     summary = {"base": a.base, "what": a.what, "fwd_config": list(fwd_config) if fwd_config else None,
+               "new_options": new_options,
                "geomean_new_over_base": geomean_ratio(rows)}
     if a.host:
         summary["host"] = {"unit": "host µs a call, GPU held", "holds": a.rounds, "reps": a.host_reps,

@@ -24,7 +24,7 @@ from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_flag, check_inputs, check_launch_log, check_scale, check_window,
                          device_capability, interpreting)
-from . import plans, sm90, sm90_bwd
+from . import plans, sm90, sm90_bwd, sm90_persistent
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
@@ -273,12 +273,28 @@ def _grad_key(do: torch.Tensor) -> tuple:
     return do.stride(), do.data_ptr() % 16, do.dtype
 
 
-def _grad_buffers(q, k, v, lse, gluon: bool):
-    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator, zeroed by the preprocess (a placeholder
-    never written otherwise: Delta, with strides 0 at the launch, ``_first_backward``)."""
+def _grad_buffers(q, k, v, lse, acc_shape: tuple | None):
+    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``_accumulator_shape``):
+    a whole one (shaped like q) is zeroed by the preprocess, a chunk's here (the chunks' conversions zero it again
+    for the next); None: a placeholder never written (Delta, with strides 0 at the launch, ``_first_backward``)."""
     delta = _empty(lse.shape, torch.float32, q.device)
+    if acc_shape is None:
+        acc = delta
+    else:
+        acc = _empty(acc_shape, torch.float32, q.device)
+        if acc_shape != tuple(q.shape):
+            acc.zero_()
     return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(v.shape, v.dtype, v.device),
-            delta, _empty(q.shape, torch.float32, q.device) if gluon else delta)
+            delta, acc)
+
+
+def _dq_chunk(q, k, options: FA2Options, packed: bool) -> int | None:
+    """The (batch, kv head) pairs a launch of the dense Gluon backward runs (``FA2Options.dq_chunk_waves``,
+    ``sm90_bwd.dq_chunk_pairs``); None: all (packed batches: one launch over the program table)."""
+    if packed or options.dq_chunk_waves == 0:
+        return None
+    return sm90_bwd.dq_chunk_pairs(tuple(q.shape), k.shape[1], k.shape[2], options.dq_chunk_waves,
+                                   sm90_persistent.sm_count(q.device.index))
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
@@ -307,7 +323,10 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(plan.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
-    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
+    chunk = _dq_chunk(q, k, plan.options, lay.packed) if gluon else None
+    acc_shape = sm90_bwd.accumulator_shape(tuple(q.shape), k.shape[1], chunk) if gluon else None
+    zero_acc = acc_shape == tuple(q.shape)  # a whole accumulator is zeroed with Delta
+    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
@@ -315,13 +334,13 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     # add compilations
     preprocess = PreparedLaunch(
         bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
-        (*_rows(o), *_rows(do), *(_rows(dq_acc) if gluon else (0, 0, 0)), H, rows),
-        dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=gluon))
+        (*_rows(o), *_rows(do), *(_rows(dq_acc) if zero_acc else (0, 0, 0)), H, rows),
+        dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=zero_acc))
     labels = {"bwd_preprocess": f"BLOCK_M={pre_m},num_warps=4"}
     preprocess(o, do, delta, dq_acc)
 
     if gluon:
-        gradients, label = _gluon_gradients(q, k, sm_scale, plan, causal, window)
+        gradients, label = _gluon_gradients(q, k, sm_scale, plan, causal, window, chunk)
         labels["bwd_dkdv"] = labels["bwd_dq"] = label
     else:
         gradients, triton_labels = _triton_gradients(q, k, v, do, lse, buffers, sm_scale, plan, tma_ok, causal,
@@ -329,7 +348,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
         labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
-        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, gluon)
+        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
         _use_tma_allocator(tma_ok)
         preprocess(o, do, delta, dq_acc)
         gradients(q, k, v, o, lse, do, *buffers)
@@ -339,9 +358,9 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     return (run, labels), (dq, dk, dv)
 
 
-def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: bool):
+def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: bool, chunk: int | None):
     """(gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc), label): the Gluon Hopper backward, prepared
-    (dense) or over this call's program table (packed)."""
+    (dense, ``chunk`` pairs a launch: ``_dq_chunk``) or over this call's program table (packed)."""
     lay, group = plan.layout, plan.options.causal_group_programs
     window_left = lay.window[0] if window else -1
     label = sm90_bwd.config_label(q.shape[-1], window=window)
@@ -355,7 +374,7 @@ def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: b
 
         return packed, label
     run = sm90_bwd.prepare_backward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group,
-                                    window_left=window_left)
+                                    window_left=window_left, chunk_pairs=chunk)
 
     def dense(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
         run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)

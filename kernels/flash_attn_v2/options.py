@@ -52,8 +52,12 @@ class FA2Options:
         else the Triton dK/dV and dQ kernels; "sm90": the Gluon one wherever it takes the inputs;
         "triton": the Triton kernels always.  "triton" is the deterministic path (flash-attn's
         ``deterministic=True``) and the lean one (gradients plus O(N) buffers): the Gluon backward sums
-        dQ by fp32 reduce-adds whose order varies from run to run into an fp32 accumulator twice dQ's
-        size, so its dQ is not bit-reproducible (its dK and dV are).
+        dQ by fp32 reduce-adds whose order varies from run to run into an fp32 accumulator, so its dQ is
+        not bit-reproducible (its dK and dV are).
+    dq_chunk_waves: how much fp32 dQ accumulator the Gluon backward of a dense call holds: it runs its
+        (batch, kv head) pairs in chunks of about this many waves of programs (``sm90_bwd.dq_chunk_pairs``),
+        each into one chunk-sized accumulator; 0 runs every pair in one launch, into an accumulator twice dQ's
+        size.  Packed batches always hold a whole one.
     """
 
     autotune: bool = True
@@ -62,6 +66,7 @@ class FA2Options:
     causal_group_programs: int = 256
     sm90_forward: bool = True
     backward: str = "auto"
+    dq_chunk_waves: int = 0
 
     def __post_init__(self):
         for name in ("autotune", "sm90_forward"):
@@ -72,9 +77,10 @@ class FA2Options:
                              f"got {self.backward!r}")
         if self.path not in PATHS:
             raise ValueError(f"FA2Options: path must be one of {', '.join(map(repr, PATHS))}, got {self.path!r}")
-        g = self.causal_group_programs
-        if not (isinstance(g, int) and not isinstance(g, bool) and g >= 0):
-            raise ValueError(f"FA2Options: causal_group_programs must be an int >= 0, got {g!r}")
+        for name in ("causal_group_programs", "dq_chunk_waves"):
+            n = getattr(self, name)
+            if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+                raise ValueError(f"FA2Options: {name} must be an int >= 0, got {n!r}")
         if not isinstance(self.configs, Mapping):
             raise ValueError(f"FA2Options: configs must be a mapping of kernel name to configuration, "
                              f"got {type(self.configs).__name__}")
@@ -83,7 +89,7 @@ class FA2Options:
 
     def __hash__(self):  # the generated one would hash the configs mapping, which has no hash
         return hash((self.autotune, self.path, tuple(sorted(self.configs.items())), self.causal_group_programs,
-                     self.sm90_forward, self.backward))
+                     self.sm90_forward, self.backward, self.dq_chunk_waves))
 
 
 def _pow2(n) -> bool:

@@ -739,12 +739,15 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
 
 
 @triton.jit
-def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr):
-    """DQ = scale * ACC in DQ's dtype (flat, contiguous)."""
+def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr, ZERO: tl.constexpr):
+    """DQ = scale * ACC in DQ's dtype (flat, contiguous); ZERO: then ACC = 0, for the next chunk of pairs
+    (``dq_chunk_pairs``: the same accumulator serves each chunk, and this is one launch fewer than a memset)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     acc = tl.load(ACC + offs, mask=mask, other=0.0)
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
+    if ZERO:
+        tl.store(ACC + offs, tl.zeros([BLOCK], tl.float32), mask=mask)
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
@@ -774,7 +777,7 @@ def _check_grads(name: str, grads) -> None:
 
 def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float, group_programs: int = 256,
              stages: int | None = None, layout: str | None = None, window_left: int = -1,
-             dq_acc: torch.Tensor | None = None) -> None:
+             dq_acc: torch.Tensor | None = None, chunk_pairs: int | None = None) -> None:
     """Write the gradients of softmax(sm_scale q k^T) v into the preallocated dq, dk, dv.
 
     ``lse``: the forward's base-2 log-sum-exp of the scaled scores, (B, H, Nq) float32 (as ``flash_attn_v2``'s
@@ -783,37 +786,103 @@ def backward(q, k, v, do, lse, delta, dq, dk, dv, causal: bool, sm_scale: float,
     reduce-adds in whatever order the programs run).  ``layout``: how the consumers share dQ (``DQ_LAYOUTS``;
     None: ``dq_layout``'s default for the head dim).  ``window_left`` >= 0 (with ``causal``): each query sees
     only the ``window_left`` keys before its diagonal one too (FlashAttention's window (left, 0)); -1: none.
-    ``dq_acc``: the fp32 dQ accumulator, shaped like q, contiguous and zeroed by the caller (``flash_attn_v2``'s
-    preprocess zeroes it with Delta); None: allocated zeroed here (a memset launch more)."""
+    ``dq_acc``: the fp32 dQ accumulator, shaped ``accumulator_shape`` (like q unless ``chunk_pairs`` runs fewer
+    (batch, kv head) pairs a launch than all: ``prepare_backward``), contiguous and zeroed by the caller
+    (``flash_attn_v2``'s preprocess zeroes a whole one with Delta); None: allocated zeroed here (a memset launch
+    more)."""
     run = prepare_backward(tuple(q.shape), k.shape[1], k.shape[2], causal, sm_scale, group_programs, stages, layout,
-                           window_left)
+                           window_left, chunk_pairs)
     _check_grads("backward", (dq, dk, dv))
-    run(q, k, v, do, lse, delta, dq, dk, dv, _accumulator(dq_acc, q, "backward"))
+    shape = accumulator_shape(tuple(q.shape), k.shape[1], chunk_pairs)
+    run(q, k, v, do, lse, delta, dq, dk, dv, _accumulator(dq_acc, shape, q.device, "backward"))
 
 
 def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_scale: float, group_programs: int = 256,
-                     stages: int | None = None, layout: str | None = None, window_left: int = -1):
+                     stages: int | None = None, layout: str | None = None, window_left: int = -1,
+                     chunk_pairs: int | None = None):
     """``backward``'s checks, grid and launch settings for q of ``q_shape`` (B, H, Nq, D) and k, v of ``kv_heads``
     heads and ``n_kv`` keys, once: the result, ``run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc)`` (contiguous
-    gradients, a zeroed accumulator), builds the nine descriptors and enqueues the kernel and the dQ conversion
-    (``_prepared.PreparedLaunch``); ``flash_attn_v2`` keeps it for its calls."""
+    gradients, a zeroed accumulator shaped ``accumulator_shape(q_shape, kv_heads, chunk_pairs)``), builds the nine
+    descriptors and enqueues the kernel and the dQ conversion (``_prepared.PreparedLaunch``); ``flash_attn_v2``
+    keeps it for its calls.  ``chunk_pairs`` (``dq_chunk_pairs``; None: all): the (batch, kv head) pairs one launch
+    runs, each chunk into the same accumulator, which its conversion zeroes again for the next."""
     B, H, Nq, D = q_shape
     layout, stages = _settings("backward", D, causal, stages, layout, window_left)
+    pairs, group = B * kv_heads, H // kv_heads
+    chunk = _check_chunk_pairs(chunk_pairs, pairs)
     bm = block_m(D, layout)
-    launch = PreparedLaunch(
-        bwd_sm90_kernel, (n_kv // BLOCK_N, B * kv_heads),
-        (sm_scale * LOG2E, sm_scale, H, H // kv_heads, Nq, n_kv, max(window_left, 0), None, None, None, None, None),
-        dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG))
-    convert = _dq_conversion(B * H * Nq * D, sm_scale)
+    meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+    scalars = (sm_scale * LOG2E, sm_scale, group, group, Nq, n_kv, max(window_left, 0), None, None, None, None, None)
+    if chunk == pairs:  # one launch over every pair, as (B, H): the same programs and bits as a chunk of all pairs
+        scalars = (sm_scale * LOG2E, sm_scale, H, group) + scalars[4:]
+    launches, conversions = {}, {}
+
+    def launch(n: int) -> PreparedLaunch:  # n pairs: a chunk is (n, GROUP, Nq, D) with one kv head a pair
+        if n not in launches:
+            launches[n] = PreparedLaunch(bwd_sm90_kernel, (n_kv // BLOCK_N, n), scalars, meta)
+        return launches[n]
+
+    def conversion(n: int, zero: bool) -> PreparedLaunch:
+        if (n, zero) not in conversions:
+            conversions[n, zero] = _dq_conversion(n * group * Nq * D, sm_scale, zero)
+        return conversions[n, zero]
+
+    def one(q, k, v, do, lse, delta, dq, dk, dv, dq_acc, n: int, zero: bool):
+        launch(n)(descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
+                  descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
+                  stat_descriptor(lse, bm), stat_descriptor(delta, bm))
+        conversion(n, zero)(dq_acc, dq)
 
     def run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc):
         do = do if do.is_contiguous() else do.contiguous()
-        launch(descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-               descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
-               stat_descriptor(lse.contiguous(), bm), stat_descriptor(delta.contiguous(), bm))
-        convert(dq_acc, dq)
+        lse, delta = lse.contiguous(), delta.contiguous()
+        if chunk == pairs:
+            one(q, k, v, do, lse, delta, dq, dk, dv, dq_acc, pairs, False)
+            return
+        # a contiguous (B, H, ...) tensor is (pairs, GROUP, ...) with the query heads of kv head j at j * GROUP ..
+        rows = [t.view(pairs, group, *t.shape[2:]) for t in (q, do, dq, lse, delta)]
+        keys = [t.view(pairs, 1, *t.shape[2:]) for t in (k, v, dk, dv)]
+        for c0 in range(0, pairs, chunk):
+            c1 = min(pairs, c0 + chunk)
+            qc, doc, dqc, lsec, deltac = (t[c0:c1] for t in rows)
+            kc, vc, dkc, dvc = (t[c0:c1] for t in keys)
+            one(qc, kc, vc, doc, lsec, deltac, dqc, dkc, dvc, dq_acc[:c1 - c0], c1 - c0, c1 < pairs)
 
     return run
+
+
+def dq_chunk_pairs(q_shape: tuple, kv_heads: int, n_kv: int, chunk_waves: int, sms: int) -> int:
+    """The (batch, kv head) pairs a dense launch runs so that the fp32 dQ accumulator holds one chunk's, not all
+    of them: chunks of about ``chunk_waves`` waves of programs (``n_kv / BLOCK_N`` programs a pair, one resident a
+    SM), equal to within a pair; every pair when ``chunk_waves`` is 0 or they fit one chunk.  The accumulator is
+    then bounded by the GPU, not the batch: about ``chunk_waves * sms * BLOCK_N * GROUP * D * 4`` bytes (a pair's
+    when one pair's programs make more waves than that)."""
+    pairs = q_shape[0] * kv_heads
+    if chunk_waves == 0:
+        return pairs
+    want = -(-chunk_waves * sms // max(1, n_kv // BLOCK_N))  # pairs a chunk of that many programs, rounded up
+    if want >= pairs:
+        return pairs
+    count = -(-pairs // want)
+    return -(-pairs // count)  # the same chunk count, chunks balanced
+
+
+def accumulator_shape(q_shape: tuple, kv_heads: int, chunk_pairs: int | None = None) -> tuple:
+    """The fp32 dQ accumulator a dense ``prepare_backward`` run takes: q's shape, or one chunk's
+    (``chunk_pairs``, GROUP, Nq, D) when it runs fewer pairs than all (a packed batch's: q's, ``chunk_pairs``
+    None)."""
+    if chunk_pairs is None or chunk_pairs >= q_shape[0] * kv_heads:
+        return tuple(q_shape)
+    B, H, Nq, D = q_shape
+    return (chunk_pairs, H // kv_heads, Nq, D)
+
+
+def _check_chunk_pairs(chunk_pairs: int | None, pairs: int) -> int:
+    if chunk_pairs is None:
+        return pairs
+    if not (isinstance(chunk_pairs, int) and not isinstance(chunk_pairs, bool) and chunk_pairs >= 1):
+        raise ValueError(f"sm90_bwd: chunk_pairs must be an int >= 1, got {chunk_pairs!r}")
+    return min(chunk_pairs, pairs)
 
 
 def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, table, causal: bool,
@@ -830,7 +899,7 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
     bm = block_m(D, layout)
-    dq_acc = _accumulator(dq_acc, q, "backward_varlen")
+    dq_acc = _accumulator(dq_acc, tuple(q.shape), q.device, "backward_varlen")
     grid = (table.shape[0], Hkv)
     bwd_sm90_kernel[grid](
         packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
@@ -843,12 +912,12 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
     _dq_convert(dq_acc, dq, sm_scale)
 
 
-def _accumulator(dq_acc: torch.Tensor | None, q: torch.Tensor, name: str) -> torch.Tensor:
-    """The caller's zeroed fp32 dQ accumulator, checked, or a new zeroed one."""
+def _accumulator(dq_acc: torch.Tensor | None, shape: tuple, device, name: str) -> torch.Tensor:
+    """The caller's zeroed fp32 dQ accumulator of ``shape``, checked, or a new zeroed one."""
     if dq_acc is None:
-        return torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    if dq_acc.shape != q.shape or dq_acc.dtype != torch.float32 or not dq_acc.is_contiguous():
-        raise ValueError(f"sm90_bwd.{name}: dq_acc must be a contiguous float32 tensor shaped like q {tuple(q.shape)}, "
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    if tuple(dq_acc.shape) != shape or dq_acc.dtype != torch.float32 or not dq_acc.is_contiguous():
+        raise ValueError(f"sm90_bwd.{name}: dq_acc must be a contiguous float32 tensor shaped {shape}, "
                          f"got {dq_acc.dtype} {tuple(dq_acc.shape)}")
     return dq_acc
 
@@ -857,6 +926,7 @@ def _dq_convert(dq_acc: torch.Tensor, dq: torch.Tensor, sm_scale: float) -> None
     _dq_conversion(dq.numel(), sm_scale)(dq_acc, dq)
 
 
-def _dq_conversion(n: int, sm_scale: float) -> PreparedLaunch:
-    """dq = sm_scale * dq_acc over ``n`` elements, prepared: ``launch(dq_acc, dq)``."""
-    return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n), dict(BLOCK=4096, num_warps=8))
+def _dq_conversion(n: int, sm_scale: float, zero: bool = False) -> PreparedLaunch:
+    """dq = sm_scale * dq_acc over ``n`` elements (``zero``: then dq_acc = 0), prepared: ``launch(dq_acc, dq)``."""
+    return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n),
+                          dict(BLOCK=4096, ZERO=zero, num_warps=8))

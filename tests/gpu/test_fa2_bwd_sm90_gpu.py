@@ -151,3 +151,74 @@ def test_gpu_split_dq_matches_the_per_consumer_reduce(causal, D):
             assert torch.equal(a, b)
         else:
             assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item()
+
+
+CHUNKED = [
+    # B, H, Hkv, Nq, Nkv, D, causal: 5 or 6 (batch, kv head) pairs, run in chunks of 4 (the last shorter) and of 1
+    (3, 4, 2, 1024, 1024, 128, False),
+    (3, 4, 2, 1024, 1024, 128, True),
+    (3, 8, 2, 512, 512, 64, False),  # GQA: a chunk's accumulator holds 4 query heads a pair
+    (5, 2, 1, 512, 768, 64, True),  # MQA, keys ahead of the queries
+    (2, 12, 4, 768, 768, 128, True),  # GQA, 8 pairs: chunks of 4, 4
+]
+
+
+@pytest.mark.parametrize("case", CHUNKED, ids=case_id)
+def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
+    """Dense pairs run in chunks, each into one chunk-sized accumulator that the chunk's conversion zeroes for the
+    next.  Through the launcher (``FA2Options.dq_chunk_waves`` 1 with the SM count taken as two programs: chunks
+    of 2 pairs at Nkv 1024, of 1 beyond) the gradients meet the rule against the fp64 reference; alone
+    (``sm90_bwd.backward``), chunks of 4 and of 1 pair give one launch's dK and dV bits (the same programs' register
+    sums) and its dQ within fp32 rounding of the reduce order."""
+    B, H, Hkv, Nq, Nkv, D, causal = case
+    monkeypatch.setattr(launch.sm90_persistent, "sm_count", lambda index: 2)
+    q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, torch.bfloat16, seed=B * Nq + D)
+    log = {}
+    chunked = FA2Options(autotune=False, backward="sm90", dq_chunk_waves=1)
+    check_against_reference(q, k, v, do, causal, options=chunked, launch_log=log)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(autotune=False))
+    lse2 = (lse / math.log(2)).contiguous()
+    delta = (do.float() * o.float()).sum(-1)
+    got = {}
+    for pairs in (None, 4, 1):
+        grads = [poisoned_empty(t.shape, t.dtype, t.device) for t in (q, k, v)]
+        sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, D ** -0.5, chunk_pairs=pairs)
+        got[pairs] = grads
+    for pairs in (4, 1):
+        for i, (a, b) in enumerate(zip(got[pairs], got[None])):
+            assert torch.isfinite(a).all(), (pairs, i)
+            if i > 0:
+                assert torch.equal(a, b), (pairs, i)
+            else:
+                assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item(), pairs
+
+
+@pytest.mark.parametrize("waves", [0, 4])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_fwd_bwd_peak_memory_is_the_gradients_and_the_accumulator(causal, waves):
+    """16k tokens, hidden 2048 (B4 H16 N4096 D128 bf16): fwd_bwd's peak above the inputs is O, dQ, dK, dV and the
+    fp32 dQ accumulator (``accumulator_shape``: whole, twice dQ, with ``dq_chunk_waves`` 0; one chunk's with 4:
+    16 of the 64 pairs on a 132-SM GPU, 32 MiB), with a few MiB for L, Delta and the allocator's rounding."""
+    B, H, N, D = 4, 16, 4096, 128
+    q, k, v, do = make_inputs(B, H, H, N, N, D, torch.bfloat16, seed=11)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    mib = 2 ** 20
+    pairs = sm90_bwd.dq_chunk_pairs((B, H, N, D), H, N, waves, launch.sm90_persistent.sm_count(q.device.index))
+    acc = math.prod(sm90_bwd.accumulator_shape((B, H, N, D), H, pairs)) * 4
+    assert (acc == 2 * q.numel() * q.element_size()) == (waves == 0)
+    options = FA2Options(backward="sm90", dq_chunk_waves=waves)
+    flash_attn_v2(*leaves, causal=causal, options=options).backward(do)  # tuned and compiled outside the peak
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    log = {}
+    o = flash_attn_v2(*leaves, causal=causal, options=options, launch_log=log)
+    grads = torch.autograd.grad(o, leaves, do)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert log["bwd_dq"] == sm90_bwd.config_label(D), log
+    assert all(torch.isfinite(g).all() for g in grads)
+    expected = 4 * q.numel() * q.element_size() + acc  # O, dQ, dK, dV and the accumulator
+    assert expected <= peak <= expected + 8 * mib, f"peak {peak / mib:.1f} MiB above the inputs, expected {expected / mib:.1f}"

@@ -140,8 +140,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
-                       dq_acc=None):
-        seen.update(do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale, window_left=window_left,
+                       dq_acc=None, chunk_pairs=None):
+        seen.update(chunk_pairs=chunk_pairs, do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale, window_left=window_left,
                     group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape), dq_acc=dq_acc.clone())
         for g in (dq, dk, dv):
             g.fill_(1.0)
@@ -154,7 +154,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     o = flash_attn_v2(*leaves, causal=True, sm_scale=0.3, options=FA2Options(causal_group_programs=7), launch_log=log)
     o.backward(do)
     assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
-    assert seen["window_left"] == -1
+    assert seen["window_left"] == -1 and seen["chunk_pairs"] is None  # FA2Options.dq_chunk_waves 0: one launch
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
     assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
     assert seen["dq_acc"].dtype == torch.float32 and torch.equal(seen["dq_acc"], torch.zeros(q.shape))
@@ -169,7 +169,7 @@ def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch)
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     seen = {}
 
-    def gluon_backward(*args, window_left=-1, dq_acc=None):
+    def gluon_backward(*args, window_left=-1, dq_acc=None, chunk_pairs=None):
         seen["causal"], seen["window_left"] = args[9], window_left
 
     fake_gluon_backward(monkeypatch, gluon_backward)
@@ -392,9 +392,103 @@ def test_a_callers_zeroed_accumulator_is_used_and_a_wrong_one_refused(monkeypatc
     sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), False, 0.125, dq_acc=acc)
     assert kernel.calls[-1][1][6].base.data_ptr() == acc.data_ptr() and convert.calls[-1][1][0] is acc
     for bad in (acc.half(), acc[:, :1], acc.transpose(1, 2).contiguous().transpose(1, 2)):
-        with pytest.raises(ValueError, match="dq_acc must be a contiguous float32 tensor shaped like q"):
+        with pytest.raises(ValueError, match="dq_acc must be a contiguous float32 tensor shaped"):
             sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), False, 0.125, dq_acc=bad)
     assert len(kernel.calls) == 1
+
+
+def _emulated_kernel(launches: list):
+    """Stands in for ``bwd_sm90_kernel``: from its descriptors' bases (the chunk's views) it computes the chunk's
+    gradients exactly (fp32 autograd), stores dK and dV and adds dQ / sm_scale into the accumulator, as the kernel's
+    reduce-adds do; each launch's grid, heads and accumulator are recorded."""
+    def launch(grid):
+        def run(q_d, do_d, k_d, v_d, dk_d, dv_d, dq_d, lse_d, delta_d, qk_scale, sm_scale, H, group, n_q, n_kv,
+                *rest, **meta):
+            pairs, D = grid[1], q_d.base.shape[-1]  # program (j, p): kv head p's keys, query heads p * group ..
+            assert grid[0] == n_kv // 128 and q_d.base.numel() == pairs * group * n_q * D and H % group == 0
+            q, do = (d.base.float().reshape(pairs, group, n_q, D) for d in (q_d, do_d))
+            k, v = (d.base.float().reshape(pairs, 1, n_kv, D).requires_grad_() for d in (k_d, v_d))
+            q.requires_grad_()
+            s = q @ k.transpose(-1, -2) * sm_scale
+            if meta["CAUSAL"]:
+                s = s.masked_fill(torch.ones(n_q, n_kv, dtype=torch.bool).triu(1 + n_kv - n_q), float("-inf"))
+            (s.softmax(-1) @ v).backward(do)
+            dk_d.base.view(k.shape).copy_(k.grad)
+            dv_d.base.view(v.shape).copy_(v.grad)
+            dq_d.base.view(q.shape).add_(q.grad / sm_scale)
+            launches.append((grid, dq_d.base.data_ptr(), q_d.base.data_ptr()))
+        return run
+    return type("Emulated", (), {"__getitem__": lambda self, grid: launch(grid)})()
+
+
+@pytest.mark.parametrize("chunk_pairs, grids", [(None, [6]), (4, [4, 2]), (1, [1] * 6), (3, [3, 3]), (99, [6])])
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunked_pairs_give_the_gradients_of_one_launch(chunk_pairs, grids, causal, monkeypatch):
+    """``chunk_pairs`` runs the (batch, kv head) pairs in launches of that many, each into the same chunk-sized
+    accumulator (``accumulator_shape``) that the chunk's conversion (the real Triton kernel, interpreted) zeroes
+    for the next: with the kernel emulated exactly, dQ, dK and dV (GQA, B3 H4 Hkv2: 6 pairs, 2 query heads a
+    pair) are the reference's whatever the chunks, and each chunk reads its own pairs' rows."""
+    launches = []
+    monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", _emulated_kernel(launches))
+    q, k, v, do = make_inputs(3, 4, 2, 128, 128, 64, torch.float16, seed=7)
+    ref = [t.clone().float().requires_grad_() for t in (q, k, v)]
+    scale = 64 ** -0.5
+    s = ref[0] @ ref[1].repeat_interleave(2, 1).transpose(-1, -2) * scale
+    if causal:
+        s = s.masked_fill(torch.ones(128, 128, dtype=torch.bool).triu(1), float("-inf"))
+    (s.softmax(-1) @ ref[2].repeat_interleave(2, 1)).backward(do.float())
+    stats = torch.zeros(3, 4, 128)
+    grads = [torch.full_like(t, float("nan")) for t in (q, k, v)]
+    shape = sm90_bwd.accumulator_shape(tuple(q.shape), 2, chunk_pairs)
+    assert shape == ((min(chunk_pairs, 6), 2, 128, 64) if chunk_pairs and chunk_pairs < 6 else tuple(q.shape))
+    sm90_bwd.backward(q, k, v, do, stats, stats, *grads, causal, scale, chunk_pairs=chunk_pairs)
+    assert [grid[1] for grid, _, _ in launches] == grids
+    assert len({acc for _, acc, _ in launches}) == 1  # one accumulator serves every chunk
+    pair = 2 * 128 * 64 * q.element_size()  # a pair's query rows: 2 heads
+    assert [(ptr - q.data_ptr()) // pair for _, _, ptr in launches] == [sum(grids[:i]) for i in range(len(grids))]
+    for got, want in zip(grads, ref):
+        assert torch.allclose(got.float(), want.grad, atol=2e-3, rtol=2e-3)
+
+
+def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
+    """``dq_chunk_pairs``: pairs of n_kv / 128 programs each, chunks of about ``chunk_waves`` x SMs programs,
+    balanced to within a pair; 0 waves, or a problem that fits one chunk, is one launch of every pair."""
+    # 16k tokens, hidden 2048 at N 4096: 64 pairs of 32 programs; 4 waves on 132 SMs = 528 programs, 16.5 pairs
+    assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 4, 132) == 16  # 4 chunks of 16 (17 would make 4)
+    assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 0, 132) == 64
+    assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 16, 132) == 64  # 2048 programs < 16 waves
+    assert sm90_bwd.dq_chunk_pairs((1, 16, 16384, 128), 16, 16384, 4, 132) == 4  # 128 programs a pair
+    assert sm90_bwd.dq_chunk_pairs((1, 8, 131072, 128), 2, 131072, 1, 132) == 1  # a pair is more than the chunk
+    assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 16) == 2  # 7 pairs: 4 chunks of 2 (the last 1)
+    with pytest.raises(ValueError, match="chunk_pairs must be an int >= 1"):
+        sm90_bwd.prepare_backward((1, 2, 128, 64), 2, 128, False, 0.1, chunk_pairs=0)
+
+
+def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkeypatch):
+    """``FA2Options.dq_chunk_waves`` (0 by default: one launch) reaches the Gluon backward as chunk pairs, with a
+    zeroed chunk-sized accumulator (the allocation poisoned: the launcher zeroes it, not the Delta kernel)."""
+    assert FA2Options().dq_chunk_waves == 0
+    with pytest.raises(ValueError, match="dq_chunk_waves must be an int >= 0"):
+        FA2Options(dq_chunk_waves=-1)
+    assert hash(FA2Options(dq_chunk_waves=4)) != hash(FA2Options())
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    monkeypatch.setattr(launch.sm90_persistent, "sm_count", lambda index: 1)
+    seen = {}
+
+    def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
+                       dq_acc=None, chunk_pairs=None):
+        seen.update(chunk_pairs=chunk_pairs, dq_acc=dq_acc.clone())
+        for g in (dq, dk, dv):
+            g.zero_()
+
+    fake_gluon_backward(monkeypatch, gluon_backward)
+    _forbid_triton_backward(monkeypatch)
+    q, k, v, do = make_inputs(3, 4, 2, 128, 128, 32, torch.float32, seed=3)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    flash_attn_v2(*leaves, causal=True, options=FA2Options(dq_chunk_waves=2)).backward(do)
+    # 6 pairs of one 128-key program; 2 waves of 1 SM: chunks of 2 pairs
+    assert seen["chunk_pairs"] == 2 and torch.equal(seen["dq_acc"], torch.zeros(2, 2, 128, 32))
 
 
 # The dQ tile's conflict-free store (``_store_dq``), checked on the CPU: the view's layout must put every value

@@ -253,10 +253,10 @@ def fake_gluon_backward(monkeypatch, backward) -> None:
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
     def prepare(q_shape, kv_heads, n_kv, causal, sm_scale, group_programs=256, stages=None, layout=None,
-                window_left=-1):
+                window_left=-1, chunk_pairs=None):
         return lambda q, k, v, do, lse, delta, dq, dk, dv, dq_acc: backward(
             q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=window_left,
-            dq_acc=dq_acc)
+            dq_acc=dq_acc, chunk_pairs=chunk_pairs)
 
     monkeypatch.setattr(sm90_bwd, "prepare_backward", prepare)
 

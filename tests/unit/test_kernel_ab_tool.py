@@ -114,22 +114,22 @@ class _Revision:
     def __init__(self, name, seen):
         self.name, self.seen = name, seen
 
-    def FA2Options(self, configs):
-        return (self.name, dict(configs))
+    def FA2Options(self, **fields):
+        return (self.name, {key: dict(value) if key == "configs" else value for key, value in fields.items()})
 
     def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), **kw):
         self.seen.append((self.name, causal, window, kw.get("options")))
         return q + 0.0 * (k + v).sum()  # depends on q, k and v, so that autograd has all three gradients
 
 
-def _called(kernel_ab, monkeypatch, what, case_text, fwd_config=None) -> list:
+def _called(kernel_ab, monkeypatch, what, case_text, fwd_config=None, new_options=None) -> list:
     """What each revision's flash_attn_v2 is called with for one case (inputs made on the CPU here, as the harness
     makes them)."""
     real = kernel_ab.make_inputs
     monkeypatch.setattr(kernel_ab, "make_inputs", lambda case, device, seed: real(case, "cpu", seed))
     seen = []
     fns = kernel_ab.calls(what, kernel_ab.parse_case(case_text), _Revision("new", seen), _Revision("base", seen),
-                          *([fwd_config] if fwd_config else []))
+                          fwd_config, new_options)
     fns["new"](), fns["base"]()
     return seen
 
@@ -226,9 +226,10 @@ def test_host_gives_each_revisions_host_us_a_call_over_interleaved_holds(kernel_
     assert line[len(label):].split()[:7] == ["70.0", "56.0", "40.0", "30.0", "18.0", "10.0", "0.429"]
     assert "geometric mean of new/base (host µs a call) over 1 cases: 0.429" in printed.out
     assert "warning" not in printed.err
-    # the calls: compared once, warmed up 20 times, then the holds, new's and base's in turn
+    # the calls: compared once, warmed up 20 times, then the holds, each round starting with the other revision
     calls = [e[1] for e in gpu.log if e[0] == "call"]
-    assert calls == ["new", "base"] * 21 + (["new"] * 4 + ["base"] * 4) * 5
+    new_first, base_first = ["new"] * 4 + ["base"] * 4, ["base"] * 4 + ["new"] * 4
+    assert calls == ["new", "base"] * 21 + (new_first + base_first) * 2 + new_first
 
 
 def test_host_queues_a_hold_before_each_timed_batch(kernel_ab, monkeypatch):
@@ -239,7 +240,8 @@ def test_host_queues_a_hold_before_each_timed_batch(kernel_ab, monkeypatch):
     sleeps = [e[1] for e in gpu.log if e[0] == "sleep"]
     assert sleeps == [sleeps[0]] * 6 and sleeps[0] / 1.98e9 == pytest.approx(0.05 + 12 * 0.01)  # far past 12 calls
     batch = lambda name: [("sleep", sleeps[0]), "record", "clock", *[("call", name)] * 12, "clock", "query", "sync"]
-    assert gpu.log[first:] == (batch("new") + batch("base")) * 3
+    new_first, base_first = batch("new") + batch("base"), batch("base") + batch("new")
+    assert gpu.log[first:] == new_first + base_first + new_first
 
 
 def test_host_holds_twenty_times_by_default_and_warns_of_a_hold_that_ended_early(kernel_ab, monkeypatch, capsys,
@@ -256,9 +258,11 @@ def test_host_holds_twenty_times_by_default_and_warns_of_a_hold_that_ended_early
 
 
 def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kernel_ab, monkeypatch, tmp_path):
-    """Three rounds by default, new's then base's, no sleep kernel and no host figures."""
+    """Four rounds by default, new's first in rounds 0 and 2, base's first in 1 and 3 (each revision timed first
+    as often as second), no sleep kernel and no host figures."""
     gpu = FakeGpu(kernel_ab, monkeypatch, US)
-    medians = iter([2.0, 4.0, 1.0, 5.0, 3.0, 6.0])  # rounds of new, base: medians 2 and 5
+    # new, base; base, new; new, base; base, new: new's medians 2 1 3 2.5, base's 4 5 6 7
+    medians = iter([2.0, 4.0, 5.0, 1.0, 3.0, 6.0, 7.0, 2.5])
 
     def time_cuda(fn, timing):
         fn()
@@ -270,9 +274,9 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     doc = json.loads(out.read_text())
     assert "host" not in doc and gpu.holds == 0
     row, = doc["rows"]
-    assert row["round_medians_ms"] == {"new": [2.0, 1.0, 3.0], "base": [4.0, 5.0, 6.0]}
-    assert (row["new_ms"], row["base_ms"], row["new_over_base"]) == (2.0, 5.0, 0.4) and "host_us" not in row
-    assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] * 4
+    assert row["round_medians_ms"] == {"new": [2.0, 1.0, 3.0, 2.5], "base": [4.0, 5.0, 6.0, 7.0]}
+    assert (row["new_ms"], row["base_ms"], row["new_over_base"]) == (2.25, 5.5, 2.25 / 5.5) and "host_us" not in row
+    assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] + ["new", "base", "base", "new"] * 2  # compared, then the rounds
 
 
 @pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
@@ -281,8 +285,32 @@ def test_a_pinned_forward_configuration_reaches_both_revisions(kernel_ab, monkey
     config = kernel_ab.parse_fwd_config("128,128,4,2,gluon_sm90")
     assert config == (128, 128, 4, 2, "gluon_sm90")
     seen = _called(kernel_ab, monkeypatch, what, "B1,H2,N256,D64", config)
-    assert seen == [("new", False, (-1, -1), ("new", {"fwd": config})),
-                    ("base", False, (-1, -1), ("base", {"fwd": config}))]
+    assert seen == [("new", False, (-1, -1), ("new", {"configs": {"fwd": config}})),
+                    ("base", False, (-1, -1), ("base", {"configs": {"fwd": config}}))]
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_new_options_reach_the_new_revision_only(kernel_ab, monkeypatch, what):
+    """--new-option: the new revision's calls take those FA2Options fields (with a pinned forward too); base runs
+    its defaults, or only the pinned forward."""
+    options = kernel_ab.parse_new_options(["dq_chunk_waves=4", "sm90_forward=false", "backward=sm90"])
+    assert options == {"dq_chunk_waves": 4, "sm90_forward": False, "backward": "sm90"}
+    seen = _called(kernel_ab, monkeypatch, what, "B1,H2,N256,D64", None, options)
+    assert seen == [("new", False, (-1, -1), ("new", options)), ("base", False, (-1, -1), None)]
+    config = (128, 128, 4, 2, "gluon_sm90")
+    seen = _called(kernel_ab, monkeypatch, what, "B1,H2,N256,D64", config, {"dq_chunk_waves": 2})
+    assert seen == [("new", False, (-1, -1), ("new", {"dq_chunk_waves": 2, "configs": {"fwd": config}})),
+                    ("base", False, (-1, -1), ("base", {"configs": {"fwd": config}}))]
+
+
+@pytest.mark.parametrize("args, words", [(["--new-option", "dq_chunk_waves"], "expected NAME=VALUE"),
+                                         (["--new-option", "dq_chunk_waves=-1"], "dq_chunk_waves must be an int >= 0"),
+                                         (["--new-option", "no_such=1"], "no_such"),
+                                         (["--what", "bwd", "--new-option", "dq_chunk_waves=1"], "--what fwd or fwd_bwd")])
+def test_a_bad_new_option_is_refused_with_exit_2(args, words):
+    r = _run("--base", "HEAD", "--what", "fwd", *args)
+    assert r.returncode == 2 and "--new-option" in r.stderr and words in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("text", ["128,128,4", "128,x,4,2", "128,128,4,2,gluon_sm90,extra", "64,64,4,2,nonsense"])
