@@ -747,6 +747,10 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr, ZERO: tl.constexp
     acc = tl.load(ACC + offs, mask=mask, other=0.0)
     tl.store(DQ + offs, (acc * scale).to(DQ.dtype.element_ty), mask=mask)
     if ZERO:
+        # every thread's load must be done before any thread zeroes: the compiler may give the load and the store
+        # different thread layouts, and without the barrier some values were zeroed before another warp read them
+        # (dQ wrong by up to half its largest value on an H100)
+        tl.debug_barrier()
         tl.store(ACC + offs, tl.zeros([BLOCK], tl.float32), mask=mask)
 
 

@@ -160,6 +160,10 @@ CHUNKED = [
     (3, 8, 2, 512, 512, 64, False),  # GQA: a chunk's accumulator holds 4 query heads a pair
     (5, 2, 1, 512, 768, 64, True),  # MQA, keys ahead of the queries
     (2, 12, 4, 768, 768, 128, True),  # GQA, 8 pairs: chunks of 4, 4
+    # 64 pairs of one head, chunks of 16 and 32 below: the conversion zeroing a large chunk's accumulator raced
+    # with its own reads before it had a barrier between them
+    (4, 16, 16, 2048, 2048, 128, False),
+    (4, 16, 16, 1024, 1024, 64, True),
 ]
 
 
@@ -169,7 +173,7 @@ def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
     next.  Through the launcher (``FA2Options.dq_chunk_waves`` 1 with the SM count taken as two programs: chunks
     of 2 pairs at Nkv 1024, of 1 beyond) the gradients meet the rule against the fp64 reference; alone
     (``sm90_bwd.backward``), chunks of 4 and of 1 pair give one launch's dK and dV bits (the same programs' register
-    sums) and its dQ within fp32 rounding of the reduce order."""
+    sums) and its dQ within fp32 rounding of the reduce order (64 pairs: chunks of 32 and 16)."""
     B, H, Hkv, Nq, Nkv, D, causal = case
     monkeypatch.setattr(launch.sm90_persistent, "sm_count", lambda index: 2)
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, torch.bfloat16, seed=B * Nq + D)
@@ -182,11 +186,12 @@ def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
     lse2 = (lse / math.log(2)).contiguous()
     delta = (do.float() * o.float()).sum(-1)
     got = {}
-    for pairs in (None, 4, 1):
+    chunks = (4, 1) if B * Hkv <= 8 else (32, 16)
+    for pairs in (None, *chunks):
         grads = [poisoned_empty(t.shape, t.dtype, t.device) for t in (q, k, v)]
         sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, D ** -0.5, chunk_pairs=pairs)
         got[pairs] = grads
-    for pairs in (4, 1):
+    for pairs in chunks:
         for i, (a, b) in enumerate(zip(got[pairs], got[None])):
             assert torch.isfinite(a).all(), (pairs, i)
             if i > 0:
