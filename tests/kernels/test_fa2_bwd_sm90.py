@@ -154,7 +154,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     o = flash_attn_v2(*leaves, causal=True, sm_scale=0.3, options=FA2Options(causal_group_programs=7), launch_log=log)
     o.backward(do)
     assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
-    assert seen["window_left"] == -1 and seen["chunk_pairs"] is None  # FA2Options.dq_chunk_waves 0: one launch
+    assert seen["window_left"] == -1 and seen["chunk_pairs"] == 2  # 2 pairs, far less than 8 waves: one launch
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
     assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
     assert seen["dq_acc"].dtype == torch.float32 and torch.equal(seen["dq_acc"], torch.zeros(q.shape))
@@ -465,15 +465,14 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
 
 
 def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkeypatch):
-    """``FA2Options.dq_chunk_waves`` (0 by default: one launch) reaches the Gluon backward as chunk pairs, with a
+    """``FA2Options.dq_chunk_waves`` (8 by default; 0: one launch) reaches the Gluon backward as chunk pairs, with a
     zeroed chunk-sized accumulator (the allocation poisoned: the launcher zeroes it, not the Delta kernel)."""
-    assert FA2Options().dq_chunk_waves == 0
+    assert FA2Options().dq_chunk_waves == 8
     with pytest.raises(ValueError, match="dq_chunk_waves must be an int >= 0"):
         FA2Options(dq_chunk_waves=-1)
     assert hash(FA2Options(dq_chunk_waves=4)) != hash(FA2Options())
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    monkeypatch.setattr(launch.sm90_persistent, "sm_count", lambda index: 1)
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
@@ -482,7 +481,7 @@ def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkey
         for g in (dq, dk, dv):
             g.zero_()
 
-    fake_gluon_backward(monkeypatch, gluon_backward)
+    fake_gluon_backward(monkeypatch, gluon_backward, sms=1)
     _forbid_triton_backward(monkeypatch)
     q, k, v, do = make_inputs(3, 4, 2, 128, 128, 32, torch.float32, seed=3)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
