@@ -27,7 +27,8 @@ load and clipped on store).
   ping-pong or intra-warp-group overlap); the key tail is then masked in every block unless 128
   divides Nkv (``EVEN_KV``), and O is stored by pointer.
 ``bwd_preprocess_kernel``: Delta_i = rowsum(dO_i * O_i) (Algorithm 2 line 4, D_i in the paper); with ``ZERO_DQ``
-it also zeroes the Gluon backward's fp32 dQ accumulator.
+it also zeroes the Gluon backward's fp32 dQ accumulator where that is whole (a chunked one is zeroed by the
+launcher and by each chunk's conversion: ``sm90_bwd``).
 ``bwd_dkdv_kernel``: one program per (K/V block, batch*kv_head) loops over the query blocks, and over
   the query heads sharing its kv head (GQA/MQA gradients summed in registers: no atomics, no extra
   memory), recomputing P from Q, K and the stored L: dV += P^T dO, dK += dS^T Q (lines 14-21).  It

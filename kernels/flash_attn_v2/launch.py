@@ -274,7 +274,7 @@ def _grad_key(do: torch.Tensor) -> tuple:
 
 
 def _grad_buffers(q, k, v, lse, acc_shape: tuple | None):
-    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``_accumulator_shape``):
+    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``sm90_bwd.accumulator_shape``):
     a whole one (shaped like q) is zeroed by the preprocess, a chunk's here (the chunks' conversions zero it again
     for the next); None: a placeholder never written (Delta, with strides 0 at the launch, ``_first_backward``)."""
     delta = _empty(lse.shape, torch.float32, q.device)

@@ -81,10 +81,15 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     of the K / V tiles (free by then).
 
 Delta is the caller's (the Triton preprocess kernel's, ``kernels.bwd_preprocess_kernel``).  Memory beyond the
-gradients: the fp32 dQ accumulator (B, H, Nq, D), zeroed with Delta by the preprocess kernel (``dq_acc``; FA3's
-preprocess clears it the same way) or here: twice dQ's size (fwd_bwd peak 387 MiB above the
-inputs against 260 MiB with the Triton backward at 16k tokens, hidden 2048; cuDNN 386 MiB).  ``backward="triton"``
-keeps to the gradients plus O(N).
+gradients: the fp32 dQ accumulator (``dq_acc``).  Whole, it is shaped like q (twice dQ's size), zeroed with Delta by
+the preprocess kernel (FA3's preprocess clears it the same way) or here.  Dense calls may instead run their
+(batch, kv head) pairs in chunks (``prepare_backward``'s ``chunk_pairs``, sized by ``dq_chunk_pairs``; the
+launcher's ``FA2Options.dq_chunk_waves``, 8 waves of programs by default): each chunk is one launch of this kernel
+on views of the chunk's pairs (a contiguous (B, H, ...) tensor is (pairs, GROUP, ...)), into one chunk-sized
+accumulator that the chunk's conversion zeroes again for the next, so the accumulator is bounded by the GPU
+(about 66 MiB at D128 on 132 SMs), not by the batch.  fwd_bwd peak above the inputs at 16k tokens, hidden 2048,
+on an H100: 323 MiB at D128 and 294 at D64 chunked, 387 and 390 whole, 260 with the Triton backward, cuDNN's
+386-388.  ``backward="triton"`` keeps to the gradients plus O(N).
 
 Determinism: NOT deterministic.  The reduce-adds into dQ arrive in whatever order the programs run, so
 fp32 rounding differs from run to run (dK and dV are deterministic).  The Triton backward (``kernels.py``:

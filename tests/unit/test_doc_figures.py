@@ -110,7 +110,8 @@ def test_h100_fa2_earlier_sentence_is_its_run():
 
 def test_h100_fa2_sentence_is_the_baseline():
     """The sentence on the H100 `fa2` baseline: ratios to cuDNN by head dim, mode and causality, the clock
-    and the spread it names, the N 1k causal fwd_bwd against sdpa_flash, and peak memory."""
+    and the spread it names, the N 1k causal fwd_bwd against sdpa_flash, and peak memory (against the sweep it
+    was gated against, which held the whole dQ accumulator)."""
     run = run_at("baselines/h100/fa2")
     d = ok("h100", "fa2")
     p = d.pivot_table(index=["head_dim", "mode", "causal", "seq_len_q"], columns="backend", values="tflops")
@@ -127,6 +128,8 @@ def test_h100_fa2_sentence_is_the_baseline():
     fb = d[d["mode"] == "fwd_bwd"]
     peak = {b: fb[fb.backend == b].peak_hbm_bytes / 2**20 for b in ("triton_fa2", "sdpa_cudnn")}
     flash_1k = (p.loc[(128, "fwd_bwd", True, 1024), "triton_fa2"] / p.loc[(128, "fwd_bwd", True, 1024), "sdpa_flash"])
+    before = frame_at("evidence/h100/fa2_gate_chunked_dq/before")  # the whole dQ accumulator, one launch
+    whole = before[(before.backend == "triton_fa2") & (before["mode"] == "fwd_bwd")].peak_hbm_bytes / 2**20
     assert missing_phrases([
         f"fwd_bwd {span(r(128, 'fwd_bwd', False))}× at D = 128 non-causal (N 1k–16k), "
         f"{fb128c.loc[1024]:.2f}× causal at 1k and {span(fb128c[fb128c.index >= 2048])}× from 2k, {span(fb64)}× at D = 64",
@@ -136,7 +139,7 @@ def test_h100_fa2_sentence_is_the_baseline():
         f"at D = 64 from 4k {span(r(64, 'fwd', False, 4096))}× non-causal and {span(r(64, 'fwd', True, 4096))}× causal",
         f"fwd_bwd D = 128 causal N 1k: {flash_1k:.2f}× `sdpa_flash`",
         f"Peak memory is {span(peak['triton_fa2'], '{:.0f}')} MiB above the inputs against cuDNN's "
-        f"{span(peak['sdpa_cudnn'], '{:.0f}')}",
+        f"{span(peak['sdpa_cudnn'], '{:.0f}')} ({span(whole, '{:.0f}')} with the whole accumulator, in the sweep before)",
     ]) == []
 
 
@@ -157,6 +160,29 @@ def test_backend_order_figures_are_the_evidence_runs():
         "with a 1 s warm-up)",
         f"timed first, the same forward measured {tflops('b', 'triton_fa2'):.0f} TFLOP/s at N 4k against cuDNN's "
         f"{tflops('b', 'sdpa_cudnn'):.0f} timed second ({ratio['b']:.2f}×)",
+    ]) == []
+
+
+def test_rotated_rounds_figures_are_the_h100_fa2_baseline():
+    """The known limit's sentence on the rotation: the D128 non-causal N 4k forward's ratio to cuDNN in each of the
+    baseline's three rounds (round r starts each case with its r-th backend), by our forward's place."""
+    run = run_at("baselines/h100/fa2")
+    order = run.meta["backends"]
+    assert run.meta["rounds"] == 3 and order == ["sdpa_flash", "sdpa_cudnn", "triton_fa2"]
+    d = frame("h100", "fa2")
+
+    def cell(rec) -> bool:
+        c = rec.case
+        return (c.head_dim, c.mode, c.causal, c.seq_len_q) == (128, "fwd", False, 4096)
+    rounds = {r.backend: r.round_medians_ms for r in run.records if cell(r)}
+    ratio = [c / ours for ours, c in zip(rounds["triton_fa2"], rounds["sdpa_cudnn"])]
+    place = [(order[r:] + order[:r]).index("triton_fa2") for r in range(3)]
+    assert place == [2, 1, 0]  # third, second, first
+    ours = one(d, backend="triton_fa2", head_dim=128, mode="fwd", causal=False, seq_len_q=4096)
+    theirs = one(d, backend="sdpa_cudnn", head_dim=128, mode="fwd", causal=False, seq_len_q=4096)
+    assert missing_phrases([
+        f"at N 4k our D128 forward measured {ratio[0]:.2f}×, {ratio[1]:.2f}× and {ratio[2]:.2f}× cuDNN's timed "
+        f"third, second and first, {theirs.median_ms / ours.median_ms:.2f}× from the median of the rounds",
     ]) == []
 
 
