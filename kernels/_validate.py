@@ -64,6 +64,13 @@ def device_capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+@functools.lru_cache(maxsize=None)
+def sm_count(index: int | None) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (None: the current one), asked once a process (grids
+    and chunk sizes are decided on the host path)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def check_device(device: torch.device, name: str) -> None:
     """The kernels run on CUDA tensors, or on CPU tensors under the interpreter; nothing else (a meta tensor has no
     data to read)."""

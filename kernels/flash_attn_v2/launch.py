@@ -23,8 +23,8 @@ from .._autograd import attention_function
 from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_flag, check_inputs, check_launch_log, check_scale, check_window,
-                         device_capability, interpreting)
-from . import plans, sm90, sm90_bwd, sm90_persistent
+                         device_capability, interpreting, sm_count)
+from . import plans, sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
@@ -294,7 +294,7 @@ def _dq_chunk(q, k, options: FA2Options, packed: bool) -> int | None:
     if packed or options.dq_chunk_waves == 0:
         return None
     return sm90_bwd.dq_chunk_pairs(tuple(q.shape), k.shape[1], k.shape[2], options.dq_chunk_waves,
-                                   sm90_persistent.sm_count(q.device.index))
+                                   sm_count(q.device.index))
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):

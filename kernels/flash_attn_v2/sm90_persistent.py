@@ -38,7 +38,6 @@ as fast or faster (a tile's prologue is a small share there, and the persistent 
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
@@ -49,6 +48,7 @@ from triton.runtime import driver
 
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head_at
+from .._validate import sm_count
 from . import sm90
 from .sm90 import _attend, _drain, _load_kv, _load_q, dense_program, ring_barriers
 
@@ -280,12 +280,6 @@ def tile_counter(device: torch.device) -> torch.Tensor:
     if counter is None:
         counter = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
     return counter
-
-
-@functools.lru_cache(maxsize=None)
-def sm_count(index: int | None) -> int:
-    """Streaming multiprocessors of CUDA device ``index``, asked once a process (the launch is on the host path)."""
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool, block_rows: int) -> dict:

@@ -6,13 +6,12 @@ the tuner has chosen for their class.
 """
 from __future__ import annotations
 
-import functools
 from typing import MutableMapping
 
 import torch
 
 from .._tuner import _UNBUILDABLE
-from .._validate import device_capability, interpreting
+from .._validate import device_capability, interpreting, sm_count
 from . import run, tuning
 from .checks import check_options, check_shapes, check_tensors, check_values as check_lengths_and_table, fail
 from .options import DecodeOptions, Tile
@@ -21,16 +20,11 @@ _MAX_ROWS = 128  # rows of one tile (64 at head dim 256): bounds the fp32 accumu
 _INTERPRETER_SMS = 4
 
 
-@functools.lru_cache(maxsize=None)
-def _device_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def num_sms(device: torch.device) -> int:
     """The GPU's streaming multiprocessors (a fixed 4 under the interpreter)."""
     if interpreting() or device.type != "cuda":
         return _INTERPRETER_SMS
-    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def can_overlap_combine(device: torch.device) -> bool:

@@ -175,7 +175,7 @@ def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
     (``sm90_bwd.backward``), chunks of 4 and of 1 pair give one launch's dK and dV bits (the same programs' register
     sums) and its dQ within fp32 rounding of the reduce order (64 pairs: chunks of 32 and 16)."""
     B, H, Hkv, Nq, Nkv, D, causal = case
-    monkeypatch.setattr(launch.sm90_persistent, "sm_count", lambda index: 2)
+    monkeypatch.setattr(launch, "sm_count", lambda index: 2)
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, torch.bfloat16, seed=B * Nq + D)
     log = {}
     chunked = FA2Options(autotune=False, backward="sm90", dq_chunk_waves=1)
@@ -210,7 +210,7 @@ def test_gpu_fwd_bwd_peak_memory_is_the_gradients_and_the_accumulator(causal, wa
     q, k, v, do = make_inputs(B, H, H, N, N, D, torch.bfloat16, seed=11)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     mib = 2 ** 20
-    pairs = sm90_bwd.dq_chunk_pairs((B, H, N, D), H, N, waves, launch.sm90_persistent.sm_count(q.device.index))
+    pairs = sm90_bwd.dq_chunk_pairs((B, H, N, D), H, N, waves, launch.sm_count(q.device.index))
     acc = math.prod(sm90_bwd.accumulator_shape((B, H, N, D), H, pairs)) * 4
     assert (acc == 2 * q.numel() * q.element_size()) == (waves == 0)
     options = FA2Options(backward="sm90", dq_chunk_waves=waves)

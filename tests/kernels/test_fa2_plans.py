@@ -193,6 +193,7 @@ def test_a_kept_gluon_plan_hands_each_call_its_own_tensors(monkeypatch):
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(sm90_persistent, "tile_counter", lambda device: "counter")
     monkeypatch.setattr(sm90_persistent, "sm_count", lambda index: 132)
+    monkeypatch.setattr(launch, "sm_count", lambda index: 132)  # the backward's dQ chunks
     kernels = {name: _Recorder() for name in ("fwd", "bwd", "convert")}
     monkeypatch.setattr(sm90_persistent, "fwd_sm90_persistent_kernel", kernels["fwd"])
     monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernels["bwd"])

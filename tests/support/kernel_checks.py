@@ -251,9 +251,9 @@ def fake_gluon_forward(monkeypatch, module, forward) -> None:
 def fake_gluon_backward(monkeypatch, backward, sms: int = 132) -> None:
     """Make ``sm90_bwd.prepare_backward`` hand each run to ``backward``, called as ``sm90_bwd.backward`` would be,
     on a GPU of ``sms`` SMs (what the launcher's dQ chunks are sized by)."""
-    from flashbench_kernels.flash_attn_v2 import sm90_bwd, sm90_persistent
+    from flashbench_kernels.flash_attn_v2 import launch, sm90_bwd
 
-    monkeypatch.setattr(sm90_persistent, "sm_count", lambda index: sms)
+    monkeypatch.setattr(launch, "sm_count", lambda index: sms)
 
     def prepare(q_shape, kv_heads, n_kv, causal, sm_scale, group_programs=256, stages=None, layout=None,
                 window_left=-1, chunk_pairs=None):
