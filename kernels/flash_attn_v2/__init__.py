@@ -53,7 +53,8 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
     kernel, dQ split between its two consumer warp groups and summed by fp32 reduce-adds (the paper's
     line 21), dense and packed, causal windows included: faster than the Triton kernels at every shape
     measured on an H200, so ``FA2Options(backward="auto")`` (the default) runs it wherever it takes the
-    inputs; not bit-reproducible in dQ, so ``backward="triton"`` is the deterministic path.
+    inputs; not bit-reproducible in dQ, so ``backward="triton"`` is the deterministic path.  Dense calls
+    hold its fp32 dQ accumulator one chunk of (batch, kv head) pairs at a time (``dq_chunk_waves``).
 
 Conventions
   * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
