@@ -405,6 +405,23 @@ def ratios_to(gpu: str, name: str, head_dim: int, peer: str):
     return p, p.triton_fa2 / p[peer]
 
 
+def test_design_h100_16k_forward_spread_is_the_baseline():
+    """kernels/DESIGN.md, the D128 non-causal N 16k forward on the H100: both backends' samples over the baseline's
+    rounds, how many lie within 1% of each one's fastest, and the ratio of the fastest samples."""
+    def samples(backend):
+        rec, = [r for r in run_at("baselines/h100/fa2").records if r.backend == backend and
+                (r.case.head_dim, r.case.mode, r.case.causal, r.case.seq_len_q) == (128, "fwd", False, 16384)]
+        return rec.samples_ms
+    ours, theirs = samples("triton_fa2"), samples("sdpa_cudnn")
+
+    def near(s):
+        return sum(x <= 1.01 * min(s) for x in s)
+    phrase = (f"our {len(ours)} samples spread over {min(ours):.2f}–{max(ours):.2f} ms and cuDNN's {len(theirs)} over "
+              f"{min(theirs):.2f}–{max(theirs):.2f} ms, {near(theirs)} of cuDNN's within 1% of its fastest and "
+              f"{near(ours)} of ours; at its fastest ours is {min(theirs) / min(ours):.2f}× cuDNN's at its fastest")
+    assert phrase in DESIGN_FLAT
+
+
 def test_design_d64_figures_are_the_h200_fa2_baseline():
     """kernels/DESIGN.md, the three-consumer D64 forward: its ratios to cuDNN in the `fa2_h100` sweep."""
     _, r = ratios_to("h200", "fa2", 64, "sdpa_cudnn")
