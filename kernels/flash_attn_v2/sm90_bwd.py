@@ -864,8 +864,8 @@ def dq_chunk_pairs(q_shape: tuple, kv_heads: int, n_kv: int, chunk_waves: int, s
     """The (batch, kv head) pairs a dense launch runs so that the fp32 dQ accumulator holds one chunk's, not all
     of them: chunks of about ``chunk_waves`` waves of programs (``n_kv / BLOCK_N`` programs a pair, one resident a
     SM), equal to within a pair; every pair when ``chunk_waves`` is 0 or they fit one chunk.  The accumulator is
-    then bounded by the GPU, not the batch: about ``chunk_waves * sms * BLOCK_N * GROUP * D * 4`` bytes (a pair's
-    when one pair's programs make more waves than that)."""
+    then bounded by the GPU, not the batch: about ``chunk_waves * sms * BLOCK_N * GROUP * D * 4`` bytes where
+    Nq = Nkv (a pair's rows when one pair's programs make more waves than that)."""
     pairs = q_shape[0] * kv_heads
     if chunk_waves == 0:
         return pairs
