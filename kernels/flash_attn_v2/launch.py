@@ -290,11 +290,12 @@ def _grad_buffers(q, k, v, lse, acc_shape: tuple | None):
 
 def _dq_chunk(q, k, options: FA2Options, packed: bool) -> int | None:
     """The (batch, kv head) pairs a launch of the dense Gluon backward runs (``FA2Options.dq_chunk_waves``,
-    ``sm90_bwd.dq_chunk_pairs``); None: all (packed batches: one launch over the program table)."""
+    ``sm90_bwd.dq_chunk_pairs``); None: all in one launch (packed batches: one launch over the program table)."""
     if packed or options.dq_chunk_waves == 0:
         return None
-    return sm90_bwd.dq_chunk_pairs(tuple(q.shape), k.shape[1], k.shape[2], options.dq_chunk_waves,
-                                   sm_count(q.device.index))
+    chunk = sm90_bwd.dq_chunk_pairs(tuple(q.shape), k.shape[1], k.shape[2], options.dq_chunk_waves,
+                                    sm_count(q.device.index))
+    return chunk if chunk < q.shape[0] * k.shape[1] else None
 
 
 def _backward(q, k, v, o, lse, do, causal: bool, sm_scale: float, call: _Call):
@@ -363,7 +364,7 @@ def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: b
     (dense, ``chunk`` pairs a launch: ``_dq_chunk``) or over this call's program table (packed)."""
     lay, group = plan.layout, plan.options.causal_group_programs
     window_left = lay.window[0] if window else -1
-    label = sm90_bwd.config_label(q.shape[-1], window=window)
+    label = sm90_bwd.config_label(q.shape[-1], window=window, chunk_pairs=chunk)
     if lay.packed:
         cu_q, cu_k, _, k_blocks = lay.tables
         table = k_blocks.table(sm90_bwd.BLOCK_N)

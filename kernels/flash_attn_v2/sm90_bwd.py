@@ -185,12 +185,16 @@ def check_dq_layout(head_dim: int, layout: str) -> None:
                          f"{' or '.join(map(str, _LAYOUT_HEAD_DIMS[layout]))}, got {head_dim}")
 
 
-def config_label(head_dim: int, stages: int | None = None, layout: str | None = None, window: bool = False) -> str:
-    """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both)."""
+def config_label(head_dim: int, stages: int | None = None, layout: str | None = None, window: bool = False,
+                 chunk_pairs: int | None = None) -> str:
+    """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both);
+    ``chunk_pairs``: the (batch, kv head) pairs a launch of a chunked call runs (``dq_chunk_pairs``), None for
+    one launch over all."""
     layout = layout or dq_layout(head_dim)
     stages = stages or ring_stages(head_dim, window, layout)
+    chunks = "" if chunk_pairs is None else f",dq_chunk_pairs={chunk_pairs}"
     return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim, layout)},BLOCK_N={BLOCK_N},num_warps=4+4+1,"
-            f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}")
+            f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}{chunks}")
 
 
 def dq_descriptor(dq_acc: torch.Tensor, layout: str):

@@ -154,7 +154,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     o = flash_attn_v2(*leaves, causal=True, sm_scale=0.3, options=FA2Options(causal_group_programs=7), launch_log=log)
     o.backward(do)
     assert seen["causal"] is True and seen["sm_scale"] == 0.3 and seen["group_programs"] == 7
-    assert seen["window_left"] == -1 and seen["chunk_pairs"] == 2  # 2 pairs, far less than 8 waves: one launch
+    assert seen["window_left"] == -1 and seen["chunk_pairs"] is None  # 2 pairs, far less than 8 waves: one launch
     assert seen["shapes"] == (q.shape, k.shape, v.shape)  # GQA: dK, dV have the kv heads
     assert torch.allclose(seen["delta"], (o.detach() * seen["do"]).sum(-1), atol=1e-5)
     assert seen["dq_acc"].dtype == torch.float32 and torch.equal(seen["dq_acc"], torch.zeros(q.shape))
@@ -466,7 +466,8 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
 
 def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkeypatch):
     """``FA2Options.dq_chunk_waves`` (8 by default; 0: one launch) reaches the Gluon backward as chunk pairs, with a
-    zeroed chunk-sized accumulator (the allocation poisoned: the launcher zeroes it, not the Delta kernel)."""
+    zeroed chunk-sized accumulator (the allocation poisoned: the launcher zeroes it, not the Delta kernel), and the
+    launch log names the chunk; where one chunk holds every pair, it is one launch into a whole accumulator."""
     assert FA2Options().dq_chunk_waves == 8
     with pytest.raises(ValueError, match="dq_chunk_waves must be an int >= 0"):
         FA2Options(dq_chunk_waves=-1)
@@ -485,9 +486,15 @@ def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkey
     _forbid_triton_backward(monkeypatch)
     q, k, v, do = make_inputs(3, 4, 2, 128, 128, 32, torch.float32, seed=3)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    flash_attn_v2(*leaves, causal=True, options=FA2Options(dq_chunk_waves=2)).backward(do)
-    # 6 pairs of one 128-key program; 2 waves of 1 SM: chunks of 2 pairs
+    log = {}
+    flash_attn_v2(*leaves, causal=True, options=FA2Options(dq_chunk_waves=2), launch_log=log).backward(do)
+    # 6 pairs of one 128-key program; 2 waves of 1 SM: chunks of 2 pairs, which the launch log records
     assert seen["chunk_pairs"] == 2 and torch.equal(seen["dq_acc"], torch.zeros(2, 2, 128, 32))
+    assert log["bwd_dq"] == sm90_bwd.config_label(32, chunk_pairs=2) == sm90_bwd.config_label(32) + ",dq_chunk_pairs=2"
+    flash_attn_v2(*[t.clone().requires_grad_() for t in (q, k, v)], causal=True,
+                  options=FA2Options(dq_chunk_waves=6), launch_log=log).backward(do)
+    assert seen["chunk_pairs"] is None and log["bwd_dq"] == sm90_bwd.config_label(32)  # 6 waves: all 6 pairs
+    assert tuple(seen["dq_acc"].shape) == q.shape
 
 
 # The dQ tile's conflict-free store (``_store_dq``), checked on the CPU: the view's layout must put every value
