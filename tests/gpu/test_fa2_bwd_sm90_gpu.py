@@ -228,4 +228,5 @@ def test_gpu_fwd_bwd_peak_memory_is_the_gradients_and_the_accumulator(causal, wa
     assert log["bwd_dq"] == sm90_bwd.config_label(D, chunk_pairs=pairs if pairs < B * H else None), log
     assert all(torch.isfinite(g).all() for g in grads)
     expected = 4 * q.numel() * q.element_size() + acc  # O, dQ, dK, dV and the accumulator
-    assert expected <= peak <= expected + 8 * mib, f"peak {peak / mib:.1f} MiB above the inputs, expected {expected / mib:.1f}"
+    assert expected <= peak <= expected + 8 * mib, \
+        f"peak {peak / mib:.1f} MiB above the inputs, expected {expected / mib:.1f}"

@@ -141,7 +141,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
                        dq_acc=None, chunk_pairs=None):
-        seen.update(chunk_pairs=chunk_pairs, do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale, window_left=window_left,
+        seen.update(chunk_pairs=chunk_pairs, do=do.clone(), delta=delta.clone(), causal=causal, sm_scale=sm_scale,
+                    window_left=window_left,
                     group_programs=group_programs, shapes=(dq.shape, dk.shape, dv.shape), dq_acc=dq_acc.clone())
         for g in (dq, dk, dv):
             g.fill_(1.0)
