@@ -5,6 +5,8 @@ as the README writes it, and looked up in the README: a table row as a whole lin
 phrase of the README with its line breaks folded into spaces. Nothing is parsed out of the README, so a
 figure edited by hand, or a baseline measured again without the README following it, fails here.
 """
+import math
+import statistics
 from functools import lru_cache
 from pathlib import Path
 
@@ -165,7 +167,9 @@ def test_backend_order_figures_are_the_evidence_runs():
 
 def test_rotated_rounds_figures_are_the_h100_fa2_baseline():
     """The known limit's sentence on the rotation: the D128 non-causal N 4k forward's ratio to cuDNN in each of the
-    baseline's three rounds (round r starts each case with its r-th backend), by our forward's place."""
+    baseline's three rounds (round r starts each case with its r-th backend), by our forward's place; and over the
+    whole sweep, the largest departure of any backend's geometric-mean round median at one place from its own
+    medians."""
     run = run_at("baselines/h100/fa2")
     order = run.meta["backends"]
     assert run.meta["rounds"] == 3 and order == ["sdpa_flash", "sdpa_cudnn", "triton_fa2"]
@@ -180,9 +184,20 @@ def test_rotated_rounds_figures_are_the_h100_fa2_baseline():
     assert place == [2, 1, 0]  # third, second, first
     ours = one(d, backend="triton_fa2", head_dim=128, mode="fwd", causal=False, seq_len_q=4096)
     theirs = one(d, backend="sdpa_cudnn", head_dim=128, mode="fwd", causal=False, seq_len_q=4096)
+    # every backend's round medians against its own median, by place, in the geometric mean of a mode's cases
+    logs = {}
+    for rec in run.records:
+        mid = statistics.median(rec.round_medians_ms)
+        for r, ms in enumerate(rec.round_medians_ms):
+            key = (rec.backend, (order[r:] + order[:r]).index(rec.backend), rec.case.mode)
+            logs.setdefault(key, []).append(math.log(ms / mid))
+    assert {len(v) for v in logs.values()} == {20}
+    worst = max(abs(math.exp(sum(v) / len(v)) - 1) for v in logs.values())
     assert missing_phrases([
         f"at N 4k our D128 forward measured {ratio[0]:.2f}×, {ratio[1]:.2f}× and {ratio[2]:.2f}× cuDNN's timed "
         f"third, second and first, {theirs.median_ms / ours.median_ms:.2f}× from the median of the rounds",
+        f"no backend's time at any place, in the geometric mean of a mode's 20 cases, was more than "
+        f"{100 * worst:.1f}% off",
     ]) == []
 
 
