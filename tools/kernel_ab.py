@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 
 from flashbench.attention.inputs import make_inputs
+from flashbench.execute.order import rotated
 from flashbench.model.config import Timing
 from flashbench.model.flops import attention_flops
 from flashbench.measure.timer import time_cuda
@@ -166,9 +167,8 @@ def interleaved(fns: dict, rounds: int, time_one) -> dict:
     H100 at its power limit (results/evidence/h100/backend_order/), so an even number of rounds times each
     revision first as often as second."""
     figures = {name: [] for name in fns}
-    names = list(fns)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in rotated(list(fns), r):
             figures[name].append(time_one(fns[name]))
     return figures
 

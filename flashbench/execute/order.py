@@ -23,6 +23,13 @@ def group_by_case(tasks: list[Task]) -> list[list[Task]]:
     return list(groups.values())
 
 
+def rotated(items: list, places: int) -> list:
+    """``items`` rotated left by ``places`` (modulo their number): the order of round ``places + 1``'s backends,
+    counting rounds from 0 as ``places``."""
+    k = places % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
 def round_order(tasks: list[Task], round_number: int) -> list[Task]:
     """``tasks`` for round ``round_number`` (1 is the first): grouped by case, and each case's tasks rotated left
     by ``round_number - 1`` places (round 1 keeps the given order; in round 2 the case's second backend goes
@@ -31,8 +38,7 @@ def round_order(tasks: list[Task], round_number: int) -> list[Task]:
         raise ValueError(f"round_number: rounds count from 1, got {round_number}")
     out: list[Task] = []
     for group in group_by_case(tasks):
-        k = (round_number - 1) % len(group)
-        out.extend(group[k:] + group[:k])
+        out.extend(rotated(group, round_number - 1))
     return out
 
 

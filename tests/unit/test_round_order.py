@@ -2,7 +2,7 @@
 backends every backend of a case is timed once in every position."""
 import pytest
 
-from flashbench.execute.order import group_by_case, position_warning, round_order
+from flashbench.execute.order import group_by_case, position_warning, rotated, round_order
 from flashbench.model.case import Task
 from sweeps import case
 
@@ -39,6 +39,14 @@ def test_cases_with_fewer_backends_rotate_on_their_own():
     tasks = [Task(a, "x"), Task(a, "y"), Task(a, "z"), Task(b, "x")]  # b's other backends were skipped
     assert round_order(tasks, 2) == [Task(a, "y"), Task(a, "z"), Task(a, "x"), Task(b, "x")]
     assert round_order([], 3) == []
+
+
+def test_the_rotation_moves_the_first_items_last_modulo_their_number():
+    """``rotated``: the one rotation rule of the sweep's rounds and tools/kernel_ab.py's."""
+    assert rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotated(["a", "b", "c"], 5) == ["c", "a", "b"]
+    assert rotated([], 3) == []
 
 
 def test_rounds_count_from_one():
