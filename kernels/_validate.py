@@ -64,10 +64,15 @@ def device_capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-@functools.lru_cache(maxsize=None)
 def sm_count(index: int | None) -> int:
-    """Streaming multiprocessors of CUDA device ``index`` (None: the current one), asked once a process (grids
-    and chunk sizes are decided on the host path)."""
+    """Streaming multiprocessors of CUDA device ``index`` (None: the current one), asked once a device and process
+    (grids and chunk sizes are decided on the host path).  None is resolved first: cached as it is, it would
+    answer for whichever device was current at the first call."""
+    return _sm_count(torch.cuda.current_device() if index is None else index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 

@@ -24,7 +24,7 @@ def num_sms(device: torch.device) -> int:
     """The GPU's streaming multiprocessors (a fixed 4 under the interpreter)."""
     if interpreting() or device.type != "cuda":
         return _INTERPRETER_SMS
-    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return sm_count(device.index)
 
 
 def can_overlap_combine(device: torch.device) -> bool:

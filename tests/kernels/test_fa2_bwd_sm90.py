@@ -549,3 +549,23 @@ def test_the_dq_stores_take_one_wavefront_a_half_warp_only_when_swapped(swapped)
                         banks.setdefault(offset % 32, set()).add(offset)
                 worst = max(worst, max(len(words) for words in banks.values()))
     assert worst == (1 if swapped else 2)
+
+
+def test_the_sm_count_is_asked_once_a_device_and_none_means_the_current_one(monkeypatch):
+    """``_validate.sm_count``, which sizes the dQ chunks: None is the current device, resolved before the cache (so
+    a later current device is not answered with the first one's count), and each device is asked once."""
+    from flashbench_kernels import _validate
+
+    asked = []
+    current = [0]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: asked.append(index) or type("Props", (), {"multi_processor_count": 100 + index}))
+    _validate._sm_count.cache_clear()
+    try:
+        assert _validate.sm_count(None) == 100 and _validate.sm_count(0) == 100
+        current[0] = 1
+        assert _validate.sm_count(None) == 101 and _validate.sm_count(1) == 101
+        assert asked == [0, 1]
+    finally:
+        _validate._sm_count.cache_clear()
