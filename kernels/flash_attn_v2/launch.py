@@ -273,16 +273,17 @@ def _grad_key(do: torch.Tensor) -> tuple:
     return do.stride(), do.data_ptr() % 16, do.dtype
 
 
-def _grad_buffers(q, k, v, lse, acc_shape: tuple | None):
-    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``sm90_bwd.accumulator_shape``):
-    a whole one (shaped like q) is zeroed by the preprocess, a chunk's here (the chunks' conversions zero it again
-    for the next); None: a placeholder never written (Delta, with strides 0 at the launch, ``_first_backward``)."""
+def _grad_buffers(q, k, v, lse, acc_shape: tuple | None, zero_acc: bool):
+    """dQ, dK, dV, Delta and the Gluon backward's fp32 dQ accumulator of ``acc_shape`` (``sm90_bwd.accumulator_shape``),
+    zeroed here where ``zero_acc`` (a chunk's: the chunks' conversions zero it again for the next; a whole one is
+    zeroed by the preprocess, ``_first_backward`` decides); None: a placeholder never written (Delta, with strides 0
+    at the launch)."""
     delta = _empty(lse.shape, torch.float32, q.device)
     if acc_shape is None:
         acc = delta
     else:
         acc = _empty(acc_shape, torch.float32, q.device)
-        if acc_shape != tuple(q.shape):
+        if zero_acc:
             acc.zero_()
     return (_empty(q.shape, q.dtype, q.device), _empty(k.shape, k.dtype, k.device), _empty(v.shape, v.dtype, v.device),
             delta, acc)
@@ -326,8 +327,9 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
     chunk = _dq_chunk(q, k, plan.options, lay.packed) if gluon else None
     acc_shape = sm90_bwd.accumulator_shape(tuple(q.shape), k.shape[1], chunk) if gluon else None
-    zero_acc = acc_shape == tuple(q.shape)  # a whole accumulator is zeroed with Delta
-    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
+    pre_zero = acc_shape == tuple(q.shape)  # a whole accumulator is zeroed with Delta, a chunk's when allocated
+    zero_here = gluon and not pre_zero
+    dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape, zero_here)
 
     pre_m = INTERPRET_PREPROCESS_BLOCK_M if interpreting() else PREPROCESS_BLOCK_M
     rows = lay.stat_shape[-1]  # a packed batch is one batch entry of total_q rows
@@ -335,8 +337,8 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     # add compilations
     preprocess = PreparedLaunch(
         bwd_preprocess_kernel, (triton.cdiv(rows, pre_m), delta.numel() // rows),
-        (*_rows(o), *_rows(do), *(_rows(dq_acc) if zero_acc else (0, 0, 0)), H, rows),
-        dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=zero_acc))
+        (*_rows(o), *_rows(do), *(_rows(dq_acc) if pre_zero else (0, 0, 0)), H, rows),
+        dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=pre_m, ZERO_DQ=pre_zero))
     labels = {"bwd_preprocess": f"BLOCK_M={pre_m},num_warps=4"}
     preprocess(o, do, delta, dq_acc)
 
@@ -349,7 +351,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
         labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
-        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape)
+        dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape, zero_here)
         _use_tma_allocator(tma_ok)
         preprocess(o, do, delta, dq_acc)
         gradients(q, k, v, o, lse, do, *buffers)
