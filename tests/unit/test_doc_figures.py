@@ -27,6 +27,14 @@ def run_at(rel: str):
     return load_run(ROOT / "results" / rel)
 
 
+def record_at(rel: str, backend: str, **case_fields):
+    """The one record of ``backend`` in ``run_at(rel)`` whose case has ``case_fields`` (its rounds and samples,
+    which the frame does not hold)."""
+    rec, = [r for r in run_at(rel).records
+            if r.backend == backend and all(getattr(r.case, k) == v for k, v in case_fields.items())]
+    return rec
+
+
 @lru_cache(maxsize=None)
 def frame_at(rel: str):
     """The records of ``run_at(rel)`` as a frame."""
@@ -176,10 +184,8 @@ def test_rotated_rounds_figures_are_the_h100_fa2_baseline():
     assert run.meta["rounds"] == 3 and order == ["sdpa_flash", "sdpa_cudnn", "triton_fa2"]
     d = frame("h100", "fa2")
 
-    def cell(rec) -> bool:
-        c = rec.case
-        return (c.head_dim, c.mode, c.causal, c.seq_len_q) == (128, "fwd", False, 4096)
-    rounds = {r.backend: r.round_medians_ms for r in run.records if cell(r)}
+    rounds = {b: record_at("baselines/h100/fa2", b, head_dim=128, mode="fwd", causal=False,
+                           seq_len_q=4096).round_medians_ms for b in ("triton_fa2", "sdpa_cudnn")}
     ratio = [c / ours for ours, c in zip(rounds["triton_fa2"], rounds["sdpa_cudnn"])]
     place = [rotated(order, r).index("triton_fa2") for r in range(3)]
     assert place == [2, 1, 0]  # third, second, first
@@ -425,9 +431,8 @@ def test_design_h100_16k_forward_spread_is_the_baseline():
     """kernels/DESIGN.md, the D128 non-causal N 16k forward on the H100: both backends' samples over the baseline's
     rounds, how many lie within 1% of each one's fastest, and the ratio of the fastest samples."""
     def samples(backend):
-        rec, = [r for r in run_at("baselines/h100/fa2").records if r.backend == backend and
-                (r.case.head_dim, r.case.mode, r.case.causal, r.case.seq_len_q) == (128, "fwd", False, 16384)]
-        return rec.samples_ms
+        return record_at("baselines/h100/fa2", backend, head_dim=128, mode="fwd", causal=False,
+                         seq_len_q=16384).samples_ms
     ours, theirs = samples("triton_fa2"), samples("sdpa_cudnn")
 
     def near(s):
