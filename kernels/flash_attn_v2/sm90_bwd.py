@@ -825,9 +825,9 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
     chunk = _check_chunk_pairs(chunk_pairs, pairs)
     bm = block_m(D, layout)
     meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
-    scalars = (sm_scale * LOG2E, sm_scale, group, group, Nq, n_kv, max(window_left, 0), None, None, None, None, None)
-    if chunk == pairs:  # one launch over every pair, as (B, H): the same programs and bits as a chunk of all pairs
-        scalars = (sm_scale * LOG2E, sm_scale, H, group) + scalars[4:]
+    # one launch over every pair sees (B, H) heads; a chunk (n, GROUP): the same programs and bits either way
+    heads = H if chunk == pairs else group
+    scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0), None, None, None, None, None)
     launches, conversions = {}, {}
 
     def launch(n: int) -> PreparedLaunch:  # n pairs: a chunk is (n, GROUP, Nq, D) with one kv head a pair

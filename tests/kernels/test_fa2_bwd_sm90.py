@@ -407,6 +407,7 @@ def _emulated_kernel(launches: list):
                 *rest, **meta):
             pairs, D = grid[1], q_d.base.shape[-1]  # program (j, p): kv head p's keys, query heads p * group ..
             assert grid[0] == n_kv // 128 and q_d.base.numel() == pairs * group * n_q * D and H % group == 0
+            assert H == q_d.base.shape[1]  # the heads of what the launch reads: B's H, or a chunk view's GROUP
             q, do = (d.base.float().reshape(pairs, group, n_q, D) for d in (q_d, do_d))
             k, v = (d.base.float().reshape(pairs, 1, n_kv, D).requires_grad_() for d in (k_d, v_d))
             q.requires_grad_()
