@@ -81,7 +81,7 @@ class NvmlWindow(PeriodicSampler):
         return (statistics.median(clocks) if clocks else None, statistics.median(power) if power else None)
 
 
-def _back_to_back(fn, count: int) -> list:
+def back_to_back(fn, count: int) -> list:
     """Enqueue ``count`` calls with an event pair around each and no gap; the pairs (not yet synchronised)."""
     import torch
 
@@ -95,7 +95,7 @@ def _back_to_back(fn, count: int) -> list:
     return pairs
 
 
-def _window(pairs, t_done: float) -> tuple[list[float], float, float]:
+def event_window(pairs, t_done: float) -> tuple[list[float], float, float]:
     """(samples in ms, wall-clock start, end) of event pairs that the GPU finished at ``t_done``: the
     window is placed back from the synchronisation by the time its samples took."""
     samples = [a.elapsed_time(b) for a, b in pairs]
@@ -116,21 +116,21 @@ def measure_compute(device: str = "cuda", nvml_index: int = 0) -> dict:
         torch.mm(a, b, out=c)
 
     flop = 2.0 * MATMUL_N ** 3
-    pairs = _back_to_back(mm, 3)  # cuBLAS's handle and heuristics; a first estimate of one call
+    pairs = back_to_back(mm, 3)  # cuBLAS's handle and heuristics; a first estimate of one call
     torch.cuda.synchronize()
     est_ms = max(min(x.elapsed_time(y) for x, y in pairs[1:]), 1e-3)
     out: dict = {}
     with NvmlWindow(nvml_index) as nvml:
         time.sleep(IDLE_S)
-        pairs = _back_to_back(mm, max(10, round(BURST_MS / est_ms)))
+        pairs = back_to_back(mm, max(10, round(BURST_MS / est_ms)))
         torch.cuda.synchronize()
-        burst, t0, t1 = _window(pairs, time.perf_counter())
+        burst, t0, t1 = event_window(pairs, time.perf_counter())
         out["burst"] = (burst, *nvml.between(t0, t1))
         for _ in range(max(1, round(LOAD_S * 1e3 / est_ms))):  # continuous load; the host runs ahead
             mm()
-        pairs = _back_to_back(mm, max(10, round(SUSTAINED_MS / est_ms)))
+        pairs = back_to_back(mm, max(10, round(SUSTAINED_MS / est_ms)))
         torch.cuda.synchronize()
-        sustained, t0, t1 = _window(pairs, time.perf_counter())
+        sustained, t0, t1 = event_window(pairs, time.perf_counter())
         out["sustained"] = (sustained, *nvml.between(t0, t1))
     del a, b, c
     result = {}
