@@ -6,6 +6,7 @@ the shared memory of a block.  tests/gpu/test_fa2_bwd_sm90_gpu.py checks what it
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -464,6 +465,29 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
     assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 16) == 2  # 7 pairs: 4 chunks of 2 (the last 1)
     with pytest.raises(ValueError, match="chunk_pairs must be an int >= 1"):
         sm90_bwd.prepare_backward((1, 2, 128, 64), 2, 128, False, 0.1, chunk_pairs=0)
+
+
+def test_the_accumulator_is_bounded_by_the_gpu_or_one_kv_head_never_by_batch_and_heads():
+    """The peak-memory claim of the chunked dQ accumulator (DESIGN.md): over batches, heads, GQA groups and sequence
+    lengths it holds at most about ``waves x SMs`` programs' rows (``waves * sms * BLOCK_N * GROUP * D * 4`` bytes)
+    plus one (batch, kv head) pair's, so it stops growing with batch and heads once a chunk is full, and grows with
+    N only where one pair is more than a chunk (a buffer linear in N, as the O(N) statistics are)."""
+    block, waves, sms = sm90_bwd.BLOCK_N, 8, 132
+    for d in (64, 128):
+        for group, kv_heads in ((1, 16), (1, 32), (4, 8), (8, 2)):
+            for n in (1024, 4096, 16384, 131072):
+                sizes = []
+                for batch in (1, 4, 16, 64):
+                    q_shape = (batch, kv_heads * group, n, d)
+                    pairs = sm90_bwd.dq_chunk_pairs(q_shape, kv_heads, n, waves, sms)
+                    acc = 4 * math.prod(sm90_bwd.accumulator_shape(q_shape, kv_heads, pairs))
+                    pair = 4 * group * n * d
+                    assert acc <= waves * sms * block * group * d * 4 + pair, (d, group, kv_heads, n, batch)
+                    sizes.append(acc)
+                full = [s for s, batch in zip(sizes, (1, 4, 16, 64)) if batch * kv_heads * n // block > 2 * waves * sms]
+                # past two chunks' worth of programs, more batches make more chunks, not a larger one (chunks are
+                # balanced, so the size moves by at most a pair)
+                assert max(full, default=0) - min(full, default=0) <= 4 * group * n * d, (d, group, n, sizes)
 
 
 def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkeypatch):
