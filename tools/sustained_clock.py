@@ -40,7 +40,7 @@ from flashbench import backends
 from flashbench.attention.inputs import make_inputs
 from flashbench.backends.calling import bind
 from flashbench.execute.order import rotated
-from flashbench.measure.environment import nvml_index_of
+from flashbench.measure.environment import cuda_uuid, nvml_index_of
 from flashbench.profile.ceilings import NvmlWindow, back_to_back, event_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{torch.cuda.get_device_name()}: {case.label()}, {a.seconds:g} s a window after {a.settle:g} s of settling")
     print(table(rows, summ, names))
     if a.out:
-        doc = {"device": torch.cuda.get_device_name(), "case": case.label(), "backends": names,
+        doc = {"device": torch.cuda.get_device_name(), "device_uuid": cuda_uuid(torch.cuda.current_device()),
+               "case": case.label(), "backends": names,
                "settings": {"seconds": a.seconds, "settle_s": a.settle, "rounds": a.rounds, "batch_ms": a.batch_ms},
                "rows": rows, "summary": summ}
         Path(a.out).write_text(json.dumps(doc, indent=1))
