@@ -509,3 +509,19 @@ def test_readme_sustained_clock_figures_are_the_evidence_runs():
                f"{vs('B4_H32_N4096_D64_bf16_causal_fwd'):.3f}.",
                f"fwd_bwd D = 128 causal N 1k cell measured {span(n1k)}× `sdpa_flash` in three separate runs"]
     assert missing_phrases(phrases) == []
+
+
+def test_readme_settled_warmup_figures_are_the_evidence_run():
+    """README, the power-limit bullet: the D128 forward cells swept with a 1.5 s warm-up."""
+    rel = "evidence/h100/fa2_settled_warmup"
+
+    def ratio(n, causal):
+        return (record_at(rel, "sdpa_cudnn", seq_len_q=n, causal=causal).median_ms /
+                record_at(rel, "triton_fa2", seq_len_q=n, causal=causal).median_ms)
+
+    def ratios(causal):
+        return " / ".join(f"{ratio(n, causal):.2f}" for n in (4096, 8192, 16384))
+    phrase = (f"the D128 forward cells from N 4k measured {ratios(False)}× cuDNN non-causal and {ratios(True)}× causal "
+              "(N 4k, 8k, 16k;")
+    assert missing_phrases([phrase]) == []
+    assert all(r.case.head_dim == 128 and r.case.mode == "fwd" for r in run_at(rel).records)
