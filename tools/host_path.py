@@ -72,6 +72,27 @@ def parse_case(text: str) -> Case:
                 causal=causal, mode=mode, window_left=left, window_right=0 if left >= 0 else -1)
 
 
+class Refused(Exception):
+    """Why a tool cannot measure: it prints ``error: MESSAGE`` and exits with status 2."""
+
+
+def case_and_backends(case_text: str, names: list[str]) -> tuple[Case, list]:
+    """The case (``parse_case``) and the named backends, checked before anything touches the GPU; ``Refused`` for a
+    bad case, an unknown backend, no CUDA GPU, or a case one of the backends cannot run (its reason)."""
+    try:
+        case = parse_case(case_text)
+        chosen = [backends.get(n) for n in names]
+    except (ValueError, KeyError) as e:
+        raise Refused(e.args[0] if isinstance(e, KeyError) else str(e)) from None
+    if not torch.cuda.is_available():
+        raise Refused("needs a CUDA GPU")
+    for name, backend in zip(names, chosen):
+        why = backend.unsupported_reason(case, "cuda")
+        if why:
+            raise Refused(f"{name} cannot run {case.label()}: {why}")
+    return case, chosen
+
+
 def hold_gpu(seconds: float) -> None:
     """Queue a GPU kernel that spins for about ``seconds`` (1.98 GHz is the H100/H200 boost clock;
     a slower clock spins longer, which only helps)."""
@@ -86,17 +107,9 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=35, help="functions listed in each profile table")
     a = ap.parse_args()
     try:
-        case = parse_case(a.case)
-        backend = backends.get(a.backend)
-    except (ValueError, KeyError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA GPU", file=sys.stderr)
-        return 2
-    why = backend.unsupported_reason(case, "cuda")
-    if why:
-        print(f"error: {a.backend} cannot run {case.label()}: {why}", file=sys.stderr)
+        case, (backend,) = case_and_backends(a.case, [a.backend])
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     call = bind(backend.prepare(case, "cuda"), make_inputs(case, "cuda", seed=0), case)
     for _ in range(20):  # compile, tune, and fill the allocator's cache

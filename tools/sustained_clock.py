@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 
-from flashbench import backends
 from flashbench.attention.inputs import make_inputs
 from flashbench.backends.calling import bind
 from flashbench.execute.order import rotated
@@ -44,7 +43,7 @@ from flashbench.measure.environment import cuda_uuid, nvml_index_of
 from flashbench.profile.ceilings import NvmlWindow, back_to_back, event_window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_path import parse_case  # noqa: E402  (the tools' one case syntax)
+from host_path import Refused, case_and_backends  # noqa: E402  (the tools' one case syntax and its checks)
 
 FIGURES = ("ms", "sm_clock_mhz", "power_w", "mcycles", "mj")
 
@@ -144,23 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         a = ap.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage and what is wrong
         return 2 if e.code else 0
+    names = [n.strip() for n in a.backends.split(",") if n.strip()]
     try:
-        case = parse_case(a.case)
-        names = [n.strip() for n in a.backends.split(",") if n.strip()]
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"--backends: give one or more different backends, got {a.backends!r}")
-        chosen = [backends.get(n) for n in names]
-    except (ValueError, KeyError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+            raise Refused(f"--backends: give one or more different backends, got {a.backends!r}")
+        case, chosen = case_and_backends(a.case, names)
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if not torch.cuda.is_available():
-        print("error: needs a CUDA GPU", file=sys.stderr)
-        return 2
-    for name, backend in zip(names, chosen):
-        why = backend.unsupported_reason(case, "cuda")
-        if why:
-            print(f"error: {name} cannot run {case.label()}: {why}", file=sys.stderr)
-            return 2
     inputs = make_inputs(case, "cuda", seed=0)
     calls, batches = {}, {}
     for name, backend in zip(names, chosen):

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 import torch
+
+from flashbench import backends
 from tool_import import TOOLS, imported_tool  # tests/support
 
 
@@ -119,7 +121,7 @@ def test_without_a_gpu_it_exits_2():
 
 def test_a_case_a_backend_cannot_run_exits_2_with_its_reason_before_the_gpu_is_touched(tool, monkeypatch, capsys):
     monkeypatch.setattr(tool.torch.cuda, "is_available", lambda: True)
-    backend = tool.backends.get("sdpa_cudnn")
+    backend = backends.get("sdpa_cudnn")
     monkeypatch.setattr(backend, "unsupported_reason", lambda case, device: "head_dim 32 is not supported here")
     assert tool.main(["--backends", "triton_fa2,sdpa_cudnn", "--case", "B1,H1,N64,D32"]) == 2
     err = capsys.readouterr().err
