@@ -22,8 +22,9 @@ power is the board's, averaged by the driver over its own window; the settle tim
     python tools/sustained_clock.py --case B1,H16,N16384,D128,bf16,fwd --backends sdpa_cudnn,triton_fa2
     python tools/sustained_clock.py --case B4,H32,N4096,D64,causal,fwd --seconds 3 --rounds 4 --out clocks.json
 
-Needs a CUDA GPU and NVML (nvidia-ml-py). Exit status 0, or 2 on a bad option, an unknown backend, a case a
-backend cannot run, or without a GPU.
+Needs a CUDA GPU; NVML (nvidia-ml-py) gives the clock and power, shown as ``-`` without it. Exit status 0, or 2
+on a bad option (an ``--out`` whose folder does not exist included), an unknown backend, a case a backend cannot
+run, without a GPU, or when ``--out`` cannot be written (the table is printed first).
 """
 from __future__ import annotations
 
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not names or len(set(names)) != len(names):
             raise Refused(f"--backends: give one or more different backends, got {a.backends!r}")
+        if a.out and not Path(a.out).resolve().parent.is_dir():
+            raise Refused(f"--out: the folder {str(Path(a.out).resolve().parent)!r} does not exist")
         case, chosen = case_and_backends(a.case, names)
     except Refused as e:
         print(f"error: {e}", file=sys.stderr)
@@ -175,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                "case": case.label(), "backends": names,
                "settings": {"seconds": a.seconds, "settle_s": a.settle, "rounds": a.rounds, "batch_ms": a.batch_ms},
                "rows": rows, "summary": summ}
-        Path(a.out).write_text(json.dumps(doc, indent=1))
+        try:
+            Path(a.out).write_text(json.dumps(doc, indent=1))
+        except OSError as e:
+            print(f"error: --out: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 

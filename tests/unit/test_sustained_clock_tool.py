@@ -105,7 +105,8 @@ def test_a_missing_clock_stays_missing_in_the_summary_and_the_table(tool):
                                          (["--rounds", "0"], "must be at least 1"),
                                          (["--case", "B1,H1"], "needs B, H, N and D"),
                                          (["--backends", "sdpa_flash,sdpa_flash"], "one or more different backends"),
-                                         (["--backends", "triton_fa3"], "unknown backend 'triton_fa3'")])
+                                         (["--backends", "triton_fa3"], "unknown backend 'triton_fa3'"),
+                                         (["--out", "/no/such/folder/clocks.json"], "does not exist")])
 def test_bad_options_exit_2_naming_what_is_wrong(args, words):
     r = subprocess.run([sys.executable, str(TOOLS / "sustained_clock.py"), *args], capture_output=True, text=True,
                        timeout=120)
