@@ -61,8 +61,8 @@ def window_figures(samples_ms: list[float], clock_mhz: float | None, power_w: fl
 def run_window(call, settle_s: float, seconds: float, batch: int, nvml, now=time.perf_counter,
                enqueue=back_to_back) -> dict:
     """Runs ``call`` back to back for ``settle_s`` then ``seconds`` of wall time, ``batch`` calls between host
-    synchronisations, always one batch queued behind the one waited for (so the GPU never waits for the
-    host); returns ``window_figures`` of the calls that ended in the last ``seconds``, with ``nvml``'s
+    synchronisations, always one batch queued behind the one waited for (so the GPU does not wait for the host,
+    unless the host enqueues a call more slowly than the GPU runs it: a launch-bound call); returns ``window_figures`` of the calls that ended in the last ``seconds``, with ``nvml``'s
     (an ``NvmlWindow`` running) clock and power over them."""
     start = now()
     pending = enqueue(call, batch)
