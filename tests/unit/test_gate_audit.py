@@ -366,3 +366,14 @@ def test_a_decode_case_is_gated_on_its_gb_per_s():
     frame = gate_frame(report)
     assert set(frame[frame.workload == "decode"].metric.dropna()) == {"latency", "gbps", "peak_hbm"}
     assert "fewer GB/s" in gate_markdown(report)
+
+
+def test_two_h100_fa2_sweeps_of_the_same_code_on_two_units_pass_the_gate():
+    """results/evidence/h100/fa2_same_code_gate/ is the H100 ``fa2`` baseline's sweep again, unchanged code, on another
+    unit of the model: the default thresholds pass all 120 cases (our forward's rounds moved up to 7% against cuDNN
+    between the two), and the report notes the two units."""
+    root = Path(__file__).resolve().parents[2] / "results"
+    report = check_runs(load_run(root / "baselines/h100/fa2"), load_run(root / "evidence/h100/fa2_same_code_gate"),
+                        load_thresholds(None)[0])
+    assert report.passed and len(report.compared) == 120 and report.failures == []
+    assert any(d.kind == "device" for d in report.differences)
