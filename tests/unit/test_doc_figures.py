@@ -474,13 +474,18 @@ def sustained(case: str) -> dict:
     return json.loads((ROOT / "results/evidence/h100/sustained_clock" / f"{case}.json").read_text())["summary"]
 
 
+def every_sustained_case() -> list[dict]:
+    """Ours against cuDNN (``vs_first``) in every case of results/evidence/h100/sustained_clock/."""
+    return [sustained(p.stem)["triton_fa2"]["vs_first"]
+            for p in sorted((ROOT / "results/evidence/h100/sustained_clock").glob("*.json"))]
+
+
 def test_design_sustained_clock_figures_are_the_evidence_runs():
     """kernels/DESIGN.md, "Under sustained load the cell is ahead": ours against cuDNN at a settled clock."""
     nc16k = sustained("B1_H16_N16384_D128_bf16_fwd")["triton_fa2"]["vs_first"]
     nc4k = sustained("B4_H16_N4096_D128_bf16_fwd")["triton_fa2"]["vs_first"]
     c8k = sustained("B2_H16_N8192_D128_bf16_causal_fwd")
-    every = [sustained(p.stem)["triton_fa2"]["vs_first"]
-             for p in sorted((ROOT / "results/evidence/h100/sustained_clock").glob("*.json"))]
+    every = every_sustained_case()
     energy, times = [v["mj"] for v in every], [v["ms"] for v in every]
     phrases = [f"At 16k our forward took {nc16k['ms']:.3f} of cuDNN's time, at the same clock, in "
                f"{nc16k['mcycles']:.3f} of its cycles",
@@ -500,8 +505,7 @@ def test_readme_sustained_clock_figures_are_the_evidence_runs():
         return sustained(case)["triton_fa2"]["vs_first"]["ms"]
     n1k = [record_at(f"evidence/h100/fa2_n1k_three_runs/run{i}", "triton_fa2").tflops /
            record_at(f"evidence/h100/fa2_n1k_three_runs/run{i}", "sdpa_flash").tflops for i in (1, 2, 3)]
-    times = [sustained(p.stem)["triton_fa2"]["vs_first"]["ms"]
-             for p in sorted((ROOT / "results/evidence/h100/sustained_clock").glob("*.json"))]
+    times = [v["ms"] for v in every_sustained_case()]
     phrases = [f"ours took {span(times)} of cuDNN's time over the {len(times)} forward and fwd_bwd cells measured "
                "(N 4k–16k).",
                f"At D = 128 non-causal, 16k, ours takes {vs('B1_H16_N16384_D128_bf16_fwd'):.3f} of cuDNN's time at the "
