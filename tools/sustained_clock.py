@@ -119,7 +119,7 @@ def table(rows: list[dict], summ: dict, names: list[str]) -> str:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # NaN fails both comparisons
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 

@@ -149,7 +149,8 @@ def order_difference(old: dict, new: dict) -> EnvDifference | None:
     if len(in_old) < 2 or in_old == in_new or every_place_timed(min(run_rounds(old), run_rounds(new)), len(in_old)):
         return None
     # the lists come from results files, as long as their writer made them: the note stays one short line
-    return EnvDifference("order", "backend order", cut(", ".join(in_old), ORDER_CHARS), cut(", ".join(in_new), ORDER_CHARS))
+    return EnvDifference("order", "backend order", cut(", ".join(in_old), ORDER_CHARS),
+                         cut(", ".join(in_new), ORDER_CHARS))
 
 
 # --- backends within one run ---------------------------------------------------------------

@@ -38,7 +38,6 @@ as fast or faster (a tile's prologue is a small share there, and the persistent 
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 from triton.experimental import gluon
