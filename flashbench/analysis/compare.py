@@ -331,7 +331,7 @@ def compare_runs(old: Run, new: Run, metric: str = "ms", noise_method: NoiseMeth
                 v = timing_verdict(r, noise_method, alpha, pooled=pooled)
                 noisy, detail = v.beyond_noise, v.describe()
             else:
-                noisy, detail = True, "exact measurement"
+                noisy, detail = True, "exact measurement" if m.exact else "a measured figure, not noise-tested"
             if not math.isfinite(ratio):
                 change = "–"
             elif noisy or ratio == 1:

@@ -38,6 +38,7 @@ import pandas as pd
 from ..model.case import Case
 from ..model.metrics import LATENCY, Metric, factor_text, gated_metrics, judged_rate
 from .backend_shift import BackendShift, backend_shifts
+from .clocks import ClockChange, clock_change
 from .noise import PooledNoise, RunToRun
 from .compare import (EnvDifference, NotComparableError, environment_differences, gpu_model, join_runs, pooled_noise,
                       timing_verdict)
@@ -92,6 +93,7 @@ class CaseResult:
     checks: list[MetricCheck] = field(default_factory=list)
     message: str = ""
     rounds: tuple[int, int] | None = None   # rounds each side holds (baseline, current), for measured cases
+    clock: ClockChange | None = None        # the SM clock on each side, where both runs recorded it
 
     @property
     def backend(self) -> str:
@@ -288,15 +290,15 @@ def check_runs(baseline: Run, current: Run, thresholds: Thresholds | None = None
                   if c is not None]
         regressed = [m for m in checks if m.regression]
         improved = [m for m in checks if m.improvement]
-        rounds = (_rounds(r["rounds_old"]), _rounds(r["rounds_new"]))
+        rounds, clock = (_rounds(r["rounds_old"]), _rounds(r["rounds_new"])), clock_change(r)
         if regressed:
             message = "; ".join(f"{m.words()} (threshold {m.threshold * 100:.0f}%)" for m in regressed)
-            cases.append(CaseResult(key, "regression", True, so, sn, checks, _joined(message, note), rounds))
+            cases.append(CaseResult(key, "regression", True, so, sn, checks, _joined(message, note), rounds, clock))
         elif improved:
             cases.append(CaseResult(key, "improved", False, so, sn, checks,
-                                    _joined("; ".join(m.words() for m in improved), note), rounds))
+                                    _joined("; ".join(m.words() for m in improved), note), rounds, clock))
         else:
-            cases.append(CaseResult(key, "pass", False, so, sn, checks, note, rounds=rounds))
+            cases.append(CaseResult(key, "pass", False, so, sn, checks, note, rounds=rounds, clock=clock))
     return GateReport(baseline_label, current_label, cases, [d for d in diffs if d.kind not in ("gpu", "schema")],
                       warnings, require_all, thresholds_source, _not_judged(current, current_label, cases), pooled,
                       backend_shifts(cases, thresholds, device))

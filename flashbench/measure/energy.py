@@ -157,23 +157,9 @@ class EnergyMeter:
 
 def nvml_energy_reader(device_uuid: str) -> ReadMj | None:
     """A reader of the GPU's energy counter (mJ), or None where NVML or the counter is missing."""
-    from .environment import _nvml
+    from .environment import nvml_reader
 
-    nv = _nvml()
-    if nv is None or not device_uuid:
-        return None
-    try:
-        handle = nv.nvmlDeviceGetHandleByUUID(device_uuid)
-        nv.nvmlDeviceGetTotalEnergyConsumption(handle)
-    except Exception:
-        return None
-
-    def read() -> int | None:
-        try:
-            return int(nv.nvmlDeviceGetTotalEnergyConsumption(handle))
-        except Exception:
-            return None
-    return read
+    return nvml_reader(device_uuid, lambda nv, handle: nv.nvmlDeviceGetTotalEnergyConsumption(handle))
 
 
 _STEPS: dict[str, float | None] = {}  # measured once per GPU and process

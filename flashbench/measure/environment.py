@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 # NVML throttle ("clock event") reason bits; GpuIdle is benign, the others slow the clocks.
 THROTTLE_REASONS = {
@@ -76,6 +77,27 @@ def nvml_index_of(cuda_index: int) -> int:
     index itself when the UUID is not known to both (the two agree when the variable is not set)."""
     found = nvml_index(cuda_uuid(cuda_index))
     return cuda_index if found is None else found
+
+
+def nvml_reader(device_uuid: str, query: Callable) -> Callable[[], "int | None"] | None:
+    """A reader of one NVML figure of the GPU with this UUID, ``query(nvml, handle)``, tried once here:
+    None where NVML, the GPU (a CPU has no UUID) or the figure is missing. The reader returns None
+    when a later read fails."""
+    nv = _nvml()
+    if nv is None or not device_uuid:
+        return None
+    try:
+        handle = nv.nvmlDeviceGetHandleByUUID(device_uuid)
+        query(nv, handle)
+    except Exception:
+        return None
+
+    def read() -> int | None:
+        try:
+            return int(query(nv, handle))
+        except Exception:
+            return None
+    return read
 
 
 def gpu_state(index: int = 0) -> dict:

@@ -29,6 +29,7 @@ from .ceilings_cache import load_cached, percent_of_roofs
 from .energy import EnergyMeter, energy_per_call_j, meter_for, tflop_per_j
 from .environment import cuda_uuid
 from .process_state import ProcessState
+from .sm_clock import ClockSampler, sampler_for
 from .timer import TIMING_METHODS, GraphCaptureError, time_call
 
 IDENTITY_FIELDS = ("device_name", "device_index", "device_uuid")  # the identity's keys a record carries
@@ -128,6 +129,7 @@ class Measurer:
         if self.ceilings is not None:
             self.identity["roofs"] = self.ceilings.roofs_label()
         self._energy: EnergyMeter | None = None
+        self._clock: ClockSampler | None = None
         self._energy_looked = False
         self._ref_case: Case | None = None
         self._ref: Reference | None = None
@@ -146,11 +148,13 @@ class Measurer:
             self._ref_case = case
         return self._ref
 
-    def _energy_meter(self) -> EnergyMeter | None:
+    def _nvml_watchers(self) -> tuple[EnergyMeter | None, ClockSampler | None]:
+        """The energy meter and the SM clock sampler of this GPU (None where NVML cannot read them)."""
         if not self._energy_looked and self.device.startswith("cuda"):
             self._energy_looked = True
             self._energy = meter_for(self.identity["device_uuid"])
-        return self._energy
+            self._clock = sampler_for(self.identity["device_uuid"])
+        return self._energy, self._clock
 
     def measure(self, task: Task) -> Record:
         """The task's record; every failure of the backend is its status. ``KeyboardInterrupt`` propagates
@@ -221,7 +225,7 @@ class Measurer:
             with torch.cuda.stream(stream):
                 call = bind(fn, inputs, case)
         try:
-            timing = time_call(call, self.settings.timing, dev, stream, self._energy_meter())
+            timing = time_call(call, self.settings.timing, dev, stream, *self._nvml_watchers())
         except GraphCaptureError as e:
             raise Unsupported(f"{e}; time it with CUDA events (timing.cuda_graph: false)") from None
         s = summarize(timing.samples_ms)
@@ -244,6 +248,7 @@ class Measurer:
         rec.avg_power_w = timing.avg_power_w
         rec.energy_j = energy_per_call_j(timing.avg_power_w, s.median_ms)
         rec.tflop_per_j = tflop_per_j(rec.flops, rec.energy_j)
+        rec.sm_clock_mhz = timing.sm_clock_mhz
         try:  # a description that fails (or runs long) costs the description, not the measurement
             rec.backend_config = cut(backend.config_description() or "", CONFIG_CHARS)
         except Exception as e:  # noqa: BLE001

@@ -8,7 +8,8 @@ behind a kernel that holds the stream (:mod:`flashbench.measure.stream_hold`) an
 so the GPU runs the batch back to back and the events time the GPU alone, even when the host
 enqueues a call more slowly than the GPU runs it. While the GPU is held, the host's own time to
 enqueue each call is measured too (``host_ms``). NVML's energy counter is read around every
-batch the GPU runs (:mod:`flashbench.measure.energy`).
+batch the GPU runs (:mod:`flashbench.measure.energy`), and its SM clock while the batch runs
+(:mod:`flashbench.measure.sm_clock`).
 CUDA-graph mode captures the call (fwd, bwd or fwd_bwd) and times graph replays the same way.
 CPU: ``time.perf_counter`` around every call, the same warm-up, sampling rule and statistics. A
 sample set no figure may come from (a 0 ms median, a negative or non-finite time) is refused
@@ -28,6 +29,7 @@ import torch
 
 from ..model.config import Timing
 from .energy import EnergyMeter
+from .sm_clock import ClockSampler
 from .sampling import MAX_BATCH, Batch, CallSynchronises, HoldFailed, collect, extend_for_energy
 from .stats import check_samples
 
@@ -74,6 +76,42 @@ class TimingResult:
     host_ms: float | None = None      # median host time to enqueue one call while the GPU was held
     avg_power_w: float | None = None  # board power while the timed batches ran (NVML), None if unknown
     hold_timeouts: int = 0            # held batches that timed out (a full launch queue, a stalled host)
+    sm_clock_mhz: float | None = None  # median SM clock (NVML) while the timed batches ran, None if unknown
+
+
+class _Windows:
+    """What is read around each batch the GPU runs (a window: from its release until it is done): the
+    energy meter and the SM clock, either of which may be missing. The clock describes the samples
+    only: :meth:`clock_of_samples` takes its figure and stops it before the energy pass."""
+
+    def __init__(self, energy: EnergyMeter | None, clock: ClockSampler | None):
+        self.energy, self._clock, self._clock_on = energy, clock, clock is not None
+
+    def _open(self) -> list:
+        return [w for w in (self.energy, self._clock if self._clock_on else None) if w is not None]
+
+    def reset(self) -> None:
+        self._clock_on = self._clock is not None
+        for w in self._open():
+            w.reset()
+
+    def begin(self) -> None:
+        for w in self._open():
+            w.begin()
+
+    def end(self) -> None:
+        for w in self._open():
+            w.end()
+
+    def discard(self) -> None:
+        for w in self._open():
+            w.discard()
+
+    def clock_of_samples(self) -> float | None:
+        if not self._clock_on:
+            return None
+        self._clock_on = False
+        return self._clock.median_mhz
 
 
 class GraphCaptureError(Exception):
@@ -120,26 +158,24 @@ def _warm_up(call: Callable[[], object], before: Callable[[], object], s: Timing
     return estimate, statistics.median(host)
 
 
-def _plain_batch(call, before, energy: EnergyMeter | None) -> Callable[[int, float | None], Batch]:
+def _plain_batch(call, before, windows: _Windows) -> Callable[[int, float | None], Batch]:
     """Batches enqueued as they are timed: events per call, no hold."""
     def run(n: int, _timeout) -> Batch:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        if energy:
-            energy.begin()
+        windows.begin()
         for i in range(n):
             before()
             starts[i].record()
             call()
             ends[i].record()
         torch.cuda.synchronize()
-        if energy:
-            energy.end()
+        windows.end()
         return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)])
     return run
 
 
-def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int, float | None], Batch]:
+def _held_batch(call, before, hold, windows: _Windows) -> Callable[[int, float | None], Batch]:
     """Batches enqueued whole behind a held stream, then released: the GPU runs them back to back."""
     clock = time.perf_counter
 
@@ -165,16 +201,13 @@ def _held_batch(call, before, hold, energy: EnergyMeter | None) -> Callable[[int
         except BaseException:
             hold.release()  # a call that raised: let the GPU go now, not at the timeout
             raise
-        if energy:
-            energy.begin()
+        windows.begin()
         hold.release()
         torch.cuda.synchronize()
         if hold.timed_out():
-            if energy:
-                energy.discard()
+            windows.discard()
             return Batch([], sample_wall_ms=walls, timed_out=True)
-        if energy:
-            energy.end()
+        windows.end()
         return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)], host, walls)
     return run
 
@@ -189,40 +222,43 @@ def _stream_hold(device):
 
 
 def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torch.cuda.Stream | None = None,
-              energy: EnergyMeter | None = None) -> TimingResult:
+              energy: EnergyMeter | None = None, clock: ClockSampler | None = None) -> TimingResult:
     """Time ``call`` on the GPU. ``stream``: where a CUDA graph is captured (the stream the call's
-    own forward ran on, for a backward); ``energy``: a meter to read around the batches."""
+    own forward ran on, for a backward); ``energy``, ``clock``: a meter and a clock sampler to read
+    around the batches."""
     if s.cuda_graph:
         call = capture_graph(call, device, stream)
     flush = _L2Flusher(device) if s.flush_l2 else _nothing
     call()  # the first call may compile or autotune: never part of an estimate
     torch.cuda.synchronize()
     estimate, host_estimate = _warm_up(call, flush, s)
-    if energy:
-        energy.reset()
+    windows = _Windows(energy, clock)
+    windows.reset()
     how = "plain"
     if s.hold_stream:
         try:
             hold = _stream_hold(device)
-            batch = _held_batch(call, flush, hold, energy)
+            batch = _held_batch(call, flush, hold, windows)
             got = collect(batch, s, estimate + host_estimate, host_estimate + 0.02)
             check_samples(got.samples_ms)
-            _energy_pass(batch, _plain_batch(call, flush, energy), energy, s, got, estimate, host_estimate + 0.02)
+            sm_clock = windows.clock_of_samples()
+            _energy_pass(batch, _plain_batch(call, flush, windows), energy, s, got, estimate, host_estimate + 0.02)
             return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, "held"),
                                 host_ms=statistics.median(got.host_ms) if got.host_ms else None,
-                                avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts)
+                                avg_power_w=energy.avg_power_w if energy else None, hold_timeouts=got.timeouts,
+                                sm_clock_mhz=sm_clock)
         except CallSynchronises:
             how = "call_syncs"
         except HoldFailed:
             how = "unheld"
-        if energy:
-            energy.reset()
-    batch = _plain_batch(call, flush, energy)
+        windows.reset()
+    batch = _plain_batch(call, flush, windows)
     got = collect(batch, s, estimate, None)
     check_samples(got.samples_ms)
+    sm_clock = windows.clock_of_samples()
     _energy_pass(batch, batch, energy, s, got, estimate, None)
     return TimingResult(got.samples_ms, timing_method(s.cuda_graph, s.flush_l2, how),
-                        avg_power_w=energy.avg_power_w if energy else None)
+                        avg_power_w=energy.avg_power_w if energy else None, sm_clock_mhz=sm_clock)
 
 
 # plain batches for the energy pass when the host enqueues a sample in at most this share of its GPU time
@@ -314,7 +350,7 @@ def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
 
 
 def time_call(call: Callable[[], object], s: Timing, device: str, stream: torch.cuda.Stream | None = None,
-              energy: EnergyMeter | None = None) -> TimingResult:
+              energy: EnergyMeter | None = None, clock: ClockSampler | None = None) -> TimingResult:
     if str(device).startswith("cuda"):
-        return time_cuda(call, s, device, stream, energy)
+        return time_cuda(call, s, device, stream, energy, clock)
     return time_cpu(call, s)

@@ -26,7 +26,7 @@ class Metric:
     unit: str
     higher_is_better: bool
     kind: FormatKind            # number: plain; ms: a number shown with its unit when alone; bytes: KiB/MiB/GiB
-    timing: bool                # derived from the timing samples (changes are noise-tested); else exact
+    timing: bool                # derived from the timing samples (changes are noise-tested)
     words: tuple[str, str]      # (worse, better): "9.8% slower", "3.2% fewer TFLOP/s", "12% more memory"
     gate_key: str | None = None  # its key in a thresholds file; None: not gated
     default_threshold: float | None = None  # allowed relative change in the worse direction
@@ -35,6 +35,7 @@ class Metric:
     interval: tuple[str, str, str] | None = None  # its spread: (name, low column, high column)
     in_run_table: bool = True   # a column of the run tables (when some row has a value)
     note: str = ""              # what a reader of a table showing it must know (the tables print it)
+    exact: bool = False         # not timing, and exact (a byte count): else a measured figure no noise test covers
 
     def worse_by(self, change: float) -> float:
         """A relative change (new/old - 1) counted in the worse direction: positive is worse."""
@@ -78,7 +79,7 @@ METRICS: tuple[Metric, ...] = (
            words=("fewer GB/s", "more GB/s")),
     Metric("peak_hbm", "peak_hbm_bytes", "peak HBM", "bytes", higher_is_better=False, kind="bytes", timing=False,
            words=("more memory", "less memory"), gate_key="peak_hbm", default_threshold=0.10,
-           floor_key="min_abs_hbm_bytes"),
+           floor_key="min_abs_hbm_bytes", exact=True),
     # host time to enqueue one call (not from the GPU samples, not gated): what an eager loop pays
     Metric("host", "host_ms", "host ms", "ms", higher_is_better=False, kind="ms", timing=False,
            words=("more host time", "less host time")),
@@ -91,6 +92,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("pct_hbm", "pct_hbm", "% read roof", "%", higher_is_better=True, kind="number", timing=True,
            words=("lower % of the read roof", "higher % of the read roof"), in_run_table=False,
            note="% read roof: minimum bytes per second over the GPU's streaming-read bandwidth (flashbench env --ceilings)"),
+    # the median SM clock while the timed batches ran (measure/sm_clock.py): a backend slower only because
+    # its GPU clocked lower (a power limit, a clock still falling from its boost) shows it here
+    Metric("clock", "sm_clock_mhz", "SM MHz", "MHz", higher_is_better=True, kind="number", timing=False,
+           words=("lower clock", "higher clock"),
+           note="SM MHz: the median SM clock while the timed batches ran (NVML); ms × MHz / 1000 = megacycles a call"),
 )
 
 

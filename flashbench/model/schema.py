@@ -58,10 +58,11 @@ class Record:
     hbm_gbps: float | None = None    # min_hbm_bytes / median time / 1e9 (GB/s, decimal)
     pct_peak_flops: float | None = None  # tflops over the device's sustained compute roof (env --ceilings), in %
     pct_hbm: float | None = None         # hbm_gbps over the device's read-bandwidth roof (env --ceilings), in %
-    # --- energy (NVML's energy counter around the timed batches) ----------------------------
+    # --- energy and clock (NVML, while the timed batches ran on the GPU) ---------------------
     energy_j: float | None = None      # per call: avg_power_w × median time
     avg_power_w: float | None = None   # average board power while the timed batches ran on the GPU
     tflop_per_j: float | None = None   # flops / energy_j / 1e12
+    sm_clock_mhz: float | None = None  # median SM clock read while the timed batches ran (measure/sm_clock.py)
     # --- memory ---------------------------------------------------------------------------
     peak_hbm_bytes: int | None = None      # peak allocated during one call, above what was allocated before it
     peak_hbm_abs_bytes: int | None = None  # absolute peak allocated during that call (inputs included)

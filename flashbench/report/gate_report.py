@@ -111,7 +111,7 @@ def headline(report) -> str:
 # still names every column): the case key, the case's outcome, then one metric check per row
 GATE_COLUMNS = ("backend", *CASE_FIELDS, "outcome", "failed", "old_status", "new_status", "message", "metric",
                 "metric_column", "unit", "old", "new", "change", "threshold", "beyond_noise", "noise", "regression",
-                "note")
+                "note", "old_sm_clock_mhz", "new_sm_clock_mhz", "cycles_change")
 
 
 def _metric_name(check) -> str:
@@ -128,6 +128,9 @@ def gate_frame(report) -> pd.DataFrame:
     for c in report.cases:
         base = {**c.key, "outcome": c.outcome, "failed": c.failed, "old_status": c.old_status,
                 "new_status": c.new_status, "message": c.message}
+        if c.clock is not None:
+            base.update(old_sm_clock_mhz=c.clock.old_mhz, new_sm_clock_mhz=c.clock.new_mhz,
+                        cycles_change=c.clock.cycles_change)
         for m in c.checks or [None]:
             row = dict(base)
             if m is not None:
@@ -146,6 +149,22 @@ def gate_frame(report) -> pd.DataFrame:
 
 
 _LABELS = {"status": "❌ status", "regression": "❌ regression", "improved": "🚀 improved", "missing": "❌ missing"}
+
+
+def clock_words(case) -> str:
+    """The SM clock change of a case, when it is worth a reader's attention ("" otherwise)."""
+    return case.clock.words() if case.clock is not None and case.clock.notable else ""
+
+
+def clock_note(report) -> str:
+    """How many regressed cases ran at a clock lower by at least their slowdown ("" when none did)."""
+    regressed = [c for c in report.cases if c.outcome == "regression"]
+    slowed = [c for c in regressed if c.clock is not None and c.clock.notable and c.clock.clock_change < 0
+              and c.clock.cycles_change <= 0]
+    if not slowed:
+        return ""
+    return (f"{len(slowed)} of the {len(regressed)} regressed cases ran at a lower SM clock than in the baseline and "
+            f"took no more cycles a call (median ms × SM MHz): the GPU's clock, not the code, may have slowed them")
 
 
 def _how_far(case) -> float:
@@ -184,11 +203,14 @@ def gate_markdown(report) -> str:
     pooled = pooled_text(report)
     if pooled:
         lines.append(f"> note: {pooled}")
+    clocks = clock_note(report)
+    if clocks:
+        lines.append(f"> note: {clocks}")
     for shift in report.shifts:
         lines.append(f"> ❌ slower as a whole: {shift.words()}" if shift.failed else f"> note: {shift.words()}")
     for why in report.not_judged:
         lines.append(f"> ❌ not a pass: {why}")
-    if report.differences or report.warnings or margins or scaled or pooled or report.shifts or report.not_judged:
+    if report.differences or report.warnings or margins or scaled or pooled or clocks or report.shifts or report.not_judged:
         lines.append("")
     missing = [c for c in report.cases if c.outcome == "missing" and c.failed]
     shown, unlisted = [], {}
@@ -207,8 +229,9 @@ def gate_markdown(report) -> str:
             backend, shape = md_cell(c.backend), md_cell(compact_shape(c.key))
             if checks:
                 for m in checks:
+                    noise = "; ".join(x for x in (m.noise, clock_words(c)) if x)  # the clock: the GPU's share of it
                     lines.append(f"| {label} | {backend} | {shape} | {m.words()} | {value_text(m, m.old)} | "
-                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {md_cell(m.noise)} |")
+                                 f"{value_text(m, m.new)} | {m.threshold * 100:.0f}% | {md_cell(noise)} |")
             else:
                 lines.append(f"| {label} | {backend} | {shape} | {md_cell(c.message)} | {c.old_status or '–'} | "
                              f"{c.new_status or '–'} | | |")
@@ -234,9 +257,9 @@ def gate_junit_xml(report) -> str:
                        failures=str(len(report.failures)), skipped=str(sum(1 for c in report.cases if skipped(c))))
     for c in report.cases:
         tc = ET.SubElement(suite, "testcase", classname=f"flashbench.{c.backend}", name=compact_shape(c.key))
-        detail = "\n".join(f"{_metric_name(m)}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
-                           f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
-                           for m in c.checks)
+        detail = "\n".join([f"{_metric_name(m)}: {value_text(m, m.old)} -> {value_text(m, m.new)} ({m.words()}, "
+                            f"threshold {m.threshold * 100:.0f}%, {m.noise}){' ' + note_text(m) if note_text(m) else ''}"
+                            for m in c.checks] + ([clock_words(c)] if c.checks and clock_words(c) else []))
         if c.failed:
             f = ET.SubElement(tc, "failure", message=c.message, type=c.outcome)
             f.text = detail or c.message

@@ -106,23 +106,28 @@ def merge_rounds(first: Record, later: Record) -> Record:
     return merged
 
 
-def _mean(a, b):
-    values = [x for x in (a, b) if x is not None]
-    return sum(values) / len(values) if values else None
+def _mean_of_rounds(first: Record, later: Record, field: str) -> float | None:
+    """A per-round figure averaged over the rounds: ``first`` may hold several rounds already (rounds are
+    merged one at a time), so each side weighs as many rounds as it holds. A side without the figure
+    does not count, and a round without it inside a side counts at that side's mean."""
+    sides = [(getattr(r, field), max(r.rounds, 1)) for r in (first, later) if getattr(r, field) is not None]
+    weight = sum(w for _, w in sides)
+    return sum(v * w for v, w in sides) / weight if sides else None
 
 
 def _merge_timer_figures(merged: Record, first: Record, later: Record, tflops_before) -> None:
-    """The timer's per-row figures of a merged record: host time and power averaged over the rounds,
-    the noise the worse round reached, and what derives from the merged median recomputed (the
+    """The timer's per-row figures of a merged record: host time, power and SM clock averaged over the
+    rounds, the noise the worse round reached, and what derives from the merged median recomputed (the
     percentages of the roofs scale with TFLOP/s, the roof itself being the same)."""
-    merged.host_ms = _mean(first.host_ms, later.host_ms)
+    merged.host_ms = _mean_of_rounds(first, later, "host_ms")
     merged.launch_bound = None if merged.host_ms is None else merged.host_ms > merged.median_ms
     merged.noise_pct = _worst(first.noise_pct, later.noise_pct)
     if tflops_before and merged.tflops is not None:
         scale = merged.tflops / tflops_before
         merged.pct_peak_flops = None if first.pct_peak_flops is None else first.pct_peak_flops * scale
         merged.pct_hbm = None if first.pct_hbm is None else first.pct_hbm * scale
-    merged.avg_power_w = _mean(first.avg_power_w, later.avg_power_w)
+    merged.avg_power_w = _mean_of_rounds(first, later, "avg_power_w")
+    merged.sm_clock_mhz = _mean_of_rounds(first, later, "sm_clock_mhz")
     merged.energy_j = energy_per_call_j(merged.avg_power_w, merged.median_ms)
     merged.tflop_per_j = tflop_per_j(merged.flops, merged.energy_j)
 

@@ -1,6 +1,6 @@
 """The timer on a real GPU: held batches time the GPU alone where plain events time the host, host
 time per call, the fallback for a call that synchronises, a full launch queue, CUDA graphs of every
-mode, energy, and the ceilings (the streaming read against torch.sum, burst and sustained roofs).
+mode, energy, the SM clock, and the ceilings (the streaming read against torch.sum, burst and sustained roofs).
 
 Run: python -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_timing_gpu.py   (add -m "gpu and not slow"
 to leave out the slow ones)."""
@@ -182,6 +182,30 @@ def test_energy_ms_gives_a_short_row_its_energy():
     r = m.measure(task)
     assert r.status == "ok" and r.energy_j is not None and 30 < r.avg_power_w < 1500
     assert r.samples <= s.max_samples
+
+
+def test_a_rows_sm_clock_is_one_the_gpu_ran_at_during_the_row():
+    """The row's clock (read only while its timed batches ran) lies within what NVML read, every 5 ms, over
+    the whole task, and under the GPU's maximum."""
+    from flashbench.measure.environment import gpu_state, nvml_index_of
+    from flashbench.measure.sm_clock import sampler_for
+    from flashbench.profile.ceilings import NvmlWindow
+
+    m = Measurer(MeasureSettings(timing=TIMING, correctness=False), "cuda")
+    if sampler_for(m.identity["device_uuid"]) is None:
+        pytest.skip("NVML cannot read this GPU's SM clock")
+    index = nvml_index_of(torch.cuda.current_device())
+    task = Task(case(batch=16, heads=16, kv_heads=16, seq_len_q=4096, seq_len_kv=4096), "sdpa_flash")
+    with NvmlWindow(index, interval_s=0.005) as window:
+        r = m.measure(task)
+    seen = [mhz for _, mhz, _ in window.samples if mhz]
+    top = gpu_state(index).get("max_sm_clock_mhz")
+    print(f"row clock {r.sm_clock_mhz} MHz, {len(m._clock.readings)} readings; over the task {min(seen)}–{max(seen)} "
+          f"MHz ({len(seen)} readings), max {top}")
+    assert r.status == "ok", r.reason
+    assert r.sm_clock_mhz is not None and len(m._clock.readings) >= 3
+    assert min(seen) <= r.sm_clock_mhz <= max(seen)
+    assert top is None or r.sm_clock_mhz <= top
 
 
 def test_read_ceiling_kernel_reads_at_least_as_fast_as_torch_sum():

@@ -129,6 +129,20 @@ def test_runs_ratio_wording(two_runs):
     assert rt.rows.set_index(["backend", "seq_len_q"]).loc[("sdpa_flash", 1024), "change"] == "1.33x slower"
 
 
+def test_a_measured_figure_no_noise_test_covers_is_not_called_exact(tmp_path):
+    """Peak memory is a byte count; the SM clock and host time are measured, and compare does not noise-test them."""
+    def runs(mhz):
+        r = record("triton_fa2", C1, 1.0, seed=1)
+        r.sm_clock_mhz = mhz
+        return r
+    old = load_run(write_run(tmp_path / "old", [runs(1_695.0)]))
+    new = load_run(write_run(tmp_path / "new", [runs(1_470.0)]))
+    clock = compare_runs(old, new, "clock").rows.iloc[0]
+    assert clock["ratio"] == pytest.approx(1_470 / 1_695) and clock["change"] == "1.15x lower clock"
+    assert clock["noise_detail"] == "a measured figure, not noise-tested"
+    assert compare_runs(old, new, "peak_hbm").rows.iloc[0]["noise_detail"] == "exact measurement"
+
+
 def test_change_words():
     assert change_words(1.33, get_metric("ms")) == "1.33x slower"
     assert change_words(1 / 1.1, get_metric("ms")) == "1.10x faster"

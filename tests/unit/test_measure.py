@@ -188,7 +188,8 @@ def test_gpu_only_columns_are_empty_on_the_cpu_and_noise_is_measured():
     s = MeasureSettings(timing=Timing(warmup_ms=1, budget_ms=5, min_samples=8, max_samples=20))
     r = Measurer(s, "cpu").measure(Task(case(), "naive"))
     assert r.status == "ok", r.reason
-    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm"):
+    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm",
+                "sm_clock_mhz"):
         assert getattr(r, col) is None, col
     from flashbench.measure.stats import noise_pct
     assert r.noise_pct == pytest.approx(noise_pct(r.samples_ms)) and r.noise_pct >= 0
@@ -274,9 +275,9 @@ def test_launch_bound_is_host_time_over_gpu_time(monkeypatch):
 
     for host, bound in ((0.5, True), (0.05, False)):
         monkeypatch.setattr(measurer, "time_call", lambda *a, host=host, **k: TimingResult(
-            [0.1] * 10, "held_events_l2_flush", host_ms=host, avg_power_w=500.0))
+            [0.1] * 10, "held_events_l2_flush", host_ms=host, avg_power_w=500.0, sm_clock_mhz=1_605.0))
         r = Measurer(FAST, "cpu").measure(Task(case(), "naive"))
-        assert r.status == "ok" and r.host_ms == host and r.launch_bound is bound
+        assert r.status == "ok" and r.host_ms == host and r.launch_bound is bound and r.sm_clock_mhz == 1_605.0
         assert r.energy_j == pytest.approx(500.0 * 0.1e-3) and r.tflop_per_j == pytest.approx(r.flops / r.energy_j / 1e12)
         assert r.noise_pct == 0.0
 

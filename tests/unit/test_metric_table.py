@@ -34,10 +34,12 @@ def test_rows_are_unique_and_name_record_fields():
 
 
 def test_names_users_already_use():
-    assert [m.name for m in METRICS] == ["ms", "tflops", "gbps", "peak_hbm", "host", "tflop_per_j", "pct_peak", "pct_hbm"]
+    assert [m.name for m in METRICS] == ["ms", "tflops", "gbps", "peak_hbm", "host", "tflop_per_j", "pct_peak", "pct_hbm",
+                                        "clock"]
     assert [m.gate_key for m in gated_metrics()] == ["latency", "tflops", "peak_hbm"]
     assert get_metric("ms").column == "median_ms" and by_column("peak_hbm_bytes").name == "peak_hbm"
-    with pytest.raises(ValueError, match="--metric: 'joules' is not one of ms, tflops, gbps, peak_hbm, host, tflop_per_j, pct_peak, pct_hbm"):
+    with pytest.raises(ValueError, match="--metric: 'joules' is not one of ms, tflops, gbps, peak_hbm, host, tflop_per_j, pct_peak, pct_hbm, "
+                                         "clock"):
         get_metric("joules")
     with pytest.raises(ValueError, match="column"):
         by_column("joules_j")

@@ -37,6 +37,24 @@ def test_merge_keeps_every_round_and_takes_the_median_of_round_medians():
         merge_rounds(a, record("y", c))
 
 
+def test_host_time_power_and_clock_are_the_mean_of_the_rounds_each_round_weighing_the_same():
+    """Rounds merge one at a time, so the first side of the third merge already holds two rounds: a mean of the
+    two sides would weigh the third round as much as the first two together."""
+    c = case()
+    rounds = [record("x", c, 1.0, seed=i) for i in range(3)]
+    for r, (host, watts, mhz) in zip(rounds, ((0.01, 600.0, 1_500.0), (0.02, 630.0, 1_560.0), (0.06, 690.0, 1_980.0))):
+        r.host_ms, r.avg_power_w, r.sm_clock_mhz = host, watts, mhz
+    m = merge_rounds(merge_rounds(rounds[0], rounds[1]), rounds[2])
+    assert m.host_ms == pytest.approx(0.03) and m.avg_power_w == pytest.approx(640.0)
+    assert m.sm_clock_mhz == pytest.approx(1_680.0)
+    assert m.energy_j == pytest.approx(640.0 * m.median_ms / 1e3)
+    # a round without a reading (NVML could not read the clock then) counts at the mean of the rounds merged with it
+    rounds[1].sm_clock_mhz = None
+    assert merge_rounds(merge_rounds(rounds[0], rounds[1]), rounds[2]).sm_clock_mhz == pytest.approx(1_660.0)
+    rounds[0].sm_clock_mhz = None
+    assert merge_rounds(merge_rounds(rounds[0], rounds[1]), rounds[2]).sm_clock_mhz == pytest.approx(1_980.0)
+
+
 def test_a_failed_round_settles_the_row_and_says_which_round():
     c = case()
     ok = merge_rounds(record("x", c, 1.0, seed=1), record("x", c, 1.0, seed=2))

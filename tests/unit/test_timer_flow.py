@@ -2,14 +2,11 @@
 and measure the host separately, plain events time the host's gaps too, a call that synchronises
 falls back to plain events with its own label, and CUDA-graph capture failures are reasons.
 
-The simulation: every enqueued operation (flush, event record, kernel) gets a start time on one GPU
-timeline, at the earliest when it is enqueued (real ``time.perf_counter``) and after the previous
-one; while the stream is held nothing starts before the release. Events read their start times.
+The simulated GPU is tests/support/simulated_gpu.py.
 """
 import time
 
 import pytest
-import torch
 
 from flashbench.measure import energy as energy_mod
 from flashbench.measure import timer
@@ -17,96 +14,12 @@ from flashbench.measure.energy import EnergyMeter
 from flashbench.measure.stream_hold import StreamHold
 from flashbench.model.config import Timing
 
-HOST_S = 0.002      # the host's cost of one call
-KERNEL_MS = 0.05    # the GPU's
-FLUSH_MS = 0.02
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1e3
-
-
-class FakeGpu:
-    def __init__(self):
-        self.free = 0.0
-        self.held = False
-        self.pending = []
-
-    def enqueue(self, duration_ms, event=None):
-        if self.held:
-            self.pending.append((duration_ms, event))
-        else:
-            self._run(duration_ms, event, now_ms())
-
-    def _run(self, duration_ms, event, t):
-        start = max(self.free, t)
-        self.free = start + duration_ms
-        if event is not None:
-            event.t = start
-
-    def release(self):
-        self.held = False
-        t = now_ms()
-        for duration_ms, event in self.pending:
-            self._run(duration_ms, event, t)
-        self.pending = []
-
-    def synchronize(self, *_):
-        if self.held:
-            raise AssertionError("synchronize while the stream is held would hang a real GPU")
-        wait = self.free - now_ms()
-        if wait > 0:
-            time.sleep(wait / 1e3)
-
-
-class FakeHold:
-    def __init__(self, gpu):
-        self.gpu, self.timeout_ms, self.expired, self.holds = gpu, None, False, 0
-
-    def hold(self, timeout_ms):
-        self.gpu.held, self.timeout_ms, self.expired = True, timeout_ms, False
-        self.holds += 1
-
-    def expire(self):
-        """What the kernel's timeout does: the GPU starts on its own."""
-        self.expired = True
-        self.gpu.release()
-
-    def release(self):
-        if self.gpu.held:
-            self.gpu.release()
-
-    def timed_out(self):
-        return self.expired
+from simulated_gpu import HOST_S, KERNEL_MS, now_ms, simulated_gpu, slow_host_call  # tests/support
 
 
 @pytest.fixture
 def gpu(monkeypatch):
-    g = FakeGpu()
-    g.hold = FakeHold(g)
-
-    class Event:
-        def __init__(self, enable_timing=True):
-            self.t = None
-
-        def record(self):
-            g.enqueue(0.0, self)
-
-        def elapsed_time(self, other):
-            return other.t - self.t
-
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "synchronize", g.synchronize)
-    monkeypatch.setattr(timer, "_L2Flusher", lambda device: (lambda: g.enqueue(FLUSH_MS)))
-    monkeypatch.setattr(StreamHold, "for_device", classmethod(lambda cls, device: g.hold))
-    return g
-
-
-def slow_host_call(g):
-    def call():
-        time.sleep(HOST_S)
-        g.enqueue(KERNEL_MS)
-    return call
+    return simulated_gpu(monkeypatch)
 
 
 SETTINGS = Timing(warmup_ms=5, budget_ms=60, min_samples=10, max_samples=200, max_noise_pct=1.0)
