@@ -164,11 +164,15 @@ def _plain_batch(call, before, windows: _Windows) -> Callable[[int, float | None
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         windows.begin()
-        for i in range(n):
-            before()
-            starts[i].record()
-            call()
-            ends[i].record()
+        try:
+            for i in range(n):
+                before()
+                starts[i].record()
+                call()
+                ends[i].record()
+        except BaseException:
+            windows.discard()  # no window stays open (a clock read on and on) after a call that raised
+            raise
         torch.cuda.synchronize()
         windows.end()
         return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)])

@@ -142,6 +142,23 @@ def test_the_energy_pass_after_the_samples_is_not_in_the_clock(gpu, monkeypatch)
     assert r.sm_clock_mhz == BUSY_MHZ and 700 not in clock.readings  # ... and left the clock alone
 
 
+def test_a_call_that_raises_leaves_no_window_open(gpu):
+    clock = ClockSampler(gpu_clock(gpu), interval_s=0.0005)
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) > 10:  # past the warm-up (8 calls), inside the first batches
+            raise RuntimeError("kernel exploded")
+        gpu.enqueue(1.0)
+
+    for hold in (True, False):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="exploded"):
+            timer.time_cuda(call, SETTINGS.model_copy(update={"hold_stream": hold}), "cuda", clock=clock)
+        assert not clock._armed.is_set(), hold
+
+
 def test_no_clock_sampler_means_no_clock(gpu):
     assert timer.time_cuda(slow_host_call(gpu), SETTINGS, "cuda").sm_clock_mhz is None
 
