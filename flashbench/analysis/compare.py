@@ -245,8 +245,8 @@ def compare_backends(df: pd.DataFrame, baseline: str, metric: str = "tflops",
             if v is not None and base_v is not None and pd.notna(base_v) and v > 0 and base_v > 0:
                 sp = m.speedup(v, base_v)
             row[f"{b} speedup"] = sp
-            if v is not None and (best_v is None or m.better(v, best_v)):
-                best, best_v = b, v
+            if m.merit and v is not None and (best_v is None or m.better(v, best_v)):
+                best, best_v = b, v  # no best clock: it is a condition of the measurement, not a merit
         row["winner"] = best
         rows.append(row)
     rows_df = pd.DataFrame(rows)

@@ -72,7 +72,8 @@ def compare(
             from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
-            title = escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
+            title = (escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
+                     if cmp.metric.merit else escape(f"{run_title(run.meta)}: {cmp.metric.label}, ratio to {base}"))
             for table in backend_tables(cmp, title, out.width):
                 out.print(table)
         else:

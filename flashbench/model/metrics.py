@@ -36,6 +36,7 @@ class Metric:
     in_run_table: bool = True   # a column of the run tables (when some row has a value)
     note: str = ""              # what a reader of a table showing it must know (the tables print it)
     exact: bool = False         # not timing, and exact (a byte count): else a measured figure no noise test covers
+    merit: bool = True          # a figure of merit (a best backend, speedups); False: a condition of the measurement
 
     def worse_by(self, change: float) -> float:
         """A relative change (new/old - 1) counted in the worse direction: positive is worse."""
@@ -95,7 +96,7 @@ METRICS: tuple[Metric, ...] = (
     # the median SM clock while the timed batches ran (measure/sm_clock.py): a backend slower only because
     # its GPU clocked lower (a power limit, a clock still falling from its boost) shows it here
     Metric("clock", "sm_clock_mhz", "SM MHz", "MHz", higher_is_better=True, kind="number", timing=False,
-           words=("lower clock", "higher clock"),
+           words=("lower clock", "higher clock"), merit=False,
            note="SM MHz: the median SM clock while the timed batches ran (NVML); ms × MHz / 1000 = megacycles a call"),
 )
 

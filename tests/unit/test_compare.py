@@ -143,6 +143,18 @@ def test_a_measured_figure_no_noise_test_covers_is_not_called_exact(tmp_path):
     assert compare_runs(old, new, "peak_hbm").rows.iloc[0]["noise_detail"] == "exact measurement"
 
 
+def test_within_a_run_the_clock_is_a_ratio_with_no_best_backend(tmp_path):
+    recs = [record("sdpa_cudnn", C1, 1.0, seed=1), record("triton_fa2", C1, 1.04, seed=2)]
+    for r, mhz in zip(recs, (1_695.0, 1_470.0)):
+        r.sm_clock_mhz = mhz
+    run = write_run(tmp_path / "run", recs)
+    cmp = compare_backends(load_run(run).frame(), "sdpa_cudnn", "clock")
+    assert cmp.rows.iloc[0]["winner"] == "" and cmp.rows.iloc[0]["triton_fa2 speedup"] == pytest.approx(1_470 / 1_695)
+    assert compare_backends(load_run(run).frame(), "sdpa_cudnn", "tflops").rows.iloc[0]["winner"] == "sdpa_cudnn"
+    r = runner.invoke(app, ["compare", str(run), "--metric", "clock", "--baseline", "sdpa_cudnn"], env={"COLUMNS": "160"})
+    assert r.exit_code == 0 and "SM MHz, ratio to sdpa_cudnn" in r.stdout and "★" not in r.stdout and "0.87x" in r.stdout
+
+
 def test_change_words():
     assert change_words(1.33, get_metric("ms")) == "1.33x slower"
     assert change_words(1 / 1.1, get_metric("ms")) == "1.10x faster"
