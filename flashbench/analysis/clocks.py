@@ -1,9 +1,11 @@
-"""The SM clock a case ran at in two runs, and what its time change is in cycles.
+"""The SM clock a case ran at: in two runs (the gate), and for each backend of one run.
 
 A case that got slower may run the same number of cycles at a lower clock: another unit of the
 GPU model, a hotter machine, a power limit reached sooner. The gate does not judge by it (a kernel
 that draws more power lowers its own clock, and that is a real regression of its time); it shows it
-beside each case that moved, so a reader can tell the GPU's change from the code's.
+beside each case that moved, so a reader can tell the GPU's change from the code's. Within one run,
+backends of a case timed at clocks far apart have a ratio that holds the clocks' difference too:
+:func:`clock_gaps` finds them for a note under the run's tables.
 ``sm_clock_mhz`` is the median SM clock while the row's timed batches ran
 (:mod:`flashbench.measure.sm_clock`); runs recorded before it have none, and then nothing is shown.
 """
@@ -12,12 +14,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..model.case import CASE_FIELDS
 from ..model.metrics import LATENCY, get_metric
 
 CLOCK = get_metric("clock")
 # a clock change smaller than this is not worth a reader's attention (NVML reports clocks in steps of
 # about 15 MHz, 1% of a Hopper's sustained clock)
 NOTABLE = 0.01
+# backends of a case this far apart in clock get a note under a run's tables: a few clock steps, past
+# what two readings of one steady clock differ by
+GAP = 0.03
 
 
 @dataclass(frozen=True)
@@ -68,3 +74,37 @@ def clock_change(row) -> ClockChange | None:
         return None
     old_mhz, new_mhz, old_ms, new_ms = values
     return ClockChange(old_mhz, new_mhz, old_ms, new_ms)
+
+
+@dataclass(frozen=True)
+class ClockGap:
+    case: dict           # the case's fields
+    backend: str
+    mhz: float
+    reference_mhz: float
+
+    @property
+    def ratio(self) -> float:
+        return self.mhz / self.reference_mhz
+
+
+def clock_gaps(frame, reference: str, gap: float = GAP) -> tuple[list[ClockGap], int]:
+    """The backends whose clock was more than ``gap`` (relative) from ``reference``'s in the same case, widest
+    first, and how many cases had a clock for the reference and for some other backend, all measured ok."""
+    if CLOCK.column not in frame or frame.empty:
+        return [], 0
+    ok = frame[(frame["status"] == "ok") & frame[CLOCK.column].notna() & (frame[CLOCK.column] > 0)]
+    gaps, compared = [], 0
+    for key, group in ok.groupby(list(CASE_FIELDS), sort=False, dropna=False):
+        ref = group[group["backend"] == reference]
+        others = group[group["backend"] != reference]
+        if ref.empty or others.empty:
+            continue
+        compared += 1
+        ref_mhz = float(ref[CLOCK.column].iloc[-1])
+        for _, row in others.iterrows():
+            mhz = float(row[CLOCK.column])
+            if abs(mhz / ref_mhz - 1) > gap:
+                gaps.append(ClockGap(dict(zip(CASE_FIELDS, key)), row["backend"], mhz, ref_mhz))
+    gaps.sort(key=lambda g: -abs(math.log(g.ratio)))
+    return gaps, compared

@@ -69,13 +69,16 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from ..report.comparison_tables import backend_tables
+            from ..report.comparison_tables import backend_tables, clock_gap_note
             from ..report.plots import run_title
 
             title = (escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
                      if cmp.metric.merit else escape(f"{run_title(run.meta)}: {cmp.metric.label}, ratio to {base}"))
             for table in backend_tables(cmp, title, out.width):
                 out.print(table)
+            note = clock_gap_note(frame[frame["backend"].isin(cmp.backends)], base) if cmp.metric.merit else ""
+            if note:
+                out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
         else:
             from ..report.comparison_tables import backend_comparison_frame
 

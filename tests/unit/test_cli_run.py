@@ -111,9 +111,33 @@ def test_new_columns_are_in_the_csv_and_empty_on_a_cpu(tmp_path):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert rows and all(row["status"] == "ok" and row["timing_method"] == "cpu_perf_counter" for row in rows)
-    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm"):
+    for col in ("host_ms", "launch_bound", "energy_j", "avg_power_w", "tflop_per_j", "pct_peak_flops", "pct_hbm",
+                "sm_clock_mhz"):
         assert all(row[col] == "" for row in rows), col
     assert all(float(row["noise_pct"]) >= 0 for row in rows if row["noise_pct"])
+
+
+def test_run_notes_backends_timed_at_clocks_far_apart(tmp_path, monkeypatch):
+    """The run's tables are followed by a note naming the widest clock gap to the reference backend (the clock is
+    faked: a CPU has none; the in-process sweep times naive, then sdpa_math, in each case)."""
+    from flashbench.measure import measurer
+    from flashbench.measure.timer import TimingResult
+    from sweeps import tiny_config
+
+    timed = []
+
+    def time_call(*a, **k):
+        timed.append(1)
+        return TimingResult([0.1] * 5, "cpu_perf_counter", sm_clock_mhz=1_700.0 if len(timed) % 2 else 1_400.0)
+
+    monkeypatch.setattr(measurer, "time_call", time_call)
+    config = tiny_config(tmp_path, ["naive", "sdpa_math"], causal=(False,))
+    r = invoke("run", config, "--executor", "inprocess", "--out", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    assert "note: in 1 of 1 cases a backend ran at an SM clock more than 3% from naive's (widest: sdpa_math at " \
+           "1,400 against 1,700 MHz" in " ".join(r.stdout.split())
+    r = invoke("run", config, "--executor", "inprocess", "--out", str(tmp_path / "quiet"), "--quiet")
+    assert r.exit_code == 0 and "note: in" not in r.stdout
 
 
 def test_run_table_flags_launch_bound_rows():

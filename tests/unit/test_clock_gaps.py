@@ -1,0 +1,69 @@
+"""Backends of a case timed at SM clocks far apart: found per case against the reference backend, widest first,
+and named in a note under `run`'s and `compare`'s tables (nothing where no row has a clock)."""
+import pytest
+from typer.testing import CliRunner
+
+from flashbench.analysis.clocks import GAP, clock_gaps
+from flashbench.cli import app
+from flashbench.report.comparison_tables import clock_gap_note
+from flashbench.results.files import load_run
+from synthetic import case, record, write_run
+
+runner = CliRunner()
+C1, C2, C3 = case(1024), case(4096), case(8192, causal=True)
+
+
+def run_with_clocks(tmp_path, clocks: dict, name="run"):
+    """clocks: (backend, case) -> MHz (None: no reading); every row measured ok unless the value is a status."""
+    recs = []
+    for (backend, c), mhz in clocks.items():
+        if isinstance(mhz, str):
+            recs.append(record(backend, c, status=mhz, reason="CUDA out of memory"))
+            continue
+        r = record(backend, c, 1.0, seed=len(recs))
+        r.sm_clock_mhz = mhz
+        recs.append(r)
+    return write_run(tmp_path / name, recs)
+
+
+def test_gaps_against_the_reference_widest_first(tmp_path):
+    run = run_with_clocks(tmp_path, {
+        ("sdpa_cudnn", C1): 1_700.0, ("triton_fa2", C1): 1_690.0, ("flex", C1): 1_600.0,  # flex 5.9% lower
+        ("sdpa_cudnn", C2): 1_700.0, ("triton_fa2", C2): 1_400.0,                         # 17.6% lower
+        ("sdpa_cudnn", C3): None, ("triton_fa2", C3): 1_200.0,                            # no reference clock
+    })
+    gaps, compared = clock_gaps(load_run(run).frame(), "sdpa_cudnn")
+    assert compared == 2
+    assert [(g.backend, g.case["seq_len_q"]) for g in gaps] == [("triton_fa2", 4096), ("flex", 1024)]
+    assert gaps[0].ratio == pytest.approx(1_400 / 1_700) and gaps[0].reference_mhz == 1_700.0
+    assert clock_gaps(load_run(run).frame(), "sdpa_cudnn", gap=0.10)[0][0].backend == "triton_fa2"
+    assert len(clock_gaps(load_run(run).frame(), "sdpa_cudnn", gap=0.10)[0]) == 1
+    note = clock_gap_note(load_run(run).frame(), "sdpa_cudnn")
+    assert note.startswith(f"in 2 of 2 cases a backend ran at an SM clock more than {GAP * 100:.0f}% from sdpa_cudnn's "
+                           "(widest: triton_fa2 at 1,400 against 1,700 MHz, B4 H16 N4096 D128 bf16 fwd)")
+
+
+def test_a_higher_clock_counts_as_a_gap_and_failed_rows_do_not(tmp_path):
+    run = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): 1_500.0, ("triton_fa2", C1): 1_700.0,
+                                     ("sdpa_cudnn", C2): 1_500.0, ("naive", C2): "oom"})
+    gaps, compared = clock_gaps(load_run(run).frame(), "sdpa_cudnn")
+    assert compared == 1 and [g.backend for g in gaps] == ["triton_fa2"] and gaps[0].ratio > 1
+
+
+def test_no_clocks_no_reference_or_clocks_within_the_gap_say_nothing(tmp_path):
+    no_clocks = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): None, ("triton_fa2", C1): None}, "none")
+    assert clock_gaps(load_run(no_clocks).frame(), "sdpa_cudnn") == ([], 0)
+    close = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): 1_700.0, ("triton_fa2", C1): 1_660.0}, "close")
+    assert clock_gap_note(load_run(close).frame(), "sdpa_cudnn") == ""
+    assert clock_gap_note(load_run(close).frame(), None) == ""
+
+
+def test_compare_prints_the_note_under_its_tables_but_not_for_the_clock_itself(tmp_path):
+    run = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): 1_700.0, ("triton_fa2", C1): 1_400.0})
+    args = ["compare", str(run), "--baseline", "sdpa_cudnn"]
+    r = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "note: in 1 of 1 cases a backend ran at an SM clock" in r.stdout
+    r = runner.invoke(app, args + ["--metric", "clock"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "note:" not in r.stdout
+    r = runner.invoke(app, args + ["--format", "json"])
+    assert r.exit_code == 0 and "note:" not in r.stdout  # machines read the clocks from the columns
