@@ -93,10 +93,8 @@ def test_the_counter_step_is_measured_from_its_updates():
     assert counter_step_ms(broken.read, clock=broken.clock, sleep=lambda s: None) is None
 
 
-def fake_nvml(value_mj=123_456, missing=False):
+def fake_nvml(value_mj=123_456):
     def total(handle):
-        if missing:
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
         return value_mj
 
     return types.SimpleNamespace(nvmlDeviceGetHandleByUUID=lambda uuid: ("h", uuid),
@@ -115,15 +113,11 @@ def test_nvml_reader_and_meter(monkeypatch):
     assert m is not None and m.step_ms == 7.0 and m.min_window_ms == pytest.approx(energy.MIN_STEPS * 7.0)
 
 
-def test_no_nvml_or_no_counter_means_no_meter(monkeypatch):
+def test_no_nvml_means_no_meter(monkeypatch):  # the reader's other refusals: test_nvml_reader.py
     from flashbench.measure import environment
 
     monkeypatch.setattr(environment, "_nvml", lambda: None)
-    assert nvml_energy_reader("GPU-1") is None and meter_for("GPU-1") is None
-    monkeypatch.setattr(environment, "_nvml", lambda: fake_nvml(missing=True))
-    assert nvml_energy_reader("GPU-1") is None
-    monkeypatch.setattr(environment, "_nvml", lambda: fake_nvml())
-    assert nvml_energy_reader("") is None  # a CPU has no UUID
+    assert meter_for("GPU-1") is None
 
 
 def test_short_ms_says_how_much_window_is_missing_and_nothing_when_no_window_helps():
