@@ -130,7 +130,7 @@ class Measurer:
             self.identity["roofs"] = self.ceilings.roofs_label()
         self._energy: EnergyMeter | None = None
         self._clock: ClockSampler | None = None
-        self._energy_looked = False
+        self._nvml_looked = False
         self._ref_case: Case | None = None
         self._ref: Reference | None = None
         self._ref_error: str = ""
@@ -150,8 +150,8 @@ class Measurer:
 
     def _nvml_watchers(self) -> tuple[EnergyMeter | None, ClockSampler | None]:
         """The energy meter and the SM clock sampler of this GPU (None where NVML cannot read them)."""
-        if not self._energy_looked and self.device.startswith("cuda"):
-            self._energy_looked = True
+        if not self._nvml_looked and self.device.startswith("cuda"):
+            self._nvml_looked = True
             self._energy = meter_for(self.identity["device_uuid"])
             self._clock = sampler_for(self.identity["device_uuid"])
         return self._energy, self._clock

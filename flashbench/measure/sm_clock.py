@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-READ_INTERVAL_S = 0.005  # NVML's clock query costs tens of microseconds; a 150 ms sampling gets ~30 readings
+READ_INTERVAL_S = 0.005  # a row sampled for 150 ms gets about 30 readings
 
 ReadMhz = Callable[[], "int | None"]
 
