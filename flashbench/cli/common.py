@@ -78,6 +78,18 @@ def print_skips_and_failures(df) -> None:
         out.print(f"[red]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
 
+def print_clock_gaps(df, reference: str | None) -> None:
+    """Under a run's tables: the cases where a backend ran at an SM clock far from the reference backend's."""
+    from ..analysis.clocks import GAP, clock_gaps
+    from ..report.comparison_tables import clock_gap_note
+
+    if not reference:
+        return
+    note = clock_gap_note(*clock_gaps(df, reference), reference, GAP)
+    if note:
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
 def write_machine(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()

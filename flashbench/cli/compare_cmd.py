@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from . import app
-from .common import EXIT_ENV, backends_option, err, fail, out, user_errors, write_machine
+from .common import EXIT_ENV, backends_option, err, fail, out, print_clock_gaps, user_errors, write_machine
 from ..model.metrics import judged_rate, metric_names
 
 
@@ -69,16 +69,15 @@ def compare(
         except ValueError as e:
             fail(str(e))
         if fmt == "table":
-            from ..report.comparison_tables import backend_tables, clock_gap_note
+            from ..report.comparison_tables import backend_tables
             from ..report.plots import run_title
 
             title = (escape(f"{run_title(run.meta)}: {cmp.metric.label}, speedup vs {base}") + " (★ best per row)"
                      if cmp.metric.merit else escape(f"{run_title(run.meta)}: {cmp.metric.label}, ratio to {base}"))
             for table in backend_tables(cmp, title, out.width):
                 out.print(table)
-            note = clock_gap_note(frame[frame["backend"].isin(cmp.backends)], base) if cmp.metric.merit else ""
-            if note:
-                out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+            if cmp.metric.merit:  # the clock's own table shows the gaps
+                print_clock_gaps(frame[frame["backend"].isin(cmp.backends)], base)
         else:
             from ..report.comparison_tables import backend_comparison_frame
 

@@ -21,8 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import app
-from .common import (EXIT_ENV, backends_option, err, fail, out, print_skips_and_failures, split_list, user_errors,
-                     write_machine)
+from .common import (EXIT_ENV, backends_option, err, fail, out, print_clock_gaps, print_skips_and_failures, split_list,
+                     user_errors, write_machine)
 
 
 def default_config_name() -> str:
@@ -172,14 +172,6 @@ def _print_tables(df, loaded, title: str, mix_devices: bool) -> None:
         out.print(run_table(df, ref, title=escape(title), width=out.width))
 
 
-def _print_clock_gaps(df, reference: str | None) -> None:
-    from ..report.comparison_tables import clock_gap_note
-
-    note = clock_gap_note(df, reference)
-    if note:
-        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
-
-
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="YAML file or bundled config name (see `flashbench list`); "
@@ -302,7 +294,7 @@ def run(
             title = f"{loaded.config.name or loaded.path} on {writer.meta['environment'].get('gpu_name') or p.device}"
             _print_tables(df, loaded, title, mix_devices)
             print_skips_and_failures(df)
-            _print_clock_gaps(df, loaded.config.reference_backend)
+            print_clock_gaps(df, loaded.config.reference_backend)
     else:
         write_machine(format_frame(df[SUMMARY_COLUMNS], fmt))
     for w in writer.meta.get("warnings", []):

@@ -210,19 +210,16 @@ def runs_summary(rc, show_all: bool) -> list[str]:
     return lines
 
 
-def clock_gap_note(frame: pd.DataFrame, reference: str | None) -> str:
-    """A note under a run's tables when some backend of a case ran at an SM clock more than
-    :data:`~flashbench.analysis.clocks.GAP` from ``reference``'s ("" when none did, or nothing has a clock)."""
-    from ..analysis.clocks import GAP, clock_gaps
 
-    if not reference:
-        return ""
-    gaps, compared = clock_gaps(frame, reference)
+def clock_gap_note(gaps: list, compared: int, reference: str, gap: float) -> str:
+    """The note under a run's tables when some backend of a case ran at an SM clock more than ``gap`` from
+    ``reference``'s (``gaps``, widest first, of ``compared`` cases: :func:`flashbench.analysis.clocks.clock_gaps`);
+    "" when none did."""
     if not gaps:
         return ""
     cases = len({tuple(g.case.values()) for g in gaps})
     widest = gaps[0]
-    return (f"in {cases} of {compared} cases a backend ran at an SM clock more than {GAP * 100:.0f}% from {reference}'s "
+    return (f"in {cases} of {compared} cases a backend ran at an SM clock more than {gap * 100:.0f}% from {reference}'s "
             f"(widest: {widest.backend} at {widest.mhz:,.0f} against {widest.reference_mhz:,.0f} MHz, "
             f"{compact_shape(widest.case)}): a ratio to {reference} there holds the clocks' difference as well as "
             f"the kernels' (`--metric clock` shows them; README, \"Known limits\")")

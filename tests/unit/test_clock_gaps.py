@@ -38,7 +38,7 @@ def test_gaps_against_the_reference_widest_first(tmp_path):
     assert gaps[0].ratio == pytest.approx(1_400 / 1_700) and gaps[0].reference_mhz == 1_700.0
     assert clock_gaps(load_run(run).frame(), "sdpa_cudnn", gap=0.10)[0][0].backend == "triton_fa2"
     assert len(clock_gaps(load_run(run).frame(), "sdpa_cudnn", gap=0.10)[0]) == 1
-    note = clock_gap_note(load_run(run).frame(), "sdpa_cudnn")
+    note = clock_gap_note(gaps, compared, "sdpa_cudnn", GAP)
     assert note.startswith(f"in 2 of 2 cases a backend ran at an SM clock more than {GAP * 100:.0f}% from sdpa_cudnn's "
                            "(widest: triton_fa2 at 1,400 against 1,700 MHz, B4 H16 N4096 D128 bf16 fwd)")
 
@@ -54,8 +54,8 @@ def test_no_clocks_no_reference_or_clocks_within_the_gap_say_nothing(tmp_path):
     no_clocks = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): None, ("triton_fa2", C1): None}, "none")
     assert clock_gaps(load_run(no_clocks).frame(), "sdpa_cudnn") == ([], 0)
     close = run_with_clocks(tmp_path, {("sdpa_cudnn", C1): 1_700.0, ("triton_fa2", C1): 1_660.0}, "close")
-    assert clock_gap_note(load_run(close).frame(), "sdpa_cudnn") == ""
-    assert clock_gap_note(load_run(close).frame(), None) == ""
+    gaps, compared = clock_gaps(load_run(close).frame(), "sdpa_cudnn")
+    assert gaps == [] and compared == 1 and clock_gap_note(gaps, compared, "sdpa_cudnn", GAP) == ""
 
 
 def test_compare_prints_the_note_under_its_tables_but_not_for_the_clock_itself(tmp_path):
