@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable
 
-READ_INTERVAL_S = 0.005  # a row sampled for 150 ms gets about 30 readings
+READ_INTERVAL_S = 0.01  # a row sampled for 150 ms gets about 15 readings, and one as each batch ends
 
 ReadMhz = Callable[[], "int | None"]
 
