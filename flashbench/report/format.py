@@ -95,8 +95,8 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
     table (and its spread) that some row has a value of. Skipped rows are left out (see
     :func:`skipped_summary`); failure reasons are listed by :func:`failure_lines`. ``width``: the
     table is fitted to that many columns (:func:`fit_table`): the shape wraps at its words; still
-    too wide, the error, the spreads, the other metrics, the speedup and (when every row is ok)
-    the status are left out in that order, and the caption names them. The shape, the backend,
+    too wide, the error, the spreads, the SM clock, the other metrics, the speedup and (when every
+    row is ok) the status are left out in that order, and the caption names them. The shape, the backend,
     the median and the rate the rows are judged by (TFLOP/s; GB/s when every row is decode) stay."""
     df = with_speedup(df, reference_backend)
     df = df[df["status"] != "skipped"]
@@ -108,7 +108,8 @@ def run_table(df: pd.DataFrame, reference_backend: str | None = None, title: str
     # decode, which is memory-bound, else TFLOP/s); the status too unless every row is ok
     key = {metrics.LATENCY.column, metrics.judged_rate(df["workload"] if "workload" in df else []).column}
     optional = ["max err", *(m.interval_label for m in shown if m.interval),
-                *(m.label for m in shown if m.column not in key),
+                # a condition of the measurement (the clock) goes before the figures of merit
+                *(m.label for m in sorted(shown, key=lambda m: m.merit) if m.column not in key),
                 f"vs {reference_backend}" if reference_backend else "speedup"]
     if not df.empty and bool((df["status"] == "ok").all()):
         optional.append("status")

@@ -67,3 +67,20 @@ def test_compare_prints_the_note_under_its_tables_but_not_for_the_clock_itself(t
     assert r.exit_code == 0 and "note:" not in r.stdout
     r = runner.invoke(app, args + ["--format", "json"])
     assert r.exit_code == 0 and "note:" not in r.stdout  # machines read the clocks from the columns
+
+
+def test_a_narrow_run_table_leaves_the_clock_out_before_the_figures_of_merit():
+    from rich.console import Console
+
+    from flashbench.report.format import run_table
+    from flashbench.results.files import records_frame
+
+    recs = [record(b, C2, ms, seed=i) for i, (b, ms) in enumerate((("sdpa_cudnn", 1.0), ("triton_fa2", 1.04)))]
+    for r, mhz in zip(recs, (1_695.0, 1_470.0)):
+        r.sm_clock_mhz, r.host_ms = mhz, 0.05
+    console = Console(width=100, record=True)
+    console.print(run_table(records_frame(recs), "sdpa_cudnn", title="t", width=100))
+    text = console.export_text()
+    left_out = " ".join(text.split()).split("left out to fit 100 columns: ")[1]
+    assert "SM MHz" in left_out and "peak HBM" in text.split("left out")[0]
+    assert left_out.index("SM MHz") < (left_out.index("host ms") if "host ms" in left_out else len(left_out))
