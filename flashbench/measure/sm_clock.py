@@ -4,10 +4,12 @@ A backend that takes longer may be doing more work, or the same work at a lower 
 power limit lowers its SM clock by as much as the kernel's power needs, and a sweep's short samples
 may catch the clock still falling from its boost (README, "What the numbers mean"). The row's
 ``sm_clock_mhz`` says which: the median of NVML's SM clock read while the GPU ran the timed batches.
-The sampler is armed over the windows the energy meter reads (from a batch's release to the GPU
-until it is done, :mod:`flashbench.measure.timer`); a thread reads the clock every ``interval_s``
-while a window is open, and once more as it closes, so a window shorter than the interval still
-counts. A discarded window (a held batch that timed out) leaves no readings.
+The sampler is armed over the windows the energy meter reads (from a held batch's release to the GPU
+until it is done, :mod:`flashbench.measure.timer`; for an unheld batch, from the end of its enqueueing,
+whose gaps its samples time and whose GIL the thread must not take); a thread reads the clock a whole
+``interval_s`` into a window and every ``interval_s`` after while it is open, and once more as it
+closes, so a window shorter than the interval still counts. A discarded window (a held batch that
+timed out, a call or a synchronisation that raised) leaves no readings.
 
 Nothing is read between windows, while the host enqueues the next batch (the GPU then idles behind
 the hold and its clock recovers): the thread waits on an event then, holding no GIL. Everything is
@@ -54,9 +56,13 @@ class ClockSampler:
 
     def end(self) -> None:
         """Close the window with a last reading: the clock the batch ended at."""
-        value = self._safe_read()
         with self._lock:
             if not self._armed.is_set():
+                return
+            window = self._window
+        value = self._safe_read()
+        with self._lock:
+            if not self._armed.is_set() or self._window != window:
                 return
             self._armed.clear()
             if value is not None:
@@ -81,11 +87,11 @@ class ClockSampler:
         except Exception:  # noqa: BLE001 - watching must never disturb what is watched
             return None
 
-    def _take(self) -> None:
+    def _take(self, window: int) -> None:
+        """A reading for ``window``, if it is still the open one."""
         with self._lock:
-            window = self._window if self._armed.is_set() else None
-        if window is None:
-            return
+            if not self._armed.is_set() or self._window != window:
+                return
         value = self._safe_read()
         with self._lock:
             # a reading that began in this window and returned while it is still open
@@ -95,9 +101,12 @@ class ClockSampler:
     def _loop(self) -> None:
         while True:
             self._armed.wait()
-            # one interval into the window first: the reading at its start would be the clock of the idle gap
+            with self._lock:
+                window = self._window
+            # a whole interval into the window first (the reading at its start would be the clock of the idle
+            # gap), and only in that window: one that closed during the sleep takes no reading from the next
             time.sleep(self.interval_s)
-            self._take()
+            self._take(window)
 
 
 def nvml_clock_reader(device_uuid: str) -> ReadMhz | None:

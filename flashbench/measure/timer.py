@@ -95,9 +95,15 @@ class _Windows:
         for w in self._open():
             w.reset()
 
-    def begin(self) -> None:
+    def begin(self, clock: bool = True) -> None:
+        """Open a window; ``clock`` False: the energy's only, the clock's later (:meth:`begin_clock`)."""
         for w in self._open():
-            w.begin()
+            if clock or w is not self._clock:
+                w.begin()
+
+    def begin_clock(self) -> None:
+        if self._clock_on:
+            self._clock.begin()
 
     def end(self) -> None:
         for w in self._open():
@@ -163,17 +169,20 @@ def _plain_batch(call, before, windows: _Windows) -> Callable[[int, float | None
     def run(n: int, _timeout) -> Batch:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        windows.begin()
+        # the clock's reads wait until the host has enqueued the batch: its thread would take the GIL from
+        # the enqueueing, whose gaps these samples time
+        windows.begin(clock=False)
         try:
             for i in range(n):
                 before()
                 starts[i].record()
                 call()
                 ends[i].record()
+            windows.begin_clock()
+            torch.cuda.synchronize()
         except BaseException:
-            windows.discard()  # no window stays open (a clock read on and on) after a call that raised
+            windows.discard()  # no window stays open (a clock read on and on) after a call or a fault that raised
             raise
-        torch.cuda.synchronize()
         windows.end()
         return Batch([a.elapsed_time(b) for a, b in zip(starts, ends)])
     return run
@@ -206,9 +215,14 @@ def _held_batch(call, before, hold, windows: _Windows) -> Callable[[int, float |
             hold.release()  # a call that raised: let the GPU go now, not at the timeout
             raise
         windows.begin()
-        hold.release()
-        torch.cuda.synchronize()
-        if hold.timed_out():
+        try:
+            hold.release()
+            torch.cuda.synchronize()  # a kernel's fault surfaces here
+            timed_out = hold.timed_out()
+        except BaseException:
+            windows.discard()
+            raise
+        if timed_out:
             windows.discard()
             return Batch([], sample_wall_ms=walls, timed_out=True)
         windows.end()

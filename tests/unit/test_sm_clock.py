@@ -2,10 +2,9 @@
 the energy pass after the samples does not count, and everything is None without NVML.
 
 The timer's tests run on a simulated GPU (tests/support/simulated_gpu.py, no CUDA needed), whose clock reader
-returns the busy clock while the GPU's timeline ran work within the last ``LAG_MS`` (a real clock
-changes over milliseconds, so the reading as a batch ends is still the batch's; the margin also
-covers a loaded test machine's late wake-ups) and the idle clock otherwise: a reading taken late in
-the gap between held batches, while the host enqueues the next one (2 ms a call), shows as idle.
+returns the idle clock while the stream is held (between held batches, while the host enqueues the next
+one, the GPU waits behind the hold and its clock recovers) and the busy clock otherwise: a reading
+taken between batches shows as idle, whatever the test machine's load.
 """
 import threading
 import time
@@ -21,7 +20,6 @@ from flashbench.model.config import Timing
 from simulated_gpu import now_ms, simulated_gpu, slow_host_call  # tests/support
 
 BUSY_MHZ, IDLE_MHZ = 1_500, 1_980
-LAG_MS = 3.0
 SETTINGS = Timing(warmup_ms=5, budget_ms=60, min_samples=10, max_samples=200, max_noise_pct=1.0)
 
 
@@ -31,7 +29,7 @@ def gpu(monkeypatch):
 
 
 def gpu_clock(g):
-    return lambda: BUSY_MHZ if now_ms() - g.free < LAG_MS else IDLE_MHZ
+    return lambda: IDLE_MHZ if g.held else BUSY_MHZ
 
 
 def wait_for(condition, seconds=5.0):
@@ -42,21 +40,50 @@ def wait_for(condition, seconds=5.0):
 
 
 def test_readings_come_from_open_windows_only_and_the_closing_one_always_counts():
-    value, reads = [1_000], []
-    s = ClockSampler(lambda: reads.append(1) or value[0], interval_s=0.001)
+    value, by_thread = [1_000], []
+
+    def read():
+        if threading.current_thread().name == "flashbench-sm-clock":
+            by_thread.append(value[0])
+        return value[0]
+
+    s = ClockSampler(read, interval_s=0.001)
     s.begin()
-    wait_for(lambda: len(reads) >= 3)
+    wait_for(lambda: len(by_thread) >= 3)
     s.end()
     assert s.readings and set(s.readings) == {1_000}
-    closed = len(s.readings)
-    value[0] = 9_999  # between windows: never read
-    time.sleep(0.02)
-    assert len(s.readings) == closed
+    time.sleep(0.005)  # a reading under way as the window closed has returned
+    read_while_open = len(by_thread)
+    value[0] = 9_999
+    time.sleep(0.02)  # between windows: the thread reads nothing at all
+    assert len(by_thread) == read_while_open
     s.begin()  # a window far shorter than the interval still reads the clock as it closes
     s.end()
     assert s.readings[-1] == 9_999 and s.median_mhz == 1_000.0
     s.reset()
     assert s.readings == [] and s.median_mhz is None
+
+
+def test_the_thread_reads_a_whole_interval_into_a_window_never_at_its_start():
+    """Windows shorter than the interval, gaps shorter than it too: a thread that slept through one window's close
+    and the next one's opening must not read at once (that reading is the clock of the idle gap)."""
+    interval = 0.01
+    opened, offsets = [0.0], []
+
+    def read():
+        if threading.current_thread().name == "flashbench-sm-clock":
+            offsets.append(time.perf_counter() - opened[0])
+        return 1_000
+
+    s = ClockSampler(read, interval_s=interval)
+    for _ in range(20):
+        opened[0] = time.perf_counter()
+        s.begin()
+        time.sleep(0.003)
+        s.end()
+        time.sleep(0.0065)
+    s.discard()
+    assert all(x >= interval * 0.99 for x in offsets), offsets
 
 
 def test_a_discarded_window_leaves_no_readings():
@@ -158,11 +185,29 @@ def test_a_call_that_raises_leaves_no_window_open(gpu):
             raise RuntimeError("kernel exploded")
         gpu.enqueue(1.0)
 
-    for hold in (True, False):
-        calls.clear()
-        with pytest.raises(RuntimeError, match="exploded"):
-            timer.time_cuda(call, SETTINGS.model_copy(update={"hold_stream": hold}), "cuda", clock=clock)
-        assert not clock._armed.is_set(), hold
+    with pytest.raises(RuntimeError, match="exploded"):
+        timer.time_cuda(call, SETTINGS.model_copy(update={"hold_stream": False}), "cuda", clock=clock)
+    assert not clock._armed.is_set()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_fault_surfacing_at_the_synchronisation_leaves_no_window_open(gpu, monkeypatch, hold):
+    """A kernel's fault is reported where the host waits for the GPU: inside the window, after the batch was
+    released."""
+    clock = ClockSampler(gpu_clock(gpu), interval_s=0.0005)
+    real_collect = timer.collect
+
+    def faulting(*_):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def collect(*a, **k):  # the warm-up synchronised; the first batch's synchronisation faults
+        monkeypatch.setattr(timer.torch.cuda, "synchronize", faulting)
+        return real_collect(*a, **k)
+
+    monkeypatch.setattr(timer, "collect", collect)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        timer.time_cuda(slow_host_call(gpu), SETTINGS.model_copy(update={"hold_stream": hold}), "cuda", clock=clock)
+    assert not clock._armed.is_set()
 
 
 def test_no_clock_sampler_means_no_clock(gpu):
