@@ -80,9 +80,10 @@ class TimingResult:
 
 
 class _Windows:
-    """What is read around each batch the GPU runs (a window: from its release until it is done): the
-    energy meter and the SM clock, either of which may be missing. The clock describes the samples
-    only: :meth:`clock_of_samples` takes its figure and stops it before the energy pass."""
+    """What is read around each batch the GPU runs (a window: from a held batch's release, or an unheld
+    batch's first call, until the batch is done; an unheld window's clock part opens once the batch is
+    enqueued): the energy meter and the SM clock, either of which may be missing. The clock describes
+    the samples only: :meth:`clock_of_samples` takes its figure and stops it before the energy pass."""
 
     def __init__(self, energy: EnergyMeter | None, clock: ClockSampler | None):
         self.energy, self._clock, self._clock_on = energy, clock, clock is not None
