@@ -210,7 +210,6 @@ def runs_summary(rc, show_all: bool) -> list[str]:
     return lines
 
 
-
 def clock_gap_note(gaps: list, compared: int, reference: str, gap: float) -> str:
     """The note under a run's tables when some backend of a case ran at an SM clock more than ``gap`` from
     ``reference``'s (``gaps``, widest first, of ``compared`` cases: :func:`flashbench.analysis.clocks.clock_gaps`);
