@@ -62,6 +62,8 @@ from flashbench.attention.inputs import make_inputs
 from flashbench.execute.order import rotated
 from flashbench.model.config import Timing
 from flashbench.model.flops import attention_flops
+from flashbench.measure.environment import cuda_uuid
+from flashbench.measure.sm_clock import sampler_for
 from flashbench.measure.timer import time_cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,15 +175,26 @@ def interleaved(fns: dict, rounds: int, time_one) -> dict:
     return figures
 
 
+def clock_sampler():
+    """The SM clock sampler of the GPU in use, which reads each timing's clock (None without NVML)."""
+    return sampler_for(cuda_uuid(torch.cuda.current_device()))
+
+
 def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config: tuple | None = None,
             new_options: dict | None = None) -> dict:
     fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
-    medians = interleaved(fns, rounds, lambda fn: statistics.median(time_cuda(fn, timing).samples_ms))
+    clock = clock_sampler()
+    timings = interleaved(fns, rounds, lambda fn: time_cuda(fn, timing, clock=clock))
+    medians = {name: [statistics.median(t.samples_ms) for t in ts] for name, ts in timings.items()}
+    clocks = {name: [t.sm_clock_mhz for t in ts] for name, ts in timings.items()}
     ms = {name: statistics.median(x) for name, x in medians.items()}
+    mhz = {name: statistics.median(x) if x and None not in x else None for name, x in clocks.items()}
+    cycles = ms["new"] * mhz["new"] / (ms["base"] * mhz["base"]) if None not in mhz.values() else None
     flops = attention_flops(timed)
     return {"case": timed.label(), "what": what, "new_ms": ms["new"],
             "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
-            "round_medians_ms": medians, "max_abs_diff": diff}
+            "new_mhz": mhz["new"], "base_mhz": mhz["base"], "new_over_base_cycles": cycles,
+            "round_medians_ms": medians, "round_sm_clock_mhz": clocks, "max_abs_diff": diff}
 
 
 def hold_seconds(reps: int) -> float:
@@ -227,14 +240,18 @@ def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config:
             "new_over_base": host["median"]["new"] / host["median"]["base"], "max_abs_diff": diff}
 
 
-GPU_HEAD = f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8}  max |new - base|"
+GPU_HEAD = (f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8} {'new MHz':>8} {'base MHz':>8} "
+            f"{'cycles':>8}  max |new - base|")
 HOST_HEAD = (f"{'case':<44} {'base med':>8} {'p20':>7} {'min':>7} {'new med':>8} {'p20':>7} {'min':>7} "
              f"{'new/base':>8}  max |new - base|")
 
 
 def gpu_line(row: dict) -> str:
+    """A case's GPU-time row; the clocks and new/base in cycles a call (ms × MHz) are "-" where NVML cannot read."""
+    clocks = " ".join(f"{x:8.0f}" if x is not None else f"{'-':>8}" for x in (row["new_mhz"], row["base_mhz"]))
+    cycles = f"{row['new_over_base_cycles']:8.3f}" if row["new_over_base_cycles"] is not None else f"{'-':>8}"
     return (f"{row['case']:<44} {row['new_ms']:8.3f} {row['base_ms']:8.3f} {row['new_over_base']:8.3f} "
-            f"{row['new_tflops']:8.0f}  {', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}")
+            f"{row['new_tflops']:8.0f} {clocks} {cycles}  {', '.join(f'{d:.2g}' for d in row['max_abs_diff'])}")
 
 
 def host_line(row: dict) -> str:

@@ -263,12 +263,18 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     gpu = FakeGpu(kernel_ab, monkeypatch, US)
     # new, base; base, new; new, base; base, new: new's medians 2 1 3 2.5, base's 4 5 6 7
     medians = iter([2.0, 4.0, 5.0, 1.0, 3.0, 6.0, 7.0, 2.5])
+    # the SM clock of each timing: new's 1500 1520 1480 1510, base's 1700 1690 1710 1705
+    clocks = iter([1_500.0, 1_700.0, 1_690.0, 1_520.0, 1_480.0, 1_710.0, 1_705.0, 1_510.0])
+    samplers = []
 
-    def time_cuda(fn, timing):
+    def time_cuda(fn, timing, clock=None):
+        samplers.append(clock)
         fn()
-        return type("Result", (), {"samples_ms": [next(medians)]})
+        return type("Result", (), {"samples_ms": [next(medians)], "sm_clock_mhz": next(clocks)})
 
     monkeypatch.setattr(kernel_ab, "time_cuda", time_cuda)
+    sampler = object()
+    monkeypatch.setattr(kernel_ab, "clock_sampler", lambda: sampler)
     out = tmp_path / "ab.json"
     assert gpu.main(kernel_ab, monkeypatch, "--what", "fwd", "--out", str(out)) == 0
     doc = json.loads(out.read_text())
@@ -276,6 +282,12 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     row, = doc["rows"]
     assert row["round_medians_ms"] == {"new": [2.0, 1.0, 3.0, 2.5], "base": [4.0, 5.0, 6.0, 7.0]}
     assert (row["new_ms"], row["base_ms"], row["new_over_base"]) == (2.25, 5.5, 2.25 / 5.5) and "host_us" not in row
+    # each timing's SM clock, each revision's median of them and new/base in cycles a call (ms × MHz)
+    assert row["round_sm_clock_mhz"] == {"new": [1_500.0, 1_520.0, 1_480.0, 1_510.0],
+                                         "base": [1_700.0, 1_690.0, 1_710.0, 1_705.0]}
+    assert (row["new_mhz"], row["base_mhz"]) == (1_505.0, 1_702.5)
+    assert row["new_over_base_cycles"] == pytest.approx(2.25 * 1_505 / (5.5 * 1_702.5))
+    assert all(x is sampler for x in samplers) and len(samplers) == 8  # the GPU's sampler, in every timing
     # compared once, then the rounds
     assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] + ["new", "base", "base", "new"] * 2
 
@@ -319,3 +331,14 @@ def test_a_bad_new_option_is_refused_with_exit_2(args, words):
 def test_a_bad_forward_configuration_is_refused_with_exit_2(text):
     r = _run("--base", "HEAD", "--what", "fwd", "--fwd-config", text)
     assert r.returncode == 2 and "--fwd-config" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+
+def test_the_gpu_line_shows_the_clocks_and_cycles_or_dashes_without_nvml(kernel_ab):
+    row = {"case": "B4 H16 N4096 D128 bf16 fwd", "new_ms": 1.0, "base_ms": 1.1, "new_over_base": 1.0 / 1.1,
+           "new_tflops": 550.0, "new_mhz": 1_470.0, "base_mhz": 1_695.0, "new_over_base_cycles": 1_470 / (1.1 * 1_695),
+           "max_abs_diff": [0.0]}
+    assert kernel_ab.gpu_line(row).split()[-5:] == ["550", "1470", "1695", "0.788", "0"]
+    row.update(new_mhz=None, base_mhz=None, new_over_base_cycles=None)
+    assert kernel_ab.gpu_line(row).split()[-5:] == ["550", "-", "-", "-", "0"]
+    assert " ".join(kernel_ab.GPU_HEAD.split()).endswith("TFLOP/s new MHz base MHz cycles max |new - base|")
