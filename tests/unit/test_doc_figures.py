@@ -529,3 +529,29 @@ def test_readme_settled_warmup_figures_are_the_evidence_run():
               "(N 4k, 8k, 16k;")
     assert missing_phrases([phrase]) == []
     assert all(r.case.head_dim == 128 and r.case.mode == "fwd" for r in run_at(rel).records)
+
+
+def cudnn_ratios(rel: str, mode: str = "fwd", least_n: int = 4096) -> list[tuple]:
+    """(our speed, our clock, our cycles a call), each against `sdpa_cudnn`'s in the same case, over the run's
+    ``mode`` cases from ``least_n``; and cuDNN's clock, last."""
+    out = []
+    for r in run_at(rel).records:
+        if r.backend != "triton_fa2" or r.case.mode != mode or r.case.seq_len_q < least_n:
+            continue
+        c = record_at(rel, "sdpa_cudnn", **{k: getattr(r.case, k) for k in ("seq_len_q", "head_dim", "causal", "mode")})
+        out.append((c.median_ms / r.median_ms, r.sm_clock_mhz / c.sm_clock_mhz,
+                    (r.median_ms * r.sm_clock_mhz) / (c.median_ms * c.sm_clock_mhz), c.sm_clock_mhz))
+    return out
+
+
+def test_readme_row_clock_figures_are_the_evidence_runs():
+    """README, the H100 fa2 paragraph: each row's SM clock, in the sweep and warmed up for 1.5 s."""
+    sweep = cudnn_ratios("evidence/h100/sm_clock_rows/sweep")
+    settled = cudnn_ratios("evidence/h100/sm_clock_rows/settled")
+    assert len(sweep) == 12 and len(settled) == 9
+    phrase = (f"at N ≥ 4k our forward ran at {span([s[1] for s in sweep])} of cuDNN's clock and took "
+              f"{span([s[2] for s in sweep])} of its cycles a call, for {span([s[0] for s in sweep])}× its speed. "
+              f"Warmed up for 1.5 s, cuDNN's clock fell too ({span([s[3] for s in settled], '{:,.0f}')} MHz) and the "
+              f"two came within {span([s[1] for s in settled])} of each other, ours then at "
+              f"{span([s[0] for s in settled])}× cuDNN's speed")
+    assert missing_phrases([phrase]) == [], phrase
