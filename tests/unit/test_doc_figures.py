@@ -555,3 +555,13 @@ def test_readme_row_clock_figures_are_the_evidence_runs():
               f"two came within {span([s[1] for s in settled])} of each other, ours then at "
               f"{span([s[0] for s in settled])}× cuDNN's speed")
     assert missing_phrases([phrase]) == [], phrase
+
+
+def test_readme_clock_ab_figure_is_the_evidence_run():
+    """README, the SM clock bullet: the timings with the clock sampler against without it."""
+    lines = (ROOT / "results/evidence/h100/sm_clock_rows/clock_ab.txt").read_text().splitlines()
+    ratios = [float(line.split()[-1]) for line in lines if "with/without clock" in line]
+    assert len(ratios) == 6
+    phrase = (f"the same six tasks with the sampler and without, four interleaved rounds: {span(ratios, '{:.3f}')} "
+              "of the time")
+    assert missing_phrases([phrase]) == [], phrase
