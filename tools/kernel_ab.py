@@ -58,6 +58,7 @@ from pathlib import Path
 
 import torch
 
+from flashbench.analysis.clocks import ClockChange
 from flashbench.attention.inputs import make_inputs
 from flashbench.execute.order import rotated
 from flashbench.model.config import Timing
@@ -189,7 +190,8 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config:
     clocks = {name: [t.sm_clock_mhz for t in ts] for name, ts in timings.items()}
     ms = {name: statistics.median(x) for name, x in medians.items()}
     mhz = {name: statistics.median(x) if x and None not in x else None for name, x in clocks.items()}
-    cycles = ms["new"] * mhz["new"] / (ms["base"] * mhz["base"]) if None not in mhz.values() else None
+    cycles = (ClockChange(mhz["base"], mhz["new"], ms["base"], ms["new"]).cycles_ratio
+              if None not in mhz.values() else None)
     flops = attention_flops(timed)
     return {"case": timed.label(), "what": what, "new_ms": ms["new"],
             "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,

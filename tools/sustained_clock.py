@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from flashbench.analysis.clocks import megacycles
 from flashbench.attention.inputs import make_inputs
 from flashbench.backends.calling import bind
 from flashbench.execute.order import rotated
@@ -54,7 +55,7 @@ def window_figures(samples_ms: list[float], clock_mhz: float | None, power_w: fl
     call (None where NVML gave no clock or power)."""
     ms = statistics.median(samples_ms)
     return {"ms": ms, "sm_clock_mhz": clock_mhz, "power_w": power_w, "calls": len(samples_ms),
-            "mcycles": ms * clock_mhz / 1e3 if clock_mhz is not None else None,
+            "mcycles": megacycles(ms, clock_mhz) if clock_mhz is not None else None,
             "mj": ms * power_w if power_w is not None else None}
 
 

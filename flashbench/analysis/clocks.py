@@ -26,6 +26,11 @@ NOTABLE = 0.01
 GAP = 0.03
 
 
+def megacycles(ms: float, mhz: float) -> float:
+    """The cycles a call takes, in millions: its time × the SM clock it ran at (ms × MHz / 1000)."""
+    return ms * mhz / 1e3
+
+
 @dataclass(frozen=True)
 class ClockChange:
     old_mhz: float
@@ -39,9 +44,13 @@ class ClockChange:
         return self.new_mhz / self.old_mhz - 1
 
     @property
+    def cycles_ratio(self) -> float:
+        """new/old of the cycles a call took (median time × clock)."""
+        return megacycles(self.new_ms, self.new_mhz) / megacycles(self.old_ms, self.old_mhz)
+
+    @property
     def cycles_change(self) -> float:
-        """new/old − 1 of the cycles a call took (median time × clock)."""
-        return (self.new_ms * self.new_mhz) / (self.old_ms * self.old_mhz) - 1
+        return self.cycles_ratio - 1
 
     @property
     def notable(self) -> bool:
