@@ -429,6 +429,49 @@ def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(d, causal, entry, 
     assert entry in offered, f"the tuner did not time the Gluon forward: {offered}"
 
 
+# A score ramp over the key blocks, in base-2 units of the scaled scores: block 1 grows the row max past
+# sm90.RESCALE_SLACK (the running max moves, O is rescaled), blocks 2 and 3 by less each but together by more
+# (skipped, then rescaled against the stale max), block 4 falls, block 5 grows again; the rest stays.
+RAMP_LOG2 = [0.0, 10.0, 15.0, 20.0, 4.0, 30.0]
+
+
+def _ramped_inputs(B, H, N, D, dtype, seed):
+    """q and k whose scores rise block by block along RAMP_LOG2 for the even query rows and stay near 0 for the odd
+    ones (so one consumer holds rows that need the rescale and rows that do not), with noise on both."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32)  # noqa: E731
+    u = torch.ones(D) / D ** 0.5  # a unit direction: score = |q . u| |k . u| D**-0.5 along it
+    ramp = torch.tensor(RAMP_LOG2 + [RAMP_LOG2[-1]] * (N // sm90.BLOCK - len(RAMP_LOG2)))
+    # natural-log units of the scaled score: log2 units x ln 2; k's component along u makes the score
+    k_along = (ramp * 0.6931471805599453).repeat_interleave(sm90.BLOCK)[:N]
+    q_along = torch.tensor([D ** 0.5 if i % 2 == 0 else 0.0 for i in range(N)])
+    q = 0.3 * rnd(B, H, N, D) + q_along[:, None] * u
+    k = 0.3 * rnd(B, H, N, D) + k_along[:, None] * u
+    v = rnd(B, H, N, D)
+    return (t.to(device="cuda", dtype=dtype) for t in (q, k, v))
+
+
+@pytest.mark.gpu
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("d, entry, n", [(128, GLUON_128, 1024), (128, GLUON_128, 4096), (64, GLUON_128, 1024),
+                                         (64, (sm90.WIDE_BLOCK, 128, 4, 2, spaces.GLUON), 1024),
+                                         (256, (128, 64, 4, 2, spaces.GLUON), 1024)],
+                         ids=["d128-persistent", "d128", "d64", "d64-three-consumers", "d256"])
+def test_gpu_lazy_rescale_when_the_row_max_grows_past_the_slack(d, entry, n, causal, dtype, monkeypatch):
+    """Scores that rise by more than RESCALE_SLACK over a block, by less over each of two blocks but more over both,
+    and fall: the lazily rescaled O and LSE against the fp32 reference, outputs poisoned.  Random inputs (the other
+    tests) almost never move the max that far after the first block, so the rescale branch is tested here."""
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    q, k, v = _ramped_inputs(1, 4, n, d, dtype, seed=d + n)
+    log = {}
+    o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True,
+                           options=FA2Options(autotune=False, configs={"fwd": entry}), launch_log=log)
+    assert log["fwd"].startswith("gluon_sm90"), log
+    check_forward_against_fp32(o, lse, q, k, v, causal)
+
+
 @pytest.mark.gpu
 @hopper_only
 def test_gpu_unsupported_shape_is_never_given_to_it(monkeypatch):
