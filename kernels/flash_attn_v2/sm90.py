@@ -131,9 +131,6 @@ MAXNREG = 168
 # each (FA3's split for its three-warp-group D64 tile): S (64x128 fp32) 64 a thread, O (64x64) 32, P 32.
 WIDE_CONSUMER_REGS = 160
 WIDE_MAXNREG = 128
-# Lazy rescaling: the running row max (base 2, scaled) moves only when a block's would exceed it by more than
-# this, so unmasked blocks skip O's rescale; P is then below 2**8 (FlashAttention-4's threshold)
-RESCALE_SLACK = gl.constexpr(8.0)
 
 
 def block_n(head_dim: int) -> int:
@@ -349,27 +346,11 @@ def _step(acc, p16, m_i, l_i, q_op, k_bufs, v_bufs, k_ready, k_empty, v_ready, v
     o_tok = warpgroup_mma(p16, v_bufs.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=[s_tok])  # wgmma groups retire in order: S_j is done, PV may run on
     mbarrier.arrive(k_empty.index(slot), count=1)
-    if MASK:
-        p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
-                                      CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
-        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
-        mbarrier.arrive(v_empty.index(prev), count=1)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    else:
-        # lazy rescaling (FlashAttention-4): keep the running max unless some row of the consumer's would
-        # grow by more than RESCALE_SLACK, so that O is rescaled only then; P is then at most
-        # 2**RESCALE_SLACK, which fp32 sums and bf16/fp16 P hold exactly as well
-        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-        rescale = gl.max(m_new - m_i, 0) > RESCALE_SLACK
-        m_new = gl.where(rescale, m_new, m_i)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
-        m_i = m_new
-        acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
-        mbarrier.arrive(v_empty.index(prev), count=1)
-        if rescale:
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p, alpha, m_i, l_i = _softmax(s, m_i, l_i, qk_scale, offs_m, k0 + j * BLOCK_N, diag, win_left, n_kv, MASK,
+                                  CAUSAL, WINDOW, VARLEN, BLOCK_N, s_layout)
+    acc, p16 = warpgroup_mma_wait(0, deps=[o_tok, p16])  # P_{j-1} stays in registers until its wgmma is done
+    mbarrier.arrive(v_empty.index(prev), count=1)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p16 = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
     return acc, p16, m_i, l_i
 

@@ -5,7 +5,8 @@ through ``tools/fa2_compile_report.py --gluon`` in a process without the interpr
 sm_90 into the intended shape (one producer warp, two consumer warp groups given 240 registers, no
 spills, the asynchronous wgmma waits).  On a Hopper GPU: outputs, LSE and gradients (the backward is
 the Triton one, fed by this forward's O and LSE) against the float64 reference with outputs poisoned,
-three fresh inputs a shape, the tuner timing it, and shapes it does not take; at D256 (64-key blocks,
+three fresh inputs a shape, scores whose row max rises over the key blocks (O rescaled), the tuner timing it,
+and shapes it does not take; at D256 (64-key blocks,
 ``-k d256``) output and LSE against an fp32 reference, and the tuner offering it.
 """
 from __future__ import annotations
@@ -429,9 +430,10 @@ def test_gpu_tuner_may_choose_it_and_either_choice_is_correct(d, causal, entry, 
     assert entry in offered, f"the tuner did not time the Gluon forward: {offered}"
 
 
-# A score ramp over the key blocks, in base-2 units of the scaled scores: block 1 grows the row max past
-# sm90.RESCALE_SLACK (the running max moves, O is rescaled), blocks 2 and 3 by less each but together by more
-# (skipped, then rescaled against the stale max), block 4 falls, block 5 grows again; the rest stays.
+# A score ramp over the key blocks, in base-2 units of the scaled scores: the row max rises by 10 at block 1, by 5
+# at blocks 2 and 3 (a rescale of O by 2**-10, then two of 2**-5), falls at block 4 (no rescale), rises by 10 again
+# at block 5, then stays.  A lazy rescale (FlashAttention-4's, which skips rises below 8; tried here, DESIGN.md)
+# would take the first rise, skip the second and take the third against the stale max.
 RAMP_LOG2 = [0.0, 10.0, 15.0, 20.0, 4.0, 30.0]
 
 
@@ -459,10 +461,10 @@ def _ramped_inputs(B, H, N, D, dtype, seed):
                                          (64, (sm90.WIDE_BLOCK, 128, 4, 2, spaces.GLUON), 1024),
                                          (256, (128, 64, 4, 2, spaces.GLUON), 1024)],
                          ids=["d128-persistent", "d128", "d64", "d64-three-consumers", "d256"])
-def test_gpu_lazy_rescale_when_the_row_max_grows_past_the_slack(d, entry, n, causal, dtype, monkeypatch):
-    """Scores that rise by more than RESCALE_SLACK over a block, by less over each of two blocks but more over both,
-    and fall: the lazily rescaled O and LSE against the fp32 reference, outputs poisoned.  Random inputs (the other
-    tests) almost never move the max that far after the first block, so the rescale branch is tested here."""
+def test_gpu_o_is_rescaled_as_the_row_max_rises_over_the_key_blocks(d, entry, n, causal, dtype, monkeypatch):
+    """Scores whose row max rises block by block, by 2**10 and by 2**5, and falls: O and LSE against the fp32
+    reference, outputs poisoned.  Random inputs (the other tests) barely move the max after the first block, so an
+    error in the rescale shows there as a small one; here a missed or wrong rescale is off by 2**5 or more."""
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
     q, k, v = _ramped_inputs(1, 4, n, d, dtype, seed=d + n)
     log = {}
