@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from flashbench.model.flops import attention_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_path import parse_case  # noqa: E402  (the tools' one case syntax)
-from kernel_ab import clock_sampler, interleaved  # noqa: E402  (rounds in rotated order; the clock)
+from kernel_ab import clock_sampler, interleaved, round_figures  # noqa: E402  (rotated rounds, their figures)
 
 DEFAULT_CASES = ["B4,H8,N4096,D256", "B4,H8,N4096,D256,causal"]  # the fa2_d256 sweep's N 4k cells
 ROUNDS = 4
@@ -69,11 +68,9 @@ def parse_config(text: str, option: str) -> tuple:
         raise ValueError(f"{option} {text!r}: expected four integers BLOCK_M,BLOCK_N,warps,stages") from None
     kernel = "bwd_dkdv" if option == "--dkdv" else "bwd_dq"
     try:
-        FA2Options(configs={kernel: config})
+        FA2Options(configs={kernel: config})  # a backward configuration has four fields: a fifth (a tag) is refused
     except ValueError as e:
         raise ValueError(f"{option} {text!r}: {e}") from None
-    if len(config) != 4:
-        raise ValueError(f"{option} {text!r}: expected four integers BLOCK_M,BLOCK_N,warps,stages")
     return config
 
 
@@ -89,12 +86,13 @@ def launched(log_entry: str) -> tuple:
     return tuple(int(fields[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
 
 
-def call_for(case, leaves, do, configs: dict | None):
-    """A fwd_bwd call of the case on the Triton backward: its configurations pinned (``configs``), or tuned (None)."""
+def call_for(case, leaves, do, configs: dict | None, launch_log: dict | None = None):
+    """A fwd_bwd call of the case on the Triton backward: its configurations pinned (``configs``), or tuned (None);
+    each call fills ``launch_log``."""
     options = FA2Options(backward="triton", configs=configs or {})
 
     def call():
-        o = flash_attn_v2(*leaves, causal=case.causal, window=case.window, options=options)
+        o = flash_attn_v2(*leaves, causal=case.causal, window=case.window, options=options, launch_log=launch_log)
         return torch.autograd.grad(o, leaves, do)
     return call
 
@@ -117,17 +115,14 @@ def step(case, leaves, do, tuned_call, reference, kernel: str, pinned: list[dict
             continue
         fns[label] = call
         rows.append({**row, "max_grad_diff": max((a - b).abs().max().item() for a, b in zip(got, reference))})
-    timings = interleaved(fns, rounds, time_one)
-    ms = {name: statistics.median(statistics.median(t.samples_ms) for t in ts) for name, ts in timings.items()}
-    mhz = {name: [t.sm_clock_mhz for t in ts] for name, ts in timings.items()}
+    _, _, ms, mhz = round_figures(interleaved(fns, rounds, time_one))
     flops = attention_flops(case)
     out = [{"config": "tuned", "max_grad_diff": 0.0}] + rows
     for row in out:
         name = row["config"]
         if name in ms:
-            clocks = mhz[name]
             row.update(ms=ms[name], tflops=flops / ms[name] * 1e-9, vs_tuned=ms[name] / ms["tuned"],
-                       sm_clock_mhz=statistics.median(clocks) if clocks and None not in clocks else None)
+                       sm_clock_mhz=mhz[name])
     return out
 
 
@@ -137,11 +132,9 @@ def measure(case, extra_dkdv: list[tuple], extra_dq: list[tuple], rounds: int, t
     leaves = [t.detach().clone().requires_grad_() for t in inputs.args[:3]]
     do = inputs.do
     log: dict[str, str] = {}
-    o = flash_attn_v2(*leaves, causal=case.causal, window=case.window, options=FA2Options(backward="triton"),
-                      launch_log=log)
-    reference = torch.autograd.grad(o, leaves, do)
+    tuned_call = call_for(case, leaves, do, None, launch_log=log)
+    reference = tuned_call()  # tunes the shape; the log names what the tuner chose
     tuned = {k: launched(log[k]) for k in KERNELS}
-    tuned_call = call_for(case, leaves, do, None)
     dkdv_rows = step(case, leaves, do, tuned_call, reference, "bwd_dkdv",
                      [{"bwd_dkdv": c, "bwd_dq": tuned["bwd_dq"]}
                       for c in candidates("bwd_dkdv", case.head_dim, extra_dkdv)],

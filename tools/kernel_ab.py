@@ -176,6 +176,16 @@ def interleaved(fns: dict, rounds: int, time_one) -> dict:
     return figures
 
 
+def round_figures(timings: dict) -> tuple[dict, dict, dict, dict]:
+    """Of ``interleaved``'s timings, by name: each round's median ms and SM clock, then the median of the round
+    medians and of the round clocks (None where a round has no clock: no NVML, or no reading in its window)."""
+    medians = {name: [statistics.median(t.samples_ms) for t in ts] for name, ts in timings.items()}
+    clocks = {name: [t.sm_clock_mhz for t in ts] for name, ts in timings.items()}
+    ms = {name: statistics.median(x) for name, x in medians.items()}
+    mhz = {name: statistics.median(x) if x and None not in x else None for name, x in clocks.items()}
+    return medians, clocks, ms, mhz
+
+
 def clock_sampler():
     """The SM clock sampler of the GPU in use, which reads each timing's clock (None without NVML)."""
     return sampler_for(cuda_uuid(torch.cuda.current_device()))
@@ -186,10 +196,7 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config:
     fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
     clock = clock_sampler()
     timings = interleaved(fns, rounds, lambda fn: time_cuda(fn, timing, clock=clock))
-    medians = {name: [statistics.median(t.samples_ms) for t in ts] for name, ts in timings.items()}
-    clocks = {name: [t.sm_clock_mhz for t in ts] for name, ts in timings.items()}
-    ms = {name: statistics.median(x) for name, x in medians.items()}
-    mhz = {name: statistics.median(x) if x and None not in x else None for name, x in clocks.items()}
+    medians, clocks, ms, mhz = round_figures(timings)
     cycles = (ClockChange(mhz["base"], mhz["new"], ms["base"], ms["new"]).cycles_ratio
               if None not in mhz.values() else None)
     flops = attention_flops(timed)

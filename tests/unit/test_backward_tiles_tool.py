@@ -32,6 +32,7 @@ def _run(*args):
     (["--cases", "B4,H8,N4096"], "--cases B4,H8,N4096: needs B, H, N and D"),
     (["--cases", "B4,H8,N4096,D256,sideways"], "cannot read 'sideways'"),
     (["--dkdv", "64,64,8"], "--dkdv '64,64,8'"),
+    (["--dkdv", "64,64,8,2,1"], "the tag must be"),  # a backward configuration has no fifth field
     (["--dq", "48,64,8,2"], "powers of two"),
     (["--dq", "64,64,8,x"], "four integers"),
     (["--rounds", "0"], "--rounds must be at least 1"),
