@@ -78,7 +78,8 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     (batch, head) matrix, so out-of-bounds rows/columns are zero-filled on load and clipped on
     store).  ``USE_TMA`` is a constexpr, so every configuration exists on both paths; where the
     inputs allow both, each kernel is offered only the path that measured faster for it
-    (``spaces.PREFERRED_PATH``: pointers for the forward and dQ, TMA for dK/dV), and the tuner chooses
+    (``spaces.PREFERRED_PATH``: pointers for the forward, TMA for dK/dV, dQ by pointers up to D128
+    and by TMA at D256), and the tuner chooses
     the tile sizes, warps and stages once per (Nq bucket, Nkv bucket, allowed paths, head dim, causal,
     window, packed, dtype, causal launch order; for the forward also EVEN_KV and whether the Gluon
     forward may run), timing the candidates in interleaved rounds (``_tuner.py``); measurements are in

@@ -86,7 +86,11 @@ DQ_SPACE = {
     # against 1.480 with TMA); 128x128 with 2 stages, beside dK/dV 64x128, ran the D128 backward at
     # N = 16k at 387 TFLOP/s, the best of the fixed configurations tried there.
     "mid": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 8, 2)],
-    "large": [(64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 1)],
+    # D256 runs on the TMA path (PREFERRED_PATH): on the H200 at N = 4k (B4 H8, bf16, causal and not), each
+    # configuration pinned beside the tuned dK/dV, 128x64/8/1 and 128x32/8/2 on TMA took 0.956-0.966 of the
+    # fwd_bwd time of the tuner's pointer-path pick, 128x32/8/1 (results/evidence/h200/d256_backward_tiles/);
+    # 64x32/4/2 and 64x64/8/2 took 1.00-1.12, 64x32/8/2 1.33.
+    "large": [(128, 64, 8, 1), (128, 32, 8, 2), (128, 32, 8, 1)],
 }
 
 # Forward entries not offered to the tuner from an Nq bucket up, per (class, causal).  The tuner
@@ -108,12 +112,17 @@ FWD_SKIP = {("mid", True, 4096): [(64, 64, 4, 3)], ("small", False, 4096): [(64,
 # fast tail of each candidate's samples, which a host-bound candidate still has: hence a fixed bound.
 GLUON_MIN_NQ = 1024
 
-# Where both tile paths are allowed, each kernel tries only the path that won for it on the H100:
-# TMA for dK/dV (about 10% faster: it streams Q and dO through four matmuls a step), pointers for
-# the forward and dQ (neutral to worse with TMA).  Both paths and five entries a class took about
-# 10 s of tuning a new shape in a sweep, most of it compiling 30 variants per (head dim, causal,
-# dtype); three entries on one path compile 9.
-PREFERRED_PATH = {"fwd": False, "bwd_dkdv": True, "bwd_dq": False}
+# Where both tile paths are allowed, each kernel tries only the path that won for it, per head-dim
+# class (True: TMA): TMA for dK/dV (about 10% faster on the H100 at D128: it streams Q and dO through
+# four matmuls a step), pointers for the forward and for dQ up to D128 (neutral to worse with TMA on
+# the H100), TMA for dQ at D256 (DQ_SPACE).  Both paths and five entries a class took about 10 s of
+# tuning a new shape in a sweep, most of it compiling 30 variants per (head dim, causal, dtype);
+# three entries on one path compile 9.
+PREFERRED_PATH = {
+    "fwd": {"small": False, "mid": False, "large": False},
+    "bwd_dkdv": {"small": True, "mid": True, "large": True},
+    "bwd_dq": {"small": False, "mid": False, "large": True},
+}
 
 # One fixed small configuration a kernel under the CPU interpreter (BLOCK_M != BLOCK_N on purpose, to
 # exercise the diagonal logic with blocks of both shapes), and the Delta preprocessing block.

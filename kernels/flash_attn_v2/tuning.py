@@ -122,9 +122,10 @@ def gluon_tile_reason(t: tuple, meta: dict) -> str | None:
                               varlen=meta.get("VARLEN", False))
 
 
-def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
-    """The head-dim class's configurations on the allowed paths, blocks no larger than the sequences,
-    less the ``skip`` entries for (class, causal) at Nq buckets from the given one up."""
+def make_pruner(space: dict, prefer_tma: dict, skip: dict | None = None):
+    """The head-dim class's configurations on the allowed paths (where both are, the class's path in
+    ``prefer_tma``), blocks no larger than the sequences, less the ``skip`` entries for (class, causal)
+    at Nq buckets from the given one up."""
 
     def prune(configs, named_args, **kwargs):
         cls = head_dim_class(kwargs["HEAD_DIM"])
@@ -132,7 +133,7 @@ def make_pruner(space: dict, prefer_tma: bool, skip: dict | None = None):
         for (s_cls, s_causal, s_nq), entries in (skip or {}).items():
             if (s_cls, s_causal) == (cls, kwargs["CAUSAL"]) and named_args["NQ_BUCKET"] >= s_nq:
                 allowed -= set(entries)
-        paths = {PTR_ONLY: (False,), BOTH: (prefer_tma,), TMA_ONLY: (True,)}[named_args["TMA_OK"]]
+        paths = {PTR_ONLY: (False,), BOTH: (prefer_tma[cls],), TMA_ONLY: (True,)}[named_args["TMA_OK"]]
         ws_ok = ws_allowed(named_args["TMA_OK"], kwargs["IEEE"], kwargs["CAUSAL"], kwargs.get("WINDOW", False),
                            kwargs.get("VARLEN", False))
         # only the forward has SM90_OK; GLUON_MIN_NQ: see there

@@ -323,6 +323,26 @@ def test_pruner_leaves_out_skipped_forward_entries_from_their_nq_bucket_up(nq, o
         assert first in kept
 
 
+@pytest.mark.parametrize("name, head_dim, tma_ok, expect_tma", [
+    ("bwd_dq", 128, tuning.BOTH, False),     # dQ by pointers up to D128 (faster on the H100)
+    ("bwd_dq", 64, tuning.BOTH, False),
+    ("bwd_dq", 256, tuning.BOTH, True),      # ... and by TMA at D256 (faster on the H200)
+    ("bwd_dkdv", 128, tuning.BOTH, True),    # dK/dV by TMA at every head dim
+    ("bwd_dkdv", 256, tuning.BOTH, True),
+    ("bwd_dq", 256, tuning.PTR_ONLY, False),  # the inputs allow one path: that one, whatever is preferred
+    ("bwd_dq", 128, tuning.TMA_ONLY, True),
+])
+def test_pruner_offers_each_backward_kernel_its_preferred_tile_path_per_head_dim_class(name, head_dim, tma_ok,
+                                                                                       expect_tma, monkeypatch):
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    kernel = tuning.TUNERS[name][0]
+    kept = kernel.prune(kernel.configs, {"TMA_OK": tma_ok, "NQ_BUCKET": 4096, "NKV_BUCKET": 4096},
+                        HEAD_DIM=head_dim, IEEE=False, CAUSAL=False)
+    space = (spaces.DQ_SPACE if name == "bwd_dq" else spaces.DKDV_SPACE)[tuning.head_dim_class(head_dim)]
+    assert {c.kwargs["USE_TMA"] for c in kept} == {expect_tma}
+    assert {tuning.signature(c) for c in kept} == set(space)
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU only: bf16/fp16 grid with poisoned outputs
 # ---------------------------------------------------------------------------------------------
