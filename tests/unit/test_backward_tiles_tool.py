@@ -66,7 +66,7 @@ class FakeKernel:
     Triton backward, and per pinned configuration a time (ms) the faked timer returns; RAISES fails to launch."""
     TUNED = {"bwd_dkdv": (64, 64, 8, 2), "bwd_dq": (128, 32, 8, 1)}
     DKDV_MS = {(32, 64, 4, 2): 1.2, (64, 64, 8, 2): 1.0, (32, 128, 8, 1): 1.1, (64, 32, 4, 2): 0.8}
-    DQ_MS = {(64, 32, 4, 2): 0.5, (64, 64, 8, 2): 0.3, (128, 32, 8, 1): 0.4}
+    DQ_MS = {(128, 64, 8, 1): 0.35, (128, 32, 8, 2): 0.45, (128, 32, 8, 1): 0.4, (64, 64, 8, 2): 0.3}
     RAISES = (16, 64, 4, 2)
 
     def __init__(self):
@@ -106,7 +106,7 @@ def faked(tiles, monkeypatch):
 def test_the_fastest_dkdv_is_carried_into_the_dq_step_and_a_failing_one_is_reported(tiles, faked):
     kernel, time_one = faked
     case = tiles.read_case("B1,H2,N64,D256,fp32,fwd_bwd")
-    res = tiles.measure(case, [FakeKernel.RAISES, (64, 32, 4, 2)], [], 2, time_one)
+    res = tiles.measure(case, [FakeKernel.RAISES, (64, 32, 4, 2)], [(64, 64, 8, 2)], 2, time_one)
     dkdv = {r["config"]: r for r in res["dkdv"]}
     assert dkdv["tuned"]["ms"] == pytest.approx(1.0 + 0.4)
     assert dkdv["64,32,4,2"]["ms"] == pytest.approx(0.8 + 0.4)  # beside the tuned dQ
@@ -115,6 +115,7 @@ def test_the_fastest_dkdv_is_carried_into_the_dq_step_and_a_failing_one_is_repor
     assert res["best"]["bwd_dkdv"] == [64, 32, 4, 2]
     dq = {r["config"]: r for r in res["dq"]}
     assert all(r["pinned"]["bwd_dkdv"] == [64, 32, 4, 2] for r in res["dq"] if "pinned" in r)
+    assert set(dq) == {"tuned"} | {",".join(map(str, t)) for t in tiles.spaces.DQ_SPACE["large"]} | {"64,64,8,2"}
     assert dq["64,64,8,2"]["ms"] == pytest.approx(0.8 + 0.3)
     assert res["best"]["bwd_dq"] == [64, 64, 8, 2]
     assert all(r["max_grad_diff"] == 0.0 and r["sm_clock_mhz"] == 1500.0 for r in res["dq"] if "ms" in r)
