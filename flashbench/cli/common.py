@@ -87,7 +87,8 @@ def print_clock_gaps(df, reference: str | None) -> None:
         return
     note = clock_gap_note(*clock_gaps(df, reference), reference, GAP)
     if note:
-        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        # prose: wrapped to a terminal's width like the table above it; one line on a pipe, for grep
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=not out.is_terminal)
 
 
 def write_machine(text: str) -> None:

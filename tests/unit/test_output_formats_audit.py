@@ -376,5 +376,6 @@ def test_tables_on_a_terminal_fit_and_no_colour_on_a_pipe():
     assert code == 0
     plain = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
     assert max(len(line) for line in plain.splitlines()) <= 60 and "…" not in plain
+    assert "ran at an SM clock more than 3%" in " ".join(plain.split())  # the clock note, wrapped, not cut
     code, stdout, _ = flashbench("compare", H200 / "fa2", env={"COLUMNS": "60"})
     assert code == 0 and not ANSI.search(stdout)
