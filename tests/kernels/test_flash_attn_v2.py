@@ -66,6 +66,19 @@ def test_both_tile_paths(path, causal):
     assert all(c.endswith(f"tma={path == 'tma'}") for n, c in log.items() if n != "bwd_preprocess")
 
 
+@pytest.mark.parametrize("dq", spaces.DQ_SPACE["large"], ids=lambda t: "x".join(map(str, t)))
+def test_d256_dq_tiles_on_the_tma_path(dq):
+    """The D256 dQ space's tiles run on the TMA path (spaces.PREFERRED_PATH): each pinned there, at an odd shape
+    whose last query block is mostly rows past the sequence (zero-filled on load, clipped on store)."""
+    if DEV == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need compute capability >= 9")
+    q, k, v, do = make_inputs(1, 2, 1, 131, 67, 256, torch.float16, seed=11)
+    log = {}
+    check_against_reference(q, k, v, do, True, options=FA2Options(path="tma", backward="triton",
+                                                                  configs={"bwd_dq": dq}), launch_log=log)
+    assert log["bwd_dq"].startswith(f"BLOCK_M={dq[0]},BLOCK_N={dq[1]},") and log["bwd_dq"].endswith("tma=True")
+
+
 def test_custom_scale_and_noncontiguous_inputs():
     # (B, N, H, D) storage viewed as (B, H, N, D): non-contiguous, last dim contiguous
     g = torch.Generator().manual_seed(3)
