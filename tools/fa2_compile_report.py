@@ -20,6 +20,10 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
                                                     # build (sm90_persistent.py, kernel
                                                     # "gluon_sm90_persistent"): D64, D128 dense
     python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
+    python tools/fa2_compile_report.py --triton-bwd [--json] [--head-dims 256]
+                                                    # the Triton backward's dK/dV and dQ kernels: every entry
+                                                    # of their spaces, on the tile path the tuner offers
+                                                    # each (spaces.PREFERRED_PATH), causal and not
 
 The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value
 carried into the next loop iteration while its product is in flight does it, and costs the overlap).
@@ -43,7 +47,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from flashbench_kernels.flash_attn_v2 import FA2Options, launch, sm90, sm90_persistent, spaces, tuning
-from flashbench_kernels.flash_attn_v2.kernels import fwd_kernel
+from flashbench_kernels.flash_attn_v2.kernels import bwd_dkdv_kernel, bwd_dq_kernel, fwd_kernel
 
 SM90 = GPUTarget("cuda", 90, 32)
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")  # ptxas, cuobjdump
@@ -64,6 +68,43 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
              for n in fn.arg_names if n in _DIVISIBLE or n.startswith("stride_")}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=SM90, options=dict(num_warps=config[2], num_stages=config[3]))
+
+
+TRITON_BWD = {"bwd_dkdv": (bwd_dkdv_kernel, spaces.DKDV_SPACE), "bwd_dq": (bwd_dq_kernel, spaces.DQ_SPACE)}
+
+
+def compile_triton_bwd(name: str, config: tuple, head_dim: int, causal: bool, use_tma: bool, dtype: str = "bf16"):
+    """The Triton backward's dK/dV (``name`` "bwd_dkdv") or dQ ("bwd_dq") kernel compiled for sm_90 with ``config``
+    on the TMA path or by pointers, as a dense call launches it (no program table: ``None`` constexprs)."""
+    fn = TRITON_BWD[name][0]
+    consts = {**launch.kernel_meta(head_dim, causal, False, GROUP_PROGRAMS), "CU_Q": None, "CU_K": None,
+              "TABLE": None, **tuning.to_config(config, use_tma).kwargs}
+    sig = {n: "i32" for n in fn.arg_names}
+    sig.update({n: f"*{dtype}" for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV") if n in fn.arg_names})
+    sig.update(LSE="*fp32", DELTA="*fp32", sm_scale="fp32")
+    sig.update({n: "constexpr" for n in consts})
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n in fn.arg_names if n in _DIVISIBLE + ("DO", "DQ", "DK", "DV", "DELTA") or n.startswith("stride_")}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=SM90, options=dict(num_warps=config[2], num_stages=config[3]))
+
+
+def triton_bwd_rows(head_dims: tuple) -> list[dict]:
+    """One row per (kernel, head dim, causal, space entry) of the Triton backward, on the path the tuner offers
+    that kernel at that head dim where both are allowed: resources or the error."""
+    out = []
+    for name, (_, space) in TRITON_BWD.items():
+        for d, causal in itertools.product(head_dims, (False, True)):
+            cls = tuning.head_dim_class(d)
+            use_tma = spaces.PREFERRED_PATH[name][cls]
+            for t in space[cls]:
+                row = {"kernel": name, "head_dim": d, "causal": causal, "config": list(t), "tma": use_tma}
+                try:
+                    row.update(resource_usage(compile_triton_bwd(name, t, d, causal, use_tma)))
+                except Exception as e:  # report, go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                out.append(row)
+    return out
 
 
 def resource_usage(compiled) -> dict:
@@ -368,15 +409,19 @@ def main() -> int:
     ap.add_argument("--stages", type=int, default=2, help="with --gluon: the K/V ring depth (2 or 3)")
     ap.add_argument("--dtypes", default="bf16", help="with --gluon: comma-separated, of bf16 and fp16")
     ap.add_argument("--head-dims", default=",".join(map(str, sm90.HEAD_DIMS)),
-                    help="with --gluon: comma-separated head dims (default: all the Gluon forward runs)")
+                    help="with --gluon or --triton-bwd: comma-separated head dims (default: all the Gluon forward runs)")
     ap.add_argument("--gluon-bwd", action="store_true", help="the Gluon Hopper backward (sm90_bwd.py)")
+    ap.add_argument("--triton-bwd", action="store_true",
+                    help="the Triton backward's dK/dV and dQ kernels, every space entry (with --head-dims)")
     args = ap.parse_args()
-    if args.gluon or args.gluon_bwd:
-        table = gluon_bwd_rows() if args.gluon_bwd else gluon_rows(
-            args.stages, tuple(args.dtypes.split(",")), tuple(int(d) for d in args.head_dims.split(",")))
+    head_dims = tuple(int(d) for d in args.head_dims.split(","))
+    if args.gluon or args.gluon_bwd or args.triton_bwd:
+        table = (gluon_bwd_rows() if args.gluon_bwd else triton_bwd_rows(head_dims) if args.triton_bwd else
+                 gluon_rows(args.stages, tuple(args.dtypes.split(",")), head_dims))
         for r in table:
             print(json.dumps(r) if args.json else
-                  " ".join(f"{k}={v}" for k, v in r.items() if k not in ("kernel", "warp_specialize_ops")))
+                  " ".join(f"{k}={v}" for k, v in r.items()
+                           if k != "warp_specialize_ops" and (k != "kernel" or args.triton_bwd)))
         return 1 if any("error" in r for r in table) else 0
     table = rows(args.ws_only)
     bad = 0

@@ -8,6 +8,8 @@ that the pass applied (one producer and two consumer warp groups, one ``ttg.warp
 that nothing spills, and that the second consumer warp group does not build its query rows from the
 Q load's shifted offset: the fault that wrote wrong rows on the H100 (kernels/DESIGN.md).  With
 the Q load given ``m0`` itself instead of its own value, that check fails (tried when it was written).
+The Triton backward's kernels are compiled the same way: every entry of their spaces, on the tile path
+the tuner offers it, must build and fit a block's shared memory.
 """
 from __future__ import annotations
 
@@ -105,3 +107,34 @@ def test_d256_gluon_forward_with_3_stages_is_not_built():
     rows = _gluon_rows("--stages", "3")
     assert rows and all("256 KiB" in r["skipped"] for r in rows)
     assert sm90.config_reason(256, 64, 3) is not None and sm90.config_reason(128, 128, 3) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton backward (what runs at D256, before Hopper and with backward="triton")
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def triton_bwd_rows():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "fa2_compile_report.py"), "--triton-bwd",
+                           "--json", "--head-dims", "64,128,256"], capture_output=True, text=True, env=env,
+                          timeout=900)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows, f"no rows (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return rows
+
+
+def test_every_triton_backward_config_compiles_on_its_offered_path_and_fits_shared_memory(triton_bwd_rows):
+    from flashbench_kernels.flash_attn_v2 import spaces, tuning
+    shipped = {(name, d, causal, tuple(t), spaces.PREFERRED_PATH[name][tuning.head_dim_class(d)])
+               for name, space in (("bwd_dkdv", spaces.DKDV_SPACE), ("bwd_dq", spaces.DQ_SPACE))
+               for d in (64, 128, 256) for causal in (False, True) for t in space[tuning.head_dim_class(d)]}
+    assert {(r["kernel"], r["head_dim"], r["causal"], tuple(r["config"]), r["tma"]) for r in triton_bwd_rows} == shipped
+    for r in triton_bwd_rows:
+        where = f"{r['kernel']} D={r['head_dim']} causal={r['causal']} {r['config']} tma={r['tma']}"
+        assert "error" not in r, f"{where}: {r.get('error')}"
+        assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than a Hopper block may use"
+        assert r["warps"] == r["config"][2]
+    # D256's dQ runs on the TMA path (measured faster there); D128's by pointers
+    assert {r["tma"] for r in triton_bwd_rows if r["kernel"] == "bwd_dq"} == {True, False}
+    assert all(r["tma"] == (r["head_dim"] == 256) for r in triton_bwd_rows if r["kernel"] == "bwd_dq")
+
