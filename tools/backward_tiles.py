@@ -18,7 +18,12 @@ call's (the largest absolute difference of dq, dk and dv; dq differs by its redu
 does not compile or does not fit is reported and not timed. ``--rounds`` interleaved rounds (default 4) time the
 tuned call and every candidate of a step, each round in another rotation. The table gives, per case, step and
 configuration, the median of the round medians, TFLOP/s (flashbench's count), the time against the tuned call and
-the SM clock it ran at; the tuned call's launch log names the configurations it ran.
+the SM clock it ran at, and the tile path (TMA or pointers) each backward kernel ran on. A pinned configuration runs
+on the TMA path where the inputs allow it, while the tuner offers each kernel the path of ``spaces.PREFERRED_PATH``:
+a pinned entry and the tuner's pick of the same tile can differ by path, and step 1, which pins the tuner's dQ
+configuration beside each dK/dV one, runs that dQ on TMA even where the tuner ran it by pointers. Compare step 1's
+rows with each other (the space's entries include the tuner's dK/dV pick), and read the path column. The tuned
+call's launch log names the configurations it ran.
 
     python tools/backward_tiles.py --cases B4,H8,N4096,D256 B4,H8,N4096,D256,causal --out tiles.json
     python tools/backward_tiles.py --cases B4,H32,N4096,D64 --dkdv 64,64,8,2 --dq 128,64,8,2
@@ -80,10 +85,19 @@ def candidates(kernel: str, head_dim: int, extra: list[tuple]) -> list[tuple]:
     return space + [c for c in extra if c not in space]
 
 
+def _fields(log_entry: str) -> dict:
+    return dict(part.split("=", 1) for part in log_entry.split(",") if "=" in part)
+
+
 def launched(log_entry: str) -> tuple:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a launch log entry ("BLOCK_M=128,BLOCK_N=32,num_warps=8,...")."""
-    fields = dict(part.split("=", 1) for part in log_entry.split(",") if "=" in part)
+    fields = _fields(log_entry)
     return tuple(int(fields[k]) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+
+
+def paths(log: dict) -> dict:
+    """The tile path each backward kernel of a launch log ran on: "tma" or "ptr"."""
+    return {k: "tma" if _fields(log[k]).get("tma") == "True" else "ptr" for k in KERNELS}
 
 
 def call_for(case, leaves, do, configs: dict | None, launch_log: dict | None = None):
@@ -97,16 +111,17 @@ def call_for(case, leaves, do, configs: dict | None, launch_log: dict | None = N
     return call
 
 
-def step(case, leaves, do, tuned_call, reference, kernel: str, pinned: list[dict], rounds: int,
+def step(case, leaves, do, tuned_call, reference, tuned_paths: dict, kernel: str, pinned: list[dict], rounds: int,
          time_one) -> list[dict]:
     """One step's rows: the tuned call and each pinned pair of configurations that runs (``kernel``'s varies),
-    timed in interleaved rounds, with the largest gradient difference from the tuned call; a pair that raises is a
-    row with its error."""
+    timed in interleaved rounds, with the largest gradient difference from the tuned call and the tile paths the
+    kernels ran on; a pair that raises is a row with its error."""
     rows, fns = [], {"tuned": tuned_call}
     for configs in pinned:
         label = ",".join(map(str, configs[kernel]))
         row = {"config": label, "pinned": {k: list(c) for k, c in configs.items()}}
-        call = call_for(case, leaves, do, configs)
+        log: dict[str, str] = {}
+        call = call_for(case, leaves, do, configs, launch_log=log)
         try:
             got = call()
             torch.cuda.synchronize()
@@ -114,10 +129,11 @@ def step(case, leaves, do, tuned_call, reference, kernel: str, pinned: list[dict
             rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
             continue
         fns[label] = call
-        rows.append({**row, "max_grad_diff": max((a - b).abs().max().item() for a, b in zip(got, reference))})
+        rows.append({**row, "paths": paths(log),
+                     "max_grad_diff": max((a - b).abs().max().item() for a, b in zip(got, reference))})
     _, _, ms, mhz = round_figures(interleaved(fns, rounds, time_one))
     flops = attention_flops(case)
-    out = [{"config": "tuned", "max_grad_diff": 0.0}] + rows
+    out = [{"config": "tuned", "paths": tuned_paths, "max_grad_diff": 0.0}] + rows
     for row in out:
         name = row["config"]
         if name in ms:
@@ -135,12 +151,13 @@ def measure(case, extra_dkdv: list[tuple], extra_dq: list[tuple], rounds: int, t
     tuned_call = call_for(case, leaves, do, None, launch_log=log)
     reference = tuned_call()  # tunes the shape; the log names what the tuner chose
     tuned = {k: launched(log[k]) for k in KERNELS}
-    dkdv_rows = step(case, leaves, do, tuned_call, reference, "bwd_dkdv",
+    tuned_paths = paths(log)
+    dkdv_rows = step(case, leaves, do, tuned_call, reference, tuned_paths, "bwd_dkdv",
                      [{"bwd_dkdv": c, "bwd_dq": tuned["bwd_dq"]}
                       for c in candidates("bwd_dkdv", case.head_dim, extra_dkdv)],
                      rounds, time_one)
     best_dkdv = fastest(dkdv_rows, "bwd_dkdv") or tuned["bwd_dkdv"]
-    dq_rows = step(case, leaves, do, tuned_call, reference, "bwd_dq",
+    dq_rows = step(case, leaves, do, tuned_call, reference, tuned_paths, "bwd_dq",
                    [{"bwd_dkdv": best_dkdv, "bwd_dq": c} for c in candidates("bwd_dq", case.head_dim, extra_dq)],
                    rounds, time_one)
     return {"case": case.label(), "tuned_launch": {k: log[k] for k in ("fwd", *KERNELS)}, "dkdv": dkdv_rows,
@@ -154,7 +171,9 @@ def fastest(rows: list[dict], kernel: str) -> tuple | None:
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'step':<5} {'config':<24} {'ms':>8} {'TFLOP/s':>8} {'/tuned':>7} {'MHz':>6} {'grad diff':>10}")
+    # paths: the tile path of dK/dV, then of dQ, in that row's call
+    print(f"{'step':<5} {'config':<24} {'paths':<7} {'ms':>8} {'TFLOP/s':>8} {'/tuned':>7} {'MHz':>6} "
+          f"{'grad diff':>10}")
     for res in results:
         print(f"== {res['case']}  (tuned: dkdv {res['tuned_launch']['bwd_dkdv']}; dq {res['tuned_launch']['bwd_dq']})")
         for name in ("dkdv", "dq"):
@@ -163,8 +182,9 @@ def print_table(results: list[dict]) -> None:
                     print(f"{name:<5} {r['config']:<24} {r['error']}")
                 elif "ms" in r:
                     mhz = f"{r['sm_clock_mhz']:6.0f}" if r.get("sm_clock_mhz") else f"{'-':>6}"
-                    print(f"{name:<5} {r['config']:<24} {r['ms']:8.3f} {r['tflops']:8.1f} {r['vs_tuned']:7.3f} {mhz} "
-                          f"{r['max_grad_diff']:10.4f}")
+                    path = f"{r['paths']['bwd_dkdv']}/{r['paths']['bwd_dq']}"
+                    print(f"{name:<5} {r['config']:<24} {path:<7} {r['ms']:8.3f} {r['tflops']:8.1f} "
+                          f"{r['vs_tuned']:7.3f} {mhz} {r['max_grad_diff']:10.4f}")
 
 
 def main(argv=None) -> int:

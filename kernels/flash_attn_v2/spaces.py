@@ -77,8 +77,9 @@ DKDV_SPACE = {
     # with 3 stages in one run and 2 in another (2.169 ms at N = 4k, TMA), so both are offered.  128
     # query rows a step ran the D128 backward at N = 16k at 210 TFLOP/s against 305 for 64x128.
     "mid": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3)],
-    # D256, TMA: 64x64/8/2 was the fastest when each was pinned on the H200 (N = 4k, causal and not), also
-    # against 64x64/8/1 (1.16-1.78x its time), 32x64/8/2 (1.19-1.31x), 16x64/4/2 and 64x32/4/2 (3-16x).
+    # D256, TMA: 64x64/8/2 was the fastest when each was pinned on the H200 (N = 4k, causal and not, beside
+    # the same dQ), also against 64x64/8/1 (1.06-1.66x its time), 32x64/8/2 (1.11-1.20x), 16x64/4/2 and
+    # 64x32/4/2 (3-15x).
     "large": [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 1)],
 }
 

@@ -79,10 +79,11 @@ class FakeKernel:
         if configs.get("bwd_dkdv") == self.RAISES:
             raise RuntimeError("out of resource: shared memory\nmore")
         self.last = {**self.TUNED, **configs}
-        if launch_log is not None:
+        if launch_log is not None:  # as the launcher logs: a pinned kernel on TMA, the tuned dQ by pointers
             launch_log["fwd"] = "gluon_sm90"
-            for kernel, (m, n, w, s) in self.TUNED.items():
-                launch_log[kernel] = f"BLOCK_M={m},BLOCK_N={n},num_warps={w},num_stages={s},tma=True"
+            for kernel, (m, n, w, s) in self.last.items():
+                tma = kernel in configs or kernel == "bwd_dkdv"
+                launch_log[kernel] = f"BLOCK_M={m},BLOCK_N={n},num_warps={w},num_stages={s},tma={tma}"
         return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
 
     def ms(self):
@@ -120,5 +121,10 @@ def test_the_fastest_dkdv_is_carried_into_the_dq_step_and_a_failing_one_is_repor
     assert res["best"]["bwd_dq"] == [64, 64, 8, 2]
     assert all(r["max_grad_diff"] == 0.0 and r["sm_clock_mhz"] == 1500.0 for r in res["dq"] if "ms" in r)
     assert res["tuned_launch"]["bwd_dq"].startswith("BLOCK_M=128")
+    # each row names the tile path its kernels ran: the tuned dQ by pointers, every pinned one on TMA
+    assert dq["tuned"]["paths"] == {"bwd_dkdv": "tma", "bwd_dq": "ptr"} == dkdv["tuned"]["paths"]
+    assert all(r["paths"] == {"bwd_dkdv": "tma", "bwd_dq": "tma"} for r in res["dq"] if "pinned" in r and "ms" in r)
+    # step 1 pins the tuner's dQ configuration too, so it runs on TMA there, unlike in the tuned call
+    assert dkdv["64,32,4,2"]["paths"] == {"bwd_dkdv": "tma", "bwd_dq": "tma"}
     assert kernel.backwards == {"triton"}  # the tuned call too: the Gluon backward is never what is compared
     json.dumps(res)  # --out writes it as it is
