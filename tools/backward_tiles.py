@@ -6,7 +6,7 @@ a shape among its space's entries (``spaces.DKDV_SPACE``, ``spaces.DQ_SPACE``, p
 each candidate in short bursts; this tool times fwd_bwd calls with the backward's configurations pinned, with
 flashbench's held timer, so that a space can be checked against pinned measurements and given better entries:
 
-  1. each dK/dV candidate, beside the dQ configuration the tuner picked for the case;
+  1. each dK/dV candidate pinned, dQ left to the tuner (the configuration and tile path it picked for the case);
   2. each dQ candidate, beside the fastest dK/dV configuration of step 1.
 
 Candidates are the space's entries for the case's head dim and the ones given by ``--dkdv`` and ``--dq``
@@ -19,11 +19,9 @@ does not compile or does not fit is reported and not timed. ``--rounds`` interle
 tuned call and every candidate of a step, each round in another rotation. The table gives, per case, step and
 configuration, the median of the round medians, TFLOP/s (flashbench's count), the time against the tuned call and
 the SM clock it ran at, and the tile path (TMA or pointers) each backward kernel ran on. A pinned configuration runs
-on the TMA path where the inputs allow it, while the tuner offers each kernel the path of ``spaces.PREFERRED_PATH``:
-a pinned entry and the tuner's pick of the same tile can differ by path, and step 1, which pins the tuner's dQ
-configuration beside each dK/dV one, runs that dQ on TMA even where the tuner ran it by pointers. Compare step 1's
-rows with each other (the space's entries include the tuner's dK/dV pick), and read the path column. The tuned
-call's launch log names the configurations it ran.
+on the TMA path where the inputs allow it, while the tuner offers each kernel the path of ``spaces.PREFERRED_PATH``,
+so a pinned entry and the tuner's pick of the same tile can differ by path: the path column says which ran. The
+tuned call's launch log names the configurations it ran.
 
     python tools/backward_tiles.py --cases B4,H8,N4096,D256 B4,H8,N4096,D256,causal --out tiles.json
     python tools/backward_tiles.py --cases B4,H32,N4096,D64 --dkdv 64,64,8,2 --dq 128,64,8,2
@@ -153,7 +151,7 @@ def measure(case, extra_dkdv: list[tuple], extra_dq: list[tuple], rounds: int, t
     tuned = {k: launched(log[k]) for k in KERNELS}
     tuned_paths = paths(log)
     dkdv_rows = step(case, leaves, do, tuned_call, reference, tuned_paths, "bwd_dkdv",
-                     [{"bwd_dkdv": c, "bwd_dq": tuned["bwd_dq"]}
+                     [{"bwd_dkdv": c}
                       for c in candidates("bwd_dkdv", case.head_dim, extra_dkdv)],
                      rounds, time_one)
     best_dkdv = fastest(dkdv_rows, "bwd_dkdv") or tuned["bwd_dkdv"]
