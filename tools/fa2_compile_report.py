@@ -51,7 +51,6 @@ from flashbench_kernels.flash_attn_v2.kernels import bwd_dkdv_kernel, bwd_dq_ker
 
 SM90 = GPUTarget("cuda", 90, 32)
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")  # ptxas, cuobjdump
-_DIVISIBLE = ("Q", "K", "V", "O", "LSE", "H")
 GROUP_PROGRAMS = FA2Options().causal_group_programs  # the shipped causal launch order
 
 
@@ -61,11 +60,18 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
     fn = fwd_kernel
     consts = {**launch.kernel_meta(head_dim, causal, False, GROUP_PROGRAMS), "EVEN_KV": even_kv, "GROUP": 1,
               "WARP_SPEC": False, **tuning.to_config(config, use_tma=False).kwargs}
+    return _compile_triton(fn, consts, {**dict.fromkeys(("Q", "K", "V", "O"), f"*{dtype}"), "LSE": "*fp32"}, config)
+
+
+def _compile_triton(fn, consts: dict, pointers: dict, config: tuple):
+    """A Triton FA2 kernel compiled for sm_90 with the JIT's specialisation of benchmark shapes: ``pointers`` (name:
+    type) and the head count 16-byte divisible, as are the strides; ``sm_scale`` fp32, every other argument i32
+    unless ``consts`` makes it a constexpr; ``config``'s warps and stages."""
     sig = {name: "i32" for name in fn.arg_names}
-    sig.update({name: f"*{dtype}" for name in ("Q", "K", "V", "O")}, LSE="*fp32", sm_scale="fp32")
+    sig.update(pointers, sm_scale="fp32")
     sig.update({name: "constexpr" for name in consts})
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
-             for n in fn.arg_names if n in _DIVISIBLE or n.startswith("stride_")}
+             for n in fn.arg_names if n in pointers or n == "H" or n.startswith("stride_")}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=SM90, options=dict(num_warps=config[2], num_stages=config[3]))
 
@@ -79,14 +85,8 @@ def compile_triton_bwd(name: str, config: tuple, head_dim: int, causal: bool, us
     fn = TRITON_BWD[name][0]
     consts = {**launch.kernel_meta(head_dim, causal, False, GROUP_PROGRAMS), "CU_Q": None, "CU_K": None,
               "TABLE": None, **tuning.to_config(config, use_tma).kwargs}
-    sig = {n: "i32" for n in fn.arg_names}
-    sig.update({n: f"*{dtype}" for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV") if n in fn.arg_names})
-    sig.update(LSE="*fp32", DELTA="*fp32", sm_scale="fp32")
-    sig.update({n: "constexpr" for n in consts})
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
-             for n in fn.arg_names if n in _DIVISIBLE + ("DO", "DQ", "DK", "DV", "DELTA") or n.startswith("stride_")}
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=SM90, options=dict(num_warps=config[2], num_stages=config[3]))
+    tensors = {n: f"*{dtype}" for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV") if n in fn.arg_names}
+    return _compile_triton(fn, consts, {**tensors, "LSE": "*fp32", "DELTA": "*fp32"}, config)
 
 
 def triton_bwd_rows(head_dims: tuple) -> list[dict]:
