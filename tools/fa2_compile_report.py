@@ -400,6 +400,17 @@ def rows(only_ws: bool) -> list[dict]:
     return out
 
 
+def head_dim_list(text: str) -> tuple:
+    """``--head-dims``: comma-separated positive integers (argparse turns the error into exit status 2)."""
+    try:
+        dims = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"head dims must be positive, got {text!r}")
+    return dims
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ws-only", action="store_true", help="only the warp-specialised configurations")
@@ -408,16 +419,16 @@ def main() -> int:
     ap.add_argument("--gluon", action="store_true", help="the Gluon Hopper forward instead of the Triton configs")
     ap.add_argument("--stages", type=int, default=2, help="with --gluon: the K/V ring depth (2 or 3)")
     ap.add_argument("--dtypes", default="bf16", help="with --gluon: comma-separated, of bf16 and fp16")
-    ap.add_argument("--head-dims", default=",".join(map(str, sm90.HEAD_DIMS)),
-                    help="with --gluon or --triton-bwd: comma-separated head dims (default: all the Gluon forward runs)")
+    ap.add_argument("--head-dims", type=head_dim_list, default=",".join(map(str, sm90.HEAD_DIMS)),
+                    help="with --gluon or --triton-bwd: comma-separated head dims (default: all the Gluon forward "
+                         "runs)")
     ap.add_argument("--gluon-bwd", action="store_true", help="the Gluon Hopper backward (sm90_bwd.py)")
     ap.add_argument("--triton-bwd", action="store_true",
                     help="the Triton backward's dK/dV and dQ kernels, every space entry (with --head-dims)")
     args = ap.parse_args()
-    head_dims = tuple(int(d) for d in args.head_dims.split(","))
     if args.gluon or args.gluon_bwd or args.triton_bwd:
-        table = (gluon_bwd_rows() if args.gluon_bwd else triton_bwd_rows(head_dims) if args.triton_bwd else
-                 gluon_rows(args.stages, tuple(args.dtypes.split(",")), head_dims))
+        table = (gluon_bwd_rows() if args.gluon_bwd else triton_bwd_rows(args.head_dims) if args.triton_bwd else
+                 gluon_rows(args.stages, tuple(args.dtypes.split(",")), args.head_dims))
         for r in table:
             print(json.dumps(r) if args.json else
                   " ".join(f"{k}={v}" for k, v in r.items()

@@ -2,6 +2,11 @@
 injected waits, key loops and the exponentials before a loop's second wgmma wait."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from tool_import import imported_tool  # tests/support
 
@@ -46,3 +51,14 @@ def test_key_loops_are_the_innermost_conditional_loops_with_a_product_and_an_exp
 def test_a_loop_with_one_wait_counts_every_exponential_before_it(report):
     body = _sass("WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2 R3, R3", "MUFU.EX2 R4, R4", "@P0 BRA 0x0")
     assert report.exps_before_second_wait(body) == (2, 2)
+
+
+@pytest.mark.parametrize("value, words", [("x,128", "expected comma-separated integers"),
+                                          ("0", "head dims must be positive")])
+def test_bad_head_dims_are_a_message_and_exit_status_2(value, words):
+    tool = Path(__file__).resolve().parents[2] / "tools" / "fa2_compile_report.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(tool), "--triton-bwd", "--head-dims", value], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
