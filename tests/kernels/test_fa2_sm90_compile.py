@@ -137,4 +137,3 @@ def test_every_triton_backward_config_compiles_on_its_offered_path_and_fits_shar
     # D256's dQ runs on the TMA path (measured faster there); D128's by pointers
     assert {r["tma"] for r in triton_bwd_rows if r["kernel"] == "bwd_dq"} == {True, False}
     assert all(r["tma"] == (r["head_dim"] == 256) for r in triton_bwd_rows if r["kernel"] == "bwd_dq")
-

@@ -1,5 +1,5 @@
 """The compile report's readings of ptxas notes and SASS (``tools/fa2_compile_report.py``), on hand-written text:
-injected waits, key loops and the exponentials before a loop's second wgmma wait."""
+injected waits, key loops and the exponentials before a loop's second wgmma wait; and its refusal of bad --head-dims."""
 from __future__ import annotations
 
 import os
