@@ -123,18 +123,22 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
 
 @triton.jit
 def _add_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-              HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
-    """dst[rows [row0, row0 + BLOCK_R) below n_rows, columns below HEAD_DIM] += val (fp32 atomics, relaxed: the
-    adds of different programs commute up to rounding; nothing reads dst before the kernel ends)."""
-    offs_r = row0 + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    ptrs = dst + offs_r[:, None] * stride_row + offs_d[None, :]
-    if MASK_ROWS:
-        tl.atomic_add(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
-    elif BLOCK_D == HEAD_DIM:
-        tl.atomic_add(ptrs, val, sem="relaxed")
+              HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr, TMA_REDUCE: tl.constexpr):
+    """dst[rows [row0, row0 + BLOCK_R) below n_rows, columns below HEAD_DIM] += val: fp32 atomics, relaxed (the adds
+    of different programs commute up to rounding; nothing reads dst before the kernel ends), or with TMA_REDUCE one
+    bulk reduce-add of the tile through a descriptor (rows and columns past its shape are clipped)."""
+    if TMA_REDUCE:
+        dst.atomic_add([row0, 0], val)
     else:
-        tl.atomic_add(ptrs, val, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
+        offs_r = row0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = dst + offs_r[:, None] * stride_row + offs_d[None, :]
+        if MASK_ROWS:
+            tl.atomic_add(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+        elif BLOCK_D == HEAD_DIM:
+            tl.atomic_add(ptrs, val, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, val, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,10 +320,11 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stri
         dsT = pT * (dpT - delta[None, :])
         ds16T = dsT.to(q.dtype)
         dk = _dot(ds16T, q, dk, IEEE)
-        if FUSED_DQ:
+        if FUSED_DQ > 0:
             # dQ_i += dS K_j (line 21), added into the fp32 accumulator (unscaled: the conversion scales it)
             dq = _dot(tl.trans(ds16T), k, None, IEEE)
-            _add_tile(dq_acc, stride_am, start_m, N_Q, dq, BLOCK_M, BLOCK_D, HEAD_DIM, MASK)
+            _add_tile(dq_acc, stride_am, start_m, N_Q, dq, BLOCK_M, BLOCK_D, HEAD_DIM, MASK,
+                      FUSED_DQ == 2 and USE_TMA)
     return dk, dv
 
 
@@ -337,7 +342,7 @@ def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DQ_ACC, CU_Q, CU_K, TABLE, 
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                     GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, WINDOW: tl.constexpr = False, VARLEN: tl.constexpr = False,
-                    FUSED_DQ: tl.constexpr = False):
+                    FUSED_DQ: tl.constexpr = 0):
     # key block 0 is heaviest (dense causal), or as the varlen table orders its rows
     pid_n, b, hk, q0, N_Q, k0, N_KV = locate(TABLE, CU_Q, CU_K, H_KV, N_Q, N_KV, False, GROUP_PROGRAMS, VARLEN)
     hk = hk.to(tl.int64)
@@ -366,7 +371,10 @@ def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DQ_ACC, CU_Q, CU_K, TABLE, 
                            BLOCK_D, HEAD_DIM, USE_TMA)
         LSE_row = LSE + b * stride_lb + h * stride_lh + q0
         DELTA_row = DELTA + b * stride_lb + h * stride_lh + q0
-        if FUSED_DQ:
+        if FUSED_DQ == 2 and USE_TMA:  # the tile path's: a descriptor over this head's fp32 rows
+            dq_acc = _make_src(DQ_ACC + b * stride_ab + h * stride_ah + q0 * stride_am, stride_am, N_Q, BLOCK_M,
+                               BLOCK_D, HEAD_DIM, True)
+        elif FUSED_DQ == 1 or FUSED_DQ == 2:
             dq_acc = DQ_ACC + b * stride_ab + h * stride_ah + q0 * stride_am
         else:
             dq_acc = DQ_ACC

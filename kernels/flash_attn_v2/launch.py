@@ -423,8 +423,10 @@ def _triton_gradients(q, k, v, do, lse, buffers, sm_scale: float, plan: _Plan, t
 def _fused_gradients(dkdv_args: tuple, dq, meta: dict, sm_scale: float, plan: _Plan, tma_ok: int):
     """The one-pass Triton backward (``FA2Options(backward="triton_fused")``): the dK/dV kernel also adds each step's
     dS K into the fp32 dQ accumulator (``FUSED_DQ``), then one conversion writes dQ = sm_scale * accumulator."""
-    fused, label = _prepare("bwd_fused", plan.layout.k_grid, dkdv_args, dict(meta, FUSED_DQ=True), tma_ok,
-                            plan.options)
+    # FUSED_DQ 2: each dQ tile added by a TMA reduce-add on the TMA path, by fp32 atomics on the pointer path; 1:
+    # atomics on both (the interpreter has no TMA reduce)
+    fused, label = _prepare("bwd_fused", plan.layout.k_grid, dkdv_args, dict(meta, FUSED_DQ=1 if interpreting() else 2),
+                            tma_ok, plan.options)
     dkdv_args[8].zero_()  # a tuned first call timed its candidates into the accumulator the preprocess had zeroed
     convert = sm90_bwd._dq_conversion(dq.numel(), sm_scale)
 
