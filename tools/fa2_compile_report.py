@@ -86,8 +86,7 @@ def compile_triton_bwd(name: str, config: tuple, head_dim: int, causal: bool, us
     consts = {**launch.kernel_meta(head_dim, causal, False, GROUP_PROGRAMS), "CU_Q": None, "CU_K": None,
               "TABLE": None, **tuning.to_config(config, use_tma).kwargs}
     tensors = {n: f"*{dtype}" for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV") if n in fn.arg_names}
-    fp32 = {n: "*fp32" for n in ("LSE", "DELTA", "DQ_ACC") if n in fn.arg_names}
-    return _compile_triton(fn, consts, {**tensors, **fp32}, config)
+    return _compile_triton(fn, consts, {**tensors, "LSE": "*fp32", "DELTA": "*fp32"}, config)
 
 
 def triton_bwd_rows(head_dims: tuple) -> list[dict]:

@@ -121,26 +121,6 @@ def _store_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK
             tl.store(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
 
 
-@triton.jit
-def _add_tile(dst, stride_row, row0, n_rows, val, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-              HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr, TMA_REDUCE: tl.constexpr):
-    """dst[rows [row0, row0 + BLOCK_R) below n_rows, columns below HEAD_DIM] += val: fp32 atomics, relaxed (the adds
-    of different programs commute up to rounding; nothing reads dst before the kernel ends), or with TMA_REDUCE one
-    bulk reduce-add of the tile through a descriptor (rows and columns past its shape are clipped)."""
-    if TMA_REDUCE:
-        dst.atomic_add([row0, 0], val)
-    else:
-        offs_r = row0 + tl.arange(0, BLOCK_R)
-        offs_d = tl.arange(0, BLOCK_D)
-        ptrs = dst + offs_r[:, None] * stride_row + offs_d[None, :]
-        if MASK_ROWS:
-            tl.atomic_add(ptrs, val, mask=(offs_r[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
-        elif BLOCK_D == HEAD_DIM:
-            tl.atomic_add(ptrs, val, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, val, mask=offs_d[None, :] < HEAD_DIM, sem="relaxed")
-
-
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +283,7 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stri
                 offs_n, diag, N_Q, N_KV, qk_scale, WIN_LEFT, WIN_RIGHT,
                 MASK: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-                USE_TMA: tl.constexpr, IEEE: tl.constexpr, dq_acc, stride_am, FUSED_DQ: tl.constexpr):
+                USE_TMA: tl.constexpr, IEEE: tl.constexpr):
     offs_m0 = tl.arange(0, BLOCK_M)
     for start_m in tl.range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
@@ -318,31 +298,23 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stri
         dv = _dot(pT.to(do.dtype), do, dv, IEEE)
         dpT = _dot(v, tl.trans(do), None, IEEE)
         dsT = pT * (dpT - delta[None, :])
-        ds16T = dsT.to(q.dtype)
-        dk = _dot(ds16T, q, dk, IEEE)
-        if FUSED_DQ > 0:
-            # dQ_i += dS K_j (line 21), added into the fp32 accumulator (unscaled: the conversion scales it)
-            dq = _dot(tl.trans(ds16T), k, None, IEEE)
-            _add_tile(dq_acc, stride_am, start_m, N_Q, dq, BLOCK_M, BLOCK_D, HEAD_DIM, MASK,
-                      FUSED_DQ == 2 and USE_TMA)
+        dk = _dot(dsT.to(q.dtype), q, dk, IEEE)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["N_Q", "N_KV", "WIN_LEFT", "WIN_RIGHT", "NQ_BUCKET", "NKV_BUCKET", "TMA_OK"])
-def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DQ_ACC, CU_Q, CU_K, TABLE, sm_scale,
+def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K, TABLE, sm_scale,
                     stride_qb, stride_qh, stride_qm,
                     stride_kb, stride_kh, stride_kn,
                     stride_vb, stride_vh, stride_vn,
                     stride_dob, stride_doh, stride_dom,
                     stride_dkb, stride_dkh, stride_dkn,
                     stride_dvb, stride_dvh, stride_dvn,
-                    stride_ab, stride_ah, stride_am,
                     stride_lb, stride_lh,
                     H, H_KV, GROUP, N_Q, N_KV, WIN_LEFT, WIN_RIGHT, NQ_BUCKET, NKV_BUCKET, TMA_OK,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
                     GROUP_PROGRAMS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr = False, VARLEN: tl.constexpr = False,
-                    FUSED_DQ: tl.constexpr = 0):
+                    BLOCK_N: tl.constexpr, WINDOW: tl.constexpr = False, VARLEN: tl.constexpr = False):
     # key block 0 is heaviest (dense causal), or as the varlen table orders its rows
     pid_n, b, hk, q0, N_Q, k0, N_KV = locate(TABLE, CU_Q, CU_K, H_KV, N_Q, N_KV, False, GROUP_PROGRAMS, VARLEN)
     hk = hk.to(tl.int64)
@@ -371,23 +343,16 @@ def bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DQ_ACC, CU_Q, CU_K, TABLE, 
                            BLOCK_D, HEAD_DIM, USE_TMA)
         LSE_row = LSE + b * stride_lb + h * stride_lh + q0
         DELTA_row = DELTA + b * stride_lb + h * stride_lh + q0
-        if FUSED_DQ == 2 and USE_TMA:  # the tile path's: a descriptor over this head's fp32 rows
-            dq_acc = _make_src(DQ_ACC + b * stride_ab + h * stride_ah + q0 * stride_am, stride_am, N_Q, BLOCK_M,
-                               BLOCK_D, HEAD_DIM, True)
-        elif FUSED_DQ == 1 or FUSED_DQ == 2:
-            dq_acc = DQ_ACC + b * stride_ab + h * stride_ah + q0 * stride_am
-        else:
-            dq_acc = DQ_ACC
         if CAUSAL or WINDOW:  # only a right reach (causal: 0) leaves query blocks partly seeing below full_lo
             dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
                                  lo, full_lo, offs_n, diag, N_Q, N_KV, qk_scale, WIN_LEFT, WIN_RIGHT, True, CAUSAL,
-                                 WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE, dq_acc, stride_am, FUSED_DQ)
+                                 WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
         dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
                              full_lo, full_hi, offs_n, diag, N_Q, N_KV, qk_scale, WIN_LEFT, WIN_RIGHT, False, CAUSAL,
-                             WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE, dq_acc, stride_am, FUSED_DQ)
+                             WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
         dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_row, DELTA_row, stride_qm, stride_dom,
                              full_hi, hi, offs_n, diag, N_Q, N_KV, qk_scale, WIN_LEFT, WIN_RIGHT, True, CAUSAL,
-                             WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE, dq_acc, stride_am, FUSED_DQ)
+                             WINDOW, BLOCK_M, BLOCK_D, HEAD_DIM, USE_TMA, IEEE)
 
     dk = dk * sm_scale
     dk_dst = _make_src(DK + b * stride_dkb + hk * stride_dkh + k0 * stride_dkn, stride_dkn, N_KV, BLOCK_N, BLOCK_D,

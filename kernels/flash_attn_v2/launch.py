@@ -136,8 +136,6 @@ def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options:
         return "the TMA path is not allowed"
     if options.backward == "auto" and {"bwd_dkdv", "bwd_dq"} & set(options.configs):
         return "auto: a Triton backward configuration is pinned (options.configs)"
-    if "bwd_fused" in options.configs:
-        return "triton_fused: its configuration is pinned (options.configs)"
     # fwd_bwd on an H200, bf16, 16k tokens: the Gluon backward measured faster than the Triton one everywhere
     # it runs (D64: results/evidence/h200/gluon_bwd/; D128 with dQ split between the consumers:
     # results/evidence/h200/gluon_bwd_split_dq/), so "auto" runs it wherever it takes the inputs
@@ -327,12 +325,8 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
     _use_tma_allocator(tma_ok)
     causal, window = _masking(plan.window)  # the causal argument is folded into the window
     gluon = _sm90_bwd_refusal(q, k, v, causal, window, tma_ok, plan.options, lay.packed) is None
-    fused = not gluon and plan.options.backward == "triton_fused"
     chunk = _dq_chunk(q, k, plan.options, lay.packed) if gluon else None
-    if gluon:
-        acc_shape = sm90_bwd.accumulator_shape(tuple(q.shape), k.shape[1], chunk)
-    else:  # the one-pass Triton backward adds dQ into a whole accumulator; the split one holds none
-        acc_shape = tuple(q.shape) if fused else None
+    acc_shape = sm90_bwd.accumulator_shape(tuple(q.shape), k.shape[1], chunk) if gluon else None
     pre_zero = acc_shape == tuple(q.shape)  # a whole accumulator is zeroed with Delta, a chunk's when allocated
     zero_here = gluon and not pre_zero
     dq, dk, dv, delta, dq_acc = buffers = _grad_buffers(q, k, v, lse, acc_shape, zero_here)
@@ -353,7 +347,7 @@ def _first_backward(q, k, v, o, lse, do, sm_scale: float, plan: _Plan):
         labels["bwd_dkdv"] = labels["bwd_dq"] = label
     else:
         gradients, triton_labels = _triton_gradients(q, k, v, do, lse, buffers, sm_scale, plan, tma_ok, causal,
-                                                     window, fused)
+                                                     window)
         labels.update(triton_labels)
 
     def run(q, k, v, o, lse, do):
@@ -392,50 +386,27 @@ def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: b
 
 
 def _triton_gradients(q, k, v, do, lse, buffers, sm_scale: float, plan: _Plan, tma_ok: int, causal: bool,
-                      window: bool, fused: bool):
+                      window: bool):
     """(gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc), labels): the Triton dK/dV and dQ kernels, each
-    configuration chosen on this call's tensors and ``buffers`` (tuning launches the candidates into them); with
-    ``fused``, the dK/dV kernel adding dQ into the fp32 accumulator (zeroed by the preprocess) and its conversion."""
+    configuration chosen on this call's tensors and ``buffers`` (tuning launches the candidates into them)."""
     H, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
     lay = plan.layout
-    dq, dk, dv, delta, dq_acc = buffers
+    dq, dk, dv, delta, _ = buffers
     meta = kernel_meta(D, causal, q.dtype == torch.float32, plan.options.causal_group_programs, window, lay.packed)
     cu_q, cu_k, q_table, k_table = lay.tables
     sizes = _sizes(lay, tma_ok)
-    # without ``fused`` the accumulator is Delta as a placeholder, never written (strides 0)
-    dkdv_args = (q, k, v, do, dk, dv, lse, delta, dq_acc, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k),
-                 *_rows(v), *_rows(do), *_rows(dk), *_rows(dv), *(_rows(dq_acc) if fused else (0, 0, 0)),
-                 *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
-    if fused:
-        return _fused_gradients(dkdv_args, dq, meta, sm_scale, plan, tma_ok)
+    dkdv_args = (q, k, v, do, dk, dv, lse, delta, cu_q, cu_k, k_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
+                 *_rows(do), *_rows(dk), *_rows(dv), *_stat_strides(lse), H, Hkv, H // Hkv) + sizes
     dkdv, dkdv_label = _prepare("bwd_dkdv", lay.k_grid, dkdv_args, meta, tma_ok, plan.options)
     dq_args = (q, k, v, do, dq, lse, delta, cu_q, cu_k, q_table, sm_scale, *_rows(q), *_rows(k), *_rows(v),
                *_rows(do), *_rows(dq), *_stat_strides(lse), H, H // Hkv) + sizes
     dq_launch, dq_label = _prepare("bwd_dq", lay.q_grid, dq_args, meta, tma_ok, plan.options)
 
     def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
-        dkdv(q, k, v, do, dk, dv, lse, delta, dq_acc)
+        dkdv(q, k, v, do, dk, dv, lse, delta)
         dq_launch(q, k, v, do, dq, lse, delta)
 
     return gradients, {"bwd_dkdv": dkdv_label, "bwd_dq": dq_label}
-
-
-def _fused_gradients(dkdv_args: tuple, dq, meta: dict, sm_scale: float, plan: _Plan, tma_ok: int):
-    """The one-pass Triton backward (``FA2Options(backward="triton_fused")``): the dK/dV kernel also adds each step's
-    dS K into the fp32 dQ accumulator (``FUSED_DQ``), then one conversion writes dQ = sm_scale * accumulator."""
-    # FUSED_DQ 2: each dQ tile added by a TMA reduce-add on the TMA path, by fp32 atomics on the pointer path; 1:
-    # atomics on both (the interpreter has no TMA reduce)
-    fused, label = _prepare("bwd_fused", plan.layout.k_grid, dkdv_args, dict(meta, FUSED_DQ=1 if interpreting() else 2),
-                            tma_ok, plan.options)
-    dkdv_args[8].zero_()  # a tuned first call timed its candidates into the accumulator the preprocess had zeroed
-    convert = sm90_bwd._dq_conversion(dq.numel(), sm_scale)
-
-    def gradients(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
-        fused(q, k, v, do, dk, dv, lse, delta, dq_acc)
-        convert(dq_acc, dq)
-
-    label = f"{label},dq=atomic_add"
-    return gradients, {"bwd_dkdv": label, "bwd_dq": label}
 
 
 _FlashAttnV2Fn = attention_function("_FlashAttnV2Fn", _forward, _backward)

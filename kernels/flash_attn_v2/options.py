@@ -15,9 +15,9 @@ from typing import Mapping
 from . import sm90
 from .spaces import GLUON, WS
 
-KERNELS = ("fwd", "bwd_dkdv", "bwd_dq", "bwd_fused")
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 PATHS = ("auto", "tma", "ptr")
-BACKWARDS = ("auto", "sm90", "triton", "triton_fused")
+BACKWARDS = ("auto", "sm90", "triton")
 GLUON_STAGES = (2, 3)  # the ring depths the GPU tests cover (3 fill 224 KiB of shared memory at D128)
 # (BLOCK_M, BLOCK_N, warps a consumer) of the Gluon forward's head dims: 128x128 at D64 and D128, 128x64 at D256,
 # and the three-consumer 192x128 at D64
@@ -53,9 +53,7 @@ class FA2Options:
         "triton": the Triton kernels always.  "triton" is the deterministic path (flash-attn's
         ``deterministic=True``) and the lean one (gradients plus O(N) buffers): the Gluon backward sums
         dQ by fp32 reduce-adds whose order varies from run to run into an fp32 accumulator, so its dQ is
-        not bit-reproducible (its dK and dV are).  "triton_fused": where the Gluon backward does not run,
-        the Triton dK/dV kernel in one pass, adding dQ by fp32 atomics into an accumulator twice dQ's size
-        (5 matmuls a step instead of the split kernels' 7; its dQ not bit-reproducible either).
+        not bit-reproducible (its dK and dV are).
     dq_chunk_waves: how much fp32 dQ accumulator the Gluon backward of a dense call holds: it runs its
         (batch, kv head) pairs in chunks of about this many waves of programs (``sm90_bwd.dq_chunk_pairs``),
         each into one chunk-sized accumulator, so the accumulator is bounded by the GPU, not the batch (8: about
@@ -90,12 +88,6 @@ class FA2Options:
             raise ValueError(f"FA2Options: configs must be a mapping of kernel name to configuration, "
                              f"got {type(self.configs).__name__}")
         configs = {name: _check_config(name, t) for name, t in self.configs.items()}
-        if "bwd_fused" in configs and self.backward != "triton_fused":
-            raise ValueError("FA2Options: configs['bwd_fused'] is the one-pass Triton backward's: it needs "
-                             f"backward='triton_fused', got backward={self.backward!r}")
-        if self.backward == "triton_fused" and {"bwd_dkdv", "bwd_dq"} & set(configs):
-            raise ValueError("FA2Options: backward='triton_fused' runs no separate dK/dV or dQ kernel: pin "
-                             "configs['bwd_fused'] instead")
         object.__setattr__(self, "configs", MappingProxyType(configs))  # frozen all the way down
 
     def __hash__(self):  # the generated one would hash the configs mapping, which has no hash

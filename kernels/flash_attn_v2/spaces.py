@@ -96,15 +96,6 @@ DQ_SPACE = {
     "large": [(128, 64, 8, 1), (128, 32, 8, 2), (128, 32, 8, 1)],
 }
 
-# The one-pass Triton backward (FA2Options(backward="triton_fused")): the dK/dV kernel adding dS K into the fp32 dQ
-# accumulator a step, so a step holds a (BLOCK_M, D) fp32 dQ tile beside dK and dV.  Entries compiled for sm_90 within
-# shared memory (tools/fa2_compile_report.py --triton-bwd); at D256 64x64/8/2, the split kernel's pick, needs 263 KB.
-FUSED_SPACE = {
-    "small": [(64, 128, 8, 2), (64, 64, 4, 3), (32, 128, 4, 3)],
-    "mid": [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2)],
-    "large": [(32, 64, 8, 2), (32, 64, 8, 1), (64, 64, 8, 1)],
-}
-
 # Forward entries not offered to the tuner from an Nq bucket up, per (class, causal).  The tuner
 # times each candidate in short interleaved bursts and cannot separate candidates within ~5% on an
 # H100 whose clock moves under load; it chose these tiles although they lost in pinned measurements:
@@ -134,12 +125,10 @@ PREFERRED_PATH = {
     "fwd": {"small": False, "mid": False, "large": False},
     "bwd_dkdv": {"small": True, "mid": True, "large": True},
     "bwd_dq": {"small": False, "mid": False, "large": True},
-    "bwd_fused": {"small": True, "mid": True, "large": True},  # as dK/dV's (not compared)
 }
 
 # One fixed small configuration a kernel under the CPU interpreter (BLOCK_M != BLOCK_N on purpose, to
 # exercise the diagonal logic with blocks of both shapes), and the Delta preprocessing block.
-INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1),
-                    "bwd_fused": (16, 32, 1, 1)}
+INTERPRET_CONFIG = {"fwd": (32, 16, 1, 1), "bwd_dkdv": (16, 32, 1, 1), "bwd_dq": (32, 16, 1, 1)}
 PREPROCESS_BLOCK_M = 64
 INTERPRET_PREPROCESS_BLOCK_M = 32

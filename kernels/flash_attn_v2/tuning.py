@@ -23,7 +23,7 @@ from .._tuner import InterleavedTuner
 from .._validate import interpreting
 from . import sm90, sm90_persistent
 from .kernels import bwd_dkdv_kernel, bwd_dq_kernel, fwd_kernel
-from .spaces import DKDV_SPACE, DQ_SPACE, FUSED_SPACE, FWD_SKIP, FWD_SPACE, GLUON, GLUON_MIN_NQ, PREFERRED_PATH, WS
+from .spaces import DKDV_SPACE, DQ_SPACE, FWD_SKIP, FWD_SPACE, GLUON, GLUON_MIN_NQ, PREFERRED_PATH, WS
 
 # TMA_OK, a tuning key: which tile paths the inputs allow
 PTR_ONLY, BOTH, TMA_ONLY = 0, 1, 2
@@ -241,6 +241,4 @@ TUNERS = {
     "fwd": _kernel(fwd_kernel, FWD_SPACE, "fwd", prepare_fwd, extra_key=["EVEN_KV", "SM90_OK"], skip=FWD_SKIP),
     "bwd_dkdv": _kernel(bwd_dkdv_kernel, DKDV_SPACE, "bwd_dkdv", prepare_triton(bwd_dkdv_kernel)),
     "bwd_dq": _kernel(bwd_dq_kernel, DQ_SPACE, "bwd_dq", prepare_triton(bwd_dq_kernel)),
-    # the dK/dV kernel with dQ added by atomics (FUSED_DQ, which the launcher passes): its own space and choices
-    "bwd_fused": _kernel(bwd_dkdv_kernel, FUSED_SPACE, "bwd_fused", prepare_triton(bwd_dkdv_kernel)),
 }

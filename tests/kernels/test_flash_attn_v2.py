@@ -294,8 +294,7 @@ def test_autotune_off_runs_the_first_entry_of_each_space_outside_the_interpreter
     for name in tuning.TUNERS:
         _, labels[name] = launch._prepare(name, None, (), launch.kernel_meta(64, False, False, 256), tuning.PTR_ONLY,
                                           FA2Options(autotune=False))
-    first = {"fwd": spaces.FWD_SPACE, "bwd_dkdv": spaces.DKDV_SPACE, "bwd_dq": spaces.DQ_SPACE,
-             "bwd_fused": spaces.FUSED_SPACE}
+    first = {"fwd": spaces.FWD_SPACE, "bwd_dkdv": spaces.DKDV_SPACE, "bwd_dq": spaces.DQ_SPACE}
     assert ran == [(name, first[name]["small"][0]) for name in tuning.TUNERS]
     assert labels == {name: tuning.launch_label(tuning.to_config(first[name]["small"][0], False)) for name in first}
 
