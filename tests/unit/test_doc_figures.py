@@ -409,7 +409,16 @@ def test_h200_fa2_d256_is_the_baseline():
     ]) == []
 
 
-@pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h100", "decode"), ("h200", "default"), ("h200", "fa2"),
+def test_h100_fa2_d256_is_the_baseline():
+    """'Known limits', D = 256: the H100 sweep's ratios to cuDNN, forward and fwd_bwd."""
+    p, cudnn = ratios_to("h100", "fa2_d256", 256, "sdpa_cudnn")
+    by_mode = {m: span([cudnn[k] for k in cudnn.index if k[0] == m]) for m in ("fwd", "fwd_bwd")}
+    assert (f"(`results/baselines/h100/fa2_d256/`, three rounds): forward {by_mode['fwd']}× `sdpa_cudnn`, "
+            f"fwd_bwd {by_mode['fwd_bwd']}×") in README_FLAT
+
+
+@pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h100", "fa2_d256"), ("h100", "decode"),
+                                       ("h200", "default"), ("h200", "fa2"),
                                        ("h200", "fa2_d256"), ("h200", "decode"), ("h200", "decode_batches"),
                                        ("h200", "varlen"), ("h200", "window")])
 def test_cited_baselines_exist_and_are_cited(gpu, name):
