@@ -14,6 +14,9 @@ rounds, so both see the same unit, clocks and temperature:
   3. ``--rounds`` interleaved rounds time each revision with flashbench's held timer (L2 flushed, GPU time
      only); the table gives the median of the round medians, base / new, and new's TFLOP/s.
 
+Below a case's row, one line per kernel whose configuration differs between the revisions (each revision's launch
+log of its first call: the tuners' picks); ``--out``'s rows hold both logs whole (``configs``).
+
 ``--host`` times the HOST instead: the time to enqueue one call, as ``tools/host_path.py`` measures it. After
 step 2, each revision is called 20 times more (the allocator's cache, the launchers' caches), then in each of
 ``--rounds`` interleaved rounds (default 20 with ``--host``: the host moves 20-40% from one hold to the next)
@@ -108,11 +111,14 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
-def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
+def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None,
+          logs: dict | None = None):
     """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison).  ``fwd_config``:
     the forward configuration both revisions run (each revision's own ``FA2Options(configs={"fwd": ...})``)
     instead of each tuner's pick; ``new_options``: more ``FA2Options`` fields of the new revision's calls (fwd
-    and fwd_bwd)."""
+    and fwd_bwd); ``logs``: {"new": {}, "base": {}}, each revision's launch log (kernel: configuration), filled
+    by its fwd and fwd_bwd calls."""
+    logs = {"new": {}, "base": {}} if logs is None else logs
     # the harness's inputs for the case with a backward (so with dO), as plain tensors: each call below
     # makes its own leaves where it needs gradients
     inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
@@ -120,11 +126,12 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
     do = inputs.do
     causal, window = case.causal, case.window
 
-    def pinned(m) -> dict:  # the options keyword of revision m: its pinned forward and, new, its own options
+    def pinned(m) -> dict:  # revision m's keywords: its launch log, its pinned forward and, new, its own options
         fields = dict(new_options or {}) if m is new else {}
         if fwd_config is not None:
             fields["configs"] = {"fwd": fwd_config}
-        return {"options": m.FA2Options(**fields)} if fields else {}
+        log = {"launch_log": logs["new" if m is new else "base"]}
+        return {"options": m.FA2Options(**fields), **log} if fields else log
     if what == "fwd":
         return {name: (lambda m=m, kw=pinned(m): (m.flash_attn_v2(q, k, v, causal=causal, window=window, **kw),))
                 for name, m in (("new", new), ("base", base))}
@@ -156,12 +163,14 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
 
 def compare(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
     """The case's calls (``calls``), each called once (compiling and tuning), the case as timed (its label and
-    FLOP count) and the largest absolute difference of each output, new against base."""
-    fns = calls(what, case, new, base, fwd_config, new_options)
+    FLOP count), the largest absolute difference of each output, new against base, and each revision's launch
+    log of that call ({} for ``bwd``, which calls the Gluon backward directly)."""
+    logs = {"new": {}, "base": {}}
+    fns = calls(what, case, new, base, fwd_config, new_options, logs)
     outs = {name: [t.clone() for t in fn()] for name, fn in fns.items()}  # compiles and tunes too
     torch.cuda.synchronize()
     diff = [(a.float() - b.float()).abs().max().item() for a, b in zip(outs["new"], outs["base"])]
-    return fns, dataclasses.replace(case, mode=what), diff
+    return fns, dataclasses.replace(case, mode=what), diff, {name: dict(log) for name, log in logs.items()}
 
 
 def interleaved(fns: dict, rounds: int, time_one) -> dict:
@@ -193,7 +202,7 @@ def clock_sampler():
 
 def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config: tuple | None = None,
             new_options: dict | None = None) -> dict:
-    fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
+    fns, timed, diff, configs = compare(what, case, new, base, fwd_config, new_options)
     clock = clock_sampler()
     timings = interleaved(fns, rounds, lambda fn: time_cuda(fn, timing, clock=clock))
     medians, clocks, ms, mhz = round_figures(timings)
@@ -203,7 +212,15 @@ def measure(what: str, case, new, base, rounds: int, timing: Timing, fwd_config:
     return {"case": timed.label(), "what": what, "new_ms": ms["new"],
             "base_ms": ms["base"], "new_over_base": ms["new"] / ms["base"], "new_tflops": flops / ms["new"] / 1e9,
             "new_mhz": mhz["new"], "base_mhz": mhz["base"], "new_over_base_cycles": cycles,
-            "round_medians_ms": medians, "round_sm_clock_mhz": clocks, "max_abs_diff": diff}
+            "round_medians_ms": medians, "round_sm_clock_mhz": clocks, "max_abs_diff": diff, "configs": configs}
+
+
+def config_changes(configs: dict) -> list[str]:
+    """One indented line per kernel whose configuration differs between the revisions' launch logs (a tuner's
+    other pick, or a kernel one revision does not launch: "-")."""
+    new, base = configs["new"], configs["base"]
+    return [f"  {kernel}: base {base.get(kernel, '-')} | new {new.get(kernel, '-')}"
+            for kernel in sorted(set(new) | set(base)) if new.get(kernel) != base.get(kernel)]
 
 
 def hold_seconds(reps: int) -> float:
@@ -235,7 +252,7 @@ def p20(xs: list[float]) -> float:
 def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config: tuple | None = None,
                  new_options: dict | None = None) -> dict:
     """The row of ``--host``: each revision's host µs a call over ``rounds`` interleaved holds."""
-    fns, timed, diff = compare(what, case, new, base, fwd_config, new_options)
+    fns, timed, diff, configs = compare(what, case, new, base, fwd_config, new_options)
     for _ in range(HOST_WARMUP):
         for fn in fns.values():
             fn()
@@ -246,7 +263,7 @@ def measure_host(what: str, case, new, base, rounds: int, reps: int, fwd_config:
     host = {**us, **{key: {name: f(x) for name, x in us.items()} for key, f in stats.items()},
             "short_holds": {name: sum(short for _, short in got) for name, got in held.items()}}
     return {"case": timed.label(), "what": what, "host_us": host,
-            "new_over_base": host["median"]["new"] / host["median"]["base"], "max_abs_diff": diff}
+            "new_over_base": host["median"]["new"] / host["median"]["base"], "max_abs_diff": diff, "configs": configs}
 
 
 GPU_HEAD = (f"{'case':<44} {'new ms':>8} {'base ms':>8} {'new/base':>8} {'TFLOP/s':>8} {'new MHz':>8} {'base MHz':>8} "
@@ -388,6 +405,8 @@ def main() -> int:
                 return 2
             rows.append(row)
             print(host_line(row) if a.host else gpu_line(row), flush=True)
+            for line in config_changes(row["configs"]):
+                print(line, flush=True)
             short = row["host_us"]["short_holds"] if a.host else None
             if short and any(short.values()):
                 print(f"warning: {row['case']}: the GPU hold ended before the batch was enqueued in "

@@ -154,8 +154,10 @@ class FakeGpu:
             def __init__(self, name):
                 self.name = name
 
-            def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1)):
+            def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), launch_log=None):
                 gpu.log.append(("call", self.name))
+                # the tuners pick another forward tile and the same dQ tile
+                launch_log.update(fwd=f"BLOCK_M={64 if self.name == 'new' else 128}", bwd_dq="BLOCK_M=128")
                 gpu.clock_us += gpu.us[self.name][max(gpu.holds - 1, 0) // 2]
                 return q + 0.0 * (k + v).sum()  # depends on q, k and v: autograd has all three gradients
 
@@ -257,7 +259,7 @@ def test_host_holds_twenty_times_by_default_and_warns_of_a_hold_that_ended_early
     assert "the GPU hold ended before the batch was enqueued in 20 holds of base and 20 of new" in err
 
 
-def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kernel_ab, monkeypatch, tmp_path):
+def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kernel_ab, monkeypatch, tmp_path, capsys):
     """Four rounds by default, new's first in rounds 0 and 2, base's first in 1 and 3 (each revision timed first
     as often as second), no sleep kernel and no host figures."""
     gpu = FakeGpu(kernel_ab, monkeypatch, US)
@@ -290,6 +292,17 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     assert all(x is sampler for x in samplers) and len(samplers) == 8  # the GPU's sampler, in every timing
     # compared once, then the rounds
     assert [e[1] for e in gpu.log if e[0] == "call"] == ["new", "base"] + ["new", "base", "base", "new"] * 2
+    # each revision's launch log kept whole, and the kernel whose configuration differs printed below the row
+    assert row["configs"] == {"new": {"fwd": "BLOCK_M=64", "bwd_dq": "BLOCK_M=128"},
+                              "base": {"fwd": "BLOCK_M=128", "bwd_dq": "BLOCK_M=128"}}
+    out_lines = capsys.readouterr().out.splitlines()
+    assert "  fwd: base BLOCK_M=128 | new BLOCK_M=64" in out_lines and not any("bwd_dq" in x for x in out_lines)
+
+
+def test_config_changes_name_a_kernel_only_one_revision_launched(kernel_ab):
+    configs = {"new": {"fwd": "A", "bwd_dkdv": "G", "bwd_dq": "G"}, "base": {"fwd": "A", "bwd_dkdv": "T1"}}
+    assert kernel_ab.config_changes(configs) == ["  bwd_dkdv: base T1 | new G", "  bwd_dq: base - | new G"]
+    assert kernel_ab.config_changes({"new": {}, "base": {}}) == []
 
 
 @pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
