@@ -34,6 +34,7 @@ cannot be compiled.  Exit status 1 when a configuration fails to compile or show
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
 import os
@@ -63,10 +64,25 @@ def compile_fwd(config: tuple, head_dim: int, causal: bool, dtype: str = "bf16",
     return _compile_triton(fn, consts, {**dict.fromkeys(("Q", "K", "V", "O"), f"*{dtype}"), "LSE": "*fp32"}, config)
 
 
+def triton_constexprs(fn, consts: dict) -> dict:
+    """``consts`` with the kernel's defaulted constexpr parameters it leaves out at their defaults, as a launch takes
+    them; ValueError naming any constexpr parameter without a default that it leaves out (compiled as an i32
+    argument instead, a branch on it would be a run-time one: not the kernel a launch builds)."""
+    # the Python function's parameters (the JIT's and the interpreter's wrappers both keep it as ``fn``), a
+    # constexpr being annotated so, as Triton reads it
+    params = [p for p in inspect.signature(fn.fn).parameters.values() if "constexpr" in str(p.annotation)]
+    missing = [p.name for p in params if p.default is p.empty and p.name not in consts]
+    if missing:
+        raise ValueError(f"{fn.fn.__name__}: constexpr arguments not given: {', '.join(missing)}")
+    return {**{p.name: p.default for p in params if p.default is not p.empty}, **consts}
+
+
 def _compile_triton(fn, consts: dict, pointers: dict, config: tuple):
     """A Triton FA2 kernel compiled for sm_90 with the JIT's specialisation of benchmark shapes: ``pointers`` (name:
     type) and the head count 16-byte divisible, as are the strides; ``sm_scale`` fp32, every other argument i32
-    unless ``consts`` makes it a constexpr; ``config``'s warps and stages."""
+    unless ``consts`` makes it a constexpr (``triton_constexprs``: the kernel's defaulted ones at their defaults);
+    ``config``'s warps and stages."""
+    consts = triton_constexprs(fn, consts)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(pointers, sm_scale="fp32")
     sig.update({name: "constexpr" for name in consts})

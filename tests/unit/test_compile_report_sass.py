@@ -62,3 +62,17 @@ def test_bad_head_dims_are_a_message_and_exit_status_2(value, words):
                           text=True, env=env, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
 
+
+
+def test_constexprs_left_out_take_their_defaults_and_one_without_a_default_is_named(report):
+    """A constexpr parameter the caller does not give must not compile as an i32 argument (a branch on it would then
+    be a run-time one, not the kernel a launch builds): a defaulted one takes its default, another is refused."""
+    kernel = report.bwd_dkdv_kernel
+    given = {name: 1 for name in ("HEAD_DIM", "BLOCK_D", "CAUSAL", "IEEE", "GROUP_PROGRAMS", "USE_TMA", "BLOCK_M",
+                                  "BLOCK_N")}
+    filled = report.triton_constexprs(kernel, given)
+    assert filled["WINDOW"] is False and filled["VARLEN"] is False and filled["HEAD_DIM"] == 1
+    assert report.triton_constexprs(kernel, {**given, "WINDOW": True})["WINDOW"] is True
+    del given["BLOCK_N"]
+    with pytest.raises(ValueError, match="bwd_dkdv_kernel: constexpr arguments not given: BLOCK_N"):
+        report.triton_constexprs(kernel, given)
