@@ -111,14 +111,12 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
-def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None,
-          logs: dict | None = None):
+def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
     """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison).  ``fwd_config``:
     the forward configuration both revisions run (each revision's own ``FA2Options(configs={"fwd": ...})``)
     instead of each tuner's pick; ``new_options``: more ``FA2Options`` fields of the new revision's calls (fwd
-    and fwd_bwd); ``logs``: {"new": {}, "base": {}}, each revision's launch log (kernel: configuration), filled
-    by its fwd and fwd_bwd calls."""
-    logs = {"new": {}, "base": {}} if logs is None else logs
+    and fwd_bwd).  ``fn(launch_log=log)`` fills ``log`` with that call's launch log (kernel: configuration; fwd and
+    fwd_bwd; ``bwd`` calls the Gluon backward directly and logs nothing); the timed calls pass none."""
     # the harness's inputs for the case with a backward (so with dO), as plain tensors: each call below
     # makes its own leaves where it needs gradients
     inputs = make_inputs(dataclasses.replace(case, mode="fwd_bwd"), "cuda", seed=0)
@@ -126,22 +124,22 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
     do = inputs.do
     causal, window = case.causal, case.window
 
-    def pinned(m) -> dict:  # revision m's keywords: its launch log, its pinned forward and, new, its own options
+    def pinned(m) -> dict:  # the options keyword of revision m: its pinned forward and, new, its own options
         fields = dict(new_options or {}) if m is new else {}
         if fwd_config is not None:
             fields["configs"] = {"fwd": fwd_config}
-        log = {"launch_log": logs["new" if m is new else "base"]}
-        return {"options": m.FA2Options(**fields), **log} if fields else log
+        return {"options": m.FA2Options(**fields)} if fields else {}
     if what == "fwd":
-        return {name: (lambda m=m, kw=pinned(m): (m.flash_attn_v2(q, k, v, causal=causal, window=window, **kw),))
+        return {name: (lambda launch_log=None, m=m, kw=pinned(m):
+                       (m.flash_attn_v2(q, k, v, causal=causal, window=window, launch_log=launch_log, **kw),))
                 for name, m in (("new", new), ("base", base))}
     if what == "fwd_bwd":
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
         def fb(m):
             kw = pinned(m)
-            return lambda: torch.autograd.grad(m.flash_attn_v2(*leaves, causal=causal, window=window, **kw), leaves,
-                                               do)
+            return lambda launch_log=None: torch.autograd.grad(
+                m.flash_attn_v2(*leaves, causal=causal, window=window, launch_log=launch_log, **kw), leaves, do)
         return {"new": fb(new), "base": fb(base)}
     why = new.sm90_bwd.unsupported_reason(q, k, v, causal, case.has_window)
     if why is not None:
@@ -153,7 +151,7 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
     def bwd(m):
         grads = [torch.empty_like(t) for t in (q, k, v)]
 
-        def call():
+        def call(launch_log=None):
             m.sm90_bwd.backward(q, k, v, do, lse2, delta, *grads, causal, case.head_dim ** -0.5,
                                 window_left=case.window_left)
             return grads
@@ -165,12 +163,12 @@ def compare(what: str, case, new, base, fwd_config: tuple | None = None, new_opt
     """The case's calls (``calls``), each called once (compiling and tuning), the case as timed (its label and
     FLOP count), the largest absolute difference of each output, new against base, and each revision's launch
     log of that call ({} for ``bwd``, which calls the Gluon backward directly)."""
-    logs = {"new": {}, "base": {}}
-    fns = calls(what, case, new, base, fwd_config, new_options, logs)
-    outs = {name: [t.clone() for t in fn()] for name, fn in fns.items()}  # compiles and tunes too
+    fns = calls(what, case, new, base, fwd_config, new_options)
+    logs = {name: {} for name in fns}
+    outs = {name: [t.clone() for t in fn(launch_log=logs[name])] for name, fn in fns.items()}  # compiles, tunes
     torch.cuda.synchronize()
     diff = [(a.float() - b.float()).abs().max().item() for a, b in zip(outs["new"], outs["base"])]
-    return fns, dataclasses.replace(case, mode=what), diff, {name: dict(log) for name, log in logs.items()}
+    return fns, dataclasses.replace(case, mode=what), diff, logs
 
 
 def interleaved(fns: dict, rounds: int, time_one) -> dict:

@@ -63,7 +63,6 @@ def test_bad_head_dims_are_a_message_and_exit_status_2(value, words):
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
 
 
-
 def test_constexprs_left_out_take_their_defaults_and_one_without_a_default_is_named(report):
     """A constexpr parameter the caller does not give must not compile as an i32 argument (a branch on it would then
     be a run-time one, not the kernel a launch builds): a defaulted one takes its default, another is refused."""

@@ -148,6 +148,7 @@ class FakeGpu:
 
     def __init__(self, kernel_ab, monkeypatch, us, short=False):
         self.log, self.us, self.short, self.clock_us, self.holds = [], us, short, 0.0, 0
+        self.logged = []  # (revision, whether its call was given a launch log), call by call
         gpu = self
 
         class Revision:
@@ -156,8 +157,9 @@ class FakeGpu:
 
             def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), launch_log=None):
                 gpu.log.append(("call", self.name))
-                # the tuners pick another forward tile and the same dQ tile
-                launch_log.update(fwd=f"BLOCK_M={64 if self.name == 'new' else 128}", bwd_dq="BLOCK_M=128")
+                gpu.logged.append((self.name, launch_log is not None))
+                if launch_log is not None:  # the tuners pick another forward tile and the same dQ tile
+                    launch_log.update(fwd=f"BLOCK_M={64 if self.name == 'new' else 128}", bwd_dq="BLOCK_M=128")
                 gpu.clock_us += gpu.us[self.name][max(gpu.holds - 1, 0) // 2]
                 return q + 0.0 * (k + v).sum()  # depends on q, k and v: autograd has all three gradients
 
@@ -295,6 +297,9 @@ def test_without_host_the_gpu_rounds_time_each_revision_with_the_held_timer(kern
     # each revision's launch log kept whole, and the kernel whose configuration differs printed below the row
     assert row["configs"] == {"new": {"fwd": "BLOCK_M=64", "bwd_dq": "BLOCK_M=128"},
                               "base": {"fwd": "BLOCK_M=128", "bwd_dq": "BLOCK_M=128"}}
+    # only the first call of each revision (the comparison) is given a launch log, not the timed ones
+    timed = [(name, False) for name in ["new", "base", "base", "new"] * 2]
+    assert gpu.logged == [("new", True), ("base", True)] + timed
     out_lines = capsys.readouterr().out.splitlines()
     assert "  fwd: base BLOCK_M=128 | new BLOCK_M=64" in out_lines and not any("bwd_dq" in x for x in out_lines)
 
