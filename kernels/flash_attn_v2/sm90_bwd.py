@@ -137,35 +137,46 @@ STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared me
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
-DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer")
-_LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128)}
-# the head dims some dQ layout runs: what this backward takes (the Gluon forward also takes 256)
+# "split_head_dim" (D256, ``sm90_bwd_d256``): each consumer owns half the head dim of dK^T, dV^T and dQ over all the
+# block's 64 keys
+DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer", "split_head_dim")
+_LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128), "split_head_dim": (256,)}
+# the head dims some dQ layout runs: what this backward takes (D256 dense only: ``_layout_reason``)
 HEAD_DIMS = tuple(sorted({d for dims in _LAYOUT_HEAD_DIMS.values() for d in dims}))
 
 
 def dq_layout(head_dim: int) -> str:
     """The dQ layout a head dim runs by default (the one measured fastest; kernels/DESIGN.md)."""
-    return "split_cols" if head_dim == 128 else "split_rows"
+    return {128: "split_cols", 256: "split_head_dim"}.get(head_dim, "split_rows")
 
 
 def ring_stages(head_dim: int, window: bool = False, layout: str | None = None) -> int:
     """The Q / dO ring depth a launch uses: 3 with D128's split dQ without a window (backward alone 0.95-0.97 of
     the time of 2 stages non-causal, level causal; results/evidence/h200/gluon_bwd_stages/), else 2 (3 measured
-    1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third)."""
+    1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third); 1 at D256
+    (``sm90_bwd_d256``: no room for a second)."""
+    if (layout or dq_layout(head_dim)) == "split_head_dim":
+        return sm90_bwd_d256.STAGES
     return 3 if (layout or dq_layout(head_dim)) == "split_cols" and not window else 2
 
 
 def block_m(head_dim: int, layout: str | None = None) -> int:
     """Query rows a step: 64, or 128 with "split_rows" (at D64: S^T and dP^T of 64 keys x 128 queries, 64 fp32
     registers each, beside dK and dV of 32).  At D128 a 128-row step does not fit the registers (dK and dV take 64
-    each)."""
+    each); 64 at D256."""
     return 128 if (layout or dq_layout(head_dim)) == "split_rows" else 64
+
+
+def block_n(head_dim: int) -> int:
+    """Keys a program: 128, 64 at D256 (``sm90_bwd_d256``)."""
+    return sm90_bwd_d256.BLOCK_N if head_dim == sm90_bwd_d256.HEAD_DIM else BLOCK_N
 
 
 def dq_tile(head_dim: int, layout: str) -> list[int]:
     """The (rows, columns) of dQ one consumer reduces a step."""
     bm = block_m(head_dim, layout)
-    tiles = {"split_cols": [bm, head_dim // 2], "split_rows": [bm // 2, head_dim], "per_consumer": [bm, head_dim]}
+    tiles = {"split_cols": [bm, head_dim // 2], "split_rows": [bm // 2, head_dim], "per_consumer": [bm, head_dim],
+             "split_head_dim": sm90_bwd_d256.dq_tile()}
     return tiles[layout]
 
 
@@ -180,7 +191,8 @@ def check_dq_layout(head_dim: int, layout: str) -> None:
         raise ValueError(f"sm90_bwd: dq_layout must be one of {', '.join(DQ_LAYOUTS)}, got {layout!r}")
     if head_dim not in _LAYOUT_HEAD_DIMS[layout]:
         # split_cols at D64: a 32-column half of K_j is narrower than its tile's 128-byte swizzle, so it cannot be
-        # an operand; split_rows at D128: dK, dV, S^T and dP^T of a 128-row step need 256 registers
+        # an operand; split_rows at D128: dK, dV, S^T and dP^T of a 128-row step need 256 registers; D256 runs its
+        # own kernel
         raise ValueError(f"sm90_bwd: dq_layout {layout!r} runs head dim "
                          f"{' or '.join(map(str, _LAYOUT_HEAD_DIMS[layout]))}, got {head_dim}")
 
@@ -193,7 +205,8 @@ def config_label(head_dim: int, stages: int | None = None, layout: str | None = 
     layout = layout or dq_layout(head_dim)
     stages = stages or ring_stages(head_dim, window, layout)
     chunks = "" if chunk_pairs is None else f",dq_chunk_pairs={chunk_pairs}"
-    return (f"gluon_sm90_bwd,BLOCK_M={block_m(head_dim, layout)},BLOCK_N={BLOCK_N},num_warps=4+4+1,"
+    name = "gluon_sm90_bwd_d256" if layout == "split_head_dim" else "gluon_sm90_bwd"
+    return (f"{name},BLOCK_M={block_m(head_dim, layout)},BLOCK_N={block_n(head_dim)},num_warps=4+4+1,"
             f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}{chunks}")
 
 
@@ -202,6 +215,8 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
     its 2-D view: (B*H*Nq, D) dense, (total_q, H*D) packed ((total_q, H, D): a head is a column offset).  Its
     base is the accumulator itself (``sm90.descriptor``: no view made a call)."""
     D = dq_acc.shape[-1]
+    if layout == "split_head_dim":
+        return sm90_bwd_d256.dq_descriptor(dq_acc)
     rows, cols = dq_tile(D, layout)
     width = dq_acc.shape[1] * D if dq_acc.dim() == 3 else D
     return tma_descriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], [rows, cols],
@@ -221,22 +236,25 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
     window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not).
     ``varlen``: a packed batch, (total, heads, D) (``backward_varlen``)."""
-    return _layout_reason(q, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen)
+    return _layout_reason(q, window, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                  varlen: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64 and
-    128, then the Gluon forward's conditions (its 128-row blocks are this kernel's key blocks; causal
-    windows only)."""
-    return _layout_reason(q, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
+    128, and 256 dense without a window, then the Gluon forward's conditions (its 128-row blocks are whole key
+    blocks of this kernel; causal windows only)."""
+    return _layout_reason(q, window, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
 
 
-def _layout_reason(q: torch.Tensor, varlen: bool) -> str | None:
+def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
     if q.dim() != (3 if varlen else 4):
         return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
-    if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions, which admit D256
-        return f"head_dim {q.shape[-1]}: {' and '.join(map(str, HEAD_DIMS))} only (the Triton backward runs the others)"
+    if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions
+        return f"head_dim {q.shape[-1]}: {', '.join(map(str, HEAD_DIMS))} only (the Triton backward runs the others)"
+    if q.shape[-1] == sm90_bwd_d256.HEAD_DIM and (varlen or window):
+        return ("head_dim 256: dense inputs without a sliding window only (the D256 kernel is not built for "
+                f"{'packed batches' if varlen else 'windows'})")
     return None
 
 
@@ -776,8 +794,9 @@ def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int)
     layout = layout or dq_layout(D)
     check_dq_layout(D, layout)
     stages = stages or ring_stages(D, window_left >= 0, layout)
-    if stages not in STAGE_CHOICES:
-        raise ValueError(f"sm90_bwd.{name}: stages must be one of {STAGE_CHOICES}, got {stages}")
+    choices = (sm90_bwd_d256.STAGES,) if layout == "split_head_dim" else STAGE_CHOICES
+    if stages not in choices:
+        raise ValueError(f"sm90_bwd.{name}: stages must be one of {choices} at head dim {D}, got {stages}")
     if window_left >= 0 and not causal:
         raise ValueError(f"sm90_bwd.{name}: a window needs causal (a right reach is not supported)")
     return layout, stages
@@ -823,16 +842,23 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
     layout, stages = _settings("backward", D, causal, stages, layout, window_left)
     pairs, group = B * kv_heads, H // kv_heads
     chunk = _check_chunk_pairs(chunk_pairs, pairs)
-    bm = block_m(D, layout)
-    meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+    bm, bn = block_m(D, layout), block_n(D)
     # one launch over every pair sees (B, H) heads; a chunk (n, GROUP): the same programs and bits either way
     heads = H if chunk == pairs else group
-    scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0), None, None, None, None, None)
+    if layout == "split_head_dim":  # D256: its own kernel (dense, no window)
+        kernel, half = sm90_bwd_d256.bwd_sm90_d256_kernel, sm90_bwd_d256.half_descriptor
+        meta = dict(sm90_bwd_d256.kernel_constexprs(causal, group_programs), num_warps=4, maxnreg=MAXNREG)
+        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv)
+    else:
+        kernel, half = bwd_sm90_kernel, lambda t: descriptor(t, BLOCK_N // 2)
+        meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0), None, None, None, None,
+                   None)
     launches, conversions = {}, {}
 
     def launch(n: int) -> PreparedLaunch:  # n pairs: a chunk is (n, GROUP, Nq, D) with one kv head a pair
         if n not in launches:
-            launches[n] = PreparedLaunch(bwd_sm90_kernel, (n_kv // BLOCK_N, n), scalars, meta)
+            launches[n] = PreparedLaunch(kernel, (n_kv // bn, n), scalars, meta)
         return launches[n]
 
     def conversion(n: int, zero: bool) -> PreparedLaunch:
@@ -841,9 +867,8 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
         return conversions[n, zero]
 
     def one(q, k, v, do, lse, delta, dq, dk, dv, dq_acc, n: int, zero: bool):
-        launch(n)(descriptor(q, bm), descriptor(do, bm), descriptor(k, BLOCK_N), descriptor(v, BLOCK_N),
-                  descriptor(dk, BLOCK_N // 2), descriptor(dv, BLOCK_N // 2), dq_descriptor(dq_acc, layout),
-                  stat_descriptor(lse, bm), stat_descriptor(delta, bm))
+        launch(n)(descriptor(q, bm), descriptor(do, bm), descriptor(k, bn), descriptor(v, bn), half(dk), half(dv),
+                  dq_descriptor(dq_acc, layout), stat_descriptor(lse, bm), stat_descriptor(delta, bm))
         conversion(n, zero)(dq_acc, dq)
 
     def run(q, k, v, do, lse, delta, dq, dk, dv, dq_acc):
@@ -866,14 +891,14 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
 
 def dq_chunk_pairs(q_shape: tuple, kv_heads: int, n_kv: int, chunk_waves: int, sms: int) -> int:
     """The (batch, kv head) pairs a dense launch runs so that the fp32 dQ accumulator holds one chunk's, not all
-    of them: chunks of about ``chunk_waves`` waves of programs (``n_kv / BLOCK_N`` programs a pair, one resident a
+    of them: chunks of about ``chunk_waves`` waves of programs (``n_kv / block_n`` programs a pair, one resident a
     SM), equal to within a pair; every pair when ``chunk_waves`` is 0 or they fit one chunk.  The accumulator is
-    then bounded by the GPU, not the batch: about ``chunk_waves * sms * BLOCK_N * GROUP * D * 4`` bytes where
+    then bounded by the GPU, not the batch: about ``chunk_waves * sms * block_n * GROUP * D * 4`` bytes where
     Nq = Nkv (a pair's rows when one pair's programs make more waves than that)."""
     pairs = q_shape[0] * kv_heads
     if chunk_waves == 0:
         return pairs
-    want = -(-chunk_waves * sms // max(1, n_kv // BLOCK_N))  # pairs a chunk of that many programs, rounded up
+    want = -(-chunk_waves * sms // max(1, n_kv // block_n(q_shape[-1])))  # pairs a chunk of that many programs
     if want >= pairs:
         return pairs
     count = -(-pairs // want)
@@ -943,3 +968,7 @@ def _dq_conversion(n: int, sm_scale: float, zero: bool = False) -> PreparedLaunc
     """dq = sm_scale * dq_acc over ``n`` elements (``zero``: then dq_acc = 0), prepared: ``launch(dq_acc, dq)``."""
     return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n),
                           dict(BLOCK=4096, ZERO=zero, num_warps=8))
+
+
+# last: the D256 kernel reuses this module's producer and dQ store (its @gluon.jit functions read them when compiled)
+from . import sm90_bwd_d256  # noqa: E402

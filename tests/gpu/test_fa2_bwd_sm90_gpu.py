@@ -37,6 +37,13 @@ GRID = [
     (1, 16, 16, 2048, 2048, 128, False),
     (1, 16, 4, 2048, 2048, 64, True),
     (2, 8, 8, 1024, 3072, 128, True),
+    # D256 (``sm90_bwd_d256``: 64-key programs, the head dim split between the consumers)
+    (1, 1, 1, 128, 128, 256, True),
+    (2, 4, 4, 512, 512, 256, False),
+    (1, 8, 2, 1024, 1024, 256, True),  # GQA
+    (1, 8, 1, 384, 640, 256, True),  # MQA, keys ahead of the queries: the diagonal starts at key 256
+    (1, 4, 4, 640, 256, 256, False),  # Nq > Nkv without the mask
+    (2, 8, 8, 1024, 3072, 256, True),
 ]
 
 
@@ -84,6 +91,7 @@ def test_gpu_gluon_backward_windows(case, dtype):
     ((1, 4, 4, 1000, 1000, 128), True),  # lengths not multiples of 128
     ((1, 4, 4, 256, 256, 96), False),  # head dim
     ((1, 4, 4, 512, 256, 128), True),  # causal rows that see no key
+    ((1, 4, 4, 1000, 1000, 256), False),  # D256: lengths not multiples of 128
 ])
 def test_gpu_inputs_it_declines_run_the_triton_backward(shape, causal):
     q, k, v, do = make_inputs(*shape, torch.bfloat16, seed=3)
@@ -164,6 +172,8 @@ CHUNKED = [
     # with its own reads before it had a barrier between them
     (4, 16, 16, 2048, 2048, 128, False),
     (4, 16, 16, 1024, 1024, 64, True),
+    (3, 4, 2, 512, 512, 256, True),  # D256: its 64-key programs make the chunks
+    (4, 16, 16, 1024, 1024, 256, False),
 ]
 
 

@@ -29,21 +29,22 @@ def _t(*shape, dtype=torch.bfloat16):
     ((2, 16, 1024, 128), (2, 16, 1024, 128), True),
     ((1, 8, 256, 64), (1, 2, 768, 64), True),  # GQA, keys ahead of the queries
     ((1, 8, 512, 64), (1, 1, 128, 64), False),  # MQA, Nq > Nkv without the mask
+    ((1, 4, 256, 256), (1, 2, 384, 256), True),  # D256 (``sm90_bwd_d256``), GQA, keys ahead
 ])
 def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
     for dtype in (torch.bfloat16, torch.float16):
         q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
         assert sm90_bwd.input_reason(q, k, k, causal) is None
-        if causal:  # and causal sliding windows, (left, 0)
+        if causal and q.shape[-1] != 256:  # and causal sliding windows, (left, 0), except at D256
             assert sm90_bwd.input_reason(q, k, k, causal, window=True) is None
 
 
 @pytest.mark.parametrize("q, k, causal, window, words", [
     (_t(1, 2, 256, 128, dtype=torch.float32), _t(1, 2, 256, 128, dtype=torch.float32), False, False, "fp16 and bf16"),
     (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, False, "head_dim 96"),
-    # the Gluon forward runs D256; this backward does not (its dQ layouts are D64 and D128 only)
-    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), False, False, "head_dim 256"),
-    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), True, True, "head_dim 256"),
+    # D256 runs its own kernel, dense and without a window only
+    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), True, True, "not built for windows"),
+    (_t(1, 2, 256, 32), _t(1, 2, 256, 32), False, False, "head_dim 32"),
     (_t(1, 2, 1000, 128), _t(1, 2, 1024, 128), False, False, "multiples of 128"),
     (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, False, "multiples of 128"),
     (_t(1, 2, 512, 128), _t(1, 2, 256, 128), True, False, "Nq=512 > Nkv=256"),
@@ -63,6 +64,8 @@ def test_takes_packed_batches_of_any_lengths():
     assert "right reach" in sm90_bwd.input_reason(q, k, k, False, True, varlen=True)
     assert "packed (total, H, D)" in sm90_bwd.input_reason(_t(1, 8, 128, 128), k, k, False, varlen=True)
     assert "dense" in sm90_bwd.input_reason(q, k, k, False)
+    q256, k256 = _t(1000, 8, 256), _t(777, 2, 256)  # D256: dense only
+    assert "not built for packed batches" in sm90_bwd.input_reason(q256, k256, k256, False, varlen=True)
 
 
 def test_never_runs_without_a_hopper_gpu(monkeypatch):
@@ -238,11 +241,18 @@ def test_ring_depth_is_three_at_d128_without_a_window_and_is_checked():
     assert sm90_bwd.ring_stages(128, window=True) == 2
     assert "num_stages=3" in sm90_bwd.config_label(128) and "num_stages=2" in sm90_bwd.config_label(128, window=True)
     q = _t(1, 2, 256, 128)
-    with pytest.raises(ValueError, match=r"stages must be one of \(2, 3\), got 4"):
+    with pytest.raises(ValueError, match=r"stages must be one of \(2, 3\) at head dim 128, got 4"):
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=4)
+    # D256: one slot (``sm90_bwd_d256``: no room for a second)
+    assert sm90_bwd.ring_stages(256) == 1 and "num_stages=1" in sm90_bwd.config_label(256)
+    q = _t(1, 2, 256, 256)
+    with pytest.raises(ValueError, match=r"stages must be one of \(1,\) at head dim 256, got 2"):
+        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=2)
 
 
 def test_configuration_is_reported_by_name():
+    assert sm90_bwd.config_label(256) == ("gluon_sm90_bwd_d256,BLOCK_M=64,BLOCK_N=64,num_warps=4+4+1,num_stages=1,"
+                                          "tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout=split_head_dim")
     assert sm90_bwd.config_label(128).startswith("gluon_sm90_bwd,BLOCK_M=64,BLOCK_N=128")
     assert sm90_bwd.config_label(128).endswith("dq_layout=split_cols")
     assert sm90_bwd.config_label(64).startswith("gluon_sm90_bwd,BLOCK_M=128,BLOCK_N=128")

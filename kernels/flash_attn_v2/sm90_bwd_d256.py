@@ -1,0 +1,284 @@
+"""FlashAttention backward for Hopper (sm_90) in Gluon at head dim 256: FA2's Algorithm 2 in FlashAttention-3's
+hdim-256 layout, the head dim split between the consumers.
+
+``sm90_bwd`` launches it for D256 (its ``prepare_backward``); ``sm90_bwd.py`` has the D64/D128 kernel, whose layout
+cannot grow to D256: there each consumer owns 64 keys' rows of dK and dV over the whole head dim, 256 fp32
+registers a thread for the accumulators alone.
+
+What is implemented
+-------------------
+The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks (five matmuls a step, none
+recomputed), arranged as FlashAttention-3's sm90 launch for head dim 256 (``run_mha_bwd_hdim256``: 64 query rows a
+step, two MMA warp groups, dK/dV computed transposed), with 64 keys a program (Gluon shapes are powers of two;
+FA3 takes 80):
+
+  * one program per (key block of ``BLOCK_N`` = 64 keys, batch * kv head).  K_j and V_j (64 x 256) are loaded
+    once by TMA and stay in shared memory.  The program walks the query blocks of ``BLOCK_M`` = 64 rows that see
+    some key of its block, and under GQA/MQA the query heads of its kv head, so dK and dV are summed in registers;
+  * a 1-warp producer (``sm90_bwd._producer``) loads Q_i, dO_i, L_i and Delta_i by TMA into a one-slot ring:
+    K, V, Q, dO, P^T, dS^T and the dQ tiles take 224 KiB of the 227 a block may use, so there is no room for a
+    second slot (32 KiB more for Q alone, 64 for Q and dO).  setmaxnreg: producer 24, consumers 240;
+  * per step, consumer w in {0, 1} (one warp group each), with K_w, V_w its 32 keys of the block and ``c`` its
+    128 head-dim columns [128w, 128w + 128):
+        S_w   = Q_i K_w^T                    (wgmma m64n32, K = 256; starts from -L_i / scale)
+        dP_w  = dO_i V_w^T                   (wgmma m64n32, issued before S_w is waited for)
+        P_w   = exp2(S_w * scale * log2(e))  (L_i is in the accumulator already)
+        dS_w  = P_w o (dP_w - Delta_i)
+    P_w^T and dS_w^T go to rows [32w, 32w + 32) of two (64 keys x 64 rows) tiles in shared memory (double-buffered
+    by the step's parity), the consumers meet on an mbarrier, then each computes, over all 64 keys:
+        dV^T[c] += dO_i[:, c]^T P            (wgmma m128n64, A = a transposed view of dO_i's columns c)
+        dK^T[c] += Q_i[:, c]^T dS            (wgmma m128n64)
+        dQ_i[:, c] = dS K_j[:, c]            (two m64n64 products, 64 columns each; A = a transposed view of dS^T)
+    and reduces each 64-column dQ half into the fp32 accumulator by a TMA reduce-add (``sm90_bwd._tma_reduce_add``,
+    stored conflict-free by ``sm90_bwd._store_dq``), overlapped with the next step.  dK^T and dV^T of 128 x 64
+    keep each consumer at 128 accumulator registers; splitting S and dP by keys makes those products N = 32 wide;
+  * the ring's slot is released after dK^T's product, so the next Q_i and dO_i load while the dQ products run;
+  * causal: query blocks above the diagonal are never visited, the first visited one of a key block on or past
+    the diagonal is a masked step; programs launched heaviest first across groups of heads
+    (``_schedule.block_and_head``);
+  * afterwards ``sm90_bwd``'s conversion writes dQ = sm_scale * dQaccum; dK (scaled) and dV are transposed into the
+    consumers' column halves of the K and V tiles and stored by TMA.
+
+Memory beyond the gradients and not deterministic in dQ: as ``sm90_bwd`` (its accumulator, chunks of (batch, kv
+head) pairs and reduce order; dK and dV are deterministic).
+
+What it does not support (``sm90_bwd.unsupported_reason`` says which; the launcher then runs the Triton backward):
+head dims other than 256; packed batches; sliding windows; dense sequence lengths that are not multiples of 128 (the
+forward's condition, which ``sm90_bwd`` applies); causal with Nq > Nkv; fp32; GPUs other than capability 9.x and the
+interpreter.
+"""
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from .._descriptors import tma_descriptor
+from .._schedule import block_and_head
+from . import sm90
+from .sm90 import ring_barriers
+from .sm90_bwd import CONSUMER_REGS, PRODUCER_REGS, _producer, _store_dq, _tma_reduce_add
+
+HEAD_DIM = 256
+BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
+BLOCK_N = 64  # keys a program, 32 a consumer for S and dP
+HALF = HEAD_DIM // 2  # head-dim columns a consumer owns in dK^T, dV^T and dQ
+DQ_COLS = 64  # columns of one dQ product and reduce (two a step and consumer)
+STAGES = 1  # the Q / dO ring (no room for a second slot: module docstring)
+# the same numbers for the kernels (a @gluon.jit function reads module globals only as constexprs)
+_D, _M, _N, _HALF, _DQ_COLS, _STAGES = (gl.constexpr(x) for x in (HEAD_DIM, BLOCK_M, BLOCK_N, HALF, DQ_COLS, STAGES))
+
+
+def dq_tile() -> list[int]:
+    """The (rows, columns) of dQ one reduce-add adds."""
+    return [BLOCK_M, DQ_COLS]
+
+
+def dq_descriptor(dq_acc: torch.Tensor):
+    """The TMA descriptor of the fp32 dQ accumulator over its (rows, 256) view, a tile being one reduce-add's
+    (``dq_tile``)."""
+    return tma_descriptor(dq_acc, [dq_acc.numel() // HEAD_DIM, HEAD_DIM], [HEAD_DIM, 1], dq_tile(),
+                          sm90._smem_layout(BLOCK_M, DQ_COLS, torch.float32))
+
+
+def half_descriptor(t: torch.Tensor):
+    """A TMA descriptor over the (rows, 256) view of a contiguous (..., 256) gradient, a tile being one consumer's
+    (64 keys, 128 columns) of dK or dV."""
+    D = t.shape[-1]
+    return tma_descriptor(t, [t.numel() // D, D], [D, 1], [BLOCK_N, HALF], sm90._smem_layout(BLOCK_N, HALF, t.dtype))
+
+
+@gluon.jit
+def _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
+          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, key0, diag, qk_scale, zero_s, zero_dq,
+          MASK: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
+    """One query block (rows q_row.. of the views, m0.. of the head) against the program's keys; this consumer's
+    keys start at key0 (n0 + 32 W)."""
+    KEYS: gl.constexpr = _N // 2
+    phase = t & 1
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    # L_i goes into the accumulator S starts from (S - L_i / scale): as sm90_bwd, its row vector is not live after
+    mbarrier.wait(q_ready.index(0), phase)
+    s_acc = zero_s - gl.expand_dims(lse_bufs.index(0).load(row_layout) / qk_scale, 1)
+    s_tok = warpgroup_mma(q_smem, k_w.permute((1, 0)), s_acc, is_async=True)
+    mbarrier.wait(do_ready.index(0), phase)
+    dp_tok = warpgroup_mma(do_smem, v_w.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(1, deps=[s_tok])
+    p = gl.exp2(s * qk_scale)
+    if MASK:
+        # query m0 + r sees key key0 + c iff key0 + c <= m0 + r + diag
+        rows = gl.arange(0, _M, layout=row_layout) + (m0 + diag - key0)
+        cols = gl.arange(0, KEYS, layout=gl.SliceLayout(0, s_layout))
+        p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
+    dp = warpgroup_mma_wait(0, deps=[dp_tok])
+    ds = p * (dp - gl.expand_dims(delta_bufs.index(0).load(row_layout), 1))
+    # P^T and dS^T of this consumer's keys: rows [32 W, 32 W + 32) of the block's tiles; two buffers, so that a
+    # consumer writes step t + 1's while the other may still read step t's (it meets the other on step t + 1's
+    # barrier before step t + 2 writes this one again, and the other has retired step t's products by then)
+    pT_all = pT_bufs.index(t % 2)
+    dsT_all = dsT_bufs.index(t % 2)
+    pT_all.slice(W * KEYS, KEYS).store(gl.permute(p.to(q_smem.dtype), (1, 0)))
+    dsT_all.slice(W * KEYS, KEYS).store(gl.permute(ds.to(q_smem.dtype), (1, 0)))
+    fence_async_shared()
+    mbarrier.arrive(pds_ready.index(t % 2), count=1)
+    mbarrier.wait(pds_ready.index(t % 2), (t // 2) & 1)
+    # dV^T[c] += dO_i[:, c]^T P, dK^T[c] += Q_i[:, c]^T dS over the block's 64 keys (both consumers' rows)
+    dv_tok = warpgroup_mma(do_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), pT_all.permute((1, 0)), dvT,
+                           is_async=True)
+    dk_tok = warpgroup_mma(q_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), dsT_all.permute((1, 0)), dkT,
+                           is_async=True)
+    # dQ_i[:, c] = dS K_j[:, c], the first 64 columns; issued before the slot's release so the tensor cores have it
+    ds_op = dsT_all.permute((1, 0))
+    dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF, _DQ_COLS, dim=1), zero_dq, use_acc=False, is_async=True)
+    dvT = warpgroup_mma_wait(2, deps=[dv_tok])
+    mbarrier.arrive(do_empty.index(0), count=1)
+    dkT = warpgroup_mma_wait(1, deps=[dk_tok])
+    mbarrier.arrive(q_empty.index(0), count=1)
+    dq = warpgroup_mma_wait(0, deps=[dq_tok])
+    tma.store_wait(1)  # the previous step's reduce of this buffer has read it (one reduce, the other half's, may run)
+    _store_half(dq_bufs.index(0), dq)
+    _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_bufs.index(0))
+    dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
+                           is_async=True)
+    dq = warpgroup_mma_wait(0, deps=[dq_tok])
+    tma.store_wait(1)
+    _store_half(dq_bufs.index(1), dq)
+    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_bufs.index(1))
+    return dkT, dvT
+
+
+@gluon.jit
+def _store_half(dq_smem, dq):
+    _store_dq(dq_smem, dq)
+    fence_async_shared()
+
+
+@gluon.jit
+def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_bufs, kv_bar, q_ready,
+              q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_masked, diag,
+              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, W: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """Consumer W: keys [32 W, 32 W + 32) of the block for S and dP, head-dim columns [128 W, 128 W + 128) for dK^T,
+    dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from m_lo, the
+    first n_masked of them crossing the diagonal."""
+    KEYS: gl.constexpr = _N // 2
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, KEYS, 16])
+    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, _N, 16])
+    q_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                       instr_shape=[16, _DQ_COLS, 16])
+    k_w = k_smem.slice(W * KEYS, KEYS)
+    v_w = v_smem.slice(W * KEYS, KEYS)
+    q_smem = q_bufs.index(0)
+    do_smem = do_bufs.index(0)
+    dkT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
+    dvT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
+    zero_s = gl.zeros([_M, KEYS], gl.float32, layout=s_layout)
+    zero_dq = gl.zeros([_M, _DQ_COLS], gl.float32, layout=q_layout)
+    key0 = n0 + W * KEYS
+    n_mb = N_Q // _M - m_lo
+
+    mbarrier.wait(kv_bar, 0)
+    t = 0
+    for g in range(GROUP):
+        row0 = (bh0 + g) * N_Q
+        for i in range(0, n_masked):
+            m0 = (m_lo + i) * _M
+            dkT, dvT = _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
+                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
+                             diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
+            t += 1
+        for i in range(n_masked, n_mb):
+            m0 = (m_lo + i) * _M
+            dkT, dvT = _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
+                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
+                             diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
+            t += 1
+    # the other consumer's last S and dP (which read this consumer's columns of K_j and V_j) finished before it
+    # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
+    # its column halves of the K and V tiles carry dK and dV out
+    k_half = k_smem.slice(W * _HALF, _HALF, dim=1)
+    v_half = v_smem.slice(W * _HALF, _HALF, dim=1)
+    k_half.store(gl.permute((dkT * sm_scale).to(k_smem.dtype), (1, 0)))
+    v_half.store(gl.permute(dvT.to(v_smem.dtype), (1, 0)))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [kv_row, W * _HALF], k_half)
+    tma.async_copy_shared_to_global(dv_desc, [kv_row, W * _HALF], v_half)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta, qk_scale, sm_scale,
+                         H, GROUP, N_Q, N_KV, CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
+                         PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+    """Grid (Nkv / 64, B * H_kv), descriptors over the (B*H*N, 256) views: q_desc, do_desc (64, 256) tiles, k_desc,
+    v_desc (64, 256), dk_desc, dv_desc (64, 128) (``half_descriptor``), dq_desc (64, 64) fp32 over the accumulator;
+    lse, delta: the forward's base-2 L and Delta, 1-D descriptors of 64-value tiles over the flat (B*H*Nq) buffers."""
+    gl.static_assert(q_desc.block_type.shape[0] == _M, "64 query rows a step")
+    gl.static_assert(k_desc.block_type.shape[0] == _N, "64 keys a program")
+    gl.static_assert(q_desc.block_type.shape[1] == _D, "head dim 256")
+    gl.static_assert(dk_desc.block_type.shape[1] == _HALF, "dK / dV are stored a consumer's column half at a time")
+    gl.static_assert(dq_desc.block_type.shape[1] == _DQ_COLS, "dQ is reduced 64 columns at a time")
+    # key block 0 is the heaviest when causal (every query block sees it)
+    pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+    n0 = pid_n * _N
+    H_KV = H // GROUP
+    b = pid_bhk // H_KV
+    hk = pid_bhk % H_KV
+    bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
+    kv_row = pid_bhk * N_KV + n0
+    diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal)
+    if CAUSAL:
+        m_lo = gl.maximum(n0 - diag, 0) // _M
+        # _M == _N: a key block on or past the diagonal is crossed by exactly its first visited query block
+        if n0 >= diag:
+            n_masked = 1
+        else:
+            n_masked = 0
+    else:
+        m_lo = 0
+        n_masked = 0
+
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_STAGES, _M, _D], q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_STAGES, _M, _D], do_desc.layout)
+    lse_bufs = gl.allocate_shared_memory(gl.float32, [_STAGES, _M], lse.layout)
+    delta_bufs = gl.allocate_shared_memory(gl.float32, [_STAGES, _M], delta.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [_N, _D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [_N, _D], v_desc.layout)
+    pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_N, _M], q_desc.dtype)
+    pT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
+    dsT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
+    dq0 = gl.allocate_shared_memory(gl.float32, [2, _M, _DQ_COLS], dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, [2, _M, _DQ_COLS], dq_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    q_ready, q_empty, do_ready, do_empty = ring_barriers(_STAGES, 2)
+    pds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(pds_ready.index(i), count=2)
+
+    gl.warp_specialize([
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq0, kv_bar, q_ready,
+                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo,
+                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 0, 4)),
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq1, kv_bar, q_ready,
+                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo,
+                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 1, 4)),
+        (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
+                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, 0, bh0, 0, m_lo, 0, N_Q, GROUP,
+                     _M, _STAGES, False, False)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+def kernel_constexprs(causal: bool, group_programs: int) -> dict:
+    """The constexprs ``sm90_bwd.prepare_backward`` launches ``bwd_sm90_d256_kernel`` with (compile checks use
+    these)."""
+    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, PRODUCER_REGS=PRODUCER_REGS,
+                CONSUMER_REGS=CONSUMER_REGS)
