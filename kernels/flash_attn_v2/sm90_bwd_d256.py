@@ -63,17 +63,20 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._descriptors import tma_descriptor
 from .._schedule import block_and_head
 from . import sm90
-from .sm90 import ring_barriers
-from .sm90_bwd import CONSUMER_REGS, PRODUCER_REGS, _producer, _store_dq, _tma_reduce_add
+from .sm90_bwd import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
 BLOCK_N = 64  # keys a program, 32 a consumer for S and dP
 HALF = HEAD_DIM // 2  # head-dim columns a consumer owns in dK^T, dV^T and dQ
 DQ_COLS = 64  # columns of one dQ product and reduce (two a step and consumer)
-STAGES = 1  # the Q / dO ring (no room for a second slot: module docstring)
+Q_STAGES = 2  # the Q (and L) ring: the next step's Q_i loads while this one computes
+DO_STAGES = 1  # the dO (and Delta) ring: no room for a second slot (module docstring)
+DQ_BUFFERS = 1  # fp32 dQ staging tiles a consumer: one (64, 64) tile, the reduce waited for before it is rewritten
+STAGES = Q_STAGES  # what ``sm90_bwd.ring_stages`` and the launch log report
 # the same numbers for the kernels (a @gluon.jit function reads module globals only as constexprs)
-_D, _M, _N, _HALF, _DQ_COLS, _STAGES = (gl.constexpr(x) for x in (HEAD_DIM, BLOCK_M, BLOCK_N, HALF, DQ_COLS, STAGES))
+_D, _M, _N, _HALF, _DQ_COLS = (gl.constexpr(x) for x in (HEAD_DIM, BLOCK_M, BLOCK_N, HALF, DQ_COLS))
+_Q_STAGES, _DO_STAGES, _DQ_BUFFERS = (gl.constexpr(x) for x in (Q_STAGES, DO_STAGES, DQ_BUFFERS))
 
 
 def dq_tile() -> list[int]:
@@ -96,19 +99,60 @@ def half_descriptor(t: torch.Tensor):
 
 
 @gluon.jit
-def _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
+def _ring(STAGES: gl.constexpr):
+    """(ready, empty) mbarriers of a STAGES-deep TMA ring: a slot is ready after the producer's one arrival with its
+    bytes, free once both consumers arrived on its empty barrier."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    return ready, empty
+
+
+@gluon.jit
+def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem,
+              kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP):
+    """K_j and V_j once, then for each step Q_i with L_i into the Q ring and dO_i with Delta_i into the dO ring (head
+    g's rows from (bh0 + g) * N_Q of the views, query blocks from m_lo; L and Delta at the same index of the flat
+    statistics)."""
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
+    n_mb = N_Q // _M - m_lo
+    for t in range(GROUP * n_mb):
+        g = t // n_mb
+        row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * _M
+        # a slot's barriers start in phase 1 complete, so the first pass through a ring does not wait
+        q_slot = t % _Q_STAGES
+        mbarrier.wait(q_empty.index(q_slot), ((t // _Q_STAGES) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(q_slot), q_desc.block_type.nbytes + lse.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row, 0], q_ready.index(q_slot), q_bufs.index(q_slot))
+        tma.async_copy_global_to_shared(lse, [row], q_ready.index(q_slot), lse_bufs.index(q_slot))
+        do_slot = t % _DO_STAGES
+        mbarrier.wait(do_empty.index(do_slot), ((t // _DO_STAGES) & 1) ^ 1)
+        mbarrier.expect(do_ready.index(do_slot), do_desc.block_type.nbytes + delta.block_type.nbytes)
+        tma.async_copy_global_to_shared(do_desc, [row, 0], do_ready.index(do_slot), do_bufs.index(do_slot))
+        tma.async_copy_global_to_shared(delta, [row], do_ready.index(do_slot), delta_bufs.index(do_slot))
+
+
+@gluon.jit
+def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
           q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, key0, diag, qk_scale, zero_s, zero_dq,
           MASK: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
     """One query block (rows q_row.. of the views, m0.. of the head) against the program's keys; this consumer's
     keys start at key0 (n0 + 32 W)."""
     KEYS: gl.constexpr = _N // 2
-    phase = t & 1
+    q_slot = t % _Q_STAGES
+    do_slot = t % _DO_STAGES
+    q_smem = q_bufs.index(q_slot)
+    do_smem = do_bufs.index(do_slot)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     # L_i goes into the accumulator S starts from (S - L_i / scale): as sm90_bwd, its row vector is not live after
-    mbarrier.wait(q_ready.index(0), phase)
-    s_acc = zero_s - gl.expand_dims(lse_bufs.index(0).load(row_layout) / qk_scale, 1)
+    mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
+    s_acc = zero_s - gl.expand_dims(lse_bufs.index(q_slot).load(row_layout) / qk_scale, 1)
     s_tok = warpgroup_mma(q_smem, k_w.permute((1, 0)), s_acc, is_async=True)
-    mbarrier.wait(do_ready.index(0), phase)
+    mbarrier.wait(do_ready.index(do_slot), (t // _DO_STAGES) & 1)
     dp_tok = warpgroup_mma(do_smem, v_w.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(1, deps=[s_tok])
     p = gl.exp2(s * qk_scale)
@@ -118,7 +162,7 @@ def _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, 
         cols = gl.arange(0, KEYS, layout=gl.SliceLayout(0, s_layout))
         p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
     dp = warpgroup_mma_wait(0, deps=[dp_tok])
-    ds = p * (dp - gl.expand_dims(delta_bufs.index(0).load(row_layout), 1))
+    ds = p * (dp - gl.expand_dims(delta_bufs.index(do_slot).load(row_layout), 1))
     # P^T and dS^T of this consumer's keys: rows [32 W, 32 W + 32) of the block's tiles; two buffers, so that a
     # consumer writes step t + 1's while the other may still read step t's (it meets the other on step t + 1's
     # barrier before step t + 2 writes this one again, and the other has retired step t's products by then)
@@ -138,19 +182,20 @@ def _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, 
     ds_op = dsT_all.permute((1, 0))
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF, _DQ_COLS, dim=1), zero_dq, use_acc=False, is_async=True)
     dvT = warpgroup_mma_wait(2, deps=[dv_tok])
-    mbarrier.arrive(do_empty.index(0), count=1)
+    mbarrier.arrive(do_empty.index(do_slot), count=1)
     dkT = warpgroup_mma_wait(1, deps=[dk_tok])
-    mbarrier.arrive(q_empty.index(0), count=1)
+    mbarrier.arrive(q_empty.index(q_slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    tma.store_wait(1)  # the previous step's reduce of this buffer has read it (one reduce, the other half's, may run)
+    # the reduce that last read this staging tile is done (with two tiles, the other half's may still run)
+    tma.store_wait(_DQ_BUFFERS - 1)
     _store_half(dq_bufs.index(0), dq)
     _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_bufs.index(0))
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
                            is_async=True)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    tma.store_wait(1)
-    _store_half(dq_bufs.index(1), dq)
-    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_bufs.index(1))
+    tma.store_wait(_DQ_BUFFERS - 1)
+    _store_half(dq_bufs.index(1 % _DQ_BUFFERS), dq)
+    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_bufs.index(1 % _DQ_BUFFERS))
     return dkT, dvT
 
 
@@ -176,8 +221,6 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
                                                        instr_shape=[16, _DQ_COLS, 16])
     k_w = k_smem.slice(W * KEYS, KEYS)
     v_w = v_smem.slice(W * KEYS, KEYS)
-    q_smem = q_bufs.index(0)
-    do_smem = do_bufs.index(0)
     dkT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
     dvT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
     zero_s = gl.zeros([_M, KEYS], gl.float32, layout=s_layout)
@@ -191,13 +234,13 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
         row0 = (bh0 + g) * N_Q
         for i in range(0, n_masked):
             m0 = (m_lo + i) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
+            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
                              dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
                              diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
             t += 1
         for i in range(n_masked, n_mb):
             m0 = (m_lo + i) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_smem, do_smem, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
+            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
                              dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
                              diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
             t += 1
@@ -246,20 +289,21 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
         m_lo = 0
         n_masked = 0
 
-    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_STAGES, _M, _D], q_desc.layout)
-    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_STAGES, _M, _D], do_desc.layout)
-    lse_bufs = gl.allocate_shared_memory(gl.float32, [_STAGES, _M], lse.layout)
-    delta_bufs = gl.allocate_shared_memory(gl.float32, [_STAGES, _M], delta.layout)
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_Q_STAGES, _M, _D], q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_DO_STAGES, _M, _D], do_desc.layout)
+    lse_bufs = gl.allocate_shared_memory(gl.float32, [_Q_STAGES, _M], lse.layout)
+    delta_bufs = gl.allocate_shared_memory(gl.float32, [_DO_STAGES, _M], delta.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [_N, _D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [_N, _D], v_desc.layout)
     pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_N, _M], q_desc.dtype)
     pT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
     dsT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
-    dq0 = gl.allocate_shared_memory(gl.float32, [2, _M, _DQ_COLS], dq_desc.layout)
-    dq1 = gl.allocate_shared_memory(gl.float32, [2, _M, _DQ_COLS], dq_desc.layout)
+    dq0 = gl.allocate_shared_memory(gl.float32, [_DQ_BUFFERS, _M, _DQ_COLS], dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, [_DQ_BUFFERS, _M, _DQ_COLS], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
-    q_ready, q_empty, do_ready, do_empty = ring_barriers(_STAGES, 2)
+    q_ready, q_empty = _ring(_Q_STAGES)
+    do_ready, do_empty = _ring(_DO_STAGES)
     pds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(pds_ready.index(i), count=2)
@@ -272,8 +316,7 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
                      q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo,
                      n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 1, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
-                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, 0, bh0, 0, m_lo, 0, N_Q, GROUP,
-                     _M, _STAGES, False, False)),
+                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 

@@ -243,15 +243,15 @@ def test_ring_depth_is_three_at_d128_without_a_window_and_is_checked():
     q = _t(1, 2, 256, 128)
     with pytest.raises(ValueError, match=r"stages must be one of \(2, 3\) at head dim 128, got 4"):
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=4)
-    # D256: one slot (``sm90_bwd_d256``: no room for a second)
-    assert sm90_bwd.ring_stages(256) == 1 and "num_stages=1" in sm90_bwd.config_label(256)
+    # D256: a 2-slot Q ring beside a 1-slot dO ring (``sm90_bwd_d256``: no room for more)
+    assert sm90_bwd.ring_stages(256) == 2 and "num_stages=2" in sm90_bwd.config_label(256)
     q = _t(1, 2, 256, 256)
-    with pytest.raises(ValueError, match=r"stages must be one of \(1,\) at head dim 256, got 2"):
-        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=2)
+    with pytest.raises(ValueError, match=r"stages must be one of \(2,\) at head dim 256, got 3"):
+        sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, stages=3)
 
 
 def test_configuration_is_reported_by_name():
-    assert sm90_bwd.config_label(256) == ("gluon_sm90_bwd_d256,BLOCK_M=64,BLOCK_N=64,num_warps=4+4+1,num_stages=1,"
+    assert sm90_bwd.config_label(256) == ("gluon_sm90_bwd_d256,BLOCK_M=64,BLOCK_N=64,num_warps=4+4+1,num_stages=2,"
                                           "tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout=split_head_dim")
     assert sm90_bwd.config_label(128).startswith("gluon_sm90_bwd,BLOCK_M=64,BLOCK_N=128")
     assert sm90_bwd.config_label(128).endswith("dq_layout=split_cols")
