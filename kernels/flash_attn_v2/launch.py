@@ -24,7 +24,7 @@ from .._prepared import PreparedLaunch
 from .._schedule import SequenceBlocks
 from .._validate import (NO_WINDOW, PackedBatch, check_flag, check_inputs, check_launch_log, check_scale, check_window,
                          device_capability, interpreting, sm_count)
-from . import plans, sm90, sm90_bwd, sm90_bwd_d256
+from . import plans, sm90, sm90_bwd
 from .kernels import bwd_preprocess_kernel
 from .options import FA2Options
 from .spaces import INTERPRET_CONFIG, INTERPRET_PREPROCESS_BLOCK_M, PREPROCESS_BLOCK_M
@@ -136,11 +136,10 @@ def _sm90_bwd_refusal(q, k, v, causal: bool, window: bool, tma_ok: int, options:
         return "the TMA path is not allowed"
     if options.backward == "auto" and {"bwd_dkdv", "bwd_dq"} & set(options.configs):
         return "auto: a Triton backward configuration is pinned (options.configs)"
-    if options.backward == "auto" and q.shape[-1] == sm90_bwd_d256.HEAD_DIM:
-        return "auto: at D256 the Triton backward runs (the Gluon D256 backward runs for backward='sm90')"
     # fwd_bwd on an H200, bf16, 16k tokens: the Gluon backward measured faster than the Triton one everywhere
     # it runs (D64: results/evidence/h200/gluon_bwd/; D128 with dQ split between the consumers:
-    # results/evidence/h200/gluon_bwd_split_dq/), so "auto" runs it wherever it takes the inputs
+    # results/evidence/h200/gluon_bwd_split_dq/; D256 on an H100: results/evidence/h100/gluon_bwd_d256/), so
+    # "auto" runs it wherever it takes the inputs
     return sm90_bwd.unsupported_reason(q, k, v, causal, window, packed)
 
 

@@ -124,13 +124,15 @@ def test_gpu_the_triton_backward_is_bit_reproducible(causal):
 
 def test_gpu_auto_runs_the_gluon_backward_wherever_it_takes_the_inputs():
     """The default (``backward="auto"``) runs the Gluon backward (faster than the Triton one at every measured
-    shape), causal D128 at Nkv 8192 included; lengths it does not take run the Triton one; the log says which."""
-    for n, gluon in ((1024, True), (8192, True), (1000, False)):
-        q, k, v, do = make_inputs(1, 2, 2, n, n, 128, torch.bfloat16, seed=n)
+    shape), causal D128 at Nkv 8192 included, and D256 (its own kernel); lengths it does not take run the Triton
+    one; the log says which."""
+    for n, D, gluon in ((1024, 128, True), (8192, 128, True), (1000, 128, False), (1024, 256, True)):
+        q, k, v, do = make_inputs(1, 2, 2, n, n, D, torch.bfloat16, seed=n)
         log = {}
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
         flash_attn_v2(*leaves, causal=True, options=FA2Options(autotune=False), launch_log=log).backward(do)
         assert log["bwd_dq"].startswith("gluon_sm90_bwd") == gluon, log
+        assert ("gluon_sm90_bwd_d256" in log["bwd_dq"]) == (D == 256), log
         assert all(torch.isfinite(t.grad).all() for t in leaves)
 
 
