@@ -137,48 +137,58 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
 
 
 @gluon.jit
-def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
-          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, key0, diag, qk_scale, zero_s, zero_dq,
+def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
+          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
           MASK: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
-    """One query block (rows q_row.. of the views, m0.. of the head) against the program's keys; this consumer's
-    keys start at key0 (n0 + 32 W)."""
-    KEYS: gl.constexpr = _N // 2
+    """One query block (rows q_row.. of the views, m0.. of the head) against the program's 64 keys (from n0):
+    consumer 0 computes S and P, consumer 1 dP and dS."""
     q_slot = t % _Q_STAGES
     do_slot = t % _DO_STAGES
     q_smem = q_bufs.index(q_slot)
     do_smem = do_bufs.index(do_slot)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    # L_i goes into the accumulator S starts from (S - L_i / scale): as sm90_bwd, its row vector is not live after
-    mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
-    s_acc = zero_s - gl.expand_dims(lse_bufs.index(q_slot).load(row_layout) / qk_scale, 1)
-    s_tok = warpgroup_mma(q_smem, k_w.permute((1, 0)), s_acc, is_async=True)
-    mbarrier.wait(do_ready.index(do_slot), (t // _DO_STAGES) & 1)
-    dp_tok = warpgroup_mma(do_smem, v_w.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(1, deps=[s_tok])
-    p = gl.exp2(s * qk_scale)
-    if MASK:
-        # query m0 + r sees key key0 + c iff key0 + c <= m0 + r + diag
-        rows = gl.arange(0, _M, layout=row_layout) + (m0 + diag - key0)
-        cols = gl.arange(0, KEYS, layout=gl.SliceLayout(0, s_layout))
-        p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
-    dp = warpgroup_mma_wait(0, deps=[dp_tok])
-    ds = p * (dp - gl.expand_dims(delta_bufs.index(do_slot).load(row_layout), 1))
-    # P^T and dS^T of this consumer's keys: rows [32 W, 32 W + 32) of the block's tiles; two buffers, so that a
-    # consumer writes step t + 1's while the other may still read step t's (it meets the other on step t + 1's
-    # barrier before step t + 2 writes this one again, and the other has retired step t's products by then)
     pT_all = pT_bufs.index(t % 2)
     dsT_all = dsT_bufs.index(t % 2)
-    pT_all.slice(W * KEYS, KEYS).store(gl.permute(p.to(q_smem.dtype), (1, 0)))
-    dsT_all.slice(W * KEYS, KEYS).store(gl.permute(ds.to(q_smem.dtype), (1, 0)))
-    fence_async_shared()
-    mbarrier.arrive(pds_ready.index(t % 2), count=1)
-    mbarrier.wait(pds_ready.index(t % 2), (t // 2) & 1)
-    # dV^T[c] += dO_i[:, c]^T P, dK^T[c] += Q_i[:, c]^T dS over the block's 64 keys (both consumers' rows)
-    dv_tok = warpgroup_mma(do_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), pT_all.permute((1, 0)), dvT,
-                           is_async=True)
+    p_ready = pds_ready.index(t % 2)
+    ds_ready = pds_ready.index(2 + t % 2)
+    if W == 0:
+        # S = Q_i K_j^T - L_i / scale, P = exp2(S * scale * log2(e)); P^T to shared memory for dV's products and
+        # consumer 1's dS
+        mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
+        s_acc = zero_s - gl.expand_dims(lse_bufs.index(q_slot).load(row_layout) / qk_scale, 1)
+        s_tok = warpgroup_mma(q_smem, k_smem.permute((1, 0)), s_acc, is_async=True)
+        s = warpgroup_mma_wait(0, deps=[s_tok])
+        p = gl.exp2(s * qk_scale)
+        if MASK:
+            # query m0 + r sees key n0 + c iff n0 + c <= m0 + r + diag
+            rows = gl.arange(0, _M, layout=row_layout) + (m0 + diag - n0)
+            cols = gl.arange(0, _N, layout=gl.SliceLayout(0, s_layout))
+            p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
+        pT_all.store(gl.permute(p.to(q_smem.dtype), (1, 0)))
+        fence_async_shared()
+        mbarrier.arrive(p_ready, count=1)
+        mbarrier.wait(do_ready.index(do_slot), (t // _DO_STAGES) & 1)
+        dv_tok = warpgroup_mma(do_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), pT_all.permute((1, 0)), dvT,
+                               is_async=True)
+        mbarrier.wait(ds_ready, (t // 2) & 1)
+    else:
+        # dP = dO_i V_j^T, then dS = P o (dP - Delta_i) with consumer 0's P (bf16, as dV's product reads it)
+        mbarrier.wait(do_ready.index(do_slot), (t // _DO_STAGES) & 1)
+        dp_tok = warpgroup_mma(do_smem, v_smem.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        dp = warpgroup_mma_wait(0, deps=[dp_tok])
+        dp = dp - gl.expand_dims(delta_bufs.index(do_slot).load(row_layout), 1)
+        mbarrier.wait(p_ready, (t // 2) & 1)
+        p = pT_all.permute((1, 0)).load(s_layout).to(gl.float32)
+        dsT_all.store(gl.permute((p * dp).to(q_smem.dtype), (1, 0)))
+        fence_async_shared()
+        mbarrier.arrive(ds_ready, count=1)
+        dv_tok = warpgroup_mma(do_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), pT_all.permute((1, 0)), dvT,
+                               is_async=True)
+        mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
+    # dV^T[c] += dO_i[:, c]^T P (issued above), dK^T[c] += Q_i[:, c]^T dS over the block's 64 keys
     dk_tok = warpgroup_mma(q_smem.slice(W * _HALF, _HALF, dim=1).permute((1, 0)), dsT_all.permute((1, 0)), dkT,
                            is_async=True)
-    # dQ_i[:, c] = dS K_j[:, c], the first 64 columns; issued before the slot's release so the tensor cores have it
+    # dQ_i[:, c] = dS K_j[:, c], the first 64 columns; issued before the slots' release so the tensor cores have it
     ds_op = dsT_all.permute((1, 0))
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF, _DQ_COLS, dim=1), zero_dq, use_acc=False, is_async=True)
     dvT = warpgroup_mma_wait(2, deps=[dv_tok])
@@ -190,6 +200,8 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, 
     tma.store_wait(_DQ_BUFFERS - 1)
     _store_half(dq_bufs.index(0), dq)
     _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_bufs.index(0))
+    # the second half's product is issued after the first half's store: issued before it, the backward took
+    # 1.07-1.15x the time (results/evidence/h100/gluon_bwd_d256/)
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
                            is_async=True)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
@@ -212,20 +224,16 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     """Consumer W: keys [32 W, 32 W + 32) of the block for S and dP, head-dim columns [128 W, 128 W + 128) for dK^T,
     dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from m_lo, the
     first n_masked of them crossing the diagonal."""
-    KEYS: gl.constexpr = _N // 2
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                       instr_shape=[16, KEYS, 16])
+                                                       instr_shape=[16, _N, 16])
     t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
     q_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _DQ_COLS, 16])
-    k_w = k_smem.slice(W * KEYS, KEYS)
-    v_w = v_smem.slice(W * KEYS, KEYS)
     dkT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
     dvT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
-    zero_s = gl.zeros([_M, KEYS], gl.float32, layout=s_layout)
+    zero_s = gl.zeros([_M, _N], gl.float32, layout=s_layout)
     zero_dq = gl.zeros([_M, _DQ_COLS], gl.float32, layout=q_layout)
-    key0 = n0 + W * KEYS
     n_mb = N_Q // _M - m_lo
 
     mbarrier.wait(kv_bar, 0)
@@ -234,17 +242,17 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
         row0 = (bh0 + g) * N_Q
         for i in range(0, n_masked):
             m0 = (m_lo + i) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
-                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
+            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
+                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
                              diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
             t += 1
         for i in range(n_masked, n_mb):
             m0 = (m_lo + i) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_w, v_w, k_smem, pT_bufs, dsT_bufs,
-                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, key0,
+            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
+                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
                              diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
             t += 1
-    # the other consumer's last S and dP (which read this consumer's columns of K_j and V_j) finished before it
+    # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
     # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
     # its column halves of the K and V tiles carry dK and dV out
     k_half = k_smem.slice(W * _HALF, _HALF, dim=1)
@@ -304,9 +312,10 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     mbarrier.init(kv_bar, count=1)
     q_ready, q_empty = _ring(_Q_STAGES)
     do_ready, do_empty = _ring(_DO_STAGES)
-    pds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(pds_ready.index(i), count=2)
+    # P ready (consumer 0 arrives), then dS ready (consumer 1), for each parity of the step
+    pds_ready = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(4):
+        mbarrier.init(pds_ready.index(i), count=1)
 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq0, kv_bar, q_ready,
