@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import FA2Options, flash_attn_v2, launch, sm90, sm90_bwd, tuning
+from flashbench_kernels.flash_attn_v2 import (FA2Options, flash_attn_v2, launch, sm90, sm90_bwd, sm90_bwd_d256,
+                                             tuning)
 from kernel_checks import ClaimsCuda, fake_gluon_backward, make_inputs, poisoned_empty
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -105,9 +106,11 @@ def test_runs_unless_told_triton_on_the_tma_path_and_dense_inputs(monkeypatch):
 
 
 @pytest.mark.parametrize("D, causal, n_kv", [(128, True, 8192), (128, True, 16384), (128, False, 16384),
-                                              (64, True, 16384), (64, False, 1024)])
+                                              (64, True, 16384), (64, False, 1024), (256, True, 4096),
+                                              (256, False, 1024)])
 def test_auto_runs_it_wherever_it_takes_the_inputs(D, causal, n_kv, monkeypatch):
-    """It measured faster than the Triton backward at every shape of the fa2 sweep, D64 and D128, causal or not."""
+    """It measured faster than the Triton backward at every shape of the fa2 sweep, D64 and D128, causal or not,
+    and at D256 (``sm90_bwd_d256``) at every shape of the fa2_d256 sweep."""
     monkeypatch.setattr(sm90_bwd, "unsupported_reason", lambda *a: None)
     q, k = _t(1, 2, 1024, D), _t(1, 2, n_kv, D)
     for backward in ("auto", "sm90"):
@@ -265,6 +268,7 @@ def test_configuration_is_reported_by_name():
     (128, "per_consumer", 64, [64, 128]),  # a consumer's 64 keys' partial of the whole tile
     (64, "split_rows", 128, [64, 64]),  # half the rows of a 128-row step over all 128 keys
     (64, "per_consumer", 64, [64, 64]),
+    (256, "split_head_dim", 64, [64, 64]),  # a 64-column quarter of a 64-row step over the program's 64 keys
 ])
 def test_each_dq_layout_reduces_its_tile(D, layout, block_m, tile):
     assert sm90_bwd.block_m(D, layout) == block_m and sm90_bwd.dq_tile(D, layout) == tile
@@ -275,10 +279,13 @@ def test_each_dq_layout_reduces_its_tile(D, layout, block_m, tile):
 @pytest.mark.parametrize("D, layout, words", [
     (64, "split_cols", "runs head dim 128, got 64"),  # a 32-column half is narrower than the 128-byte swizzle
     (128, "split_rows", "runs head dim 64, got 128"),  # a 128-row step at D128 needs 256 registers
-    (128, "rows", "dq_layout must be one of split_cols, split_rows, per_consumer"),
+    (128, "rows", "dq_layout must be one of split_cols, split_rows, per_consumer, split_head_dim"),
+    (128, "split_head_dim", "runs head dim 256, got 128"),  # D256's own kernel
+    (256, "split_cols", "runs head dim 128, got 256"),
 ])
 def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout, words):
     assert sm90_bwd.dq_layout(128) == "split_cols" and sm90_bwd.dq_layout(64) == "split_rows"
+    assert sm90_bwd.dq_layout(256) == "split_head_dim"
     q = _t(1, 2, 256, D)
     with pytest.raises(ValueError, match=words):
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, layout=layout)
@@ -291,7 +298,8 @@ SPILLS = {(128, False, False, "split_cols", False): 8, (128, False, False, "per_
           (128, True, True, "per_consumer", False): 160, (64, True, True, "split_rows", False): 216,
           (128, False, False, "split_cols", True): 160, (128, True, False, "split_cols", True): 184,
           (128, True, True, "split_cols", True): 208, (64, False, False, "split_rows", True): 96,
-          (64, True, False, "split_rows", True): 224, (64, True, True, "split_rows", True): 264}
+          (64, True, False, "split_rows", True): 224, (64, True, True, "split_rows", True): 264,
+          (256, False, False, "split_head_dim", False): 152, (256, True, False, "split_head_dim", False): 192}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -305,14 +313,17 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     dense = {(d, c, w, lay, False) for d in (64, 128) for c, w in masks
              for lay in ("per_consumer", sm90_bwd.dq_layout(d))}
     packed = {(d, c, w, sm90_bwd.dq_layout(d), True) for d in (64, 128) for c, w in masks}
-    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"]) for r in rows} == dense | packed, \
-        proc.stderr[-2000:]
+    d256 = {(256, c, False, "split_head_dim", False) for c in (False, True)}  # dense, no window: its own kernel
+    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"]) for r in rows} == \
+        dense | packed | d256, proc.stderr[-2000:]
     for r in rows:
         key = (r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"])
         where = "D={} causal={} window={} {} varlen={}".format(*key)
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
+        # D256: two Q slots, one dO slot, P^T and dS^T double-buffered and one dQ tile a consumer (225 KiB)
+        assert r["head_dim"] != 256 or r["shared_bytes"] > 224 * 1024, f"{where}: not the layout sm90_bwd_d256 states"
         assert sm90_bwd.CONSUMER_REGS in r["setmaxnreg"], f"{where}: consumers not given the producer's registers"
         # the causal and packed builds but D64's per-consumer ones spill a little (sm90_bwd's docstring); the
         # others nothing
@@ -379,6 +390,28 @@ def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch)
     assert kwargs["STAGES"] == sm90_bwd.ring_stages(D)
     assert list(args[6].block_shape) == sm90_bwd.dq_tile(D, sm90_bwd.dq_layout(D))
     assert convert.calls[-1][1][0].shape == pq.shape
+
+
+def test_the_host_path_launches_the_d256_kernel_and_the_dq_conversion(monkeypatch):
+    """At D256 ``backward`` launches ``sm90_bwd_d256``'s kernel: one program per 64 keys and (batch, kv head), Q and
+    dO in 64-row tiles, K and V in 64-key tiles, dK and dV stored a consumer's 128 columns at a time, dQ reduced in
+    (64, 64) tiles, L and Delta in 64-value tiles, no window or packed arguments; then the conversion."""
+    kernel, convert = _Launch(), _Launch()
+    monkeypatch.setattr(sm90_bwd_d256, "bwd_sm90_d256_kernel", kernel)
+    monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", convert)
+    q, k = _t(2, 4, 256, 256), _t(2, 2, 512, 256)
+    stats = torch.empty(2, 4, 256)
+    sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), True, 0.125)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (512 // 64, 2 * 2)
+    assert [list(d.block_shape) for d in args[:7]] == [[64, 256], [64, 256], [64, 256], [64, 256], [64, 128],
+                                                       [64, 128], [64, 64]]
+    assert [list(d.block_shape) for d in args[7:9]] == [[64], [64]]
+    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10:] == (0.125, 4, 2, 256, 512)
+    assert kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256 and "WINDOW" not in kwargs
+    assert convert.calls[-1][1][0].dtype == torch.float32 and convert.calls[-1][1][0].shape == q.shape
+    with pytest.raises(ValueError, match="a window needs causal"):
+        sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), False, 0.125, window_left=8)
 
 
 def test_a_statistic_tma_cannot_read_in_place_is_copied():
@@ -464,7 +497,7 @@ def test_chunked_pairs_give_the_gradients_of_one_launch(chunk_pairs, grids, caus
 
 
 def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
-    """``dq_chunk_pairs``: pairs of n_kv / 128 programs each, chunks of about ``chunk_waves`` x SMs programs,
+    """``dq_chunk_pairs``: pairs of n_kv / 128 programs each (n_kv / 64 at D256), chunks of about ``chunk_waves`` x SMs programs,
     balanced to within a pair; 0 waves, or a problem that fits one chunk, is one launch of every pair."""
     # 16k tokens, hidden 2048 at N 4096: 64 pairs of 32 programs; 4 waves on 132 SMs = 528 programs, 16.5 pairs
     assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 4, 132) == 16  # 4 chunks of 16 (17 would make 4)
@@ -473,6 +506,8 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
     assert sm90_bwd.dq_chunk_pairs((1, 16, 16384, 128), 16, 16384, 4, 132) == 4  # 128 programs a pair
     assert sm90_bwd.dq_chunk_pairs((1, 8, 131072, 128), 2, 131072, 1, 132) == 1  # a pair is more than the chunk
     assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 16) == 2  # 7 pairs: 4 chunks of 2 (the last 1)
+    # D256: 64-key programs (``sm90_bwd_d256``), 64 a pair at N 4096: 8 waves of 132 = 1056 programs, 16.5 pairs
+    assert sm90_bwd.dq_chunk_pairs((4, 8, 4096, 256), 8, 4096, 8, 132) == 16  # 2 chunks of 16
     with pytest.raises(ValueError, match="chunk_pairs must be an int >= 1"):
         sm90_bwd.prepare_backward((1, 2, 128, 64), 2, 128, False, 0.1, chunk_pairs=0)
 
