@@ -410,11 +410,32 @@ def test_h200_fa2_d256_is_the_baseline():
 
 
 def test_h100_fa2_d256_is_the_baseline():
-    """'Known limits', D = 256: the H100 sweep's ratios to cuDNN, forward and fwd_bwd."""
+    """'Known limits', D = 256: the H100 sweep with the Gluon D256 backward, its ratios to cuDNN (forward; fwd_bwd
+    non-causal and causal), fwd_bwd TFLOP/s and against the sweep before it (the Triton backward), and the peak
+    memory of both sweeps and of the peers."""
     p, cudnn = ratios_to("h100", "fa2_d256", 256, "sdpa_cudnn")
-    by_mode = {m: span([cudnn[k] for k in cudnn.index if k[0] == m]) for m in ("fwd", "fwd_bwd")}
-    assert (f"(`results/baselines/h100/fa2_d256/`, three rounds): forward {by_mode['fwd']}× `sdpa_cudnn`, "
-            f"fwd_bwd {by_mode['fwd_bwd']}×") in README_FLAT
+    fwd = span([cudnn[k] for k in cudnn.index if k[0] == "fwd"])
+    fb = {c: [k for k in cudnn.index if k[0] == "fwd_bwd" and k[1] == c] for c in (False, True)}
+    before = frame_at("evidence/h100/gluon_bwd_d256/before_sweep")
+    before = before[before.backend == "triton_fa2"].set_index(["mode", "causal", "seq_len_q"]).tflops
+    gain = span([p.triton_fa2[k] / before[k] for c in (False, True) for k in fb[c]])
+
+    def peak(rel, backend):
+        d = frame_at(rel)
+        values = set(d[(d.backend == backend) & (d["mode"] == "fwd_bwd")].peak_hbm_bytes / 2**20)
+        assert len(values) == 1, (rel, backend, values)
+        return values.pop()
+    now, then = peak("baselines/h100/fa2_d256", "triton_fa2"), peak("evidence/h100/gluon_bwd_d256/before_sweep",
+                                                                     "triton_fa2")
+    assert missing_phrases([
+        f"(`results/baselines/h100/fa2_d256/`, three rounds): forward {fwd}× `sdpa_cudnn`, fwd_bwd "
+        f"{span([cudnn[k] for k in fb[False]])}× non-causal and {span([cudnn[k] for k in fb[True]])}× causal;",
+        f"fwd_bwd {span([p.triton_fa2[k] for k in fb[False]], '{:.0f}')} TFLOP/s non-causal and "
+        f"{span([p.triton_fa2[k] for k in fb[True]], '{:.0f}')} causal, {gain}× the sweep before it",
+        f"{now:.1f} MiB above the inputs against {then:.1f}",
+        f"cuDNN {peak('baselines/h100/fa2_d256', 'sdpa_cudnn'):.0f} MiB, `sdpa_flash` "
+        f"{peak('baselines/h100/fa2_d256', 'sdpa_flash'):.0f})",
+    ]) == []
 
 
 @pytest.mark.parametrize("gpu, name", [("h100", "default"), ("h100", "fa2"), ("h100", "fa2_d256"), ("h100", "decode"),
