@@ -55,6 +55,8 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
     measured on an H200, so ``FA2Options(backward="auto")`` (the default) runs it wherever it takes the
     inputs; not bit-reproducible in dQ, so ``backward="triton"`` is the deterministic path.  Dense calls
     hold its fp32 dQ accumulator one chunk of (batch, kv head) pairs at a time (``dq_chunk_waves``).
+    At D256 it runs ``sm90_bwd_d256.py`` (dense, no window: FlashAttention-3's hdim-256 layout, the head
+    dim split between the consumers), measured faster than the Triton kernels on an H100.
 
 Conventions
   * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
@@ -104,7 +106,8 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     not support. Dense calls of up to ``sm90_persistent.MAX_KEYS`` keys at D64 and D128 (2-stage rings at
     D128) run its persistent build (``sm90_persistent.py``: one program an SM walking tiles from a tile
     counter), measured faster there; the launch log marks its configuration ``persistent=True``.
-  * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128): see ``FA2Options.backward``.
+  * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128; ``sm90_bwd_d256.py``, D256 dense without a window):
+    see ``FA2Options.backward``.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 
 Not supported: dropout, attention bias or arbitrary masks, top-left causal alignment, KV cache /

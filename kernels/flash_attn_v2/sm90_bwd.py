@@ -4,7 +4,9 @@
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
 the causal builds 112 (D128) and 120 (D64), with a window 160 and 216, the packed builds 96-264, the dense non-causal
-ones 8 (D128) and none (D64)).
+ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead (dense, no window;
+the head dim split between the consumers, as FlashAttention-3 lays out its hdim-256 backward): the launch path, the
+accumulator, its chunks and the dQ conversion below are the same.
 
 What is implemented
 -------------------
@@ -98,7 +100,7 @@ deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
-64 and 128; dense sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
+64, 128 and 256 (D256: dense inputs without a window only); dense sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
 heads; packed batches take any lengths); dense causal with Nq > Nkv; windows with a right reach (non-causal);
 q, k, v that are not contiguous; 2**31 rows or more.
 """

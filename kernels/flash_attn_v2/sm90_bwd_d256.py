@@ -15,24 +15,31 @@ FA3 takes 80):
   * one program per (key block of ``BLOCK_N`` = 64 keys, batch * kv head).  K_j and V_j (64 x 256) are loaded
     once by TMA and stay in shared memory.  The program walks the query blocks of ``BLOCK_M`` = 64 rows that see
     some key of its block, and under GQA/MQA the query heads of its kv head, so dK and dV are summed in registers;
-  * a 1-warp producer (``sm90_bwd._producer``) loads Q_i, dO_i, L_i and Delta_i by TMA into a one-slot ring:
-    K, V, Q, dO, P^T, dS^T and the dQ tiles take 224 KiB of the 227 a block may use, so there is no room for a
-    second slot (32 KiB more for Q alone, 64 for Q and dO).  setmaxnreg: producer 24, consumers 240;
-  * per step, consumer w in {0, 1} (one warp group each), with K_w, V_w its 32 keys of the block and ``c`` its
-    128 head-dim columns [128w, 128w + 128):
-        S_w   = Q_i K_w^T                    (wgmma m64n32, K = 256; starts from -L_i / scale)
-        dP_w  = dO_i V_w^T                   (wgmma m64n32, issued before S_w is waited for)
-        P_w   = exp2(S_w * scale * log2(e))  (L_i is in the accumulator already)
-        dS_w  = P_w o (dP_w - Delta_i)
-    P_w^T and dS_w^T go to rows [32w, 32w + 32) of two (64 keys x 64 rows) tiles in shared memory (double-buffered
-    by the step's parity), the consumers meet on an mbarrier, then each computes, over all 64 keys:
-        dV^T[c] += dO_i[:, c]^T P            (wgmma m128n64, A = a transposed view of dO_i's columns c)
+  * a 1-warp producer (``_producer``) loads Q_i with L_i into a 2-slot ring and dO_i with Delta_i into a 1-slot
+    ring by TMA: K, V, two Q slots, one dO slot, P^T and dS^T (double-buffered) and one fp32 dQ staging tile a
+    consumer take 225 KiB of the 227 a block may use, so there is no room for a second dO slot (32 KiB).  With one
+    slot for both, fwd_bwd took 1.18-1.22x the time (kernels/DESIGN.md).  setmaxnreg: producer 24, consumers
+    240;
+  * per step, the consumers (one warp group each) share the two score products, N = 64 wide:
+        consumer 0:  S  = Q_i K_j^T                  (wgmma m64n64, K = 256; starts from -L_i / scale)
+                     P  = exp2(S * scale * log2(e))  (L_i is in the accumulator already); P^T to shared memory
+        consumer 1:  dP = dO_i V_j^T                 (wgmma m64n64, K = 256)
+                     dS = P o (dP - Delta_i)         (P read back from consumer 0's bf16 P^T); dS^T to shared memory
+    (P^T and dS^T are (64 keys x 64 rows) tiles, double-buffered by the step's parity; an mbarrier each says it is
+    written).  Split by keys instead (each consumer S and dP of its 32 keys, m64n32 products reading all of Q_i and
+    dO_i), the backward took 1.21-1.32x the time: per step the score products read a third more shared memory,
+    which bounds this kernel before its tensor cores do.  dS from the bf16 P (not its fp32 value, which
+    consumer 0 holds) is the price; the gradients meet the same reference rule in the GPU tests.  Then each
+    consumer, with ``c`` its 128 head-dim columns [128w, 128w + 128), computes over all 64 keys:
+        dV^T[c] += dO_i[:, c]^T P            (wgmma m128n64, A = a transposed view of dO_i's columns c; consumer 0
+                                              issues it as soon as its P^T is written)
         dK^T[c] += Q_i[:, c]^T dS            (wgmma m128n64)
         dQ_i[:, c] = dS K_j[:, c]            (two m64n64 products, 64 columns each; A = a transposed view of dS^T)
     and reduces each 64-column dQ half into the fp32 accumulator by a TMA reduce-add (``sm90_bwd._tma_reduce_add``,
-    stored conflict-free by ``sm90_bwd._store_dq``), overlapped with the next step.  dK^T and dV^T of 128 x 64
-    keep each consumer at 128 accumulator registers; splitting S and dP by keys makes those products N = 32 wide;
-  * the ring's slot is released after dK^T's product, so the next Q_i and dO_i load while the dQ products run;
+    stored conflict-free by ``sm90_bwd._store_dq``), the first overlapped with the second's product, the second
+    with the next step.  dK^T and dV^T of 128 x 64 keep each consumer at 128 accumulator registers;
+  * a ring slot is released once the step's last product that reads it retires (dV^T for dO_i, dK^T for Q_i), so
+    the next dO_i loads while the dQ products run;
   * causal: query blocks above the diagonal are never visited, the first visited one of a key block on or past
     the diagonal is a masked step; programs launched heaviest first across groups of heads
     (``_schedule.block_and_head``);
@@ -221,9 +228,9 @@ def _store_half(dq_smem, dq):
 def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_bufs, kv_bar, q_ready,
               q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_masked, diag,
               N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, W: gl.constexpr, NUM_WARPS: gl.constexpr):
-    """Consumer W: keys [32 W, 32 W + 32) of the block for S and dP, head-dim columns [128 W, 128 W + 128) for dK^T,
-    dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from m_lo, the
-    first n_masked of them crossing the diagonal."""
+    """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
+    for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from
+    m_lo, the first n_masked of them crossing the diagonal."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
     t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
