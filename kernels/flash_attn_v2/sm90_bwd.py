@@ -43,9 +43,9 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  The tile is written to shared
-    memory without bank conflicts (``_store_dq``: the lanes of odd rows exchange two column groups and store
-    through a view that undoes it; stored as it is, every store took twice its wavefronts: the backward alone
-    0.94-0.98 of the time).  How the dQ product is split:
+    memory without bank conflicts (``sm90_bwd_common._store_dq``: the lanes of odd rows exchange two column groups
+    and store through a view that undoes it; stored as it is, every store took twice its wavefronts: the backward
+    alone 0.94-0.98 of the time).  How the dQ product is split:
       - D128 (``"split_cols"``, ``dq_layout``), as FA3: each consumer writes its rows of dS^T into one
         (128 keys, 64) tile of the block and arrives on that step's mbarrier; consumer w computes
         dQ_i[:, 64w : 64w + 64] = dS K_j[:, 64w : 64w + 64] over all 128 keys and reduces that (64, 64) half.
@@ -110,11 +110,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language._core import builtin
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
@@ -126,15 +123,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
-from . import sm90
+from . import sm90, sm90_bwd_d256
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
+from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
+                              stat_descriptor)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
-PRODUCER_REGS = 24
-CONSUMER_REGS = 240
-MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
-LOG2E = 1.4426950408889634
-_STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)  # L, Delta tiles: plain
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
@@ -225,14 +219,6 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
                             sm90._smem_layout(rows, cols, torch.float32))
 
 
-def stat_descriptor(stat: torch.Tensor, block_m: int) -> TensorDescriptor:
-    """A 1-D TMA descriptor over a contiguous float32 row statistic (L or Delta: (B, H, Nq) dense, (H, total_q)
-    packed), a tile being one query block's ``block_m`` values."""
-    if stat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
-        stat = stat.reshape(-1).clone()
-    return tma_descriptor(stat, [stat.numel()], [1], [block_m], _STAT_LAYOUT)
-
-
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                        varlen: bool = False) -> str | None:
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
@@ -258,47 +244,6 @@ def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
         return ("head_dim 256: dense inputs without a sliding window only (the D256 kernel is not built for "
                 f"{'packed batches' if varlen else 'windows'})")
     return None
-
-
-@builtin
-def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
-    """global[coord] += shared ``src`` through the tensor copy engine (``cp.reduce.async.bulk.tensor``, .add).
-
-    Triton 3.6's Gluon has the op (``ttng.async_tma_reduce``) but no Python wrapper for it on Hopper; this is
-    that wrapper.  Completion is tracked like a TMA store's: ``tma.store_wait`` before ``src`` is reused."""
-    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
-    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
-
-
-@gluon.constexpr_function
-def _dq_swapped_view(rows, cols):
-    """The fp32 dQ tile's shared layout (128-byte swizzle, 32-column blocks) as seen through a tensor whose odd rows
-    have the 8-column groups g and g XOR 2 of each block exchanged: element offset bits -> (row, column).  As the
-    swizzle, but the offset's first row bit also flips column bit 4."""
-    bases = [[0, 1 << i] for i in range(5)] + [[1, 4 | 16], [2, 8], [4, 16]]
-    bases += [[1 << i, 0] for i in range(3, int(rows).bit_length() - 1)]
-    bases += [[0, 32 << i] for i in range(int(cols).bit_length() - 6)]
-    return gl.SharedLinearLayout(bases)
-
-
-@gluon.jit
-def _store_dq(dq_smem, dq):
-    """dq_smem = dq, conflict-free.  Stored as it is, an 8-byte store of the wgmma accumulator writes, per half-warp,
-    32 bytes of each of 4 consecutive rows, and the 128-byte swizzle puts rows 2k and 2k + 1 on the same four of
-    the eight 16-byte units: 2 wavefronts where 1 would do (counted and measured in
-    results/evidence/h200/gluon_bwd_ncu_dq_store/).  Instead the lanes of odd rows exchange their column groups g
-    and g XOR 2 (a select per value, within each thread) and store through a view of the tile whose layout undoes
-    the exchange, so each value lands where the TMA reduce reads it, and a half-warp covers all eight units."""
-    R: gl.constexpr = dq.shape[0]
-    C: gl.constexpr = dq.shape[1]
-    gl.static_assert(C % 32 == 0, "the view assumes the tile is whole 32-column (128-byte) swizzle blocks")
-    layout: gl.constexpr = dq.type.layout
-    a, b = dq.reshape([R, C // 32, 2, 16]).permute((0, 1, 3, 2)).split()
-    swapped = gl.join(b, a).permute((0, 1, 3, 2)).reshape([R, C])
-    swapped = gl.convert_layout(swapped, layout)
-    odd = (gl.arange(0, R, layout=gl.SliceLayout(1, layout)) % 2 == 1)[:, None]
-    view = dq_smem._reinterpret(gl.float32, [R, C], _dq_swapped_view(R, C))
-    view.store(gl.where(odd, swapped, dq))
 
 
 @gluon.jit
@@ -970,7 +915,3 @@ def _dq_conversion(n: int, sm_scale: float, zero: bool = False) -> PreparedLaunc
     """dq = sm_scale * dq_acc over ``n`` elements (``zero``: then dq_acc = 0), prepared: ``launch(dq_acc, dq)``."""
     return PreparedLaunch(_dq_convert_kernel, (triton.cdiv(n, 4096),), (sm_scale, n),
                           dict(BLOCK=4096, ZERO=zero, num_warps=8))
-
-
-# last: the D256 kernel reuses this module's producer and dQ store (its @gluon.jit functions read them when compiled)
-from . import sm90_bwd_d256  # noqa: E402

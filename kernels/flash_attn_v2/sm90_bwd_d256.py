@@ -35,8 +35,8 @@ FA3 takes 80):
                                               issues it as soon as its P^T is written)
         dK^T[c] += Q_i[:, c]^T dS            (wgmma m128n64)
         dQ_i[:, c] = dS K_j[:, c]            (two m64n64 products, 64 columns each; A = a transposed view of dS^T)
-    and reduces each 64-column dQ half into the fp32 accumulator by a TMA reduce-add (``sm90_bwd._tma_reduce_add``,
-    stored conflict-free by ``sm90_bwd._store_dq``), the first overlapped with the second's product, the second
+    and reduces each 64-column dQ half into the fp32 accumulator by a TMA reduce-add (``sm90_bwd_common``,
+    stored conflict-free), the first overlapped with the second's product, the second
     with the next step.  dK^T and dV^T of 128 x 64 keep each consumer at 128 accumulator registers;
   * a ring slot is released once the step's last product that reads it retires (dV^T for dO_i, dK^T for Q_i), so
     the next dO_i loads while the dQ products run;
@@ -70,7 +70,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._descriptors import tma_descriptor
 from .._schedule import block_and_head
 from . import sm90
-from .sm90_bwd import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add
+from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)

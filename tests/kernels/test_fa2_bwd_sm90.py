@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from flashbench_kernels.flash_attn_v2 import (FA2Options, flash_attn_v2, launch, sm90, sm90_bwd, sm90_bwd_d256,
-                                             tuning)
+from flashbench_kernels.flash_attn_v2 import (FA2Options, flash_attn_v2, launch, sm90, sm90_bwd, sm90_bwd_common,
+                                             sm90_bwd_d256, tuning)
 from kernel_checks import ClaimsCuda, fake_gluon_backward, make_inputs, poisoned_empty
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -593,7 +593,7 @@ def _view_coords(bases) -> dict:
 def test_the_dq_view_puts_each_value_where_the_tma_reduce_reads_it(rows, cols):
     # the tile the view reinterprets has the swizzle written out in _tma_offset
     assert sm90_bwd.dq_descriptor(torch.zeros(1, 1, 64, 128), "split_cols").layout.swizzle_byte_width == 128
-    coords = _view_coords(sm90_bwd._dq_swapped_view(rows, cols).offset_bases)
+    coords = _view_coords(sm90_bwd_common._dq_swapped_view(rows, cols).offset_bases)
     assert sorted(coords.values()) == [(r, c) for r in range(rows) for c in range(cols)]  # a bijection
     for offset, (r, c) in coords.items():
         # the view's (r, c) holds, on odd rows, the value of column c ^ 16 (the exchanged group)
@@ -605,7 +605,7 @@ def test_the_dq_stores_take_one_wavefront_a_half_warp_only_when_swapped(swapped)
     # the wgmma accumulator: lane l holds rows l // 4 (+ 8) and columns 8 g + 2 (l % 4) (+ 1) of each group g;
     # store i writes the register pair of group i (of each row half), 8 bytes a lane, 16 lanes a wavefront at best
     rows = 64
-    view = {v: k for k, v in _view_coords(sm90_bwd._dq_swapped_view(rows, 64).offset_bases).items()}
+    view = {v: k for k, v in _view_coords(sm90_bwd_common._dq_swapped_view(rows, 64).offset_bases).items()}
     worst = 0
     for group in range(8):
         for row_half in (0, 8):

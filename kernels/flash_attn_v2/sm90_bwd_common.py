@@ -1,0 +1,68 @@
+"""Pieces both Gluon Hopper backwards share (``sm90_bwd`` at D64/D128, ``sm90_bwd_d256`` at D256): their register
+split, the 1-D descriptors of the row statistics L and Delta, and the fp32 dQ tile's way into the accumulator (a
+conflict-free store to shared memory, then a TMA reduce-add)."""
+from __future__ import annotations
+
+import torch
+from triton._C.libtriton import ir
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .._descriptors import tma_descriptor
+
+PRODUCER_REGS = 24
+CONSUMER_REGS = 240
+MAXNREG = 168  # 12 warps x 168 fill the register file; reallocation gives 24 / 240 / 240 (as sm90.py)
+LOG2E = 1.4426950408889634
+_STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)  # L, Delta tiles: plain
+
+
+def stat_descriptor(stat: torch.Tensor, block_m: int) -> TensorDescriptor:
+    """A 1-D TMA descriptor over a contiguous float32 row statistic (L or Delta: (B, H, Nq) dense, (H, total_q)
+    packed), a tile being one query block's ``block_m`` values."""
+    if stat.data_ptr() % 16:  # TMA reads from 16-byte aligned addresses only (a view into a larger buffer may not be)
+        stat = stat.reshape(-1).clone()
+    return tma_descriptor(stat, [stat.numel()], [1], [block_m], _STAT_LAYOUT)
+
+
+@builtin
+def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """global[coord] += shared ``src`` through the tensor copy engine (``cp.reduce.async.bulk.tensor``, .add).
+
+    Triton 3.6's Gluon has the op (``ttng.async_tma_reduce``) but no Python wrapper for it on Hopper; this is
+    that wrapper.  Completion is tracked like a TMA store's: ``tma.store_wait`` before ``src`` is reused."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
+@gluon.constexpr_function
+def _dq_swapped_view(rows, cols):
+    """The fp32 dQ tile's shared layout (128-byte swizzle, 32-column blocks) as seen through a tensor whose odd rows
+    have the 8-column groups g and g XOR 2 of each block exchanged: element offset bits -> (row, column).  As the
+    swizzle, but the offset's first row bit also flips column bit 4."""
+    bases = [[0, 1 << i] for i in range(5)] + [[1, 4 | 16], [2, 8], [4, 16]]
+    bases += [[1 << i, 0] for i in range(3, int(rows).bit_length() - 1)]
+    bases += [[0, 32 << i] for i in range(int(cols).bit_length() - 6)]
+    return gl.SharedLinearLayout(bases)
+
+
+@gluon.jit
+def _store_dq(dq_smem, dq):
+    """dq_smem = dq, conflict-free.  Stored as it is, an 8-byte store of the wgmma accumulator writes, per half-warp,
+    32 bytes of each of 4 consecutive rows, and the 128-byte swizzle puts rows 2k and 2k + 1 on the same four of
+    the eight 16-byte units: 2 wavefronts where 1 would do (counted and measured in
+    results/evidence/h200/gluon_bwd_ncu_dq_store/).  Instead the lanes of odd rows exchange their column groups g
+    and g XOR 2 (a select per value, within each thread) and store through a view of the tile whose layout undoes
+    the exchange, so each value lands where the TMA reduce reads it, and a half-warp covers all eight units."""
+    R: gl.constexpr = dq.shape[0]
+    C: gl.constexpr = dq.shape[1]
+    gl.static_assert(C % 32 == 0, "the view assumes the tile is whole 32-column (128-byte) swizzle blocks")
+    layout: gl.constexpr = dq.type.layout
+    a, b = dq.reshape([R, C // 32, 2, 16]).permute((0, 1, 3, 2)).split()
+    swapped = gl.join(b, a).permute((0, 1, 3, 2)).reshape([R, C])
+    swapped = gl.convert_layout(swapped, layout)
+    odd = (gl.arange(0, R, layout=gl.SliceLayout(1, layout)) % 2 == 1)[:, None]
+    view = dq_smem._reinterpret(gl.float32, [R, C], _dq_swapped_view(R, C))
+    view.store(gl.where(odd, swapped, dq))
