@@ -27,9 +27,9 @@ FA3 takes 80):
                      dS = P o (dP - Delta_i)         (P read back from consumer 0's bf16 P^T); dS^T to shared memory
     (P^T and dS^T are (64 keys x 64 rows) tiles, double-buffered by the step's parity; an mbarrier each says it is
     written).  Split by keys instead (each consumer S and dP of its 32 keys, m64n32 products reading all of Q_i and
-    dO_i), the backward took 1.21-1.32x the time: per step the score products read a third more shared memory,
-    which bounds this kernel before its tensor cores do.  dS from the bf16 P (not its fp32 value, which
-    consumer 0 holds) is the price; the gradients meet the same reference rule in the GPU tests.  Then each
+    dO_i), the backward took 1.21-1.32x the time (kernels/DESIGN.md; the kernel is bound by L2 traffic under
+    Nsight Compute).  dS from the bf16 P (not its fp32 value, which consumer 0 holds) is the price; the
+    gradients meet the same reference rule in the GPU tests.  Then each
     consumer, with ``c`` its 128 head-dim columns [128w, 128w + 128), computes over all 64 keys:
         dV^T[c] += dO_i[:, c]^T P            (wgmma m128n64, A = a transposed view of dO_i's columns c; consumer 0
                                               issues it as soon as its P^T is written)
