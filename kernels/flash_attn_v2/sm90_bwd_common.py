@@ -11,6 +11,7 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._descriptors import tma_descriptor
+from .._schedule import block_and_head
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -66,3 +67,17 @@ def _store_dq(dq_smem, dq):
     odd = (gl.arange(0, R, layout=gl.SliceLayout(1, layout)) % 2 == 1)[:, None]
     view = dq_smem._reinterpret(gl.float32, [R, C], _dq_swapped_view(R, C))
     view.store(gl.where(odd, swapped, dq))
+
+
+@gluon.jit
+def dense_key_block(H, GROUP, N_Q, N_KV, BLOCK_N: gl.constexpr, GROUP_PROGRAMS: gl.constexpr):
+    """Where a dense backward program works, grid (Nkv / BLOCK_N, B * H_kv): (n0, bh0, kv_row, diag), its key block's
+    first key, the first query head of its kv head's group among the B * H, the block's first row of the
+    (B*H_kv*Nkv, D) views, and the causal diagonal's offset (query m sees key n iff n <= m + diag).  Key block 0 is
+    the heaviest when causal (every query block sees it): ``block_and_head`` launches it first."""
+    pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+    n0 = pid_n * BLOCK_N
+    H_KV = H // GROUP
+    b = pid_bhk // H_KV
+    hk = pid_bhk % H_KV
+    return n0, b * H + hk * GROUP, pid_bhk * N_KV + n0, N_KV - N_Q

@@ -68,9 +68,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from .._descriptors import tma_descriptor
-from .._schedule import block_and_head
 from . import sm90
-from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add
+from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
@@ -284,15 +283,7 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     gl.static_assert(q_desc.block_type.shape[1] == _D, "head dim 256")
     gl.static_assert(dk_desc.block_type.shape[1] == _HALF, "dK / dV are stored a consumer's column half at a time")
     gl.static_assert(dq_desc.block_type.shape[1] == _DQ_COLS, "dQ is reduced 64 columns at a time")
-    # key block 0 is the heaviest when causal (every query block sees it)
-    pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-    n0 = pid_n * _N
-    H_KV = H // GROUP
-    b = pid_bhk // H_KV
-    hk = pid_bhk % H_KV
-    bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
-    kv_row = pid_bhk * N_KV + n0
-    diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal)
+    n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, _N, GROUP_PROGRAMS)
     if CAUSAL:
         m_lo = gl.maximum(n0 - diag, 0) // _M
         # _M == _N: a key block on or past the diagonal is crossed by exactly its first visited query block
