@@ -230,14 +230,13 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
     for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from
     m_lo, the first n_masked of them crossing the diagonal."""
+    # the accumulators 64 keys wide (S, dP: rows x keys; dK^T, dV^T: head dims x keys) share one wgmma layout
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                       instr_shape=[16, _N, 16])
-    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
     q_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _DQ_COLS, 16])
-    dkT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
-    dvT = gl.zeros([_HALF, _N], gl.float32, layout=t_layout)
+    dkT = gl.zeros([_HALF, _N], gl.float32, layout=s_layout)
+    dvT = gl.zeros([_HALF, _N], gl.float32, layout=s_layout)
     zero_s = gl.zeros([_M, _N], gl.float32, layout=s_layout)
     zero_dq = gl.zeros([_M, _DQ_COLS], gl.float32, layout=q_layout)
     n_mb = N_Q // _M - m_lo
