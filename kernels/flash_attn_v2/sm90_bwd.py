@@ -126,7 +126,7 @@ from .._schedule import block_and_head
 from . import sm90, sm90_bwd_d256
 from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
 from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
-                              dense_key_block, stat_descriptor)
+                              stat_descriptor)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
@@ -619,8 +619,17 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         dk_out = dk_ptr  # the last key block's partial stores
         dv_out = dv_ptr
     else:
-        # diag: a multiple of 128 here
-        n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, BLOCK_N, GROUP_PROGRAMS)
+        # sm90_bwd_common.dense_key_block, written out: called, it changed ptxas's schedule of the D64 causal build
+        # (same instructions, another order), and this is the code that was measured
+        # key block 0 is the heaviest when causal (it is seen by every query block)
+        pid_n, pid_bhk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+        n0 = pid_n * BLOCK_N
+        H_KV = H // GROUP
+        b = pid_bhk // H_KV
+        hk = pid_bhk % H_KV
+        bh0 = b * H + hk * GROUP  # the first query head of this kv head's group
+        kv_row = pid_bhk * N_KV + n0
+        diag = N_KV - N_Q  # query m sees key n iff n <= m + diag (causal); a multiple of 128 here
         n_mb = N_Q // BLOCK_M  # query blocks a head visits, from m_lo
         n_tail = n_mb  # the visited blocks from n_tail on are masked for the window's left edge
         if CAUSAL:
