@@ -100,9 +100,9 @@ deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
-64, 128 and 256 (D256: dense inputs without a window only); dense sequence lengths that are not multiples of 128 (no tail masking: the descriptors span all
-heads; packed batches take any lengths); dense causal with Nq > Nkv; windows with a right reach (non-causal);
-q, k, v that are not contiguous; 2**31 rows or more.
+64, 128 and 256 (D256: dense inputs without a window only); dense sequence lengths that are not multiples of 128
+(no tail masking: the descriptors span all heads; packed batches take any lengths); dense causal with Nq > Nkv;
+windows with a right reach (non-causal); q, k, v that are not contiguous; 2**31 rows or more.
 """
 from __future__ import annotations
 
@@ -149,8 +149,8 @@ def dq_layout(head_dim: int) -> str:
 def ring_stages(head_dim: int, window: bool = False, layout: str | None = None) -> int:
     """The Q / dO ring depth a launch uses: 3 with D128's split dQ without a window (backward alone 0.95-0.97 of
     the time of 2 stages non-causal, level causal; results/evidence/h200/gluon_bwd_stages/), else 2 (3 measured
-    1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third); 1 at D256
-    (``sm90_bwd_d256``: no room for a second)."""
+    1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third); at D256 the
+    Q ring's 2 (``sm90_bwd_d256``: beside a 1-slot dO ring, for lack of room)."""
     if (layout or dq_layout(head_dim)) == "split_head_dim":
         return sm90_bwd_d256.STAGES
     return 3 if (layout or dq_layout(head_dim)) == "split_cols" and not window else 2

@@ -73,7 +73,7 @@ from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduc
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
-BLOCK_N = 64  # keys a program, 32 a consumer for S and dP
+BLOCK_N = 64  # keys a program (S on one consumer, dP on the other, each over all 64)
 HALF = HEAD_DIM // 2  # head-dim columns a consumer owns in dK^T, dV^T and dQ
 DQ_COLS = 64  # columns of one dQ product and reduce (two a step and consumer)
 Q_STAGES = 2  # the Q (and L) ring: the next step's Q_i loads while this one computes

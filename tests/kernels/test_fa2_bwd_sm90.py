@@ -498,7 +498,8 @@ def test_chunked_pairs_give_the_gradients_of_one_launch(chunk_pairs, grids, caus
 
 def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
     """``dq_chunk_pairs``: pairs of n_kv / 128 programs each (n_kv / 64 at D256), chunks of about ``chunk_waves``
-    x SMs programs, balanced to within a pair; 0 waves, or a problem that fits one chunk, is one launch of every pair."""
+    x SMs programs, balanced to within a pair; 0 waves, or a problem that fits one chunk, is one launch of every
+    pair."""
     # 16k tokens, hidden 2048 at N 4096: 64 pairs of 32 programs; 4 waves on 132 SMs = 528 programs, 16.5 pairs
     assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 4, 132) == 16  # 4 chunks of 16 (17 would make 4)
     assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 0, 132) == 64
