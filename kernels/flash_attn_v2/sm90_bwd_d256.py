@@ -219,6 +219,7 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
 
 @gluon.jit
 def _store_half(dq_smem, dq):
+    """A (64, 64) dQ tile into its staging tile, conflict-free, made visible to the TMA reduce that reads it."""
     _store_dq(dq_smem, dq)
     fence_async_shared()
 
