@@ -151,9 +151,10 @@ def ring_stages(head_dim: int, window: bool = False, layout: str | None = None) 
     the time of 2 stages non-causal, level causal; results/evidence/h200/gluon_bwd_stages/), else 2 (3 measured
     1-3% slower at D64; windows were measured with 2; the per-consumer layout has no room for a third); at D256 the
     Q ring's 2 (``sm90_bwd_d256``: beside a 1-slot dO ring, for lack of room)."""
-    if (layout or dq_layout(head_dim)) == "split_head_dim":
+    layout = layout or dq_layout(head_dim)
+    if layout == "split_head_dim":
         return sm90_bwd_d256.STAGES
-    return 3 if (layout or dq_layout(head_dim)) == "split_cols" and not window else 2
+    return 3 if layout == "split_cols" and not window else 2
 
 
 def block_m(head_dim: int, layout: str | None = None) -> int:

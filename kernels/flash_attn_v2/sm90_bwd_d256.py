@@ -78,11 +78,10 @@ HALF = HEAD_DIM // 2  # head-dim columns a consumer owns in dK^T, dV^T and dQ
 DQ_COLS = 64  # columns of one dQ product and reduce (two a step and consumer)
 Q_STAGES = 2  # the Q (and L) ring: the next step's Q_i loads while this one computes
 DO_STAGES = 1  # the dO (and Delta) ring: no room for a second slot (module docstring)
-DQ_BUFFERS = 1  # fp32 dQ staging tiles a consumer: one (64, 64) tile, the reduce waited for before it is rewritten
 STAGES = Q_STAGES  # what ``sm90_bwd.ring_stages`` and the launch log report
 # the same numbers for the kernels (a @gluon.jit function reads module globals only as constexprs)
 _D, _M, _N, _HALF, _DQ_COLS = (gl.constexpr(x) for x in (HEAD_DIM, BLOCK_M, BLOCK_N, HALF, DQ_COLS))
-_Q_STAGES, _DO_STAGES, _DQ_BUFFERS = (gl.constexpr(x) for x in (Q_STAGES, DO_STAGES, DQ_BUFFERS))
+_Q_STAGES, _DO_STAGES = gl.constexpr(Q_STAGES), gl.constexpr(DO_STAGES)
 
 
 def dq_tile() -> list[int]:
@@ -143,7 +142,7 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
 
 
 @gluon.jit
-def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_bufs, q_ready,
+def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
           q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
           MASK: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
     """One query block (rows q_row.. of the views, m0.. of the head) against the program's 64 keys (from n0):
@@ -202,18 +201,18 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
     dkT = warpgroup_mma_wait(1, deps=[dk_tok])
     mbarrier.arrive(q_empty.index(q_slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    # the reduce that last read this staging tile is done (with two tiles, the other half's may still run)
-    tma.store_wait(_DQ_BUFFERS - 1)
-    _store_half(dq_bufs.index(0), dq)
-    _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_bufs.index(0))
+    # one fp32 staging tile a consumer (no room for a second): the reduce that last read it must be done
+    tma.store_wait(0)
+    _store_half(dq_smem, dq)
+    _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_smem)
     # the second half's product is issued after the first half's store: issued before it, the backward took
     # 1.07-1.15x the time (results/evidence/h100/gluon_bwd_d256/)
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
                            is_async=True)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    tma.store_wait(_DQ_BUFFERS - 1)
-    _store_half(dq_bufs.index(1 % _DQ_BUFFERS), dq)
-    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_bufs.index(1 % _DQ_BUFFERS))
+    tma.store_wait(0)
+    _store_half(dq_smem, dq)
+    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_smem)
     return dkT, dvT
 
 
@@ -225,7 +224,7 @@ def _store_half(dq_smem, dq):
 
 
 @gluon.jit
-def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_bufs, kv_bar, q_ready,
+def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, kv_bar, q_ready,
               q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_masked, diag,
               N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, W: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
@@ -249,13 +248,13 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
         for i in range(0, n_masked):
             m0 = (m_lo + i) * _M
             dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
+                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
                              diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
             t += 1
         for i in range(n_masked, n_mb):
             m0 = (m_lo + i) * _M
             dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                             dq_bufs, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
+                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
                              diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
             t += 1
     # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
@@ -304,8 +303,8 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_N, _M], q_desc.dtype)
     pT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
     dsT_bufs = gl.allocate_shared_memory(q_desc.dtype, [2, _N, _M], pds_layout)
-    dq0 = gl.allocate_shared_memory(gl.float32, [_DQ_BUFFERS, _M, _DQ_COLS], dq_desc.layout)
-    dq1 = gl.allocate_shared_memory(gl.float32, [_DQ_BUFFERS, _M, _DQ_COLS], dq_desc.layout)
+    dq0 = gl.allocate_shared_memory(gl.float32, [_M, _DQ_COLS], dq_desc.layout)
+    dq1 = gl.allocate_shared_memory(gl.float32, [_M, _DQ_COLS], dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     q_ready, q_empty = _ring(_Q_STAGES)
