@@ -278,10 +278,12 @@ def setmaxnreg(ptx: str) -> list[int]:
 
 
 def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int | None = None,
-                           layout: str | None = None, window: bool = False, varlen: bool = False):
+                           layout: str | None = None, window: bool = False, varlen: bool = False,
+                           descending: bool = False):
     """The Gluon Hopper backward (kernels/flash_attn_v2/sm90_bwd.py) compiled for sm_90 as ``sm90_bwd.backward``
-    launches it (dense inputs; descriptors over the (rows, D) views), or with ``varlen`` as
-    ``sm90_bwd.backward_varlen`` does (packed inputs; descriptors over the (total, heads * D) views)."""
+    launches it (dense inputs; descriptors over the (rows, D) views; ``descending``: each head's query blocks
+    walked from the last down, ``sm90_bwd.descending_walk``), or with ``varlen`` as ``sm90_bwd.backward_varlen``
+    does (packed inputs; descriptors over the (total, heads * D) views)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -306,7 +308,7 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
         extra = {name: None for name in ("dk_ptr", "dv_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")}
     consts = {**sm90_bwd.kernel_constexprs(causal, GROUP_PROGRAMS, stages or sm90_bwd.ring_stages(head_dim, window,
                                                                                                    layout),
-                                           window, varlen), **extra}
+                                           window, varlen, descending), **extra}
     sig = {name: "i32" for name in fn.arg_names}
     # L and Delta: 1-D descriptors dense, pointers packed (as the launchers pass them)
     stat = "*fp32" if varlen else mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * bm, dtype=torch.float32), bm))
@@ -346,22 +348,25 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None):
 
 def gluon_bwd_rows() -> list[dict]:
     """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
-    each dQ layout the head dim runs, dense; the default layout packed; D256 dense without a window, its own
-    kernel): resources and register split."""
+    each dQ layout the head dim runs, dense; the default layout packed; D128 dense causal also walked downward;
+    D256 dense without a window, its own kernel, which walks downward): resources and register split."""
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
-    builds = [(d, causal, window, layout, varlen) for varlen in (False, True) for d in (128, 64)
+    builds = [(d, causal, window, layout, varlen, False) for varlen in (False, True) for d in (128, 64)
               for causal, window in ((False, False), (True, False), (True, True))
               for layout in sm90_bwd.DQ_LAYOUTS
               if d in sm90_bwd.layout_head_dims(layout) and (not varlen or layout == sm90_bwd.dq_layout(d))]
-    builds += [(256, causal, False, sm90_bwd.dq_layout(256), False) for causal in (False, True)]
+    builds += [(128, True, False, layout, False, True) for layout in sm90_bwd.DQ_LAYOUTS
+               if 128 in sm90_bwd.layout_head_dims(layout)]
+    builds += [(256, causal, False, sm90_bwd.dq_layout(256), False, True) for causal in (False, True)]
     out = []
-    for d, causal, window, layout, varlen in builds:
+    for d, causal, window, layout, varlen, descending in builds:
         row = {"kernel": "gluon_sm90_bwd_d256" if d == 256 else "gluon_sm90_bwd", "head_dim": d, "causal": causal,
-               "window": window, "dq_layout": layout, "varlen": varlen}
+               "window": window, "dq_layout": layout, "varlen": varlen, "descending": descending}
         try:
             c = (compile_sm90_gluon_bwd_d256(causal) if d == 256 else
-                 compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen))
+                 compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen,
+                                        descending=descending))
             row.update(resource_usage(c))
             row["setmaxnreg"] = setmaxnreg(c.asm["ptx"])
             notes = ptxas_notes(c.asm["ptx"])

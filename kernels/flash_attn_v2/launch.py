@@ -367,7 +367,8 @@ def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: b
     (dense, ``chunk`` pairs a launch: ``_dq_chunk``) or over this call's program table (packed)."""
     lay, group = plan.layout, plan.options.causal_group_programs
     window_left = lay.window[0] if window else -1
-    label = sm90_bwd.config_label(q.shape[-1], window=window, chunk_pairs=chunk)
+    descending = not lay.packed and sm90_bwd.descending_walk(q.shape[-1], q.shape[2], causal, window)
+    label = sm90_bwd.config_label(q.shape[-1], window=window, chunk_pairs=chunk, descending=descending)
     if lay.packed:
         cu_q, cu_k, _, k_blocks = lay.tables
         table = k_blocks.table(sm90_bwd.BLOCK_N)

@@ -3,8 +3,8 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 112 (D128) and 120 (D64), with a window 160 and 216, the packed builds 96-264, the dense non-causal
-ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead (dense, no window;
+the causal builds 112 (D128; 88 walked downward) and 120 (D64), with a window 160 and 216, the packed builds 96-264,
+the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead (dense, no window;
 the head dim split between the consumers, as FlashAttention-3 lays out its hdim-256 backward): the launch path, the
 accumulator, its chunks and the dQ conversion below are the same.
 
@@ -69,7 +69,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     visited query blocks of a key block on or past the diagonal (Nq, Nkv multiples of 128: the diagonal
     starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
     Programs are launched heaviest first across groups of heads (``_schedule.block_and_head``; key block
-    0 is the heaviest, as in the Triton dK/dV kernel);
+    0 is the heaviest, as in the Triton dK/dV kernel).  Dense D128 causal calls of 4096 queries or more walk each
+    head's query blocks from the last down (``descending_walk``, ``DESCENDING``): the programs running side by
+    side then read the same Q_i and dO_i at about the same time (backward alone 0.94-0.97 of the time at 4k-16k,
+    1.06 at 1k, on an H100); the others walk upward;
   * causal sliding windows (left, 0): a key block is visited only by the query blocks whose rows reach it
     (the work scales with the window); those its left edge crosses are masked steps as well (``WINDOW``);
   * packed batches (``backward_varlen``, ``VARLEN``): one program per (sequence, 128-key block) row of the
@@ -130,6 +133,7 @@ from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _sto
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
+DESCENDING_MIN_N = 4096  # D128 causal: query rows from which a launch walks its query blocks downward
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
@@ -195,16 +199,31 @@ def check_dq_layout(head_dim: int, layout: str) -> None:
 
 
 def config_label(head_dim: int, stages: int | None = None, layout: str | None = None, window: bool = False,
-                 chunk_pairs: int | None = None) -> str:
+                 chunk_pairs: int | None = None, descending: bool = False) -> str:
     """What a launch log records for this backward (both "bwd_dkdv" and "bwd_dq": one kernel computes both);
     ``chunk_pairs``: the (batch, kv head) pairs a launch of a chunked call runs (``dq_chunk_pairs``), None for
-    one launch over all."""
+    one launch over all; ``descending``: ``descending_walk``'s answer (",walk=descending")."""
     layout = layout or dq_layout(head_dim)
     stages = stages or ring_stages(head_dim, window, layout)
     chunks = "" if chunk_pairs is None else f",dq_chunk_pairs={chunk_pairs}"
+    walk = ",walk=descending" if descending else ""
     name = "gluon_sm90_bwd_d256" if layout == "split_head_dim" else "gluon_sm90_bwd"
     return (f"{name},BLOCK_M={block_m(head_dim, layout)},BLOCK_N={block_n(head_dim)},num_warps=4+4+1,"
-            f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}{chunks}")
+            f"num_stages={stages},tma=True,warp_specialize=True,dq=tma_reduce_add,dq_layout={layout}{chunks}{walk}")
+
+
+def descending_walk(head_dim: int, n_q: int, causal: bool, window: bool) -> bool:
+    """Whether a dense launch (``n_q`` queries a head) walks each head's query blocks from the last down rather
+    than from the first up.
+
+    Causal, every program of a head ends at the head's last query block, so walked downward the programs running
+    side by side read the same Q_i and dO_i, and add into the same dQ_i, at about the same time.  Measured against
+    the upward walk (results/evidence/h100/gluon_bwd_descending/, backward alone): D256 causal 0.87-0.96 of the
+    time, non-causal level (its kernel walks downward always); D128 causal 0.94-0.97 at N 4k-16k but 1.06 at 1k;
+    D64 causal 0.98-1.04 (so upward).  Windows and packed batches walk upward (not measured downward)."""
+    if head_dim == sm90_bwd_d256.HEAD_DIM:
+        return not window
+    return head_dim == 128 and causal and not window and n_q >= DESCENDING_MIN_N
 
 
 def dq_descriptor(dq_acc: torch.Tensor, layout: str):
@@ -250,11 +269,13 @@ def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
               v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP,
-              BLOCK_M: gl.constexpr, STAGES: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+              BLOCK_M: gl.constexpr, STAGES: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr,
+              DESCENDING: gl.constexpr):
     """Dense: head g's query rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views, and its L and Delta (lse,
     delta: descriptors) at the same index of the flat (B*H*Nq) buffers: L_i rides with Q_i (one barrier), Delta_i
     with dO_i.  Packed (VARLEN): at row bh0 (the sequence's first) and column q_col0 + g * D of the
-    (total_q, H * D) views; L and Delta are the consumers' to read."""
+    (total_q, H * D) views; L and Delta are the consumers' to read.  A head's query blocks from m_lo up, or with
+    DESCENDING from the last down (the consumers' order)."""
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem)
@@ -263,11 +284,15 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
         n_mb = N_Q // BLOCK_M - m_lo
     for t in range(GROUP * n_mb):  # n_mb query blocks a head, from block m_lo
         g = t // n_mb
+        if DESCENDING:
+            m = m_lo + n_mb - 1 - (t - g * n_mb)
+        else:
+            m = m_lo + t - g * n_mb
         if VARLEN:
-            row = bh0 + (m_lo + t - g * n_mb) * BLOCK_M
+            row = bh0 + m * BLOCK_M
             col = q_col0 + g * HEAD_DIM
         else:
-            row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * BLOCK_M
+            row = (bh0 + g) * N_Q + m * BLOCK_M
             col = 0
         slot = t % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
@@ -433,10 +458,15 @@ def _steps(dk, dv, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_buf
            diag, win_left, qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
            VARLEN: gl.constexpr, KEYS: gl.constexpr, ROW0: gl.constexpr, QROW0: gl.constexpr, DQ_ROWS: gl.constexpr,
            COL0: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr, DQ_SPLIT: gl.constexpr,
-           s_layout: gl.constexpr, a_layout: gl.constexpr):
+           s_layout: gl.constexpr, a_layout: gl.constexpr, DESCENDING: gl.constexpr):
     """Steps i_lo .. i_hi of a head's query blocks (block m_lo + i, its rows from row0 + m0, packed its L and
-    Delta from stat0 + m0), all masked or none; t counts the steps taken, for the rings' slots and phases."""
-    for i in range(i_lo, i_hi):
+    Delta from stat0 + m0), all masked or none, in that order or with DESCENDING from i_hi - 1 down; t counts the
+    steps taken, for the rings' slots and phases."""
+    for k in range(i_lo, i_hi):
+        if DESCENDING:
+            i = i_lo + i_hi - 1 - k
+        else:
+            i = k
         m0 = (m_lo + i) * BLOCK_M
         dk, dv = _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat0 + m0, k_w, k_cols, v_w,
                        ds_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, row0 + m0, q_col,
@@ -452,7 +482,7 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
               kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale,
               sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, ROW0: gl.constexpr,
               BLOCK_M: gl.constexpr, KEYS: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr):
+              DQ_SPLIT: gl.constexpr, NUM_WARPS: gl.constexpr, DESCENDING: gl.constexpr):
     """Keys [ROW0, ROW0 + KEYS) of the program's key block, in one warp group (NUM_WARPS = 4); with DQ_SPLIT, the
     dQ tile [QROW0, QROW0 + DQ_ROWS) x [COL0, COL0 + DQ_COLS) of a step over all the block's keys (dq_desc's
     block: half the columns or half the rows).
@@ -505,22 +535,37 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
                 row0 = (bh0 + g) * N_Q
                 q_col = 0
                 stat_g = 0  # dense: L and Delta come by TMA
-            dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs, lse_bufs,
-                               delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left, qk_scale, zero_s,
-                               zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES,
-                               DQ_SPLIT, s_layout, a_layout)
-            dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs, lse_bufs,
-                               delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem, q_ready, q_empty,
-                               do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left, qk_scale, zero_s,
-                               zero_dq, False, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS, COL0, BLOCK_M,
-                               STAGES, DQ_SPLIT, s_layout, a_layout)
-            if WINDOW or VARLEN:
-                dk, dv, t = _steps(dk, dv, t, n_tail, n_mb, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+            if DESCENDING:
+                # dense causal without a window: every program of a head ends at its last query block, so walked
+                # from there down, the programs running side by side read the same Q_i and dO_i at about the same
+                # time (kernels/DESIGN.md); the blocks seen whole, then those crossing the diagonal
+                dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
                                    lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
                                    q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left,
-                                   qk_scale, zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0, DQ_ROWS,
-                                   COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout)
+                                   qk_scale, zero_s, zero_dq, False, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0,
+                                   DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout, True)
+                dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+                                   lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
+                                   q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left,
+                                   qk_scale, zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0,
+                                   DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout, True)
+            else:
+                dk, dv, t = _steps(dk, dv, t, 0, n_masked, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+                                   lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
+                                   q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left,
+                                   qk_scale, zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0,
+                                   DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout, False)
+                dk, dv, t = _steps(dk, dv, t, n_masked, n_tail, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+                                   lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
+                                   q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag, win_left,
+                                   qk_scale, zero_s, zero_dq, False, CAUSAL, WINDOW, VARLEN, KEYS, ROW0, QROW0,
+                                   DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout, False)
+                if WINDOW or VARLEN:
+                    dk, dv, t = _steps(dk, dv, t, n_tail, n_mb, m_lo, row0, q_col, n_q, n_keys, q_bufs, do_bufs,
+                                       lse_bufs, delta_bufs, lse, delta, stat_g, k_w, k_cols, v_w, ds_bufs, dq_smem,
+                                       q_ready, q_empty, do_ready, do_empty, ds_ready, dq_desc, n0 + ROW0, diag,
+                                       win_left, qk_scale, zero_s, zero_dq, True, CAUSAL, WINDOW, VARLEN, KEYS, ROW0,
+                                       QROW0, DQ_ROWS, COL0, BLOCK_M, STAGES, DQ_SPLIT, s_layout, a_layout, False)
     else:
         for t in range(GROUP * n_mb):
             g = t // n_mb
@@ -559,12 +604,14 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
 def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta,
                     qk_scale, sm_scale, H, GROUP, N_Q, N_KV, WIN_LEFT, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
                     CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr, STAGES: gl.constexpr,
-                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr):
+                    PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr,
+                    DESCENDING: gl.constexpr):
     """Dense: grid (Nkv / 128, B * H_kv), descriptors over the (B*H*N, D) views, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr
     and table_ptr None.  Packed (VARLEN): grid (rows of the (sequence, key block) table for 128-key blocks, H_kv),
     descriptors over the (total, heads * D) views, N_Q and N_KV the packed lengths total_q, total_k, L and Delta
     (H, total_q).  lse, delta: the forward's base-2 L and Delta, 1-D descriptors over the flat buffers
-    (``stat_descriptor``) dense, pointers to them packed."""
+    (``stat_descriptor``) dense, pointers to them packed.  DESCENDING (dense causal without a window only,
+    ``descending_walk``): each head's query blocks are walked from the last down."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
     HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
@@ -580,6 +627,8 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
                      "dQ is reduced a whole query block, or by halves of its columns or rows")
     gl.static_assert(BLOCK_N % BLOCK_M == 0, "the causal diagonal must start at a query block")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
+    gl.static_assert(not DESCENDING or (CAUSAL and not (WINDOW or VARLEN)),
+                     "the descending walk is built for dense causal calls without a window")
 
     if VARLEN:
         # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its
@@ -703,15 +752,15 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
                      q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
                      kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
                      GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
-                     4)),
+                     4, DESCENDING)),
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, ds1, dq1, kv_bar, q_ready,
                      q_empty, do_ready, do_empty, ds_ready, kv_done, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
                      kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, WIN_LEFT, N_Q,
                      GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, KEYS, BLOCK_M, KEYS, HEAD_DIM, STAGES, DQ_SPLIT,
-                     4)),
+                     4, DESCENDING)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs,
                      k_smem, v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo,
-                     n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW, VARLEN)),
+                     n_mb, N_Q, GROUP, BLOCK_M, STAGES, WINDOW, VARLEN, DESCENDING)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -732,11 +781,13 @@ def _dq_convert_kernel(ACC, DQ, scale, n, BLOCK: tl.constexpr, ZERO: tl.constexp
 
 
 def kernel_constexprs(causal: bool, group_programs: int, stages: int, window: bool = False,
-                      varlen: bool = False) -> dict:
+                      varlen: bool = False, descending: bool = False) -> dict:
     """The constexprs ``backward`` and ``backward_varlen`` launch ``bwd_sm90_kernel`` with (compile checks use
-    these).  Packed programs differ in work whether causal or not: they are grouped either way."""
+    these).  Packed programs differ in work whether causal or not: they are grouped either way.  ``descending``:
+    ``descending_walk``'s answer for the call."""
     return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
-                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))
+                STAGES=stages, PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen),
+                DESCENDING=bool(descending))
 
 
 def _settings(name: str, D: int, causal: bool, stages, layout, window_left: int) -> tuple[str, int]:
@@ -801,7 +852,9 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
         scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv)
     else:
         kernel, half = bwd_sm90_kernel, lambda t: descriptor(t, BLOCK_N // 2)
-        meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0), num_warps=4, maxnreg=MAXNREG)
+        meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0,
+                                      descending=descending_walk(D, Nq, causal, window_left >= 0)),
+                    num_warps=4, maxnreg=MAXNREG)
         scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0), None, None, None, None,
                    None)
     launches, conversions = {}, {}

@@ -40,8 +40,11 @@ FA3 takes 80):
     with the next step.  dK^T and dV^T of 128 x 64 keep each consumer at 128 accumulator registers;
   * a ring slot is released once the step's last product that reads it retires (dV^T for dO_i, dK^T for Q_i), so
     the next dO_i loads while the dQ products run;
-  * causal: query blocks above the diagonal are never visited, the first visited one of a key block on or past
-    the diagonal is a masked step; programs launched heaviest first across groups of heads
+  * each head's query blocks are walked from the last down, causal or not (``sm90_bwd.descending_walk``):
+    causal, every program of a head then reads the same Q_i and dO_i as the others running beside it, at about
+    the same time; walked upward, causal took 1.04-1.15x the time (kernels/DESIGN.md);
+  * causal: query blocks above the diagonal are never visited, the lowest visited one of a key block on or past
+    the diagonal (the last step) is masked; programs launched heaviest first across groups of heads
     (``_schedule.block_and_head``);
   * afterwards ``sm90_bwd``'s conversion writes dQ = sm_scale * dQaccum; dK (scaled) and dV are transposed into the
     consumers' column halves of the K and V tiles and stored by TMA.
@@ -127,7 +130,8 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
     n_mb = N_Q // _M - m_lo
     for t in range(GROUP * n_mb):
         g = t // n_mb
-        row = (bh0 + g) * N_Q + (m_lo + t - g * n_mb) * _M
+        # each head's query blocks from the last down to m_lo (the consumers' order)
+        row = (bh0 + g) * N_Q + (m_lo + n_mb - 1 - (t - g * n_mb)) * _M
         # a slot's barriers start in phase 1 complete, so the first pass through a ring does not wait
         q_slot = t % _Q_STAGES
         mbarrier.wait(q_empty.index(q_slot), ((t // _Q_STAGES) & 1) ^ 1)
@@ -228,8 +232,8 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
               q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_masked, diag,
               N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, W: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
-    for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; query blocks from
-    m_lo, the first n_masked of them crossing the diagonal."""
+    for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; its query blocks
+    from m_lo, walked from the last down, the lowest n_masked of them crossing the diagonal."""
     # the accumulators 64 keys wide (S, dP: rows x keys; dK^T, dV^T: head dims x keys) share one wgmma layout
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
@@ -245,17 +249,18 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     t = 0
     for g in range(GROUP):
         row0 = (bh0 + g) * N_Q
-        for i in range(0, n_masked):
-            m0 = (m_lo + i) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
-                             diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
-            t += 1
-        for i in range(n_masked, n_mb):
-            m0 = (m_lo + i) * _M
+        # the query blocks from the last down: the unmasked ones, then the n_masked crossing the diagonal
+        for k in range(0, n_mb - n_masked):
+            m0 = (m_lo + n_mb - 1 - k) * _M
             dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
                              dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
                              diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
+            t += 1
+        for k in range(0, n_masked):
+            m0 = (m_lo + n_masked - 1 - k) * _M
+            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
+                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
+                             diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
             t += 1
     # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
     # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
@@ -285,7 +290,7 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, _N, GROUP_PROGRAMS)
     if CAUSAL:
         m_lo = gl.maximum(n0 - diag, 0) // _M
-        # _M == _N: a key block on or past the diagonal is crossed by exactly its first visited query block
+        # _M == _N: a key block on or past the diagonal is crossed by exactly its lowest visited query block
         if n0 >= diag:
             n_masked = 1
         else:

@@ -2,9 +2,10 @@
 run on Hopper GPUs only, skipped elsewhere).
 
 One block, several, many programs per SM; GQA and MQA; causal with keys ahead of the queries (the diagonal
-shifted by whole blocks); Nq > Nkv without the mask; D 64 and 128; bf16 and fp16: the three gradients (and
-the output) meet flash-attention's rule against the fp64 reference, with every buffer the launcher allocates
-NaN-poisoned, two fresh inputs a shape, and the launch log shows the Gluon backward ran.  Also: shapes it
+shifted by whole blocks); Nq > Nkv without the mask; D 64, 128 and 256; each head's query blocks walked upward
+and downward; bf16 and fp16: the three gradients (and the output) meet flash-attention's rule against the fp64
+reference, with every buffer the launcher allocates NaN-poisoned, two fresh inputs a shape, and the launch log
+shows the Gluon backward ran, and which walk.  Also: shapes it
 does not take run the Triton backward; the Triton backward (``backward="triton"``) is bit-reproducible;
 the Gluon one's dK and dV are.
 """
@@ -37,6 +38,9 @@ GRID = [
     (1, 16, 16, 2048, 2048, 128, False),
     (1, 16, 4, 2048, 2048, 64, True),
     (2, 8, 8, 1024, 3072, 128, True),
+    # D128 causal from 4096 queries: query blocks walked from the last down (``sm90_bwd.descending_walk``)
+    (1, 4, 2, 4096, 4096, 128, True),  # GQA
+    (1, 2, 2, 4096, 6144, 128, True),  # keys ahead of the queries: the diagonal starts at key 2048
     # D256 (``sm90_bwd_d256``: 64-key programs, the head dim split between the consumers)
     (1, 1, 1, 128, 128, 256, True),
     (2, 4, 4, 512, 512, 256, False),
@@ -60,7 +64,9 @@ def test_gpu_gluon_backward_gradients(case, dtype):
         q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + 7 * Nkv + D + 1000 * rep)
         log = {}
         check_against_reference(q, k, v, do, causal, options=GLUON_BWD, launch_log=log)
-        assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D), log
+        descending = sm90_bwd.descending_walk(D, Nq, causal, False)
+        assert descending == (D == 256 or (D == 128 and causal and Nq >= 4096))
+        assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, descending=descending), log
 
 
 WINDOWS = [

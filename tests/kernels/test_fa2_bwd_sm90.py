@@ -263,6 +263,37 @@ def test_configuration_is_reported_by_name():
     assert sm90_bwd.config_label(64, layout="per_consumer").startswith("gluon_sm90_bwd,BLOCK_M=64,")
 
 
+def test_the_walk_is_downward_where_it_measured_faster():
+    """``descending_walk``: D256 always (dense without a window: where its kernel runs), D128 causal without a
+    window from ``DESCENDING_MIN_N`` queries, never at D64; the launch log says so."""
+    assert sm90_bwd.DESCENDING_MIN_N == 4096
+    assert sm90_bwd.descending_walk(256, 1024, False, False) and sm90_bwd.descending_walk(256, 1024, True, False)
+    assert not sm90_bwd.descending_walk(256, 4096, True, True)
+    assert sm90_bwd.descending_walk(128, 4096, True, False) and sm90_bwd.descending_walk(128, 16384, True, False)
+    assert not sm90_bwd.descending_walk(128, 2048, True, False)
+    assert not sm90_bwd.descending_walk(128, 16384, False, False)
+    assert not sm90_bwd.descending_walk(128, 16384, True, True)
+    assert not any(sm90_bwd.descending_walk(64, n, True, False) for n in (1024, 4096, 16384))
+    assert sm90_bwd.config_label(128, descending=True) == sm90_bwd.config_label(128) + ",walk=descending"
+    assert sm90_bwd.config_label(128, chunk_pairs=4, descending=True).endswith(",dq_chunk_pairs=4,walk=descending")
+
+
+@pytest.mark.parametrize("D, n, causal, descending", [
+    (128, 4096, True, True), (128, 2048, True, False), (128, 8192, False, False), (64, 4096, True, False),
+])
+def test_the_launch_walks_as_descending_walk_says(D, n, causal, descending, monkeypatch):
+    """``backward`` builds the kernel with ``descending_walk``'s answer as its DESCENDING constexpr (the D256
+    kernel has none: it walks downward always)."""
+    kernel = _Launch()
+    monkeypatch.setattr(sm90_bwd, "bwd_sm90_kernel", kernel)
+    monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", _Launch())
+    q, stats = _t(1, 2, n, D), torch.empty(1, 2, n)
+    sm90_bwd.backward(q, q, q, q, stats, stats, q.clone(), q.clone(), q.clone(), causal, 0.125)
+    assert kernel.calls[-1][2]["DESCENDING"] is descending is sm90_bwd.descending_walk(D, n, causal, False)
+    assert sm90_bwd.kernel_constexprs(True, 256, 3, descending=True)["DESCENDING"] is True
+    assert sm90_bwd.kernel_constexprs(True, 256, 3)["DESCENDING"] is False
+
+
 @pytest.mark.parametrize("D, layout, block_m, tile", [
     (128, "split_cols", 64, [64, 64]),  # half the columns of a 64-row step over all 128 keys
     (128, "per_consumer", 64, [64, 128]),  # a consumer's 64 keys' partial of the whole tile
@@ -291,15 +322,18 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
         sm90_bwd.backward(q, q, q, q, None, None, q.clone(), q.clone(), q.clone(), False, 0.125, layout=layout)
 
 
-# bytes of stack a thread by (head dim, causal, window, dQ layout, packed), as sm90_bwd's docstring states them
-SPILLS = {(128, False, False, "split_cols", False): 8, (128, False, False, "per_consumer", False): 64,
-          (128, True, False, "split_cols", False): 112, (128, True, False, "per_consumer", False): 208,
-          (64, True, False, "split_rows", False): 120, (128, True, True, "split_cols", False): 160,
-          (128, True, True, "per_consumer", False): 160, (64, True, True, "split_rows", False): 216,
-          (128, False, False, "split_cols", True): 160, (128, True, False, "split_cols", True): 184,
-          (128, True, True, "split_cols", True): 208, (64, False, False, "split_rows", True): 96,
-          (64, True, False, "split_rows", True): 224, (64, True, True, "split_rows", True): 264,
-          (256, False, False, "split_head_dim", False): 152, (256, True, False, "split_head_dim", False): 192}
+# bytes of stack a thread by (head dim, causal, window, dQ layout, packed, walked downward), as sm90_bwd's
+# docstring states them
+SPILLS = {(128, False, False, "split_cols", False, False): 8, (128, False, False, "per_consumer", False, False): 64,
+          (128, True, False, "split_cols", False, False): 112, (128, True, False, "per_consumer", False, False): 208,
+          (64, True, False, "split_rows", False, False): 120, (128, True, True, "split_cols", False, False): 160,
+          (128, True, True, "per_consumer", False, False): 160, (64, True, True, "split_rows", False, False): 216,
+          (128, False, False, "split_cols", True, False): 160, (128, True, False, "split_cols", True, False): 184,
+          (128, True, True, "split_cols", True, False): 208, (64, False, False, "split_rows", True, False): 96,
+          (64, True, False, "split_rows", True, False): 224, (64, True, True, "split_rows", True, False): 264,
+          (128, True, False, "split_cols", False, True): 88, (128, True, False, "per_consumer", False, True): 208,
+          (256, False, False, "split_head_dim", False, True): 152,
+          (256, True, False, "split_head_dim", False, True): 192}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -310,15 +344,17 @@ def test_compiles_for_sm90_into_producer_and_consumers():
                            "--json"], capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     masks = ((False, False), (True, False), (True, True))
-    dense = {(d, c, w, lay, False) for d in (64, 128) for c, w in masks
+    dense = {(d, c, w, lay, False, False) for d in (64, 128) for c, w in masks
              for lay in ("per_consumer", sm90_bwd.dq_layout(d))}
-    packed = {(d, c, w, sm90_bwd.dq_layout(d), True) for d in (64, 128) for c, w in masks}
-    d256 = {(256, c, False, "split_head_dim", False) for c in (False, True)}  # dense, no window: its own kernel
-    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"]) for r in rows} == \
-        dense | packed | d256, proc.stderr[-2000:]
+    packed = {(d, c, w, sm90_bwd.dq_layout(d), True, False) for d in (64, 128) for c, w in masks}
+    # D128 causal walked downward (``descending_walk``); D256 dense, no window: its own kernel, walked downward
+    descending = {(128, True, False, lay, False, True) for lay in ("per_consumer", "split_cols")}
+    d256 = {(256, c, False, "split_head_dim", False, True) for c in (False, True)}
+    assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"], r["descending"])
+            for r in rows} == dense | packed | descending | d256, proc.stderr[-2000:]
     for r in rows:
-        key = (r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"])
-        where = "D={} causal={} window={} {} varlen={}".format(*key)
+        key = (r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"], r["descending"])
+        where = "D={} causal={} window={} {} varlen={} descending={}".format(*key)
         assert "error" not in r, f"{where}: {r.get('error')}"
         assert r["warps"] == 12, f"{where}: expected two consumer warp groups and the producer's"
         assert r["shared_bytes"] <= 232448, f"{where}: more shared memory than an H100 block may use"
