@@ -200,7 +200,8 @@ def test_gpu_chunked_dq_matches_one_launch_and_the_reference(case, monkeypatch):
     check_against_reference(q, k, v, do, causal, options=chunked, launch_log=log)
     pairs = sm90_bwd.dq_chunk_pairs((B, H, Nq, D), Hkv, Nkv, 1, 2)
     assert pairs < B * Hkv
-    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, chunk_pairs=pairs), log
+    walk = sm90_bwd.descending_walk(D, Nq, causal, False)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, chunk_pairs=pairs, descending=walk), log
 
     o, lse = flash_attn_v2(q, k, v, causal=causal, return_lse=True, options=FA2Options(autotune=False))
     lse2 = (lse / math.log(2)).contiguous()
@@ -243,7 +244,9 @@ def test_gpu_fwd_bwd_peak_memory_is_the_gradients_and_the_accumulator(causal, wa
     grads = torch.autograd.grad(o, leaves, do)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    assert log["bwd_dq"] == sm90_bwd.config_label(D, chunk_pairs=pairs if pairs < B * H else None), log
+    walk = sm90_bwd.descending_walk(D, N, causal, False)  # causal: downward at 4096 queries
+    assert log["bwd_dq"] == sm90_bwd.config_label(D, chunk_pairs=pairs if pairs < B * H else None,
+                                                  descending=walk), log
     assert all(torch.isfinite(g).all() for g in grads)
     expected = 4 * q.numel() * q.element_size() + acc  # O, dQ, dK, dV and the accumulator
     assert expected <= peak <= expected + 8 * mib, \
