@@ -321,9 +321,10 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
 
 
-def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None):
+def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False):
     """The Gluon Hopper backward at D256 (kernels/flash_attn_v2/sm90_bwd_d256.py) compiled for sm_90 as
-    ``sm90_bwd.backward`` launches it (dense inputs; descriptors over the (rows, 256) views)."""
+    ``sm90_bwd.backward`` launches it (dense inputs; descriptors over the (rows, 256) views; ``window``: a causal
+    sliding window)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -337,7 +338,7 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None):
     half = mangle_type(d256.half_descriptor(grad))
     dq_tile = mangle_type(d256.dq_descriptor(torch.empty(1, 1, d256.BLOCK_M, d256.HEAD_DIM, dtype=torch.float32)))
     stat = mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * d256.BLOCK_M, dtype=torch.float32), d256.BLOCK_M))
-    consts = d256.kernel_constexprs(causal, GROUP_PROGRAMS)
+    consts = d256.kernel_constexprs(causal, GROUP_PROGRAMS, window)
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(d256.BLOCK_M), do_desc=tile(d256.BLOCK_M), k_desc=tile(d256.BLOCK_N),
                v_desc=tile(d256.BLOCK_N), dk_desc=half, dv_desc=half, dq_desc=dq_tile, lse=stat, delta=stat,
@@ -349,7 +350,7 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None):
 def gluon_bwd_rows() -> list[dict]:
     """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
     each dQ layout the head dim runs, dense; the default layout packed; D128 dense causal also walked downward;
-    D256 dense without a window, its own kernel, which walks downward): resources and register split."""
+    D256 dense, its own kernel, which walks downward): resources and register split."""
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
     builds = [(d, causal, window, layout, varlen, False) for varlen in (False, True) for d in (128, 64)
@@ -358,13 +359,14 @@ def gluon_bwd_rows() -> list[dict]:
               if d in sm90_bwd.layout_head_dims(layout) and (not varlen or layout == sm90_bwd.dq_layout(d))]
     builds += [(128, True, False, layout, False, True) for layout in sm90_bwd.DQ_LAYOUTS
                if 128 in sm90_bwd.layout_head_dims(layout)]
-    builds += [(256, causal, False, sm90_bwd.dq_layout(256), False, True) for causal in (False, True)]
+    builds += [(256, causal, window, sm90_bwd.dq_layout(256), False, True)
+               for causal, window in ((False, False), (True, False), (True, True))]
     out = []
     for d, causal, window, layout, varlen, descending in builds:
         row = {"kernel": "gluon_sm90_bwd_d256" if d == 256 else "gluon_sm90_bwd", "head_dim": d, "causal": causal,
                "window": window, "dq_layout": layout, "varlen": varlen, "descending": descending}
         try:
-            c = (compile_sm90_gluon_bwd_d256(causal) if d == 256 else
+            c = (compile_sm90_gluon_bwd_d256(causal, window=window) if d == 256 else
                  compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen,
                                         descending=descending))
             row.update(resource_usage(c))

@@ -106,7 +106,7 @@ Hardware paths (``launch.py`` chooses, ``tuning.py`` prunes, ``spaces.py`` lists
     not support. Dense calls of up to ``sm90_persistent.MAX_KEYS`` keys at D64 and D128 (2-stage rings at
     D128) run its persistent build (``sm90_persistent.py``: one program an SM walking tiles from a tile
     counter), measured faster there; the launch log marks its configuration ``persistent=True``.
-  * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128; ``sm90_bwd_d256.py``, D256 dense without a window):
+  * Gluon Hopper backward (``sm90_bwd.py``, D64 and D128; ``sm90_bwd_d256.py``, D256 dense, causal windows included):
     see ``FA2Options.backward``.
   * under ``TRITON_INTERPRET=1`` one fixed small configuration is used and nothing is tuned.
 

@@ -4,9 +4,9 @@
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
 the causal builds 112 (D128; 88 walked downward) and 120 (D64), with a window 160 and 216, the packed builds 96-264,
-the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead (dense, no window;
-the head dim split between the consumers, as FlashAttention-3 lays out its hdim-256 backward): the launch path, the
-accumulator, its chunks and the dQ conversion below are the same.
+the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead
+(dense, causal windows included; the head dim split between the consumers, as FlashAttention-3 lays out its hdim-256
+backward): the launch path, the accumulator, its chunks and the dQ conversion below are the same.
 
 What is implemented
 -------------------
@@ -103,7 +103,7 @@ deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
-64, 128 and 256 (D256: dense inputs without a window only); dense sequence lengths that are not multiples of 128
+64, 128 and 256 (D256: dense inputs only); dense sequence lengths that are not multiples of 128
 (no tail masking: the descriptors span all heads; packed batches take any lengths); dense causal with Nq > Nkv;
 windows with a right reach (non-causal); q, k, v that are not contiguous; 2**31 rows or more.
 """
@@ -222,7 +222,7 @@ def descending_walk(head_dim: int, n_q: int, causal: bool, window: bool) -> bool
     time, non-causal level (its kernel walks downward always); D128 causal 0.94-0.97 at N 4k-16k but 1.06 at 1k;
     D64 causal 0.98-1.04 (so upward).  Windows and packed batches walk upward (not measured downward)."""
     if head_dim == sm90_bwd_d256.HEAD_DIM:
-        return not window
+        return True
     return head_dim == 128 and causal and not window and n_q >= DESCENDING_MIN_N
 
 
@@ -250,7 +250,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                  varlen: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64 and
-    128, and 256 dense without a window, then the Gluon forward's conditions (its 128-row blocks are whole key
+    128, and 256 dense, then the Gluon forward's conditions (its 128-row blocks are whole key
     blocks of this kernel; causal windows only)."""
     return _layout_reason(q, window, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
 
@@ -260,9 +260,8 @@ def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
         return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
     if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions
         return f"head_dim {q.shape[-1]}: {', '.join(map(str, HEAD_DIMS))} only (the Triton backward runs the others)"
-    if q.shape[-1] == sm90_bwd_d256.HEAD_DIM and (varlen or window):
-        return ("head_dim 256: dense inputs without a sliding window only (the D256 kernel is not built for "
-                f"{'packed batches' if varlen else 'windows'})")
+    if q.shape[-1] == sm90_bwd_d256.HEAD_DIM and varlen:
+        return "head_dim 256: dense inputs only (the D256 kernel is not built for packed batches)"
     return None
 
 
@@ -846,10 +845,11 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
     bm, bn = block_m(D, layout), block_n(D)
     # one launch over every pair sees (B, H) heads; a chunk (n, GROUP): the same programs and bits either way
     heads = H if chunk == pairs else group
-    if layout == "split_head_dim":  # D256: its own kernel (dense, no window)
+    if layout == "split_head_dim":  # D256: its own kernel (dense)
         kernel, half = sm90_bwd_d256.bwd_sm90_d256_kernel, sm90_bwd_d256.half_descriptor
-        meta = dict(sm90_bwd_d256.kernel_constexprs(causal, group_programs), num_warps=4, maxnreg=MAXNREG)
-        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv)
+        meta = dict(sm90_bwd_d256.kernel_constexprs(causal, group_programs, window_left >= 0), num_warps=4,
+                    maxnreg=MAXNREG)
+        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0))
     else:
         kernel, half = bwd_sm90_kernel, lambda t: descriptor(t, BLOCK_N // 2)
         meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0,

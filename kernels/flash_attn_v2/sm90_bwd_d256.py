@@ -46,6 +46,9 @@ FA3 takes 80):
   * causal: query blocks above the diagonal are never visited, the lowest visited one of a key block on or past
     the diagonal (the last step) is masked; programs launched heaviest first across groups of heads
     (``_schedule.block_and_head``);
+  * causal sliding windows (left, 0) (``WINDOW``): a key block is visited only by the query blocks whose rows reach
+    it, and those the window's left edge crosses are masked steps too (both edges in every masked step); fwd_bwd
+    with a window took 0.66-0.69 of the Triton backward's time (results/evidence/h100/gluon_bwd_d256_window/);
   * afterwards ``sm90_bwd``'s conversion writes dQ = sm_scale * dQaccum; dK (scaled) and dV are transposed into the
     consumers' column halves of the K and V tiles and stored by TMA.
 
@@ -53,7 +56,7 @@ Memory beyond the gradients and not deterministic in dQ: as ``sm90_bwd`` (its ac
 head) pairs and reduce order; dK and dV are deterministic).
 
 What it does not support (``sm90_bwd.unsupported_reason`` says which; the launcher then runs the Triton backward):
-head dims other than 256; packed batches; sliding windows; dense sequence lengths that are not multiples of 128 (the
+head dims other than 256; packed batches; windows with a right reach (non-causal); dense sequence lengths that are not multiples of 128 (the
 forward's condition, which ``sm90_bwd`` applies); causal with Nq > Nkv; fp32; GPUs other than capability 9.x and the
 interpreter.
 """
@@ -120,14 +123,15 @@ def _ring(STAGES: gl.constexpr):
 
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem,
-              kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP):
+              kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, WINDOW: gl.constexpr):
     """K_j and V_j once, then for each step Q_i with L_i into the Q ring and dO_i with Delta_i into the dO ring (head
-    g's rows from (bh0 + g) * N_Q of the views, query blocks from m_lo; L and Delta at the same index of the flat
-    statistics)."""
+    g's rows from (bh0 + g) * N_Q of the views, query blocks from m_lo, n_mb of them with a window, else every one
+    from m_lo on; L and Delta at the same index of the flat statistics)."""
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
     tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
-    n_mb = N_Q // _M - m_lo
+    if not WINDOW:
+        n_mb = N_Q // _M - m_lo
     for t in range(GROUP * n_mb):
         g = t // n_mb
         # each head's query blocks from the last down to m_lo (the consumers' order)
@@ -147,10 +151,11 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
 
 @gluon.jit
 def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
-          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, n0, diag, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
+          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq,
+          MASK: gl.constexpr, WINDOW: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
     """One query block (rows q_row.. of the views, m0.. of the head) against the program's 64 keys (from n0):
-    consumer 0 computes S and P, consumer 1 dP and dS."""
+    consumer 0 computes S and P, consumer 1 dP and dS.  MASK: the causal mask, and with WINDOW the window's left
+    edge (a query sees the win_left keys before its diagonal one)."""
     q_slot = t % _Q_STAGES
     do_slot = t % _DO_STAGES
     q_smem = q_bufs.index(q_slot)
@@ -169,10 +174,16 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
         s = warpgroup_mma_wait(0, deps=[s_tok])
         p = gl.exp2(s * qk_scale)
         if MASK:
-            # query m0 + r sees key n0 + c iff n0 + c <= m0 + r + diag
+            # query m0 + r sees key n0 + c iff n0 + c <= m0 + r + diag (and, with a window, n0 + c >= m0 + r + diag
+            # - win_left)
             rows = gl.arange(0, _M, layout=row_layout) + (m0 + diag - n0)
             cols = gl.arange(0, _N, layout=gl.SliceLayout(0, s_layout))
-            p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
+            if WINDOW:
+                seen = (gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1)) & \
+                    (gl.expand_dims(cols, 0) >= gl.expand_dims(rows - win_left, 1))
+                p = gl.where(seen, p, 0.0)
+            else:
+                p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1), p, 0.0)
         pT_all.store(gl.permute(p.to(q_smem.dtype), (1, 0)))
         fence_async_shared()
         mbarrier.arrive(p_ready, count=1)
@@ -229,11 +240,13 @@ def _store_half(dq_smem, dq):
 
 @gluon.jit
 def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, kv_bar, q_ready,
-              q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_masked, diag,
-              N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, W: gl.constexpr, NUM_WARPS: gl.constexpr):
+              q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb, n_masked,
+              n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+              W: gl.constexpr, NUM_WARPS: gl.constexpr):
     """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
     for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; its query blocks
-    from m_lo, walked from the last down, the lowest n_masked of them crossing the diagonal."""
+    from m_lo (every one from there on, or with WINDOW n_mb of them), walked from the last down; the lowest n_masked
+    cross the diagonal, and with a window those from n_tail on are crossed by its left edge (masked too)."""
     # the accumulators 64 keys wide (S, dP: rows x keys; dK^T, dV^T: head dims x keys) share one wgmma layout
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
@@ -243,24 +256,40 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     dvT = gl.zeros([_HALF, _N], gl.float32, layout=s_layout)
     zero_s = gl.zeros([_M, _N], gl.float32, layout=s_layout)
     zero_dq = gl.zeros([_M, _DQ_COLS], gl.float32, layout=q_layout)
-    n_mb = N_Q // _M - m_lo
+    if not WINDOW:
+        n_mb = N_Q // _M - m_lo
 
     mbarrier.wait(kv_bar, 0)
     t = 0
     for g in range(GROUP):
         row0 = (bh0 + g) * N_Q
-        # the query blocks from the last down: the unmasked ones, then the n_masked crossing the diagonal
-        for k in range(0, n_mb - n_masked):
-            m0 = (m_lo + n_mb - 1 - k) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
-                             diag, qk_scale, zero_s, zero_dq, False, W, s_layout)
-            t += 1
+        # the query blocks from the last down: (a window) those its left edge crosses, the unmasked ones, then the
+        # n_masked crossing the diagonal
+        if WINDOW:
+            for k in range(0, n_mb - n_tail):
+                m0 = (m_lo + n_mb - 1 - k) * _M
+                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
+                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
+                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
+                t += 1
+            for k in range(0, n_tail - n_masked):
+                m0 = (m_lo + n_tail - 1 - k) * _M
+                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
+                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
+                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W, s_layout)
+                t += 1
+        else:
+            for k in range(0, n_mb - n_masked):
+                m0 = (m_lo + n_mb - 1 - k) * _M
+                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
+                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
+                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W, s_layout)
+                t += 1
         for k in range(0, n_masked):
             m0 = (m_lo + n_masked - 1 - k) * _M
             dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
                              dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
-                             diag, qk_scale, zero_s, zero_dq, True, W, s_layout)
+                             diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
             t += 1
     # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
     # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
@@ -277,16 +306,18 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
 
 @gluon.jit
 def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta, qk_scale, sm_scale,
-                         H, GROUP, N_Q, N_KV, CAUSAL: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
+                         H, GROUP, N_Q, N_KV, WIN_LEFT, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+                         GROUP_PROGRAMS: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     """Grid (Nkv / 64, B * H_kv), descriptors over the (B*H*N, 256) views: q_desc, do_desc (64, 256) tiles, k_desc,
     v_desc (64, 256), dk_desc, dv_desc (64, 128) (``half_descriptor``), dq_desc (64, 64) fp32 over the accumulator;
-    lse, delta: the forward's base-2 L and Delta, 1-D descriptors of 64-value tiles over the flat (B*H*Nq) buffers."""
+    lse, delta: the forward's base-2 L and Delta, 1-D descriptors of 64-value tiles over the flat (B*H*Nq) buffers.
+    WINDOW (with CAUSAL): each query sees the WIN_LEFT keys before its diagonal one too (unused without)."""
     gl.static_assert(q_desc.block_type.shape[0] == _M, "64 query rows a step")
     gl.static_assert(k_desc.block_type.shape[0] == _N, "64 keys a program")
     gl.static_assert(q_desc.block_type.shape[1] == _D, "head dim 256")
     gl.static_assert(dk_desc.block_type.shape[1] == _HALF, "dK / dV are stored a consumer's column half at a time")
     gl.static_assert(dq_desc.block_type.shape[1] == _DQ_COLS, "dQ is reduced 64 columns at a time")
+    gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
     n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, _N, GROUP_PROGRAMS)
     if CAUSAL:
         m_lo = gl.maximum(n0 - diag, 0) // _M
@@ -298,6 +329,20 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     else:
         m_lo = 0
         n_masked = 0
+    if WINDOW:
+        # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the block is
+        # n0 + 63 - diag + WIN_LEFT, and every row of query block i sees key n0 iff (i + 1) * 64 - 1 + diag - WIN_LEFT
+        # <= n0; blocks from there up to the last visited are crossed by the window's left edge
+        m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + _N - diag + WIN_LEFT, 0), _M), N_Q // _M)
+        n_mb = gl.maximum(m_hi, m_lo) - m_lo
+        n_masked = gl.minimum(n_masked, n_mb)
+        n_tail = gl.minimum(gl.maximum(gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // _M - m_lo, n_masked), n_mb)
+        win_left = WIN_LEFT
+    else:
+        # placeholders: the builds without a window capture what they did before
+        n_mb: gl.constexpr = 0
+        n_tail: gl.constexpr = 0
+        win_left: gl.constexpr = 0
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_Q_STAGES, _M, _D], q_desc.layout)
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_DO_STAGES, _M, _D], do_desc.layout)
@@ -321,18 +366,19 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
 
     gl.warp_specialize([
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq0, kv_bar, q_ready,
-                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo,
-                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 0, 4)),
+                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb,
+                     n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 0, 4)),
         (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq1, kv_bar, q_ready,
-                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo,
-                     n_masked, diag, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, 1, 4)),
+                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb,
+                     n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 1, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
-                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, N_Q, GROUP)),
+                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP,
+                     WINDOW)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def kernel_constexprs(causal: bool, group_programs: int) -> dict:
+def kernel_constexprs(causal: bool, group_programs: int, window: bool = False) -> dict:
     """The constexprs ``sm90_bwd.prepare_backward`` launches ``bwd_sm90_d256_kernel`` with (compile checks use
     these)."""
-    return dict(CAUSAL=bool(causal), GROUP_PROGRAMS=group_programs if causal else 0, PRODUCER_REGS=PRODUCER_REGS,
-                CONSUMER_REGS=CONSUMER_REGS)
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
+                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)

@@ -78,6 +78,13 @@ WINDOWS = [
     (1, 4, 4, 1024, 1024, 64, 100),
     (1, 8, 1, 640, 1024, 64, 129),  # MQA, keys ahead
     (1, 2, 2, 512, 512, 64, 5000),  # wider than the sequence: the causal mask
+    # D256 (``sm90_bwd_d256``: 64-key programs, its masked steps the diagonal's and the left edge's)
+    (1, 4, 4, 1024, 1024, 256, 100),  # the left edge inside a key block
+    (1, 4, 4, 2048, 2048, 256, 256),  # the left edge on block boundaries
+    (2, 8, 2, 1024, 1536, 256, 700),  # GQA, keys ahead of the queries
+    (1, 4, 2, 512, 512, 256, 0),  # each query sees its diagonal key only
+    (1, 8, 1, 640, 1024, 256, 129),  # MQA, keys ahead
+    (1, 2, 2, 512, 512, 256, 5000),  # wider than the sequence: the causal mask
 ]
 
 
@@ -90,7 +97,9 @@ def test_gpu_gluon_backward_windows(case, dtype):
     q, k, v, do = make_inputs(B, H, Hkv, Nq, Nkv, D, dtype, seed=Nq + left)
     log = {}
     check_against_reference(q, k, v, do, True, options=GLUON_BWD, launch_log=log, window=(left, 0))
-    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, window=True), log
+    walk = sm90_bwd.descending_walk(D, Nq, True, True)  # D256 downward, the others upward with a window
+    assert walk == (D == 256)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, window=True, descending=walk), log
 
 
 @pytest.mark.parametrize("shape, causal", [

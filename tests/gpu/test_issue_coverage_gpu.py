@@ -8,7 +8,7 @@ without CUDA; the Gluon ones also skipped off Hopper).
 - The default backward (``"auto"``) over D 64/128/256 x bf16/fp16 x odd and aligned lengths, Nq != Nkv, GQA,
   causal: within the rule, the Gluon backward run exactly where it takes the inputs, the Triton one elsewhere.
 - D256 forward and backward through the Gluon forward (64-key blocks) in both dtypes, GQA/MQA, Nq != Nkv,
-  causal windows; the Triton backward (the Gluon one has no D256 build) in the log.
+  causal windows; the Gluon D256 backward (``sm90_bwd_d256``) in the log.
 - Windows and packed batches at head dims 32, 96 and 256 (the varlen/window grid runs 64 and 128 only).
 - ``flash_decode`` with odd new-token counts (2, 3, 5, 7: row blocks that are not powers of two under GQA
   packing) over caches of 1, 17, 129 and ~4k keys, contiguous and paged.
@@ -159,7 +159,7 @@ def test_gpu_auto_backward_grid(case, D, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# D256: forward through the Gluon forward, backward through the Gluon D256 one (Triton with a window), both dtypes
+# D256: forward through the Gluon forward, backward through the Gluon D256 one, both dtypes
 # ---------------------------------------------------------------------------------------------
 GLUON_256 = (sm90.BLOCK, sm90.block_n(256), 4, 2, spaces.GLUON)  # the D256 entry of the "large" space
 
@@ -171,6 +171,7 @@ D256_GRID = [
     (1, 4, 2, 1024, 256, 256, False, NO_WINDOW),  # Nq > Nkv without the mask
     (1, 4, 4, 128, 384, 256, True, NO_WINDOW),
     (1, 4, 2, 1024, 1024, 256, True, (100, 0)),  # a causal window, its edge inside a 64-key block
+    (1, 4, 4, 512, 1024, 256, True, (300, 0)),  # a causal window, keys ahead of the queries
 ]
 
 
@@ -184,9 +185,9 @@ def test_gpu_d256_forward_and_gradients_through_the_gluon_forward(case, dtype):
     check_against_reference(q, k, v, do, causal, window=window, launch_log=log,
                             options=FA2Options(autotune=False, configs={"fwd": GLUON_256}))
     assert log["fwd"] == sm90.config_label(2, 64), log
-    # the Gluon D256 backward (``sm90_bwd_d256``) takes dense inputs without a window; the Triton one runs the rest
-    assert _ran_gluon_backward(log) == (window == NO_WINDOW), log
-    assert ("gluon_sm90_bwd_d256" in log["bwd_dq"]) == (window == NO_WINDOW), log
+    # the Gluon D256 backward (``sm90_bwd_d256``) takes dense inputs, causal windows included
+    assert _ran_gluon_backward(log), log
+    assert "gluon_sm90_bwd_d256" in log["bwd_dq"], log
 
 
 # ---------------------------------------------------------------------------------------------

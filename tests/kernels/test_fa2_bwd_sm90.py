@@ -36,15 +36,13 @@ def test_takes_block_aligned_16bit_contiguous_inputs(q_shape, kv_shape, causal):
     for dtype in (torch.bfloat16, torch.float16):
         q, k = _t(*q_shape, dtype=dtype), _t(*kv_shape, dtype=dtype)
         assert sm90_bwd.input_reason(q, k, k, causal) is None
-        if causal and q.shape[-1] != 256:  # and causal sliding windows, (left, 0), except at D256
+        if causal:  # and causal sliding windows, (left, 0)
             assert sm90_bwd.input_reason(q, k, k, causal, window=True) is None
 
 
 @pytest.mark.parametrize("q, k, causal, window, words", [
     (_t(1, 2, 256, 128, dtype=torch.float32), _t(1, 2, 256, 128, dtype=torch.float32), False, False, "fp16 and bf16"),
     (_t(1, 2, 256, 96), _t(1, 2, 256, 96), False, False, "head_dim 96"),
-    # D256 runs its own kernel, dense and without a window only
-    (_t(1, 2, 256, 256), _t(1, 2, 256, 256), True, True, "not built for windows"),
     (_t(1, 2, 256, 32), _t(1, 2, 256, 32), False, False, "head_dim 32"),
     (_t(1, 2, 1000, 128), _t(1, 2, 1024, 128), False, False, "multiples of 128"),
     (_t(1, 2, 256, 128), _t(1, 2, 200, 128), False, False, "multiples of 128"),
@@ -67,6 +65,7 @@ def test_takes_packed_batches_of_any_lengths():
     assert "dense" in sm90_bwd.input_reason(q, k, k, False)
     q256, k256 = _t(1000, 8, 256), _t(777, 2, 256)  # D256: dense only
     assert "not built for packed batches" in sm90_bwd.input_reason(q256, k256, k256, False, varlen=True)
+    assert "not built for packed batches" in sm90_bwd.input_reason(q256, k256, k256, True, True, varlen=True)
 
 
 def test_never_runs_without_a_hopper_gpu(monkeypatch):
@@ -264,11 +263,11 @@ def test_configuration_is_reported_by_name():
 
 
 def test_the_walk_is_downward_where_it_measured_faster():
-    """``descending_walk``: D256 always (dense without a window: where its kernel runs), D128 causal without a
+    """``descending_walk``: D256 always (its kernel, dense inputs, windows included), D128 causal without a
     window from ``DESCENDING_MIN_N`` queries, never at D64; the launch log says so."""
     assert sm90_bwd.DESCENDING_MIN_N == 4096
     assert sm90_bwd.descending_walk(256, 1024, False, False) and sm90_bwd.descending_walk(256, 1024, True, False)
-    assert not sm90_bwd.descending_walk(256, 4096, True, True)
+    assert sm90_bwd.descending_walk(256, 4096, True, True)
     assert sm90_bwd.descending_walk(128, 4096, True, False) and sm90_bwd.descending_walk(128, 16384, True, False)
     assert not sm90_bwd.descending_walk(128, 2048, True, False)
     assert not sm90_bwd.descending_walk(128, 16384, False, False)
@@ -333,7 +332,7 @@ SPILLS = {(128, False, False, "split_cols", False, False): 8, (128, False, False
           (64, True, False, "split_rows", True, False): 224, (64, True, True, "split_rows", True, False): 264,
           (128, True, False, "split_cols", False, True): 88, (128, True, False, "per_consumer", False, True): 208,
           (256, False, False, "split_head_dim", False, True): 152,
-          (256, True, False, "split_head_dim", False, True): 192}
+          (256, True, False, "split_head_dim", False, True): 192, (256, True, True, "split_head_dim", False, True): 8}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -347,9 +346,9 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     dense = {(d, c, w, lay, False, False) for d in (64, 128) for c, w in masks
              for lay in ("per_consumer", sm90_bwd.dq_layout(d))}
     packed = {(d, c, w, sm90_bwd.dq_layout(d), True, False) for d in (64, 128) for c, w in masks}
-    # D128 causal walked downward (``descending_walk``); D256 dense, no window: its own kernel, walked downward
+    # D128 causal walked downward (``descending_walk``); D256 dense: its own kernel, walked downward
     descending = {(128, True, False, lay, False, True) for lay in ("per_consumer", "split_cols")}
-    d256 = {(256, c, False, "split_head_dim", False, True) for c in (False, True)}
+    d256 = {(256, c, w, "split_head_dim", False, True) for c, w in masks}
     assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"], r["descending"])
             for r in rows} == dense | packed | descending | d256, proc.stderr[-2000:]
     for r in rows:
@@ -431,7 +430,8 @@ def test_the_host_path_launches_the_kernel_and_the_dq_conversion(D, monkeypatch)
 def test_the_host_path_launches_the_d256_kernel_and_the_dq_conversion(monkeypatch):
     """At D256 ``backward`` launches ``sm90_bwd_d256``'s kernel: one program per 64 keys and (batch, kv head), Q and
     dO in 64-row tiles, K and V in 64-key tiles, dK and dV stored a consumer's 128 columns at a time, dQ reduced in
-    (64, 64) tiles, L and Delta in 64-value tiles, no window or packed arguments; then the conversion."""
+    (64, 64) tiles, L and Delta in 64-value tiles, a causal window's left reach (0 without), no packed arguments;
+    then the conversion."""
     kernel, convert = _Launch(), _Launch()
     monkeypatch.setattr(sm90_bwd_d256, "bwd_sm90_d256_kernel", kernel)
     monkeypatch.setattr(sm90_bwd, "_dq_convert_kernel", convert)
@@ -443,11 +443,16 @@ def test_the_host_path_launches_the_d256_kernel_and_the_dq_conversion(monkeypatc
     assert [list(d.block_shape) for d in args[:7]] == [[64, 256], [64, 256], [64, 256], [64, 256], [64, 128],
                                                        [64, 128], [64, 64]]
     assert [list(d.block_shape) for d in args[7:9]] == [[64], [64]]
-    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10:] == (0.125, 4, 2, 256, 512)
-    assert kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256 and "WINDOW" not in kwargs
+    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10:] == (0.125, 4, 2, 256, 512, 0)
+    assert kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256 and not kwargs["WINDOW"]
     assert convert.calls[-1][1][0].dtype == torch.float32 and convert.calls[-1][1][0].shape == q.shape
     with pytest.raises(ValueError, match="a window needs causal"):
         sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), False, 0.125, window_left=8)
+    # a causal window: its left reach travels as WIN_LEFT, the WINDOW build launched
+    sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), True, 0.125, window_left=300)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (512 // 64, 2 * 2) and args[10:] == (0.125, 4, 2, 256, 512, 300)
+    assert kwargs["CAUSAL"] and kwargs["WINDOW"]
 
 
 def test_a_statistic_tma_cannot_read_in_place_is_copied():
