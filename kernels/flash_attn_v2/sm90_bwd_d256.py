@@ -232,6 +232,21 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
 
 
 @gluon.jit
+def _steps(dkT, dvT, t, i_lo, i_hi, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
+           dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left, qk_scale,
+           zero_s, zero_dq, MASK: gl.constexpr, WINDOW: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
+    """Steps over a head's query blocks m_lo + i for i from i_hi - 1 down to i_lo (rows from row0 + m0 of the
+    views), all masked or none; t counts the steps taken, for the rings' slots and phases."""
+    for k in range(0, i_hi - i_lo):
+        m0 = (m_lo + i_hi - 1 - k) * _M
+        dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
+                         dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0, diag,
+                         win_left, qk_scale, zero_s, zero_dq, MASK, WINDOW, W, s_layout)
+        t += 1
+    return dkT, dvT, t
+
+
+@gluon.jit
 def _store_half(dq_smem, dq):
     """A (64, 64) dQ tile into its staging tile, conflict-free, made visible to the TMA reduce that reads it."""
     _store_dq(dq_smem, dq)
@@ -266,31 +281,21 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
         # the query blocks from the last down: (a window) those its left edge crosses, the unmasked ones, then the
         # n_masked crossing the diagonal
         if WINDOW:
-            for k in range(0, n_mb - n_tail):
-                m0 = (m_lo + n_mb - 1 - k) * _M
-                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
-                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
-                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
-                t += 1
-            for k in range(0, n_tail - n_masked):
-                m0 = (m_lo + n_tail - 1 - k) * _M
-                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
-                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
-                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W, s_layout)
-                t += 1
+            dkT, dvT, t = _steps(dkT, dvT, t, n_tail, n_mb, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
+                                 v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready,
+                                 dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
+            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_tail, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs,
+                                 k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
+                                 pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W,
+                                 s_layout)
         else:
-            for k in range(0, n_mb - n_masked):
-                m0 = (m_lo + n_mb - 1 - k) * _M
-                dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
-                                 dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0,
-                                 m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W, s_layout)
-                t += 1
-        for k in range(0, n_masked):
-            m0 = (m_lo + n_masked - 1 - k) * _M
-            dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                             dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0,
-                             diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
-            t += 1
+            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_mb, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs,
+                                 k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
+                                 pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W,
+                                 s_layout)
+        dkT, dvT, t = _steps(dkT, dvT, t, 0, n_masked, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
+                             v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready,
+                             dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
     # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
     # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
     # its column halves of the K and V tiles carry dK and dV out
