@@ -56,9 +56,9 @@ Memory beyond the gradients and not deterministic in dQ: as ``sm90_bwd`` (its ac
 head) pairs and reduce order; dK and dV are deterministic).
 
 What it does not support (``sm90_bwd.unsupported_reason`` says which; the launcher then runs the Triton backward):
-head dims other than 256; packed batches; windows with a right reach (non-causal); dense sequence lengths that are not multiples of 128 (the
-forward's condition, which ``sm90_bwd`` applies); causal with Nq > Nkv; fp32; GPUs other than capability 9.x and the
-interpreter.
+head dims other than 256; packed batches; windows with a right reach (non-causal); dense sequence lengths that are
+not multiples of 128 (the forward's condition, which ``sm90_bwd`` applies); causal with Nq > Nkv; fp32; GPUs other
+than capability 9.x and the interpreter.
 """
 from __future__ import annotations
 
