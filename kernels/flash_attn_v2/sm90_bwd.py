@@ -219,8 +219,9 @@ def descending_walk(head_dim: int, n_q: int, causal: bool, window: bool) -> bool
     Causal, every program of a head ends at the head's last query block, so walked downward the programs running
     side by side read the same Q_i and dO_i, and add into the same dQ_i, at about the same time.  Measured against
     the upward walk (results/evidence/h100/gluon_bwd_descending/, backward alone): D256 causal 0.87-0.96 of the
-    time, non-causal level (its kernel walks downward always); D128 causal 0.94-0.97 at N 4k-16k but 1.06 at 1k;
-    D64 causal 0.98-1.04 (so upward).  Windows and packed batches walk upward (not measured downward)."""
+    time, non-causal level; D128 causal 0.94-0.97 at N 4k-16k but 1.06 at 1k; D64 causal 0.98-1.04 (so upward).
+    The D256 kernel walks downward always, causal windows included; at D64 and D128 windows and packed batches walk
+    upward (not measured downward)."""
     if head_dim == sm90_bwd_d256.HEAD_DIM:
         return True
     return head_dim == 128 and causal and not window and n_q >= DESCENDING_MIN_N
