@@ -55,8 +55,8 @@ Backward, FA2 paper Algorithm 2, split into three kernels (``kernels.py``):
     measured on an H200, so ``FA2Options(backward="auto")`` (the default) runs it wherever it takes the
     inputs; not bit-reproducible in dQ, so ``backward="triton"`` is the deterministic path.  Dense calls
     hold its fp32 dQ accumulator one chunk of (batch, kv head) pairs at a time (``dq_chunk_waves``).
-    At D256 it runs ``sm90_bwd_d256.py`` (dense, no window: FlashAttention-3's hdim-256 layout, the head
-    dim split between the consumers), measured faster than the Triton kernels on an H100.
+    At D256 it runs ``sm90_bwd_d256.py`` (dense, causal windows included: FlashAttention-3's hdim-256 layout,
+    the head dim split between the consumers), measured faster than the Triton kernels on an H100.
 
 Conventions
   * causal is aligned to the bottom-right corner, like ``flashbench``'s reference: query i sees
