@@ -380,6 +380,25 @@ def test_compiles_for_sm90_into_producer_and_consumers():
             assert all(before == n for before, n in loops), f"{where}: exponentials after dP^T's wait: {loops}"
 
 
+@pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
+                    reason="this Triton build carries no NVIDIA toolchain")
+def test_the_descending_walk_is_refused_at_compile_time_with_a_window_or_a_packed_batch():
+    """``DESCENDING`` is built for dense causal calls without a window only: asked for with a window or a packed
+    batch, the kernel's static assertion stops the compile and says so."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import sys; sys.path.insert(0, 'tools'); import fa2_compile_report as r\n"
+            "for kw in ({'window': True}, {'varlen': True}):\n"
+            "    try:\n"
+            "        r.compile_sm90_gluon_bwd(128, True, descending=True, **kw)\n"
+            "    except Exception as e:\n"
+            "        print(type(e).__name__, 'descending walk is built for dense causal calls' in str(e))\n"
+            "    else:\n"
+            "        print('compiled')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.stdout.splitlines() == ["CompileTimeAssertionFailure True"] * 2, proc.stdout + proc.stderr[-2000:]
+
+
 class _Launch:
     """Stands in for a kernel: records what ``kernel[grid](*args, **kwargs)`` was given."""
 
