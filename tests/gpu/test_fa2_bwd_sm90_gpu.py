@@ -5,9 +5,8 @@ One block, several, many programs per SM; GQA and MQA; causal with keys ahead of
 shifted by whole blocks); Nq > Nkv without the mask; D 64, 128 and 256; each head's query blocks walked upward
 and downward; bf16 and fp16: the three gradients (and the output) meet flash-attention's rule against the fp64
 reference, with every buffer the launcher allocates NaN-poisoned, two fresh inputs a shape, and the launch log
-shows the Gluon backward ran, and which walk.  Also: shapes it
-does not take run the Triton backward; the Triton backward (``backward="triton"``) is bit-reproducible;
-the Gluon one's dK and dV are.
+shows the Gluon backward ran, and which walk.  Also: shapes it does not take run the Triton backward; the Triton
+backward (``backward="triton"``) is bit-reproducible; the Gluon one's dK and dV are.
 """
 from __future__ import annotations
 
