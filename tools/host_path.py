@@ -10,6 +10,11 @@ forward plus ``torch.autograd.grad``), warms it up (compiling and tuning), keeps
   2. profiles the same number of enqueues with cProfile and prints the functions by own time and
      by cumulative time (the profiler slows Python code about twofold: read its shares, not its ms).
 
+Both enqueue in holds of ``--reps`` calls (12 by default): a sleep kernel is queued ahead of each batch and the
+GPU synchronised after it.  One long hold for all the calls would not do: the GPU's launch queue holds about a
+thousand kernels, and once it is full each launch waits for the GPU (200 fwd_bwd calls of seven launches each
+read 20 ms a call).  A hold that ended before its batch was enqueued is counted and warned of.
+
     python tools/host_path.py --backend triton_fa2 --case B16,H16,N1024,D128,bf16,causal,fwd_bwd
     python tools/host_path.py --backend sdpa_flash --case B32,H16,N512,D128,bf16,fwd --top 20
 
@@ -22,6 +27,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import sys
 import time
 
@@ -35,6 +41,15 @@ from flashbench.model.case import Case
 from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen
 
 _SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim}  # the config's domains
+HOST_REPS = 12  # calls enqueued behind one hold: 12 fwd_bwd calls are under 100 launches, far from a full queue
+HOLD_S, HOLD_S_A_CALL = 0.05, 0.01  # a hold's length: far above any host time a call (tens to hundreds of µs)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def parse_case(text: str) -> Case:
@@ -99,11 +114,48 @@ def hold_gpu(seconds: float) -> None:
     torch.cuda._sleep(int(seconds * 1.98e9))
 
 
+def hold_seconds(reps: int) -> float:
+    """How long one hold keeps the GPU busy: past the enqueueing of ``reps`` calls, with a wide margin."""
+    return HOLD_S + reps * HOLD_S_A_CALL
+
+
+def held_batch_us(fn, reps: int, profiler: cProfile.Profile | None = None) -> tuple[float, bool]:
+    """Host µs a call of ``reps`` back-to-back calls of ``fn`` enqueued behind a GPU hold, and whether the hold had
+    ended before the last one was enqueued (the GPU ran some of them: the batch may have waited for it).
+    ``profiler``: enabled around the enqueues only (not the hold, nor the synchronisation after)."""
+    hold_gpu(hold_seconds(reps))
+    hold_done = torch.cuda.Event()
+    hold_done.record()  # done when the hold is
+    if profiler is not None:
+        profiler.enable()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    us = (time.perf_counter() - t0) / reps * 1e6
+    if profiler is not None:
+        profiler.disable()
+    short = hold_done.query()
+    torch.cuda.synchronize()
+    return us, short
+
+
+def held_batches(fn, calls: int, reps: int, profiler: cProfile.Profile | None = None) -> tuple[list[float], int]:
+    """``held_batch_us`` over holds of at most ``reps`` calls until ``calls`` are enqueued: (µs a call of each hold,
+    the holds that ended early)."""
+    us, short = [], 0
+    for start in range(0, calls, reps):
+        u, s = held_batch_us(fn, min(reps, calls - start), profiler)
+        us.append(u)
+        short += s
+    return us, short
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="triton_fa2")
     ap.add_argument("--case", default="B16,H16,N1024,D128,bf16,causal,fwd_bwd")
-    ap.add_argument("--calls", type=int, default=100, help="enqueues timed, then profiled")
+    ap.add_argument("--calls", type=_positive, default=120, help="enqueues timed, then profiled")
+    ap.add_argument("--reps", type=_positive, default=HOST_REPS, help="calls enqueued behind one GPU hold")
     ap.add_argument("--top", type=int, default=35, help="functions listed in each profile table")
     a = ap.parse_args()
     try:
@@ -116,21 +168,14 @@ def main() -> int:
         call()
     torch.cuda.synchronize()
 
-    hold_gpu(2.0 + a.calls * 0.01)  # the calls queue behind it: the host never waits for the GPU
-    t0 = time.perf_counter()
-    for _ in range(a.calls):
-        call()
-    host_ms = (time.perf_counter() - t0) / a.calls * 1e3
-    torch.cuda.synchronize()
-    print(f"{a.backend} {case.label()}: host {host_ms:.3f} ms a call ({a.calls} enqueues, GPU held)")
-
+    us, short = held_batches(call, a.calls, a.reps)
+    print(f"{a.backend} {case.label()}: host {statistics.median(us) / 1e3:.3f} ms a call (median of {len(us)} holds "
+          f"of up to {a.reps} calls; min {min(us) / 1e3:.3f}, max {max(us) / 1e3:.3f})")
     profiler = cProfile.Profile()
-    hold_gpu(4.0 + a.calls * 0.02)
-    profiler.enable()
-    for _ in range(a.calls):
-        call()
-    profiler.disable()
-    torch.cuda.synchronize()
+    _, short_profiled = held_batches(call, a.calls, a.reps, profiler)
+    if short or short_profiled:
+        print(f"warning: {short + short_profiled} holds ended before their batch was enqueued (a call that waits "
+              f"for the GPU?): their figures may include waiting for it", file=sys.stderr)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(a.top)

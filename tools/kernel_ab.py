@@ -71,7 +71,7 @@ from flashbench.measure.sm_clock import sampler_for
 from flashbench.measure.timer import time_cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from host_path import hold_gpu, parse_case  # noqa: E402  (the tools' one case syntax and GPU hold)
+from host_path import HOST_REPS, held_batch_us, hold_seconds, parse_case  # noqa: E402  (the tools' case syntax, hold)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_PACKAGE = "fbk_base"
@@ -80,9 +80,7 @@ DEFAULT_CASES = [f"B{16384 // n},H{2048 // d},N{n},D{d}{c}" for d in (128, 64) f
                  for n in (4096, 8192, 16384)]
 WHAT = ("bwd", "fwd", "fwd_bwd")  # the case's mode for the FLOP count
 ROUNDS, HOST_ROUNDS = 4, 20  # --rounds' default: GPU-time rounds (even: each revision first as often), or holds
-HOST_REPS = 12               # --host-reps' default: calls enqueued behind one hold
 HOST_WARMUP = 20             # calls of each revision before the holds (as tools/host_path.py warms up)
-HOLD_S, HOLD_S_A_CALL = 0.05, 0.01  # a hold's length: far above any host time a call (tens to hundreds of µs)
 
 
 def snapshot(rev: str, dest: str) -> None:
@@ -219,27 +217,6 @@ def config_changes(configs: dict) -> list[str]:
     new, base = configs["new"], configs["base"]
     return [f"  {kernel}: base {base.get(kernel, '-')} | new {new.get(kernel, '-')}"
             for kernel in sorted(set(new) | set(base)) if new.get(kernel) != base.get(kernel)]
-
-
-def hold_seconds(reps: int) -> float:
-    """How long one hold keeps the GPU busy: past the enqueueing of ``reps`` calls, with a wide margin."""
-    return HOLD_S + reps * HOLD_S_A_CALL
-
-
-def held_batch_us(fn, reps: int) -> tuple[float, bool]:
-    """Host µs a call of ``reps`` back-to-back calls of ``fn`` enqueued behind a GPU hold (``hold_gpu``, as
-    tools/host_path.py holds it), and whether the hold had ended before the last one was enqueued (the GPU
-    ran some of them: the batch may have waited for it)."""
-    hold_gpu(hold_seconds(reps))
-    hold_done = torch.cuda.Event()
-    hold_done.record()  # done when the hold is
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    us = (time.perf_counter() - t0) / reps * 1e6
-    short = hold_done.query()
-    torch.cuda.synchronize()
-    return us, short
 
 
 def p20(xs: list[float]) -> float:

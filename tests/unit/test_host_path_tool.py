@@ -65,3 +65,41 @@ def test_reads_a_causal_sliding_window(host_path):
     assert host_path.parse_case("B2,H16,N8192,D128,causal").window == (-1, -1)
     with pytest.raises(ValueError, match="w4096 is a causal sliding window: add causal"):
         host_path.parse_case("B2,H16,N8192,D128,w4096")
+
+
+def test_calls_are_enqueued_in_holds_of_at_most_reps_calls(host_path, monkeypatch):
+    """One hold for every call filled the GPU's launch queue (about a thousand kernels), after which each launch
+    waited for the GPU: 200 fwd_bwd calls read 20 ms a call. The calls go in holds of ``reps``, each followed by a
+    synchronisation, and the profiler runs around the enqueues only."""
+    log = []
+
+    class Event:
+        def record(self):
+            log.append("record")
+
+        def query(self):
+            return len([e for e in log if e[0] == "hold"]) == 2  # the second hold ends early
+
+    class Profiler:
+        def enable(self):
+            log.append("enable")
+
+        def disable(self):
+            log.append("disable")
+
+    monkeypatch.setattr(host_path.torch.cuda, "_sleep", lambda cycles: log.append(("hold", cycles)))
+    monkeypatch.setattr(host_path.torch.cuda, "Event", Event)
+    monkeypatch.setattr(host_path.torch.cuda, "synchronize", lambda: log.append("sync"))
+    us, short = host_path.held_batches(lambda: log.append("call"), 30, 12, Profiler())
+    assert len(us) == 3 and short == 1
+    batches = "".join("H" if e[0] == "hold" else {"call": "c", "sync": "|", "enable": "(", "disable": ")"}.get(e, "")
+                      for e in log)
+    assert batches == "H(" + "c" * 12 + ")|H(" + "c" * 12 + ")|H(" + "c" * 6 + ")|"
+    holds = [e[1] for e in log if e[0] == "hold"]
+    assert holds[0] == holds[1] > holds[2] == int(host_path.hold_seconds(6) * 1.98e9)
+
+
+def test_calls_and_reps_must_be_positive():
+    r = subprocess.run([sys.executable, str(TOOLS / "host_path.py"), "--reps", "0"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--reps: must be 1 or more, got 0" in r.stderr and "Traceback" not in r.stderr
