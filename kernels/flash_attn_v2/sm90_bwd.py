@@ -134,6 +134,7 @@ from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _sto
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
 DESCENDING_MIN_N = 4096  # D128 causal: query rows from which a launch walks its query blocks downward
+CHUNK_REF_N = 4096  # dq_chunk_pairs: the queries of a program its chunks' waves are counted in
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
 # over all the keys; "per_consumer": each computes all of dQ_i over its own 64 keys and reduces that partial
@@ -896,13 +897,19 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
 def dq_chunk_pairs(q_shape: tuple, kv_heads: int, n_kv: int, chunk_waves: int, sms: int) -> int:
     """The (batch, kv head) pairs a dense launch runs so that the fp32 dQ accumulator holds one chunk's, not all
     of them: chunks of about ``chunk_waves`` waves of programs (``n_kv / block_n`` programs a pair, one resident a
-    SM), equal to within a pair; every pair when ``chunk_waves`` is 0 or they fit one chunk.  The accumulator is
-    then bounded by the GPU, not the batch: about ``chunk_waves * sms * block_n * GROUP * D * 4`` bytes where
-    Nq = Nkv (a pair's rows when one pair's programs make more waves than that)."""
+    SM) of ``CHUNK_REF_N`` queries' work, equal to within a pair; every pair when ``chunk_waves`` is 0 or they fit
+    one chunk.  A program walks every query block of its heads, so below ``CHUNK_REF_N`` queries a chunk takes
+    proportionally more of them: chunks of short programs are short on the GPU, and each costs a backward launch
+    and a conversion on the host (at N 1k, B16 H16, two chunks took the host 1.4x the time of one launch, more than
+    the GPU's).  The accumulator is then bounded by the GPU, not the batch: about ``chunk_waves * sms * block_n *
+    GROUP * D * 4 * max(1, CHUNK_REF_N / Nq)`` bytes where Nq = Nkv (a pair's rows when one pair's programs make
+    more waves than that)."""
     pairs = q_shape[0] * kv_heads
     if chunk_waves == 0:
         return pairs
-    want = -(-chunk_waves * sms // max(1, n_kv // block_n(q_shape[-1])))  # pairs a chunk of that many programs
+    n_q = max(1, q_shape[2])
+    programs = max(1, n_kv // block_n(q_shape[-1])) * n_q  # a pair's programs, times their queries
+    want = -(-chunk_waves * sms * max(n_q, CHUNK_REF_N) // programs)  # pairs a chunk of that much work
     if want >= pairs:
         return pairs
     count = -(-pairs // want)

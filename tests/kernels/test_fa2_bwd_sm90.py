@@ -143,6 +143,8 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     kernels' names."""
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
+    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
@@ -196,6 +198,8 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
 
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
+    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
     seen = {}
 
     def gluon_backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
@@ -566,7 +570,15 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
     assert sm90_bwd.dq_chunk_pairs((4, 16, 4096, 128), 16, 4096, 16, 132) == 64  # 2048 programs < 16 waves
     assert sm90_bwd.dq_chunk_pairs((1, 16, 16384, 128), 16, 16384, 4, 132) == 4  # 128 programs a pair
     assert sm90_bwd.dq_chunk_pairs((1, 8, 131072, 128), 2, 131072, 1, 132) == 1  # a pair is more than the chunk
-    assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 16) == 2  # 7 pairs: 4 chunks of 2 (the last 1)
+    assert sm90_bwd.dq_chunk_pairs((7, 1, 4096, 64), 1, 4096, 1, 64) == 2  # 7 pairs: 4 chunks of 2 (the last 1)
+    # below 4096 queries a program is counted as its share of a 4096-query one: at N 1k (the sweep's B16 H16) four
+    # times as many programs make a chunk, so the 256 pairs of 8 programs are one launch; at N 2k, D64 B8 H32, 256
+    # pairs of 16 programs, two chunks of 128 (8 waves of 132 programs of 2048 queries: 132 pairs)
+    assert sm90_bwd.dq_chunk_pairs((16, 16, 1024, 128), 16, 1024, 8, 132) == 256
+    assert sm90_bwd.dq_chunk_pairs((8, 32, 2048, 64), 32, 2048, 8, 132) == 128
+    assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 16) == 7  # 16 x 4 short programs: all 56
+    assert sm90_bwd.dq_chunk_pairs((7, 1, 1024, 64), 1, 1024, 1, 8) == 4  # 32 short programs: 2 chunks of 4 and 3
+    assert sm90_bwd.dq_chunk_pairs((64, 1, 256, 64), 1, 1024, 1, 4) == 8  # the queries count (by keys: 2)
     # D256: 64-key programs (``sm90_bwd_d256``), 64 a pair at N 4096: 8 waves of 132 = 1056 programs, 16.5 pairs
     assert sm90_bwd.dq_chunk_pairs((4, 8, 4096, 256), 8, 4096, 8, 132) == 16  # 2 chunks of 16
     with pytest.raises(ValueError, match="chunk_pairs must be an int >= 1"):
@@ -575,22 +587,25 @@ def test_chunks_are_about_so_many_waves_of_programs_and_balanced():
 
 def test_the_accumulator_is_bounded_by_the_gpu_or_one_kv_head_never_by_batch_and_heads():
     """The peak-memory claim of the chunked dQ accumulator (DESIGN.md): over batches, heads, GQA groups and sequence
-    lengths it holds at most about ``waves x SMs`` programs' rows (``waves * sms * BLOCK_N * GROUP * D * 4`` bytes)
-    plus one (batch, kv head) pair's, so it stops growing with batch and heads once a chunk is full, and grows with
-    N only where one pair is more than a chunk (a buffer linear in N, as the O(N) statistics are)."""
+    lengths it holds at most about ``waves x SMs`` programs' rows (``waves * sms * BLOCK_N * GROUP * D * 4`` bytes,
+    times 4096 / N below 4096 queries) plus one (batch, kv head) pair's, so it stops growing with batch and heads
+    once a chunk is full, and grows with N only where one pair is more than a chunk (a buffer linear in N, as the
+    O(N) statistics are)."""
     block, waves, sms = sm90_bwd.BLOCK_N, 8, 132
     for d in (64, 128):
         for group, kv_heads in ((1, 16), (1, 32), (4, 8), (8, 2)):
-            for n in (1024, 4096, 16384, 131072):
+            for n in (512, 1024, 4096, 16384, 131072):
                 sizes = []
-                for batch in (1, 4, 16, 64):
+                scale = max(1, sm90_bwd.CHUNK_REF_N // n)
+                for batch in (1, 4, 16, 64, 256):
                     q_shape = (batch, kv_heads * group, n, d)
                     pairs = sm90_bwd.dq_chunk_pairs(q_shape, kv_heads, n, waves, sms)
                     acc = 4 * math.prod(sm90_bwd.accumulator_shape(q_shape, kv_heads, pairs))
                     pair = 4 * group * n * d
-                    assert acc <= waves * sms * block * group * d * 4 + pair, (d, group, kv_heads, n, batch)
+                    assert acc <= waves * sms * block * group * d * 4 * scale + pair, (d, group, kv_heads, n, batch)
                     sizes.append(acc)
-                full = [s for s, batch in zip(sizes, (1, 4, 16, 64)) if batch * kv_heads * n // block > 2 * waves * sms]
+                full = [s for s, batch in zip(sizes, (1, 4, 16, 64, 256))
+                        if batch * kv_heads * n // block > 2 * waves * sms * scale]
                 # past two chunks' worth of programs, more batches make more chunks, not a larger one (chunks are
                 # balanced, so the size moves by at most a pair)
                 assert max(full, default=0) - min(full, default=0) <= 4 * group * n * d, (d, group, n, sizes)
@@ -606,6 +621,8 @@ def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkey
     assert hash(FA2Options(dq_chunk_waves=4)) != hash(FA2Options())
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
+    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
