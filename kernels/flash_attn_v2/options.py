@@ -58,8 +58,9 @@ class FA2Options:
     dq_chunk_waves: how much fp32 dQ accumulator the Gluon backward of a dense call holds: it runs its
         (batch, kv head) pairs in chunks of about this many waves of programs (``sm90_bwd.dq_chunk_pairs``),
         each into one chunk-sized accumulator, so the accumulator is bounded by the GPU, not the batch (8: about
-        66 MiB at D128 on 132 SMs, or one pair's rows where those are more); 0 runs every pair in one launch,
-        into an accumulator twice dQ's size.  8 measured within 0.5% of one launch in the geometric mean of seven
+        66 MiB at D128 on 132 SMs, or one pair's rows where those are more); below 4096 queries a program counts
+        as its share of a 4096-query one, so short sequences take fewer, larger chunks (each chunk costs the host
+        a launch and a conversion); 0 runs every pair in one launch, into an accumulator twice dQ's size.  8 measured within 0.5% of one launch in the geometric mean of seven
         of the fa2 sweep's fwd_bwd shapes on an H100, within about 2% at each (kernels/DESIGN.md).  Packed
         batches always hold a whole one.
     """
