@@ -69,10 +69,10 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
     visited query blocks of a key block on or past the diagonal (Nq, Nkv multiples of 128: the diagonal
     starts exactly at a visited block) are masked steps, the others run without mask arithmetic.
     Programs are launched heaviest first across groups of heads (``_schedule.block_and_head``; key block
-    0 is the heaviest, as in the Triton dK/dV kernel).  Dense D128 causal calls of 4096 queries or more walk each
+    0 is the heaviest, as in the Triton dK/dV kernel).  Dense D128 causal calls of 2048 queries or more walk each
     head's query blocks from the last down (``descending_walk``, ``DESCENDING``): the programs running side by
-    side then read the same Q_i and dO_i at about the same time (backward alone 0.94-0.97 of the time at 4k-16k,
-    1.06 at 1k, on an H100); the others walk upward;
+    side then read the same Q_i and dO_i at about the same time (backward alone 0.98-0.99 of the time at 2k,
+    0.88-0.97 at 4k-16k, 1.06 at 1k, on an H100); the others walk upward;
   * causal sliding windows (left, 0): a key block is visited only by the query blocks whose rows reach it
     (the work scales with the window); those its left edge crosses are masked steps as well (``WINDOW``);
   * packed batches (``backward_varlen``, ``VARLEN``): one program per (sequence, 128-key block) row of the
@@ -133,7 +133,7 @@ from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _sto
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
-DESCENDING_MIN_N = 4096  # D128 causal: query rows from which a launch walks its query blocks downward
+DESCENDING_MIN_N = 2048  # D128 causal: query rows from which a launch walks its query blocks downward
 CHUNK_REF_N = 4096  # dq_chunk_pairs: the queries of a program its chunks' waves are counted in
 # How the consumers share a step's dQ product (``dq_layout``): "split_cols" (D128): each computes half of the head-dim
 # columns over all the block's keys; "split_rows" (D64, 128-row query blocks): each computes half of the query rows
@@ -220,7 +220,8 @@ def descending_walk(head_dim: int, n_q: int, causal: bool, window: bool) -> bool
     Causal, every program of a head ends at the head's last query block, so walked downward the programs running
     side by side read the same Q_i and dO_i, and add into the same dQ_i, at about the same time.  Measured against
     the upward walk (results/evidence/h100/gluon_bwd_descending/, backward alone): D256 causal 0.87-0.96 of the
-    time, non-causal level; D128 causal 0.94-0.97 at N 4k-16k but 1.06 at 1k; D64 causal 0.98-1.04 (so upward).
+    time, non-causal level; D128 causal 0.98-0.99 at N 2k, 0.88-0.97 at 4k-16k, but 1.06 at 1k; D64 causal
+    0.98-1.04 (so upward).
     The D256 kernel walks downward always, causal windows included; at D64 and D128 windows and packed batches walk
     upward (not measured downward)."""
     if head_dim == sm90_bwd_d256.HEAD_DIM:

@@ -37,7 +37,8 @@ GRID = [
     (1, 16, 16, 2048, 2048, 128, False),
     (1, 16, 4, 2048, 2048, 64, True),
     (2, 8, 8, 1024, 3072, 128, True),
-    # D128 causal from 4096 queries: query blocks walked from the last down (``sm90_bwd.descending_walk``)
+    # D128 causal from 2048 queries: query blocks walked from the last down (``sm90_bwd.descending_walk``)
+    (2, 4, 4, 2048, 2048, 128, True),
     (1, 4, 2, 4096, 4096, 128, True),  # GQA
     (1, 2, 2, 4096, 6144, 128, True),  # keys ahead of the queries: the diagonal starts at key 2048
     # D256 (``sm90_bwd_d256``: 64-key programs, the head dim split between the consumers)
