@@ -6,11 +6,12 @@ reduce-adds make dQ vary in its last bits and hold an accumulator twice dQ's siz
     FLASHBENCH_PLUGINS=deterministic_backend PYTHONPATH=lab flashbench run fa2_h100 \
         -b sdpa_cudnn,triton_fa2,triton_fa2_deterministic
 
-Dense cases, with or without a window; the launch log (the results' config column) says which kernels ran.
+Dense cases, with or without a window, and packed batches (``workload: varlen``, ``flash_attn_varlen``); the
+launch log (the results' config column) says which kernels ran.
 """
 from __future__ import annotations
 
-from flashbench import FA2Options, flash_attn_v2
+from flashbench import FA2Options, flash_attn_v2, flash_attn_varlen
 from flashbench.backends import TritonBackend, register
 
 _OPTIONS = FA2Options(backward="triton")
@@ -20,11 +21,17 @@ class DeterministicBackend(TritonBackend):
     name = "triton_fa2_deterministic"
     description = "bundled FA2, deterministic Triton backward (FA2Options(backward='triton'))"
     module = "flashbench_kernels.flash_attn_v2"
-    workloads = ("dense",)
+    workloads = ("dense", "varlen")
     supports_window = True
 
     def prepare(self, case, device):
         log = self.new_launch_log()
+        if case.workload == "varlen":
+            longest = max(case.sequence_lengths()[0])
+            # the harness made cu from the case (known good): unchecked, as the triton_fa2 backend calls it
+            return lambda q, k, v, cu: flash_attn_varlen(q, k, v, cu, cu, longest, longest, causal=case.causal,
+                                                         window=case.window, options=_OPTIONS, launch_log=log,
+                                                         check_values=False)
         return lambda q, k, v: flash_attn_v2(q, k, v, causal=case.causal, window=case.window, options=_OPTIONS,
                                              launch_log=log)
 

@@ -321,10 +321,11 @@ def compile_sm90_gluon_bwd(head_dim: int, causal: bool, dtype=None, stages: int 
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
 
 
-def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False):
+def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False, varlen: bool = False):
     """The Gluon Hopper backward at D256 (kernels/flash_attn_v2/sm90_bwd_d256.py) compiled for sm_90 as
     ``sm90_bwd.backward`` launches it (dense inputs; descriptors over the (rows, 256) views; ``window``: a causal
-    sliding window)."""
+    sliding window), or with ``varlen`` as ``sm90_bwd.backward_varlen`` does (packed inputs; descriptors over the
+    (total, heads * 256) views)."""
     import torch
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -333,24 +334,36 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False):
 
     fn = d256.bwd_sm90_d256_kernel
     dtype = dtype or torch.bfloat16
-    grad = torch.empty(1, 1, d256.BLOCK_N, d256.HEAD_DIM, dtype=dtype)
-    tile = lambda r: mangle_type(sm90.descriptor(torch.empty(1, 1, r, d256.HEAD_DIM, dtype=dtype), r))
-    half = mangle_type(d256.half_descriptor(grad))
-    dq_tile = mangle_type(d256.dq_descriptor(torch.empty(1, 1, d256.BLOCK_M, d256.HEAD_DIM, dtype=torch.float32)))
-    stat = mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * d256.BLOCK_M, dtype=torch.float32), d256.BLOCK_M))
-    consts = d256.kernel_constexprs(causal, GROUP_PROGRAMS, window)
+    D = d256.HEAD_DIM
+    if varlen:  # two heads: the column of a head is a multiple of D, as in a real launch
+        tile = lambda r: mangle_type(sm90.packed_descriptor(torch.empty(r, 2, D, dtype=dtype), r))
+        half = mangle_type(d256.packed_half_descriptor(torch.empty(d256.BLOCK_N, 2, D, dtype=dtype)))
+        dq_tile = mangle_type(d256.dq_descriptor(torch.empty(d256.BLOCK_M, 2, D, dtype=torch.float32)))
+        ptr = "*bf16" if dtype == torch.bfloat16 else "*fp16"
+        packed_args = {"dk_ptr": ptr, "dv_ptr": ptr, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "table_ptr": "*i32"}
+        stat, extra = "*fp32", {}
+    else:
+        tile = lambda r: mangle_type(sm90.descriptor(torch.empty(1, 1, r, D, dtype=dtype), r))
+        half = mangle_type(d256.half_descriptor(torch.empty(1, 1, d256.BLOCK_N, D, dtype=dtype)))
+        dq_tile = mangle_type(d256.dq_descriptor(torch.empty(1, 1, d256.BLOCK_M, D, dtype=torch.float32)))
+        stat = mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * d256.BLOCK_M, dtype=torch.float32), d256.BLOCK_M))
+        packed_args = {}
+        extra = {name: None for name in ("dk_ptr", "dv_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")}
+    consts = {**d256.kernel_constexprs(causal, GROUP_PROGRAMS, window, varlen), **extra}
     sig = {name: "i32" for name in fn.arg_names}
     sig.update(q_desc=tile(d256.BLOCK_M), do_desc=tile(d256.BLOCK_M), k_desc=tile(d256.BLOCK_N),
                v_desc=tile(d256.BLOCK_N), dk_desc=half, dv_desc=half, dq_desc=dq_tile, lse=stat, delta=stat,
-               qk_scale="fp32", sm_scale="fp32", **{name: "constexpr" for name in consts})
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs={})
+               qk_scale="fp32", sm_scale="fp32", **packed_args, **{name: "constexpr" for name in consts})
+    divisible = (("lse", "delta") if varlen else ()) + tuple(packed_args)
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=consts,
+                         attrs={(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible})
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
 
 
 def gluon_bwd_rows() -> list[dict]:
     """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
     each dQ layout the head dim runs, dense; the default layout packed; D128 dense causal also walked downward;
-    D256 dense, its own kernel, which walks downward): resources and register split."""
+    D256, its own kernel, dense and packed, which walks downward): resources and register split."""
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
     builds = [(d, causal, window, layout, varlen, False) for varlen in (False, True) for d in (128, 64)
@@ -359,14 +372,14 @@ def gluon_bwd_rows() -> list[dict]:
               if d in sm90_bwd.layout_head_dims(layout) and (not varlen or layout == sm90_bwd.dq_layout(d))]
     builds += [(128, True, False, layout, False, True) for layout in sm90_bwd.DQ_LAYOUTS
                if 128 in sm90_bwd.layout_head_dims(layout)]
-    builds += [(256, causal, window, sm90_bwd.dq_layout(256), False, True)
+    builds += [(256, causal, window, sm90_bwd.dq_layout(256), varlen, True) for varlen in (False, True)
                for causal, window in ((False, False), (True, False), (True, True))]
     out = []
     for d, causal, window, layout, varlen, descending in builds:
         row = {"kernel": "gluon_sm90_bwd_d256" if d == 256 else "gluon_sm90_bwd", "head_dim": d, "causal": causal,
                "window": window, "dq_layout": layout, "varlen": varlen, "descending": descending}
         try:
-            c = (compile_sm90_gluon_bwd_d256(causal, window=window) if d == 256 else
+            c = (compile_sm90_gluon_bwd_d256(causal, window=window, varlen=varlen) if d == 256 else
                  compile_sm90_gluon_bwd(d, causal, layout=layout, window=window, varlen=varlen,
                                         descending=descending))
             row.update(resource_usage(c))

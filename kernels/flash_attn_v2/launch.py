@@ -371,7 +371,7 @@ def _gluon_gradients(q, k, sm_scale: float, plan: _Plan, causal: bool, window: b
     label = sm90_bwd.config_label(q.shape[-1], window=window, chunk_pairs=chunk, descending=descending)
     if lay.packed:
         cu_q, cu_k, _, k_blocks = lay.tables
-        table = k_blocks.table(sm90_bwd.BLOCK_N)
+        table = k_blocks.table(sm90_bwd.block_n(q.shape[-1]))
 
         def packed(q, k, v, o, lse, do, dq, dk, dv, delta, dq_acc):
             sm90_bwd.backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale, group,

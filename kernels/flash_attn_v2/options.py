@@ -47,7 +47,7 @@ class FA2Options:
         heaviest first, head after head.
     sm90_forward: offer the Gluon Hopper forward to the forward's tuner where it supports the inputs.
     backward: which backward runs.  "auto": the Gluon Hopper backward (``sm90_bwd``: dK, dV and dQ in
-        one kernel, dense or packed, causal windows included; at D256 ``sm90_bwd_d256``, dense only, causal
+        one kernel, dense or packed, causal windows included; at D256 ``sm90_bwd_d256``, dense or packed, causal
         windows included) wherever it takes the inputs (it measured faster than the Triton one at every shape timed)
         and no Triton backward configuration is pinned,
         else the Triton dK/dV and dQ kernels; "sm90": the Gluon one wherever it takes the inputs;

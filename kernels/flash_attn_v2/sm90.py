@@ -185,26 +185,28 @@ def config_label(stages: int, block_cols: int = BLOCK, block_rows: int = BLOCK, 
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                       window: bool = False, varlen: bool = False) -> str | None:
+                       window: bool = False, varlen: bool = False, *, packed_d256: bool = False) -> str | None:
     """Why this forward cannot run these (validated) inputs here, or None when it can.
 
     ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW; with
-    ``causal`` its right reach is 0).  ``varlen``: q, k, v are a packed batch, (total, heads, D)."""
+    ``causal`` its right reach is 0).  ``varlen``: q, k, v are a packed batch, (total, heads, D).
+    ``packed_d256``: packed batches at D256 are taken (``sm90_bwd``'s conditions: its D256 kernel is built for
+    them, this forward's 64-key blocks are not)."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
     if not q.is_cuda or device_capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
-    return input_reason(q, k, v, causal, window, varlen)
+    return input_reason(q, k, v, causal, window, varlen, packed_d256=packed_d256)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
-                 varlen: bool = False) -> str | None:
+                 varlen: bool = False, *, packed_d256: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU.
 
     ``window``: a window beyond the causal mask; with ``causal`` that is a left reach (window (w, 0)),
     which this kernel takes, without it a right reach, which it does not.  ``varlen``: a packed batch
     (``forward_varlen``), whose sequences may have any lengths: no multiple-of-128 condition, and no D256
-    (its 64-key blocks are built dense only)."""
+    (its 64-key blocks are built dense only) unless ``packed_d256`` (``unsupported_reason``)."""
     if window and not causal:
         return "sliding windows with a right reach are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -212,7 +214,7 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     D = q.shape[-1]
     if D not in HEAD_DIMS:
         return f"head_dim {D}: 64, 128 and 256 only"
-    if varlen and block_n(D) != BLOCK:
+    if varlen and block_n(D) != BLOCK and not packed_d256:
         return f"packed batches at head_dim {D}: its {block_n(D)}-key blocks are built dense only"
     if not varlen:
         Nq, Nkv = q.shape[2], k.shape[2]

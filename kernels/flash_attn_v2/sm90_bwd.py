@@ -103,7 +103,7 @@ deterministic path, as flash-attn's ``deterministic=True``.
 
 What it does not support (``unsupported_reason`` says which; the launcher then runs the Triton backward):
 GPUs other than capability 9.x; the interpreter; fp32 and anything but fp16/bf16; head dims other than
-64, 128 and 256 (D256: dense inputs only); dense sequence lengths that are not multiples of 128
+64, 128 and 256; dense sequence lengths that are not multiples of 128
 (no tail masking: the descriptors span all heads; packed batches take any lengths); dense causal with Nq > Nkv;
 windows with a right reach (non-causal); q, k, v that are not contiguous; 2**31 rows or more.
 """
@@ -142,7 +142,7 @@ CHUNK_REF_N = 4096  # dq_chunk_pairs: the queries of a program its chunks' waves
 # block's 64 keys
 DQ_LAYOUTS = ("split_cols", "split_rows", "per_consumer", "split_head_dim")
 _LAYOUT_HEAD_DIMS = {"split_cols": (128,), "split_rows": (64,), "per_consumer": (64, 128), "split_head_dim": (256,)}
-# the head dims some dQ layout runs: what this backward takes (D256 dense only: ``_layout_reason``)
+# the head dims some dQ layout runs: what this backward takes (``_layout_reason``)
 HEAD_DIMS = tuple(sorted({d for dims in _LAYOUT_HEAD_DIMS.values() for d in dims}))
 
 
@@ -247,15 +247,16 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
     window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not).
     ``varlen``: a packed batch, (total, heads, D) (``backward_varlen``)."""
-    return _layout_reason(q, window, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen)
+    return _layout_reason(q, window, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen,
+                                                                        packed_d256=True)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                  varlen: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64 and
-    128, and 256 dense, then the Gluon forward's conditions (its 128-row blocks are whole key
-    blocks of this kernel; causal windows only)."""
-    return _layout_reason(q, window, varlen) or sm90.input_reason(q, k, v, causal, window, varlen)
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64, 128 and
+    256, then the Gluon forward's conditions (its 128-row blocks are whole key blocks of this kernel; causal windows
+    only), but for packed batches at D256, which the D256 kernel takes and the forward does not."""
+    return _layout_reason(q, window, varlen) or sm90.input_reason(q, k, v, causal, window, varlen, packed_d256=True)
 
 
 def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
@@ -263,8 +264,6 @@ def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
         return "packed (total, H, D) inputs for a packed batch" if varlen else "dense (B, H, N, D) inputs only"
     if q.shape[-1] not in HEAD_DIMS:  # checked here, before the forward's conditions
         return f"head_dim {q.shape[-1]}: {', '.join(map(str, HEAD_DIMS))} only (the Triton backward runs the others)"
-    if q.shape[-1] == sm90_bwd_d256.HEAD_DIM and varlen:
-        return "head_dim 256: dense inputs only (the D256 kernel is not built for packed batches)"
     return None
 
 
@@ -852,7 +851,8 @@ def prepare_backward(q_shape: tuple, kv_heads: int, n_kv: int, causal: bool, sm_
         kernel, half = sm90_bwd_d256.bwd_sm90_d256_kernel, sm90_bwd_d256.half_descriptor
         meta = dict(sm90_bwd_d256.kernel_constexprs(causal, group_programs, window_left >= 0), num_warps=4,
                     maxnreg=MAXNREG)
-        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0))
+        scalars = (sm_scale * LOG2E, sm_scale, heads, group, Nq, n_kv, max(window_left, 0), None, None, None, None,
+                   None)
     else:
         kernel, half = bwd_sm90_kernel, lambda t: descriptor(t, BLOCK_N // 2)
         meta = dict(kernel_constexprs(causal, group_programs, stages, window_left >= 0,
@@ -939,25 +939,28 @@ def backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens_q, cu_seqlen
                     sm_scale: float, group_programs: int = 256, stages: int | None = None, layout: str | None = None,
                     window_left: int = -1, dq_acc: torch.Tensor | None = None) -> None:
     """``backward`` for a packed batch: q, do, dq (total_q, H, D), k, v, dk, dv (total_k, H_kv, D), lse and delta
-    (H, total_q).  ``table``: the int32 (rows, 2) (sequence, block) program table for 128-key blocks
-    (``_schedule.SequenceBlocks.table(BLOCK_N)`` over the key axis, built on the device, padding rows (-1, 0)
-    last); the grid is (rows, H_kv), so nothing here reads the device."""
+    (H, total_q).  ``table``: the int32 (rows, 2) (sequence, block) program table for ``block_n(D)``-key blocks
+    (``_schedule.SequenceBlocks.table(block_n(D))`` over the key axis, built on the device, padding rows (-1, 0)
+    last); the grid is (rows, H_kv), so nothing here reads the device.  D256 runs ``sm90_bwd_d256``'s kernel."""
     total_q, H, D = q.shape
     total_k, Hkv = k.shape[0], k.shape[1]
     layout, stages = _settings("backward_varlen", D, causal, stages, layout, window_left)
     _check_grads("backward_varlen", (dq, dk, dv))
     do = do if do.is_contiguous() else do.contiguous()
     lse, delta = lse.contiguous(), delta.contiguous()
-    bm = block_m(D, layout)
+    bm, bn = block_m(D, layout), block_n(D)
     dq_acc = _accumulator(dq_acc, tuple(q.shape), q.device, "backward_varlen")
     grid = (table.shape[0], Hkv)
-    bwd_sm90_kernel[grid](
-        packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, BLOCK_N),
-        packed_descriptor(v, BLOCK_N), packed_descriptor(dk, BLOCK_N // 2), packed_descriptor(dv, BLOCK_N // 2),
-        dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv, total_q, total_k,
-        max(window_left, 0),
-        dk, dv, cu_seqlens_q, cu_seqlens_k, table,
-        **kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True), num_warps=4,
+    if layout == "split_head_dim":
+        kernel, half = sm90_bwd_d256.bwd_sm90_d256_kernel, sm90_bwd_d256.packed_half_descriptor
+        meta = sm90_bwd_d256.kernel_constexprs(causal, group_programs, window_left >= 0, varlen=True)
+    else:
+        kernel, half = bwd_sm90_kernel, lambda t: packed_descriptor(t, BLOCK_N // 2)
+        meta = kernel_constexprs(causal, group_programs, stages, window_left >= 0, varlen=True)
+    kernel[grid](
+        packed_descriptor(q, bm), packed_descriptor(do, bm), packed_descriptor(k, bn), packed_descriptor(v, bn),
+        half(dk), half(dv), dq_descriptor(dq_acc, layout), lse, delta, sm_scale * LOG2E, sm_scale, H, H // Hkv,
+        total_q, total_k, max(window_left, 0), dk, dv, cu_seqlens_q, cu_seqlens_k, table, **meta, num_warps=4,
         maxnreg=MAXNREG)
     _dq_convert(dq_acc, dq, sm_scale)
 

@@ -74,7 +74,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from .._descriptors import tma_descriptor
+from .._schedule import block_and_head
 from . import sm90
+from .sm90 import _store_rows, packed_program
 from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block
 
 HEAD_DIM = 256
@@ -96,9 +98,10 @@ def dq_tile() -> list[int]:
 
 
 def dq_descriptor(dq_acc: torch.Tensor):
-    """The TMA descriptor of the fp32 dQ accumulator over its (rows, 256) view, a tile being one reduce-add's
-    (``dq_tile``)."""
-    return tma_descriptor(dq_acc, [dq_acc.numel() // HEAD_DIM, HEAD_DIM], [HEAD_DIM, 1], dq_tile(),
+    """The TMA descriptor of the fp32 dQ accumulator, a tile being one reduce-add's (``dq_tile``), over its 2-D view:
+    (rows, 256) dense, (total_q, H * 256) packed ((total_q, H, 256): a head is a column offset)."""
+    width = dq_acc.shape[1] * HEAD_DIM if dq_acc.dim() == 3 else HEAD_DIM
+    return tma_descriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], dq_tile(),
                           sm90._smem_layout(BLOCK_M, DQ_COLS, torch.float32))
 
 
@@ -107,6 +110,14 @@ def half_descriptor(t: torch.Tensor):
     (64 keys, 128 columns) of dK or dV."""
     D = t.shape[-1]
     return tma_descriptor(t, [t.numel() // D, D], [D, 1], [BLOCK_N, HALF], sm90._smem_layout(BLOCK_N, HALF, t.dtype))
+
+
+def packed_half_descriptor(t: torch.Tensor):
+    """``half_descriptor`` for a packed (total, heads, 256) gradient, over its (total, heads * 256) view (the kernel
+    gives the column: the kv head's 256 plus the consumer's half)."""
+    total, heads, D = t.shape
+    return tma_descriptor(t, [total, heads * D], [heads * D, 1], [BLOCK_N, HALF],
+                          sm90._smem_layout(BLOCK_N, HALF, t.dtype))
 
 
 @gluon.jit
@@ -123,39 +134,54 @@ def _ring(STAGES: gl.constexpr):
 
 @gluon.jit
 def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem,
-              kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP, WINDOW: gl.constexpr):
-    """K_j and V_j once, then for each step Q_i with L_i into the Q ring and dO_i with Delta_i into the dO ring (head
-    g's rows from (bh0 + g) * N_Q of the views, query blocks from m_lo, n_mb of them with a window, else every one
-    from m_lo on; L and Delta at the same index of the flat statistics)."""
+              kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb, N_Q, GROUP,
+              WINDOW: gl.constexpr, VARLEN: gl.constexpr):
+    """K_j and V_j once, then for each step Q_i with L_i into the Q ring and dO_i with Delta_i into the dO ring
+    (query blocks from m_lo, n_mb of them with a window or packed, else every one from m_lo on).  Dense: head g's
+    rows from (bh0 + g) * N_Q of the views, L and Delta at the same index of the flat statistics.  Packed
+    (VARLEN): rows from bh0 (the sequence's first) at column q_col0 + g * 256 of the (total_q, H * 256) views; L and
+    Delta are the consumers' to read."""
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [kv_row, 0], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [kv_row, 0], kv_bar, v_smem)
-    if not WINDOW:
+    tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [kv_row, kv_col], kv_bar, v_smem)
+    if not (WINDOW or VARLEN):
         n_mb = N_Q // _M - m_lo
     for t in range(GROUP * n_mb):
         g = t // n_mb
         # each head's query blocks from the last down to m_lo (the consumers' order)
-        row = (bh0 + g) * N_Q + (m_lo + n_mb - 1 - (t - g * n_mb)) * _M
+        m = m_lo + n_mb - 1 - (t - g * n_mb)
+        if VARLEN:
+            row = bh0 + m * _M
+            col = q_col0 + g * _D
+        else:
+            row = (bh0 + g) * N_Q + m * _M
+            col = 0
         # a slot's barriers start in phase 1 complete, so the first pass through a ring does not wait
         q_slot = t % _Q_STAGES
         mbarrier.wait(q_empty.index(q_slot), ((t // _Q_STAGES) & 1) ^ 1)
-        mbarrier.expect(q_ready.index(q_slot), q_desc.block_type.nbytes + lse.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row, 0], q_ready.index(q_slot), q_bufs.index(q_slot))
-        tma.async_copy_global_to_shared(lse, [row], q_ready.index(q_slot), lse_bufs.index(q_slot))
+        mbarrier.expect(q_ready.index(q_slot), q_desc.block_type.nbytes + (0 if VARLEN else lse.block_type.nbytes))
+        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(q_slot), q_bufs.index(q_slot))
+        if not VARLEN:
+            tma.async_copy_global_to_shared(lse, [row], q_ready.index(q_slot), lse_bufs.index(q_slot))
         do_slot = t % _DO_STAGES
         mbarrier.wait(do_empty.index(do_slot), ((t // _DO_STAGES) & 1) ^ 1)
-        mbarrier.expect(do_ready.index(do_slot), do_desc.block_type.nbytes + delta.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [row, 0], do_ready.index(do_slot), do_bufs.index(do_slot))
-        tma.async_copy_global_to_shared(delta, [row], do_ready.index(do_slot), delta_bufs.index(do_slot))
+        mbarrier.expect(do_ready.index(do_slot), do_desc.block_type.nbytes + (0 if VARLEN else delta.block_type.nbytes))
+        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(do_slot), do_bufs.index(do_slot))
+        if not VARLEN:
+            tma.async_copy_global_to_shared(delta, [row], do_ready.index(do_slot), delta_bufs.index(do_slot))
 
 
 @gluon.jit
-def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
-          q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq,
-          MASK: gl.constexpr, WINDOW: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
+def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row, k_smem, v_smem, pT_bufs,
+          dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, q_row, q_col, n_rows, n_keys,
+          m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr,
+          WINDOW: gl.constexpr, VARLEN: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
     """One query block (rows q_row.. of the views, m0.. of the head) against the program's 64 keys (from n0):
-    consumer 0 computes S and P, consumer 1 dP and dS.  MASK: the causal mask, and with WINDOW the window's left
-    edge (a query sees the win_left keys before its diagonal one)."""
+    consumer 0 computes S and P, consumer 1 dP and dS.  MASK: the causal mask (with CAUSAL), and with WINDOW the
+    window's left edge (a query sees the win_left keys before its diagonal one).  Packed (VARLEN): dQ at column q_col
+    of the accumulator's (total_q, H * 256) view, L and Delta read at lse, delta + stat_row (pointers to the flat
+    (H, total_q) buffers), and only the block's first n_rows rows and the program's first n_keys keys lie inside
+    the sequence (a masked step masks the others)."""
     q_slot = t % _Q_STAGES
     do_slot = t % _DO_STAGES
     q_smem = q_bufs.index(q_slot)
@@ -168,8 +194,16 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
     if W == 0:
         # S = Q_i K_j^T - L_i / scale, P = exp2(S * scale * log2(e)); P^T to shared memory for dV's products and
         # consumer 1's dS
-        mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
-        s_acc = zero_s - gl.expand_dims(lse_bufs.index(q_slot).load(row_layout) / qk_scale, 1)
+        if VARLEN:
+            # a sequence's rows start anywhere, and TMA reads from 16-byte aligned starts only: read from global
+            # memory (rows past the sequence, which may lie past the buffer, not at all)
+            offs_m = gl.arange(0, _M, layout=row_layout)
+            lse_i = gl.load(lse + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
+            mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
+            s_acc = zero_s - gl.expand_dims(lse_i / qk_scale, 1)
+        else:
+            mbarrier.wait(q_ready.index(q_slot), (t // _Q_STAGES) & 1)
+            s_acc = zero_s - gl.expand_dims(lse_bufs.index(q_slot).load(row_layout) / qk_scale, 1)
         s_tok = warpgroup_mma(q_smem, k_smem.permute((1, 0)), s_acc, is_async=True)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         p = gl.exp2(s * qk_scale)
@@ -178,7 +212,16 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
             # - win_left)
             rows = gl.arange(0, _M, layout=row_layout) + (m0 + diag - n0)
             cols = gl.arange(0, _N, layout=gl.SliceLayout(0, s_layout))
-            if WINDOW:
+            if VARLEN:
+                # and only the sequence's rows and keys (the tiles run into the neighbours' or past the buffers)
+                seen = gl.expand_dims(cols < n_keys, 0) & gl.expand_dims(gl.arange(0, _M, layout=row_layout) < n_rows,
+                                                                         1)
+                if CAUSAL:
+                    seen = seen & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1))
+                    if WINDOW:
+                        seen = seen & (gl.expand_dims(cols, 0) >= gl.expand_dims(rows - win_left, 1))
+                p = gl.where(seen, p, 0.0)
+            elif WINDOW:
                 seen = (gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1)) & \
                     (gl.expand_dims(cols, 0) >= gl.expand_dims(rows - win_left, 1))
                 p = gl.where(seen, p, 0.0)
@@ -193,10 +236,16 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
         mbarrier.wait(ds_ready, (t // 2) & 1)
     else:
         # dP = dO_i V_j^T, then dS = P o (dP - Delta_i) with consumer 0's P (bf16, as dV's product reads it)
+        if VARLEN:
+            offs_m = gl.arange(0, _M, layout=row_layout)
+            delta_i = gl.load(delta + stat_row + offs_m, mask=offs_m < n_rows, other=0.0)
         mbarrier.wait(do_ready.index(do_slot), (t // _DO_STAGES) & 1)
         dp_tok = warpgroup_mma(do_smem, v_smem.permute((1, 0)), zero_s, use_acc=False, is_async=True)
         dp = warpgroup_mma_wait(0, deps=[dp_tok])
-        dp = dp - gl.expand_dims(delta_bufs.index(do_slot).load(row_layout), 1)
+        if VARLEN:
+            dp = dp - gl.expand_dims(delta_i, 1)
+        else:
+            dp = dp - gl.expand_dims(delta_bufs.index(do_slot).load(row_layout), 1)
         mbarrier.wait(p_ready, (t // 2) & 1)
         p = pT_all.permute((1, 0)).load(s_layout).to(gl.float32)
         dsT_all.store(gl.permute((p * dp).to(q_smem.dtype), (1, 0)))
@@ -219,7 +268,8 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
     # one fp32 staging tile a consumer (no room for a second): the reduce that last read it must be done
     tma.store_wait(0)
     _store_half(dq_smem, dq)
-    _tma_reduce_add(dq_desc, [q_row, W * _HALF], dq_smem)
+    # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
+    _tma_reduce_add(dq_desc, [q_row, q_col + W * _HALF], dq_smem)
     # the second half's product is issued after the first half's store: issued before it, the backward took
     # 1.07-1.15x the time (results/evidence/h100/gluon_bwd_d256/)
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
@@ -227,21 +277,24 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
     tma.store_wait(0)
     _store_half(dq_smem, dq)
-    _tma_reduce_add(dq_desc, [q_row, W * _HALF + _DQ_COLS], dq_smem)
+    _tma_reduce_add(dq_desc, [q_row, q_col + W * _HALF + _DQ_COLS], dq_smem)
     return dkT, dvT
 
 
 @gluon.jit
-def _steps(dkT, dvT, t, i_lo, i_hi, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs,
-           dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left, qk_scale,
-           zero_s, zero_dq, MASK: gl.constexpr, WINDOW: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
+def _steps(dkT, dvT, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, stat0, q_bufs, do_bufs, lse_bufs, delta_bufs,
+           lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready,
+           dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK: gl.constexpr, CAUSAL: gl.constexpr,
+           WINDOW: gl.constexpr, VARLEN: gl.constexpr, W: gl.constexpr, s_layout: gl.constexpr):
     """Steps over a head's query blocks m_lo + i for i from i_hi - 1 down to i_lo (rows from row0 + m0 of the
-    views), all masked or none; t counts the steps taken, for the rings' slots and phases."""
+    views; packed, its L and Delta from stat0 + m0 and n_q - m0 of its rows in the sequence), all masked or none;
+    t counts the steps taken, for the rings' slots and phases."""
     for k in range(0, i_hi - i_lo):
         m0 = (m_lo + i_hi - 1 - k) * _M
-        dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs,
-                         dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, row0 + m0, m0, n0, diag,
-                         win_left, qk_scale, zero_s, zero_dq, MASK, WINDOW, W, s_layout)
+        dkT, dvT = _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat0 + m0, k_smem, v_smem,
+                         pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc,
+                         row0 + m0, q_col, n_q - m0, n_keys, m0, n0, diag, win_left, qk_scale, zero_s, zero_dq, MASK,
+                         CAUSAL, WINDOW, VARLEN, W, s_layout)
         t += 1
     return dkT, dvT, t
 
@@ -254,14 +307,20 @@ def _store_half(dq_smem, dq):
 
 
 @gluon.jit
-def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, kv_bar, q_ready,
-              q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb, n_masked,
-              n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
-              W: gl.constexpr, NUM_WARPS: gl.constexpr):
+def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, kv_bar,
+              q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, dk_ptr, dv_ptr, kv_row,
+              kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q, GROUP,
+              qk_scale, sm_scale, CAUSAL: gl.constexpr, WINDOW: gl.constexpr, VARLEN: gl.constexpr, W: gl.constexpr,
+              NUM_WARPS: gl.constexpr):
     """Consumer W: S and P (W = 0) or dP and dS (W = 1) of the whole key block, head-dim columns [128 W, 128 W + 128)
-    for dK^T, dV^T and dQ.  Head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; its query blocks
-    from m_lo (every one from there on, or with WINDOW n_mb of them), walked from the last down; the lowest n_masked
-    cross the diagonal, and with a window those from n_tail on are crossed by its left edge (masked too)."""
+    for dK^T, dV^T and dQ.  A head's query blocks from m_lo (every one from there on, or with WINDOW or VARLEN n_mb
+    of them), walked from the last down; the lowest n_masked cross the diagonal, and with a window or packed those
+    from n_tail on are masked too (crossed by its left edge, or running past the sequence).
+
+    Dense: head g's rows start at row (bh0 + g) * N_Q of the (B*H*Nq, D) views; the packed-only arguments (dk_ptr,
+    dv_ptr, kv_col, kv_stride, q_col0, n_q, n_kv) are constexpr 0.  Packed (VARLEN): the sequence's rows start at
+    bh0 of the (total_q, H * 256) views, head g's at column q_col0 + g * 256; it has n_q queries and n_kv keys, and
+    L and Delta are read from lse, delta (pointers to the (H, total_q) buffers)."""
     # the accumulators 64 keys wide (S, dP: rows x keys; dK^T, dV^T: head dims x keys) share one wgmma layout
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                        instr_shape=[16, _N, 16])
@@ -271,31 +330,41 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     dvT = gl.zeros([_HALF, _N], gl.float32, layout=s_layout)
     zero_s = gl.zeros([_M, _N], gl.float32, layout=s_layout)
     zero_dq = gl.zeros([_M, _DQ_COLS], gl.float32, layout=q_layout)
-    if not WINDOW:
+    if not (WINDOW or VARLEN):
         n_mb = N_Q // _M - m_lo
+    n_keys = n_kv - n0  # packed: the program's keys inside the sequence (dense: unused)
 
     mbarrier.wait(kv_bar, 0)
     t = 0
     for g in range(GROUP):
-        row0 = (bh0 + g) * N_Q
-        # the query blocks from the last down: (a window) those its left edge crosses, the unmasked ones, then the
-        # n_masked crossing the diagonal
-        if WINDOW:
-            dkT, dvT, t = _steps(dkT, dvT, t, n_tail, n_mb, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
-                                 v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready,
-                                 dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
-            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_tail, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs,
-                                 k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
-                                 pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W,
-                                 s_layout)
+        if VARLEN:
+            row0 = bh0
+            q_col = q_col0 + g * _D
+            stat0 = (q_col0 // _D + g) * N_Q + bh0  # its L and Delta in the (H, total_q) buffers
         else:
-            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_mb, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs,
-                                 k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty,
-                                 pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, False, WINDOW, W,
-                                 s_layout)
-        dkT, dvT, t = _steps(dkT, dvT, t, 0, n_masked, m_lo, row0, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
-                             v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready, q_empty, do_ready, do_empty, pds_ready,
-                             dq_desc, n0, diag, win_left, qk_scale, zero_s, zero_dq, True, WINDOW, W, s_layout)
+            row0 = (bh0 + g) * N_Q
+            q_col = 0
+            stat0 = 0  # dense: L and Delta come by TMA
+        # the query blocks from the last down: (a window or packed) those its left edge crosses or that run past the
+        # sequence, the unmasked ones, then the n_masked crossing the diagonal
+        if WINDOW or VARLEN:
+            dkT, dvT, t = _steps(dkT, dvT, t, n_tail, n_mb, m_lo, row0, q_col, n_q, n_keys, stat0, q_bufs, do_bufs,
+                                 lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
+                                 q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s,
+                                 zero_dq, True, CAUSAL, WINDOW, VARLEN, W, s_layout)
+            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_tail, m_lo, row0, q_col, n_q, n_keys, stat0, q_bufs,
+                                 do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem,
+                                 q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left,
+                                 qk_scale, zero_s, zero_dq, False, CAUSAL, WINDOW, VARLEN, W, s_layout)
+        else:
+            dkT, dvT, t = _steps(dkT, dvT, t, n_masked, n_mb, m_lo, row0, q_col, n_q, n_keys, stat0, q_bufs, do_bufs,
+                                 lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
+                                 q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s,
+                                 zero_dq, False, CAUSAL, WINDOW, VARLEN, W, s_layout)
+        dkT, dvT, t = _steps(dkT, dvT, t, 0, n_masked, m_lo, row0, q_col, n_q, n_keys, stat0, q_bufs, do_bufs,
+                             lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq_smem, q_ready,
+                             q_empty, do_ready, do_empty, pds_ready, dq_desc, n0, diag, win_left, qk_scale, zero_s,
+                             zero_dq, True, CAUSAL, WINDOW, VARLEN, W, s_layout)
     # the other consumer's last S or dP (which read this consumer's columns of K_j or V_j) retired before it
     # arrived on the last step's barrier, and this consumer's own dQ products (its columns of K_j) have retired:
     # its column halves of the K and V tiles carry dK and dV out
@@ -303,56 +372,123 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, ds
     v_half = v_smem.slice(W * _HALF, _HALF, dim=1)
     k_half.store(gl.permute((dkT * sm_scale).to(k_smem.dtype), (1, 0)))
     v_half.store(gl.permute(dvT.to(v_smem.dtype), (1, 0)))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [kv_row, W * _HALF], k_half)
-    tma.async_copy_shared_to_global(dv_desc, [kv_row, W * _HALF], v_half)
-    tma.store_wait(0)
+    if VARLEN:
+        if n_keys >= _N:
+            fence_async_shared()
+            tma.async_copy_shared_to_global(dk_desc, [kv_row, kv_col + W * _HALF], k_half)
+            tma.async_copy_shared_to_global(dv_desc, [kv_row, kv_col + W * _HALF], v_half)
+            tma.store_wait(0)
+        else:
+            # the sequence's last keys: a TMA store of the tile would write over the next sequence's gradients
+            _store_rows(dk_ptr, k_half, kv_row, kv_col + W * _HALF, kv_stride, n_keys, _N, _HALF, NUM_WARPS)
+            _store_rows(dv_ptr, v_half, kv_row, kv_col + W * _HALF, kv_stride, n_keys, _N, _HALF, NUM_WARPS)
+    else:
+        fence_async_shared()
+        tma.async_copy_shared_to_global(dk_desc, [kv_row, W * _HALF], k_half)
+        tma.async_copy_shared_to_global(dv_desc, [kv_row, W * _HALF], v_half)
+        tma.store_wait(0)
 
 
 @gluon.jit
 def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, lse, delta, qk_scale, sm_scale,
-                         H, GROUP, N_Q, N_KV, WIN_LEFT, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
-                         GROUP_PROGRAMS: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
-    """Grid (Nkv / 64, B * H_kv), descriptors over the (B*H*N, 256) views: q_desc, do_desc (64, 256) tiles, k_desc,
-    v_desc (64, 256), dk_desc, dv_desc (64, 128) (``half_descriptor``), dq_desc (64, 64) fp32 over the accumulator;
-    lse, delta: the forward's base-2 L and Delta, 1-D descriptors of 64-value tiles over the flat (B*H*Nq) buffers.
-    WINDOW (with CAUSAL): each query sees the WIN_LEFT keys before its diagonal one too (unused without)."""
+                         H, GROUP, N_Q, N_KV, WIN_LEFT, dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr, table_ptr,
+                         CAUSAL: gl.constexpr, WINDOW: gl.constexpr, GROUP_PROGRAMS: gl.constexpr,
+                         PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, VARLEN: gl.constexpr):
+    """Dense: grid (Nkv / 64, B * H_kv), descriptors over the (B*H*N, 256) views: q_desc, do_desc (64, 256) tiles,
+    k_desc, v_desc (64, 256), dk_desc, dv_desc (64, 128) (``half_descriptor``), dq_desc (64, 64) fp32 over the
+    accumulator; lse, delta: the forward's base-2 L and Delta, 1-D descriptors of 64-value tiles over the flat
+    (B*H*Nq) buffers; dk_ptr, dv_ptr, cu_q_ptr, cu_k_ptr and table_ptr None.  Packed (VARLEN): grid (rows of the
+    (sequence, key block) table for 64-key blocks, H_kv), descriptors over the (total, heads * 256) views
+    (``packed_half_descriptor`` for dK, dV), N_Q and N_KV the packed lengths total_q, total_k, lse and delta
+    pointers to the (H, total_q) buffers.  WINDOW (with CAUSAL): each query sees the WIN_LEFT keys before its
+    diagonal one too (unused without)."""
     gl.static_assert(q_desc.block_type.shape[0] == _M, "64 query rows a step")
     gl.static_assert(k_desc.block_type.shape[0] == _N, "64 keys a program")
     gl.static_assert(q_desc.block_type.shape[1] == _D, "head dim 256")
     gl.static_assert(dk_desc.block_type.shape[1] == _HALF, "dK / dV are stored a consumer's column half at a time")
     gl.static_assert(dq_desc.block_type.shape[1] == _DQ_COLS, "dQ is reduced 64 columns at a time")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
-    n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, _N, GROUP_PROGRAMS)
-    if CAUSAL:
-        m_lo = gl.maximum(n0 - diag, 0) // _M
-        # _M == _N: a key block on or past the diagonal is crossed by exactly its lowest visited query block
-        if n0 >= diag:
-            n_masked = 1
+    if VARLEN:
+        # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its own:
+        # offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
+        entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+        real, n0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, _N)
+        diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
+        # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
+        if CAUSAL:
+            first = gl.maximum(n0 - diag, 0)
+            if WINDOW:
+                last = gl.minimum(n0 + _N - 1 - diag + WIN_LEFT, n_q - 1)
+            else:
+                last = n_q - 1
         else:
-            n_masked = 0
-    else:
-        m_lo = 0
-        n_masked = 0
-    if WINDOW:
-        # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the block is
-        # n0 + 63 - diag + WIN_LEFT, and every row of query block i sees key n0 iff (i + 1) * 64 - 1 + diag - WIN_LEFT
-        # <= n0; blocks from there up to the last visited are crossed by the window's left edge
-        m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + _N - diag + WIN_LEFT, 0), _M), N_Q // _M)
-        n_mb = gl.maximum(m_hi, m_lo) - m_lo
-        n_masked = gl.minimum(n_masked, n_mb)
-        n_tail = gl.minimum(gl.maximum(gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // _M - m_lo, n_masked), n_mb)
+            first = 0
+            last = n_q - 1
+        m_lo = first // _M
+        n_mb = gl.where(real & (n0 < n_kv) & (last >= first), gl.cdiv(last + 1, _M) - m_lo, 0)
+        # blocks seen whole, without mask arithmetic: all rows inside the sequence, the first row sees the block's
+        # last key (causal), the last row its first key (window); none when the keys run past the sequence
+        if CAUSAL:
+            head_end = gl.cdiv(gl.maximum(n0 + _N - 1 - diag, 0), _M)
+        else:
+            head_end = 0
+        tail_start = n_q // _M
+        if WINDOW:
+            tail_start = gl.minimum(tail_start, gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // _M)
+        head_end = gl.where(n0 + _N <= n_kv, head_end, m_lo + n_mb)
+        n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
+        n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
         win_left = WIN_LEFT
+        bh0 = q0  # the sequence's first row of the (total_q, H * 256) views
+        q_col0 = hk * GROUP * _D  # the kv head's first query head
+        kv_row = kv0 + n0
+        kv_col = hk * _D
+        kv_stride = (H // GROUP) * _D
+        dk_out = dk_ptr  # the last key block's partial stores
+        dv_out = dv_ptr
     else:
-        # placeholders: the builds without a window capture what they did before
-        n_mb: gl.constexpr = 0
-        n_tail: gl.constexpr = 0
-        win_left: gl.constexpr = 0
+        n0, bh0, kv_row, diag = dense_key_block(H, GROUP, N_Q, N_KV, _N, GROUP_PROGRAMS)
+        if CAUSAL:
+            m_lo = gl.maximum(n0 - diag, 0) // _M
+            # _M == _N: a key block on or past the diagonal is crossed by exactly its lowest visited query block
+            if n0 >= diag:
+                n_masked = 1
+            else:
+                n_masked = 0
+        else:
+            m_lo = 0
+            n_masked = 0
+        if WINDOW:
+            # query m sees key n iff m + diag - WIN_LEFT <= n <= m + diag: the last row that sees a key of the block
+            # is n0 + 63 - diag + WIN_LEFT, and every row of query block i sees key n0 iff (i + 1) * 64 - 1 + diag -
+            # WIN_LEFT <= n0; blocks from there up to the last visited are crossed by the window's left edge
+            m_hi = gl.minimum(gl.cdiv(gl.maximum(n0 + _N - diag + WIN_LEFT, 0), _M), N_Q // _M)
+            n_mb = gl.maximum(m_hi, m_lo) - m_lo
+            n_masked = gl.minimum(n_masked, n_mb)
+            n_tail = gl.minimum(gl.maximum(gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // _M - m_lo, n_masked), n_mb)
+            win_left = WIN_LEFT
+        else:
+            # placeholders: the builds without a window capture what they did before
+            n_mb: gl.constexpr = 0
+            n_tail: gl.constexpr = 0
+            win_left: gl.constexpr = 0
+        # the packed-only arguments: constexpr 0 placeholders, so the dense partitions capture what they did before
+        q_col0: gl.constexpr = 0
+        n_q: gl.constexpr = 0
+        n_kv: gl.constexpr = 0
+        kv_col: gl.constexpr = 0
+        kv_stride: gl.constexpr = 0
+        dk_out: gl.constexpr = 0
+        dv_out: gl.constexpr = 0
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_Q_STAGES, _M, _D], q_desc.layout)
     do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_DO_STAGES, _M, _D], do_desc.layout)
-    lse_bufs = gl.allocate_shared_memory(gl.float32, [_Q_STAGES, _M], lse.layout)
-    delta_bufs = gl.allocate_shared_memory(gl.float32, [_DO_STAGES, _M], delta.layout)
+    if VARLEN:  # L and Delta read by the consumers: no rings (placeholders)
+        lse_bufs = q_bufs
+        delta_bufs = do_bufs
+    else:
+        lse_bufs = gl.allocate_shared_memory(gl.float32, [_Q_STAGES, _M], lse.layout)
+        delta_bufs = gl.allocate_shared_memory(gl.float32, [_DO_STAGES, _M], delta.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [_N, _D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [_N, _D], v_desc.layout)
     pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_N, _M], q_desc.dtype)
@@ -370,20 +506,23 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
         mbarrier.init(pds_ready.index(i), count=1)
 
     gl.warp_specialize([
-        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq0, kv_bar, q_ready,
-                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb,
-                     n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 0, 4)),
-        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem, v_smem, pT_bufs, dsT_bufs, dq1, kv_bar, q_ready,
-                     q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, kv_row, n0, bh0, m_lo, n_mb,
-                     n_masked, n_tail, diag, win_left, N_Q, GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, 1, 4)),
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq0, kv_bar,
+                     q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 0, 4)),
+        (_consumer, (q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem, pT_bufs, dsT_bufs, dq1, kv_bar,
+                     q_ready, q_empty, do_ready, do_empty, pds_ready, dq_desc, dk_desc, dv_desc, dk_out, dv_out, kv_row,
+                     kv_col, kv_stride, n0, bh0, q_col0, n_q, n_kv, m_lo, n_mb, n_masked, n_tail, diag, win_left, N_Q,
+                     GROUP, qk_scale, sm_scale, CAUSAL, WINDOW, VARLEN, 1, 4)),
         (_producer, (q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_bufs, delta_bufs, k_smem,
-                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, bh0, m_lo, n_mb, N_Q, GROUP,
-                     WINDOW)),
+                     v_smem, kv_bar, q_ready, q_empty, do_ready, do_empty, kv_row, kv_col, bh0, q_col0, m_lo, n_mb,
+                     N_Q, GROUP, WINDOW, VARLEN)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def kernel_constexprs(causal: bool, group_programs: int, window: bool = False) -> dict:
-    """The constexprs ``sm90_bwd.prepare_backward`` launches ``bwd_sm90_d256_kernel`` with (compile checks use
-    these)."""
-    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if causal else 0,
-                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS)
+def kernel_constexprs(causal: bool, group_programs: int, window: bool = False, varlen: bool = False) -> dict:
+    """The constexprs ``sm90_bwd.prepare_backward`` (dense) and ``sm90_bwd.backward_varlen`` (``varlen``) launch
+    ``bwd_sm90_d256_kernel`` with (compile checks use these).  Packed programs differ in work whether causal or
+    not: they are grouped either way."""
+    return dict(CAUSAL=bool(causal), WINDOW=bool(window), GROUP_PROGRAMS=group_programs if (causal or varlen) else 0,
+                PRODUCER_REGS=PRODUCER_REGS, CONSUMER_REGS=CONSUMER_REGS, VARLEN=bool(varlen))

@@ -3,8 +3,8 @@ marked ``gpu``, run on Hopper GPUs only, skipped elsewhere).
 
 Sequences of odd lengths (1, 17, 127, 128, 129, 300, 2048 and mixes with empty ones), equal and unequal
 query/key lengths (bottom-right causal diagonals off the 128-row grid, rows that see no key), causal and
-not, causal windows, GQA and MQA, D 64 and 128, bf16 and fp16, 2 and 3 ring stages: the output and the
-three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against the fp64
+not, causal windows, GQA and MQA, D 64 and 128 (and 256 for the backward), bf16 and fp16, 2 and 3 ring stages:
+the output and the three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against the fp64
 reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the launch log
 shows both Gluon kernels ran.  Also: its LSE against each sequence's log-sum-exp computed from the inputs and
 against the Triton varlen forward's (-inf where a row sees no key), padding programs writing nothing, one
@@ -77,6 +77,32 @@ def test_gpu_gluon_varlen_forward_and_gradients(case, dtype, stages):
     check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window, options=_gluon(stages), launch_log=log)
     assert log["fwd"] == sm90.config_label(stages), log["fwd"]
     assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(D, window=window != NO_WINDOW), log
+
+
+D256_CASES = [
+    # lengths_q, lengths_k, H, H_kv, causal, window: the Gluon D256 backward's 64-key programs over packed batches
+    (ODD, ODD, 4, 4, False, NO_WINDOW),
+    (ODD, ODD, 4, 2, True, NO_WINDOW),  # GQA
+    (ODD, ODD_KV, 4, 1, True, NO_WINDOW),  # MQA, rows that see no key, diagonals off the 64-key grid
+    (ODD, ODD_KV, 2, 2, False, NO_WINDOW),  # key tails of every length
+    (EMPTY_Q, EMPTY_KV, 2, 2, True, NO_WINDOW),
+    (ODD, ODD, 4, 2, True, (200, 0)),  # causal windows: left-edge blocks masked too
+    ([2048, 128, 129, 1, 2048], [2048, 128, 129, 1, 2048], 2, 1, True, (0, 0)),  # each row sees itself only
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", D256_CASES, ids=lambda c: _case_id((*c[:4], 256, *c[4:])))
+def test_gpu_gluon_d256_varlen_gradients(case, dtype):
+    """Packed batches at D256: the forward is the Triton one (the Gluon forward's 64-key blocks are built dense
+    only), the backward ``sm90_bwd_d256``'s packed build; the three gradients meet the rule against each sequence's
+    fp64 reference, every buffer the launcher allocates NaN-poisoned."""
+    lq, lk, H, Hkv, causal, window = case
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lq, lk, H, Hkv, 256, dtype, seed=sum(lq) + 5 * sum(lk))
+    log = {}
+    check_varlen_against_reference(q, k, v, do, cu_q, cu_k, causal, window,
+                                   options=FA2Options(autotune=False, backward="sm90"), launch_log=log)
+    assert log["bwd_dkdv"] == log["bwd_dq"] == sm90_bwd.config_label(256, window=window != NO_WINDOW), log
 
 
 def _attention(q, k, v, cu_q, cu_k, causal, options, log, window=NO_WINDOW):

@@ -63,9 +63,10 @@ def test_takes_packed_batches_of_any_lengths():
     assert "right reach" in sm90_bwd.input_reason(q, k, k, False, True, varlen=True)
     assert "packed (total, H, D)" in sm90_bwd.input_reason(_t(1, 8, 128, 128), k, k, False, varlen=True)
     assert "dense" in sm90_bwd.input_reason(q, k, k, False)
-    q256, k256 = _t(1000, 8, 256), _t(777, 2, 256)  # D256: dense only
-    assert "not built for packed batches" in sm90_bwd.input_reason(q256, k256, k256, False, varlen=True)
-    assert "not built for packed batches" in sm90_bwd.input_reason(q256, k256, k256, True, True, varlen=True)
+    q256, k256 = _t(1000, 8, 256), _t(777, 2, 256)  # D256: its own kernel, packed too (the forward's is dense only)
+    for causal, window in ((False, False), (True, False), (True, True)):
+        assert sm90_bwd.input_reason(q256, k256, k256, causal, window, varlen=True) is None
+    assert "built dense only" in sm90.input_reason(q256, k256, k256, True, varlen=True)
 
 
 def test_never_runs_without_a_hopper_gpu(monkeypatch):
@@ -188,18 +189,17 @@ def test_the_launcher_hands_it_the_windows_left_reach(window, left, monkeypatch)
     assert seen == {"causal": True, "window_left": left}
 
 
-@pytest.mark.parametrize("causal, window, left", [(False, (-1, -1), -1), (True, (-1, -1), -1), (True, (7, 0), 7)])
-def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, left, monkeypatch):
-    """A packed batch reaches ``backward_varlen`` with its offsets, the (sequence, 128-key block) table built on
-    the device over the key axis, Delta in the (H, total_q) layout, the launch order and the window's left reach;
-    no Triton gradient kernel runs."""
+@pytest.mark.parametrize("causal, window, left, D", [(False, (-1, -1), -1, 32), (True, (-1, -1), -1, 32),
+                                                     (True, (7, 0), 7, 32), (True, (-1, -1), -1, 256)])
+def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, left, D, monkeypatch):
+    """A packed batch reaches ``backward_varlen`` with its offsets, the (sequence, key block) table built on the
+    device over the key axis (128-key blocks, 64 at D256: ``sm90_bwd.block_n``), Delta in the (H, total_q) layout,
+    the launch order and the window's left reach; no Triton gradient kernel runs."""
     from flashbench_kernels.flash_attn_v2 import flash_attn_varlen
     from kernel_checks import make_packed_inputs
 
     monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
     monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
-    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
     seen = {}
 
     def gluon_backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
@@ -212,7 +212,7 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     monkeypatch.setattr(sm90_bwd, "backward_varlen", gluon_backward_varlen)
     _forbid_triton_backward(monkeypatch)
     lengths_q, lengths_k = [5, 130, 1], [9, 300, 1]
-    q, k, v, do, cu_q, cu_k = make_packed_inputs(lengths_q, lengths_k, 4, 2, 32, torch.float32, seed=2)
+    q, k, v, do, cu_q, cu_k = make_packed_inputs(lengths_q, lengths_k, 4, 2, D, torch.float32, seed=2)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = flash_attn_varlen(*leaves, cu_q, cu_k, 130, 300, causal, window=window,
                             options=FA2Options(causal_group_programs=5))
@@ -220,8 +220,9 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     assert seen["cu"] == (cu_q.tolist(), cu_k.tolist()) and seen["delta_shape"] == (4, sum(lengths_q))
     assert seen["causal"] is causal and seen["group_programs"] == 5 and seen["window_left"] == left
     assert torch.equal(seen["dq_acc"], torch.zeros(q.shape))  # (total_q, H, D), zeroed by the Delta kernel
-    real = seen["table"][seen["table"][:, 0] >= 0].tolist()  # (sequence, key block of 128) rows, padding dropped
-    assert sorted(map(tuple, real)) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0)]
+    real = seen["table"][seen["table"][:, 0] >= 0].tolist()  # (sequence, key block) rows, padding dropped
+    blocks = -(-300 // sm90_bwd.block_n(D))  # the middle sequence's 300 keys
+    assert sorted(map(tuple, real)) == [(0, 0), *((1, j) for j in range(blocks)), (2, 0)]
 
 
 def test_a_window_without_causal_is_refused_before_any_launch():
@@ -466,16 +467,34 @@ def test_the_host_path_launches_the_d256_kernel_and_the_dq_conversion(monkeypatc
     assert [list(d.block_shape) for d in args[:7]] == [[64, 256], [64, 256], [64, 256], [64, 256], [64, 128],
                                                        [64, 128], [64, 64]]
     assert [list(d.block_shape) for d in args[7:9]] == [[64], [64]]
-    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10:] == (0.125, 4, 2, 256, 512, 0)
-    assert kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256 and not kwargs["WINDOW"]
+    assert args[9] == pytest.approx(0.125 * sm90_bwd.LOG2E) and args[10:16] == (0.125, 4, 2, 256, 512, 0)
+    assert args[16:] == (None,) * 5  # the packed-only pointers
+    assert kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256 and not kwargs["WINDOW"] and not kwargs["VARLEN"]
     assert convert.calls[-1][1][0].dtype == torch.float32 and convert.calls[-1][1][0].shape == q.shape
     with pytest.raises(ValueError, match="a window needs causal"):
         sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), False, 0.125, window_left=8)
     # a causal window: its left reach travels as WIN_LEFT, the WINDOW build launched
     sm90_bwd.backward(q, k, k, q, stats, stats, q.clone(), k.clone(), k.clone(), True, 0.125, window_left=300)
     grid, args, kwargs = kernel.calls[-1]
-    assert grid == (512 // 64, 2 * 2) and args[10:] == (0.125, 4, 2, 256, 512, 300)
+    assert grid == (512 // 64, 2 * 2) and args[10:16] == (0.125, 4, 2, 256, 512, 300)
     assert kwargs["CAUSAL"] and kwargs["WINDOW"]
+    # packed: the (sequence, 64-key block) table's rows by kv head, descriptors over the (total, heads * 256) views
+    # (a head is a column offset), L and Delta the (H, total_q) tensors themselves, the offsets and table, and the
+    # grid grouped whether causal or not
+    cu = torch.tensor([0, 100, 300], dtype=torch.int32)
+    table = torch.zeros(7, 2, dtype=torch.int32)
+    pq, pk = _t(300, 4, 256), _t(300, 2, 256)
+    pstats = torch.empty(4, 300)
+    dq, dk, dv = pq.clone(), pk.clone(), pk.clone()
+    sm90_bwd.backward_varlen(pq, pk, pk, pq, pstats, pstats, dq, dk, dv, cu, cu, table, False, 0.2)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (7, 2) and kwargs["VARLEN"] and not kwargs["CAUSAL"] and kwargs["GROUP_PROGRAMS"] == 256
+    assert [(list(d.shape), list(d.block_shape)) for d in args[:7]] == [
+        ([300, 1024], [64, 256]), ([300, 1024], [64, 256]), ([300, 512], [64, 256]), ([300, 512], [64, 256]),
+        ([300, 512], [64, 128]), ([300, 512], [64, 128]), ([300, 1024], [64, 64])]
+    assert args[7] is pstats and args[8] is pstats and args[10:16] == (0.2, 4, 2, 300, 300, 0)
+    assert args[16] is dk and args[17] is dv and args[18] is cu and args[19] is cu and args[20] is table
+    assert convert.calls[-1][1][0].shape == pq.shape
 
 
 def test_a_statistic_tma_cannot_read_in_place_is_copied():
