@@ -49,16 +49,25 @@ FA3 takes 80):
   * causal sliding windows (left, 0) (``WINDOW``): a key block is visited only by the query blocks whose rows reach
     it, and those the window's left edge crosses are masked steps too (both edges in every masked step); fwd_bwd
     with a window took 0.66-0.69 of the Triton backward's time (results/evidence/h100/gluon_bwd_d256_window/);
+  * packed batches (``sm90_bwd.backward_varlen``, ``VARLEN``): one program per (sequence, 64-key block) row of the
+    device-built table (``_schedule.SequenceBlocks`` over the keys, heaviest first) and kv head, as ``sm90_bwd``'s
+    packed build; descriptors over the (total, heads * 256) views, a head being a column offset; L and Delta read
+    by the consumers (a sequence's rows start anywhere, TMA at 16-byte boundaries only); steps whose rows or keys
+    run past the sequence, or that its diagonal (off the 64-row grid) or a window's edge crosses, are masked, and
+    the neighbours' rows a tile covers add exact zeros to dQ; the last key block's dK, dV are stored by pointer, row
+    by row.  fwd_bwd 1.08-1.38x faster than with the Triton backward (results/evidence/h100/gluon_bwd_d256_varlen/);
+    as in the packed forward, a non-finite value in the next sequence's rows can reach a sequence's gradients
+    through its masked tails (0 times inf);
   * afterwards ``sm90_bwd``'s conversion writes dQ = sm_scale * dQaccum; dK (scaled) and dV are transposed into the
-    consumers' column halves of the K and V tiles and stored by TMA.
+    consumers' column halves of the K and V tiles and stored by TMA (packed: by pointer where the sequence ends).
 
 Memory beyond the gradients and not deterministic in dQ: as ``sm90_bwd`` (its accumulator, chunks of (batch, kv
 head) pairs and reduce order; dK and dV are deterministic).
 
 What it does not support (``sm90_bwd.unsupported_reason`` says which; the launcher then runs the Triton backward):
-head dims other than 256; packed batches; windows with a right reach (non-causal); dense sequence lengths that are
-not multiples of 128 (the forward's condition, which ``sm90_bwd`` applies); causal with Nq > Nkv; fp32; GPUs other
-than capability 9.x and the interpreter.
+head dims other than 256; windows with a right reach (non-causal); dense sequence lengths that are not multiples
+of 128 (the forward's condition, which ``sm90_bwd`` applies); dense causal with Nq > Nkv (packed sequences take
+it); fp32; GPUs other than capability 9.x and the interpreter.
 """
 from __future__ import annotations
 
