@@ -60,9 +60,10 @@ class FA2Options:
         each into one chunk-sized accumulator, so the accumulator is bounded by the GPU, not the batch (8: about
         66 MiB at D128 on 132 SMs, or one pair's rows where those are more); below 4096 queries a program counts
         as its share of a 4096-query one, so short sequences take fewer, larger chunks (each chunk costs the host
-        a launch and a conversion); 0 runs every pair in one launch, into an accumulator twice dQ's size.  8 measured within 0.5% of one launch in the geometric mean of seven
-        of the fa2 sweep's fwd_bwd shapes on an H100, within about 2% at each (kernels/DESIGN.md).  Packed
-        batches always hold a whole one.
+        a launch and a conversion); 0 runs every pair in one launch, into an accumulator twice dQ's size.  8
+        measured within 0.5% of one launch in the geometric mean of seven of the fa2 sweep's fwd_bwd shapes on an
+        H100, within about 2% at each, before short sequences' chunks grew (kernels/DESIGN.md).  Packed batches
+        always hold a whole one.
     """
 
     autotune: bool = True

@@ -4,8 +4,8 @@ marked ``gpu``, run on Hopper GPUs only, skipped elsewhere).
 Sequences of odd lengths (1, 17, 127, 128, 129, 300, 2048 and mixes with empty ones), equal and unequal
 query/key lengths (bottom-right causal diagonals off the 128-row grid, rows that see no key), causal and
 not, causal windows, GQA and MQA, D 64 and 128 (and 256 for the backward), bf16 and fp16, 2 and 3 ring stages:
-the output and the three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against the fp64
-reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the launch log
+the output and the three gradients (the Gluon backward's, ``backward="auto"``) meet flash-attention's rule against
+the fp64 reference of each sequence alone, with every buffer the launcher allocates NaN-poisoned, and the launch log
 shows both Gluon kernels ran.  Also: its LSE against each sequence's log-sum-exp computed from the inputs and
 against the Triton varlen forward's (-inf where a row sees no key), padding programs writing nothing, one
 packed sequence giving the dense Gluon forward's output bit for bit and the dense Gluon backward's dK, dV (dQ
