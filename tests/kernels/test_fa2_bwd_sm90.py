@@ -337,7 +337,9 @@ SPILLS = {(128, False, False, "split_cols", False, False): 8, (128, False, False
           (64, True, False, "split_rows", True, False): 224, (64, True, True, "split_rows", True, False): 264,
           (128, True, False, "split_cols", False, True): 88, (128, True, False, "per_consumer", False, True): 208,
           (256, False, False, "split_head_dim", False, True): 152,
-          (256, True, False, "split_head_dim", False, True): 192, (256, True, True, "split_head_dim", False, True): 8}
+          (256, True, False, "split_head_dim", False, True): 192, (256, True, True, "split_head_dim", False, True): 8,
+          (256, False, False, "split_head_dim", True, True): 8, (256, True, False, "split_head_dim", True, True): 48,
+          (256, True, True, "split_head_dim", True, True): 64}
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(_BIN, "cuobjdump")),
@@ -351,9 +353,9 @@ def test_compiles_for_sm90_into_producer_and_consumers():
     dense = {(d, c, w, lay, False, False) for d in (64, 128) for c, w in masks
              for lay in ("per_consumer", sm90_bwd.dq_layout(d))}
     packed = {(d, c, w, sm90_bwd.dq_layout(d), True, False) for d in (64, 128) for c, w in masks}
-    # D128 causal walked downward (``descending_walk``); D256 dense: its own kernel, walked downward
+    # D128 causal walked downward (``descending_walk``); D256, dense and packed: its own kernel, walked downward
     descending = {(128, True, False, lay, False, True) for lay in ("per_consumer", "split_cols")}
-    d256 = {(256, c, w, "split_head_dim", False, True) for c, w in masks}
+    d256 = {(256, c, w, "split_head_dim", varlen, True) for c, w in masks for varlen in (False, True)}
     assert {(r["head_dim"], r["causal"], r["window"], r["dq_layout"], r["varlen"], r["descending"])
             for r in rows} == dense | packed | descending | d256, proc.stderr[-2000:]
     for r in rows:
