@@ -127,9 +127,9 @@ from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from . import sm90, sm90_bwd_d256
-from .sm90 import _store_rows, descriptor, packed_descriptor, packed_program, ring_barriers
+from .sm90 import _store_rows, descriptor, packed_descriptor, ring_barriers
 from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
-                              stat_descriptor)
+                              packed_key_block, stat_descriptor)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
@@ -632,41 +632,9 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
                      "the descending walk is built for dense causal calls without a window")
 
     if VARLEN:
-        # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its
-        # own: offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
-        entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-        # n0: the block's first key within the sequence
-        real, n0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK_N)
-        diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
-        # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
-        if CAUSAL:
-            first = gl.maximum(n0 - diag, 0)
-            if WINDOW:
-                last = gl.minimum(n0 + BLOCK_N - 1 - diag + WIN_LEFT, n_q - 1)
-            else:
-                last = n_q - 1
-        else:
-            first = 0
-            last = n_q - 1
-        m_lo = first // BLOCK_M
-        n_mb = gl.where(real & (n0 < n_kv) & (last >= first), gl.cdiv(last + 1, BLOCK_M) - m_lo, 0)
-        # blocks seen whole, without mask arithmetic: all rows inside the sequence, the first row sees the block's
-        # last key (causal), the last row its first key (window); none when the keys run past the sequence
-        if CAUSAL:
-            head_end = gl.cdiv(gl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M)
-        else:
-            head_end = 0
-        tail_start = n_q // BLOCK_M
-        if WINDOW:
-            tail_start = gl.minimum(tail_start, gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M)
-        head_end = gl.where(n0 + BLOCK_N <= n_kv, head_end, m_lo + n_mb)
-        n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
-        n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
-        bh0 = q0  # the sequence's first row of the (total_q, H * D) views
-        q_col0 = hk * GROUP * HEAD_DIM  # the kv head's first query head
-        kv_row = kv0 + n0
-        kv_col = hk * HEAD_DIM
-        kv_stride = (H // GROUP) * HEAD_DIM
+        (n0, diag, m_lo, n_mb, n_masked, n_tail, bh0, q_col0, n_q, n_kv, kv_row, kv_col,
+         kv_stride) = packed_key_block(table_ptr, cu_q_ptr, cu_k_ptr, H, GROUP, N_Q, N_KV, WIN_LEFT, BLOCK_M, BLOCK_N,
+                                       HEAD_DIM, CAUSAL, WINDOW, GROUP_PROGRAMS)
         dk_out = dk_ptr  # the last key block's partial stores
         dv_out = dv_ptr
     else:

@@ -1,6 +1,6 @@
 """Pieces both Gluon Hopper backwards share (``sm90_bwd`` at D64/D128, ``sm90_bwd_d256`` at D256): their register
-split, the 1-D descriptors of the row statistics L and Delta, and the fp32 dQ tile's way into the accumulator (a
-conflict-free store to shared memory, then a TMA reduce-add)."""
+split, the 1-D descriptors of the row statistics L and Delta, the fp32 dQ tile's way into the accumulator (a
+conflict-free store to shared memory, then a TMA reduce-add), and where a program works (dense or packed)."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +12,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._descriptors import tma_descriptor
 from .._schedule import block_and_head
+from .sm90 import packed_program
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -81,3 +82,47 @@ def dense_key_block(H, GROUP, N_Q, N_KV, BLOCK_N: gl.constexpr, GROUP_PROGRAMS: 
     b = pid_bhk // H_KV
     hk = pid_bhk % H_KV
     return n0, b * H + hk * GROUP, pid_bhk * N_KV + n0, N_KV - N_Q
+
+
+@gluon.jit
+def packed_key_block(table_ptr, cu_q_ptr, cu_k_ptr, H, GROUP, N_Q, N_KV, WIN_LEFT, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, CAUSAL: gl.constexpr, WINDOW: gl.constexpr,
+                     GROUP_PROGRAMS: gl.constexpr):
+    """Where a packed backward program works, grid (rows of the (sequence, BLOCK_N-key block) table, H_kv), over the
+    (total, heads * HEAD_DIM) views: (n0, diag, m_lo, n_mb, n_masked, n_tail, bh0, q_col0, n_q, n_kv, kv_row, kv_col,
+    kv_stride).  n0 is the block's first key within its sequence, diag = n_kv - n_q its bottom-right diagonal;
+    the sequence's n_mb query blocks from m_lo see some key of the block, the first n_masked of them cross the
+    diagonal (all when the keys run past the sequence), those from n_tail on run past its last row or are crossed
+    by the window's left edge, and the ones between are seen whole; bh0 is the sequence's first row, q_col0 the kv
+    head's first query head's column, kv_row, kv_col the block's first key, kv_stride the keys' row stride."""
+    # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its own:
+    # offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
+    entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
+    real, n0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, BLOCK_N)
+    diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
+    # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
+    if CAUSAL:
+        first = gl.maximum(n0 - diag, 0)
+        if WINDOW:
+            last = gl.minimum(n0 + BLOCK_N - 1 - diag + WIN_LEFT, n_q - 1)
+        else:
+            last = n_q - 1
+    else:
+        first = 0
+        last = n_q - 1
+    m_lo = first // BLOCK_M
+    n_mb = gl.where(real & (n0 < n_kv) & (last >= first), gl.cdiv(last + 1, BLOCK_M) - m_lo, 0)
+    # blocks seen whole, without mask arithmetic: all rows inside the sequence, the first row sees the block's last
+    # key (causal), the last row its first key (window); none when the keys run past the sequence
+    if CAUSAL:
+        head_end = gl.cdiv(gl.maximum(n0 + BLOCK_N - 1 - diag, 0), BLOCK_M)
+    else:
+        head_end = 0
+    tail_start = n_q // BLOCK_M
+    if WINDOW:
+        tail_start = gl.minimum(tail_start, gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // BLOCK_M)
+    head_end = gl.where(n0 + BLOCK_N <= n_kv, head_end, m_lo + n_mb)
+    n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
+    n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
+    return (n0, diag, m_lo, n_mb, n_masked, n_tail, q0, hk * GROUP * HEAD_DIM, n_q, n_kv, kv0 + n0, hk * HEAD_DIM,
+            (H // GROUP) * HEAD_DIM)

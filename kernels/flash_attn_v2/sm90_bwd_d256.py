@@ -83,10 +83,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from .._descriptors import tma_descriptor
-from .._schedule import block_and_head
 from . import sm90
-from .sm90 import _store_rows, packed_program
-from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block
+from .sm90 import _store_rows
+from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block, packed_key_block
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
@@ -418,41 +417,10 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
     gl.static_assert(dq_desc.block_type.shape[1] == _DQ_COLS, "dQ is reduced 64 columns at a time")
     gl.static_assert(CAUSAL or not WINDOW, "windows with a right reach are not supported")
     if VARLEN:
-        # the program's (sequence, key block) row of the table, heaviest first, as the packed forward reads its own:
-        # offsets clamped into the packed tensors; a padding row (sequence -1) visits nothing
-        entry, hk = block_and_head(gl.num_programs(1), False, GROUP_PROGRAMS)
-        real, n0, q0, n_q, kv0, n_kv = packed_program(table_ptr, entry, cu_q_ptr, cu_k_ptr, N_Q, N_KV, _N)
-        diag = n_kv - n_q  # bottom-right within the sequence: query m sees key n iff n <= m + diag (causal)
-        # the rows [first, last] see some key of the block; query blocks start at the sequence's first row
-        if CAUSAL:
-            first = gl.maximum(n0 - diag, 0)
-            if WINDOW:
-                last = gl.minimum(n0 + _N - 1 - diag + WIN_LEFT, n_q - 1)
-            else:
-                last = n_q - 1
-        else:
-            first = 0
-            last = n_q - 1
-        m_lo = first // _M
-        n_mb = gl.where(real & (n0 < n_kv) & (last >= first), gl.cdiv(last + 1, _M) - m_lo, 0)
-        # blocks seen whole, without mask arithmetic: all rows inside the sequence, the first row sees the block's
-        # last key (causal), the last row its first key (window); none when the keys run past the sequence
-        if CAUSAL:
-            head_end = gl.cdiv(gl.maximum(n0 + _N - 1 - diag, 0), _M)
-        else:
-            head_end = 0
-        tail_start = n_q // _M
-        if WINDOW:
-            tail_start = gl.minimum(tail_start, gl.maximum(n0 - diag + WIN_LEFT + 1, 0) // _M)
-        head_end = gl.where(n0 + _N <= n_kv, head_end, m_lo + n_mb)
-        n_masked = gl.minimum(gl.maximum(head_end - m_lo, 0), n_mb)
-        n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
+        (n0, diag, m_lo, n_mb, n_masked, n_tail, bh0, q_col0, n_q, n_kv, kv_row, kv_col,
+         kv_stride) = packed_key_block(table_ptr, cu_q_ptr, cu_k_ptr, H, GROUP, N_Q, N_KV, WIN_LEFT, _M, _N, _D, CAUSAL,
+                                       WINDOW, GROUP_PROGRAMS)
         win_left = WIN_LEFT
-        bh0 = q0  # the sequence's first row of the (total_q, H * 256) views
-        q_col0 = hk * GROUP * _D  # the kv head's first query head
-        kv_row = kv0 + n0
-        kv_col = hk * _D
-        kv_stride = (H // GROUP) * _D
         dk_out = dk_ptr  # the last key block's partial stores
         dv_out = dv_ptr
     else:
