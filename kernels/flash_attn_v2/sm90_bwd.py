@@ -5,8 +5,8 @@ every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures). 
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
 the causal builds 112 (D128; 88 walked downward) and 120 (D64), with a window 160 and 216, the packed builds 96-264,
 the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead
-(dense, causal windows included; the head dim split between the consumers, as FlashAttention-3 lays out its hdim-256
-backward): the launch path, the accumulator, its chunks and the dQ conversion below are the same.
+(dense or packed, causal windows included; the head dim split between the consumers, as FlashAttention-3 lays out its
+hdim-256 backward): the launch path, the accumulator, its chunks and the dQ conversion below are the same.
 
 What is implemented
 -------------------
