@@ -189,8 +189,7 @@ class FakeGpu:
         clock = type(sys)("time")
         clock.perf_counter = perf_counter
         # the holds are timed by tools/host_path.py's held_batch_us, which kernel_ab imports
-        for module in (kernel_ab, sys.modules[kernel_ab.held_batch_us.__module__]):
-            monkeypatch.setattr(module, "time", clock)
+        monkeypatch.setattr(sys.modules[kernel_ab.held_batch_us.__module__], "time", clock)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "synchronize", lambda: self.log.append("sync"))
         monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
