@@ -334,18 +334,18 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False, 
 
     fn = d256.bwd_sm90_d256_kernel
     dtype = dtype or torch.bfloat16
-    D = d256.HEAD_DIM
+    D, layout = d256.HEAD_DIM, sm90_bwd.dq_layout(d256.HEAD_DIM)
     if varlen:  # two heads: the column of a head is a multiple of D, as in a real launch
         tile = lambda r: mangle_type(sm90.packed_descriptor(torch.empty(r, 2, D, dtype=dtype), r))
         half = mangle_type(d256.packed_half_descriptor(torch.empty(d256.BLOCK_N, 2, D, dtype=dtype)))
-        dq_tile = mangle_type(d256.dq_descriptor(torch.empty(d256.BLOCK_M, 2, D, dtype=torch.float32)))
+        dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(d256.BLOCK_M, 2, D, dtype=torch.float32), layout))
         ptr = "*bf16" if dtype == torch.bfloat16 else "*fp16"
         packed_args = {"dk_ptr": ptr, "dv_ptr": ptr, "cu_q_ptr": "*i32", "cu_k_ptr": "*i32", "table_ptr": "*i32"}
         stat, extra = "*fp32", {}
     else:
         tile = lambda r: mangle_type(sm90.descriptor(torch.empty(1, 1, r, D, dtype=dtype), r))
         half = mangle_type(d256.half_descriptor(torch.empty(1, 1, d256.BLOCK_N, D, dtype=dtype)))
-        dq_tile = mangle_type(d256.dq_descriptor(torch.empty(1, 1, d256.BLOCK_M, D, dtype=torch.float32)))
+        dq_tile = mangle_type(sm90_bwd.dq_descriptor(torch.empty(1, 1, d256.BLOCK_M, D, dtype=torch.float32), layout))
         stat = mangle_type(sm90_bwd.stat_descriptor(torch.empty(4 * d256.BLOCK_M, dtype=torch.float32), d256.BLOCK_M))
         packed_args = {}
         extra = {name: None for name in ("dk_ptr", "dv_ptr", "cu_q_ptr", "cu_k_ptr", "table_ptr")}

@@ -234,8 +234,6 @@ def dq_descriptor(dq_acc: torch.Tensor, layout: str):
     its 2-D view: (B*H*Nq, D) dense, (total_q, H*D) packed ((total_q, H, D): a head is a column offset).  Its
     base is the accumulator itself (``sm90.descriptor``: no view made a call)."""
     D = dq_acc.shape[-1]
-    if layout == "split_head_dim":
-        return sm90_bwd_d256.dq_descriptor(dq_acc)
     rows, cols = dq_tile(D, layout)
     width = dq_acc.shape[1] * D if dq_acc.dim() == 3 else D
     return tma_descriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], [rows, cols],

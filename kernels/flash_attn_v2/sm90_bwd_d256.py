@@ -105,14 +105,6 @@ def dq_tile() -> list[int]:
     return [BLOCK_M, DQ_COLS]
 
 
-def dq_descriptor(dq_acc: torch.Tensor):
-    """The TMA descriptor of the fp32 dQ accumulator, a tile being one reduce-add's (``dq_tile``), over its 2-D view:
-    (rows, 256) dense, (total_q, H * 256) packed ((total_q, H, 256): a head is a column offset)."""
-    width = dq_acc.shape[1] * HEAD_DIM if dq_acc.dim() == 3 else HEAD_DIM
-    return tma_descriptor(dq_acc, [dq_acc.numel() // width, width], [width, 1], dq_tile(),
-                          sm90._smem_layout(BLOCK_M, DQ_COLS, torch.float32))
-
-
 def half_descriptor(t: torch.Tensor):
     """A TMA descriptor over the (rows, 256) view of a contiguous (..., 256) gradient, a tile being one consumer's
     (64 keys, 128 columns) of dK or dV."""
