@@ -185,28 +185,41 @@ def config_label(stages: int, block_cols: int = BLOCK, block_rows: int = BLOCK, 
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                       window: bool = False, varlen: bool = False, *, packed_d256: bool = False) -> str | None:
+                       window: bool = False, varlen: bool = False) -> str | None:
     """Why this forward cannot run these (validated) inputs here, or None when it can.
 
     ``window``: the call has a sliding window beyond the causal mask (flash_attn_v2's WINDOW; with
-    ``causal`` its right reach is 0).  ``varlen``: q, k, v are a packed batch, (total, heads, D).
-    ``packed_d256``: packed batches at D256 are taken (``sm90_bwd``'s conditions: its D256 kernel is built for
-    them, this forward's 64-key blocks are not)."""
+    ``causal`` its right reach is 0).  ``varlen``: q, k, v are a packed batch, (total, heads, D)."""
+    return device_reason(q) or input_reason(q, k, v, causal, window, varlen)
+
+
+def device_reason(q: torch.Tensor) -> str | None:
+    """Why no Gluon Hopper kernel (this forward, ``sm90_bwd``'s backwards) runs on q's device, or None."""
     if interpreting():
         return "Gluon kernels do not run under TRITON_INTERPRET"
     if not q.is_cuda or device_capability(q.device.index)[0] != 9:
         return "needs a Hopper GPU (capability 9.x)"
-    return input_reason(q, k, v, causal, window, varlen, packed_d256=packed_d256)
+    return None
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
-                 varlen: bool = False, *, packed_d256: bool = False) -> str | None:
-    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU.
+                 varlen: bool = False) -> str | None:
+    """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: the conditions the
+    Gluon forward and backward share (``shared_input_reason``), then this forward's own: packed batches
+    (``forward_varlen``) at D64 and D128 only (its D256 build's 64-key blocks are built dense only)."""
+    reason = shared_input_reason(q, k, v, causal, window, varlen)
+    if reason is None and varlen and block_n(q.shape[-1]) != BLOCK:
+        return f"packed batches at head_dim {q.shape[-1]}: its {block_n(q.shape[-1])}-key blocks are built dense only"
+    return reason
+
+
+def shared_input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
+                        varlen: bool = False) -> str | None:
+    """The input conditions of both Gluon Hopper kernels (this forward and ``sm90_bwd``'s backwards), or None.
 
     ``window``: a window beyond the causal mask; with ``causal`` that is a left reach (window (w, 0)),
-    which this kernel takes, without it a right reach, which it does not.  ``varlen``: a packed batch
-    (``forward_varlen``), whose sequences may have any lengths: no multiple-of-128 condition, and no D256
-    (its 64-key blocks are built dense only) unless ``packed_d256`` (``unsupported_reason``)."""
+    which these kernels take, without it a right reach, which they do not.  ``varlen``: a packed batch,
+    whose sequences may have any lengths: no multiple-of-128 condition."""
     if window and not causal:
         return "sliding windows with a right reach are not supported (the Triton forward runs them)"
     if q.dtype not in (torch.float16, torch.bfloat16):
@@ -214,8 +227,6 @@ def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     D = q.shape[-1]
     if D not in HEAD_DIMS:
         return f"head_dim {D}: 64, 128 and 256 only"
-    if varlen and block_n(D) != BLOCK and not packed_d256:
-        return f"packed batches at head_dim {D}: its {block_n(D)}-key blocks are built dense only"
     if not varlen:
         Nq, Nkv = q.shape[2], k.shape[2]
         if Nq % BLOCK or Nkv % BLOCK:

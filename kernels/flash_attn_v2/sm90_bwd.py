@@ -245,16 +245,16 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     """Why this backward cannot run these (validated) inputs here, or None when it can.  ``window``: a sliding
     window beyond the causal mask (with ``causal``, a left reach: taken; without, a right reach: not).
     ``varlen``: a packed batch, (total, heads, D) (``backward_varlen``)."""
-    return _layout_reason(q, window, varlen) or sm90.unsupported_reason(q, k, v, causal, window, varlen,
-                                                                        packed_d256=True)
+    return _layout_reason(q, window, varlen) or sm90.device_reason(q) or input_reason(q, k, v, causal, window, varlen)
 
 
 def input_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: bool = False,
                  varlen: bool = False) -> str | None:
     """The part of ``unsupported_reason`` that depends on the inputs only, not on the GPU: head dims 64, 128 and
-    256, then the Gluon forward's conditions (its 128-row blocks are whole key blocks of this kernel; causal windows
-    only), but for packed batches at D256, which the D256 kernel takes and the forward does not."""
-    return _layout_reason(q, window, varlen) or sm90.input_reason(q, k, v, causal, window, varlen, packed_d256=True)
+    256, then the conditions it shares with the Gluon forward (``sm90.shared_input_reason``: its 128-row blocks are
+    whole key blocks of this kernel; causal windows only).  Packed batches at D256, which the forward does not
+    take, run the D256 kernel here."""
+    return _layout_reason(q, window, varlen) or sm90.shared_input_reason(q, k, v, causal, window, varlen)
 
 
 def _layout_reason(q: torch.Tensor, window: bool, varlen: bool) -> str | None:
