@@ -10,6 +10,13 @@ forward plus ``torch.autograd.grad``), warms it up (compiling and tuning), keeps
   2. profiles the same number of enqueues with cProfile and prints the functions by own time and
      by cumulative time (the profiler slows Python code about twofold: read its shares, not its ms).
 
+With ``--split`` (fwd_bwd cases) it times, instead of the profile, the parts of a fwd_bwd call side by side, in
+interleaved holds: the whole call; its forward alone, with the graph recorded as in the call; its backward alone
+(``torch.autograd.grad`` of a kept forward, as the ``bwd`` mode times it); and the floor of any attention written as a
+Python ``torch.autograd.Function``: one whose forward only allocates its output and whose backward hands the gradient
+on, through the same ``torch.autograd.grad`` (the autograd engine and the Function's Python calls, no kernel of its
+own).  A backend in C++ (SDPA's) does not pay that floor; one in Python pays it on top of its launches.
+
 Both enqueue in holds of ``--reps`` calls (12 by default): a sleep kernel is queued ahead of each batch and the
 GPU synchronised after it.  One long hold for all the calls would not do: the GPU's launch queue holds about a
 thousand kernels, and once it is full each launch waits for the GPU (200 fwd_bwd calls of seven launches each
@@ -17,9 +24,10 @@ read 20 ms a call).  A hold that ended before its batch was enqueued is counted 
 
     python tools/host_path.py --backend triton_fa2 --case B16,H16,N1024,D128,bf16,causal,fwd_bwd
     python tools/host_path.py --backend sdpa_flash --case B32,H16,N512,D128,bf16,fwd --top 20
+    python tools/host_path.py --backend triton_fa2 --case B16,H16,N1024,D128,bf16,causal,fwd_bwd --split
 
-Needs a CUDA GPU. Exit status 0, or 2 on a bad ``--case`` or ``--backend``, a case the backend cannot run,
-or without a GPU.
+Needs a CUDA GPU. Exit status 0, or 2 on a bad ``--case`` or ``--backend``, ``--split`` on a case that is not
+fwd_bwd, a case the backend cannot run, or without a GPU.
 """
 from __future__ import annotations
 
@@ -150,6 +158,52 @@ def held_batches(fn, calls: int, reps: int, profiler: cProfile.Profile | None = 
     return us, short
 
 
+class _PassOn(torch.autograd.Function):
+    """The least an attention written as a Python autograd Function costs the host: its forward allocates the
+    output, its backward hands the incoming gradient on (``--split``'s floor)."""
+
+    @staticmethod
+    def forward(ctx, q):
+        return torch.empty_like(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def split_calls(fn, inputs, case: Case) -> dict:
+    """The parts of a fwd_bwd call, each a zero-argument call (see the module docstring), by label."""
+    args, do, grads_of = inputs.args, inputs.do, inputs.differentiable()
+    kept = fn(*args)  # the forward the backward-alone part differentiates again and again
+    q = grads_of[0]
+    return {
+        "fwd_bwd (the call)": bind(fn, inputs, case),
+        "forward, graph recorded": lambda: fn(*args),
+        "backward (autograd.grad)": lambda: torch.autograd.grad(kept, grads_of, do, retain_graph=True),
+        "floor: a Python autograd.Function": lambda: torch.autograd.grad(_PassOn.apply(q), (q,), do),
+    }
+
+
+def interleaved_medians(calls: dict, holds: int, reps: int) -> tuple[dict, int]:
+    """Each call's median host µs a call over ``holds`` holds of ``reps`` calls, the calls taking turns hold by hold
+    (the host's pace moves from one hold to the next), and the holds that ended early."""
+    us = {name: [] for name in calls}
+    short = 0
+    for _ in range(holds):
+        for name, call in calls.items():
+            u, s = held_batch_us(call, reps)
+            us[name].append(u)
+            short += s
+    return {name: statistics.median(v) for name, v in us.items()}, short
+
+
+def print_split(label: str, medians: dict, holds: int, reps: int) -> None:
+    print(f"{label}: host µs a call, GPU held (median of {holds} interleaved holds of {reps} calls)")
+    width = max(map(len, medians))
+    for name, us in medians.items():
+        print(f"  {name:<{width}}  {us:8.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="triton_fa2")
@@ -157,16 +211,34 @@ def main() -> int:
     ap.add_argument("--calls", type=_positive, default=120, help="enqueues timed, then profiled")
     ap.add_argument("--reps", type=_positive, default=HOST_REPS, help="calls enqueued behind one GPU hold")
     ap.add_argument("--top", type=int, default=35, help="functions listed in each profile table")
+    ap.add_argument("--split", action="store_true",
+                    help="fwd_bwd: time its forward, its backward and a Python autograd Function's floor beside it")
     a = ap.parse_args()
     try:
         case, (backend,) = case_and_backends(a.case, [a.backend])
+        if a.split and case.mode != "fwd_bwd":
+            raise Refused(f"--split takes a fwd_bwd case, got {case.mode}")
     except Refused as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    call = bind(backend.prepare(case, "cuda"), make_inputs(case, "cuda", seed=0), case)
+    fn, inputs = backend.prepare(case, "cuda"), make_inputs(case, "cuda", seed=0)
+    call = bind(fn, inputs, case)
     for _ in range(20):  # compile, tune, and fill the allocator's cache
         call()
     torch.cuda.synchronize()
+    if a.split:
+        calls = split_calls(fn, inputs, case)
+        for part in calls.values():  # each part warmed up as the call was
+            for _ in range(5):
+                part()
+        torch.cuda.synchronize()
+        holds = max(1, a.calls // a.reps)
+        medians, short = interleaved_medians(calls, holds, a.reps)
+        print_split(f"{a.backend} {case.label()}", medians, holds, a.reps)
+        if short:
+            print(f"warning: {short} holds ended before their batch was enqueued: their figures may include waiting "
+                  f"for the GPU", file=sys.stderr)
+        return 0
 
     us, short = held_batches(call, a.calls, a.reps)
     print(f"{a.backend} {case.label()}: host {statistics.median(us) / 1e3:.3f} ms a call (median of {len(us)} holds "

@@ -103,3 +103,50 @@ def test_calls_and_reps_must_be_positive():
     r = subprocess.run([sys.executable, str(TOOLS / "host_path.py"), "--reps", "0"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "--reps: must be 1 or more, got 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def _attention(q, k, v):  # a CPU stand-in for a backend's function: differentiable torch operations
+    return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+
+
+def test_split_parts_are_the_call_its_forward_its_backward_and_the_floor(host_path):
+    """Each part runs on its own and does what its label says: the backward alone differentiates a kept forward
+    (again and again), and the floor hands dO on as q's gradient."""
+    from flashbench.attention.inputs import make_inputs
+    case = host_path.parse_case("B1,H2,N16,D8,fp32,fwd_bwd")
+    inputs = make_inputs(case, "cpu", seed=0)
+    parts = host_path.split_calls(_attention, inputs, case)
+    assert list(parts) == ["fwd_bwd (the call)", "forward, graph recorded", "backward (autograd.grad)",
+                           "floor: a Python autograd.Function"]
+    whole = parts["fwd_bwd (the call)"]()
+    assert parts["forward, graph recorded"]().grad_fn is not None
+    for _ in range(2):  # the kept graph is retained: the backward part runs again
+        alone = parts["backward (autograd.grad)"]()
+        assert all(torch.equal(a, b) for a, b in zip(alone, whole))
+    (floor,) = parts["floor: a Python autograd.Function"]()
+    assert torch.equal(floor, inputs.do)
+
+
+def test_split_parts_take_turns_hold_by_hold(host_path, monkeypatch, capsys):
+    order = []
+
+    def held(call, reps):
+        order.append(call())
+        return {"a": 10.0, "b": 20.0}[order[-1]] + len(order), len(order) == 3
+
+    monkeypatch.setattr(host_path, "held_batch_us", held)
+    medians, short = host_path.interleaved_medians({"a": lambda: "a", "b": lambda: "b"}, 3, 12)
+    assert order == ["a", "b"] * 3 and short == 1
+    assert medians == {"a": 13.0, "b": 24.0}  # a: 11, 13, 15; b: 22, 24, 26
+    host_path.print_split("label", medians, 3, 12)
+    out = capsys.readouterr().out
+    assert "median of 3 interleaved holds of 12 calls" in out and "13.0" in out and "24.0" in out
+
+
+def test_split_refuses_a_case_without_a_backward(host_path, monkeypatch, capsys):
+    monkeypatch.setattr(host_path.torch.cuda, "is_available", lambda: True)  # as on a GPU: the case is checked first
+    monkeypatch.setattr(host_path.backends.get("sdpa_flash"), "unsupported_reason", lambda case, device: None)
+    monkeypatch.setattr(sys, "argv", ["host_path.py", "--backend", "sdpa_flash", "--case", "B1,H1,N64,D64,fwd",
+                                      "--split"])
+    assert host_path.main() == 2
+    assert "--split takes a fwd_bwd case, got fwd" in capsys.readouterr().err
