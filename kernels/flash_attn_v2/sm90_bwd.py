@@ -127,9 +127,9 @@ from .._descriptors import tma_descriptor
 from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from . import sm90, sm90_bwd_d256
-from .sm90 import _store_rows, descriptor, packed_descriptor, ring_barriers
+from .sm90 import descriptor, packed_descriptor, ring_barriers
 from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
-                              packed_key_block, stat_descriptor)
+                              head_rows, packed_key_block, stat_descriptor, store_dk_dv)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
@@ -287,12 +287,8 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
             m = m_lo + n_mb - 1 - (t - g * n_mb)
         else:
             m = m_lo + t - g * n_mb
-        if VARLEN:
-            row = bh0 + m * BLOCK_M
-            col = q_col0 + g * HEAD_DIM
-        else:
-            row = (bh0 + g) * N_Q + m * BLOCK_M
-            col = 0
+        row0, col, _ = head_rows(g, bh0, q_col0, N_Q, HEAD_DIM, VARLEN)
+        row = row0 + m * BLOCK_M
         slot = t % STAGES
         # a slot's barriers start in phase 1 complete, so the first pass through the ring does not wait
         phase = ((t // STAGES) & 1) ^ 1
@@ -526,14 +522,7 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
         # sequence's last row, masked again; packed, a key block past the sequence's last key masks every step
         t = 0
         for g in range(GROUP):
-            if VARLEN:
-                row0 = bh0
-                q_col = q_col0 + g * HEAD_DIM
-                stat_g = (q_col0 // HEAD_DIM + g) * N_Q + bh0  # its L and Delta in the (H, total_q) buffers
-            else:
-                row0 = (bh0 + g) * N_Q
-                q_col = 0
-                stat_g = 0  # dense: L and Delta come by TMA
+            row0, q_col, stat_g = head_rows(g, bh0, q_col0, N_Q, HEAD_DIM, VARLEN)
             if DESCENDING:
                 # dense causal without a window: every program of a head ends at its last query block, so walked
                 # from there down, the programs running side by side read the same Q_i and dO_i at about the same
@@ -582,21 +571,8 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
     # every wgmma reading K_w / V_w has retired: their tiles carry dK_w, dV_w out
     k_w.store((dk * sm_scale).to(k_w.dtype))
     v_w.store(dv.to(v_w.dtype))
-    if VARLEN:
-        if n_keys >= KEYS:
-            fence_async_shared()
-            tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, kv_col], k_w)
-            tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, kv_col], v_w)
-            tma.store_wait(0)
-        else:
-            # the sequence's last keys: a TMA store of the tile would write over the next sequence's gradients
-            _store_rows(dk_ptr, k_w, kv_row + ROW0, kv_col, kv_stride, n_keys, KEYS, HEAD_DIM, NUM_WARPS)
-            _store_rows(dv_ptr, v_w, kv_row + ROW0, kv_col, kv_stride, n_keys, KEYS, HEAD_DIM, NUM_WARPS)
-    else:
-        fence_async_shared()
-        tma.async_copy_shared_to_global(dk_desc, [kv_row + ROW0, 0], k_w)
-        tma.async_copy_shared_to_global(dv_desc, [kv_row + ROW0, 0], v_w)
-        tma.store_wait(0)
+    store_dk_dv(dk_desc, dv_desc, dk_ptr, dv_ptr, k_w, v_w, kv_row + ROW0, kv_col, kv_stride, n_keys, VARLEN,
+                NUM_WARPS)
 
 
 @gluon.jit

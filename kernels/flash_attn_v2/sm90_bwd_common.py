@@ -1,6 +1,7 @@
 """Pieces both Gluon Hopper backwards share (``sm90_bwd`` at D64/D128, ``sm90_bwd_d256`` at D256): their register
 split, the 1-D descriptors of the row statistics L and Delta, the fp32 dQ tile's way into the accumulator (a
-conflict-free store to shared memory, then a TMA reduce-add), and where a program works (dense or packed)."""
+conflict-free store to shared memory, then a TMA reduce-add), where a program works (dense or packed), where each
+query head of its group starts, and the way dK and dV leave."""
 from __future__ import annotations
 
 import torch
@@ -8,11 +9,12 @@ from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._descriptors import tma_descriptor
 from .._schedule import block_and_head
-from .sm90 import packed_program
+from .sm90 import _store_rows, packed_program
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -126,3 +128,45 @@ def packed_key_block(table_ptr, cu_q_ptr, cu_k_ptr, H, GROUP, N_Q, N_KV, WIN_LEF
     n_tail = gl.minimum(gl.maximum(tail_start - m_lo, n_masked), n_mb)
     return (n0, diag, m_lo, n_mb, n_masked, n_tail, q0, hk * GROUP * HEAD_DIM, n_q, n_kv, kv0 + n0, hk * HEAD_DIM,
             (H // GROUP) * HEAD_DIM)
+
+
+@gluon.jit
+def head_rows(g, bh0, q_col0, N_Q, HEAD_DIM: gl.constexpr, VARLEN: gl.constexpr):
+    """(row0, q_col, stat0) of query head g of the program's group: its first row and column in the Q and dO views,
+    and where its L and Delta start in the (H, total_q) buffers.  Dense (bh0 the group's first of the B * H heads):
+    row (bh0 + g) * N_Q, column 0, stat0 0 (L and Delta come by TMA).  Packed (bh0 the sequence's first row, q_col0
+    the group's first column of the (total_q, H * HEAD_DIM) views)."""
+    if VARLEN:
+        row0 = bh0
+        q_col = q_col0 + g * HEAD_DIM
+        stat0 = (q_col0 // HEAD_DIM + g) * N_Q + bh0
+    else:
+        row0 = (bh0 + g) * N_Q
+        q_col = 0
+        stat0 = 0
+    return row0, q_col, stat0
+
+
+@gluon.jit
+def store_dk_dv(dk_desc, dv_desc, dk_ptr, dv_ptr, dk_tile, dv_tile, row, col, row_stride, n_keys,
+                VARLEN: gl.constexpr, NUM_WARPS: gl.constexpr):
+    """A consumer's dK and dV, staged in the shared tiles ``dk_tile``, ``dv_tile`` (rows: keys), to rows
+    [row, row + rows) at column ``col`` of the dK, dV views: by TMA, or packed where fewer than the tile's rows
+    (``n_keys``) are the sequence's, by pointer (``dk_ptr``, ``dv_ptr``, rows ``row_stride`` elements apart): a TMA
+    store of the whole tile would write over the next sequence's gradients."""
+    ROWS: gl.constexpr = dk_tile.shape[0]
+    COLS: gl.constexpr = dk_tile.shape[1]
+    if VARLEN:
+        if n_keys >= ROWS:
+            fence_async_shared()
+            tma.async_copy_shared_to_global(dk_desc, [row, col], dk_tile)
+            tma.async_copy_shared_to_global(dv_desc, [row, col], dv_tile)
+            tma.store_wait(0)
+        else:
+            _store_rows(dk_ptr, dk_tile, row, col, row_stride, n_keys, ROWS, COLS, NUM_WARPS)
+            _store_rows(dv_ptr, dv_tile, row, col, row_stride, n_keys, ROWS, COLS, NUM_WARPS)
+    else:
+        fence_async_shared()
+        tma.async_copy_shared_to_global(dk_desc, [row, col], dk_tile)
+        tma.async_copy_shared_to_global(dv_desc, [row, col], dv_tile)
+        tma.store_wait(0)

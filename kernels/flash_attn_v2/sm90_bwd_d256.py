@@ -84,8 +84,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._descriptors import tma_descriptor
 from . import sm90
-from .sm90 import _store_rows
-from .sm90_bwd_common import CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block, packed_key_block
+from .sm90_bwd_common import (CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block, head_rows,
+                              packed_key_block, store_dk_dv)
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
@@ -150,12 +150,8 @@ def _producer(q_desc, do_desc, k_desc, v_desc, lse, delta, q_bufs, do_bufs, lse_
         g = t // n_mb
         # each head's query blocks from the last down to m_lo (the consumers' order)
         m = m_lo + n_mb - 1 - (t - g * n_mb)
-        if VARLEN:
-            row = bh0 + m * _M
-            col = q_col0 + g * _D
-        else:
-            row = (bh0 + g) * N_Q + m * _M
-            col = 0
+        row0, col, _ = head_rows(g, bh0, q_col0, N_Q, _D, VARLEN)
+        row = row0 + m * _M
         # a slot's barriers start in phase 1 complete, so the first pass through a ring does not wait
         q_slot = t % _Q_STAGES
         mbarrier.wait(q_empty.index(q_slot), ((t // _Q_STAGES) & 1) ^ 1)
@@ -337,14 +333,7 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
     mbarrier.wait(kv_bar, 0)
     t = 0
     for g in range(GROUP):
-        if VARLEN:
-            row0 = bh0
-            q_col = q_col0 + g * _D
-            stat0 = (q_col0 // _D + g) * N_Q + bh0  # its L and Delta in the (H, total_q) buffers
-        else:
-            row0 = (bh0 + g) * N_Q
-            q_col = 0
-            stat0 = 0  # dense: L and Delta come by TMA
+        row0, q_col, stat0 = head_rows(g, bh0, q_col0, N_Q, _D, VARLEN)
         # the query blocks from the last down: (a window or packed) those its left edge crosses or that run past the
         # sequence, the unmasked ones, then the n_masked crossing the diagonal
         if WINDOW or VARLEN:
@@ -372,21 +361,8 @@ def _consumer(q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, k_smem, v_smem,
     v_half = v_smem.slice(W * _HALF, _HALF, dim=1)
     k_half.store(gl.permute((dkT * sm_scale).to(k_smem.dtype), (1, 0)))
     v_half.store(gl.permute(dvT.to(v_smem.dtype), (1, 0)))
-    if VARLEN:
-        if n_keys >= _N:
-            fence_async_shared()
-            tma.async_copy_shared_to_global(dk_desc, [kv_row, kv_col + W * _HALF], k_half)
-            tma.async_copy_shared_to_global(dv_desc, [kv_row, kv_col + W * _HALF], v_half)
-            tma.store_wait(0)
-        else:
-            # the sequence's last keys: a TMA store of the tile would write over the next sequence's gradients
-            _store_rows(dk_ptr, k_half, kv_row, kv_col + W * _HALF, kv_stride, n_keys, _N, _HALF, NUM_WARPS)
-            _store_rows(dv_ptr, v_half, kv_row, kv_col + W * _HALF, kv_stride, n_keys, _N, _HALF, NUM_WARPS)
-    else:
-        fence_async_shared()
-        tma.async_copy_shared_to_global(dk_desc, [kv_row, W * _HALF], k_half)
-        tma.async_copy_shared_to_global(dv_desc, [kv_row, W * _HALF], v_half)
-        tma.store_wait(0)
+    store_dk_dv(dk_desc, dv_desc, dk_ptr, dv_ptr, k_half, v_half, kv_row, kv_col + W * _HALF, kv_stride, n_keys,
+                VARLEN, NUM_WARPS)
 
 
 @gluon.jit
