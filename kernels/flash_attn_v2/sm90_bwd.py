@@ -129,7 +129,7 @@ from .._schedule import block_and_head
 from . import sm90, sm90_bwd_d256
 from .sm90 import descriptor, packed_descriptor, ring_barriers
 from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
-                              head_rows, packed_key_block, stat_descriptor, store_dk_dv)
+                              head_rows, packed_key_block, q_do_rings, stat_descriptor, store_dk_dv)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
@@ -659,14 +659,7 @@ def bwd_sm90_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_desc, 
         dk_out: gl.constexpr = 0
         dv_out: gl.constexpr = 0
 
-    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
-    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
-    if VARLEN:  # L and Delta read by the consumers: no rings (placeholders)
-        lse_bufs = q_bufs
-        delta_bufs = do_bufs
-    else:  # L_i and Delta_i beside Q_i and dO_i
-        lse_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], lse.layout)
-        delta_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], delta.layout)
+    q_bufs, do_bufs, lse_bufs, delta_bufs = q_do_rings(q_desc, do_desc, lse, delta, STAGES, STAGES, VARLEN)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD_DIM], v_desc.layout)
     if DQ_SPLIT:

@@ -170,3 +170,21 @@ def store_dk_dv(dk_desc, dv_desc, dk_ptr, dv_ptr, dk_tile, dv_tile, row, col, ro
         tma.async_copy_shared_to_global(dk_desc, [row, col], dk_tile)
         tma.async_copy_shared_to_global(dv_desc, [row, col], dv_tile)
         tma.store_wait(0)
+
+
+@gluon.jit
+def q_do_rings(q_desc, do_desc, lse, delta, Q_STAGES: gl.constexpr, DO_STAGES: gl.constexpr, VARLEN: gl.constexpr):
+    """(q_bufs, do_bufs, lse_bufs, delta_bufs): the shared buffers of the Q and dO rings (``Q_STAGES``, ``DO_STAGES``
+    query blocks of the descriptors' tiles) and, dense, of L's and Delta's beside them; packed, the consumers read L
+    and Delta from global memory, and the Q and dO buffers stand in for theirs (never used)."""
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[0]
+    HEAD_DIM: gl.constexpr = q_desc.block_type.shape[1]
+    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [DO_STAGES, BLOCK_M, HEAD_DIM], do_desc.layout)
+    if VARLEN:
+        lse_bufs = q_bufs
+        delta_bufs = do_bufs
+    else:
+        lse_bufs = gl.allocate_shared_memory(gl.float32, [Q_STAGES, BLOCK_M], lse.layout)
+        delta_bufs = gl.allocate_shared_memory(gl.float32, [DO_STAGES, BLOCK_M], delta.layout)
+    return q_bufs, do_bufs, lse_bufs, delta_bufs

@@ -85,7 +85,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._descriptors import tma_descriptor
 from . import sm90
 from .sm90_bwd_common import (CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block, head_rows,
-                              packed_key_block, store_dk_dv)
+                              packed_key_block, q_do_rings, store_dk_dv)
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
@@ -426,14 +426,7 @@ def bwd_sm90_d256_kernel(q_desc, do_desc, k_desc, v_desc, dk_desc, dv_desc, dq_d
         dk_out: gl.constexpr = 0
         dv_out: gl.constexpr = 0
 
-    q_bufs = gl.allocate_shared_memory(q_desc.dtype, [_Q_STAGES, _M, _D], q_desc.layout)
-    do_bufs = gl.allocate_shared_memory(do_desc.dtype, [_DO_STAGES, _M, _D], do_desc.layout)
-    if VARLEN:  # L and Delta read by the consumers: no rings (placeholders)
-        lse_bufs = q_bufs
-        delta_bufs = do_bufs
-    else:
-        lse_bufs = gl.allocate_shared_memory(gl.float32, [_Q_STAGES, _M], lse.layout)
-        delta_bufs = gl.allocate_shared_memory(gl.float32, [_DO_STAGES, _M], delta.layout)
+    q_bufs, do_bufs, lse_bufs, delta_bufs = q_do_rings(q_desc, do_desc, lse, delta, _Q_STAGES, _DO_STAGES, VARLEN)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [_N, _D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [_N, _D], v_desc.layout)
     pds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_N, _M], q_desc.dtype)
