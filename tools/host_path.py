@@ -35,6 +35,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import re
 import statistics
 import sys
 import time
@@ -46,9 +47,10 @@ from flashbench import backends
 from flashbench.attention.inputs import make_inputs
 from flashbench.backends.calling import bind
 from flashbench.model.case import Case
-from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen
+from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen, Tokens
+from flashbench.model.lengths import parse_lengths, realise_budget
 
-_SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim}  # the config's domains
+_SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim, "T": Tokens}  # the config's domains
 HOST_REPS = 12  # calls enqueued behind one hold: 12 fwd_bwd calls are under 100 launches, far from a full queue
 HOLD_S, HOLD_S_A_CALL = 0.05, 0.01  # a hold's length: far above any host time a call (tens to hundreds of µs)
 
@@ -60,10 +62,28 @@ def _positive(text: str) -> int:
     return value
 
 
+_RANGE = re.compile(r"^(uniform|lognormal)(\d+)-(\d+)$")  # a packed case's lengths: uniform128-8192
+_LIST = re.compile(r"^list(\d+(?:-\d+)*)$")                 # list128-512-2048 (list2048: equal lengths)
+_EXAMPLES = "B16,H16,Hkv4,N1024,D128,bf16,causal,w4096,fwd_bwd or T16384,uniform128-8192,H16,D128,fwd_bwd"
+
+
+def _lengths(part: str) -> str | None:
+    """A packed case's length token as the ``lengths`` field (``flashbench.model.lengths``, seed 0), else None."""
+    m = _RANGE.match(part)
+    if m:
+        return f"{m.group(1)}({m.group(2)}..{m.group(3)},seed=0)"
+    m = _LIST.match(part)
+    return f"list({m.group(1).replace('-', ',')})" if m else None
+
+
 def parse_case(text: str) -> Case:
     """``B16,H16[,Hkv4],N1024,D128,bf16[,causal][,w4096],fwd_bwd``: a dense case (Nq = Nkv); ``wL`` with
-    ``causal`` is the sliding window (L, 0) (each query sees itself and the L keys before it)."""
-    b = h = hkv = n = d = None
+    ``causal`` is the sliding window (L, 0) (each query sees itself and the L keys before it).
+
+    ``T16384,uniform128-8192,H16,D128,...``: a packed (varlen) batch of T tokens, its sequences' lengths drawn as a
+    ``varlen`` sweep draws them (seed 0) from ``uniformMIN-MAX``, ``lognormalMIN-MAX`` or ``listN-N-...`` (the
+    lengths in turn; ``list2048``: equal lengths) until the T tokens are filled; B and N follow from them."""
+    b = h = hkv = n = d = tokens = lengths = None
     dtype, causal, mode, left = "bfloat16", False, "fwd", -1
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part in DTYPE_ALIASES:
@@ -76,23 +96,39 @@ def parse_case(text: str) -> Case:
             mode = part
         elif part.startswith("Hkv") and part[3:].isdigit():
             hkv = int(part[3:])
-        elif part[:1] in "BHND" and part[1:].isdigit():
+        elif part[:1] in "BHNDT" and part[1:].isdigit():
             value = int(part[1:])
-            b, h, n, d = (value if part[0] == k else old for k, old in zip("BHND", (b, h, n, d)))
+            b, h, n, d, tokens = (value if part[0] == k else old for k, old in zip("BHNDT", (b, h, n, d, tokens)))
+        elif _lengths(part):
+            lengths = _lengths(part)
         else:
-            raise ValueError(f"--case: cannot read {part!r} (B16,H16,Hkv4,N1024,D128,bf16,causal,w4096,fwd_bwd)")
-    if None in (b, h, n, d):
+            raise ValueError(f"--case: cannot read {part!r} ({_EXAMPLES})")
+    packed = tokens is not None or lengths is not None
+    if packed and (tokens is None or lengths is None or b is not None or n is not None):
+        raise ValueError("--case: a packed case takes T (its tokens) and its lengths (uniformMIN-MAX, lognormalMIN-MAX "
+                         "or listN-N-...), and no B or N (they follow from them), e.g. T16384,uniform128-8192,H16,D128")
+    if packed and None in (h, d):
+        raise ValueError("--case needs H and D, e.g. T16384,uniform128-8192,H16,D128,fwd_bwd")
+    if not packed and None in (b, h, n, d):
         raise ValueError("--case needs B, H, N and D, e.g. B16,H16,N1024,D128,bf16,causal,fwd_bwd")
     if left >= 0 and not causal:
         raise ValueError(f"--case: the window w{left} is a causal sliding window: add causal")
-    for key, value in (("B", b), ("H", h), ("Hkv", hkv), ("N", n), ("D", d)):
+    for key, value in (("B", b), ("H", h), ("Hkv", hkv), ("N", n), ("D", d), ("T", tokens)):
         try:
             if value is not None:
                 TypeAdapter(_SIZES[key]).validate_python(value)
         except ValidationError as e:
             raise ValueError(f"--case: {key}{value} {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    window = dict(window_left=left, window_right=0 if left >= 0 else -1)
+    if packed:
+        try:
+            n, b = parse_lengths(lengths).longest, len(realise_budget(lengths, tokens))
+        except ValueError as e:
+            raise ValueError(f"--case: {e}") from None
+        return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
+                    causal=causal, mode=mode, workload="varlen", lengths=lengths, total_tokens=tokens, **window)
     return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
-                causal=causal, mode=mode, window_left=left, window_right=0 if left >= 0 else -1)
+                causal=causal, mode=mode, **window)
 
 
 class Refused(Exception):

@@ -28,7 +28,9 @@ call that waits for the GPU) is counted and warned of.
 
 ``--what`` picks the call: ``bwd`` the Gluon Hopper backward alone (``sm90_bwd.backward``, given the tree's
 forward output, its base-2 LSE and Delta), ``fwd`` ``flash_attn_v2`` (tuned by each revision's own tuner
-on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
+on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.  A packed case
+(``T16384,uniform128-8192,H16,D128``: ``host_path.parse_case``) calls ``flash_attn_varlen`` instead, as the
+harness's ``triton_fa2`` does (offsets trusted, no host sync), with ``fwd`` or ``fwd_bwd``.
 
     python tools/kernel_ab.py --base HEAD~1 --what bwd --out ab.json
     python tools/kernel_ab.py --base /tmp/old/kernels --what fwd   # a copy of kernels/ (no git needed)
@@ -37,9 +39,10 @@ on the first call), ``fwd_bwd`` ``flash_attn_v2`` with ``torch.autograd.grad``.
     python tools/kernel_ab.py --what fwd --fwd-config 192,128,4,2,gluon_sm90 --cases B4,H32,N4096,D64,causal
     python tools/kernel_ab.py --base HEAD~1 --what fwd_bwd --host [--rounds 20] [--host-reps 12] --out host.json
     python tools/kernel_ab.py --base HEAD --what fwd_bwd --new-option dq_chunk_waves=4   # one option, A/B
+    python tools/kernel_ab.py --what fwd_bwd --cases T16384,lognormal128-8192,H16,Hkv4,D128,causal   # packed
 
-Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a revision without
-the called function, or without a GPU.
+Needs a CUDA GPU (the backward: Hopper). Exit status 0, or 2 on a bad case or revision, a packed case with
+``--what bwd``, a revision without the called function, or without a GPU.
 """
 from __future__ import annotations
 
@@ -120,6 +123,16 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
     q, k, v = (t.detach() for t in inputs.args[:3])
     do = inputs.do
     causal, window = case.causal, case.window
+    if case.workload == "varlen" and what == "bwd":
+        raise ValueError(f"{case.label()}: a packed case takes --what fwd or fwd_bwd (bwd times the dense Gluon "
+                         f"backward alone)")
+
+    def attend(m, q, k, v, launch_log, kw):  # revision m's call: flash_attn_v2, or flash_attn_varlen packed
+        if case.workload == "varlen":  # the harness's call (triton_fa2's): offsets known good, never synced
+            cu, longest = inputs.args[3], max(case.sequence_lengths()[0])
+            return m.flash_attn_varlen(q, k, v, cu, cu, longest, longest, causal=causal, window=window,
+                                       check_values=False, launch_log=launch_log, **kw)
+        return m.flash_attn_v2(q, k, v, causal=causal, window=window, launch_log=launch_log, **kw)
 
     def pinned(m) -> dict:  # the options keyword of revision m: its pinned forward and, new, its own options
         fields = dict(new_options or {}) if m is new else {}
@@ -127,16 +140,14 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
             fields["configs"] = {"fwd": fwd_config}
         return {"options": m.FA2Options(**fields)} if fields else {}
     if what == "fwd":
-        return {name: (lambda launch_log=None, m=m, kw=pinned(m):
-                       (m.flash_attn_v2(q, k, v, causal=causal, window=window, launch_log=launch_log, **kw),))
+        return {name: (lambda launch_log=None, m=m, kw=pinned(m): (attend(m, q, k, v, launch_log, kw),))
                 for name, m in (("new", new), ("base", base))}
     if what == "fwd_bwd":
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
         def fb(m):
             kw = pinned(m)
-            return lambda launch_log=None: torch.autograd.grad(
-                m.flash_attn_v2(*leaves, causal=causal, window=window, launch_log=launch_log, **kw), leaves, do)
+            return lambda launch_log=None: torch.autograd.grad(attend(m, *leaves, launch_log, kw), leaves, do)
         return {"new": fb(new), "base": fb(base)}
     why = new.sm90_bwd.unsupported_reason(q, k, v, causal, case.has_window)
     if why is not None:
@@ -298,7 +309,8 @@ def main() -> int:
     ap.add_argument("--what", default="bwd", choices=WHAT)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
                     help="B,H[,Hkv],N,D[,fp16][,causal[,wL]] as tools/host_path.py reads them "
-                         "(wL: the causal sliding window (L, 0))")
+                         "(wL: the causal sliding window (L, 0)); a packed batch: T,LENGTHS,H[,Hkv],D,... "
+                         "(T16384,uniform128-8192,H16,D128; fwd and fwd_bwd)")
     ap.add_argument("--rounds", type=int, help=f"interleaved rounds (default {ROUNDS}; with --host the holds a "
                                                 f"revision, default {HOST_ROUNDS})")
     ap.add_argument("--budget-ms", type=float, default=150.0, help="timer budget a revision a round")
@@ -324,6 +336,11 @@ def main() -> int:
         except ValueError as e:  # host_path's messages name its own --case option
             print(f"error: --cases {text}: {str(e).removeprefix('--case').lstrip(': ')}", file=sys.stderr)
             return 2
+    packed = [c for c in cases if c.workload == "varlen"]
+    if packed and a.what == "bwd":
+        print(f"error: --cases {packed[0].label()}: a packed case takes --what fwd or fwd_bwd (bwd times the dense "
+              f"Gluon backward alone)", file=sys.stderr)
+        return 2
     if a.rounds < 1:
         print(f"error: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
         return 2

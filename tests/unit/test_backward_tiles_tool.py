@@ -31,6 +31,7 @@ def _run(*args):
 @pytest.mark.parametrize("args, words", [
     (["--cases", "B4,H8,N4096"], "--cases B4,H8,N4096: needs B, H, N and D"),
     (["--cases", "B4,H8,N4096,D256,sideways"], "cannot read 'sideways'"),
+    (["--cases", "T4096,uniform64-1024,H8,D256"], "--cases T4096,uniform64-1024,H8,D256: dense cases only"),
     (["--dkdv", "64,64,8"], "--dkdv '64,64,8'"),
     (["--dkdv", "64,64,8,2,1"], "the tag must be"),  # a backward configuration has no fifth field
     (["--dq", "48,64,8,2"], "powers of two"),

@@ -1,4 +1,5 @@
 """tools/host_path.py: its case syntax, and its refusals on a CPU (the profile itself needs a GPU)."""
+import re
 import subprocess
 import sys
 
@@ -150,3 +151,31 @@ def test_split_refuses_a_case_without_a_backward(host_path, monkeypatch, capsys)
                                       "--split"])
     assert host_path.main() == 2
     assert "--split takes a fwd_bwd case, got fwd" in capsys.readouterr().err
+
+
+
+def test_reads_a_packed_case(host_path):
+    """A packed batch's lengths drawn as the varlen sweep draws them (seed 0) until T tokens are filled; B and N
+    follow (the longest length the distribution allows), and the label is the sweep's row label."""
+    c = host_path.parse_case("T16384,uniform128-8192,H16,Hkv4,D128,causal,fwd_bwd")
+    assert (c.workload, c.lengths, c.total_tokens) == ("varlen", "uniform(128..8192,seed=0)", 16384)
+    assert (c.batch, c.seq_len_q, c.seq_len_kv, c.heads, c.kv_heads) == (3, 8192, 8192, 16, 4)
+    assert sum(c.sequence_lengths()[0]) == 16384
+    assert c.label() == "B3 H16/4kv N8192 D128 bfloat16 causal fwd_bwd varlen lengths=uniform(128..8192,seed=0) T16384"
+    assert host_path.parse_case("T8192,lognormal128-8192,H8,D64").lengths == "lognormal(128..8192,seed=0)"
+    c = host_path.parse_case("T16384,list2048,H16,D128")  # equal lengths: the dense shape, packed
+    assert (c.lengths, c.batch, c.seq_len_q) == ("list(2048)", 8, 2048)
+    assert host_path.parse_case("T1000,list100-300,H2,D64").sequence_lengths()[0] == (100, 300, 100, 300, 100, 100)
+
+
+@pytest.mark.parametrize("text, words", [("T16384,H16,D128", "a packed case takes T (its tokens) and its lengths"),
+                                         ("uniform128-8192,H16,D128", "a packed case takes T"),
+                                         ("T16384,uniform128-8192,B2,H16,D128", "and no B or N"),
+                                         ("T16384,list2048,N2048,H16,D128", "and no B or N"),
+                                         ("T16384,uniform128-8192,D128", "needs H and D"),
+                                         ("T0,list2048,H16,D128", "T0 must be a positive integer"),
+                                         ("T16384,uniform8192-128,H16,D128", "max (128) must be >= min (8192)"),
+                                         ("T16384,uniform128-,H16,D128", "cannot read 'uniform128-'")])
+def test_a_bad_packed_case_names_what_is_wrong(host_path, text, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        host_path.parse_case(text)

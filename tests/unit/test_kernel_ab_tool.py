@@ -74,6 +74,10 @@ def test_a_revision_git_cannot_read_is_named(kernel_ab, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [(["--cases", "B1,H1"], "--cases B1,H1: needs B, H, N and D"),
+                                         (["--cases", "T4096,uniform64-1024,H2,D64"],
+                                          "a packed case takes --what fwd or fwd_bwd"),
+                                         (["--cases", "T4096,B2,H2,D64"], "a packed case takes T (its tokens) and its "
+                                                                          "lengths"),
                                          (["--cases", "B1,H1,N64,D32,int8"], "cannot read 'int8'"),
                                          (["--rounds", "0"], "--rounds must be at least 1, got 0"),
                                          (["--host", "--host-reps", "0"], "--host-reps must be at least 1, got 0"),
@@ -108,6 +112,18 @@ def test_gpu_the_tree_against_its_own_head_agrees(tmp_path):
     assert row["max_abs_diff"][0] < 1e-2  # the same source: the same output up to the tuner's choice
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not IN_GIT, reason="not a git checkout")
+def test_gpu_a_packed_case_against_its_own_head_agrees(tmp_path):
+    out = tmp_path / "ab.json"
+    r = _run("--base", "HEAD", "--what", "fwd_bwd", "--cases", "T1000,list100-300,H2,D64,causal", "--rounds", "1",
+             "--budget-ms", "20", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    row, = json.loads(out.read_text())["rows"]
+    assert "varlen" in row["case"] and row["new_ms"] > 0 and row["base_ms"] > 0
+    assert max(row["max_abs_diff"]) < 5e-2  # dQ, dK, dV of the same source: up to the reduce order and the tuner
+
+
 class _Revision:
     """A revision's ``flash_attn_v2`` and ``FA2Options``, recording what each call is given in ``seen``."""
 
@@ -120,6 +136,11 @@ class _Revision:
     def flash_attn_v2(self, q, k, v, causal=False, window=(-1, -1), **kw):
         self.seen.append((self.name, causal, window, kw.get("options")))
         return q + 0.0 * (k + v).sum()  # depends on q, k and v, so that autograd has all three gradients
+
+    def flash_attn_varlen(self, q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window=(-1, -1), **kw):
+        self.seen.append((self.name, "varlen", tuple(q.shape), cu_q.tolist(), cu_k is cu_q, max_q, max_k, causal,
+                          window, kw.get("check_values"), kw.get("options")))
+        return q + 0.0 * (k + v).sum()
 
 
 def _called(kernel_ab, monkeypatch, what, case_text, fwd_config=None, new_options=None) -> list:
@@ -362,3 +383,20 @@ def test_the_gpu_line_shows_the_clocks_and_cycles_or_dashes_without_nvml(kernel_
     row.update(new_mhz=None, base_mhz=None, new_over_base_cycles=None)
     assert kernel_ab.gpu_line(row).split()[-5:] == ["550", "-", "-", "-", "0"]
     assert " ".join(kernel_ab.GPU_HEAD.split()).endswith("TFLOP/s new MHz base MHz cycles max |new - base|")
+
+
+@pytest.mark.parametrize("what", ["fwd", "fwd_bwd"])
+def test_a_packed_case_reaches_both_revisions_flash_attn_varlen(kernel_ab, monkeypatch, what):
+    """As the harness's triton_fa2 calls it: the packed tensors, the batch's offsets for queries and keys, its
+    longest sequence, the offsets trusted (no host sync), the causal mask and window passed on."""
+    case = kernel_ab.parse_case("T1000,list100-300,H2,Hkv1,D64,causal,w64")
+    seen = _called(kernel_ab, monkeypatch, what, "T1000,list100-300,H2,Hkv1,D64,causal,w64")
+    offsets = [0, 100, 400, 500, 800, 900, 1000]  # 100, 300, 100, 300, 100, then the 100 tokens left
+    assert case.batch == 6 and case.seq_len_q == 300
+    assert seen == [(name, "varlen", (1000, 2, 64), offsets, True, 300, 300, True, (64, 0), False, None)
+                    for name in ("new", "base")]
+
+
+def test_a_packed_case_cannot_time_the_dense_backward_alone(kernel_ab, monkeypatch):
+    with pytest.raises(ValueError, match="a packed case takes --what fwd or fwd_bwd"):
+        _called(kernel_ab, monkeypatch, "bwd", "T1000,list100-300,H2,D64")
