@@ -1,7 +1,7 @@
 """Pieces both Gluon Hopper backwards share (``sm90_bwd`` at D64/D128, ``sm90_bwd_d256`` at D256): their register
 split, the 1-D descriptors of the row statistics L and Delta, the fp32 dQ tile's way into the accumulator (a
-conflict-free store to shared memory, then a TMA reduce-add), where a program works (dense or packed), where each
-query head of its group starts, and the way dK and dV leave."""
+conflict-free store to shared memory, then a TMA reduce-add), where a program works (dense or packed), the buffers
+of its Q and dO rings, where each query head of its group starts, and the way dK and dV leave."""
 from __future__ import annotations
 
 import torch
@@ -133,9 +133,10 @@ def packed_key_block(table_ptr, cu_q_ptr, cu_k_ptr, H, GROUP, N_Q, N_KV, WIN_LEF
 @gluon.jit
 def head_rows(g, bh0, q_col0, N_Q, HEAD_DIM: gl.constexpr, VARLEN: gl.constexpr):
     """(row0, q_col, stat0) of query head g of the program's group: its first row and column in the Q and dO views,
-    and where its L and Delta start in the (H, total_q) buffers.  Dense (bh0 the group's first of the B * H heads):
-    row (bh0 + g) * N_Q, column 0, stat0 0 (L and Delta come by TMA).  Packed (bh0 the sequence's first row, q_col0
-    the group's first column of the (total_q, H * HEAD_DIM) views)."""
+    and (packed) where its L and Delta start.  Dense (bh0 the group's first of the B * H heads): row (bh0 + g) * N_Q,
+    column 0, stat0 0 (L and Delta come by TMA).  Packed (bh0 the sequence's first row, q_col0 the group's first
+    column of the (total_q, H * HEAD_DIM) views, N_Q = total_q): row bh0, column q_col0 + g * HEAD_DIM, and stat0
+    the sequence's first value of the head's row of the (H, total_q) L and Delta."""
     if VARLEN:
         row0 = bh0
         q_col = q_col0 + g * HEAD_DIM
