@@ -99,8 +99,8 @@ def parse_case(text: str) -> Case:
         elif part[:1] in "BHNDT" and part[1:].isdigit():
             value = int(part[1:])
             b, h, n, d, tokens = (value if part[0] == k else old for k, old in zip("BHNDT", (b, h, n, d, tokens)))
-        elif _lengths(part):
-            lengths = _lengths(part)
+        elif (spec := _lengths(part)) is not None:
+            lengths = spec
         else:
             raise ValueError(f"--case: cannot read {part!r} ({_EXAMPLES})")
     packed = tokens is not None or lengths is not None
