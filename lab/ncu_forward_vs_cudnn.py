@@ -12,7 +12,10 @@ backward kernels only.  Run it under ncu, e.g.::
     ncu --clock-control none --nvtx --nvtx-include "profile/" --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
         --section Occupancy --csv --page details \
-        python lab/ncu_forward_vs_cudnn.py B H N D [causal] [fwd_bwd]
+        python lab/ncu_forward_vs_cudnn.py B H N D [causal]
+
+    ncu --clock-control none --profile-from-start off --kernel-name regex:"bwd|bprop" --section SpeedOfLight \
+        --csv --page details python lab/ncu_forward_vs_cudnn.py B H N D [causal] fwd_bwd
 
 ``--clock-control none`` leaves the GPU's clocks alone (ncu locks them to base otherwise).  Before the range it
 prints each backend's time a call over 20 back-to-back calls (CUDA events), for reference.
