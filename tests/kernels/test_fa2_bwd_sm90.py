@@ -125,6 +125,15 @@ def test_the_option_is_checked():
     assert hash(FA2Options(backward="triton")) != hash(FA2Options())
 
 
+def _as_on_a_hopper_gpu(monkeypatch, chunk_ref_n: int | None = None):
+    """The launcher as where the Gluon backward may run (here the interpreter runs the rest), its buffers poisoned;
+    with ``chunk_ref_n``, dQ chunks counted in programs of that many queries, so that small shapes make several."""
+    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
+    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    if chunk_ref_n is not None:
+        monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", chunk_ref_n)
+
+
 def _forbid_triton_backward(monkeypatch):
     """Let the launcher start the forward only: a Triton gradient kernel launched beside the Gluon backward fails."""
     real_prepare = launch._prepare
@@ -142,10 +151,7 @@ def test_the_launcher_hands_it_the_call_and_delta_and_logs_it(monkeypatch):
     gradient buffers, the fp32 dQ accumulator zeroed by the same kernel (allocations poisoned) and the causal
     launch order, launches no Triton gradient kernel, and logs the Gluon configuration under both gradient
     kernels' names."""
-    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
-    monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
-    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
+    _as_on_a_hopper_gpu(monkeypatch, chunk_ref_n=128)  # these 128-query shapes make several chunks
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
@@ -198,8 +204,7 @@ def test_the_launcher_hands_a_packed_batch_its_key_block_table(causal, window, l
     from flashbench_kernels.flash_attn_v2 import flash_attn_varlen
     from kernel_checks import make_packed_inputs
 
-    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
-    monkeypatch.setattr(launch, "_empty", poisoned_empty)
+    _as_on_a_hopper_gpu(monkeypatch)
     seen = {}
 
     def gluon_backward_varlen(q, k, v, do, lse, delta, dq, dk, dv, cu_q, cu_k, table, causal, sm_scale,
@@ -640,10 +645,7 @@ def test_the_chunk_option_is_checked_and_the_launcher_hands_on_its_chunks(monkey
     with pytest.raises(ValueError, match="dq_chunk_waves must be an int >= 0"):
         FA2Options(dq_chunk_waves=-1)
     assert hash(FA2Options(dq_chunk_waves=4)) != hash(FA2Options())
-    monkeypatch.setattr(launch, "_sm90_bwd_refusal", lambda *a: None)
-    monkeypatch.setattr(launch, "_empty", poisoned_empty)
-    # chunks counted in programs of 128 queries, so that these 128-query shapes (interpreted) make several
-    monkeypatch.setattr(sm90_bwd, "CHUNK_REF_N", 128)
+    _as_on_a_hopper_gpu(monkeypatch, chunk_ref_n=128)  # these 128-query shapes make several chunks
     seen = {}
 
     def gluon_backward(q, k, v, do, lse, delta, dq, dk, dv, causal, sm_scale, group_programs, window_left=-1,
