@@ -48,7 +48,6 @@ from flashbench.attention.inputs import make_inputs
 from flashbench.backends.calling import bind
 from flashbench.model.case import Case
 from flashbench.model.fields import DTYPE_ALIASES, Batch, Heads, HeadDim, SeqLen, Tokens
-from flashbench.model.lengths import parse_lengths, realise_budget
 
 _SIZES = {"B": Batch, "H": Heads, "Hkv": Heads, "N": SeqLen, "D": HeadDim, "T": Tokens}  # the config's domains
 HOST_REPS = 12  # calls enqueued behind one hold: 12 fwd_bwd calls are under 100 launches, far from a full queue
@@ -122,11 +121,9 @@ def parse_case(text: str) -> Case:
     window = dict(window_left=left, window_right=0 if left >= 0 else -1)
     if packed:
         try:
-            n, b = parse_lengths(lengths).longest, len(realise_budget(lengths, tokens))
+            return Case.budgeted_varlen(lengths, tokens, h, hkv or h, d, dtype, causal, mode, **window)
         except ValueError as e:
             raise ValueError(f"--case: {e}") from None
-        return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
-                    causal=causal, mode=mode, workload="varlen", lengths=lengths, total_tokens=tokens, **window)
     return Case(batch=b, heads=h, kv_heads=hkv or h, seq_len_q=n, seq_len_kv=n, head_dim=d, dtype=dtype,
                 causal=causal, mode=mode, **window)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .lengths import realise_budget, realise_count, short_lengths
+from .lengths import parse_lengths, realise_budget, realise_count, short_lengths
 
 _FIELD_TYPES = {"int": int, "str": str, "bool": bool}
 
@@ -51,6 +51,16 @@ class Case:
     lengths: str = ""               # per-sequence length distribution (flashbench.model.lengths); "": all equal
     total_tokens: int = 0           # Σ key/value tokens over the batch: given for a varlen batch drawn from a
     #                                 distribution (its budget), derived for every other case
+
+    @classmethod
+    def budgeted_varlen(cls, lengths: str, total_tokens: int, heads: int, kv_heads: int, head_dim: int, dtype: str,
+                        causal: bool, mode: str, window_left: int = -1, window_right: int = -1) -> Case:
+        """A varlen batch of ``total_tokens`` tokens whose lengths are drawn from ``lengths``: its batch is how many
+        sequences fill the budget, its seq_len the longest the spec can give (the tables' bound)."""
+        longest = parse_lengths(lengths).longest
+        return cls(len(realise_budget(lengths, total_tokens)), heads, kv_heads, longest, longest, head_dim, dtype,
+                   causal, mode, workload="varlen", window_left=window_left, window_right=window_right,
+                   lengths=lengths, total_tokens=total_tokens)
 
     def __post_init__(self):
         if not self.budgeted:  # derived, also after dataclasses.replace() changed the shape

@@ -185,9 +185,8 @@ def _grid_cases(a: Axes, bad_gqa: set) -> list[Case]:
         elif a.workload == "varlen":
             for tokens, (h, h_kv), (left, right) in itertools.product(a.tokens, heads, windows):
                 if _is_distribution(n):
-                    longest, batch = parse_lengths(n).longest, len(realise_budget(n, tokens))
-                    cases.append(Case(batch, h, h_kv, longest, longest, workload="varlen", lengths=n,
-                                      total_tokens=tokens, window_left=left, window_right=right, **common))
+                    cases.append(Case.budgeted_varlen(n, tokens, h, h_kv, window_left=left, window_right=right,
+                                                      **common))
                 elif tokens >= n:
                     cases.append(Case(tokens // n, h, h_kv, n, n, workload="varlen", window_left=left,
                                       window_right=right, **common))
