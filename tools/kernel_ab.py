@@ -111,6 +111,14 @@ def import_base(dest: str):
     return importlib.import_module(f"{BASE_PACKAGE}.flash_attn_v2")
 
 
+def packed_refusal(case, what: str) -> str | None:
+    """Why ``what`` cannot time this case (a packed case and ``bwd``, which times the dense Gluon backward alone),
+    or None."""
+    if case.workload == "varlen" and what == "bwd":
+        return f"{case.label()}: a packed case takes --what fwd or fwd_bwd (bwd times the dense Gluon backward alone)"
+    return None
+
+
 def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_options: dict | None = None):
     """{"new": fn, "base": fn} for one case, each fn returning its outputs (for the comparison).  ``fwd_config``:
     the forward configuration both revisions run (each revision's own ``FA2Options(configs={"fwd": ...})``)
@@ -124,9 +132,9 @@ def calls(what: str, case, new, base, fwd_config: tuple | None = None, new_optio
     do = inputs.do
     causal, window = case.causal, case.window
     packed = case.workload == "varlen"
-    if packed and what == "bwd":
-        raise ValueError(f"{case.label()}: a packed case takes --what fwd or fwd_bwd (bwd times the dense Gluon "
-                         f"backward alone)")
+    refusal = packed_refusal(case, what)
+    if refusal is not None:
+        raise ValueError(refusal)
     if packed:  # fixed once, as the harness's prepare does: the timed calls only enqueue
         cu, longest = inputs.args[3], max(case.sequence_lengths()[0])
 
@@ -338,10 +346,9 @@ def main() -> int:
         except ValueError as e:  # host_path's messages name its own --case option
             print(f"error: --cases {text}: {str(e).removeprefix('--case').lstrip(': ')}", file=sys.stderr)
             return 2
-    packed = [c for c in cases if c.workload == "varlen"]
-    if packed and a.what == "bwd":
-        print(f"error: --cases {packed[0].label()}: a packed case takes --what fwd or fwd_bwd (bwd times the dense "
-              f"Gluon backward alone)", file=sys.stderr)
+    refusal = next((r for r in (packed_refusal(c, a.what) for c in cases) if r is not None), None)
+    if refusal is not None:  # before any GPU work
+        print(f"error: --cases {refusal}", file=sys.stderr)
         return 2
     if a.rounds < 1:
         print(f"error: --rounds must be at least 1, got {a.rounds}", file=sys.stderr)
