@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     causal, backward = "causal" in words, "fwd_bwd" in words
     q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
                for _ in range(3))
-    grad_out = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16)
+    grad_out = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) if backward else None
 
     def call(attend):
         def run():
