@@ -272,6 +272,13 @@ def exps_before_second_wait(body: list[str]) -> tuple[int, int]:
     return sum(i < second for i in exps), len(exps)
 
 
+def local_accesses(body: list[str]) -> int:
+    """Local-memory loads and stores (``LDL``, ``STL``) in a loop body: spilled registers read or written at every
+    iteration.  A kernel's spill bytes say how much was spilled, not where; in a key loop each access is an L1
+    round trip on the step's critical path."""
+    return sum(bool(re.search(r"\b(LDL|STL)(\.|\s)", x)) for x in body)
+
+
 def setmaxnreg(ptx: str) -> list[int]:
     """The register counts the kernel's partitions set (``setmaxnreg``), sorted."""
     return sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
@@ -388,7 +395,9 @@ def gluon_bwd_rows() -> list[dict]:
             row["wgmma_serialized"] = wgmma_serialized(notes)
             row["injected_waits"] = injected_waits(notes)
             # per key loop: (exponentials issued before the wait for dP^T, all of them)
-            row["exps_before_dp_wait"] = [list(exps_before_second_wait(b)) for b in key_loops(sass(c))]
+            loops = key_loops(sass(c))
+            row["exps_before_dp_wait"] = [list(exps_before_second_wait(b)) for b in loops]
+            row["loop_local_accesses"] = [local_accesses(b) for b in loops]
         except Exception as e:  # report, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out.append(row)
@@ -436,7 +445,9 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     row["wgmma_serialized"] = wgmma_serialized(notes)
                     row["injected_waits"] = injected_waits(notes)
                     # per key loop: (exponentials issued before the wait for P V, all of them)
-                    row["exps_before_pv_wait"] = [list(exps_before_second_wait(b)) for b in key_loops(sass(c))]
+                    loops = key_loops(sass(c))
+                    row["exps_before_pv_wait"] = [list(exps_before_second_wait(b)) for b in loops]
+                    row["loop_local_accesses"] = [local_accesses(b) for b in loops]  # spills in the key loops
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out

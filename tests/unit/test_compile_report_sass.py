@@ -75,3 +75,11 @@ def test_constexprs_left_out_take_their_defaults_and_one_without_a_default_is_na
     del given["BLOCK_N"]
     with pytest.raises(ValueError, match="bwd_dkdv_kernel: constexpr arguments not given: BLOCK_N"):
         report.triton_constexprs(kernel, given)
+
+
+def test_local_memory_accesses_of_a_loop_are_its_spill_loads_and_stores(report):
+    body = _sass("LDL.64 R6, [R1+0x10]", "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24", "STL [R1], R180",
+                 "LDL.LU R12, [R1]", "LDS R3, [R2]", "STS [R2], R3", "LDG.E R4, desc[UR4][R6.64]", "MUFU.EX2 R3, R3",
+                 "@P0 BRA 0x0")
+    assert report.local_accesses(body) == 3  # shared (LDS, STS) and global (LDG) accesses are not spills
+    assert report.local_accesses(_sass("MUFU.EX2 R3, R3", "@P0 BRA 0x0")) == 0
