@@ -26,7 +26,9 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
                                                     # each (spaces.PREFERRED_PATH), causal and not
 
 The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value
-carried into the next loop iteration while its product is in flight does it, and costs the overlap).
+carried into the next loop iteration while its product is in flight does it, and costs the overlap).  Per key loop
+they give the exponentials before its second wgmma wait and its local-memory loads and stores
+(``loop_local_accesses``: spilled registers read or written at every step; the spill bytes do not say where).
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -274,8 +276,8 @@ def exps_before_second_wait(body: list[str]) -> tuple[int, int]:
 
 def local_accesses(body: list[str]) -> int:
     """Local-memory loads and stores (``LDL``, ``STL``) in a loop body: spilled registers read or written at every
-    iteration.  A kernel's spill bytes say how much was spilled, not where; in a key loop each access is an L1
-    round trip on the step's critical path."""
+    iteration.  A kernel's spill bytes say how much was spilled, not where; in a key loop each access is a round
+    trip to L1 at every step."""
     return sum(bool(re.search(r"\b(LDL|STL)(\.|\s)", x)) for x in body)
 
 
