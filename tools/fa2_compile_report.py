@@ -281,6 +281,15 @@ def local_accesses(body: list[str]) -> int:
     return sum(bool(re.search(r"\b(LDL|STL)(\.|\s)", x)) for x in body)
 
 
+def loop_readings(compiled, wait: str) -> dict:
+    """Per key loop of the compiled kernel: the exponentials before its second wgmma wait and all of them
+    (``exps_before_{wait}_wait``; ``wait`` names that product: "pv" in the forward, "dp" in the backward) and its
+    local-memory accesses (``loop_local_accesses``)."""
+    loops = key_loops(sass(compiled))
+    return {f"exps_before_{wait}_wait": [list(exps_before_second_wait(b)) for b in loops],
+            "loop_local_accesses": [local_accesses(b) for b in loops]}
+
+
 def setmaxnreg(ptx: str) -> list[int]:
     """The register counts the kernel's partitions set (``setmaxnreg``), sorted."""
     return sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
@@ -396,10 +405,7 @@ def gluon_bwd_rows() -> list[dict]:
             notes = ptxas_notes(c.asm["ptx"])
             row["wgmma_serialized"] = wgmma_serialized(notes)
             row["injected_waits"] = injected_waits(notes)
-            # per key loop: (exponentials issued before the wait for dP^T, all of them)
-            loops = key_loops(sass(c))
-            row["exps_before_dp_wait"] = [list(exps_before_second_wait(b)) for b in loops]
-            row["loop_local_accesses"] = [local_accesses(b) for b in loops]
+            row.update(loop_readings(c, "dp"))  # the second wait of a backward step is dP^T's
         except Exception as e:  # report, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out.append(row)
@@ -446,10 +452,7 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     notes = ptxas_notes(ptx)
                     row["wgmma_serialized"] = wgmma_serialized(notes)
                     row["injected_waits"] = injected_waits(notes)
-                    # per key loop: (exponentials issued before the wait for P V, all of them)
-                    loops = key_loops(sass(c))
-                    row["exps_before_pv_wait"] = [list(exps_before_second_wait(b)) for b in loops]
-                    row["loop_local_accesses"] = [local_accesses(b) for b in loops]  # spills in the key loops
+                    row.update(loop_readings(c, "pv"))  # the second wait of a forward step is P V's
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
