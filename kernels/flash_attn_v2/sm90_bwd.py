@@ -320,7 +320,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     phase = (t // STAGES) & 1
     # Split dQ layouts (the defaults), dense: dP^T starts from zero and Delta_i is subtracted after the product
     # (below).  D128 split: dV's product is issued before the wait for dP^T.  D64 keeps the order P^T -> dS^T -> dV:
-    # with the early issue its builds spilled more (0 -> 40 bytes a thread non-causal) and its backward took
+    # with the early issue its dense builds spilled more (0 -> 40 bytes a thread non-causal) and its backward took
     # 1.06-1.08 of the time on an H100 (kernels/DESIGN.md, Known limits).  The per-consumer layout (kept to measure
     # against) keeps the order and dP^T started from -Delta_i: with dP^T from zero its causal D128 dQ was wrong on an
     # H200 (0.57 off, |dQ| <= 0.62; cause not found)
