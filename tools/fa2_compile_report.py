@@ -20,6 +20,7 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
                                                     # build (sm90_persistent.py, kernel
                                                     # "gluon_sm90_persistent"): D64, D128 dense
     python tools/fa2_compile_report.py --gluon-bwd [--json]  # the Gluon Hopper backward (sm90_bwd.py)
+    python tools/fa2_compile_report.py --gluon-bwd --schedule --json  # and each key loop's schedule
     python tools/fa2_compile_report.py --triton-bwd [--json] [--head-dims 256]
                                                     # the Triton backward's dK/dV and dQ kernels: every entry
                                                     # of their spaces, on the tile path the tuner offers
@@ -28,7 +29,8 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
 The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value
 carried into the next loop iteration while its product is in flight does it, and costs the overlap).  Per key loop
 they give the exponentials before its second wgmma wait and its local-memory loads and stores
-(``loop_local_accesses``: spilled registers read or written at every step; the spill bytes do not say where).
+(``loop_local_accesses``: spilled registers read or written at every step; the spill bytes do not say where);
+with ``--schedule`` each key loop's order of product issues, waits, exponentials and stores (``loop_schedule``).
 
 Run it with TRITON_INTERPRET unset: the interpreter replaces kernels by Python functions that
 cannot be compiled.  Exit status 1 when a configuration fails to compile or shows shifted rows.
@@ -281,13 +283,63 @@ def local_accesses(body: list[str]) -> int:
     return sum(bool(re.search(r"\b(LDL|STL)(\.|\s)", x)) for x in body)
 
 
-def loop_readings(compiled, wait: str) -> dict:
+# What a key loop's overlap depends on, as (SASS pattern, event); other instructions are left out of a schedule
+SCHEDULE_EVENTS = (
+    (r"WARPGROUP\.ARRIVE", "mma"),  # a product issued; its HGMMA instructions are counted into it
+    (r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x(\d+)", "wait<={}"),  # the wgmma groups that may still run after it
+    (r"MUFU\.EX2", "exp"),
+    (r"\bSTS(M\.\S+|\.\S+)?\s", "st.shared"),
+    (r"\b(LDL|STL)(\.|\s)", "local"),
+    (r"SYNCS\.PHASECHK", "mbar.wait"),
+    (r"SYNCS\.ARRIVE", "mbar.arrive"),
+    (r"\bBAR\.SYNC", "bar.sync"),
+)
+
+
+def loop_schedule(body: list[str]) -> str:
+    """A key loop's instructions in issue order reduced to what its overlap depends on: product issues with the
+    HGMMA instructions right after them ("mma(4)"; a product whose HGMMAs are spread among other instructions, as
+    one with an operand in registers can be, is "mma" and then its "hgmma" runs), wgmma waits ("wait<=1"),
+    exponentials, shared-memory stores, local-memory accesses, mbarrier waits and arrivals and named barriers,
+    runs of one kind counted ("exp*12").  Where exponentials and ``st.shared`` alternate, the softmax's arithmetic
+    and dS^T's stores are interleaved; where all ``exp`` come before a wait, they run under the products in
+    flight."""
+    events: list[list] = []  # [name, count]
+    for instr in body:
+        if "HGMMA" in instr:
+            if events and events[-1][0] in ("mma", "hgmma"):
+                events[-1][1] += 1
+            else:
+                events.append(["hgmma", 1])
+            continue
+        for pattern, name in SCHEDULE_EVENTS:
+            m = re.search(pattern, instr)
+            if not m:
+                continue
+            if name == "mma":
+                events.append(["mma", 0])
+            elif name.startswith("wait"):
+                events.append([name.format(int(m.group(1), 16)), 1])
+            elif events and events[-1][0] == name:
+                events[-1][1] += 1
+            else:
+                events.append([name, 1])
+            break
+    return " ".join(("mma" if not n else f"mma({n})") if name == "mma" else f"{name}*{n}" if n > 1 else name
+                    for name, n in events)
+
+
+def loop_readings(compiled, wait: str, schedule: bool = False) -> dict:
     """Per key loop of the compiled kernel: the exponentials before its second wgmma wait and all of them
     (``exps_before_{wait}_wait``; ``wait`` names that product: "pv" in the forward, "dp" in the backward) and its
-    local-memory accesses (``loop_local_accesses``)."""
+    local-memory accesses (``loop_local_accesses``); with ``schedule``, also its ``loop_schedule``
+    (``key_loop_schedules``)."""
     loops = key_loops(sass(compiled))
-    return {f"exps_before_{wait}_wait": [list(exps_before_second_wait(b)) for b in loops],
-            "loop_local_accesses": [local_accesses(b) for b in loops]}
+    out = {f"exps_before_{wait}_wait": [list(exps_before_second_wait(b)) for b in loops],
+           "loop_local_accesses": [local_accesses(b) for b in loops]}
+    if schedule:
+        out["key_loop_schedules"] = [loop_schedule(b) for b in loops]
+    return out
 
 
 def setmaxnreg(ptx: str) -> list[int]:
@@ -378,10 +430,11 @@ def compile_sm90_gluon_bwd_d256(causal: bool, dtype=None, window: bool = False, 
     return triton.compile(src, target=SM90, options=dict(num_warps=4, maxnreg=sm90_bwd.MAXNREG))
 
 
-def gluon_bwd_rows() -> list[dict]:
+def gluon_bwd_rows(schedule: bool = False) -> list[dict]:
     """One row per build of the Gluon backward (head dim, masking: none, causal, causal with a sliding window;
     each dQ layout the head dim runs, dense; the default layout packed; D128 dense causal also walked downward;
-    D256, its own kernel, dense and packed, which walks downward): resources and register split."""
+    D256, its own kernel, dense and packed, which walks downward): resources and register split (with
+    ``schedule``, each key loop's ``loop_schedule`` too)."""
     from flashbench_kernels.flash_attn_v2 import sm90_bwd
 
     builds = [(d, causal, window, layout, varlen, False) for varlen in (False, True) for d in (128, 64)
@@ -405,18 +458,20 @@ def gluon_bwd_rows() -> list[dict]:
             notes = ptxas_notes(c.asm["ptx"])
             row["wgmma_serialized"] = wgmma_serialized(notes)
             row["injected_waits"] = injected_waits(notes)
-            row.update(loop_readings(c, "dp"))  # the second wait of a backward step is dP^T's
+            row.update(loop_readings(c, "dp", schedule))  # the second wait of a backward step is dP^T's
         except Exception as e:  # report, go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out.append(row)
     return out
 
 
-def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm90.HEAD_DIMS) -> list[dict]:
+def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm90.HEAD_DIMS,
+               schedule: bool = False) -> list[dict]:
     """One row per (head dim, masking, layout, dtype) of the Gluon forward: non-causal, causal and causal with
     a sliding window, each dense and packed (``varlen``; D64 and D128: D256 is built dense only), and the
     three-consumer build (``block_m`` 192: D64 dense, no window), for each of ``head_dims`` in each of
-    ``dtypes`` ("bf16", "fp16"); resources, register split, wgmma waits.  A head dim
+    ``dtypes`` ("bf16", "fp16"); resources, register split, wgmma waits (with ``schedule``, each key loop's
+    ``loop_schedule`` too).  A head dim
     whose rings do not fit ``stages`` deep (D256 with 3) gets a row saying so (``skipped``) instead of a build."""
     import torch
 
@@ -452,7 +507,7 @@ def gluon_rows(stages: int = 2, dtypes: tuple = ("bf16",), head_dims: tuple = sm
                     notes = ptxas_notes(ptx)
                     row["wgmma_serialized"] = wgmma_serialized(notes)
                     row["injected_waits"] = injected_waits(notes)
-                    row.update(loop_readings(c, "pv"))  # the second wait of a forward step is P V's
+                    row.update(loop_readings(c, "pv", schedule))  # the second wait of a forward step is P V's
                 except Exception as e:  # report, go on
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return out
@@ -503,12 +558,17 @@ def main() -> int:
                     help="with --gluon or --triton-bwd: comma-separated head dims (default: all the Gluon forward "
                          "runs)")
     ap.add_argument("--gluon-bwd", action="store_true", help="the Gluon Hopper backward (sm90_bwd.py)")
+    ap.add_argument("--schedule", action="store_true",
+                    help="with --gluon or --gluon-bwd: each key loop's schedule too (key_loop_schedules)")
     ap.add_argument("--triton-bwd", action="store_true",
                     help="the Triton backward's dK/dV and dQ kernels, every space entry (with --head-dims)")
     args = ap.parse_args()
+    if args.schedule and not (args.gluon or args.gluon_bwd):
+        ap.error("--schedule reads the Gluon kernels' key loops: give it with --gluon or --gluon-bwd")
     if args.gluon or args.gluon_bwd or args.triton_bwd:
-        table = (gluon_bwd_rows() if args.gluon_bwd else triton_bwd_rows(args.head_dims) if args.triton_bwd else
-                 gluon_rows(args.stages, tuple(args.dtypes.split(",")), args.head_dims))
+        table = (gluon_bwd_rows(args.schedule) if args.gluon_bwd else triton_bwd_rows(args.head_dims)
+                 if args.triton_bwd else gluon_rows(args.stages, tuple(args.dtypes.split(",")), args.head_dims,
+                                                    args.schedule))
         for r in table:
             print(json.dumps(r) if args.json else
                   " ".join(f"{k}={v}" for k, v in r.items()

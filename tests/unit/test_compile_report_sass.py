@@ -1,5 +1,6 @@
 """The compile report's readings of ptxas notes and SASS (``tools/fa2_compile_report.py``), on hand-written text:
-injected waits, key loops and the exponentials before a loop's second wgmma wait; and its refusal of bad --head-dims."""
+injected waits, key loops, the exponentials before a loop's second wgmma wait and a loop's schedule; and its refusal
+of bad --head-dims and of --schedule without a Gluon mode."""
 from __future__ import annotations
 
 import os
@@ -53,13 +54,16 @@ def test_a_loop_with_one_wait_counts_every_exponential_before_it(report):
     assert report.exps_before_second_wait(body) == (2, 2)
 
 
-@pytest.mark.parametrize("value, words", [("x,128", "expected comma-separated integers"),
-                                          ("0", "head dims must be positive")])
-def test_bad_head_dims_are_a_message_and_exit_status_2(value, words):
+@pytest.mark.parametrize("args, words", [
+    (["--triton-bwd", "--head-dims", "x,128"], "expected comma-separated integers"),
+    (["--triton-bwd", "--head-dims", "0"], "head dims must be positive"),
+    (["--triton-bwd", "--schedule"], "--schedule reads the Gluon kernels"),
+    (["--schedule"], "give it with --gluon or --gluon-bwd"),
+])
+def test_bad_arguments_are_a_message_and_exit_status_2(args, words):
     tool = Path(__file__).resolve().parents[2] / "tools" / "fa2_compile_report.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(tool), "--triton-bwd", "--head-dims", value], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -83,3 +87,23 @@ def test_local_memory_accesses_of_a_loop_are_its_spill_loads_and_stores(report):
                  "@P0 BRA 0x0")
     assert report.local_accesses(body) == 3  # shared (LDS, STS) and global (LDG) accesses are not spills
     assert report.local_accesses(_sass("MUFU.EX2 R3, R3", "@P0 BRA 0x0")) == 0
+
+
+def test_a_loop_schedule_keeps_issues_waits_exponentials_and_stores_in_order_and_counts_runs(report):
+    body = _sass("WARPGROUP.ARRIVE", "HGMMA.64x128x16.F32.BF16 R88, gdesc[UR48], R88",
+                 "HGMMA.64x128x16.F32.BF16 R88, gdesc[UR28], R88, gsb0",
+                 "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR7+0x30980], R13", "WARPGROUP.DEPBAR.LE gsb0, 0x1",
+                 "FMUL R3, R3, R4", "MUFU.EX2 R3, R3", "MUFU.EX2 R4, R4", "STSM.16.M88.4 [R34+0x2000], R84",
+                 "MUFU.EX2 R5, R5", "STS.64 [R7+UR4+0x2c000], R20", "STS [R2], R3", "LDL R4, [R1+0x4]",
+                 "STL [R1], R180", "WARPGROUP.DEPBAR.LE gsb0, 0x0", "MEMBAR.ALL.CTA",
+                 "BAR.SYNC.DEFER_BLOCKING 0x2, 0x80",
+                 "@!P2 SYNCS.ARRIVE.TRANS64.A1T0 RZ, [UR7+0x309a0], RZ", "HGMMA.64x64x16.F32.BF16 R24, R88, R24",
+                 "@P0 BRA 0x0")
+    assert report.loop_schedule(body) == ("mma(2) mbar.wait wait<=1 exp*2 st.shared exp st.shared*2 local*2 wait<=0 "
+                                          "bar.sync mbar.arrive hgmma")
+    assert report.loop_schedule(_sass("MOV R1, R2", "@P0 BRA 0x0")) == ""
+    # a product issued among the exponentials: its issue, then its HGMMA runs where they stand
+    spread = _sass("WARPGROUP.ARRIVE", "MUFU.EX2 R3, R3", "HGMMA.64x64x16.F32.BF16 R24, R88, gdesc[UR4], R24",
+                   "MUFU.EX2 R4, R4", "HGMMA.64x64x16.F32.BF16 R24, R92, gdesc[UR4], R24",
+                   "HGMMA.64x64x16.F32.BF16 R24, R96, gdesc[UR4], R24, gsb0", "@P0 BRA 0x0")
+    assert report.loop_schedule(spread) == "mma exp hgmma exp hgmma*2"
