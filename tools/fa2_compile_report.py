@@ -286,7 +286,7 @@ def local_accesses(body: list[str]) -> int:
 # What a key loop's overlap depends on, as (SASS pattern, event); other instructions are left out of a schedule
 SCHEDULE_EVENTS = (
     (r"WARPGROUP\.ARRIVE", "mma"),  # a product issued; its HGMMA instructions are counted into it
-    (r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x(\d+)", "wait<={}"),  # the wgmma groups that may still run after it
+    (r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)", "wait<={}"),  # the wgmma groups that may still run after it
     (r"MUFU\.EX2", "exp"),
     (r"\bSTS(M\.\S+|\.\S+)?\s", "st.shared"),
     (r"\b(LDL|STL)(\.|\s)", "local"),

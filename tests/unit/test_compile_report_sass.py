@@ -107,3 +107,4 @@ def test_a_loop_schedule_keeps_issues_waits_exponentials_and_stores_in_order_and
                    "MUFU.EX2 R4, R4", "HGMMA.64x64x16.F32.BF16 R24, R92, gdesc[UR4], R24",
                    "HGMMA.64x64x16.F32.BF16 R24, R96, gdesc[UR4], R24, gsb0", "@P0 BRA 0x0")
     assert report.loop_schedule(spread) == "mma exp hgmma exp hgmma*2"
+    assert report.loop_schedule(_sass("WARPGROUP.DEPBAR.LE gsb0, 0xa", "@P0 BRA 0x0")) == "wait<=10"  # hex count
