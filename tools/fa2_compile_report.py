@@ -276,11 +276,14 @@ def exps_before_second_wait(body: list[str]) -> tuple[int, int]:
     return sum(i < second for i in exps), len(exps)
 
 
+LOCAL_ACCESS = r"\b(LDL|STL)(\.|\s)"  # a local-memory load or store (a spilled register), in any width
+
+
 def local_accesses(body: list[str]) -> int:
     """Local-memory loads and stores (``LDL``, ``STL``) in a loop body: spilled registers read or written at every
     iteration.  A kernel's spill bytes say how much was spilled, not where; in a key loop each access is a round
     trip to L1 at every step."""
-    return sum(bool(re.search(r"\b(LDL|STL)(\.|\s)", x)) for x in body)
+    return sum(bool(re.search(LOCAL_ACCESS, x)) for x in body)
 
 
 # What a key loop's overlap depends on, as (SASS pattern, event); other instructions are left out of a schedule
@@ -289,7 +292,7 @@ SCHEDULE_EVENTS = (
     (r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x([0-9a-f]+)", "wait<={}"),  # the wgmma groups that may still run after it
     (r"MUFU\.EX2", "exp"),
     (r"\bSTS(M\.\S+|\.\S+)?\s", "st.shared"),
-    (r"\b(LDL|STL)(\.|\s)", "local"),
+    (LOCAL_ACCESS, "local"),
     (r"SYNCS\.PHASECHK", "mbar.wait"),
     (r"SYNCS\.ARRIVE", "mbar.arrive"),
     (r"\bBAR\.SYNC", "bar.sync"),
@@ -301,9 +304,9 @@ def loop_schedule(body: list[str]) -> str:
     HGMMA instructions right after them ("mma(4)"; a product whose HGMMAs are spread among other instructions, as
     one with an operand in registers can be, is "mma" and then its "hgmma" runs), wgmma waits ("wait<=1"),
     exponentials, shared-memory stores, local-memory accesses, mbarrier waits and arrivals and named barriers,
-    runs of one kind counted ("exp*12").  Where exponentials and ``st.shared`` alternate, the softmax's arithmetic
-    and dS^T's stores are interleaved; where all ``exp`` come before a wait, they run under the products in
-    flight."""
+    runs of one kind counted ("exp*12").  Where exponentials and ``st.shared`` alternate, the softmax runs
+    interleaved with the stores (in the backward, dS^T's); where all ``exp`` come before a wait, they run under the
+    products in flight."""
     events: list[list] = []  # [name, count]
     for instr in body:
         if "HGMMA" in instr:
