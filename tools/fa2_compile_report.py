@@ -26,6 +26,8 @@ pointers and strides, GROUP == 1, contiguous bf16 inputs; N_Q and N_KV are not s
                                                     # of their spaces, on the tile path the tuner offers
                                                     # each (spaces.PREFERRED_PATH), causal and not
 
+Each Gluon row carries ``sass_digest``, a hash of its SASS: run the report on two revisions and the builds whose
+digests match compile to the same machine code (a change meant for some builds only touched no other).
 The Gluon rows also say whether ptxas serialised the wgmma instructions (``wgmma_serialized``: a value
 carried into the next loop iteration while its product is in flight does it, and costs the overlap).  Per key loop
 they give the exponentials before its second wgmma wait and its local-memory loads and stores
@@ -38,6 +40,7 @@ cannot be compiled.  Exit status 1 when a configuration fails to compile or show
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import itertools
 import json
@@ -332,13 +335,22 @@ def loop_schedule(body: list[str]) -> str:
                     for name, n in events)
 
 
+def sass_digest(instrs: list[str]) -> str:
+    """The first 12 hex digits of the SHA-1 of the kernel's SASS instructions (addresses included, no line
+    information): two revisions of a kernel whose build has the same digest compile to the same machine code, so
+    its GPU tests and timings carry over from one to the other."""
+    return hashlib.sha1("\n".join(instrs).encode()).hexdigest()[:12]
+
+
 def loop_readings(compiled, wait: str, schedule: bool = False) -> dict:
-    """Per key loop of the compiled kernel: the exponentials before its second wgmma wait and all of them
-    (``exps_before_{wait}_wait``; ``wait`` names that product: "pv" in the forward, "dp" in the backward) and its
-    local-memory accesses (``loop_local_accesses``); with ``schedule``, also its ``loop_schedule``
+    """The kernel's ``sass_digest``, and per key loop: the exponentials before its second wgmma wait and all of
+    them (``exps_before_{wait}_wait``; ``wait`` names that product: "pv" in the forward, "dp" in the backward) and
+    its local-memory accesses (``loop_local_accesses``); with ``schedule``, also its ``loop_schedule``
     (``key_loop_schedules``)."""
-    loops = key_loops(sass(compiled))
-    out = {f"exps_before_{wait}_wait": [list(exps_before_second_wait(b)) for b in loops],
+    instrs = sass(compiled)
+    loops = key_loops(instrs)
+    out = {"sass_digest": sass_digest(instrs),
+           f"exps_before_{wait}_wait": [list(exps_before_second_wait(b)) for b in loops],
            "loop_local_accesses": [local_accesses(b) for b in loops]}
     if schedule:
         out["key_loop_schedules"] = [loop_schedule(b) for b in loops]

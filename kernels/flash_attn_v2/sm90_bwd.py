@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 112 (D128; 88 walked downward) and 120 (D64), with a window 160 and 216, the packed builds 96-264,
+the causal builds 112 (D128; 88 walked downward) and 136 (D64), with a window 160 and 168, the packed builds 96-264,
 the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead
 (dense or packed, causal windows included; the head dim split between the consumers, as FlashAttention-3 lays out its
 hdim-256 backward): the launch path, the accumulator, its chunks and the dQ conversion below are the same.
@@ -39,7 +39,9 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
                                                   split builds subtract it here from dP^T started from zero,
                                                   the others start dP^T from -Delta_i)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
-        dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below)
+        dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below;
+                                                  D64 causal dense builds issue it before dK's product, so the
+                                                  tile's store and reduce run under dK's: ``DQ_FIRST``)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  The tile is written to shared
@@ -326,6 +328,9 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     # H200 (0.57 off, |dQ| <= 0.62; cause not found)
     DP_FROM_ZERO: gl.constexpr = DQ_SPLIT and not VARLEN
     EARLY_DV: gl.constexpr = DQ_SPLIT and dv.shape[1] == 128
+    # D64 causal dense builds (windows too): dQ's products issued before dK's (below). On an H100 their backward took
+    # 0.957-0.985 of the time with it; D128 moved by -1.9..+1.7%, D64 non-causal +0.2..+3.0% (kernels/DESIGN.md)
+    DQ_FIRST: gl.constexpr = DQ_SPLIT and CAUSAL and not VARLEN and dv.shape[1] == 64
     if DQ_SPLIT:
         # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer
         # writes step t + 1's while the other may still read step t's (it waits on step t + 1's barrier before
@@ -406,18 +411,6 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     # operand of dK's product
     ds16 = dsT.to(ds_smem.dtype)
     ds_smem.store(ds16)
-    if not EARLY_DV:
-        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
-        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
-    # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
-    # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
-    ds16 = gl.convert_layout(ds16, a_layout)
-    dk_tok = warpgroup_mma(ds16, q_smem, dk, is_async=True)
-    fence_async_shared()
-    if DQ_SPLIT:
-        mbarrier.arrive(ds_ready.index(t % 2), count=1)  # this consumer's half of dS^T is in shared memory
-    # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
-    dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
     if DQ_SPLIT:
         # dQ_i[QROW0 : QROW0 + DQ_ROWS, COL0 : COL0 + DQ_COLS] = dS[QROW0 : QROW0 + DQ_ROWS, all 128 keys]
         # K_j[:, COL0 : COL0 + DQ_COLS] (k_cols: those columns of K_j), as two products over the keys: this
@@ -428,23 +421,57 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         else:
             ds_rows = ds_all.slice(QROW0, DQ_ROWS, dim=1)
         OTHER0: gl.constexpr = KEYS - ROW0  # the other consumer's first key in the block
+    if not EARLY_DV:
+        p16 = gl.convert_layout(pT.to(q_smem.dtype), a_layout)
+        dv_tok = warpgroup_mma(p16, do_smem, dv, is_async=True)
+    # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
+    # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
+    ds16 = gl.convert_layout(ds16, a_layout)
+    if DQ_FIRST:
+        # dQ's two products issued before dK's: groups retire in order, so dQ's retire first, and its tile's stores
+        # to shared memory and its TMA reduce run while dK's product is on the tensor cores
+        fence_async_shared()
+        mbarrier.arrive(ds_ready.index(t % 2), count=1)  # this consumer's half of dS^T is in shared memory
         dq_tok = warpgroup_mma(ds_rows.slice(ROW0, KEYS).permute((1, 0)), k_cols.slice(ROW0, KEYS), zero_dq,
                                use_acc=False, is_async=True)
+        dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])  # P^T dO retired: dO's slot is free
+        mbarrier.arrive(do_empty.index(slot), count=1)
         mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
         dq_tok = warpgroup_mma(ds_rows.slice(OTHER0, KEYS).permute((1, 0)), k_cols.slice(OTHER0, KEYS), dq_tok,
                                is_async=True)
-        dk, ds16 = warpgroup_mma_wait(2, deps=[dk_tok, ds16])
+        dk_tok = warpgroup_mma(ds16, q_smem, dk, is_async=True)
+        dq = warpgroup_mma_wait(1, deps=[dq_tok])  # dK's product still runs
+        tma.store_wait(0)  # the previous step's reduce has read dq_smem
+        _store_dq(dq_smem, dq)
+        fence_async_shared()
+        _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
+        dk, ds16 = warpgroup_mma_wait(0, deps=[dk_tok, ds16])  # Q's last reader retired: its slot is free
+        mbarrier.arrive(q_empty.index(slot), count=1)
     else:
-        dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
-        dk, ds16 = warpgroup_mma_wait(1, deps=[dk_tok, ds16])
-    mbarrier.arrive(q_empty.index(slot), count=1)
-    mbarrier.arrive(do_empty.index(slot), count=1)
-    dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    tma.store_wait(0)  # the previous step's reduce has read dq_smem
-    _store_dq(dq_smem, dq)
-    fence_async_shared()
-    # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
-    _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
+        dk_tok = warpgroup_mma(ds16, q_smem, dk, is_async=True)
+        fence_async_shared()
+        if DQ_SPLIT:
+            mbarrier.arrive(ds_ready.index(t % 2), count=1)  # this consumer's half of dS^T is in shared memory
+        # P^T dO retires first (groups retire in order): its register operand is dead before dQ's accumulator is live
+        dv, p16 = warpgroup_mma_wait(1, deps=[dv_tok, p16])
+        if DQ_SPLIT:
+            dq_tok = warpgroup_mma(ds_rows.slice(ROW0, KEYS).permute((1, 0)), k_cols.slice(ROW0, KEYS), zero_dq,
+                                   use_acc=False, is_async=True)
+            mbarrier.wait(ds_ready.index(t % 2), (t // 2) & 1)
+            dq_tok = warpgroup_mma(ds_rows.slice(OTHER0, KEYS).permute((1, 0)), k_cols.slice(OTHER0, KEYS), dq_tok,
+                                   is_async=True)
+            dk, ds16 = warpgroup_mma_wait(2, deps=[dk_tok, ds16])
+        else:
+            dq_tok = warpgroup_mma(ds_smem.permute((1, 0)), k_w, zero_dq, use_acc=False, is_async=True)
+            dk, ds16 = warpgroup_mma_wait(1, deps=[dk_tok, ds16])
+        mbarrier.arrive(q_empty.index(slot), count=1)
+        mbarrier.arrive(do_empty.index(slot), count=1)
+        dq = warpgroup_mma_wait(0, deps=[dq_tok])
+        tma.store_wait(0)  # the previous step's reduce has read dq_smem
+        _store_dq(dq_smem, dq)
+        fence_async_shared()
+        # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
+        _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
     return dk, dv
 
 

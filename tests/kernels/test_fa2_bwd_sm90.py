@@ -335,8 +335,8 @@ def test_a_layout_the_head_dim_cannot_run_is_refused_before_any_launch(D, layout
 # docstring states them
 SPILLS = {(128, False, False, "split_cols", False, False): 8, (128, False, False, "per_consumer", False, False): 64,
           (128, True, False, "split_cols", False, False): 112, (128, True, False, "per_consumer", False, False): 208,
-          (64, True, False, "split_rows", False, False): 120, (128, True, True, "split_cols", False, False): 160,
-          (128, True, True, "per_consumer", False, False): 160, (64, True, True, "split_rows", False, False): 216,
+          (64, True, False, "split_rows", False, False): 136, (128, True, True, "split_cols", False, False): 160,
+          (128, True, True, "per_consumer", False, False): 160, (64, True, True, "split_rows", False, False): 168,
           (128, False, False, "split_cols", True, False): 160, (128, True, False, "split_cols", True, False): 184,
           (128, True, True, "split_cols", True, False): 208, (64, False, False, "split_rows", True, False): 96,
           (64, True, False, "split_rows", True, False): 224, (64, True, True, "split_rows", True, False): 264,

@@ -108,3 +108,13 @@ def test_a_loop_schedule_keeps_issues_waits_exponentials_and_stores_in_order_and
                    "HGMMA.64x64x16.F32.BF16 R24, R96, gdesc[UR4], R24, gsb0", "@P0 BRA 0x0")
     assert report.loop_schedule(spread) == "mma exp hgmma exp hgmma*2"
     assert report.loop_schedule(_sass("WARPGROUP.DEPBAR.LE gsb0, 0xa", "@P0 BRA 0x0")) == "wait<=10"  # hex count
+
+
+def test_the_sass_digest_tells_identical_machine_code_from_any_change(report):
+    code = _sass("MOV R1, R2", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", "EXIT")
+    digest = report.sass_digest(code)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    assert report.sass_digest(list(code)) == digest
+    assert report.sass_digest(_sass("MOV R1, R3", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", "EXIT")) != digest
+    assert report.sass_digest(_sass("NOP", "MOV R1, R2", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24",
+                                    "EXIT")) != digest  # moved by one slot: the addresses differ
