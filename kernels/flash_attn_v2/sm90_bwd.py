@@ -329,7 +329,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     DP_FROM_ZERO: gl.constexpr = DQ_SPLIT and not VARLEN
     EARLY_DV: gl.constexpr = DQ_SPLIT and dv.shape[1] == 128
     # D64 causal dense builds (windows too): dQ's products issued before dK's (below). On an H100 their backward took
-    # 0.957-0.985 of the time with it; D128 moved by -1.9..+1.7%, D64 non-causal +0.2..+3.0% (kernels/DESIGN.md)
+    # 0.957-0.985 of the time with it; D128 moved by -2.6..+1.7%, D64 non-causal +0.2..+3.0% (kernels/DESIGN.md)
     DQ_FIRST: gl.constexpr = DQ_SPLIT and CAUSAL and not VARLEN and dv.shape[1] == 64
     if DQ_SPLIT:
         # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer

@@ -113,7 +113,7 @@ def test_a_loop_schedule_keeps_issues_waits_exponentials_and_stores_in_order_and
 def test_the_sass_digest_tells_identical_machine_code_from_any_change(report):
     code = _sass("MOV R1, R2", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", "EXIT")
     digest = report.sass_digest(code)
-    assert len(digest) == 12 and int(digest, 16) >= 0
+    assert len(digest) == 12 and set(digest) <= set("0123456789abcdef")
     assert report.sass_digest(list(code)) == digest
     assert report.sass_digest(_sass("MOV R1, R3", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24", "EXIT")) != digest
     assert report.sass_digest(_sass("NOP", "MOV R1, R2", "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24",
