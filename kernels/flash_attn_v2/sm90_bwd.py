@@ -3,7 +3,7 @@
 ``flash_attn_v2`` runs it by default wherever it takes the inputs (it measured faster than the Triton backward at
 every shape timed; ``FA2Options.backward``; kernels/DESIGN.md has the figures).  Compiles for sm_90 at D 64 and 128,
 causal or not, with causal sliding windows, dense or packed (168 registers, 12 warps; bytes of stack a thread spilled:
-the causal builds 112 (D128; 88 walked downward) and 136 (D64), with a window 160 and 168, the packed builds 96-264,
+the causal builds 112 (D128; 88 walked downward) and 136 (D64), with a window 160 and 168, the packed builds 96-320,
 the dense non-causal ones 8 (D128) and none (D64)).  At D256 this module launches ``sm90_bwd_d256``'s kernel instead
 (dense or packed, causal windows included; the head dim split between the consumers, as FlashAttention-3 lays out its
 hdim-256 backward): the launch path, the accumulator, its chunks and the dQ conversion below are the same.
@@ -40,8 +40,8 @@ The backward of FA2 paper (Dao 2023) Algorithm 2 in one pass over the key blocks
                                                   the others start dP^T from -Delta_i)
         dK_w += dS^T Q_i                         (wgmma, A = dS^T from registers, line 21)
         dQ_i  = dS K                             (wgmma, A = a transposed view of dS^T in shared memory; below;
-                                                  D64 causal dense builds issue it before dK's product, so the
-                                                  tile's store and reduce run under dK's: ``DQ_FIRST``)
+                                                  D64 causal builds issue it before dK's product, so the tile's
+                                                  store and reduce run under dK's: ``DQ_FIRST``)
     then dQ_i goes to an fp32 accumulator in global memory by TMA reduce-adds (``cp.reduce.async.bulk.tensor
     .add.f32``, FA3's bulk reduce of dQaccum; Algorithm 2 line 21 does it with atomic adds), from shared memory,
     while the next step computes (the buffer is reused after ``tma.store_wait``).  The tile is written to shared
@@ -328,9 +328,10 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     # H200 (0.57 off, |dQ| <= 0.62; cause not found)
     DP_FROM_ZERO: gl.constexpr = DQ_SPLIT and not VARLEN
     EARLY_DV: gl.constexpr = DQ_SPLIT and dv.shape[1] == 128
-    # D64 causal dense builds (windows too): dQ's products issued before dK's (below). On an H100 their backward took
-    # 0.957-0.985 of the time with it; D128 moved by -2.6..+1.7%, D64 non-causal +0.2..+3.0% (kernels/DESIGN.md)
-    DQ_FIRST: gl.constexpr = DQ_SPLIT and CAUSAL and not VARLEN and dv.shape[1] == 64
+    # D64 causal builds, dense or packed (windows too): dQ's products issued before dK's (below). On an H100 the dense
+    # backward took 0.957-0.985 of the time with it, packed fwd_bwd 0.973-0.984 (0.995 with a window); D128 moved by
+    # -2.6..+1.7%, D64 non-causal +0.2..+3.0% (kernels/DESIGN.md)
+    DQ_FIRST: gl.constexpr = DQ_SPLIT and CAUSAL and dv.shape[1] == 64
     if DQ_SPLIT:
         # dS^T of the whole key block, this consumer writing rows ROW0.. of it; two buffers, so that a consumer
         # writes step t + 1's while the other may still read step t's (it waits on step t + 1's barrier before

@@ -339,7 +339,7 @@ SPILLS = {(128, False, False, "split_cols", False, False): 8, (128, False, False
           (128, True, True, "per_consumer", False, False): 160, (64, True, True, "split_rows", False, False): 168,
           (128, False, False, "split_cols", True, False): 160, (128, True, False, "split_cols", True, False): 184,
           (128, True, True, "split_cols", True, False): 208, (64, False, False, "split_rows", True, False): 96,
-          (64, True, False, "split_rows", True, False): 224, (64, True, True, "split_rows", True, False): 264,
+          (64, True, False, "split_rows", True, False): 192, (64, True, True, "split_rows", True, False): 320,
           (128, True, False, "split_cols", False, True): 88, (128, True, False, "per_consumer", False, True): 208,
           (256, False, False, "split_head_dim", False, True): 152,
           (256, True, False, "split_head_dim", False, True): 192, (256, True, True, "split_head_dim", False, True): 8,
