@@ -428,6 +428,8 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
     # dK's A operand from registers too (dS^T as it was computed), not from the copy in shared memory, which
     # only the dQ product needs: 8 KiB less shared-memory read a step and consumer
     ds16 = gl.convert_layout(ds16, a_layout)
+    # Either order ends with the dQ tile's TMA reduce-add.  Packed: rows past the sequence add dS = 0 (masked) to
+    # its neighbour's rows, which leaves them as they are
     if DQ_FIRST:
         # dQ's two products issued before dK's: groups retire in order, so dQ's retire first, and its tile's stores
         # to shared memory and its TMA reduce run while dK's product is on the tensor cores
@@ -471,7 +473,6 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         tma.store_wait(0)  # the previous step's reduce has read dq_smem
         _store_dq(dq_smem, dq)
         fence_async_shared()
-        # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
         _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
     return dk, dv
 
