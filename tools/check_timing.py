@@ -57,8 +57,9 @@ def main() -> int:
     rows = []
     for attempt in range(a.attempts):  # interleave the two timers so that GPU drift hits both
         def ours_():
+            # no rest: do_bench takes none, and a rest before one timer alone would compare two clocks
             return summarize(time_cuda(call, Timing(warmup_ms=25, budget_ms=500, min_samples=20,
-                                                            max_samples=1000)).samples_ms)
+                                                            max_samples=1000, rest_ms=0)).samples_ms)
 
         def theirs_():
             return triton.testing.do_bench(call, warmup=25, rep=500, return_mode="median")

@@ -91,14 +91,14 @@ def timing_verdict(row, method: NoiseMethod = "both", alpha: float = DEFAULT_ALP
 
 @dataclass(frozen=True)
 class EnvDifference:
-    kind: str        # gpu | driver | config | schema | software | device | order
+    kind: str        # gpu | driver | config | timing | schema | software | device | order
     what: str
     old: object
     new: object
 
     @property
     def loud(self) -> bool:
-        """GPU, driver, config and schema differences make timings incomparable."""
+        """GPU, driver, config, timing and schema differences make timings incomparable."""
         return self.kind not in ("software", "device", "order")
 
     def message(self) -> str:
@@ -129,11 +129,37 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
         diffs.append(EnvDifference("config", "config", f"{co.get('name') or co.get('path')} "
                                    f"({str(co.get('sha256'))[:8]})", f"{cn.get('name') or cn.get('path')} "
                                    f"({str(cn.get('sha256'))[:8]})"))
+    timing = timing_difference(old, new)
+    if timing:
+        diffs.append(timing)
     for key in ("cuda", "torch", "triton"):
         if eo.get(key) != en.get(key):
             diffs.append(EnvDifference("software", key, eo.get(key), en.get(key)))
     order = order_difference(old, new)
     return diffs + ([order] if order else [])
+
+
+# A run written before results recorded their timing ran without a rest before the warm-up (timing.rest_ms came
+# with the record); its other timing settings are in its config's text.
+UNRECORDED_TIMING = {"rest_ms": 0.0}
+TIMING_CHARS = 300  # of the timing note's list of settings
+
+
+def timing_difference(old: dict, new: dict) -> EnvDifference | None:
+    """The timing settings (``timing`` of the metadata, defaults included) in which two runs differ; a run that
+    recorded none is taken as timed without a rest. None when neither recorded any, or they agree."""
+    to, tn = old.get("timing"), new.get("timing")
+    if not isinstance(to, dict) and not isinstance(tn, dict):
+        return None
+    to = to if isinstance(to, dict) else UNRECORDED_TIMING
+    tn = tn if isinstance(tn, dict) else UNRECORDED_TIMING
+    keys = [k for k in dict.fromkeys([*to, *tn]) if k in to and k in tn and to[k] != tn[k]]
+    if not keys:
+        return None
+
+    def side(t):
+        return cut(", ".join(f"{k} {t[k]}" for k in keys), TIMING_CHARS)
+    return EnvDifference("timing", "timing", side(to), side(tn))
 
 
 ORDER_CHARS = 200  # of each side's backend list in the order note

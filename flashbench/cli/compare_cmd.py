@@ -24,7 +24,7 @@ def compare(
     backends: Optional[str] = typer.Option(None, "--backends", "-b", help="comma-separated backends to show"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv | markdown"),
     strict: bool = typer.Option(False, "--strict", help="refuse (exit 3) to compare runs from different GPUs, "
-                                                        "drivers or configs"),
+                                                        "drivers, configs or timing settings"),
     noise: str = typer.Option("both", "--noise", help="beyond-noise test: intervals (p20–p80 disjoint) | rank "
                                                       "(Mann-Whitney) | both"),
     show_all: bool = typer.Option(False, "--all", "-a", help="runs against runs: also list unchanged cases"),
@@ -109,7 +109,7 @@ def compare(
             else:
                 err.print(f"[dim]{escape(f'note: {rc.new_label}: {d.message()}')}[/]", highlight=False, soft_wrap=True)
     if strict and loud:
-        fail("--strict: the runs differ in GPU, driver or config (see above)", code=EXIT_ENV)
+        fail("--strict: the runs differ in GPU, driver, config or timing settings (see above)", code=EXIT_ENV)
     if fmt != "table":
         from ..report.comparison_tables import runs_frame
 

@@ -342,6 +342,9 @@ def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str 
         "backends": list(backend_names or cfg.config.backends),
         "executor": executor,
         "reference_backend": cfg.config.reference_backend,
+        # the timing as run, defaults included: a default that changes between versions (timing.rest_ms) is not in
+        # the config's text, and `check` and `compare` name what differs between two runs
+        "timing": cfg.config.timing.model_dump(),
         "environment": collect_environment(p.device),
         "tasks_total": p.total,
         "finished": False,

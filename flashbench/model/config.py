@@ -83,6 +83,9 @@ class Timing(Strict):
     # a minute of warmup or of sampling per call is past any useful measurement (and, paid per
     # backend, past the default per-task timeout of 600 s); samples are all kept in results.json
     warmup_ms: Number = Field(25.0, gt=0, le=60_000, description="time spent running the call before sampling")
+    rest_ms: Number = Field(300.0, ge=0, le=60_000, description="GPU only: idle this long after the first call (it may "
+                            "compile and autotune) and before the warm-up, so that a backend's samples do not start at "
+                            "the clock its own autotuning or the backend timed before it left")
     budget_ms: Number = Field(200.0, gt=0, le=60_000, description="most time spent sampling (less once max_noise_pct is met)")
     min_samples: Integer = Field(10, ge=1, le=100_000)
     max_samples: Integer = Field(1000, ge=1, le=100_000)

@@ -27,6 +27,9 @@ def problems(text):
     ("{budget_ms: 1.0e+308}", "timing.budget_ms"),
     ("{warmup_ms: 1000000}", "timing.warmup_ms"),
     ("{max_samples: 100000000}", "timing.max_samples"),
+    ("{rest_ms: -1}", "timing.rest_ms"),
+    ("{rest_ms: .inf}", "timing.rest_ms"),
+    ("{rest_ms: 60001}", "timing.rest_ms"),
 ])
 def test_timing_values_outside_a_sane_range_are_refused(timing, field):
     """Item 6: infinite, NaN and absurd timing values are refused with the field named."""
@@ -102,6 +105,7 @@ def test_error_rows_keep_one_line_without_stack_frames():
     ("seed: true\n", "seed"),
     ("timing: {min_samples: true}\n", "timing.min_samples"),
     ("timing: {warmup_ms: true}\n", "timing.warmup_ms"),
+    ("timing: {rest_ms: false}\n", "timing.rest_ms"),
     ("tolerances: {float32: {atol: false}}\n", "tolerances.float32.atol"),
 ])
 def test_booleans_where_numbers_belong_are_refused(text, field):

@@ -148,3 +148,29 @@ def test_energy_ms_is_a_cap(gpu):
     r = timer.time_cuda(call, short, "cuda", energy=stuck)
     assert r.avg_power_w is None
     assert time.perf_counter() - t0 < 1.0  # 50 ms of extension, one batch past it at most
+
+
+def _first_call_then_gaps(gpu, rest_ms):
+    """The host's time between the timer's first call and the next one (the first of the warm-up's estimate)."""
+    starts = []
+
+    def call():
+        starts.append(time.perf_counter())
+        gpu.enqueue(KERNEL_MS)
+
+    timer.time_cuda(call, SETTINGS.model_copy(update={"rest_ms": rest_ms}), "cuda")
+    return (starts[1] - starts[0]) * 1e3
+
+
+def test_the_gpu_rests_between_the_first_call_and_the_warm_up(gpu):
+    """rest_ms: the first call (which may autotune for a second) is followed by that much idle time, so the
+    warm-up and the samples start from a GPU that has recovered its clock."""
+    assert _first_call_then_gaps(gpu, 80.0) >= 80.0
+    assert _first_call_then_gaps(gpu, 0.0) < 40.0  # 0: no rest (the next call follows at once)
+
+
+def test_the_cpu_timer_does_not_rest():
+    # a rest is about a GPU's clock; a CPU run's timings take none (a minute's rest would show here)
+    t0 = time.perf_counter()
+    timer.time_cpu(lambda: None, Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=10, rest_ms=60_000))
+    assert time.perf_counter() - t0 < 5.0
