@@ -16,7 +16,7 @@ from ..model.case import CASE_FIELDS, TASK_KEY_FIELDS
 from ..model.metrics import LATENCY, Metric, factor_text, get_metric
 from .noise import (DEFAULT_ALPHA, DEFAULT_FAMILY_ALPHA, CaseNoise, NoiseMethod, NoiseVerdict, PooledNoise,
                     beyond_noise, pool_rounds, run_to_run)
-from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings
+from ..results.files import Run, SchemaVersionError, gpu_model, load_run, same_settings, timing_differs
 from ..results.rounds import every_place_timed, round_medians, run_rounds
 from ..model.schema import SCHEMA_VERSION
 from ..model.yaml_input import cut, preview
@@ -139,27 +139,10 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
     return diffs + ([order] if order else [])
 
 
-# A run written before results recorded their timing ran without a rest before the warm-up (timing.rest_ms came
-# with the record); its other timing settings are in its config's text.
-UNRECORDED_TIMING = {"rest_ms": 0.0}
-TIMING_CHARS = 300  # of the timing note's list of settings
-
-
 def timing_difference(old: dict, new: dict) -> EnvDifference | None:
-    """The timing settings (``timing`` of the metadata, defaults included) in which two runs differ; a run that
-    recorded none is taken as timed without a rest. None when neither recorded any, or they agree."""
-    to, tn = old.get("timing"), new.get("timing")
-    if not isinstance(to, dict) and not isinstance(tn, dict):
-        return None
-    to = to if isinstance(to, dict) else UNRECORDED_TIMING
-    tn = tn if isinstance(tn, dict) else UNRECORDED_TIMING
-    keys = [k for k in dict.fromkeys([*to, *tn]) if k in to and k in tn and to[k] != tn[k]]
-    if not keys:
-        return None
-
-    def side(t):
-        return cut(", ".join(f"{k} {t[k]}" for k in keys), TIMING_CHARS)
-    return EnvDifference("timing", "timing", side(to), side(tn))
+    """The timing settings in which two runs differ (:func:`~flashbench.results.files.timing_differs`)."""
+    sides = timing_differs(old, new)
+    return EnvDifference("timing", "timing", *sides) if sides else None
 
 
 ORDER_CHARS = 200  # of each side's backend list in the order note

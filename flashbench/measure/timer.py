@@ -251,9 +251,9 @@ def time_cuda(call: Callable[[], object], s: Timing, device="cuda", stream: torc
     call()  # the first call may compile or autotune: never part of an estimate
     torch.cuda.synchronize()
     if s.rest_ms > 0:
-        # at the power limit the SM clock falls under load and recovers at idle: an autotuner's second of candidates
-        # (or the backend timed before) would otherwise leave this call's samples at a lower clock than a call that
-        # did not tune starts at
+        # at the power limit the SM clock falls under load and recovers at idle: the first call's autotuning (or the
+        # backend timed before) would otherwise leave this call's samples at a lower clock than a call that did not
+        # tune starts at
         time.sleep(s.rest_ms / 1e3)
     estimate, host_estimate = _warm_up(call, flush, s)
     windows = _Windows(energy, clock)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..model.schema import (CSV_COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, Record, RecordError,
                             printable_line, read_record, upgrade)
-from ..model.yaml_input import ConfigError, load_yaml, preview
+from ..model.yaml_input import ConfigError, cut, load_yaml, preview
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,6 +94,30 @@ def same_settings(old: dict, new: dict) -> bool:
         return True
     a, b = _settings(old), _settings(new)
     return a is not None and a == b
+
+
+# A run written before results recorded their timing ran without a rest before the warm-up (timing.rest_ms came
+# with the record); its other timing settings are in its config's text.
+UNRECORDED_TIMING = {"rest_ms": 0.0}
+TIMING_CHARS = 300  # of each side's list of settings that differ
+
+
+def timing_differs(old: dict, new: dict) -> tuple[str, str] | None:
+    """The timing settings (``timing`` of two runs' metadata: as run, defaults included) in which the runs differ,
+    as each side's "name value, ..." text; a run that recorded none is taken as timed without a rest. None when
+    neither recorded any, or they agree."""
+    to, tn = old.get("timing"), new.get("timing")
+    if not isinstance(to, dict) and not isinstance(tn, dict):
+        return None
+    to = to if isinstance(to, dict) else UNRECORDED_TIMING
+    tn = tn if isinstance(tn, dict) else UNRECORDED_TIMING
+    keys = [k for k in dict.fromkeys([*to, *tn]) if k in to and k in tn and to[k] != tn[k]]
+    if not keys:
+        return None
+
+    def side(t):
+        return cut(", ".join(f"{cut(k, 40)} {cut(t[k], 40)}" for k in keys), TIMING_CHARS)
+    return side(to), side(tn)
 
 
 def gpu_model(meta: dict) -> str:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..measure.energy import energy_per_call_j, tflop_per_j
 from ..measure.stats import percentile, summarize
 from ..model.schema import STATUS_RANK, Record
-from .files import ResultsError, Run, gpu_model, same_settings
+from .files import ResultsError, Run, gpu_model, same_settings, timing_differs
 
 # rows that carry timings: a later round measures their task again and merges into them
 MEASURED_STATUSES = ("ok", "mismatch")
@@ -201,8 +201,8 @@ def merge_runs(runs: list[Run], labels: list[str]) -> Run:
     """Several runs of one config on one GPU model as one run whose rows hold all their rounds.
 
     Raises ResultsError when they cannot be rounds of one baseline: another config (other settings),
-    another backend selection or another GPU model; a driver or software difference is recorded
-    as a warning.
+    another backend selection, other timing settings (``timing`` of the metadata) or another GPU model; a driver
+    or software difference is recorded as a warning.
     """
     if len(runs) != len(labels) or not runs:
         raise ValueError("merge_runs: one label per run, at least one run")
@@ -213,6 +213,10 @@ def merge_runs(runs: list[Run], labels: list[str]) -> Run:
             problems.append(f"{label}: written by config {(m.get('config') or {}).get('path')}, {labels[0]} by "
                             f"{(first.get('config') or {}).get('path')} (other settings): a baseline's runs must "
                             "come from one config, its settings unchanged")
+        timing = timing_differs(first, m)
+        if timing:
+            problems.append(f"{label}: timed with {timing[1]}, {labels[0]} with {timing[0]}: a baseline's runs must be "
+                            "timed alike")
         if sorted(m.get("backends") or []) != sorted(first.get("backends") or []):
             problems.append(f"{label}: backends {','.join(m.get('backends') or [])}, {labels[0]}: "
                             f"{','.join(first.get('backends') or [])}: a baseline's runs must measure the same backends")

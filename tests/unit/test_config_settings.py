@@ -74,3 +74,17 @@ def test_a_timing_note_from_a_hostile_file_stays_short():
     new["timing"] = {f"k{i}": "y" * 1000 for i in range(100)}
     (d,) = [d for d in environment_differences(old, new) if d.kind == "timing"]
     assert len(d.message()) < 1000
+
+
+def test_runs_timed_otherwise_are_not_merged_into_one_baseline():
+    import pytest
+    from flashbench.results.files import ResultsError
+
+    old, new = meta(), meta()
+    old["config"] = new["config"] = config(TEXT)
+    new["timing"] = timing()
+    runs = [Run(dict(m), [record("sdpa", case(n=512))]) for m in (old, new)]
+    with pytest.raises(ResultsError, match="b: timed with rest_ms 300.0, a with rest_ms 0.0: a baseline's runs must"):
+        merge_runs(runs, ["a", "b"])
+    old["timing"] = timing()
+    assert merge_runs([Run(dict(m), [record("sdpa", case(n=512))]) for m in (old, new)], ["a", "b"]).records
