@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..model.config import LoadedConfig, parse_config
 from ..model.yaml_input import ConfigError
-from ..results.files import Run, load_run
+from ..results.files import Run, load_run, timing_differs
 from ..results.rounds import rounds_to_go, run_rounds
 from ..model.schema import Record
 from .plan import Plan
@@ -82,6 +82,12 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
             f"--resume {directory}: it was written by config {old.get('path') or '?'} "
             f"(sha256 {str(old.get('sha256'))[:12]}…), not by {loaded.path} (sha256 {loaded.sha256[:12]}…): "
             "resume with the same config file, unchanged, or start a new results directory")
+    # the same text can be timed otherwise when a default changed since (timing.rest_ms): its rows would mix two methods
+    timing = timing_differs(run.meta, {"timing": loaded.config.timing.model_dump()})
+    if timing:
+        raise ResumeError(
+            f"--resume {directory}: it was timed with {timing[0]}, this version times with {timing[1]}: finish it with "
+            "the flashbench that started it, or start a new results directory")
     old_b = _old_backends(run, directory)
     new_b = list(backend_names or loaded.config.backends)
     if set(old_b) != set(new_b):
