@@ -68,8 +68,8 @@ def _old_backends(run: Run, directory) -> list[str]:
 
 
 def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list[str] | None = None,
-                retry_failed: bool = False) -> Resume:
-    """Load ``directory`` and check it against this config; raise ResumeError / ResultsError."""
+                retry_failed: bool = False, device: str = "cuda") -> Resume:
+    """Load ``directory`` and check it against this config run on ``device``; raise ResumeError / ResultsError."""
     directory = Path(directory)
     if directory.is_file():  # the sweep writes into DIR: given DIR/results.json, it failed as "--out: File exists"
         raise ResumeError(f"--resume {directory}: a file; give the results directory that holds it "
@@ -83,7 +83,7 @@ def open_resume(directory: str | Path, loaded: LoadedConfig, backend_names: list
             f"(sha256 {str(old.get('sha256'))[:12]}…), not by {loaded.path} (sha256 {loaded.sha256[:12]}…): "
             "resume with the same config file, unchanged, or start a new results directory")
     # the same text can be timed otherwise when a default changed since (timing.rest_ms): its rows would mix two methods
-    timing = timing_differs(run.meta, {"timing": loaded.config.timing.model_dump()})
+    timing = timing_differs(run.meta, {"timing": loaded.config.timing.as_run(device)})
     if timing:
         raise ResumeError(
             f"--resume {directory}: it was timed with {timing[0]}, this version times with {timing[1]}: finish it with "

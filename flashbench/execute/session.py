@@ -295,7 +295,7 @@ def prepare_sweep(req: SweepRequest) -> Sweep:
     if req.executor == "ray" and want is None and loaded.config.device == "auto":
         want = "cuda" if req.ray.num_gpus > 0 else "cpu"  # the GPUs are on the cluster, not necessarily here
     p = plan(loaded, req.backends, want)
-    state = open_resume(req.resume, loaded, req.backends, req.retry_failed) if req.resume is not None else None
+    state = open_resume(req.resume, loaded, req.backends, req.retry_failed, p.device) if req.resume is not None else None
     if req.executor != "ray" and not req.dry_run and (req.device == "cuda" or p.device.startswith("cuda")):
         import torch
 
@@ -344,7 +344,7 @@ def run_metadata(p: Plan, backend_names: list[str] | None = None, executor: str 
         "reference_backend": cfg.config.reference_backend,
         # the timing as run, defaults included: a default that changes between versions (timing.rest_ms) is not in
         # the config's text, and `check` and `compare` name what differs between two runs
-        "timing": cfg.config.timing.model_dump(),
+        "timing": cfg.config.timing.as_run(p.device),
         "environment": collect_environment(p.device),
         "tasks_total": p.total,
         "finished": False,

@@ -107,6 +107,14 @@ class Timing(Strict):
             raise ValueError("max_samples must be >= min_samples")
         return self
 
+    def as_run(self, device: str) -> dict:
+        """The settings a run on ``device`` applies, as results record them (``timing`` of results.json): a CPU
+        run's timer takes no rest (``flashbench.measure.timer.time_cpu``), whatever ``rest_ms`` says."""
+        settings = self.model_dump()
+        if not str(device).startswith("cuda"):
+            settings["rest_ms"] = 0.0
+        return settings
+
 
 class Tolerance(Strict):
     atol: Number = Field(ge=0, le=1e6, description="absolute term added to the bound")

@@ -99,12 +99,12 @@ def test_resume_checks_config_and_backends_and_fills_gaps(tmp_path, fake_plugins
     r = invoke("run", cfg, "--resume", tmp_path / "missing")
     assert r.exit_code == 2 and "no results.json" in r.output
 
-    # refused: a directory timed otherwise by the same config text (a default changed since; here a run written
-    # before results recorded their timing, which took no rest before the warm-up): its rows would mix two methods
+    # refused: a directory timed otherwise by the same config text (a default that the text leaves out changed
+    # since): its rows would mix two methods
     doc = json.loads((out / "results.json").read_text())
-    del doc["timing"]
+    doc["timing"]["max_noise_pct"] = 5.0
     doc["finished"] = False
     (out / "results.json").write_text(json.dumps(doc))
     r = invoke("run", cfg, "--resume", out)
-    assert r.exit_code == 2 and "timed with rest_ms 0.0, this version times with rest_ms 300.0" in r.output
+    assert r.exit_code == 2 and "timed with max_noise_pct 5.0, this version times with max_noise_pct 1.0" in r.output
     assert keys(load_run(out)) == keys(retried)  # refusals never touch the directory

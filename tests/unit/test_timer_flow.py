@@ -174,3 +174,10 @@ def test_the_cpu_timer_does_not_rest():
     t0 = time.perf_counter()
     timer.time_cpu(lambda: None, Timing(warmup_ms=1, budget_ms=5, min_samples=3, max_samples=10, rest_ms=60_000))
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_results_record_the_rest_a_device_takes():
+    # results.json's `timing` is what was applied: the GPU timer rests, the CPU timer does not
+    s = Timing(rest_ms=300)
+    assert s.as_run("cuda")["rest_ms"] == 300.0 and s.as_run("cuda:1")["rest_ms"] == 300.0
+    assert s.as_run("cpu")["rest_ms"] == 0.0 and s.as_run("cpu")["warmup_ms"] == s.warmup_ms
