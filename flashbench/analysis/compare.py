@@ -129,20 +129,14 @@ def environment_differences(old: dict, new: dict) -> list[EnvDifference]:
         diffs.append(EnvDifference("config", "config", f"{co.get('name') or co.get('path')} "
                                    f"({str(co.get('sha256'))[:8]})", f"{cn.get('name') or cn.get('path')} "
                                    f"({str(cn.get('sha256'))[:8]})"))
-    timing = timing_difference(old, new)
+    timing = timing_differs(old, new)
     if timing:
-        diffs.append(timing)
+        diffs.append(EnvDifference("timing", "timing", *timing))
     for key in ("cuda", "torch", "triton"):
         if eo.get(key) != en.get(key):
             diffs.append(EnvDifference("software", key, eo.get(key), en.get(key)))
     order = order_difference(old, new)
     return diffs + ([order] if order else [])
-
-
-def timing_difference(old: dict, new: dict) -> EnvDifference | None:
-    """The timing settings in which two runs differ (:func:`~flashbench.results.files.timing_differs`)."""
-    sides = timing_differs(old, new)
-    return EnvDifference("timing", "timing", *sides) if sides else None
 
 
 ORDER_CHARS = 200  # of each side's backend list in the order note
