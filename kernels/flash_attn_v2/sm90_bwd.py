@@ -130,8 +130,8 @@ from .._prepared import PreparedLaunch
 from .._schedule import block_and_head
 from . import sm90, sm90_bwd_d256
 from .sm90 import descriptor, packed_descriptor, ring_barriers
-from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, _store_dq, _tma_reduce_add,
-                              head_rows, packed_key_block, q_do_rings, stat_descriptor, store_dk_dv)
+from .sm90_bwd_common import (CONSUMER_REGS, LOG2E, MAXNREG, PRODUCER_REGS, head_rows, packed_key_block, q_do_rings,
+                              reduce_dq, stat_descriptor, store_dk_dv)
 
 BLOCK_N = sm90.BLOCK  # keys per program, 64 per consumer warp group (input_reason: the forward's block)
 STAGE_CHOICES = (2, 3)  # Q and dO ring depths that fit (3: 226 KiB of shared memory with a split dQ)
@@ -444,10 +444,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
                                is_async=True)
         dk_tok = warpgroup_mma(ds16, q_smem, dk, is_async=True)
         dq = warpgroup_mma_wait(1, deps=[dq_tok])  # dK's product still runs
-        tma.store_wait(0)  # the previous step's reduce has read dq_smem
-        _store_dq(dq_smem, dq)
-        fence_async_shared()
-        _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
+        reduce_dq(dq_desc, q_row + QROW0, q_col + COL0, dq_smem, dq)
         dk, ds16 = warpgroup_mma_wait(0, deps=[dk_tok, ds16])  # Q's last reader retired: its slot is free
         mbarrier.arrive(q_empty.index(slot), count=1)
     else:
@@ -470,10 +467,7 @@ def _step(dk, dv, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_row
         mbarrier.arrive(q_empty.index(slot), count=1)
         mbarrier.arrive(do_empty.index(slot), count=1)
         dq = warpgroup_mma_wait(0, deps=[dq_tok])
-        tma.store_wait(0)  # the previous step's reduce has read dq_smem
-        _store_dq(dq_smem, dq)
-        fence_async_shared()
-        _tma_reduce_add(dq_desc, [q_row + QROW0, q_col + COL0], dq_smem)
+        reduce_dq(dq_desc, q_row + QROW0, q_col + COL0, dq_smem, dq)
     return dk, dv
 
 

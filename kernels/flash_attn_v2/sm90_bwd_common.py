@@ -73,6 +73,17 @@ def _store_dq(dq_smem, dq):
 
 
 @gluon.jit
+def reduce_dq(dq_desc, row, col, dq_smem, dq):
+    """global dQ[row:, col:] += the fp32 tile dq, through the one staging tile dq_smem: wait for the reduce that last
+    read it, store dq there (``_store_dq``), make it visible to the tensor copy engine and start the reduce-add (not
+    waited for: the next call's wait, or the kernel's end, covers it)."""
+    tma.store_wait(0)
+    _store_dq(dq_smem, dq)
+    fence_async_shared()
+    _tma_reduce_add(dq_desc, [row, col], dq_smem)
+
+
+@gluon.jit
 def dense_key_block(H, GROUP, N_Q, N_KV, BLOCK_N: gl.constexpr, GROUP_PROGRAMS: gl.constexpr):
     """Where a dense backward program works, grid (Nkv / BLOCK_N, B * H_kv): (n0, bh0, kv_row, diag), its key block's
     first key, the first query head of its kv head's group among the B * H, the block's first row of the

@@ -84,8 +84,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._descriptors import tma_descriptor
 from . import sm90
-from .sm90_bwd_common import (CONSUMER_REGS, PRODUCER_REGS, _store_dq, _tma_reduce_add, dense_key_block, head_rows,
-                              packed_key_block, q_do_rings, store_dk_dv)
+from .sm90_bwd_common import (CONSUMER_REGS, PRODUCER_REGS, dense_key_block, head_rows, packed_key_block, q_do_rings,
+                              reduce_dq, store_dk_dv)
 
 HEAD_DIM = 256
 BLOCK_M = 64  # query rows a step (a wgmma's M for S and dP)
@@ -261,19 +261,15 @@ def _step(dkT, dvT, t, q_bufs, do_bufs, lse_bufs, delta_bufs, lse, delta, stat_r
     dkT = warpgroup_mma_wait(1, deps=[dk_tok])
     mbarrier.arrive(q_empty.index(q_slot), count=1)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    # one fp32 staging tile a consumer (no room for a second): the reduce that last read it must be done
-    tma.store_wait(0)
-    _store_half(dq_smem, dq)
-    # packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
-    _tma_reduce_add(dq_desc, [q_row, q_col + W * _HALF], dq_smem)
+    # one fp32 staging tile a consumer (no room for a second): reduce_dq waits for the reduce that last read it.
+    # Packed: rows past the sequence add dS = 0 (masked) to its neighbour's rows, which leaves them as they are
+    reduce_dq(dq_desc, q_row, q_col + W * _HALF, dq_smem, dq)
     # the second half's product is issued after the first half's store: issued before it, the backward took
     # 1.07-1.15x the time (results/evidence/h100/gluon_bwd_d256/)
     dq_tok = warpgroup_mma(ds_op, k_smem.slice(W * _HALF + _DQ_COLS, _DQ_COLS, dim=1), zero_dq, use_acc=False,
                            is_async=True)
     dq = warpgroup_mma_wait(0, deps=[dq_tok])
-    tma.store_wait(0)
-    _store_half(dq_smem, dq)
-    _tma_reduce_add(dq_desc, [q_row, q_col + W * _HALF + _DQ_COLS], dq_smem)
+    reduce_dq(dq_desc, q_row, q_col + W * _HALF + _DQ_COLS, dq_smem, dq)
     return dkT, dvT
 
 
@@ -293,13 +289,6 @@ def _steps(dkT, dvT, t, i_lo, i_hi, m_lo, row0, q_col, n_q, n_keys, stat0, q_buf
                          CAUSAL, WINDOW, VARLEN, W, s_layout)
         t += 1
     return dkT, dvT, t
-
-
-@gluon.jit
-def _store_half(dq_smem, dq):
-    """A (64, 64) dQ tile into its staging tile, conflict-free, made visible to the TMA reduce that reads it."""
-    _store_dq(dq_smem, dq)
-    fence_async_shared()
 
 
 @gluon.jit
