@@ -210,11 +210,16 @@ def test_check_timing_compares_median_with_median_over_an_even_number_of_attempt
     monkeypatch.syspath_prepend(str(CHECK_TIMING.parent))
     import check_timing
 
-    asked = []
+    asked, reps, settings = [], [], []
 
     def do_bench(call, warmup, rep, return_mode):
         asked.append(return_mode)
+        reps.append(rep)
         return 1.0 / (0.9, 1.0, 1.1, 1.2)[len(asked) - 1]
+
+    def time_cuda(call, s):
+        settings.append(s)
+        return timer.TimingResult([1.0] * 20, "held_events_l2_flush")
 
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -222,8 +227,7 @@ def test_check_timing_compares_median_with_median_over_an_even_number_of_attempt
     monkeypatch.setattr(check_timing.backends, "get", lambda name: types.SimpleNamespace(prepare=lambda c, d: None))
     monkeypatch.setattr(check_timing, "make_inputs", lambda *a, **k: None)
     monkeypatch.setattr(check_timing, "bind", lambda *a: (lambda: None))
-    monkeypatch.setattr(check_timing, "time_cuda",
-                        lambda call, s: timer.TimingResult([1.0] * 20, "held_events_l2_flush"))
+    monkeypatch.setattr(check_timing, "time_cuda", time_cuda)
     monkeypatch.setattr(sys, "argv", ["check_timing.py", "--attempts", "4", "--tolerance", "0.06"])
     try:
         rc = check_timing.main()
@@ -233,6 +237,10 @@ def test_check_timing_compares_median_with_median_over_an_even_number_of_attempt
     assert asked == ["median"] * 4  # do_bench's default is the mean: the median is asked for
     assert doc["median_ratio"] == pytest.approx(1.05) and doc["max_relative_difference"] == pytest.approx(0.2)
     assert rc == 0 and doc["pass"] is True
+    # both timers sample for the same time: ours its whole budget (no stop at the noise target), as do_bench its
+    # whole rep, and neither rests before its warm-up
+    assert len(settings) == 4 and all(s.max_noise_pct == 0 and s.rest_ms == 0 and s.budget_ms == r
+                                      for s, r in zip(settings, reps))
 
 
 # --- a row the timer could not hold the stream for says so --------------------------------------
