@@ -29,6 +29,10 @@ from flashbench.measure.stats import summarize
 from flashbench.measure.timer import time_cuda
 from flashbench.model.config import Timing
 
+# both timers warm up and sample for the same times, so that their medians cover the same stretch of the clock
+WARMUP_MS = 25
+SAMPLE_MS = 500
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -62,11 +66,11 @@ def main() -> int:
             # budget (max_noise_pct=0), as do_bench samples all of its rep: stopped by the noise target, ours took 20
             # samples (120 ms) while do_bench ran 500 ms, so the two medians covered different stretches of a clock
             # that may still be falling (an H100: median ratio 0.93 over three attempts)
-            return summarize(time_cuda(call, Timing(warmup_ms=25, budget_ms=500, min_samples=20, max_samples=1000,
-                                                    max_noise_pct=0, rest_ms=0)).samples_ms)
+            return summarize(time_cuda(call, Timing(warmup_ms=WARMUP_MS, budget_ms=SAMPLE_MS, min_samples=20,
+                                                    max_samples=1000, max_noise_pct=0, rest_ms=0)).samples_ms)
 
         def theirs_():
-            return triton.testing.do_bench(call, warmup=25, rep=500, return_mode="median")
+            return triton.testing.do_bench(call, warmup=WARMUP_MS, rep=SAMPLE_MS, return_mode="median")
 
         if attempt % 2:  # alternate which timer goes first
             theirs = theirs_()

@@ -210,11 +210,11 @@ def test_check_timing_compares_median_with_median_over_an_even_number_of_attempt
     monkeypatch.syspath_prepend(str(CHECK_TIMING.parent))
     import check_timing
 
-    asked, reps, settings = [], [], []
+    asked, windows, settings = [], [], []
 
     def do_bench(call, warmup, rep, return_mode):
         asked.append(return_mode)
-        reps.append(rep)
+        windows.append((warmup, rep))
         return 1.0 / (0.9, 1.0, 1.1, 1.2)[len(asked) - 1]
 
     def time_cuda(call, s):
@@ -237,10 +237,10 @@ def test_check_timing_compares_median_with_median_over_an_even_number_of_attempt
     assert asked == ["median"] * 4  # do_bench's default is the mean: the median is asked for
     assert doc["median_ratio"] == pytest.approx(1.05) and doc["max_relative_difference"] == pytest.approx(0.2)
     assert rc == 0 and doc["pass"] is True
-    # both timers sample for the same time: ours its whole budget (no stop at the noise target), as do_bench its
-    # whole rep, and neither rests before its warm-up
-    assert len(settings) == 4 and all(s.max_noise_pct == 0 and s.rest_ms == 0 and s.budget_ms == r
-                                      for s, r in zip(settings, reps))
+    # both timers warm up and sample for the same times: ours its whole budget (no stop at the noise target), as
+    # do_bench its whole rep, and neither rests before its warm-up
+    assert len(settings) == 4 and all(s.max_noise_pct == 0 and s.rest_ms == 0 and (s.warmup_ms, s.budget_ms) == w
+                                      for s, w in zip(settings, windows))
 
 
 # --- a row the timer could not hold the stream for says so --------------------------------------
