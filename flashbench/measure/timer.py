@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from ..model.config import Timing
+from ..model.config import Timing, gpu_timed
 from .energy import EnergyMeter
 from .sm_clock import ClockSampler
 from .sampling import MAX_BATCH, Batch, CallSynchronises, HoldFailed, collect, extend_for_energy
@@ -375,6 +375,6 @@ def time_cpu(call: Callable[[], object], s: Timing) -> TimingResult:
 
 def time_call(call: Callable[[], object], s: Timing, device: str, stream: torch.cuda.Stream | None = None,
               energy: EnergyMeter | None = None, clock: ClockSampler | None = None) -> TimingResult:
-    if str(device).startswith("cuda"):
+    if gpu_timed(device):
         return time_cuda(call, s, device, stream, energy, clock)
     return time_cpu(call, s)

@@ -75,6 +75,12 @@ class Axes(ValueLists):
 MAX_ENERGY_MS = 60_000  # timing.energy_ms and --energy-ms: at most a minute of extra running a row
 
 
+def gpu_timed(device: str) -> bool:
+    """Whether a call on ``device`` is timed by the GPU timer (``flashbench.measure.timer.time_cuda``, which takes
+    the rest) rather than the CPU one: the one rule ``time_call`` and ``Timing.as_run`` read."""
+    return str(device).startswith("cuda")
+
+
 class Timing(Strict):
     """How a call is timed: the one definition, read from the YAML and handed to the timer."""
 
@@ -111,7 +117,7 @@ class Timing(Strict):
         """The settings a run on ``device`` applies, as results record them (``timing`` of results.json): a CPU
         run's timer takes no rest (``flashbench.measure.timer.time_cpu``), whatever ``rest_ms`` says."""
         settings = self.model_dump()
-        if not str(device).startswith("cuda"):
+        if not gpu_timed(device):
             settings["rest_ms"] = 0.0
         return settings
 
